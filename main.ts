@@ -1,0 +1,223 @@
+#!/usr/bin/env bun
+// tm: one binary, several roles. See README.md and docs/configuration.md.
+import { parseArgs } from "node:util";
+import pkg from "./package.json" with { type: "json" };
+import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
+import { JobManager } from "./src/jobmanager/jobmanager.ts";
+import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
+import { prepareJob, JobPreparationError } from "./src/client/prepare-job.ts";
+import { connectClient, describeFailure, describeStatus, submitJob, waitForJob } from "./src/client/job-client.ts";
+import { startLocalCluster } from "./src/client/local-cluster.ts";
+import { JobGraphError } from "./src/api/job-graph.ts";
+import { setLogLevel } from "./src/util/log.ts";
+
+/** Exit codes (docs/configuration.md): 0 ok, 1 job failed or runtime error, 2 bad usage or config. */
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+
+class UsageError extends Error {}
+
+const COMMON = `  --config FILE      TOML config file (see docs/configuration.md)
+  -D key=value       set a config key (repeatable); beats env vars (TM_*) and the file
+  -h, --help         this help`;
+
+const HELP: Record<string, string> = {
+  main: `tm ${pkg.version}: a Flink-style TaskManager and JobManager in one binary
+
+Usage:
+  taskmanager [taskmanager] [--config tm.toml]      run a TaskManager (the default role)
+  taskmanager jobmanager [--config jm.toml]         run a JobManager
+  taskmanager local [options] <job.ts> [job args]   run a job on an in-process cluster
+  taskmanager submit [options] <job.ts> [job args]  run a job on a cluster
+  taskmanager --version
+
+Run \`taskmanager <command> --help\` for a command's options.`,
+  taskmanager: `Usage: taskmanager [taskmanager] [options]
+Runs a TaskManager: registers at the JobManager (jobmanager.rpc.address/port) and runs the tasks it deploys.
+
+Options:
+${COMMON}`,
+  jobmanager: `Usage: taskmanager jobmanager [options]
+Runs a JobManager on jobmanager.rpc.address:jobmanager.rpc.port.
+
+Options:
+${COMMON}`,
+  local: `Usage: taskmanager local [options] <job.ts> [job args...]
+Starts a JobManager and TaskManagers in this process, runs the job, prints its result and exits.
+
+Options:
+  -p, --parallelism N    default parallelism of the job (default: parallelism.default)
+  --taskmanagers N       number of TaskManagers (default 1); slots are spread to fit the parallelism
+  -v, --verbose          log cluster events (info level) to stderr
+${COMMON}`,
+  submit: `Usage: taskmanager submit [options] <job.ts> [job args...]
+Bundles the job, submits it to a JobManager, waits for it to end and prints its final state.
+
+Options:
+  -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
+  -p, --parallelism N          default parallelism of the job (default: parallelism.default)
+  -d, --detached               print the job id and return without waiting
+${COMMON}`,
+};
+
+const COMMON_OPTIONS = {
+  config: { type: "string" },
+  D: { type: "string", short: "D", multiple: true },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+function parse<O extends Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>>(args: string[], options: O, positionals = false) {
+  try {
+    return parseArgs({ args, options, allowPositionals: positionals, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function config(values: { config?: string; D?: string[] }): Config {
+  const cfg = loadConfig({ file: values.config, env: process.env, overrides: values.D ?? [] });
+  setLogLevel(cfg["log.level"]);
+  return cfg;
+}
+
+/** Splits `[options] <job.ts> [job args]`: options end at the first positional, the job file. */
+function splitJobArgs(args: string[], valued: Set<string>): { own: string[]; job: string | undefined; jobArgs: string[] } {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--") return { own: args.slice(0, i), job: args[i + 1], jobArgs: args.slice(i + 2) };
+    if (!a.startsWith("-")) return { own: args.slice(0, i), job: a, jobArgs: args.slice(i + 1) };
+    if (valued.has(a)) i++;
+  }
+  return { own: args, job: undefined, jobArgs: [] };
+}
+
+function positiveInt(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag}: expected an integer >= 1, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+function waitForSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+}
+
+async function runTaskManager(args: string[]): Promise<number> {
+  const { values } = parse(args, COMMON_OPTIONS);
+  if (values.help) return help("taskmanager");
+  const tm = new TaskExecutor(config(values));
+  await tm.start();
+  await waitForSignal();
+  await tm.stop();
+  return 0;
+}
+
+async function runJobManager(args: string[]): Promise<number> {
+  const { values } = parse(args, COMMON_OPTIONS);
+  if (values.help) return help("jobmanager");
+  const jm = new JobManager(config(values));
+  await jm.start();
+  await waitForSignal();
+  await jm.stop();
+  return 0;
+}
+
+async function runLocal(args: string[]): Promise<number> {
+  const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "--taskmanagers"]));
+  const { values } = parse(own, { ...COMMON_OPTIONS, parallelism: { type: "string", short: "p" }, taskmanagers: { type: "string" }, verbose: { type: "boolean", short: "v" } });
+  if (values.help) return help("local");
+  if (!job) throw new UsageError("local: missing the job file, e.g. `taskmanager local examples/wordcount.ts`");
+  const cfg = config(values);
+  if (!values.verbose && !values.D?.some((d) => d.startsWith("log.level="))) setLogLevel("warn");
+  const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
+  const tms = positiveInt(values.taskmanagers, "--taskmanagers") ?? 1;
+  const prepared = await prepareJob(job, jobArgs, parallelism);
+  const needed = Math.max(...prepared.graph.vertices.map((v) => v.parallelism));
+  const cluster = await startLocalCluster({ taskManagers: tms, slotsPerTaskManager: Math.ceil(needed / tms), config: cfg });
+  try {
+    return await runToEnd("127.0.0.1", cluster.port, prepared, false);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+async function runSubmit(args: string[]): Promise<number> {
+  const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "-m", "--jobmanager"]));
+  const { values } = parse(own, { ...COMMON_OPTIONS, parallelism: { type: "string", short: "p" }, jobmanager: { type: "string", short: "m" }, detached: { type: "boolean", short: "d" } });
+  if (values.help) return help("submit");
+  if (!job) throw new UsageError("submit: missing the job file");
+  const cfg = config(values);
+  let host = cfg["jobmanager.rpc.address"];
+  let port = cfg["jobmanager.rpc.port"];
+  if (values.jobmanager) {
+    const m = /^(.+):(\d{1,5})$/.exec(values.jobmanager);
+    if (!m || Number(m[2]) > 65535) throw new UsageError(`--jobmanager: expected HOST:PORT, got ${JSON.stringify(values.jobmanager)}`);
+    host = m[1]!;
+    port = Number(m[2]);
+  }
+  const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
+  const prepared = await prepareJob(job, jobArgs, parallelism);
+  return runToEnd(host, port, prepared, values.detached ?? false);
+}
+
+async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>>, detached: boolean): Promise<number> {
+  const rpc = await connectClient(host, port);
+  try {
+    const jobId = await submitJob(rpc, prepared);
+    if (detached) {
+      console.log(`Job has been submitted with JobID ${jobId}`);
+      return 0;
+    }
+    const final = await waitForJob(rpc, jobId, (s) => console.error(describeStatus(s)));
+    if (final.state === "FINISHED") return 0;
+    console.error(describeFailure(final));
+    return EXIT_FAILED;
+  } finally {
+    rpc.close();
+  }
+}
+
+function help(which: string): number {
+  console.log(HELP[which]);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  try {
+    if (first === "--version" || first === "-V") {
+      console.log(`tm ${pkg.version}`);
+      return 0;
+    }
+    if (first === "--help" || first === "-h" || first === "help") return help("main");
+    switch (first) {
+      case "jobmanager":
+        return await runJobManager(rest);
+      case "local":
+        return await runLocal(rest);
+      case "submit":
+        return await runSubmit(rest);
+      case "taskmanager":
+        return await runTaskManager(rest);
+      default:
+        if (first !== undefined && !first.startsWith("-")) throw new UsageError(`unknown command ${JSON.stringify(first)} (see --help)`);
+        return await runTaskManager(argv);
+    }
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      console.error(`error: ${err.message}`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof JobPreparationError || err instanceof JobGraphError) {
+      console.error(`error: ${err.message}`);
+      return EXIT_FAILED;
+    }
+    console.error(`error: ${(err as Error)?.message ?? err}`);
+    return EXIT_FAILED;
+  }
+}
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,225 @@
+// What job authors write against, shaped after Flink's DataStream API.
+import type { JobSettings, Plan, PlanNode, SinkSpec, SourceSpec, PartitionSpec } from "./plan.ts";
+
+export const DEFAULT_MAX_PARALLELISM = 128;
+export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type NewNode = DistributiveOmit<PlanNode, "id" | "parallelism" | "uid" | "chaining">;
+
+export class StreamExecutionEnvironment {
+  private readonly nodes: PlanNode[] = [];
+  private readonly settings: JobSettings = {
+    parallelism: null,
+    maxParallelism: DEFAULT_MAX_PARALLELISM,
+    runtimeMode: "streaming",
+    bufferTimeoutMs: DEFAULT_BUFFER_TIMEOUT_MS,
+    name: null,
+  };
+
+  /** Default parallelism of every operator of this job (otherwise the cluster's parallelism.default). */
+  setParallelism(parallelism: number): this {
+    this.settings.parallelism = positiveInt(parallelism, "setParallelism");
+    return this;
+  }
+
+  /** Number of key groups: the upper bound for rescaling keyed state (default 128). */
+  setMaxParallelism(maxParallelism: number): this {
+    this.settings.maxParallelism = positiveInt(maxParallelism, "setMaxParallelism");
+    return this;
+  }
+
+  /** "batch" on bounded input: keyed aggregations emit only their final value per key at end of input. */
+  setRuntimeMode(mode: "streaming" | "batch"): this {
+    if (mode !== "streaming" && mode !== "batch") throw new Error(`setRuntimeMode: expected "streaming" or "batch", got ${JSON.stringify(mode)}`);
+    this.settings.runtimeMode = mode;
+    return this;
+  }
+
+  /** Longest time a partly filled network buffer waits before it is sent (0 = send after every record). */
+  setBufferTimeout(ms: number): this {
+    if (!Number.isFinite(ms) || ms < 0) throw new Error(`setBufferTimeout: expected a number of milliseconds >= 0, got ${ms}`);
+    this.settings.bufferTimeoutMs = ms;
+    return this;
+  }
+
+  setJobName(name: string): this {
+    this.settings.name = name;
+    return this;
+  }
+
+  /** A non-parallel source of the given elements. */
+  fromCollection<T>(items: Iterable<T>): DataStream<T> {
+    return this.source({ type: "collection", items: [...items] }, "Collection Source", 1);
+  }
+
+  fromElements<T>(...items: T[]): DataStream<T> {
+    return this.fromCollection(items);
+  }
+
+  /** Lines of a text file; parallel subtasks read disjoint byte ranges, split at line boundaries. */
+  readTextFile(path: string): DataStream<string> {
+    return this.source({ type: "textFile", path }, `Text File Source (${path})`, null);
+  }
+
+  /** The numbers from..to (inclusive), split between parallel subtasks. */
+  fromSequence(from: number, to: number): DataStream<number> {
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || to < from) {
+      throw new Error(`fromSequence: expected integers from <= to, got ${from}..${to}`);
+    }
+    return this.source({ type: "sequence", from, to }, "Sequence Source", null);
+  }
+
+  /** @internal */
+  addNode(node: NewNode, parallelism: number | null = null): PlanNode {
+    const full = { ...node, id: this.nodes.length, parallelism, uid: null, chaining: true } as PlanNode;
+    this.nodes.push(full);
+    return full;
+  }
+
+  /** @internal The recorded plan. */
+  getPlan(): Plan {
+    return { nodes: this.nodes, settings: { ...this.settings } };
+  }
+
+  private source<T>(source: SourceSpec, name: string, parallelism: number | null): DataStream<T> {
+    return new DataStream<T>(this, this.addNode({ kind: "source", source, name, inputs: [] }, parallelism));
+  }
+}
+
+export class DataStream<T> {
+  constructor(
+    protected readonly env: StreamExecutionEnvironment,
+    protected readonly node: PlanNode,
+  ) {}
+
+  map<R>(fn: (value: T) => R): DataStream<R> {
+    return this.then("map", fn, "Map");
+  }
+
+  /** fn returns the values to emit (an array or any iterable). */
+  flatMap<R>(fn: (value: T) => Iterable<R>): DataStream<R> {
+    return this.then("flatMap", fn, "Flat Map");
+  }
+
+  filter(fn: (value: T) => boolean): DataStream<T> {
+    return this.then("filter", fn, "Filter");
+  }
+
+  /** Partitions by key: records with equal keys (by value) go to the same subtask, by key group. */
+  keyBy<K>(keySelector: (value: T) => K): KeyedStream<T, K> {
+    const node = this.env.addNode({ kind: "keyBy", fn: keySelector, name: "Key By", inputs: [this.node.id] });
+    return new KeyedStream<T, K>(this.env, node);
+  }
+
+  union(...others: DataStream<T>[]): DataStream<T> {
+    const inputs = [this.node.id, ...others.map((o) => o.node.id)];
+    return new DataStream<T>(this.env, this.env.addNode({ kind: "union", name: "Union", inputs }));
+  }
+
+  rebalance(): DataStream<T> {
+    return this.partition("rebalance");
+  }
+
+  broadcast(): DataStream<T> {
+    return this.partition("broadcast");
+  }
+
+  forward(): DataStream<T> {
+    return this.partition("forward");
+  }
+
+  /** Prints each record on the stdout of the TaskManager that runs it ("n> " prefix when parallel). */
+  print(prefix?: string): DataSink {
+    return this.sink({ type: "print", prefix }, "Print to Std. Out");
+  }
+
+  /** One file at path at parallelism 1; a directory of files 1..n at parallelism n. */
+  writeAsText(path: string): DataSink {
+    return this.sink({ type: "textFile", path }, `Text File Sink (${path})`);
+  }
+
+  addSink(fn: (value: T) => void): DataSink {
+    return this.sink({ type: "function", fn }, "Sink");
+  }
+
+  setParallelism(parallelism: number): this {
+    if (this.node.kind === "source" && this.node.source.type === "collection" && parallelism !== 1) {
+      throw new Error("setParallelism: a collection source is non-parallel (parallelism 1)");
+    }
+    this.node.parallelism = positiveInt(parallelism, "setParallelism");
+    return this;
+  }
+
+  name(name: string): this {
+    this.node.name = name;
+    return this;
+  }
+
+  /** Stable id of the operator, so its state can be matched across job versions. */
+  uid(uid: string): this {
+    this.node.uid = uid;
+    return this;
+  }
+
+  disableChaining(): this {
+    this.node.chaining = false;
+    return this;
+  }
+
+  protected then<R>(kind: "map" | "flatMap" | "filter", fn: (value: any) => any, name: string): DataStream<R> {
+    if (typeof fn !== "function") throw new Error(`${kind}: expected a function, got ${typeof fn}`);
+    return new DataStream<R>(this.env, this.env.addNode({ kind, fn, name, inputs: [this.node.id] }));
+  }
+
+  private partition(partitioner: PartitionSpec): DataStream<T> {
+    return new DataStream<T>(this.env, this.env.addNode({ kind: "partition", partitioner, name: partitioner, inputs: [this.node.id] }));
+  }
+
+  private sink(sink: SinkSpec, name: string): DataSink {
+    return new DataSink(this.env.addNode({ kind: "sink", sink, name, inputs: [this.node.id] }));
+  }
+}
+
+export class KeyedStream<T, K> extends DataStream<T> {
+  /** Rolling reduce per key: emits the new aggregate after every record (only the final one in batch mode). */
+  reduce(fn: (a: T, b: T) => T): DataStream<T> {
+    if (typeof fn !== "function") throw new Error(`reduce: expected a function, got ${typeof fn}`);
+    return new DataStream<T>(this.env, this.env.addNode({ kind: "reduce", fn, keyNode: this.node.id, name: "Keyed Reduce", inputs: [this.node.id] }));
+  }
+
+  /** Rolling sum of a field (tuple index or property name); other fields are kept from the first record. */
+  sum(field: number | string): DataStream<T> {
+    const add = (a: any, b: any) => {
+      const out = Array.isArray(a) ? [...a] : typeof a === "object" && a !== null ? { ...a } : a;
+      if (typeof out !== "object" || out === null) return (a as number) + (b as number);
+      out[field] = out[field] + b[field];
+      return out;
+    };
+    return this.reduce(add).name(`Keyed Sum (${field})`);
+  }
+}
+
+export class DataSink {
+  constructor(private readonly node: PlanNode) {}
+  setParallelism(parallelism: number): this {
+    this.node.parallelism = positiveInt(parallelism, "setParallelism");
+    return this;
+  }
+  name(name: string): this {
+    this.node.name = name;
+    return this;
+  }
+  uid(uid: string): this {
+    this.node.uid = uid;
+    return this;
+  }
+}
+
+function positiveInt(n: number, what: string): number {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${what}: expected an integer >= 1, got ${n}`);
+  return n;
+}
+
+/** The shape of a job module's default export. */
+export type JobBuilder = (env: StreamExecutionEnvironment, args: string[]) => void | Promise<void>;

@@ -1,0 +1,2 @@
+// Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
+export { StreamExecutionEnvironment, DataStream, KeyedStream, DataSink, type JobBuilder } from "./environment.ts";

@@ -1,0 +1,145 @@
+// StreamGraph -> JobGraph (as Flink's StreamingJobGraphGenerator): resolve virtual nodes into edges with
+// partitioners, then chain operators joined by forward edges into one vertex (one task per subtask).
+import type { JobSettings, NodeDescription } from "./plan.ts";
+import type { PartitionerKind } from "../rpc/messages.ts";
+
+export interface JobVertex {
+  id: number;
+  name: string;
+  /** Plan node ids, chain head first. */
+  operatorIds: number[];
+  parallelism: number;
+  isSource: boolean;
+}
+
+export interface JobEdge {
+  id: number;
+  source: number;
+  target: number;
+  partitioner: PartitionerKind;
+  keyNodeId?: number;
+}
+
+export interface JobGraph {
+  name: string;
+  vertices: JobVertex[];
+  edges: JobEdge[];
+  maxParallelism: number;
+  runtimeMode: "streaming" | "batch";
+  bufferTimeoutMs: number;
+  /** Node ids, kinds and inputs of the whole plan; a task checks that its Worker rebuilt the same plan. */
+  planFingerprint: string;
+}
+
+export class JobGraphError extends Error {
+  override name = "JobGraphError";
+}
+
+interface StreamEdge {
+  source: number;
+  target: number;
+  partitioner: PartitionerKind;
+  keyNodeId?: number;
+}
+
+export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, defaultParallelism: number, jobName: string): JobGraph {
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const physical = nodes.filter((n) => n.kind !== "keyBy" && n.kind !== "partition" && n.kind !== "union");
+  if (physical.length === 0) throw new JobGraphError("the job defines no operators: add a source and a sink");
+
+  const parallelism = new Map<number, number>();
+  for (const n of physical) {
+    const p = n.kind === "source" && n.sourceType === "collection" ? 1 : (n.parallelism ?? settings.parallelism ?? defaultParallelism);
+    if (p > settings.maxParallelism) {
+      throw new JobGraphError(`operator "${n.name}" has parallelism ${p}, above the job's max parallelism ${settings.maxParallelism}`);
+    }
+    parallelism.set(n.id, p);
+  }
+
+  // Resolve each physical node's inputs through keyBy / partition / union nodes.
+  const edges: StreamEdge[] = [];
+  const resolve = (target: number, inputId: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined): void => {
+    const input = byId.get(inputId);
+    if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
+    if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, "hash", input.id);
+    if (input.kind === "partition") return resolve(target, input.inputs[0]!, input.partitioner!, undefined);
+    if (input.kind === "union") {
+      for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
+      return;
+    }
+    const pUp = parallelism.get(input.id)!;
+    const pDown = parallelism.get(target)!;
+    let kind = partitioner ?? (pUp === pDown ? "forward" : "rebalance");
+    if (kind === "forward" && pUp !== pDown) {
+      if (partitioner === "forward") {
+        throw new JobGraphError(`forward partitioning between "${input.name}" (parallelism ${pUp}) and "${byId.get(target)!.name}" (parallelism ${pDown}) needs equal parallelism`);
+      }
+      kind = "rebalance";
+    }
+    edges.push({ source: input.id, target, partitioner: kind, keyNodeId });
+  };
+  for (const n of physical) for (const i of n.inputs) resolve(n.id, i, null, undefined);
+
+  const outs = (id: number) => edges.filter((e) => e.source === id);
+  const ins = (id: number) => edges.filter((e) => e.target === id);
+  const chainable = (e: StreamEdge) =>
+    e.partitioner === "forward" &&
+    byId.get(e.source)!.chaining &&
+    byId.get(e.target)!.chaining &&
+    outs(e.source).length === 1 &&
+    ins(e.target).length === 1 &&
+    parallelism.get(e.source) === parallelism.get(e.target);
+
+  // Chain heads: nodes whose single input edge is not chainable (sources, shuffles, unions, ...).
+  const vertexOf = new Map<number, number>();
+  const vertices: JobVertex[] = [];
+  for (const n of physical) {
+    const inEdges = ins(n.id);
+    if (inEdges.length === 1 && chainable(inEdges[0]!)) continue;
+    const chain = [n.id];
+    for (let tail = n.id; ; ) {
+      const o = outs(tail);
+      if (o.length !== 1 || !chainable(o[0]!)) break;
+      tail = o[0]!.target;
+      chain.push(tail);
+    }
+    const vertex: JobVertex = {
+      id: vertices.length,
+      name: chain.map((id) => byId.get(id)!.name).join(" -> "),
+      operatorIds: chain,
+      parallelism: parallelism.get(n.id)!,
+      isSource: n.kind === "source",
+    };
+    for (const id of chain) vertexOf.set(id, vertex.id);
+    vertices.push(vertex);
+  }
+
+  const jobEdges: JobEdge[] = edges
+    .filter((e) => vertexOf.get(e.source) !== vertexOf.get(e.target))
+    .map((e, i) => ({
+      id: i,
+      source: vertexOf.get(e.source)!,
+      target: vertexOf.get(e.target)!,
+      partitioner: e.partitioner,
+      ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
+    }));
+
+  return {
+    name: settings.name ?? jobName,
+    vertices,
+    edges: jobEdges,
+    maxParallelism: settings.maxParallelism,
+    runtimeMode: settings.runtimeMode,
+    bufferTimeoutMs: settings.bufferTimeoutMs,
+    planFingerprint: planFingerprint(nodes),
+  };
+}
+
+export function planFingerprint(nodes: Pick<NodeDescription, "id" | "kind" | "inputs">[]): string {
+  return nodes.map((n) => `${n.id}:${n.kind}:${n.inputs.join(",")}`).join(";");
+}
+
+/** Slots a job needs with one slot-sharing group: the largest vertex parallelism. */
+export function requiredSlots(graph: JobGraph): number {
+  return Math.max(...graph.vertices.map((v) => v.parallelism));
+}

@@ -1,0 +1,44 @@
+// Client side of job submission: hands a prepared job to a JobManager and follows it to its end.
+import { connectRpc, type RpcConnection } from "../rpc/connection.ts";
+import { PROTOCOL_VERSION, TERMINAL_JOB_STATES, type JobStatus } from "../rpc/messages.ts";
+import type { PreparedJob } from "./prepare-job.ts";
+
+export async function connectClient(host: string, port: number): Promise<RpcConnection> {
+  return connectRpc(host, port, { version: PROTOCOL_VERSION, role: "client", id: `client-${process.pid}` }, (type) => {
+    throw new Error(`a client does not serve ${type}`);
+  });
+}
+
+export async function submitJob(rpc: RpcConnection, job: PreparedJob): Promise<string> {
+  const { jobId } = await rpc.request("submitJob", { artifact: job.artifact, jobArgs: job.jobArgs, graph: job.graph }, 120_000);
+  return jobId;
+}
+
+/** Polls the job's status until it is terminal, calling onChange whenever its state changes. */
+export async function waitForJob(rpc: RpcConnection, jobId: string, onChange: (s: JobStatus) => void, pollMs = 200): Promise<JobStatus> {
+  let last = "";
+  for (;;) {
+    const status = await rpc.request("jobStatus", { jobId });
+    if (status.state !== last) {
+      last = status.state;
+      onChange(status);
+    }
+    if (TERMINAL_JOB_STATES.has(status.state)) return status;
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}
+
+export function describeStatus(s: JobStatus): string {
+  const secs = (((s.endTime ?? Date.now()) - s.startTime) / 1000).toFixed(2);
+  let line = `Job "${s.name}" (${s.jobId}) ${s.state}`;
+  if (s.endTime !== null) line += ` after ${secs} s; ${s.recordsIn} records read by sources, ${s.recordsOut} records into sinks`;
+  return line;
+}
+
+export function describeFailure(s: JobStatus): string {
+  if (!s.error) return "";
+  let text = `Caused by: ${s.error.message}`;
+  if (s.error.task) text = `Task ${s.error.task} failed.\n${text}`;
+  if (s.error.stack) text += `\n${s.error.stack.split("\n").slice(1).join("\n")}`;
+  return text;
+}

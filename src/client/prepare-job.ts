@@ -1,0 +1,50 @@
+// Turns a job module into what a JobManager runs: one self-contained ESM artifact (the module bundled with
+// everything it imports) and the JobGraph built from the plan its default function records.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { buildJobGraph, type JobGraph } from "../api/job-graph.ts";
+import { describePlan } from "../api/plan.ts";
+import { loadPlan } from "../runtime/stream-task.ts";
+import { sha256Hex } from "../taskmanager/artifact-cache.ts";
+
+export interface PreparedJob {
+  artifact: Uint8Array;
+  graph: JobGraph;
+  jobArgs: string[];
+}
+
+export class JobPreparationError extends Error {
+  override name = "JobPreparationError";
+}
+
+export async function bundleJob(jobPath: string): Promise<Uint8Array> {
+  const entry = path.resolve(jobPath);
+  if (!fs.existsSync(entry)) throw new JobPreparationError(`job file ${jobPath} not found`);
+  if (typeof Bun === "undefined") throw new JobPreparationError("bundling a job needs Bun (run `bun main.ts` or the compiled binary)");
+  const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm" });
+  if (!result.success || result.outputs.length === 0) {
+    const why = result.logs.map((l) => String(l.message ?? l)).join("; ");
+    throw new JobPreparationError(`cannot bundle ${jobPath}: ${why || "no output"}`);
+  }
+  return new Uint8Array(await result.outputs[0]!.arrayBuffer());
+}
+
+export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number): Promise<PreparedJob> {
+  const artifact = await bundleJob(jobPath);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-job-"));
+  const file = path.join(dir, `${sha256Hex(artifact)}.mjs`);
+  try {
+    fs.writeFileSync(file, artifact);
+    let plan;
+    try {
+      plan = await loadPlan(file, jobArgs);
+    } catch (err) {
+      throw new JobPreparationError(`${jobPath}: building the job failed: ${(err as Error).message}`);
+    }
+    const name = path.basename(jobPath).replace(/\.[cm]?[jt]s$/, "");
+    return { artifact, graph: buildJobGraph(describePlan(plan), plan.settings, defaultParallelism, name), jobArgs };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,138 @@
+// The configuration schema: one table of every key, its type, default and doc line.
+// One schema serves both tm.toml (TaskManager) and jm.toml (JobManager), like Flink's flink-conf.
+// Keep docs/configuration.md in sync (tests/config.test.ts checks it).
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/** The resolved configuration. Durations are numbers of milliseconds. */
+export interface Config {
+  "jobmanager.rpc.address": string;
+  "jobmanager.rpc.port": number;
+  "jobmanager.storage.dir": string;
+  "jobmanager.slot-request.timeout": number;
+  "taskmanager.resource-id": string;
+  "taskmanager.host": string;
+  "taskmanager.data.port": number;
+  "taskmanager.numberOfTaskSlots": number;
+  "taskmanager.tmp.dir": string;
+  "taskmanager.registration.initial-backoff": number;
+  "taskmanager.registration.max-backoff": number;
+  "heartbeat.interval": number;
+  "heartbeat.timeout": number;
+  "parallelism.default": number;
+  "log.level": LogLevel;
+}
+
+export type ConfigKey = keyof Config;
+
+export type ValueType =
+  | { kind: "host" } // non-empty string without whitespace
+  | { kind: "port" } // integer 0..65535
+  | { kind: "string" } // any string, may be empty
+  | { kind: "path" } // any string, may be empty (= a default location)
+  | { kind: "integer"; min: number; max?: number }
+  | { kind: "duration"; min?: number } // milliseconds; written as 500 or "500 ms", "10 s", "1.5 min"
+  | { kind: "enum"; values: readonly string[] };
+
+export interface ConfigKeySpec {
+  readonly key: ConfigKey;
+  readonly type: ValueType;
+  /** The default as it appears in Config (durations in milliseconds). */
+  readonly default: string | number;
+  readonly doc: string;
+  /** Environment variable that sets this key, e.g. TM_HEARTBEAT_INTERVAL. */
+  readonly envVar: string;
+}
+
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+
+// Mapped over Config so that the compiler insists on exactly one entry per key, with a default of the right type.
+const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: string } } = {
+  "jobmanager.rpc.address": {
+    type: { kind: "host" },
+    default: "127.0.0.1",
+    doc: "Address the JobManager binds its RPC port to, and that TaskManagers and clients connect to.",
+  },
+  "jobmanager.rpc.port": {
+    type: { kind: "port" },
+    default: 6123,
+    doc: "JobManager RPC port (0 = pick a free port).",
+  },
+  "jobmanager.storage.dir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Where the JobManager stores job artifacts by content hash; empty = a directory under the OS temp dir.",
+  },
+  "jobmanager.slot-request.timeout": {
+    type: { kind: "duration" },
+    default: 5 * MINUTE,
+    doc: "How long a submitted job waits for enough free slots before it fails.",
+  },
+  "taskmanager.resource-id": {
+    type: { kind: "string" },
+    default: "",
+    doc: "Stable id of this TaskManager; empty = generated at start.",
+  },
+  "taskmanager.host": {
+    type: { kind: "host" },
+    default: "127.0.0.1",
+    doc: "Address the TaskManager binds its data port to and advertises to peers.",
+  },
+  "taskmanager.data.port": {
+    type: { kind: "port" },
+    default: 0,
+    doc: "Data port for record exchange between TaskManagers (0 = pick a free port).",
+  },
+  "taskmanager.numberOfTaskSlots": {
+    type: { kind: "integer", min: 1, max: 1024 },
+    default: 1,
+    doc: "Number of task slots.",
+  },
+  "taskmanager.tmp.dir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Where the TaskManager caches job artifacts; empty = under the OS temp dir.",
+  },
+  "taskmanager.registration.initial-backoff": {
+    type: { kind: "duration" },
+    default: 100,
+    doc: "First retry delay when the JobManager cannot be reached.",
+  },
+  "taskmanager.registration.max-backoff": {
+    type: { kind: "duration" },
+    default: 10 * SECOND,
+    doc: "Retry delay cap (the delay doubles up to it).",
+  },
+  "heartbeat.interval": {
+    type: { kind: "duration", min: 1 },
+    default: 10 * SECOND,
+    doc: "How often each side sends a heartbeat.",
+  },
+  "heartbeat.timeout": {
+    type: { kind: "duration" },
+    default: 50 * SECOND,
+    doc: "Peer declared lost after this long without a heartbeat; must be greater than heartbeat.interval.",
+  },
+  "parallelism.default": {
+    type: { kind: "integer", min: 1 },
+    default: 1,
+    doc: "Default parallelism of jobs.",
+  },
+  "log.level": {
+    type: { kind: "enum", values: ["debug", "info", "warn", "error"] },
+    default: "info",
+    doc: "Log level.",
+  },
+};
+
+/** `TM_` + the key upper-cased, with `.` and `-` turned into `_`. */
+export function envVarFor(key: string): string {
+  return "TM_" + key.toUpperCase().replace(/[.-]/g, "_");
+}
+
+export const CONFIG_KEYS: readonly ConfigKeySpec[] = Object.freeze(
+  (Object.keys(SCHEMA) as ConfigKey[]).map((key) =>
+    Object.freeze({ key, ...SCHEMA[key], envVar: envVarFor(key) }),
+  ),
+);

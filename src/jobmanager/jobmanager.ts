@@ -1,0 +1,150 @@
+// The JobManager: RPC endpoint for TaskManagers and clients, resource manager, blob store and job masters.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type * as net from "node:net";
+import { randomBytes } from "node:crypto";
+import type { Config } from "../config/index.ts";
+import type { JobGraph } from "../api/job-graph.ts";
+import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
+import { JOBMANAGER_ACCEPTS, type Hello, type RequestType } from "../rpc/messages.ts";
+import { createLogger } from "../util/log.ts";
+import { BlobStore } from "./blob-store.ts";
+import { JobMaster } from "./job-master.ts";
+import { ResourceManager } from "./resource-manager.ts";
+
+const log = createLogger("jobmanager");
+
+export class JobManager {
+  readonly id = randomBytes(8).toString("hex");
+  readonly resourceManager: ResourceManager;
+  readonly jobs = new Map<string, JobMaster>();
+  private readonly blobs: BlobStore;
+  private server: net.Server | null = null;
+  private readonly connections = new Set<RpcConnection>();
+  private ownedDir: string | null = null;
+  port = 0;
+
+  constructor(private readonly config: Config) {
+    this.resourceManager = new ResourceManager(config["heartbeat.interval"], config["heartbeat.timeout"], (tm, reason) => {
+      for (const job of this.jobs.values()) job.onTaskManagerLost(tm, reason);
+    });
+    // A generated directory is this process's alone: removed on stop. A configured one is kept.
+    if (!config["jobmanager.storage.dir"]) this.ownedDir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-jobmanager-"));
+    this.blobs = new BlobStore(path.join(config["jobmanager.storage.dir"] || this.ownedDir!, "blobs"));
+  }
+
+  async start(): Promise<number> {
+    const host = this.config["jobmanager.rpc.address"];
+    this.server = await listenFramed(host, this.config["jobmanager.rpc.port"], this.id, (framed) => {
+      const hello = framed.peer as Hello;
+      const rpc = new RpcConnection(framed, (type, payload, conn) => this.onRequest(hello, type, payload, conn));
+      this.connections.add(rpc);
+      rpc.onClose(() => this.connections.delete(rpc));
+    });
+    this.port = boundPort(this.server);
+    this.resourceManager.start();
+    log.info("JobManager started", { rpc: `${host}:${this.port}`, id: this.id });
+    return this.port;
+  }
+
+  async stop(): Promise<void> {
+    for (const job of this.jobs.values()) job.cancel();
+    this.resourceManager.stop();
+    for (const c of this.connections) c.close();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });
+  }
+
+  private onRequest(peer: Hello, type: RequestType, p: any, conn: RpcConnection): unknown {
+    if (!JOBMANAGER_ACCEPTS[peer.role].has(type)) throw new Error(`${type} is not allowed for a ${peer.role} connection`);
+    const rm = this.resourceManager;
+    switch (type) {
+      case "registerTaskManager": {
+        need(p, { resourceId: "string", dataHost: "string", dataPort: "number", slots: "number", pid: "number" }, type);
+        if (p.resourceId !== peer.id) throw new Error(`registerTaskManager: resourceId ${p.resourceId} differs from the handshake's ${peer.id}`);
+        rm.register(p, conn);
+        return { jobManagerId: this.id, heartbeatIntervalMs: this.config["heartbeat.interval"], heartbeatTimeoutMs: this.config["heartbeat.timeout"] };
+      }
+      case "offerSlots":
+        need(p, { resourceId: "string" }, type);
+        if (!Array.isArray(p.slots)) throw new Error("offerSlots: slots must be an array");
+        return { accepted: rm.offerSlots(p.resourceId, p.slots) };
+      case "heartbeat":
+        rm.heartbeatFrom(peer.id);
+        return {};
+      case "updateTaskState": {
+        need(p, { executionId: "string", state: "string" }, type);
+        const job = this.jobs.get(String(p.executionId).split("-")[0]!);
+        if (!job) throw new Error(`updateTaskState: unknown execution ${p.executionId}`);
+        job.onTaskState(p.executionId, p.state, p.error, p.metrics);
+        return {};
+      }
+      case "fetchArtifact":
+        need(p, { hash: "string" }, type);
+        return { bytes: this.blobs.get(p.hash) };
+      case "submitJob":
+        return this.submitJob(p);
+      case "jobStatus":
+        return this.job(p).status();
+      case "cancelJob":
+        this.job(p).cancel();
+        return {};
+      case "listJobs":
+        return [...this.jobs.values()].map((j) => j.status());
+      case "clusterOverview":
+        return {
+          taskManagers: rm.taskManagers.size,
+          slotsTotal: rm.totalSlots,
+          slotsAvailable: rm.freeSlots,
+          jobsRunning: [...this.jobs.values()].filter((j) => j.state === "RUNNING").length,
+        };
+      default:
+        throw new Error(`the JobManager does not serve ${type}`);
+    }
+  }
+
+  private submitJob(p: any): { jobId: string } {
+    if (!(p.artifact instanceof Uint8Array) || p.artifact.length === 0) throw new Error("submitJob: artifact must be non-empty bytes");
+    if (!Array.isArray(p.jobArgs) || !p.jobArgs.every((a: unknown) => typeof a === "string")) throw new Error("submitJob: jobArgs must be an array of strings");
+    validateGraph(p.graph);
+    const hash = this.blobs.put(p.artifact);
+    const jobId = randomBytes(16).toString("hex");
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.config["jobmanager.slot-request.timeout"], () => {});
+    this.jobs.set(jobId, job);
+    log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length });
+    void job.run();
+    return { jobId };
+  }
+
+  private job(p: any): JobMaster {
+    const job = this.jobs.get(String(p?.jobId));
+    if (!job) throw new Error(`no job ${JSON.stringify(p?.jobId)}`);
+    return job;
+  }
+}
+
+function need(p: any, fields: Record<string, "string" | "number">, type: string): void {
+  if (typeof p !== "object" || p === null) throw new Error(`${type}: payload must be an object`);
+  for (const [k, t] of Object.entries(fields)) {
+    if (typeof p[k] !== t) throw new Error(`${type}: field ${k} must be a ${t}, got ${typeof p[k]}`);
+  }
+}
+
+function validateGraph(g: JobGraph): void {
+  const bad = (what: string) => new Error(`submitJob: invalid job graph: ${what}`);
+  if (typeof g !== "object" || g === null) throw bad("not an object");
+  if (!Array.isArray(g.vertices) || g.vertices.length === 0) throw bad("no vertices");
+  if (!Array.isArray(g.edges)) throw bad("edges must be an array");
+  if (!Number.isInteger(g.maxParallelism) || g.maxParallelism < 1) throw bad("maxParallelism must be a positive integer");
+  g.vertices.forEach((v, i) => {
+    if (v.id !== i) throw bad(`vertex ${i} has id ${v.id}`);
+    if (!Number.isInteger(v.parallelism) || v.parallelism < 1 || v.parallelism > g.maxParallelism) throw bad(`vertex ${i} has parallelism ${v.parallelism}`);
+    if (!Array.isArray(v.operatorIds) || v.operatorIds.length === 0) throw bad(`vertex ${i} has no operators`);
+  });
+  for (const e of g.edges) {
+    if (!g.vertices[e.source] || !g.vertices[e.target]) throw bad(`edge ${e.id} joins unknown vertices`);
+    if (!["forward", "rebalance", "hash", "broadcast"].includes(e.partitioner)) throw bad(`edge ${e.id} has partitioner ${e.partitioner}`);
+    if (e.partitioner === "forward" && g.vertices[e.source]!.parallelism !== g.vertices[e.target]!.parallelism) throw bad(`forward edge ${e.id} joins different parallelisms`);
+  }
+}

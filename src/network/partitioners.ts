@@ -1,0 +1,36 @@
+// Which consumer subtask(s) a record goes to. Hash partitioning uses the state layer's key-group mapping.
+import type { PartitionerKind } from "../rpc/messages.ts";
+import { assignKeyToOperator } from "../state/key-groups.ts";
+
+/** Returns the target channel index, or -1 for "every channel" (broadcast). */
+export type Partitioner = (record: unknown) => number;
+
+export function createPartitioner(
+  kind: PartitionerKind,
+  producerIndex: number,
+  numChannels: number,
+  maxParallelism: number,
+  keySelector?: (record: any) => unknown,
+): Partitioner {
+  switch (kind) {
+    case "forward":
+      return () => 0;
+    case "broadcast":
+      return () => -1;
+    case "rebalance": {
+      // Start at a different channel in each producer so load spreads from the first record.
+      let next = producerIndex % numChannels;
+      return () => {
+        const c = next;
+        next = next + 1 === numChannels ? 0 : next + 1;
+        return c;
+      };
+    }
+    case "hash": {
+      if (!keySelector) throw new Error("hash partitioning needs a key selector");
+      return (record) => assignKeyToOperator(keySelector(record), numChannels, maxParallelism);
+    }
+    default:
+      throw new Error(`unknown partitioner ${JSON.stringify(kind)}`);
+  }
+}

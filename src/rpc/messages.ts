@@ -1,0 +1,207 @@
+// Every message of the RPC protocol, in one place. docs/protocol.md documents each of them.
+// A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e},
+// notification {t, p} (no id, no response).
+import type { JobGraph } from "../api/job-graph.ts";
+
+export const PROTOCOL_VERSION = 1;
+
+/** Who opens a connection; sent in the handshake. */
+export type PeerRole = "taskmanager" | "client" | "data";
+
+export interface Hello {
+  version: number;
+  role: PeerRole;
+  /** Resource id of a TaskManager, or a free-form client name. */
+  id: string;
+}
+
+export interface HelloReply {
+  version: number;
+  id: string;
+}
+
+export type TaskState = "DEPLOYING" | "RUNNING" | "FINISHED" | "FAILED" | "CANCELING" | "CANCELED";
+export type JobState = "CREATED" | "SCHEDULING" | "RUNNING" | "FINISHED" | "FAILING" | "FAILED" | "CANCELING" | "CANCELED";
+
+export const TERMINAL_TASK_STATES: ReadonlySet<TaskState> = new Set(["FINISHED", "FAILED", "CANCELED"]);
+export const TERMINAL_JOB_STATES: ReadonlySet<JobState> = new Set(["FINISHED", "FAILED", "CANCELED"]);
+
+export interface ErrorInfo {
+  message: string;
+  stack?: string;
+  /** Where it happened, e.g. "Flat Map -> Map (2/4)". */
+  task?: string;
+}
+
+// ---- TaskManager -> JobManager ----
+export interface RegisterTaskManager {
+  resourceId: string;
+  dataHost: string;
+  dataPort: number;
+  slots: number;
+  resources: { cpuCores: number; memoryBytes: number };
+  pid: number;
+}
+export interface RegisterTaskManagerReply {
+  jobManagerId: string;
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+}
+export interface OfferSlots {
+  resourceId: string;
+  slots: number[];
+}
+export interface OfferSlotsReply {
+  accepted: number[];
+}
+export interface SlotStatus {
+  slot: number;
+  jobId: string | null;
+}
+export interface Heartbeat {
+  from: string;
+  slotReport?: SlotStatus[];
+}
+export interface UpdateTaskState {
+  executionId: string;
+  state: TaskState;
+  error?: ErrorInfo;
+  metrics?: TaskMetrics;
+}
+export interface TaskMetrics {
+  recordsIn: number;
+  recordsOut: number;
+}
+export interface FetchArtifact {
+  hash: string;
+}
+export interface FetchArtifactReply {
+  bytes: Uint8Array;
+}
+
+// ---- JobManager -> TaskManager ----
+export type PartitionerKind = "forward" | "rebalance" | "hash" | "broadcast";
+
+/** Where the consumer subtask of a channel runs. */
+export interface ChannelTarget {
+  resourceId: string;
+  dataHost: string;
+  dataPort: number;
+}
+
+export interface OutputDeployment {
+  edgeId: number;
+  partitioner: PartitionerKind;
+  /** Plan node id of the keyBy whose key selector hash-partitions this edge. */
+  keyNodeId?: number;
+  /** The consumer subtasks this producer feeds (one for forward, all for the others) and where they run. */
+  targets: (ChannelTarget & { subtask: number })[];
+}
+
+export interface InputDeployment {
+  edgeId: number;
+  /** Producer subtask indices that feed this subtask on this edge. */
+  producers: number[];
+}
+
+export interface TaskDeployment {
+  jobId: string;
+  jobName: string;
+  executionId: string;
+  vertexId: number;
+  vertexName: string;
+  subtaskIndex: number;
+  parallelism: number;
+  maxParallelism: number;
+  slot: number;
+  artifactHash: string;
+  jobArgs: string[];
+  /** Plan node ids chained into this task, head first. */
+  operatorIds: number[];
+  inputs: InputDeployment[];
+  outputs: OutputDeployment[];
+  runtimeMode: "streaming" | "batch";
+  bufferTimeoutMs: number;
+  planFingerprint: string;
+}
+export interface CancelTask {
+  executionId: string;
+}
+export interface ReleaseJob {
+  jobId: string;
+}
+
+// ---- client -> JobManager ----
+export interface SubmitJob {
+  artifact: Uint8Array;
+  jobArgs: string[];
+  graph: JobGraph;
+}
+export interface SubmitJobReply {
+  jobId: string;
+}
+export interface JobIdRequest {
+  jobId: string;
+}
+export interface JobStatus {
+  jobId: string;
+  name: string;
+  state: JobState;
+  startTime: number;
+  endTime: number | null;
+  tasks: Record<TaskState, number>;
+  recordsIn: number;
+  recordsOut: number;
+  error?: ErrorInfo;
+}
+export interface ClusterOverview {
+  taskManagers: number;
+  slotsTotal: number;
+  slotsAvailable: number;
+  jobsRunning: number;
+}
+
+/** Request types with their payload and reply types; the connection refuses any other type. */
+export interface RpcRequests {
+  registerTaskManager: [RegisterTaskManager, RegisterTaskManagerReply];
+  offerSlots: [OfferSlots, OfferSlotsReply];
+  heartbeat: [Heartbeat, Record<string, never>];
+  updateTaskState: [UpdateTaskState, Record<string, never>];
+  fetchArtifact: [FetchArtifact, FetchArtifactReply];
+  submitTask: [TaskDeployment, Record<string, never>];
+  cancelTask: [CancelTask, Record<string, never>];
+  releaseJob: [ReleaseJob, Record<string, never>];
+  submitJob: [SubmitJob, SubmitJobReply];
+  jobStatus: [JobIdRequest, JobStatus];
+  cancelJob: [JobIdRequest, Record<string, never>];
+  listJobs: [Record<string, never>, JobStatus[]];
+  clusterOverview: [Record<string, never>, ClusterOverview];
+}
+export type RequestType = keyof RpcRequests;
+
+export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
+  "registerTaskManager",
+  "offerSlots",
+  "heartbeat",
+  "updateTaskState",
+  "fetchArtifact",
+  "submitTask",
+  "cancelTask",
+  "releaseJob",
+  "submitJob",
+  "jobStatus",
+  "cancelJob",
+  "listJobs",
+  "clusterOverview",
+]);
+
+/** Which peer roles may send which requests to the JobManager (TaskManagers answer only their JobManager). */
+export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
+  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact"]),
+  client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview"]),
+  data: new Set(),
+};
+
+// ---- data connections (TaskManager <-> TaskManager, role "data") ----
+// Frames are arrays, not requests: [DATA, channelId, bytes] | [END, channelId] | [CREDIT, channelId, n].
+export const DATA_FRAME = { DATA: 0, END: 1, CREDIT: 2 } as const;

@@ -1,0 +1,43 @@
+// Entry point of a task's Worker (an extra entrypoint of the compiled binary: see scripts/build).
+import { StreamTask, errorInfo, taskDisplayName } from "./stream-task.ts";
+import type { FromWorker, ToWorker } from "./worker-protocol.ts";
+
+declare const self: Worker;
+
+const post = (msg: FromWorker, transfer?: Transferable[]) => self.postMessage(msg, transfer ?? []);
+let task: StreamTask | null = null;
+let name = "task";
+
+self.onmessage = (event: MessageEvent<ToWorker>) => {
+  const msg = event.data;
+  try {
+    switch (msg.type) {
+      case "init":
+        name = taskDisplayName(msg.deployment);
+        task = new StreamTask(msg.deployment, post);
+        void start(task, msg.artifactPath);
+        break;
+      case "data":
+        task?.onData(msg.channel, msg.bytes);
+        break;
+      case "end":
+        task?.onEnd(msg.channel);
+        break;
+      case "credit":
+        task?.onCredit(msg.channel, msg.n);
+        break;
+    }
+  } catch (err) {
+    post({ type: "failed", error: errorInfo(err, name) });
+  }
+};
+
+async function start(t: StreamTask, artifactPath: string): Promise<void> {
+  try {
+    await t.init(artifactPath);
+    const metrics = await t.run();
+    post({ type: "finished", metrics });
+  } catch (err) {
+    post({ type: "failed", error: errorInfo(err, name) });
+  }
+}

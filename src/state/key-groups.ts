@@ -1,0 +1,67 @@
+// Key -> key group -> subtask, as in Flink's KeyGroupRangeAssignment. The network's hash partitioner and
+// the state backends must both use these functions, so that a key's records meet its state.
+
+/** A stable 32-bit hash of a key's value (not its identity): equal keys hash equal in every process. */
+export function hashKey(key: unknown): number {
+  switch (typeof key) {
+    case "string":
+      return stringHash(key);
+    case "number":
+      return Number.isInteger(key) && key >= -0x80000000 && key <= 0x7fffffff ? key | 0 : stringHash(String(key));
+    case "boolean":
+      return key ? 1231 : 1237; // Java's Boolean.hashCode
+    case "bigint":
+      return stringHash(key.toString());
+    case "undefined":
+      return 0;
+    default:
+      return key === null ? 0 : stringHash(canonicalKey(key));
+  }
+}
+
+/** A string that identifies a key by value; used to index composite keys (arrays, objects) in maps. */
+export function canonicalKey(key: unknown): string {
+  return JSON.stringify(key, (_k, v) => (typeof v === "bigint" ? `${v}n` : v));
+}
+
+function stringHash(s: string): number {
+  let h = 0;
+  for (let i = 0; i < s.length; i++) h = (Math.imul(31, h) + s.charCodeAt(i)) | 0;
+  return h;
+}
+
+/** Murmur3's 32-bit finalizer over one int, made non-negative (Flink's MathUtils.murmurHash). */
+function murmur(code: number): number {
+  let h = Math.imul(code, 0xcc9e2d51);
+  h = (h << 15) | (h >>> 17);
+  h = Math.imul(h, 0x1b873593);
+  h = (h << 13) | (h >>> 19);
+  h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+  h ^= 4;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >= 0 ? h : h === -0x80000000 ? 0 : -h;
+}
+
+export function assignToKeyGroup(key: unknown, maxParallelism: number): number {
+  return murmur(hashKey(key)) % maxParallelism;
+}
+
+export function operatorIndexForKeyGroup(keyGroup: number, parallelism: number, maxParallelism: number): number {
+  return Math.floor((keyGroup * parallelism) / maxParallelism);
+}
+
+export function assignKeyToOperator(key: unknown, parallelism: number, maxParallelism: number): number {
+  return operatorIndexForKeyGroup(assignToKeyGroup(key, maxParallelism), parallelism, maxParallelism);
+}
+
+/** The contiguous key groups [start, end] that subtask `index` of `parallelism` owns. */
+export function keyGroupRange(index: number, parallelism: number, maxParallelism: number): { start: number; end: number } {
+  return {
+    start: Math.ceil((index * maxParallelism) / parallelism),
+    end: Math.ceil(((index + 1) * maxParallelism) / parallelism) - 1,
+  };
+}

@@ -1,0 +1,210 @@
+// The TaskManager: registers with the JobManager and offers its slots, heartbeats both ways, runs the tasks
+// deployed into its slots, and re-registers with backoff when its JobManager goes away.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import type { Config } from "../config/index.ts";
+import { connectRpc, type RpcConnection } from "../rpc/connection.ts";
+import {
+  PROTOCOL_VERSION,
+  type ErrorInfo,
+  type RegisterTaskManagerReply,
+  type RequestType,
+  type SlotStatus,
+  type TaskDeployment,
+  type TaskState,
+} from "../rpc/messages.ts";
+import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
+import { createLogger } from "../util/log.ts";
+import { ArtifactCache } from "./artifact-cache.ts";
+import { Task } from "./task.ts";
+
+const log = createLogger("taskmanager");
+
+export class TaskExecutor {
+  readonly resourceId: string;
+  readonly shuffle: ShuffleEnvironment;
+  private readonly artifacts: ArtifactCache;
+  private readonly tasks = new Map<string, Task>();
+  /** slot index -> job id allocated to it (null = free). */
+  private readonly slots: (string | null)[];
+  private rpc: RpcConnection | null = null;
+  private registration: RegisterTaskManagerReply | null = null;
+  private lastHeardFromJobManager = 0;
+  private timers: ReturnType<typeof setInterval>[] = [];
+  private stopped = false;
+  private registeredWaiters: (() => void)[] = [];
+  private ownedTmpDir: string | null = null;
+  dataPort = 0;
+
+  constructor(private readonly config: Config) {
+    this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
+    this.shuffle = new ShuffleEnvironment(this.resourceId);
+    // A generated directory is this process's alone: removed on stop. A configured one is kept as a cache.
+    const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));
+    if (!config["taskmanager.tmp.dir"]) this.ownedTmpDir = tmp;
+    this.artifacts = new ArtifactCache(path.join(tmp, "artifacts"));
+    this.slots = new Array(config["taskmanager.numberOfTaskSlots"]).fill(null);
+  }
+
+  get registered(): boolean {
+    return this.registration !== null;
+  }
+
+  /** Opens the data port and starts (re)connecting to the JobManager in the background. */
+  async start(): Promise<void> {
+    this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
+    log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
+    void this.connectLoop();
+  }
+
+  /** Resolves once registered at a JobManager (for tests and `local`). */
+  waitRegistered(): Promise<void> {
+    if (this.registered) return Promise.resolve();
+    return new Promise((resolve) => this.registeredWaiters.push(resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    for (const task of this.tasks.values()) task.cancel();
+    this.rpc?.close();
+    await this.shuffle.transport.stop();
+    if (this.ownedTmpDir) fs.rmSync(this.ownedTmpDir, { recursive: true, force: true });
+  }
+
+  private async connectLoop(): Promise<void> {
+    const host = this.config["jobmanager.rpc.address"];
+    const port = this.config["jobmanager.rpc.port"];
+    let backoff = this.config["taskmanager.registration.initial-backoff"];
+    let attempts = 0;
+    while (!this.stopped) {
+      try {
+        await this.connectAndRegister(host, port);
+        return;
+      } catch (err) {
+        attempts++;
+        const fn = attempts === 1 || attempts % 10 === 0 ? log.warn : log.debug;
+        fn(`cannot register at the JobManager ${host}:${port}; retrying in ${backoff} ms`, { attempt: attempts, error: (err as Error).message });
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, this.config["taskmanager.registration.max-backoff"]);
+      }
+    }
+  }
+
+  private async connectAndRegister(host: string, port: number): Promise<void> {
+    const rpc = await connectRpc(host, port, { version: PROTOCOL_VERSION, role: "taskmanager", id: this.resourceId }, (type, payload) =>
+      this.onRequest(type, payload),
+    );
+    try {
+      const reply = await rpc.request("registerTaskManager", {
+        resourceId: this.resourceId,
+        dataHost: this.config["taskmanager.host"],
+        dataPort: this.dataPort,
+        slots: this.slots.length,
+        resources: { cpuCores: os.cpus().length, memoryBytes: os.totalmem() },
+        pid: process.pid,
+      });
+      const free = this.slots.map((job, i) => (job === null ? i : -1)).filter((i) => i >= 0);
+      await rpc.request("offerSlots", { resourceId: this.resourceId, slots: free });
+      this.rpc = rpc;
+      this.registration = reply;
+      this.lastHeardFromJobManager = Date.now();
+    } catch (err) {
+      rpc.close();
+      throw err;
+    }
+    log.info("registered at the JobManager", { jobManager: `${host}:${port}`, jobManagerId: this.registration.jobManagerId });
+    rpc.onClose((err) => this.onJobManagerLost(rpc, err?.message ?? "connection closed"));
+    const interval = this.config["heartbeat.interval"];
+    const timer = setInterval(() => {
+      if (Date.now() - this.lastHeardFromJobManager > this.config["heartbeat.timeout"]) {
+        rpc.close(new Error(`no heartbeat from the JobManager for ${this.config["heartbeat.timeout"]} ms`));
+        return;
+      }
+      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport() }, this.config["heartbeat.timeout"]).then(
+        () => (this.lastHeardFromJobManager = Date.now()),
+        () => {},
+      );
+    }, interval);
+    this.timers.push(timer);
+    rpc.onClose(() => clearInterval(timer));
+    for (const w of this.registeredWaiters.splice(0)) w();
+  }
+
+  private onJobManagerLost(rpc: RpcConnection, reason: string): void {
+    if (this.rpc !== rpc) return;
+    this.rpc = null;
+    this.registration = null;
+    if (this.stopped) return;
+    log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
+    // Without a JobManager no task can report or be coordinated: cancel them and free the slots.
+    for (const task of this.tasks.values()) task.cancel();
+    this.slots.fill(null);
+    void this.connectLoop();
+  }
+
+  private slotReport(): SlotStatus[] {
+    return this.slots.map((jobId, slot) => ({ slot, jobId }));
+  }
+
+  private onRequest(type: RequestType, payload: any): unknown {
+    this.lastHeardFromJobManager = Date.now();
+    switch (type) {
+      case "heartbeat":
+        return { slotReport: this.slotReport() };
+      case "submitTask":
+        return this.submitTask(payload as TaskDeployment);
+      case "cancelTask": {
+        const task = this.tasks.get(payload.executionId);
+        if (!task) throw new Error(`no task ${payload.executionId} on ${this.resourceId}`);
+        task.cancel();
+        return {};
+      }
+      case "releaseJob":
+        this.releaseJob(String(payload.jobId));
+        return {};
+      default:
+        throw new Error(`a TaskManager does not serve ${type}`);
+    }
+  }
+
+  private async submitTask(d: TaskDeployment): Promise<object> {
+    if (!Number.isInteger(d.slot) || d.slot < 0 || d.slot >= this.slots.length) throw new Error(`slot ${d.slot} does not exist on ${this.resourceId}`);
+    const holder = this.slots[d.slot];
+    if (holder !== null && holder !== d.jobId) throw new Error(`slot ${d.slot} on ${this.resourceId} is allocated to job ${holder}`);
+    if (this.tasks.has(d.executionId)) throw new Error(`task ${d.executionId} is already deployed`);
+    this.slots[d.slot] = d.jobId;
+    const task = new Task(d, this.shuffle, (t, state, error) => this.onTaskState(t, state, error));
+    this.tasks.set(d.executionId, task);
+    const rpc = this.rpc;
+    this.artifacts
+      .get(d.artifactHash, async (hash) => {
+        if (!rpc) throw new Error("no JobManager connection to fetch the artifact from");
+        return (await rpc.request("fetchArtifact", { hash })).bytes;
+      })
+      .then(
+        (file) => task.state === "DEPLOYING" && task.start(file),
+        (err: Error) => task.fail(new Error(`cannot fetch job artifact: ${err.message}`)),
+      );
+    log.info("deploying task", { task: task.name, job: d.jobId, slot: d.slot });
+    return {};
+  }
+
+  private onTaskState(task: Task, state: TaskState, error?: ErrorInfo): void {
+    const fields: Record<string, unknown> = { task: task.name, job: task.deployment.jobId, state };
+    if (error) fields.error = error.message;
+    (state === "FAILED" ? log.warn : log.info)("task state changed", fields);
+    if (state === "FINISHED" || state === "FAILED" || state === "CANCELED") this.tasks.delete(task.executionId);
+    this.rpc
+      ?.request("updateTaskState", { executionId: task.executionId, state, error, metrics: task.metrics })
+      .catch((err: Error) => log.warn("could not report a task state", { task: task.name, error: err.message }));
+  }
+
+  private releaseJob(jobId: string): void {
+    for (const task of this.tasks.values()) if (task.deployment.jobId === jobId) task.cancel();
+    this.shuffle.releaseJob(jobId);
+    for (let i = 0; i < this.slots.length; i++) if (this.slots[i] === jobId) this.slots[i] = null;
+  }
+}

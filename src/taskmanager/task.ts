@@ -1,0 +1,90 @@
+// A task on the TaskManager's main thread: owns the Worker that runs it and reports its state transitions.
+import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
+import { TERMINAL_TASK_STATES } from "../rpc/messages.ts";
+import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
+import { taskDisplayName } from "../runtime/stream-task.ts";
+import { taskWorkerUrl } from "../runtime/worker-url.ts";
+import type { FromWorker, ToWorker } from "../runtime/worker-protocol.ts";
+
+export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo) => void;
+
+export class Task implements TaskEndpoint {
+  state: TaskState = "DEPLOYING";
+  metrics: TaskMetrics = { recordsIn: 0, recordsOut: 0 };
+  private worker: Worker | null = null;
+  readonly name: string;
+
+  constructor(
+    readonly deployment: TaskDeployment,
+    private readonly shuffle: ShuffleEnvironment,
+    private readonly onState: TaskStateListener,
+  ) {
+    this.name = taskDisplayName(deployment);
+  }
+
+  get executionId(): string {
+    return this.deployment.executionId;
+  }
+
+  start(artifactPath: string): void {
+    const worker = new Worker(taskWorkerUrl());
+    this.worker = worker;
+    this.shuffle.registerTask(this.deployment, this);
+    worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
+    // Without these handlers a Worker that cannot load would vanish silently.
+    worker.onerror = (e: ErrorEvent) => {
+      e.preventDefault?.();
+      this.finish("FAILED", { message: `task worker error: ${e.message}`, task: this.name });
+    };
+    worker.addEventListener("close", () => {
+      if (!TERMINAL_TASK_STATES.has(this.state)) this.finish("FAILED", { message: "task worker exited unexpectedly", task: this.name });
+    });
+    this.post({ type: "init", deployment: this.deployment, artifactPath });
+  }
+
+  post(msg: ToWorker, transfer?: Transferable[]): void {
+    if (this.worker && !TERMINAL_TASK_STATES.has(this.state)) this.worker.postMessage(msg, transfer ?? []);
+  }
+
+  fail(err: Error): void {
+    this.finish("FAILED", { message: err.message, stack: err.stack, task: this.name });
+  }
+
+  /** Terminates the Worker, also one stuck in an endless loop. */
+  cancel(): void {
+    this.finish("CANCELED");
+  }
+
+  private onWorkerMessage(msg: FromWorker): void {
+    if (TERMINAL_TASK_STATES.has(this.state)) return;
+    switch (msg.type) {
+      case "data":
+      case "end":
+      case "credit":
+        this.shuffle.fromWorker(msg);
+        break;
+      case "running":
+        this.state = "RUNNING";
+        this.onState(this, "RUNNING");
+        break;
+      case "metrics":
+        this.metrics = msg.metrics;
+        break;
+      case "finished":
+        this.metrics = msg.metrics;
+        this.finish("FINISHED");
+        break;
+      case "failed":
+        this.finish("FAILED", msg.error);
+        break;
+    }
+  }
+
+  private finish(state: TaskState, error?: ErrorInfo): void {
+    if (TERMINAL_TASK_STATES.has(this.state)) return;
+    this.state = state;
+    this.shuffle.unregisterTask(this.deployment, this);
+    this.worker?.terminate();
+    this.onState(this, state, error);
+  }
+}

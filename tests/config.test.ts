@@ -1,0 +1,309 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CONFIG_KEYS, ConfigError, defaultConfig, loadConfig, parseDuration } from "../src/config/index.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "tm-config-test-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let fileCount = 0;
+/** Writes a TOML file under the temp dir and returns its path. */
+function tomlFile(text: string): string {
+  const path = join(dir, `tm-${++fileCount}.toml`);
+  writeFileSync(path, text);
+  return path;
+}
+
+/** The ConfigError message thrown by fn (fails if fn does not throw a ConfigError). */
+function errorOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).exitCode).toBe(2);
+    return (err as Error).message;
+  }
+  throw new Error("expected a ConfigError, nothing was thrown");
+}
+
+describe("defaults", () => {
+  test("every key has its documented default; durations are milliseconds", () => {
+    expect(defaultConfig()).toEqual({
+      "jobmanager.rpc.address": "127.0.0.1",
+      "jobmanager.rpc.port": 6123,
+      "jobmanager.storage.dir": "",
+      "jobmanager.slot-request.timeout": 300_000,
+      "taskmanager.resource-id": "",
+      "taskmanager.host": "127.0.0.1",
+      "taskmanager.data.port": 0,
+      "taskmanager.numberOfTaskSlots": 1,
+      "taskmanager.tmp.dir": "",
+      "taskmanager.registration.initial-backoff": 100,
+      "taskmanager.registration.max-backoff": 10_000,
+      "heartbeat.interval": 10_000,
+      "heartbeat.timeout": 50_000,
+      "parallelism.default": 1,
+      "log.level": "info",
+    });
+  });
+
+  test("loadConfig() with nothing given returns the defaults, as a fresh object", () => {
+    const config = loadConfig();
+    expect(config).toEqual(defaultConfig());
+    config["log.level"] = "debug";
+    expect(loadConfig()["log.level"]).toBe("info");
+  });
+
+  test("CONFIG_KEYS lists key, type, default, doc and env var", () => {
+    const slots = CONFIG_KEYS.find((s) => s.key === "taskmanager.numberOfTaskSlots")!;
+    expect(slots.envVar).toBe("TM_TASKMANAGER_NUMBEROFTASKSLOTS");
+    expect(slots.default).toBe(1);
+    expect(slots.doc).toBe("Number of task slots.");
+    expect(CONFIG_KEYS.find((s) => s.key === "jobmanager.slot-request.timeout")!.envVar).toBe(
+      "TM_JOBMANAGER_SLOT_REQUEST_TIMEOUT",
+    );
+    expect(CONFIG_KEYS).toHaveLength(Object.keys(defaultConfig()).length);
+  });
+});
+
+describe("TOML file", () => {
+  test("nested tables", () => {
+    const file = tomlFile(`
+[jobmanager.rpc]
+address = "10.0.0.5"
+port = 7000
+
+[taskmanager]
+numberOfTaskSlots = 4
+host = "tm-1.local"
+
+[taskmanager.registration]
+initial-backoff = "250 ms"
+max-backoff = 30000
+
+[heartbeat]
+interval = "2s"
+timeout = "1.5 min"
+
+[log]
+level = "debug"
+`);
+    const config = loadConfig({ file });
+    expect(config["jobmanager.rpc.address"]).toBe("10.0.0.5");
+    expect(config["jobmanager.rpc.port"]).toBe(7000);
+    expect(config["taskmanager.numberOfTaskSlots"]).toBe(4);
+    expect(config["taskmanager.host"]).toBe("tm-1.local");
+    expect(config["taskmanager.registration.initial-backoff"]).toBe(250);
+    expect(config["taskmanager.registration.max-backoff"]).toBe(30_000);
+    expect(config["heartbeat.interval"]).toBe(2000);
+    expect(config["heartbeat.timeout"]).toBe(90_000);
+    expect(config["log.level"]).toBe("debug");
+    expect(config["parallelism.default"]).toBe(1); // untouched keys keep their defaults
+  });
+
+  test("dotted keys, also mixed with tables", () => {
+    const file = tomlFile(`
+taskmanager.numberOfTaskSlots = 8
+jobmanager.slot-request.timeout = "30 sec"
+parallelism.default = 3
+
+[heartbeat]
+interval = 5000
+`);
+    const config = loadConfig({ file });
+    expect(config["taskmanager.numberOfTaskSlots"]).toBe(8);
+    expect(config["jobmanager.slot-request.timeout"]).toBe(30_000);
+    expect(config["parallelism.default"]).toBe(3);
+    expect(config["heartbeat.interval"]).toBe(5000);
+  });
+
+  test("missing file names the path", () => {
+    const path = join(dir, "no-such-tm.toml");
+    expect(errorOf(() => loadConfig({ file: path }))).toBe(`config file ${path} not found`);
+  });
+
+  test("TOML syntax error names the file, line and column", () => {
+    const file = tomlFile(`[taskmanager]\nnumberOfTaskSlots = 2\nhost = "a\n`);
+    const message = errorOf(() => loadConfig({ file }));
+    expect(message).toStartWith(`${file}: invalid TOML at line 3, column `);
+    expect(message).not.toContain("\n");
+  });
+
+  test("unknown key is an error, with the closest known key suggested", () => {
+    const file = tomlFile(`[taskmanager]\nnumberOfSlots = 2\n`);
+    expect(errorOf(() => loadConfig({ file }))).toBe(
+      `${file}: unknown key "taskmanager.numberOfSlots" (did you mean "taskmanager.numberOfTaskSlots"?)`,
+    );
+    const wrongCase = tomlFile(`log.Level = "info"\n`);
+    expect(errorOf(() => loadConfig({ file: wrongCase }))).toBe(
+      `${wrongCase}: unknown key "log.Level" (did you mean "log.level"?)`,
+    );
+  });
+
+  test("unknown key far from every known key gets no suggestion", () => {
+    const file = tomlFile(`[metrics]\nreporter = "prometheus"\n`);
+    expect(errorOf(() => loadConfig({ file }))).toBe(`${file}: unknown key "metrics.reporter"`);
+  });
+});
+
+describe("type errors", () => {
+  const cases: [toml: string, message: string][] = [
+    [`taskmanager.numberOfTaskSlots = "two"`, `taskmanager.numberOfTaskSlots: expected an integer >= 1 and <= 1024, got "two" (string)`],
+    [`taskmanager.numberOfTaskSlots = "4"`, `taskmanager.numberOfTaskSlots: expected an integer >= 1 and <= 1024, got "4" (string)`],
+    [`taskmanager.numberOfTaskSlots = 0`, `taskmanager.numberOfTaskSlots: expected an integer >= 1 and <= 1024, got 0`],
+    [`taskmanager.numberOfTaskSlots = 1025`, `taskmanager.numberOfTaskSlots: expected an integer >= 1 and <= 1024, got 1025`],
+    [`parallelism.default = 2.5`, `parallelism.default: expected an integer >= 1, got 2.5`],
+    [`jobmanager.rpc.port = 70000`, `jobmanager.rpc.port: expected a port 0..65535, got 70000`],
+    [`taskmanager.data.port = -1`, `taskmanager.data.port: expected a port 0..65535, got -1`],
+    [`jobmanager.rpc.port = true`, `jobmanager.rpc.port: expected a port 0..65535, got true (boolean)`],
+    [`heartbeat.interval = "10 parsecs"`, `heartbeat.interval: expected a duration (milliseconds, or a number and a unit ms/s/sec/min/h such as "10 s"), got "10 parsecs" (string)`],
+    [`heartbeat.interval = -5`, `heartbeat.interval: expected a duration (milliseconds, or a number and a unit ms/s/sec/min/h such as "10 s"), got -5`],
+    [`heartbeat.interval = 0`, `heartbeat.interval: expected a duration of at least 1 ms, got 0`],
+    [`heartbeat.timeout = [1, 2]`, `heartbeat.timeout: expected a duration (milliseconds, or a number and a unit ms/s/sec/min/h such as "10 s"), got an array`],
+    [`jobmanager.slot-request.timeout = "1000 h"`, `jobmanager.slot-request.timeout: expected a duration of at most 2147483647 ms (about 24 days), got "1000 h" (string)`],
+    [`log.level = "verbose"`, `log.level: expected one of "debug", "info", "warn", "error", got "verbose" (string)`],
+    [`taskmanager.host = "my host"`, `taskmanager.host: expected a host name or IP address (non-empty, no spaces), got "my host" (string)`],
+    [`jobmanager.rpc.address = ""`, `jobmanager.rpc.address: expected a host name or IP address (non-empty, no spaces), got "" (string)`],
+    [`taskmanager.tmp.dir = 5`, `taskmanager.tmp.dir: expected a string, got 5`],
+    [`[jobmanager.rpc.port]\nvalue = 1`, `jobmanager.rpc.port: expected a port 0..65535, got a table`],
+  ];
+  for (const [toml, message] of cases) {
+    test(toml.replace("\n", " "), () => {
+      const file = tomlFile(toml + "\n");
+      expect(errorOf(() => loadConfig({ file }))).toBe(`${file}: ${message}`);
+    });
+  }
+});
+
+describe("parseDuration", () => {
+  test("numbers are milliseconds; strings take a unit", () => {
+    expect(parseDuration(250, "x")).toBe(250);
+    expect(parseDuration("500 ms", "x")).toBe(500);
+    expect(parseDuration("10s", "x")).toBe(10_000);
+    expect(parseDuration("3 sec", "x")).toBe(3000);
+    expect(parseDuration("1.5 min", "x")).toBe(90_000);
+    expect(parseDuration("2 h", "x")).toBe(7_200_000);
+    expect(parseDuration("750", "x")).toBe(750);
+    expect(parseDuration("0 s", "x")).toBe(0);
+  });
+
+  test("errors are ConfigErrors prefixed with where", () => {
+    expect(errorOf(() => parseDuration("ten seconds", "tm.toml: heartbeat.interval"))).toStartWith(
+      `tm.toml: heartbeat.interval: expected a duration`,
+    );
+    expect(errorOf(() => parseDuration(1.5, "w"))).toEndWith(", got 1.5");
+    expect(errorOf(() => parseDuration("-1 s", "w"))).toEndWith(`, got "-1 s" (string)`);
+  });
+});
+
+describe("environment and -D flags", () => {
+  test("TM_* variables set keys, parsed by type; unknown TM_* variables are ignored", () => {
+    const config = loadConfig({
+      env: {
+        TM_TASKMANAGER_NUMBEROFTASKSLOTS: "4",
+        TM_HEARTBEAT_INTERVAL: "2 s",
+        TM_JOBMANAGER_SLOT_REQUEST_TIMEOUT: "1500",
+        TM_LOG_LEVEL: "warn",
+        TM_NO_SUCH_KEY: "whatever",
+        PATH: "/usr/bin",
+      },
+    });
+    expect(config["taskmanager.numberOfTaskSlots"]).toBe(4);
+    expect(config["heartbeat.interval"]).toBe(2000);
+    expect(config["jobmanager.slot-request.timeout"]).toBe(1500);
+    expect(config["log.level"]).toBe("warn");
+  });
+
+  test("-D key=value sets keys; the value may contain '='", () => {
+    const config = loadConfig({
+      overrides: ["taskmanager.numberOfTaskSlots=16", "taskmanager.resource-id=tm=a", "taskmanager.tmp.dir="],
+    });
+    expect(config["taskmanager.numberOfTaskSlots"]).toBe(16);
+    expect(config["taskmanager.resource-id"]).toBe("tm=a");
+    expect(config["taskmanager.tmp.dir"]).toBe("");
+  });
+
+  test("precedence: defaults < file < environment < -D", () => {
+    const file = tomlFile(`
+taskmanager.numberOfTaskSlots = 2
+parallelism.default = 2
+log.level = "warn"
+`);
+    const config = loadConfig({
+      file,
+      env: { TM_TASKMANAGER_NUMBEROFTASKSLOTS: "3", TM_PARALLELISM_DEFAULT: "3" },
+      overrides: ["taskmanager.numberOfTaskSlots=4"],
+    });
+    expect(config["taskmanager.numberOfTaskSlots"]).toBe(4); // file, env and -D: -D wins
+    expect(config["parallelism.default"]).toBe(3); // file and env: env wins
+    expect(config["log.level"]).toBe("warn"); // file only
+    expect(config["jobmanager.rpc.port"]).toBe(6123); // default
+  });
+
+  test("a bad environment value names the variable and the key", () => {
+    expect(errorOf(() => loadConfig({ env: { TM_TASKMANAGER_NUMBEROFTASKSLOTS: "two" } }))).toBe(
+      `environment variable TM_TASKMANAGER_NUMBEROFTASKSLOTS: taskmanager.numberOfTaskSlots: expected an integer >= 1 and <= 1024, got "two" (string)`,
+    );
+    expect(errorOf(() => loadConfig({ env: { TM_JOBMANAGER_RPC_PORT: "70000" } }))).toBe(
+      `environment variable TM_JOBMANAGER_RPC_PORT: jobmanager.rpc.port: expected a port 0..65535, got "70000" (string)`,
+    );
+  });
+
+  test("bad -D flags", () => {
+    expect(errorOf(() => loadConfig({ overrides: ["foo"] }))).toBe(`-D flag "foo": expected key=value`);
+    expect(errorOf(() => loadConfig({ overrides: ["=4"] }))).toBe(`-D flag "=4": expected key=value`);
+    expect(errorOf(() => loadConfig({ overrides: ["taskmanager.numberOfSlots=4"] }))).toBe(
+      `-D flag: unknown key "taskmanager.numberOfSlots" (did you mean "taskmanager.numberOfTaskSlots"?)`,
+    );
+    expect(errorOf(() => loadConfig({ overrides: ["log.level=loud"] }))).toBe(
+      `-D flag: log.level: expected one of "debug", "info", "warn", "error", got "loud" (string)`,
+    );
+    expect(errorOf(() => loadConfig({ overrides: ["heartbeat.interval=soon"] }))).toStartWith(
+      `-D flag: heartbeat.interval: expected a duration`,
+    );
+  });
+});
+
+describe("cross-key checks", () => {
+  test("heartbeat.timeout must be greater than heartbeat.interval; the error names both keys and sources", () => {
+    const file = tomlFile(`[heartbeat]\ntimeout = "10 s"\n`);
+    expect(errorOf(() => loadConfig({ file }))).toBe(
+      `heartbeat.timeout (10 s, from ${file}) must be greater than heartbeat.interval (10 s, default)`,
+    );
+    expect(errorOf(() => loadConfig({ env: { TM_HEARTBEAT_INTERVAL: "1 min" } }))).toBe(
+      `heartbeat.timeout (50 s, default) must be greater than heartbeat.interval (1 min, from TM_HEARTBEAT_INTERVAL)`,
+    );
+  });
+
+  test("a later source can fix what an earlier one broke", () => {
+    const file = tomlFile(`heartbeat.timeout = "5 s"\n`);
+    const config = loadConfig({ file, overrides: ["heartbeat.interval=1s"] });
+    expect(config["heartbeat.timeout"]).toBe(5000);
+    expect(config["heartbeat.interval"]).toBe(1000);
+  });
+});
+
+describe("docs/configuration.md", () => {
+  const markdown = readFileSync(join(import.meta.dir, "..", "docs", "configuration.md"), "utf8");
+  // Rows of the key table: | `key` | type | `default` | `ENV_VAR` | description |
+  const rows = markdown
+    .split("\n")
+    .filter((line) => line.startsWith("| `"))
+    .map((line) => line.split(/(?<!\\)\|/).slice(1, -1).map((cell) => cell.trim()));
+  const unquote = (cell: string) => cell.replace(/^`|`$/g, "").replace(/^"(.*)"$/, "$1");
+
+  test("documents exactly the keys of CONFIG_KEYS, in the same order", () => {
+    expect(rows.map((row) => unquote(row[0]!))).toEqual(CONFIG_KEYS.map((spec) => spec.key));
+  });
+
+  test("each row's env var, default and description match the schema", () => {
+    for (const spec of CONFIG_KEYS) {
+      const row = rows.find((r) => unquote(r[0]!) === spec.key)!;
+      expect(unquote(row[3]!)).toBe(spec.envVar);
+      // The documented default, given as a -D flag, must load to the schema's default.
+      expect(loadConfig({ overrides: [`${spec.key}=${unquote(row[2]!)}`] })[spec.key]).toBe(spec.default as never);
+      expect(row[4]!.replaceAll("`", "")).toBe(spec.doc);
+    }
+  });
+});
