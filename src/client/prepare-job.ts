@@ -22,7 +22,8 @@ export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   const entry = path.resolve(jobPath);
   if (!fs.existsSync(entry)) throw new JobPreparationError(`job file ${jobPath} not found`);
   if (typeof Bun === "undefined") throw new JobPreparationError("bundling a job needs Bun (run `bun main.ts` or the compiled binary)");
-  const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm" });
+  // An inline source map makes stack traces from user code name the job's own file and line.
+  const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
   if (!result.success || result.outputs.length === 0) {
     const why = result.logs.map((l) => String(l.message ?? l)).join("; ");
     throw new JobPreparationError(`cannot bundle ${jobPath}: ${why || "no output"}`);

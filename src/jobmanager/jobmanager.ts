@@ -80,6 +80,9 @@ export class JobManager {
         job.onTaskState(p.executionId, p.state, p.error, p.metrics);
         return {};
       }
+      case "disconnectTaskManager":
+        rm.disconnect(peer.id, String(p?.reason ?? "disconnected"));
+        return {};
       case "fetchArtifact":
         need(p, { hash: "string" }, type);
         return { bytes: this.blobs.get(p.hash) };

@@ -124,10 +124,16 @@ export class ResourceManager {
     }
   }
 
-  private markLost(tm: RegisteredTaskManager, reason: string): void {
+  /** A TaskManager that says goodbye (shutdown) is removed like a lost one, without the alarm. */
+  disconnect(resourceId: string, reason: string): void {
+    const tm = this.taskManagers.get(resourceId);
+    if (tm) this.markLost(tm, reason, true);
+  }
+
+  private markLost(tm: RegisteredTaskManager, reason: string, orderly = false): void {
     if (this.taskManagers.get(tm.info.resourceId) !== tm) return;
     this.taskManagers.delete(tm.info.resourceId);
-    log.warn("TaskManager lost; its slots are freed", { id: tm.info.resourceId, reason });
+    (orderly ? log.info : log.warn)(orderly ? "TaskManager disconnected; its slots are removed" : "TaskManager lost; its slots are freed", { id: tm.info.resourceId, reason });
     tm.rpc.close();
     this.onLost(tm, reason);
   }

@@ -72,6 +72,10 @@ export interface TaskMetrics {
   recordsIn: number;
   recordsOut: number;
 }
+export interface DisconnectTaskManager {
+  resourceId: string;
+  reason: string;
+}
 export interface FetchArtifact {
   hash: string;
 }
@@ -168,6 +172,7 @@ export interface RpcRequests {
   heartbeat: [Heartbeat, Record<string, never>];
   updateTaskState: [UpdateTaskState, Record<string, never>];
   fetchArtifact: [FetchArtifact, FetchArtifactReply];
+  disconnectTaskManager: [DisconnectTaskManager, Record<string, never>];
   submitTask: [TaskDeployment, Record<string, never>];
   cancelTask: [CancelTask, Record<string, never>];
   releaseJob: [ReleaseJob, Record<string, never>];
@@ -185,6 +190,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "heartbeat",
   "updateTaskState",
   "fetchArtifact",
+  "disconnectTaskManager",
   "submitTask",
   "cancelTask",
   "releaseJob",
@@ -197,7 +203,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
 
 /** Which peer roles may send which requests to the JobManager (TaskManagers answer only their JobManager). */
 export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
-  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact"]),
+  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact", "disconnectTaskManager"]),
   client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview"]),
   data: new Set(),
 };

@@ -69,7 +69,12 @@ export class TaskExecutor {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     for (const task of this.tasks.values()) task.cancel();
-    this.rpc?.close();
+    const rpc = this.rpc;
+    this.rpc = null;
+    if (rpc) {
+      await rpc.request("disconnectTaskManager", { resourceId: this.resourceId, reason: "TaskManager is shutting down" }, 1000).catch(() => {});
+      rpc.close();
+    }
     await this.shuffle.transport.stop();
     if (this.ownedTmpDir) fs.rmSync(this.ownedTmpDir, { recursive: true, force: true });
   }

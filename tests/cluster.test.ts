@@ -1,0 +1,139 @@
+// A JobManager and TaskManagers in this process (real TCP on 127.0.0.1, real Workers) running real jobs.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { defaultConfig, type Config } from "../src/config/index.ts";
+import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import type { RpcConnection } from "../src/rpc/connection.ts";
+import { setLogLevel } from "../src/util/log.ts";
+import { countWords, expectSameCounts, generateText, readCounts, removeTempDirs, ROOT, tempDir, waitFor, writeJob } from "./helpers.ts";
+
+const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "jobmanager.slot-request.timeout": 500, "log.level": "warn" };
+setLogLevel("warn");
+let cluster: LocalCluster;
+let client: RpcConnection;
+let dir: string;
+
+beforeAll(async () => {
+  dir = tempDir();
+  cluster = await startLocalCluster({ taskManagers: 2, slotsPerTaskManager: 2, config });
+  client = await connectClient("127.0.0.1", cluster.port);
+});
+
+afterAll(async () => {
+  client?.close();
+  await cluster?.stop();
+  removeTempDirs();
+});
+
+async function run(jobFile: string, args: string[], parallelism: number) {
+  const prepared = await prepareJob(jobFile, args, parallelism);
+  const jobId = await submitJob(client, prepared);
+  return waitForJob(client, jobId, () => {});
+}
+
+describe("local cluster", () => {
+  test("word count at parallelism 4 across two TaskManagers matches counts computed directly", async () => {
+    const input = path.join(dir, "words.txt");
+    generateText(input, 40_000);
+    const out = path.join(dir, "wc-out");
+    const status = await run(path.join(ROOT, "examples/wordcount.ts"), ["--input", input, "--output", out], 4);
+    expect(status.state).toBe("FINISHED");
+    expect(fs.readdirSync(out).sort()).toEqual(["1", "2", "3", "4"]);
+    const [actual] = readCounts(out);
+    expectSameCounts(actual!, countWords(fs.readFileSync(input, "utf8")));
+    expect(status.recordsIn).toBe(40_000);
+  });
+
+  test("streaming keyed sum emits one update per record, the last one per key being its total", async () => {
+    const job = writeJob(dir, "rolling.ts", `
+      export default (env) => {
+        env.setParallelism(3);
+        env.fromSequence(0, 29_999)
+          .map((i) => ["k" + (i % 97), i])
+          .keyBy((t) => t[0])
+          .sum(1)
+          .writeAsText(${JSON.stringify(path.join(dir, "rolling"))});
+      };`);
+    const status = await run(job, [], 3);
+    expect(status.state).toBe("FINISHED");
+    const lines = fs.readdirSync(path.join(dir, "rolling")).flatMap((f) => fs.readFileSync(path.join(dir, "rolling", f), "utf8").trim().split("\n"));
+    expect(lines.length).toBe(30_000);
+    const max = new Map<string, number>();
+    for (const l of lines) {
+      const [, k, v] = /^\((k\d+),(\d+)\)$/.exec(l)!;
+      max.set(k!, Math.max(max.get(k!) ?? 0, Number(v)));
+    }
+    const expected = new Map<string, number>();
+    for (let i = 0; i < 30_000; i++) expected.set("k" + (i % 97), (expected.get("k" + (i % 97)) ?? 0) + i);
+    expect(max).toEqual(expected);
+  });
+
+  test("union, rebalance and broadcast deliver every record the expected number of times", async () => {
+    const out = path.join(dir, "fanout");
+    const job = writeJob(dir, "fanout.ts", `
+      export default (env) => {
+        const a = env.fromCollection([1, 2, 3, 4, 5]);
+        const b = env.fromSequence(100, 199).setParallelism(2);
+        a.union(b).rebalance().map((x) => x * 2).setParallelism(3)
+          .broadcast().map((x) => x + 1).setParallelism(2)
+          .writeAsText(${JSON.stringify(out)}).setParallelism(2);
+      };`);
+    const status = await run(job, [], 2);
+    expect(status.state).toBe("FINISHED");
+    const got = fs.readdirSync(out).flatMap((f) => fs.readFileSync(path.join(out, f), "utf8").trim().split("\n").map(Number)).sort((x, y) => x - y);
+    const inputs = [1, 2, 3, 4, 5, ...Array.from({ length: 100 }, (_, i) => 100 + i)];
+    const expected = inputs.flatMap((x) => [x * 2 + 1, x * 2 + 1]).sort((x, y) => x - y); // broadcast to 2 subtasks
+    expect(got).toEqual(expected);
+  });
+
+  test("an operator that throws fails its job with the message and the task, while another job runs on", async () => {
+    const slow = writeJob(dir, "slow.ts", `
+      export default (env) => {
+        env.fromSequence(1, 40).map((x) => { const t = Date.now(); while (Date.now() - t < 10) {} return x; })
+          .addSink(() => {});
+      };`);
+    const bad = writeJob(dir, "bad.ts", `
+      export default (env) => {
+        env.fromSequence(1, 1000).map((x) => { if (x === 500) throw new Error("bad record " + x); return x; }).name("Checker").addSink(() => {});
+      };`);
+    const slowRun = run(slow, [], 1);
+    const status = await run(bad, [], 1);
+    expect(status.state).toBe("FAILED");
+    expect(status.error?.message).toContain("bad record 500");
+    expect(status.error?.task).toContain("Checker");
+    expect(status.error?.stack).toContain("bad.ts");
+    expect((await slowRun).state).toBe("FINISHED");
+    const overview = await client.request("clusterOverview", {});
+    expect(overview.taskManagers).toBe(2);
+    expect(overview.slotsAvailable).toBe(4);
+  });
+
+  test("canceling a job terminates a task stuck in an endless loop and frees its slots", async () => {
+    const job = writeJob(dir, "loop.ts", `export default (env) => { env.fromSequence(1, 10).map((x) => { for (;;) {} }).addSink(() => {}); };`);
+    const prepared = await prepareJob(job, [], 2);
+    const jobId = await submitJob(client, prepared);
+    await waitFor("job running", async () => (await client.request("jobStatus", { jobId })).tasks.RUNNING === 2);
+    const t0 = Date.now();
+    await client.request("cancelJob", { jobId });
+    const status = await waitForJob(client, jobId, () => {});
+    expect(status.state).toBe("CANCELED");
+    expect(Date.now() - t0).toBeLessThan(2000);
+    const overview = await client.request("clusterOverview", {});
+    expect(overview.slotsAvailable).toBe(4);
+  });
+
+  test("a job that needs more slots than the cluster has fails with a clear message", async () => {
+    const job = writeJob(dir, "wide.ts", `export default (env) => { env.fromSequence(1, 10).addSink(() => {}); };`);
+    const status = await run(job, [], 5);
+    expect(status.state).toBe("FAILED");
+    expect(status.error?.message).toMatch(/could not get 5 slots within 500 ms: the cluster has 4 free of 4 slots on 2 TaskManager/);
+  });
+
+  test("a job whose builder throws is refused before submission, naming the file", async () => {
+    const job = writeJob(dir, "broken.ts", `export default (env) => { throw new Error("no input given"); };`);
+    await expect(prepareJob(job, [], 1)).rejects.toThrow(/broken\.ts: building the job failed: no input given/);
+  });
+});

@@ -1,0 +1,143 @@
+// Shared test helpers: temp dirs, job files, child processes (always killed by pid), and word counting.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type { Subprocess } from "bun";
+
+export const ROOT = path.resolve(import.meta.dir, "..");
+export const BUN = process.execPath;
+
+const tempDirs: string[] = [];
+export function tempDir(prefix = "tm-test-"): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+export function removeTempDirs(): void {
+  for (const d of tempDirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+}
+
+/** Writes a job module (TypeScript source of its default export) to a file and returns its path. */
+export function writeJob(dir: string, name: string, source: string): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, source);
+  return file;
+}
+
+/** Text of `lines` lines drawn from a vocabulary with a skewed distribution, deterministic for a seed. */
+export function generateText(file: string, lines: number, seed = 7): void {
+  let s = seed >>> 0;
+  const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const vocab = Array.from({ length: 3000 }, (_, i) => `word${i}`).concat(["The", "the", "Zürich", "naïve", "don't"]);
+  const out: string[] = [];
+  for (let i = 0; i < lines; i++) {
+    const n = Math.floor(rand() * 12);
+    const words: string[] = [];
+    for (let j = 0; j < n; j++) words.push(vocab[Math.floor(rand() ** 2 * vocab.length)]!);
+    out.push(words.join(rand() < 0.1 ? "  " : " "));
+  }
+  fs.writeFileSync(file, out.join("\n") + "\n");
+}
+
+/** Word counts computed directly, the same tokenization as examples/wordcount.ts. */
+export function countWords(text: string): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    for (const w of line.toLowerCase().split(/[^\p{L}\p{N}']+/u)) if (w.length > 0) counts.set(w, (counts.get(w) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** Parses "(word,count)" lines from a file or from every file of a directory (optionally "n> " prefixed). */
+export function readCounts(target: string): Map<string, number>[] {
+  const files = fs.statSync(target).isDirectory() ? fs.readdirSync(target).map((f) => path.join(target, f)) : [target];
+  const lines = files.flatMap((f) => fs.readFileSync(f, "utf8").split("\n")).filter((l) => l.length > 0);
+  return [parseCountLines(lines)];
+}
+
+export function parseCountLines(lines: string[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const raw of lines) {
+    const line = raw.replace(/^\d+> /, "");
+    const match = /^\((.*),(\d+)\)$/.exec(line);
+    if (!match) throw new Error(`unexpected output line ${JSON.stringify(raw)}`);
+    if (m.has(match[1]!)) throw new Error(`word ${match[1]} appears twice in the output`);
+    m.set(match[1]!, Number(match[2]));
+  }
+  return m;
+}
+
+export function expectSameCounts(actual: Map<string, number>, expected: Map<string, number>): void {
+  const diffs: string[] = [];
+  for (const [w, n] of expected) if (actual.get(w) !== n) diffs.push(`${w}: expected ${n}, got ${actual.get(w)}`);
+  for (const w of actual.keys()) if (!expected.has(w)) diffs.push(`${w}: unexpected`);
+  if (diffs.length > 0) throw new Error(`${diffs.length} differing counts, e.g. ${diffs.slice(0, 5).join("; ")}`);
+}
+
+export async function waitFor<T>(what: string, probe: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await Bun.sleep(everyMs);
+  }
+}
+
+/** A child process whose output is captured line by line; killed by pid in stopAll(). */
+export class Child {
+  readonly proc: Subprocess<"ignore", "pipe", "pipe">;
+  stdout = "";
+  stderr = "";
+  private static all = new Set<Child>();
+
+  constructor(cmd: string[], env: Record<string, string> = {}, cwd = ROOT) {
+    this.proc = Bun.spawn(cmd, { cwd, env: { ...process.env, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    Child.all.add(this);
+    void this.pump(this.proc.stdout, (t) => (this.stdout += t));
+    void this.pump(this.proc.stderr, (t) => (this.stderr += t));
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  /** Waits until stdout+stderr match the pattern; returns the match. */
+  waitForOutput(pattern: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
+    return waitFor(`output ${pattern} from pid ${this.pid}`, () => {
+      if (this.proc.exitCode !== null && !pattern.test(this.stdout + this.stderr)) {
+        throw new Error(`process ${this.pid} exited with ${this.proc.exitCode} before printing ${pattern}:\n${this.stderr.slice(-2000)}`);
+      }
+      return (this.stdout + this.stderr).match(pattern);
+    }, timeoutMs);
+  }
+
+  async exited(timeoutMs = 60_000): Promise<number> {
+    const timer = setTimeout(() => this.kill(), timeoutMs);
+    const code = await this.proc.exited;
+    clearTimeout(timer);
+    return code;
+  }
+
+  kill(signal: NodeJS.Signals = "SIGKILL"): void {
+    try {
+      process.kill(this.pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+
+  static async stopAll(): Promise<void> {
+    for (const c of Child.all) {
+      c.kill("SIGCONT");
+      c.kill("SIGKILL");
+    }
+    await Promise.all([...Child.all].map((c) => c.proc.exited));
+    Child.all.clear();
+  }
+
+  private async pump(stream: ReadableStream<Uint8Array>, sink: (text: string) => void): Promise<void> {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) sink(decoder.decode(chunk, { stream: true }));
+  }
+}
