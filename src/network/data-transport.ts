@@ -30,7 +30,7 @@ export class DataTransport {
         return;
       }
       this.inbound.add(conn);
-      conn.onFrame = (f) => this.handler.onFrame(conn, f);
+      conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
       conn.onClose((err) => {
         this.inbound.delete(conn);
         if (err && !/closed by peer/.test(err.message)) log.warn("inbound data connection failed", { peer: conn.remoteAddress, error: err.message });
@@ -57,7 +57,7 @@ export class DataTransport {
     connectFramed(target.dataHost, target.dataPort, { version: PROTOCOL_VERSION, role: "data", id: this.resourceId }).then(
       (conn) => {
         peer.conn = conn;
-        conn.onFrame = (f) => this.handler.onFrame(conn, f);
+        conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
         conn.onClose((err) => {
           if (this.peers.get(key) === peer) this.peers.delete(key);
           if (err && !/closed by peer/.test(err.message)) this.handler.onPeerFailed(key, err);

@@ -22,7 +22,9 @@ export class FramedConnection {
   readonly ready: Promise<Hello | HelloReply>;
   /** The peer's handshake: its Hello (server side) or HelloReply (client side). */
   peer: Hello | HelloReply | null = null;
-  onFrame: (body: unknown) => void = () => {};
+  private frameHandler: ((body: unknown) => void) | null = null;
+  /** Frames that arrived after the handshake but before a handler was set (same TCP chunk). */
+  private early: unknown[] = [];
   private closeHandlers: ((err?: Error) => void)[] = [];
   private decoder: FrameDecoder;
   private closedWith: Error | null | undefined = undefined;
@@ -59,6 +61,12 @@ export class FramedConnection {
     return this.write(body);
   }
 
+  /** Sets who receives frames after the handshake; frames that arrived before are handed over first. */
+  setFrameHandler(handler: (body: unknown) => void): void {
+    this.frameHandler = handler;
+    for (const body of this.early.splice(0)) if (!this.closed) handler(body);
+  }
+
   onClose(handler: (err?: Error) => void): void {
     if (this.closed) handler(this.closedWith ?? undefined);
     else this.closeHandlers.push(handler);
@@ -68,7 +76,9 @@ export class FramedConnection {
     if (this.closed) return;
     this.closedWith = err ?? null;
     this.settleReady.reject(err ?? new RpcError("connection closed"));
-    this.socket.destroy();
+    // end() lets a last error reply reach the peer; destroy() follows for a peer that never reads.
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref?.();
     for (const h of this.closeHandlers.splice(0)) h(err);
   }
 
@@ -88,7 +98,8 @@ export class FramedConnection {
     for (const body of frames) {
       if (this.closed) return;
       if (this.peer === null) this.onHandshake(body);
-      else this.onFrame(body);
+      else if (this.frameHandler) this.frameHandler(body);
+      else this.early.push(body);
     }
   }
 
@@ -147,7 +158,7 @@ export class RpcConnection {
     private handler: RequestHandler,
     private readonly defaultTimeoutMs = 30_000,
   ) {
-    framed.onFrame = (body) => this.onFrame(body);
+    framed.setFrameHandler((body) => this.onFrame(body));
     framed.onClose((err) => {
       for (const [, p] of this.pending) {
         clearTimeout(p.timer);
