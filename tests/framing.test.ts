@@ -28,7 +28,7 @@ const BODIES: unknown[] = [
   { big: Array.from({ length: 5000 }, (_, i) => ({ i, name: `item-${i}`, even: i % 2 === 0 })) },
 ];
 
-/** Java-style splitmix-ish PRNG so the tests are reproducible. */
+/** mulberry32: a small seeded PRNG so the tests are reproducible. */
 function rng(seed: number): () => number {
   let s = seed >>> 0;
   return () => {

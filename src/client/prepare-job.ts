@@ -21,7 +21,7 @@ export class JobPreparationError extends Error {
 export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   const entry = path.resolve(jobPath);
   if (!fs.existsSync(entry)) throw new JobPreparationError(`job file ${jobPath} not found`);
-  if (typeof Bun === "undefined") throw new JobPreparationError("bundling a job needs Bun (run `bun main.ts` or the compiled binary)");
+  if (typeof Bun === "undefined") return singleFileJob(entry, jobPath);
   // An inline source map makes stack traces from user code name the job's own file and line.
   const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
   if (!result.success || result.outputs.length === 0) {
@@ -31,10 +31,24 @@ export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   return new Uint8Array(await result.outputs[0]!.arrayBuffer());
 }
 
+/**
+ * Without Bun's bundler (under Deno) a job ships as its own source, so it must be one file: only `node:`
+ * built-ins and type-only imports. Artifacts are stored as .ts, which both runtimes import directly.
+ */
+function singleFileJob(entry: string, jobPath: string): Uint8Array {
+  const source = fs.readFileSync(entry, "utf8");
+  for (const m of source.matchAll(/^\s*(import|export)\s+(type\s+)?[^;]*?from\s+["']([^"']+)["']/gm)) {
+    if (!m[2] && !m[3]!.startsWith("node:")) {
+      throw new JobPreparationError(`${jobPath} imports ${JSON.stringify(m[3])}: without Bun a job must be a single file (node: built-ins and type-only imports); run it with Bun or the compiled binary to bundle it`);
+    }
+  }
+  return new TextEncoder().encode(source);
+}
+
 export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number): Promise<PreparedJob> {
   const artifact = await bundleJob(jobPath);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-job-"));
-  const file = path.join(dir, `${sha256Hex(artifact)}.mjs`);
+  const file = path.join(dir, `${sha256Hex(artifact)}.ts`);
   try {
     fs.writeFileSync(file, artifact);
     let plan;

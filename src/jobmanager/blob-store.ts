@@ -29,6 +29,6 @@ export class BlobStore {
   }
 
   private file(hash: string): string {
-    return path.join(this.dir, `${hash}.mjs`);
+    return path.join(this.dir, `${hash}.ts`);
   }
 }

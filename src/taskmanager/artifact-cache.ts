@@ -17,7 +17,7 @@ export class ArtifactCache {
   /** Path of the artifact with this hash, fetching it first if it is not cached. */
   get(hash: string, fetch: (hash: string) => Promise<Uint8Array>): Promise<string> {
     if (!/^[0-9a-f]{64}$/.test(hash)) return Promise.reject(new Error(`invalid artifact hash ${JSON.stringify(hash)}`));
-    const file = path.join(this.dir, `${hash}.mjs`);
+    const file = path.join(this.dir, `${hash}.ts`);
     if (fs.existsSync(file)) return Promise.resolve(file);
     let p = this.inflight.get(hash);
     if (!p) {

@@ -27,7 +27,7 @@ export class Task implements TaskEndpoint {
   }
 
   start(artifactPath: string): void {
-    const worker = new Worker(taskWorkerUrl());
+    const worker = new Worker(taskWorkerUrl(), { type: "module" });
     this.worker = worker;
     this.shuffle.registerTask(this.deployment, this);
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
