@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { createPartitioner } from "../src/network/partitioners.ts";
 import {
+  canonicalKey,
   assignKeyToOperator,
   assignToKeyGroup,
   hashKey,
@@ -125,6 +126,14 @@ describe("hashKey", () => {
     expect(b).not.toBe(a);
     expect(hashKey(b)).toBe(hashKey(a));
     expect(hashKey(structuredClone(a))).toBe(hashKey(a));
+  });
+
+  test("object keys are equal whatever their property order; Map and Set keys are refused", () => {
+    expect(canonicalKey({ a: 1, b: { c: 2, d: [3, { e: 4, f: 5 }] } })).toBe(canonicalKey({ b: { d: [3, { f: 5, e: 4 }], c: 2 }, a: 1 }));
+    expect(hashKey({ x: "k", y: 2 })).toBe(hashKey({ y: 2, x: "k" }));
+    expect(canonicalKey({ a: 1, b: 2 })).not.toBe(canonicalKey({ a: 2, b: 1 }));
+    expect(() => hashKey({ m: new Map([[1, 2]]) })).toThrow(/Map or Set/);
+    expect(() => hashKey(new Set([1]))).toThrow(/Map or Set/);
   });
 
   test("different values mostly hash differently", () => {

@@ -85,6 +85,7 @@ describe("multi-process cluster", () => {
     await startJobManager(port);
     const rpc = await client(port);
     await waitFor("re-registration", async () => (await rpc.request("clusterOverview", {})).taskManagers === 1, 10_000);
+    await tm.waitForOutput(/registered at the JobManager[\s\S]*registered at the JobManager/);
     expect(tm.stderr.match(/registered at the JobManager/g)?.length).toBe(2);
     expect(tm.proc.exitCode).toBeNull();
   }, 30_000);

@@ -27,7 +27,7 @@ export interface JobGraph {
   maxParallelism: number;
   runtimeMode: "streaming" | "batch";
   bufferTimeoutMs: number;
-  /** Node ids, kinds and inputs of the whole plan; a task checks that its Worker rebuilt the same plan. */
+  /** Shape of the whole plan (ids, kinds, inputs, parallelism, partitioners, source and sink types); a task checks that its Worker rebuilt the same plan. */
   planFingerprint: string;
 }
 
@@ -61,8 +61,9 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
   const resolve = (target: number, inputId: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined): void => {
     const input = byId.get(inputId);
     if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
-    if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, "hash", input.id);
-    if (input.kind === "partition") return resolve(target, input.inputs[0]!, input.partitioner!, undefined);
+    // As in Flink, the partitioning nearest the consumer wins over one further upstream.
+    if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, partitioner ?? "hash", partitioner ? keyNodeId : input.id);
+    if (input.kind === "partition") return resolve(target, input.inputs[0]!, partitioner ?? input.partitioner!, keyNodeId);
     if (input.kind === "union") {
       for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
       return;
@@ -135,8 +136,8 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
   };
 }
 
-export function planFingerprint(nodes: Pick<NodeDescription, "id" | "kind" | "inputs">[]): string {
-  return nodes.map((n) => `${n.id}:${n.kind}:${n.inputs.join(",")}`).join(";");
+export function planFingerprint(nodes: NodeDescription[]): string {
+  return nodes.map((n) => [n.id, n.kind, n.inputs.join(","), n.parallelism ?? "", n.partitioner ?? "", n.sourceType ?? "", n.sinkType ?? ""].join(":")).join(";");
 }
 
 /** Slots a job needs with one slot-sharing group: the largest vertex parallelism. */

@@ -9,13 +9,17 @@ const log = createLogger("data");
 
 export interface DataFrameHandler {
   onFrame(conn: FramedConnection, frame: unknown): void;
+  /** An outgoing connection failed or closed: frames sent on it may be lost. */
   onPeerFailed(peer: string, err: Error): void;
+  /** An incoming connection closed: data still due on it will not come. */
+  onInboundClosed(conn: FramedConnection, err: Error): void;
 }
 
 export class DataTransport {
   private server: net.Server | null = null;
   private readonly peers = new Map<string, { conn: FramedConnection | null; queue: unknown[] }>();
   private readonly inbound = new Set<FramedConnection>();
+  private stopping = false;
   port = 0;
 
   constructor(
@@ -33,7 +37,9 @@ export class DataTransport {
       conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
       conn.onClose((err) => {
         this.inbound.delete(conn);
+        if (this.stopping) return;
         if (err && !/closed by peer/.test(err.message)) log.warn("inbound data connection failed", { peer: conn.remoteAddress, error: err.message });
+        this.handler.onInboundClosed(conn, err ?? new Error("connection closed"));
       });
     });
     this.port = boundPort(this.server);
@@ -60,7 +66,8 @@ export class DataTransport {
         conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
         conn.onClose((err) => {
           if (this.peers.get(key) === peer) this.peers.delete(key);
-          if (err && !/closed by peer/.test(err.message)) this.handler.onPeerFailed(key, err);
+          // Even an orderly close may drop frames in flight: the producers still sending there must fail.
+          if (!this.stopping) this.handler.onPeerFailed(key, err ?? new Error("connection closed"));
         });
         for (const f of peer.queue.splice(0)) conn.send(f);
       },
@@ -72,6 +79,7 @@ export class DataTransport {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     for (const p of this.peers.values()) p.conn?.close();
     for (const c of this.inbound) c.close();
     this.peers.clear();

@@ -30,6 +30,7 @@ export class ShuffleEnvironment {
     this.transport = new DataTransport(resourceId, {
       onFrame: (conn, frame) => this.onRemoteFrame(conn, frame),
       onPeerFailed: (peer, err) => this.onPeerFailed(peer, err),
+      onInboundClosed: (conn, err) => this.onInboundClosed(conn, err),
     });
   }
 
@@ -134,6 +135,19 @@ export class ShuffleEnvironment {
     } catch (err) {
       log.error("closing data connection after a bad frame", { peer: conn.remoteAddress, error: (err as Error).message });
       conn.close(err as Error);
+    }
+  }
+
+  private onInboundClosed(conn: FramedConnection, err: Error): void {
+    const failed = new Set<TaskEndpoint>();
+    for (const [ch, route] of this.creditRoutes) {
+      if (route !== conn) continue;
+      this.creditRoutes.delete(ch);
+      const consumer = this.consumers.get(ch);
+      if (consumer && !failed.has(consumer)) {
+        failed.add(consumer);
+        consumer.fail(new Error(`the data connection from ${conn.remoteAddress} closed while channel ${ch} was open: ${err.message}`));
+      }
     }
   }
 

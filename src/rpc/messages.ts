@@ -1,6 +1,6 @@
 // Every message of the RPC protocol, in one place. docs/protocol.md documents each of them.
-// A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e},
-// notification {t, p} (no id, no response).
+// A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e}.
+// Every message is a request with a response, so each side learns that the other took it.
 import type { JobGraph } from "../api/job-graph.ts";
 
 export const PROTOCOL_VERSION = 1;

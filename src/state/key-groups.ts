@@ -21,7 +21,13 @@ export function hashKey(key: unknown): number {
 
 /** A string that identifies a key by value; used to index composite keys (arrays, objects) in maps. */
 export function canonicalKey(key: unknown): string {
-  return JSON.stringify(key, (_k, v) => (typeof v === "bigint" ? `${v}n` : v));
+  return JSON.stringify(key, (_k, v) => {
+    if (typeof v === "bigint") return `${v}n`;
+    if (v instanceof Map || v instanceof Set) throw new TypeError("a key must not contain a Map or Set: use arrays or plain objects");
+    // Property order must not matter: {a, b} and {b, a} are the same key.
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) return Object.fromEntries(Object.keys(v).sort().map((k) => [k, v[k]]));
+    return v;
+  });
 }
 
 function stringHash(s: string): number {
