@@ -29,6 +29,8 @@ Usage:
   taskmanager jobmanager [--config jm.toml]         run a JobManager
   taskmanager local [options] <job.ts> [job args]   run a job on an in-process cluster
   taskmanager submit [options] <job.ts> [job args]  run a job on a cluster
+  taskmanager list [-m HOST:PORT]                   list the jobs of a cluster
+  taskmanager cancel <job-id> [-m HOST:PORT]        cancel a job
   taskmanager --version
 
 Run \`taskmanager <command> --help\` for a command's options.`,
@@ -57,6 +59,18 @@ Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
   -p, --parallelism N          default parallelism of the job (default: parallelism.default)
   -d, --detached               print the job id and return without waiting
+${COMMON}`,
+  list: `Usage: taskmanager list [options]
+Lists the jobs of a cluster with their state.
+
+Options:
+  -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
+${COMMON}`,
+  cancel: `Usage: taskmanager cancel <job-id> [options]
+Cancels a job: its tasks are stopped (a task stuck in user code is terminated) and its slots freed.
+
+Options:
+  -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
 ${COMMON}`,
 };
 
@@ -150,17 +164,48 @@ async function runSubmit(args: string[]): Promise<number> {
   if (values.help) return help("submit");
   if (!job) throw new UsageError("submit: missing the job file");
   const cfg = config(values);
-  let host = cfg["jobmanager.rpc.address"];
-  let port = cfg["jobmanager.rpc.port"];
-  if (values.jobmanager) {
-    const m = /^(.+):(\d{1,5})$/.exec(values.jobmanager);
-    if (!m || Number(m[2]) > 65535) throw new UsageError(`--jobmanager: expected HOST:PORT, got ${JSON.stringify(values.jobmanager)}`);
-    host = m[1]!;
-    port = Number(m[2]);
-  }
+  const { host, port } = jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
   return runToEnd(host, port, prepared, values.detached ?? false);
+}
+
+function jobManagerAddress(cfg: Config, flag: string | undefined): { host: string; port: number } {
+  if (flag === undefined) return { host: cfg["jobmanager.rpc.address"], port: cfg["jobmanager.rpc.port"] };
+  const m = /^(.+):(\d{1,5})$/.exec(flag);
+  if (!m || Number(m[2]) > 65535) throw new UsageError(`--jobmanager: expected HOST:PORT, got ${JSON.stringify(flag)}`);
+  return { host: m[1]!, port: Number(m[2]) };
+}
+
+async function runList(args: string[]): Promise<number> {
+  const { values } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } });
+  if (values.help) return help("list");
+  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const rpc = await connectClient(host, port);
+  try {
+    const jobs = await rpc.request("listJobs", {});
+    if (jobs.length === 0) console.log("No jobs.");
+    for (const j of jobs) console.log(`${new Date(j.startTime).toISOString()} : ${j.jobId} : ${j.name} (${j.state})`);
+    return 0;
+  } finally {
+    rpc.close();
+  }
+}
+
+async function runCancel(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
+  if (values.help) return help("cancel");
+  if (positionals.length !== 1) throw new UsageError("cancel: expected exactly one job id");
+  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const rpc = await connectClient(host, port);
+  try {
+    await rpc.request("cancelJob", { jobId: positionals[0]! });
+    const final = await waitForJob(rpc, positionals[0]!, () => {});
+    console.log(describeStatus(final));
+    return final.state === "CANCELED" ? 0 : EXIT_FAILED;
+  } finally {
+    rpc.close();
+  }
 }
 
 async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>>, detached: boolean): Promise<number> {
@@ -171,7 +216,17 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
       console.log(`Job has been submitted with JobID ${jobId}`);
       return 0;
     }
-    const final = await waitForJob(rpc, jobId, (s) => console.error(describeStatus(s)));
+    // Ctrl-C (or SIGTERM) while waiting cancels the job, as leaving it running unseen would surprise.
+    const onSignal = () => {
+      console.error(`Canceling job ${jobId} ...`);
+      rpc.request("cancelJob", { jobId }).catch(() => {});
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    const final = await waitForJob(rpc, jobId, (s) => console.error(describeStatus(s))).finally(() => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    });
     if (final.state === "FINISHED") return 0;
     console.error(describeFailure(final));
     return EXIT_FAILED;
@@ -200,6 +255,10 @@ export async function main(argv: string[]): Promise<number> {
         return await runLocal(rest);
       case "submit":
         return await runSubmit(rest);
+      case "list":
+        return await runList(rest);
+      case "cancel":
+        return await runCancel(rest);
       case "taskmanager":
         return await runTaskManager(rest);
       default:

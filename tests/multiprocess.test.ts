@@ -90,6 +90,42 @@ describe("multi-process cluster", () => {
     expect(tm.proc.exitCode).toBeNull();
   }, 30_000);
 
+  test("list and cancel from the command line; the canceled job's stuck tasks are terminated", async () => {
+    const { port } = await startJobManager();
+    const tm = startTaskManager(port, "tm-cancel");
+    await tm.waitForOutput(/registered at the JobManager/);
+    const dir = tempDir();
+    const job = path.join(dir, "stuck.ts");
+    fs.writeFileSync(job, `export default (env) => { env.fromSequence(1, 5).map((x) => { for (;;) {} }).addSink(() => {}); };`);
+    const submit = new Child([BUN, "main.ts", "submit", "-m", `127.0.0.1:${port}`, "-p", "2", job]);
+    const rpc = await client(port);
+    const jobId = await waitFor("job running", async () => {
+      const jobs = await rpc.request("listJobs", {});
+      return jobs[0]?.tasks.RUNNING === 2 ? jobs[0].jobId : null;
+    });
+    const list = new Child([BUN, "main.ts", "list", "-m", `127.0.0.1:${port}`]);
+    expect(await list.exited()).toBe(0);
+    expect(list.stdout).toContain(`${jobId} : stuck (RUNNING)`);
+    const cancel = new Child([BUN, "main.ts", "cancel", jobId, "-m", `127.0.0.1:${port}`]);
+    expect(await cancel.exited()).toBe(0);
+    expect(cancel.stdout).toContain("CANCELED");
+    expect(await submit.exited(10_000)).toBe(1);
+    expect(submit.stderr).toContain("CANCELED");
+    expect((await rpc.request("clusterOverview", {})).slotsAvailable).toBe(2);
+  }, 30_000);
+
+  test("Ctrl-C on `local` cancels the running job and exits 1", async () => {
+    const dir = tempDir();
+    const job = path.join(dir, "forever.ts");
+    fs.writeFileSync(job, `export default (env) => { env.fromSequence(1, 5).map((x) => { for (;;) {} }).addSink(() => {}); };`);
+    const local = new Child([BUN, "main.ts", "local", job]);
+    await local.waitForOutput(/RUNNING/);
+    local.kill("SIGINT");
+    expect(await local.exited(10_000)).toBe(1);
+    expect(local.stderr).toMatch(/Canceling job [0-9a-f]{32}/);
+    expect(local.stderr).toMatch(/CANCELED/);
+  }, 30_000);
+
   test("an unknown message type gets an error naming it and the connection closed; the JobManager serves on", async () => {
     const { port } = await startJobManager();
     const { encodeFrame, FrameDecoder } = await import("../src/rpc/framing.ts");
