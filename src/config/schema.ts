@@ -15,6 +15,11 @@ export interface Config {
   "taskmanager.data.port": number;
   "taskmanager.numberOfTaskSlots": number;
   "taskmanager.tmp.dir": string;
+  "taskmanager.memory.segment-size": number;
+  "taskmanager.network.numberOfBuffers": number;
+  "taskmanager.network.memory.buffers-per-channel": number;
+  "taskmanager.network.memory.floating-buffers-per-gate": number;
+  "taskmanager.network.memory.max-overdraft-buffers-per-gate": number;
   "taskmanager.registration.initial-backoff": number;
   "taskmanager.registration.max-backoff": number;
   "heartbeat.interval": number;
@@ -88,6 +93,31 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 1, max: 1024 },
     default: 1,
     doc: "Number of task slots.",
+  },
+  "taskmanager.memory.segment-size": {
+    type: { kind: "integer", min: 4096, max: 16777216 },
+    default: 32768,
+    doc: "Size in bytes of one network buffer; records larger than a buffer span several.",
+  },
+  "taskmanager.network.numberOfBuffers": {
+    type: { kind: "integer", min: 16, max: 1048576 },
+    default: 4096,
+    doc: "Network buffers of this TaskManager (memory = this x segment size); tasks that cannot get theirs fail to deploy.",
+  },
+  "taskmanager.network.memory.buffers-per-channel": {
+    type: { kind: "integer", min: 1, max: 1024 },
+    default: 2,
+    doc: "Exclusive buffers of each remote input channel, and buffers per subpartition of a task's output pool.",
+  },
+  "taskmanager.network.memory.floating-buffers-per-gate": {
+    type: { kind: "integer", min: 0, max: 65536 },
+    default: 8,
+    doc: "Floating buffers of an input gate (lent to channels with backlog) and extra buffers of an output pool.",
+  },
+  "taskmanager.network.memory.max-overdraft-buffers-per-gate": {
+    type: { kind: "integer", min: 0, max: 1024 },
+    default: 5,
+    doc: "Buffers a task may take beyond its output pool to finish the record it is processing (as Flink's overdraft buffers).",
   },
   "taskmanager.tmp.dir": {
     type: { kind: "path" },
