@@ -1,5 +1,5 @@
 // What job authors write against, shaped after Flink's DataStream API.
-import type { JobSettings, Plan, PlanNode, SinkSpec, SourceSpec, PartitionSpec } from "./plan.ts";
+import type { JobSettings, Plan, PlanNode, SinkFunction, SinkSpec, SourceSpec, PartitionSpec } from "./plan.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
 export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
@@ -139,7 +139,11 @@ export class DataStream<T> {
     return this.sink({ type: "textFile", path }, `Text File Sink (${path})`);
   }
 
-  addSink(fn: (value: T) => void): DataSink {
+  /** A function per record, or an object with open(ctx) / invoke(value) / close() (called at end of input). */
+  addSink(fn: SinkFunction<T>): DataSink {
+    if (typeof fn !== "function" && (typeof fn !== "object" || fn === null || typeof fn.invoke !== "function")) {
+      throw new Error("addSink: expected a function or an object with an invoke(value) method");
+    }
     return this.sink({ type: "function", fn }, "Sink");
   }
 
@@ -191,12 +195,14 @@ export class KeyedStream<T, K> extends DataStream<T> {
   /** Rolling sum of a field (tuple index or property name); other fields are kept from the first record. */
   sum(field: number | string): DataStream<T> {
     const add = (a: any, b: any) => {
-      const out = Array.isArray(a) ? [...a] : typeof a === "object" && a !== null ? { ...a } : a;
-      if (typeof out !== "object" || out === null) return (a as number) + (b as number);
+      if (typeof a !== "object" || a === null) return (a as number) + (b as number);
+      const out = Array.isArray(a) ? a.slice() : { ...a };
       out[field] = out[field] + b[field];
       return out;
     };
-    return this.reduce(add).name(`Keyed Sum (${field})`);
+    // sumField lets the runtime add in place instead of copying the record for every input.
+    const node = this.env.addNode({ kind: "reduce", fn: add, keyNode: this.node.id, sumField: field, name: `Keyed Sum (${field})`, inputs: [this.node.id] });
+    return new DataStream<T>(this.env, node);
   }
 }
 

@@ -7,10 +7,20 @@ export type SourceSpec =
   | { type: "textFile"; path: string }
   | { type: "sequence"; from: number; to: number };
 
+/** What a function sees of the task it runs in (as Flink's RuntimeContext). */
+export interface RuntimeContext {
+  subtaskIndex: number;
+  parallelism: number;
+  taskName: string;
+}
+
+/** A sink: a function per record, or an object with open/invoke/close (as Flink's RichSinkFunction). */
+export type SinkFunction<T = any> = ((value: T) => void) | { open?(ctx: RuntimeContext): void; invoke(value: T): void; close?(): void };
+
 export type SinkSpec =
   | { type: "print"; prefix?: string }
   | { type: "textFile"; path: string }
-  | { type: "function"; fn: (value: any) => void };
+  | { type: "function"; fn: SinkFunction };
 
 export type PartitionSpec = "rebalance" | "broadcast" | "forward";
 
@@ -20,7 +30,7 @@ export type PlanNode =
   | (NodeBase & { kind: "keyBy"; fn: (value: any) => unknown })
   | (NodeBase & { kind: "partition"; partitioner: PartitionSpec })
   | (NodeBase & { kind: "union" })
-  | (NodeBase & { kind: "reduce"; fn: (a: any, b: any) => any; keyNode: number })
+  | (NodeBase & { kind: "reduce"; fn: (a: any, b: any) => any; keyNode: number; sumField?: number | string })
   | (NodeBase & { kind: "sink"; sink: SinkSpec });
 
 export interface NodeBase {

@@ -11,6 +11,8 @@ import {
   type TaskDeployment,
   type TaskMetrics,
   type TaskState,
+  type VertexStatus,
+  emptyMetrics,
 } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import type { RegisteredTaskManager, ResourceManager, SlotAssignment } from "./resource-manager.ts";
@@ -97,7 +99,7 @@ export class JobMaster {
             .filter((e) => e.target === v.id)
             .map((e) => ({
               edgeId: e.id,
-              producers: e.partitioner === "forward" ? [i] : range(g.vertices[e.source]!.parallelism),
+              producers: (e.partitioner === "forward" ? [i] : range(g.vertices[e.source]!.parallelism)).map((s) => ({ ...location(s), subtask: s })),
             })),
           outputs: g.edges
             .filter((e) => e.source === v.id)
@@ -111,7 +113,7 @@ export class JobMaster {
           bufferTimeoutMs: g.bufferTimeoutMs,
           planFingerprint: g.planFingerprint,
         };
-        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: { recordsIn: 0, recordsOut: 0 } });
+        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics() });
       }
     }
     this.transition("RUNNING");
@@ -135,6 +137,11 @@ export class JobMaster {
       this.cancelRemaining();
     }
     this.checkDone();
+  }
+
+  onTaskMetrics(executionId: string, metrics: TaskMetrics): void {
+    const ex = this.executions.get(executionId);
+    if (ex && !TERMINAL_TASK_STATES.has(ex.state)) ex.metrics = metrics;
   }
 
   onTaskManagerLost(tm: RegisteredTaskManager, reason: string): void {
@@ -163,7 +170,12 @@ export class JobMaster {
       if (this.graph.vertices[ex.deployment.vertexId]!.isSource) recordsIn += ex.metrics.recordsIn;
       if (sinks.has(ex.deployment.vertexId)) recordsOut += ex.metrics.recordsOut;
     }
-    return { jobId: this.jobId, name: this.graph.name, state: this.state, startTime: this.startTime, endTime: this.endTime, tasks, recordsIn, recordsOut, ...(this.error ? { error: this.error } : {}) };
+    const vertices: VertexStatus[] = this.graph.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [] }));
+    for (const ex of this.executions.values()) {
+      vertices[ex.deployment.vertexId]!.subtasks.push({ subtask: ex.deployment.subtaskIndex, state: ex.state, taskManager: ex.tm.info.resourceId, metrics: ex.metrics });
+    }
+    for (const v of vertices) v.subtasks.sort((a, b) => a.subtask - b.subtask);
+    return { jobId: this.jobId, name: this.graph.name, state: this.state, startTime: this.startTime, endTime: this.endTime, tasks, recordsIn, recordsOut, vertices, ...(this.error ? { error: this.error } : {}) };
   }
 
   private cancelRemaining(): void {

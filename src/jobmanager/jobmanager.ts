@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
 import type { JobGraph } from "../api/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
-import { JOBMANAGER_ACCEPTS, type Hello, type RequestType } from "../rpc/messages.ts";
+import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
 import { JobMaster } from "./job-master.ts";
@@ -72,6 +72,11 @@ export class JobManager {
         return { accepted: rm.offerSlots(p.resourceId, p.slots) };
       case "heartbeat":
         rm.heartbeatFrom(peer.id);
+        if (peer.role === "taskmanager" && p && typeof p.taskMetrics === "object" && p.taskMetrics !== null) {
+          for (const [executionId, metrics] of Object.entries(p.taskMetrics)) {
+            this.jobs.get(executionId.split("-")[0]!)?.onTaskMetrics(executionId, metrics as TaskMetrics);
+          }
+        }
         return {};
       case "updateTaskState": {
         need(p, { executionId: "string", state: "string" }, type);

@@ -1,87 +1,97 @@
-// TCP between TaskManagers for record exchange: one server (the data port) and one outgoing connection per
-// peer, both carrying DATA / END / CREDIT frames of many channels (see DATA_FRAME in rpc/messages.ts).
+// TCP between TaskManagers for record exchange: one server (the data port) and at most one connection per
+// peer TaskManager in use at a time (an incoming one is reused for sending), carrying the DATA / EVENT /
+// CREDIT frames of every channel between the two (see DATA_FRAME in rpc/messages.ts).
 import type * as net from "node:net";
 import { boundPort, connectFramed, listenFramed, type FramedConnection } from "../rpc/connection.ts";
-import { PROTOCOL_VERSION, type ChannelTarget } from "../rpc/messages.ts";
+import { PROTOCOL_VERSION, type ChannelTarget, type Hello } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("data");
 
 export interface DataFrameHandler {
   onFrame(conn: FramedConnection, frame: unknown): void;
-  /** An outgoing connection failed or closed: frames sent on it may be lost. */
-  onPeerFailed(peer: string, err: Error): void;
-  /** An incoming connection closed: data still due on it will not come. */
-  onInboundClosed(conn: FramedConnection, err: Error): void;
+  /** A connection to or from the peer closed or failed: frames in flight on it may be lost. */
+  onConnectionClosed(peer: string, conn: FramedConnection | null, err: Error): void;
+}
+
+interface Peer {
+  conn: FramedConnection | null;
+  queue: unknown[];
 }
 
 export class DataTransport {
   private server: net.Server | null = null;
-  private readonly peers = new Map<string, { conn: FramedConnection | null; queue: unknown[] }>();
-  private readonly inbound = new Set<FramedConnection>();
+  private readonly peers = new Map<string, Peer>();
+  private readonly all = new Set<FramedConnection>();
   private stopping = false;
   port = 0;
 
   constructor(
     private readonly resourceId: string,
     private readonly handler: DataFrameHandler,
+    private readonly maxFrameBytes: number,
   ) {}
 
   async start(host: string, port: number): Promise<number> {
-    this.server = await listenFramed(host, port, this.resourceId, (conn) => {
-      if ((conn.peer as { role?: string }).role !== "data") {
-        conn.close(new Error("the data port only takes data connections"));
-        return;
-      }
-      this.inbound.add(conn);
-      conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
-      conn.onClose((err) => {
-        this.inbound.delete(conn);
-        if (this.stopping) return;
-        if (err && !/closed by peer/.test(err.message)) log.warn("inbound data connection failed", { peer: conn.remoteAddress, error: err.message });
-        this.handler.onInboundClosed(conn, err ?? new Error("connection closed"));
-      });
-    });
+    this.server = await listenFramed(
+      host,
+      port,
+      this.resourceId,
+      (conn) => {
+        const peerId = (conn.peer as Hello).id;
+        if (!this.peers.get(peerId)?.conn) this.peers.set(peerId, { conn, queue: [] });
+        this.adopt(peerId, conn);
+      },
+      { maxFrameBytes: this.maxFrameBytes, accept: (hello) => (hello.role === "data" ? null : "the data port only takes data connections") },
+    );
     this.port = boundPort(this.server);
     return this.port;
   }
 
   /** Sends a frame to a peer TaskManager, connecting on first use; frames keep their order per peer. */
   send(target: ChannelTarget, frame: unknown): void {
-    const key = `${target.dataHost}:${target.dataPort}`;
-    let peer = this.peers.get(key);
+    let peer = this.peers.get(target.resourceId);
     if (!peer) {
       peer = { conn: null, queue: [] };
-      this.peers.set(key, peer);
-      this.connect(key, target, peer);
+      this.peers.set(target.resourceId, peer);
+      this.connect(target, peer);
     }
     if (peer.conn) peer.conn.send(frame);
     else peer.queue.push(frame);
   }
 
-  private connect(key: string, target: ChannelTarget, peer: { conn: FramedConnection | null; queue: unknown[] }): void {
-    connectFramed(target.dataHost, target.dataPort, { version: PROTOCOL_VERSION, role: "data", id: this.resourceId }).then(
+  private connect(target: ChannelTarget, peer: Peer): void {
+    const hello = { version: PROTOCOL_VERSION, role: "data" as const, id: this.resourceId };
+    connectFramed(target.dataHost, target.dataPort, hello, { maxFrameBytes: this.maxFrameBytes }).then(
       (conn) => {
+        if (this.stopping) return conn.close();
         peer.conn = conn;
-        conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
-        conn.onClose((err) => {
-          if (this.peers.get(key) === peer) this.peers.delete(key);
-          // Even an orderly close may drop frames in flight: the producers still sending there must fail.
-          if (!this.stopping) this.handler.onPeerFailed(key, err ?? new Error("connection closed"));
-        });
+        this.adopt(target.resourceId, conn);
         for (const f of peer.queue.splice(0)) conn.send(f);
       },
       (err: Error) => {
-        this.peers.delete(key);
-        this.handler.onPeerFailed(key, err);
+        if (this.peers.get(target.resourceId) === peer) this.peers.delete(target.resourceId);
+        if (!this.stopping) this.handler.onConnectionClosed(target.resourceId, null, err);
       },
     );
   }
 
+  private adopt(peerId: string, conn: FramedConnection): void {
+    this.all.add(conn);
+    conn.setFrameHandler((f) => this.handler.onFrame(conn, f));
+    conn.onClose((err) => {
+      this.all.delete(conn);
+      const peer = this.peers.get(peerId);
+      if (peer?.conn === conn) this.peers.delete(peerId);
+      if (this.stopping) return;
+      if (err && !/closed by peer/.test(err.message)) log.warn("data connection failed", { peer: peerId, address: conn.remoteAddress, error: err.message });
+      this.handler.onConnectionClosed(peerId, conn, err ?? new Error("connection closed"));
+    });
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const p of this.peers.values()) p.conn?.close();
-    for (const c of this.inbound) c.close();
+    for (const c of this.all) c.close();
     this.peers.clear();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }

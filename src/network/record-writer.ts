@@ -1,101 +1,227 @@
 // Producer side of one output edge of a task (runs inside the task's Worker): partitions records into
-// per-channel batches, serializes each batch with msgpack, and sends a batch only against credit that the
-// consumer handed out. A batch is sealed when full, on the buffer timeout, or at end of input.
-import { Packr } from "msgpackr";
-import { INITIAL_CREDIT } from "../runtime/worker-protocol.ts";
+// subpartitions (one per consumer channel), serializes them into fixed-size buffers from the task's
+// LocalBufferPool, and hands finished buffers and in-band events to the channel's sender in order.
+// A buffer is finished when full, on the buffer timeout (flush), or before an event.
+import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
+import { CHUNK_RECORDS, RecordSerializer } from "./serialization.ts";
 
-export const BATCH_RECORDS = 1024;
+/** In-band events travel in order with the records of their channel. Barriers and watermarks come later. */
+export type ChannelEvent = { type: "end" } | { type: "barrier"; checkpointId: number } | { type: "watermark"; timestamp: number };
 
-export interface ChannelSender {
-  data(channel: string, bytes: Uint8Array): void;
-  end(channel: string): void;
+/** Where a channel's buffers go: a local consumer's MessagePort or the TaskManager's main thread. */
+export interface BufferSender {
+  buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void;
+  event(channel: string, event: ChannelEvent): void;
 }
 
-interface OutChannel {
+type Finished = { buf: ArrayBuffer; size: number } | { event: ChannelEvent };
+
+interface Subpartition {
   id: string;
-  records: unknown[];
-  sealed: Uint8Array[];
-  credit: number;
+  sender: BufferSender | null;
+  serializer: RecordSerializer;
+  /** Records not serialized yet: they go into the buffer as one chunk. */
+  pending: unknown[];
+  buf: ArrayBuffer | null;
+  view: Uint8Array | null;
+  pos: number;
+  /** Finished buffers and events not yet handed to the sender (it is not connected yet). */
+  queue: Finished[];
+  /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
+  overflow: (Uint8Array | { event: ChannelEvent })[];
 }
 
 export class RecordWriter {
-  private readonly channels: OutChannel[];
-  private readonly byId = new Map<string, OutChannel>();
-  private readonly packr = new Packr({ useRecords: true });
-  private waiters: (() => void)[] = [];
+  private readonly subs: Subpartition[];
+  private readonly byId = new Map<string, Subpartition>();
+  private readonly header = new Uint8Array(4);
+  private overflowing = 0;
   recordsOut = 0;
+  bytesOut = 0;
+  buffersOut = 0;
 
   constructor(
     channelIds: string[],
     private readonly partitioner: Partitioner,
-    private readonly sender: ChannelSender,
+    readonly pool: LocalBufferPool,
     private readonly flushEveryRecord: boolean,
   ) {
-    this.channels = channelIds.map((id) => ({ id, records: [], sealed: [], credit: INITIAL_CREDIT }));
-    for (const c of this.channels) this.byId.set(c.id, c);
-  }
-
-  emit(record: unknown): void {
-    this.recordsOut++;
-    const target = this.partitioner(record);
-    if (target >= 0) this.append(this.channels[target]!, record);
-    else for (const c of this.channels) this.append(c, record);
-  }
-
-  /** True while some channel holds a sealed batch it has no credit for: the task should stop producing. */
-  get backpressured(): boolean {
-    for (const c of this.channels) if (c.sealed.length > 0) return true;
-    return false;
-  }
-
-  /** Resolves once no channel is backpressured. */
-  waitAvailable(): Promise<void> {
-    if (!this.backpressured) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push(resolve));
-  }
-
-  addCredit(channel: string, n: number): void {
-    const c = this.byId.get(channel);
-    if (!c) return;
-    c.credit += n;
-    this.drain(c);
-    if (!this.backpressured) for (const w of this.waiters.splice(0)) w();
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], buf: null, view: null, pos: 0, queue: [], overflow: [] }));
+    for (const s of this.subs) this.byId.set(s.id, s);
   }
 
   hasChannel(channel: string): boolean {
     return this.byId.has(channel);
   }
 
-  /** Seals every partly filled batch (buffer timeout or end of a source chunk). */
+  /** The channel's route is known: send what waited for it. */
+  connect(channel: string, sender: BufferSender): void {
+    const sp = this.byId.get(channel);
+    if (!sp) throw new Error(`no output channel ${channel}`);
+    sp.sender = sender;
+    this.send(sp);
+  }
+
+  emit(record: unknown): void {
+    this.recordsOut++;
+    const target = this.partitioner(record);
+    if (target >= 0) this.write(this.subs[target]!, record);
+    else for (const sp of this.subs) this.write(sp, record);
+  }
+
+  /** A buffer came back from a consumer (or was sent on by the main thread). */
+  recycle(buf: ArrayBuffer): void {
+    this.pool.recycle(buf);
+    if (this.overflowing > 0) for (const sp of this.subs) if (sp.overflow.length > 0) this.drain(sp);
+  }
+
+  /** True while the task should not produce more: no free buffer, or records wait for one. */
+  get backpressured(): boolean {
+    return this.overflowing > 0 || !this.pool.available;
+  }
+
+  async waitAvailable(): Promise<void> {
+    while (this.backpressured) await this.pool.waitAvailable().then(() => new Promise<void>((r) => setImmediate(r)));
+  }
+
+  /** Finishes every partly filled buffer (buffer timeout). */
   flush(): void {
-    for (const c of this.channels) if (c.records.length > 0) this.seal(c);
+    for (const sp of this.subs) {
+      this.serializePending(sp);
+      if (sp.overflow.length === 0) this.finishBuffer(sp);
+    }
   }
 
-  /** Flushes, waits until every batch is sent, then sends end-of-partition on every channel. */
+  broadcastEvent(event: ChannelEvent): void {
+    for (const sp of this.subs) {
+      this.serializePending(sp);
+      if (sp.overflow.length > 0) {
+        sp.overflow.push({ event });
+        continue;
+      }
+      this.finishBuffer(sp);
+      sp.queue.push({ event });
+      this.send(sp);
+    }
+  }
+
+  /** Sends end-of-partition after all data, then waits until consumers have read every buffer. */
   async finish(): Promise<void> {
-    this.flush();
-    while (this.backpressured) await this.waitAvailable();
-    for (const c of this.channels) this.sender.end(c.id);
+    for (const sp of this.subs) this.serializePending(sp);
+    while (this.overflowing > 0) await this.waitAvailable();
+    this.broadcastEvent({ type: "end" });
+    while (this.subs.some((sp) => sp.queue.length > 0)) await new Promise((r) => setTimeout(r, 5));
+    await this.pool.allRecycled();
   }
 
-  private append(c: OutChannel, record: unknown): void {
-    c.records.push(record);
-    if (this.flushEveryRecord || c.records.length >= BATCH_RECORDS) this.seal(c);
+  private write(sp: Subpartition, record: unknown): void {
+    sp.pending.push(record);
+    if (sp.pending.length >= CHUNK_RECORDS || this.flushEveryRecord) {
+      this.serializePending(sp);
+      if (this.flushEveryRecord) this.finishBuffer(sp);
+    }
   }
 
-  private seal(c: OutChannel): void {
-    // msgpackr reuses its output buffer: copy so the batch can be transferred to another thread.
-    const bytes = new Uint8Array(this.packr.pack(c.records));
-    c.records = [];
-    c.sealed.push(bytes);
-    this.drain(c);
+  private serializePending(sp: Subpartition): void {
+    if (sp.pending.length === 0) return;
+    const body = sp.serializer.serialize(sp.pending);
+    sp.pending.length = 0;
+    const len = body.length;
+    this.bytesOut += len + 4;
+    if (sp.overflow.length === 0 && sp.view !== null && sp.view.length - sp.pos >= len + 4) {
+      const v = sp.view;
+      let p = sp.pos;
+      v[p++] = len >>> 24;
+      v[p++] = (len >>> 16) & 0xff;
+      v[p++] = (len >>> 8) & 0xff;
+      v[p++] = len & 0xff;
+      v.set(body, p);
+      sp.pos = p + len;
+      if (sp.pos === v.length) this.finishBuffer(sp);
+    } else {
+      const h = this.header;
+      h[0] = len >>> 24;
+      h[1] = (len >>> 16) & 0xff;
+      h[2] = (len >>> 8) & 0xff;
+      h[3] = len & 0xff;
+      this.append(sp, h);
+      this.append(sp, body);
+    }
   }
 
-  private drain(c: OutChannel): void {
-    while (c.credit > 0 && c.sealed.length > 0) {
-      c.credit--;
-      this.sender.data(c.id, c.sealed.shift()!);
+  private append(sp: Subpartition, bytes: Uint8Array): void {
+    if (sp.overflow.length > 0) {
+      sp.overflow.push(bytes.slice());
+      return;
+    }
+    const written = this.copyIn(sp, bytes);
+    if (written < bytes.length) {
+      if (sp.overflow.length === 0) this.overflowing++;
+      sp.overflow.push(bytes.slice(written));
+    }
+  }
+
+  /** Copies bytes into the subpartition's buffers, taking new ones as they fill; returns bytes copied. */
+  private copyIn(sp: Subpartition, bytes: Uint8Array): number {
+    let off = 0;
+    while (off < bytes.length) {
+      if (sp.view === null) {
+        const buf = this.pool.request();
+        if (buf === null) return off;
+        sp.buf = buf;
+        sp.view = new Uint8Array(buf);
+        sp.pos = 0;
+      }
+      const n = Math.min(bytes.length - off, sp.view.length - sp.pos);
+      sp.view.set(n === bytes.length ? bytes : bytes.subarray(off, off + n), sp.pos);
+      sp.pos += n;
+      off += n;
+      if (sp.pos === sp.view.length) this.finishBuffer(sp);
+    }
+    return off;
+  }
+
+  private drain(sp: Subpartition): void {
+    while (sp.overflow.length > 0) {
+      const item = sp.overflow[0]!;
+      if (!(item instanceof Uint8Array)) {
+        this.finishBuffer(sp);
+        sp.queue.push(item);
+        sp.overflow.shift();
+        continue;
+      }
+      const written = this.copyIn(sp, item);
+      if (written < item.length) {
+        sp.overflow[0] = item.subarray(written);
+        this.send(sp);
+        return;
+      }
+      sp.overflow.shift();
+    }
+    this.overflowing--;
+    this.send(sp);
+  }
+
+  private finishBuffer(sp: Subpartition): void {
+    if (sp.buf === null || sp.pos === 0) return;
+    sp.queue.push({ buf: sp.buf, size: sp.pos });
+    sp.buf = null;
+    sp.view = null;
+    sp.pos = 0;
+    this.send(sp);
+  }
+
+  private send(sp: Subpartition): void {
+    const sender = sp.sender;
+    if (sender === null) return;
+    while (sp.queue.length > 0) {
+      const item = sp.queue.shift()!;
+      if ("event" in item) sender.event(sp.id, item.event);
+      else {
+        this.buffersOut++;
+        sender.buffer(sp.id, item.buf, item.size, sp.queue.length);
+      }
     }
   }
 }

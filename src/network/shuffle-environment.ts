@@ -1,163 +1,368 @@
-// The TaskManager main thread's switchboard for record exchange: routes batches, end-of-partition events
-// and credits between local task Workers (postMessage with transfer) and remote TaskManagers (DataTransport).
+// The TaskManager main thread's part of the network stack:
+// - accounts every task's network buffers against the TaskManager's fixed pool (NetworkBufferPool);
+// - wires local channels: one MessagePort per pair of local tasks, so buffers move Worker to Worker;
+// - remote output channels: buffers from a producer Worker wait here until the consumer grants credit,
+//   then go out on the peer's TCP connection and back to the producer's pool;
+// - remote input channels: exclusive buffers per channel plus floating buffers per gate, lent to channels
+//   that report a backlog; every free buffer is announced to the producer as credit (as Flink since 1.5).
 import type { FramedConnection } from "../rpc/connection.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
-import { channelId, INITIAL_CREDIT, parseChannelId, type ToWorker } from "../runtime/worker-protocol.ts";
+import { channelId, parseChannelId, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
+import type { ChannelEvent } from "./record-writer.ts";
 
 const log = createLogger("shuffle");
 
-/** A running task as the switchboard sees it. */
+export interface NetworkOptions {
+  segmentSize: number;
+  totalBuffers: number;
+  buffersPerChannel: number;
+  floatingBuffersPerGate: number;
+  maxOverdraftBuffers: number;
+}
+
+/** A running task as the network sees it. */
 export interface TaskEndpoint {
+  readonly deployment: TaskDeployment;
   post(msg: ToWorker, transfer?: Transferable[]): void;
   fail(err: Error): void;
 }
 
-type Inbound = Extract<ToWorker, { type: "data" | "end" }>;
+export class InsufficientBuffersError extends Error {
+  override name = "InsufficientBuffersError";
+}
+
+interface RemoteOutput {
+  task: TaskEndpoint | null; // null once the producer finished: the channel drains on its own
+  conn: FramedConnection | null;
+  credit: number;
+  queue: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[];
+}
+
+interface InputGatePool {
+  floating: number; // floating buffers not lent to a channel
+  spare: ArrayBuffer[]; // allocated floating buffers not in use
+  channels: RemoteInput[];
+}
+
+interface RemoteInput {
+  id: string;
+  task: TaskEndpoint;
+  producer: ChannelTarget;
+  gate: InputGatePool;
+  free: ArrayBuffer[];
+  floatingHeld: number;
+  backlog: number;
+  ended: boolean;
+}
 
 export class ShuffleEnvironment {
   readonly transport: DataTransport;
-  private readonly consumers = new Map<string, TaskEndpoint>();
-  private readonly producers = new Map<string, { task: TaskEndpoint; target: ChannelTarget }>();
-  /** Remote channels: the connection their data came in on, where credit goes back. */
-  private readonly creditRoutes = new Map<string, FramedConnection>();
-  /** Data for consumers not deployed yet; bounded by the credit a producer starts with. */
-  private readonly pending = new Map<string, Inbound[]>();
+  private buffersFree: number;
+  private readonly reserved = new Map<TaskEndpoint, number>();
+  private readonly localProducers = new Map<string, TaskEndpoint>();
+  private readonly localConsumers = new Map<string, TaskEndpoint>();
+  private readonly remoteOut = new Map<string, RemoteOutput>();
+  private readonly remoteIn = new Map<string, RemoteInput>();
+  /** Credit (partition requests) that arrived before the producer task was deployed here. */
+  private readonly earlyCredit = new Map<string, { conn: FramedConnection; n: number }>();
+  /** Channels of tasks that ended: late frames for them are dropped, not treated as a bad peer. */
+  private readonly closedChannels = new Set<string>();
   private readonly releasedJobs = new Set<string>();
 
-  constructor(private readonly resourceId: string) {
-    this.transport = new DataTransport(resourceId, {
-      onFrame: (conn, frame) => this.onRemoteFrame(conn, frame),
-      onPeerFailed: (peer, err) => this.onPeerFailed(peer, err),
-      onInboundClosed: (conn, err) => this.onInboundClosed(conn, err),
-    });
+  constructor(
+    private readonly resourceId: string,
+    readonly options: NetworkOptions,
+  ) {
+    this.buffersFree = options.totalBuffers;
+    this.transport = new DataTransport(
+      resourceId,
+      {
+        onFrame: (conn, frame) => this.onRemoteFrame(conn, frame),
+        onConnectionClosed: (peer, conn, err) => this.onConnectionClosed(peer, conn, err),
+      },
+      options.segmentSize * 2 + 64 * 1024,
+    );
   }
 
-  registerTask(d: TaskDeployment, task: TaskEndpoint): void {
+  /** Network buffers of the TaskManager not reserved by a task. */
+  get availableBuffers(): number {
+    return this.buffersFree;
+  }
+
+  /** Reserves the task's buffers; throws InsufficientBuffersError when the pool cannot give them. */
+  reserve(task: TaskEndpoint): NetworkGrant {
+    const d = task.deployment;
+    const o = this.options;
+    const outputBuffers = d.outputs.map((out) => out.targets.length * o.buffersPerChannel + o.floatingBuffersPerGate);
+    const gates = d.inputs.map((input) => {
+      const remote = input.producers.filter((p) => p.resourceId !== this.resourceId).length;
+      return remote === 0 ? 0 : remote * o.buffersPerChannel + o.floatingBuffersPerGate;
+    });
+    const need = outputBuffers.reduce((a, b) => a + b, 0) + gates.reduce((a, b) => a + b, 0);
+    if (need > this.buffersFree) {
+      throw new InsufficientBuffersError(
+        `insufficient network buffers: the task needs ${need}, this TaskManager has ${this.buffersFree} free of ${o.totalBuffers} (raise taskmanager.network.numberOfBuffers)`,
+      );
+    }
+    this.buffersFree -= need;
+    this.reserved.set(task, need);
+    return { resourceId: this.resourceId, segmentSize: o.segmentSize, outputBuffers, maxOverdraft: o.maxOverdraftBuffers };
+  }
+
+  /** Wires the task's channels. Its Worker must already have been sent its init message. */
+  wire(task: TaskEndpoint): void {
+    const d = task.deployment;
+    const o = this.options;
     this.releasedJobs.delete(d.jobId);
-    for (const input of d.inputs) {
-      for (const p of input.producers) {
-        const ch = channelId(d.jobId, input.edgeId, p, d.subtaskIndex);
-        this.consumers.set(ch, task);
-        const waiting = this.pending.get(ch);
-        if (waiting) {
-          this.pending.delete(ch);
-          for (const m of waiting) task.post(m, m.type === "data" ? [m.bytes.buffer as ArrayBuffer] : []);
+
+    const peers = new Map<TaskEndpoint, { produce: string[]; consume: string[] }>();
+    const pair = (peer: TaskEndpoint) => {
+      let p = peers.get(peer);
+      if (!p) peers.set(peer, (p = { produce: [], consume: [] }));
+      return p;
+    };
+    for (const out of d.outputs) {
+      for (const t of out.targets) {
+        const ch = channelId(d.jobId, out.edgeId, d.subtaskIndex, t.subtask);
+        if (t.resourceId === this.resourceId) {
+          this.localProducers.set(ch, task);
+          const consumer = this.localConsumers.get(ch);
+          if (consumer) pair(consumer).produce.push(ch);
+        } else {
+          const ro: RemoteOutput = { task, conn: null, credit: 0, queue: [] };
+          this.remoteOut.set(ch, ro);
+          const early = this.earlyCredit.get(ch);
+          if (early) {
+            this.earlyCredit.delete(ch);
+            ro.conn = early.conn;
+            ro.credit = early.n;
+          }
         }
       }
     }
-    for (const o of d.outputs) {
-      for (const target of o.targets) this.producers.set(channelId(d.jobId, o.edgeId, d.subtaskIndex, target.subtask), { task, target });
+    d.inputs.forEach((input) => {
+      const remote = input.producers.some((p) => p.resourceId !== this.resourceId);
+      const gate: InputGatePool = { floating: remote ? o.floatingBuffersPerGate : 0, spare: [], channels: [] };
+      for (const p of input.producers) {
+        const ch = channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex);
+        if (p.resourceId === this.resourceId) {
+          this.localConsumers.set(ch, task);
+          const producer = this.localProducers.get(ch);
+          if (producer) pair(producer).consume.push(ch);
+          continue;
+        }
+        const free = Array.from({ length: o.buffersPerChannel }, () => new ArrayBuffer(o.segmentSize));
+        const ri: RemoteInput = { id: ch, task, producer: p, gate, free, floatingHeld: 0, backlog: 0, ended: false };
+        gate.channels.push(ri);
+        this.remoteIn.set(ch, ri);
+        // The first credit also asks the producer's TaskManager for the partition.
+        this.transport.send(p, [DATA_FRAME.CREDIT, ch, free.length]);
+      }
+    });
+    for (const [peer, chans] of peers) {
+      const { port1, port2 } = new MessageChannel();
+      // This task produces chans.produce and consumes chans.consume; the peer sees it the other way round.
+      task.post({ type: "connect", port: port1, produce: chans.produce, consume: chans.consume }, [port1]);
+      peer.post({ type: "connect", port: port2, produce: chans.consume, consume: chans.produce }, [port2]);
     }
   }
 
-  unregisterTask(d: TaskDeployment, task: TaskEndpoint): void {
+  /**
+   * The task ended. A finished producer's remote channels keep draining (their end-of-partition may still
+   * wait for a connection); those of a failed or canceled task are dropped.
+   */
+  unregisterTask(task: TaskEndpoint, finished: boolean): void {
+    const d = task.deployment;
+    this.buffersFree += this.reserved.get(task) ?? 0;
+    this.reserved.delete(task);
     for (const input of d.inputs) {
       for (const p of input.producers) {
-        const ch = channelId(d.jobId, input.edgeId, p, d.subtaskIndex);
-        if (this.consumers.get(ch) === task) this.consumers.delete(ch);
-        this.creditRoutes.delete(ch);
+        const ch = channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex);
+        if (this.localConsumers.get(ch) === task) this.localConsumers.delete(ch);
+        if (this.remoteIn.get(ch)?.task === task) this.remoteIn.delete(ch);
+        this.closedChannels.add(ch);
       }
     }
-    for (const o of d.outputs) {
-      for (const target of o.targets) {
-        const ch = channelId(d.jobId, o.edgeId, d.subtaskIndex, target.subtask);
-        if (this.producers.get(ch)?.task === task) this.producers.delete(ch);
+    for (const out of d.outputs) {
+      for (const t of out.targets) {
+        const ch = channelId(d.jobId, out.edgeId, d.subtaskIndex, t.subtask);
+        if (this.localProducers.get(ch) === task) this.localProducers.delete(ch);
+        const ro = this.remoteOut.get(ch);
+        if (ro?.task !== task) continue;
+        if (finished && ro.queue.length > 0) ro.task = null;
+        else {
+          this.remoteOut.delete(ch);
+          this.closedChannels.add(ch);
+        }
       }
     }
   }
 
-  /** Drops what is left of a finished, failed or canceled job (pending data, routes). */
+  /** Drops what is left of a finished, failed or canceled job. */
   releaseJob(jobId: string): void {
     const prefix = `${jobId}|`;
-    for (const map of [this.pending, this.creditRoutes, this.consumers, this.producers] as Map<string, unknown>[]) {
+    for (const set of [this.closedChannels]) for (const ch of set) if (ch.startsWith(prefix)) set.delete(ch);
+    for (const map of [this.earlyCredit, this.remoteOut, this.remoteIn] as Map<string, unknown>[]) {
       for (const ch of map.keys()) if (ch.startsWith(prefix)) map.delete(ch);
     }
     this.releasedJobs.add(jobId);
     if (this.releasedJobs.size > 1000) this.releasedJobs.delete(this.releasedJobs.values().next().value!);
   }
 
-  /** A producer Worker sent a batch or end-of-partition; a consumer Worker handed back credit. */
-  fromWorker(msg: { type: "data"; channel: string; bytes: Uint8Array } | { type: "end"; channel: string } | { type: "credit"; channel: string; n: number }): void {
-    if (msg.type === "credit") {
-      const local = this.producers.get(msg.channel);
-      if (local && local.target.resourceId === this.resourceId) local.task.post(msg);
-      else this.creditRoutes.get(msg.channel)?.send([DATA_FRAME.CREDIT, msg.channel, msg.n]);
+  /** Remote-channel traffic from a task's Worker. */
+  fromWorker(msg: Extract<import("../runtime/worker-protocol.ts").FromWorker, { type: "buffer" | "event" | "recycle" }>): void {
+    if (msg.type === "recycle") {
+      const ri = this.remoteIn.get(msg.channel);
+      if (ri) this.recycleInput(ri, msg.buf);
       return;
     }
-    const route = this.producers.get(msg.channel);
-    if (!route) return; // the job was released meanwhile
-    if (route.target.resourceId === this.resourceId) this.deliver(msg);
-    else if (msg.type === "data") this.transport.send(route.target, [DATA_FRAME.DATA, msg.channel, msg.bytes]);
-    else this.transport.send(route.target, [DATA_FRAME.END, msg.channel]);
+    const ro = this.remoteOut.get(msg.channel);
+    if (!ro) return;
+    ro.queue.push(msg.type === "buffer" ? { buf: msg.buf, size: msg.size } : { event: msg.event });
+    this.trySend(msg.channel, ro);
   }
 
-  private deliver(msg: Inbound): void {
-    const consumer = this.consumers.get(msg.channel);
-    if (consumer) {
-      consumer.post(msg, msg.type === "data" ? [msg.bytes.buffer as ArrayBuffer] : []);
+  private trySend(ch: string, ro: RemoteOutput): void {
+    const conn = ro.conn;
+    if (conn === null || conn.closed) return;
+    while (ro.queue.length > 0) {
+      const head = ro.queue[0]!;
+      if ("event" in head) {
+        ro.queue.shift();
+        conn.send([DATA_FRAME.EVENT, ch, head.event]);
+        if (head.event.type === "end") {
+          this.remoteOut.delete(ch);
+          this.closedChannels.add(ch);
+        }
+        continue;
+      }
+      if (ro.credit === 0) return;
+      ro.credit--;
+      ro.queue.shift();
+      let backlog = 0;
+      for (const q of ro.queue) if ("buf" in q) backlog++;
+      conn.send([DATA_FRAME.DATA, ch, new Uint8Array(head.buf, 0, head.size), backlog]);
+      ro.task?.post({ type: "recycle", channel: ch, buf: head.buf }, [head.buf]);
+    }
+  }
+
+  private recycleInput(ri: RemoteInput, buf: ArrayBuffer): void {
+    if (ri.ended) return;
+    if (ri.floatingHeld > 0 && ri.free.length >= ri.backlog) {
+      // Not needed here any more: back to the gate, lent to a channel whose backlog is larger than its credit.
+      ri.floatingHeld--;
+      const needy = ri.gate.channels.find((c) => !c.ended && c.backlog > c.free.length);
+      if (needy) {
+        needy.floatingHeld++;
+        this.grant(needy, [buf]);
+      } else {
+        ri.gate.floating++;
+        ri.gate.spare.push(buf);
+      }
       return;
     }
-    if (this.releasedJobs.has(parseChannelId(msg.channel)?.jobId ?? "")) return;
-    const waiting = this.pending.get(msg.channel) ?? [];
-    if (waiting.length > INITIAL_CREDIT) throw new Error(`channel ${msg.channel} sent more batches than its credit allows`);
-    waiting.push(msg);
-    this.pending.set(msg.channel, waiting);
+    this.grant(ri, [buf]);
+  }
+
+  private grant(ri: RemoteInput, bufs: ArrayBuffer[]): void {
+    ri.free.push(...bufs);
+    this.transport.send(ri.producer, [DATA_FRAME.CREDIT, ri.id, bufs.length]);
   }
 
   private onRemoteFrame(conn: FramedConnection, frame: unknown): void {
     try {
-      if (!Array.isArray(frame) || typeof frame[1] !== "string" || parseChannelId(frame[1]) === null) {
-        throw new Error("malformed data frame: expected [kind, channelId, ...]");
-      }
+      if (!Array.isArray(frame) || typeof frame[1] !== "string") throw new Error("malformed data frame: expected [kind, channelId, ...]");
       const ch = frame[1] as string;
+      const parsed = parseChannelId(ch);
+      if (parsed === null) throw new Error(`malformed channel id ${JSON.stringify(ch)}`);
+      const stale = this.closedChannels.has(ch) || this.releasedJobs.has(parsed.jobId);
       switch (frame[0]) {
-        case DATA_FRAME.DATA: {
-          if (!(frame[2] instanceof Uint8Array)) throw new Error(`data frame for ${ch} carries no bytes`);
-          this.creditRoutes.set(ch, conn);
-          // Copy into a buffer of its own so it can be transferred to the Worker.
-          this.deliver({ type: "data", channel: ch, bytes: new Uint8Array(frame[2]) });
-          break;
-        }
-        case DATA_FRAME.END:
-          this.deliver({ type: "end", channel: ch });
-          break;
         case DATA_FRAME.CREDIT: {
           const n = frame[2];
-          if (!Number.isInteger(n) || (n as number) < 1) throw new Error(`credit frame for ${ch} has a bad count ${JSON.stringify(n)}`);
-          this.producers.get(ch)?.task.post({ type: "credit", channel: ch, n: n as number });
+          if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 1 << 20) throw new Error(`credit frame for ${ch} has a bad count ${JSON.stringify(n)}`);
+          const ro = this.remoteOut.get(ch);
+          if (ro) {
+            ro.conn = conn;
+            ro.credit += n as number;
+            this.trySend(ch, ro);
+          } else if (!stale) {
+            if (this.earlyCredit.size >= 100_000) throw new Error("too many partition requests for channels not deployed here");
+            const early = this.earlyCredit.get(ch);
+            this.earlyCredit.set(ch, { conn, n: (early?.n ?? 0) + (n as number) });
+          }
+          break;
+        }
+        case DATA_FRAME.DATA: {
+          const ri = this.remoteIn.get(ch);
+          if (!ri) {
+            if (stale) break;
+            throw new Error(`data for unknown channel ${ch}`);
+          }
+          const bytes = frame[2];
+          const backlog = frame[3];
+          if (!(bytes instanceof Uint8Array)) throw new Error(`data frame for ${ch} carries no bytes`);
+          if (bytes.length > this.options.segmentSize) throw new Error(`data frame for ${ch} is larger than a buffer (${bytes.length} bytes)`);
+          if (!Number.isInteger(backlog) || (backlog as number) < 0) throw new Error(`data frame for ${ch} has a bad backlog`);
+          const buf = ri.free.pop();
+          if (!buf) throw new Error(`channel ${ch} sent a buffer without credit`);
+          new Uint8Array(buf).set(bytes);
+          ri.backlog = backlog as number;
+          ri.task.post({ type: "buffer", channel: ch, buf, size: bytes.length }, [buf]);
+          this.lendFloating(ri);
+          break;
+        }
+        case DATA_FRAME.EVENT: {
+          const ri = this.remoteIn.get(ch);
+          if (!ri) {
+            if (stale) break;
+            throw new Error(`event for unknown channel ${ch}`);
+          }
+          const event = frame[2] as ChannelEvent;
+          if (typeof event !== "object" || event === null || !["end", "barrier", "watermark"].includes(event.type)) throw new Error(`bad event on ${ch}`);
+          if (event.type === "end") {
+            ri.ended = true;
+            ri.gate.floating += ri.floatingHeld;
+            ri.floatingHeld = 0;
+          }
+          ri.task.post({ type: "event", channel: ch, event });
           break;
         }
         default:
           throw new Error(`unknown data frame kind ${JSON.stringify(frame[0])}`);
       }
     } catch (err) {
-      log.error("closing data connection after a bad frame", { peer: conn.remoteAddress, error: (err as Error).message });
+      const peer = (conn.peer as { id?: string } | null)?.id ?? "?";
+      log.error("closing a data connection after a bad frame", { peer, address: conn.remoteAddress, error: (err as Error).message });
       conn.close(err as Error);
     }
   }
 
-  private onInboundClosed(conn: FramedConnection, err: Error): void {
-    const failed = new Set<TaskEndpoint>();
-    for (const [ch, route] of this.creditRoutes) {
-      if (route !== conn) continue;
-      this.creditRoutes.delete(ch);
-      const consumer = this.consumers.get(ch);
-      if (consumer && !failed.has(consumer)) {
-        failed.add(consumer);
-        consumer.fail(new Error(`the data connection from ${conn.remoteAddress} closed while channel ${ch} was open: ${err.message}`));
-      }
-    }
+  /** Lends floating buffers of the gate to a channel whose backlog exceeds its free buffers. */
+  private lendFloating(ri: RemoteInput): void {
+    const want = Math.min(ri.backlog - ri.free.length, ri.gate.floating);
+    if (want <= 0) return;
+    ri.gate.floating -= want;
+    ri.floatingHeld += want;
+    const bufs = Array.from({ length: want }, () => ri.gate.spare.pop() ?? new ArrayBuffer(this.options.segmentSize));
+    this.grant(ri, bufs);
   }
 
-  private onPeerFailed(peer: string, err: Error): void {
-    log.warn("data connection to a peer TaskManager failed", { peer, error: err.message });
+  private onConnectionClosed(peer: string, conn: FramedConnection | null, err: Error): void {
     const failed = new Set<TaskEndpoint>();
-    for (const [, p] of this.producers) {
-      if (`${p.target.dataHost}:${p.target.dataPort}` === peer && !failed.has(p.task)) {
-        failed.add(p.task);
-        p.task.fail(new Error(`lost the data connection to TaskManager ${p.target.resourceId} at ${peer}: ${err.message}`));
+    const fail = (task: TaskEndpoint | null, what: string) => {
+      if (!task || failed.has(task)) return;
+      failed.add(task);
+      task.fail(new Error(`${what} (TaskManager ${peer}): ${err.message}`));
+    };
+    for (const ri of this.remoteIn.values()) {
+      if (!ri.ended && ri.producer.resourceId === peer) fail(ri.task, "lost the data connection to a producer");
+    }
+    for (const [ch, ro] of this.remoteOut) {
+      if (ro.conn !== null && ro.conn === conn) {
+        fail(ro.task, "lost the data connection to a consumer");
+        if (!ro.task) this.remoteOut.delete(ch);
       }
     }
   }

@@ -61,6 +61,8 @@ export interface SlotStatus {
 export interface Heartbeat {
   from: string;
   slotReport?: SlotStatus[];
+  /** Latest metrics of the sender's running tasks, by execution id (TaskManager -> JobManager). */
+  taskMetrics?: Record<string, TaskMetrics>;
 }
 export interface UpdateTaskState {
   executionId: string;
@@ -71,10 +73,24 @@ export interface UpdateTaskState {
 export interface TaskMetrics {
   recordsIn: number;
   recordsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  buffersIn: number;
+  buffersOut: number;
+  /** Fraction of the output pools' buffers in use (0..1), and of input buffers queued in the task. */
+  outPoolUsage: number;
+  inPoolUsage: number;
+  /** As Flink's busyTimeMsPerSecond etc., over the last reporting interval. */
+  busyTimeMsPerSecond: number;
+  backPressuredTimeMsPerSecond: number;
+  idleTimeMsPerSecond: number;
 }
 export interface DisconnectTaskManager {
   resourceId: string;
   reason: string;
+}
+export function emptyMetrics(): TaskMetrics {
+  return { recordsIn: 0, recordsOut: 0, bytesIn: 0, bytesOut: 0, buffersIn: 0, buffersOut: 0, outPoolUsage: 0, inPoolUsage: 0, busyTimeMsPerSecond: 0, backPressuredTimeMsPerSecond: 0, idleTimeMsPerSecond: 0 };
 }
 export interface FetchArtifact {
   hash: string;
@@ -104,8 +120,8 @@ export interface OutputDeployment {
 
 export interface InputDeployment {
   edgeId: number;
-  /** Producer subtask indices that feed this subtask on this edge. */
-  producers: number[];
+  /** The producer subtasks that feed this subtask on this edge, and where they run. */
+  producers: (ChannelTarget & { subtask: number })[];
 }
 
 export interface TaskDeployment {
@@ -147,6 +163,18 @@ export interface SubmitJobReply {
 export interface JobIdRequest {
   jobId: string;
 }
+export interface SubtaskStatus {
+  subtask: number;
+  state: TaskState;
+  taskManager: string;
+  metrics: TaskMetrics;
+}
+export interface VertexStatus {
+  id: number;
+  name: string;
+  parallelism: number;
+  subtasks: SubtaskStatus[];
+}
 export interface JobStatus {
   jobId: string;
   name: string;
@@ -156,6 +184,7 @@ export interface JobStatus {
   tasks: Record<TaskState, number>;
   recordsIn: number;
   recordsOut: number;
+  vertices: VertexStatus[];
   error?: ErrorInfo;
 }
 export interface ClusterOverview {
@@ -209,5 +238,8 @@ export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
 };
 
 // ---- data connections (TaskManager <-> TaskManager, role "data") ----
-// Frames are arrays, not requests: [DATA, channelId, bytes] | [END, channelId] | [CREDIT, channelId, n].
-export const DATA_FRAME = { DATA: 0, END: 1, CREDIT: 2 } as const;
+// Frames are arrays, not requests:
+//   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
+//   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
+//   [CREDIT, channelId, n]              the consumer has n more free buffers; the first one requests the partition
+export const DATA_FRAME = { DATA: 0, EVENT: 1, CREDIT: 2 } as const;

@@ -18,6 +18,7 @@ export interface Operator {
 export interface OperatorContext {
   subtaskIndex: number;
   parallelism: number;
+  taskName: string;
   runtimeMode: "streaming" | "batch";
   /** Looks up a plan node by id (for the key selector of a keyed operator). */
   node(id: number): PlanNode;
@@ -48,6 +49,7 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     case "reduce": {
       const keyNode = ctx.node(node.keyNode);
       if (keyNode.kind !== "keyBy") throw new Error(`reduce node ${node.id} is not keyed`);
+      if (node.sumField !== undefined) return new KeyedSum(keyNode.fn, node.sumField, ctx.runtimeMode === "batch", out);
       return new KeyedReduce(keyNode.fn, node.fn, ctx.runtimeMode === "batch", out);
     }
     case "sink":
@@ -79,6 +81,40 @@ class KeyedReduce implements Operator {
   }
 }
 
+/**
+ * Keyed sum without a copy per record: the state holds its own copy of the first record of a key and adds
+ * into it; what it emits (streaming) is a copy, so downstream never sees the state change under it.
+ */
+class KeyedSum implements Operator {
+  private readonly state = new Map<unknown, any>();
+  constructor(
+    private readonly key: (r: any) => unknown,
+    private readonly field: number | string,
+    private readonly emitAtEndOnly: boolean,
+    private readonly out: Collector,
+  ) {}
+  process(record: any): void {
+    const k = this.key(record);
+    const id = typeof k === "object" && k !== null ? canonicalKey(k) : k;
+    const acc = this.state.get(id);
+    let next: any;
+    if (typeof record !== "object" || record === null) {
+      next = acc === undefined ? record : acc + record;
+      this.state.set(id, next);
+    } else if (acc === undefined) {
+      next = Array.isArray(record) ? record.slice() : { ...record };
+      this.state.set(id, next);
+    } else {
+      next = acc;
+      next[this.field] += record[this.field];
+    }
+    if (!this.emitAtEndOnly) this.out(typeof next === "object" ? (Array.isArray(next) ? next.slice() : { ...next }) : next);
+  }
+  endInput(): void {
+    if (this.emitAtEndOnly) for (const v of this.state.values()) this.out(v);
+  }
+}
+
 /** How sinks print a record: tuples (arrays) as (a,b) like Flink, objects as JSON. */
 export function formatRecord(r: unknown): string {
   if (Array.isArray(r)) return `(${r.map((x) => (typeof x === "object" && x !== null ? JSON.stringify(x) : String(x))).join(",")})`;
@@ -91,7 +127,9 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
   switch (spec.type) {
     case "function": {
       const fn = spec.fn;
-      return { process: (r) => void fn(r) };
+      if (typeof fn === "function") return { process: (r) => void fn(r) };
+      fn.open?.({ subtaskIndex: ctx.subtaskIndex, parallelism: ctx.parallelism, taskName: ctx.taskName });
+      return { process: (r) => fn.invoke(r), endInput: () => fn.close?.() };
     }
     case "print": {
       const prefix = (spec.prefix ? `${spec.prefix}:` : "") + (ctx.parallelism > 1 ? `${ctx.subtaskIndex + 1}> ` : spec.prefix ? " " : "");

@@ -1,20 +1,20 @@
 // One parallel subtask of a job vertex, run inside its own Worker: imports the job artifact, rebuilds the
 // plan, wires the operator chain between its input channels and record writers, and runs it mailbox-style
-// (one input batch at a time, pausing while an output channel lacks credit).
+// (one input buffer at a time, pausing while an output has no free buffer).
 import { pathToFileURL } from "node:url";
-import { Unpackr } from "msgpackr";
 import { StreamExecutionEnvironment, type JobBuilder } from "../api/environment.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
-import { RecordWriter } from "../network/record-writer.ts";
+import { RecordWriter, type BufferSender } from "../network/record-writer.ts";
+import { InputGate } from "../network/input-gate.ts";
+import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator, type Collector, type Operator } from "./operators.ts";
 import { readSource } from "./sources.ts";
-import { channelId, type FromWorker } from "./worker-protocol.ts";
+import { channelId, type FromWorker, type NetworkGrant, type PortMessage, type ToWorker } from "./worker-protocol.ts";
 
 type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
-type MailItem = { channel: string; bytes: Uint8Array } | { channel: string; end: true };
 
 const METRICS_INTERVAL_MS = 1000;
 
@@ -33,24 +33,45 @@ export async function loadPlan(artifactPath: string, jobArgs: string[]): Promise
   return env.getPlan();
 }
 
+/** Time accounting as Flink's busy / backpressured / idle ms per second. */
+class TimeMeter {
+  busy = 0;
+  backPressured = 0;
+  idle = 0;
+  private last = performance.now();
+  state: "busy" | "backPressured" | "idle" = "busy";
+  switchTo(state: "busy" | "backPressured" | "idle"): void {
+    const now = performance.now();
+    this[this.state] += now - this.last;
+    this.last = now;
+    this.state = state;
+  }
+}
+
 export class StreamTask {
-  private readonly mailbox: MailItem[] = [];
-  private wake: (() => void) | null = null;
-  private readonly inputChannels = new Set<string>();
+  private readonly gate: InputGate;
   private writers: RecordWriter[] = [];
+  private readonly writerOf = new Map<string, RecordWriter>();
   private operators: Operator[] = [];
   private head!: Operator;
   private sourceNode: Extract<PlanNode, { kind: "source" }> | null = null;
   private recordsIn = 0;
   private recordsOut = 0;
   private timers: ReturnType<typeof setInterval>[] = [];
+  private readonly time = new TimeMeter();
+  private lastReport = { at: performance.now(), busy: 0, backPressured: 0, idle: 0 };
+  /** Ports to local peer tasks that arrived before init() created the writers. */
+  private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
 
   constructor(
     private readonly d: TaskDeployment,
+    private readonly network: NetworkGrant,
     private readonly post: Post,
   ) {
     // Known before init() finishes: data may arrive while the artifact is still being imported.
-    for (const input of d.inputs) for (const p of input.producers) this.inputChannels.add(channelId(d.jobId, input.edgeId, p, d.subtaskIndex));
+    const inputs: string[] = [];
+    for (const input of d.inputs) for (const p of input.producers) inputs.push(channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex));
+    this.gate = new InputGate(inputs);
   }
 
   async init(artifactPath: string): Promise<void> {
@@ -64,16 +85,22 @@ export class StreamTask {
       return n;
     };
     const d = this.d;
-    this.writers = d.outputs.map((o) => {
+    const net = this.network;
+    this.writers = d.outputs.map((o, i) => {
       const ids = o.targets.map((t) => channelId(d.jobId, o.edgeId, d.subtaskIndex, t.subtask));
       const keyNode = o.keyNodeId !== undefined ? node(o.keyNodeId) : undefined;
       const keySelector = keyNode?.kind === "keyBy" ? keyNode.fn : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector);
-      return new RecordWriter(ids, partitioner, {
-        data: (channel, bytes) => this.post({ type: "data", channel, bytes }, [bytes.buffer as ArrayBuffer]),
-        end: (channel) => this.post({ type: "end", channel }),
-      }, d.bufferTimeoutMs === 0);
+      const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
+      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0);
+      o.targets.forEach((t, j) => {
+        this.writerOf.set(ids[j]!, writer);
+        // Remote consumers: buffers go to the main thread, which sends them against the consumer's credit.
+        if (t.resourceId !== net.resourceId) writer.connect(ids[j]!, this.mainThreadSender);
+      });
+      return writer;
     });
+    for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
 
     // Build the chain from its tail: the tail emits to every record writer.
     const writers = this.writers;
@@ -81,7 +108,7 @@ export class StreamTask {
       this.recordsOut++;
       for (let i = 0; i < writers.length; i++) writers[i]!.emit(r);
     };
-    const ctx = { subtaskIndex: d.subtaskIndex, parallelism: d.parallelism, runtimeMode: d.runtimeMode, node };
+    const ctx = { subtaskIndex: d.subtaskIndex, parallelism: d.parallelism, taskName: taskDisplayName(d), runtimeMode: d.runtimeMode, node };
     const chain = d.operatorIds.map(node);
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
@@ -119,30 +146,60 @@ export class StreamTask {
       else await this.runInputs();
       for (const op of this.operators) op.endInput?.();
       await Promise.all(this.writers.map((w) => w.finish()));
+      this.time.switchTo("idle");
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
     }
   }
 
-  onData(channel: string, bytes: Uint8Array): void {
-    this.enqueue({ channel, bytes });
+  /** Messages from the main thread other than init. */
+  onMessage(msg: ToWorker): void {
+    switch (msg.type) {
+      case "connect":
+        if (this.writers.length === 0 && this.d.outputs.length > 0) this.pendingConnects.push(msg);
+        else this.onConnect(msg);
+        break;
+      case "buffer":
+        this.gate.onBuffer(msg.channel, msg.buf, msg.size, this.recycleToMain(msg.channel));
+        break;
+      case "event":
+        this.gate.onEvent(msg.channel, msg.event);
+        break;
+      case "recycle":
+        this.writerOf.get(msg.channel)?.recycle(msg.buf);
+        break;
+    }
   }
 
-  onEnd(channel: string): void {
-    this.enqueue({ channel, end: true });
+  private readonly mainThreadSender: BufferSender = {
+    buffer: (channel, buf, size, backlog) => this.post({ type: "buffer", channel, buf, size, backlog }, [buf]),
+    event: (channel, event) => this.post({ type: "event", channel, event }),
+  };
+
+  private recycleToMain(channel: string): (buf: ArrayBuffer) => void {
+    return (buf) => this.post({ type: "recycle", channel, buf }, [buf]);
   }
 
-  onCredit(channel: string, n: number): void {
-    for (const w of this.writers) if (w.hasChannel(channel)) w.addCredit(channel, n);
-  }
-
-  private enqueue(item: MailItem): void {
-    if (!this.inputChannels.has(item.channel)) throw new Error(`received data for unknown input channel ${item.channel}`);
-    this.mailbox.push(item);
-    const w = this.wake;
-    this.wake = null;
-    w?.();
+  /** A MessagePort to a local peer task: buffers flow directly between the two Workers. */
+  private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
+    const port = msg.port;
+    const sender: BufferSender = {
+      buffer: (ch, buf, size) => port.postMessage({ t: "b", ch, buf, size } satisfies PortMessage, [buf]),
+      event: (ch, event) => port.postMessage({ t: "e", ch, event } satisfies PortMessage),
+    };
+    const recycle = (ch: string) => (buf: ArrayBuffer) => port.postMessage({ t: "r", ch, buf } satisfies PortMessage, [buf]);
+    port.onmessage = (e: MessageEvent<PortMessage>) => {
+      const m = e.data;
+      try {
+        if (m.t === "b") this.gate.onBuffer(m.ch, m.buf, m.size, recycle(m.ch));
+        else if (m.t === "e") this.gate.onEvent(m.ch, m.event);
+        else this.writerOf.get(m.ch)?.recycle(m.buf);
+      } catch (err) {
+        this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
+      }
+    };
+    for (const ch of msg.produce) this.writerOf.get(ch)?.connect(ch, sender);
   }
 
   private async runSource(node: Extract<PlanNode, { kind: "source" }>): Promise<void> {
@@ -155,30 +212,33 @@ export class StreamTask {
   }
 
   private async runInputs(): Promise<void> {
-    const unpackr = new Unpackr({ useRecords: true });
-    let open = this.inputChannels.size;
-    while (open > 0) {
-      const item = this.mailbox.shift();
-      if (!item) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
+    const gate = this.gate;
+    while (!gate.finished) {
+      const item = gate.poll();
+      if (item === null) {
+        this.time.switchTo("idle");
+        await gate.waitNext();
+        this.time.switchTo("busy");
         continue;
       }
-      if ("end" in item) {
-        open--;
-        continue;
-      }
-      const records = unpackr.unpack(item.bytes) as unknown[];
+      if ("event" in item) continue; // end of partition: counted by the gate
+      const records = item.records;
       this.recordsIn += records.length;
       for (let i = 0; i < records.length; i++) this.head.process(records[i]);
       this.flushOperators();
-      this.post({ type: "credit", channel: item.channel, n: 1 });
       await this.afterBatch();
     }
   }
 
-  /** Pauses while downstream lacks credit, and lets credit, cancel and timer messages in. */
+  /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
   private async afterBatch(): Promise<void> {
-    for (const w of this.writers) if (w.backpressured) await w.waitAvailable();
+    for (const w of this.writers) {
+      if (w.backpressured) {
+        this.time.switchTo("backPressured");
+        await w.waitAvailable();
+        this.time.switchTo("busy");
+      }
+    }
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
@@ -191,8 +251,30 @@ export class StreamTask {
   }
 
   private metrics(): TaskMetrics {
-    return { recordsIn: this.recordsIn, recordsOut: this.recordsOut };
+    this.time.switchTo(this.time.state); // close the current period
+    const now = performance.now();
+    const span = Math.max(1, now - this.lastReport.at);
+    const per = (v: number, last: number) => Math.round(((v - last) / span) * 1000);
+    const m: TaskMetrics = {
+      recordsIn: this.recordsIn,
+      recordsOut: this.recordsOut,
+      bytesIn: this.gate.bytesIn,
+      bytesOut: this.writers.reduce((a, w) => a + w.bytesOut, 0),
+      buffersIn: this.gate.buffersIn,
+      buffersOut: this.writers.reduce((a, w) => a + w.buffersOut, 0),
+      outPoolUsage: ratio(this.writers.reduce((a, w) => a + w.pool.inUse, 0), this.writers.reduce((a, w) => a + w.pool.size, 0)),
+      inPoolUsage: ratio(this.gate.queuedBuffers, this.d.inputs.reduce((a, i) => a + i.producers.length, 0) * 2),
+      busyTimeMsPerSecond: per(this.time.busy, this.lastReport.busy),
+      backPressuredTimeMsPerSecond: per(this.time.backPressured, this.lastReport.backPressured),
+      idleTimeMsPerSecond: per(this.time.idle, this.lastReport.idle),
+    };
+    this.lastReport = { at: now, busy: this.time.busy, backPressured: this.time.backPressured, idle: this.time.idle };
+    return m;
   }
+}
+
+function ratio(a: number, b: number): number {
+  return b === 0 ? 0 : Math.min(1, a / b);
 }
 
 export function errorInfo(err: unknown, task?: string): ErrorInfo {

@@ -11,21 +11,12 @@ let name = "task";
 self.onmessage = (event: MessageEvent<ToWorker>) => {
   const msg = event.data;
   try {
-    switch (msg.type) {
-      case "init":
-        name = taskDisplayName(msg.deployment);
-        task = new StreamTask(msg.deployment, post);
-        void start(task, msg.artifactPath);
-        break;
-      case "data":
-        task?.onData(msg.channel, msg.bytes);
-        break;
-      case "end":
-        task?.onEnd(msg.channel);
-        break;
-      case "credit":
-        task?.onCredit(msg.channel, msg.n);
-        break;
+    if (msg.type === "init") {
+      name = taskDisplayName(msg.deployment);
+      task = new StreamTask(msg.deployment, msg.network, post);
+      void start(task, msg.artifactPath);
+    } else {
+      task?.onMessage(msg);
     }
   } catch (err) {
     post({ type: "failed", error: errorInfo(err, name) });

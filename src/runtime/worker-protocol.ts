@@ -1,20 +1,41 @@
-// Messages between a TaskManager's main thread and a task's Worker.
+// Messages between a TaskManager's main thread and a task's Worker, and between two local task Workers
+// over a MessagePort of their own. Buffers (ArrayBuffers) always move by transfer, never by copy.
 import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
+import type { ChannelEvent } from "../network/record-writer.ts";
+
+export interface NetworkGrant {
+  /** This TaskManager's resource id: channels to a consumer here are local. */
+  resourceId: string;
+  segmentSize: number;
+  /** Buffers of each output edge's pool, in deployment.outputs order. */
+  outputBuffers: number[];
+  maxOverdraft: number;
+}
 
 export type ToWorker =
-  | { type: "init"; deployment: TaskDeployment; artifactPath: string }
-  | { type: "data"; channel: string; bytes: Uint8Array }
-  | { type: "end"; channel: string }
-  | { type: "credit"; channel: string; n: number };
+  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant }
+  /** A port to a local peer task, carrying the listed channels. */
+  | { type: "connect"; port: MessagePort; produce: string[]; consume: string[] }
+  /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */
+  | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number }
+  | { type: "event"; channel: string; event: ChannelEvent }
+  /** A buffer of a remote output channel, sent on by the main thread and returned to the pool. */
+  | { type: "recycle"; channel: string; buf: ArrayBuffer };
 
 export type FromWorker =
   | { type: "running" }
-  | { type: "data"; channel: string; bytes: Uint8Array }
-  | { type: "end"; channel: string }
-  | { type: "credit"; channel: string; n: number }
+  | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number; backlog: number }
+  | { type: "event"; channel: string; event: ChannelEvent }
+  | { type: "recycle"; channel: string; buf: ArrayBuffer }
   | { type: "metrics"; metrics: TaskMetrics }
   | { type: "finished"; metrics: TaskMetrics }
   | { type: "failed"; error: ErrorInfo };
+
+/** Between two local task Workers: b = buffer, e = event, r = recycled buffer going back to its producer. */
+export type PortMessage =
+  | { t: "b"; ch: string; buf: ArrayBuffer; size: number }
+  | { t: "e"; ch: string; event: ChannelEvent }
+  | { t: "r"; ch: string; buf: ArrayBuffer };
 
 /** Channel ids are unique per TaskManager pair: job, edge, producer subtask, consumer subtask. */
 export function channelId(jobId: string, edgeId: number, producer: number, consumer: number): string {
@@ -29,6 +50,3 @@ export function parseChannelId(id: string): { jobId: string; edgeId: number; pro
   if (!jobId || !Number.isInteger(edgeId) || !Number.isInteger(producer) || !Number.isInteger(consumer)) return null;
   return { jobId, edgeId, producer, consumer };
 }
-
-/** Batches a channel may have in flight before the consumer hands credit back. */
-export const INITIAL_CREDIT = 4;

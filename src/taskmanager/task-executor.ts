@@ -13,6 +13,7 @@ import {
   type RequestType,
   type SlotStatus,
   type TaskDeployment,
+  type TaskMetrics,
   type TaskState,
 } from "../rpc/messages.ts";
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
@@ -40,7 +41,13 @@ export class TaskExecutor {
 
   constructor(private readonly config: Config) {
     this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
-    this.shuffle = new ShuffleEnvironment(this.resourceId);
+    this.shuffle = new ShuffleEnvironment(this.resourceId, {
+      segmentSize: config["taskmanager.memory.segment-size"],
+      totalBuffers: config["taskmanager.network.numberOfBuffers"],
+      buffersPerChannel: config["taskmanager.network.memory.buffers-per-channel"],
+      floatingBuffersPerGate: config["taskmanager.network.memory.floating-buffers-per-gate"],
+      maxOverdraftBuffers: config["taskmanager.network.memory.max-overdraft-buffers-per-gate"],
+    });
     // A generated directory is this process's alone: removed on stop. A configured one is kept as a cache.
     const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));
     if (!config["taskmanager.tmp.dir"]) this.ownedTmpDir = tmp;
@@ -128,7 +135,9 @@ export class TaskExecutor {
         rpc.close(new Error(`no heartbeat from the JobManager for ${this.config["heartbeat.timeout"]} ms`));
         return;
       }
-      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport() }, this.config["heartbeat.timeout"]).then(
+      const taskMetrics: Record<string, TaskMetrics> = {};
+      for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
+      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics }, this.config["heartbeat.timeout"]).then(
         () => (this.lastHeardFromJobManager = Date.now()),
         () => {},
       );
@@ -200,6 +209,7 @@ export class TaskExecutor {
   private onTaskState(task: Task, state: TaskState, error?: ErrorInfo): void {
     const fields: Record<string, unknown> = { task: task.name, job: task.deployment.jobId, state };
     if (error) fields.error = error.message;
+    if (process.env.TM_DEBUG_METRICS) fields.metrics = task.metrics;
     (state === "FAILED" ? log.warn : log.info)("task state changed", fields);
     if (state === "FINISHED" || state === "FAILED" || state === "CANCELED") this.tasks.delete(task.executionId);
     this.rpc

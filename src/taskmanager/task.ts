@@ -1,6 +1,6 @@
 // A task on the TaskManager's main thread: owns the Worker that runs it and reports its state transitions.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
-import { TERMINAL_TASK_STATES } from "../rpc/messages.ts";
+import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
 import { taskWorkerUrl } from "../runtime/worker-url.ts";
@@ -10,8 +10,9 @@ export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo
 
 export class Task implements TaskEndpoint {
   state: TaskState = "DEPLOYING";
-  metrics: TaskMetrics = { recordsIn: 0, recordsOut: 0 };
+  metrics: TaskMetrics = emptyMetrics();
   private worker: Worker | null = null;
+  private registered = false;
   readonly name: string;
 
   constructor(
@@ -29,7 +30,6 @@ export class Task implements TaskEndpoint {
   start(artifactPath: string): void {
     const worker = new Worker(taskWorkerUrl(), { type: "module" });
     this.worker = worker;
-    this.shuffle.registerTask(this.deployment, this);
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
     // Without these handlers a Worker that cannot load would vanish silently.
     worker.onerror = (e: ErrorEvent) => {
@@ -39,7 +39,17 @@ export class Task implements TaskEndpoint {
     worker.addEventListener("close", () => {
       if (!TERMINAL_TASK_STATES.has(this.state)) this.finish("FAILED", { message: "task worker exited unexpectedly", task: this.name });
     });
-    this.post({ type: "init", deployment: this.deployment, artifactPath });
+    // init goes first, so the Worker has its task before the network sends it ports and buffers.
+    let network;
+    try {
+      network = this.shuffle.reserve(this);
+    } catch (err) {
+      this.fail(err as Error);
+      return;
+    }
+    this.registered = true;
+    this.post({ type: "init", deployment: this.deployment, artifactPath, network });
+    this.shuffle.wire(this);
   }
 
   post(msg: ToWorker, transfer?: Transferable[]): void {
@@ -58,9 +68,9 @@ export class Task implements TaskEndpoint {
   private onWorkerMessage(msg: FromWorker): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     switch (msg.type) {
-      case "data":
-      case "end":
-      case "credit":
+      case "buffer":
+      case "event":
+      case "recycle":
         this.shuffle.fromWorker(msg);
         break;
       case "running":
@@ -83,7 +93,7 @@ export class Task implements TaskEndpoint {
   private finish(state: TaskState, error?: ErrorInfo): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     this.state = state;
-    this.shuffle.unregisterTask(this.deployment, this);
+    if (this.registered) this.shuffle.unregisterTask(this, state === "FINISHED");
     this.worker?.terminate();
     this.onState(this, state, error);
   }

@@ -1,0 +1,96 @@
+// Consumer side of a task's inputs (runs inside the task's Worker): buffers and events of all input
+// channels arrive in one queue, in arrival order (each channel's own order is kept); poll() decodes one
+// buffer's records and hands the buffer back to whoever owns it (producer or main thread).
+import type { ChannelEvent } from "./record-writer.ts";
+import { RecordDeserializer } from "./serialization.ts";
+
+type Arrival =
+  | { channel: string; buf: ArrayBuffer; size: number; recycle: (buf: ArrayBuffer) => void }
+  | { channel: string; event: ChannelEvent };
+
+export type GateItem = { channel: string; records: unknown[] } | { channel: string; event: ChannelEvent };
+
+export class InputGate {
+  private readonly deserializers = new Map<string, RecordDeserializer>();
+  private readonly queue: Arrival[] = [];
+  private head = 0;
+  private wake: (() => void) | null = null;
+  private open: number;
+  buffersIn = 0;
+  bytesIn = 0;
+
+  constructor(channels: Iterable<string>) {
+    for (const ch of channels) this.deserializers.set(ch, new RecordDeserializer());
+    this.open = this.deserializers.size;
+  }
+
+  hasChannel(channel: string): boolean {
+    return this.deserializers.has(channel);
+  }
+
+  /** All channels delivered end-of-partition. */
+  get finished(): boolean {
+    return this.open === 0;
+  }
+
+  /** Buffers received and not yet read. */
+  get queuedBuffers(): number {
+    let n = 0;
+    for (let i = this.head; i < this.queue.length; i++) if ("buf" in this.queue[i]!) n++;
+    return n;
+  }
+
+  onBuffer(channel: string, buf: ArrayBuffer, size: number, recycle: (buf: ArrayBuffer) => void): void {
+    this.check(channel);
+    this.push({ channel, buf, size, recycle });
+  }
+
+  onEvent(channel: string, event: ChannelEvent): void {
+    this.check(channel);
+    this.push({ channel, event });
+  }
+
+  /** The next item, or null when nothing has arrived. */
+  poll(): GateItem | null {
+    if (this.head === this.queue.length) return null;
+    const a = this.queue[this.head++]!;
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    if ("event" in a) {
+      if (a.event.type === "end") {
+        const d = this.deserializers.get(a.channel)!;
+        if (d.hasPartialRecord) throw new Error(`channel ${a.channel} ended in the middle of a record`);
+        this.open--;
+      }
+      return { channel: a.channel, event: a.event };
+    }
+    const records: unknown[] = [];
+    this.buffersIn++;
+    this.bytesIn += a.size;
+    try {
+      this.deserializers.get(a.channel)!.read(new Uint8Array(a.buf, 0, a.size), records);
+    } finally {
+      a.recycle(a.buf);
+    }
+    return { channel: a.channel, records };
+  }
+
+  /** Resolves when something arrives. */
+  waitNext(): Promise<void> {
+    if (this.head < this.queue.length) return Promise.resolve();
+    return new Promise((resolve) => (this.wake = resolve));
+  }
+
+  private push(a: Arrival): void {
+    this.queue.push(a);
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private check(channel: string): void {
+    if (!this.deserializers.has(channel)) throw new Error(`received data for unknown input channel ${channel}`);
+  }
+}

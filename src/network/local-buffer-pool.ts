@@ -1,0 +1,55 @@
+// A task's share of its TaskManager's network buffers, inside the task's Worker: a fixed number of
+// fixed-size ArrayBuffers (created lazily), plus a few overdraft buffers to finish the record in hand.
+// Buffers leave the Worker by transfer and come back by transfer when the consumer has read them.
+export class LocalBufferPool {
+  private readonly free: ArrayBuffer[] = [];
+  private created = 0;
+  private overdraftUsed = 0;
+  private waiters: (() => void)[] = [];
+
+  constructor(
+    readonly size: number,
+    readonly segmentSize: number,
+    private readonly maxOverdraft: number,
+  ) {}
+
+  /** A free buffer, or null when the pool (and its overdraft) is exhausted. */
+  request(): ArrayBuffer | null {
+    const b = this.free.pop();
+    if (b) return b;
+    if (this.created < this.size) {
+      this.created++;
+      return new ArrayBuffer(this.segmentSize);
+    }
+    if (this.overdraftUsed < this.maxOverdraft) {
+      this.overdraftUsed++;
+      return new ArrayBuffer(this.segmentSize);
+    }
+    return null;
+  }
+
+  recycle(buf: ArrayBuffer): void {
+    if (this.overdraftUsed > 0) this.overdraftUsed--; // overdraft buffers are dropped first
+    else this.free.push(buf);
+    for (const w of this.waiters.splice(0)) w(); // waiters re-check their condition
+  }
+
+  /** A buffer can be had without overdraft. */
+  get available(): boolean {
+    return this.overdraftUsed === 0 && (this.free.length > 0 || this.created < this.size);
+  }
+
+  /** Buffers out of the pool (in builders, in flight, at consumers). */
+  get inUse(): number {
+    return this.created - this.free.length + this.overdraftUsed;
+  }
+
+  async waitAvailable(): Promise<void> {
+    while (!this.available) await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Resolves when every buffer is back (all data sent downstream has been read). */
+  async allRecycled(): Promise<void> {
+    while (this.inUse > 0) await new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+}
