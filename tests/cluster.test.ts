@@ -89,6 +89,35 @@ describe("local cluster", () => {
     expect(got).toEqual(expected);
   });
 
+  test("rescale connects producers to a subset of consumers; a custom partitioner routes by its own rule", async () => {
+    const out = path.join(dir, "routing");
+    fs.mkdirSync(out, { recursive: true });
+    const job = writeJob(dir, "routing.ts", `
+      import * as fs from "node:fs";
+      const record = (name) => ({
+        open(ctx) { this.ctx = ctx; this.got = []; },
+        invoke(v) { this.got.push(v); },
+        close() { fs.writeFileSync(${JSON.stringify(out)} + "/" + name + "-" + this.ctx.subtaskIndex + ".json", JSON.stringify(this.got)); },
+      });
+      export default (env) => {
+        // Two producers (0..49 and 50..99) rescaled to four consumers: producer i feeds consumers 2i and 2i+1.
+        env.fromSequence(0, 99).setParallelism(2).rescale().addSink(record("rescale")).setParallelism(4);
+        env.fromSequence(0, 99).setParallelism(2)
+          .partitionCustom((key, n) => key % n, (x) => x * 3)
+          .addSink(record("custom")).setParallelism(4);
+      };`);
+    const status = await run(job, [], 2);
+    expect(status.state).toBe("FINISHED");
+    const read = (name: string, i: number) => JSON.parse(fs.readFileSync(path.join(out, `${name}-${i}.json`), "utf8")) as number[];
+    for (let c = 0; c < 4; c++) {
+      const got = read("rescale", c);
+      expect(got.length).toBe(25); // round robin over two consumers
+      const producer = Math.floor(c / 2);
+      for (const v of got) expect(Math.floor(v / 50)).toBe(producer);
+      expect(read("custom", c).sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i).filter((x) => (x * 3) % 4 === c));
+    }
+  });
+
   test("an operator that throws fails its job with the message and the task, while another job runs on", async () => {
     const slow = writeJob(dir, "slow.ts", `
       export default (env) => {

@@ -129,6 +129,18 @@ export class DataStream<T> {
     return this.partition("forward");
   }
 
+  /** Round-robin to a subset of the consumers (pointwise, as Flink's rescale): no all-to-all connections. */
+  rescale(): DataStream<T> {
+    return this.partition("rescale");
+  }
+
+  /** Routes each record to partition(key(record), numPartitions), which must return 0..numPartitions-1. */
+  partitionCustom<K>(partition: (key: K, numPartitions: number) => number, key: (value: T) => K): DataStream<T> {
+    if (typeof partition !== "function" || typeof key !== "function") throw new Error("partitionCustom: expected a partitioner function and a key selector");
+    const node = this.env.addNode({ kind: "partition", partitioner: "custom", custom: { partition, key }, name: "Custom Partition", inputs: [this.node.id] });
+    return new DataStream<T>(this.env, node);
+  }
+
   /** Prints each record on the stdout of the TaskManager that runs it ("n> " prefix when parallel). */
   print(prefix?: string): DataSink {
     return this.sink({ type: "print", prefix }, "Print to Std. Out");

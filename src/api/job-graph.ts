@@ -63,7 +63,10 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
     // As in Flink, the partitioning nearest the consumer wins over one further upstream.
     if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, partitioner ?? "hash", partitioner ? keyNodeId : input.id);
-    if (input.kind === "partition") return resolve(target, input.inputs[0]!, partitioner ?? input.partitioner!, keyNodeId);
+    if (input.kind === "partition") {
+      if (partitioner) return resolve(target, input.inputs[0]!, partitioner, keyNodeId);
+      return resolve(target, input.inputs[0]!, input.partitioner!, input.partitioner === "custom" ? input.id : undefined);
+    }
     if (input.kind === "union") {
       for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
       return;
@@ -138,6 +141,22 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
 
 export function planFingerprint(nodes: NodeDescription[]): string {
   return nodes.map((n) => [n.id, n.kind, n.inputs.join(","), n.parallelism ?? "", n.partitioner ?? "", n.sourceType ?? "", n.sinkType ?? ""].join(":")).join(";");
+}
+
+/** Pointwise edges (forward, rescale) connect each producer to a few consumers; the others connect all to all. */
+export function consumersOf(partitioner: PartitionerKind, producer: number, pUp: number, pDown: number): number[] {
+  if (partitioner === "forward") return [producer];
+  if (partitioner !== "rescale") return range(pDown);
+  if (pUp >= pDown) return [Math.floor((producer * pDown) / pUp)];
+  return range(pDown).filter((c) => Math.floor((c * pUp) / pDown) === producer);
+}
+
+export function producersOf(partitioner: PartitionerKind, consumer: number, pUp: number, pDown: number): number[] {
+  return range(pUp).filter((p) => consumersOf(partitioner, p, pUp, pDown).includes(consumer));
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
 }
 
 /** Slots a job needs with one slot-sharing group: the largest vertex parallelism. */

@@ -22,13 +22,13 @@ export type SinkSpec =
   | { type: "textFile"; path: string }
   | { type: "function"; fn: SinkFunction };
 
-export type PartitionSpec = "rebalance" | "broadcast" | "forward";
+export type PartitionSpec = "rebalance" | "rescale" | "broadcast" | "forward" | "custom";
 
 export type PlanNode =
   | (NodeBase & { kind: "source"; source: SourceSpec })
   | (NodeBase & { kind: "map" | "flatMap" | "filter"; fn: (value: any) => any })
   | (NodeBase & { kind: "keyBy"; fn: (value: any) => unknown })
-  | (NodeBase & { kind: "partition"; partitioner: PartitionSpec })
+  | (NodeBase & { kind: "partition"; partitioner: PartitionSpec; custom?: { partition: (key: any, numPartitions: number) => number; key: (value: any) => unknown } })
   | (NodeBase & { kind: "union" })
   | (NodeBase & { kind: "reduce"; fn: (a: any, b: any) => any; keyNode: number; sumField?: number | string })
   | (NodeBase & { kind: "sink"; sink: SinkSpec });

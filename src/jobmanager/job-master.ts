@@ -1,7 +1,7 @@
 // Runs one job: waits for slots, deploys every subtask (eagerly, as streaming jobs need), follows task
 // states to the job's final state, and cancels the remaining tasks when one fails.
 import type { JobGraph } from "../api/job-graph.ts";
-import { requiredSlots } from "../api/job-graph.ts";
+import { consumersOf, producersOf, requiredSlots } from "../api/job-graph.ts";
 import {
   TERMINAL_JOB_STATES,
   TERMINAL_TASK_STATES,
@@ -99,7 +99,7 @@ export class JobMaster {
             .filter((e) => e.target === v.id)
             .map((e) => ({
               edgeId: e.id,
-              producers: (e.partitioner === "forward" ? [i] : range(g.vertices[e.source]!.parallelism)).map((s) => ({ ...location(s), subtask: s })),
+              producers: producersOf(e.partitioner, i, g.vertices[e.source]!.parallelism, v.parallelism).map((s) => ({ ...location(s), subtask: s })),
             })),
           outputs: g.edges
             .filter((e) => e.source === v.id)
@@ -107,7 +107,7 @@ export class JobMaster {
               edgeId: e.id,
               partitioner: e.partitioner,
               ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
-              targets: (e.partitioner === "forward" ? [i] : range(g.vertices[e.target]!.parallelism)).map((s) => ({ ...location(s), subtask: s })),
+              targets: consumersOf(e.partitioner, i, v.parallelism, g.vertices[e.target]!.parallelism).map((s) => ({ ...location(s), subtask: s })),
             })),
           runtimeMode: g.runtimeMode,
           bufferTimeoutMs: g.bufferTimeoutMs,
@@ -211,8 +211,4 @@ export class JobMaster {
     this.onTerminal(this);
     for (const w of this.doneWaiters.splice(0)) w();
   }
-}
-
-function range(n: number): number[] {
-  return Array.from({ length: n }, (_, i) => i);
 }

@@ -152,7 +152,7 @@ function validateGraph(g: JobGraph): void {
   });
   for (const e of g.edges) {
     if (!g.vertices[e.source] || !g.vertices[e.target]) throw bad(`edge ${e.id} joins unknown vertices`);
-    if (!["forward", "rebalance", "hash", "broadcast"].includes(e.partitioner)) throw bad(`edge ${e.id} has partitioner ${e.partitioner}`);
+    if (!["forward", "rebalance", "rescale", "hash", "broadcast", "custom"].includes(e.partitioner)) throw bad(`edge ${e.id} has partitioner ${e.partitioner}`);
     if (e.partitioner === "forward" && g.vertices[e.source]!.parallelism !== g.vertices[e.target]!.parallelism) throw bad(`forward edge ${e.id} joins different parallelisms`);
   }
 }

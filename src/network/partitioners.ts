@@ -11,13 +11,16 @@ export function createPartitioner(
   numChannels: number,
   maxParallelism: number,
   keySelector?: (record: any) => unknown,
+  custom?: (key: any, numPartitions: number) => number,
 ): Partitioner {
   switch (kind) {
     case "forward":
       return () => 0;
     case "broadcast":
       return () => -1;
-    case "rebalance": {
+    case "rebalance":
+    case "rescale": {
+      // rescale: the same round robin, over the subset of consumers this producer is connected to.
       // Start at a different channel in each producer so load spreads from the first record.
       let next = producerIndex % numChannels;
       return () => {
@@ -29,6 +32,14 @@ export function createPartitioner(
     case "hash": {
       if (!keySelector) throw new Error("hash partitioning needs a key selector");
       return (record) => assignKeyToOperator(keySelector(record), numChannels, maxParallelism);
+    }
+    case "custom": {
+      if (!keySelector || !custom) throw new Error("custom partitioning needs a partitioner and a key selector");
+      return (record) => {
+        const p = custom(keySelector(record), numChannels);
+        if (!Number.isInteger(p) || p < 0 || p >= numChannels) throw new Error(`custom partitioner returned ${p}, expected an integer 0..${numChannels - 1}`);
+        return p;
+      };
     }
     default:
       throw new Error(`unknown partitioner ${JSON.stringify(kind)}`);

@@ -100,7 +100,7 @@ export interface FetchArtifactReply {
 }
 
 // ---- JobManager -> TaskManager ----
-export type PartitionerKind = "forward" | "rebalance" | "hash" | "broadcast";
+export type PartitionerKind = "forward" | "rebalance" | "rescale" | "hash" | "broadcast" | "custom";
 
 /** Where the consumer subtask of a channel runs. */
 export interface ChannelTarget {
@@ -112,7 +112,7 @@ export interface ChannelTarget {
 export interface OutputDeployment {
   edgeId: number;
   partitioner: PartitionerKind;
-  /** Plan node id of the keyBy whose key selector hash-partitions this edge. */
+  /** Plan node id of the keyBy (hash) or partitionCustom (custom) node whose functions route this edge. */
   keyNodeId?: number;
   /** The consumer subtasks this producer feeds (one for forward, all for the others) and where they run. */
   targets: (ChannelTarget & { subtask: number })[];

@@ -89,8 +89,9 @@ export class StreamTask {
     this.writers = d.outputs.map((o, i) => {
       const ids = o.targets.map((t) => channelId(d.jobId, o.edgeId, d.subtaskIndex, t.subtask));
       const keyNode = o.keyNodeId !== undefined ? node(o.keyNodeId) : undefined;
-      const keySelector = keyNode?.kind === "keyBy" ? keyNode.fn : undefined;
-      const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector);
+      const keySelector = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
+      const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
+      const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
       const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0);
       o.targets.forEach((t, j) => {
