@@ -1,8 +1,11 @@
 // A framed TCP connection with the version handshake (FramedConnection), and request/response RPC on top
 // of it (RpcConnection). Both the RPC port and the data port use FramedConnection.
 import * as net from "node:net";
-import { encodeFrame, FrameDecoder, DEFAULT_MAX_FRAME_BYTES } from "./framing.ts";
+import { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES } from "./framing.ts";
 import { PROTOCOL_VERSION, REQUEST_TYPES, type Hello, type HelloReply, type RequestType, type RpcRequests } from "./messages.ts";
+import { createLogger } from "../util/log.ts";
+
+const log = createLogger("rpc");
 
 export class RpcError extends Error {
   override name = "RpcError";
@@ -89,11 +92,13 @@ export class FramedConnection {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     let frames: unknown[];
+    let bad: Error | null = null;
     try {
       frames = this.decoder.push(chunk);
     } catch (err) {
-      this.close(err as Error);
-      return;
+      // Frames before the bad one are handled first: the error is then reported in the right context.
+      frames = err instanceof FrameError ? err.frames : [];
+      bad = err as Error;
     }
     for (const body of frames) {
       if (this.closed) return;
@@ -101,6 +106,7 @@ export class FramedConnection {
       else if (this.frameHandler) this.frameHandler(body);
       else this.early.push(body);
     }
+    if (bad) this.close(bad);
   }
 
   private onHandshake(body: unknown): void {
@@ -267,7 +273,10 @@ export function listenFramed(
   return new Promise((resolve, reject) => {
     const server = net.createServer((socket) => {
       const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, opts);
-      conn.ready.then(() => onConnection(conn), () => {});
+      conn.ready.then(
+        () => onConnection(conn),
+        (err: Error) => log.warn("refused a connection", { peer: `${socket.remoteAddress}:${socket.remotePort}`, port, error: err.message }),
+      );
     });
     server.once("error", (err: NodeJS.ErrnoException) => {
       reject(new RpcError(err.code === "EADDRINUSE" ? `address ${host}:${port} is already in use` : `cannot listen on ${host}:${port}: ${err.message}`));

@@ -9,6 +9,8 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
 
 export class FrameError extends Error {
   override name = "FrameError";
+  /** Whole frames decoded from the same input before the bad one: still valid, still to be handled. */
+  frames: unknown[] = [];
 }
 
 export function encodeFrame(body: unknown): Buffer {
@@ -28,9 +30,19 @@ export class FrameDecoder {
 
   /** Feeds a chunk; returns the bodies of every frame now complete. Throws FrameError on a bad frame. */
   push(chunk: Uint8Array): unknown[] {
+    const out: unknown[] = [];
+    try {
+      this.decode(chunk, out);
+    } catch (err) {
+      if (err instanceof FrameError) err.frames = out;
+      throw err;
+    }
+    return out;
+  }
+
+  private decode(chunk: Uint8Array, out: unknown[]): void {
     this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     this.buffered += chunk.byteLength;
-    const out: unknown[] = [];
     while (this.buffered >= 4) {
       const head = this.peek(4);
       const length = head.readUInt32BE(0);
@@ -47,7 +59,6 @@ export class FrameDecoder {
       }
       out.push(body);
     }
-    return out;
   }
 
   /** Bytes held that do not yet form a whole frame. */
