@@ -1,321 +1,565 @@
 import { describe, expect, test } from "bun:test";
 import { Unpackr } from "msgpackr";
+import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { createPartitioner, type Partitioner } from "../src/network/partitioners.ts";
-import { BATCH_RECORDS, RecordWriter, type ChannelSender } from "../src/network/record-writer.ts";
-import { INITIAL_CREDIT } from "../src/runtime/worker-protocol.ts";
+import { RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
+import { CHUNK_RECORDS, RecordDeserializer } from "../src/network/serialization.ts";
+import { assignKeyToOperator } from "../src/state/key-groups.ts";
 
-type Sent = { type: "data"; channel: string; bytes: Uint8Array } | { type: "end"; channel: string };
+type Call =
+  | { kind: "buffer"; channel: string; buf: ArrayBuffer; size: number; backlog: number; bytes: Uint8Array }
+  | { kind: "event"; channel: string; event: ChannelEvent };
 
-/** A ChannelSender that records every call, in order. */
-class FakeSender implements ChannelSender {
-  readonly log: Sent[] = [];
-  data(channel: string, bytes: Uint8Array): void {
-    this.log.push({ type: "data", channel, bytes });
+/** An event in a decoded channel stream. */
+type Ev = { ev: ChannelEvent };
+
+/**
+ * A BufferSender that logs every call in order and keeps the buffers it was given until the test recycles
+ * them (manual), or recycles each one on a later macrotask (auto), as a consumer in another Worker would.
+ */
+class RecordingSender implements BufferSender {
+  readonly log: Call[] = [];
+  readonly held: ArrayBuffer[] = [];
+  writer: RecordWriter | null = null;
+
+  constructor(private readonly mode: "manual" | "auto" = "manual") {}
+
+  buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void {
+    // Copy now: the buffer is reused once recycled.
+    this.log.push({ kind: "buffer", channel, buf, size, backlog, bytes: new Uint8Array(buf, 0, size).slice() });
+    if (this.mode === "auto") setTimeout(() => this.writer!.recycle(buf), 0);
+    else this.held.push(buf);
   }
-  end(channel: string): void {
-    this.log.push({ type: "end", channel });
+
+  event(channel: string, event: ChannelEvent): void {
+    this.log.push({ kind: "event", channel, event });
   }
-  batches(channel?: string): Uint8Array[] {
-    return this.log.filter((s): s is Extract<Sent, { type: "data" }> => s.type === "data" && (channel === undefined || s.channel === channel)).map((s) => s.bytes);
+
+  buffers(channel?: string): Extract<Call, { kind: "buffer" }>[] {
+    return this.log.filter((c): c is Extract<Call, { kind: "buffer" }> => c.kind === "buffer" && (channel === undefined || c.channel === channel));
   }
-  ends(): string[] {
-    return this.log.filter((s) => s.type === "end").map((s) => s.channel);
+
+  events(channel?: string): ChannelEvent[] {
+    return this.log.filter((c): c is Extract<Call, { kind: "event" }> => c.kind === "event" && (channel === undefined || c.channel === channel)).map((c) => c.event);
+  }
+
+  /** Gives back the oldest held buffer; false when none is held. */
+  recycleOne(): boolean {
+    const b = this.held.shift();
+    if (b === undefined) return false;
+    this.writer!.recycle(b);
+    return true;
+  }
+
+  /** Gives back held buffers (and those sent meanwhile) until none is held. */
+  recycleAll(): void {
+    while (this.recycleOne());
+  }
+
+  /** Recycles and flushes until nothing is held back any more (the end of a slow consumer's backlog). */
+  drainAll(): void {
+    for (let i = 0; i < 10_000; i++) {
+      this.recycleAll();
+      this.writer!.flush();
+      if (this.held.length === 0) return;
+    }
+    throw new Error("drainAll did not converge");
+  }
+
+  /** The channel's records and events in the order sent, decoded with a fresh deserializer. */
+  stream(channel: string): (unknown | Ev)[] {
+    const d = new RecordDeserializer();
+    const out: unknown[] = [];
+    for (const c of this.log) {
+      if (c.channel !== channel) continue;
+      if (c.kind === "buffer") d.read(c.bytes, out);
+      else {
+        expect(d.hasPartialRecord).toBe(false); // events never cut a record
+        out.push({ ev: c.event });
+      }
+    }
+    return out;
+  }
+
+  records(channel: string): unknown[] {
+    return this.stream(channel).filter((x) => !isEv(x));
   }
 }
 
-/** Decodes each batch on its own, as a consumer that has seen nothing before it would. */
-function decodeEach(batches: Uint8Array[]): unknown[][] {
-  return batches.map((b) => {
-    const records = new Unpackr({ useRecords: true }).unpack(b);
-    expect(Array.isArray(records)).toBe(true);
-    return records as unknown[];
-  });
+function isEv(x: unknown): x is Ev {
+  return typeof x === "object" && x !== null && "ev" in x && Object.keys(x).length === 1;
 }
 
-const toChannel0: Partitioner = () => 0;
+function setup(
+  ids: string[],
+  partitioner: Partitioner,
+  opts: { poolSize?: number; segmentSize?: number; overdraft?: number; flushEveryRecord?: boolean; mode?: "manual" | "auto"; connect?: boolean } = {},
+) {
+  const pool = new LocalBufferPool(opts.poolSize ?? 10_000, opts.segmentSize ?? 256, opts.overdraft ?? 0);
+  const w = new RecordWriter(ids, partitioner, pool, opts.flushEveryRecord ?? false);
+  const sender = new RecordingSender(opts.mode ?? "manual");
+  sender.writer = w;
+  if (opts.connect ?? true) for (const id of ids) w.connect(id, sender);
+  return { w, pool, sender };
+}
 
-/** Lets pending promise callbacks run. */
-const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+async function settle(rounds = 6): Promise<void> {
+  for (let i = 0; i < rounds; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+}
 
-function tracked(p: Promise<void>): { done: boolean } {
-  const state = { done: false };
-  p.then(() => (state.done = true));
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+function tracked(p: Promise<void>): { done: boolean; error: unknown } {
+  const state = { done: false, error: undefined as unknown };
+  p.then(
+    () => (state.done = true),
+    (e) => (state.error = e),
+  );
   return state;
 }
 
-describe("RecordWriter", () => {
-  test("a partly filled batch is not sent until it is full or flushed", () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["c0"], toChannel0, sender, false);
-    for (let i = 0; i < BATCH_RECORDS - 1; i++) w.emit(i);
-    expect(sender.log).toEqual([]);
-    w.emit(BATCH_RECORDS - 1);
-    expect(sender.batches().length).toBe(1);
-    expect(decodeEach(sender.batches())).toEqual([Array.from({ length: BATCH_RECORDS }, (_, i) => i)]);
-    w.emit("x");
-    w.emit("y");
-    expect(sender.batches().length).toBe(1);
-    w.flush();
-    expect(decodeEach(sender.batches())[1]).toEqual(["x", "y"]);
-    // Flushing with nothing buffered sends nothing.
-    w.flush();
-    expect(sender.batches().length).toBe(2);
-    expect(w.recordsOut).toBe(BATCH_RECORDS + 2);
-  });
+/** Resolves "done" or "timeout": a hang becomes a failed expectation instead of a test timeout. */
+function within(p: Promise<void>, ms: number): Promise<"done" | "timeout"> {
+  return Promise.race([p.then(() => "done" as const), sleep(ms).then(() => "timeout" as const)]);
+}
 
-  test("sends at most INITIAL_CREDIT batches, then nothing until credit arrives", async () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["c0"], toChannel0, sender, false);
-    const extra = 3;
-    const total = (INITIAL_CREDIT + extra) * BATCH_RECORDS;
-    for (let i = 0; i < total; i++) w.emit(i);
-    expect(sender.batches().length).toBe(INITIAL_CREDIT);
-    expect(w.backpressured).toBe(true);
+/** Records of a known, varied size; about 30-60 bytes serialized each. */
+const rec = (i: number) => ({ i, s: `record-${i}-${"x".repeat(i % 23)}` });
+const range = (n: number, from = 0) => Array.from({ length: n }, (_, k) => from + k);
 
-    // Emitting and flushing more does not bypass the credit.
-    w.emit(total);
-    w.flush();
-    expect(sender.batches().length).toBe(INITIAL_CREDIT);
-
-    const avail = tracked(w.waitAvailable());
-    await tick();
-    expect(avail.done).toBe(false);
-
-    // Credit for one batch at a time: exactly one more batch each time.
-    for (let k = 1; k <= extra; k++) {
-      w.addCredit("c0", 1);
-      expect(sender.batches().length).toBe(INITIAL_CREDIT + k);
-      expect(w.backpressured).toBe(true);
-      await tick();
-      expect(avail.done).toBe(false);
-    }
-    w.addCredit("c0", 1); // the flushed 1-record batch
-    expect(sender.batches().length).toBe(INITIAL_CREDIT + extra + 1);
-    expect(w.backpressured).toBe(false);
-    await tick();
-    expect(avail.done).toBe(true);
-
-    // All records, in order, in the batches as decoded.
-    expect(decodeEach(sender.batches()).flat()).toEqual(Array.from({ length: total + 1 }, (_, i) => i));
-  });
-
-  test("spare credit lets later batches go out immediately", () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["c0"], toChannel0, sender, true);
-    for (let i = 0; i < INITIAL_CREDIT; i++) w.emit(i);
-    expect(sender.batches().length).toBe(INITIAL_CREDIT);
-    w.addCredit("c0", 3);
-    expect(w.backpressured).toBe(false);
-    for (let i = 0; i < 3; i++) w.emit(100 + i);
-    expect(sender.batches().length).toBe(INITIAL_CREDIT + 3);
-    w.emit(200);
-    expect(sender.batches().length).toBe(INITIAL_CREDIT + 3);
-    expect(w.backpressured).toBe(true);
-  });
-
-  test("waitAvailable resolves at once when nothing is held back", async () => {
-    const w = new RecordWriter(["c0"], toChannel0, new FakeSender(), false);
-    expect(w.backpressured).toBe(false);
-    const avail = tracked(w.waitAvailable());
-    await tick();
-    expect(avail.done).toBe(true);
-  });
-
-  test("credit is per channel; waitAvailable waits for every channel", async () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["a", "b"], (r) => (r as { to: number }).to, sender, true);
-    for (let i = 0; i < INITIAL_CREDIT + 1; i++) w.emit({ to: 0, i });
-    for (let i = 0; i < INITIAL_CREDIT + 2; i++) w.emit({ to: 1, i });
-    expect(sender.batches("a").length).toBe(INITIAL_CREDIT);
-    expect(sender.batches("b").length).toBe(INITIAL_CREDIT);
-    expect(w.backpressured).toBe(true);
-    const avail = tracked(w.waitAvailable());
-
-    w.addCredit("a", 5);
-    expect(sender.batches("a").length).toBe(INITIAL_CREDIT + 1);
-    expect(sender.batches("b").length).toBe(INITIAL_CREDIT);
-    expect(w.backpressured).toBe(true);
-    await tick();
-    expect(avail.done).toBe(false);
-
-    // Credit for an unknown channel is ignored.
-    w.addCredit("nope", 10);
-    expect(w.hasChannel("nope")).toBe(false);
-    expect(w.hasChannel("a")).toBe(true);
-    expect(w.backpressured).toBe(true);
-
-    w.addCredit("b", 1);
-    expect(w.backpressured).toBe(true);
-    w.addCredit("b", 1);
-    expect(w.backpressured).toBe(false);
-    await tick();
-    expect(avail.done).toBe(true);
-    expect(decodeEach(sender.batches("a")).flat()).toEqual(Array.from({ length: INITIAL_CREDIT + 1 }, (_, i) => ({ to: 0, i })));
-    expect(decodeEach(sender.batches("b")).flat()).toEqual(Array.from({ length: INITIAL_CREDIT + 2 }, (_, i) => ({ to: 1, i })));
-  });
-
-  test("every waiter is released", async () => {
-    const w = new RecordWriter(["c0"], toChannel0, new FakeSender(), true);
-    for (let i = 0; i <= INITIAL_CREDIT; i++) w.emit(i);
-    const a = tracked(w.waitAvailable());
-    const b = tracked(w.waitAvailable());
-    w.addCredit("c0", 1);
-    await tick();
-    expect([a.done, b.done]).toEqual([true, true]);
-  });
-
-  test("batches decode back to the records, in order, per channel (hash partitioning, record-shaped objects)", () => {
-    const sender = new FakeSender();
-    const n = 4;
-    const ids = Array.from({ length: n }, (_, i) => `job|0|0|${i}`);
-    const part = createPartitioner("hash", 0, n, 128, (r: { word: string }) => r.word);
-    const w = new RecordWriter(ids, part, sender, false);
-    const records = Array.from({ length: 3000 }, (_, i) => ({ word: `w${i % 37}`, count: i, tags: i % 5 === 0 ? ["x"] : [], nested: { ok: i % 2 === 0 } }));
-    const expected = new Map<string, unknown[]>(ids.map((id) => [id, []]));
-    for (const r of records) {
-      w.emit(r);
-      expected.get(ids[part(r)]!)!.push(r);
-    }
-    w.flush();
-    // Hand out plenty of credit so nothing is held back.
-    for (const id of ids) w.addCredit(id, 100);
-    expect(w.backpressured).toBe(false);
-    for (const id of ids) {
-      const decoded = decodeEach(sender.batches(id));
-      for (const batch of decoded) expect(batch.length).toBeLessThanOrEqual(BATCH_RECORDS);
-      expect(decoded.flat()).toEqual(expected.get(id)!);
-    }
-    expect(w.recordsOut).toBe(records.length);
-  });
-
-  test("one consumer-side Unpackr decodes interleaved batches of two independent producers", () => {
-    // A consumer task reads all its input channels with one Unpackr, while each producer packs with its own Packr.
-    const s1 = new FakeSender();
-    const s2 = new FakeSender();
-    const w1 = new RecordWriter(["p1"], toChannel0, s1, true);
-    const w2 = new RecordWriter(["p2"], toChannel0, s2, true);
-    const a = [{ x: 1, y: "a" }, { x: 2, y: "b" }, { name: "n", v: [1, 2] }];
-    const b = [{ name: "other", v: [] }, { x: 10, y: "z" }, { q: true }];
-    for (let i = 0; i < 3; i++) {
-      w1.emit(a[i]);
-      w2.emit(b[i]);
-    }
-    const unpackr = new Unpackr({ useRecords: true });
-    const got: unknown[] = [];
-    const b1 = s1.batches();
-    const b2 = s2.batches();
-    for (let i = 0; i < 3; i++) {
-      got.push(...(unpackr.unpack(b1[i]!) as unknown[]));
-      got.push(...(unpackr.unpack(b2[i]!) as unknown[]));
-    }
-    expect(got).toEqual([a[0], b[0], a[1], b[1], a[2], b[2]]);
-  });
-
-  test("sent batches are standalone copies (transferable, not overwritten by later packing)", () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["c0"], toChannel0, sender, true);
-    w.emit({ first: "record", n: 1 });
-    const [first] = sender.batches();
-    const snapshot = Uint8Array.from(first!);
-    expect(first!.byteOffset).toBe(0);
-    expect(first!.byteLength).toBe(first!.buffer.byteLength);
-    w.emit({ second: "a different and longer record", n: 2, more: [1, 2, 3] });
-    w.emit({ first: "record", n: 3 });
-    expect(Uint8Array.from(first!)).toEqual(snapshot);
-    const all = sender.batches();
-    expect(new Set(all.map((b) => b.buffer)).size).toBe(all.length);
-    expect(decodeEach(all)).toEqual([[{ first: "record", n: 1 }], [{ second: "a different and longer record", n: 2, more: [1, 2, 3] }], [{ first: "record", n: 3 }]]);
-  });
-
-  test("broadcast sends every record to every channel", () => {
-    const sender = new FakeSender();
-    const ids = ["a", "b", "c"];
-    const w = new RecordWriter(ids, createPartitioner("broadcast", 0, 3, 128), sender, false);
-    const records = Array.from({ length: BATCH_RECORDS + 10 }, (_, i) => [i, `v${i}`]);
+describe("RecordWriter: partitioning", () => {
+  test("each record goes only to the channel the partitioner picks, in order", () => {
+    const ids = ["a", "b", "c", "d"];
+    const { w, sender } = setup(ids, (r) => (r as { to: number }).to, { segmentSize: 128 });
+    const records = range(500).map((i) => ({ to: (i * i + 3 * i) % 3, i })); // channel d gets nothing
     for (const r of records) w.emit(r);
     w.flush();
-    for (const id of ids) expect(decodeEach(sender.batches(id)).flat()).toEqual(records);
+    ids.forEach((id, c) => expect(sender.records(id)).toEqual(records.filter((r) => r.to === c)));
+    expect(sender.buffers("d")).toEqual([]);
+    expect(w.recordsOut).toBe(500);
+  });
+
+  test("hash: every key's records go to the key group's subtask, and a key to one channel only", () => {
+    const ids = ["k0", "k1", "k2", "k3"];
+    const { w, sender } = setup(ids, createPartitioner("hash", 0, 4, 128, (r: { word: string }) => r.word));
+    const records = range(2000).map((i) => ({ word: `w${(i * 7) % 101}`, n: i }));
+    for (const r of records) w.emit(r);
+    w.flush();
+    const seen = new Map<string, Set<string>>();
+    for (const id of ids) {
+      const got = sender.records(id) as { word: string; n: number }[];
+      expect(got).toEqual(records.filter((r) => ids[assignKeyToOperator(r.word, 4, 128)] === id));
+      for (const r of got) (seen.get(r.word) ?? seen.set(r.word, new Set()).get(r.word)!).add(id);
+    }
+    expect(seen.size).toBe(101);
+    for (const chans of seen.values()) expect(chans.size).toBe(1);
+    // The keys spread: more than one channel is used.
+    expect(ids.filter((id) => sender.buffers(id).length > 0).length).toBeGreaterThan(1);
+  });
+
+  test("rebalance: round robin starting at the producer's index", () => {
+    const ids = ["a", "b", "c"];
+    const { w, sender } = setup(ids, createPartitioner("rebalance", 1, 3, 128));
+    for (let i = 0; i < 100; i++) w.emit(i);
+    w.flush();
+    ids.forEach((id, c) => expect(sender.records(id)).toEqual(range(100).filter((i) => (1 + i) % 3 === c)));
+  });
+
+  test("broadcast: every record to every channel; recordsOut counts each emitted record once", () => {
+    const ids = ["a", "b", "c"];
+    const { w, sender } = setup(ids, createPartitioner("broadcast", 0, 3, 128), { segmentSize: 64 });
+    const records = range(CHUNK_RECORDS + 10).map((i) => [i, `v${i}`]);
+    for (const r of records) w.emit(r);
+    w.flush();
+    for (const id of ids) expect(sender.records(id)).toEqual(records);
     expect(w.recordsOut).toBe(records.length);
   });
 
-  test("rebalance spreads records round-robin over the channels", () => {
-    const sender = new FakeSender();
-    const ids = ["a", "b", "c"];
-    const w = new RecordWriter(ids, createPartitioner("rebalance", 0, 3, 128), sender, false);
-    for (let i = 0; i < 30; i++) w.emit(i);
+  test("forward: everything to the first channel", () => {
+    const { w, sender } = setup(["only", "other"], createPartitioner("forward", 3, 2, 128));
+    for (let i = 0; i < 70; i++) w.emit(rec(i));
     w.flush();
-    const perChannel = ids.map((id) => decodeEach(sender.batches(id)).flat() as number[]);
-    expect(perChannel.map((c) => c.length)).toEqual([10, 10, 10]);
-    expect(perChannel.flat().sort((x, y) => x - y)).toEqual(Array.from({ length: 30 }, (_, i) => i));
+    expect(sender.records("only")).toEqual(range(70).map(rec));
+    expect(sender.log.filter((c) => c.channel === "other")).toEqual([]);
   });
+});
 
-  test("flushEveryRecord seals each record in its own batch", () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["c0"], toChannel0, sender, true);
-    for (let i = 0; i < INITIAL_CREDIT; i++) w.emit({ i });
-    expect(decodeEach(sender.batches())).toEqual(Array.from({ length: INITIAL_CREDIT }, (_, i) => [{ i }]));
-    w.emit({ i: INITIAL_CREDIT });
-    expect(sender.batches().length).toBe(INITIAL_CREDIT);
-    expect(w.backpressured).toBe(true);
-    w.addCredit("c0", 1);
-    expect(decodeEach(sender.batches()).at(-1)).toEqual([{ i: INITIAL_CREDIT }]);
-  });
+describe("RecordWriter: connect", () => {
+  test("nothing is sent before connect(); then everything queued is sent in order", () => {
+    const ids = ["a", "b"];
+    const { w, pool, sender } = setup(ids, (r) => (r as number) % 2, { segmentSize: 64, connect: false });
+    for (let i = 0; i < 200; i++) w.emit(i);
+    w.broadcastEvent({ type: "barrier", checkpointId: 1 });
+    for (let i = 200; i < 210; i++) w.emit(i);
+    w.flush();
+    expect(sender.log).toEqual([]);
+    expect(w.buffersOut).toBe(0);
+    expect(pool.inUse).toBeGreaterThan(0); // the queued buffers are out of the pool
 
-  test("finish flushes partial batches and sends END on every channel after all data", async () => {
-    const sender = new FakeSender();
-    const ids = ["a", "b", "c"];
-    const w = new RecordWriter(ids, (r) => (r as number) % 3, sender, false);
-    for (let i = 0; i < 10; i++) w.emit(i);
-    await w.finish();
-    expect(sender.ends().sort()).toEqual([...ids].sort());
-    const firstEnd = sender.log.findIndex((s) => s.type === "end");
-    expect(sender.log.slice(firstEnd).every((s) => s.type === "end")).toBe(true);
-    ids.forEach((id, c) => {
-      expect(decodeEach(sender.batches(id)).flat()).toEqual(Array.from({ length: 10 }, (_, i) => i).filter((i) => i % 3 === c));
-    });
-  });
+    w.connect("a", sender);
+    expect(sender.log.every((c) => c.channel === "a")).toBe(true);
+    const evens = range(210).filter((i) => i % 2 === 0);
+    expect(sender.stream("a")).toEqual([...evens.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1 } }, ...evens.filter((i) => i >= 200)]);
+    const before = sender.log.length;
 
-  test("finish on a channel that received nothing still sends END", async () => {
-    const sender = new FakeSender();
-    const w = new RecordWriter(["a", "b"], toChannel0, sender, false);
-    await w.finish();
-    expect(sender.log).toEqual([
-      { type: "end", channel: "a" },
-      { type: "end", channel: "b" },
+    // Once connected, new data goes out as soon as a buffer is finished.
+    for (let i = 210; i < 214; i++) w.emit(i);
+    w.flush();
+    expect(sender.log.length).toBe(before + 1);
+    expect(sender.log.slice(before).every((c) => c.channel === "a")).toBe(true);
+
+    w.connect("b", sender);
+    const odds = range(214).filter((i) => i % 2 === 1);
+    expect(sender.stream("b")).toEqual([...odds.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1 } }, ...odds.filter((i) => i >= 200)]);
+    expect(sender.stream("a")).toEqual([
+      ...evens.filter((i) => i < 200),
+      { ev: { type: "barrier", checkpointId: 1 } },
+      ...evens.filter((i) => i >= 200),
+      ...[210, 212],
     ]);
   });
 
-  test("finish waits for credit before END; END follows the last data batch on every channel", async () => {
-    const sender = new FakeSender();
-    const ids = ["a", "b"];
-    const w = new RecordWriter(ids, (r) => ((r as number) < 1_000_000 ? 0 : 1), sender, false);
-    const onA = (INITIAL_CREDIT + 2) * BATCH_RECORDS + 5; // 2 full batches + a partial one beyond credit
-    for (let i = 0; i < onA; i++) w.emit(i);
-    w.emit(1_000_000); // channel b: one partial batch, within credit
-    const finished = tracked(w.finish());
-    await tick();
-    expect(finished.done).toBe(false);
-    expect(sender.ends()).toEqual([]);
-    expect(sender.batches("a").length).toBe(INITIAL_CREDIT);
-    expect(sender.batches("b").length).toBe(1);
+  test("connect() to an unknown channel throws; hasChannel", () => {
+    const { w, sender } = setup(["a"], () => 0, { connect: false });
+    expect(() => w.connect("zz", sender)).toThrow();
+    expect(w.hasChannel("a")).toBe(true);
+    expect(w.hasChannel("zz")).toBe(false);
+  });
+});
 
-    w.addCredit("a", 2);
-    await tick();
-    expect(finished.done).toBe(false);
-    expect(sender.ends()).toEqual([]);
+describe("RecordWriter: buffers and flush", () => {
+  test("a partly filled buffer is sent only on flush(); a flush with nothing pending sends nothing", () => {
+    const { w, sender } = setup(["c"], () => 0, { segmentSize: 4096 });
+    for (let i = 0; i < 3; i++) w.emit(rec(i));
+    expect(sender.log).toEqual([]);
+    w.flush();
+    expect(sender.buffers().length).toBe(1);
+    expect(sender.buffers()[0]!.size).toBeLessThan(4096);
+    expect(sender.records("c")).toEqual([rec(0), rec(1), rec(2)]);
+    w.flush();
+    w.flush();
+    expect(sender.buffers().length).toBe(1);
 
-    w.addCredit("a", 1);
-    await tick();
-    await tick();
-    expect(finished.done).toBe(true);
-    expect(sender.ends().sort()).toEqual(ids);
-    for (const id of ids) {
-      const lastData = sender.log.findLastIndex((s) => s.type === "data" && s.channel === id);
-      const end = sender.log.findIndex((s) => s.type === "end" && s.channel === id);
-      expect(end).toBeGreaterThan(lastData);
-      expect(sender.log.filter((s) => s.type === "end" && s.channel === id).length).toBe(1);
+    // A whole chunk that fits in the buffer is serialized but not sent until flushed.
+    for (let i = 3; i < 3 + CHUNK_RECORDS; i++) w.emit(rec(i));
+    expect(sender.buffers().length).toBe(1);
+    w.flush();
+    expect(sender.buffers().length).toBe(2);
+    expect(sender.records("c")).toEqual(range(3 + CHUNK_RECORDS).map(rec));
+  });
+
+  test("buffers are sent without flush once (nearly) full: never less than half a buffer", () => {
+    const { w, sender } = setup(["c"], () => 0, { segmentSize: 64 });
+    const n = CHUNK_RECORDS * 4;
+    for (let i = 0; i < n; i++) w.emit(rec(i));
+    const sent = sender.buffers();
+    expect(sent.length).toBeGreaterThan(10);
+    for (const b of sent) {
+      expect(b.buf.byteLength).toBe(64);
+      expect(b.size).toBeGreaterThan(32);
+      expect(b.size).toBeLessThanOrEqual(64);
     }
-    expect(decodeEach(sender.batches("a")).flat()).toEqual(Array.from({ length: onA }, (_, i) => i));
-    expect(decodeEach(sender.batches("b")).flat()).toEqual([1_000_000]);
+    w.flush();
+    expect(sender.records("c")).toEqual(range(n).map(rec));
+  });
+
+  test("flushEveryRecord sends every record in a buffer of its own right away", () => {
+    const { w, sender } = setup(["c"], () => 0, { flushEveryRecord: true, segmentSize: 4096 });
+    for (let i = 0; i < 5; i++) {
+      w.emit(rec(i));
+      expect(sender.buffers().length).toBe(i + 1);
+    }
+    const d = new RecordDeserializer();
+    expect(
+      sender.buffers().map((b) => {
+        const out: unknown[] = [];
+        d.read(b.bytes, out);
+        return out;
+      }),
+    ).toEqual(range(5).map((i) => [rec(i)]));
+  });
+
+  test("flushEveryRecord: a record that waited for a buffer is sent as soon as buffers come back, without flush()", async () => {
+    const { w, sender } = setup(["c"], () => 0, { flushEveryRecord: true, segmentSize: 64, poolSize: 1, mode: "auto" });
+    const big = { text: "y".repeat(300) }; // ~5 buffers
+    w.emit(big);
+    expect(w.backpressured).toBe(true);
+    const waited = await within(w.waitAvailable(), 1000);
+    // The consumer has given every buffer back; the whole record must have been sent by now.
+    expect(sender.records("c")).toEqual([big]);
+    expect(waited).toBe("done");
+  });
+});
+
+describe("RecordWriter: backpressure", () => {
+  test("a tiny pool and a sender that holds its buffers: backpressured, waitAvailable waits for recycles, nothing lost or reordered", async () => {
+    const { w, pool, sender } = setup(["c"], () => 0, { poolSize: 2, segmentSize: 64 });
+    expect(w.backpressured).toBe(false);
+    let next = 0;
+    for (; next < 150; next++) w.emit(rec(next));
+    expect(w.backpressured).toBe(true);
+    expect(sender.buffers().length).toBe(2);
+    expect(pool.inUse).toBe(2);
+    expect(pool.request()).toBeNull();
+
+    const avail = tracked(w.waitAvailable());
+    await settle();
+    expect(avail.done).toBe(false);
+
+    // Records emitted while backpressured queue up behind the others.
+    for (; next < 200; next++) w.emit(rec(next));
+    let rounds = 0;
+    while (sender.held.length > 0) {
+      rounds++;
+      sender.recycleOne();
+      // A recycled buffer is refilled from the overflow at once and sent.
+      await settle();
+      if (w.backpressured) expect(avail.done).toBe(false);
+      if (rounds % 7 === 0 && next < 260) for (let k = 0; k < 10; k++, next++) w.emit(rec(next));
+    }
+    expect(rounds).toBeGreaterThan(10);
+    w.flush();
+    sender.recycleAll();
+    expect(w.backpressured).toBe(false);
+    await settle();
+    expect(avail.done).toBe(true);
+    expect(sender.records("c")).toEqual(range(next).map(rec));
+    expect(pool.inUse).toBe(0);
+  });
+
+  test("with overdraft: up to size + overdraft buffers go out; backpressured as soon as overdraft is used", async () => {
+    const { w, sender } = setup(["c"], () => 0, { poolSize: 1, overdraft: 2, segmentSize: 64 });
+    let next = 0;
+    // One buffer's worth: the first buffer fills (and is sent) when the next starts, so stop before.
+    while (sender.buffers().length === 0) w.emit(rec(next++));
+    expect(w.backpressured).toBe(true); // the next bytes already sit in an overdraft buffer
+    for (let k = 0; k < 100; k++) w.emit(rec(next++));
+    expect(sender.buffers().length).toBe(3);
+    const avail = tracked(w.waitAvailable());
+    sender.recycleOne();
+    await settle();
+    expect(avail.done).toBe(false);
+    while (sender.recycleOne()) {
+      expect(sender.held.length).toBeLessThanOrEqual(3);
+      await settle();
+    }
+    sender.drainAll();
+    await settle();
+    expect(avail.done).toBe(true);
+    expect(sender.records("c")).toEqual(range(next).map(rec));
+  });
+
+  test("waitAvailable resolves at once when nothing is held back", async () => {
+    const { w } = setup(["c"], () => 0);
+    w.emit(1);
+    expect(w.backpressured).toBe(false);
+    const avail = tracked(w.waitAvailable());
+    await settle();
+    expect(avail.done).toBe(true);
+  });
+
+  test("one channel's overflow drains in order while another channel keeps going", async () => {
+    const ids = ["a", "b"];
+    const { w, sender } = setup(ids, (r) => ((r as { i: number }).i % 5 === 0 ? 1 : 0), { poolSize: 3, segmentSize: 64 });
+    const records = range(400).map(rec);
+    for (const r of records) {
+      w.emit(r);
+      if (r.i % 40 === 0) sender.recycleOne();
+    }
+    while (sender.recycleOne()) await settle();
+    sender.drainAll();
+    expect(sender.records("a")).toEqual(records.filter((r) => r.i % 5 !== 0));
+    expect(sender.records("b")).toEqual(records.filter((r) => r.i % 5 === 0));
+  });
+});
+
+describe("RecordWriter: events", () => {
+  test("broadcastEvent goes out on every channel after all data emitted before it and before all data after it", () => {
+    const ids = ["a", "b", "c"];
+    const { w, sender } = setup(ids, (r) => (r as number) % 3, { segmentSize: 64 });
+    for (let i = 0; i < 100; i++) w.emit(i);
+    w.broadcastEvent({ type: "barrier", checkpointId: 5 });
+    for (let i = 100; i < 130; i++) w.emit(i);
+    w.broadcastEvent({ type: "watermark", timestamp: 42 });
+    w.flush();
+    ids.forEach((id, c) => {
+      const mine = (from: number, to: number) => range(to - from, from).filter((i) => i % 3 === c);
+      expect(sender.stream(id)).toEqual([
+        ...mine(0, 100),
+        { ev: { type: "barrier", checkpointId: 5 } },
+        ...mine(100, 130),
+        { ev: { type: "watermark", timestamp: 42 } },
+      ]);
+    });
+  });
+
+  test("an event on a channel with overflow waits behind that data; a channel without overflow gets it at once", async () => {
+    const ids = ["a", "b"];
+    const { w, sender } = setup(ids, (r) => (r as { to: number }).to, { poolSize: 3, segmentSize: 64 });
+    w.emit({ to: 1, n: -1 });
+    w.flush(); // b: one buffer, held by the consumer
+    for (let i = 0; i < 100; i++) w.emit({ to: 0, n: i }); // a: two buffers and overflow
+    expect(w.backpressured).toBe(true);
+    w.broadcastEvent({ type: "barrier", checkpointId: 9 });
+    expect(sender.events("b")).toEqual([{ type: "barrier", checkpointId: 9 }]);
+    expect(sender.events("a")).toEqual([]);
+    for (let i = 100; i < 120; i++) w.emit({ to: i % 2, n: i });
+    while (sender.recycleOne()) await settle();
+    sender.drainAll();
+    const ev = { ev: { type: "barrier", checkpointId: 9 } };
+    expect(sender.stream("a")).toEqual([...range(100).map((n) => ({ to: 0, n })), ev, ...range(10).map((k) => ({ to: 0, n: 100 + 2 * k }))]);
+    expect(sender.stream("b")).toEqual([{ to: 1, n: -1 }, ev, ...range(10).map((k) => ({ to: 1, n: 101 + 2 * k }))]);
+  });
+});
+
+describe("RecordWriter: finish", () => {
+  test("finish sends END once per channel after its last data, and resolves only when every buffer is back", async () => {
+    const ids = ["a", "b", "c"];
+    const { w, pool, sender } = setup(ids, (r) => (r as number) % 3, { segmentSize: 64, poolSize: 64 });
+    for (let i = 0; i < 300; i++) w.emit(i);
+    const fin = tracked(w.finish());
+    await settle();
+    for (const id of ids) {
+      expect(sender.events(id)).toEqual([{ type: "end" }]);
+      const mine = sender.log.filter((c) => c.channel === id);
+      expect(mine.at(-1)).toEqual({ kind: "event", channel: id, event: { type: "end" } });
+      expect(sender.records(id)).toEqual(range(300).filter((i) => i % 3 === ids.indexOf(id)));
+    }
+    expect(sender.held.length).toBeGreaterThan(3);
+    while (sender.held.length > 1) {
+      sender.recycleOne();
+      await settle();
+      expect(fin.done).toBe(false);
+    }
+    sender.recycleOne();
+    await settle();
+    expect(fin.done).toBe(true);
+    expect(fin.error).toBeUndefined();
+    expect(pool.inUse).toBe(0);
+  });
+
+  test("finish on channels that got nothing sends only END", async () => {
+    const { w, sender } = setup(["a", "b"], () => 0);
+    expect(await within(w.finish(), 1000)).toBe("done");
+    expect(sender.log).toEqual([
+      { kind: "event", channel: "a", event: { type: "end" } },
+      { kind: "event", channel: "b", event: { type: "end" } },
+    ]);
+  });
+
+  test("finish with overflow: END after all data, with a consumer that recycles asynchronously", async () => {
+    const ids = ["a", "b"];
+    const { w, pool, sender } = setup(ids, (r) => ((r as { i: number }).i % 3 === 0 ? 1 : 0), { poolSize: 4, segmentSize: 64, mode: "auto" });
+    const records = range(600).map(rec);
+    for (const r of records) w.emit(r);
+    expect(w.backpressured).toBe(true);
+    expect(await within(w.finish(), 5000)).toBe("done");
+    expect(sender.stream("a")).toEqual([...records.filter((r) => r.i % 3 !== 0), { ev: { type: "end" } }]);
+    expect(sender.stream("b")).toEqual([...records.filter((r) => r.i % 3 === 0), { ev: { type: "end" } }]);
+    expect(pool.inUse).toBe(0);
+  });
+
+  test("finish waits for a channel that is not connected yet, then sends its data and END", async () => {
+    const ids = ["a", "b"];
+    const { w, sender } = setup(ids, (r) => (r as number) % 2, { connect: false, mode: "auto" });
+    w.connect("a", sender);
+    for (let i = 0; i < 20; i++) w.emit(i);
+    const fin = tracked(w.finish());
+    await sleep(30);
+    expect(fin.done).toBe(false);
+    expect(sender.stream("a")).toEqual([...range(10).map((k) => 2 * k), { ev: { type: "end" } }]);
+    expect(sender.log.filter((c) => c.channel === "b")).toEqual([]);
+    w.connect("b", sender);
+    for (let t = 0; t < 100 && !fin.done; t++) await sleep(5);
+    expect(fin.done).toBe(true);
+    expect(sender.stream("b")).toEqual([...range(10).map((k) => 2 * k + 1), { ev: { type: "end" } }]);
+  });
+
+  test("finish completes with a one-buffer pool when records still wait for a buffer", async () => {
+    const { w, pool, sender } = setup(["c"], () => 0, { poolSize: 1, segmentSize: 64, mode: "auto" });
+    const records = range(40).map(rec);
+    for (const r of records) w.emit(r);
+    w.flush(); // the first buffer goes out, the rest overflows
+    expect(w.backpressured).toBe(true);
+    expect(await within(w.finish(), 2000)).toBe("done");
+    expect(sender.stream("c")).toEqual([...records, { ev: { type: "end" } }]);
+    expect(pool.inUse).toBe(0);
+  });
+
+  test("finish completes when the pool has one buffer per channel and records wait for buffers", async () => {
+    const ids = ["a", "b"];
+    const { w, sender } = setup(ids, (r) => (r as { i: number }).i % 2, { poolSize: 2, segmentSize: 64, mode: "auto" });
+    const records = range(80).map(rec);
+    for (const r of records) w.emit(r);
+    w.flush();
+    expect(await within(w.finish(), 2000)).toBe("done");
+    ids.forEach((id, c) => expect(sender.stream(id)).toEqual([...records.filter((r) => r.i % 2 === c), { ev: { type: "end" } }]));
+  });
+});
+
+describe("RecordWriter: backlog and counters", () => {
+  test("backlog = buffers queued behind the one sent", () => {
+    const { w, sender } = setup(["c"], () => 0, { segmentSize: 64, connect: false });
+    // Exactly 3 full buffers and a partial one, queued before connect.
+    for (let i = 0; i < 100; i++) w.emit(rec(i));
+    w.flush();
+    w.connect("c", sender);
+    const n = sender.buffers().length;
+    expect(n).toBeGreaterThan(3);
+    expect(sender.buffers().map((b) => b.backlog)).toEqual(range(n).map((k) => n - 1 - k));
+    // Connected: every buffer goes out as it is finished, with nothing behind it.
+    for (let i = 100; i < 300; i++) w.emit(rec(i));
+    w.flush();
+    expect(sender.buffers().slice(n).length).toBeGreaterThan(3);
+    for (const b of sender.buffers().slice(n)) expect(b.backlog).toBe(0);
+  });
+
+  test("backlog counts only buffers, not events queued behind", () => {
+    const { w, sender } = setup(["c"], () => 0, { segmentSize: 4096, connect: false });
+    w.emit(1);
+    w.flush(); // buffer 1
+    w.emit(2);
+    w.flush(); // buffer 2
+    w.broadcastEvent({ type: "barrier", checkpointId: 1 });
+    w.emit(3);
+    w.flush(); // buffer 3
+    w.broadcastEvent({ type: "watermark", timestamp: 7 });
+    w.connect("c", sender);
+    expect(sender.stream("c")).toEqual([1, 2, { ev: { type: "barrier", checkpointId: 1 } }, 3, { ev: { type: "watermark", timestamp: 7 } }]);
+    // Behind buffer 1: buffers 2 and 3; behind buffer 2: buffer 3; behind buffer 3: none.
+    expect(sender.buffers().map((b) => b.backlog)).toEqual([2, 1, 0]);
+  });
+
+  test("bytesOut, buffersOut and recordsOut", () => {
+    const ids = ["a", "b"];
+    const { w, sender } = setup(ids, createPartitioner("broadcast", 0, 2, 128), { segmentSize: 64, connect: false, poolSize: 1000 });
+    expect([w.recordsOut, w.bytesOut, w.buffersOut]).toEqual([0, 0, 0]);
+    for (let i = 0; i < 150; i++) w.emit(rec(i));
+    w.flush();
+    expect(w.recordsOut).toBe(150);
+    expect(w.buffersOut).toBe(0); // queued, not sent
+    w.connect("a", sender);
+    expect(w.buffersOut).toBe(sender.buffers().length);
+    w.connect("b", sender);
+    const sent = sender.buffers();
+    expect(w.buffersOut).toBe(sent.length);
+    expect(w.bytesOut).toBe(sent.reduce((a, b) => a + b.size, 0));
+    // Independently: each channel's stream is whole length-prefixed chunks, 150 records in all.
+    for (const id of ids) {
+      const bytes = Buffer.concat(sender.buffers(id).map((b) => b.bytes));
+      const unpackr = new Unpackr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Unpackr>[0]);
+      let records = 0;
+      let p = 0;
+      while (p < bytes.length) {
+        const len = bytes.readUInt32BE(p);
+        const chunk = unpackr.unpack(bytes.subarray(p + 4, p + 4 + len)) as unknown[];
+        expect(chunk.length).toBeGreaterThan(0);
+        expect(chunk.length).toBeLessThanOrEqual(CHUNK_RECORDS);
+        records += chunk.length;
+        p += 4 + len;
+      }
+      expect(p).toBe(bytes.length);
+      expect(records).toBe(150);
+    }
   });
 });

@@ -16,6 +16,7 @@ export class InputGate {
   private head = 0;
   private wake: (() => void) | null = null;
   private open: number;
+  private readonly ended = new Set<string>();
   buffersIn = 0;
   bytesIn = 0;
 
@@ -62,6 +63,8 @@ export class InputGate {
       if (a.event.type === "end") {
         const d = this.deserializers.get(a.channel)!;
         if (d.hasPartialRecord) throw new Error(`channel ${a.channel} ended in the middle of a record`);
+        if (this.ended.has(a.channel)) throw new Error(`channel ${a.channel} ended twice`);
+        this.ended.add(a.channel);
         this.open--;
       }
       return { channel: a.channel, event: a.event };

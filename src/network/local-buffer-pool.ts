@@ -44,6 +44,11 @@ export class LocalBufferPool {
     return this.created - this.free.length + this.overdraftUsed;
   }
 
+  /** Resolves at the next recycle. */
+  nextRecycle(): Promise<void> {
+    return new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
   async waitAvailable(): Promise<void> {
     while (!this.available) await new Promise<void>((resolve) => this.waiters.push(resolve));
   }

@@ -23,6 +23,8 @@ interface Subpartition {
   serializer: RecordSerializer;
   /** Records not serialized yet: they go into the buffer as one chunk. */
   pending: unknown[];
+  /** Records per chunk: shrinks for large records, so a chunk fits in a buffer and needs no reassembly. */
+  chunkRecords: number;
   buf: ArrayBuffer | null;
   view: Uint8Array | null;
   pos: number;
@@ -47,7 +49,7 @@ export class RecordWriter {
     readonly pool: LocalBufferPool,
     private readonly flushEveryRecord: boolean,
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], buf: null, view: null, pos: 0, queue: [], overflow: [] }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [] }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -82,7 +84,12 @@ export class RecordWriter {
   }
 
   async waitAvailable(): Promise<void> {
-    while (this.backpressured) await this.pool.waitAvailable().then(() => new Promise<void>((r) => setImmediate(r)));
+    while (this.backpressured) {
+      // When every taken buffer is a partly filled one of ours, nothing will come back until we send them.
+      if (this.overflowing === 0 && this.pool.inUse <= this.subs.filter((sp) => sp.buf !== null).length) this.flush();
+      await this.pool.nextRecycle();
+      await new Promise<void>((r) => setImmediate(r));
+    }
   }
 
   /** Finishes every partly filled buffer (buffer timeout). */
@@ -109,7 +116,7 @@ export class RecordWriter {
   /** Sends end-of-partition after all data, then waits until consumers have read every buffer. */
   async finish(): Promise<void> {
     for (const sp of this.subs) this.serializePending(sp);
-    while (this.overflowing > 0) await this.waitAvailable();
+    while (this.overflowing > 0) await this.pool.nextRecycle();
     this.broadcastEvent({ type: "end" });
     while (this.subs.some((sp) => sp.queue.length > 0)) await new Promise((r) => setTimeout(r, 5));
     await this.pool.allRecycled();
@@ -117,7 +124,7 @@ export class RecordWriter {
 
   private write(sp: Subpartition, record: unknown): void {
     sp.pending.push(record);
-    if (sp.pending.length >= CHUNK_RECORDS || this.flushEveryRecord) {
+    if (sp.pending.length >= sp.chunkRecords || this.flushEveryRecord) {
       this.serializePending(sp);
       if (this.flushEveryRecord) this.finishBuffer(sp);
     }
@@ -126,9 +133,19 @@ export class RecordWriter {
   private serializePending(sp: Subpartition): void {
     if (sp.pending.length === 0) return;
     const body = sp.serializer.serialize(sp.pending);
+    const records = sp.pending.length;
     sp.pending.length = 0;
     const len = body.length;
     this.bytesOut += len + 4;
+    const segment = this.pool.segmentSize;
+    // Adapt the chunk size to the records: about a quarter of a buffer per chunk.
+    if (len > segment / 2 && sp.chunkRecords > 1) sp.chunkRecords = Math.max(1, Math.floor(records / 2));
+    else if (len < segment / 8 && sp.chunkRecords < CHUNK_RECORDS && records === sp.chunkRecords) sp.chunkRecords *= 2;
+    // A chunk that fits a buffer goes into a fresh one rather than span two, when little space is left:
+    // the reader then decodes it in place instead of reassembling it.
+    if (sp.view !== null && sp.overflow.length === 0 && len + 4 <= segment && sp.view.length - sp.pos < len + 4 && sp.pos > segment / 2) {
+      this.finishBuffer(sp);
+    }
     if (sp.overflow.length === 0 && sp.view !== null && sp.view.length - sp.pos >= len + 4) {
       const v = sp.view;
       let p = sp.pos;
@@ -200,6 +217,7 @@ export class RecordWriter {
       sp.overflow.shift();
     }
     this.overflowing--;
+    if (this.flushEveryRecord) this.finishBuffer(sp);
     this.send(sp);
   }
 
@@ -215,12 +233,14 @@ export class RecordWriter {
   private send(sp: Subpartition): void {
     const sender = sp.sender;
     if (sender === null) return;
+    let backlog = 0; // buffers (not events) queued behind the one being sent
+    for (const item of sp.queue) if (!("event" in item)) backlog++;
     while (sp.queue.length > 0) {
       const item = sp.queue.shift()!;
       if ("event" in item) sender.event(sp.id, item.event);
       else {
         this.buffersOut++;
-        sender.buffer(sp.id, item.buf, item.size, sp.queue.length);
+        sender.buffer(sp.id, item.buf, item.size, --backlog);
       }
     }
   }

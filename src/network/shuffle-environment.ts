@@ -6,6 +6,7 @@
 // - remote input channels: exclusive buffers per channel plus floating buffers per gate, lent to channels
 //   that report a backlog; every free buffer is announced to the producer as credit (as Flink since 1.5).
 import type { FramedConnection } from "../rpc/connection.ts";
+import { encodeBufferFrame } from "../rpc/framing.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
 import { channelId, parseChannelId, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
@@ -226,7 +227,7 @@ export class ShuffleEnvironment {
 
   private trySend(ch: string, ro: RemoteOutput): void {
     const conn = ro.conn;
-    if (conn === null || conn.closed) return;
+    if (conn === null || conn.closed || !conn.writable) return;
     while (ro.queue.length > 0) {
       const head = ro.queue[0]!;
       if ("event" in head) {
@@ -243,8 +244,15 @@ export class ShuffleEnvironment {
       ro.queue.shift();
       let backlog = 0;
       for (const q of ro.queue) if ("buf" in q) backlog++;
-      conn.send([DATA_FRAME.DATA, ch, new Uint8Array(head.buf, 0, head.size), backlog]);
+      const flowing = conn.sendEncoded(encodeBufferFrame(ch, backlog, new Uint8Array(head.buf, 0, head.size)));
       ro.task?.post({ type: "recycle", channel: ch, buf: head.buf }, [head.buf]);
+      if (!flowing) {
+        // Stop writing into a full socket (it would only buffer and copy); resume every channel on drain.
+        conn.whenWritable(() => {
+          for (const [id, other] of this.remoteOut) if (other.conn === conn) this.trySend(id, other);
+        });
+        return;
+      }
     }
   }
 

@@ -70,6 +70,22 @@ export class FramedConnection {
     for (const body of this.early.splice(0)) if (!this.closed) handler(body);
   }
 
+  /** Sends an already encoded frame (see encodeBufferFrame). */
+  sendEncoded(frame: Uint8Array): boolean {
+    if (this.closed) throw new RpcError("connection is closed");
+    return this.enqueue(frame);
+  }
+
+  /** False while the socket's send buffer is full; whenWritable() tells when it has drained. */
+  get writable(): boolean {
+    return !this.congested;
+  }
+
+  whenWritable(callback: () => void): void {
+    if (!this.congested) callback();
+    else this.drainWaiters.push(callback);
+  }
+
   onClose(handler: (err?: Error) => void): void {
     if (this.closed) handler(this.closedWith ?? undefined);
     else this.closeHandlers.push(handler);
@@ -80,13 +96,43 @@ export class FramedConnection {
     this.closedWith = err ?? null;
     this.settleReady.reject(err ?? new RpcError("connection closed"));
     // end() lets a last error reply reach the peer; destroy() follows for a peer that never reads.
+    this.flushOut();
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref?.();
     for (const h of this.closeHandlers.splice(0)) h(err);
   }
 
   private write(body: unknown): boolean {
-    return this.socket.write(encodeFrame(body));
+    return this.enqueue(encodeFrame(body));
+  }
+
+  // Frames written in one turn of the event loop go out in one socket write: one syscall, not one each.
+  private outQueue: Uint8Array[] = [];
+  private outBytes = 0;
+  private congested = false;
+  private drainWaiters: (() => void)[] = [];
+
+  private enqueue(frame: Uint8Array): boolean {
+    this.outQueue.push(frame);
+    this.outBytes += frame.length;
+    if (this.outQueue.length === 1) queueMicrotask(() => this.flushOut());
+    return !this.congested;
+  }
+
+  private flushOut(): void {
+    const frames = this.outQueue;
+    const bytes = this.outBytes;
+    this.outQueue = [];
+    this.outBytes = 0;
+    if (frames.length === 0 || this.socket.destroyed) return;
+    const ok = this.socket.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, bytes));
+    if (!ok && !this.congested) {
+      this.congested = true;
+      this.socket.once("drain", () => {
+        this.congested = false;
+        for (const w of this.drainWaiters.splice(0)) w();
+      });
+    }
   }
 
   private onData(chunk: Buffer): void {

@@ -1,6 +1,9 @@
 // Length-prefixed msgpack frames: [u32 big-endian body length][msgpack body].
-// Used by the RPC connections and the data connections alike.
+// Used by the RPC connections and the data connections alike. One binary form beside msgpack: a network
+// buffer frame, [0xC1][u32 backlog][u16 channel id length][channel id][payload], which carries a buffer
+// with a single copy (0xC1 is a byte msgpack never uses, so the two forms cannot be confused).
 import { Packr, Unpackr } from "msgpackr";
+import { DATA_FRAME } from "./messages.ts";
 
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
 
@@ -19,6 +22,31 @@ export function encodeFrame(body: unknown): Buffer {
   frame.writeUInt32BE(payload.length, 0);
   frame.set(payload, 4);
   return frame;
+}
+
+const BUFFER_MARK = 0xc1;
+
+/** A data frame carrying a network buffer; decodes to [DATA_FRAME.DATA, channel, payload, backlog]. */
+export function encodeBufferFrame(channel: string, backlog: number, payload: Uint8Array): Buffer {
+  const chLen = Buffer.byteLength(channel);
+  const bodyLen = 1 + 4 + 2 + chLen + payload.length;
+  const frame = Buffer.allocUnsafe(4 + bodyLen);
+  frame.writeUInt32BE(bodyLen, 0);
+  frame[4] = BUFFER_MARK;
+  frame.writeUInt32BE(backlog, 5);
+  frame.writeUInt16BE(chLen, 9);
+  frame.write(channel, 11, "utf8");
+  frame.set(payload, 11 + chLen);
+  return frame;
+}
+
+function decodeBufferFrame(body: Buffer): unknown {
+  if (body.length < 7) throw new FrameError(`truncated buffer frame (${body.length} bytes)`);
+  const backlog = body.readUInt32BE(1);
+  const chLen = body.readUInt16BE(5);
+  if (7 + chLen > body.length) throw new FrameError(`buffer frame's channel id runs past its end`);
+  // The payload is a view into the frame: the receiver copies it into a buffer of its own at once.
+  return [DATA_FRAME.DATA, body.toString("utf8", 7, 7 + chLen), body.subarray(7 + chLen), backlog];
 }
 
 /** Accumulates stream chunks and yields whole decoded frames. */
@@ -52,6 +80,10 @@ export class FrameDecoder {
       if (this.buffered < 4 + length) break;
       const frame = this.take(4 + length);
       let body: unknown;
+      if (length > 0 && frame[4] === BUFFER_MARK) {
+        out.push(decodeBufferFrame(frame.subarray(4)));
+        continue;
+      }
       try {
         body = unpackr.unpack(frame.subarray(4));
       } catch (err) {
@@ -67,24 +99,25 @@ export class FrameDecoder {
   }
 
   private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!;
-    this.chunks = [Buffer.concat(this.chunks)];
+    if (this.chunks[0]!.length < n) this.merge(n);
     return this.chunks[0]!;
   }
 
   private take(n: number): Buffer {
+    if (this.chunks[0]!.length < n) this.merge(n);
     const first = this.chunks[0]!;
-    let frame: Buffer;
-    if (first.length >= n) {
-      frame = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      const all = Buffer.concat(this.chunks);
-      frame = all.subarray(0, n);
-      this.chunks = all.length > n ? [all.subarray(n)] : [];
-    }
+    const frame = first.subarray(0, n);
+    if (first.length === n) this.chunks.shift();
+    else this.chunks[0] = first.subarray(n);
     this.buffered -= n;
     return frame;
+  }
+
+  /** Joins just enough leading chunks to hold n bytes (never all of them: that would be quadratic). */
+  private merge(n: number): void {
+    let count = 0;
+    let size = 0;
+    while (size < n) size += this.chunks[count++]!.length;
+    this.chunks.splice(0, count, Buffer.concat(this.chunks.slice(0, count), size));
   }
 }

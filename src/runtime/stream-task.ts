@@ -204,9 +204,22 @@ export class StreamTask {
   }
 
   private async runSource(node: Extract<PlanNode, { kind: "source" }>): Promise<void> {
+    const writers = this.writers;
+    const blocked = () => {
+      for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return true;
+      return false;
+    };
     for (const chunk of readSource(node.source, this.d.subtaskIndex, this.d.parallelism)) {
-      this.recordsIn += chunk.length;
-      for (let i = 0; i < chunk.length; i++) this.head.process(chunk[i]);
+      for (let i = 0; i < chunk.length; i++) {
+        this.recordsIn++;
+        this.head.process(chunk[i]);
+        // A source stops at once when its output is full, not at the end of its chunk: large records
+        // would otherwise pile up beyond the buffer pool.
+        if (blocked() && i + 1 < chunk.length) {
+          this.flushOperators();
+          await this.afterBatch();
+        }
+      }
       this.flushOperators();
       await this.afterBatch();
     }

@@ -10,6 +10,11 @@ let name = "task";
 
 self.onmessage = (event: MessageEvent<ToWorker>) => {
   const msg = event.data;
+  if (msg.type === "batch") for (const m of msg.messages) handle(m);
+  else handle(msg);
+};
+
+function handle(msg: ToWorker): void {
   try {
     if (msg.type === "init") {
       name = taskDisplayName(msg.deployment);
@@ -21,7 +26,7 @@ self.onmessage = (event: MessageEvent<ToWorker>) => {
   } catch (err) {
     post({ type: "failed", error: errorInfo(err, name) });
   }
-};
+}
 
 async function start(t: StreamTask, artifactPath: string): Promise<void> {
   try {

@@ -20,7 +20,9 @@ export type ToWorker =
   | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number }
   | { type: "event"; channel: string; event: ChannelEvent }
   /** A buffer of a remote output channel, sent on by the main thread and returned to the pool. */
-  | { type: "recycle"; channel: string; buf: ArrayBuffer };
+  | { type: "recycle"; channel: string; buf: ArrayBuffer }
+  /** Several of the above in one postMessage (the main thread coalesces what it sends in one turn). */
+  | { type: "batch"; messages: ToWorker[] };
 
 export type FromWorker =
   | { type: "running" }
