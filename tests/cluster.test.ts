@@ -118,6 +118,71 @@ describe("local cluster", () => {
     }
   });
 
+  for (const backend of ["heap", "sqlite"] as const) {
+    test(`keyed state in a KeyedProcessFunction and a rich map on the ${backend} backend`, async () => {
+      const out = path.join(dir, `state-${backend}`);
+      const api = JSON.stringify(path.join(ROOT, "src/api/index.ts"));
+      const job = writeJob(dir, `state-${backend}.ts`, `
+        import { ValueStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor } from ${api};
+        export default (env) => {
+          env.setStateBackend(${JSON.stringify(backend)}).setParallelism(2);
+          env.fromSequence(0, 2999)
+            .map((i) => ({ user: "u" + (i % 7), amount: i % 10, i }))
+            .keyBy((e) => e.user)
+            .process({
+              open(ctx) {
+                this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 }));
+                this.last3 = ctx.getListState(new ListStateDescriptor("last3"));
+                this.byAmount = ctx.getMapState(new MapStateDescriptor("byAmount"));
+                this.total = ctx.getReducingState(new ReducingStateDescriptor("total", (a, b) => a + b));
+              },
+              processElement(e, ctx, out) {
+                this.count.update(this.count.value() + 1);
+                const l = [...this.last3.get(), e.i].slice(-3);
+                this.last3.update(l);
+                this.byAmount.put(e.amount, (this.byAmount.get(e.amount) ?? 0) + 1);
+                this.total.add(e.amount);
+                if (this.count.value() === Math.floor(3000 / 7)) {
+                  out.collect([ctx.getCurrentKey(), this.count.value(), this.total.get(), l, [...this.byAmount.entries()].sort((a, b) => a[0] - b[0])]);
+                }
+              },
+            })
+            .keyBy((r) => r[0])
+            .map({
+              open(ctx) { this.seen = ctx.getState(new ValueStateDescriptor("seen", { default: 0 })); },
+              map(r) { this.seen.update(this.seen.value() + 1); return JSON.stringify([...r, this.seen.value()]); },
+            })
+            .writeAsText(${JSON.stringify(out)});
+        };`);
+      const status = await run(job, [], 2);
+      expect(status.error?.message).toBeUndefined();
+      expect(status.state).toBe("FINISHED");
+      const got = fs.readdirSync(out).flatMap((f) => fs.readFileSync(path.join(out, f), "utf8").trim().split("\n")).map((l) => JSON.parse(l)).sort((a, b) => a[0].localeCompare(b[0]));
+      // Computed here, independently: per user, the state after its 428th event.
+      const expected = [];
+      for (let u = 0; u < 7; u++) {
+        const events = Array.from({ length: 3000 }, (_, i) => i).filter((i) => i % 7 === u).slice(0, Math.floor(3000 / 7));
+        if (events.length < Math.floor(3000 / 7)) continue;
+        const byAmount = new Map<number, number>();
+        for (const i of events) byAmount.set(i % 10, (byAmount.get(i % 10) ?? 0) + 1);
+        expected.push(["u" + u, events.length, events.reduce((a, i) => a + (i % 10), 0), events.slice(-3), [...byAmount.entries()].sort((a, b) => a[0] - b[0]), 1]);
+      }
+      expect(got).toEqual(expected.sort((a, b) => (a[0] as string).localeCompare(b[0] as string)));
+    });
+  }
+
+  test("keyed state from a function on a non-keyed stream is refused with a clear message", async () => {
+    const api = JSON.stringify(path.join(ROOT, "src/api/index.ts"));
+    const job = writeJob(dir, "unkeyed-state.ts", `
+      import { ValueStateDescriptor } from ${api};
+      export default (env) => {
+        env.fromSequence(1, 10).map({ open(ctx) { ctx.getState(new ValueStateDescriptor("x")); }, map: (x) => x }).name("Unkeyed").addSink(() => {});
+      };`);
+    const status = await run(job, [], 1);
+    expect(status.state).toBe("FAILED");
+    expect(status.error?.message).toContain("Unkeyed: keyed state is only available on a keyed stream");
+  });
+
   test("an operator that throws fails its job with the message and the task, while another job runs on", async () => {
     const slow = writeJob(dir, "slow.ts", `
       export default (env) => {

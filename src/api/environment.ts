@@ -1,5 +1,17 @@
 // What job authors write against, shaped after Flink's DataStream API.
-import type { JobSettings, Plan, PlanNode, SinkFunction, SinkSpec, SourceSpec, PartitionSpec } from "./plan.ts";
+import type {
+  FilterFunction,
+  FlatMapFunction,
+  JobSettings,
+  KeyedProcessFunction,
+  MapFunction,
+  PartitionSpec,
+  Plan,
+  PlanNode,
+  SinkFunction,
+  SinkSpec,
+  SourceSpec,
+} from "./plan.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
 export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
@@ -10,6 +22,7 @@ type NewNode = DistributiveOmit<PlanNode, "id" | "parallelism" | "uid" | "chaini
 export class StreamExecutionEnvironment {
   private readonly nodes: PlanNode[] = [];
   private readonly settings: JobSettings = {
+    stateBackend: null,
     parallelism: null,
     maxParallelism: DEFAULT_MAX_PARALLELISM,
     runtimeMode: "streaming",
@@ -40,6 +53,13 @@ export class StreamExecutionEnvironment {
   setBufferTimeout(ms: number): this {
     if (!Number.isFinite(ms) || ms < 0) throw new Error(`setBufferTimeout: expected a number of milliseconds >= 0, got ${ms}`);
     this.settings.bufferTimeoutMs = ms;
+    return this;
+  }
+
+  /** Keyed state backend for this job: "heap" (in memory) or "sqlite" (on disk, larger than memory). */
+  setStateBackend(kind: "heap" | "sqlite"): this {
+    if (kind !== "heap" && kind !== "sqlite") throw new Error(`setStateBackend: expected "heap" or "sqlite", got ${JSON.stringify(kind)}`);
+    this.settings.stateBackend = kind;
     return this;
   }
 
@@ -93,16 +113,16 @@ export class DataStream<T> {
     protected readonly node: PlanNode,
   ) {}
 
-  map<R>(fn: (value: T) => R): DataStream<R> {
+  map<R>(fn: MapFunction<T, R>): DataStream<R> {
     return this.then("map", fn, "Map");
   }
 
   /** fn returns the values to emit (an array or any iterable). */
-  flatMap<R>(fn: (value: T) => Iterable<R>): DataStream<R> {
+  flatMap<R>(fn: FlatMapFunction<T, R>): DataStream<R> {
     return this.then("flatMap", fn, "Flat Map");
   }
 
-  filter(fn: (value: T) => boolean): DataStream<T> {
+  filter(fn: FilterFunction<T>): DataStream<T> {
     return this.then("filter", fn, "Filter");
   }
 
@@ -183,9 +203,12 @@ export class DataStream<T> {
     return this;
   }
 
-  protected then<R>(kind: "map" | "flatMap" | "filter", fn: (value: any) => any, name: string): DataStream<R> {
-    if (typeof fn !== "function") throw new Error(`${kind}: expected a function, got ${typeof fn}`);
-    return new DataStream<R>(this.env, this.env.addNode({ kind, fn, name, inputs: [this.node.id] }));
+  protected then<R>(kind: "map" | "flatMap" | "filter", fn: any, name: string, keyNode?: number): DataStream<R> {
+    if (typeof fn !== "function" && (typeof fn !== "object" || fn === null || typeof fn[kind] !== "function")) {
+      throw new Error(`${kind}: expected a function or an object with a ${kind}(value) method`);
+    }
+    const node = this.env.addNode({ kind, fn, name, inputs: [this.node.id], ...(keyNode !== undefined ? { keyNode } : {}) });
+    return new DataStream<R>(this.env, node);
   }
 
   private partition(partitioner: PartitionSpec): DataStream<T> {
@@ -198,6 +221,27 @@ export class DataStream<T> {
 }
 
 export class KeyedStream<T, K> extends DataStream<T> {
+  // On a keyed stream, functions may use keyed state (scoped to each record's key).
+  override map<R>(fn: MapFunction<T, R>): DataStream<R> {
+    return this.then("map", fn, "Map", this.node.id);
+  }
+
+  override flatMap<R>(fn: FlatMapFunction<T, R>): DataStream<R> {
+    return this.then("flatMap", fn, "Flat Map", this.node.id);
+  }
+
+  override filter(fn: FilterFunction<T>): DataStream<T> {
+    return this.then("filter", fn, "Filter", this.node.id);
+  }
+
+  /** A KeyedProcessFunction: processElement(value, ctx, out) with keyed state through open(ctx). */
+  process<R>(fn: KeyedProcessFunction<K, T, R>): DataStream<R> {
+    if (typeof fn !== "object" || fn === null || typeof fn.processElement !== "function") {
+      throw new Error("process: expected an object with a processElement(value, ctx, out) method");
+    }
+    return new DataStream<R>(this.env, this.env.addNode({ kind: "process", fn, keyNode: this.node.id, name: "Keyed Process", inputs: [this.node.id] }));
+  }
+
   /** Rolling reduce per key: emits the new aggregate after every record (only the final one in batch mode). */
   reduce(fn: (a: T, b: T) => T): DataStream<T> {
     if (typeof fn !== "function") throw new Error(`reduce: expected a function, got ${typeof fn}`);

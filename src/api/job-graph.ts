@@ -29,6 +29,7 @@ export interface JobGraph {
   bufferTimeoutMs: number;
   /** Shape of the whole plan (ids, kinds, inputs, parallelism, partitioners, source and sink types); a task checks that its Worker rebuilt the same plan. */
   planFingerprint: string;
+  stateBackend: "heap" | "sqlite" | null;
 }
 
 export class JobGraphError extends Error {
@@ -136,6 +137,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     runtimeMode: settings.runtimeMode,
     bufferTimeoutMs: settings.bufferTimeoutMs,
     planFingerprint: planFingerprint(nodes),
+    stateBackend: settings.stateBackend,
   };
 }
 

@@ -7,11 +7,54 @@ export type SourceSpec =
   | { type: "textFile"; path: string }
   | { type: "sequence"; from: number; to: number };
 
+import type {
+  AggregatingState,
+  AggregatingStateDescriptor,
+  ListState,
+  ListStateDescriptor,
+  MapState,
+  MapStateDescriptor,
+  ReducingState,
+  ReducingStateDescriptor,
+  ValueState,
+  ValueStateDescriptor,
+} from "../state/api.ts";
+import type { OperatorStateStore } from "../state/operator-state.ts";
+
 /** What a function sees of the task it runs in (as Flink's RuntimeContext). */
 export interface RuntimeContext {
   subtaskIndex: number;
   parallelism: number;
   taskName: string;
+  /** Keyed state, scoped to the key of the record being processed (functions on a keyed stream only). */
+  getState<T>(descriptor: ValueStateDescriptor<T>): ValueState<T>;
+  getListState<T>(descriptor: ListStateDescriptor<T>): ListState<T>;
+  getMapState<K, V>(descriptor: MapStateDescriptor<K, V>): MapState<K, V>;
+  getReducingState<T>(descriptor: ReducingStateDescriptor<T>): ReducingState<T>;
+  getAggregatingState<IN, ACC, OUT>(descriptor: AggregatingStateDescriptor<IN, ACC, OUT>): AggregatingState<IN, OUT>;
+  /** Non-keyed (operator) list and broadcast state of this subtask. */
+  getOperatorStateStore(): OperatorStateStore;
+}
+
+/** A rich function: open(ctx) before the first record, close() at end of input (as Flink's RichFunction). */
+export interface RichFunction {
+  open?(ctx: RuntimeContext): void | Promise<void>;
+  close?(): void;
+}
+export type MapFunction<T, R> = ((value: T) => R) | (RichFunction & { map(value: T): R });
+export type FlatMapFunction<T, R> = ((value: T) => Iterable<R>) | (RichFunction & { flatMap(value: T): Iterable<R> });
+export type FilterFunction<T> = ((value: T) => boolean) | (RichFunction & { filter(value: T): boolean });
+
+export interface Collector<T> {
+  collect(value: T): void;
+}
+/** Per-record context of a KeyedProcessFunction. */
+export interface KeyedContext<K> {
+  getCurrentKey(): K;
+}
+/** As Flink's KeyedProcessFunction (timers come with event time). */
+export interface KeyedProcessFunction<K, IN, OUT> extends RichFunction {
+  processElement(value: IN, ctx: KeyedContext<K>, out: Collector<OUT>): void;
 }
 
 /** A sink: a function per record, or an object with open/invoke/close (as Flink's RichSinkFunction). */
@@ -26,7 +69,8 @@ export type PartitionSpec = "rebalance" | "rescale" | "broadcast" | "forward" | 
 
 export type PlanNode =
   | (NodeBase & { kind: "source"; source: SourceSpec })
-  | (NodeBase & { kind: "map" | "flatMap" | "filter"; fn: (value: any) => any })
+  | (NodeBase & { kind: "map" | "flatMap" | "filter"; fn: ((value: any) => any) | (RichFunction & Record<string, any>); keyNode?: number })
+  | (NodeBase & { kind: "process"; fn: KeyedProcessFunction<any, any, any>; keyNode: number })
   | (NodeBase & { kind: "keyBy"; fn: (value: any) => unknown })
   | (NodeBase & { kind: "partition"; partitioner: PartitionSpec; custom?: { partition: (key: any, numPartitions: number) => number; key: (value: any) => unknown } })
   | (NodeBase & { kind: "union" })
@@ -51,6 +95,8 @@ export function isVirtual(node: PlanNode): boolean {
 }
 
 export interface JobSettings {
+  /** Keyed state backend chosen by the job, or null for the TaskManager's state.backend. */
+  stateBackend: "heap" | "sqlite" | null;
   parallelism: number | null;
   maxParallelism: number;
   runtimeMode: "streaming" | "batch";

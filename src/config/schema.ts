@@ -25,6 +25,9 @@ export interface Config {
   "heartbeat.interval": number;
   "heartbeat.timeout": number;
   "parallelism.default": number;
+  "state.backend": "heap" | "sqlite";
+  "state.backend.sqlite.cache-size": number;
+  "taskmanager.state.dir": string;
   "log.level": LogLevel;
 }
 
@@ -148,6 +151,21 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 1 },
     default: 1,
     doc: "Default parallelism of jobs.",
+  },
+  "state.backend": {
+    type: { kind: "enum", values: ["heap", "sqlite"] },
+    default: "heap",
+    doc: "Keyed state backend of jobs that do not choose one: heap (fastest, state must fit in memory) or sqlite (one database file per task, state larger than memory).",
+  },
+  "state.backend.sqlite.cache-size": {
+    type: { kind: "integer", min: 1048576, max: 68719476736 },
+    default: 67108864,
+    doc: "Bytes of the SQLite backend's write-behind cache per task.",
+  },
+  "taskmanager.state.dir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Where tasks keep their SQLite state files; empty = under the TaskManager's temp dir.",
   },
   "log.level": {
     type: { kind: "enum", values: ["debug", "info", "warn", "error"] },

@@ -112,6 +112,7 @@ export class JobMaster {
           runtimeMode: g.runtimeMode,
           bufferTimeoutMs: g.bufferTimeoutMs,
           planFingerprint: g.planFingerprint,
+          stateBackend: g.stateBackend ?? null,
         };
         this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics() });
       }

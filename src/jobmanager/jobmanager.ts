@@ -145,6 +145,7 @@ function validateGraph(g: JobGraph): void {
   if (!Array.isArray(g.vertices) || g.vertices.length === 0) throw bad("no vertices");
   if (!Array.isArray(g.edges)) throw bad("edges must be an array");
   if (!Number.isInteger(g.maxParallelism) || g.maxParallelism < 1) throw bad("maxParallelism must be a positive integer");
+  if (g.stateBackend != null && g.stateBackend !== "heap" && g.stateBackend !== "sqlite") throw bad(`unknown state backend ${JSON.stringify(g.stateBackend)}`);
   g.vertices.forEach((v, i) => {
     if (v.id !== i) throw bad(`vertex ${i} has id ${v.id}`);
     if (!Number.isInteger(v.parallelism) || v.parallelism < 1 || v.parallelism > g.maxParallelism) throw bad(`vertex ${i} has parallelism ${v.parallelism}`);

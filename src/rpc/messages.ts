@@ -143,6 +143,8 @@ export interface TaskDeployment {
   runtimeMode: "streaming" | "batch";
   bufferTimeoutMs: number;
   planFingerprint: string;
+  /** The job's keyed state backend, or null for the TaskManager's state.backend. */
+  stateBackend: "heap" | "sqlite" | null;
 }
 export interface CancelTask {
   executionId: string;

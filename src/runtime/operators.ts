@@ -2,12 +2,17 @@
 // to the task's record writers. Records move between chained operators as plain objects (no copy).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { PlanNode } from "../api/plan.ts";
+import type { PlanNode, RichFunction, RuntimeContext } from "../api/plan.ts";
 import { canonicalKey } from "../state/key-groups.ts";
+import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
+import type { KeyedStateBackend } from "../state/keyed-backend.ts";
+import type { OperatorStateStore } from "../state/operator-state.ts";
 
 export type Collector = (record: unknown) => void;
 
 export interface Operator {
+  /** Before the first record: rich functions' open(ctx). */
+  open?(): void | Promise<void>;
   process(record: unknown): void;
   /** Called after each input batch or source chunk: a place to flush buffered output. */
   flush?(): void;
@@ -22,35 +27,93 @@ export interface OperatorContext {
   runtimeMode: "streaming" | "batch";
   /** Looks up a plan node by id (for the key selector of a keyed operator). */
   node(id: number): PlanNode;
+  /** The task's keyed state backend (present when the chain has a keyed operator). */
+  keyed: KeyedStateBackend | null;
+  operatorState: OperatorStateStore;
+}
+
+/** The RuntimeContext a user function gets; keyed state only for functions on a keyed stream. */
+export function runtimeContext(ctx: OperatorContext, keyed: boolean, what: string): RuntimeContext {
+  const backend = () => {
+    if (!keyed || !ctx.keyed) throw new Error(`${what}: keyed state is only available on a keyed stream (call keyBy() first)`);
+    return ctx.keyed;
+  };
+  return {
+    subtaskIndex: ctx.subtaskIndex,
+    parallelism: ctx.parallelism,
+    taskName: ctx.taskName,
+    getState: (d) => backend().getState(d),
+    getListState: (d) => backend().getListState(d),
+    getMapState: (d) => backend().getMapState(d),
+    getReducingState: (d) => backend().getReducingState(d),
+    getAggregatingState: (d) => backend().getAggregatingState(d),
+    getOperatorStateStore: () => ctx.operatorState,
+  };
+}
+
+/** The key selector of a keyed node, and a function that scopes state to a record's key. */
+function keyScope(ctx: OperatorContext, keyNodeId: number | undefined, what: string): ((r: unknown) => void) | null {
+  if (keyNodeId === undefined) return null;
+  const keyNode = ctx.node(keyNodeId);
+  if (keyNode.kind !== "keyBy") throw new Error(`${what} is not on a keyed stream`);
+  const keyed = ctx.keyed;
+  if (!keyed) throw new Error(`${what}: the task has no keyed state backend`);
+  const key = keyNode.fn;
+  return (r) => keyed.setCurrentKey(key(r));
+}
+
+function userFunction(fn: any, method: string): { call: (v: unknown) => any; rich: RichFunction | null } {
+  if (typeof fn === "function") return { call: fn, rich: null };
+  return { call: (v) => fn[method](v), rich: fn };
 }
 
 export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collector): Operator {
   switch (node.kind) {
-    case "map": {
-      const fn = node.fn;
-      return { process: (r) => out(fn(r)) };
-    }
-    case "filter": {
-      const fn = node.fn;
-      return { process: (r) => void (fn(r) && out(r)) };
-    }
+    case "map":
+    case "filter":
     case "flatMap": {
+      const { call, rich } = userFunction(node.fn, node.kind);
+      const scope = keyScope(ctx, node.keyNode, node.name);
+      const open = rich?.open ? () => rich.open!(runtimeContext(ctx, node.keyNode !== undefined, node.name)) : undefined;
+      const endInput = rich?.close ? () => rich.close!() : undefined;
+      const apply =
+        node.kind === "map"
+          ? (r: unknown) => out(call(r))
+          : node.kind === "filter"
+            ? (r: unknown) => void (call(r) && out(r))
+            : (r: unknown) => {
+                const produced = call(r);
+                if (produced == null || typeof produced[Symbol.iterator] !== "function") {
+                  throw new TypeError(`flatMap function returned ${produced === null ? "null" : typeof produced}, expected an array or iterable`);
+                }
+                for (const x of produced) out(x);
+              };
+      const process = scope ? (r: unknown) => (scope(r), apply(r)) : apply;
+      return { open, process, endInput };
+    }
+    case "process": {
       const fn = node.fn;
+      const keyNode = ctx.node(node.keyNode);
+      if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
+      const keyed = ctx.keyed;
+      const key = keyNode.fn;
+      const context = { getCurrentKey: () => keyed.getCurrentKey() };
+      const collector = { collect: (v: unknown) => out(v) };
       return {
+        open: fn.open ? () => fn.open!(runtimeContext(ctx, true, node.name)) : undefined,
         process(r) {
-          const produced = fn(r);
-          if (produced == null || typeof produced[Symbol.iterator] !== "function") {
-            throw new TypeError(`flatMap function returned ${produced === null ? "null" : typeof produced}, expected an array or iterable`);
-          }
-          for (const x of produced) out(x);
+          keyed.setCurrentKey(key(r));
+          fn.processElement(r, context, collector);
         },
+        endInput: fn.close ? () => fn.close!() : undefined,
       };
     }
     case "reduce": {
       const keyNode = ctx.node(node.keyNode);
-      if (keyNode.kind !== "keyBy") throw new Error(`reduce node ${node.id} is not keyed`);
-      if (node.sumField !== undefined) return new KeyedSum(keyNode.fn, node.sumField, ctx.runtimeMode === "batch", out);
-      return new KeyedReduce(keyNode.fn, node.fn, ctx.runtimeMode === "batch", out);
+      if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`reduce node ${node.id} is not keyed`);
+      // State is named by the operator's uid when it has one, so it can be matched across job versions.
+      const state = ctx.keyed.getState<any>(new ValueStateDescriptor(node.uid ?? `reduce-${node.id}`));
+      return new KeyedAggregation(ctx.keyed, keyNode.fn, state, node.fn, node.sumField, ctx.runtimeMode === "batch", out);
     }
     case "sink":
       return createSink(node, ctx);
@@ -59,60 +122,55 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
   }
 }
 
-/** Rolling reduce per key. Holds state on the heap until the state layer lands. */
-class KeyedReduce implements Operator {
-  private readonly state = new Map<unknown, unknown>();
+/**
+ * Keyed reduce and sum over the task's state backend. A sum adds into the accumulator in place (no copy
+ * of the record per input); what it emits (streaming) is a copy, so downstream never sees it change.
+ * In batch mode only the final value per key is emitted, at end of input: the operator remembers which
+ * keys it saw (the backends do not enumerate keys).
+ */
+class KeyedAggregation implements Operator {
+  /** Batch mode: the keys seen, by value (composite keys by their canonical string). */
+  private readonly seen: Map<unknown, unknown> | null;
   constructor(
+    private readonly keyed: KeyedStateBackend,
     private readonly key: (r: any) => unknown,
+    private readonly state: ValueState<any>,
     private readonly reduce: (a: any, b: any) => any,
-    private readonly emitAtEndOnly: boolean,
+    private readonly sumField: number | string | undefined,
+    emitAtEndOnly: boolean,
     private readonly out: Collector,
-  ) {}
-  process(record: unknown): void {
+  ) {
+    this.seen = emitAtEndOnly ? new Map() : null;
+  }
+  process(record: any): void {
     const k = this.key(record);
-    const id = typeof k === "object" && k !== null ? canonicalKey(k) : k;
-    const prev = this.state.get(id);
-    const next = prev === undefined && !this.state.has(id) ? record : this.reduce(prev, record);
-    this.state.set(id, next);
-    if (!this.emitAtEndOnly) this.out(next);
+    this.keyed.setCurrentKey(k);
+    const acc = this.state.value();
+    let next: any;
+    if (acc === undefined) {
+      next = copyOf(record);
+      this.seen?.set(typeof k === "object" && k !== null ? canonicalKey(k) : k, k);
+    } else if (this.sumField !== undefined && typeof acc === "object" && acc !== null) {
+      next = acc;
+      next[this.sumField] += record[this.sumField];
+    } else {
+      next = this.reduce(acc, record);
+    }
+    this.state.update(next);
+    if (!this.seen) this.out(copyOf(next));
   }
   endInput(): void {
-    if (this.emitAtEndOnly) for (const v of this.state.values()) this.out(v);
+    if (!this.seen) return;
+    for (const k of this.seen.values()) {
+      this.keyed.setCurrentKey(k);
+      this.out(this.state.value());
+    }
   }
 }
 
-/**
- * Keyed sum without a copy per record: the state holds its own copy of the first record of a key and adds
- * into it; what it emits (streaming) is a copy, so downstream never sees the state change under it.
- */
-class KeyedSum implements Operator {
-  private readonly state = new Map<unknown, any>();
-  constructor(
-    private readonly key: (r: any) => unknown,
-    private readonly field: number | string,
-    private readonly emitAtEndOnly: boolean,
-    private readonly out: Collector,
-  ) {}
-  process(record: any): void {
-    const k = this.key(record);
-    const id = typeof k === "object" && k !== null ? canonicalKey(k) : k;
-    const acc = this.state.get(id);
-    let next: any;
-    if (typeof record !== "object" || record === null) {
-      next = acc === undefined ? record : acc + record;
-      this.state.set(id, next);
-    } else if (acc === undefined) {
-      next = Array.isArray(record) ? record.slice() : { ...record };
-      this.state.set(id, next);
-    } else {
-      next = acc;
-      next[this.field] += record[this.field];
-    }
-    if (!this.emitAtEndOnly) this.out(typeof next === "object" ? (Array.isArray(next) ? next.slice() : { ...next }) : next);
-  }
-  endInput(): void {
-    if (this.emitAtEndOnly) for (const v of this.state.values()) this.out(v);
-  }
+function copyOf(v: any): any {
+  if (typeof v !== "object" || v === null) return v;
+  return Array.isArray(v) ? v.slice() : { ...v };
 }
 
 /** How sinks print a record: tuples (arrays) as (a,b) like Flink, objects as JSON. */
@@ -128,8 +186,7 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
     case "function": {
       const fn = spec.fn;
       if (typeof fn === "function") return { process: (r) => void fn(r) };
-      fn.open?.({ subtaskIndex: ctx.subtaskIndex, parallelism: ctx.parallelism, taskName: ctx.taskName });
-      return { process: (r) => fn.invoke(r), endInput: () => fn.close?.() };
+      return { open: () => fn.open?.(runtimeContext(ctx, false, node.name)), process: (r) => fn.invoke(r), endInput: () => fn.close?.() };
     }
     case "print": {
       const prefix = (spec.prefix ? `${spec.prefix}:` : "") + (ctx.parallelism > 1 ? `${ctx.subtaskIndex + 1}> ` : spec.prefix ? " " : "");

@@ -10,9 +10,11 @@ import { RecordWriter, type BufferSender } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { createPartitioner } from "../network/partitioners.ts";
-import { createOperator, type Collector, type Operator } from "./operators.ts";
+import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
+import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
+import { keyGroupRange } from "../state/key-groups.ts";
 import { readSource } from "./sources.ts";
-import { channelId, type FromWorker, type NetworkGrant, type PortMessage, type ToWorker } from "./worker-protocol.ts";
+import { channelId, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
 type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
 
@@ -63,9 +65,12 @@ export class StreamTask {
   /** Ports to local peer tasks that arrived before init() created the writers. */
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
 
+  private keyed: KeyedStateBackend | null = null;
+
   constructor(
     private readonly d: TaskDeployment,
     private readonly network: NetworkGrant,
+    private readonly state: StateGrant,
     private readonly post: Post,
   ) {
     // Known before init() finishes: data may arrive while the artifact is still being imported.
@@ -109,8 +114,27 @@ export class StreamTask {
       this.recordsOut++;
       for (let i = 0; i < writers.length; i++) writers[i]!.emit(r);
     };
-    const ctx = { subtaskIndex: d.subtaskIndex, parallelism: d.parallelism, taskName: taskDisplayName(d), runtimeMode: d.runtimeMode, node };
     const chain = d.operatorIds.map(node);
+    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
+    if (keyedChain) {
+      const st = this.state;
+      this.keyed = await createKeyedStateBackend({
+        kind: st.backend,
+        maxParallelism: d.maxParallelism,
+        keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
+        dir: st.dir,
+        cacheBytes: st.cacheBytes,
+      });
+    }
+    const ctx: OperatorContext = {
+      subtaskIndex: d.subtaskIndex,
+      parallelism: d.parallelism,
+      taskName: taskDisplayName(d),
+      runtimeMode: d.runtimeMode,
+      node,
+      keyed: this.keyed,
+      operatorState: new OperatorStateStore(d.subtaskIndex, d.parallelism),
+    };
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
       if (n.kind === "source") {
@@ -133,6 +157,7 @@ export class StreamTask {
       out = (r) => op.process(r);
     }
     this.head = { process: out };
+    for (const op of this.operators) await op.open?.();
     if (d.bufferTimeoutMs > 0 && this.writers.length > 0) {
       this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
     }
@@ -151,6 +176,7 @@ export class StreamTask {
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
+      await this.keyed?.close().catch(() => {});
     }
   }
 

@@ -18,7 +18,7 @@ function handle(msg: ToWorker): void {
   try {
     if (msg.type === "init") {
       name = taskDisplayName(msg.deployment);
-      task = new StreamTask(msg.deployment, msg.network, post);
+      task = new StreamTask(msg.deployment, msg.network, msg.state, post);
       void start(task, msg.artifactPath);
     } else {
       task?.onMessage(msg);

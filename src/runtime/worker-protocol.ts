@@ -12,8 +12,16 @@ export interface NetworkGrant {
   maxOverdraft: number;
 }
 
+/** Where and how the task keeps keyed state. */
+export interface StateGrant {
+  backend: "heap" | "sqlite";
+  /** The task's own directory (SQLite files); removed by the TaskManager when the task ends. */
+  dir: string;
+  cacheBytes: number;
+}
+
 export type ToWorker =
-  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant }
+  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant }
   /** A port to a local peer task, carrying the listed channels. */
   | { type: "connect"; port: MessagePort; produce: string[]; consume: string[] }
   /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */

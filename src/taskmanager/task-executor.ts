@@ -19,7 +19,7 @@ import {
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
 import { createLogger } from "../util/log.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
-import { Task } from "./task.ts";
+import { Task, type TaskStateOptions } from "./task.ts";
 
 const log = createLogger("taskmanager");
 
@@ -27,6 +27,7 @@ export class TaskExecutor {
   readonly resourceId: string;
   readonly shuffle: ShuffleEnvironment;
   private readonly artifacts: ArtifactCache;
+  private readonly stateOptions: TaskStateOptions;
   private readonly tasks = new Map<string, Task>();
   /** slot index -> job id allocated to it (null = free). */
   private readonly slots: (string | null)[];
@@ -52,6 +53,11 @@ export class TaskExecutor {
     const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));
     if (!config["taskmanager.tmp.dir"]) this.ownedTmpDir = tmp;
     this.artifacts = new ArtifactCache(path.join(tmp, "artifacts"));
+    this.stateOptions = {
+      defaultBackend: config["state.backend"],
+      baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
+      cacheBytes: config["state.backend.sqlite.cache-size"],
+    };
     this.slots = new Array(config["taskmanager.numberOfTaskSlots"]).fill(null);
   }
 
@@ -190,7 +196,7 @@ export class TaskExecutor {
     if (holder !== null && holder !== d.jobId) throw new Error(`slot ${d.slot} on ${this.resourceId} is allocated to job ${holder}`);
     if (this.tasks.has(d.executionId)) throw new Error(`task ${d.executionId} is already deployed`);
     this.slots[d.slot] = d.jobId;
-    const task = new Task(d, this.shuffle, (t, state, error) => this.onTaskState(t, state, error));
+    const task = new Task(d, this.shuffle, this.stateOptions, (t, state, error) => this.onTaskState(t, state, error));
     this.tasks.set(d.executionId, task);
     const rpc = this.rpc;
     this.artifacts

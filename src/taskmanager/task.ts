@@ -1,10 +1,19 @@
 // A task on the TaskManager's main thread: owns the Worker that runs it and reports its state transitions.
+import * as fs from "node:fs";
+import * as path from "node:path";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
 import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
 import { taskWorkerUrl } from "../runtime/worker-url.ts";
 import type { FromWorker, ToWorker } from "../runtime/worker-protocol.ts";
+
+export interface TaskStateOptions {
+  defaultBackend: "heap" | "sqlite";
+  /** Each task keeps its state files in <baseDir>/<job>/<vertex>-<subtask>. */
+  baseDir: string;
+  cacheBytes: number;
+}
 
 export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo) => void;
 
@@ -17,11 +26,15 @@ export class Task implements TaskEndpoint {
   private outboxTransfer: Transferable[] = [];
   readonly name: string;
 
+  private readonly stateDir: string;
+
   constructor(
     readonly deployment: TaskDeployment,
     private readonly shuffle: ShuffleEnvironment,
+    private readonly stateOptions: TaskStateOptions,
     private readonly onState: TaskStateListener,
   ) {
+    this.stateDir = path.join(stateOptions.baseDir, deployment.jobId, `${deployment.vertexId}-${deployment.subtaskIndex}`);
     this.name = taskDisplayName(deployment);
   }
 
@@ -50,7 +63,12 @@ export class Task implements TaskEndpoint {
       return;
     }
     this.registered = true;
-    this.post({ type: "init", deployment: this.deployment, artifactPath, network });
+    const state = {
+      backend: this.deployment.stateBackend ?? this.stateOptions.defaultBackend,
+      dir: this.stateDir,
+      cacheBytes: this.stateOptions.cacheBytes,
+    };
+    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state });
     this.shuffle.wire(this);
   }
 
@@ -110,6 +128,8 @@ export class Task implements TaskEndpoint {
     this.state = state;
     if (this.registered) this.shuffle.unregisterTask(this, state === "FINISHED");
     this.worker?.terminate();
+    // A task's local state lives as long as the task (checkpoints keep what must survive it).
+    fs.rm(this.stateDir, { recursive: true, force: true }, () => {});
     this.onState(this, state, error);
   }
 }

@@ -1,0 +1,214 @@
+// Serialization shared by the backends and the snapshot format: msgpack values, key identity, CRC32, varints.
+import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from "msgpackr";
+import { canonicalKey } from "./key-groups.ts";
+
+// No records (they make encodings depend on earlier ones), so the same value always gives the same bytes.
+const packr = new Packr({ useRecords: false, useBigIntExtension: true, mapsAsObjects: true });
+
+/** A fresh (unshared) byte array holding the msgpack encoding of `v`. */
+const sliceBytes = Uint8Array.prototype.slice; // a copy (Buffer's own slice is a view)
+export function encode(v: unknown): Uint8Array {
+  // REUSE_BUFFER_MODE returns msgpackr's whole buffer with start/end set: one allocation (the copy) per call.
+  const target = packr.pack(v, REUSE_BUFFER_MODE | RESET_BUFFER_MODE) as unknown as Uint8Array & { start: number; end: number };
+  return sliceBytes.call(target, target.start, target.end);
+}
+
+/** The encoding of `v` in a scratch buffer that the next encode overwrites: copy it or use it at once. */
+export function encodeTransient(v: unknown): Uint8Array {
+  return packr.pack(v, RESET_BUFFER_MODE);
+}
+
+export function decode(bytes: Uint8Array): any {
+  return packr.unpack(bytes);
+}
+
+/** Several values encoded back to back (how list state is stored: appending needs no decoding). */
+export function encodeMany(values: readonly unknown[]): Uint8Array {
+  if (values.length === 1) return encode(values[0]);
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for (const v of values) {
+    const b = encode(v);
+    parts.push(b);
+    n += b.length;
+  }
+  return concat(parts, n);
+}
+
+export function decodeMany(bytes: Uint8Array): any[] {
+  if (bytes.length === 0) return [];
+  return packr.unpackMultiple(bytes) as any[];
+}
+
+export function concat(parts: readonly Uint8Array[], total?: number): Uint8Array {
+  let n = total ?? 0;
+  if (total === undefined) for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+// ---- Key identity ----
+//
+// A key (and a map state's user key) has two equivalent identities:
+// - its *heap key*, used as a JS Map key: the primitive itself (a string starting with \u0001 gets one more \u0001
+//   in front), or "\u0001" + canonicalKey(key) for a composite key (array or plain object);
+// - its *key bytes*, stored in SQLite and in snapshots: the msgpack encoding of the primitive (-0 as 0), or the byte
+//   0xc1 (never used by msgpack) followed by the UTF-8 of canonicalKey(key) for a composite key.
+// Two keys have equal heap keys exactly when they have equal key bytes.
+
+export type HeapKey = string | number | boolean | bigint | null | undefined;
+
+const COMPOSITE_TAG = 0xc1;
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+
+export function heapKeyOf(key: unknown): HeapKey {
+  switch (typeof key) {
+    case "string":
+      return key.charCodeAt(0) === 1 ? "\u0001" + key : key;
+    case "number":
+    case "boolean":
+    case "bigint":
+    case "undefined":
+      return key;
+    case "object":
+      return key === null ? null : "\u0001" + canonicalKey(key);
+    default:
+      throw new TypeError(`a state key must be a string, number, boolean, bigint, null, array or plain object, got a ${typeof key}`);
+  }
+}
+
+/** The key bytes of a heap key. */
+export function keyBytesOfHeapKey(hk: HeapKey): Uint8Array {
+  if (typeof hk === "string" && hk.charCodeAt(0) === 1) {
+    if (hk.charCodeAt(1) === 1) return encode(hk.slice(1));
+    const json = textEncoder.encode(hk.slice(1));
+    const out = new Uint8Array(json.length + 1);
+    out[0] = COMPOSITE_TAG;
+    out.set(json, 1);
+    return out;
+  }
+  return encode(hk === 0 ? 0 : hk);
+}
+
+/** The heap key of some key bytes. */
+export function heapKeyOfBytes(bytes: Uint8Array): HeapKey {
+  if (bytes[0] === COMPOSITE_TAG) return "\u0001" + textDecoder.decode(bytes.subarray(1));
+  return heapKeyOf(decode(bytes));
+}
+
+/** The key a heap key stands for (a composite key comes back as parsed from its canonical JSON). */
+export function keyOfHeapKey(hk: HeapKey): unknown {
+  if (typeof hk === "string" && hk.charCodeAt(0) === 1) {
+    if (hk.charCodeAt(1) === 1) return hk.slice(1);
+    return JSON.parse(hk.slice(1));
+  }
+  return hk;
+}
+
+export function describeKey(key: unknown): string {
+  try {
+    const s = typeof key === "bigint" ? `${key}n` : typeof key === "string" ? JSON.stringify(key) : canonicalKey(key) ?? String(key);
+    return s.length > 80 ? s.slice(0, 77) + "..." : s;
+  } catch {
+    return String(key);
+  }
+}
+
+// ---- CRC32 (IEEE), Bun's native one when available ----
+
+let crcTable: Int32Array | undefined;
+function crc32Js(data: Uint8Array): number {
+  if (crcTable === undefined) {
+    crcTable = new Int32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      crcTable[n] = c;
+    }
+  }
+  const t = crcTable;
+  let c = -1;
+  for (let i = 0; i < data.length; i++) c = t[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+export { crc32Js as crc32Portable };
+
+const bunHash = (globalThis as { Bun?: { hash: { crc32(d: Uint8Array): number } } }).Bun?.hash;
+export const crc32: (data: Uint8Array) => number = bunHash ? (d) => bunHash.crc32(d) >>> 0 : crc32Js;
+
+// ---- A growable byte buffer with unsigned LEB128 varints ----
+
+export class ByteWriter {
+  buf: Uint8Array;
+  pos = 0;
+  constructor(initial = 1 << 16) {
+    this.buf = new Uint8Array(initial);
+  }
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const next = new Uint8Array(size);
+    next.set(this.buf.subarray(0, this.pos));
+    this.buf = next;
+  }
+  varint(v: number): void {
+    this.ensure(10);
+    while (v >= 0x80) {
+      this.buf[this.pos++] = (v & 0x7f) | 0x80;
+      v = Math.floor(v / 128);
+    }
+    this.buf[this.pos++] = v;
+  }
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+  /** A varint length followed by the bytes. */
+  lenBytes(b: Uint8Array): void {
+    this.varint(b.length);
+    this.bytes(b);
+  }
+  result(): Uint8Array {
+    return this.buf.subarray(0, this.pos);
+  }
+  reset(): void {
+    this.pos = 0;
+  }
+}
+
+export class ByteReader {
+  pos = 0;
+  constructor(readonly buf: Uint8Array) {}
+  get done(): boolean {
+    return this.pos >= this.buf.length;
+  }
+  varint(): number {
+    let v = 0;
+    let mul = 1;
+    for (let i = 0; i < 8; i++) {
+      if (this.pos >= this.buf.length) throw new RangeError("truncated varint");
+      const b = this.buf[this.pos++]!;
+      v += (b & 0x7f) * mul;
+      if (b < 0x80) return v;
+      mul *= 128;
+    }
+    throw new RangeError("varint too long");
+  }
+  bytes(n: number): Uint8Array {
+    if (this.pos + n > this.buf.length) throw new RangeError("truncated data");
+    const b = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  lenBytes(): Uint8Array {
+    return this.bytes(this.varint());
+  }
+}

@@ -1,0 +1,346 @@
+// The snapshot file formats, common to the heap and SQLite backends (so a snapshot of either restores into
+// either). All integers are little-endian.
+//
+// Keyed state: one file per backend snapshot, with a key-group index.
+//   0   8 bytes  magic "TMSTATEK"
+//   8   u32      format version (1)
+//   12  u32      header length H
+//   16  u32      CRC32 of the header
+//   20  H bytes  header, msgpack: { backend, maxParallelism, keyGroupRange: {start, end}, createdAt,
+//                states: [{ name, kind, ttlMs (null without TTL) }] }
+//   ... blocks, one per non-empty key group, in any order. A block is a sequence of entries:
+//                varint state index (into header.states), varint length + key bytes,
+//                varint length + user-key bytes (length 0: not map state), varint length + value bytes
+//   ... index, msgpack: [[keyGroup, offset, length, crc32, entryCount], ...]
+//   end-20  u32 index offset (low 32 bits), u32 index offset (high bits), u32 index length, u32 index CRC32,
+//           4 bytes magic "TMKE"
+// Key bytes and value bytes are those of serde.ts: a value state's value is msgpack([value, ts]) with TTL or
+// msgpack(value) without; a list is its elements' encodings back to back; a map state has one entry per user key.
+//
+// Operator state: one file per subtask snapshot.
+//   0 8 bytes magic "TMSTATEO", u32 version (1), u32 payload length P, u32 CRC32 of the payload, P bytes msgpack:
+//   { subtaskIndex, parallelism, createdAt, lists: [{ name, mode, elements }], broadcast: [{ name, entries: [[k, v]] }] }
+import * as fs from "node:fs";
+import * as fsp from "node:fs/promises";
+import * as path from "node:path";
+import { StateFileError, type KeyGroupRange, type StateKind } from "./api.ts";
+import { ByteReader, crc32, decode, encode } from "./serde.ts";
+
+export const KEYED_FORMAT_VERSION = 1;
+export const OPERATOR_FORMAT_VERSION = 1;
+const KEYED_MAGIC = "TMSTATEK";
+const KEYED_END_MAGIC = "TMKE";
+const OPERATOR_MAGIC = "TMSTATEO";
+const TRAILER = 20;
+
+export type BackendKind = "heap" | "sqlite";
+
+export interface SnapshotStateMeta {
+  name: string;
+  kind: StateKind;
+  ttlMs: number | null;
+}
+
+/** What `snapshot()` returns and `restore()` takes. Plain data: it can be sent to the JobManager as is. */
+export interface KeyedSnapshotHandle {
+  type: "keyed";
+  backend: BackendKind;
+  formatVersion: number;
+  files: string[];
+  keyGroupRange: KeyGroupRange;
+  maxParallelism: number;
+  sizeBytes: number;
+  entries: number;
+}
+
+export interface OperatorSnapshotHandle {
+  type: "operator";
+  formatVersion: number;
+  files: string[];
+  subtaskIndex: number;
+  parallelism: number;
+  sizeBytes: number;
+}
+
+interface KeyedHeader {
+  backend: BackendKind;
+  maxParallelism: number;
+  keyGroupRange: KeyGroupRange;
+  createdAt: number;
+  states: SnapshotStateMeta[];
+}
+
+let fileCounter = 0;
+/** A fresh file name in `dir` (a snapshot never overwrites an earlier one's files). */
+export function snapshotFileName(dir: string, prefix: string): string {
+  const rand = Math.floor(Math.random() * 0xffffffff).toString(16).padStart(8, "0");
+  return path.join(dir, `${prefix}-${Date.now().toString(36)}-${(++fileCounter).toString(36)}-${rand}.snap`);
+}
+
+function u32(n: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n >>> 0, true);
+  return b;
+}
+
+/** Writes a keyed snapshot file block by block (blocks may come in any key-group order). */
+export class KeyedSnapshotWriter {
+  private offset = 0;
+  private readonly index: [number, number, number, number, number][] = [];
+  private entries = 0;
+  private readonly tmp: string;
+
+  private constructor(readonly file: string, private readonly fh: fsp.FileHandle, tmp: string, private readonly header: KeyedHeader) {
+    this.tmp = tmp;
+  }
+
+  static async create(file: string, header: KeyedHeader): Promise<KeyedSnapshotWriter> {
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.tmp`;
+    const fh = await fsp.open(tmp, "w");
+    const w = new KeyedSnapshotWriter(file, fh, tmp, header);
+    const h = encode(header);
+    const pre = new Uint8Array(20);
+    pre.set(new TextEncoder().encode(KEYED_MAGIC), 0);
+    const dv = new DataView(pre.buffer);
+    dv.setUint32(8, KEYED_FORMAT_VERSION, true);
+    dv.setUint32(12, h.length, true);
+    dv.setUint32(16, crc32(h), true);
+    await w.write(pre);
+    await w.write(h);
+    return w;
+  }
+
+  private async write(b: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < b.length) {
+      const { bytesWritten } = await this.fh.write(b, done, b.length - done, this.offset + done);
+      done += bytesWritten;
+    }
+    this.offset += b.length;
+  }
+
+  /** Appends one key group's block. `bytes` may be reused by the caller once the promise resolves. */
+  async writeBlock(keyGroup: number, bytes: Uint8Array, entryCount: number): Promise<void> {
+    if (entryCount === 0) return;
+    this.index.push([keyGroup, this.offset, bytes.length, crc32(bytes), entryCount]);
+    this.entries += entryCount;
+    await this.write(bytes);
+  }
+
+  async finish(): Promise<KeyedSnapshotHandle> {
+    this.index.sort((a, b) => a[0] - b[0]);
+    const idx = encode(this.index);
+    const indexOffset = this.offset;
+    await this.write(idx);
+    const tr = new Uint8Array(TRAILER);
+    const dv = new DataView(tr.buffer);
+    dv.setUint32(0, indexOffset % 2 ** 32, true);
+    dv.setUint32(4, Math.floor(indexOffset / 2 ** 32), true);
+    dv.setUint32(8, idx.length, true);
+    dv.setUint32(12, crc32(idx), true);
+    tr.set(new TextEncoder().encode(KEYED_END_MAGIC), 16);
+    await this.write(tr);
+    await this.fh.sync();
+    await this.fh.close();
+    await fsp.rename(this.tmp, this.file);
+    return {
+      type: "keyed",
+      backend: this.header.backend,
+      formatVersion: KEYED_FORMAT_VERSION,
+      files: [this.file],
+      keyGroupRange: { ...this.header.keyGroupRange },
+      maxParallelism: this.header.maxParallelism,
+      sizeBytes: this.offset,
+      entries: this.entries,
+    };
+  }
+
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => {});
+    await fsp.rm(this.tmp, { force: true }).catch(() => {});
+  }
+}
+
+export interface BlockInfo {
+  offset: number;
+  length: number;
+  crc: number;
+  entries: number;
+}
+
+/** Reads a keyed snapshot file; every inconsistency is a StateFileError naming the file. */
+export class KeyedSnapshotReader {
+  private constructor(
+    readonly file: string,
+    private readonly fh: fsp.FileHandle,
+    readonly header: KeyedHeader,
+    readonly blocks: Map<number, BlockInfo>,
+  ) {}
+
+  static async open(file: string): Promise<KeyedSnapshotReader> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(file, "r");
+    } catch (e) {
+      throw new StateFileError(file, `cannot open keyed state snapshot: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      const size = (await fh.stat()).size;
+      const bad = (what: string) => new StateFileError(file, `corrupt keyed state snapshot: ${what}`);
+      if (size < 20 + TRAILER) throw bad(`only ${size} bytes`);
+      const pre = await readAt(fh, 0, 20);
+      if (new TextDecoder().decode(pre.subarray(0, 8)) !== KEYED_MAGIC) throw bad("bad magic number (not a keyed state snapshot)");
+      const dv = new DataView(pre.buffer, pre.byteOffset, 20);
+      const version = dv.getUint32(8, true);
+      if (version !== KEYED_FORMAT_VERSION) {
+        throw new StateFileError(file, `keyed state snapshot format version ${version} is not supported (this build reads version ${KEYED_FORMAT_VERSION})`);
+      }
+      const hLen = dv.getUint32(12, true);
+      if (20 + hLen + TRAILER > size) throw bad("header length beyond the end of the file");
+      const h = await readAt(fh, 20, hLen);
+      if (crc32(h) !== dv.getUint32(16, true)) throw bad("header checksum mismatch");
+      const header = decode(h) as KeyedHeader;
+      const tr = await readAt(fh, size - TRAILER, TRAILER);
+      if (new TextDecoder().decode(tr.subarray(16, 20)) !== KEYED_END_MAGIC) throw bad("bad trailer (truncated file?)");
+      const tv = new DataView(tr.buffer, tr.byteOffset, TRAILER);
+      const indexOffset = tv.getUint32(0, true) + tv.getUint32(4, true) * 2 ** 32;
+      const indexLen = tv.getUint32(8, true);
+      if (indexOffset < 20 + hLen || indexOffset + indexLen > size - TRAILER) throw bad("index outside the file");
+      const idx = await readAt(fh, indexOffset, indexLen);
+      if (crc32(idx) !== tv.getUint32(12, true)) throw bad("index checksum mismatch");
+      const blocks = new Map<number, BlockInfo>();
+      for (const [kg, offset, length, crc, entries] of decode(idx) as [number, number, number, number, number][]) {
+        if (offset < 20 + hLen || offset + length > indexOffset) throw bad(`block of key group ${kg} outside the data area`);
+        blocks.set(kg, { offset, length, crc, entries });
+      }
+      return new KeyedSnapshotReader(file, fh, header, blocks);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      if (e instanceof StateFileError) throw e;
+      throw new StateFileError(file, `corrupt keyed state snapshot: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  /** The block of a key group (checksum verified), or undefined when the snapshot has no entries for it. */
+  async readBlock(keyGroup: number): Promise<Uint8Array | undefined> {
+    const info = this.blocks.get(keyGroup);
+    if (info === undefined) return undefined;
+    const b = await readAt(this.fh, info.offset, info.length);
+    if (crc32(b) !== info.crc) throw new StateFileError(this.file, `corrupt keyed state snapshot: checksum mismatch in the block of key group ${keyGroup}`);
+    return b;
+  }
+
+  /** Calls `fn` for every entry of a block. */
+  forEachEntry(keyGroup: number, block: Uint8Array, fn: (state: number, key: Uint8Array, userKey: Uint8Array | null, value: Uint8Array) => void): void {
+    const r = new ByteReader(block);
+    try {
+      while (!r.done) {
+        const s = r.varint();
+        if (s >= this.header.states.length) throw new RangeError(`state index ${s} out of range`);
+        const key = r.lenBytes();
+        const ukLen = r.varint();
+        const uk = ukLen === 0 ? null : r.bytes(ukLen);
+        const value = r.lenBytes();
+        fn(s, key, uk, value);
+      }
+    } catch (e) {
+      if (e instanceof StateFileError) throw e;
+      throw new StateFileError(this.file, `corrupt keyed state snapshot: bad block of key group ${keyGroup}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close().catch(() => {});
+  }
+}
+
+async function readAt(fh: fsp.FileHandle, position: number, length: number): Promise<Uint8Array> {
+  const b = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(b, done, length - done, position + done);
+    if (bytesRead === 0) throw new RangeError(`unexpected end of file at byte ${position + done}`);
+    done += bytesRead;
+  }
+  return b;
+}
+
+/** Checks a keyed handle before restoring from it. */
+export function checkKeyedHandle(h: unknown, maxParallelism: number): asserts h is KeyedSnapshotHandle {
+  const k = h as KeyedSnapshotHandle;
+  if (k?.type !== "keyed" || !Array.isArray(k.files) || typeof k.keyGroupRange?.start !== "number") {
+    throw new TypeError(`not a keyed state snapshot handle: ${JSON.stringify(h)}`);
+  }
+  if (k.maxParallelism !== maxParallelism) {
+    throw new Error(
+      `cannot restore ${k.files.join(", ")}: it was taken with maxParallelism ${k.maxParallelism}, this backend has ${maxParallelism} (key groups cannot be remapped)`,
+    );
+  }
+}
+
+// ---- Operator state file ----
+
+export interface OperatorSnapshotPayload {
+  subtaskIndex: number;
+  parallelism: number;
+  createdAt: number;
+  lists: { name: string; mode: "split" | "union"; elements: unknown[] }[];
+  broadcast: { name: string; entries: [unknown, unknown][] }[];
+}
+
+/** Encodes synchronously (the consistent copy), so that only the file write is left for later. */
+export function encodeOperatorSnapshot(payload: OperatorSnapshotPayload): Uint8Array {
+  const p = encode(payload);
+  const out = new Uint8Array(20 + p.length);
+  out.set(new TextEncoder().encode(OPERATOR_MAGIC), 0);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(8, OPERATOR_FORMAT_VERSION, true);
+  dv.setUint32(12, p.length, true);
+  dv.setUint32(16, crc32(p), true);
+  out.set(p, 20);
+  return out;
+}
+
+export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<void> {
+  await fsp.mkdir(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp`;
+  const fh = await fsp.open(tmp, "w");
+  try {
+    let done = 0;
+    while (done < bytes.length) done += (await fh.write(bytes, done, bytes.length - done, done)).bytesWritten;
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fsp.rename(tmp, file);
+}
+
+export async function readOperatorSnapshot(file: string): Promise<OperatorSnapshotPayload> {
+  let b: Uint8Array;
+  try {
+    b = new Uint8Array(await fsp.readFile(file));
+  } catch (e) {
+    throw new StateFileError(file, `cannot read operator state snapshot: ${(e as Error).message}`, { cause: e });
+  }
+  const bad = (what: string) => new StateFileError(file, `corrupt operator state snapshot: ${what}`);
+  if (b.length < 20 || new TextDecoder().decode(b.subarray(0, 8)) !== OPERATOR_MAGIC) throw bad("bad magic number (not an operator state snapshot)");
+  const dv = new DataView(b.buffer, b.byteOffset, b.length);
+  const version = dv.getUint32(8, true);
+  if (version !== OPERATOR_FORMAT_VERSION) {
+    throw new StateFileError(file, `operator state snapshot format version ${version} is not supported (this build reads version ${OPERATOR_FORMAT_VERSION})`);
+  }
+  const len = dv.getUint32(12, true);
+  if (20 + len !== b.length) throw bad(`payload length ${len} does not match the file size ${b.length}`);
+  const p = b.subarray(20);
+  if (crc32(p) !== dv.getUint32(16, true)) throw bad("checksum mismatch");
+  try {
+    return decode(p) as OperatorSnapshotPayload;
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+}
+
+export function fileSize(file: string): number {
+  return fs.statSync(file).size;
+}
