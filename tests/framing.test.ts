@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrame } from "../src/rpc/framing.ts";
+import { rng } from "./helpers.ts";
 
 /** Bodies of varied msgpack types and sizes (all survive a msgpack round trip unchanged). */
 const BODIES: unknown[] = [
@@ -28,17 +29,6 @@ const BODIES: unknown[] = [
   { big: Array.from({ length: 5000 }, (_, i) => ({ i, name: `item-${i}`, even: i % 2 === 0 })) },
 ];
 
-/** mulberry32: a small seeded PRNG so the tests are reproducible. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The frame header as specified: u32 big-endian body length. */
 function header(length: number): Uint8Array {

@@ -7,6 +7,18 @@ import type { Subprocess } from "bun";
 export const ROOT = path.resolve(import.meta.dir, "..");
 export const BUN = process.execPath;
 
+/** mulberry32: a small seeded PRNG, so randomized tests are reproducible. */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 const tempDirs: string[] = [];
 export function tempDir(prefix = "tm-test-"): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));

@@ -8,6 +8,7 @@ import {
   keyGroupRange,
   operatorIndexForKeyGroup,
 } from "../src/state/key-groups.ts";
+import { rng } from "./helpers.ts";
 
 /** (parallelism, maxParallelism) pairs, including edge cases: 1, p == max, p not dividing max, primes. */
 const PAIRS: [number, number][] = [
@@ -63,16 +64,6 @@ function flinkKeyGroup(javaHash: number, maxParallelism: number): number {
   return flinkMurmur(javaHash) % maxParallelism;
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomString(next: () => number): string {
   const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_éü中文😀";

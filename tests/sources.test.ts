@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SOURCE_CHUNK, readSource, textFileLines } from "../src/runtime/sources.ts";
+import { rng } from "./helpers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tm-sources-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -10,16 +11,6 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
 const PARALLELISMS = [1, 2, 3, 4, 5, 6, 7];
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let fileCount = 0;
 function writeTemp(content: string | Uint8Array): string {

@@ -107,11 +107,34 @@ export class StreamExecutionEnvironment {
   }
 }
 
-export class DataStream<T> {
+/** Settings every operator takes: parallelism, name, uid. */
+class OperatorSettings {
+  constructor(protected readonly node: PlanNode) {}
+
+  setParallelism(parallelism: number): this {
+    this.node.parallelism = positiveInt(parallelism, "setParallelism");
+    return this;
+  }
+
+  name(name: string): this {
+    this.node.name = name;
+    return this;
+  }
+
+  /** Stable id of the operator, so its state can be matched across job versions. */
+  uid(uid: string): this {
+    this.node.uid = uid;
+    return this;
+  }
+}
+
+export class DataStream<T> extends OperatorSettings {
   constructor(
     protected readonly env: StreamExecutionEnvironment,
-    protected readonly node: PlanNode,
-  ) {}
+    node: PlanNode,
+  ) {
+    super(node);
+  }
 
   map<R>(fn: MapFunction<T, R>): DataStream<R> {
     return this.then("map", fn, "Map");
@@ -179,23 +202,11 @@ export class DataStream<T> {
     return this.sink({ type: "function", fn }, "Sink");
   }
 
-  setParallelism(parallelism: number): this {
+  override setParallelism(parallelism: number): this {
     if (this.node.kind === "source" && this.node.source.type === "collection" && parallelism !== 1) {
       throw new Error("setParallelism: a collection source is non-parallel (parallelism 1)");
     }
-    this.node.parallelism = positiveInt(parallelism, "setParallelism");
-    return this;
-  }
-
-  name(name: string): this {
-    this.node.name = name;
-    return this;
-  }
-
-  /** Stable id of the operator, so its state can be matched across job versions. */
-  uid(uid: string): this {
-    this.node.uid = uid;
-    return this;
+    return super.setParallelism(parallelism);
   }
 
   disableChaining(): this {
@@ -262,21 +273,7 @@ export class KeyedStream<T, K> extends DataStream<T> {
   }
 }
 
-export class DataSink {
-  constructor(private readonly node: PlanNode) {}
-  setParallelism(parallelism: number): this {
-    this.node.parallelism = positiveInt(parallelism, "setParallelism");
-    return this;
-  }
-  name(name: string): this {
-    this.node.name = name;
-    return this;
-  }
-  uid(uid: string): this {
-    this.node.uid = uid;
-    return this;
-  }
-}
+export class DataSink extends OperatorSettings {}
 
 function positiveInt(n: number, what: string): number {
   if (!Number.isInteger(n) || n < 1) throw new Error(`${what}: expected an integer >= 1, got ${n}`);
