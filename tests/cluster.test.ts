@@ -126,8 +126,9 @@ describe("local cluster", () => {
         import { ValueStateDescriptor, ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor } from ${api};
         export default (env) => {
           env.setStateBackend(${JSON.stringify(backend)}).setParallelism(2);
-          env.fromSequence(0, 2999)
-            .map((i) => ({ user: "u" + (i % 7), amount: i % 10, i }))
+          // One producer, so each key's events arrive in sequence order (the expectation below relies on it).
+          env.fromSequence(0, 2999).setParallelism(1)
+            .map((i) => ({ user: "u" + (i % 7), amount: i % 10, i })).setParallelism(1)
             .keyBy((e) => e.user)
             .process({
               open(ctx) {
