@@ -527,6 +527,37 @@ describe.each(VARIANTS)("keyed state: %s", (_name, variant) => {
     expect(s.value()).toEqual({ n: -4 });
   });
 
+  test("clear and restore while a snapshot is being written: nothing comes back from the snapshot", async () => {
+    const b = await makeBackend(variant);
+    const v = b.getState(new ValueStateDescriptor<number>("v"));
+    const m = b.getMapState(new MapStateDescriptor<string, number>("m"));
+    b.setCurrentKey("x");
+    v.update(2);
+    const h0 = await b.snapshot(freshDir());
+    v.update(1);
+    m.put("a", 1);
+    const pending = b.snapshot(freshDir());
+    b.setCurrentKey("x");
+    m.clear();
+    const restoring = b.restore([h0]);
+    const [h1] = await Promise.all([pending, restoring]);
+    b.setCurrentKey("x");
+    expect(v.value()).toBe(2);
+    expect(m.isEmpty()).toBe(true);
+    const r = await makeBackend(variant, undefined, undefined, [h1]);
+    r.setCurrentKey("x");
+    expect(r.getState(new ValueStateDescriptor<number>("v")).value()).toBe(1);
+    expect([...r.getMapState(new MapStateDescriptor<string, number>("m")).entries()]).toEqual([["a", 1]]);
+    // A map cleared while its entries wait to be written behind stays cleared.
+    b.setCurrentKey("y");
+    m.put("b", 1);
+    const p2 = b.snapshot(freshDir());
+    m.clear();
+    const h2 = await p2;
+    expect(m.isEmpty()).toBe(true);
+    expect(h2.entries).toBe(2); // x's value and y's map entry
+  });
+
   test("restore replaces the previous contents and takes only the backend's own key groups", async () => {
     const a = await makeBackend(variant);
     const s = a.getState(new ValueStateDescriptor<number>("v"));

@@ -1,9 +1,9 @@
 // The heap backend: plain JS Maps, one per state and key group, holding the values themselves (no copies).
 //
-// Snapshot: the synchronous part marks every key group of the range as pending and serializes the current key's
-// group (the only one an operator can reach without calling setCurrentKey). From then on, the first
-// setCurrentKey into a pending group (or a cleanup step or restore touching it) serializes that group before it
-// can change, while the async part serializes the untouched groups in the background and writes the file. Each
+// Snapshot: the synchronous part marks every key group of the range as pending. From then on, the first
+// setCurrentKey into a pending group, the first state access in the current key's group (which an operator can
+// reach without calling setCurrentKey), or a cleanup step or restore touching a group, serializes that group
+// before it can change, while the async part serializes the untouched groups in the background and writes the file. Each
 // group is serialized exactly once, as it was at the snapshot, without copying any map or value.
 import {
   checkCompatible,
@@ -41,6 +41,8 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   /** pending[i] === 1: key group i belongs to the running snapshot and is not serialized yet. */
   private pending: Uint8Array | null = null;
   private job: HeapSnapshotJob | null = null;
+  /** Set at a snapshot's start: the next state access must check the current key group. */
+  private guardCurrent = false;
   private readonly listWriter = new ByteWriter(1024);
   private cleanupCursor = { table: 0, kg: 0, iter: null as Iterator<[HeapKey, unknown]> | null };
 
@@ -50,7 +52,19 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   }
 
   protected keyChanged(kgIdx: number): void {
+    this.guardCurrent = false;
     if (this.pending !== null && this.pending[kgIdx] === 1) this.job!.serialize(kgIdx);
+  }
+
+  /** The current key group's index, for a state access: serializes it first if a snapshot still needs it. */
+  groupIndex(): number {
+    const i = this.kgIdx;
+    if (i < 0) this.noKey();
+    if (this.guardCurrent) {
+      this.guardCurrent = false;
+      if (this.pending !== null && this.pending[i] === 1) this.job!.serialize(i);
+    }
+    return i;
   }
 
   private tableFor(meta: SnapshotStateMeta, where: string): HeapTable {
@@ -164,7 +178,8 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
     const job = new HeapSnapshotJob(this, [...this.tableList], this.clock());
     this.job = job;
     this.pending = job.pending;
-    if (this.kgIdx >= 0) job.serialize(this.kgIdx);
+    // The current key's group can change without another setCurrentKey: its first access serializes it.
+    this.guardCurrent = this.kgIdx >= 0;
     // Asynchronous part.
     let writer: KeyedSnapshotWriter | undefined;
     try {
@@ -325,21 +340,18 @@ class HeapSnapshotJob {
 class HeapValueCell implements ValueCell {
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
   get(): unknown {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     const m = this.t.maps[i];
     return m === undefined ? undefined : m.get(this.b.hk);
   }
   put(s: unknown): void {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     let m = this.t.maps[i];
     if (m === undefined) m = this.t.maps[i] = new Map();
     m.set(this.b.hk, s);
   }
   remove(): void {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     this.t.maps[i]?.delete(this.b.hk);
   }
 }
@@ -347,8 +359,7 @@ class HeapValueCell implements ValueCell {
 class HeapListCell implements ListCell {
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
   private map(create: boolean): KgMap | undefined {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     let m = this.t.maps[i];
     if (m === undefined && create) m = this.t.maps[i] = new Map();
     return m;
@@ -380,8 +391,7 @@ class HeapListCell implements ListCell {
 class HeapMapCell implements MapCell {
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
   private inner(create: boolean): KgMap | undefined {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     let m = this.t.maps[i];
     if (m === undefined) {
       if (!create) return undefined;
@@ -416,8 +426,7 @@ class HeapMapCell implements MapCell {
     return inner === undefined || inner.size === 0;
   }
   clear(): void {
-    const i = this.b.kgIdx;
-    if (i < 0) this.b.noKey();
+    const i = this.b.groupIndex();
     this.t.maps[i]?.delete(this.b.hk);
   }
 }

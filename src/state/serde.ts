@@ -6,11 +6,16 @@ import { canonicalKey } from "./key-groups.ts";
 const packr = new Packr({ useRecords: false, useBigIntExtension: true, mapsAsObjects: true });
 
 /** A fresh (unshared) byte array holding the msgpack encoding of `v`. */
-const sliceBytes = Uint8Array.prototype.slice; // a copy (Buffer's own slice is a view)
 export function encode(v: unknown): Uint8Array {
-  // REUSE_BUFFER_MODE returns msgpackr's whole buffer with start/end set: one allocation (the copy) per call.
+  // REUSE_BUFFER_MODE returns msgpackr's whole buffer with start/end set: no view object, only the copy (a plain
+  // Uint8Array; Buffer's own slice would be a view into msgpackr's buffer).
   const target = packr.pack(v, REUSE_BUFFER_MODE | RESET_BUFFER_MODE) as unknown as Uint8Array & { start: number; end: number };
-  return sliceBytes.call(target, target.start, target.end);
+  const start = target.start;
+  const n = target.end - start;
+  const out = new Uint8Array(n);
+  if (n <= 64) for (let i = 0; i < n; i++) out[i] = target[start + i]!;
+  else out.set(target.subarray(start, target.end));
+  return out;
 }
 
 /** The encoding of `v` in a scratch buffer that the next encode overwrites: copy it or use it at once. */

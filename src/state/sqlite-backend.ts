@@ -45,12 +45,11 @@ export const ENTRY_OVERHEAD = 260;
 const EMPTY = new Uint8Array(0);
 const FLUSH_BATCH = 16_384;
 
-/** Identifies a row (state id, key bytes, user-key bytes) within a key group, as a string. */
-function rowId(state: number, k: Uint8Array, uk: Uint8Array): string {
-  let s = `${state}:${k.length}:`;
-  for (let i = 0; i < k.length; i++) s += String.fromCharCode(k[i]!);
-  for (let i = 0; i < uk.length; i++) s += String.fromCharCode(uk[i]!);
-  return s;
+/** SQLite's BLOB order: memcmp, then the shorter first. */
+function compareBytes(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i]! - b[i]!;
+  return a.length - b.length;
 }
 
 export interface SqliteBackendOptions extends BackendOptions {
@@ -62,7 +61,8 @@ export interface SqliteBackendOptions extends BackendOptions {
   pageCacheBytes?: number;
   /**
    * Run a full garbage collection (Bun.gc(true), or globalThis.gc where exposed) each time this many bytes of
-   * cache entries have been evicted; 0 disables it. Default: the cache bound, i.e. once per cache turnover.
+   * cache entries have been evicted; 0 disables it. Default: the cache bound (at least 32 MiB), i.e. about once
+   * per cache turnover.
    * Evicted entries are old-generation garbage, which the engine otherwise lets pile up to several times the
    * cache size before collecting it (see tests/state-sqlite-rss.test.ts).
    */
@@ -153,7 +153,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     super(opts);
     this.path = opts.path;
     this.cacheLimit = Math.max(64 * 1024, opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
-    this.gcEvery = opts.gcEveryEvictedBytes ?? this.cacheLimit;
+    this.gcEvery = opts.gcEveryEvictedBytes ?? Math.max(this.cacheLimit, 32 * 1024 * 1024);
     const p = (c: { sql: string }) => driver.prepare(c.sql);
     this.s = {
       get: p(q.get),
@@ -383,6 +383,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
 
   /** Drops the whole cache without writing anything. */
   private dropCache(): void {
+    for (let l = this.lru.next; l !== this.lru; l = l.next) (l as Entry).dirty = false;
     for (const t of this.byId.values()) {
       t.values.clear();
       t.maps.clear();
@@ -524,7 +525,10 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       this.unlink(e);
       this.cacheUsed -= e.size;
       this.entryCount--;
-      if (e.dirty) this.dirtyCount--;
+      if (e.dirty) {
+        e.dirty = false; // superseded by the delete (and must not be flushed by a snapshot's write-behind)
+        this.dirtyCount--;
+      }
     }
     t.maps.delete(this.hk);
   }
@@ -685,24 +689,30 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         if (rows.length === 0 && dirty === undefined) continue;
         w.reset();
         entries = 0;
-        let replaced: Set<string> | undefined;
-        if (dirty !== undefined) {
-          replaced = new Set();
-          for (const d of dirty) {
-            const k = keyBytesOfHeapKey(d.e.hk);
-            const uk = d.e.node === null ? EMPTY : keyBytesOfHeapKey(d.e.uhk);
-            replaced.add(rowId(d.e.t.id, k, uk));
-            if (d.bytes !== null) emit(d.s, k, uk, d.bytes);
-          }
-        }
+        // Rows come in primary-key order; merge the dirty entries (sorted the same way) into them.
+        const d = (dirty ?? [])
+          .map((o) => ({ id: o.e.t.id, s: o.s, k: keyBytesOfHeapKey(o.e.hk), uk: o.e.node === null ? EMPTY : keyBytesOfHeapKey(o.e.uhk), bytes: o.bytes }))
+          .sort((a, b) => a.id - b.id || compareBytes(a.k, b.k) || compareBytes(a.uk, b.uk));
+        let j = 0;
         for (const r of rows) {
-          const s = index.get(Number(r.state));
-          if (s === undefined) continue; // registered after the snapshot began: no rows in this view
+          const id = Number(r.state);
           const k = r.k as Uint8Array;
           const uk = r.uk as Uint8Array;
-          if (replaced !== undefined && replaced.has(rowId(Number(r.state), k, uk))) continue;
+          let c = -1;
+          while (j < d.length) {
+            const o = d[j]!;
+            c = id - o.id || compareBytes(k, o.k) || compareBytes(uk, o.uk);
+            if (c < 0) break;
+            if (o.bytes !== null) emit(o.s, o.k, o.uk, o.bytes);
+            j++;
+            if (c === 0) break;
+          }
+          if (c === 0) continue; // replaced by the dirty entry
+          const s = index.get(id);
+          if (s === undefined) continue; // registered after the snapshot began: no rows in this view
           emit(s, k, uk, r.v as Uint8Array);
         }
+        for (; j < d.length; j++) if (d[j]!.bytes !== null) emit(d[j]!.s, d[j]!.k, d[j]!.uk, d[j]!.bytes!);
         await writer.writeBlock(kg, w.result(), entries);
       }
       reader.exec("COMMIT");
