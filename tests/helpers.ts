@@ -115,13 +115,19 @@ export class Child {
   }
 
   /** Waits until stdout+stderr match the pattern; returns the match. */
-  waitForOutput(pattern: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
-    return waitFor(`output ${pattern} from pid ${this.pid}`, () => {
-      if (this.proc.exitCode !== null && !pattern.test(this.stdout + this.stderr)) {
-        throw new Error(`process ${this.pid} exited with ${this.proc.exitCode} before printing ${pattern}:\n${this.stderr.slice(-2000)}`);
-      }
-      return (this.stdout + this.stderr).match(pattern);
-    }, timeoutMs);
+  async waitForOutput(pattern: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
+    try {
+      return await waitFor(`output ${pattern} from pid ${this.pid}`, () => {
+        if (this.proc.exitCode !== null && !pattern.test(this.stdout + this.stderr)) {
+          throw new Error(`process ${this.pid} exited with ${this.proc.exitCode} before printing ${pattern}:\n${this.stderr.slice(-2000)}`);
+        }
+        return (this.stdout + this.stderr).match(pattern);
+      }, timeoutMs);
+    } catch (err) {
+      // What the process did print is what tells why the expected line never came.
+      (err as Error).message += `\nlast output of pid ${this.pid}:\n${(this.stdout + this.stderr).slice(-2000)}`;
+      throw err;
+    }
   }
 
   async exited(timeoutMs = 60_000): Promise<number> {
