@@ -49,8 +49,23 @@ describe("defaults", () => {
       "taskmanager.state.dir": "",
       "taskmanager.registration.initial-backoff": 100,
       "taskmanager.registration.max-backoff": 10_000,
-      "heartbeat.interval": 10_000,
-      "heartbeat.timeout": 50_000,
+      "heartbeat.interval": 1_000,
+      "heartbeat.timeout": 6_000,
+      "execution.checkpointing.interval": 0,
+      "execution.checkpointing.mode": "EXACTLY_ONCE",
+      "execution.checkpointing.timeout": 600_000,
+      "execution.checkpointing.min-pause": 0,
+      "execution.checkpointing.max-concurrent-checkpoints": 1,
+      "state.checkpoints.dir": "",
+      "state.checkpoints.num-retained": 1,
+      "state.savepoints.dir": "",
+      "restart-strategy.type": "auto",
+      "restart-strategy.fixed-delay.attempts": 3,
+      "restart-strategy.fixed-delay.delay": 1_000,
+      "restart-strategy.exponential-delay.initial-backoff": 1_000,
+      "restart-strategy.exponential-delay.max-backoff": 60_000,
+      "restart-strategy.exponential-delay.backoff-multiplier": 2,
+      "restart-strategy.exponential-delay.max-attempts": 2147483647,
       "parallelism.default": 1,
       "log.level": "info",
     });
@@ -275,12 +290,12 @@ log.level = "warn"
 
 describe("cross-key checks", () => {
   test("heartbeat.timeout must be greater than heartbeat.interval; the error names both keys and sources", () => {
-    const file = tomlFile(`[heartbeat]\ntimeout = "10 s"\n`);
+    const file = tomlFile(`[heartbeat]\ntimeout = "1 s"\n`);
     expect(errorOf(() => loadConfig({ file }))).toBe(
-      `heartbeat.timeout (10 s, from ${file}) must be greater than heartbeat.interval (10 s, default)`,
+      `heartbeat.timeout (1 s, from ${file}) must be greater than heartbeat.interval (1 s, default)`,
     );
     expect(errorOf(() => loadConfig({ env: { TM_HEARTBEAT_INTERVAL: "1 min" } }))).toBe(
-      `heartbeat.timeout (50 s, default) must be greater than heartbeat.interval (1 min, from TM_HEARTBEAT_INTERVAL)`,
+      `heartbeat.timeout (6 s, default) must be greater than heartbeat.interval (1 min, from TM_HEARTBEAT_INTERVAL)`,
     );
   });
 

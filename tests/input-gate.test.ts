@@ -126,10 +126,10 @@ describe("InputGate", () => {
   test("finished only when every channel's END has been polled; other events do not count", () => {
     const gate = new InputGate(["a", "b"]);
     expect(gate.finished).toBe(false);
-    gate.onEvent("a", { type: "barrier", checkpointId: 1 });
+    gate.onEvent("a", { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" });
     gate.onEvent("a", END);
     expect(pollAll(gate)).toEqual([
-      { channel: "a", event: { type: "barrier", checkpointId: 1 } },
+      { channel: "a", event: { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" } },
       { channel: "a", event: END },
     ]);
     expect(gate.finished).toBe(false);
@@ -234,10 +234,10 @@ describe("InputGate", () => {
     const w3 = tracked(gate.waitNext());
     await settle();
     expect(w3.done).toBe(false);
-    gate.onEvent("a", { type: "barrier", checkpointId: 2 });
+    gate.onEvent("a", { type: "barrier", checkpointId: 2, timestamp: 0, dir: "" });
     await settle();
     expect(w3.done).toBe(true);
-    expect(gate.poll()).toEqual({ channel: "a", event: { type: "barrier", checkpointId: 2 } });
+    expect(gate.poll()).toEqual({ channel: "a", event: { type: "barrier", checkpointId: 2, timestamp: 0, dir: "" } });
     expect(gate.poll()).toBeNull();
   });
 

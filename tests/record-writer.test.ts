@@ -189,7 +189,7 @@ describe("RecordWriter: connect", () => {
     const ids = ["a", "b"];
     const { w, pool, sender } = setup(ids, (r) => (r as number) % 2, { segmentSize: 64, connect: false });
     for (let i = 0; i < 200; i++) w.emit(i);
-    w.broadcastEvent({ type: "barrier", checkpointId: 1 });
+    w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "" });
     for (let i = 200; i < 210; i++) w.emit(i);
     w.flush();
     expect(sender.log).toEqual([]);
@@ -199,7 +199,7 @@ describe("RecordWriter: connect", () => {
     w.connect("a", sender);
     expect(sender.log.every((c) => c.channel === "a")).toBe(true);
     const evens = range(210).filter((i) => i % 2 === 0);
-    expect(sender.stream("a")).toEqual([...evens.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1 } }, ...evens.filter((i) => i >= 200)]);
+    expect(sender.stream("a")).toEqual([...evens.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" } }, ...evens.filter((i) => i >= 200)]);
     const before = sender.log.length;
 
     // Once connected, new data goes out as soon as a buffer is finished.
@@ -210,10 +210,10 @@ describe("RecordWriter: connect", () => {
 
     w.connect("b", sender);
     const odds = range(214).filter((i) => i % 2 === 1);
-    expect(sender.stream("b")).toEqual([...odds.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1 } }, ...odds.filter((i) => i >= 200)]);
+    expect(sender.stream("b")).toEqual([...odds.filter((i) => i < 200), { ev: { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" } }, ...odds.filter((i) => i >= 200)]);
     expect(sender.stream("a")).toEqual([
       ...evens.filter((i) => i < 200),
-      { ev: { type: "barrier", checkpointId: 1 } },
+      { ev: { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" } },
       ...evens.filter((i) => i >= 200),
       ...[210, 212],
     ]);
@@ -378,7 +378,7 @@ describe("RecordWriter: events", () => {
     const ids = ["a", "b", "c"];
     const { w, sender } = setup(ids, (r) => (r as number) % 3, { segmentSize: 64 });
     for (let i = 0; i < 100; i++) w.emit(i);
-    w.broadcastEvent({ type: "barrier", checkpointId: 5 });
+    w.broadcastEvent({ type: "barrier", checkpointId: 5, timestamp: 0, dir: "" });
     for (let i = 100; i < 130; i++) w.emit(i);
     w.broadcastEvent({ type: "watermark", timestamp: 42 });
     w.flush();
@@ -386,7 +386,7 @@ describe("RecordWriter: events", () => {
       const mine = (from: number, to: number) => range(to - from, from).filter((i) => i % 3 === c);
       expect(sender.stream(id)).toEqual([
         ...mine(0, 100),
-        { ev: { type: "barrier", checkpointId: 5 } },
+        { ev: { type: "barrier", checkpointId: 5, timestamp: 0, dir: "" } },
         ...mine(100, 130),
         { ev: { type: "watermark", timestamp: 42 } },
       ]);
@@ -400,13 +400,13 @@ describe("RecordWriter: events", () => {
     w.flush(); // b: one buffer, held by the consumer
     for (let i = 0; i < 100; i++) w.emit({ to: 0, n: i }); // a: two buffers and overflow
     expect(w.backpressured).toBe(true);
-    w.broadcastEvent({ type: "barrier", checkpointId: 9 });
-    expect(sender.events("b")).toEqual([{ type: "barrier", checkpointId: 9 }]);
+    w.broadcastEvent({ type: "barrier", checkpointId: 9, timestamp: 0, dir: "" });
+    expect(sender.events("b")).toEqual([{ type: "barrier", checkpointId: 9, timestamp: 0, dir: "" }]);
     expect(sender.events("a")).toEqual([]);
     for (let i = 100; i < 120; i++) w.emit({ to: i % 2, n: i });
     while (sender.recycleOne()) await settle();
     sender.drainAll();
-    const ev = { ev: { type: "barrier", checkpointId: 9 } };
+    const ev = { ev: { type: "barrier", checkpointId: 9, timestamp: 0, dir: "" } };
     expect(sender.stream("a")).toEqual([...range(100).map((n) => ({ to: 0, n })), ev, ...range(10).map((k) => ({ to: 0, n: 100 + 2 * k }))]);
     expect(sender.stream("b")).toEqual([{ to: 1, n: -1 }, ev, ...range(10).map((k) => ({ to: 1, n: 101 + 2 * k }))]);
   });
@@ -520,12 +520,12 @@ describe("RecordWriter: backlog and counters", () => {
     w.flush(); // buffer 1
     w.emit(2);
     w.flush(); // buffer 2
-    w.broadcastEvent({ type: "barrier", checkpointId: 1 });
+    w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "" });
     w.emit(3);
     w.flush(); // buffer 3
     w.broadcastEvent({ type: "watermark", timestamp: 7 });
     w.connect("c", sender);
-    expect(sender.stream("c")).toEqual([1, 2, { ev: { type: "barrier", checkpointId: 1 } }, 3, { ev: { type: "watermark", timestamp: 7 } }]);
+    expect(sender.stream("c")).toEqual([1, 2, { ev: { type: "barrier", checkpointId: 1, timestamp: 0, dir: "" } }, 3, { ev: { type: "watermark", timestamp: 7 } }]);
     // Behind buffer 1: buffers 2 and 3; behind buffer 2: buffer 3; behind buffer 3: none.
     expect(sender.buffers().map((b) => b.backlog)).toEqual([2, 1, 0]);
   });

@@ -30,6 +30,9 @@ export interface JobGraph {
   /** Shape of the whole plan (ids, kinds, inputs, parallelism, partitioners, source and sink types); a task checks that its Worker rebuilt the same plan. */
   planFingerprint: string;
   stateBackend: "heap" | "sqlite" | null;
+  /** The job's own checkpoint interval (0 = the cluster's) and mode (null = the cluster's). */
+  checkpointInterval?: number;
+  checkpointingMode?: "EXACTLY_ONCE" | "AT_LEAST_ONCE" | null;
 }
 
 export class JobGraphError extends Error {
@@ -138,6 +141,8 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     bufferTimeoutMs: settings.bufferTimeoutMs,
     planFingerprint: planFingerprint(nodes),
     stateBackend: settings.stateBackend,
+    checkpointInterval: settings.checkpointInterval ?? 0,
+    checkpointingMode: settings.checkpointingMode ?? null,
   };
 }
 

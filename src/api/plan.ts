@@ -63,7 +63,9 @@ export type SinkFunction<T = any> = ((value: T) => void) | { open?(ctx: RuntimeC
 export type SinkSpec =
   | { type: "print"; prefix?: string }
   | { type: "textFile"; path: string }
-  | { type: "function"; fn: SinkFunction };
+  | { type: "function"; fn: SinkFunction }
+  /** Exactly-once files (two-phase commit on checkpoints): see src/runtime/file-sink.ts. */
+  | { type: "fileSink"; path: string };
 
 export type PartitionSpec = "rebalance" | "rescale" | "broadcast" | "forward" | "custom";
 
@@ -102,7 +104,12 @@ export interface JobSettings {
   runtimeMode: "streaming" | "batch";
   bufferTimeoutMs: number;
   name: string | null;
+  /** Checkpoint interval in ms (0 = the cluster's execution.checkpointing.interval), and the mode. */
+  checkpointInterval: number;
+  checkpointingMode: CheckpointingMode | null;
 }
+
+export type CheckpointingMode = "EXACTLY_ONCE" | "AT_LEAST_ONCE";
 
 export interface Plan {
   nodes: PlanNode[];

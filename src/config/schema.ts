@@ -24,6 +24,21 @@ export interface Config {
   "taskmanager.registration.max-backoff": number;
   "heartbeat.interval": number;
   "heartbeat.timeout": number;
+  "execution.checkpointing.interval": number;
+  "execution.checkpointing.mode": "EXACTLY_ONCE" | "AT_LEAST_ONCE";
+  "execution.checkpointing.timeout": number;
+  "execution.checkpointing.min-pause": number;
+  "execution.checkpointing.max-concurrent-checkpoints": number;
+  "state.checkpoints.dir": string;
+  "state.checkpoints.num-retained": number;
+  "state.savepoints.dir": string;
+  "restart-strategy.type": "auto" | "none" | "fixed-delay" | "exponential-delay";
+  "restart-strategy.fixed-delay.attempts": number;
+  "restart-strategy.fixed-delay.delay": number;
+  "restart-strategy.exponential-delay.initial-backoff": number;
+  "restart-strategy.exponential-delay.max-backoff": number;
+  "restart-strategy.exponential-delay.backoff-multiplier": number;
+  "restart-strategy.exponential-delay.max-attempts": number;
   "parallelism.default": number;
   "state.backend": "heap" | "sqlite";
   "state.backend.sqlite.cache-size": number;
@@ -139,13 +154,88 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   },
   "heartbeat.interval": {
     type: { kind: "duration", min: 1 },
-    default: 10 * SECOND,
-    doc: "How often each side sends a heartbeat.",
+    default: 1 * SECOND,
+    doc: "How often each side sends a heartbeat (answered on the main thread, never behind a task).",
   },
   "heartbeat.timeout": {
     type: { kind: "duration" },
-    default: 50 * SECOND,
+    default: 6 * SECOND,
     doc: "Peer declared lost after this long without a heartbeat; must be greater than heartbeat.interval.",
+  },
+  "execution.checkpointing.interval": {
+    type: { kind: "duration" },
+    default: 0,
+    doc: "Checkpoint interval of jobs that do not call enableCheckpointing (0 = checkpointing off).",
+  },
+  "execution.checkpointing.mode": {
+    type: { kind: "enum", values: ["EXACTLY_ONCE", "AT_LEAST_ONCE"] },
+    default: "EXACTLY_ONCE",
+    doc: "EXACTLY_ONCE aligns barriers (a task holds back inputs that delivered barrier n until all have); AT_LEAST_ONCE does not.",
+  },
+  "execution.checkpointing.timeout": {
+    type: { kind: "duration", min: 1 },
+    default: 10 * MINUTE,
+    doc: "A checkpoint not complete after this long is aborted and its files removed; the job keeps running.",
+  },
+  "execution.checkpointing.min-pause": {
+    type: { kind: "duration" },
+    default: 0,
+    doc: "Least time between the end of one checkpoint and the trigger of the next.",
+  },
+  "execution.checkpointing.max-concurrent-checkpoints": {
+    type: { kind: "integer", min: 1, max: 16 },
+    default: 1,
+    doc: "Checkpoints in progress at once.",
+  },
+  "state.checkpoints.dir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Checkpoint storage, a directory every TaskManager and the JobManager can write (local disk or a shared mount); empty = checkpoints under jobmanager.storage.dir.",
+  },
+  "state.checkpoints.num-retained": {
+    type: { kind: "integer", min: 1, max: 1000 },
+    default: 1,
+    doc: "Completed checkpoints kept per job; older ones are deleted.",
+  },
+  "state.savepoints.dir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Default target of savepoints; empty = savepoints/ under the checkpoint storage.",
+  },
+  "restart-strategy.type": {
+    type: { kind: "enum", values: ["auto", "none", "fixed-delay", "exponential-delay"] },
+    default: "auto",
+    doc: "What a job does after a task or TaskManager failure: restart from the latest checkpoint (fixed-delay, exponential-delay) or fail (none); auto = exponential-delay when checkpointing is on, else none.",
+  },
+  "restart-strategy.fixed-delay.attempts": {
+    type: { kind: "integer", min: 0 },
+    default: 3,
+    doc: "Restarts before the job fails (fixed-delay).",
+  },
+  "restart-strategy.fixed-delay.delay": {
+    type: { kind: "duration" },
+    default: 1 * SECOND,
+    doc: "Pause before each restart (fixed-delay).",
+  },
+  "restart-strategy.exponential-delay.initial-backoff": {
+    type: { kind: "duration" },
+    default: 1 * SECOND,
+    doc: "Pause before the first restart (exponential-delay).",
+  },
+  "restart-strategy.exponential-delay.max-backoff": {
+    type: { kind: "duration" },
+    default: 1 * MINUTE,
+    doc: "Longest pause between restarts (exponential-delay).",
+  },
+  "restart-strategy.exponential-delay.backoff-multiplier": {
+    type: { kind: "integer", min: 1, max: 100 },
+    default: 2,
+    doc: "Each pause is the previous one times this (exponential-delay).",
+  },
+  "restart-strategy.exponential-delay.max-attempts": {
+    type: { kind: "integer", min: 0 },
+    default: 2147483647,
+    doc: "Restarts before the job fails (exponential-delay).",
   },
   "parallelism.default": {
     type: { kind: "integer", min: 1 },

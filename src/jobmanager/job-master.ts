@@ -1,5 +1,6 @@
 // Runs one job: waits for slots, deploys every subtask (eagerly, as streaming jobs need), follows task
-// states to the job's final state, and cancels the remaining tasks when one fails.
+// states to the job's final state, coordinates its checkpoints, and on a failure cancels the remaining tasks and
+// either restarts the job from its latest completed checkpoint (restart strategy) or fails it.
 import type { JobGraph } from "../api/job-graph.ts";
 import { consumersOf, producersOf, requiredSlots } from "../api/job-graph.ts";
 import {
@@ -10,12 +11,28 @@ import {
   type JobStatus,
   type TaskDeployment,
   type TaskMetrics,
+  type TaskRestore,
   type TaskState,
   type VertexStatus,
   emptyMetrics,
 } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import type { RegisteredTaskManager, ResourceManager, SlotAssignment } from "./resource-manager.ts";
+import { CheckpointCoordinator, type CheckpointOptions } from "./checkpoint-coordinator.ts";
+import { CheckpointStore, readMetadata, type CheckpointMetadata } from "./checkpoint-store.ts";
+
+export type RestartStrategy =
+  | { type: "none" }
+  | { type: "fixed-delay"; attempts: number; delayMs: number }
+  | { type: "exponential-delay"; attempts: number; initialMs: number; maxMs: number; multiplier: number };
+
+export interface JobMasterOptions {
+  slotTimeoutMs: number;
+  restart: RestartStrategy;
+  checkpointing: Omit<CheckpointOptions, "store"> & { mode: "EXACTLY_ONCE" | "AT_LEAST_ONCE"; baseDir: string; retained: number };
+  /** A savepoint or checkpoint to start from (already read and checked). */
+  initialRestore: { meta: CheckpointMetadata; path: string } | null;
+}
 
 const log = createLogger("jobmaster");
 const CANCEL_TIMEOUT_MS = 10_000;
@@ -35,6 +52,12 @@ export class JobMaster {
   readonly executions = new Map<string, Execution>();
   private doneWaiters: (() => void)[] = [];
   private cancelTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Restarts so far: the current attempt's number. */
+  attempt = 0;
+  private restartPending = false;
+  private restoredFrom: { meta: CheckpointMetadata; path: string } | null;
+  readonly coordinator: CheckpointCoordinator;
+  private readonly store: CheckpointStore;
 
   constructor(
     readonly jobId: string,
@@ -42,9 +65,31 @@ export class JobMaster {
     private readonly artifactHash: string,
     private readonly jobArgs: string[],
     private readonly rm: ResourceManager,
-    private readonly slotTimeoutMs: number,
+    private readonly opts: JobMasterOptions,
     private readonly onTerminal: (job: JobMaster) => void,
-  ) {}
+  ) {
+    const c = opts.checkpointing;
+    this.store = new CheckpointStore(c.baseDir, jobId, c.retained);
+    this.restoredFrom = opts.initialRestore;
+    if (this.restoredFrom) checkRestoreFits(this.restoredFrom, graph);
+    this.coordinator = new CheckpointCoordinator(
+      {
+        jobId,
+        graph,
+        runningTasks: () => this.runningTasks(),
+        trigger: async (executionId, checkpointId, timestamp, dir) => {
+          const ex = this.executions.get(executionId);
+          if (!ex) throw new Error(`no task ${executionId}`);
+          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir });
+        },
+        notifyComplete: (executionId, checkpointId) => {
+          this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId }).catch(() => {});
+        },
+      },
+      { ...c, store: this.store },
+      (this.restoredFrom?.meta.checkpointId ?? 0) + 1,
+    );
+  }
 
   /** Resolves when the job reached FINISHED, FAILED or CANCELED. */
   done(): Promise<void> {
@@ -55,7 +100,7 @@ export class JobMaster {
   async run(): Promise<void> {
     this.transition("SCHEDULING");
     const needed = requiredSlots(this.graph);
-    const deadline = Date.now() + this.slotTimeoutMs;
+    const deadline = Date.now() + this.opts.slotTimeoutMs;
     let slots: SlotAssignment[] | null = null;
     while (this.state === "SCHEDULING") {
       slots = this.rm.allocate(this.jobId, needed);
@@ -63,7 +108,7 @@ export class JobMaster {
       const left = deadline - Date.now();
       if (left <= 0) {
         this.error = {
-          message: `could not get ${needed} slots within ${this.slotTimeoutMs} ms: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
+          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
         };
         this.transition("FAILED");
         return;
@@ -72,6 +117,81 @@ export class JobMaster {
     }
     if (!slots) return; // canceled while waiting
     this.deploy(slots);
+    this.coordinator.start();
+  }
+
+  /** All tasks of the current attempt, when every one of them is RUNNING (checkpoints need them all). */
+  private runningTasks(): TaskDeployment[] | null {
+    if (this.state !== "RUNNING" || this.executions.size === 0) return null;
+    const out: TaskDeployment[] = [];
+    for (const ex of this.executions.values()) {
+      if (ex.state !== "RUNNING") return null;
+      out.push(ex.deployment);
+    }
+    return out;
+  }
+
+  /** The state the tasks of vertex v start from. */
+  private restoreFor(vertexId: number): TaskRestore | null {
+    const r = this.restoredFrom;
+    if (!r) return null;
+    const v = r.meta.vertices[vertexId]!;
+    return {
+      checkpointId: r.meta.checkpointId,
+      path: r.path,
+      keyed: v.subtasks.flatMap((s) => (s?.keyed ? [s.keyed] : [])),
+      operator: v.subtasks.flatMap((s) => (s?.operator ? [s.operator] : [])),
+    };
+  }
+
+  /** Savepoint: a checkpoint into its own directory, kept until the user deletes it; optionally cancels the job. */
+  async savepoint(dir: string | undefined, cancel: boolean): Promise<{ path: string; checkpointId: number }> {
+    if (this.state !== "RUNNING") throw new Error(`job ${this.jobId} is ${this.state}; a savepoint needs it RUNNING`);
+    const r = await this.coordinator.triggerNow(true, dir);
+    if (cancel) this.cancel();
+    return r;
+  }
+
+  private restartDelay(): number | null {
+    const r = this.opts.restart;
+    if (r.type === "none" || this.attempt >= r.attempts) return null;
+    if (r.type === "fixed-delay") return r.delayMs;
+    return Math.min(r.maxMs, r.initialMs * r.multiplier ** this.attempt);
+  }
+
+  /** All tasks of the failed attempt have ended: wait the strategy's delay, then deploy from the latest checkpoint. */
+  private async restart(): Promise<void> {
+    const delay = this.restartDelay() ?? 0;
+    log.info("restarting the job", { job: this.jobId, attempt: this.attempt + 1, delayMs: delay });
+    await new Promise((r) => setTimeout(r, delay));
+    if (this.state !== "RESTARTING") return; // canceled meanwhile
+    this.rm.release(this.jobId);
+    this.attempt++;
+    this.executions.clear();
+    this.error = undefined;
+    const latest = this.store.latest();
+    if (latest) this.restoredFrom = latest;
+    if (this.restoredFrom) this.coordinator.advancePast(this.restoredFrom.meta.checkpointId);
+    const needed = requiredSlots(this.graph);
+    const deadline = Date.now() + this.opts.slotTimeoutMs;
+    let slots: SlotAssignment[] | null = null;
+    while (this.state === "RESTARTING") {
+      slots = this.rm.allocate(this.jobId, needed);
+      if (slots) break;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        this.error = {
+          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms to restart the job: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
+        };
+        this.transition("FAILED");
+        return;
+      }
+      await this.rm.waitForSlots(left);
+    }
+    if (!slots || this.state !== "RESTARTING") return;
+    this.restartPending = false;
+    this.deploy(slots);
+    this.coordinator.start();
   }
 
   private deploy(slots: SlotAssignment[]): void {
@@ -85,7 +205,7 @@ export class JobMaster {
         const deployment: TaskDeployment = {
           jobId: this.jobId,
           jobName: g.name,
-          executionId: `${this.jobId}-${v.id}-${i}`,
+          executionId: `${this.jobId}-${v.id}-${i}-${this.attempt}`,
           vertexId: v.id,
           vertexName: v.name,
           subtaskIndex: i,
@@ -113,6 +233,9 @@ export class JobMaster {
           bufferTimeoutMs: g.bufferTimeoutMs,
           planFingerprint: g.planFingerprint,
           stateBackend: g.stateBackend ?? null,
+          attempt: this.attempt,
+          checkpointingMode: this.opts.checkpointing.mode,
+          restore: this.restoreFor(v.id),
         };
         this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics() });
       }
@@ -130,11 +253,19 @@ export class JobMaster {
     if (!ex || TERMINAL_TASK_STATES.has(ex.state)) return;
     ex.state = state;
     if (metrics) ex.metrics = metrics;
+    if (TERMINAL_TASK_STATES.has(state)) this.coordinator.onTaskEnded(executionId);
     if (state === "FAILED" && this.state === "RUNNING") {
       this.error = error ?? { message: "task failed" };
       this.error.task ??= `${ex.deployment.vertexName} (${ex.deployment.subtaskIndex + 1}/${ex.deployment.parallelism})`;
-      log.warn("task failed; failing the job", { job: this.jobId, task: this.error.task, error: this.error.message });
-      this.transition("FAILING");
+      this.coordinator.stop("the job is failing over");
+      if (this.restartDelay() !== null) {
+        log.warn("task failed; restarting the job from its latest checkpoint", { job: this.jobId, task: this.error.task, error: this.error.message, attempt: this.attempt });
+        this.restartPending = true;
+        this.transition("RESTARTING");
+      } else {
+        log.warn("task failed; failing the job", { job: this.jobId, task: this.error.task, error: this.error.message });
+        this.transition("FAILING");
+      }
       this.cancelRemaining();
     }
     this.checkDone();
@@ -155,7 +286,8 @@ export class JobMaster {
 
   cancel(): void {
     if (TERMINAL_JOB_STATES.has(this.state) || this.state === "CANCELING") return;
-    const scheduling = this.state === "SCHEDULING" || this.state === "CREATED";
+    const scheduling = this.state === "SCHEDULING" || this.state === "CREATED" || this.state === "RESTARTING";
+    this.coordinator.stop("the job is canceled");
     this.transition("CANCELING");
     if (scheduling) this.rm.release(this.jobId);
     this.cancelRemaining();
@@ -176,7 +308,21 @@ export class JobMaster {
       vertices[ex.deployment.vertexId]!.subtasks.push({ subtask: ex.deployment.subtaskIndex, state: ex.state, taskManager: ex.tm.info.resourceId, metrics: ex.metrics });
     }
     for (const v of vertices) v.subtasks.sort((a, b) => a.subtask - b.subtask);
-    return { jobId: this.jobId, name: this.graph.name, state: this.state, startTime: this.startTime, endTime: this.endTime, tasks, recordsIn, recordsOut, vertices, ...(this.error ? { error: this.error } : {}) };
+    const c = this.coordinator;
+    return {
+      jobId: this.jobId,
+      name: this.graph.name,
+      state: this.state,
+      startTime: this.startTime,
+      endTime: this.endTime,
+      tasks,
+      recordsIn,
+      recordsOut,
+      vertices,
+      ...(this.error ? { error: this.error } : {}),
+      restarts: this.attempt,
+      checkpoints: { completed: c.completed, failed: c.failed, latest: c.latestCompleted(), restoredFrom: this.restoredFrom?.path ?? null, history: [...c.history] },
+    };
   }
 
   private cancelRemaining(): void {
@@ -185,7 +331,9 @@ export class JobMaster {
       ex.tm.rpc.request("cancelTask", { executionId: id }).catch(() => this.onTaskState(id, "CANCELED"));
     }
     // A TaskManager that never answers must not keep the job from ending.
-    this.cancelTimer ??= setTimeout(() => {
+    if (this.cancelTimer) clearTimeout(this.cancelTimer);
+    this.cancelTimer = setTimeout(() => {
+      this.cancelTimer = null;
       for (const [id, ex] of this.executions) if (!TERMINAL_TASK_STATES.has(ex.state)) this.onTaskState(id, "CANCELED");
       this.checkDone();
     }, CANCEL_TIMEOUT_MS);
@@ -195,6 +343,17 @@ export class JobMaster {
     if (TERMINAL_JOB_STATES.has(this.state)) return;
     const all = [...this.executions.values()];
     if (!all.every((ex) => TERMINAL_TASK_STATES.has(ex.state))) return;
+    if (this.state === "RESTARTING") {
+      if (this.restartPending && this.cancelTimer) {
+        clearTimeout(this.cancelTimer);
+        this.cancelTimer = null;
+      }
+      if (this.restartPending && all.length > 0) {
+        this.restartPending = false;
+        void this.restart();
+      }
+      return;
+    }
     if (this.state === "FAILING") this.transition("FAILED");
     else if (this.state === "CANCELING") this.transition("CANCELED");
     else if (all.length > 0 && all.every((ex) => ex.state === "FINISHED")) this.transition("FINISHED");
@@ -205,6 +364,7 @@ export class JobMaster {
     log.info("job state changed", { job: this.jobId, name: this.graph.name, state });
     if (!TERMINAL_JOB_STATES.has(state)) return;
     this.endTime = Date.now();
+    this.coordinator.stop(`the job is ${state}`);
     if (this.cancelTimer) clearTimeout(this.cancelTimer);
     this.rm.release(this.jobId);
     const tms = new Set([...this.executions.values()].map((ex) => ex.tm));
@@ -213,3 +373,15 @@ export class JobMaster {
     for (const w of this.doneWaiters.splice(0)) w();
   }
 }
+
+/** A checkpoint or savepoint fits a job when it has the same vertices and max parallelism (key groups). */
+function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, g: JobGraph): void {
+  if (r.meta.maxParallelism !== g.maxParallelism) {
+    throw new Error(`cannot restore ${r.path}: it has max parallelism ${r.meta.maxParallelism}, the job ${g.maxParallelism} (key groups cannot change)`);
+  }
+  if (r.meta.vertices.length !== g.vertices.length) {
+    throw new Error(`cannot restore ${r.path}: it has ${r.meta.vertices.length} operator chains, the job ${g.vertices.length}`);
+  }
+}
+
+export { readMetadata };

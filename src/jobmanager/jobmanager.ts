@@ -10,7 +10,7 @@ import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
 import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
-import { JobMaster } from "./job-master.ts";
+import { JobMaster, readMetadata, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
 import { ResourceManager } from "./resource-manager.ts";
 
 const log = createLogger("jobmanager");
@@ -20,6 +20,7 @@ export class JobManager {
   readonly resourceManager: ResourceManager;
   readonly jobs = new Map<string, JobMaster>();
   private readonly blobs: BlobStore;
+  readonly checkpointDir: string;
   private server: net.Server | null = null;
   private readonly connections = new Set<RpcConnection>();
   private ownedDir: string | null = null;
@@ -32,6 +33,7 @@ export class JobManager {
     // A generated directory is this process's alone: removed on stop. A configured one is kept.
     if (!config["jobmanager.storage.dir"]) this.ownedDir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-jobmanager-"));
     this.blobs = new BlobStore(path.join(config["jobmanager.storage.dir"] || this.ownedDir!, "blobs"));
+    this.checkpointDir = config["state.checkpoints.dir"] || path.join(config["jobmanager.storage.dir"] || this.ownedDir!, "checkpoints");
   }
 
   async start(): Promise<number> {
@@ -78,6 +80,16 @@ export class JobManager {
           }
         }
         return {};
+      case "acknowledgeCheckpoint":
+        need(p, { executionId: "string", checkpointId: "number" }, type);
+        this.jobOf(p.executionId)?.coordinator.onAcknowledge(p.executionId, p.checkpointId, p.snapshot ?? { keyed: null, operator: null });
+        return {};
+      case "declineCheckpoint":
+        need(p, { executionId: "string", checkpointId: "number" }, type);
+        this.jobOf(p.executionId)?.coordinator.onDecline(p.executionId, p.checkpointId, String(p.reason ?? "declined"));
+        return {};
+      case "triggerSavepoint":
+        return this.job(p).savepoint(typeof p.dir === "string" && p.dir ? p.dir : undefined, p.cancel === true);
       case "updateTaskState": {
         need(p, { executionId: "string", state: "string" }, type);
         const job = this.jobs.get(String(p.executionId).split("-")[0]!);
@@ -118,11 +130,55 @@ export class JobManager {
     validateGraph(p.graph);
     const hash = this.blobs.put(p.artifact);
     const jobId = randomBytes(16).toString("hex");
-    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.config["jobmanager.slot-request.timeout"], () => {});
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint), () => {});
     this.jobs.set(jobId, job);
     log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length });
     void job.run();
     return { jobId };
+  }
+
+  /** The job's settings from the cluster's config, overridden by what the job itself chose. */
+  private jobOptions(graph: JobGraph, fromSavepoint: unknown): JobMasterOptions {
+    const c = this.config;
+    const interval = graph.checkpointInterval || c["execution.checkpointing.interval"];
+    let type = c["restart-strategy.type"];
+    if (type === "auto") type = interval > 0 ? "exponential-delay" : "none";
+    const restart: RestartStrategy =
+      type === "fixed-delay"
+        ? { type, attempts: c["restart-strategy.fixed-delay.attempts"], delayMs: c["restart-strategy.fixed-delay.delay"] }
+        : type === "exponential-delay"
+          ? {
+              type,
+              attempts: c["restart-strategy.exponential-delay.max-attempts"],
+              initialMs: c["restart-strategy.exponential-delay.initial-backoff"],
+              maxMs: c["restart-strategy.exponential-delay.max-backoff"],
+              multiplier: c["restart-strategy.exponential-delay.backoff-multiplier"],
+            }
+          : { type: "none" };
+    let initialRestore = null;
+    if (fromSavepoint !== undefined && fromSavepoint !== null && fromSavepoint !== "") {
+      if (typeof fromSavepoint !== "string") throw new Error("submitJob: fromSavepoint must be a path");
+      initialRestore = readMetadata(fromSavepoint); // throws naming the path when missing, truncated or of another version
+    }
+    return {
+      slotTimeoutMs: c["jobmanager.slot-request.timeout"],
+      restart,
+      checkpointing: {
+        intervalMs: interval,
+        mode: graph.checkpointingMode ?? c["execution.checkpointing.mode"],
+        timeoutMs: c["execution.checkpointing.timeout"],
+        minPauseMs: c["execution.checkpointing.min-pause"],
+        maxConcurrent: c["execution.checkpointing.max-concurrent-checkpoints"],
+        baseDir: this.checkpointDir,
+        retained: c["state.checkpoints.num-retained"],
+        savepointDir: c["state.savepoints.dir"] || path.join(this.checkpointDir, "savepoints"),
+      },
+      initialRestore,
+    };
+  }
+
+  private jobOf(executionId: unknown): JobMaster | undefined {
+    return this.jobs.get(String(executionId).split("-")[0]!);
   }
 
   private job(p: any): JobMaster {

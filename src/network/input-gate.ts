@@ -17,6 +17,9 @@ export class InputGate {
   private wake: (() => void) | null = null;
   private open: number;
   private readonly ended = new Set<string>();
+  /** Barrier alignment: channels whose arrivals are held back (in order) until unblockAll(). */
+  private readonly blocked = new Set<string>();
+  private held: Arrival[] = [];
   buffersIn = 0;
   bytesIn = 0;
 
@@ -38,7 +41,30 @@ export class InputGate {
   get queuedBuffers(): number {
     let n = 0;
     for (let i = this.head; i < this.queue.length; i++) if ("buf" in this.queue[i]!) n++;
+    for (const a of this.held) if ("buf" in a) n++;
     return n;
+  }
+
+  /** Channels that have not delivered end-of-partition. */
+  get openChannels(): number {
+    return this.open;
+  }
+
+  isEnded(channel: string): boolean {
+    return this.ended.has(channel);
+  }
+
+  /** Holds back what arrives on `channel` from now on (it delivered a barrier the others have not yet). */
+  block(channel: string): void {
+    this.blocked.add(channel);
+  }
+
+  /** Alignment done: held arrivals come next, each channel's still in its own order. */
+  unblockAll(): void {
+    this.blocked.clear();
+    if (this.held.length === 0) return;
+    this.queue.splice(this.head, 0, ...this.held);
+    this.held = [];
   }
 
   onBuffer(channel: string, buf: ArrayBuffer, size: number, recycle: (buf: ArrayBuffer) => void): void {
@@ -53,8 +79,13 @@ export class InputGate {
 
   /** The next item, or null when nothing has arrived. */
   poll(): GateItem | null {
-    if (this.head === this.queue.length) return null;
-    const a = this.queue[this.head++]!;
+    let a: Arrival;
+    for (;;) {
+      if (this.head === this.queue.length) return null;
+      a = this.queue[this.head++]!;
+      if (this.blocked.size === 0 || !this.blocked.has(a.channel)) break;
+      this.held.push(a); // a blocked channel: kept, unread and unrecycled, which backpressures its producer
+    }
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue.splice(0, this.head);
       this.head = 0;

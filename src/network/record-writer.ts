@@ -7,7 +7,11 @@ import type { Partitioner } from "./partitioners.ts";
 import { CHUNK_RECORDS, RecordSerializer } from "./serialization.ts";
 
 /** In-band events travel in order with the records of their channel. Barriers and watermarks come later. */
-export type ChannelEvent = { type: "end" } | { type: "barrier"; checkpointId: number } | { type: "watermark"; timestamp: number };
+export type ChannelEvent =
+  | { type: "end" }
+  /** Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state. */
+  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string }
+  | { type: "watermark"; timestamp: number };
 
 /** Where a channel's buffers go: a local consumer's MessagePort or the TaskManager's main thread. */
 export interface BufferSender {

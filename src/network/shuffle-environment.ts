@@ -8,7 +8,7 @@
 import type { FramedConnection } from "../rpc/connection.ts";
 import { encodeBufferFrame } from "../rpc/framing.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
-import { channelId, parseChannelId, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
+import { channelId, channelJob, parseChannelId, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import type { ChannelEvent } from "./record-writer.ts";
@@ -126,7 +126,7 @@ export class ShuffleEnvironment {
     };
     for (const out of d.outputs) {
       for (const t of out.targets) {
-        const ch = channelId(d.jobId, out.edgeId, d.subtaskIndex, t.subtask);
+        const ch = channelId(channelJob(d), out.edgeId, d.subtaskIndex, t.subtask);
         if (t.resourceId === this.resourceId) {
           this.localProducers.set(ch, task);
           const consumer = this.localConsumers.get(ch);
@@ -147,7 +147,7 @@ export class ShuffleEnvironment {
       const remote = input.producers.some((p) => p.resourceId !== this.resourceId);
       const gate: InputGatePool = { floating: remote ? o.floatingBuffersPerGate : 0, spare: [], channels: [] };
       for (const p of input.producers) {
-        const ch = channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex);
+        const ch = channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex);
         if (p.resourceId === this.resourceId) {
           this.localConsumers.set(ch, task);
           const producer = this.localProducers.get(ch);
@@ -180,7 +180,7 @@ export class ShuffleEnvironment {
     this.reserved.delete(task);
     for (const input of d.inputs) {
       for (const p of input.producers) {
-        const ch = channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex);
+        const ch = channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex);
         if (this.localConsumers.get(ch) === task) this.localConsumers.delete(ch);
         if (this.remoteIn.get(ch)?.task === task) this.remoteIn.delete(ch);
         this.closedChannels.add(ch);
@@ -188,7 +188,7 @@ export class ShuffleEnvironment {
     }
     for (const out of d.outputs) {
       for (const t of out.targets) {
-        const ch = channelId(d.jobId, out.edgeId, d.subtaskIndex, t.subtask);
+        const ch = channelId(channelJob(d), out.edgeId, d.subtaskIndex, t.subtask);
         if (this.localProducers.get(ch) === task) this.localProducers.delete(ch);
         const ro = this.remoteOut.get(ch);
         if (ro?.task !== task) continue;
@@ -203,10 +203,11 @@ export class ShuffleEnvironment {
 
   /** Drops what is left of a finished, failed or canceled job. */
   releaseJob(jobId: string): void {
-    const prefix = `${jobId}|`;
-    for (const set of [this.closedChannels]) for (const ch of set) if (ch.startsWith(prefix)) set.delete(ch);
+    // Channels of every attempt of the job: "<job>|..." and "<job>.<attempt>|...".
+    const ofJob = (ch: string) => ch.startsWith(`${jobId}|`) || ch.startsWith(`${jobId}.`);
+    for (const set of [this.closedChannels]) for (const ch of set) if (ofJob(ch)) set.delete(ch);
     for (const map of [this.earlyCredit, this.remoteOut, this.remoteIn] as Map<string, unknown>[]) {
-      for (const ch of map.keys()) if (ch.startsWith(prefix)) map.delete(ch);
+      for (const ch of map.keys()) if (ofJob(ch)) map.delete(ch);
     }
     this.releasedJobs.add(jobId);
     if (this.releasedJobs.size > 1000) this.releasedJobs.delete(this.releasedJobs.values().next().value!);
@@ -285,7 +286,7 @@ export class ShuffleEnvironment {
       const ch = frame[1] as string;
       const parsed = parseChannelId(ch);
       if (parsed === null) throw new Error(`malformed channel id ${JSON.stringify(ch)}`);
-      const stale = this.closedChannels.has(ch) || this.releasedJobs.has(parsed.jobId);
+      const stale = this.closedChannels.has(ch) || this.releasedJobs.has(parsed.jobId.split(".")[0]!);
       switch (frame[0]) {
         case DATA_FRAME.CREDIT: {
           const n = frame[2];

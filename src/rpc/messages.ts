@@ -2,6 +2,7 @@
 // A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e}.
 // Every message is a request with a response, so each side learns that the other took it.
 import type { JobGraph } from "../api/job-graph.ts";
+import type { KeyedSnapshotHandle, OperatorSnapshotHandle } from "../state/snapshot-format.ts";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -21,7 +22,7 @@ export interface HelloReply {
 }
 
 export type TaskState = "DEPLOYING" | "RUNNING" | "FINISHED" | "FAILED" | "CANCELING" | "CANCELED";
-export type JobState = "CREATED" | "SCHEDULING" | "RUNNING" | "FINISHED" | "FAILING" | "FAILED" | "CANCELING" | "CANCELED";
+export type JobState = "CREATED" | "SCHEDULING" | "RUNNING" | "FINISHED" | "FAILING" | "FAILED" | "CANCELING" | "CANCELED" | "RESTARTING";
 
 export const TERMINAL_TASK_STATES: ReadonlySet<TaskState> = new Set(["FINISHED", "FAILED", "CANCELED"]);
 export const TERMINAL_JOB_STATES: ReadonlySet<JobState> = new Set(["FINISHED", "FAILED", "CANCELED"]);
@@ -145,6 +146,73 @@ export interface TaskDeployment {
   planFingerprint: string;
   /** The job's keyed state backend, or null for the TaskManager's state.backend. */
   stateBackend: "heap" | "sqlite" | null;
+  /** The job's attempt: 0, then one more for each restart (names exactly-once sink files). */
+  attempt: number;
+  /** Barrier handling: EXACTLY_ONCE aligns a task's inputs, AT_LEAST_ONCE does not. */
+  checkpointingMode: "EXACTLY_ONCE" | "AT_LEAST_ONCE";
+  /** State to start from: this task's share is picked by key group (keyed) and redistribution (operator). */
+  restore: TaskRestore | null;
+}
+
+/** Everything a vertex's subtasks wrote in one checkpoint or savepoint. */
+export interface TaskRestore {
+  checkpointId: number;
+  /** The metadata file it came from (for messages). */
+  path: string;
+  keyed: KeyedSnapshotHandle[];
+  operator: OperatorSnapshotHandle[];
+}
+
+/** What one task wrote for a checkpoint: handles to its files (paths inside the checkpoint's directory). */
+export interface TaskSnapshot {
+  keyed: KeyedSnapshotHandle | null;
+  operator: OperatorSnapshotHandle | null;
+}
+
+// ---- checkpoints ----
+export interface TriggerCheckpoint {
+  executionId: string;
+  checkpointId: number;
+  timestamp: number;
+  /** Directory of this checkpoint (or savepoint); each task writes into <dir>/<vertex>-<subtask>. */
+  dir: string;
+}
+export interface AcknowledgeCheckpoint {
+  executionId: string;
+  checkpointId: number;
+  snapshot: TaskSnapshot;
+}
+export interface DeclineCheckpoint {
+  executionId: string;
+  checkpointId: number;
+  reason: string;
+}
+export interface NotifyCheckpointComplete {
+  executionId: string;
+  checkpointId: number;
+}
+export interface TriggerSavepoint {
+  jobId: string;
+  /** Target directory; empty = state.savepoints.dir. */
+  dir?: string;
+  /** Cancel the job once the savepoint is complete. */
+  cancel?: boolean;
+}
+export interface TriggerSavepointReply {
+  path: string;
+  checkpointId: number;
+}
+export interface CheckpointStats {
+  id: number;
+  status: "IN_PROGRESS" | "COMPLETED" | "FAILED";
+  savepoint: boolean;
+  triggerTime: number;
+  durationMs: number | null;
+  acknowledged: number;
+  total: number;
+  sizeBytes: number;
+  path?: string;
+  failure?: string;
 }
 export interface CancelTask {
   executionId: string;
@@ -158,6 +226,8 @@ export interface SubmitJob {
   artifact: Uint8Array;
   jobArgs: string[];
   graph: JobGraph;
+  /** A savepoint (or retained checkpoint) directory, or its _metadata file, to start from. */
+  fromSavepoint?: string;
 }
 export interface SubmitJobReply {
   jobId: string;
@@ -188,6 +258,9 @@ export interface JobStatus {
   recordsOut: number;
   vertices: VertexStatus[];
   error?: ErrorInfo;
+  /** Restarts so far (the current attempt). */
+  restarts: number;
+  checkpoints: { completed: number; failed: number; latest: CheckpointStats | null; restoredFrom: string | null; history: CheckpointStats[] };
 }
 export interface ClusterOverview {
   taskManagers: number;
@@ -207,6 +280,11 @@ export interface RpcRequests {
   submitTask: [TaskDeployment, Record<string, never>];
   cancelTask: [CancelTask, Record<string, never>];
   releaseJob: [ReleaseJob, Record<string, never>];
+  triggerCheckpoint: [TriggerCheckpoint, Record<string, never>];
+  notifyCheckpointComplete: [NotifyCheckpointComplete, Record<string, never>];
+  acknowledgeCheckpoint: [AcknowledgeCheckpoint, Record<string, never>];
+  declineCheckpoint: [DeclineCheckpoint, Record<string, never>];
+  triggerSavepoint: [TriggerSavepoint, TriggerSavepointReply];
   submitJob: [SubmitJob, SubmitJobReply];
   jobStatus: [JobIdRequest, JobStatus];
   cancelJob: [JobIdRequest, Record<string, never>];
@@ -225,6 +303,11 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "submitTask",
   "cancelTask",
   "releaseJob",
+  "triggerCheckpoint",
+  "notifyCheckpointComplete",
+  "acknowledgeCheckpoint",
+  "declineCheckpoint",
+  "triggerSavepoint",
   "submitJob",
   "jobStatus",
   "cancelJob",
@@ -234,8 +317,8 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
 
 /** Which peer roles may send which requests to the JobManager (TaskManagers answer only their JobManager). */
 export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
-  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact", "disconnectTaskManager"]),
-  client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview"]),
+  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact", "disconnectTaskManager", "acknowledgeCheckpoint", "declineCheckpoint"]),
+  client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview", "triggerSavepoint"]),
   data: new Set(),
 };
 

@@ -7,6 +7,7 @@ import { canonicalKey } from "../state/key-groups.ts";
 import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
+import { TwoPhaseCommitFileSink } from "./file-sink.ts";
 
 export type Collector = (record: unknown) => void;
 
@@ -18,6 +19,10 @@ export interface Operator {
   flush?(): void;
   /** End of all input: emit what is held back, release resources. */
   endInput?(): void;
+  /** Synchronous part of checkpoint n, before the barrier goes downstream (a two-phase-commit sink pre-commits). */
+  snapshotState?(checkpointId: number): void;
+  /** Checkpoint n completed everywhere. */
+  notifyCheckpointComplete?(checkpointId: number): void;
 }
 
 export interface OperatorContext {
@@ -30,6 +35,9 @@ export interface OperatorContext {
   /** The task's keyed state backend (present when the chain has a keyed operator). */
   keyed: KeyedStateBackend | null;
   operatorState: OperatorStateStore;
+  /** The job's attempt (restarts so far) and the checkpoint it was restored from (0 = none). */
+  attempt: number;
+  restoredCheckpointId: number;
 }
 
 /** The RuntimeContext a user function gets; keyed state only for functions on a keyed stream. */
@@ -191,6 +199,16 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
     case "print": {
       const prefix = (spec.prefix ? `${spec.prefix}:` : "") + (ctx.parallelism > 1 ? `${ctx.subtaskIndex + 1}> ` : spec.prefix ? " " : "");
       return new LineSink((text) => void process.stdout.write(text), prefix);
+    }
+    case "fileSink": {
+      const sink = new TwoPhaseCommitFileSink({ dir: spec.path, subtask: ctx.subtaskIndex, parallelism: ctx.parallelism, attempt: ctx.attempt });
+      return {
+        open: () => sink.open(ctx.restoredCheckpointId),
+        process: (r) => sink.write(r),
+        snapshotState: (id) => sink.preCommit(id),
+        notifyCheckpointComplete: (id) => sink.commit(id),
+        endInput: () => sink.endInput(),
+      };
     }
     case "textFile": {
       let file = spec.path;

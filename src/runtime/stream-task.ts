@@ -1,6 +1,8 @@
 // One parallel subtask of a job vertex, run inside its own Worker: imports the job artifact, rebuilds the
 // plan, wires the operator chain between its input channels and record writers, and runs it mailbox-style
 // (one input buffer at a time, pausing while an output has no free buffer).
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { StreamExecutionEnvironment, type JobBuilder } from "../api/environment.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
@@ -13,12 +15,14 @@ import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
 import { keyGroupRange } from "../state/key-groups.ts";
-import { readSource } from "./sources.ts";
-import { channelId, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
+import { assignSplits, initialSplits, SourceReader, type SourceSplit } from "./sources.ts";
+import { channelId, channelJob, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
 type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
 
 const METRICS_INTERVAL_MS = 1000;
+/** Operator (union list) state in which a source keeps its splits and positions. */
+const SOURCE_SPLITS = "__source-splits";
 
 export function taskDisplayName(d: TaskDeployment): string {
   return `${d.vertexName} (${d.subtaskIndex + 1}/${d.parallelism})`;
@@ -66,6 +70,15 @@ export class StreamTask {
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
 
   private keyed: KeyedStateBackend | null = null;
+  private operatorState!: OperatorStateStore;
+  private sourceReader: SourceReader | null = null;
+  /** Source tasks: checkpoints to inject after the current chunk. */
+  private triggers: { checkpointId: number; timestamp: number; dir: string }[] = [];
+  /** Non-source tasks: the barrier being aligned, and the channels that delivered it. */
+  private aligning: { checkpointId: number; timestamp: number; dir: string; seen: Set<string> } | null = null;
+  private lastCheckpointId = 0;
+  /** Input done: a checkpoint can no longer be taken. */
+  private inputEnded = false;
 
   constructor(
     private readonly d: TaskDeployment,
@@ -75,9 +88,12 @@ export class StreamTask {
   ) {
     // Known before init() finishes: data may arrive while the artifact is still being imported.
     const inputs: string[] = [];
-    for (const input of d.inputs) for (const p of input.producers) inputs.push(channelId(d.jobId, input.edgeId, p.subtask, d.subtaskIndex));
+    for (const input of d.inputs) for (const p of input.producers) inputs.push(channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex));
     this.gate = new InputGate(inputs);
+    this.inputChannels = inputs;
   }
+
+  private readonly inputChannels: string[];
 
   async init(artifactPath: string): Promise<void> {
     const plan = await loadPlan(artifactPath, this.d.jobArgs);
@@ -92,7 +108,7 @@ export class StreamTask {
     const d = this.d;
     const net = this.network;
     this.writers = d.outputs.map((o, i) => {
-      const ids = o.targets.map((t) => channelId(d.jobId, o.edgeId, d.subtaskIndex, t.subtask));
+      const ids = o.targets.map((t) => channelId(channelJob(d), o.edgeId, d.subtaskIndex, t.subtask));
       const keyNode = o.keyNodeId !== undefined ? node(o.keyNodeId) : undefined;
       const keySelector = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
@@ -124,8 +140,11 @@ export class StreamTask {
         keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
         dir: st.dir,
         cacheBytes: st.cacheBytes,
+        restoreFrom: d.restore?.keyed ?? [],
       });
     }
+    this.operatorState = new OperatorStateStore(d.subtaskIndex, d.parallelism);
+    if (d.restore && d.restore.operator.length > 0) await this.operatorState.restore(d.restore.operator);
     const ctx: OperatorContext = {
       subtaskIndex: d.subtaskIndex,
       parallelism: d.parallelism,
@@ -133,13 +152,20 @@ export class StreamTask {
       runtimeMode: d.runtimeMode,
       node,
       keyed: this.keyed,
-      operatorState: new OperatorStateStore(d.subtaskIndex, d.parallelism),
+      operatorState: this.operatorState,
+      attempt: d.attempt,
+      restoredCheckpointId: d.restore?.checkpointId ?? 0,
     };
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
       if (n.kind === "source") {
         if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
         this.sourceNode = n;
+        // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
+        const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
+          ? assignSplits(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.subtaskIndex, d.parallelism)
+          : initialSplits(n.source, d.subtaskIndex, d.parallelism);
+        this.sourceReader = new SourceReader(n.source, restored);
         break;
       }
       if (n.kind === "sink") {
@@ -168,8 +194,10 @@ export class StreamTask {
   async run(): Promise<TaskMetrics> {
     this.post({ type: "running" });
     try {
-      if (this.sourceNode) await this.runSource(this.sourceNode);
+      if (this.sourceNode) await this.runSource();
       else await this.runInputs();
+      this.inputEnded = true;
+      for (const t of this.triggers.splice(0)) this.post({ type: "checkpointDecline", checkpointId: t.checkpointId, reason: "the task reached the end of its input" });
       for (const op of this.operators) op.endInput?.();
       await Promise.all(this.writers.map((w) => w.finish()));
       this.time.switchTo("idle");
@@ -196,7 +224,69 @@ export class StreamTask {
       case "recycle":
         this.writerOf.get(msg.channel)?.recycle(msg.buf);
         break;
+      case "checkpoint":
+        if (this.inputEnded || !this.sourceNode) this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: this.sourceNode ? "the task reached the end of its input" : "not a source task" });
+        else this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir });
+        break;
+      case "checkpointComplete":
+        for (const op of this.operators) op.notifyCheckpointComplete?.(msg.checkpointId);
+        break;
     }
+  }
+
+  /**
+   * Checkpoint n at this task: the synchronous part (operators pre-commit, source positions, the state
+   * backends' copy-on-write marks) happens before the barrier goes downstream and before the next record; the
+   * files are written asynchronously and then acknowledged. A failure declines the checkpoint, never the task,
+   * and the barrier is forwarded anyway so that downstream tasks do not wait for it.
+   */
+  private checkpoint(checkpointId: number, timestamp: number, dir: string): void {
+    this.lastCheckpointId = Math.max(this.lastCheckpointId, checkpointId);
+    const d = this.d;
+    const taskDir = path.join(dir, `${d.vertexId}-${d.subtaskIndex}`);
+    let pending: Promise<[Awaited<ReturnType<KeyedStateBackend["snapshot"]>> | null, Awaited<ReturnType<OperatorStateStore["snapshot"]>>]>;
+    try {
+      this.flushOperators();
+      for (const op of this.operators) op.snapshotState?.(checkpointId);
+      if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
+      fs.mkdirSync(taskDir, { recursive: true });
+      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir) : null, this.operatorState.snapshot(taskDir)]);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    const barrier = { type: "barrier" as const, checkpointId, timestamp, dir };
+    for (const w of this.writers) w.broadcastEvent(barrier);
+    pending.then(
+      ([keyed, operator]) => this.post({ type: "checkpointAck", checkpointId, snapshot: { keyed, operator } }),
+      (err: Error) => this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(d)}: ${err?.message ?? String(err)}` }),
+    );
+  }
+
+  /** A barrier from one input channel: aligned (exactly-once) or counted (at-least-once). */
+  private onBarrier(channel: string, b: { checkpointId: number; timestamp: number; dir: string }): void {
+    if (b.checkpointId <= this.lastCheckpointId) return; // of a checkpoint already taken or abandoned here
+    let a = this.aligning;
+    if (a && b.checkpointId > a.checkpointId) {
+      // A newer barrier overtook an unfinished alignment (that checkpoint was aborted upstream): give it up.
+      this.post({ type: "checkpointDecline", checkpointId: a.checkpointId, reason: `barrier ${b.checkpointId} arrived before alignment of ${a.checkpointId} completed` });
+      this.gate.unblockAll();
+      a = this.aligning = null;
+    }
+    if (!a) a = this.aligning = { checkpointId: b.checkpointId, timestamp: b.timestamp, dir: b.dir, seen: new Set() };
+    a.seen.add(channel);
+    if (this.d.checkpointingMode === "EXACTLY_ONCE") this.gate.block(channel);
+    this.maybeAligned();
+  }
+
+  private maybeAligned(): void {
+    const a = this.aligning;
+    if (!a) return;
+    let waiting = 0;
+    for (const ch of this.inputChannels) if (!a.seen.has(ch) && !this.gate.isEnded(ch)) waiting++;
+    if (waiting > 0) return;
+    this.aligning = null;
+    this.checkpoint(a.checkpointId, a.timestamp, a.dir);
+    this.gate.unblockAll();
   }
 
   private readonly mainThreadSender: BufferSender = {
@@ -229,13 +319,14 @@ export class StreamTask {
     for (const ch of msg.produce) this.writerOf.get(ch)?.connect(ch, sender);
   }
 
-  private async runSource(node: Extract<PlanNode, { kind: "source" }>): Promise<void> {
+  private async runSource(): Promise<void> {
     const writers = this.writers;
     const blocked = () => {
       for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return true;
       return false;
     };
-    for (const chunk of readSource(node.source, this.d.subtaskIndex, this.d.parallelism)) {
+    const reader = this.sourceReader!;
+    for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
       for (let i = 0; i < chunk.length; i++) {
         this.recordsIn++;
         this.head.process(chunk[i]);
@@ -248,6 +339,11 @@ export class StreamTask {
       }
       this.flushOperators();
       await this.afterBatch();
+      // Barriers go in between chunks, where the reader's position is exact.
+      while (this.triggers.length > 0) {
+        const t = this.triggers.shift()!;
+        this.checkpoint(t.checkpointId, t.timestamp, t.dir);
+      }
     }
   }
 
@@ -261,7 +357,12 @@ export class StreamTask {
         this.time.switchTo("busy");
         continue;
       }
-      if ("event" in item) continue; // end of partition: counted by the gate
+      if ("event" in item) {
+        const ev = item.event;
+        if (ev.type === "barrier") this.onBarrier(item.channel, ev);
+        else if (ev.type === "end") this.maybeAligned(); // an ended channel no longer holds an alignment back
+        continue;
+      }
       const records = item.records;
       this.recordsIn += records.length;
       for (let i = 0; i < records.length; i++) this.head.process(records[i]);

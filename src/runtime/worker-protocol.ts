@@ -1,6 +1,6 @@
 // Messages between a TaskManager's main thread and a task's Worker, and between two local task Workers
 // over a MessagePort of their own. Buffers (ArrayBuffers) always move by transfer, never by copy.
-import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
+import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import type { ChannelEvent } from "../network/record-writer.ts";
 
 export interface NetworkGrant {
@@ -29,6 +29,10 @@ export type ToWorker =
   | { type: "event"; channel: string; event: ChannelEvent }
   /** A buffer of a remote output channel, sent on by the main thread and returned to the pool. */
   | { type: "recycle"; channel: string; buf: ArrayBuffer }
+  /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
+  | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
+  /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
+  | { type: "checkpointComplete"; checkpointId: number }
   /** Several of the above in one postMessage (the main thread coalesces what it sends in one turn). */
   | { type: "batch"; messages: ToWorker[] };
 
@@ -38,6 +42,8 @@ export type FromWorker =
   | { type: "event"; channel: string; event: ChannelEvent }
   | { type: "recycle"; channel: string; buf: ArrayBuffer }
   | { type: "metrics"; metrics: TaskMetrics }
+  | { type: "checkpointAck"; checkpointId: number; snapshot: TaskSnapshot }
+  | { type: "checkpointDecline"; checkpointId: number; reason: string }
   | { type: "finished"; metrics: TaskMetrics }
   | { type: "failed"; error: ErrorInfo };
 
@@ -47,7 +53,12 @@ export type PortMessage =
   | { t: "e"; ch: string; event: ChannelEvent }
   | { t: "r"; ch: string; buf: ArrayBuffer };
 
-/** Channel ids are unique per TaskManager pair: job, edge, producer subtask, consumer subtask. */
+/** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */
+export function channelJob(d: { jobId: string; attempt: number }): string {
+  return d.attempt > 0 ? `${d.jobId}.${d.attempt}` : d.jobId;
+}
+
+/** Channel ids are unique per TaskManager pair: job (and attempt), edge, producer subtask, consumer subtask. */
 export function channelId(jobId: string, edgeId: number, producer: number, consumer: number): string {
   return `${jobId}|${edgeId}|${producer}|${consumer}`;
 }

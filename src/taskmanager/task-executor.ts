@@ -185,6 +185,15 @@ export class TaskExecutor {
       case "releaseJob":
         this.releaseJob(String(payload.jobId));
         return {};
+      case "triggerCheckpoint": {
+        const task = this.taskFor(payload, type);
+        if (task.state !== "RUNNING") throw new Error(`task ${task.name} is ${task.state}, not RUNNING`);
+        task.post({ type: "checkpoint", checkpointId: payload.checkpointId, timestamp: payload.timestamp, dir: String(payload.dir) });
+        return {};
+      }
+      case "notifyCheckpointComplete":
+        this.taskFor(payload, type).post({ type: "checkpointComplete", checkpointId: payload.checkpointId });
+        return {};
       default:
         throw new Error(`a TaskManager does not serve ${type}`);
     }
@@ -196,7 +205,7 @@ export class TaskExecutor {
     if (holder !== null && holder !== d.jobId) throw new Error(`slot ${d.slot} on ${this.resourceId} is allocated to job ${holder}`);
     if (this.tasks.has(d.executionId)) throw new Error(`task ${d.executionId} is already deployed`);
     this.slots[d.slot] = d.jobId;
-    const task = new Task(d, this.shuffle, this.stateOptions, (t, state, error) => this.onTaskState(t, state, error));
+    const task = new Task(d, this.shuffle, this.stateOptions, (t, state, error) => this.onTaskState(t, state, error), this.checkpointResponder);
     this.tasks.set(d.executionId, task);
     const rpc = this.rpc;
     this.artifacts
@@ -212,12 +221,36 @@ export class TaskExecutor {
     return {};
   }
 
+  private taskFor(p: any, type: string): Task {
+    if (typeof p?.executionId !== "string" || !Number.isInteger(p?.checkpointId)) throw new Error(`${type}: executionId (string) and checkpointId (integer) are required`);
+    const task = this.tasks.get(p.executionId);
+    if (!task) throw new Error(`${type}: no task ${p.executionId} on ${this.resourceId}`);
+    return task;
+  }
+
+  private readonly checkpointResponder = {
+    acknowledge: (task: Task, checkpointId: number, snapshot: unknown) => {
+      this.rpc?.request("acknowledgeCheckpoint", { executionId: task.executionId, checkpointId, snapshot: snapshot as never }).catch((err: Error) =>
+        log.warn("could not acknowledge a checkpoint", { task: task.name, checkpoint: checkpointId, error: err.message }),
+      );
+    },
+    decline: (task: Task, checkpointId: number, reason: string) => {
+      log.warn("declining a checkpoint", { task: task.name, checkpoint: checkpointId, reason });
+      this.rpc?.request("declineCheckpoint", { executionId: task.executionId, checkpointId, reason }).catch(() => {});
+    },
+  };
+
   private onTaskState(task: Task, state: TaskState, error?: ErrorInfo): void {
     const fields: Record<string, unknown> = { task: task.name, job: task.deployment.jobId, state };
     if (error) fields.error = error.message;
     if (process.env.TM_DEBUG_METRICS) fields.metrics = task.metrics;
     (state === "FAILED" ? log.warn : log.info)("task state changed", fields);
-    if (state === "FINISHED" || state === "FAILED" || state === "CANCELED") this.tasks.delete(task.executionId);
+    if (state === "FINISHED" || state === "FAILED" || state === "CANCELED") {
+      this.tasks.delete(task.executionId);
+      // A slot whose tasks have all ended is free again here (a restarted job may be placed elsewhere).
+      const slot = task.deployment.slot;
+      if (![...this.tasks.values()].some((t) => t.deployment.slot === slot)) this.slots[slot] = null;
+    }
     this.rpc
       ?.request("updateTaskState", { executionId: task.executionId, state, error, metrics: task.metrics })
       .catch((err: Error) => log.warn("could not report a task state", { task: task.name, error: err.message }));

@@ -1,7 +1,7 @@
 // A task on the TaskManager's main thread: owns the Worker that runs it and reports its state transitions.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
+import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot, TaskState } from "../rpc/messages.ts";
 import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
@@ -16,6 +16,12 @@ export interface TaskStateOptions {
 }
 
 export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo) => void;
+
+/** Where a task's checkpoint acknowledgements and declines go (the TaskExecutor, to the JobManager). */
+export interface CheckpointResponder {
+  acknowledge(task: Task, checkpointId: number, snapshot: TaskSnapshot): void;
+  decline(task: Task, checkpointId: number, reason: string): void;
+}
 
 export class Task implements TaskEndpoint {
   state: TaskState = "DEPLOYING";
@@ -33,8 +39,10 @@ export class Task implements TaskEndpoint {
     private readonly shuffle: ShuffleEnvironment,
     private readonly stateOptions: TaskStateOptions,
     private readonly onState: TaskStateListener,
+    private readonly checkpoints: CheckpointResponder,
   ) {
-    this.stateDir = path.join(stateOptions.baseDir, deployment.jobId, `${deployment.vertexId}-${deployment.subtaskIndex}`);
+    // Per attempt: a restarted task on this TaskManager must not share files with the one it replaces.
+    this.stateDir = path.join(stateOptions.baseDir, deployment.jobId, `${deployment.vertexId}-${deployment.subtaskIndex}-a${deployment.attempt}`);
     this.name = taskDisplayName(deployment);
   }
 
@@ -112,6 +120,12 @@ export class Task implements TaskEndpoint {
         break;
       case "metrics":
         this.metrics = msg.metrics;
+        break;
+      case "checkpointAck":
+        this.checkpoints.acknowledge(this, msg.checkpointId, msg.snapshot);
+        break;
+      case "checkpointDecline":
+        this.checkpoints.decline(this, msg.checkpointId, msg.reason);
         break;
       case "finished":
         this.metrics = msg.metrics;

@@ -1,0 +1,235 @@
+// The checkpoint coordinator of one job (as Flink's CheckpointCoordinator): triggers checkpoints at the interval
+// by telling every source task to inject barrier n, collects one acknowledgement with state handles per task,
+// and completes checkpoint n only when every task has acknowledged: then it writes the metadata last, notifies
+// every task, and prunes old checkpoints. A decline, a time-out or a task that ends aborts the checkpoint and
+// removes its files; the job keeps running.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import type { JobGraph } from "../api/job-graph.ts";
+import type { CheckpointStats, TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
+import { createLogger } from "../util/log.ts";
+import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata } from "./checkpoint-store.ts";
+
+const log = createLogger("checkpoints");
+const HISTORY = 20;
+
+export interface CheckpointOptions {
+  /** 0 = no periodic checkpoints (savepoints still work). */
+  intervalMs: number;
+  timeoutMs: number;
+  minPauseMs: number;
+  maxConcurrent: number;
+  store: CheckpointStore;
+  savepointDir: string;
+}
+
+/** What the coordinator needs of the job master. */
+export interface CoordinatorHost {
+  jobId: string;
+  graph: JobGraph;
+  /** The tasks of the current attempt, or null when not all of them are running. */
+  runningTasks(): TaskDeployment[] | null;
+  trigger(executionId: string, checkpointId: number, timestamp: number, dir: string): Promise<void>;
+  notifyComplete(executionId: string, checkpointId: number): void;
+}
+
+interface Pending {
+  id: number;
+  timestamp: number;
+  dir: string;
+  savepoint: boolean;
+  tasks: Map<string, TaskDeployment>;
+  acks: Map<string, TaskSnapshot>;
+  timer: ReturnType<typeof setTimeout>;
+  stats: CheckpointStats;
+  done: { resolve: (r: { path: string; checkpointId: number }) => void; reject: (e: Error) => void } | null;
+}
+
+export class CheckpointCoordinator {
+  private nextId: number;
+  private readonly pending = new Map<number, Pending>();
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private lastCompletedAt = 0;
+  private stopped = true;
+  readonly history: CheckpointStats[] = [];
+  completed = 0;
+  failed = 0;
+
+  constructor(
+    private readonly host: CoordinatorHost,
+    private readonly opts: CheckpointOptions,
+    /** Ids continue after the checkpoint a job was restored from, so they only ever grow. */
+    firstId = 1,
+  ) {
+    this.nextId = firstId;
+  }
+
+  get periodic(): boolean {
+    return this.opts.intervalMs > 0;
+  }
+
+  /** Starts periodic checkpoints (if an interval is set). */
+  start(): void {
+    this.stopped = false;
+    this.schedule(this.opts.intervalMs);
+  }
+
+  /** Stops triggering and aborts what is in progress (the job is restarting or ending). */
+  stop(reason: string): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const p of [...this.pending.values()]) this.abort(p, reason);
+  }
+
+  /** Ids must stay above a restored checkpoint's. */
+  advancePast(id: number): void {
+    this.nextId = Math.max(this.nextId, id + 1);
+  }
+
+  private schedule(delay: number): void {
+    if (this.stopped || !this.periodic || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.periodicTrigger();
+    }, Math.max(0, delay));
+  }
+
+  private periodicTrigger(): void {
+    if (this.stopped) return;
+    const sinceLast = Date.now() - this.lastCompletedAt;
+    if (this.pending.size >= this.opts.maxConcurrent || sinceLast < this.opts.minPauseMs) {
+      this.schedule(Math.max(50, this.opts.minPauseMs - sinceLast));
+      return;
+    }
+    this.triggerNow(false).catch(() => {}); // failures are logged and counted where they happen
+    this.schedule(this.opts.intervalMs);
+  }
+
+  /** Triggers a checkpoint (or a savepoint into `savepointDir`); resolves with its metadata file when complete. */
+  triggerNow(savepoint: boolean, savepointDir?: string): Promise<{ path: string; checkpointId: number }> {
+    const tasks = this.host.runningTasks();
+    if (!tasks) return Promise.reject(new Error("not all tasks of the job are running"));
+    const id = this.nextId++;
+    const timestamp = Date.now();
+    let dir: string;
+    try {
+      dir = savepoint
+        ? path.join(savepointDir || this.opts.savepointDir, `savepoint-${this.host.jobId.slice(0, 6)}-${randomBytes(4).toString("hex")}`)
+        : this.opts.store.prepare(id);
+      fs.mkdirSync(dir, { recursive: true });
+    } catch (err) {
+      this.failed++;
+      const msg = `checkpoint ${id}: cannot create its directory: ${(err as Error).message}`;
+      log.error(msg, { job: this.host.jobId });
+      this.record({ id, status: "FAILED", savepoint, triggerTime: timestamp, durationMs: 0, acknowledged: 0, total: tasks.length, sizeBytes: 0, failure: msg });
+      return Promise.reject(new Error(msg));
+    }
+    const stats: CheckpointStats = { id, status: "IN_PROGRESS", savepoint, triggerTime: timestamp, durationMs: null, acknowledged: 0, total: tasks.length, sizeBytes: 0 };
+    this.record(stats);
+    return new Promise((resolve, reject) => {
+      const p: Pending = {
+        id,
+        timestamp,
+        dir,
+        savepoint,
+        tasks: new Map(tasks.map((t) => [t.executionId, t])),
+        acks: new Map(),
+        timer: setTimeout(() => this.abort(p, `timed out after ${this.opts.timeoutMs} ms (${p.acks.size} of ${p.tasks.size} tasks acknowledged)`), this.opts.timeoutMs),
+        stats,
+        done: { resolve, reject },
+      };
+      this.pending.set(id, p);
+      log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint });
+      const sources = new Set(this.host.graph.vertices.filter((v) => v.isSource).map((v) => v.id));
+      for (const t of tasks) {
+        if (!sources.has(t.vertexId)) continue;
+        this.host.trigger(t.executionId, id, timestamp, dir).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
+      }
+    });
+  }
+
+  onAcknowledge(executionId: string, checkpointId: number, snapshot: TaskSnapshot): void {
+    const p = this.pending.get(checkpointId);
+    if (!p || !p.tasks.has(executionId)) return; // late: aborted or from an old attempt
+    p.acks.set(executionId, snapshot);
+    p.stats.acknowledged = p.acks.size;
+    p.stats.sizeBytes += (snapshot.keyed?.sizeBytes ?? 0) + (snapshot.operator?.sizeBytes ?? 0);
+    if (p.acks.size === p.tasks.size) this.complete(p);
+  }
+
+  onDecline(executionId: string, checkpointId: number, reason: string): void {
+    const p = this.pending.get(checkpointId);
+    if (p && p.tasks.has(executionId)) this.abort(p, `declined by ${p.tasks.get(executionId)!.vertexName} (${p.tasks.get(executionId)!.subtaskIndex + 1}): ${reason}`);
+  }
+
+  /** A task ended (finished, failed, canceled): checkpoints waiting for it can never complete. */
+  onTaskEnded(executionId: string): void {
+    for (const p of [...this.pending.values()]) {
+      if (p.tasks.has(executionId) && !p.acks.has(executionId)) this.abort(p, `task ${executionId} ended before acknowledging`);
+    }
+  }
+
+  private complete(p: Pending): void {
+    clearTimeout(p.timer);
+    this.pending.delete(p.id);
+    const g = this.host.graph;
+    const meta: CheckpointMetadata = {
+      magic: METADATA_MAGIC,
+      version: METADATA_VERSION,
+      jobId: this.host.jobId,
+      jobName: g.name,
+      checkpointId: p.id,
+      timestamp: p.timestamp,
+      savepoint: p.savepoint,
+      maxParallelism: g.maxParallelism,
+      vertices: g.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [] })),
+    };
+    for (const [executionId, snap] of p.acks) {
+      const t = p.tasks.get(executionId)!;
+      meta.vertices[t.vertexId]!.subtasks[t.subtaskIndex] = snap;
+    }
+    let file: string;
+    try {
+      if (p.savepoint) writeFileAtomic((file = path.join(p.dir, METADATA_FILE)), JSON.stringify(meta));
+      else file = this.opts.store.complete(meta, p.dir);
+    } catch (err) {
+      this.abort(p, `writing its metadata failed: ${(err as Error).message}`);
+      return;
+    }
+    this.completed++;
+    this.lastCompletedAt = Date.now();
+    p.stats.status = "COMPLETED";
+    p.stats.durationMs = this.lastCompletedAt - p.timestamp;
+    p.stats.path = file;
+    log.info(p.savepoint ? "savepoint complete" : "checkpoint complete", { job: this.host.jobId, id: p.id, ms: p.stats.durationMs, bytes: p.stats.sizeBytes });
+    for (const executionId of p.tasks.keys()) this.host.notifyComplete(executionId, p.id);
+    // Older checkpoints still in progress are subsumed by this one.
+    for (const other of [...this.pending.values()]) if (other.id < p.id && !other.savepoint) this.abort(other, `subsumed by checkpoint ${p.id}`);
+    p.done?.resolve({ path: file, checkpointId: p.id });
+  }
+
+  private abort(p: Pending, reason: string): void {
+    if (!this.pending.delete(p.id)) return;
+    clearTimeout(p.timer);
+    this.failed++;
+    p.stats.status = "FAILED";
+    p.stats.durationMs = Date.now() - p.timestamp;
+    p.stats.failure = reason;
+    log.warn(p.savepoint ? "savepoint aborted" : "checkpoint aborted", { job: this.host.jobId, id: p.id, reason });
+    if (p.savepoint) fs.rm(p.dir, { recursive: true, force: true }, () => {});
+    else this.opts.store.discard(p.id);
+    p.done?.reject(new Error(`checkpoint ${p.id} aborted: ${reason}`));
+  }
+
+  private record(s: CheckpointStats): void {
+    this.history.push(s);
+    if (this.history.length > HISTORY) this.history.shift();
+  }
+
+  latestCompleted(): CheckpointStats | null {
+    for (let i = this.history.length - 1; i >= 0; i--) if (this.history[i]!.status === "COMPLETED") return this.history[i]!;
+    return null;
+  }
+}
