@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
 // tm: one binary, several roles. See README.md and docs/configuration.md.
 import { parseArgs } from "node:util";
+import * as path from "node:path";
 import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { JobManager } from "./src/jobmanager/jobmanager.ts";
@@ -30,7 +31,8 @@ Usage:
   taskmanager local [options] <job.ts> [job args]   run a job on an in-process cluster
   taskmanager submit [options] <job.ts> [job args]  run a job on a cluster
   taskmanager list [-m HOST:PORT]                   list the jobs of a cluster
-  taskmanager cancel <job-id> [-m HOST:PORT]        cancel a job
+  taskmanager cancel <job-id> [-m HOST:PORT]        cancel a job (--with-savepoint: take one first)
+  taskmanager savepoint <job-id> [DIR] [-m HOST:PORT]  write a savepoint of a running job
   taskmanager --version
 
 Run \`taskmanager <command> --help\` for a command's options.`,
@@ -59,6 +61,7 @@ Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
   -p, --parallelism N          default parallelism of the job (default: parallelism.default)
   -d, --detached               print the job id and return without waiting
+  -s, --from-savepoint PATH    start from a savepoint (or retained checkpoint) directory; the parallelism may differ
 ${COMMON}`,
   list: `Usage: taskmanager list [options]
 Lists the jobs of a cluster with their state.
@@ -68,6 +71,14 @@ Options:
 ${COMMON}`,
   cancel: `Usage: taskmanager cancel <job-id> [options]
 Cancels a job: its tasks are stopped (a task stuck in user code is terminated) and its slots freed.
+
+Options:
+  -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
+  --with-savepoint [DIR]       take a savepoint first (into DIR, default state.savepoints.dir), then cancel
+${COMMON}`,
+  savepoint: `Usage: taskmanager savepoint <job-id> [DIR] [options]
+Writes a savepoint of a running job into DIR (default: state.savepoints.dir) and prints its path; restore it
+with \`submit --from-savepoint PATH\`, also at another parallelism.
 
 Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
@@ -159,15 +170,22 @@ async function runLocal(args: string[]): Promise<number> {
 }
 
 async function runSubmit(args: string[]): Promise<number> {
-  const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "-m", "--jobmanager"]));
-  const { values } = parse(own, { ...COMMON_OPTIONS, parallelism: { type: "string", short: "p" }, jobmanager: { type: "string", short: "m" }, detached: { type: "boolean", short: "d" } });
+  const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "-m", "--jobmanager", "-s", "--from-savepoint"]));
+  const { values } = parse(own, {
+    ...COMMON_OPTIONS,
+    parallelism: { type: "string", short: "p" },
+    jobmanager: { type: "string", short: "m" },
+    detached: { type: "boolean", short: "d" },
+    "from-savepoint": { type: "string", short: "s" },
+  });
   if (values.help) return help("submit");
   if (!job) throw new UsageError("submit: missing the job file");
   const cfg = config(values);
   const { host, port } = jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
-  return runToEnd(host, port, prepared, values.detached ?? false);
+  const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
+  return runToEnd(host, port, { ...prepared, fromSavepoint }, values.detached ?? false);
 }
 
 function jobManagerAddress(cfg: Config, flag: string | undefined): { host: string; port: number } {
@@ -192,14 +210,39 @@ async function runList(args: string[]): Promise<number> {
   }
 }
 
+async function runSavepoint(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
+  if (values.help) return help("savepoint");
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError("savepoint: expected a job id and optionally a target directory");
+  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const rpc = await connectClient(host, port);
+  try {
+    const dir = positionals[1] === undefined ? "" : path.resolve(positionals[1]);
+    const r = await rpc.request("triggerSavepoint", { jobId: positionals[0]!, dir }, 15 * 60_000);
+    console.log(`Savepoint completed. Path: ${path.dirname(r.path)}`);
+    return 0;
+  } finally {
+    rpc.close();
+  }
+}
+
 async function runCancel(args: string[]): Promise<number> {
+  // --with-savepoint takes an optional directory: "--with-savepoint=DIR", or "--with-savepoint" alone.
+  const withSavepoint = args.find((a) => a === "--with-savepoint" || a.startsWith("--with-savepoint="));
+  args = args.filter((a) => a !== withSavepoint);
   const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
   if (values.help) return help("cancel");
   if (positionals.length !== 1) throw new UsageError("cancel: expected exactly one job id");
   const { host, port } = jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
-    await rpc.request("cancelJob", { jobId: positionals[0]! });
+    if (withSavepoint !== undefined) {
+      const dir = withSavepoint.includes("=") ? path.resolve(withSavepoint.slice(withSavepoint.indexOf("=") + 1)) : "";
+      const r = await rpc.request("triggerSavepoint", { jobId: positionals[0]!, dir, cancel: true }, 15 * 60_000);
+      console.log(`Savepoint completed. Path: ${path.dirname(r.path)}`);
+    } else {
+      await rpc.request("cancelJob", { jobId: positionals[0]! });
+    }
     const final = await waitForJob(rpc, positionals[0]!, () => {});
     console.log(describeStatus(final));
     return final.state === "CANCELED" ? 0 : EXIT_FAILED;
@@ -208,7 +251,7 @@ async function runCancel(args: string[]): Promise<number> {
   }
 }
 
-async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>>, detached: boolean): Promise<number> {
+async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>> & { fromSavepoint?: string }, detached: boolean): Promise<number> {
   const rpc = await connectClient(host, port);
   try {
     const jobId = await submitJob(rpc, prepared);
@@ -259,6 +302,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runList(rest);
       case "cancel":
         return await runCancel(rest);
+      case "savepoint":
+        return await runSavepoint(rest);
       case "taskmanager":
         return await runTaskManager(rest);
       default:

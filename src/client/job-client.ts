@@ -9,8 +9,9 @@ export async function connectClient(host: string, port: number): Promise<RpcConn
   });
 }
 
-export async function submitJob(rpc: RpcConnection, job: PreparedJob): Promise<string> {
-  const { jobId } = await rpc.request("submitJob", { artifact: job.artifact, jobArgs: job.jobArgs, graph: job.graph }, 120_000);
+export async function submitJob(rpc: RpcConnection, job: PreparedJob & { fromSavepoint?: string }): Promise<string> {
+  const payload = { artifact: job.artifact, jobArgs: job.jobArgs, graph: job.graph, ...(job.fromSavepoint ? { fromSavepoint: job.fromSavepoint } : {}) };
+  const { jobId } = await rpc.request("submitJob", payload, 120_000);
   return jobId;
 }
 
@@ -32,6 +33,8 @@ export function describeStatus(s: JobStatus): string {
   const secs = (((s.endTime ?? Date.now()) - s.startTime) / 1000).toFixed(2);
   let line = `Job "${s.name}" (${s.jobId}) ${s.state}`;
   if (s.endTime !== null) line += ` after ${secs} s; ${s.recordsIn} records read by sources, ${s.recordsOut} records into sinks`;
+  if (s.restarts > 0) line += `; ${s.restarts} restart(s)`;
+  if (s.checkpoints?.completed > 0) line += `; ${s.checkpoints.completed} checkpoint(s)`;
   return line;
 }
 

@@ -28,6 +28,7 @@ export interface CheckpointOptions {
 export interface CoordinatorHost {
   jobId: string;
   graph: JobGraph;
+  attempt(): number;
   /** The tasks of the current attempt, or null when not all of them are running. */
   runningTasks(): TaskDeployment[] | null;
   trigger(executionId: string, checkpointId: number, timestamp: number, dir: string): Promise<void>;
@@ -183,6 +184,7 @@ export class CheckpointCoordinator {
       checkpointId: p.id,
       timestamp: p.timestamp,
       savepoint: p.savepoint,
+      attempt: this.host.attempt(),
       maxParallelism: g.maxParallelism,
       vertices: g.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [] })),
     };

@@ -28,6 +28,8 @@ export interface CheckpointMetadata {
   checkpointId: number;
   timestamp: number;
   savepoint: boolean;
+  /** The job attempt that wrote it: a job restored from it continues with a higher attempt (sink file names). */
+  attempt: number;
   maxParallelism: number;
   vertices: VertexSnapshot[];
 }

@@ -54,6 +54,7 @@ export class JobMaster {
   private cancelTimer: ReturnType<typeof setTimeout> | null = null;
   /** Restarts so far: the current attempt's number. */
   attempt = 0;
+  private readonly firstAttempt: number;
   private restartPending = false;
   private restoredFrom: { meta: CheckpointMetadata; path: string } | null;
   readonly coordinator: CheckpointCoordinator;
@@ -71,11 +72,17 @@ export class JobMaster {
     const c = opts.checkpointing;
     this.store = new CheckpointStore(c.baseDir, jobId, c.retained);
     this.restoredFrom = opts.initialRestore;
-    if (this.restoredFrom) checkRestoreFits(this.restoredFrom, graph);
+    if (this.restoredFrom) {
+      checkRestoreFits(this.restoredFrom, graph);
+      // Attempts go on from the job that wrote the savepoint, so its uncommitted sink files count as older.
+      this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
+    }
+    this.firstAttempt = this.attempt;
     this.coordinator = new CheckpointCoordinator(
       {
         jobId,
         graph,
+        attempt: () => this.attempt,
         runningTasks: () => this.runningTasks(),
         trigger: async (executionId, checkpointId, timestamp, dir) => {
           const ex = this.executions.get(executionId);
@@ -154,9 +161,10 @@ export class JobMaster {
 
   private restartDelay(): number | null {
     const r = this.opts.restart;
-    if (r.type === "none" || this.attempt >= r.attempts) return null;
+    const restarts = this.attempt - this.firstAttempt;
+    if (r.type === "none" || restarts >= r.attempts) return null;
     if (r.type === "fixed-delay") return r.delayMs;
-    return Math.min(r.maxMs, r.initialMs * r.multiplier ** this.attempt);
+    return Math.min(r.maxMs, r.initialMs * r.multiplier ** restarts);
   }
 
   /** All tasks of the failed attempt have ended: wait the strategy's delay, then deploy from the latest checkpoint. */
@@ -320,7 +328,7 @@ export class JobMaster {
       recordsOut,
       vertices,
       ...(this.error ? { error: this.error } : {}),
-      restarts: this.attempt,
+      restarts: this.attempt - this.firstAttempt,
       checkpoints: { completed: c.completed, failed: c.failed, latest: c.latestCompleted(), restoredFrom: this.restoredFrom?.path ?? null, history: [...c.history] },
     };
   }

@@ -1,99 +1,262 @@
-// Source readers: each yields chunks of records for one parallel subtask.
+// Sources as splits (Flink FLIP-27 style): a source's work is cut into splits, each carrying the reader's
+// position in it. A checkpoint stores the splits' positions (plain JSON data); on restore, possibly at another
+// parallelism, the splits are reassigned to subtasks and reading continues right where it stopped.
 import * as fs from "node:fs";
 import type { SourceSpec } from "../api/plan.ts";
 
 export const SOURCE_CHUNK = 1024;
 const READ_BYTES = 1 << 20;
+const NEWLINE = 10;
 
-export function readSource(spec: SourceSpec, subtask: number, parallelism: number): Iterable<unknown[]> {
+/** A unit of a source's work with the reader's position in it: what a checkpoint stores (plain JSON-able data). */
+export type SourceSplit =
+  /** Values next..last (inclusive) remain. */
+  | { type: "sequence"; id: number; next: number; last: number }
+  /** Indices next..end-1 of spec.items remain. */
+  | { type: "collection"; id: number; next: number; end: number }
+  /**
+   * The split owns the lines whose first byte lies in [start, end). aligned=false: offset is the split's raw
+   * start (the reader skips to the first line start >= offset); aligned=true: offset is exactly the start of
+   * the next unread line.
+   */
+  | { type: "textFile"; id: number; path: string; offset: number; end: number; aligned: boolean };
+
+/**
+ * The splits subtask `subtask` of `parallelism` starts with when there is nothing to restore: one split with
+ * id = subtask. A sequence and a text file (by bytes) are split evenly; a collection source is non-parallel,
+ * so subtask 0 gets one split of all items (and any other subtask none, so nothing is read twice).
+ */
+export function initialSplits(spec: SourceSpec, subtask: number, parallelism: number): SourceSplit[] {
+  if (!(Number.isInteger(parallelism) && parallelism >= 1 && Number.isInteger(subtask) && subtask >= 0 && subtask < parallelism)) {
+    throw new Error(`source: invalid subtask ${subtask} of parallelism ${parallelism}`);
+  }
   switch (spec.type) {
     case "collection":
-      return chunked(spec.items);
+      return subtask === 0 ? [{ type: "collection", id: 0, next: 0, end: spec.items.length }] : [];
     case "sequence": {
       const total = spec.to - spec.from + 1;
+      if (total <= 0) return [{ type: "sequence", id: subtask, next: spec.from, last: spec.from - 1 }];
       const first = spec.from + Math.floor((subtask * total) / parallelism);
       const last = spec.from + Math.floor(((subtask + 1) * total) / parallelism) - 1;
-      return sequence(first, last);
+      return [{ type: "sequence", id: subtask, next: first, last }];
     }
-    case "textFile":
-      return textFileLines(spec.path, subtask, parallelism);
-  }
-}
-
-function* chunked(items: unknown[]): Iterable<unknown[]> {
-  for (let i = 0; i < items.length; i += SOURCE_CHUNK) yield items.slice(i, i + SOURCE_CHUNK);
-}
-
-function* sequence(first: number, last: number): Iterable<unknown[]> {
-  for (let i = first; i <= last; ) {
-    const n = Math.min(SOURCE_CHUNK, last - i + 1);
-    const chunk = new Array<number>(n);
-    for (let j = 0; j < n; j++) chunk[j] = i + j;
-    i += n;
-    yield chunk;
+    case "textFile": {
+      let size: number;
+      try {
+        size = fs.statSync(spec.path).size;
+      } catch (err) {
+        throw new Error(`text file source: cannot open ${spec.path}: ${(err as Error).message}`);
+      }
+      const begin = Math.floor((subtask * size) / parallelism);
+      const end = Math.floor(((subtask + 1) * size) / parallelism);
+      return [{ type: "textFile", id: subtask, path: spec.path, offset: begin, end, aligned: begin === 0 }];
+    }
   }
 }
 
 /**
- * Lines whose first byte lies in this subtask's byte range [begin, end) of the file, so that parallel
- * readers split a file without overlap or loss (a line is read whole even when it runs past end).
+ * The share of restored splits (from all old subtasks, any old parallelism) that subtask `subtask` of
+ * `parallelism` reads: those with id % parallelism === subtask (copies).
+ */
+export function assignSplits(all: readonly SourceSplit[], subtask: number, parallelism: number): SourceSplit[] {
+  const out: SourceSplit[] = [];
+  for (const s of all) if (s.id % parallelism === subtask) out.push({ ...s });
+  return out;
+}
+
+/** Reading state of the text split being read: bytes of the current, unfinished line are kept between reads. */
+interface TextState {
+  /** File offset of the next read. */
+  readPos: number;
+  /** Absolute offset of the next unread line's first byte, or -1 while still skipping to the first line start. */
+  lineStart: number;
+  /** Bytes of that line read so far (copies), concatenated only once its newline is found. */
+  parts: Buffer[];
+}
+
+/** Reads a subtask's splits one after another, in chunks, and tells its position after each chunk. */
+export class SourceReader {
+  private readonly splits: SourceSplit[];
+  /** Index of the split being read; those before it are exhausted. */
+  private cur = 0;
+  private text: TextState | null = null;
+  private buf: Buffer | null = null;
+
+  constructor(
+    private readonly spec: SourceSpec,
+    splits: SourceSplit[],
+  ) {
+    this.splits = splits.map((s) => {
+      if (s.type !== spec.type) throw new Error(`source: a ${s.type} split cannot be read by a ${spec.type} source`);
+      return { ...s };
+    });
+  }
+
+  /**
+   * The next chunk of records (at most SOURCE_CHUNK for sequence/collection; for a text file the lines
+   * completed by one read), never empty, or null when every split is exhausted.
+   */
+  next(): unknown[] | null {
+    while (this.cur < this.splits.length) {
+      const split = this.splits[this.cur]!;
+      let chunk: unknown[] | null;
+      switch (split.type) {
+        case "sequence":
+          chunk = this.nextSequence(split);
+          break;
+        case "collection":
+          chunk = this.nextCollection(split);
+          break;
+        case "textFile":
+          chunk = this.nextText(split);
+          break;
+      }
+      if (chunk !== null) return chunk;
+      this.cur++;
+      this.text = null;
+    }
+    this.buf = null;
+    return null;
+  }
+
+  /**
+   * Copies of the splits not yet exhausted, with the position right after the last chunk returned by next():
+   * a reader built from them reads exactly the records not returned yet.
+   */
+  positions(): SourceSplit[] {
+    const out: SourceSplit[] = [];
+    for (let i = this.cur; i < this.splits.length; i++) {
+      const s = this.splits[i]!;
+      switch (s.type) {
+        case "sequence":
+          if (s.next <= s.last) out.push({ ...s });
+          break;
+        case "collection":
+          if (s.next < this.collectionEnd(s)) out.push({ ...s });
+          break;
+        case "textFile":
+          if (i === this.cur && this.text !== null && this.text.lineStart >= 0) {
+            if (this.text.lineStart < s.end) out.push({ ...s, offset: this.text.lineStart, aligned: true });
+          } else if (s.offset < s.end) {
+            out.push({ ...s });
+          }
+          break;
+      }
+    }
+    return out;
+  }
+
+  private nextSequence(s: Extract<SourceSplit, { type: "sequence" }>): number[] | null {
+    if (s.next > s.last) return null;
+    const n = Math.min(SOURCE_CHUNK, s.last - s.next + 1);
+    const chunk = new Array<number>(n);
+    for (let j = 0; j < n; j++) chunk[j] = s.next + j;
+    s.next += n;
+    return chunk;
+  }
+
+  private collectionEnd(s: Extract<SourceSplit, { type: "collection" }>): number {
+    return this.spec.type === "collection" ? Math.min(s.end, this.spec.items.length) : 0;
+  }
+
+  private nextCollection(s: Extract<SourceSplit, { type: "collection" }>): unknown[] | null {
+    const end = this.collectionEnd(s);
+    if (s.next >= end || this.spec.type !== "collection") return null;
+    const stop = Math.min(end, s.next + SOURCE_CHUNK);
+    const chunk = this.spec.items.slice(s.next, stop);
+    s.next = stop;
+    return chunk;
+  }
+
+  /**
+   * The lines completed by the next read(s) of this split (reads go on while a line is unfinished), or null
+   * when the split has no more lines. The file is opened for the call only, so an abandoned reader holds no fd.
+   */
+  private nextText(s: Extract<SourceSplit, { type: "textFile" }>): string[] | null {
+    const end = s.end;
+    if (this.text === null) {
+      if (s.offset >= end) return null;
+      // Unaligned: the first line start >= offset is 0, or just after a newline at offset-1 or later.
+      const aligned = s.aligned || s.offset === 0;
+      this.text = { readPos: aligned ? s.offset : s.offset - 1, lineStart: aligned ? s.offset : -1, parts: [] };
+    }
+    const st = this.text;
+    if (st.lineStart >= end) return null;
+    let fd: number;
+    try {
+      fd = fs.openSync(s.path, "r");
+    } catch (err) {
+      throw new Error(`text file source: cannot open ${s.path}: ${(err as Error).message}`);
+    }
+    try {
+      const buf = (this.buf ??= Buffer.allocUnsafe(READ_BYTES));
+      for (;;) {
+        let n: number;
+        try {
+          n = fs.readSync(fd, buf, 0, READ_BYTES, st.readPos);
+        } catch (err) {
+          throw new Error(`text file source: cannot read ${s.path}: ${(err as Error).message}`);
+        }
+        if (n === 0) {
+          // End of file: a last line without a newline is still a line.
+          if (st.lineStart >= 0 && st.parts.length > 0 && st.lineStart < end) {
+            const line = stripCr(Buffer.concat(st.parts).toString("utf8"));
+            st.lineStart = st.readPos;
+            st.parts = [];
+            return [line];
+          }
+          st.lineStart = Math.max(st.lineStart, end);
+          return null;
+        }
+        let data = buf.subarray(0, n);
+        let dataPos = st.readPos;
+        st.readPos += n;
+        if (st.lineStart < 0) {
+          const nl = data.indexOf(NEWLINE);
+          if (nl < 0) continue;
+          st.lineStart = dataPos + nl + 1;
+          data = data.subarray(nl + 1);
+          dataPos = st.lineStart;
+        }
+        const lines: string[] = [];
+        let from = 0;
+        for (;;) {
+          if (st.lineStart >= end) return lines.length > 0 ? lines : null;
+          const nl = data.indexOf(NEWLINE, from);
+          if (nl < 0) break;
+          let line: string;
+          if (st.parts.length > 0) {
+            st.parts.push(data.subarray(from, nl));
+            line = Buffer.concat(st.parts).toString("utf8");
+            st.parts = [];
+          } else {
+            line = data.toString("utf8", from, nl);
+          }
+          lines.push(stripCr(line));
+          from = nl + 1;
+          st.lineStart = dataPos + from;
+        }
+        if (from < data.length) st.parts.push(Buffer.from(data.subarray(from))); // a copy: buf is reused
+        if (lines.length > 0) return lines;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
+/** The records of subtask `subtask` of `parallelism`, read from its initial splits. */
+export function* readSource(spec: SourceSpec, subtask: number, parallelism: number): Iterable<unknown[]> {
+  const reader = new SourceReader(spec, initialSplits(spec, subtask, parallelism));
+  for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) yield chunk;
+}
+
+/**
+ * Lines whose first byte lies in this subtask's byte range of the file, so that parallel readers split a
+ * file without overlap or loss (a line is read whole even when it runs past the range's end).
  */
 export function* textFileLines(path: string, subtask: number, parallelism: number): Iterable<string[]> {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, "r");
-  } catch (err) {
-    throw new Error(`text file source: cannot open ${path}: ${(err as Error).message}`);
-  }
-  try {
-    const size = fs.fstatSync(fd).size;
-    const begin = Math.floor((subtask * size) / parallelism);
-    const end = Math.floor(((subtask + 1) * size) / parallelism);
-    if (begin >= end) return;
-    // Position of the first line start >= begin: 0, or just after a newline at begin-1 or later.
-    let readPos = begin === 0 ? 0 : begin - 1;
-    let pending: Buffer = Buffer.alloc(0); // bytes of the current, unfinished line
-    let lineStart = -1; // absolute offset of pending[0] once a line start is found
-    if (begin === 0) lineStart = 0;
-    const buf = Buffer.allocUnsafe(READ_BYTES);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, READ_BYTES, readPos);
-      const chunkPos = readPos;
-      readPos += n;
-      if (n === 0) break;
-      let data = buf.subarray(0, n);
-      let dataPos = chunkPos;
-      if (lineStart < 0) {
-        const nl = data.indexOf(10);
-        if (nl < 0) continue;
-        lineStart = dataPos + nl + 1;
-        data = data.subarray(nl + 1);
-        dataPos = lineStart;
-      }
-      if (pending.length > 0) {
-        data = Buffer.concat([pending, data]);
-        dataPos = lineStart;
-      }
-      const lines: string[] = [];
-      let from = 0;
-      for (;;) {
-        if (dataPos + from >= end) {
-          if (lines.length) yield lines;
-          return;
-        }
-        const nl = data.indexOf(10, from);
-        if (nl < 0) break;
-        lines.push(stripCr(data.toString("utf8", from, nl)));
-        from = nl + 1;
-      }
-      lineStart = dataPos + from;
-      pending = Buffer.from(data.subarray(from)); // copy: buf is reused by the next read
-      if (lines.length) yield lines;
-    }
-    if (pending.length > 0 && lineStart < end) yield [stripCr(pending.toString("utf8"))];
-  } finally {
-    fs.closeSync(fd);
-  }
+  yield* readSource({ type: "textFile", path }, subtask, parallelism) as Iterable<string[]>;
 }
 
 function stripCr(line: string): string {

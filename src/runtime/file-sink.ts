@@ -1,0 +1,249 @@
+// Exactly-once row files, as Flink's FileSink in row format: a two-phase commit tied to checkpoints.
+//
+// One instance per parallel subtask and job attempt. Records are appended to an in-progress file; at the
+// barrier of checkpoint n the file is flushed, fsynced, closed and renamed to pending transaction n
+// (preCommit); when checkpoint n completes, every pending transaction <= n of this subtask and attempt is
+// renamed to its final, visible name (commit). Names inside the sink directory:
+//
+//   in progress  .part-<subtask>-<attempt>-<seq>.inprogress   (seq counts the files of this instance)
+//   pending      .part-<subtask>-<attempt>-<txn>.pending
+//   committed    part-<subtask>-<attempt>-<txn>                (readers read only names not starting with ".")
+//
+// End of input commits what is in progress as the final transaction (txn = Number.MAX_SAFE_INTEGER).
+// Recovery (open) settles the files of older attempts that map to this subtask (old s % parallelism ===
+// subtask): pending files that the restored checkpoint covers are committed (the notify may have been lost),
+// everything newer and every in-progress file is deleted, since the job replays that output. Files of the
+// current attempt are never touched there (other subtasks may already be writing).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { formatRecord } from "./operators.ts";
+
+export interface FileSinkOptions {
+  dir: string;
+  subtask: number;
+  parallelism: number;
+  attempt: number;
+  /** One record to one line (without the "\n"); default formatRecord, the line format of the other sinks. */
+  format?: (record: unknown) => string;
+}
+
+/** The transaction id of the commit at end of input. */
+export const FINAL_TXN = Number.MAX_SAFE_INTEGER;
+
+/** Lines buffered before a write(2), as LineSink. */
+const BATCH_LINES = 4096;
+
+const INPROGRESS_RE = /^\.part-(\d+)-(\d+)-(\d+)\.inprogress$/;
+const PENDING_RE = /^\.part-(\d+)-(\d+)-(\d+)\.pending$/;
+const COMMITTED_RE = /^part-(\d+)-(\d+)-(\d+)$/;
+
+export function inProgressName(subtask: number, attempt: number, seq: number): string {
+  return `.part-${subtask}-${attempt}-${seq}.inprogress`;
+}
+export function pendingName(subtask: number, attempt: number, txn: number): string {
+  return `.part-${subtask}-${attempt}-${txn}.pending`;
+}
+export function committedName(subtask: number, attempt: number, txn: number): string {
+  return `part-${subtask}-${attempt}-${txn}`;
+}
+
+/** A sink file name taken apart; null for names the sink did not write. */
+export function parseSinkFileName(name: string): { kind: "inprogress" | "pending" | "committed"; subtask: number; attempt: number; n: number } | null {
+  const m = INPROGRESS_RE.exec(name) ?? PENDING_RE.exec(name) ?? COMMITTED_RE.exec(name);
+  if (!m) return null;
+  const kind = name.endsWith(".inprogress") ? "inprogress" : name.endsWith(".pending") ? "pending" : "committed";
+  const [subtask, attempt, n] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (!Number.isSafeInteger(subtask) || !Number.isSafeInteger(attempt) || !Number.isSafeInteger(n)) return null;
+  return { kind, subtask, attempt, n };
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Runs an fs operation; a failure is rethrown with a message naming the path. */
+function io<T>(what: string, file: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw new Error(`file sink: cannot ${what} ${file}: ${errorText(err)}`, { cause: err });
+  }
+}
+
+function checkIndex(name: string, v: number, min: number): void {
+  if (!Number.isSafeInteger(v) || v < min) throw new Error(`file sink: ${name} must be an integer >= ${min}, got ${v}`);
+}
+
+export class TwoPhaseCommitFileSink {
+  private readonly dir: string;
+  private readonly subtask: number;
+  private readonly parallelism: number;
+  private readonly attempt: number;
+  private readonly format: (record: unknown) => string;
+
+  private lines: string[] = [];
+  /** The open in-progress file (null: nothing written since the last barrier). */
+  private fd: number | null = null;
+  private inProgressPath = "";
+  private seq = 0;
+  /** Pending transactions of this instance, not yet committed, ascending. */
+  private pending: number[] = [];
+  private state: "running" | "ended" | "closed" = "running";
+
+  constructor(opts: FileSinkOptions) {
+    checkIndex("subtask", opts.subtask, 0);
+    checkIndex("parallelism", opts.parallelism, 1);
+    checkIndex("attempt", opts.attempt, 0);
+    if (opts.subtask >= opts.parallelism) throw new Error(`file sink: subtask ${opts.subtask} out of range for parallelism ${opts.parallelism}`);
+    if (typeof opts.dir !== "string" || opts.dir === "") throw new Error("file sink: expected a directory path");
+    this.dir = opts.dir;
+    this.subtask = opts.subtask;
+    this.parallelism = opts.parallelism;
+    this.attempt = opts.attempt;
+    this.format = opts.format ?? formatRecord;
+  }
+
+  /**
+   * Recovery, before the first record. restoredCheckpointId: the checkpoint the job was restored from, 0 if none.
+   * Settles the files of older attempts whose old subtask s has s % parallelism === subtask: pending with
+   * txn <= restoredCheckpointId are committed; pending or committed with a larger txn, and every in-progress
+   * file, are deleted. Files of the current (or a later) attempt are left alone. Creates the directory if missing.
+   */
+  open(restoredCheckpointId: number): void {
+    if (!Number.isSafeInteger(restoredCheckpointId) || restoredCheckpointId < 0) {
+      throw new Error(`file sink: restored checkpoint id must be an integer >= 0, got ${restoredCheckpointId}`);
+    }
+    const dir = this.dir;
+    io("create directory", dir, () => fs.mkdirSync(dir, { recursive: true }));
+    const st = io("stat", dir, () => fs.statSync(dir));
+    if (!st.isDirectory()) throw new Error(`file sink: cannot use ${dir}: not a directory`);
+    io("write to directory", dir, () => fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK));
+    const names = io("list directory", dir, () => fs.readdirSync(dir));
+    let changed = false;
+    for (const name of names) {
+      const f = parseSinkFileName(name);
+      if (!f || f.attempt >= this.attempt || f.subtask % this.parallelism !== this.subtask) continue;
+      const file = path.join(dir, name);
+      if (f.kind === "pending" && f.n <= restoredCheckpointId) {
+        const target = path.join(dir, committedName(f.subtask, f.attempt, f.n));
+        io("commit", file, () => fs.renameSync(file, target));
+        changed = true;
+      } else if (f.kind === "inprogress" || f.n > restoredCheckpointId) {
+        io("delete", file, () => fs.rmSync(file, { force: true }));
+        changed = true;
+      }
+    }
+    if (changed) this.syncDir();
+  }
+
+  /** Buffers one record; the lines go to the in-progress file in batches. */
+  write(record: unknown): void {
+    if (this.state !== "running") throw new Error(`file sink ${this.dir}: write after ${this.state === "ended" ? "end of input" : "close"}`);
+    if (this.fd === null) this.openInProgress();
+    this.lines.push(this.format(record));
+    if (this.lines.length >= BATCH_LINES) this.flushLines();
+  }
+
+  /**
+   * Synchronous part of checkpoint n: flush, fsync and close the in-progress file and rename it to pending
+   * transaction n. No file if nothing was written since the last barrier.
+   */
+  preCommit(checkpointId: number): void {
+    if (!Number.isSafeInteger(checkpointId) || checkpointId < 0) throw new Error(`file sink: bad checkpoint id ${checkpointId}`);
+    if (this.state === "closed") throw new Error(`file sink ${this.dir}: checkpoint ${checkpointId} after close`);
+    if (this.fd === null) return;
+    if (this.pending.includes(checkpointId)) throw new Error(`file sink ${this.dir}: transaction ${checkpointId} is already pending`);
+    this.flushLines();
+    const fd = this.fd;
+    const file = this.inProgressPath;
+    this.fd = null;
+    try {
+      io("sync", file, () => fs.fsyncSync(fd));
+    } finally {
+      io("close", file, () => fs.closeSync(fd));
+    }
+    const target = path.join(this.dir, pendingName(this.subtask, this.attempt, checkpointId));
+    io("rename", file, () => fs.renameSync(file, target));
+    this.syncDir();
+    this.pending.push(checkpointId);
+    this.pending.sort((a, b) => a - b);
+  }
+
+  /** Checkpoint n completed: commits every pending transaction <= n of this subtask and attempt. Idempotent. */
+  commit(checkpointId: number): void {
+    let count = 0;
+    while (count < this.pending.length && this.pending[count]! <= checkpointId) count++;
+    if (count === 0) return;
+    for (const txn of this.pending.slice(0, count)) {
+      const from = path.join(this.dir, pendingName(this.subtask, this.attempt, txn));
+      const to = path.join(this.dir, committedName(this.subtask, this.attempt, txn));
+      try {
+        fs.renameSync(from, to);
+      } catch (err) {
+        // Already committed (a repeated call after a failure half-way): fine; anything else is an error.
+        if (!((err as NodeJS.ErrnoException).code === "ENOENT" && fs.existsSync(to))) {
+          throw new Error(`file sink: cannot commit ${from}: ${errorText(err)}`, { cause: err });
+        }
+      }
+      this.pending.shift();
+    }
+    this.syncDir();
+  }
+
+  /** End of input: commits what is in progress as the final transaction, and every pending one. */
+  endInput(): void {
+    if (this.state !== "running") return;
+    this.preCommit(FINAL_TXN);
+    this.commit(FINAL_TXN);
+    this.state = "ended";
+  }
+
+  /** Task canceled or failed: closes the file descriptor and drops buffered lines; files stay (recovery cleans up). */
+  close(): void {
+    this.state = "closed";
+    this.lines = [];
+    const fd = this.fd;
+    this.fd = null;
+    if (fd !== null) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // Closing on the failure path: nothing to do about it.
+      }
+    }
+  }
+
+  private openInProgress(): void {
+    const file = path.join(this.dir, inProgressName(this.subtask, this.attempt, this.seq++));
+    this.fd = io("open", file, () => fs.openSync(file, "w"));
+    this.inProgressPath = file;
+  }
+
+  private flushLines(): void {
+    if (this.lines.length === 0 || this.fd === null) return;
+    const buf = Buffer.from(this.lines.join("\n") + "\n", "utf8");
+    this.lines = [];
+    const fd = this.fd;
+    io("write", this.inProgressPath, () => {
+      let off = 0;
+      while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+    });
+  }
+
+  /** Makes renames in the directory durable (best effort where directories cannot be fsynced). */
+  private syncDir(): void {
+    let fd: number;
+    try {
+      fd = fs.openSync(this.dir, "r");
+    } catch {
+      return;
+    }
+    try {
+      fs.fsyncSync(fd);
+    } catch {
+      // EINVAL/EISDIR/EPERM: the platform does not sync directories.
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}

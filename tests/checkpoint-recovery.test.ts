@@ -1,0 +1,194 @@
+// Exactly-once end to end with real processes: a JobManager and three TaskManagers run a keyed, stateful job
+// that writes through the two-phase-commit file sink; TaskManagers are killed with SIGKILL mid-job (twice, at
+// seeded random moments) or a task throws once; the job restarts from its latest checkpoint and the committed
+// output equals what an uninterrupted run would write: every (key, count) exactly once. Savepoints restore at
+// another parallelism with the same result.
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
+
+const CLUSTER = [
+  "-D", "heartbeat.interval=200ms",
+  "-D", "heartbeat.timeout=2s",
+  "-D", "taskmanager.registration.max-backoff=200ms",
+  "-D", "restart-strategy.type=fixed-delay",
+  "-D", "restart-strategy.fixed-delay.attempts=10",
+  "-D", "restart-strategy.fixed-delay.delay=200ms",
+];
+const KEYS = 37;
+const clients: RpcConnection[] = [];
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close();
+  await Child.stopAll();
+});
+afterAll(removeTempDirs);
+
+async function startCluster(dir: string, taskManagers: number): Promise<{ port: number; jm: Child; tms: Child[]; rpc: RpcConnection; startTm: (id: string) => Child }> {
+  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`];
+  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
+  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
+  const startTm = (id: string) =>
+    new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
+  const tms = Array.from({ length: taskManagers }, (_, i) => startTm(`tm-${i}`));
+  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+  const rpc = await connectClient("127.0.0.1", port);
+  clients.push(rpc);
+  return { port, jm, tms, rpc, startTm };
+}
+
+/**
+ * The job: numbers 1..n (throttled so that it runs a few seconds), keyed by n % KEYS, a KeyedProcessFunction that
+ * counts per key in ValueState and emits [key, count]: the output set does not depend on how records interleave,
+ * so it is exactly {(k, 1..n_k)} for an exactly-once run, whatever failed in between.
+ */
+function jobSource(opts: { out: string; n: number; backend: "heap" | "sqlite"; throwOnceMarker?: string; pauseEvery?: number }): string {
+  return `
+    import * as fs from "node:fs";
+    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(150).setStateBackend(${JSON.stringify(opts.backend)});
+      env.fromSequence(1, ${opts.n})
+        .map((x) => { if (x % ${opts.pauseEvery ?? 2000} === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+        .keyBy((x) => x % ${KEYS})
+        .process({
+          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
+          processElement(x, ctx, out) {
+            ${opts.throwOnceMarker ? `if (x === ${Math.floor(opts.n / 2)} && !fs.existsSync(${JSON.stringify(opts.throwOnceMarker)})) { fs.writeFileSync(${JSON.stringify(opts.throwOnceMarker)}, "thrown"); throw new Error("injected failure at " + x); }` : ""}
+            const c = this.count.value() + 1;
+            this.count.update(c);
+            out.collect([ctx.getCurrentKey(), c]);
+          },
+        })
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(opts.out)}).build());
+    };`;
+}
+
+/** Committed lines of the sink directory (hidden pending and in-progress files excluded). */
+function committedLines(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => !f.startsWith("."))
+    .flatMap((f) => fs.readFileSync(path.join(dir, f), "utf8").split("\n"))
+    .filter((l) => l.length > 0);
+}
+
+/** Every (key, count) of an uninterrupted run, computed directly. */
+function expectExactlyOnce(lines: string[], n: number): void {
+  const perKey = new Array<number>(KEYS).fill(0);
+  for (let x = 1; x <= n; x++) perKey[x % KEYS]!++;
+  const seen = new Set<string>();
+  const dups: string[] = [];
+  const bad: string[] = [];
+  for (const l of lines) {
+    const m = /^\((\d+),(\d+)\)$/.exec(l);
+    if (!m || Number(m[2]) < 1 || Number(m[2]) > perKey[Number(m[1])]!) bad.push(l);
+    else if (seen.has(l)) dups.push(l);
+    else seen.add(l);
+  }
+  expect({ bad: bad.slice(0, 5), duplicates: dups.length, exampleDuplicates: dups.slice(0, 5) }).toEqual({ bad: [], duplicates: 0, exampleDuplicates: [] });
+  expect(seen.size).toBe(n); // with no duplicate and nothing out of range, n distinct lines are all of them
+}
+
+function taskManagersRunning(s: JobStatus): string[] {
+  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
+}
+
+describe("exactly-once recovery (real processes)", () => {
+  for (const backend of ["heap", "sqlite"] as const) {
+    test(`${backend} backend: two TaskManagers SIGKILLed mid-job; committed output is exactly once`, async () => {
+      const dir = tempDir(`tm-recovery-${backend}-`);
+      const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
+      const out = path.join(dir, "out");
+      const N = 400_000;
+      const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend, pauseEvery: 50 }));
+      const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+      const random = rng(backend === "heap" ? 11 : 12);
+      const byId = new Map(tms.map((tm, i) => [`tm-${i}`, tm]));
+      for (let kill = 0; kill < 2; kill++) {
+        // Wait until the job runs and has completed a checkpoint in this attempt, then a random moment more.
+        const before = (await rpc.request("jobStatus", { jobId })).checkpoints.completed;
+        await waitFor("a running job with a new checkpoint", async () => {
+          const s = await rpc.request("jobStatus", { jobId });
+          return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
+        }, 30_000).catch(async (err) => {
+          throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
+        });
+        await Bun.sleep(50 + Math.floor(random() * 300));
+        const s = await rpc.request("jobStatus", { jobId });
+        if (s.state !== "RUNNING") break; // finished early: nothing left to kill in
+        const victimId = taskManagersRunning(s)[Math.floor(random() * taskManagersRunning(s).length)]!;
+        byId.get(victimId)!.kill("SIGKILL");
+        byId.delete(victimId);
+        // A replacement TaskManager, as a supervisor (systemd, Kubernetes) would start.
+        const fresh = `tm-r${kill}`;
+        const tm = startTm(fresh);
+        byId.set(fresh, tm);
+      }
+      const final = await waitForJob(rpc, jobId, () => {}, 100);
+      expect(final.error?.message).toBeUndefined();
+      expect(final.state).toBe("FINISHED");
+      expect(final.restarts).toBeGreaterThanOrEqual(1);
+      expectExactlyOnce(committedLines(out), N);
+      // Nothing is left pending or in progress once the job has finished.
+      expect(fs.readdirSync(out).filter((f) => f.startsWith("."))).toEqual([]);
+    }, 120_000);
+  }
+
+  test("a task that throws once: the job restarts from its checkpoint and the output is exactly once", async () => {
+    const dir = tempDir("tm-recovery-throw-");
+    const { rpc } = await startCluster(dir, 2);
+    const out = path.join(dir, "out");
+    const marker = path.join(dir, "thrown");
+    const N = 400_000;
+    const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "heap", throwOnceMarker: marker, pauseEvery: 500 }));
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+    const final = await waitForJob(rpc, jobId, () => {}, 100);
+    expect(final.state).toBe("FINISHED");
+    expect(fs.readFileSync(marker, "utf8")).toBe("thrown");
+    expect(final.restarts).toBe(1);
+    // It restarted from a checkpoint taken before the failure, not from the beginning.
+    expect(final.checkpoints.restoredFrom).toMatch(/chk-\d+\/_metadata$/);
+    expectExactlyOnce(committedLines(out), N);
+  }, 90_000);
+
+  test("savepoint, cancel, restore at parallelism 2 -> 4: the same output as one uninterrupted run", async () => {
+    const dir = tempDir("tm-savepoint-");
+    const { port, rpc } = await startCluster(dir, 2);
+    const out = path.join(dir, "out");
+    const N = 300_000;
+    const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "sqlite", pauseEvery: 50 }));
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+    await waitFor("the job running with a checkpoint", async () => {
+      const s = await rpc.request("jobStatus", { jobId });
+      return s.state === "RUNNING" && s.checkpoints.completed > 0;
+    }, 30_000);
+    const spDir = path.join(dir, "savepoints");
+    const cancel = new Child([BUN, "main.ts", "cancel", jobId, `--with-savepoint=${spDir}`, "-m", `127.0.0.1:${port}`]);
+    const cancelCode = await cancel.exited();
+    expect({ cancelCode, stderr: cancelCode === 0 ? "" : cancel.stderr }).toEqual({ cancelCode: 0, stderr: "" });
+    const spPath = /Savepoint completed\. Path: (.+)/.exec(cancel.stdout)![1]!.trim();
+    expect(fs.existsSync(path.join(spPath, "_metadata"))).toBe(true);
+    const canceled = await waitForJob(rpc, jobId, () => {}, 100);
+    expect(canceled.state).toBe("CANCELED");
+    const partial = committedLines(out).length;
+    expect(partial).toBeLessThan(N); // it was stopped part-way
+
+    const resume = new Child([BUN, "main.ts", "submit", "-p", "4", "-s", spPath, "-m", `127.0.0.1:${port}`, job]);
+    const resumeCode = await resume.exited(90_000);
+    expect({ resumeCode, stderr: resumeCode === 0 ? "" : resume.stderr }).toEqual({ resumeCode: 0, stderr: "" });
+    const list = await rpc.request("listJobs", {});
+    const resumed = list.find((j) => j.jobId !== jobId)!;
+    expect(resumed.state).toBe("FINISHED");
+    expect(resumed.vertices.find((v) => v.name.includes("Keyed Process"))!.parallelism).toBe(4);
+    expect(resumed.checkpoints.restoredFrom).toBe(path.join(spPath, "_metadata"));
+    expectExactlyOnce(committedLines(out), N);
+  }, 120_000);
+});
