@@ -1,0 +1,161 @@
+// The checkpoint coordinator and checkpoint storage on their own: completion only with every task's
+// acknowledgement, metadata written last, retention, aborts (decline, time-out, a task that ends, unwritable
+// storage) that clean up, and metadata files that are truncated or of another version refused by path.
+import { afterAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { JobGraph } from "../src/api/job-graph.ts";
+import { CheckpointCoordinator, type CoordinatorHost } from "../src/jobmanager/checkpoint-coordinator.ts";
+import { CheckpointStore, METADATA_FILE, readMetadata } from "../src/jobmanager/checkpoint-store.ts";
+import type { TaskDeployment, TaskSnapshot } from "../src/rpc/messages.ts";
+import { removeTempDirs, tempDir } from "./helpers.ts";
+
+afterAll(removeTempDirs);
+
+const graph = {
+  name: "g",
+  vertices: [
+    { id: 0, name: "Source", parallelism: 2, isSource: true, operatorIds: [0] },
+    { id: 1, name: "Sink", parallelism: 1, isSource: false, operatorIds: [1] },
+  ],
+  edges: [{ id: 0, source: 0, target: 1, partitioner: "rebalance" }],
+  maxParallelism: 128,
+} as unknown as JobGraph;
+
+const tasks = [
+  { executionId: "j-0-0-0", vertexId: 0, subtaskIndex: 0, vertexName: "Source" },
+  { executionId: "j-0-1-0", vertexId: 0, subtaskIndex: 1, vertexName: "Source" },
+  { executionId: "j-1-0-0", vertexId: 1, subtaskIndex: 0, vertexName: "Sink" },
+] as TaskDeployment[];
+
+function setup(opts: { timeoutMs?: number; retained?: number; running?: boolean; base?: string } = {}) {
+  const base = opts.base ?? tempDir("tm-coord-");
+  const store = new CheckpointStore(base, "job1", opts.retained ?? 2);
+  const triggered: { executionId: string; id: number; dir: string }[] = [];
+  const notified: [string, number][] = [];
+  const host: CoordinatorHost = {
+    jobId: "job1",
+    graph,
+    attempt: () => 0,
+    runningTasks: () => (opts.running === false ? null : tasks),
+    trigger: async (executionId, id, _ts, dir) => void triggered.push({ executionId, id, dir }),
+    notifyComplete: (executionId, id) => void notified.push([executionId, id]),
+  };
+  const c = new CheckpointCoordinator(host, { intervalMs: 0, timeoutMs: opts.timeoutMs ?? 60_000, minPauseMs: 0, maxConcurrent: 1, store, savepointDir: path.join(base, "sp") });
+  return { c, store, base, triggered, notified };
+}
+
+const snap = (n: number): TaskSnapshot => ({ keyed: null, operator: { type: "operator", formatVersion: 1, files: [`f${n}`], subtaskIndex: n, parallelism: 2, sizeBytes: 10 } });
+
+describe("CheckpointCoordinator", () => {
+  test("triggers only the source tasks; completes only when every task acknowledged; metadata last; notifies all", async () => {
+    const { c, store, triggered, notified } = setup();
+    const done = c.triggerNow(false);
+    expect(triggered.map((t) => t.executionId)).toEqual(["j-0-0-0", "j-0-1-0"]);
+    const dir = triggered[0]!.dir;
+    expect(dir).toBe(store.dirOf(1));
+    c.onAcknowledge("j-0-0-0", 1, snap(0));
+    c.onAcknowledge("j-1-0-0", 1, snap(2));
+    expect(fs.existsSync(path.join(dir, METADATA_FILE))).toBe(false); // not before the last acknowledgement
+    expect(notified).toEqual([]);
+    c.onAcknowledge("j-0-1-0", 1, snap(1));
+    const r = await done;
+    expect(r).toEqual({ path: path.join(dir, METADATA_FILE), checkpointId: 1 });
+    const { meta } = readMetadata(dir);
+    expect(meta.vertices[0]!.subtasks.map((s) => s.operator!.subtaskIndex)).toEqual([0, 1]);
+    expect(meta.vertices[1]!.subtasks.length).toBe(1);
+    expect(notified.map(([e]) => e).sort()).toEqual(tasks.map((t) => t.executionId).sort());
+    expect(c.completed).toBe(1);
+    expect(c.latestCompleted()!.sizeBytes).toBe(30);
+  });
+
+  test("a decline aborts the checkpoint and removes its directory; the next one still completes", async () => {
+    const { c, store } = setup();
+    const first = c.triggerNow(false);
+    c.onAcknowledge("j-0-0-0", 1, snap(0));
+    c.onDecline("j-1-0-0", 1, "disk full");
+    await expect(first).rejects.toThrow(/checkpoint 1 aborted: declined by Sink \(1\): disk full/);
+    await Bun.sleep(20);
+    expect(fs.existsSync(store.dirOf(1))).toBe(false);
+    expect(c.failed).toBe(1);
+    const second = c.triggerNow(false);
+    for (const t of tasks) c.onAcknowledge(t.executionId, 2, snap(0));
+    expect((await second).checkpointId).toBe(2);
+    expect(store.latest()!.meta.checkpointId).toBe(2);
+  });
+
+  test("a checkpoint that times out is aborted; late acknowledgements are ignored", async () => {
+    const { c } = setup({ timeoutMs: 30 });
+    const p = c.triggerNow(false);
+    c.onAcknowledge("j-0-0-0", 1, snap(0));
+    await expect(p).rejects.toThrow(/timed out after 30 ms \(1 of 3 tasks acknowledged\)/);
+    c.onAcknowledge("j-0-1-0", 1, snap(1));
+    c.onAcknowledge("j-1-0-0", 1, snap(2));
+    expect(c.completed).toBe(0);
+    expect(c.history.at(-1)!.status).toBe("FAILED");
+  });
+
+  test("a task that ends before acknowledging aborts the checkpoint; nothing is triggered while tasks are not all running", async () => {
+    const { c } = setup();
+    const p = c.triggerNow(false);
+    c.onTaskEnded("j-1-0-0");
+    await expect(p).rejects.toThrow(/ended before acknowledging/);
+    const idle = setup({ running: false });
+    await expect(idle.c.triggerNow(false)).rejects.toThrow(/not all tasks of the job are running/);
+    expect(idle.triggered).toEqual([]);
+  });
+
+  test("unwritable storage fails the checkpoint with the reason; no task is asked", async () => {
+    const base = tempDir("tm-coord-ro-");
+    fs.writeFileSync(path.join(base, "job1"), "a file where the job's directory should be");
+    const { c, triggered } = setup({ base });
+    await expect(c.triggerNow(false)).rejects.toThrow(/checkpoint 1: cannot create its directory: .*(EEXIST|ENOTDIR|not a directory|file already exists)/i);
+    expect(triggered).toEqual([]);
+    expect(c.failed).toBe(1);
+  });
+
+  test("keeps the configured number of completed checkpoints; savepoints are not pruned", async () => {
+    const { c, store, base } = setup({ retained: 2 });
+    for (let id = 1; id <= 4; id++) {
+      const p = c.triggerNow(false);
+      for (const t of tasks) c.onAcknowledge(t.executionId, id, snap(0));
+      await p;
+    }
+    expect(fs.readdirSync(store.jobDir).sort()).toEqual(["chk-3", "chk-4"]);
+    const sp = c.triggerNow(true);
+    for (const t of tasks) c.onAcknowledge(t.executionId, 5, snap(0));
+    const { path: spFile } = await sp;
+    expect(spFile.startsWith(path.join(base, "sp"))).toBe(true);
+    expect(readMetadata(spFile).meta.savepoint).toBe(true);
+    expect(fs.readdirSync(store.jobDir).sort()).toEqual(["chk-3", "chk-4"]);
+  });
+});
+
+describe("CheckpointStore metadata", () => {
+  function completed(store: CheckpointStore, id: number) {
+    const dir = store.prepare(id);
+    store.complete({ magic: "tm-checkpoint", version: 1, jobId: "job1", jobName: "g", checkpointId: id, timestamp: 0, savepoint: false, attempt: 0, maxParallelism: 128, vertices: [] }, dir);
+    return path.join(dir, METADATA_FILE);
+  }
+
+  test("a truncated newest metadata file is refused by path and the previous checkpoint is used", () => {
+    const store = new CheckpointStore(tempDir("tm-store-"), "job1", 5);
+    completed(store, 1);
+    const newest = completed(store, 2);
+    const text = fs.readFileSync(newest, "utf8");
+    fs.writeFileSync(newest, text.slice(0, text.length >> 1));
+    expect(() => readMetadata(newest)).toThrow(`checkpoint metadata ${newest} is truncated or corrupt`);
+    expect(store.latest()!.meta.checkpointId).toBe(1);
+  });
+
+  test("metadata of an unknown version is refused by path; a directory without metadata is not a checkpoint", () => {
+    const store = new CheckpointStore(tempDir("tm-store-"), "job1", 5);
+    completed(store, 1);
+    const f = completed(store, 2);
+    fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(fs.readFileSync(f, "utf8")), version: 99 }));
+    store.prepare(3); // in progress: no metadata yet
+    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has version 99; this build reads version 1`);
+    expect(store.latest()!.meta.checkpointId).toBe(1);
+    expect(() => readMetadata(path.join(store.jobDir, "missing"))).toThrow(/cannot read checkpoint metadata .*missing.*ENOENT/);
+  });
+});
