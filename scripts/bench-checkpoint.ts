@@ -1,0 +1,158 @@
+// Measures checkpointing (issue 5), in one run:
+//  (a) throughput of a keyed sum with checkpoints off vs every 1 s (heap backend), on an in-process cluster;
+//  (b) checkpoint duration and size with 1 million keys in state, on the heap and the SQLite backend;
+//  (c) time from SIGKILL of a TaskManager process to the job running again, with the default heartbeat and
+//      restart settings (a JobManager and three TaskManagers as real processes).
+// Run: bun scripts/bench-checkpoint.ts [--records 20000000] [--runs 3]
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { defaultConfig } from "../src/config/index.ts";
+import { startLocalCluster } from "../src/client/local-cluster.ts";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import { BUN, Child, ROOT } from "../tests/helpers.ts";
+
+const { values } = parseArgs({ options: { records: { type: "string", default: "20000000" }, runs: { type: "string", default: "3" } } });
+const RECORDS = Number(values.records);
+const RUNS = Number(values.runs);
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-cp-"));
+const log = (s: string) => console.error(`[bench-checkpoint] ${s}`);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const api = JSON.stringify(path.join(ROOT, "src/api/index.ts"));
+
+function job(name: string, body: string): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, `import { ValueStateDescriptor } from ${api};\nexport default (env, args) => {\n${body}\n};\n`);
+  return file;
+}
+
+/** Runs a job on a fresh in-process cluster (1 TaskManager, 2 slots); returns its final status. */
+async function runLocal(file: string, args: string[], p: number, onStatus?: (s: JobStatus) => void): Promise<JobStatus> {
+  const cfg = { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), "taskmanager.state.dir": path.join(dir, "state") };
+  const cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: cfg });
+  const rpc = await connectClient("127.0.0.1", cluster.port);
+  try {
+    const jobId = await submitJob(rpc, await prepareJob(file, args, p));
+    if (onStatus) {
+      for (;;) {
+        const s = await rpc.request("jobStatus", { jobId });
+        onStatus(s);
+        if (s.endTime !== null) break;
+        await Bun.sleep(100);
+      }
+    }
+    return await waitForJob(rpc, jobId, () => {}, 50);
+  } finally {
+    rpc.close();
+    await cluster.stop();
+  }
+}
+
+const rows: string[] = [];
+try {
+  // (a) keyed sum, checkpoints off vs every 1 s.
+  const sumJob = job("sum.ts", `
+    const interval = Number(args[0]);
+    if (interval > 0) env.enableCheckpointing(interval);
+    env.fromSequence(1, Number(args[1])).map((x) => [x % 10000, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+  const rate: Record<string, number> = {};
+  for (const interval of [0, 1000]) {
+    const secs: number[] = [];
+    let checkpoints = 0;
+    for (let r = 0; r < RUNS; r++) {
+      const s = await runLocal(sumJob, [String(interval), String(RECORDS)], 1);
+      if (s.state !== "FINISHED") throw new Error(`keyed sum ended ${s.state}: ${s.error?.message}`);
+      secs.push((s.endTime! - s.startTime) / 1000);
+      checkpoints = s.checkpoints.completed;
+    }
+    rate[interval] = RECORDS / median(secs);
+    log(`interval ${interval}: ${(rate[interval]! / 1e6).toFixed(2)} M records/s, ${checkpoints} checkpoints in the last run`);
+    rows.push(`| keyed sum, p=1, checkpoints ${interval === 0 ? "off" : "every 1 s"} | ${(rate[interval]! / 1e6).toFixed(2)} M records/s | median of ${RUNS} runs of ${RECORDS / 1e6} M records${interval ? `; ${checkpoints} checkpoints completed in the last run` : ""} |`);
+  }
+  const loss = 1 - rate[1000]! / rate[0]!;
+  rows.push(`| throughput loss with checkpoints every 1 s (goal <= 5%) | **${(loss * 100).toFixed(1)}%: ${loss <= 0.05 ? "met" : "missed"}** | |`);
+
+  // (b) 1 million keys in state: the size and duration of the checkpoints taken once every key is there.
+  const bigJob = job("big.ts", `
+    env.enableCheckpointing(1000).setStateBackend(args[0]);
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    env.fromSequence(1, 4_000_000)
+      .map((x) => { if (x > 1_000_000 && x % 5000 === 0) Atomics.wait(pause, 0, 0, 2); return x; })
+      .keyBy((x) => x % 1_000_000)
+      .process({
+        open(ctx) { this.n = ctx.getState(new ValueStateDescriptor("n", { default: 0 })); },
+        processElement(x, ctx, out) { this.n.update(this.n.value() + 1); },
+      })
+      .addSink(() => {});`);
+  for (const backend of ["heap", "sqlite"]) {
+    let last: JobStatus | null = null;
+    const s = await runLocal(bigJob, [backend], 1, (st) => (last = st));
+    if (s.state !== "FINISHED") throw new Error(`${backend} job ended ${s.state}: ${s.error?.message}`);
+    const full = (last ?? s).checkpoints.history.filter((c) => c.status === "COMPLETED" && c.sizeBytes > 0);
+    const biggest = Math.max(...full.map((c) => c.sizeBytes));
+    const atFull = full.filter((c) => c.sizeBytes >= biggest * 0.98);
+    const dur = median(atFull.map((c) => c.durationMs!));
+    log(`${backend}: ${full.length} checkpoints, ${atFull.length} with all keys: ${dur} ms, ${(biggest / 2 ** 20).toFixed(1)} MiB`);
+    rows.push(`| checkpoint of 1 M keys, ${backend} backend | ${dur} ms, ${(biggest / 2 ** 20).toFixed(1)} MiB | median duration (trigger to complete) of the ${atFull.length} checkpoints taken with every key in state |`);
+  }
+
+  // (c) SIGKILL of a TaskManager -> the job running again, default heartbeat and restart settings.
+  const common = ["-D", `state.checkpoints.dir=${path.join(dir, "cp-kill")}`];
+  const jm = new Child([BUN, path.join(ROOT, "main.ts"), "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
+  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
+  const tms = new Map<string, Child>();
+  for (let i = 0; i < 3; i++) {
+    const id = `tm-${i}`;
+    tms.set(id, new Child([BUN, path.join(ROOT, "main.ts"), "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]));
+  }
+  await Promise.all([...tms.values()].map((t) => t.waitForOutput(/registered at the JobManager/)));
+  const endless = job("endless.ts", `
+    env.enableCheckpointing(1000);
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    env.fromSequence(1, 1e12).map((x) => { if (x % 1000 === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+      .keyBy((x) => x % 1000).sum(0).addSink(() => {});`);
+  const rpc = await connectClient("127.0.0.1", port);
+  const recoveries: number[] = [];
+  try {
+    const jobId = await submitJob(rpc, await prepareJob(endless, [], 2));
+    for (let k = 0; k < RUNS; k++) {
+      let s: JobStatus;
+      for (;;) {
+        s = await rpc.request("jobStatus", { jobId });
+        if (s.state === "RUNNING" && s.tasks.RUNNING === 4 && s.checkpoints.completed > k) break;
+        await Bun.sleep(50);
+      }
+      const victim = s.vertices[0]!.subtasks[0]!.taskManager;
+      const restartsBefore = s.restarts;
+      const t0 = performance.now();
+      tms.get(victim)!.kill("SIGKILL");
+      tms.delete(victim);
+      for (;;) {
+        const st = await rpc.request("jobStatus", { jobId });
+        if (st.restarts > restartsBefore && st.state === "RUNNING" && st.tasks.RUNNING === 4) break;
+        await Bun.sleep(10);
+      }
+      recoveries.push(performance.now() - t0);
+      log(`recovery ${k + 1}: ${recoveries.at(-1)!.toFixed(0)} ms`);
+      const id = `tm-r${k}`;
+      tms.set(id, new Child([BUN, path.join(ROOT, "main.ts"), "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]));
+      await tms.get(id)!.waitForOutput(/registered at the JobManager/);
+    }
+    await rpc.request("cancelJob", { jobId });
+  } finally {
+    rpc.close();
+    await Child.stopAll();
+  }
+  const rec = median(recoveries);
+  rows.push(`| SIGKILL of a TaskManager -> job RUNNING again (goal < 10 s) | **${(rec / 1000).toFixed(2)} s: ${rec < 10_000 ? "met" : "missed"}** | median of ${RUNS} kills (${recoveries.map((r) => (r / 1000).toFixed(2)).join(", ")} s); defaults: heartbeat 1 s / 6 s, exponential-delay restart from 1 s |`);
+
+  console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --records ${RECORDS} --runs ${RUNS}\n`);
+  console.log("| measure | result | detail |\n| --- | --- | --- |");
+  for (const r of rows) console.log(r);
+} finally {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
