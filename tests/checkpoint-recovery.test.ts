@@ -29,8 +29,8 @@ afterEach(async () => {
 });
 afterAll(removeTempDirs);
 
-async function startCluster(dir: string, taskManagers: number): Promise<{ port: number; jm: Child; tms: Child[]; rpc: RpcConnection; startTm: (id: string) => Child }> {
-  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`];
+async function startCluster(dir: string, taskManagers: number, extra: string[] = []): Promise<{ port: number; jm: Child; tms: Child[]; rpc: RpcConnection; startTm: (id: string) => Child }> {
+  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`, ...extra];
   const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
   const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
   const startTm = (id: string) =>
@@ -190,5 +190,28 @@ describe("exactly-once recovery (real processes)", () => {
     expect(resumed.vertices.find((v) => v.name.includes("Keyed Process"))!.parallelism).toBe(4);
     expect(resumed.checkpoints.restoredFrom).toBe(path.join(spPath, "_metadata"));
     expectExactlyOnce(committedLines(out), N);
+
+    // A truncated copy of the savepoint is refused at submission, naming the file.
+    const broken = path.join(dir, "broken-savepoint");
+    fs.cpSync(spPath, broken, { recursive: true });
+    const meta = path.join(broken, "_metadata");
+    fs.writeFileSync(meta, fs.readFileSync(meta, "utf8").slice(0, 40));
+    const refused = new Child([BUN, "main.ts", "submit", "-s", broken, "-m", `127.0.0.1:${port}`, job]);
+    expect(await refused.exited(60_000)).toBe(1);
+    expect(refused.stderr).toContain(`checkpoint metadata ${meta} is truncated or corrupt`);
   }, 120_000);
+
+  test("too few slots left after a TaskManager is lost: the job waits up to the slot timeout, then fails saying so", async () => {
+    const dir = tempDir("tm-recovery-slots-");
+    const { rpc, tms } = await startCluster(dir, 2, ["-D", "jobmanager.slot-request.timeout=1500ms"]);
+    const job = writeJob(dir, "job.ts", jobSource({ out: path.join(dir, "out"), n: 2_000_000, backend: "heap", pauseEvery: 50 }));
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 4)); // needs all 4 slots
+    await waitFor("all tasks running", async () => (await rpc.request("jobStatus", { jobId })).tasks.RUNNING === 8, 30_000);
+    tms[1]!.kill("SIGKILL");
+    const t0 = Date.now();
+    const final = await waitForJob(rpc, jobId, () => {}, 100);
+    expect(final.state).toBe("FAILED");
+    expect(final.error?.message).toMatch(/could not get 4 slots within 1500 ms to restart the job: the cluster has 2 free of 2 slots on 1 TaskManager/);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+  }, 60_000);
 });
