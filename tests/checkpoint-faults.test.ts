@@ -1,0 +1,96 @@
+// Checkpoint faults on a running job (in-process cluster, real sockets and Workers): a task that cannot write
+// its checkpoint files declines, that checkpoint is aborted with the reason, later ones complete, and the job
+// runs to the end with the right output. Checkpoints that time out are aborted and the job is unaffected.
+import { afterAll, afterEach, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { defaultConfig, type Config } from "../src/config/index.ts";
+import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/connection.ts";
+import { removeTempDirs, tempDir, writeJob } from "./helpers.ts";
+
+let cluster: LocalCluster | null = null;
+let rpc: RpcConnection | null = null;
+afterEach(async () => {
+  rpc?.close();
+  await cluster?.stop();
+  cluster = rpc = null;
+});
+afterAll(removeTempDirs);
+
+async function start(dir: string, extra: Partial<Config> = {}) {
+  cluster = await startLocalCluster({
+    taskManagers: 1,
+    slotsPerTaskManager: 2,
+    config: { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), ...extra },
+  });
+  rpc = await connectClient("127.0.0.1", cluster.port);
+  return rpc;
+}
+
+function sumJob(dir: string): string {
+  return writeJob(dir, "sum.ts", `
+    import { FileSink } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(100);
+      env.fromSequence(1, 300_000)
+        .map((x) => { if (x % 300 === 0) Atomics.wait(pause, 0, 0, 1); return [x % 10, x]; })
+        .keyBy((t) => t[0]).sum(1)
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "out"))}).build());
+    };`);
+}
+
+/** The last value per key of the committed output, checked against sums computed directly. */
+function expectFinalSums(dir: string): void {
+  const out = path.join(dir, "out");
+  const last = new Map<number, number>();
+  let lines = 0;
+  for (const f of fs.readdirSync(out).filter((f) => !f.startsWith("."))) {
+    for (const l of fs.readFileSync(path.join(out, f), "utf8").split("\n")) {
+      if (!l) continue;
+      lines++;
+      const [k, v] = l.slice(1, -1).split(",").map(Number) as [number, number];
+      last.set(k, Math.max(last.get(k) ?? 0, v));
+    }
+  }
+  const expected = new Map<number, number>();
+  for (let x = 1; x <= 300_000; x++) expected.set(x % 10, (expected.get(x % 10) ?? 0) + x);
+  expect(lines).toBe(300_000);
+  expect([...last.entries()].sort()).toEqual([...expected.entries()].sort());
+}
+
+test("a task that cannot write its checkpoint declines it; the checkpoint is aborted with the reason and the job goes on", async () => {
+  const dir = tempDir("tm-cp-faults-");
+  const client = await start(dir);
+  const jobId = await submitJob(client, await prepareJob(sumJob(dir), [], 1));
+  // The sum task (vertex 1, subtask 0) finds a file where its directory of checkpoints 1 and 2 should be.
+  for (const id of [1, 2]) {
+    const chk = path.join(dir, "checkpoints", jobId, `chk-${id}`);
+    fs.mkdirSync(chk, { recursive: true });
+    fs.writeFileSync(path.join(chk, "1-0"), "in the way");
+  }
+  const final = await waitForJob(client, jobId, () => {}, 50);
+  expect(final.state).toBe("FINISHED");
+  expect(final.restarts).toBe(0);
+  const failed = final.checkpoints.history.filter((c) => c.status === "FAILED" && c.id <= 2);
+  expect(failed.map((c) => c.id)).toEqual([1, 2]);
+  expect(failed[0]!.failure).toMatch(/declined by Keyed Sum.*EEXIST|declined by Keyed Sum.*exists|declined by Keyed Sum.*not a directory/i);
+  expect(final.checkpoints.completed).toBeGreaterThan(0);
+  expect(fs.existsSync(path.join(dir, "checkpoints", jobId, "chk-1"))).toBe(false); // cleaned up
+  expectFinalSums(dir);
+}, 60_000);
+
+test("checkpoints that time out are aborted; the job finishes with the right output", async () => {
+  const dir = tempDir("tm-cp-timeout-");
+  const client = await start(dir, { "execution.checkpointing.timeout": 1 });
+  const jobId = await submitJob(client, await prepareJob(sumJob(dir), [], 1));
+  const final = await waitForJob(client, jobId, () => {}, 50);
+  expect(final.state).toBe("FINISHED");
+  expect(final.checkpoints.completed).toBe(0);
+  expect(final.checkpoints.failed).toBeGreaterThan(0);
+  expect(final.checkpoints.history.at(-1)!.failure).toMatch(/timed out after 1 ms|ended before acknowledging|declined/);
+  expectFinalSums(dir);
+}, 60_000);
