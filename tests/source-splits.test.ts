@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { SourceSpec } from "../src/api/plan.ts";
-import { SOURCE_CHUNK, SourceReader, type SourceSplit, assignSplits, initialSplits, readSource } from "../src/runtime/sources.ts";
+import { SOURCE_CHUNK, SourceReader, type SourceSplit, assignSplits, initialSplits, readSource, splitForParallelism } from "../src/runtime/sources.ts";
 import { rng } from "./helpers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tm-source-splits-test-"));
@@ -476,5 +476,38 @@ describe("text file edge cases across checkpoints", () => {
     }
     expect(count).toBe(lines.length);
     expect(chunks).toBe(Math.ceil(size / MiB));
+  });
+});
+
+describe("splitForParallelism (scaling a source up)", () => {
+  for (const c of CASES) {
+    test(`${c.name}: read part-way at parallelism 2 (or 1), split for 5 subtasks: each gets work, all records exactly once`, () => {
+      const oldP = c.parallelisms.includes(2) ? 2 : 1;
+      const got: unknown[] = [];
+      const positions: SourceSplit[] = [];
+      for (let s = 0; s < oldP; s++) {
+        const d = drain(c.spec, initialSplits(c.spec, s, oldP), { maxChunks: 1 });
+        got.push(...d.records);
+        positions.push(...d.positions);
+      }
+      const split = roundTrip(splitForParallelism(positions, 5));
+      expect(new Set(split.map((s) => s.id)).size).toBe(split.length); // ids stay unique
+      expect(split.length).toBeGreaterThanOrEqual(5);
+      // Every subtask computes the same list, so every split is read by exactly one of them.
+      for (let s = 0; s < 5; s++) {
+        const mine = assignSplits(split, s, 5);
+        expect(mine.length).toBeGreaterThan(0);
+        got.push(...drain(c.spec, mine).records);
+      }
+      expectExactlyOnce(got, c.all, c.name);
+    });
+  }
+
+  test("splits that cannot be halved any more are left as they are; exhausted splits are dropped", () => {
+    const one: SourceSplit[] = [
+      { type: "sequence", id: 0, next: 7, last: 7 },
+      { type: "sequence", id: 3, next: 9, last: 8 },
+    ];
+    expect(splitForParallelism(one, 4)).toEqual([{ type: "sequence", id: 0, next: 7, last: 7 }]);
   });
 });

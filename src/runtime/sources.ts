@@ -64,6 +64,46 @@ export function assignSplits(all: readonly SourceSplit[], subtask: number, paral
   return out;
 }
 
+/** How much of a split is left (records for sequences and collections, bytes for text files). */
+function remaining(s: SourceSplit): number {
+  if (s.type === "sequence") return s.last - s.next + 1;
+  if (s.type === "collection") return s.end - s.next;
+  return s.end - s.offset;
+}
+
+/**
+ * Restored splits made at least `parallelism` in number, so that scaling a source up gives every new subtask work
+ * (a subtask without splits would finish at once, and a job with finished tasks takes no more checkpoints). The
+ * largest split is halved until there are enough or none can be halved; every subtask computes the same result
+ * from the same list. The second half of a text split starts unaligned: its reader skips to the next line start,
+ * and the first half reads that line to its end, as with initial splits.
+ */
+export function splitForParallelism(all: readonly SourceSplit[], parallelism: number): SourceSplit[] {
+  const out = all.map((s) => ({ ...s })).filter((s) => remaining(s) > 0);
+  let nextId = out.reduce((m, s) => Math.max(m, s.id), -1) + 1;
+  while (out.length < parallelism) {
+    let big = -1;
+    for (let i = 0; i < out.length; i++) {
+      const r = remaining(out[i]!);
+      if (r >= 2 && (big < 0 || r > remaining(out[big]!) || (r === remaining(out[big]!) && out[i]!.id < out[big]!.id))) big = i;
+    }
+    if (big < 0) break;
+    const s = out[big]!;
+    const half = Math.floor(remaining(s) / 2);
+    if (s.type === "sequence") {
+      out.push({ type: "sequence", id: nextId++, next: s.next + half, last: s.last });
+      s.last = s.next + half - 1;
+    } else if (s.type === "collection") {
+      out.push({ type: "collection", id: nextId++, next: s.next + half, end: s.end });
+      s.end = s.next + half;
+    } else {
+      out.push({ type: "textFile", id: nextId++, path: s.path, offset: s.offset + half, end: s.end, aligned: false });
+      s.end = s.offset + half;
+    }
+  }
+  return out;
+}
+
 /** Reading state of the text split being read: bytes of the current, unfinished line are kept between reads. */
 interface TextState {
   /** File offset of the next read. */

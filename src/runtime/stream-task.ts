@@ -15,7 +15,7 @@ import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
 import { keyGroupRange } from "../state/key-groups.ts";
-import { assignSplits, initialSplits, SourceReader, type SourceSplit } from "./sources.ts";
+import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import { channelId, channelJob, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
 type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
@@ -163,7 +163,7 @@ export class StreamTask {
         this.sourceNode = n;
         // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
         const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
-          ? assignSplits(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.subtaskIndex, d.parallelism)
+          ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism)
           : initialSplits(n.source, d.subtaskIndex, d.parallelism);
         this.sourceReader = new SourceReader(n.source, restored);
         break;
