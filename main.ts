@@ -7,14 +7,17 @@ import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { JobManager } from "./src/jobmanager/jobmanager.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobPreparationError } from "./src/client/prepare-job.ts";
-import { connectClient, describeFailure, describeStatus, submitJob, waitForJob } from "./src/client/job-client.ts";
+import { connectClient, describeFailure, describeStatus, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
 import { startLocalCluster } from "./src/client/local-cluster.ts";
 import { JobGraphError } from "./src/api/job-graph.ts";
-import { setLogLevel } from "./src/util/log.ts";
+import { createLogger, setLogFormat, setLogLevel } from "./src/util/log.ts";
+import { BindError } from "./src/metrics/http-server.ts";
 
 /** Exit codes (docs/configuration.md): 0 ok, 1 job failed or runtime error, 2 bad usage or config. */
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
+/** A configured port could not be bound (in use or not permitted). */
+const EXIT_BIND = 3;
 
 class UsageError extends Error {}
 
@@ -102,6 +105,8 @@ function parse<O extends Record<string, { type: "string" | "boolean"; short?: st
 function config(values: { config?: string; D?: string[] }): Config {
   const cfg = loadConfig({ file: values.config, env: process.env, overrides: values.D ?? [] });
   setLogLevel(cfg["log.level"]);
+  setLogFormat(cfg["log.format"]);
+  useClientConfig(cfg); // the shared secret and TLS settings of client connections (submit, list, cancel, ...)
   return cfg;
 }
 
@@ -133,11 +138,22 @@ function waitForSignal(): Promise<string> {
 async function runTaskManager(args: string[]): Promise<number> {
   const { values } = parse(args, COMMON_OPTIONS);
   if (values.help) return help("taskmanager");
-  const tm = new TaskExecutor(config(values));
+  const cfg = config(values);
+  const tm = new TaskExecutor(cfg);
   await tm.start();
-  await waitForSignal();
-  await tm.stop();
-  return 0;
+  const signal = await waitForSignal();
+  // Drain: no new tasks, tell the JobManager, cancel the tasks within the grace period. A second signal exits at once.
+  const log = createLogger("taskmanager");
+  const again = (s: string) => {
+    log.warn(`${s} again: exiting at once`, {});
+    process.exit(EXIT_FAILED);
+  };
+  process.once("SIGINT", again);
+  process.once("SIGTERM", again);
+  log.info(`${signal}: shutting down`, { gracePeriodMs: cfg["taskmanager.shutdown.grace-period"] });
+  const drained = await tm.drain(cfg["taskmanager.shutdown.grace-period"]);
+  await Promise.race([tm.stop(), new Promise((r) => setTimeout(r, drained ? 5_000 : 500))]);
+  return drained ? 0 : EXIT_FAILED;
 }
 
 async function runJobManager(args: string[]): Promise<number> {
@@ -146,6 +162,9 @@ async function runJobManager(args: string[]): Promise<number> {
   const jm = new JobManager(config(values));
   await jm.start();
   await waitForSignal();
+  const again = () => process.exit(EXIT_FAILED);
+  process.once("SIGINT", again);
+  process.once("SIGTERM", again);
   await jm.stop();
   return 0;
 }
@@ -311,6 +330,10 @@ export async function main(argv: string[]): Promise<number> {
         return await runTaskManager(argv);
     }
   } catch (err) {
+    if (err instanceof BindError || /^address \S+ is already in use$|^cannot listen on /.test((err as Error)?.message ?? "")) {
+      console.error(`error: ${(err as Error).message}`);
+      return EXIT_BIND;
+    }
     if (err instanceof ConfigError || err instanceof UsageError) {
       console.error(`error: ${err.message}`);
       return EXIT_USAGE;

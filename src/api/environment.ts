@@ -13,6 +13,7 @@ import type {
   SinkSpec,
   SourceSpec,
 } from "./plan.ts";
+import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggregateFunction, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
 export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
@@ -31,7 +32,15 @@ export class StreamExecutionEnvironment {
     name: null,
     checkpointInterval: 0,
     checkpointingMode: null,
+    autoWatermarkInterval: null,
   };
+
+  /** Periodic watermark interval of this job in ms (0 = off); default: the TaskManager's pipeline.auto-watermark-interval. */
+  setAutoWatermarkInterval(ms: number): this {
+    if (!Number.isFinite(ms) || ms < 0) throw new Error(`setAutoWatermarkInterval: expected a number of milliseconds >= 0, got ${ms}`);
+    this.settings.autoWatermarkInterval = ms;
+    return this;
+  }
 
   /** Default parallelism of every operator of this job (otherwise the cluster's parallelism.default). */
   setParallelism(parallelism: number): this {
@@ -167,6 +176,26 @@ export class DataStream<T> extends OperatorSettings {
     return new KeyedStream<T, K>(this.env, node);
   }
 
+  /**
+   * Event time: each record gets a timestamp (the strategy's assigner, or the one it already has) and the
+   * strategy's generator emits watermarks, periodically (pipeline.auto-watermark-interval) or per record.
+   */
+  assignTimestampsAndWatermarks(strategy: WatermarkStrategy<T>): DataStream<T> {
+    if (typeof strategy !== "object" || strategy === null || strategy.kind !== "watermarkStrategy" || typeof strategy.createGenerator !== "function") {
+      throw new Error("assignTimestampsAndWatermarks: expected a WatermarkStrategy (e.g. WatermarkStrategy.forBoundedOutOfOrderness(ms))");
+    }
+    const node = this.env.addNode({ kind: "assignTimestamps", strategy, name: "Timestamps/Watermarks", inputs: [this.node.id] });
+    return new DataStream<T>(this.env, node);
+  }
+
+  /** The values this operator (a process function or a window) emitted to the side output `tag`. */
+  getSideOutput<X>(tag: OutputTag<X>): DataStream<X> {
+    if (typeof tag !== "object" || tag === null || tag.kind !== "outputTag" || typeof tag.id !== "string") throw new Error("getSideOutput: expected an OutputTag");
+    if (this.node.kind !== "process" && this.node.kind !== "window") throw new Error("getSideOutput: only the result of process() or of a window function has side outputs");
+    const node = this.env.addNode({ kind: "sideOutput", tag: tag.id, name: `Side Output (${tag.id})`, inputs: [this.node.id] });
+    return new DataStream<X>(this.env, node);
+  }
+
   union(...others: DataStream<T>[]): DataStream<T> {
     const inputs = [this.node.id, ...others.map((o) => o.node.id)];
     return new DataStream<T>(this.env, this.env.addNode({ kind: "union", name: "Union", inputs }));
@@ -278,6 +307,21 @@ export class KeyedStream<T, K> extends DataStream<T> {
     return new DataStream<R>(this.env, this.env.addNode({ kind: "process", fn, keyNode: this.node.id, name: "Keyed Process", inputs: [this.node.id] }));
   }
 
+  /** Windows per key: tumbling, sliding and session windows in event or processing time. */
+  window(assigner: WindowAssigner): WindowedStream<T, K> {
+    if (typeof assigner !== "object" || assigner === null || assigner.kind !== "windowAssigner") {
+      throw new Error("window: expected a window assigner, e.g. TumblingEventTimeWindows.of(10_000)");
+    }
+    return new WindowedStream<T, K>(this.env, this.node, assigner);
+  }
+
+  /** Count windows per key: every `size` records (tumbling), or the last `size` records every `slide` records. */
+  countWindow(size: number, slide?: number): WindowedStream<T, K> {
+    if (!Number.isSafeInteger(size) || size < 1) throw new Error(`countWindow: expected a size >= 1, got ${size}`);
+    if (slide !== undefined && (!Number.isSafeInteger(slide) || slide < 1)) throw new Error(`countWindow: expected a slide >= 1, got ${slide}`);
+    return new WindowedStream<T, K>(this.env, this.node, { kind: "windowAssigner", type: "count", size, slide: slide ?? size });
+  }
+
   /** Rolling reduce per key: emits the new aggregate after every record (only the final one in batch mode). */
   reduce(fn: (a: T, b: T) => T): DataStream<T> {
     if (typeof fn !== "function") throw new Error(`reduce: expected a function, got ${typeof fn}`);
@@ -296,6 +340,71 @@ export class KeyedStream<T, K> extends DataStream<T> {
     const node = this.env.addNode({ kind: "reduce", fn: add, keyNode: this.node.id, sumField: field, name: `Keyed Sum (${field})`, inputs: [this.node.id] });
     return new DataStream<T>(this.env, node);
   }
+}
+
+/** A keyed stream cut into windows (as Flink's WindowedStream); a window function makes it a stream again. */
+export class WindowedStream<T, K> {
+  private lateness = 0;
+  private lateTag: string | null = null;
+  constructor(
+    private readonly env: StreamExecutionEnvironment,
+    private readonly keyed: PlanNode,
+    private readonly assigner: WindowAssigner,
+  ) {}
+
+  /** Event time: records up to `ms` behind the watermark still update their windows (each late one fires again). */
+  allowedLateness(ms: number): this {
+    if (!Number.isSafeInteger(ms) || ms < 0) throw new Error(`allowedLateness: expected an integer number of milliseconds >= 0, got ${ms}`);
+    if (this.assigner.type === "count" || this.assigner.time !== "event") throw new Error("allowedLateness: only event-time windows have lateness");
+    this.lateness = ms;
+    return this;
+  }
+
+  /** Records too late for every window they belong to go to this side output instead of being dropped. */
+  sideOutputLateData(tag: OutputTag<T>): this {
+    if (typeof tag !== "object" || tag === null || tag.kind !== "outputTag") throw new Error("sideOutputLateData: expected an OutputTag");
+    this.lateTag = tag.id;
+    return this;
+  }
+
+  /** Incremental reduce per window; with a process function it gets the single reduced value and the window. */
+  reduce(fn: (a: T, b: T) => T): DataStream<T>;
+  reduce<R = any>(fn: (a: T, b: T) => T, process: ProcessWindowFunction<K, T, R>): DataStream<R>;
+  reduce<R>(fn: (a: T, b: T) => T, process?: ProcessWindowFunction<K, T, R>): DataStream<R> {
+    if (typeof fn !== "function") throw new Error("reduce: expected a function (a, b) => value");
+    return this.make({ type: "reduce", reduce: fn, process: checkProcess(process, true) }, "Reduce");
+  }
+
+  /** Incremental aggregation per window (session windows need merge); an optional process function sees the result. */
+  aggregate<ACC, V>(agg: WindowAggregateFunction<T, ACC, V>): DataStream<V>;
+  aggregate<ACC, V, R = any>(agg: WindowAggregateFunction<T, ACC, V>, process: ProcessWindowFunction<K, V, R>): DataStream<R>;
+  aggregate<ACC, V, R>(agg: WindowAggregateFunction<T, ACC, V>, process?: ProcessWindowFunction<K, V, R>): DataStream<R> {
+    for (const f of ["createAccumulator", "add", "getResult"] as const) {
+      if (typeof agg?.[f] !== "function") throw new Error(`aggregate: expected an object with createAccumulator, add and getResult (missing ${f})`);
+    }
+    if (this.assigner.type === "session" && typeof agg.merge !== "function") throw new Error("aggregate: session windows merge, so the aggregate function needs merge(a, b)");
+    return this.make({ type: "aggregate", aggregate: agg, process: checkProcess(process, true) }, "Aggregate");
+  }
+
+  /** All elements of a window at once: fn(key, context, elements, out) or { process(key, context, elements, out) }. */
+  process<R = any>(fn: ProcessWindowFunction<K, T, R>): DataStream<R> {
+    return this.make({ type: "process", process: checkProcess(fn, false)! }, "Process");
+  }
+
+  private make<R>(fn: WindowFunctionSpec, what: string): DataStream<R> {
+    const a = this.assigner;
+    const name = a.type === "count" ? `Count Window (${a.size}${a.slide !== a.size ? `, ${a.slide}` : ""}) ${what}` : `${a.time === "event" ? "Event" : "Processing"}-Time ${a.type[0]!.toUpperCase()}${a.type.slice(1)} Window ${what}`;
+    const node = this.env.addNode({ kind: "window", keyNode: this.keyed.id, assigner: a, fn, allowedLateness: this.lateness, lateTag: this.lateTag, name, inputs: [this.keyed.id] });
+    return new DataStream<R>(this.env, node);
+  }
+}
+
+function checkProcess(fn: ProcessWindowFunction<any, any, any> | undefined, optional: boolean): ProcessWindowFunction<any, any, any> | null {
+  if (fn === undefined && optional) return null;
+  if (typeof fn !== "function" && (typeof fn !== "object" || fn === null || typeof (fn as any).process !== "function")) {
+    throw new Error("window process function: expected a function (key, context, elements, out) or an object with process(key, context, elements, out)");
+  }
+  return fn;
 }
 
 export class DataSink extends OperatorSettings {}

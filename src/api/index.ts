@@ -1,6 +1,28 @@
 // Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
-export { StreamExecutionEnvironment, DataStream, KeyedStream, DataSink, FileSink, FileSinkSpec, type JobBuilder } from "./environment.ts";
-export type { CheckpointingMode, Collector, FilterFunction, FlatMapFunction, KeyedContext, KeyedProcessFunction, MapFunction, RichFunction, RuntimeContext, SinkFunction } from "./plan.ts";
+export { StreamExecutionEnvironment, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type JobBuilder } from "./environment.ts";
+export type { CheckpointingMode, Collector, FilterFunction, FlatMapFunction, KeyedContext, KeyedProcessFunction, MapFunction, OnTimerContext, RichFunction, RuntimeContext, SinkFunction } from "./plan.ts";
+// Event time: watermark strategies, windows, side outputs, timers.
+export {
+  EventTimeSessionWindows,
+  OutputTag,
+  ProcessingTimeSessionWindows,
+  SlidingEventTimeWindows,
+  SlidingProcessingTimeWindows,
+  Time,
+  TumblingEventTimeWindows,
+  TumblingProcessingTimeWindows,
+  WatermarkStrategy,
+  type ProcessWindowFunction,
+  type TimeDomain,
+  type TimerService,
+  type TimestampAssigner,
+  type TimeWindow,
+  type WatermarkGenerator,
+  type WatermarkOutput,
+  type WindowAggregateFunction,
+  type WindowAssigner,
+  type WindowContext,
+} from "./event-time.ts";
 // State descriptors (as Flink's): create them in open(ctx) and get state with ctx.getState(descriptor) etc.
 export {
   AggregatingStateDescriptor,

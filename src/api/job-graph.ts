@@ -62,19 +62,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
 
   // Resolve each physical node's inputs through keyBy / partition / union nodes.
   const edges: StreamEdge[] = [];
-  const resolve = (target: number, inputId: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined): void => {
-    const input = byId.get(inputId);
-    if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
-    // As in Flink, the partitioning nearest the consumer wins over one further upstream.
-    if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, partitioner ?? "hash", partitioner ? keyNodeId : input.id);
-    if (input.kind === "partition") {
-      if (partitioner) return resolve(target, input.inputs[0]!, partitioner, keyNodeId);
-      return resolve(target, input.inputs[0]!, input.partitioner!, input.partitioner === "custom" ? input.id : undefined);
-    }
-    if (input.kind === "union") {
-      for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
-      return;
-    }
+  forEachStreamEdge(nodes, (input, target, partitioner, keyNodeId) => {
     const pUp = parallelism.get(input.id)!;
     const pDown = parallelism.get(target)!;
     let kind = partitioner ?? (pUp === pDown ? "forward" : "rebalance");
@@ -85,8 +73,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       kind = "rebalance";
     }
     edges.push({ source: input.id, target, partitioner: kind, keyNodeId });
-  };
-  for (const n of physical) for (const i of n.inputs) resolve(n.id, i, null, undefined);
+  });
 
   const outs = (id: number) => edges.filter((e) => e.source === id);
   const ins = (id: number) => edges.filter((e) => e.target === id);
@@ -144,6 +131,46 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     checkpointInterval: settings.checkpointInterval ?? 0,
     checkpointingMode: settings.checkpointingMode ?? null,
   };
+}
+
+/**
+ * Every stream edge (physical node -> physical node, through keyBy, partition and union nodes) in a fixed order:
+ * by target node id, then by input. The JobGraph's edges keep this order, so a task can tell which plan node each
+ * of its output edges feeds (side outputs are routed by target).
+ */
+export function forEachStreamEdge(
+  nodes: NodeDescription[],
+  visit: (input: NodeDescription, target: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined) => void,
+): void {
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const resolve = (target: number, inputId: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined): void => {
+    const input = byId.get(inputId);
+    if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
+    // As in Flink, the partitioning nearest the consumer wins over one further upstream.
+    if (input.kind === "keyBy") return resolve(target, input.inputs[0]!, partitioner ?? "hash", partitioner ? keyNodeId : input.id);
+    if (input.kind === "partition") {
+      if (partitioner) return resolve(target, input.inputs[0]!, partitioner, keyNodeId);
+      return resolve(target, input.inputs[0]!, input.partitioner!, input.partitioner === "custom" ? input.id : undefined);
+    }
+    if (input.kind === "union") {
+      for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
+      return;
+    }
+    visit(input, target, partitioner, keyNodeId);
+  };
+  for (const n of nodes) {
+    if (n.kind === "keyBy" || n.kind === "partition" || n.kind === "union") continue;
+    for (const i of n.inputs) resolve(n.id, i, null, undefined);
+  }
+}
+
+/** The plan node ids that a node's outgoing stream edges feed, in the order of its JobGraph output edges. */
+export function streamTargetsOf(nodes: NodeDescription[], source: number): number[] {
+  const targets: number[] = [];
+  forEachStreamEdge(nodes, (input, target) => {
+    if (input.id === source) targets.push(target);
+  });
+  return targets;
 }
 
 export function planFingerprint(nodes: NodeDescription[]): string {

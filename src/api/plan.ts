@@ -20,6 +20,7 @@ import type {
   ValueStateDescriptor,
 } from "../state/api.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
+import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
 /** What a function sees of the task it runs in (as Flink's RuntimeContext). */
 export interface RuntimeContext {
@@ -51,10 +52,20 @@ export interface Collector<T> {
 /** Per-record context of a KeyedProcessFunction. */
 export interface KeyedContext<K> {
   getCurrentKey(): K;
+  /** The record's event time, or null when it has none. */
+  timestamp(): number | null;
+  timerService(): TimerService;
+  /** Emits to a side output (read it with getSideOutput(tag) on the resulting stream). */
+  output<X>(tag: OutputTag<X>, value: X): void;
 }
-/** As Flink's KeyedProcessFunction (timers come with event time). */
+/** The context of onTimer: the key and time domain of the timer that fired. */
+export interface OnTimerContext<K> extends KeyedContext<K> {
+  timeDomain(): TimeDomain;
+}
+/** As Flink's KeyedProcessFunction: onTimer(timestamp, ctx, out) when a timer registered with ctx.timerService() fires. */
 export interface KeyedProcessFunction<K, IN, OUT> extends RichFunction {
   processElement(value: IN, ctx: KeyedContext<K>, out: Collector<OUT>): void;
+  onTimer?(timestamp: number, ctx: OnTimerContext<K>, out: Collector<OUT>): void;
 }
 
 /** A sink: a function per record, or an object with open/invoke/close (as Flink's RichSinkFunction). */
@@ -77,7 +88,13 @@ export type PlanNode =
   | (NodeBase & { kind: "partition"; partitioner: PartitionSpec; custom?: { partition: (key: any, numPartitions: number) => number; key: (value: any) => unknown } })
   | (NodeBase & { kind: "union" })
   | (NodeBase & { kind: "reduce"; fn: (a: any, b: any) => any; keyNode: number; sumField?: number | string })
-  | (NodeBase & { kind: "sink"; sink: SinkSpec });
+  | (NodeBase & { kind: "sink"; sink: SinkSpec })
+  /** assignTimestampsAndWatermarks: sets each record's timestamp and generates watermarks. */
+  | (NodeBase & { kind: "assignTimestamps"; strategy: WatermarkStrategy<any> })
+  /** A keyed window with its assigner and function; late records may go to the side output lateTag. */
+  | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null })
+  /** getSideOutput(tag) of its input node: the values that node emitted with ctx.output(tag, ...). */
+  | (NodeBase & { kind: "sideOutput"; tag: string });
 
 export interface NodeBase {
   id: number;
@@ -107,6 +124,8 @@ export interface JobSettings {
   /** Checkpoint interval in ms (0 = the cluster's execution.checkpointing.interval), and the mode. */
   checkpointInterval: number;
   checkpointingMode: CheckpointingMode | null;
+  /** Periodic watermark interval in ms, or null for the TaskManager's pipeline.auto-watermark-interval. */
+  autoWatermarkInterval?: number | null;
 }
 
 export type CheckpointingMode = "EXACTLY_ONCE" | "AT_LEAST_ONCE";

@@ -1,12 +1,33 @@
 // Client side of job submission: hands a prepared job to a JobManager and follows it to its end.
-import { connectRpc, type RpcConnection } from "../rpc/connection.ts";
+import { defaultConfig, type Config } from "../config/index.ts";
+import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
 import { PROTOCOL_VERSION, TERMINAL_JOB_STATES, type JobStatus } from "../rpc/messages.ts";
+import { securityFromConfig } from "../rpc/security.ts";
 import type { PreparedJob } from "./prepare-job.ts";
 
-export async function connectClient(host: string, port: number): Promise<RpcConnection> {
-  return connectRpc(host, port, { version: PROTOCOL_VERSION, role: "client", id: `client-${process.pid}` }, (type) => {
-    throw new Error(`a client does not serve ${type}`);
-  });
+/** Secret, TLS and limits of client connections, from a config (the secret file, or TM_SECURITY_AUTH_SECRET). */
+export function clientOptions(config: Config): FramedOptions {
+  return { security: securityFromConfig(config), maxFrameBytes: config["rpc.max-frame-size"], handshakeTimeoutMs: config["rpc.handshake-timeout"] };
+}
+
+let processClientOptions: FramedOptions | null = null;
+
+/** Makes connectClient() without options use this config's security (the CLI calls it once it has its config). */
+export function useClientConfig(config: Config): void {
+  processClientOptions = clientOptions(config);
+}
+
+export async function connectClient(host: string, port: number, opts?: FramedOptions): Promise<RpcConnection> {
+  opts ??= processClientOptions ?? clientOptions(defaultConfig());
+  return connectRpc(
+    host,
+    port,
+    { version: PROTOCOL_VERSION, role: "client", id: `client-${process.pid}` },
+    (type) => {
+      throw new Error(`a client does not serve ${type}`);
+    },
+    opts,
+  );
 }
 
 export async function submitJob(rpc: RpcConnection, job: PreparedJob & { fromSavepoint?: string }): Promise<string> {

@@ -12,7 +12,8 @@ export interface LocalCluster {
 
 export async function startLocalCluster(opts: { taskManagers: number; slotsPerTaskManager: number; config?: Config }): Promise<LocalCluster> {
   const base = opts.config ?? defaultConfig();
-  const jmConfig: Config = { ...base, "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": 0 };
+  // REST and metrics on free ports: an in-process cluster must not collide with a running JobManager on 8081.
+  const jmConfig: Config = { ...base, "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": 0, "rest.address": "127.0.0.1", "rest.port": 0, "metrics.port": 0 };
   const jobManager = new JobManager(jmConfig);
   const port = await jobManager.start();
   const taskManagers: TaskExecutor[] = [];

@@ -33,7 +33,7 @@ export function defaultConfig(): Config {
 }
 
 export function loadConfig(opts: LoadConfigOptions = {}): Config {
-  const config = defaultConfig() as unknown as Record<ConfigKey, string | number>;
+  const config = defaultConfig() as unknown as Record<ConfigKey, string | number | boolean>;
   // Where each value came from, for the cross-key checks' messages.
   const origin = new Map<ConfigKey, string>(CONFIG_KEYS.map((spec) => [spec.key, "default"]));
 
@@ -134,6 +134,10 @@ function isTable(value: unknown): value is Record<string, unknown> {
 function lookupKey(key: string, source: string): ConfigKeySpec {
   const spec = SPECS.get(key);
   if (spec) return spec;
+  // The secret itself is never a config value: flags are visible to every user of the host (ps), files get copied.
+  if (key === "security.auth.secret") {
+    throw new ConfigError(`${source}: security.auth.secret cannot be given here; put the secret in a file named by security.auth.secret-file, or in the environment variable TM_SECURITY_AUTH_SECRET`);
+  }
   const suggestion = closestKey(key);
   const hint = suggestion ? ` (did you mean ${JSON.stringify(suggestion)}?)` : "";
   throw new ConfigError(`${source}: unknown key ${JSON.stringify(key)}${hint}`);
@@ -166,7 +170,7 @@ function editDistance(a: string, b: string): number {
  * Checks and converts one value. `fromText` is true for environment variables and -D flags, whose values are
  * always strings to be parsed by the key's type; TOML values must already have the right type.
  */
-function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, where: string): string | number {
+function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, where: string): string | number | boolean {
   const type = spec.type;
   const found = describe(value);
   switch (type.kind) {
@@ -192,6 +196,11 @@ function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, wher
         throw expected(where, expectedInteger(type), found);
       }
       return n;
+    }
+    case "boolean": {
+      if (typeof value === "boolean") return value;
+      if (fromText && typeof value === "string" && /^\s*(true|false)\s*$/i.test(value)) return value.trim().toLowerCase() === "true";
+      throw expected(where, "true or false", found);
     }
     case "duration": {
       if (typeof value !== "string" && typeof value !== "number") throw expected(where, DURATION_EXPECTED, found);

@@ -10,6 +10,17 @@ export interface Config {
   "jobmanager.rpc.port": number;
   "jobmanager.storage.dir": string;
   "jobmanager.slot-request.timeout": number;
+  "security.auth.secret-file": string;
+  "security.insecure": boolean;
+  "security.ssl.enabled": boolean;
+  "security.ssl.cert-file": string;
+  "security.ssl.key-file": string;
+  "security.ssl.ca-file": string;
+  "security.ssl.client-auth": boolean;
+  "rpc.max-frame-size": number;
+  "rpc.handshake-timeout": number;
+  "rpc.idle-timeout": number;
+  "rpc.max-connections-per-address": number;
   "taskmanager.resource-id": string;
   "taskmanager.host": string;
   "taskmanager.data.port": number;
@@ -40,9 +51,15 @@ export interface Config {
   "restart-strategy.exponential-delay.backoff-multiplier": number;
   "restart-strategy.exponential-delay.max-attempts": number;
   "parallelism.default": number;
+  "pipeline.auto-watermark-interval": number;
   "state.backend": "heap" | "sqlite";
   "state.backend.sqlite.cache-size": number;
   "taskmanager.state.dir": string;
+  "rest.address": string;
+  "rest.port": number;
+  "metrics.port": number;
+  "taskmanager.shutdown.grace-period": number;
+  "log.format": "text" | "json";
   "log.level": LogLevel;
 }
 
@@ -55,13 +72,14 @@ export type ValueType =
   | { kind: "path" } // any string, may be empty (= a default location)
   | { kind: "integer"; min: number; max?: number }
   | { kind: "duration"; min?: number } // milliseconds; written as 500 or "500 ms", "10 s", "1.5 min"
-  | { kind: "enum"; values: readonly string[] };
+  | { kind: "enum"; values: readonly string[] }
+  | { kind: "boolean" }; // true or false (in TOML a boolean, in env vars and -D flags the word)
 
 export interface ConfigKeySpec {
   readonly key: ConfigKey;
   readonly type: ValueType;
   /** The default as it appears in Config (durations in milliseconds). */
-  readonly default: string | number;
+  readonly default: string | number | boolean;
   readonly doc: string;
   /** Environment variable that sets this key, e.g. TM_HEARTBEAT_INTERVAL. */
   readonly envVar: string;
@@ -91,6 +109,61 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "duration" },
     default: 5 * MINUTE,
     doc: "How long a submitted job waits for enough free slots before it fails.",
+  },
+  "security.auth.secret-file": {
+    type: { kind: "path" },
+    default: "",
+    doc: "File holding the cluster's shared secret (at least 16 bytes; a trailing newline is ignored) that every RPC and data connection proves in its handshake; empty = the environment variable TM_SECURITY_AUTH_SECRET, or no authentication. Never a -D flag.",
+  },
+  "security.insecure": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Allows RPC and data ports on a non-loopback address without a shared secret (anyone who reaches them can run code there).",
+  },
+  "security.ssl.enabled": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "TLS on every RPC and data connection (all processes of a cluster must agree).",
+  },
+  "security.ssl.cert-file": {
+    type: { kind: "path" },
+    default: "",
+    doc: "PEM certificate (chain) this process presents; required with TLS.",
+  },
+  "security.ssl.key-file": {
+    type: { kind: "path" },
+    default: "",
+    doc: "PEM private key of security.ssl.cert-file; required with TLS.",
+  },
+  "security.ssl.ca-file": {
+    type: { kind: "path" },
+    default: "",
+    doc: "PEM CA certificate(s) that peers' certificates must chain to; empty = the system's CAs.",
+  },
+  "security.ssl.client-auth": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Mutual TLS: RPC and data ports require a client certificate that chains to security.ssl.ca-file.",
+  },
+  "rpc.max-frame-size": {
+    type: { kind: "integer", min: 65536, max: 1073741824 },
+    default: 67108864,
+    doc: "Largest frame body in bytes accepted on an RPC connection (job artifacts must fit); a larger frame closes that connection.",
+  },
+  "rpc.handshake-timeout": {
+    type: { kind: "duration", min: 1 },
+    default: 10 * SECOND,
+    doc: "A connection that has not completed its handshake (TLS and authentication included) after this long is closed.",
+  },
+  "rpc.idle-timeout": {
+    type: { kind: "duration" },
+    default: 5 * MINUTE,
+    doc: "A client connection to the JobManager that sends nothing and has no request being served for this long is closed (0 = never).",
+  },
+  "rpc.max-connections-per-address": {
+    type: { kind: "integer", min: 0, max: 65535 },
+    default: 256,
+    doc: "Open connections one IP address may have to an RPC or data port, counted from accept; more are closed at once (0 = no limit).",
   },
   "taskmanager.resource-id": {
     type: { kind: "string" },
@@ -242,6 +315,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     default: 1,
     doc: "Default parallelism of jobs.",
   },
+  "pipeline.auto-watermark-interval": {
+    type: { kind: "duration" },
+    default: 200,
+    doc: "How often a task asks its watermark generators for a watermark (periodic watermarks) and checks for idle inputs, unless the job sets its own (env.setAutoWatermarkInterval); 0 = periodic watermarks off.",
+  },
   "state.backend": {
     type: { kind: "enum", values: ["heap", "sqlite"] },
     default: "heap",
@@ -256,6 +334,31 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "path" },
     default: "",
     doc: "Where tasks keep their SQLite state files; empty = under the TaskManager's temp dir.",
+  },
+  "rest.address": {
+    type: { kind: "host" },
+    default: "127.0.0.1",
+    doc: "Address the JobManager's REST API, web dashboard and /metrics bind to.",
+  },
+  "rest.port": {
+    type: { kind: "port" },
+    default: 8081,
+    doc: "Port of the JobManager's REST API, web dashboard and /metrics (0 = pick a free port; local always picks one).",
+  },
+  "metrics.port": {
+    type: { kind: "port" },
+    default: 0,
+    doc: "Port of a TaskManager's /metrics, /healthz and /readyz, bound on taskmanager.host (0 = pick a free port; the bound port is logged).",
+  },
+  "taskmanager.shutdown.grace-period": {
+    type: { kind: "duration" },
+    default: 10 * SECOND,
+    doc: "On SIGTERM a TaskManager stops taking work, tells the JobManager and cancels its tasks; it exits at the latest after this long (a second SIGTERM exits at once).",
+  },
+  "log.format": {
+    type: { kind: "enum", values: ["text", "json"] },
+    default: "text",
+    doc: "Log lines as human-readable text or as one JSON object per line.",
   },
   "log.level": {
     type: { kind: "enum", values: ["debug", "info", "warn", "error"] },

@@ -106,25 +106,30 @@ export class JobMaster {
 
   async run(): Promise<void> {
     this.transition("SCHEDULING");
+    const slots = await this.allocateSlots("SCHEDULING", "");
+    if (!slots) return; // canceled while waiting, or failed for want of slots
+    this.deploy(slots);
+    this.coordinator.start();
+  }
+
+  /** Waits (while the job stays in `state`) up to the slot timeout for all the slots the job needs; fails it otherwise. */
+  private async allocateSlots(state: JobState, purpose: string): Promise<SlotAssignment[] | null> {
     const needed = requiredSlots(this.graph);
     const deadline = Date.now() + this.opts.slotTimeoutMs;
-    let slots: SlotAssignment[] | null = null;
-    while (this.state === "SCHEDULING") {
-      slots = this.rm.allocate(this.jobId, needed);
-      if (slots) break;
+    while (this.state === state) {
+      const slots = this.rm.allocate(this.jobId, needed);
+      if (slots) return slots;
       const left = deadline - Date.now();
       if (left <= 0) {
         this.error = {
-          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
+          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms${purpose}: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
         };
         this.transition("FAILED");
-        return;
+        return null;
       }
       await this.rm.waitForSlots(left);
     }
-    if (!slots) return; // canceled while waiting
-    this.deploy(slots);
-    this.coordinator.start();
+    return null;
   }
 
   /** All tasks of the current attempt, when every one of them is RUNNING (checkpoints need them all). */
@@ -180,22 +185,7 @@ export class JobMaster {
     const latest = this.store.latest();
     if (latest) this.restoredFrom = latest;
     if (this.restoredFrom) this.coordinator.advancePast(this.restoredFrom.meta.checkpointId);
-    const needed = requiredSlots(this.graph);
-    const deadline = Date.now() + this.opts.slotTimeoutMs;
-    let slots: SlotAssignment[] | null = null;
-    while (this.state === "RESTARTING") {
-      slots = this.rm.allocate(this.jobId, needed);
-      if (slots) break;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        this.error = {
-          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms to restart the job: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
-        };
-        this.transition("FAILED");
-        return;
-      }
-      await this.rm.waitForSlots(left);
-    }
+    const slots = await this.allocateSlots("RESTARTING", " to restart the job");
     if (!slots || this.state !== "RESTARTING") return;
     this.restartPending = false;
     this.deploy(slots);

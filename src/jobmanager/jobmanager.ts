@@ -7,11 +7,13 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
 import type { JobGraph } from "../api/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
+import { securityFromConfig } from "../rpc/security.ts";
 import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
 import { JobMaster, readMetadata, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
 import { ResourceManager } from "./resource-manager.ts";
+import { RestServer } from "../rest/rest-server.ts";
 
 const log = createLogger("jobmanager");
 
@@ -25,6 +27,9 @@ export class JobManager {
   private readonly connections = new Set<RpcConnection>();
   private ownedDir: string | null = null;
   port = 0;
+  /** The REST API, dashboard and /metrics (src/rest/). */
+  private rest: RestServer | null = null;
+  restPort = 0;
 
   constructor(private readonly config: Config) {
     this.resourceManager = new ResourceManager(config["heartbeat.interval"], config["heartbeat.timeout"], (tm, reason) => {
@@ -38,22 +43,55 @@ export class JobManager {
 
   async start(): Promise<number> {
     const host = this.config["jobmanager.rpc.address"];
-    this.server = await listenFramed(host, this.config["jobmanager.rpc.port"], this.id, (framed) => {
+    const c = this.config;
+    const opts = {
+      security: securityFromConfig(c),
+      maxFrameBytes: c["rpc.max-frame-size"],
+      handshakeTimeoutMs: c["rpc.handshake-timeout"],
+      maxConnectionsPerAddress: c["rpc.max-connections-per-address"],
+      name: "JobManager RPC",
+    };
+    this.server = await listenFramed(host, c["jobmanager.rpc.port"], this.id, (framed) => {
       const hello = framed.peer as Hello;
       const rpc = new RpcConnection(framed, (type, payload, conn) => this.onRequest(hello, type, payload, conn));
       this.connections.add(rpc);
-      rpc.onClose(() => this.connections.delete(rpc));
-    });
+      // Clients are closed when idle; TaskManagers are watched by heartbeats instead.
+      if (hello.role === "client") framed.setIdleTimeout(c["rpc.idle-timeout"], () => rpc.serving > 0);
+      rpc.onClose((err) => {
+        this.connections.delete(rpc);
+        // A bad frame, an idle time-out: logged naming the peer (a peer that just goes away is not news).
+        if (err && !/closed by peer|connection closed$/.test(err.message)) {
+          log.warn("closed a connection", { peer: framed.remoteAddress, role: hello.role, id: hello.id, error: err.message });
+        }
+      });
+    }, opts);
     this.port = boundPort(this.server);
     this.resourceManager.start();
     log.info("JobManager started", { rpc: `${host}:${this.port}`, id: this.id });
+    await this.startRest();
     return this.port;
+  }
+
+  /** The REST API, dashboard and /metrics on rest.address:rest.port; a port that cannot be bound stops the start. */
+  private async startRest(): Promise<void> {
+    const host = this.config["rest.address"];
+    const rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }));
+    try {
+      this.restPort = await rest.start(host, this.config["rest.port"]);
+    } catch (err) {
+      this.resourceManager.stop();
+      await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+      throw err;
+    }
+    this.rest = rest;
+    log.info("REST API started", { rest: `${host}:${this.restPort}`, dashboard: `http://${host.includes(":") ? `[${host}]` : host}:${this.restPort}/` });
   }
 
   async stop(): Promise<void> {
     for (const job of this.jobs.values()) job.cancel();
     this.resourceManager.stop();
     for (const c of this.connections) c.close();
+    await this.rest?.stop();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });
   }

@@ -3,6 +3,7 @@
 // CREDIT frames of every channel between the two (see DATA_FRAME in rpc/messages.ts).
 import type * as net from "node:net";
 import { boundPort, connectFramed, listenFramed, type FramedConnection } from "../rpc/connection.ts";
+import type { TransportSecurity } from "../rpc/security.ts";
 import { PROTOCOL_VERSION, type ChannelTarget, type Hello } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 
@@ -19,11 +20,18 @@ interface Peer {
   queue: unknown[];
 }
 
+export interface DataTransportSettings {
+  security?: TransportSecurity;
+  handshakeTimeoutMs?: number;
+  maxConnectionsPerAddress?: number;
+}
+
 export class DataTransport {
   private server: net.Server | null = null;
   private readonly peers = new Map<string, Peer>();
   private readonly all = new Set<FramedConnection>();
   private stopping = false;
+  private settings: DataTransportSettings = {};
   port = 0;
 
   constructor(
@@ -31,6 +39,11 @@ export class DataTransport {
     private readonly handler: DataFrameHandler,
     private readonly maxFrameBytes: number,
   ) {}
+
+  /** Secret, TLS and limits of the data port and of outgoing data connections; before start(). */
+  configure(settings: DataTransportSettings): void {
+    this.settings = settings;
+  }
 
   async start(host: string, port: number): Promise<number> {
     this.server = await listenFramed(
@@ -42,7 +55,12 @@ export class DataTransport {
         if (!this.peers.get(peerId)?.conn) this.peers.set(peerId, { conn, queue: [] });
         this.adopt(peerId, conn);
       },
-      { maxFrameBytes: this.maxFrameBytes, accept: (hello) => (hello.role === "data" ? null : "the data port only takes data connections") },
+      {
+        ...this.settings,
+        name: "data",
+        maxFrameBytes: this.maxFrameBytes,
+        accept: (hello) => (hello.role === "data" ? null : "the data port only takes data connections"),
+      },
     );
     this.port = boundPort(this.server);
     return this.port;
@@ -62,7 +80,8 @@ export class DataTransport {
 
   private connect(target: ChannelTarget, peer: Peer): void {
     const hello = { version: PROTOCOL_VERSION, role: "data" as const, id: this.resourceId };
-    connectFramed(target.dataHost, target.dataPort, hello, { maxFrameBytes: this.maxFrameBytes }).then(
+    const { security, handshakeTimeoutMs } = this.settings;
+    connectFramed(target.dataHost, target.dataPort, hello, { security, handshakeTimeoutMs, maxFrameBytes: this.maxFrameBytes }).then(
       (conn) => {
         if (this.stopping) return conn.close();
         peer.conn = conn;

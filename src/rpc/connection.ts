@@ -1,8 +1,20 @@
 // A framed TCP connection with the version handshake (FramedConnection), and request/response RPC on top
 // of it (RpcConnection). Both the RPC port and the data port use FramedConnection.
 import * as net from "node:net";
-import { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES } from "./framing.ts";
+import * as tls from "node:tls";
+import { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES, NO_FRAME } from "./framing.ts";
 import { PROTOCOL_VERSION, REQUEST_TYPES, type Hello, type HelloReply, type RequestType, type RpcRequests } from "./messages.ts";
+import {
+  AUTH_FAILED,
+  HANDSHAKE_MAX_FRAME_BYTES,
+  NO_SECURITY,
+  authProof,
+  checkBindAllowed,
+  isNonce,
+  newNonce,
+  proofMatches,
+  type TransportSecurity,
+} from "./security.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("rpc");
@@ -14,6 +26,8 @@ export class RpcError extends Error {
 export interface FramedOptions {
   maxFrameBytes?: number;
   handshakeTimeoutMs?: number;
+  /** Shared secret (HMAC challenge-response in the handshake) and TLS; default: neither. */
+  security?: TransportSecurity;
 }
 
 type HandshakeSide =
@@ -32,13 +46,27 @@ export class FramedConnection {
   private decoder: FrameDecoder;
   private closedWith: Error | null | undefined = undefined;
   private settleReady!: { resolve: (h: Hello | HelloReply) => void; reject: (e: Error) => void };
+  private readonly maxFrameBytes: number;
+  private readonly secret: Buffer | null;
+  /** This side's nonce, and the state of the challenge-response (only with a secret). */
+  private nonce: Buffer | null = null;
+  private auth: "none" | "challenge-expected" | "accept-expected" | "proof-expected" = "none";
+  /** Server side: the Hello of a peer that still has to prove it knows the secret. */
+  private pendingHello: Hello | null = null;
+  private sentHello: Hello | null = null;
+  /** When the last frame arrived (idle time-out). */
+  lastReceived = Date.now();
+  private idleTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     readonly socket: net.Socket,
     private readonly hs: HandshakeSide,
     opts: FramedOptions = {},
   ) {
-    this.decoder = new FrameDecoder(opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.secret = opts.security?.secret ?? null;
+    // Until the handshake is done only small frames are taken: a stranger cannot make us buffer 64 MiB.
+    this.decoder = new FrameDecoder(Math.min(this.maxFrameBytes, HANDSHAKE_MAX_FRAME_BYTES));
     this.ready = new Promise((resolve, reject) => (this.settleReady = { resolve, reject }));
     this.ready.catch(() => {}); // observed through close handlers too
     socket.setNoDelay(true);
@@ -47,7 +75,32 @@ export class FramedConnection {
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (err) => this.close(err));
     socket.on("close", () => this.close(new RpcError("connection closed by peer")));
-    if (hs.side === "client") this.write(hs.hello);
+    if (hs.side === "client") {
+      let hello = hs.hello;
+      if (this.secret) {
+        this.nonce = newNonce();
+        this.auth = "challenge-expected";
+        hello = { ...hello, nonce: this.nonce };
+      }
+      this.sentHello = hs.hello;
+      this.write(hello);
+    }
+  }
+
+  /**
+   * Closes the connection when no frame has arrived for `ms` while `busy()` is false (e.g. no request of the
+   * peer is being served). 0 = never.
+   */
+  setIdleTimeout(ms: number, busy: () => boolean = () => false): void {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+    if (ms <= 0 || this.closed) return;
+    this.lastReceived = Date.now();
+    this.idleTimer = setInterval(() => {
+      if (busy()) this.lastReceived = Date.now();
+      else if (Date.now() - this.lastReceived >= ms) this.close(new RpcError(`idle for ${ms} ms: closed`));
+    }, Math.max(10, Math.min(1000, Math.floor(ms / 4))));
+    this.idleTimer.unref?.();
   }
 
   get remoteAddress(): string {
@@ -94,6 +147,7 @@ export class FramedConnection {
   close(err?: Error): void {
     if (this.closed) return;
     this.closedWith = err ?? null;
+    if (this.idleTimer) clearInterval(this.idleTimer);
     this.settleReady.reject(err ?? new RpcError("connection closed"));
     // end() lets a last error reply reach the peer; destroy() follows for a peer that never reads.
     this.flushOut();
@@ -137,27 +191,38 @@ export class FramedConnection {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    let frames: unknown[];
-    let bad: Error | null = null;
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (err) {
-      // Frames before the bad one are handled first: the error is then reported in the right context.
-      frames = err instanceof FrameError ? err.frames : [];
-      bad = err as Error;
-    }
-    for (const body of frames) {
+    this.lastReceived = Date.now();
+    this.decoder.append(chunk);
+    // One frame at a time: the handshake decides the limit that applies to the frames after it.
+    for (;;) {
+      let body: unknown;
+      try {
+        body = this.decoder.next();
+      } catch (err) {
+        this.close(err as Error);
+        return;
+      }
+      if (body === NO_FRAME) return;
+      try {
+        if (this.peer === null) this.onHandshake(body);
+        else if (this.frameHandler) this.frameHandler(body);
+        else this.early.push(body);
+      } catch (err) {
+        // A handler that throws on a hostile frame costs that connection, never the process.
+        this.close(new RpcError(`bad frame: ${(err as Error)?.message ?? String(err)}`));
+        return;
+      }
       if (this.closed) return;
-      if (this.peer === null) this.onHandshake(body);
-      else if (this.frameHandler) this.frameHandler(body);
-      else this.early.push(body);
     }
-    if (bad) this.close(bad);
   }
 
   private onHandshake(body: unknown): void {
-    const b = body as Partial<Hello & HelloReply> | null;
-    if (typeof b !== "object" || b === null || typeof b.version !== "number" || typeof b.id !== "string") {
+    if (this.hs.side === "server" && this.auth === "proof-expected") {
+      this.onProof(body);
+      return;
+    }
+    const b = body as Partial<Hello & HelloReply> & { nonce?: unknown; challenge?: unknown; proof?: unknown; error?: unknown } | null;
+    if (typeof b !== "object" || b === null || typeof b.version !== "number") {
       this.rejectHandshake("malformed handshake");
       return;
     }
@@ -165,29 +230,102 @@ export class FramedConnection {
       this.rejectHandshake(`protocol version mismatch: peer speaks ${b.version}, this process speaks ${PROTOCOL_VERSION}`);
       return;
     }
-    if (this.hs.side === "server") {
-      if (b.role !== "taskmanager" && b.role !== "client" && b.role !== "data") {
-        this.rejectHandshake(`unknown peer role ${JSON.stringify(b.role)}`);
-        return;
-      }
-      const refusal = this.hs.accept?.(b as Hello) ?? null;
-      if (refusal !== null) {
-        this.rejectHandshake(refusal);
-        return;
-      }
-      this.write({ version: PROTOCOL_VERSION, id: this.hs.id } satisfies HelloReply);
-    } else if (typeof (b as { error?: unknown }).error === "string") {
-      this.close(new RpcError(`handshake refused by peer: ${(b as { error: string }).error}`));
+    if (this.hs.side === "client") {
+      this.onClientHandshake(b);
       return;
     }
-    this.peer = b as Hello | HelloReply;
-    this.settleReady.resolve(this.peer);
+    if (typeof b.id !== "string") {
+      this.rejectHandshake("malformed handshake");
+      return;
+    }
+    if (this.secret) {
+      // Challenge-response: the connector's nonce, ours, and a proof that we know the secret.
+      if (!isNonce(b.nonce)) {
+        this.rejectHandshake(AUTH_FAILED, "the peer sent no nonce (no shared secret configured there?)");
+        return;
+      }
+      const hello = { version: b.version, role: b.role, id: b.id } as Hello;
+      this.nonce = newNonce();
+      this.pendingHello = hello;
+      this.auth = "proof-expected";
+      this.write({ version: PROTOCOL_VERSION, challenge: this.nonce, proof: authProof(this.secret, "server", hello, b.nonce, this.nonce) });
+      this.peerNonce = b.nonce;
+      return;
+    }
+    this.acceptHello({ version: b.version, role: b.role, id: b.id } as Hello);
   }
 
-  private rejectHandshake(reason: string): void {
-    if (this.hs.side === "server") this.write({ version: PROTOCOL_VERSION, id: this.hs.id, error: reason });
-    this.socket.end();
-    this.close(new RpcError(`handshake failed: ${reason}`));
+  private peerNonce: Uint8Array | null = null;
+
+  private onProof(body: unknown): void {
+    const hello = this.pendingHello!;
+    const proof = typeof body === "object" && body !== null ? (body as { proof?: unknown }).proof : undefined;
+    if (!proofMatches(proof, authProof(this.secret!, "client", hello, this.peerNonce!, this.nonce!))) {
+      this.rejectHandshake(AUTH_FAILED, "wrong proof (the peer does not know the shared secret)");
+      return;
+    }
+    this.auth = "none";
+    this.acceptHello(hello);
+  }
+
+  /** Server side, after authentication (if any): role and accept hook, then HelloReply. */
+  private acceptHello(hello: Hello): void {
+    if (this.hs.side !== "server") return;
+    if (hello.role !== "taskmanager" && hello.role !== "client" && hello.role !== "data") {
+      this.rejectHandshake(`unknown peer role ${JSON.stringify(hello.role)}`);
+      return;
+    }
+    const refusal = this.hs.accept?.(hello) ?? null;
+    if (refusal !== null) {
+      this.rejectHandshake(refusal);
+      return;
+    }
+    this.write({ version: PROTOCOL_VERSION, id: this.hs.id } satisfies HelloReply);
+    this.handshakeDone(hello);
+  }
+
+  private onClientHandshake(b: Partial<HelloReply> & { challenge?: unknown; proof?: unknown; error?: unknown }): void {
+    if (this.auth === "challenge-expected") {
+      if (typeof b.error === "string") {
+        this.close(new RpcError(`handshake refused by peer: ${b.error}`));
+        return;
+      }
+      if (!isNonce(b.challenge)) {
+        this.close(new RpcError(`${AUTH_FAILED}: the peer did not authenticate itself (is the shared secret configured there?)`));
+        return;
+      }
+      if (!proofMatches(b.proof, authProof(this.secret!, "server", this.sentHello!, this.nonce!, b.challenge))) {
+        this.close(new RpcError(`${AUTH_FAILED}: the peer does not know the shared secret`));
+        return;
+      }
+      this.auth = "accept-expected";
+      this.write({ proof: authProof(this.secret!, "client", this.sentHello!, this.nonce!, b.challenge) });
+      return;
+    }
+    if (typeof b.error === "string") {
+      this.close(new RpcError(`handshake refused by peer: ${b.error}`));
+      return;
+    }
+    if (typeof b.id !== "string") {
+      this.rejectHandshake("malformed handshake");
+      return;
+    }
+    this.auth = "none";
+    this.handshakeDone({ version: b.version!, id: b.id });
+  }
+
+  private handshakeDone(peer: Hello | HelloReply): void {
+    this.decoder.maxFrameBytes = this.maxFrameBytes;
+    this.peer = peer;
+    this.settleReady.resolve(peer);
+  }
+
+  /** `reason` goes to the peer; `detail` (if any) only into this side's close error (and so its log). */
+  private rejectHandshake(reason: string, detail?: string): void {
+    // With a secret, a refusal does not even tell the peer our id.
+    if (this.hs.side === "server") this.write({ version: PROTOCOL_VERSION, id: this.secret ? "" : this.hs.id, error: reason });
+    // close() writes the refusal out before it ends the socket.
+    this.close(new RpcError(`handshake failed: ${reason}${detail ? ` (${detail})` : ""}`));
   }
 }
 
@@ -204,6 +342,8 @@ interface Pending {
 export class RpcConnection {
   private nextId = 1;
   private pending = new Map<number, Pending>();
+  /** Requests of the peer being handled now. */
+  serving = 0;
 
   constructor(
     readonly framed: FramedConnection,
@@ -274,8 +414,10 @@ export class RpcConnection {
       this.framed.close(new RpcError(`peer sent unknown message type ${JSON.stringify(msg.t)}`));
       return;
     }
+    this.serving++;
     Promise.resolve()
       .then(() => this.handler(msg.t as RequestType, msg.p ?? {}, this))
+      .finally(() => this.serving--)
       .then(
         (reply) => !this.closed && this.framed.send({ t: "response", re: id, p: reply ?? {} }),
         (err: Error) => !this.closed && this.framed.send({ t: "response", re: id, e: { message: err?.message ?? String(err) } }),
@@ -283,10 +425,13 @@ export class RpcConnection {
   }
 }
 
-/** Opens a TCP connection and completes the client side of the handshake. */
+/** Opens a TCP (or, with security.tls, TLS) connection and completes the client side of the handshake. */
 export function connectFramed(host: string, port: number, hello: Hello, opts: FramedOptions & { connectTimeoutMs?: number } = {}): Promise<FramedConnection> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
+    const t = opts.security?.tls;
+    const socket = t
+      ? tls.connect({ host, port, cert: t.cert, key: t.key, ...(t.ca ? { ca: t.ca } : {}), rejectUnauthorized: true, ...(net.isIP(host) ? {} : { servername: host }) })
+      : net.connect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new RpcError(`connecting to ${host}:${port} timed out`));
@@ -295,7 +440,7 @@ export function connectFramed(host: string, port: number, hello: Hello, opts: Fr
       clearTimeout(timer);
       reject(new RpcError(`cannot connect to ${host}:${port}: ${err.message}`));
     });
-    socket.once("connect", () => {
+    socket.once(t ? "secureConnect" : "connect", () => {
       clearTimeout(timer);
       const conn = new FramedConnection(socket, { side: "client", hello }, opts);
       conn.ready.then(() => resolve(conn), reject);
@@ -308,26 +453,83 @@ export async function connectRpc(host: string, port: number, hello: Hello, handl
   return new RpcConnection(framed, handler);
 }
 
-/** Listens on host:port; each connection that completes the handshake is passed to onConnection. */
-export function listenFramed(
-  host: string,
-  port: number,
-  id: string,
-  onConnection: (conn: FramedConnection) => void,
-  opts: FramedOptions & { accept?: (hello: Hello) => string | null } = {},
-): Promise<net.Server> {
+export interface ListenOptions extends FramedOptions {
+  /** Refuses a peer after its handshake (returns the refusal text) or lets it in (null). */
+  accept?: (hello: Hello) => string | null;
+  /** Open connections (including ones still in their handshake) allowed from one IP address; 0 = no limit. */
+  maxConnectionsPerAddress?: number;
+  /** What the port is, for messages ("RPC", "data"). */
+  name?: string;
+}
+
+/**
+ * Listens on host:port; each connection that completes the handshake is passed to onConnection. Refuses to
+ * listen on a non-loopback address without a shared secret unless security.insecure is set.
+ */
+export function listenFramed(host: string, requestedPort: number, id: string, onConnection: (conn: FramedConnection) => void, opts: ListenOptions = {}): Promise<net.Server> {
+  const security = opts.security ?? NO_SECURITY;
+  const what = opts.name ?? "port";
+  try {
+    checkBindAllowed(host, requestedPort, security, what);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const perAddress = new Map<string, number>();
+  const limit = opts.maxConnectionsPerAddress ?? 0;
   return new Promise((resolve, reject) => {
-    const server = net.createServer((socket) => {
+    let port = requestedPort; // the bound port once listening (for log lines)
+    const t = security.tls;
+    // Counted per address from accept (before TLS and the handshake): a flood from one host is cut off early.
+    const admit = (socket: net.Socket): boolean => {
+      const address = socket.remoteAddress ?? "?";
+      const n = (perAddress.get(address) ?? 0) + 1;
+      if (limit > 0 && n > limit) {
+        log.warn("refused a connection: too many connections from its address", { peer: `${address}:${socket.remotePort}`, port, limit });
+        socket.destroy();
+        return false;
+      }
+      perAddress.set(address, n);
+      socket.once("close", () => {
+        const left = (perAddress.get(address) ?? 1) - 1;
+        if (left <= 0) perAddress.delete(address);
+        else perAddress.set(address, left);
+      });
+      return true;
+    };
+    const onSocket = (socket: net.Socket) => {
+      if (!t && !admit(socket)) return;
       const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, opts);
       conn.ready.then(
         () => onConnection(conn),
         (err: Error) => log.warn("refused a connection", { peer: `${socket.remoteAddress}:${socket.remotePort}`, port, error: err.message }),
       );
-    });
+    };
+    const server: net.Server = t
+      ? tls.createServer(
+          {
+            cert: t.cert,
+            key: t.key,
+            ...(t.ca ? { ca: t.ca } : {}),
+            requestCert: t.clientAuth,
+            rejectUnauthorized: t.clientAuth,
+            handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+          },
+          onSocket,
+        )
+      : net.createServer(onSocket);
+    if (t) {
+      server.on("connection", admit);
+      server.on("tlsClientError", (err: Error, socket: net.Socket) =>
+        log.warn("refused a connection: TLS handshake failed", { peer: `${socket?.remoteAddress}:${socket?.remotePort}`, port, error: err.message }),
+      );
+    }
     server.once("error", (err: NodeJS.ErrnoException) => {
       reject(new RpcError(err.code === "EADDRINUSE" ? `address ${host}:${port} is already in use` : `cannot listen on ${host}:${port}: ${err.message}`));
     });
-    server.listen(port, host, () => resolve(server));
+    server.listen(requestedPort, host, () => {
+      port = boundPort(server);
+      resolve(server);
+    });
   });
 }
 

@@ -49,18 +49,23 @@ function decodeBufferFrame(body: Buffer): unknown {
   return [DATA_FRAME.DATA, body.toString("utf8", 7, 7 + chLen), body.subarray(7 + chLen), backlog];
 }
 
+/** Returned by FrameDecoder.next() when no whole frame is buffered. */
+export const NO_FRAME: unique symbol = Symbol("no frame");
+
 /** Accumulates stream chunks and yields whole decoded frames. */
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
 
-  constructor(private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
+  /** The largest body accepted; may be changed between frames (a connection lowers it until its handshake is done). */
+  constructor(public maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
 
   /** Feeds a chunk; returns the bodies of every frame now complete. Throws FrameError on a bad frame. */
   push(chunk: Uint8Array): unknown[] {
     const out: unknown[] = [];
+    this.append(chunk);
     try {
-      this.decode(chunk, out);
+      for (let body = this.next(); body !== NO_FRAME; body = this.next()) out.push(body);
     } catch (err) {
       if (err instanceof FrameError) err.frames = out;
       throw err;
@@ -68,28 +73,28 @@ export class FrameDecoder {
     return out;
   }
 
-  private decode(chunk: Uint8Array, out: unknown[]): void {
+  /** Buffers a chunk without decoding it: next() takes the frames out one at a time. */
+  append(chunk: Uint8Array): void {
+    if (chunk.byteLength === 0) return;
     this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     this.buffered += chunk.byteLength;
-    while (this.buffered >= 4) {
-      const head = this.peek(4);
-      const length = head.readUInt32BE(0);
-      if (length > this.maxFrameBytes) {
-        throw new FrameError(`frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes} bytes`);
-      }
-      if (this.buffered < 4 + length) break;
-      const frame = this.take(4 + length);
-      let body: unknown;
-      if (length > 0 && frame[4] === BUFFER_MARK) {
-        out.push(decodeBufferFrame(frame.subarray(4)));
-        continue;
-      }
-      try {
-        body = unpackr.unpack(frame.subarray(4));
-      } catch (err) {
-        throw new FrameError(`undecodable frame body (${length} bytes): ${(err as Error).message}`);
-      }
-      out.push(body);
+  }
+
+  /** The next whole frame's body, or NO_FRAME. Checks the limit as soon as a length prefix is complete. */
+  next(): unknown {
+    if (this.buffered < 4) return NO_FRAME;
+    const head = this.peek(4);
+    const length = head.readUInt32BE(0);
+    if (length > this.maxFrameBytes) {
+      throw new FrameError(`frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes} bytes`);
+    }
+    if (this.buffered < 4 + length) return NO_FRAME;
+    const frame = this.take(4 + length);
+    if (length > 0 && frame[4] === BUFFER_MARK) return decodeBufferFrame(frame.subarray(4));
+    try {
+      return unpackr.unpack(frame.subarray(4));
+    } catch (err) {
+      throw new FrameError(`undecodable frame body (${length} bytes): ${(err as Error).message}`);
     }
   }
 

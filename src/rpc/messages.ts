@@ -14,6 +14,8 @@ export interface Hello {
   role: PeerRole;
   /** Resource id of a TaskManager, or a free-form client name. */
   id: string;
+  /** With a shared secret: the connector's fresh random nonce (32 bytes) for the challenge-response. */
+  nonce?: Uint8Array;
 }
 
 export interface HelloReply {
@@ -85,6 +87,12 @@ export interface TaskMetrics {
   busyTimeMsPerSecond: number;
   backPressuredTimeMsPerSecond: number;
   idleTimeMsPerSecond: number;
+  /** Event-time jobs only: watermarks that went backwards on a channel (ignored), the task's current input and
+   *  output watermarks (null before the first), and records that came too late for their window. */
+  watermarksIgnored?: number;
+  currentInputWatermark?: number | null;
+  currentOutputWatermark?: number | null;
+  lateRecordsDropped?: number;
 }
 export interface DisconnectTaskManager {
   resourceId: string;

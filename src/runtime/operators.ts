@@ -8,6 +8,8 @@ import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import { TwoPhaseCommitFileSink } from "./file-sink.ts";
+import { InternalTimerService, TimestampsAndWatermarksOperator, type ChainOutput, type TimeContext, type Timer } from "./event-time.ts";
+import { WindowOperator } from "./windows.ts";
 
 export type Collector = (record: unknown) => void;
 
@@ -23,6 +25,12 @@ export interface Operator {
   snapshotState?(checkpointId: number): void;
   /** Checkpoint n completed everywhere. */
   notifyCheckpointComplete?(checkpointId: number): void;
+  /** Event time advanced to wm: fire event-time timers, then pass wm on (ChainOutput.watermark). */
+  processWatermark?(wm: number): void;
+  /** Every pipeline.auto-watermark-interval: periodic watermarks and idleness. */
+  onPeriodic?(): void;
+  /** The task ends (finished or failed): stop wall-clock timers. */
+  dispose?(): void;
 }
 
 export interface OperatorContext {
@@ -38,7 +46,15 @@ export interface OperatorContext {
   /** The job's attempt (restarts so far) and the checkpoint it was restored from (0 = none). */
   attempt: number;
   restoredCheckpointId: number;
+  /** The timestamp of the record in flight through the chain (event time). */
+  time: TimeContext;
+  /** Fails the task from a callback outside the task loop (processing-time timers). */
+  fail?(err: unknown): void;
+  /** After output produced outside the task loop (processing-time timers): flush what waits. */
+  afterAsyncOutput?(): void;
 }
+
+const NO_CHAIN: ChainOutput = { watermark() {}, idle() {}, side() {} };
 
 /** The RuntimeContext a user function gets; keyed state only for functions on a keyed stream. */
 export function runtimeContext(ctx: OperatorContext, keyed: boolean, what: string): RuntimeContext {
@@ -75,7 +91,7 @@ function userFunction(fn: any, method: string): { call: (v: unknown) => any; ric
   return { call: (v) => fn[method](v), rich: fn };
 }
 
-export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collector): Operator {
+export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collector, chain: ChainOutput = NO_CHAIN): Operator {
   switch (node.kind) {
     case "map":
     case "filter":
@@ -99,23 +115,15 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
       const process = scope ? (r: unknown) => (scope(r), apply(r)) : apply;
       return { open, process, endInput };
     }
-    case "process": {
-      const fn = node.fn;
-      const keyNode = ctx.node(node.keyNode);
-      if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
-      const keyed = ctx.keyed;
-      const key = keyNode.fn;
-      const context = { getCurrentKey: () => keyed.getCurrentKey() };
-      const collector = { collect: (v: unknown) => out(v) };
-      return {
-        open: fn.open ? () => fn.open!(runtimeContext(ctx, true, node.name)) : undefined,
-        process(r) {
-          keyed.setCurrentKey(key(r));
-          fn.processElement(r, context, collector);
-        },
-        endInput: fn.close ? () => fn.close!() : undefined,
-      };
-    }
+    case "process":
+      return keyedProcess(node, ctx, out, chain);
+    case "assignTimestamps":
+      return new TimestampsAndWatermarksOperator(node, ctx.time, out, chain);
+    case "window":
+      return new WindowOperator(node, ctx, out, chain);
+    case "sideOutput":
+      // The operator before it routes only the values of this tag here (see StreamTask's chain wiring).
+      return { process: out };
     case "reduce": {
       const keyNode = ctx.node(node.keyNode);
       if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`reduce node ${node.id} is not keyed`);
@@ -128,6 +136,58 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     default:
       throw new Error(`plan node ${node.id} (${node.kind}) cannot run as an operator`);
   }
+}
+
+/** A KeyedProcessFunction with timers (InternalTimerService) and side outputs. */
+function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
+  const fn = node.fn;
+  const keyNode = ctx.node(node.keyNode);
+  if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
+  const keyed = ctx.keyed;
+  const key = keyNode.fn;
+  const time = ctx.time;
+  const collector = { collect: (v: unknown) => out(v) };
+  let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
+  const onTimer = (t: Timer) => {
+    if (typeof fn.onTimer !== "function") return;
+    domain = t.domain === 0 ? "EVENT_TIME" : "PROCESSING_TIME";
+    time.ts = t.domain === 0 ? t.ts : null;
+    fn.onTimer(t.ts, context, collector);
+  };
+  const timers = new InternalTimerService(keyed, ctx, `__timers-${node.uid ?? node.id}`, onTimer);
+  const checkTs = (ts: number, what: string) => {
+    if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${node.name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
+    return ts;
+  };
+  const service = {
+    currentProcessingTime: () => Date.now(),
+    currentWatermark: () => timers.currentWatermark,
+    registerEventTimeTimer: (ts: number) => timers.register(0, checkTs(ts, "registerEventTimeTimer")),
+    deleteEventTimeTimer: (ts: number) => timers.delete(0, ts),
+    registerProcessingTimeTimer: (ts: number) => timers.register(1, checkTs(ts, "registerProcessingTimeTimer")),
+    deleteProcessingTimeTimer: (ts: number) => timers.delete(1, ts),
+  };
+  const context = {
+    getCurrentKey: () => keyed.getCurrentKey(),
+    timestamp: () => time.ts,
+    timerService: () => service,
+    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
+    timeDomain: () => domain,
+  };
+  return {
+    open: fn.open ? () => fn.open!(runtimeContext(ctx, true, node.name)) : undefined,
+    process(r) {
+      keyed.setCurrentKey(key(r));
+      fn.processElement(r, context, collector);
+    },
+    processWatermark(wm) {
+      timers.advanceWatermark(wm);
+      chain.watermark(wm);
+    },
+    snapshotState: () => timers.snapshot(),
+    endInput: fn.close ? () => fn.close!() : undefined,
+    dispose: () => timers.dispose(),
+  };
 }
 
 /**

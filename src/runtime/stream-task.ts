@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { StreamExecutionEnvironment, type JobBuilder } from "../api/environment.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
-import { planFingerprint } from "../api/job-graph.ts";
+import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
 import { RecordWriter, type BufferSender } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
@@ -15,6 +15,7 @@ import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
 import { keyGroupRange } from "../state/key-groups.ts";
+import { WatermarkValve, type ChainOutput, type TimeContext, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import { channelId, channelJob, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
@@ -80,17 +81,32 @@ export class StreamTask {
   /** Input done: a checkpoint can no longer be taken. */
   private inputEnded = false;
 
+  // ---- event time ----
+  /** The timestamp of the record in flight through the chain. */
+  private readonly recordTime: TimeContext = { ts: null };
+  /** The job assigns timestamps somewhere: records cross the network as [timestamp, record]. */
+  private eventTime = false;
+  private readonly valve: WatermarkValve;
+  /** The chain's entry for watermarks (the first operator that handles them, or the writers). */
+  private headWatermark: (wm: number) => void = () => {};
+  /** What this task last sent downstream: watermark and idleness. */
+  private outWatermark = -Infinity;
+  private outIdle = false;
+  private asyncFailed = false;
+
   constructor(
     private readonly d: TaskDeployment,
     private readonly network: NetworkGrant,
     private readonly state: StateGrant,
     private readonly post: Post,
+    private readonly autoWatermarkIntervalMs = 200,
   ) {
     // Known before init() finishes: data may arrive while the artifact is still being imported.
     const inputs: string[] = [];
     for (const input of d.inputs) for (const p of input.producers) inputs.push(channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex));
     this.gate = new InputGate(inputs);
     this.inputChannels = inputs;
+    this.valve = new WatermarkValve(inputs);
   }
 
   private readonly inputChannels: string[];
@@ -107,10 +123,13 @@ export class StreamTask {
     };
     const d = this.d;
     const net = this.network;
+    const eventTime = (this.eventTime = plan.nodes.some((n) => n.kind === "assignTimestamps"));
     this.writers = d.outputs.map((o, i) => {
       const ids = o.targets.map((t) => channelId(channelJob(d), o.edgeId, d.subtaskIndex, t.subtask));
       const keyNode = o.keyNodeId !== undefined ? node(o.keyNodeId) : undefined;
-      const keySelector = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
+      const rawKey = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
+      // With event time a record travels as [timestamp, record]: the key is the record's.
+      const keySelector = rawKey && eventTime ? (w: [number | null, unknown]) => rawKey(w[1]) : rawKey;
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
@@ -124,14 +143,42 @@ export class StreamTask {
     });
     for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
 
-    // Build the chain from its tail: the tail emits to every record writer.
-    const writers = this.writers;
-    let out: Collector = (r) => {
-      this.recordsOut++;
-      for (let i = 0; i < writers.length; i++) writers[i]!.emit(r);
-    };
+    // Build the chain from its tail. The tail emits to the record writers: main records to the edges that
+    // feed ordinary consumers, side-output values to the edges that feed that tag's getSideOutput node.
     const chain = d.operatorIds.map(node);
-    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
+    const tailId = d.operatorIds[d.operatorIds.length - 1]!;
+    const targets = this.writers.length > 0 ? streamTargetsOf(describePlan(plan), tailId) : [];
+    if (targets.length !== this.writers.length) throw new Error(`operator ${tailId} has ${targets.length} output edges in the plan but ${this.writers.length} in the deployment`);
+    const mainWriters: RecordWriter[] = [];
+    const sideWriters = new Map<string, RecordWriter[]>();
+    targets.forEach((t, i) => {
+      const target = node(t);
+      if (target.kind === "sideOutput") {
+        if (!sideWriters.has(target.tag)) sideWriters.set(target.tag, []);
+        sideWriters.get(target.tag)!.push(this.writers[i]!);
+      } else mainWriters.push(this.writers[i]!);
+    });
+    const time = this.recordTime;
+    let out: Collector = eventTime
+      ? (r) => {
+          this.recordsOut++;
+          const w = [time.ts, r];
+          for (let i = 0; i < mainWriters.length; i++) mainWriters[i]!.emit(w);
+        }
+      : (r) => {
+          this.recordsOut++;
+          for (let i = 0; i < mainWriters.length; i++) mainWriters[i]!.emit(r);
+        };
+    let side: (tag: string, v: unknown) => void = (tag, v) => {
+      const ws = sideWriters.get(tag);
+      if (!ws) return;
+      this.recordsOut++;
+      const w = eventTime ? [time.ts, v] : v;
+      for (const writer of ws) writer.emit(w);
+    };
+    let watermark: (wm: number) => void = (wm) => this.emitWatermark(wm);
+    const idle = (b: boolean) => this.emitIdle(b);
+    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
     if (keyedChain) {
       const st = this.state;
       this.keyed = await createKeyedStateBackend({
@@ -155,7 +202,11 @@ export class StreamTask {
       operatorState: this.operatorState,
       attempt: d.attempt,
       restoredCheckpointId: d.restore?.checkpointId ?? 0,
+      time,
+      fail: (err) => this.failAsync(err),
+      afterAsyncOutput: () => this.flushOperators(),
     };
+    const noop = () => {};
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
       if (n.kind === "source") {
@@ -176,14 +227,36 @@ export class StreamTask {
           this.recordsOut++;
           sink.process(r);
         };
+        side = noop;
         continue;
       }
-      const op = createOperator(n, ctx, out);
+      // The next operator is a getSideOutput node: only this tag's values go on, the main output goes nowhere.
+      const next = chain[i + 1];
+      const nextProcess = out;
+      const mainOut = next?.kind === "sideOutput" ? noop : out;
+      const sideOut = next === undefined ? side : next.kind === "sideOutput" ? (tag: string, v: unknown) => void (tag === next.tag && nextProcess(v)) : noop;
+      const chainOut: ChainOutput = { watermark, idle, side: sideOut };
+      const op = createOperator(n, ctx, mainOut, chainOut);
       this.operators.unshift(op);
       out = (r) => op.process(r);
+      side = noop;
+      if (op.processWatermark) watermark = (wm) => op.processWatermark!(wm);
     }
+    this.headWatermark = watermark;
     this.head = { process: out };
     for (const op of this.operators) await op.open?.();
+    const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
+    if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
+      this.timers.push(
+        setInterval(() => {
+          try {
+            for (const op of this.operators) op.onPeriodic?.();
+          } catch (err) {
+            this.failAsync(err);
+          }
+        }, interval),
+      );
+    }
     if (d.bufferTimeoutMs > 0 && this.writers.length > 0) {
       this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
     }
@@ -198,12 +271,18 @@ export class StreamTask {
       else await this.runInputs();
       this.inputEnded = true;
       for (const t of this.triggers.splice(0)) this.post({ type: "checkpointDecline", checkpointId: t.checkpointId, reason: "the task reached the end of its input" });
+      // End of input is the end of event time (Flink's MAX_WATERMARK): every event-time timer and window fires.
+      if (this.valve.current < Infinity) {
+        this.valve.current = Infinity;
+        this.headWatermark(Infinity);
+      }
       for (const op of this.operators) op.endInput?.();
       await Promise.all(this.writers.map((w) => w.finish()));
       this.time.switchTo("idle");
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
+      for (const op of this.operators) op.dispose?.();
       await this.keyed?.close().catch(() => {});
     }
   }
@@ -327,8 +406,10 @@ export class StreamTask {
     };
     const reader = this.sourceReader!;
     for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
+      const eventTime = this.eventTime;
       for (let i = 0; i < chunk.length; i++) {
         this.recordsIn++;
+        if (eventTime) this.recordTime.ts = null;
         this.head.process(chunk[i]);
         // A source stops at once when its output is full, not at the end of its chunk: large records
         // would otherwise pile up beyond the buffer pool.
@@ -360,15 +441,63 @@ export class StreamTask {
       if ("event" in item) {
         const ev = item.event;
         if (ev.type === "barrier") this.onBarrier(item.channel, ev);
-        else if (ev.type === "end") this.maybeAligned(); // an ended channel no longer holds an alignment back
+        else if (ev.type === "watermark") this.onWatermarkEvent(item.channel, ev as WatermarkEvent);
+        else if (ev.type === "end") {
+          this.maybeAligned(); // an ended channel no longer holds an alignment back
+          const wm = this.valve.onEnd(item.channel);
+          if (wm !== null) this.headWatermark(wm);
+          this.emitIdle(this.valve.idle);
+        }
         continue;
       }
       const records = item.records;
       this.recordsIn += records.length;
-      for (let i = 0; i < records.length; i++) this.head.process(records[i]);
+      if (this.eventTime) {
+        const time = this.recordTime;
+        for (let i = 0; i < records.length; i++) {
+          const w = records[i] as [number | null, unknown];
+          time.ts = w[0];
+          this.head.process(w[1]);
+        }
+      } else for (let i = 0; i < records.length; i++) this.head.process(records[i]);
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  private onWatermarkEvent(channel: string, ev: WatermarkEvent): void {
+    const wm = this.valve.onWatermark(channel, ev.timestamp, ev.idle === true);
+    if (wm !== null) this.headWatermark(wm);
+    this.emitIdle(this.valve.idle);
+  }
+
+  /** The chain's tail: a watermark goes to every output channel when it advances. */
+  private emitWatermark(wm: number): void {
+    if (wm <= this.outWatermark) return;
+    this.outWatermark = wm;
+    this.outIdle = false;
+    if (!this.eventTime) return;
+    const ev: WatermarkEvent = { type: "watermark", timestamp: wm };
+    for (const w of this.writers) w.broadcastEvent(ev);
+  }
+
+  /** Idleness: downstream tasks leave this task's channels out of their watermark until it emits again. */
+  private emitIdle(idle: boolean): void {
+    if (idle === this.outIdle) return;
+    this.outIdle = idle;
+    if (!this.eventTime) return;
+    // Becoming active again is a watermark event without `idle` (at the last watermark: no change downstream).
+    const ev: WatermarkEvent = idle ? { type: "watermark", timestamp: this.outWatermark, idle: true } : { type: "watermark", timestamp: this.outWatermark };
+    for (const w of this.writers) w.broadcastEvent(ev);
+  }
+
+  /** A failure in a timer callback (outside the task loop) fails the task. */
+  private failAsync(err: unknown): void {
+    if (this.asyncFailed) return;
+    this.asyncFailed = true;
+    for (const t of this.timers) clearInterval(t);
+    for (const op of this.operators) op.dispose?.();
+    this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
   }
 
   /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
@@ -409,6 +538,12 @@ export class StreamTask {
       backPressuredTimeMsPerSecond: per(this.time.backPressured, this.lastReport.backPressured),
       idleTimeMsPerSecond: per(this.time.idle, this.lastReport.idle),
     };
+    if (this.eventTime || this.valve.backwards > 0) {
+      m.watermarksIgnored = this.valve.backwards;
+      m.currentInputWatermark = Number.isFinite(this.valve.current) ? this.valve.current : null;
+      m.currentOutputWatermark = Number.isFinite(this.outWatermark) ? this.outWatermark : null;
+      m.lateRecordsDropped = this.operators.reduce((a, op) => a + ((op as { lateRecords?: number }).lateRecords ?? 0), 0);
+    }
     this.lastReport = { at: now, busy: this.time.busy, backPressured: this.time.backPressured, idle: this.time.idle };
     return m;
   }

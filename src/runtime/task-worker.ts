@@ -18,7 +18,7 @@ function handle(msg: ToWorker): void {
   try {
     if (msg.type === "init") {
       name = taskDisplayName(msg.deployment);
-      task = new StreamTask(msg.deployment, msg.network, msg.state, post);
+      task = new StreamTask(msg.deployment, msg.network, msg.state, post, msg.autoWatermarkIntervalMs);
       void start(task, msg.artifactPath);
     } else {
       task?.onMessage(msg);

@@ -21,7 +21,8 @@ export interface StateGrant {
 }
 
 export type ToWorker =
-  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant }
+  /** autoWatermarkIntervalMs: the TaskManager's pipeline.auto-watermark-interval (a job may set its own). */
+  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number }
   /** A port to a local peer task, carrying the listed channels. */
   | { type: "connect"; port: MessagePort; produce: string[]; consume: string[] }
   /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */

@@ -5,7 +5,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import { connectRpc, type RpcConnection } from "../rpc/connection.ts";
+import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
+import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
   type ErrorInfo,
@@ -20,10 +21,13 @@ import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
 import { createLogger } from "../util/log.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
 import { Task, type TaskStateOptions } from "./task.ts";
+import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
+import type { RunningHttpServer } from "../metrics/http-server.ts";
+import type { TaskView } from "../metrics/task-metrics.ts";
 
 const log = createLogger("taskmanager");
 
-export class TaskExecutor {
+export class TaskExecutor implements TaskManagerView {
   readonly resourceId: string;
   readonly shuffle: ShuffleEnvironment;
   private readonly artifacts: ArtifactCache;
@@ -39,6 +43,11 @@ export class TaskExecutor {
   private registeredWaiters: (() => void)[] = [];
   private ownedTmpDir: string | null = null;
   dataPort = 0;
+  /** /metrics, /healthz, /readyz (src/metrics/) on taskmanager.host:metrics.port. */
+  metricsPort = 0;
+  private metricsServer: RunningHttpServer | null = null;
+  /** Set by drain() (SIGTERM): no new tasks, no reconnection, /readyz answers 503. */
+  draining = false;
 
   constructor(private readonly config: Config) {
     this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
@@ -54,12 +63,19 @@ export class TaskExecutor {
     if (!config["taskmanager.tmp.dir"]) this.ownedTmpDir = tmp;
     this.artifacts = new ArtifactCache(path.join(tmp, "artifacts"));
     this.stateOptions = {
+      autoWatermarkIntervalMs: config["pipeline.auto-watermark-interval"],
       defaultBackend: config["state.backend"],
       baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
       cacheBytes: config["state.backend.sqlite.cache-size"],
     };
     this.slots = new Array(config["taskmanager.numberOfTaskSlots"]).fill(null);
+    // Secret and TLS for the RPC connection and the data port (throws ConfigError on unreadable files).
+    const security = securityFromConfig(config);
+    this.rpcOptions = { security, maxFrameBytes: config["rpc.max-frame-size"], handshakeTimeoutMs: config["rpc.handshake-timeout"] };
+    this.shuffle.transport.configure({ security, handshakeTimeoutMs: config["rpc.handshake-timeout"], maxConnectionsPerAddress: config["rpc.max-connections-per-address"] });
   }
+
+  private readonly rpcOptions: FramedOptions;
 
   get registered(): boolean {
     return this.registration !== null;
@@ -69,6 +85,16 @@ export class TaskExecutor {
   async start(): Promise<void> {
     this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
     log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
+    try {
+      this.metricsServer = await startTaskManagerEndpoint(this, this.config["taskmanager.host"], this.config["metrics.port"], (err) =>
+        log.error("metrics request failed", { error: err.message }),
+      );
+    } catch (err) {
+      await this.shuffle.transport.stop();
+      throw err;
+    }
+    this.metricsPort = this.metricsServer.port;
+    log.info("metrics endpoint started", { metrics: `${this.config["taskmanager.host"]}:${this.metricsPort}` });
     void this.connectLoop();
   }
 
@@ -89,7 +115,58 @@ export class TaskExecutor {
       rpc.close();
     }
     await this.shuffle.transport.stop();
+    await this.metricsServer?.stop();
+    this.metricsServer = null;
     if (this.ownedTmpDir) fs.rmSync(this.ownedTmpDir, { recursive: true, force: true });
+  }
+
+  /**
+   * SIGTERM: stop taking work, tell the JobManager (which fails over this TaskManager's tasks at once), cancel the
+   * tasks and wait until they have ended, all within graceMs. Resolves true when everything ended in time. stop()
+   * follows either way.
+   */
+  async drain(graceMs: number): Promise<boolean> {
+    if (this.draining) return false;
+    this.draining = true;
+    const deadline = Date.now() + graceMs;
+    log.info("shutting down: taking no new tasks, telling the JobManager, canceling tasks", { tasks: this.tasks.size, gracePeriodMs: graceMs });
+    const rpc = this.rpc;
+    this.rpc = null;
+    this.registration = null;
+    for (const t of this.timers) clearInterval(t);
+    const told = rpc
+      ? rpc
+          .request("disconnectTaskManager", { resourceId: this.resourceId, reason: "TaskManager is shutting down (SIGTERM)" }, Math.max(1, graceMs))
+          // The JobManager answers by removing this TaskManager, which closes the connection: that is a yes too.
+          .then(
+            () => true,
+            (err: Error) => /closed by peer|connection closed$/.test(err.message) || (log.warn("could not tell the JobManager", { error: err.message }), false),
+          )
+          .finally(() => rpc.close())
+      : Promise.resolve(true);
+    for (const task of [...this.tasks.values()]) task.cancel();
+    const tasksEnded = (async () => {
+      while (this.tasks.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      return this.tasks.size === 0;
+    })();
+    const inTime = new Promise<false>((r) => setTimeout(() => r(false), Math.max(0, deadline - Date.now())));
+    const ok = await Promise.race([Promise.all([told, tasksEnded]).then(([a, b]) => a && b), inTime]);
+    if (ok) log.info("drained: every task has ended and the JobManager knows", {});
+    else if (Date.now() >= deadline) log.error("shutdown grace period ended before the drain completed", { gracePeriodMs: graceMs, tasksLeft: this.tasks.size });
+    else log.error("the drain did not complete", { tasksLeft: this.tasks.size });
+    return ok;
+  }
+
+  taskViews(): TaskView[] {
+    return [...this.tasks.values()].map((t) => ({ deployment: t.deployment, state: t.state, metrics: t.metrics }));
+  }
+
+  slotUsage(): { total: number; used: number } {
+    return { total: this.slots.length, used: this.slots.filter((j) => j !== null).length };
+  }
+
+  networkBuffers(): { total: number; available: number } {
+    return { total: this.shuffle.options.totalBuffers, available: this.shuffle.availableBuffers };
   }
 
   private async connectLoop(): Promise<void> {
@@ -97,7 +174,7 @@ export class TaskExecutor {
     const port = this.config["jobmanager.rpc.port"];
     let backoff = this.config["taskmanager.registration.initial-backoff"];
     let attempts = 0;
-    while (!this.stopped) {
+    while (!this.stopped && !this.draining) {
       try {
         await this.connectAndRegister(host, port);
         return;
@@ -112,8 +189,12 @@ export class TaskExecutor {
   }
 
   private async connectAndRegister(host: string, port: number): Promise<void> {
-    const rpc = await connectRpc(host, port, { version: PROTOCOL_VERSION, role: "taskmanager", id: this.resourceId }, (type, payload) =>
-      this.onRequest(type, payload),
+    const rpc = await connectRpc(
+      host,
+      port,
+      { version: PROTOCOL_VERSION, role: "taskmanager", id: this.resourceId },
+      (type, payload) => this.onRequest(type, payload),
+      this.rpcOptions,
     );
     try {
       const reply = await rpc.request("registerTaskManager", {
@@ -157,7 +238,7 @@ export class TaskExecutor {
     if (this.rpc !== rpc) return;
     this.rpc = null;
     this.registration = null;
-    if (this.stopped) return;
+    if (this.stopped || this.draining) return;
     log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
     // Without a JobManager no task can report or be coordinated: cancel them and free the slots.
     for (const task of this.tasks.values()) task.cancel();
@@ -200,6 +281,7 @@ export class TaskExecutor {
   }
 
   private async submitTask(d: TaskDeployment): Promise<object> {
+    if (this.draining) throw new Error(`TaskManager ${this.resourceId} is shutting down and takes no new tasks`);
     if (!Number.isInteger(d.slot) || d.slot < 0 || d.slot >= this.slots.length) throw new Error(`slot ${d.slot} does not exist on ${this.resourceId}`);
     const holder = this.slots[d.slot];
     if (holder !== null && holder !== d.jobId) throw new Error(`slot ${d.slot} on ${this.resourceId} is allocated to job ${holder}`);
@@ -217,7 +299,7 @@ export class TaskExecutor {
         (file) => task.state === "DEPLOYING" && task.start(file),
         (err: Error) => task.fail(new Error(`cannot fetch job artifact: ${err.message}`)),
       );
-    log.info("deploying task", { task: task.name, job: d.jobId, slot: d.slot });
+    log.info("deploying task", { ...taskLogFields(task), slot: d.slot });
     return {};
   }
 
@@ -231,17 +313,17 @@ export class TaskExecutor {
   private readonly checkpointResponder = {
     acknowledge: (task: Task, checkpointId: number, snapshot: unknown) => {
       this.rpc?.request("acknowledgeCheckpoint", { executionId: task.executionId, checkpointId, snapshot: snapshot as never }).catch((err: Error) =>
-        log.warn("could not acknowledge a checkpoint", { task: task.name, checkpoint: checkpointId, error: err.message }),
+        log.warn("could not acknowledge a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, error: err.message }),
       );
     },
     decline: (task: Task, checkpointId: number, reason: string) => {
-      log.warn("declining a checkpoint", { task: task.name, checkpoint: checkpointId, reason });
+      log.warn("declining a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, reason });
       this.rpc?.request("declineCheckpoint", { executionId: task.executionId, checkpointId, reason }).catch(() => {});
     },
   };
 
   private onTaskState(task: Task, state: TaskState, error?: ErrorInfo): void {
-    const fields: Record<string, unknown> = { task: task.name, job: task.deployment.jobId, state };
+    const fields: Record<string, unknown> = { ...taskLogFields(task), state };
     if (error) fields.error = error.message;
     if (process.env.TM_DEBUG_METRICS) fields.metrics = task.metrics;
     (state === "FAILED" ? log.warn : log.info)("task state changed", fields);
@@ -253,7 +335,7 @@ export class TaskExecutor {
     }
     this.rpc
       ?.request("updateTaskState", { executionId: task.executionId, state, error, metrics: task.metrics })
-      .catch((err: Error) => log.warn("could not report a task state", { task: task.name, error: err.message }));
+      .catch((err: Error) => log.warn("could not report a task state", { ...taskLogFields(task), error: err.message }));
   }
 
   private releaseJob(jobId: string): void {
@@ -261,4 +343,10 @@ export class TaskExecutor {
     this.shuffle.releaseJob(jobId);
     for (let i = 0; i < this.slots.length; i++) if (this.slots[i] === jobId) this.slots[i] = null;
   }
+}
+
+/** Every log line about a task names its job, task (vertex) and subtask (0-based), and the attempt. */
+function taskLogFields(task: Task): Record<string, unknown> {
+  const d = task.deployment;
+  return { job: d.jobId, task: d.vertexName, subtask: d.subtaskIndex, attempt: d.attempt, name: task.name };
 }

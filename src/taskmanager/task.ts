@@ -13,6 +13,8 @@ export interface TaskStateOptions {
   /** Each task keeps its state files in <baseDir>/<job>/<vertex>-<subtask>. */
   baseDir: string;
   cacheBytes: number;
+  /** pipeline.auto-watermark-interval: the periodic watermark interval of jobs that do not set their own. */
+  autoWatermarkIntervalMs?: number;
 }
 
 export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo) => void;
@@ -76,7 +78,7 @@ export class Task implements TaskEndpoint {
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
     };
-    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state });
+    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs });
     this.shuffle.wire(this);
   }
 

@@ -1,0 +1,114 @@
+// A small JSON/text HTTP server on node:http (runs under Bun and Deno alike), shared by the JobManager's REST API
+// and the TaskManager's metrics endpoint.
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+
+/** A port could not be bound (in use, or not permitted); main.ts exits with code 3. */
+export class BindError extends Error {
+  override name = "BindError";
+  readonly exitCode = 3;
+}
+
+export interface HttpRequest {
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  /** The body, read on demand (at most 64 MiB). */
+  text(): Promise<string>;
+}
+
+export interface HttpResponse {
+  status: number;
+  body: string | Uint8Array;
+  contentType?: string;
+  headers?: Record<string, string>;
+}
+
+export type HttpHandler = (req: HttpRequest) => HttpResponse | Promise<HttpResponse>;
+
+export function json(body: unknown, status = 200): HttpResponse {
+  return { status, body: JSON.stringify(body), contentType: "application/json; charset=utf-8" };
+}
+
+export function text(body: string, status = 200, contentType = "text/plain; charset=utf-8"): HttpResponse {
+  return { status, body, contentType };
+}
+
+/** An error whose message is sent to the client as {"errors": [message]} with this status (Flink's error shape). */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const MAX_BODY = 64 * 1024 * 1024;
+
+export interface RunningHttpServer {
+  port: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Listens on host:port (0 = a free port). `what` names the config key in the error when the port cannot be bound.
+ */
+export function startHttpServer(host: string, port: number, what: string, handler: HttpHandler, onError: (err: Error) => void): Promise<RunningHttpServer> {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    let body: Promise<string> | null = null;
+    const request: HttpRequest = {
+      method: req.method ?? "GET",
+      path: url.pathname,
+      query: url.searchParams,
+      text: () =>
+        (body ??= new Promise<string>((resolve, reject) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          req.on("data", (c: Buffer) => {
+            size += c.length;
+            if (size > MAX_BODY) {
+              reject(new HttpError(413, "request body too large"));
+              req.destroy();
+            } else chunks.push(c);
+          });
+          req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+          req.on("error", reject);
+        })),
+    };
+    Promise.resolve()
+      .then(() => handler(request))
+      .catch((err: unknown) => {
+        if (err instanceof HttpError) return json({ errors: [err.message] }, err.status);
+        onError(err as Error);
+        return json({ errors: [(err as Error)?.message ?? String(err)] }, 500);
+      })
+      .then((r) => {
+        res.writeHead(r.status, { "content-type": r.contentType ?? "text/plain; charset=utf-8", "cache-control": "no-store", ...r.headers });
+        res.end(r.body);
+      });
+  });
+  server.keepAliveTimeout = 5_000;
+  return new Promise((resolve, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      const why = err.code === "EADDRINUSE" ? "is already in use" : err.code === "EACCES" ? "is not permitted" : `cannot be bound: ${err.message}`;
+      reject(new BindError(`${what}: address ${host}:${port} ${why} (choose another port, or 0 for a free one)`));
+    });
+    server.listen(port, host, () => {
+      const sockets = new Set<import("node:net").Socket>();
+      server.on("connection", (s) => {
+        sockets.add(s);
+        s.on("close", () => sockets.delete(s));
+      });
+      resolve({
+        port: (server.address() as AddressInfo).port,
+        stop: () =>
+          new Promise<void>((done) => {
+            server.close(() => done());
+            for (const s of sockets) s.destroy();
+          }),
+      });
+    });
+  });
+}

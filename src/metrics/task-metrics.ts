@@ -1,0 +1,54 @@
+// Metric families of tasks (one sample per running task), shared by the TaskManager's /metrics. Labels as Flink's
+// Prometheus reporter: job_id, job_name, task_name, subtask_index, plus task_attempt_num.
+import type { TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
+import { counter, gauge, type MetricFamily } from "./exposition.ts";
+
+export interface TaskView {
+  deployment: TaskDeployment;
+  state: TaskState;
+  metrics: TaskMetrics;
+}
+
+/** The metrics every task reports (the event-time ones are optional and exported only where present). */
+type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped">;
+
+const COUNTERS: [CoreMetric, string, string][] = [
+  ["recordsIn", "tm_task_records_in_total", "Records the task received."],
+  ["recordsOut", "tm_task_records_out_total", "Records the task emitted."],
+  ["bytesIn", "tm_task_bytes_in_total", "Bytes the task received over the network stack."],
+  ["bytesOut", "tm_task_bytes_out_total", "Bytes the task sent over the network stack."],
+  ["buffersIn", "tm_task_buffers_in_total", "Network buffers the task received."],
+  ["buffersOut", "tm_task_buffers_out_total", "Network buffers the task sent."],
+];
+
+const GAUGES: [CoreMetric, string, string][] = [
+  ["busyTimeMsPerSecond", "tm_task_busy_time_ms_per_second", "Milliseconds per second the task was busy (Flink's busyTimeMsPerSecond)."],
+  ["backPressuredTimeMsPerSecond", "tm_task_backpressured_time_ms_per_second", "Milliseconds per second the task was back-pressured."],
+  ["idleTimeMsPerSecond", "tm_task_idle_time_ms_per_second", "Milliseconds per second the task was idle."],
+  ["outPoolUsage", "tm_task_out_pool_usage", "Fraction of the task's output buffer pools in use (0..1)."],
+  ["inPoolUsage", "tm_task_in_pool_usage", "Fraction of the task's input buffers queued (0..1)."],
+];
+
+export function taskLabels(d: TaskDeployment): Record<string, string | number> {
+  return { job_id: d.jobId, job_name: d.jobName, task_name: d.vertexName, subtask_index: d.subtaskIndex, task_attempt_num: d.attempt };
+}
+
+export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
+  const out: MetricFamily[] = [];
+  for (const [key, name, help] of COUNTERS) {
+    out.push(counter(name, help, tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics[key] }))));
+  }
+  for (const [key, name, help] of GAUGES) {
+    out.push(gauge(name, help, tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics[key] }))));
+  }
+  // Event-time tasks: watermarks and late records, for the tasks that report them.
+  const eventTime = tasks.filter((t) => t.metrics.watermarksIgnored !== undefined);
+  if (eventTime.length > 0) {
+    out.push(counter("tm_task_watermarks_ignored_total", "Watermarks that went backwards on an input channel and were ignored.", eventTime.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.watermarksIgnored ?? 0 }))));
+    out.push(counter("tm_task_late_records_dropped_total", "Records that came after their window's allowed lateness.", eventTime.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.lateRecordsDropped ?? 0 }))));
+    const withWm = eventTime.filter((t) => typeof t.metrics.currentInputWatermark === "number");
+    out.push(gauge("tm_task_current_input_watermark", "The task's input watermark (ms since the epoch), the minimum over its active input channels.", withWm.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.currentInputWatermark as number }))));
+  }
+  out.push(gauge("tm_task_running", "1 when the task is RUNNING, else 0 (deploying or ending).", tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.state === "RUNNING" ? 1 : 0 }))));
+  return out;
+}

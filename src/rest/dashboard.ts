@@ -1,0 +1,194 @@
+// The web dashboard: one HTML page with inline CSS and JS, served by the JobManager at /. It reads the REST API
+// every second: overview and job list, a job's operator graph (parallelism, records/s, backpressure colour),
+// vertices, checkpoints and exceptions, and the TaskManagers with their slots. No build step, no dependencies.
+export const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tm dashboard</title>
+<style>
+  :root { --fg:#1d2330; --muted:#6b7385; --line:#d9dde5; --bg:#f5f6f8; --card:#fff; --accent:#2f5bd3;
+          --ok:#e3f4e7; --okb:#3c9d5a; --low:#fff1d1; --lowb:#d39a1c; --high:#fde0de; --highb:#d2443a; }
+  * { box-sizing: border-box; }
+  body { margin:0; font:14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+  header { display:flex; align-items:center; gap:24px; padding:10px 20px; background:#1d2330; color:#fff; }
+  header b { font-size:16px; letter-spacing:.5px; }
+  header a { color:#cdd6f4; text-decoration:none; } header a.active, header a:hover { color:#fff; }
+  #status { margin-left:auto; font-size:12px; color:#9aa3b5; }
+  #status.err { color:#ff8c82; }
+  main { padding:16px 20px; max-width:1400px; }
+  h1 { font-size:20px; margin:4px 0 12px; } h2 { font-size:15px; margin:20px 0 8px; color:#384057; }
+  .cards { display:flex; gap:12px; flex-wrap:wrap; }
+  .card { background:var(--card); border:1px solid var(--line); border-radius:6px; padding:10px 16px; min-width:150px; }
+  .card .v { font-size:22px; font-weight:600; } .card .k { color:var(--muted); font-size:12px; }
+  table { border-collapse:collapse; width:100%; background:var(--card); border:1px solid var(--line); }
+  th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); white-space:nowrap; }
+  th { background:#eef0f4; font-weight:600; font-size:12px; color:#4a5368; }
+  td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
+  a { color:var(--accent); }
+  .state { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; background:#e7e9ee; }
+  .state.RUNNING { background:#dbe7ff; color:#1f48b8; } .state.FINISHED, .state.COMPLETED { background:var(--ok); color:#23713d; } .state.IN_PROGRESS { background:var(--low); color:#8a5a00; }
+  .state.FAILED, .state.FAILING { background:var(--high); color:#a3261d; } .state.CANCELED, .state.CANCELING { background:#ececec; color:#555; }
+  .state.RESTARTING, .state.SCHEDULING, .state.DEPLOYING { background:var(--low); color:#8a5a00; }
+  .bp-ok { color:var(--okb); } .bp-low { color:var(--lowb); } .bp-high { color:var(--highb); }
+  .graph { background:var(--card); border:1px solid var(--line); border-radius:6px; overflow:auto; }
+  .graph svg text { font:12px system-ui, sans-serif; fill:#1d2330; }
+  .bar { display:inline-block; width:90px; height:10px; background:#e7e9ee; border-radius:5px; overflow:hidden; vertical-align:middle; }
+  .bar i { display:block; height:100%; background:var(--accent); }
+  button { font:inherit; padding:4px 12px; border:1px solid var(--highb); color:var(--highb); background:#fff; border-radius:4px; cursor:pointer; }
+  .muted { color:var(--muted); } pre { background:#fff; border:1px solid var(--line); padding:10px; overflow:auto; }
+</style>
+</head>
+<body>
+<header>
+  <b>tm</b>
+  <a href="#/" id="nav-overview">Overview</a>
+  <a href="#/jobs" id="nav-jobs">Jobs</a>
+  <a href="#/taskmanagers" id="nav-taskmanagers">TaskManagers</a>
+  <span id="status">connecting...</span>
+</header>
+<main id="app"></main>
+<script>
+"use strict";
+const app = document.getElementById("app");
+const statusEl = document.getElementById("status");
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const fmtNum = (n) => n >= 1e9 ? (n / 1e9).toFixed(1) + " G" : n >= 1e6 ? (n / 1e6).toFixed(1) + " M" : n >= 1e4 ? (n / 1e3).toFixed(1) + " k" : String(Math.round(n));
+const fmtBytes = (n) => n >= 1073741824 ? (n / 1073741824).toFixed(1) + " GiB" : n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
+const fmtDur = (ms) => { if (ms == null || ms < 0) return "-"; const s = Math.floor(ms / 1000); if (s < 60) return ms < 10000 ? (ms / 1000).toFixed(1) + " s" : s + " s"; const m = Math.floor(s / 60); if (m < 60) return m + " m " + (s % 60) + " s"; return Math.floor(m / 60) + " h " + (m % 60) + " m"; };
+const fmtTime = (t) => t > 0 ? new Date(t).toLocaleTimeString() : "-";
+const state = (s) => '<span class="state ' + esc(s) + '">' + esc(s) + "</span>";
+async function api(path, opts) {
+  const r = await fetch(path, opts);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((body.errors && body.errors[0]) || r.status + " " + r.statusText);
+  return body;
+}
+
+function jobsTable(jobs) {
+  if (jobs.length === 0) return '<p class="muted">No jobs yet.</p>';
+  return "<table><thead><tr><th>Job</th><th>State</th><th>Start</th><th class=num>Duration</th><th class=num>Tasks</th><th>Id</th></tr></thead><tbody>" +
+    jobs.sort((a, b) => b["start-time"] - a["start-time"]).map((j) =>
+      '<tr><td><a href="#/job/' + esc(j.jid) + '">' + esc(j.name) + "</a></td><td>" + state(j.state) + "</td><td>" + fmtTime(j["start-time"]) +
+      "</td><td class=num>" + fmtDur(j.duration) + "</td><td class=num>" + j.tasks.running + " / " + j.tasks.total + '</td><td class="muted">' + esc(j.jid) + "</td></tr>").join("") +
+    "</tbody></table>";
+}
+
+async function viewOverview() {
+  const [o, jobs] = await Promise.all([api("/overview"), api("/jobs/overview")]);
+  const card = (k, v) => '<div class="card"><div class="v">' + esc(v) + '</div><div class="k">' + esc(k) + "</div></div>";
+  return "<h1>Cluster overview</h1><div class=cards>" + card("TaskManagers", o.taskmanagers) + card("Slots available / total", o["slots-available"] + " / " + o["slots-total"]) +
+    card("Jobs running", o["jobs-running"]) + card("Finished", o["jobs-finished"]) + card("Failed", o["jobs-failed"]) + card("Canceled", o["jobs-cancelled"]) +
+    '</div><h2>Jobs</h2>' + jobsTable(jobs.jobs) + '<p class="muted">' + esc(o["flink-version"]) + "</p>";
+}
+
+async function viewJobs() {
+  const jobs = await api("/jobs/overview");
+  return "<h1>Jobs</h1>" + jobsTable(jobs.jobs);
+}
+
+function graphSvg(job) {
+  const nodes = job.plan.nodes, byId = new Map(job.vertices.map((v) => [v.id, v]));
+  const depth = new Map();
+  const d = (n) => { if (depth.has(n.id)) return depth.get(n.id); depth.set(n.id, 0); const x = n.inputs.length ? 1 + Math.max(...n.inputs.map((i) => d(nodes.find((m) => m.id === i.id)))) : 0; depth.set(n.id, x); return x; };
+  nodes.forEach(d);
+  const cols = new Map(); for (const n of nodes) { const c = depth.get(n.id); if (!cols.has(c)) cols.set(c, []); cols.get(c).push(n); }
+  const W = 210, H = 86, GX = 80, GY = 28, pos = new Map();
+  let maxRows = 1;
+  for (const [c, ns] of cols) { ns.forEach((n, r) => pos.set(n.id, { x: 20 + c * (W + GX), y: 20 + r * (H + GY) })); maxRows = Math.max(maxRows, ns.length); }
+  const width = 40 + cols.size * (W + GX) - GX, height = 40 + maxRows * (H + GY) - GY;
+  let s = '<svg xmlns="http://www.w3.org/2000/svg" width="' + width + '" height="' + height + '"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#7a8296"/></marker></defs>';
+  for (const n of nodes) for (const i of n.inputs) {
+    const a = pos.get(i.id), b = pos.get(n.id); if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+    s += '<path d="M' + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2 + '" fill="none" stroke="#7a8296" stroke-width="1.5" marker-end="url(#arrow)"/>';
+    s += '<text x="' + (mx - 26) + '" y="' + ((y1 + y2) / 2 - 6) + '" style="font-size:10px;fill:#6b7385">' + esc(i.ship_strategy) + "</text>";
+  }
+  const fill = { ok: "#e3f4e7", low: "#fff1d1", high: "#fde0de" }, stroke = { ok: "#3c9d5a", low: "#d39a1c", high: "#d2443a" };
+  for (const n of nodes) {
+    const p = pos.get(n.id), v = byId.get(n.id); const lvl = v.backpressure.level;
+    const name = v.name.length > 30 ? v.name.slice(0, 29) + "\\u2026" : v.name;
+    s += '<g class="vertex" data-vertex="' + v.id + '" data-backpressure="' + lvl + '"><title>' + esc(v.name) + '</title><rect x="' + p.x + '" y="' + p.y + '" width="' + W + '" height="' + H + '" rx="6" fill="' + fill[lvl] + '" stroke="' + stroke[lvl] + '" stroke-width="1.5"/>';
+    s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 18) + '" style="font-weight:600">' + esc(name) + "</text>";
+    s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 36) + '">Parallelism: ' + v.parallelism + " \\u00b7 " + esc(v.status) + "</text>";
+    s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 53) + '">in ' + fmtNum(v.metrics["records-in-per-second"]) + "/s \\u00b7 out " + fmtNum(v.metrics["records-out-per-second"]) + "/s</text>";
+    s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 70) + '">Backpressure: ' + Math.round(v.backpressure.ratio * 100) + "% \\u00b7 busy " + Math.round(v.busy * 100) + "%</text></g>";
+  }
+  return s + "</svg>";
+}
+
+async function viewJob(id) {
+  const [job, cps] = await Promise.all([api("/jobs/" + encodeURIComponent(id)), api("/jobs/" + encodeURIComponent(id) + "/checkpoints")]);
+  const running = !["FINISHED", "FAILED", "CANCELED"].includes(job.state);
+  let h = '<h1 id="job-name">' + esc(job.name) + " " + state(job.state) + "</h1>";
+  h += '<p class="muted">' + esc(job.jid) + " \\u00b7 started " + fmtTime(job["start-time"]) + " \\u00b7 duration " + fmtDur(job.duration) + " \\u00b7 restarts " + job.restarts +
+    " \\u00b7 records in " + fmtNum(job["records-in"]) + " \\u00b7 out " + fmtNum(job["records-out"]) + (running ? ' \\u00b7 <button id="cancel">Cancel job</button>' : "") + "</p>";
+  if (job.error) h += "<h2>Exception</h2><pre>" + esc(job.error.task ? job.error.task + ": " : "") + esc(job.error.message) + "</pre>";
+  h += '<h2>Operators</h2><div class="graph">' + graphSvg(job) + "</div>";
+  h += "<h2>Vertices</h2><table><thead><tr><th>Name</th><th class=num>Parallelism</th><th>Status</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>In/s</th><th class=num>Out/s</th><th class=num>Bytes out</th><th>Backpressure</th><th class=num>Busy</th></tr></thead><tbody>" +
+    job.vertices.map((v) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + v.parallelism + "</td><td>" + state(v.status) + "</td><td class=num>" + fmtNum(v.metrics["read-records"]) +
+      "</td><td class=num>" + fmtNum(v.metrics["write-records"]) + "</td><td class=num>" + fmtNum(v.metrics["records-in-per-second"]) + "</td><td class=num>" + fmtNum(v.metrics["records-out-per-second"]) +
+      "</td><td class=num>" + fmtBytes(v.metrics["write-bytes"]) + '</td><td class="bp-' + v.backpressure.level + '">' + v.backpressure.level.toUpperCase() + " (" + Math.round(v.backpressure.ratio * 100) + "%)</td><td class=num>" + Math.round(v.busy * 100) + "%</td></tr>").join("") +
+    "</tbody></table>";
+  h += "<h2>Subtasks</h2><table><thead><tr><th>Vertex</th><th class=num>Subtask</th><th>Status</th><th>TaskManager</th><th class=num>Records in</th><th class=num>Records out</th><th>Backpressure</th></tr></thead><tbody>" +
+    job.vertices.flatMap((v) => v.subtasks.map((t) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + (t.subtask + 1) + "/" + v.parallelism + "</td><td>" + state(t.status) + "</td><td>" + esc(t.taskmanager) +
+      "</td><td class=num>" + fmtNum(t.metrics.recordsIn) + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + '</td><td class="bp-' + t.backpressure + '">' + t.backpressure.toUpperCase() + "</td></tr>")).join("") +
+    "</tbody></table>";
+  const c = cps.counts;
+  h += '<h2>Checkpoints</h2><div class="cards"><div class="card"><div class="v">' + c.completed + '</div><div class="k">Completed</div></div><div class="card"><div class="v">' + c.failed +
+    '</div><div class="k">Failed</div></div><div class="card"><div class="v">' + c.in_progress + '</div><div class="k">In progress</div></div><div class="card"><div class="v">' +
+    (cps.latest.completed ? fmtDur(cps.latest.completed.end_to_end_duration) : "-") + '</div><div class="k">Latest duration</div></div></div>';
+  if (cps.history.length) {
+    h += '<table id="checkpoints" style="margin-top:10px"><thead><tr><th class=num>Id</th><th>Status</th><th>Type</th><th>Triggered</th><th class=num>Duration</th><th class=num>Size</th><th class=num>Acknowledged</th><th>Path / failure</th></tr></thead><tbody>' +
+      cps.history.map((x) => "<tr><td class=num>" + x.id + "</td><td>" + state(x.status) + "</td><td>" + (x.is_savepoint ? "Savepoint" : "Checkpoint") + "</td><td>" + fmtTime(x.trigger_timestamp) +
+        "</td><td class=num>" + fmtDur(x.end_to_end_duration) + "</td><td class=num>" + fmtBytes(x.state_size) + "</td><td class=num>" + x.num_acknowledged_subtasks + "/" + x.num_subtasks +
+        '</td><td class="muted">' + esc(x.failure_message || x.external_path || "") + "</td></tr>").join("") + "</tbody></table>";
+  } else h += '<p class="muted">No checkpoints' + (c.restored ? "; restored from " + esc(cps.latest.restored.external_path) : "") + ".</p>";
+  return h;
+}
+
+async function viewTaskManagers() {
+  const { taskmanagers } = await api("/taskmanagers");
+  if (taskmanagers.length === 0) return '<h1>TaskManagers</h1><p class="muted">No TaskManager registered.</p>';
+  return "<h1>TaskManagers</h1><table id=taskmanagers><thead><tr><th>Id</th><th>Data address</th><th class=num>PID</th><th>Slots used</th><th class=num>Free slots</th><th class=num>Last heartbeat</th><th class=num>Cores</th><th class=num>Memory</th><th class=num>Running tasks</th><th class=num>Records out</th></tr></thead><tbody>" +
+    taskmanagers.map((t) => { const used = t.slotsNumber - t.freeSlots; return "<tr><td>" + esc(t.id) + "</td><td>" + esc(t.address) + ":" + t.dataPort + "</td><td class=num>" + t.pid +
+      '</td><td><span class="bar"><i style="width:' + (t.slotsNumber ? Math.round(100 * used / t.slotsNumber) : 0) + '%"></i></span> ' + used + " / " + t.slotsNumber + "</td><td class=num>" + t.freeSlots +
+      "</td><td class=num>" + fmtDur(t.timeSinceLastHeartbeat) + " ago</td><td class=num>" + (t.hardware.cpuCores ?? "-") + "</td><td class=num>" + (t.hardware.physicalMemory ? fmtBytes(t.hardware.physicalMemory) : "-") +
+      "</td><td class=num>" + t.metrics.runningTasks + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + "</td></tr>"; }).join("") + "</tbody></table>";
+}
+
+let busy = false;
+async function render() {
+  if (busy) return;
+  busy = true;
+  const route = location.hash.replace(/^#/, "") || "/";
+  for (const a of document.querySelectorAll("header a")) a.classList.toggle("active", a.getAttribute("href") === "#" + route.split("/").slice(0, 2).join("/") || (route === "/" && a.id === "nav-overview"));
+  try {
+    let html;
+    const m = /^\\/job\\/([^/]+)/.exec(route);
+    if (m) html = await viewJob(decodeURIComponent(m[1]));
+    else if (route === "/jobs") html = await viewJobs();
+    else if (route === "/taskmanagers") html = await viewTaskManagers();
+    else html = await viewOverview();
+    const y = window.scrollY;
+    app.innerHTML = html;
+    window.scrollTo(0, y);
+    const cancel = document.getElementById("cancel");
+    if (cancel && m) cancel.onclick = () => { if (confirm("Cancel this job?")) api("/jobs/" + m[1] + "?mode=cancel", { method: "PATCH" }).then(render, (e) => alert(e.message)); };
+    statusEl.textContent = "updated " + new Date().toLocaleTimeString();
+    statusEl.className = "";
+  } catch (e) {
+    statusEl.textContent = "error: " + e.message;
+    statusEl.className = "err";
+  } finally {
+    busy = false;
+  }
+}
+window.addEventListener("hashchange", render);
+render();
+setInterval(render, 1000);
+</script>
+</body>
+</html>
+`;

@@ -1,0 +1,406 @@
+// The JobManager's REST API (JSON, Flink's paths where they fit), its web dashboard and /metrics, /healthz, /readyz.
+// Every handler reads the live JobManager: the REST layer keeps no state but vertex rates and savepoint triggers.
+import { randomBytes } from "node:crypto";
+import pkg from "../../package.json" with { type: "json" };
+import type { JobManager } from "../jobmanager/jobmanager.ts";
+import type { JobMaster } from "../jobmanager/job-master.ts";
+import type { RegisteredTaskManager } from "../jobmanager/resource-manager.ts";
+import { TERMINAL_JOB_STATES, type CheckpointStats, type JobStatus, type TaskMetrics, type TaskState, type VertexStatus } from "../rpc/messages.ts";
+import { HttpError, json, startHttpServer, text, type HttpRequest, type HttpResponse, type RunningHttpServer } from "../metrics/http-server.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../metrics/exposition.ts";
+import { eventLoopLag } from "../metrics/process.ts";
+import { jobManagerRegistry } from "./jobmanager-metrics.ts";
+import { DASHBOARD_HTML } from "./dashboard.ts";
+
+const TASK_STATES: TaskState[] = ["DEPLOYING", "RUNNING", "FINISHED", "FAILED", "CANCELING", "CANCELED"];
+
+/** Backpressure level as Flink's web UI: OK up to 10 % of the time back-pressured, LOW up to 50 %, else HIGH. */
+export function backpressureLevel(ratio: number): "ok" | "low" | "high" {
+  return ratio <= 0.1 ? "ok" : ratio <= 0.5 ? "low" : "high";
+}
+
+interface Rate {
+  t: number;
+  recordsIn: number;
+  recordsOut: number;
+  inPerSecond: number;
+  outPerSecond: number;
+}
+
+interface SavepointTrigger {
+  jobId: string;
+  status: "IN_PROGRESS" | "COMPLETED";
+  location?: string;
+  failure?: string;
+}
+
+export class RestServer {
+  private server: RunningHttpServer | null = null;
+  private readonly rates = new Map<string, Rate>();
+  private rateTimer: ReturnType<typeof setInterval> | null = null;
+  private readonly savepoints = new Map<string, SavepointTrigger>();
+  private readonly metrics;
+  port = 0;
+
+  constructor(
+    private readonly jm: JobManager,
+    private readonly onError: (err: Error) => void,
+  ) {
+    this.metrics = jobManagerRegistry(jm);
+  }
+
+  async start(host: string, port: number): Promise<number> {
+    eventLoopLag.acquire();
+    try {
+      this.server = await startHttpServer(host, port, "rest.port", (req) => this.route(req), this.onError);
+    } catch (err) {
+      eventLoopLag.release();
+      throw err;
+    }
+    this.port = this.server.port;
+    this.rateTimer = setInterval(() => this.sampleRates(), 1000);
+    (this.rateTimer as { unref?: () => void }).unref?.();
+    return this.port;
+  }
+
+  async stop(): Promise<void> {
+    if (this.rateTimer) clearInterval(this.rateTimer);
+    if (!this.server) return;
+    eventLoopLag.release();
+    await this.server.stop();
+    this.server = null;
+  }
+
+  /** Records/s per vertex from the change of its totals over the last second. */
+  private sampleRates(): void {
+    const now = Date.now();
+    for (const job of this.jm.jobs.values()) {
+      const status = job.status();
+      for (const v of status.vertices) {
+        const key = `${job.jobId}/${v.id}`;
+        const sum = sumMetrics(v.subtasks.map((s) => s.metrics));
+        const prev = this.rates.get(key);
+        const dt = prev ? (now - prev.t) / 1000 : 0;
+        const running = !TERMINAL_JOB_STATES.has(status.state);
+        this.rates.set(key, {
+          t: now,
+          recordsIn: sum.recordsIn,
+          recordsOut: sum.recordsOut,
+          inPerSecond: prev && dt > 0 && running ? Math.max(0, (sum.recordsIn - prev.recordsIn) / dt) : 0,
+          outPerSecond: prev && dt > 0 && running ? Math.max(0, (sum.recordsOut - prev.recordsOut) / dt) : 0,
+        });
+      }
+    }
+  }
+
+  private async route(req: HttpRequest): Promise<HttpResponse> {
+    const parts = req.path.split("/").filter((p) => p.length > 0).map(decodeURIComponent);
+    const m = req.method;
+    const get = m === "GET" || m === "HEAD";
+    if (parts.length === 0 || (parts.length === 1 && parts[0] === "index.html")) {
+      if (!get) throw new HttpError(405, `${m} is not allowed on ${req.path}`);
+      return text(DASHBOARD_HTML, 200, "text/html; charset=utf-8");
+    }
+    const [head, id, sub, subId] = parts;
+    if (get) {
+      switch (head) {
+        case "metrics":
+          return text(this.metrics.render(), 200, PROMETHEUS_CONTENT_TYPE);
+        case "healthz":
+          return json({ status: "ok" });
+        case "readyz":
+          return this.port > 0 ? json({ status: "ready" }) : json({ status: "starting" }, 503);
+        case "config":
+          return json({ "refresh-interval": 1000, "timezone-name": Intl.DateTimeFormat().resolvedOptions().timeZone, "timezone-offset": -new Date().getTimezoneOffset() * 60_000, "flink-version": `tm ${pkg.version}`, "features": { "web-submit": false, "web-cancel": true } });
+        case "overview":
+          if (parts.length === 1) return json(this.overview());
+          break;
+        case "taskmanagers":
+          if (parts.length === 1) return json({ taskmanagers: [...this.jm.resourceManager.taskManagers.values()].map((tm) => this.taskManager(tm)) });
+          if (parts.length === 2) return json(this.taskManager(this.findTaskManager(id!), true));
+          break;
+        case "jobs":
+          return json(this.getJobs(parts));
+      }
+      throw new HttpError(404, `not found: ${req.path}`);
+    }
+    if (head === "jobs" && id !== undefined) {
+      const job = this.findJob(id);
+      // Flink: PATCH /jobs/:jobid?mode=cancel; also POST /jobs/:jobid/cancel for clients without PATCH.
+      if ((m === "PATCH" && parts.length === 2) || (m === "POST" && sub === "cancel" && parts.length === 3)) {
+        const mode = req.query.get("mode") ?? "cancel";
+        if (mode !== "cancel") throw new HttpError(400, `mode ${JSON.stringify(mode)} is not supported (only cancel)`);
+        job.cancel();
+        return json({}, 202);
+      }
+      if (m === "POST" && sub === "savepoints" && subId === undefined) return this.triggerSavepoint(job, await req.text());
+    }
+    throw new HttpError(parts.length > 0 && ["jobs", "overview", "taskmanagers", "config", "metrics"].includes(head!) ? 405 : 404, `${m} ${req.path} is not served`);
+  }
+
+  private getJobs(parts: string[]): unknown {
+    const [, id, sub, subId, more] = parts;
+    if (id === undefined) return { jobs: [...this.jm.jobs.values()].map((j) => ({ id: j.jobId, status: j.state })) };
+    if (id === "overview" && sub === undefined) return { jobs: [...this.jm.jobs.values()].map((j) => this.jobOverview(j.status())) };
+    const job = this.findJob(id);
+    const status = job.status();
+    if (sub === undefined) return this.jobDetails(job, status);
+    if (sub === "plan" && subId === undefined) return { plan: this.plan(job) };
+    if (sub === "exceptions" && subId === undefined) {
+      return { "root-exception": status.error ? `${status.error.message}${status.error.stack ? "\n" + status.error.stack : ""}` : null, timestamp: status.error ? status.endTime : null, "failed-task": status.error?.task ?? null, truncated: false };
+    }
+    if (sub === "vertices" && subId !== undefined && more === undefined) {
+      const v = status.vertices.find((x) => String(x.id) === subId);
+      if (!v) throw new HttpError(404, `job ${id} has no vertex ${subId}`);
+      return { ...this.vertex(job.jobId, v), now: Date.now() };
+    }
+    if (sub === "checkpoints") {
+      if (subId === undefined) return this.checkpoints(status);
+      if (subId === "details" && more !== undefined) {
+        const c = status.checkpoints.history.find((h) => String(h.id) === more);
+        if (!c) throw new HttpError(404, `job ${id} has no checkpoint ${more} in its history`);
+        return checkpointJson(c);
+      }
+    }
+    if (sub === "savepoints" && subId !== undefined && more === undefined) {
+      const t = this.savepoints.get(subId);
+      if (!t || t.jobId !== job.jobId) throw new HttpError(404, `no savepoint trigger ${subId} for job ${id}`);
+      return t.status === "IN_PROGRESS"
+        ? { status: { id: "IN_PROGRESS" } }
+        : { status: { id: "COMPLETED" }, operation: t.failure !== undefined ? { "failure-cause": { class: "Error", "stack-trace": t.failure } } : { location: t.location } };
+    }
+    throw new HttpError(404, `not found: /${parts.join("/")}`);
+  }
+
+  private overview() {
+    const rm = this.jm.resourceManager;
+    const jobs = [...this.jm.jobs.values()];
+    const count = (s: string) => jobs.filter((j) => j.state === s).length;
+    return {
+      taskmanagers: rm.taskManagers.size,
+      "slots-total": rm.totalSlots,
+      "slots-available": rm.freeSlots,
+      "jobs-running": jobs.filter((j) => !TERMINAL_JOB_STATES.has(j.state)).length,
+      "jobs-finished": count("FINISHED"),
+      "jobs-cancelled": count("CANCELED"),
+      "jobs-failed": count("FAILED"),
+      "flink-version": `tm ${pkg.version}`,
+      "jobmanager-id": this.jm.id,
+      "rpc-port": this.jm.port,
+    };
+  }
+
+  private taskManager(tm: RegisteredTaskManager, details = false) {
+    const slots = [...tm.slots].sort((a, b) => a[0] - b[0]).map(([index, jobId]) => ({ index, jobId }));
+    const tasks: { jobId: string; vertex: string; subtask: number; state: TaskState; metrics: TaskMetrics }[] = [];
+    for (const job of this.jm.jobs.values()) {
+      for (const ex of job.executions.values()) {
+        if (ex.tm === tm) tasks.push({ jobId: job.jobId, vertex: ex.deployment.vertexName, subtask: ex.deployment.subtaskIndex, state: ex.state, metrics: ex.metrics });
+      }
+    }
+    const live = tasks.filter((t) => t.state === "RUNNING" || t.state === "DEPLOYING");
+    const sum = sumMetrics(live.map((t) => t.metrics));
+    return {
+      id: tm.info.resourceId,
+      address: tm.info.dataHost,
+      dataPort: tm.info.dataPort,
+      pid: tm.info.pid,
+      slotsNumber: tm.info.slots,
+      freeSlots: slots.filter((s) => s.jobId === null).length,
+      registeredAt: tm.registeredAt,
+      lastHeartbeat: tm.lastHeartbeat,
+      timeSinceLastHeartbeat: Date.now() - tm.lastHeartbeat,
+      hardware: { cpuCores: tm.info.resources?.cpuCores ?? null, physicalMemory: tm.info.resources?.memoryBytes ?? null },
+      metrics: { runningTasks: live.length, recordsIn: sum.recordsIn, recordsOut: sum.recordsOut, bytesIn: sum.bytesIn, bytesOut: sum.bytesOut },
+      slots,
+      ...(details ? { tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state })) } : {}),
+    };
+  }
+
+  private jobOverview(s: JobStatus) {
+    const end = s.endTime ?? -1;
+    return {
+      jid: s.jobId,
+      name: s.name,
+      state: s.state,
+      "start-time": s.startTime,
+      "end-time": end,
+      duration: (s.endTime ?? Date.now()) - s.startTime,
+      "last-modification": s.endTime ?? Date.now(),
+      tasks: { total: Object.values(s.tasks).reduce((a, b) => a + b, 0), ...Object.fromEntries(TASK_STATES.map((t) => [t.toLowerCase(), s.tasks[t]])) },
+    };
+  }
+
+  private jobDetails(job: JobMaster, s: JobStatus) {
+    return {
+      ...this.jobOverview(s),
+      now: Date.now(),
+      restarts: s.restarts,
+      "records-in": s.recordsIn,
+      "records-out": s.recordsOut,
+      ...(s.error ? { error: s.error } : {}),
+      vertices: s.vertices.map((v) => this.vertex(job.jobId, v)),
+      plan: this.plan(job),
+      checkpoints: { completed: s.checkpoints.completed, failed: s.checkpoints.failed, latest: s.checkpoints.latest ? checkpointJson(s.checkpoints.latest) : null },
+    };
+  }
+
+  private vertex(jobId: string, v: VertexStatus) {
+    const counts = Object.fromEntries(TASK_STATES.map((t) => [t, 0])) as Record<TaskState, number>;
+    for (const st of v.subtasks) counts[st.state]++;
+    const sum = sumMetrics(v.subtasks.map((s) => s.metrics));
+    const live = v.subtasks.filter((s) => s.state === "RUNNING");
+    const bp = live.length ? Math.max(...live.map((s) => s.metrics.backPressuredTimeMsPerSecond)) / 1000 : 0;
+    const busy = live.length ? Math.max(...live.map((s) => s.metrics.busyTimeMsPerSecond)) / 1000 : 0;
+    const rate = this.rates.get(`${jobId}/${v.id}`);
+    return {
+      id: v.id,
+      name: v.name,
+      parallelism: v.parallelism,
+      status: vertexState(counts, v.parallelism),
+      tasks: counts,
+      metrics: {
+        "read-records": sum.recordsIn,
+        "write-records": sum.recordsOut,
+        "read-bytes": sum.bytesIn,
+        "write-bytes": sum.bytesOut,
+        "records-in-per-second": rate?.inPerSecond ?? 0,
+        "records-out-per-second": rate?.outPerSecond ?? 0,
+      },
+      backpressure: { ratio: Math.min(1, bp), level: backpressureLevel(bp) },
+      busy: Math.min(1, busy),
+      subtasks: v.subtasks.map((s) => ({
+        subtask: s.subtask,
+        status: s.state,
+        taskmanager: s.taskManager,
+        metrics: s.metrics,
+        backpressure: backpressureLevel(s.metrics.backPressuredTimeMsPerSecond / 1000),
+      })),
+    };
+  }
+
+  private plan(job: JobMaster) {
+    const g = job.graph;
+    return {
+      jid: job.jobId,
+      name: g.name,
+      type: g.runtimeMode === "batch" ? "BATCH" : "STREAMING",
+      "max-parallelism": g.maxParallelism,
+      nodes: g.vertices.map((v) => ({
+        id: v.id,
+        parallelism: v.parallelism,
+        operator: v.isSource ? "Source" : "",
+        description: v.name,
+        inputs: g.edges.filter((e) => e.target === v.id).map((e, num) => ({ num, id: e.source, ship_strategy: e.partitioner.toUpperCase(), exchange: "pipelined_bounded" })),
+      })),
+    };
+  }
+
+  private checkpoints(s: JobStatus) {
+    const c = s.checkpoints;
+    const history = [...c.history].sort((a, b) => b.id - a.id);
+    const completed = history.filter((h) => h.status === "COMPLETED");
+    const durations = completed.map((h) => h.durationMs ?? 0);
+    const sizes = completed.map((h) => h.sizeBytes);
+    const stats = (xs: number[]) => (xs.length ? { min: Math.min(...xs), max: Math.max(...xs), avg: Math.round(xs.reduce((a, b) => a + b, 0) / xs.length) } : { min: 0, max: 0, avg: 0 });
+    return {
+      counts: {
+        restored: c.restoredFrom ? 1 : 0,
+        total: c.completed + c.failed + history.filter((h) => h.status === "IN_PROGRESS").length,
+        in_progress: history.filter((h) => h.status === "IN_PROGRESS").length,
+        completed: c.completed,
+        failed: c.failed,
+      },
+      summary: { end_to_end_duration: stats(durations), state_size: stats(sizes) },
+      latest: {
+        completed: c.latest ? checkpointJson(c.latest) : null,
+        savepoint: (() => {
+          const sp = completed.find((h) => h.savepoint);
+          return sp ? checkpointJson(sp) : null;
+        })(),
+        failed: (() => {
+          const f = history.find((h) => h.status === "FAILED");
+          return f ? checkpointJson(f) : null;
+        })(),
+        restored: c.restoredFrom ? { external_path: c.restoredFrom } : null,
+      },
+      history: history.map(checkpointJson),
+    };
+  }
+
+  private triggerSavepoint(job: JobMaster, body: string): HttpResponse {
+    const p = parseBody(body);
+    const dir = p["target-directory"];
+    const cancel = p["cancel-job"];
+    if (dir !== undefined && dir !== null && typeof dir !== "string") throw new HttpError(400, "target-directory must be a string");
+    if (cancel !== undefined && typeof cancel !== "boolean") throw new HttpError(400, "cancel-job must be a boolean");
+    if (job.state !== "RUNNING") throw new HttpError(409, `job ${job.jobId} is ${job.state}; a savepoint needs it RUNNING`);
+    const requestId = randomBytes(16).toString("hex");
+    const trigger: SavepointTrigger = { jobId: job.jobId, status: "IN_PROGRESS" };
+    this.savepoints.set(requestId, trigger);
+    job.savepoint(dir || undefined, cancel === true).then(
+      (r) => Object.assign(trigger, { status: "COMPLETED", location: r.path.replace(/\/_metadata$/, "") }),
+      (err: Error) => Object.assign(trigger, { status: "COMPLETED", failure: err.message }),
+    );
+    return json({ "request-id": requestId }, 202);
+  }
+
+  private findJob(id: string): JobMaster {
+    const job = this.jm.jobs.get(id);
+    if (!job) throw new HttpError(404, `no job ${id}`);
+    return job;
+  }
+
+  private findTaskManager(id: string): RegisteredTaskManager {
+    const tm = this.jm.resourceManager.taskManagers.get(id);
+    if (!tm) throw new HttpError(404, `no TaskManager ${id}`);
+    return tm;
+  }
+}
+
+function parseBody(body: string): Record<string, any> {
+  if (body.trim() === "") return {};
+  try {
+    const p = JSON.parse(body);
+    if (typeof p === "object" && p !== null && !Array.isArray(p)) return p;
+  } catch {
+    // fall through
+  }
+  throw new HttpError(400, "the request body must be a JSON object");
+}
+
+function sumMetrics(ms: TaskMetrics[]) {
+  const s = { recordsIn: 0, recordsOut: 0, bytesIn: 0, bytesOut: 0 };
+  for (const m of ms) {
+    s.recordsIn += m.recordsIn;
+    s.recordsOut += m.recordsOut;
+    s.bytesIn += m.bytesIn;
+    s.bytesOut += m.bytesOut;
+  }
+  return s;
+}
+
+function vertexState(c: Record<TaskState, number>, parallelism: number): string {
+  if (c.FAILED > 0) return "FAILED";
+  if (c.CANCELING > 0) return "CANCELING";
+  if (c.RUNNING > 0) return "RUNNING";
+  if (c.DEPLOYING > 0) return "DEPLOYING";
+  if (c.FINISHED === parallelism) return "FINISHED";
+  if (c.CANCELED > 0) return "CANCELED";
+  return "CREATED";
+}
+
+function checkpointJson(c: CheckpointStats) {
+  return {
+    id: c.id,
+    status: c.status,
+    is_savepoint: c.savepoint,
+    trigger_timestamp: c.triggerTime,
+    end_to_end_duration: c.durationMs,
+    state_size: c.sizeBytes,
+    num_acknowledged_subtasks: c.acknowledged,
+    num_subtasks: c.total,
+    ...(c.path ? { external_path: c.path } : {}),
+    ...(c.failure ? { failure_message: c.failure } : {}),
+  };
+}

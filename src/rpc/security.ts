@@ -1,0 +1,123 @@
+// Transport security of RPC and data connections: the shared secret behind the HMAC challenge-response of the
+// handshake (docs/protocol.md section 2.1), TLS, and the limits that keep a hostile peer from exhausting a
+// process. The secret is read from a file or from TM_SECURITY_AUTH_SECRET, never from a flag, and never logged.
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import type { Config } from "../config/index.ts";
+import { ConfigError } from "../config/load.ts";
+import type { Hello } from "./messages.ts";
+
+/** The environment variable holding the shared secret (used when security.auth.secret-file is empty). */
+export const SECRET_ENV_VAR = "TM_SECURITY_AUTH_SECRET";
+export const MIN_SECRET_BYTES = 16;
+export const NONCE_BYTES = 32;
+/** All that a peer that fails authentication is told. */
+export const AUTH_FAILED = "authentication failed";
+/** Frames before the handshake is complete may not be larger than this (a Hello is well under 1 KiB). */
+export const HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024;
+
+export interface TlsSettings {
+  cert: Buffer;
+  key: Buffer;
+  /** The CA(s) that peers' certificates must chain to; null = the system's default CAs. */
+  ca: Buffer | null;
+  /** Mutual TLS: the listening side requires and verifies a client certificate. */
+  clientAuth: boolean;
+}
+
+export interface TransportSecurity {
+  /** Shared secret of the cluster, or null (no authentication: loopback only unless insecure). */
+  secret: Buffer | null;
+  /** Allows listening on a non-loopback address without a secret. */
+  insecure: boolean;
+  tls: TlsSettings | null;
+}
+
+export const NO_SECURITY: TransportSecurity = Object.freeze({ secret: null, insecure: false, tls: null });
+
+/**
+ * Reads the secret (security.auth.secret-file, else TM_SECURITY_AUTH_SECRET) and the TLS files named in the
+ * config. Throws ConfigError naming the key and file, never the secret.
+ */
+export function securityFromConfig(config: Config, env: Record<string, string | undefined> = process.env): TransportSecurity {
+  let secret: Buffer | null = null;
+  const secretFile = config["security.auth.secret-file"];
+  if (secretFile) {
+    secret = readFile(secretFile, "security.auth.secret-file");
+    // A trailing newline is what editors and `echo` add: it is not part of the secret.
+    let end = secret.length;
+    while (end > 0 && (secret[end - 1] === 0x0a || secret[end - 1] === 0x0d)) end--;
+    secret = secret.subarray(0, end);
+    if (secret.length < MIN_SECRET_BYTES) {
+      throw new ConfigError(`security.auth.secret-file: the secret in ${secretFile} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+    }
+  } else if (env[SECRET_ENV_VAR]) {
+    secret = Buffer.from(env[SECRET_ENV_VAR]!, "utf8");
+    if (secret.length < MIN_SECRET_BYTES) {
+      throw new ConfigError(`environment variable ${SECRET_ENV_VAR}: the secret is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+    }
+  }
+  let tls: TlsSettings | null = null;
+  if (config["security.ssl.enabled"]) {
+    for (const key of ["security.ssl.cert-file", "security.ssl.key-file"] as const) {
+      if (!config[key]) throw new ConfigError(`${key}: required when security.ssl.enabled is true`);
+    }
+    tls = {
+      cert: readFile(config["security.ssl.cert-file"], "security.ssl.cert-file"),
+      key: readFile(config["security.ssl.key-file"], "security.ssl.key-file"),
+      ca: config["security.ssl.ca-file"] ? readFile(config["security.ssl.ca-file"], "security.ssl.ca-file") : null,
+      clientAuth: config["security.ssl.client-auth"],
+    };
+  }
+  return { secret, insecure: config["security.insecure"], tls };
+}
+
+function readFile(file: string, key: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  if (net.isIPv4(host)) return host.startsWith("127.");
+  if (net.isIPv6(host)) return host === "::1" || /^::ffff:127\./i.test(host);
+  return false;
+}
+
+/** Throws unless listening on `host` is allowed: a secret, or loopback, or security.insecure. */
+export function checkBindAllowed(host: string, port: number, security: TransportSecurity, what: string): void {
+  if (security.secret || security.insecure || isLoopback(host)) return;
+  throw new ConfigError(
+    `refusing to listen on ${host}:${port} (${what}) without authentication: set a shared secret ` +
+      `(security.auth.secret-file or ${SECRET_ENV_VAR}), bind to a loopback address, or set security.insecure = true`,
+  );
+}
+
+export function newNonce(): Buffer {
+  return randomBytes(NONCE_BYTES);
+}
+
+/**
+ * HMAC-SHA256 over the whole handshake: who proves ("client" or "server"), the connector's Hello (version,
+ * role, id) and both nonces. Distinct labels keep one side's proof from being replayed as the other's.
+ */
+export function authProof(secret: Buffer, label: "client" | "server", hello: Hello, clientNonce: Uint8Array, serverNonce: Uint8Array): Buffer {
+  const h = createHmac("sha256", secret);
+  h.update(JSON.stringify(["tm-auth-v1", label, hello.version, String(hello.role), String(hello.id)]));
+  h.update(clientNonce);
+  h.update(serverNonce);
+  return h.digest();
+}
+
+export function isNonce(v: unknown): v is Uint8Array {
+  return v instanceof Uint8Array && v.length === NONCE_BYTES;
+}
+
+/** Constant-time comparison of a received proof with the expected one. */
+export function proofMatches(received: unknown, expected: Buffer): boolean {
+  return received instanceof Uint8Array && received.length === expected.length && timingSafeEqual(received, expected);
+}

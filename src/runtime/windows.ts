@@ -1,0 +1,309 @@
+// Keyed windows (as Flink's WindowOperator): tumbling, sliding and session windows in event or processing
+// time, and count windows. Window contents live in the keyed state backend (one MapState per operator, entries
+// per window), so they are checkpointed and work on both backends; window timers live in the operator's timer
+// service (event-time.ts).
+//
+// Layout of the MapState "__window-<uid or id>" for the current key, with ns = "<start>|<end>":
+//   reduce / aggregate: ns -> accumulator
+//   process:            ns -> element count n, "<ns>#<i>" -> element i (0 <= i < n): O(1) per element
+//   count windows:      ns "count" as above; sliding count windows keep the last `size` elements at "sliding"
+// Session windows also keep the key's open sessions in the ValueState "__sessions-<uid or id>".
+import type { PlanNode } from "../api/plan.ts";
+import type { TimeWindow, WindowContext } from "../api/event-time.ts";
+import { MapStateDescriptor, ValueStateDescriptor, type MapState, type ValueState } from "../state/api.ts";
+import type { KeyedStateBackend } from "../state/keyed-backend.ts";
+import { InternalTimerService, preview, type ChainOutput, type TimeContext, type Timer } from "./event-time.ts";
+import type { Collector, Operator, OperatorContext } from "./operators.ts";
+
+type WindowNode = Extract<PlanNode, { kind: "window" }>;
+
+export class WindowOperator implements Operator {
+  private readonly keyed: KeyedStateBackend;
+  private readonly key: (r: unknown) => unknown;
+  private readonly contents: MapState<string, any>;
+  private readonly sessions: ValueState<[number, number][]> | null;
+  private readonly timers: InternalTimerService | null;
+  private readonly eventTime: boolean;
+  private readonly lateness: number;
+  private readonly time: TimeContext;
+  private readonly collector: { collect: (v: unknown) => void };
+  private readonly processFn: ((key: unknown, ctx: WindowContext, elements: unknown[], out: { collect: (v: unknown) => void }) => void) | null;
+  /** Records dropped (or sent to the late side output) because every window they belong to had passed. */
+  lateRecords = 0;
+
+  constructor(
+    private readonly node: WindowNode,
+    private readonly ctx: OperatorContext,
+    private readonly out: Collector,
+    private readonly chain: ChainOutput,
+  ) {
+    const keyNode = ctx.node(node.keyNode);
+    if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
+    this.keyed = ctx.keyed;
+    this.key = keyNode.fn;
+    this.time = ctx.time;
+    const name = node.uid ?? String(node.id);
+    this.contents = this.keyed.getMapState(new MapStateDescriptor<string, any>(`__window-${name}`));
+    const a = node.assigner;
+    this.eventTime = a.type !== "count" && a.time === "event";
+    this.lateness = this.eventTime ? node.allowedLateness : 0;
+    this.sessions = a.type === "session" ? this.keyed.getState(new ValueStateDescriptor<[number, number][]>(`__sessions-${name}`)) : null;
+    this.timers = a.type === "count" ? null : new InternalTimerService(this.keyed, ctx, `__timers-${name}`, (t) => this.onTimer(t));
+    this.collector = { collect: (v) => this.out(v) };
+    const p = node.fn.process;
+    this.processFn = p === null ? null : typeof p === "function" ? p : (k, c, e, o) => p.process(k, c, e, o);
+  }
+
+  open(): void {
+    const p = this.node.fn.process;
+    if (p && typeof p === "object" && typeof p.open === "function") p.open(undefined);
+  }
+
+  process(record: unknown): void {
+    const k = this.key(record);
+    this.keyed.setCurrentKey(k);
+    const a = this.node.assigner;
+    if (a.type === "count") return this.processCount(record, k, a.size, a.slide);
+    let ts: number;
+    if (this.eventTime) {
+      const t = this.time.ts;
+      if (typeof t !== "number" || !Number.isFinite(t)) {
+        throw new Error(`${this.node.name}: a record without a timestamp (${String(t)}) reached an event-time window: ${preview(record)}; assign timestamps upstream with assignTimestampsAndWatermarks()`);
+      }
+      ts = t;
+    } else ts = Date.now();
+    if (a.type === "session") return this.processSession(record, ts, a.gap);
+    const wm = this.timers!.currentWatermark;
+    let accepted = false;
+    const size = a.size;
+    const step = a.type === "sliding" ? a.slide : a.size;
+    const lastStart = ts - mod(ts - a.offset, step);
+    for (let start = lastStart; start > ts - size; start -= step) {
+      const end = start + size;
+      if (this.eventTime && end - 1 + this.lateness <= wm) continue; // this window is gone
+      accepted = true;
+      const ns = `${start}|${end}`;
+      this.add(ns, record);
+      this.registerTimers(start, end, wm);
+    }
+    if (!accepted) this.late(record, ts, wm);
+  }
+
+  private late(record: unknown, ts: number, wm: number): void {
+    if (ts + this.lateness > wm) return; // not late, only outside every live window (cannot happen for these assigners)
+    this.lateRecords++;
+    if (this.node.lateTag !== null) this.chain.side(this.node.lateTag, record);
+  }
+
+  /** The window's timers: emit at end - 1 and, with allowed lateness, clean up at end - 1 + lateness. A window
+   *  the watermark has passed already (a late record within the lateness) fires at once instead (Flink's
+   *  EventTimeTrigger). */
+  private registerTimers(start: number, end: number, wm: number): void {
+    const t = this.timers!;
+    const ns = `${start}|${end}`;
+    if (this.lateness > 0) t.register(0, end - 1 + this.lateness, ns);
+    if (this.eventTime && end - 1 <= wm) this.fire(t.keyOf(), ns, start, end);
+    else t.register(this.eventTime ? 0 : 1, end - 1, ns);
+  }
+
+  private processSession(record: unknown, ts: number, gap: number): void {
+    const wm = this.timers!.currentWatermark;
+    const open = this.sessions!.value() ?? [];
+    // Merge the new window [ts, ts + gap) with every open session it touches (Flink's TimeWindow.intersects).
+    let start = ts;
+    let end = ts + gap;
+    const merged: [number, number][] = [];
+    const rest: [number, number][] = [];
+    const sorted = open.slice().sort((x, y) => x[0] - y[0]);
+    let changed = true;
+    let candidates = sorted;
+    while (changed) {
+      changed = false;
+      const next: [number, number][] = [];
+      for (const w of candidates) {
+        if (w[0] <= end && w[1] >= start) {
+          merged.push(w);
+          if (w[0] < start) start = w[0];
+          if (w[1] > end) end = w[1];
+          changed = true;
+        } else next.push(w);
+      }
+      candidates = next;
+    }
+    rest.push(...candidates);
+    if (this.eventTime && end - 1 + this.lateness <= wm) {
+      this.late(record, ts, wm);
+      return;
+    }
+    const ns = `${start}|${end}`;
+    const t = this.timers!;
+    for (const [s, e] of merged) {
+      const old = `${s}|${e}`;
+      if (old === ns) continue;
+      t.delete(this.eventTime ? 0 : 1, e - 1, old);
+      if (this.lateness > 0) t.delete(0, e - 1 + this.lateness, old);
+      this.mergeInto(old, ns);
+    }
+    this.add(ns, record);
+    rest.push([start, end]);
+    this.sessions!.update(rest);
+    this.registerTimers(start, end, wm);
+  }
+
+  /** Moves window `from`'s contents into window `to` (session merge). */
+  private mergeInto(from: string, to: string): void {
+    const f = this.node.fn;
+    const c = this.contents;
+    if (f.type === "process") {
+      const n: number = c.get(from) ?? 0;
+      let m: number = c.get(to) ?? 0;
+      for (let i = 0; i < n; i++) {
+        c.put(`${to}#${m++}`, c.get(`${from}#${i}`));
+        c.remove(`${from}#${i}`);
+      }
+      c.put(to, m);
+      c.remove(from);
+      return;
+    }
+    const acc = c.get(from);
+    c.remove(from);
+    if (acc === undefined) return;
+    const have = c.get(to);
+    if (have === undefined) c.put(to, acc);
+    else if (f.type === "reduce") c.put(to, f.reduce(have, acc));
+    else c.put(to, f.aggregate.merge!(have, acc));
+  }
+
+  private add(ns: string, record: unknown): void {
+    const f = this.node.fn;
+    const c = this.contents;
+    if (f.type === "reduce") {
+      const acc = c.get(ns);
+      c.put(ns, acc === undefined ? record : f.reduce(acc, record));
+    } else if (f.type === "aggregate") {
+      const acc = c.get(ns);
+      c.put(ns, f.aggregate.add(record, acc === undefined ? f.aggregate.createAccumulator() : acc));
+    } else {
+      const n: number = c.get(ns) ?? 0;
+      c.put(`${ns}#${n}`, record);
+      c.put(ns, n + 1);
+    }
+  }
+
+  private elements(ns: string): unknown[] | null {
+    const f = this.node.fn;
+    const c = this.contents;
+    if (f.type === "process") {
+      const n: number | undefined = c.get(ns);
+      if (n === undefined) return null;
+      const out: unknown[] = new Array(n);
+      for (let i = 0; i < n; i++) out[i] = c.get(`${ns}#${i}`);
+      return out;
+    }
+    const acc = c.get(ns);
+    if (acc === undefined) return null;
+    return [f.type === "reduce" ? acc : f.aggregate.getResult(acc)];
+  }
+
+  private clear(ns: string): void {
+    const c = this.contents;
+    if (this.node.fn.type === "process") {
+      const n: number = c.get(ns) ?? 0;
+      for (let i = 0; i < n; i++) c.remove(`${ns}#${i}`);
+    }
+    c.remove(ns);
+  }
+
+  /** Emits window [start, end) of the current key (nothing when it is empty); records carry end - 1 as timestamp. */
+  private fire(k: unknown, ns: string, start: number, end: number): void {
+    const elements = this.elements(ns);
+    if (elements === null) return;
+    this.emit(k, elements, { start, end }, end - 1);
+  }
+
+  private emit(k: unknown, elements: unknown[], window: TimeWindow, ts: number | null): void {
+    this.time.ts = ts;
+    if (this.processFn === null) {
+      for (const e of elements) this.out(e);
+      return;
+    }
+    const timers = this.timers;
+    const context: WindowContext = {
+      window,
+      currentWatermark: () => timers?.currentWatermark ?? -Infinity,
+      currentProcessingTime: () => Date.now(),
+      output: (tag, value) => this.chain.side(tag.id, value),
+    };
+    this.processFn(k, context, elements, this.collector);
+  }
+
+  private onTimer(t: Timer): void {
+    const [s, e] = t.ns.split("|").map(Number) as [number, number];
+    const fireAt = e - 1;
+    if (t.ts === fireAt) this.fire(t.key, t.ns, s, e);
+    if (t.ts === fireAt + this.lateness) {
+      this.clear(t.ns);
+      if (this.sessions) {
+        const open = this.sessions.value() ?? [];
+        const rest = open.filter((w) => !(w[0] === s && w[1] === e));
+        this.sessions.update(rest.length > 0 ? rest : null);
+      }
+    }
+  }
+
+  private processCount(record: unknown, k: unknown, size: number, slide: number): void {
+    const c = this.contents;
+    const total: number = (c.get("total") ?? 0) + 1;
+    c.put("total", total);
+    if (slide === size) {
+      this.add("count", record);
+      if (total % size === 0) {
+        const elements = this.elements("count")!;
+        this.clear("count");
+        this.emit(k, elements, { start: total - size, end: total }, this.time.ts);
+      }
+      return;
+    }
+    const buf: unknown[] = c.get("sliding") ?? [];
+    const next = buf.length >= size ? buf.slice(buf.length - size + 1) : buf.slice();
+    next.push(record);
+    c.put("sliding", next);
+    if (total % slide === 0) {
+      const f = this.node.fn;
+      let elements: unknown[];
+      if (f.type === "process") elements = next;
+      else if (f.type === "reduce") elements = [next.reduce((x, y) => f.reduce(x, y))];
+      else {
+        let acc = f.aggregate.createAccumulator();
+        for (const e of next) acc = f.aggregate.add(e, acc);
+        elements = [f.aggregate.getResult(acc)];
+      }
+      this.emit(k, elements, { start: total - next.length, end: total }, this.time.ts);
+    }
+  }
+
+  processWatermark(wm: number): void {
+    this.timers?.advanceWatermark(wm);
+    this.chain.watermark(wm);
+  }
+
+  snapshotState(): void {
+    this.timers?.snapshot();
+  }
+
+  endInput(): void {
+    // Processing-time windows still open at the end of a bounded input are emitted (Flink drops them).
+    if (this.timers && !this.eventTime) this.timers.fireProcessingTime(Infinity);
+    const p = this.node.fn.process;
+    if (p && typeof p === "object" && typeof p.close === "function") p.close();
+  }
+
+  dispose(): void {
+    this.timers?.dispose();
+  }
+}
+
+function mod(a: number, b: number): number {
+  const r = a % b;
+  return r < 0 ? r + b : r;
+}

@@ -1,0 +1,424 @@
+// Authentication, TLS and connection limits with real processes (`bun main.ts`) and sockets on 127.0.0.1:
+// a peer without the shared secret learns only "authentication failed" and can neither submit, register,
+// deploy nor read data; a TaskManager refuses a JobManager that cannot prove the secret; limits close one
+// connection and leave the process serving the others.
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { spawnSync } from "bun";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { connectFramed, connectRpc, listenFramed, RpcConnection, boundPort } from "../src/rpc/connection.ts";
+import { encodeFrame } from "../src/rpc/framing.ts";
+import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
+import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
+import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
+import { BUN, Child, removeTempDirs, tempDir } from "./helpers.ts";
+
+const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];
+const SECRET = "s3cret-of-the-test-cluster-0123456789";
+const WRONG = "not-the-secret-but-long-enough-000";
+const withSecret = (secret: string, tls: TransportSecurity["tls"] = null): { security: TransportSecurity } => ({
+  security: { secret: Buffer.from(secret), insecure: false, tls },
+});
+
+const closers: (() => void)[] = [];
+afterEach(async () => {
+  for (const c of closers.splice(0)) c();
+  await Child.stopAll();
+});
+afterAll(removeTempDirs);
+
+async function startJobManager(args: string[], env: Record<string, string> = {}): Promise<{ jm: Child; port: number }> {
+  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...FAST, ...args], env);
+  const m = await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/);
+  return { jm, port: Number(m[1]) };
+}
+
+function startTaskManager(jmPort: number, id: string, args: string[], env: Record<string, string> = {}): Child {
+  return new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${jmPort}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...FAST, ...args], env);
+}
+
+/** Runs a small keyed job at parallelism 4 and returns its output file's lines (a job across two TaskManagers). */
+async function runSumJob(rpc: RpcConnection, dir: string): Promise<string[]> {
+  const out = path.join(dir, "out");
+  const file = path.join(dir, "sum.ts");
+  fs.writeFileSync(file, `export default (env) => { env.fromSequence(1, 20000).keyBy((x) => x % 4).sum(0).writeAsText(${JSON.stringify(out)}); };`);
+  const jobId = await submitJob(rpc, await prepareJob(file, [], 4));
+  const status = await waitForJob(rpc, jobId, () => {}, 50);
+  expect(status.state).toBe("FINISHED");
+  return fs.readdirSync(out).flatMap((f) => fs.readFileSync(path.join(out, f), "utf8").split("\n")).filter(Boolean);
+}
+
+
+async function refusal(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return (err as Error).message;
+  }
+  throw new Error("expected a refusal, the connection was accepted");
+}
+
+describe("authentication with a shared secret", () => {
+  test("a cluster with a secret (file and environment) runs a job; without the secret or with a wrong one a peer learns only 'authentication failed'", async () => {
+    const dir = tempDir("tm-sec-");
+    const secretFile = path.join(dir, "secret");
+    fs.writeFileSync(secretFile, SECRET + "\n", { mode: 0o600 });
+    const { jm, port } = await startJobManager(["-D", `security.auth.secret-file=${secretFile}`]);
+    const tmA = startTaskManager(port, "tm-a", [], { TM_SECURITY_AUTH_SECRET: SECRET });
+    const tmB = startTaskManager(port, "tm-b", ["-D", `security.auth.secret-file=${secretFile}`]);
+    await Promise.all([tmA, tmB].map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
+    closers.push(() => rpc.close());
+    const lines = await runSumJob(rpc, dir);
+    // One running sum per record; the largest is key 0's total, 4 + 8 + ... + 20000.
+    expect(lines.length).toBe(20000);
+    expect(Math.max(...lines.map(Number))).toBe(50_010_000);
+
+    // Without a secret the JobManager refuses the Hello; with a wrong one the client sees the JobManager's proof fail.
+    expect(await refusal(connectClient("127.0.0.1", port, { security: NO_SECURITY }))).toBe("handshake refused by peer: authentication failed");
+    expect(await refusal(connectClient("127.0.0.1", port, withSecret(WRONG)))).toBe("authentication failed: the peer does not know the shared secret");
+    // A peer that skips checking the JobManager's proof and answers with a made-up one.
+    expect(await forgedProof(port, "client")).toEqual({ version: PROTOCOL_VERSION, id: "", error: "authentication failed" });
+    await jm.waitForOutput(/refused a connection .*authentication failed \(wrong proof/);
+    await jm.waitForOutput(/refused a connection .*authentication failed \(the peer sent no nonce/);
+    // The data ports want the secret too.
+    const dataPort = Number((await tmA.waitForOutput(/TaskManager started id=tm-a dataPort=(\d+)/))[1]);
+    const hello = { version: PROTOCOL_VERSION, role: "data" as const, id: "intruder" };
+    expect(await refusal(connectFramed("127.0.0.1", dataPort, hello, withSecret(WRONG)))).toBe("authentication failed: the peer does not know the shared secret");
+    expect(await forgedProof(dataPort, "data")).toEqual({ version: PROTOCOL_VERSION, id: "", error: "authentication failed" });
+    expect(await refusal(connectFramed("127.0.0.1", dataPort, hello))).toBe("handshake refused by peer: authentication failed");
+    // The secret is never written to a log.
+    for (const p of [jm, tmA, tmB]) expect(p.stdout + p.stderr).not.toContain(SECRET);
+    expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(2);
+  }, 90_000);
+
+  test("an unauthenticated peer cannot deploy code: submitJob, registerTaskManager and submitTask are refused and nothing runs", async () => {
+    const dir = tempDir("tm-sec-deploy-");
+    const marker = path.join(dir, "pwned");
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager([], env);
+    const tm = startTaskManager(port, "tm-a", [], env);
+    await tm.waitForOutput(/registered at the JobManager/);
+
+    // A job whose only effect is to create the marker file.
+    const jobFile = path.join(dir, "evil.ts");
+    fs.writeFileSync(jobFile, `import * as fs from "node:fs"; export default (env) => { fs.writeFileSync(${JSON.stringify(marker)}, "x"); env.fromElements(1).addSink(() => {}); };`);
+    const evil = await prepareJob(jobFile, [], 1);
+    fs.rmSync(marker, { force: true }); // prepareJob ran the builder once, here in the test
+
+    // 1. To the JobManager as a client and as a TaskManager, with a wrong secret and with none: the handshake fails,
+    //    so no request ever reaches it (a raw socket that skips the handshake gets no further).
+    for (const opts of [withSecret(WRONG), { security: NO_SECURITY }]) {
+      for (const role of ["client", "taskmanager"] as const) {
+        const msg = await refusal(connectRpc("127.0.0.1", port, { version: PROTOCOL_VERSION, role, id: "tm-evil" }, () => ({}), opts));
+        expect(msg).toMatch(/^(handshake refused by peer: authentication failed|authentication failed: the peer does not know the shared secret)$/);
+      }
+    }
+    // Forged proofs, then the requests anyway in the same write: the JobManager never reads past the proof.
+    for (const role of ["client", "taskmanager"] as const) {
+      const reply = await forgedProof(port, role, [
+        encodeFrame({ t: "submitJob", id: 1, p: { artifact: evil.artifact, jobArgs: [], graph: evil.graph } }),
+        encodeFrame({ t: "registerTaskManager", id: 2, p: { resourceId: "tm-evil", dataHost: "127.0.0.1", dataPort: 1, slots: 8, resources: {}, pid: 1 } }),
+      ]);
+      expect(reply).toEqual({ version: PROTOCOL_VERSION, id: "", error: "authentication failed" });
+    }
+    const raw = await rawExchange(port, [
+      encodeFrame({ version: PROTOCOL_VERSION, role: "client", id: "raw" }),
+      encodeFrame({ t: "submitJob", id: 1, p: { artifact: evil.artifact, jobArgs: [], graph: evil.graph } }),
+      encodeFrame({ t: "registerTaskManager", id: 2, p: { resourceId: "raw", dataHost: "127.0.0.1", dataPort: 1, slots: 8, resources: {}, pid: 1 } }),
+    ]);
+    expect(raw).toEqual([{ version: PROTOCOL_VERSION, id: "", error: "authentication failed" }]);
+
+    // 2. A rogue JobManager (no secret, or a wrong one) that the TaskManager is pointed at, sending submitTask
+    //    the moment its side of the handshake is done: the TaskManager closes the connection first.
+    for (const [i, rogueSecurity] of [NO_SECURITY, withSecret(WRONG).security].entries()) {
+      let submitted = 0;
+      const rogue = await listenFramed("127.0.0.1", 0, "rogue-jm", (framed) => {
+        const conn = new RpcConnection(framed, () => ({}));
+        submitted++;
+        conn.request("submitTask", fakeDeployment(sha256Hex(evil.artifact)), 2000).catch(() => {});
+      }, { security: rogueSecurity });
+      closers.push(() => rogue.close());
+      const victim = startTaskManager(boundPort(rogue), `tm-victim-${i}`, [], env);
+      const expected = rogueSecurity.secret ? /the peer does not know the shared secret/ : /the peer did not authenticate itself/;
+      await victim.waitForOutput(new RegExp(`cannot register at the JobManager .*authentication failed: ${expected.source}`));
+      await Bun.sleep(300);
+      expect(victim.stdout + victim.stderr).not.toMatch(/deploying task|registered at the JobManager/);
+      expect(submitted).toBeLessThanOrEqual(20); // the rogue may get as far as sending; it is never answered
+      victim.kill();
+    }
+
+    // 3. Nothing ran and no stranger registered.
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
+    closers.push(() => rpc.close());
+    expect(await rpc.request("listJobs", {})).toEqual([]);
+    expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(1);
+    expect(fs.existsSync(marker)).toBe(false);
+    expect(jm.stdout + jm.stderr).not.toMatch(/job submitted|TaskManager registered id=(raw|tm-evil)/);
+    expect(tm.stdout + tm.stderr).not.toMatch(/deploying task/);
+  }, 90_000);
+
+  test("configuration: no secret as a -D flag; no non-loopback port without a secret unless security.insecure", async () => {
+    const flag = new Child([BUN, "main.ts", "jobmanager", "-D", `security.auth.secret=${SECRET}`]);
+    expect(await flag.exited()).toBe(2);
+    expect(flag.stderr).toContain("security.auth.secret cannot be given here");
+    expect(flag.stderr).toContain("TM_SECURITY_AUTH_SECRET");
+    expect(flag.stdout + flag.stderr).not.toContain(SECRET);
+
+    const open = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.address=0.0.0.0", "-D", "jobmanager.rpc.port=0"]);
+    expect(await open.exited()).toBe(2);
+    expect(open.stderr).toMatch(/refusing to listen on 0\.0\.0\.0:0 \(JobManager RPC\) without authentication/);
+
+    const tmOpen = new Child([BUN, "main.ts", "-D", "taskmanager.host=0.0.0.0", "-D", "jobmanager.rpc.port=1"]);
+    expect(await tmOpen.exited()).toBe(2);
+    expect(tmOpen.stderr).toMatch(/refusing to listen on 0\.0\.0\.0:0 \(data\) without authentication/);
+
+    const short = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0"], { TM_SECURITY_AUTH_SECRET: "short" });
+    expect(await short.exited()).toBe(2);
+    expect(short.stderr).toContain("TM_SECURITY_AUTH_SECRET: the secret is 5 bytes; at least 16 are required");
+
+    // With a secret, or explicitly insecure, 0.0.0.0 is allowed (the test talks to it on 127.0.0.1 only).
+    for (const [args, env] of [[["-D", "security.insecure=true"], {}], [[], { TM_SECURITY_AUTH_SECRET: SECRET }]] as const) {
+      const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.address=0.0.0.0", "-D", "jobmanager.rpc.port=0", ...args], env);
+      const port = Number((await jm.waitForOutput(/JobManager started rpc=0\.0\.0\.0:(\d+)/))[1]);
+      const rpc = await connectClient("127.0.0.1", port, env.TM_SECURITY_AUTH_SECRET ? withSecret(SECRET) : { security: NO_SECURITY });
+      expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(0);
+      rpc.close();
+      jm.kill();
+    }
+  }, 60_000);
+});
+
+describe("limits", () => {
+  test("connections per address, handshake time-out, idle time-out and frame size each close one connection; the JobManager serves on", async () => {
+    const { jm, port } = await startJobManager([
+      "-D", "rpc.max-connections-per-address=3",
+      "-D", "rpc.handshake-timeout=400ms",
+      "-D", "rpc.idle-timeout=600ms",
+      "-D", "rpc.max-frame-size=65536",
+    ]);
+    // Three silent sockets fill the quota; a fourth is closed at once.
+    const silent = await Promise.all([0, 1, 2].map(() => openSocket(port)));
+    const t0 = Date.now();
+    const fourth = await openSocket(port);
+    await closedWithin(fourth, 300);
+    await jm.waitForOutput(/refused a connection: too many connections from its address peer=127\.0\.0\.1:\d+ port=\d+ limit=3/);
+    // The silent ones are closed by the handshake time-out, which frees the quota.
+    await Promise.all(silent.map((s) => closedWithin(s, 2000)));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(300);
+    await jm.waitForOutput(/refused a connection .*error=handshake timed out/);
+
+    // A client that stays quiet is closed after the idle time-out; one that keeps asking is not.
+    const idle = await connectClient("127.0.0.1", port, { security: NO_SECURITY });
+    const busy = await connectClient("127.0.0.1", port, { security: NO_SECURITY });
+    closers.push(() => busy.close());
+    const idleClosed = new Promise<string>((resolve) => idle.onClose((err) => resolve(err?.message ?? "")));
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline) {
+      await busy.request("clusterOverview", {});
+      await Bun.sleep(100);
+    }
+    expect(idle.closed).toBe(true);
+    expect(await idleClosed).toBe("connection closed by peer");
+    expect(busy.closed).toBe(false);
+    await jm.waitForOutput(/closed a connection peer=127\.0\.0\.1:\d+ role=client id=client-\d+ error=idle for 600 ms/);
+
+    // A frame over rpc.max-frame-size closes that connection (logged with the peer), not the others.
+    const big = await connectClient("127.0.0.1", port, { security: NO_SECURITY });
+    const bigClosed = new Promise<void>((resolve) => big.onClose(() => resolve()));
+    big.request("jobStatus", { jobId: "x".repeat(70_000) }).catch(() => {});
+    await bigClosed;
+    await jm.waitForOutput(/closed a connection peer=127\.0\.0\.1:\d+ role=client id=client-\d+ error=frame of \d+ bytes exceeds the limit of 65536 bytes/);
+    // Before its handshake, a peer may not even send that much: 64 KiB is the limit until then.
+    const early = await openSocket(port);
+    early.write(Buffer.from([0x00, 0x01, 0x00, 0x01]));
+    await closedWithin(early, 1000);
+    await jm.waitForOutput(/refused a connection .*error=frame of 65537 bytes exceeds the limit of 65536 bytes/);
+
+    expect((await busy.request("clusterOverview", {})).taskManagers).toBe(0);
+    expect(jm.proc.exitCode).toBeNull();
+  }, 60_000);
+});
+
+describe("TLS", () => {
+  test("a cluster with TLS, mutual TLS and a secret runs a job; plain TCP, a client without a certificate and one from another CA are refused", async () => {
+    const dir = tempDir("tm-tls-");
+    const certs = makeCertificates(dir);
+    const tlsArgs = [
+      "-D", "security.ssl.enabled=true",
+      "-D", `security.ssl.cert-file=${certs.nodeCert}`,
+      "-D", `security.ssl.key-file=${certs.nodeKey}`,
+      "-D", `security.ssl.ca-file=${certs.ca}`,
+      "-D", "security.ssl.client-auth=true",
+    ];
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(tlsArgs, env);
+    const tms = [startTaskManager(port, "tm-a", tlsArgs, env), startTaskManager(port, "tm-b", tlsArgs, env)];
+    await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+    const read = (f: string) => fs.readFileSync(f);
+    const good = { cert: read(certs.clientCert), key: read(certs.clientKey), ca: read(certs.ca), clientAuth: true };
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET, good));
+    closers.push(() => rpc.close());
+    const lines = await runSumJob(rpc, dir);
+    expect(lines.length).toBe(20000);
+
+    // Plain TCP to a TLS port: no handshake completes.
+    expect(await refusal(connectClient("127.0.0.1", port, { ...withSecret(SECRET), handshakeTimeoutMs: 1500 }))).toMatch(/closed by peer|timed out|ECONNRESET|exceeds the limit/);
+    // TLS without a client certificate, and with a certificate from another CA.
+    expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: read(certs.rogueCert), key: read(certs.rogueKey) })))).toMatch(/./);
+    expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: undefined as never, key: undefined as never })))).toMatch(/./);
+    // A server certificate from another CA is refused by the client.
+    expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, ca: read(certs.rogueCert) })))).toMatch(/certificate|self.signed/i);
+    await jm.waitForOutput(/TLS handshake failed/);
+    expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(2);
+  }, 90_000);
+});
+
+describe("task isolation", () => {
+  test("canceling a job terminates a task stuck in an endless loop within 1 s; the TaskManager lives on", async () => {
+    const dir = tempDir("tm-loop-");
+    const { port } = await startJobManager([]);
+    const tm = startTaskManager(port, "tm-a", []);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const rpc = await connectClient("127.0.0.1", port, { security: NO_SECURITY });
+    closers.push(() => rpc.close());
+    const file = path.join(dir, "loop.ts");
+    fs.writeFileSync(file, `export default (env) => { env.fromSequence(1, 10).map((x) => { for (;;) {} }).addSink(() => {}); };`);
+    const jobId = await submitJob(rpc, await prepareJob(file, [], 2));
+    const t = Date.now();
+    while ((await rpc.request("jobStatus", { jobId })).tasks.RUNNING !== 2) {
+      if (Date.now() - t > 20_000) throw new Error("the looping tasks never started");
+      await Bun.sleep(20);
+    }
+    await Bun.sleep(300); // well inside the loop
+    const t0 = Date.now();
+    await rpc.request("cancelJob", { jobId });
+    const status = await waitForJob(rpc, jobId, () => {}, 10);
+    const ms = Date.now() - t0;
+    expect(status.state).toBe("CANCELED");
+    expect(ms).toBeLessThan(1000);
+    expect(tm.proc.exitCode).toBeNull();
+    await tm.waitForOutput(/task state changed .*state=CANCELED/);
+    expect((await rpc.request("clusterOverview", {})).slotsAvailable).toBe(2);
+  }, 60_000);
+
+  test("a job artifact whose content does not match its hash is refused and not cached", async () => {
+    const dir = tempDir("tm-artifacts-");
+    const cache = new ArtifactCache(dir);
+    const good = new TextEncoder().encode("export default () => {};");
+    const hash = sha256Hex(good);
+    const tampered = new TextEncoder().encode("export default () => { globalThis.pwned = true; };");
+    const msg = await refusal(cache.get(hash, async () => tampered));
+    expect(msg).toBe(`artifact ${hash} refused: its content hashes to ${sha256Hex(tampered)}`);
+    expect(fs.readdirSync(dir)).toEqual([]);
+    expect(await refusal(cache.get("../../etc/passwd", async () => good))).toMatch(/invalid artifact hash/);
+    expect(await cache.get(hash, async () => good)).toBe(path.join(dir, `${hash}.ts`));
+  });
+});
+
+// ---- helpers ----
+
+/** Writes frames to a raw socket and collects the decoded frames the peer sends until it closes. */
+async function rawExchange(port: number, frames: Buffer[]): Promise<unknown[]> {
+  const { FrameDecoder } = await import("../src/rpc/framing.ts");
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, "127.0.0.1");
+    const decoder = new FrameDecoder();
+    const got: unknown[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error("the peer did not close the connection"));
+    }, 5000);
+    sock.on("connect", () => sock.write(Buffer.concat(frames)));
+    sock.on("data", (d: Buffer) => got.push(...decoder.push(d)));
+    sock.on("error", () => {});
+    sock.on("close", () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
+}
+
+/**
+ * Speaks the handshake by hand: Hello with a nonce, then a made-up proof (plus `after` frames in the same
+ * write) in answer to the challenge. Returns the peer's last frame before it closed.
+ */
+async function forgedProof(port: number, role: "client" | "taskmanager" | "data", after: Buffer[] = []): Promise<unknown> {
+  const { FrameDecoder } = await import("../src/rpc/framing.ts");
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, "127.0.0.1");
+    const decoder = new FrameDecoder();
+    const got: unknown[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error("the peer did not close the connection"));
+    }, 5000);
+    sock.on("connect", () => sock.write(encodeFrame({ version: PROTOCOL_VERSION, role, id: "forger", nonce: new Uint8Array(32).fill(7) })));
+    sock.on("data", (d: Buffer) => {
+      for (const f of decoder.push(d)) {
+        got.push(f);
+        if ((f as { challenge?: unknown }).challenge) sock.write(Buffer.concat([encodeFrame({ proof: new Uint8Array(32).fill(9) }), ...after]));
+      }
+    });
+    sock.on("error", () => {});
+    sock.on("close", () => {
+      clearTimeout(timer);
+      expect(got.length).toBe(2); // the challenge, then the refusal
+      resolve(got.at(-1));
+    });
+  });
+}
+
+function openSocket(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, "127.0.0.1");
+    s.on("error", () => {});
+    s.once("connect", () => resolve(s));
+    s.once("close", () => reject(new Error("closed before connecting")));
+    s.resume();
+    closers.push(() => s.destroy());
+  });
+}
+
+function closedWithin(s: net.Socket, ms: number): Promise<void> {
+  if (s.destroyed || s.readableEnded) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`socket not closed within ${ms} ms`)), ms);
+    const done = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    s.once("close", done);
+    s.once("end", done);
+  });
+}
+
+function fakeDeployment(artifactHash: string): TaskDeployment {
+  return {
+    jobId: "e".repeat(32), jobName: "evil", executionId: `${"e".repeat(32)}-0-0-0`, vertexId: 0, vertexName: "Source", subtaskIndex: 0,
+    parallelism: 1, maxParallelism: 128, slot: 0, artifactHash, jobArgs: [], operatorIds: [0], inputs: [], outputs: [],
+    runtimeMode: "streaming", bufferTimeoutMs: 100, planFingerprint: "", stateBackend: null, attempt: 0,
+    checkpointingMode: "EXACTLY_ONCE", restore: null,
+  };
+}
+
+/** A CA, a node and a client certificate it signs (for 127.0.0.1 and localhost), and a self-signed rogue one. */
+export function makeCertificates(dir: string) {
+  const f = (n: string) => path.join(dir, n);
+  const run = (args: string[]) => {
+    const r = spawnSync(["openssl", ...args], { cwd: dir, stderr: "pipe" });
+    if (r.exitCode !== 0) throw new Error(`openssl ${args.join(" ")}: ${new TextDecoder().decode(r.stderr as Uint8Array)}`);
+  };
+  fs.writeFileSync(f("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n");
+  run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tm-test-ca"]);
+  for (const n of ["node", "client"]) {
+    run(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${n}.key`, "-out", `${n}.csr`, "-subj", `/CN=${n}`]);
+    run(["x509", "-req", "-in", `${n}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${n}.pem`, "-days", "2", "-extfile", "ext.cnf"]);
+  }
+  run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "2", "-subj", "/CN=rogue", "-addext", "subjectAltName=IP:127.0.0.1"]);
+  return { ca: f("ca.pem"), nodeCert: f("node.pem"), nodeKey: f("node.key"), clientCert: f("client.pem"), clientKey: f("client.key"), rogueCert: f("rogue.pem"), rogueKey: f("rogue.key") };
+}
