@@ -484,3 +484,14 @@ describe("randomized", () => {
     expect(checkpoints).toBeGreaterThan(300);
   }, 120_000);
 });
+
+test("two file sinks of one job in the same directory are refused when the job is built, naming the directory", async () => {
+  const { StreamExecutionEnvironment, FileSink } = await import("../src/api/index.ts");
+  const env = new StreamExecutionEnvironment();
+  const s = env.fromSequence(1, 10);
+  s.sinkTo(FileSink.forRowFormat("/tmp/shared-out").build());
+  s.sinkTo(FileSink.forRowFormat("/tmp/other-out").build()); // another directory is fine
+  expect(() => s.sinkTo(FileSink.forRowFormat("/tmp/shared-out").build())).toThrow(
+    "sinkTo: another file sink of this job already writes to /tmp/shared-out; give each file sink a directory of its own",
+  );
+});

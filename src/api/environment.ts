@@ -245,6 +245,9 @@ export class DataStream<T> extends OperatorSettings {
     if (typeof sink !== "object" || sink === null || sink.kind !== "fileSink" || typeof sink.path !== "string") {
       throw new Error("sinkTo: expected FileSink.forRowFormat(dir).build()");
     }
+    // Its file names are per subtask, attempt and checkpoint: two file sinks of a job in one directory would collide.
+    const taken = this.env.getPlan().nodes.some((n) => n.kind === "sink" && n.sink.type === "fileSink" && n.sink.path === sink.path);
+    if (taken) throw new Error(`sinkTo: another file sink of this job already writes to ${sink.path}; give each file sink a directory of its own`);
     return this.sink({ type: "fileSink", path: sink.path }, `File Sink (${sink.path})`);
   }
 

@@ -86,6 +86,13 @@ export class TimestampsAndWatermarksOperator implements Operator {
   private isIdle = false;
   private seen = 0;
   private lastActive = performance.now();
+  /**
+   * Per-split watermarks (chained after a source): one generator per split; the operator's watermark is the
+   * minimum over the splits not yet exhausted, so a split that lags behind holds it back, as Flink's per-split
+   * watermark multiplexing does. null in tasks that do not read splits.
+   */
+  private splits: Map<number, { gen: WatermarkGenerator<unknown>; out: WatermarkOutput; wm: number; idle: boolean }> | null = null;
+  private split: { gen: WatermarkGenerator<unknown>; out: WatermarkOutput; wm: number; idle: boolean } | null = null;
 
   constructor(
     private readonly node: Extract<PlanNode, { kind: "assignTimestamps" }>,
@@ -123,7 +130,53 @@ export class TimestampsAndWatermarksOperator implements Operator {
     this.seen++;
     if (this.isIdle) this.setIdle(false);
     this.out(record);
-    this.generator.onEvent(record, ts, this.output);
+    const split = this.split;
+    if (split === null) this.generator.onEvent(record, ts, this.output);
+    else {
+      split.idle = false;
+      split.gen.onEvent(record, ts, split.out);
+    }
+  }
+
+  /** The source task is about to push a chunk of split `id`; `active` are the splits not yet exhausted. */
+  onSourceSplit(id: number, active: readonly number[]): void {
+    const splits = (this.splits ??= new Map());
+    if (splits.size !== active.length || !splits.has(id)) {
+      for (const k of [...splits.keys()]) if (!active.includes(k)) splits.delete(k);
+      // Every active split counts from the start, also before its first record (it may hold older events).
+      for (const k of active) if (!splits.has(k)) splits.set(k, this.splitState());
+    }
+    this.split = splits.get(id) ?? null;
+    this.emitCombined();
+  }
+
+  private splitState() {
+    const st = { gen: this.node.strategy.createGenerator(), out: null as unknown as WatermarkOutput, wm: -Infinity, idle: false };
+    st.out = {
+      emitWatermark: (ts: number) => {
+        if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${this.node.name}: the watermark generator emitted ${String(ts)}, expected a number`);
+        st.idle = false;
+        if (ts > st.wm) {
+          st.wm = ts;
+          this.emitCombined();
+        }
+      },
+      markIdle: () => {
+        st.idle = true;
+        this.emitCombined();
+      },
+    };
+    return st;
+  }
+
+  /** The minimum over the active splits' watermarks (idle splits left out), emitted when it advances. */
+  private emitCombined(): void {
+    const splits = this.splits;
+    if (splits === null || splits.size === 0) return;
+    let min = Infinity;
+    for (const st of splits.values()) if (!st.idle && st.wm < min) min = st.wm;
+    if (min === Infinity || min === -Infinity) return;
+    this.output.emitWatermark(min);
   }
 
   onPeriodic(): void {
@@ -136,7 +189,8 @@ export class TimestampsAndWatermarksOperator implements Operator {
         this.setIdle(true);
       }
     }
-    this.generator.onPeriodicEmit(this.output);
+    if (this.splits === null) this.generator.onPeriodicEmit(this.output);
+    else for (const st of this.splits.values()) st.gen.onPeriodicEmit(st.out);
   }
 
   /** Upstream watermarks are replaced by this operator's own; only the final one (end of input) passes. */

@@ -114,22 +114,31 @@ interface TextState {
   parts: Buffer[];
 }
 
-/** Reads a subtask's splits one after another, in chunks, and tells its position after each chunk. */
+/**
+ * Reads a subtask's splits in chunks and tells its position after each chunk: one split after another, or (for
+ * event time, so that each split's watermark advances with the others) one chunk of each split in turn.
+ */
 export class SourceReader {
   private readonly splits: SourceSplit[];
-  /** Index of the split being read; those before it are exhausted. */
+  /** Sequential: index of the split being read; those before it are exhausted. Interleaved: the next turn. */
   private cur = 0;
-  private text: TextState | null = null;
+  /** Reading state of text splits that have started, by split index. */
+  private readonly texts = new Map<number, TextState>();
+  private readonly exhausted: boolean[];
   private buf: Buffer | null = null;
+  /** Id of the split the last chunk came from (-1 before the first). */
+  lastSplitId = -1;
 
   constructor(
     private readonly spec: SourceSpec,
     splits: SourceSplit[],
+    private readonly interleave = false,
   ) {
     this.splits = splits.map((s) => {
       if (s.type !== spec.type) throw new Error(`source: a ${s.type} split cannot be read by a ${spec.type} source`);
       return { ...s };
     });
+    this.exhausted = this.splits.map(() => false);
   }
 
   /**
@@ -137,26 +146,59 @@ export class SourceReader {
    * completed by one read), never empty, or null when every split is exhausted.
    */
   next(): unknown[] | null {
+    if (this.interleave) return this.nextInterleaved();
     while (this.cur < this.splits.length) {
-      const split = this.splits[this.cur]!;
-      let chunk: unknown[] | null;
-      switch (split.type) {
-        case "sequence":
-          chunk = this.nextSequence(split);
-          break;
-        case "collection":
-          chunk = this.nextCollection(split);
-          break;
-        case "textFile":
-          chunk = this.nextText(split);
-          break;
-      }
+      const chunk = this.readFrom(this.cur);
       if (chunk !== null) return chunk;
+      this.exhausted[this.cur] = true;
+      this.texts.delete(this.cur);
       this.cur++;
-      this.text = null;
     }
     this.buf = null;
     return null;
+  }
+
+  /** Ids of the splits not exhausted yet (as far as the reader knows). */
+  activeSplitIds(): number[] {
+    const ids: number[] = [];
+    for (let i = 0; i < this.splits.length; i++) if (!this.exhausted[i]) ids.push(this.splits[i]!.id);
+    return ids;
+  }
+
+  private nextInterleaved(): unknown[] | null {
+    const n = this.splits.length;
+    for (let k = 0; k < n; k++) {
+      const i = (this.cur + k) % n;
+      if (this.exhausted[i]) continue;
+      const chunk = this.readFrom(i);
+      if (chunk === null) {
+        this.exhausted[i] = true;
+        this.texts.delete(i);
+        continue;
+      }
+      this.cur = (i + 1) % n;
+      return chunk;
+    }
+    this.buf = null;
+    return null;
+  }
+
+  private readFrom(i: number): unknown[] | null {
+    const split = this.splits[i]!;
+    let chunk: unknown[] | null;
+    switch (split.type) {
+      case "sequence":
+        chunk = this.nextSequence(split);
+        break;
+      case "collection":
+        chunk = this.nextCollection(split);
+        break;
+      case "textFile":
+        chunk = this.nextText(split, i);
+        break;
+    }
+    if (chunk !== null) this.lastSplitId = split.id;
+    return chunk;
   }
 
   /**
@@ -165,7 +207,8 @@ export class SourceReader {
    */
   positions(): SourceSplit[] {
     const out: SourceSplit[] = [];
-    for (let i = this.cur; i < this.splits.length; i++) {
+    for (let i = 0; i < this.splits.length; i++) {
+      if (this.exhausted[i]) continue;
       const s = this.splits[i]!;
       switch (s.type) {
         case "sequence":
@@ -175,8 +218,9 @@ export class SourceReader {
           if (s.next < this.collectionEnd(s)) out.push({ ...s });
           break;
         case "textFile":
-          if (i === this.cur && this.text !== null && this.text.lineStart >= 0) {
-            if (this.text.lineStart < s.end) out.push({ ...s, offset: this.text.lineStart, aligned: true });
+          const text = this.texts.get(i);
+          if (text !== undefined && text.lineStart >= 0) {
+            if (text.lineStart < s.end) out.push({ ...s, offset: text.lineStart, aligned: true });
           } else if (s.offset < s.end) {
             out.push({ ...s });
           }
@@ -212,15 +256,16 @@ export class SourceReader {
    * The lines completed by the next read(s) of this split (reads go on while a line is unfinished), or null
    * when the split has no more lines. The file is opened for the call only, so an abandoned reader holds no fd.
    */
-  private nextText(s: Extract<SourceSplit, { type: "textFile" }>): string[] | null {
+  private nextText(s: Extract<SourceSplit, { type: "textFile" }>, index: number): string[] | null {
     const end = s.end;
-    if (this.text === null) {
+    let st = this.texts.get(index);
+    if (st === undefined) {
       if (s.offset >= end) return null;
       // Unaligned: the first line start >= offset is 0, or just after a newline at offset-1 or later.
       const aligned = s.aligned || s.offset === 0;
-      this.text = { readPos: aligned ? s.offset : s.offset - 1, lineStart: aligned ? s.offset : -1, parts: [] };
+      st = { readPos: aligned ? s.offset : s.offset - 1, lineStart: aligned ? s.offset : -1, parts: [] };
+      this.texts.set(index, st);
     }
-    const st = this.text;
     if (st.lineStart >= end) return null;
     let fd: number;
     try {

@@ -216,7 +216,8 @@ export class StreamTask {
         const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
           ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism)
           : initialSplits(n.source, d.subtaskIndex, d.parallelism);
-        this.sourceReader = new SourceReader(n.source, restored);
+        // Event time: splits take turns, so that each split's watermark advances with the others'.
+        this.sourceReader = new SourceReader(n.source, restored, eventTime);
         break;
       }
       if (n.kind === "sink") {
@@ -405,8 +406,13 @@ export class StreamTask {
       return false;
     };
     const reader = this.sourceReader!;
+    const splitAware = this.operators.filter((op): op is Operator & { onSourceSplit(id: number, active: readonly number[]): void } => "onSourceSplit" in op);
     for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
       const eventTime = this.eventTime;
+      if (splitAware.length > 0) {
+        const active = reader.activeSplitIds();
+        for (const op of splitAware) op.onSourceSplit(reader.lastSplitId, active);
+      }
       for (let i = 0; i < chunk.length; i++) {
         this.recordsIn++;
         if (eventTime) this.recordTime.ts = null;
