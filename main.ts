@@ -1,25 +1,67 @@
 #!/usr/bin/env bun
 // tm: one binary, several roles. See README.md and docs/configuration.md.
 import { parseArgs } from "node:util";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { JobManager } from "./src/jobmanager/jobmanager.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobPreparationError } from "./src/client/prepare-job.ts";
-import { connectClient, describeFailure, describeStatus, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
+import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
 import { startLocalCluster } from "./src/client/local-cluster.ts";
 import { JobGraphError } from "./src/api/job-graph.ts";
 import { createLogger, setLogFormat, setLogLevel } from "./src/util/log.ts";
 import { BindError } from "./src/metrics/http-server.ts";
 
-/** Exit codes (docs/configuration.md): 0 ok, 1 job failed or runtime error, 2 bad usage or config. */
+/** Exit codes (README.md): 0 ok, 1 job failed or runtime error, 2 bad usage or config. */
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
 /** A configured port could not be bound (in use or not permitted). */
 const EXIT_BIND = 3;
+/** A configured directory cannot be created or written. */
+const EXIT_DIR = 4;
+/** A TaskManager could not register at its JobManager within taskmanager.registration.timeout. */
+const EXIT_REGISTRATION = 5;
 
 class UsageError extends Error {}
+class DirectoryError extends Error {}
+
+/** Directories each role writes; an empty value means a private directory under the OS temp dir. */
+const TASKMANAGER_DIRS = ["taskmanager.tmp.dir", "taskmanager.state.dir", "state.checkpoints.dir"] as const;
+const JOBMANAGER_DIRS = ["jobmanager.storage.dir", "state.checkpoints.dir", "state.savepoints.dir"] as const;
+
+const DIR_REASONS: Record<string, string> = {
+  ENOTDIR: "a part of the path is a file, not a directory",
+  EEXIST: "it exists and is not a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "disk quota exceeded",
+};
+
+/**
+ * Creates every configured directory of `keys` and writes a probe file into it, so that an unusable directory stops
+ * the process at start with one line naming the key and the path (exit 4), not a task later with a stack trace.
+ */
+function checkDirectories(cfg: Config, keys: readonly (keyof Config)[]): void {
+  for (const key of keys) {
+    const dir = cfg[key];
+    if (typeof dir !== "string" || dir === "") continue;
+    let step = "create";
+    try {
+      fs.mkdirSync(dir, { recursive: true });
+      step = "write to";
+      const probe = path.join(dir, `.tm-write-test-${process.pid}`);
+      fs.writeFileSync(probe, "");
+      fs.rmSync(probe, { force: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? "";
+      throw new DirectoryError(`${key}: cannot ${step} the directory ${dir}: ${DIR_REASONS[code] ?? (err as Error).message}${code ? ` (${code})` : ""}`);
+    }
+  }
+}
 
 const COMMON = `  --config FILE      TOML config file (see docs/configuration.md)
   -D key=value       set a config key (repeatable); beats env vars (TM_*) and the file
@@ -38,7 +80,11 @@ Usage:
   taskmanager savepoint <job-id> [DIR] [-m HOST:PORT]  write a savepoint of a running job
   taskmanager --version
 
-Run \`taskmanager <command> --help\` for a command's options.`,
+Run \`taskmanager <command> --help\` for a command's options.
+
+Exit codes: 0 success; 1 the job failed or was canceled, or a runtime error; 2 bad usage or configuration;
+3 a configured port cannot be bound; 4 a configured directory cannot be created or written;
+5 a TaskManager could not register at its JobManager within taskmanager.registration.timeout.`,
   taskmanager: `Usage: taskmanager [taskmanager] [options]
 Runs a TaskManager: registers at the JobManager (jobmanager.rpc.address/port) and runs the tasks it deploys.
 
@@ -139,9 +185,16 @@ async function runTaskManager(args: string[]): Promise<number> {
   const { values } = parse(args, COMMON_OPTIONS);
   if (values.help) return help("taskmanager");
   const cfg = config(values);
+  checkDirectories(cfg, TASKMANAGER_DIRS);
   const tm = new TaskExecutor(cfg);
   await tm.start();
-  const signal = await waitForSignal();
+  const signal = await Promise.race([waitForSignal(), tm.fatal]);
+  if (signal instanceof Error) {
+    // Logged by the TaskExecutor; repeated as the one error line every failed command ends with.
+    console.error(`error: ${signal.message}`);
+    await Promise.race([tm.stop(), new Promise((r) => setTimeout(r, 2_000))]);
+    return EXIT_REGISTRATION;
+  }
   // Drain: no new tasks, tell the JobManager, cancel the tasks within the grace period. A second signal exits at once.
   const log = createLogger("taskmanager");
   const again = (s: string) => {
@@ -159,7 +212,9 @@ async function runTaskManager(args: string[]): Promise<number> {
 async function runJobManager(args: string[]): Promise<number> {
   const { values } = parse(args, COMMON_OPTIONS);
   if (values.help) return help("jobmanager");
-  const jm = new JobManager(config(values));
+  const cfg = config(values);
+  checkDirectories(cfg, JOBMANAGER_DIRS);
+  const jm = new JobManager(cfg);
   await jm.start();
   await waitForSignal();
   const again = () => process.exit(EXIT_FAILED);
@@ -175,6 +230,7 @@ async function runLocal(args: string[]): Promise<number> {
   if (values.help) return help("local");
   if (!job) throw new UsageError("local: missing the job file, e.g. `taskmanager local examples/wordcount.ts`");
   const cfg = config(values);
+  checkDirectories(cfg, [...new Set([...JOBMANAGER_DIRS, ...TASKMANAGER_DIRS])]);
   if (!values.verbose && !values.D?.some((d) => d.startsWith("log.level="))) setLogLevel("warn");
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const tms = positiveInt(values.taskmanagers, "--taskmanagers") ?? 1;
@@ -278,14 +334,18 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
       console.log(`Job has been submitted with JobID ${jobId}`);
       return 0;
     }
+    // Progress on stderr: redrawn in place on a terminal, plain lines (state changes, a summary every 5 s) otherwise.
+    const progress = new JobProgress({ write: (t) => void process.stderr.write(t), tty: process.stderr.isTTY === true, columns: process.stderr.columns });
     // Ctrl-C (or SIGTERM) while waiting cancels the job, as leaving it running unseen would surprise.
     const onSignal = () => {
+      progress.clear();
       console.error(`Canceling job ${jobId} ...`);
       rpc.request("cancelJob", { jobId }).catch(() => {});
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
-    const final = await waitForJob(rpc, jobId, (s) => console.error(describeStatus(s))).finally(() => {
+    const final = await waitForJob(rpc, jobId, () => {}, 200, (s) => progress.update(s)).finally(() => {
+      progress.clear();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
     });
@@ -333,6 +393,10 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof BindError || /^address \S+ is already in use$|^cannot listen on /.test((err as Error)?.message ?? "")) {
       console.error(`error: ${(err as Error).message}`);
       return EXIT_BIND;
+    }
+    if (err instanceof DirectoryError) {
+      console.error(`error: ${err.message}`);
+      return EXIT_DIR;
     }
     if (err instanceof ConfigError || err instanceof UsageError) {
       console.error(`error: ${err.message}`);

@@ -45,6 +45,9 @@ describe("defaults", () => {
       "rpc.handshake-timeout": 10_000,
       "rpc.idle-timeout": 300_000,
       "rpc.max-connections-per-address": 256,
+      "security.rest.token-file": "",
+      "taskmanager.task.memory-limit": 0,
+      "taskmanager.memory.process-limit": 0,
       "taskmanager.resource-id": "",
       "taskmanager.host": "127.0.0.1",
       "taskmanager.data.port": 0,
@@ -84,6 +87,7 @@ describe("defaults", () => {
       "metrics.port": 0,
       "taskmanager.shutdown.grace-period": 10_000,
       "log.format": "text",
+      "taskmanager.registration.timeout": 300_000,
       "log.level": "info",
     });
   });

@@ -320,7 +320,206 @@ describe("task isolation", () => {
   });
 });
 
+describe("REST API and metrics endpoints", () => {
+  /** A slow endless job at parallelism 1, running on `rpc`'s cluster; returns its id. */
+  async function runningJob(rpc: RpcConnection, dir: string): Promise<string> {
+    const file = path.join(dir, "slow.ts");
+    fs.writeFileSync(file, `export default (env) => { const s = new Int32Array(new SharedArrayBuffer(4)); env.fromSequence(1, 1e12).addSink(() => Atomics.wait(s, 0, 0, 1)); };`);
+    const jobId = await submitJob(rpc, await prepareJob(file, [], 1));
+    for (const t = Date.now(); (await rpc.request("jobStatus", { jobId })).tasks.RUNNING !== 1; await Bun.sleep(50)) {
+      if (Date.now() - t > 20_000) throw new Error("the job never started");
+    }
+    return jobId;
+  }
+  const restOf = async (jm: Child, scheme = "http") => `${scheme}://127.0.0.1:${(await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]}`;
+  const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+
+  test("with a shared secret, cancel and savepoint need 'Authorization: Bearer <secret>' (401 with WWW-Authenticate otherwise); reads need nothing", async () => {
+    const dir = tempDir("tm-rest-auth-");
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(["-D", `jobmanager.storage.dir=${dir}/jm`], env);
+    const rest = await restOf(jm);
+    const tm = startTaskManager(port, "tm-a", [], env);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
+    closers.push(() => rpc.close());
+    const jobId = await runningJob(rpc, dir);
+
+    // Reads are open (the dashboard, Prometheus).
+    expect((await fetch(`${rest}/overview`)).status).toBe(200);
+    expect((await fetch(`${rest}/jobs/${jobId}`)).status).toBe(200);
+    expect((await fetch(`${rest}/metrics`)).status).toBe(200);
+
+    // Every mutating call without the token, with a wrong one, or with another scheme: 401, and nothing happens.
+    const calls: [string, string, string?][] = [
+      ["PATCH", `/jobs/${jobId}?mode=cancel`],
+      ["POST", `/jobs/${jobId}/cancel`],
+      ["POST", `/jobs/${jobId}/savepoints`, JSON.stringify({ "target-directory": path.join(dir, "sp") })],
+      ["PATCH", `/jobs/no-such-job?mode=cancel`], // no probing for job ids either
+    ];
+    for (const [method, p, body] of calls) {
+      for (const headers of [{}, bearer(WRONG), bearer(SECRET.slice(0, -1)), bearer(SECRET + "x"), { authorization: `Basic ${btoa("u:" + SECRET)}` }, { authorization: SECRET }]) {
+        const r = await fetch(rest + p, { method, headers, body });
+        expect(r.status).toBe(401);
+        expect(r.headers.get("www-authenticate")).toBe("authorization" in headers ? 'Bearer realm="tm", error="invalid_token"' : 'Bearer realm="tm"');
+        expect((await r.json()).errors[0]).toMatch(/Authorization: Bearer <token>/);
+      }
+    }
+    expect((await rpc.request("jobStatus", { jobId })).state).toBe("RUNNING");
+    expect(fs.existsSync(path.join(dir, "sp"))).toBe(false);
+
+    // With the secret as the token: a savepoint, then cancel.
+    const sp = await fetch(`${rest}/jobs/${jobId}/savepoints`, { method: "POST", headers: bearer(SECRET), body: JSON.stringify({ "target-directory": path.join(dir, "sp") }) });
+    expect(sp.status).toBe(202);
+    const { "request-id": requestId } = await sp.json();
+    for (const t = Date.now(); ; await Bun.sleep(50)) {
+      const s = await (await fetch(`${rest}/jobs/${jobId}/savepoints/${requestId}`)).json();
+      if (s.status.id === "COMPLETED") {
+        expect(s.operation).toEqual({ location: expect.stringMatching(new RegExp(`^${path.join(dir, "sp")}/savepoint-`)) });
+        break;
+      }
+      if (Date.now() - t > 15_000) throw new Error("the savepoint never completed");
+    }
+    expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH", headers: { authorization: `bearer  ${SECRET}` } })).status).toBe(202);
+    expect((await waitForJob(rpc, jobId, () => {}, 50)).state).toBe("CANCELED");
+    for (const p of [jm, tm]) expect(p.stdout + p.stderr).not.toContain(SECRET);
+  }, 60_000);
+
+  test("security.rest.token-file: a token of its own for REST (the shared secret is then not accepted there)", async () => {
+    const dir = tempDir("tm-rest-token-");
+    const TOKEN = "rest-token-for-operators-0123456789";
+    fs.writeFileSync(path.join(dir, "token"), TOKEN + "\n", { mode: 0o600 });
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(["-D", `security.rest.token-file=${dir}/token`], env);
+    const rest = await restOf(jm);
+    const tm = startTaskManager(port, "tm-a", [], env);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
+    closers.push(() => rpc.close());
+    const jobId = await runningJob(rpc, dir);
+    expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH", headers: bearer(SECRET) })).status).toBe(401);
+    expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH" })).status).toBe(401);
+    expect((await rpc.request("jobStatus", { jobId })).state).toBe("RUNNING");
+    expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH", headers: bearer(TOKEN) })).status).toBe(202);
+    expect((await waitForJob(rpc, jobId, () => {}, 50)).state).toBe("CANCELED");
+    expect(jm.stdout + jm.stderr).not.toContain(TOKEN);
+
+    // A token file too short, or missing: a configuration error (exit 2) that names the key, not the token.
+    fs.writeFileSync(path.join(dir, "short"), "abc");
+    for (const [file, msg] of [["short", "security.rest.token-file: the token in"], ["missing", "security.rest.token-file: cannot read"]] as const) {
+      const bad = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", `security.rest.token-file=${dir}/${file}`]);
+      expect(await bad.exited(15_000)).toBe(2);
+      expect(bad.stderr).toContain(msg);
+    }
+  }, 60_000);
+
+  test("REST on a non-loopback address needs a secret, a REST token or security.insecure", async () => {
+    const open = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", "rest.address=0.0.0.0"]);
+    expect(await open.exited(15_000)).toBe(2);
+    expect(open.stderr).toMatch(/refusing to listen on 0\.0\.0\.0:0 \(REST API\) without authentication/);
+    const dir = tempDir("tm-rest-bind-");
+    fs.writeFileSync(path.join(dir, "token"), "rest-token-for-operators-0123456789");
+    for (const [args, env] of [
+      [["-D", "security.insecure=true"], {}],
+      [[], { TM_SECURITY_AUTH_SECRET: SECRET }],
+      [["-D", `security.rest.token-file=${dir}/token`], {}], // RPC stays on loopback without a secret
+    ] as const) {
+      const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", "rest.address=0.0.0.0", ...args], env);
+      const restPort = (await jm.waitForOutput(/REST API started rest=0\.0\.0\.0:(\d+)/))[1];
+      expect((await fetch(`http://127.0.0.1:${restPort}/overview`)).status).toBe(200);
+      const cancel = await fetch(`http://127.0.0.1:${restPort}/jobs/x?mode=cancel`, { method: "PATCH" });
+      expect(cancel.status).toBe((args as readonly string[]).includes("security.insecure=true") ? 404 : 401); // insecure: no token needed
+      jm.kill();
+    }
+  }, 60_000);
+
+  test("the dashboard's cancel button asks for the token after a 401, keeps it in sessionStorage, and cancels", async () => {
+    const dir = tempDir("tm-rest-dash-");
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager([], env);
+    const rest = await restOf(jm);
+    const tm = startTaskManager(port, "tm-a", [], env);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
+    closers.push(() => rpc.close());
+    const jobId = await runningJob(rpc, dir);
+    const { chromium } = await import("playwright-core");
+    const browser = await chromium.launchPersistentContext(path.join(dir, "profile"), {
+      executablePath: "/usr/bin/chromium",
+      headless: true,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      timeout: 30_000,
+    });
+    closers.push(() => void browser.close());
+    const page = browser.pages()[0] ?? (await browser.newPage());
+    const dialogs: string[] = [];
+    // First a wrong token (the call fails, nothing is kept), then the right one.
+    let answer = WRONG;
+    page.on("dialog", (d) => {
+      dialogs.push(d.type());
+      void (d.type() === "prompt" ? d.accept(answer) : d.accept());
+    });
+    await page.goto(`${rest}/#/job/${jobId}`);
+    await page.locator("#cancel").click({ timeout: 10_000 });
+    await waitForDialogs(dialogs, 3); // confirm, prompt, alert with the error
+    expect(dialogs).toEqual(["confirm", "prompt", "alert"]);
+    expect(await page.evaluate(() => sessionStorage.getItem("tm-rest-token"))).toBeNull();
+    expect((await rpc.request("jobStatus", { jobId })).state).toBe("RUNNING");
+    answer = SECRET;
+    await page.locator("#cancel").click({ timeout: 10_000 });
+    await waitForJob(rpc, jobId, () => {}, 50);
+    expect((await rpc.request("jobStatus", { jobId })).state).toBe("CANCELED");
+    expect(dialogs).toEqual(["confirm", "prompt", "alert", "confirm", "prompt"]);
+    expect(await page.evaluate(() => sessionStorage.getItem("tm-rest-token"))).toBe(SECRET);
+    await browser.close();
+  }, 90_000);
+
+  test("with security.ssl.enabled the REST API and the TaskManager's metrics endpoint speak HTTPS with the node certificate", async () => {
+    const dir = tempDir("tm-rest-tls-");
+    const certs = makeCertificates(dir);
+    const tlsArgs = [
+      "-D", "security.ssl.enabled=true",
+      "-D", `security.ssl.cert-file=${certs.nodeCert}`,
+      "-D", `security.ssl.key-file=${certs.nodeKey}`,
+      "-D", `security.ssl.ca-file=${certs.ca}`,
+      "-D", "security.ssl.client-auth=true", // mutual TLS on RPC and data; REST and metrics want no client certificate
+    ];
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(tlsArgs, env);
+    await jm.waitForOutput(/REST API started .*dashboard=https:\/\/127\.0\.0\.1:\d+\//);
+    const rest = await restOf(jm, "https");
+    const tm = startTaskManager(port, "tm-a", tlsArgs, env);
+    const metrics = `https://127.0.0.1:${(await tm.waitForOutput(/metrics endpoint started metrics=127\.0\.0\.1:(\d+)/))[1]}`;
+    await tm.waitForOutput(/registered at the JobManager/);
+    const ca = fs.readFileSync(certs.ca, "utf8");
+    const tls = { ca };
+
+    const o = await fetch(`${rest}/overview`, { tls });
+    expect(o.status).toBe(200);
+    expect((await o.json()).taskmanagers).toBe(1);
+    expect((await fetch(`${metrics}/metrics`, { tls })).status).toBe(200);
+    expect(await (await fetch(`${metrics}/readyz`, { tls })).json()).toEqual({ status: "ready" });
+    // A mutating call over TLS still needs the token.
+    expect((await fetch(`${rest}/jobs/x?mode=cancel`, { method: "PATCH", tls })).status).toBe(401);
+    expect((await fetch(`${rest}/jobs/x?mode=cancel`, { method: "PATCH", tls, headers: bearer(SECRET) })).status).toBe(404);
+
+    // Without the CA the certificate is not trusted; plain HTTP gets no answer.
+    for (const url of [rest, metrics]) {
+      expect(await refusal(fetch(`${url}/healthz`))).toMatch(/certificate|self.signed|verify/i);
+      expect(await refusal(fetch(`${url.replace("https:", "http:")}/healthz`, { signal: AbortSignal.timeout(3000) }))).toMatch(/./);
+      // Both still serve afterwards.
+      expect((await fetch(`${url}/healthz`, { tls })).status).toBe(200);
+    }
+  }, 60_000);
+});
+
 // ---- helpers ----
+
+async function waitForDialogs(dialogs: string[], n: number): Promise<void> {
+  for (const t = Date.now(); dialogs.length < n; await Bun.sleep(20)) {
+    if (Date.now() - t > 10_000) throw new Error(`expected ${n} dialogs, saw ${JSON.stringify(dialogs)}`);
+  }
+}
 
 /** Writes frames to a raw socket and collects the decoded frames the peer sends until it closes. */
 async function rawExchange(port: number, frames: Buffer[]): Promise<unknown[]> {

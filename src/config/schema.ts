@@ -21,6 +21,9 @@ export interface Config {
   "rpc.handshake-timeout": number;
   "rpc.idle-timeout": number;
   "rpc.max-connections-per-address": number;
+  "security.rest.token-file": string;
+  "taskmanager.task.memory-limit": number;
+  "taskmanager.memory.process-limit": number;
   "taskmanager.resource-id": string;
   "taskmanager.host": string;
   "taskmanager.data.port": number;
@@ -60,6 +63,7 @@ export interface Config {
   "metrics.port": number;
   "taskmanager.shutdown.grace-period": number;
   "log.format": "text" | "json";
+  "taskmanager.registration.timeout": number;
   "log.level": LogLevel;
 }
 
@@ -118,12 +122,12 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "security.insecure": {
     type: { kind: "boolean" },
     default: false,
-    doc: "Allows RPC and data ports on a non-loopback address without a shared secret (anyone who reaches them can run code there).",
+    doc: "Allows RPC and data ports, and the REST API, on a non-loopback address without a shared secret (anyone who reaches them can run code there, or cancel jobs).",
   },
   "security.ssl.enabled": {
     type: { kind: "boolean" },
     default: false,
-    doc: "TLS on every RPC and data connection (all processes of a cluster must agree).",
+    doc: "TLS on every RPC and data connection, and HTTPS on the REST API and the metrics endpoints (all processes of a cluster must agree).",
   },
   "security.ssl.cert-file": {
     type: { kind: "path" },
@@ -164,6 +168,21 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 0, max: 65535 },
     default: 256,
     doc: "Open connections one IP address may have to an RPC or data port, counted from accept; more are closed at once (0 = no limit).",
+  },
+  "security.rest.token-file": {
+    type: { kind: "path" },
+    default: "",
+    doc: "File holding the bearer token that the REST API's mutating calls (cancel, savepoints) require; empty = the shared secret (security.auth.secret-file or TM_SECURITY_AUTH_SECRET), or none.",
+  },
+  "taskmanager.task.memory-limit": {
+    type: { kind: "integer", min: 0, max: 1099511627776 },
+    default: 0,
+    doc: "Bytes of JavaScript heap one task's Worker may hold; a task over it fails alone, the TaskManager lives on (0 = no limit).",
+  },
+  "taskmanager.memory.process-limit": {
+    type: { kind: "integer", min: 0, max: 1099511627776 },
+    default: 0,
+    doc: "Resident memory (RSS) of the TaskManager process above which a task Worker that has not answered a ping for 2 s is terminated and failed (0 = off).",
   },
   "taskmanager.resource-id": {
     type: { kind: "string" },
@@ -359,6 +378,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "enum", values: ["text", "json"] },
     default: "text",
     doc: "Log lines as human-readable text or as one JSON object per line.",
+  },
+  "taskmanager.registration.timeout": {
+    type: { kind: "duration" },
+    default: 5 * MINUTE,
+    doc: "A TaskManager not registered at a JobManager for this long (at start or after losing it) exits with code 5; it keeps retrying until then (0 = retry forever).",
   },
   "log.level": {
     type: { kind: "enum", values: ["debug", "info", "warn", "error"] },

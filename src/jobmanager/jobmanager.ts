@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
 import type { JobGraph } from "../api/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
-import { securityFromConfig } from "../rpc/security.ts";
+import { restTokenFromConfig, securityFromConfig } from "../rpc/security.ts";
 import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
@@ -75,8 +75,11 @@ export class JobManager {
   /** The REST API, dashboard and /metrics on rest.address:rest.port; a port that cannot be bound stops the start. */
   private async startRest(): Promise<void> {
     const host = this.config["rest.address"];
-    const rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }));
+    let rest: RestServer;
     try {
+      // Bearer token of mutating calls and TLS (security.*); throws ConfigError naming the key, never the token.
+      const security = securityFromConfig(this.config);
+      rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }), security, restTokenFromConfig(this.config, security));
       this.restPort = await rest.start(host, this.config["rest.port"]);
     } catch (err) {
       this.resourceManager.stop();
@@ -84,7 +87,7 @@ export class JobManager {
       throw err;
     }
     this.rest = rest;
-    log.info("REST API started", { rest: `${host}:${this.restPort}`, dashboard: `http://${host.includes(":") ? `[${host}]` : host}:${this.restPort}/` });
+    log.info("REST API started", { rest: `${host}:${this.restPort}`, dashboard: `${rest.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${this.restPort}/` });
   }
 
   async stop(): Promise<void> {

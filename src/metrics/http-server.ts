@@ -1,6 +1,7 @@
 // A small JSON/text HTTP server on node:http (runs under Bun and Deno alike), shared by the JobManager's REST API
-// and the TaskManager's metrics endpoint.
+// and the TaskManager's metrics endpoint; HTTPS (node:https) with security.ssl.enabled.
 import * as http from "node:http";
+import * as https from "node:https";
 import type { AddressInfo } from "node:net";
 
 /** A port could not be bound (in use, or not permitted); main.ts exits with code 3. */
@@ -13,6 +14,8 @@ export interface HttpRequest {
   method: string;
   path: string;
   query: URLSearchParams;
+  /** A request header (lower-case name). */
+  header(name: string): string | undefined;
   /** The body, read on demand (at most 64 MiB). */
   text(): Promise<string>;
 }
@@ -39,6 +42,8 @@ export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** Extra response headers (e.g. WWW-Authenticate with a 401). */
+    readonly headers?: Record<string, string>,
   ) {
     super(message);
   }
@@ -51,17 +56,28 @@ export interface RunningHttpServer {
   stop(): Promise<void>;
 }
 
+/** Certificate and key of an HTTPS server (security.ssl.cert-file / key-file). */
+export interface HttpTls {
+  cert: Buffer;
+  key: Buffer;
+}
+
 /**
- * Listens on host:port (0 = a free port). `what` names the config key in the error when the port cannot be bound.
+ * Listens on host:port (0 = a free port), with TLS when `tls` is given. `what` names the config key in the error
+ * when the port cannot be bound.
  */
-export function startHttpServer(host: string, port: number, what: string, handler: HttpHandler, onError: (err: Error) => void): Promise<RunningHttpServer> {
-  const server = http.createServer((req, res) => {
+export function startHttpServer(host: string, port: number, what: string, handler: HttpHandler, onError: (err: Error) => void, tls: HttpTls | null = null): Promise<RunningHttpServer> {
+  const serve = (req: http.IncomingMessage, res: http.ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://localhost");
     let body: Promise<string> | null = null;
     const request: HttpRequest = {
       method: req.method ?? "GET",
       path: url.pathname,
       query: url.searchParams,
+      header: (name) => {
+        const v = req.headers[name.toLowerCase()];
+        return Array.isArray(v) ? v.join(", ") : v;
+      },
       text: () =>
         (body ??= new Promise<string>((resolve, reject) => {
           const chunks: Buffer[] = [];
@@ -80,7 +96,7 @@ export function startHttpServer(host: string, port: number, what: string, handle
     Promise.resolve()
       .then(() => handler(request))
       .catch((err: unknown) => {
-        if (err instanceof HttpError) return json({ errors: [err.message] }, err.status);
+        if (err instanceof HttpError) return { ...json({ errors: [err.message] }, err.status), headers: err.headers };
         onError(err as Error);
         return json({ errors: [(err as Error)?.message ?? String(err)] }, 500);
       })
@@ -88,7 +104,10 @@ export function startHttpServer(host: string, port: number, what: string, handle
         res.writeHead(r.status, { "content-type": r.contentType ?? "text/plain; charset=utf-8", "cache-control": "no-store", ...r.headers });
         res.end(r.body);
       });
-  });
+  };
+  // Mutual TLS stays on the RPC and data ports: browsers and scrapers present no client certificate here.
+  const server: http.Server = tls ? https.createServer({ cert: tls.cert, key: tls.key }, serve) : http.createServer(serve);
+  if (tls) server.on("tlsClientError", () => {}); // a plain-HTTP or failed TLS client: its socket is closed
   server.keepAliveTimeout = 5_000;
   return new Promise((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
@@ -97,7 +116,7 @@ export function startHttpServer(host: string, port: number, what: string, handle
     });
     server.listen(port, host, () => {
       const sockets = new Set<import("node:net").Socket>();
-      server.on("connection", (s) => {
+      server.on("connection", (s: import("node:net").Socket) => {
         sockets.add(s);
         s.on("close", () => sockets.delete(s));
       });

@@ -3,7 +3,7 @@
 import { gauge, MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "./exposition.ts";
 import { eventLoopLag, processCollector } from "./process.ts";
 import { taskFamilies, type TaskView } from "./task-metrics.ts";
-import { json, startHttpServer, text, type RunningHttpServer } from "./http-server.ts";
+import { json, startHttpServer, text, type HttpTls, type RunningHttpServer } from "./http-server.ts";
 
 /** What the endpoint reads from a TaskExecutor. */
 export interface TaskManagerView {
@@ -34,7 +34,8 @@ export function taskManagerRegistry(tm: TaskManagerView): MetricsRegistry {
     .add(() => taskFamilies(tm.taskViews()));
 }
 
-export async function startTaskManagerEndpoint(tm: TaskManagerView, host: string, port: number, onError: (err: Error) => void): Promise<RunningHttpServer> {
+/** `tls`: HTTPS with this certificate and key (security.ssl.enabled), else plain HTTP. */
+export async function startTaskManagerEndpoint(tm: TaskManagerView, host: string, port: number, onError: (err: Error) => void, tls: HttpTls | null = null): Promise<RunningHttpServer> {
   const registry = taskManagerRegistry(tm);
   eventLoopLag.acquire();
   try {
@@ -52,7 +53,7 @@ export async function startTaskManagerEndpoint(tm: TaskManagerView, host: string
         default:
           return json({ errors: [`not found: ${req.path} (try /metrics, /healthz, /readyz)`] }, 404);
       }
-    }, onError);
+    }, onError, tls);
     return {
       port: server.port,
       stop: async () => {

@@ -59,8 +59,24 @@ const fmtBytes = (n) => n >= 1073741824 ? (n / 1073741824).toFixed(1) + " GiB" :
 const fmtDur = (ms) => { if (ms == null || ms < 0) return "-"; const s = Math.floor(ms / 1000); if (s < 60) return ms < 10000 ? (ms / 1000).toFixed(1) + " s" : s + " s"; const m = Math.floor(s / 60); if (m < 60) return m + " m " + (s % 60) + " s"; return Math.floor(m / 60) + " h " + (m % 60) + " m"; };
 const fmtTime = (t) => t > 0 ? new Date(t).toLocaleTimeString() : "-";
 const state = (s) => '<span class="state ' + esc(s) + '">' + esc(s) + "</span>";
+// Mutating calls carry the REST token (security.rest.token-file, or the shared secret) when the cluster has one:
+// asked for on the first 401 and kept in this tab's sessionStorage only.
 async function api(path, opts) {
-  const r = await fetch(path, opts);
+  const send = () => {
+    const token = sessionStorage.getItem("tm-rest-token");
+    const o = Object.assign({}, opts);
+    if (token && o.method && o.method !== "GET") o.headers = Object.assign({}, o.headers, { authorization: "Bearer " + token });
+    return fetch(path, o);
+  };
+  let r = await send();
+  if (r.status === 401 && opts && opts.method && opts.method !== "GET") {
+    const token = prompt("This cluster needs its REST token (security.rest.token-file, or the shared secret) to do that:");
+    if (token) {
+      sessionStorage.setItem("tm-rest-token", token.trim());
+      r = await send();
+      if (r.status === 401) sessionStorage.removeItem("tm-rest-token");
+    }
+  }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error((body.errors && body.errors[0]) || r.status + " " + r.statusText);
   return body;

@@ -9,6 +9,8 @@ import { TERMINAL_JOB_STATES, type CheckpointStats, type JobStatus, type TaskMet
 import { HttpError, json, startHttpServer, text, type HttpRequest, type HttpResponse, type RunningHttpServer } from "../metrics/http-server.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../metrics/exposition.ts";
 import { eventLoopLag } from "../metrics/process.ts";
+import { ConfigError } from "../config/load.ts";
+import { bearerMatches, isLoopback, SECRET_ENV_VAR, type TransportSecurity } from "../rpc/security.ts";
 import { jobManagerRegistry } from "./jobmanager-metrics.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 
@@ -42,17 +44,34 @@ export class RestServer {
   private readonly metrics;
   port = 0;
 
+  /**
+   * `token`: the bearer token of mutating calls (security.rest.token-file, else the shared secret); null = none
+   * (then only a loopback address, or security.insecure). `security.tls`: HTTPS with its certificate and key.
+   */
   constructor(
     private readonly jm: JobManager,
     private readonly onError: (err: Error) => void,
+    private readonly security: Pick<TransportSecurity, "insecure" | "tls"> = { insecure: false, tls: null },
+    private readonly token: Buffer | null = null,
   ) {
     this.metrics = jobManagerRegistry(jm);
   }
 
+  get tls(): boolean {
+    return this.security.tls !== null;
+  }
+
   async start(host: string, port: number): Promise<number> {
+    // Without a token anyone who reaches the port may cancel jobs: as RPC, loopback only unless insecure.
+    if (!this.token && !this.security.insecure && !isLoopback(host)) {
+      throw new ConfigError(
+        `refusing to listen on ${host}:${port} (REST API) without authentication: set a shared secret (security.auth.secret-file ` +
+          `or ${SECRET_ENV_VAR}) or security.rest.token-file, bind rest.address to a loopback address, or set security.insecure = true`,
+      );
+    }
     eventLoopLag.acquire();
     try {
-      this.server = await startHttpServer(host, port, "rest.port", (req) => this.route(req), this.onError);
+      this.server = await startHttpServer(host, port, "rest.port", (req) => this.route(req), this.onError, this.security.tls);
     } catch (err) {
       eventLoopLag.release();
       throw err;
@@ -124,6 +143,7 @@ export class RestServer {
       }
       throw new HttpError(404, `not found: ${req.path}`);
     }
+    this.authorize(req);
     if (head === "jobs" && id !== undefined) {
       const job = this.findJob(id);
       // Flink: PATCH /jobs/:jobid?mode=cancel; also POST /jobs/:jobid/cancel for clients without PATCH.
@@ -136,6 +156,18 @@ export class RestServer {
       if (m === "POST" && sub === "savepoints" && subId === undefined) return this.triggerSavepoint(job, await req.text());
     }
     throw new HttpError(parts.length > 0 && ["jobs", "overview", "taskmanagers", "config", "metrics"].includes(head!) ? 405 : 404, `${m} ${req.path} is not served`);
+  }
+
+  /**
+   * Mutating calls (every method but GET and HEAD) need "Authorization: Bearer <token>" when a token is configured.
+   * The answer to a missing or wrong token is the same 401, and the token is never logged.
+   */
+  private authorize(req: HttpRequest): void {
+    if (this.token === null) return;
+    const header = req.header("authorization");
+    if (bearerMatches(header, this.token)) return;
+    const challenge = header ? 'Bearer realm="tm", error="invalid_token"' : 'Bearer realm="tm"';
+    throw new HttpError(401, `${req.method} needs the header "Authorization: Bearer <token>" with the cluster's REST token`, { "www-authenticate": challenge });
   }
 
   private getJobs(parts: string[]): unknown {

@@ -1,7 +1,7 @@
 // Transport security of RPC and data connections: the shared secret behind the HMAC challenge-response of the
 // handshake (docs/protocol.md section 2.1), TLS, and the limits that keep a hostile peer from exhausting a
 // process. The secret is read from a file or from TM_SECURITY_AUTH_SECRET, never from a flag, and never logged.
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Config } from "../config/index.ts";
@@ -71,6 +71,35 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
     };
   }
   return { secret, insecure: config["security.insecure"], tls };
+}
+
+/**
+ * The bearer token of the REST API's mutating calls: the contents of security.rest.token-file (a trailing newline
+ * is ignored, at least 16 bytes), else the cluster's shared secret, else null (no token: loopback only unless
+ * security.insecure). Throws ConfigError naming the key and file, never the token.
+ */
+export function restTokenFromConfig(config: Config, security: TransportSecurity): Buffer | null {
+  const file = config["security.rest.token-file"];
+  if (!file) return security.secret;
+  const token = trimNewlines(readFile(file, "security.rest.token-file"));
+  if (token.length < MIN_SECRET_BYTES) {
+    throw new ConfigError(`security.rest.token-file: the token in ${file} is ${token.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+  }
+  return token;
+}
+
+/** Whether an Authorization header is "Bearer <token>", compared in constant time (hashes of equal length). */
+export function bearerMatches(header: string | undefined | null, token: Buffer): boolean {
+  const m = /^Bearer +(.+?)\s*$/i.exec(header ?? "");
+  const given = createHash("sha256").update(m ? m[1]! : "").digest();
+  const expected = createHash("sha256").update(token).digest();
+  return timingSafeEqual(given, expected) && m !== null;
+}
+
+function trimNewlines(b: Buffer): Buffer {
+  let end = b.length;
+  while (end > 0 && (b[end - 1] === 0x0a || b[end - 1] === 0x0d)) end--;
+  return b.subarray(0, end);
 }
 
 function readFile(file: string, key: string): Buffer {

@@ -22,7 +22,9 @@ export interface StateGrant {
 
 export type ToWorker =
   /** autoWatermarkIntervalMs: the TaskManager's pipeline.auto-watermark-interval (a job may set its own). */
-  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number }
+  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number; memoryLimitBytes?: number }
+  /** taskmanager.memory.process-limit: the main thread asks whether the Worker still answers (see Task). */
+  | { type: "ping" }
   /** A port to a local peer task, carrying the listed channels. */
   | { type: "connect"; port: MessagePort; produce: string[]; consume: string[] }
   /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */
@@ -46,7 +48,9 @@ export type FromWorker =
   | { type: "checkpointAck"; checkpointId: number; snapshot: TaskSnapshot }
   | { type: "checkpointDecline"; checkpointId: number; reason: string }
   | { type: "finished"; metrics: TaskMetrics }
-  | { type: "failed"; error: ErrorInfo };
+  | { type: "failed"; error: ErrorInfo }
+  /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
+  | { type: "pong"; heapBytes: number };
 
 /** Between two local task Workers: b = buffer, e = event, r = recycled buffer going back to its producer. */
 export type PortMessage =

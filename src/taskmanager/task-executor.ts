@@ -27,6 +27,11 @@ import type { TaskView } from "../metrics/task-metrics.ts";
 
 const log = createLogger("taskmanager");
 
+/** No registration at a JobManager within taskmanager.registration.timeout. */
+export class RegistrationTimeoutError extends Error {
+  override name = "RegistrationTimeoutError";
+}
+
 export class TaskExecutor implements TaskManagerView {
   readonly resourceId: string;
   readonly shuffle: ShuffleEnvironment;
@@ -48,6 +53,10 @@ export class TaskExecutor implements TaskManagerView {
   private metricsServer: RunningHttpServer | null = null;
   /** Set by drain() (SIGTERM): no new tasks, no reconnection, /readyz answers 503. */
   draining = false;
+  private registrationTimer: ReturnType<typeof setTimeout> | null = null;
+  private resolveFatal: (err: Error) => void = () => {};
+  /** Resolves when this TaskManager cannot go on (taskmanager.registration.timeout passed); the process should exit. */
+  readonly fatal: Promise<Error> = new Promise((resolve) => (this.resolveFatal = resolve));
 
   constructor(private readonly config: Config) {
     this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
@@ -67,6 +76,8 @@ export class TaskExecutor implements TaskManagerView {
       defaultBackend: config["state.backend"],
       baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
       cacheBytes: config["state.backend.sqlite.cache-size"],
+      memoryLimitBytes: config["taskmanager.task.memory-limit"],
+      processLimitBytes: config["taskmanager.memory.process-limit"],
     };
     this.slots = new Array(config["taskmanager.numberOfTaskSlots"]).fill(null);
     // Secret and TLS for the RPC connection and the data port (throws ConfigError on unreadable files).
@@ -86,9 +97,9 @@ export class TaskExecutor implements TaskManagerView {
     this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
     log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
     try {
-      this.metricsServer = await startTaskManagerEndpoint(this, this.config["taskmanager.host"], this.config["metrics.port"], (err) =>
-        log.error("metrics request failed", { error: err.message }),
-      );
+      const onError = (err: Error) => log.error("metrics request failed", { error: err.message });
+      // HTTPS with security.ssl.enabled (the certificate and key of the RPC and data ports).
+      this.metricsServer = await startTaskManagerEndpoint(this, this.config["taskmanager.host"], this.config["metrics.port"], onError, this.rpcOptions.security?.tls ?? null);
     } catch (err) {
       await this.shuffle.transport.stop();
       throw err;
@@ -106,6 +117,7 @@ export class TaskExecutor implements TaskManagerView {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.disarmRegistrationTimeout();
     for (const t of this.timers) clearInterval(t);
     for (const task of this.tasks.values()) task.cancel();
     const rpc = this.rpc;
@@ -128,6 +140,7 @@ export class TaskExecutor implements TaskManagerView {
   async drain(graceMs: number): Promise<boolean> {
     if (this.draining) return false;
     this.draining = true;
+    this.disarmRegistrationTimeout();
     const deadline = Date.now() + graceMs;
     log.info("shutting down: taking no new tasks, telling the JobManager, canceling tasks", { tasks: this.tasks.size, gracePeriodMs: graceMs });
     const rpc = this.rpc;
@@ -174,18 +187,55 @@ export class TaskExecutor implements TaskManagerView {
     const port = this.config["jobmanager.rpc.port"];
     let backoff = this.config["taskmanager.registration.initial-backoff"];
     let attempts = 0;
+    this.armRegistrationTimeout(host, port);
     while (!this.stopped && !this.draining) {
       try {
         await this.connectAndRegister(host, port);
+        this.disarmRegistrationTimeout();
         return;
       } catch (err) {
         attempts++;
-        const fn = attempts === 1 || attempts % 10 === 0 ? log.warn : log.debug;
-        fn(`cannot register at the JobManager ${host}:${port}; retrying in ${backoff} ms`, { attempt: attempts, error: (err as Error).message });
+        if (attempts === 1) {
+          // The first failure says plainly what is wrong and what happens next; later ones are quieter.
+          const timeout = this.config["taskmanager.registration.timeout"];
+          log.warn(
+            `cannot register at the JobManager ${host}:${port} (jobmanager.rpc.address/port): ${(err as Error).message}; ` +
+              `retrying with backoff up to ${this.config["taskmanager.registration.max-backoff"]} ms` +
+              (timeout > 0 ? `, exiting after taskmanager.registration.timeout (${timeout} ms) without registration` : ", without a time limit"),
+            { attempt: attempts, error: (err as Error).message },
+          );
+        } else {
+          const fn = attempts % 10 === 0 ? log.warn : log.debug;
+          fn(`cannot register at the JobManager ${host}:${port}; retrying in ${backoff} ms`, { attempt: attempts, error: (err as Error).message });
+        }
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, this.config["taskmanager.registration.max-backoff"]);
       }
     }
+  }
+
+  /**
+   * As Flink's taskmanager.registration.timeout: a TaskManager that is not registered at a JobManager for this long
+   * (at start, or after losing its JobManager) gives up; `fatal` resolves and the CLI exits with its own code.
+   */
+  private armRegistrationTimeout(host: string, port: number): void {
+    const ms = this.config["taskmanager.registration.timeout"];
+    if (ms <= 0 || this.registrationTimer !== null) return;
+    this.registrationTimer = setTimeout(() => {
+      this.registrationTimer = null;
+      if (this.registered || this.stopped || this.draining) return;
+      const err = new RegistrationTimeoutError(
+        `could not register at the JobManager ${host}:${port} within taskmanager.registration.timeout (${ms} ms); giving up`,
+      );
+      log.error(err.message, { jobManager: `${host}:${port}`, timeoutMs: ms });
+      this.resolveFatal(err);
+    }, ms);
+    this.registrationTimer.unref?.();
+  }
+
+  private disarmRegistrationTimeout(): void {
+    if (this.registrationTimer !== null) clearTimeout(this.registrationTimer);
+    this.registrationTimer = null;
   }
 
   private async connectAndRegister(host: string, port: number): Promise<void> {

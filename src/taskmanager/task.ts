@@ -15,7 +15,16 @@ export interface TaskStateOptions {
   cacheBytes: number;
   /** pipeline.auto-watermark-interval: the periodic watermark interval of jobs that do not set their own. */
   autoWatermarkIntervalMs?: number;
+  /** taskmanager.task.memory-limit: bytes of heap the task's Worker may hold (0 = no limit); checked in the Worker. */
+  memoryLimitBytes?: number;
+  /** taskmanager.memory.process-limit: process RSS above which a Worker that does not answer pings is terminated. */
+  processLimitBytes?: number;
 }
+
+/** The Worker is pinged this often when taskmanager.memory.process-limit is set ... */
+const PING_INTERVAL_MS = 250;
+/** ... and terminated when it has not answered for this long while the process's RSS is over the limit. */
+export const UNRESPONSIVE_MS = 2000;
 
 export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo) => void;
 
@@ -78,9 +87,37 @@ export class Task implements TaskEndpoint {
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
     };
-    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs });
+    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0 });
+    if (this.stateOptions.processLimitBytes) this.startWatchdog(this.stateOptions.processLimitBytes);
     this.shuffle.wire(this);
   }
+
+  /**
+   * A Worker that allocates without end inside one record never yields, so its own heap check never runs. The main
+   * thread pings it; one that has not answered for UNRESPONSIVE_MS while the process's RSS is over the limit is
+   * terminated (which frees its heap) and the task fails. A Worker that answers is left alone whatever the RSS.
+   */
+  private startWatchdog(limit: number): void {
+    let lastPong = Date.now();
+    this.onPong = () => (lastPong = Date.now());
+    this.watchdog = setInterval(() => {
+      if (TERMINAL_TASK_STATES.has(this.state)) return clearInterval(this.watchdog!);
+      const silent = Date.now() - lastPong;
+      if (silent >= UNRESPONSIVE_MS) {
+        const rss = process.memoryUsage.rss();
+        if (rss > limit) {
+          const mib = (n: number) => Math.round(n / 1048576);
+          this.fail(new Error(`task terminated: it has not answered for ${silent} ms while the TaskManager's RSS (${mib(rss)} MiB) exceeds taskmanager.memory.process-limit (${mib(limit)} MiB)`));
+          return;
+        }
+      }
+      this.post({ type: "ping" });
+    }, PING_INTERVAL_MS);
+    (this.watchdog as { unref?: () => void }).unref?.();
+  }
+
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  private onPong: () => void = () => {};
 
   /** Messages to the Worker are coalesced per turn of the event loop: one postMessage carries them all. */
   post(msg: ToWorker, transfer?: Transferable[]): void {
@@ -123,6 +160,9 @@ export class Task implements TaskEndpoint {
       case "metrics":
         this.metrics = msg.metrics;
         break;
+      case "pong":
+        this.onPong();
+        break;
       case "checkpointAck":
         this.checkpoints.acknowledge(this, msg.checkpointId, msg.snapshot);
         break;
@@ -142,6 +182,7 @@ export class Task implements TaskEndpoint {
   private finish(state: TaskState, error?: ErrorInfo): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     this.state = state;
+    if (this.watchdog) clearInterval(this.watchdog);
     if (this.registered) this.shuffle.unregisterTask(this, state === "FINISHED");
     this.worker?.terminate();
     // A task's local state lives as long as the task (checkpoints keep what must survive it).
