@@ -111,6 +111,22 @@ export class StreamExecutionEnvironment {
     return this.source({ type: "sequence", from, to }, "Sequence Source", null);
   }
 
+  /**
+   * A source described by a Source object, as Flink's fromSource(source, watermarkStrategy, sourceName), e.g.
+   * `env.fromSource(NexmarkSource.events({ events: 1e6, seed: 1 }), strategy)`. With a watermark strategy the
+   * source is followed by assignTimestampsAndWatermarks(strategy) (chained, so watermarks are per source split);
+   * pass null (or nothing) for a stream without event time.
+   */
+  fromSource<T>(source: Source<T>, watermarkStrategy?: WatermarkStrategy<T> | null, sourceName?: string): DataStream<T> {
+    // Checked by shape: the job's bundle has its own copy of the modules that make sources.
+    if (typeof source !== "object" || source === null || source.kind !== "source" || typeof source.spec !== "object" || source.spec === null || typeof source.spec.type !== "string") {
+      throw new Error("fromSource: expected a Source, e.g. NexmarkSource.events({ events: 1000000 })");
+    }
+    if (source.spec.type === "collection") throw new Error("fromSource: use fromCollection for collections");
+    const stream = this.source<T>(source.spec, sourceName ?? source.name, null);
+    return watermarkStrategy == null ? stream : stream.assignTimestampsAndWatermarks(watermarkStrategy);
+  }
+
   /** @internal */
   addNode(node: NewNode, parallelism: number | null = null): PlanNode {
     const full = { ...node, id: this.nodes.length, parallelism, uid: null, chaining: true } as PlanNode;
@@ -411,6 +427,16 @@ function checkProcess(fn: ProcessWindowFunction<any, any, any> | undefined, opti
 }
 
 export class DataSink extends OperatorSettings {}
+
+/** What fromSource takes: a description of a replayable, splittable source (e.g. NexmarkSource.events(...)). */
+export interface Source<T> {
+  readonly kind: "source";
+  readonly spec: SourceSpec;
+  /** Default operator name. */
+  readonly name: string;
+  /** The records' type (never set). */
+  readonly _type?: T;
+}
 
 /** What sinkTo takes: FileSink.forRowFormat(dir).build(). */
 export class FileSinkSpec {

@@ -5,7 +5,9 @@
 export type SourceSpec =
   | { type: "collection"; items: unknown[] }
   | { type: "textFile"; path: string }
-  | { type: "sequence"; from: number; to: number };
+  | { type: "sequence"; from: number; to: number }
+  /** Nexmark events 0..events-1 (src/nexmark/generator.ts); throttle: also emit at ratePerSecond in wall-clock time. */
+  | { type: "nexmark"; events: number; seed: number; ratePerSecond: number; firstEventTime: number; throttle: boolean };
 
 import type {
   AggregatingState,

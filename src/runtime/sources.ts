@@ -3,6 +3,7 @@
 // parallelism, the splits are reassigned to subtasks and reading continues right where it stopped.
 import * as fs from "node:fs";
 import type { SourceSpec } from "../api/plan.ts";
+import { eventAt } from "../nexmark/generator.ts";
 
 export const SOURCE_CHUNK = 1024;
 const READ_BYTES = 1 << 20;
@@ -19,7 +20,12 @@ export type SourceSplit =
    * start (the reader skips to the first line start >= offset); aligned=true: offset is exactly the start of
    * the next unread line.
    */
-  | { type: "textFile"; id: number; path: string; offset: number; end: number; aligned: boolean };
+  | { type: "textFile"; id: number; path: string; offset: number; end: number; aligned: boolean }
+  /**
+   * Nexmark event numbers next, next+stride, ... up to last (inclusive). Strided rather than contiguous, so that
+   * parallel subtasks (and the halves of a split) advance through event time together, as Nexmark's generators do.
+   */
+  | { type: "nexmark"; id: number; next: number; last: number; stride: number };
 
 /**
  * The splits subtask `subtask` of `parallelism` starts with when there is nothing to restore: one split with
@@ -51,6 +57,9 @@ export function initialSplits(spec: SourceSpec, subtask: number, parallelism: nu
       const end = Math.floor(((subtask + 1) * size) / parallelism);
       return [{ type: "textFile", id: subtask, path: spec.path, offset: begin, end, aligned: begin === 0 }];
     }
+    case "nexmark":
+      // Subtask i of p generates event numbers i, i+p, i+2p, ...: disjoint, together all of them.
+      return [{ type: "nexmark", id: subtask, next: subtask, last: spec.events - 1, stride: parallelism }];
   }
 }
 
@@ -68,6 +77,7 @@ export function assignSplits(all: readonly SourceSplit[], subtask: number, paral
 function remaining(s: SourceSplit): number {
   if (s.type === "sequence") return s.last - s.next + 1;
   if (s.type === "collection") return s.end - s.next;
+  if (s.type === "nexmark") return s.next > s.last ? 0 : Math.floor((s.last - s.next) / s.stride) + 1;
   return s.end - s.offset;
 }
 
@@ -96,6 +106,10 @@ export function splitForParallelism(all: readonly SourceSplit[], parallelism: nu
     } else if (s.type === "collection") {
       out.push({ type: "collection", id: nextId++, next: s.next + half, end: s.end });
       s.end = s.next + half;
+    } else if (s.type === "nexmark") {
+      // Interleaved halves (every other event number each), so both keep pace in event time.
+      out.push({ type: "nexmark", id: nextId++, next: s.next + s.stride, last: s.last, stride: s.stride * 2 });
+      s.stride *= 2;
     } else {
       out.push({ type: "textFile", id: nextId++, path: s.path, offset: s.offset + half, end: s.end, aligned: false });
       s.end = s.offset + half;
@@ -126,6 +140,9 @@ export class SourceReader {
   private readonly texts = new Map<number, TextState>();
   private readonly exhausted: boolean[];
   private buf: Buffer | null = null;
+  /** Throttled Nexmark sources: when the reader started and the event number it started with. */
+  private throttleStart: { at: number; first: number } | null = null;
+  private sleeper: Int32Array | null = null;
   /** Id of the split the last chunk came from (-1 before the first). */
   lastSplitId = -1;
 
@@ -196,6 +213,9 @@ export class SourceReader {
       case "textFile":
         chunk = this.nextText(split, i);
         break;
+      case "nexmark":
+        chunk = this.nextNexmark(split);
+        break;
     }
     if (chunk !== null) this.lastSplitId = split.id;
     return chunk;
@@ -217,6 +237,9 @@ export class SourceReader {
         case "collection":
           if (s.next < this.collectionEnd(s)) out.push({ ...s });
           break;
+        case "nexmark":
+          if (s.next <= s.last) out.push({ ...s });
+          break;
         case "textFile":
           const text = this.texts.get(i);
           if (text !== undefined && text.lineStart >= 0) {
@@ -236,6 +259,40 @@ export class SourceReader {
     const chunk = new Array<number>(n);
     for (let j = 0; j < n; j++) chunk[j] = s.next + j;
     s.next += n;
+    return chunk;
+  }
+
+  /**
+   * The next events of a Nexmark split. Throttled: event number n is due (n - first) / ratePerSecond seconds after
+   * the reader's first read (first: the lowest event number the reader started with), and the reader sleeps until
+   * the chunk's first event is due and returns only the events due by then, so all subtasks together emit about
+   * ratePerSecond events per second.
+   */
+  private nextNexmark(s: Extract<SourceSplit, { type: "nexmark" }>): unknown[] | null {
+    if (s.next > s.last) return null;
+    const spec = this.spec;
+    if (spec.type !== "nexmark") return null;
+    let n = Math.min(SOURCE_CHUNK, Math.floor((s.last - s.next) / s.stride) + 1);
+    if (spec.throttle) {
+      const msPerEvent = 1000 / spec.ratePerSecond;
+      if (this.throttleStart === null) {
+        let first = s.next;
+        for (const x of this.splits) if (x.type === "nexmark" && x.next < first) first = x.next;
+        this.throttleStart = { at: performance.now(), first };
+      }
+      const due = (k: number) => this.throttleStart!.at + (k - this.throttleStart!.first) * msPerEvent;
+      const wait = due(s.next) - performance.now();
+      if (wait > 0) Atomics.wait((this.sleeper ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, wait);
+      const now = performance.now();
+      let k = 1;
+      while (k < n && due(s.next + k * s.stride) <= now) k++;
+      n = k;
+    }
+    const chunk = new Array<unknown>(n);
+    for (let j = 0; j < n; j++) {
+      chunk[j] = eventAt(s.next, spec);
+      s.next += s.stride;
+    }
     return chunk;
   }
 
