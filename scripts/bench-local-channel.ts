@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 const { values } = parseArgs({ options: { buffers: { type: "string", default: "200000" } } });
 const n = Number(values.buffers);
 const SEG = 32 * 1024;
-const url = new URL("./bench/local-channel-worker.ts", import.meta.url).href;
+const url = new URL("./bench-helpers/local-channel-worker.ts", import.meta.url).href;
 
 async function run(setup: (producer: Worker, consumer: Worker) => void): Promise<number> {
   const producer = new Worker(url);

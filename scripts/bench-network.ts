@@ -21,7 +21,7 @@ const SEG = 32 * 1024;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-net-"));
 
 async function rawTcp(): Promise<number> {
-  const sink = new Child([BUN, path.join(ROOT, "scripts/bench/tcp-sink.ts"), String(bytesTotal)]);
+  const sink = new Child([BUN, path.join(ROOT, "scripts/bench-helpers/tcp-sink.ts"), String(bytesTotal)]);
   const port = Number((await sink.waitForOutput(/PORT (\d+)/))[1]);
   const sock = net.connect(port, "127.0.0.1");
   await new Promise((r) => sock.once("connect", r));

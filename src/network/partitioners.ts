@@ -1,6 +1,6 @@
 // Which consumer subtask(s) a record goes to. Hash partitioning uses the state layer's key-group mapping.
 import type { PartitionerKind } from "../rpc/messages.ts";
-import { assignKeyToOperator } from "../state/key-groups.ts";
+import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
 
 /** Returns the target channel index, or -1 for "every channel" (broadcast). */
 export type Partitioner = (record: unknown) => number;
@@ -31,7 +31,8 @@ export function createPartitioner(
     }
     case "hash": {
       if (!keySelector) throw new Error("hash partitioning needs a key selector");
-      return (record) => assignKeyToOperator(keySelector(record), numChannels, maxParallelism);
+      // keyGroupOf: the state backends' fast path for string and integer keys, the same mapping as assignToKeyGroup.
+      return (record) => operatorIndexForKeyGroup(keyGroupOf(keySelector(record), maxParallelism), numChannels, maxParallelism);
     }
     case "custom": {
       if (!keySelector || !custom) throw new Error("custom partitioning needs a partitioner and a key selector");

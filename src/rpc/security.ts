@@ -44,11 +44,8 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
   let secret: Buffer | null = null;
   const secretFile = config["security.auth.secret-file"];
   if (secretFile) {
-    secret = readFile(secretFile, "security.auth.secret-file");
     // A trailing newline is what editors and `echo` add: it is not part of the secret.
-    let end = secret.length;
-    while (end > 0 && (secret[end - 1] === 0x0a || secret[end - 1] === 0x0d)) end--;
-    secret = secret.subarray(0, end);
+    secret = trimNewlines(readFile(secretFile, "security.auth.secret-file"));
     if (secret.length < MIN_SECRET_BYTES) {
       throw new ConfigError(`security.auth.secret-file: the secret in ${secretFile} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
     }
