@@ -94,3 +94,46 @@ test("checkpoints that time out are aborted; the job finishes with the right out
   expect(final.checkpoints.history.at(-1)!.failure).toMatch(/timed out after 1 ms|ended before acknowledging|declined/);
   expectFinalSums(dir);
 }, 60_000);
+
+test("a failure after a savepoint restarts from the savepoint when no newer checkpoint exists (its commits stay)", async () => {
+  const dir = tempDir("tm-cp-after-sp-");
+  const client = await start(dir, { "restart-strategy.type": "fixed-delay", "restart-strategy.fixed-delay.delay": 50 });
+  const go = path.join(dir, "go");
+  const thrown = path.join(dir, "thrown");
+  const job = writeJob(dir, "sp.ts", `
+    import * as fs from "node:fs";
+    import { FileSink } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(3_600_000); // no periodic checkpoint during the test: only the savepoint
+      env.fromSequence(1, 300_000)
+        .map((x) => {
+          if (x % 300 === 0) Atomics.wait(pause, 0, 0, 1);
+          if (x % 1000 === 0 && fs.existsSync(${JSON.stringify(go)}) && !fs.existsSync(${JSON.stringify(thrown)})) {
+            fs.writeFileSync(${JSON.stringify(thrown)}, "x");
+            throw new Error("injected failure after the savepoint");
+          }
+          return [x % 10, x];
+        })
+        .keyBy((t) => t[0]).sum(1)
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "out"))}).build());
+    };`);
+  const jobId = await submitJob(client, await prepareJob(job, [], 1));
+  await waitForRunning(client, jobId);
+  const sp = await client.request("triggerSavepoint", { jobId, dir: path.join(dir, "sp") }, 60_000);
+  fs.writeFileSync(go, "now");
+  const final = await waitForJob(client, jobId, () => {}, 50);
+  expect(final.state).toBe("FINISHED");
+  expect(final.restarts).toBe(1);
+  expect(final.checkpoints.restoredFrom).toBe(sp.path);
+  expectFinalSums(dir);
+}, 60_000);
+
+async function waitForRunning(client: RpcConnection, jobId: string): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    const s = await client.request("jobStatus", { jobId });
+    if (s.state === "RUNNING" && s.tasks.RUNNING === 2) return;
+    await Bun.sleep(25);
+  }
+  throw new Error("the job did not start running");
+}

@@ -57,6 +57,7 @@ export class JobMaster {
   private readonly firstAttempt: number;
   private restartPending = false;
   private restoredFrom: { meta: CheckpointMetadata; path: string } | null;
+  private lastSavepoint: { meta: CheckpointMetadata; path: string } | null = null;
   readonly coordinator: CheckpointCoordinator;
   private readonly store: CheckpointStore;
 
@@ -160,6 +161,12 @@ export class JobMaster {
   async savepoint(dir: string | undefined, cancel: boolean): Promise<{ path: string; checkpointId: number }> {
     if (this.state !== "RUNNING") throw new Error(`job ${this.jobId} is ${this.state}; a savepoint needs it RUNNING`);
     const r = await this.coordinator.triggerNow(true, dir);
+    // Its notify may already have committed sink output: a later failover must not go back before it.
+    try {
+      this.lastSavepoint = readMetadata(r.path);
+    } catch (err) {
+      log.warn("cannot read back the savepoint just written", { job: this.jobId, path: r.path, error: (err as Error).message });
+    }
     if (cancel) this.cancel();
     return r;
   }
@@ -182,8 +189,10 @@ export class JobMaster {
     this.attempt++;
     this.executions.clear();
     this.error = undefined;
-    const latest = this.store.latest();
-    if (latest) this.restoredFrom = latest;
+    // The newest of: the latest retained checkpoint, a savepoint taken since, what the job was started from.
+    for (const candidate of [this.store.latest(), this.lastSavepoint]) {
+      if (candidate && candidate.meta.checkpointId > (this.restoredFrom?.meta.checkpointId ?? 0)) this.restoredFrom = candidate;
+    }
     if (this.restoredFrom) this.coordinator.advancePast(this.restoredFrom.meta.checkpointId);
     const slots = await this.allocateSlots("RESTARTING", " to restart the job");
     if (!slots || this.state !== "RESTARTING") return;
