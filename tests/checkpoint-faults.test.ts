@@ -137,3 +137,24 @@ async function waitForRunning(client: RpcConnection, jobId: string): Promise<voi
   }
   throw new Error("the job did not start running");
 }
+
+test("AT_LEAST_ONCE mode: checkpoints complete on a job whose keyed tasks read two input channels each", async () => {
+  const dir = tempDir("tm-cp-alo-");
+  const client = await start(dir);
+  const job = writeJob(dir, "alo.ts", `
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(100, "AT_LEAST_ONCE");
+      env.fromSequence(1, 200_000)
+        .map((x) => { if (x % 200 === 0) Atomics.wait(pause, 0, 0, 1); return [x % 10, x]; })
+        .keyBy((t) => t[0]).sum(1)
+        .addSink(() => {});
+    };`);
+  const jobId = await submitJob(client, await prepareJob(job, [], 2));
+  const final = await waitForJob(client, jobId, () => {}, 50);
+  expect(final.state).toBe("FINISHED");
+  expect(final.checkpoints.completed).toBeGreaterThan(0);
+  // Both sum subtasks read two channels (one per source subtask) and acknowledged every completed checkpoint.
+  const done = final.checkpoints.history.filter((c) => c.status === "COMPLETED");
+  expect(done.every((c) => c.acknowledged === 4 && c.total === 4)).toBe(true);
+}, 60_000);
