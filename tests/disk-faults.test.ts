@@ -41,8 +41,11 @@ test("unwritable checkpoint storage fails checkpoints, not the job; when it is b
   const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
   const status = () => rpc!.request("jobStatus", { jobId });
   await waitFor("a completed checkpoint", async () => (await status()).checkpoints.completed > 0, 30_000);
-  const committedBefore = fs.readdirSync(out).filter((f) => !f.startsWith("."));
-  expect(committedBefore.length).toBeGreaterThan(0);
+  // The sink commits when the notify of that checkpoint reaches it, a moment after completion.
+  const committedBefore = await waitFor("committed sink files", () => {
+    const files = fs.existsSync(out) ? fs.readdirSync(out).filter((f) => !f.startsWith(".")) : [];
+    return files.length > 0 && files;
+  }, 10_000);
 
   // The storage goes away: a file where the job's checkpoint directory was.
   const jobDir = path.join(cp, jobId);
