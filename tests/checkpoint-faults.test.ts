@@ -9,7 +9,7 @@ import { startLocalCluster, type LocalCluster } from "../src/client/local-cluste
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
-import { removeTempDirs, tempDir, writeJob } from "./helpers.ts";
+import { committedLines, removeTempDirs, tempDir, writeJob } from "./helpers.ts";
 
 let cluster: LocalCluster | null = null;
 let rpc: RpcConnection | null = null;
@@ -45,20 +45,15 @@ function sumJob(dir: string): string {
 
 /** The last value per key of the committed output, checked against sums computed directly. */
 function expectFinalSums(dir: string): void {
-  const out = path.join(dir, "out");
+  const lines = committedLines(path.join(dir, "out"));
   const last = new Map<number, number>();
-  let lines = 0;
-  for (const f of fs.readdirSync(out).filter((f) => !f.startsWith("."))) {
-    for (const l of fs.readFileSync(path.join(out, f), "utf8").split("\n")) {
-      if (!l) continue;
-      lines++;
-      const [k, v] = l.slice(1, -1).split(",").map(Number) as [number, number];
-      last.set(k, Math.max(last.get(k) ?? 0, v));
-    }
+  for (const l of lines) {
+    const [k, v] = l.slice(1, -1).split(",").map(Number) as [number, number];
+    last.set(k, Math.max(last.get(k) ?? 0, v));
   }
   const expected = new Map<number, number>();
   for (let x = 1; x <= 300_000; x++) expected.set(x % 10, (expected.get(x % 10) ?? 0) + x);
-  expect(lines).toBe(300_000);
+  expect(lines.length).toBe(300_000);
   expect([...last.entries()].sort()).toEqual([...expected.entries()].sort());
 }
 

@@ -10,7 +10,7 @@ import { connectClient, submitJob, waitForJob } from "../src/client/job-client.t
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
-import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { BUN, Child, committedLines, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const CLUSTER = [
   "-D", "heartbeat.interval=200ms",
@@ -68,16 +68,6 @@ function jobSource(opts: { out: string; n: number; backend: "heap" | "sqlite"; t
         })
         .sinkTo(FileSink.forRowFormat(${JSON.stringify(opts.out)}).build());
     };`;
-}
-
-/** Committed lines of the sink directory (hidden pending and in-progress files excluded). */
-function committedLines(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
-    .filter((f) => !f.startsWith("."))
-    .flatMap((f) => fs.readFileSync(path.join(dir, f), "utf8").split("\n"))
-    .filter((l) => l.length > 0);
 }
 
 /** Every (key, count) of an uninterrupted run, computed directly. */

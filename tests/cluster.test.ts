@@ -8,7 +8,7 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { countWords, expectSameCounts, generateText, readCounts, removeTempDirs, ROOT, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { countWords, expectSameCounts, generateText, readCounts, removeTempDirs, ROOT, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "jobmanager.slot-request.timeout": 500, "log.level": "warn" };
 setLogLevel("warn");
@@ -28,11 +28,7 @@ afterAll(async () => {
   removeTempDirs();
 });
 
-async function run(jobFile: string, args: string[], parallelism: number) {
-  const prepared = await prepareJob(jobFile, args, parallelism);
-  const jobId = await submitJob(client, prepared);
-  return waitForJob(client, jobId, () => {});
-}
+const run = (jobFile: string, args: string[], parallelism: number) => runJob(client, jobFile, args, parallelism);
 
 describe("local cluster", () => {
   test("word count at parallelism 4 across two TaskManagers matches counts computed directly", async () => {

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
-import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { BUN, Child, committedLines, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 let rpc: RpcConnection | null = null;
 afterEach(async () => {
@@ -74,7 +74,7 @@ test("unwritable checkpoint storage fails checkpoints, not the job; when it is b
   const final = await waitForJob(rpc, jobId, () => {}, 100);
   expect(final.state).toBe("FINISHED");
   expect(final.checkpoints.completed).toBeGreaterThan(completedAt);
-  const lines = fs.readdirSync(out).filter((f) => !f.startsWith(".")).flatMap((f) => fs.readFileSync(path.join(out, f), "utf8").split("\n")).filter(Boolean);
+  const lines = committedLines(out);
   expect(lines.length).toBe(N); // one running count per record, exactly once
   const last = new Map<number, number>();
   for (const l of lines) {

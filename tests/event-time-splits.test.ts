@@ -10,7 +10,7 @@ import { startLocalCluster, type LocalCluster } from "../src/client/local-cluste
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
-import { removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { committedLines, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 let cluster: LocalCluster | null = null;
 let rpc: RpcConnection | null = null;
@@ -60,11 +60,7 @@ test("restored at a lower parallelism, a source reads its splits in turns with p
   // The restored source subtask really had both splits, with work left in each.
   expect(final.vertices[0]!.subtasks.length).toBe(1);
 
-  const lines = fs
-    .readdirSync(out)
-    .filter((f) => !f.startsWith("."))
-    .flatMap((f) => fs.readFileSync(path.join(out, f), "utf8").split("\n"))
-    .filter((l) => l.length > 0);
+  const lines = committedLines(out);
   const expected = Array.from({ length: (HALF * 10) / WINDOW }, (_, i) => `(${i * WINDOW},${(2 * WINDOW) / 10})`);
   const lateDir = out + "-late";
   expect(fs.existsSync(lateDir) ? fs.readdirSync(lateDir).filter((f) => !f.startsWith(".") && fs.statSync(path.join(lateDir, f)).size > 0) : []).toEqual([]);

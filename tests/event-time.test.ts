@@ -15,7 +15,7 @@ import { InternalTimerService, WatermarkValve, type Timer } from "../src/runtime
 import { createKeyedStateBackend, OperatorStateStore } from "../src/state/index.ts";
 import { keyGroupOf } from "../src/state/key-groups.ts";
 import type { OperatorContext } from "../src/runtime/operators.ts";
-import { removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 setLogLevel("warn");
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
@@ -150,7 +150,7 @@ describe("event time on a cluster", () => {
     await cluster?.stop();
     removeTempDirs();
   });
-  const run = async (job: string, args: string[], p: number) => waitForJob(client, await submitJob(client, await prepareJob(job, args, p)), () => {});
+  const run = (job: string, args: string[], p: number) => runJob(client, job, args, p);
   const readLines = (d: string) =>
     (fs.statSync(d).isDirectory() ? fs.readdirSync(d).map((f) => path.join(d, f)) : [d]).flatMap((f) => fs.readFileSync(f, "utf8").split("\n")).filter((l) => l.length > 0);
 

@@ -3,6 +3,10 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
 
 export const ROOT = path.resolve(import.meta.dir, "..");
 export const BUN = process.execPath;
@@ -158,4 +162,31 @@ export class Child {
     const decoder = new TextDecoder();
     for await (const chunk of stream) sink(decoder.decode(chunk, { stream: true }));
   }
+}
+
+/** Bundles a job, runs it on the cluster behind `client` and waits for its end. */
+export async function runJob(client: RpcConnection, jobFile: string, args: string[], parallelism: number, pollMs = 200): Promise<JobStatus> {
+  const jobId = await submitJob(client, await prepareJob(jobFile, args, parallelism));
+  return waitForJob(client, jobId, () => {}, pollMs);
+}
+
+/** The committed lines of a file sink's directory (its hidden in-progress and pending files left out). */
+export function committedLines(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => !f.startsWith("."))
+    .flatMap((f) => fs.readFileSync(path.join(dir, f), "utf8").split("\n"))
+    .filter((l) => l.length > 0);
+}
+
+/**
+ * The lines of a text, by definition: split at "\n", a final "\n" does not start another line,
+ * and a "\r" just before a "\n" (CRLF) is not part of the line.
+ */
+export function expectedLines(text: string): string[] {
+  if (text === "") return [];
+  const parts = text.split("\n");
+  if (text.endsWith("\n")) parts.pop();
+  return parts.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
 }

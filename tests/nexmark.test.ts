@@ -8,15 +8,14 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { prepareJob } from "../src/client/prepare-job.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { connectClient } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { SourceSpec } from "../src/api/plan.ts";
 import { NexmarkSource } from "../src/api/index.ts";
 import { eventAt, nexmarkConfig, type Auction, type Bid, type NexmarkConfig, type NexmarkEvent, type Person } from "../src/nexmark/generator.ts";
 import { SourceReader, assignSplits, initialSplits, splitForParallelism, type SourceSplit } from "../src/runtime/sources.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { removeTempDirs, rng, tempDir } from "./helpers.ts";
+import { removeTempDirs, rng, runJob, tempDir } from "./helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -201,8 +200,7 @@ let dir: string;
 /** Runs examples/nexmark/<query>.ts at parallelism 2 with a FileSink; returns the output lines (sorted unless raw). */
 async function runQuery(query: string, events: number, seed: number, rate: number): Promise<string[][]> {
   const out = path.join(dir, `${query}-${events}-${seed}-${rate}`);
-  const prepared = await prepareJob(path.resolve(`examples/nexmark/${query}.ts`), [String(events), String(seed), out, String(rate)], 2);
-  const status = await waitForJob(client, await submitJob(client, prepared), () => {}, 50);
+  const status = await runJob(client, path.resolve(`examples/nexmark/${query}.ts`), [String(events), String(seed), out, String(rate)], 2, 50);
   if (status.state !== "FINISHED") throw new Error(`${query} ended ${status.state}: ${status.error?.message}`);
   // One list of lines per part file (per subtask), in the order written.
   return fs

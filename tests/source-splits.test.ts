@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { SourceSpec } from "../src/api/plan.ts";
 import { SOURCE_CHUNK, SourceReader, type SourceSplit, assignSplits, initialSplits, readSource, splitForParallelism } from "../src/runtime/sources.ts";
-import { rng } from "./helpers.ts";
+import { expectedLines, rng } from "./helpers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tm-source-splits-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -21,13 +21,6 @@ function writeTemp(content: string): string {
   return path;
 }
 
-/** The lines of a text: split at "\n", a final "\n" starts no line, a "\r" before "\n" is not part of the line. */
-function expectedLines(text: string): string[] {
-  if (text === "") return [];
-  const parts = text.split("\n");
-  if (text.endsWith("\n")) parts.pop();
-  return parts.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
-}
 
 /** What a checkpoint does to positions: they must survive JSON unchanged. */
 function roundTrip(splits: SourceSplit[]): SourceSplit[] {

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SOURCE_CHUNK, readSource, textFileLines } from "../src/runtime/sources.ts";
-import { rng } from "./helpers.ts";
+import { expectedLines, rng } from "./helpers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tm-sources-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -19,16 +19,6 @@ function writeTemp(content: string | Uint8Array): string {
   return path;
 }
 
-/**
- * The lines of a text, by definition: split at "\n", a final "\n" does not start another line,
- * and a "\r" just before a "\n" (CRLF) is not part of the line.
- */
-function expectedLines(text: string): string[] {
-  if (text === "") return [];
-  const parts = text.split("\n");
-  if (text.endsWith("\n")) parts.pop();
-  return parts.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
-}
 
 /** Every subtask's lines, each list in the order read. */
 function readAll(path: string, parallelism: number): string[][] {

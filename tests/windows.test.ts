@@ -8,11 +8,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { prepareJob } from "../src/client/prepare-job.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { connectClient } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { removeTempDirs, rng, tempDir, writeJob } from "./helpers.ts";
+import { removeTempDirs, rng, runJob, tempDir, writeJob } from "./helpers.ts";
 
 const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "log.level": "warn" };
 setLogLevel("warn");
@@ -33,11 +32,7 @@ afterAll(async () => {
   removeTempDirs();
 });
 
-async function run(jobFile: string, args: string[], parallelism: number) {
-  const prepared = await prepareJob(jobFile, args, parallelism);
-  const jobId = await submitJob(client, prepared);
-  return waitForJob(client, jobId, () => {});
-}
+const run = (jobFile: string, args: string[], parallelism: number) => runJob(client, jobFile, args, parallelism);
 
 interface Ev {
   id: number;

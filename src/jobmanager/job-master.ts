@@ -390,5 +390,3 @@ function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, g: JobG
     throw new Error(`cannot restore ${r.path}: it has ${r.meta.vertices.length} operator chains, the job ${g.vertices.length}`);
   }
 }
-
-export { readMetadata };

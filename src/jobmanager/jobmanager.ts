@@ -11,7 +11,8 @@ import { restTokenFromConfig, securityFromConfig } from "../rpc/security.ts";
 import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
-import { JobMaster, readMetadata, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
+import { JobMaster, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
+import { readMetadata } from "./checkpoint-store.ts";
 import { ResourceManager } from "./resource-manager.ts";
 import { RestServer } from "../rest/rest-server.ts";
 
