@@ -74,6 +74,7 @@ try {
   const payload = SEG - 64;
   const bigN = Math.floor(bytesTotal / payload);
   const big = await stackRun(port, "payload-remote", bigN, `(() => { const p = new Uint8Array(${payload}).fill(7); return () => p; })()`, 1, payload);
+  const bigLocal = await stackRun(port, "payload-local", bigN, `(() => { const p = new Uint8Array(${payload}).fill(7); return () => p; })()`, 0, payload);
   const small = `(i) => ["key-" + (i % 1000), i, 7]`;
   const smallBytes = 4 + 1 + 9 + 9 + 1; // msgpack of ["key-123", i, 7]: array header, fixstr, uint32/64, fixint
   const remote = await stackRun(port, "small-remote", smallRecords, small, 1, smallBytes);
@@ -82,6 +83,7 @@ try {
   console.log(`| measure | result |\n|---|---|`);
   console.log(`| (a) raw loopback TCP, two Bun processes, 32 KiB writes | ${(raw / 1e9).toFixed(2)} GB/s |`);
   console.log(`| (b) 32 KiB payloads, remote channel between two TaskManagers | ${(big.bytesPerSec / 1e9).toFixed(2)} GB/s (${(big.recordsPerSec / 1000).toFixed(0)} K records/s) |`);
+  console.log(`| 32 KiB payloads, local channel (same TaskManager) | ${(bigLocal.bytesPerSec / 1e9).toFixed(2)} GB/s (${(bigLocal.recordsPerSec / 1000).toFixed(0)} K records/s) |`);
   console.log(`| (b)/(a) for 32 KiB payloads (goal >= 0.7) | ${(big.bytesPerSec / raw).toFixed(2)} |`);
   console.log(`| small records (~25 B) over a remote channel | ${(remote.recordsPerSec / 1e6).toFixed(2)} M records/s |`);
   console.log(`| small records (~25 B) over a local channel | ${(local.recordsPerSec / 1e6).toFixed(2)} M records/s |`);

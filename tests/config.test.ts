@@ -58,6 +58,7 @@ describe("defaults", () => {
       "taskmanager.network.memory.buffers-per-channel": 2,
       "taskmanager.network.memory.floating-buffers-per-gate": 8,
       "taskmanager.network.memory.max-overdraft-buffers-per-gate": 5,
+      "taskmanager.network.memory.max-buffers-per-channel": 10,
       "state.backend": "heap",
       "state.backend.sqlite.cache-size": 67108864,
       "taskmanager.state.dir": "",

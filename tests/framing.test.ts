@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeFrame } from "../src/rpc/framing.ts";
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeBufferFrame, encodeFrame, NO_FRAME } from "../src/rpc/framing.ts";
+import { DATA_FRAME } from "../src/rpc/messages.ts";
 import { rng } from "./helpers.ts";
 
 /** Bodies of varied msgpack types and sizes (all survive a msgpack round trip unchanged). */
@@ -154,6 +155,46 @@ describe("FrameDecoder", () => {
       expect(got).toEqual(BODIES);
       expect(d.pendingBytes).toBe(0);
     }
+  });
+
+  test("network buffer frames mixed with msgpack frames survive random chunking; a payload read at once is intact", () => {
+    const next = rng(7);
+    const expected: unknown[] = [];
+    const frames: Uint8Array[] = [];
+    for (let i = 0; i < 300; i++) {
+      if (next() < 0.3) {
+        const body = { i, text: "x".repeat(Math.floor(next() * 100)) };
+        expected.push(body);
+        frames.push(encodeFrame(body));
+      } else {
+        const payload = new Uint8Array(1 + Math.floor(next() * 40_000)).map((_, j) => (i * 31 + j) & 0xff);
+        const channel = `job|${i % 3}|0|1`;
+        expected.push([DATA_FRAME.DATA, channel, Array.from(payload.subarray(0, 8)), payload.length, i % 5]);
+        frames.push(encodeBufferFrame(channel, i % 5, payload));
+      }
+    }
+    const stream = concat(frames);
+    const d = new FrameDecoder();
+    const got: unknown[] = [];
+    // Consume each frame before the next is decoded, as the data connection does: a buffer frame's payload may
+    // be the decoder's scratch memory, reused by the next call.
+    const take = (f: unknown) => {
+      if (Array.isArray(f) && f[0] === DATA_FRAME.DATA) {
+        const p = f[2] as Uint8Array;
+        const i = got.length;
+        for (let j = 0; j < p.length; j += 997) expect(p[j]).toBe((i * 31 + j) & 0xff);
+        got.push([f[0], f[1], Array.from(p.subarray(0, 8)), p.length, f[3]]);
+      } else got.push(f);
+    };
+    let pos = 0;
+    while (pos < stream.length) {
+      const n = Math.min(1 + Math.floor(next() * 70_000), stream.length - pos);
+      d.append(stream.subarray(pos, pos + n));
+      pos += n;
+      for (let f = d.next(); f !== NO_FRAME; f = d.next()) take(f);
+    }
+    expect(got).toEqual(expected);
+    expect(d.pendingBytes).toBe(0);
   });
 
   test("pendingBytes counts the bytes of an incomplete frame, including its header", () => {

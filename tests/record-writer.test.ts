@@ -19,7 +19,7 @@ type Ev = { ev: ChannelEvent };
  */
 class RecordingSender implements BufferSender {
   readonly log: Call[] = [];
-  readonly held: ArrayBuffer[] = [];
+  readonly held: { buf: ArrayBuffer; channel: string }[] = [];
   writer: RecordWriter | null = null;
 
   constructor(private readonly mode: "manual" | "auto" = "manual") {}
@@ -27,8 +27,8 @@ class RecordingSender implements BufferSender {
   buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void {
     // Copy now: the buffer is reused once recycled.
     this.log.push({ kind: "buffer", channel, buf, size, backlog, bytes: new Uint8Array(buf, 0, size).slice() });
-    if (this.mode === "auto") setTimeout(() => this.writer!.recycle(buf), 0);
-    else this.held.push(buf);
+    if (this.mode === "auto") setTimeout(() => this.writer!.recycle(buf, channel), 0);
+    else this.held.push({ buf, channel });
   }
 
   event(channel: string, event: ChannelEvent): void {
@@ -47,7 +47,7 @@ class RecordingSender implements BufferSender {
   recycleOne(): boolean {
     const b = this.held.shift();
     if (b === undefined) return false;
-    this.writer!.recycle(b);
+    this.writer!.recycle(b.buf, b.channel);
     return true;
   }
 
@@ -93,10 +93,10 @@ function isEv(x: unknown): x is Ev {
 function setup(
   ids: string[],
   partitioner: Partitioner,
-  opts: { poolSize?: number; segmentSize?: number; overdraft?: number; flushEveryRecord?: boolean; mode?: "manual" | "auto"; connect?: boolean } = {},
+  opts: { poolSize?: number; segmentSize?: number; overdraft?: number; flushEveryRecord?: boolean; mode?: "manual" | "auto"; connect?: boolean; maxPerChannel?: number } = {},
 ) {
   const pool = new LocalBufferPool(opts.poolSize ?? 10_000, opts.segmentSize ?? 256, opts.overdraft ?? 0);
-  const w = new RecordWriter(ids, partitioner, pool, opts.flushEveryRecord ?? false);
+  const w = new RecordWriter(ids, partitioner, pool, opts.flushEveryRecord ?? false, opts.maxPerChannel);
   const sender = new RecordingSender(opts.mode ?? "manual");
   sender.writer = w;
   if (opts.connect ?? true) for (const id of ids) w.connect(id, sender);
@@ -561,5 +561,56 @@ describe("RecordWriter: backlog and counters", () => {
       expect(p).toBe(bytes.length);
       expect(records).toBe(150);
     }
+  });
+});
+
+describe("max buffers per channel", () => {
+  test("a consumer that reads nothing holds at most the cap; the other channel still gets buffers, and its barrier passes", async () => {
+    // Pool 12 (2 channels x 2 + 8), cap 10: channel a's consumer never recycles, as a task blocked for barrier
+    // alignment; channel b's consumer recycles everything.
+    const { w, sender } = setup(["a", "b"], (r) => ((r as number) % 2 === 0 ? 0 : 1), { poolSize: 12, segmentSize: 64, flushEveryRecord: true, maxPerChannel: 10 });
+    const recycleB = () => {
+      for (let i = sender.held.length - 1; i >= 0; i--) {
+        const h = sender.held[i]!;
+        if (h.channel === "b") {
+          sender.held.splice(i, 1);
+          w.recycle(h.buf, "b");
+        }
+      }
+    };
+    for (let i = 0; i < 40; i++) {
+      w.emit(i);
+      recycleB();
+    }
+    w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" });
+    recycleB();
+    expect(sender.held.filter((h) => h.channel === "a").length).toBe(10);
+    expect(sender.buffers("a").length).toBe(10);
+    // b kept flowing past a's stall, and its barrier arrived after all of b's records.
+    expect(sender.records("b")).toEqual(Array.from({ length: 20 }, (_, i) => 2 * i + 1));
+    expect(sender.events("b")).toEqual([{ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" }]);
+    expect(sender.events("a")).toEqual([]);
+    // Once a's consumer reads again, a's records and then its barrier follow, in order.
+    sender.drainAll();
+    expect(sender.records("a")).toEqual(Array.from({ length: 20 }, (_, i) => 2 * i));
+    expect(sender.events("a")).toEqual([{ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" }]);
+  });
+
+  test("without the cap the stalled channel takes the whole pool and the other channel's barrier cannot leave", () => {
+    const { w, sender } = setup(["a", "b"], (r) => ((r as number) % 2 === 0 ? 0 : 1), { poolSize: 12, segmentSize: 64, flushEveryRecord: true });
+    const recycleB = () => {
+      for (const h of sender.held.filter((x) => x.channel === "b")) {
+        sender.held.splice(sender.held.indexOf(h), 1);
+        w.recycle(h.buf, "b");
+      }
+    };
+    for (let i = 0; i < 40; i++) {
+      w.emit(i);
+      recycleB();
+    }
+    w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" });
+    recycleB();
+    expect(sender.held.filter((h) => h.channel === "a").length).toBe(12);
+    expect(sender.events("b")).toEqual([]);
   });
 });

@@ -215,7 +215,7 @@ function loopback(channels: string[], partitioner: (r: unknown) => number, poolS
         // The consumer is done with it: scribble over it before the producer gets it back.
         new Uint8Array(b).fill(0xee);
         loop.recycled++;
-        writer.recycle(b);
+        writer.recycle(b, channel);
       });
     },
     event(channel, event) {

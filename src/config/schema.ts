@@ -34,6 +34,7 @@ export interface Config {
   "taskmanager.network.memory.buffers-per-channel": number;
   "taskmanager.network.memory.floating-buffers-per-gate": number;
   "taskmanager.network.memory.max-overdraft-buffers-per-gate": number;
+  "taskmanager.network.memory.max-buffers-per-channel": number;
   "taskmanager.registration.initial-backoff": number;
   "taskmanager.registration.max-backoff": number;
   "heartbeat.interval": number;
@@ -228,6 +229,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 0, max: 1024 },
     default: 5,
     doc: "Buffers a task may take beyond its output pool to finish the record it is processing (as Flink's overdraft buffers).",
+  },
+  "taskmanager.network.memory.max-buffers-per-channel": {
+    type: { kind: "integer", min: 1, max: 65536 },
+    default: 10,
+    doc: "Buffers of a task's output pool that one subpartition may hold, so that one blocked or slow consumer cannot take them all (Flink's max-buffers-per-channel).",
   },
   "taskmanager.tmp.dir": {
     type: { kind: "path" },

@@ -1,12 +1,13 @@
 // Consumer side of a task's inputs (runs inside the task's Worker): buffers and events of all input
 // channels arrive in one queue, in arrival order (each channel's own order is kept); poll() decodes one
-// buffer's records and hands the buffer back to whoever owns it (producer or main thread).
+// buffer's records and then releases it to whoever owns it (the main thread for a remote channel, the local
+// channel's ring slot otherwise).
 import type { ChannelEvent } from "./record-writer.ts";
 import { RecordDeserializer } from "./serialization.ts";
 
 type Arrival =
-  | { channel: string; buf: ArrayBuffer; size: number; recycle: (buf: ArrayBuffer) => void }
-  | { channel: string; event: ChannelEvent };
+  | { channel: string; bytes: Uint8Array; release: () => void }
+  | { channel: string; event: ChannelEvent; release: (() => void) | null };
 
 export type GateItem = { channel: string; records: unknown[] } | { channel: string; event: ChannelEvent };
 
@@ -40,8 +41,8 @@ export class InputGate {
   /** Buffers received and not yet read. */
   get queuedBuffers(): number {
     let n = 0;
-    for (let i = this.head; i < this.queue.length; i++) if ("buf" in this.queue[i]!) n++;
-    for (const a of this.held) if ("buf" in a) n++;
+    for (let i = this.head; i < this.queue.length; i++) if ("bytes" in this.queue[i]!) n++;
+    for (const a of this.held) if ("bytes" in a) n++;
     return n;
   }
 
@@ -67,14 +68,21 @@ export class InputGate {
     this.held = [];
   }
 
+  /** A buffer that arrived as an ArrayBuffer of its own; recycle gets it back once read. */
   onBuffer(channel: string, buf: ArrayBuffer, size: number, recycle: (buf: ArrayBuffer) => void): void {
-    this.check(channel);
-    this.push({ channel, buf, size, recycle });
+    this.onBytes(channel, new Uint8Array(buf, 0, size), () => recycle(buf));
   }
 
-  onEvent(channel: string, event: ChannelEvent): void {
+  /** A buffer's bytes (e.g. a view of a ring slot), valid until release() is called after they are read. */
+  onBytes(channel: string, bytes: Uint8Array, release: () => void): void {
     this.check(channel);
-    this.push({ channel, event });
+    this.push({ channel, bytes, release });
+  }
+
+  /** An event; release (if given) is called when it is read, in order with the channel's buffers. */
+  onEvent(channel: string, event: ChannelEvent, release: (() => void) | null = null): void {
+    this.check(channel);
+    this.push({ channel, event, release });
   }
 
   /** The next item, or null when nothing has arrived. */
@@ -91,6 +99,7 @@ export class InputGate {
       this.head = 0;
     }
     if ("event" in a) {
+      a.release?.();
       if (a.event.type === "end") {
         const d = this.deserializers.get(a.channel)!;
         if (d.hasPartialRecord) throw new Error(`channel ${a.channel} ended in the middle of a record`);
@@ -102,11 +111,11 @@ export class InputGate {
     }
     const records: unknown[] = [];
     this.buffersIn++;
-    this.bytesIn += a.size;
+    this.bytesIn += a.bytes.length;
     try {
-      this.deserializers.get(a.channel)!.read(new Uint8Array(a.buf, 0, a.size), records);
+      this.deserializers.get(a.channel)!.read(a.bytes, records);
     } finally {
-      a.recycle(a.buf);
+      a.release();
     }
     return { channel: a.channel, records };
   }

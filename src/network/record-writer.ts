@@ -13,10 +13,12 @@ export type ChannelEvent =
   | { type: "barrier"; checkpointId: number; timestamp: number; dir: string }
   | { type: "watermark"; timestamp: number };
 
-/** Where a channel's buffers go: a local consumer's MessagePort or the TaskManager's main thread. */
+/** Where a channel's buffers go: a local channel's ring or the TaskManager's main thread. */
 export interface BufferSender {
   buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void;
   event(channel: string, event: ChannelEvent): void;
+  /** Resolves when nothing handed over waits in the sender itself any more. */
+  flushed?(): Promise<void>;
 }
 
 type Finished = { buf: ArrayBuffer; size: number } | { event: ChannelEvent };
@@ -36,6 +38,8 @@ interface Subpartition {
   queue: Finished[];
   /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
   overflow: (Uint8Array | { event: ChannelEvent })[];
+  /** Buffers of the pool this subpartition holds (filling, queued, in flight, at the consumer). */
+  inUse: number;
 }
 
 export class RecordWriter {
@@ -52,8 +56,14 @@ export class RecordWriter {
     private readonly partitioner: Partitioner,
     readonly pool: LocalBufferPool,
     private readonly flushEveryRecord: boolean,
+    /**
+     * At most this many of the pool's buffers per subpartition (Flink's max-buffers-per-channel): one channel whose
+     * consumer does not read (blocked for barrier alignment, or slow) must not take every buffer, or the others,
+     * and the barriers queued in them, could never move again.
+     */
+    private readonly maxBuffersPerChannel = Infinity,
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [] }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -76,8 +86,10 @@ export class RecordWriter {
     else for (const sp of this.subs) this.write(sp, record);
   }
 
-  /** A buffer came back from a consumer (or was sent on by the main thread). */
-  recycle(buf: ArrayBuffer): void {
+  /** A buffer of `channel` came back from its consumer (or was sent on by the main thread). */
+  recycle(buf: ArrayBuffer, channel: string): void {
+    const sp = this.byId.get(channel);
+    if (sp && sp.inUse > 0) sp.inUse--;
     this.pool.recycle(buf);
     if (this.overflowing > 0) for (const sp of this.subs) if (sp.overflow.length > 0) this.drain(sp);
   }
@@ -124,6 +136,7 @@ export class RecordWriter {
     this.broadcastEvent({ type: "end" });
     while (this.subs.some((sp) => sp.queue.length > 0)) await new Promise((r) => setTimeout(r, 5));
     await this.pool.allRecycled();
+    for (const sp of this.subs) await sp.sender?.flushed?.();
   }
 
   private write(sp: Subpartition, record: unknown): void {
@@ -188,8 +201,10 @@ export class RecordWriter {
     let off = 0;
     while (off < bytes.length) {
       if (sp.view === null) {
+        if (sp.inUse >= this.maxBuffersPerChannel) return off;
         const buf = this.pool.request();
         if (buf === null) return off;
+        sp.inUse++;
         sp.buf = buf;
         sp.view = new Uint8Array(buf);
         sp.pos = 0;

@@ -1,16 +1,17 @@
 // The TaskManager main thread's part of the network stack:
 // - accounts every task's network buffers against the TaskManager's fixed pool (NetworkBufferPool);
-// - wires local channels: one MessagePort per pair of local tasks, so buffers move Worker to Worker;
+// - wires local channels: one ring in shared memory per channel, so buffers move Worker to Worker (its slots
+//   are the consumer's input buffers, reserved from the pool like a remote channel's);
 // - remote output channels: buffers from a producer Worker wait here until the consumer grants credit,
 //   then go out on the peer's TCP connection and back to the producer's pool;
 // - remote input channels: exclusive buffers per channel plus floating buffers per gate, lent to channels
 //   that report a backlog; every free buffer is announced to the producer as credit (as Flink since 1.5).
 import type { FramedConnection } from "../rpc/connection.ts";
-import { encodeBufferFrame } from "../rpc/framing.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
-import { channelId, channelJob, parseChannelId, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
+import { channelId, channelJob, parseChannelId, type LocalChannel, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
+import { createRing } from "./shared-ring.ts";
 import type { ChannelEvent } from "./record-writer.ts";
 
 const log = createLogger("shuffle");
@@ -21,6 +22,7 @@ export interface NetworkOptions {
   buffersPerChannel: number;
   floatingBuffersPerGate: number;
   maxOverdraftBuffers: number;
+  maxBuffersPerChannel: number;
 }
 
 /** A running task as the network sees it. */
@@ -56,6 +58,8 @@ interface RemoteInput {
   floatingHeld: number;
   backlog: number;
   ended: boolean;
+  /** Credit granted but not yet sent to the producer. */
+  unannounced: number;
 }
 
 export class ShuffleEnvironment {
@@ -71,6 +75,8 @@ export class ShuffleEnvironment {
   /** Channels of tasks that ended: late frames for them are dropped, not treated as a bad peer. */
   private readonly closedChannels = new Set<string>();
   private readonly releasedJobs = new Set<string>();
+  /** Remote input channels with credit to announce at the end of this turn. */
+  private creditDue: RemoteInput[] = [];
 
   constructor(
     private readonly resourceId: string,
@@ -99,7 +105,8 @@ export class ShuffleEnvironment {
     const outputBuffers = d.outputs.map((out) => out.targets.length * o.buffersPerChannel + o.floatingBuffersPerGate);
     const gates = d.inputs.map((input) => {
       const remote = input.producers.filter((p) => p.resourceId !== this.resourceId).length;
-      return remote === 0 ? 0 : remote * o.buffersPerChannel + o.floatingBuffersPerGate;
+      const local = input.producers.length - remote;
+      return (remote === 0 ? 0 : remote * o.buffersPerChannel + o.floatingBuffersPerGate) + local * this.ringSlots;
     });
     const need = outputBuffers.reduce((a, b) => a + b, 0) + gates.reduce((a, b) => a + b, 0);
     if (need > this.buffersFree) {
@@ -109,7 +116,7 @@ export class ShuffleEnvironment {
     }
     this.buffersFree -= need;
     this.reserved.set(task, need);
-    return { resourceId: this.resourceId, segmentSize: o.segmentSize, outputBuffers, maxOverdraft: o.maxOverdraftBuffers };
+    return { resourceId: this.resourceId, segmentSize: o.segmentSize, outputBuffers, maxOverdraft: o.maxOverdraftBuffers, maxBuffersPerChannel: o.maxBuffersPerChannel };
   }
 
   /** Wires the task's channels. Its Worker must already have been sent its init message. */
@@ -118,11 +125,17 @@ export class ShuffleEnvironment {
     const o = this.options;
     this.releasedJobs.delete(d.jobId);
 
-    const peers = new Map<TaskEndpoint, { produce: string[]; consume: string[] }>();
-    const pair = (peer: TaskEndpoint) => {
-      let p = peers.get(peer);
-      if (!p) peers.set(peer, (p = { produce: [], consume: [] }));
-      return p;
+    // Local channels whose other end is already here: one ring each, handed to both tasks (batched per task).
+    const connects = new Map<TaskEndpoint, { produce: LocalChannel[]; consume: LocalChannel[] }>();
+    const connect = (t: TaskEndpoint) => {
+      let c = connects.get(t);
+      if (!c) connects.set(t, (c = { produce: [], consume: [] }));
+      return c;
+    };
+    const link = (ch: string, producer: TaskEndpoint, consumer: TaskEndpoint) => {
+      const ring = createRing(this.ringSlots, o.segmentSize);
+      connect(producer).produce.push({ channel: ch, ring });
+      connect(consumer).consume.push({ channel: ch, ring });
     };
     for (const out of d.outputs) {
       for (const t of out.targets) {
@@ -130,7 +143,7 @@ export class ShuffleEnvironment {
         if (t.resourceId === this.resourceId) {
           this.localProducers.set(ch, task);
           const consumer = this.localConsumers.get(ch);
-          if (consumer) pair(consumer).produce.push(ch);
+          if (consumer) link(ch, task, consumer);
         } else {
           const ro: RemoteOutput = { task, conn: null, credit: 0, queue: [] };
           this.remoteOut.set(ch, ro);
@@ -151,23 +164,23 @@ export class ShuffleEnvironment {
         if (p.resourceId === this.resourceId) {
           this.localConsumers.set(ch, task);
           const producer = this.localProducers.get(ch);
-          if (producer) pair(producer).consume.push(ch);
+          if (producer) link(ch, producer, task);
           continue;
         }
         const free = Array.from({ length: o.buffersPerChannel }, () => new ArrayBuffer(o.segmentSize));
-        const ri: RemoteInput = { id: ch, task, producer: p, gate, free, floatingHeld: 0, backlog: 0, ended: false };
+        const ri: RemoteInput = { id: ch, task, producer: p, gate, free, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0 };
         gate.channels.push(ri);
         this.remoteIn.set(ch, ri);
         // The first credit also asks the producer's TaskManager for the partition.
         this.transport.send(p, [DATA_FRAME.CREDIT, ch, free.length]);
       }
     });
-    for (const [peer, chans] of peers) {
-      const { port1, port2 } = new MessageChannel();
-      // This task produces chans.produce and consumes chans.consume; the peer sees it the other way round.
-      task.post({ type: "connect", port: port1, produce: chans.produce, consume: chans.consume }, [port1]);
-      peer.post({ type: "connect", port: port2, produce: chans.consume, consume: chans.produce }, [port2]);
-    }
+    for (const [t, c] of connects) t.post({ type: "connect", produce: c.produce, consume: c.consume });
+  }
+
+  /** Slots of a local channel's ring: as many buffers as a remote input channel can hold (exclusive + floating). */
+  get ringSlots(): number {
+    return this.options.buffersPerChannel + this.options.floatingBuffersPerGate;
   }
 
   /**
@@ -245,7 +258,7 @@ export class ShuffleEnvironment {
       ro.queue.shift();
       let backlog = 0;
       for (const q of ro.queue) if ("buf" in q) backlog++;
-      const flowing = conn.sendEncoded(encodeBufferFrame(ch, backlog, new Uint8Array(head.buf, 0, head.size)));
+      const flowing = conn.sendBuffer(ch, backlog, new Uint8Array(head.buf, 0, head.size));
       ro.task?.post({ type: "recycle", channel: ch, buf: head.buf }, [head.buf]);
       if (!flowing) {
         // Stop writing into a full socket (it would only buffer and copy); resume every channel on drain.
@@ -275,9 +288,23 @@ export class ShuffleEnvironment {
     this.grant(ri, [buf]);
   }
 
+  /**
+   * Free buffers become credit for the producer. Credit is announced once per turn for all the buffers freed in
+   * it (as Flink's unannounced credit): on loopback a tiny write costs about as much as a 32 KiB one.
+   */
   private grant(ri: RemoteInput, bufs: ArrayBuffer[]): void {
-    ri.free.push(...bufs);
-    this.transport.send(ri.producer, [DATA_FRAME.CREDIT, ri.id, bufs.length]);
+    for (const b of bufs) ri.free.push(b);
+    if (ri.unannounced === 0) this.creditDue.push(ri);
+    ri.unannounced += bufs.length;
+    if (this.creditDue.length === 1) queueMicrotask(() => this.announceCredit());
+  }
+
+  private announceCredit(): void {
+    for (const ri of this.creditDue.splice(0)) {
+      const n = ri.unannounced;
+      ri.unannounced = 0;
+      if (n > 0 && this.remoteIn.get(ri.id) === ri) this.transport.send(ri.producer, [DATA_FRAME.CREDIT, ri.id, n]);
+    }
   }
 
   private onRemoteFrame(conn: FramedConnection, frame: unknown): void {

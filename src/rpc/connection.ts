@@ -2,7 +2,7 @@
 // of it (RpcConnection). Both the RPC port and the data port use FramedConnection.
 import * as net from "node:net";
 import * as tls from "node:tls";
-import { encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES, NO_FRAME } from "./framing.ts";
+import { bufferFrameLength, encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES, NO_FRAME, writeBufferFrame } from "./framing.ts";
 import { PROTOCOL_VERSION, REQUEST_TYPES, type Hello, type HelloReply, type RequestType, type RpcRequests } from "./messages.ts";
 import {
   AUTH_FAILED,
@@ -18,6 +18,16 @@ import {
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("rpc");
+
+/** Size of a connection's staging buffers for outgoing frames, and how many it keeps for reuse. */
+const STAGE_BYTES = 256 * 1024;
+const MAX_SPARE_STAGES = 4;
+
+/** A frame kept for later: a network buffer frame's payload may be decoder scratch memory, so it is copied. */
+function ownBytes(body: unknown): unknown {
+  if (Array.isArray(body) && body[2] instanceof Uint8Array) body[2] = Buffer.from(body[2]);
+  return body;
+}
 
 export class RpcError extends Error {
   override name = "RpcError";
@@ -123,10 +133,12 @@ export class FramedConnection {
     for (const body of this.early.splice(0)) if (!this.closed) handler(body);
   }
 
-  /** Sends an already encoded frame (see encodeBufferFrame). */
-  sendEncoded(frame: Uint8Array): boolean {
+  /** Sends a network buffer as a data frame (see writeBufferFrame); the payload is copied before this returns. */
+  sendBuffer(channel: string, backlog: number, payload: Uint8Array): boolean {
     if (this.closed) throw new RpcError("connection is closed");
-    return this.enqueue(frame);
+    const off = this.reserve(bufferFrameLength(channel, payload.length));
+    writeBufferFrame(this.stage!, off, channel, backlog, payload);
+    return !this.congested;
   }
 
   /** False while the socket's send buffer is full; whenWritable() tells when it has drained. */
@@ -160,26 +172,60 @@ export class FramedConnection {
     return this.enqueue(encodeFrame(body));
   }
 
-  // Frames written in one turn of the event loop go out in one socket write: one syscall, not one each.
-  private outQueue: Uint8Array[] = [];
-  private outBytes = 0;
+  // Frames written in one turn of the event loop are copied into one staging buffer and go out in one socket
+  // write: one syscall, not one each, and no allocation per frame. node:net keeps what it is given until it is
+  // written, so a staging buffer is reused only after its write's callback.
+  private stage: Buffer | null = null;
+  private stagePos = 0;
+  private readonly spareStages: Buffer[] = [];
+  private flushScheduled = false;
   private congested = false;
   private drainWaiters: (() => void)[] = [];
 
   private enqueue(frame: Uint8Array): boolean {
-    this.outQueue.push(frame);
-    this.outBytes += frame.length;
-    if (this.outQueue.length === 1) queueMicrotask(() => this.flushOut());
+    if (frame.length > STAGE_BYTES / 4) {
+      this.flushOut(); // keeps the order: what was staged goes first
+      this.writeOut(frame, null);
+    } else {
+      const off = this.reserve(frame.length);
+      this.stage!.set(frame, off);
+    }
     return !this.congested;
   }
 
+  /** Room for len bytes in the staging buffer; returns where they go. */
+  private reserve(len: number): number {
+    if (this.stage !== null && this.stage.length - this.stagePos < len) this.flushOut();
+    if (this.stage === null) {
+      this.stage = len > STAGE_BYTES ? Buffer.allocUnsafeSlow(len) : (this.spareStages.pop() ?? Buffer.allocUnsafeSlow(STAGE_BYTES));
+      this.stagePos = 0;
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        queueMicrotask(() => {
+          this.flushScheduled = false;
+          this.flushOut();
+        });
+      }
+    }
+    const off = this.stagePos;
+    this.stagePos += len;
+    return off;
+  }
+
   private flushOut(): void {
-    const frames = this.outQueue;
-    const bytes = this.outBytes;
-    this.outQueue = [];
-    this.outBytes = 0;
-    if (frames.length === 0 || this.socket.destroyed) return;
-    const ok = this.socket.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames, bytes));
+    const stage = this.stage;
+    if (stage === null) return;
+    const used = this.stagePos;
+    this.stage = null;
+    this.stagePos = 0;
+    if (used > 0) this.writeOut(stage.subarray(0, used), stage);
+  }
+
+  private writeOut(bytes: Uint8Array, stage: Buffer | null): void {
+    if (this.socket.destroyed) return;
+    const ok = this.socket.write(bytes, () => {
+      if (stage !== null && stage.length === STAGE_BYTES && this.spareStages.length < MAX_SPARE_STAGES) this.spareStages.push(stage);
+    });
     if (!ok && !this.congested) {
       this.congested = true;
       this.socket.once("drain", () => {
@@ -206,7 +252,7 @@ export class FramedConnection {
       try {
         if (this.peer === null) this.onHandshake(body);
         else if (this.frameHandler) this.frameHandler(body);
-        else this.early.push(body);
+        else this.early.push(ownBytes(body));
       } catch (err) {
         // A handler that throws on a hostile frame costs that connection, never the process.
         this.close(new RpcError(`bad frame: ${(err as Error)?.message ?? String(err)}`));

@@ -26,17 +26,27 @@ export function encodeFrame(body: unknown): Buffer {
 
 const BUFFER_MARK = 0xc1;
 
+/** Bytes of a buffer frame with this channel id and payload length. */
+export function bufferFrameLength(channel: string, payloadLength: number): number {
+  return 4 + 1 + 4 + 2 + Buffer.byteLength(channel) + payloadLength;
+}
+
+/** Writes a data frame carrying a network buffer into dst at off; returns the offset after it. */
+export function writeBufferFrame(dst: Buffer, off: number, channel: string, backlog: number, payload: Uint8Array): number {
+  const chLen = Buffer.byteLength(channel);
+  dst.writeUInt32BE(1 + 4 + 2 + chLen + payload.length, off);
+  dst[off + 4] = BUFFER_MARK;
+  dst.writeUInt32BE(backlog, off + 5);
+  dst.writeUInt16BE(chLen, off + 9);
+  dst.write(channel, off + 11, "utf8");
+  dst.set(payload, off + 11 + chLen);
+  return off + 11 + chLen + payload.length;
+}
+
 /** A data frame carrying a network buffer; decodes to [DATA_FRAME.DATA, channel, payload, backlog]. */
 export function encodeBufferFrame(channel: string, backlog: number, payload: Uint8Array): Buffer {
-  const chLen = Buffer.byteLength(channel);
-  const bodyLen = 1 + 4 + 2 + chLen + payload.length;
-  const frame = Buffer.allocUnsafe(4 + bodyLen);
-  frame.writeUInt32BE(bodyLen, 0);
-  frame[4] = BUFFER_MARK;
-  frame.writeUInt32BE(backlog, 5);
-  frame.writeUInt16BE(chLen, 9);
-  frame.write(channel, 11, "utf8");
-  frame.set(payload, 11 + chLen);
+  const frame = Buffer.allocUnsafe(bufferFrameLength(channel, payload.length));
+  writeBufferFrame(frame, 0, channel, backlog, payload);
   return frame;
 }
 
@@ -45,7 +55,8 @@ function decodeBufferFrame(body: Buffer): unknown {
   const backlog = body.readUInt32BE(1);
   const chLen = body.readUInt16BE(5);
   if (7 + chLen > body.length) throw new FrameError(`buffer frame's channel id runs past its end`);
-  // The payload is a view into the frame: the receiver copies it into a buffer of its own at once.
+  // The payload is a view into the frame, valid only until the decoder's next call (it may be the decoder's
+  // scratch memory): the receiver copies it into a buffer of its own at once.
   return [DATA_FRAME.DATA, body.toString("utf8", 7, 7 + chLen), body.subarray(7 + chLen), backlog];
 }
 
@@ -56,6 +67,8 @@ export const NO_FRAME: unique symbol = Symbol("no frame");
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Reused to join a network buffer frame that spans chunks (its payload is copied out at once). */
+  private scratch: Buffer | null = null;
 
   /** The largest body accepted; may be changed between frames (a connection lowers it until its handshake is done). */
   constructor(public maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {}
@@ -89,8 +102,8 @@ export class FrameDecoder {
       throw new FrameError(`frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes} bytes`);
     }
     if (this.buffered < 4 + length) return NO_FRAME;
+    if (length > 0 && this.byteAt(4) === BUFFER_MARK) return decodeBufferFrame(this.take(4 + length, true).subarray(4));
     const frame = this.take(4 + length);
-    if (length > 0 && frame[4] === BUFFER_MARK) return decodeBufferFrame(frame.subarray(4));
     try {
       return unpackr.unpack(frame.subarray(4));
     } catch (err) {
@@ -108,14 +121,42 @@ export class FrameDecoder {
     return this.chunks[0]!;
   }
 
-  private take(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.merge(n);
+  private byteAt(i: number): number {
+    for (const c of this.chunks) {
+      if (i < c.length) return c[i]!;
+      i -= c.length;
+    }
+    return -1;
+  }
+
+  /** The next n bytes; with `transient` a frame spanning chunks is joined in scratch memory reused by the next call. */
+  private take(n: number, transient = false): Buffer {
+    if (this.chunks[0]!.length < n) {
+      if (transient) return this.joinInScratch(n);
+      this.merge(n);
+    }
     const first = this.chunks[0]!;
     const frame = first.subarray(0, n);
     if (first.length === n) this.chunks.shift();
     else this.chunks[0] = first.subarray(n);
     this.buffered -= n;
     return frame;
+  }
+
+  private joinInScratch(n: number): Buffer {
+    if (this.scratch === null || this.scratch.length < n) this.scratch = Buffer.allocUnsafeSlow(Math.max(n, 64 * 1024));
+    const out = this.scratch;
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - filled);
+      out.set(k === c.length ? c : c.subarray(0, k), filled);
+      filled += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    this.buffered -= n;
+    return out.subarray(0, n);
   }
 
   /** Joins just enough leading chunks to hold n bytes (never all of them: that would be quadratic). */

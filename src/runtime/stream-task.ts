@@ -11,13 +11,14 @@ import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts"
 import { RecordWriter, type BufferSender } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
+import { receiveFromRing, RingSender } from "../network/local-channel.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
 import { keyGroupRange } from "../state/key-groups.ts";
 import { WatermarkValve, type ChainOutput, type TimeContext, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
-import { channelId, channelJob, type FromWorker, type NetworkGrant, type PortMessage, type StateGrant, type ToWorker } from "./worker-protocol.ts";
+import { channelId, channelJob, type FromWorker, type NetworkGrant, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
 type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
 
@@ -133,7 +134,7 @@ export class StreamTask {
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
-      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0);
+      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, net.maxBuffersPerChannel);
       o.targets.forEach((t, j) => {
         this.writerOf.set(ids[j]!, writer);
         // Remote consumers: buffers go to the main thread, which sends them against the consumer's credit.
@@ -302,7 +303,7 @@ export class StreamTask {
         this.gate.onEvent(msg.channel, msg.event);
         break;
       case "recycle":
-        this.writerOf.get(msg.channel)?.recycle(msg.buf);
+        this.writerOf.get(msg.channel)?.recycle(msg.buf, msg.channel);
         break;
       case "checkpoint":
         if (this.inputEnded || !this.sourceNode) this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: this.sourceNode ? "the task reached the end of its input" : "not a source task" });
@@ -378,25 +379,14 @@ export class StreamTask {
     return (buf) => this.post({ type: "recycle", channel, buf }, [buf]);
   }
 
-  /** A MessagePort to a local peer task: buffers flow directly between the two Workers. */
+  /** Local channels: rings in shared memory between this Worker and a peer task's. */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
-    const port = msg.port;
-    const sender: BufferSender = {
-      buffer: (ch, buf, size) => port.postMessage({ t: "b", ch, buf, size } satisfies PortMessage, [buf]),
-      event: (ch, event) => port.postMessage({ t: "e", ch, event } satisfies PortMessage),
-    };
-    const recycle = (ch: string) => (buf: ArrayBuffer) => port.postMessage({ t: "r", ch, buf } satisfies PortMessage, [buf]);
-    port.onmessage = (e: MessageEvent<PortMessage>) => {
-      const m = e.data;
-      try {
-        if (m.t === "b") this.gate.onBuffer(m.ch, m.buf, m.size, recycle(m.ch));
-        else if (m.t === "e") this.gate.onEvent(m.ch, m.event);
-        else this.writerOf.get(m.ch)?.recycle(m.buf);
-      } catch (err) {
-        this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
-      }
-    };
-    for (const ch of msg.produce) this.writerOf.get(ch)?.connect(ch, sender);
+    const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
+    for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);
+    for (const { channel, ring } of msg.produce) {
+      const writer = this.writerOf.get(channel);
+      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
+    }
   }
 
   private async runSource(): Promise<void> {

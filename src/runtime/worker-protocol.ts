@@ -1,5 +1,5 @@
-// Messages between a TaskManager's main thread and a task's Worker, and between two local task Workers
-// over a MessagePort of their own. Buffers (ArrayBuffers) always move by transfer, never by copy.
+// Messages between a TaskManager's main thread and a task's Worker. Buffers of remote channels (ArrayBuffers)
+// move by transfer, never by copy; local channels are rings in shared memory, handed to both tasks once.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import type { ChannelEvent } from "../network/record-writer.ts";
 
@@ -10,6 +10,8 @@ export interface NetworkGrant {
   /** Buffers of each output edge's pool, in deployment.outputs order. */
   outputBuffers: number[];
   maxOverdraft: number;
+  /** taskmanager.network.memory.max-buffers-per-channel: buffers of an output pool one subpartition may hold. */
+  maxBuffersPerChannel: number;
 }
 
 /** Where and how the task keeps keyed state. */
@@ -25,8 +27,8 @@ export type ToWorker =
   | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number; memoryLimitBytes?: number }
   /** taskmanager.memory.process-limit: the main thread asks whether the Worker still answers (see Task). */
   | { type: "ping" }
-  /** A port to a local peer task, carrying the listed channels. */
-  | { type: "connect"; port: MessagePort; produce: string[]; consume: string[] }
+  /** Local channels to or from peer tasks of this TaskManager: each a ring in shared memory (see shared-ring.ts). */
+  | { type: "connect"; produce: LocalChannel[]; consume: LocalChannel[] }
   /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */
   | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number }
   | { type: "event"; channel: string; event: ChannelEvent }
@@ -50,13 +52,15 @@ export type FromWorker =
   | { type: "finished"; metrics: TaskMetrics }
   | { type: "failed"; error: ErrorInfo }
   /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
-  | { type: "pong"; heapBytes: number };
+  | { type: "pong"; heapBytes: number }
+  /** Several of the above in one postMessage (the Worker coalesces what it sends in one turn). */
+  | { type: "batch"; messages: FromWorker[] };
 
-/** Between two local task Workers: b = buffer, e = event, r = recycled buffer going back to its producer. */
-export type PortMessage =
-  | { t: "b"; ch: string; buf: ArrayBuffer; size: number }
-  | { t: "e"; ch: string; event: ChannelEvent }
-  | { t: "r"; ch: string; buf: ArrayBuffer };
+/** A local channel: its id and the ring that carries its buffers and events. */
+export interface LocalChannel {
+  channel: string;
+  ring: SharedArrayBuffer;
+}
 
 /** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */
 export function channelJob(d: { jobId: string; attempt: number }): string {

@@ -66,6 +66,7 @@ export class TaskExecutor implements TaskManagerView {
       buffersPerChannel: config["taskmanager.network.memory.buffers-per-channel"],
       floatingBuffersPerGate: config["taskmanager.network.memory.floating-buffers-per-gate"],
       maxOverdraftBuffers: config["taskmanager.network.memory.max-overdraft-buffers-per-gate"],
+      maxBuffersPerChannel: config["taskmanager.network.memory.max-buffers-per-channel"],
     });
     // A generated directory is this process's alone: removed on stop. A configured one is kept as a cache.
     const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));

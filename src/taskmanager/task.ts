@@ -148,6 +148,9 @@ export class Task implements TaskEndpoint {
   private onWorkerMessage(msg: FromWorker): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     switch (msg.type) {
+      case "batch":
+        for (const m of msg.messages) this.onWorkerMessage(m);
+        break;
       case "buffer":
       case "event":
       case "recycle":

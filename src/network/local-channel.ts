@@ -1,0 +1,101 @@
+// Both ends of a local channel (two task Workers of one TaskManager) over a ring in shared memory
+// (shared-ring.ts). The producer's finished buffer is copied into a free slot and goes straight back to its
+// pool; when the ring is full, buffers and events wait here in order (holding their pool buffers, so the
+// producer is backpressured). The consumer hands each slot to its input gate as a view and releases the slot
+// when the gate has read it, so a consumer that does not read (barrier alignment, a slow task) fills the ring.
+import type { InputGate } from "./input-gate.ts";
+import type { BufferSender, ChannelEvent } from "./record-writer.ts";
+import { RingReader, RingWriter } from "./shared-ring.ts";
+
+export class RingSender implements BufferSender {
+  private readonly ring: RingWriter;
+  private readonly waiting: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[] = [];
+  /** A pump() runs (set and cleared synchronously, so an item that arrives as it ends starts a new one). */
+  private pumping = false;
+  private flushWaiters: (() => void)[] = [];
+
+  constructor(
+    ring: SharedArrayBuffer,
+    /** Gives a buffer back to the producer's pool once its bytes are in the ring. */
+    private readonly recycle: (buf: ArrayBuffer) => void,
+    /** A failure while items wait for room (e.g. an event too large for a slot): fails the task. */
+    private readonly onError: (err: unknown) => void,
+  ) {
+    this.ring = new RingWriter(ring);
+  }
+
+  buffer(_channel: string, buf: ArrayBuffer, size: number): void {
+    if (this.waiting.length === 0 && this.ring.tryPush(new Uint8Array(buf, 0, size))) this.recycleLater(buf);
+    else this.wait({ buf, size });
+  }
+
+  event(_channel: string, event: ChannelEvent): void {
+    if (this.waiting.length === 0 && this.ring.tryPushEvent(event)) return;
+    this.wait({ event });
+  }
+
+  /** Resolves when everything handed over is in the ring (the end-of-partition event included). */
+  flushed(): Promise<void> {
+    if (!this.pumping) return Promise.resolve();
+    return new Promise((resolve) => this.flushWaiters.push(resolve));
+  }
+
+  private wait(item: { buf: ArrayBuffer; size: number } | { event: ChannelEvent }): void {
+    this.waiting.push(item);
+    if (!this.pumping) {
+      this.pumping = true;
+      void this.pump();
+    }
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      while (this.waiting.length > 0) {
+        await this.ring.whenFree();
+        while (this.waiting.length > 0) {
+          const head = this.waiting[0]!;
+          if ("event" in head ? !this.ring.tryPushEvent(head.event) : !this.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
+          this.waiting.shift();
+          if ("buf" in head) this.recycleLater(head.buf);
+        }
+      }
+    } catch (err) {
+      this.onError(err);
+    } finally {
+      this.pumping = false;
+      for (const w of this.flushWaiters.splice(0)) w();
+    }
+  }
+
+  // Recycled after the current call returns: recycling drains the writer's overflow into new buffers, which
+  // would re-enter buffer() from inside the writer's send loop.
+  private recycled: ArrayBuffer[] = [];
+  private recycleLater(buf: ArrayBuffer): void {
+    this.recycled.push(buf);
+    if (this.recycled.length === 1) {
+      queueMicrotask(() => {
+        const bufs = this.recycled;
+        this.recycled = [];
+        for (const b of bufs) this.recycle(b);
+      });
+    }
+  }
+}
+
+/** Feeds a local channel's ring into the gate until its end-of-partition event; failures go to onError. */
+export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: InputGate, onError: (err: unknown) => void): void {
+  const reader = new RingReader(ring);
+  const release = () => reader.release();
+  void (async () => {
+    for (;;) {
+      await reader.whenPublished();
+      for (let item = reader.take(); item !== null; item = reader.take()) {
+        if (item.kind === "buffer") gate.onBytes(channel, item.bytes, release);
+        else {
+          gate.onEvent(channel, item.event, release);
+          if (item.event.type === "end") return;
+        }
+      }
+    }
+  })().catch(onError);
+}

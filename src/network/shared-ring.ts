@@ -1,0 +1,202 @@
+// Local channel between two task Workers of one process: a single-producer single-consumer ring of
+// fixed-size slots in a SharedArrayBuffer. The producer copies a finished network buffer (or an encoded
+// in-band event) into a slot; the consumer reads it in place and releases the slot when done, so no
+// ArrayBuffer is transferred or recycled through postMessage (faster, see scripts/bench-local-channel.ts),
+// and a slow consumer backpressures the producer through the ring's fixed number of slots.
+//
+// Layout (Int32s in platform byte order, both ends being in one process; everything 8-byte aligned):
+//   header, 32 bytes: [0] published count (written by the writer only), [1] released count (reader only),
+//                     [2] slots, [3] slotBytes, [4] magic, [5..7] reserved (0)
+//   slot i at 32 + i * stride, stride = 8 + slotBytes rounded up to 8:
+//                     [0] kind (1 buffer, 2 event), [1] payload length (1..slotBytes), then the payload.
+// An event is msgpack-encoded (msgpackr's pack) into one slot: a barrier takes about 60 bytes plus its dir
+// in UTF-8, so slotBytes must leave room for the longest checkpoint dir (tryPushEvent throws otherwise).
+// Both counters count modulo M = slots * floor(2^30 / slots): M is a multiple of slots (so counter % slots
+// is the slot, across the wrap too) and far larger than slots (so published - released, mod M, is
+// unambiguous); they never overflow an Int32. A side's counter is published with Atomics.store after its
+// plain writes to the slot (seq-cst), and the other side reads it with Atomics.load before touching the slot.
+//
+// Waiting is Atomics.waitAsync on the other side's counter with the value just checked, so a notify between
+// the check and the wait is not missed, and the Worker's event loop keeps running. A pending wait does not
+// keep a Worker (or process) alive in Bun or Deno; if the other side goes away, the promise simply never
+// settles: the owner must race it with its own cancellation (the task's Worker is terminated anyway).
+import { pack, unpack } from "msgpackr";
+import type { ChannelEvent } from "./record-writer.ts";
+
+const PUBLISHED = 0;
+const RELEASED = 1;
+const SLOTS = 2;
+const SLOT_BYTES = 3;
+const MAGIC = 4;
+const MAGIC_VALUE = 0x52494e47; // "RING"
+const HEADER_BYTES = 32;
+/** Bytes of each slot's own header (kind, length) in front of its payload. */
+export const SLOT_HEADER_BYTES = 8;
+const KIND_BUFFER = 1;
+const KIND_EVENT = 2;
+const MAX_SLOTS = 1 << 20;
+
+const stride = (slotBytes: number) => SLOT_HEADER_BYTES + Math.ceil(slotBytes / 8) * 8;
+
+/** A ring's shared memory: `slots` slots of `slotBytes` payload bytes each, plus its header. */
+export function createRing(slots: number, slotBytes: number): SharedArrayBuffer {
+  if (!Number.isInteger(slots) || slots < 1 || slots > MAX_SLOTS) throw new Error(`ring slots must be an integer in 1..${MAX_SLOTS}, got ${slots}`);
+  if (!Number.isInteger(slotBytes) || slotBytes < 1 || slotBytes > 0x7fffffff - SLOT_HEADER_BYTES) throw new Error(`ring slotBytes must be a positive integer, got ${slotBytes}`);
+  const sab = new SharedArrayBuffer(HEADER_BYTES + slots * stride(slotBytes));
+  const h = new Int32Array(sab, 0, HEADER_BYTES / 4);
+  h[SLOTS] = slots;
+  h[SLOT_BYTES] = slotBytes;
+  h[MAGIC] = MAGIC_VALUE;
+  return sab;
+}
+
+export type RingItem = { kind: "buffer"; bytes: Uint8Array } | { kind: "event"; event: ChannelEvent };
+
+/** What both ends derive from the ring's header. */
+class RingEnd {
+  readonly slots: number;
+  readonly slotBytes: number;
+  /** The whole ring as Int32s: header counters and slot headers. */
+  protected readonly h: Int32Array;
+  protected readonly u8: Uint8Array;
+  /** Counters count modulo this (a multiple of slots). */
+  protected readonly mod: number;
+  private readonly stride: number;
+
+  constructor(protected readonly sab: SharedArrayBuffer) {
+    if (sab.byteLength < HEADER_BYTES) throw new Error("not a ring: too small");
+    this.h = new Int32Array(sab);
+    this.u8 = new Uint8Array(sab);
+    this.slots = this.h[SLOTS]!;
+    this.slotBytes = this.h[SLOT_BYTES]!;
+    this.stride = stride(this.slotBytes);
+    if (this.h[MAGIC] !== MAGIC_VALUE || this.slots < 1 || sab.byteLength !== HEADER_BYTES + this.slots * this.stride) throw new Error("not a ring: bad header");
+    this.mod = this.slots * Math.floor(2 ** 30 / this.slots);
+  }
+
+  /** a - b for counters modulo mod, where a is at or ahead of b. */
+  protected dist(a: number, b: number): number {
+    const d = a - b;
+    return d < 0 ? d + this.mod : d;
+  }
+
+  protected next(c: number): number {
+    return c + 1 === this.mod ? 0 : c + 1;
+  }
+
+  /** Byte offset of the slot for counter value c (its header; the payload follows). */
+  protected slotOffset(c: number): number {
+    return HEADER_BYTES + (c % this.slots) * this.stride;
+  }
+
+  /** Waits until the counter at index i is no longer `seen` (at once if it already isn't). */
+  protected async changed(i: number, seen: number): Promise<void> {
+    const w = Atomics.waitAsync(this.h, i, seen);
+    if (w.async) await w.value;
+  }
+}
+
+/** The producer's end: only one RingWriter per ring, in one thread. */
+export class RingWriter extends RingEnd {
+  /** Local copy of the published counter (only this end writes it). */
+  private pub: number;
+
+  constructor(sab: SharedArrayBuffer) {
+    super(sab);
+    this.pub = Atomics.load(this.h, PUBLISHED);
+  }
+
+  /** Slots free right now. */
+  get free(): number {
+    return this.slots - this.dist(this.pub, Atomics.load(this.h, RELEASED));
+  }
+
+  /** Copies bytes (length 1..slotBytes) into the next free slot and publishes it; false (nothing written) when the ring is full. Throws if bytes are too long or empty. */
+  tryPush(bytes: Uint8Array): boolean {
+    const n = bytes.length;
+    if (n < 1 || n > this.slotBytes) throw new Error(`ring buffer of ${n} bytes: must be 1..${this.slotBytes}`);
+    if (this.free === 0) return false;
+    const off = this.slotOffset(this.pub);
+    this.u8.set(bytes, off + SLOT_HEADER_BYTES);
+    this.publish(off, KIND_BUFFER, n);
+    return true;
+  }
+
+  /** Publishes an in-band event (msgpack-encoded into a slot); false when full. Throws if the encoding exceeds slotBytes. */
+  tryPushEvent(event: ChannelEvent): boolean {
+    const enc = pack(event);
+    if (enc.length > this.slotBytes) throw new Error(`ring event of ${enc.length} bytes encoded exceeds the slot size ${this.slotBytes}`);
+    if (this.free === 0) return false;
+    const off = this.slotOffset(this.pub);
+    this.u8.set(enc, off + SLOT_HEADER_BYTES);
+    this.publish(off, KIND_EVENT, enc.length);
+    return true;
+  }
+
+  /** Resolves when at least one slot is free (at once if one is). */
+  async whenFree(): Promise<void> {
+    for (;;) {
+      const rel = Atomics.load(this.h, RELEASED);
+      if (this.dist(this.pub, rel) < this.slots) return;
+      await this.changed(RELEASED, rel);
+    }
+  }
+
+  private publish(off: number, kind: number, length: number): void {
+    this.h[off >> 2] = kind;
+    this.h[(off >> 2) + 1] = length;
+    this.pub = this.next(this.pub);
+    Atomics.store(this.h, PUBLISHED, this.pub); // orders the slot writes above before the count
+    Atomics.notify(this.h, PUBLISHED);
+  }
+}
+
+/** The consumer's end: only one RingReader per ring, in one thread. */
+export class RingReader extends RingEnd {
+  /** Local copy of the released counter (only this end writes it). */
+  private rel: number;
+  /** Items taken and not released yet: they follow rel in order. */
+  private taken = 0;
+
+  constructor(sab: SharedArrayBuffer) {
+    super(sab);
+    this.rel = Atomics.load(this.h, RELEASED);
+  }
+
+  /** The next published item not yet taken, or null. A buffer's bytes are a view into the ring, valid until its release(). */
+  take(): RingItem | null {
+    if (this.dist(Atomics.load(this.h, PUBLISHED), this.rel) <= this.taken) return null;
+    const off = this.slotOffset((this.rel + this.taken) % this.mod);
+    const kind = this.h[off >> 2]!;
+    const length = this.h[(off >> 2) + 1]!;
+    if (length < 1 || length > this.slotBytes || (kind !== KIND_BUFFER && kind !== KIND_EVENT)) throw new Error(`corrupt ring slot: kind ${kind}, length ${length}`);
+    this.taken++;
+    const start = off + SLOT_HEADER_BYTES;
+    if (kind === KIND_BUFFER) return { kind: "buffer", bytes: new Uint8Array(this.sab, start, length) };
+    // Copied out of the shared memory first: decoders (TextDecoder) may refuse views of a SharedArrayBuffer.
+    return { kind: "event", event: unpack(this.u8.slice(start, start + length)) as ChannelEvent };
+  }
+
+  /** Frees the oldest taken, unreleased item's slot (items are released in the order taken) and wakes a writer waiting in whenFree(). Throws if nothing is taken and unreleased. */
+  release(): void {
+    if (this.taken === 0) throw new Error("ring release() with no item taken and unreleased");
+    this.taken--;
+    this.rel = this.next(this.rel);
+    Atomics.store(this.h, RELEASED, this.rel); // after this the writer may overwrite the slot
+    Atomics.notify(this.h, RELEASED);
+  }
+
+  /** Items taken and not released yet. */
+  get unreleased(): number {
+    return this.taken;
+  }
+
+  /** Resolves when an item has been published that take() has not returned yet (at once if there is one). */
+  async whenPublished(): Promise<void> {
+    for (;;) {
+      const pub = Atomics.load(this.h, PUBLISHED);
+      if (this.dist(pub, this.rel) > this.taken) return;
+      await this.changed(PUBLISHED, pub);
+    }
+  }
+}
