@@ -89,9 +89,9 @@ class RingEnd {
     return HEADER_BYTES + (c % this.slots) * this.stride;
   }
 
-  /** Waits until the counter at index i is no longer `seen` (at once if it already isn't). */
-  protected async changed(i: number, seen: number): Promise<void> {
-    const w = Atomics.waitAsync(this.h, i, seen);
+  /** Waits until the counter at index i is no longer `seen` (at once if it already isn't), or timeoutMs passed. */
+  protected async changed(i: number, seen: number, timeoutMs?: number): Promise<void> {
+    const w = Atomics.waitAsync(this.h, i, seen, timeoutMs);
     if (w.async) await w.value;
   }
 }
@@ -133,12 +133,16 @@ export class RingWriter extends RingEnd {
     return true;
   }
 
-  /** Resolves when at least one slot is free (at once if one is). */
-  async whenFree(): Promise<void> {
+  /**
+   * Resolves when at least one slot is free (at once if one is). With timeoutMs it may also resolve after that
+   * long with the ring still full (the caller checks again): a wait that never ends would keep the ring alive.
+   */
+  async whenFree(timeoutMs?: number): Promise<void> {
     for (;;) {
       const rel = Atomics.load(this.h, RELEASED);
       if (this.dist(this.pub, rel) < this.slots) return;
-      await this.changed(RELEASED, rel);
+      await this.changed(RELEASED, rel, timeoutMs);
+      if (timeoutMs !== undefined) return;
     }
   }
 
@@ -191,12 +195,21 @@ export class RingReader extends RingEnd {
     return this.taken;
   }
 
-  /** Resolves when an item has been published that take() has not returned yet (at once if there is one). */
-  async whenPublished(): Promise<void> {
+  /** Items published and not taken yet. */
+  get available(): number {
+    return this.dist(Atomics.load(this.h, PUBLISHED), this.rel) - this.taken;
+  }
+
+  /**
+   * Resolves when an item has been published that take() has not returned yet (at once if there is one). With
+   * timeoutMs it may also resolve after that long with nothing new (the caller checks again).
+   */
+  async whenPublished(timeoutMs?: number): Promise<void> {
     for (;;) {
       const pub = Atomics.load(this.h, PUBLISHED);
       if (this.dist(pub, this.rel) > this.taken) return;
-      await this.changed(PUBLISHED, pub);
+      await this.changed(PUBLISHED, pub, timeoutMs);
+      if (timeoutMs !== undefined) return;
     }
   }
 }

@@ -2,16 +2,21 @@
 // - accounts every task's network buffers against the TaskManager's fixed pool (NetworkBufferPool);
 // - wires local channels: one ring in shared memory per channel, so buffers move Worker to Worker (its slots
 //   are the consumer's input buffers, reserved from the pool like a remote channel's);
-// - remote output channels: buffers from a producer Worker wait here until the consumer grants credit,
-//   then go out on the peer's TCP connection and back to the producer's pool;
+// - remote output channels: the producer Worker writes its buffers into a ring shared with this thread (and
+//   gets them back at once); they wait there until the consumer grants credit, then go out on the peer's TCP
+//   connection straight from the ring;
 // - remote input channels: exclusive buffers per channel plus floating buffers per gate, lent to channels
-//   that report a backlog; every free buffer is announced to the producer as credit (as Flink since 1.5).
+//   that report a backlog; every free buffer is announced to the producer as credit (as Flink since 1.5). An
+//   arriving buffer goes straight into the consumer Worker's input ring when it has room, and its network buffer
+//   is credit again at once; otherwise it waits in that buffer until the ring has room.
+// The Workers are thus off the credit loop while their rings have room: credit goes back as fast as this thread
+// reads the socket, and a sender reads the next buffer from the ring as soon as credit arrives.
 import type { FramedConnection } from "../rpc/connection.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
 import { channelId, channelJob, parseChannelId, type LocalChannel, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
-import { createRing } from "./shared-ring.ts";
+import { createRing, RingReader, RingWriter } from "./shared-ring.ts";
 import type { ChannelEvent } from "./record-writer.ts";
 
 const log = createLogger("shuffle");
@@ -36,11 +41,19 @@ export class InsufficientBuffersError extends Error {
   override name = "InsufficientBuffersError";
 }
 
+/** Rings that nobody writes any more are waited on with this time-out, so that a wait never pins a ring. */
+const RING_WAIT_MS = 1000;
+
 interface RemoteOutput {
   task: TaskEndpoint | null; // null once the producer finished: the channel drains on its own
   conn: FramedConnection | null;
   credit: number;
-  queue: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[];
+  /** The producer's ring of finished buffers and events. */
+  ring: RingReader;
+  /** A buffer taken from the ring that waits for credit (unreleased). */
+  held: Uint8Array | null;
+  /** A wait for the producer to publish is pending. */
+  waiting: boolean;
 }
 
 interface InputGatePool {
@@ -60,6 +73,12 @@ interface RemoteInput {
   ended: boolean;
   /** Credit granted but not yet sent to the producer. */
   unannounced: number;
+  /** The consumer Worker's input ring for this channel. */
+  ring: RingWriter;
+  /** Arrivals waiting for room in the ring, in order (a buffer holds one of the channel's network buffers). */
+  pending: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[];
+  /** A wait for room in the ring is pending. */
+  waiting: boolean;
 }
 
 export class ShuffleEnvironment {
@@ -103,12 +122,14 @@ export class ShuffleEnvironment {
     const d = task.deployment;
     const o = this.options;
     const outputBuffers = d.outputs.map((out) => out.targets.length * o.buffersPerChannel + o.floatingBuffersPerGate);
+    // Every input channel has a ring in the consumer Worker; a remote one also has its network buffers here,
+    // and a remote output channel has a ring of its own between the producer Worker and this thread.
     const gates = d.inputs.map((input) => {
       const remote = input.producers.filter((p) => p.resourceId !== this.resourceId).length;
-      const local = input.producers.length - remote;
-      return (remote === 0 ? 0 : remote * o.buffersPerChannel + o.floatingBuffersPerGate) + local * this.ringSlots;
+      return (remote === 0 ? 0 : remote * o.buffersPerChannel + o.floatingBuffersPerGate) + input.producers.length * this.ringSlots;
     });
-    const need = outputBuffers.reduce((a, b) => a + b, 0) + gates.reduce((a, b) => a + b, 0);
+    const remoteTargets = d.outputs.reduce((n, out) => n + out.targets.filter((t) => t.resourceId !== this.resourceId).length, 0);
+    const need = outputBuffers.reduce((a, b) => a + b, 0) + gates.reduce((a, b) => a + b, 0) + remoteTargets * this.ringSlots;
     if (need > this.buffersFree) {
       throw new InsufficientBuffersError(
         `insufficient network buffers: the task needs ${need}, this TaskManager has ${this.buffersFree} free of ${o.totalBuffers} (raise taskmanager.network.numberOfBuffers)`,
@@ -145,7 +166,9 @@ export class ShuffleEnvironment {
           const consumer = this.localConsumers.get(ch);
           if (consumer) link(ch, task, consumer);
         } else {
-          const ro: RemoteOutput = { task, conn: null, credit: 0, queue: [] };
+          const ring = createRing(this.ringSlots, o.segmentSize);
+          connect(task).produce.push({ channel: ch, ring });
+          const ro: RemoteOutput = { task, conn: null, credit: 0, ring: new RingReader(ring), held: null, waiting: false };
           this.remoteOut.set(ch, ro);
           const early = this.earlyCredit.get(ch);
           if (early) {
@@ -168,7 +191,9 @@ export class ShuffleEnvironment {
           continue;
         }
         const free = Array.from({ length: o.buffersPerChannel }, () => new ArrayBuffer(o.segmentSize));
-        const ri: RemoteInput = { id: ch, task, producer: p, gate, free, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0 };
+        const ring = createRing(this.ringSlots, o.segmentSize);
+        connect(task).consume.push({ channel: ch, ring });
+        const ri: RemoteInput = { id: ch, task, producer: p, gate, free, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0, ring: new RingWriter(ring), pending: [], waiting: false };
         gate.channels.push(ri);
         this.remoteIn.set(ch, ri);
         // The first credit also asks the producer's TaskManager for the partition.
@@ -205,7 +230,7 @@ export class ShuffleEnvironment {
         if (this.localProducers.get(ch) === task) this.localProducers.delete(ch);
         const ro = this.remoteOut.get(ch);
         if (ro?.task !== task) continue;
-        if (finished && ro.queue.length > 0) ro.task = null;
+        if (finished && (ro.held !== null || ro.ring.available > 0)) ro.task = null;
         else {
           this.remoteOut.delete(ch);
           this.closedChannels.add(ch);
@@ -226,40 +251,39 @@ export class ShuffleEnvironment {
     if (this.releasedJobs.size > 1000) this.releasedJobs.delete(this.releasedJobs.values().next().value!);
   }
 
-  /** Remote-channel traffic from a task's Worker. */
-  fromWorker(msg: Extract<import("../runtime/worker-protocol.ts").FromWorker, { type: "buffer" | "event" | "recycle" }>): void {
-    if (msg.type === "recycle") {
-      const ri = this.remoteIn.get(msg.channel);
-      if (ri) this.recycleInput(ri, msg.buf);
-      return;
-    }
-    const ro = this.remoteOut.get(msg.channel);
-    if (!ro) return;
-    ro.queue.push(msg.type === "buffer" ? { buf: msg.buf, size: msg.size } : { event: msg.event });
-    this.trySend(msg.channel, ro);
-  }
-
+  /** Sends what the producer's ring holds, buffers as far as credit goes, events at once (in order). */
   private trySend(ch: string, ro: RemoteOutput): void {
     const conn = ro.conn;
     if (conn === null || conn.closed || !conn.writable) return;
-    while (ro.queue.length > 0) {
-      const head = ro.queue[0]!;
-      if ("event" in head) {
-        ro.queue.shift();
-        conn.send([DATA_FRAME.EVENT, ch, head.event]);
-        if (head.event.type === "end") {
-          this.remoteOut.delete(ch);
-          this.closedChannels.add(ch);
+    for (;;) {
+      let bytes = ro.held;
+      if (bytes === null) {
+        const item = ro.ring.take();
+        if (item === null) {
+          this.whenPublished(ch, ro);
+          return;
         }
-        continue;
+        if (item.kind === "event") {
+          ro.ring.release();
+          conn.send([DATA_FRAME.EVENT, ch, item.event]);
+          if (item.event.type === "end") {
+            this.remoteOut.delete(ch);
+            this.closedChannels.add(ch);
+            return;
+          }
+          continue;
+        }
+        bytes = item.bytes;
       }
-      if (ro.credit === 0) return;
+      if (ro.credit === 0) {
+        ro.held = bytes;
+        return;
+      }
       ro.credit--;
-      ro.queue.shift();
-      let backlog = 0;
-      for (const q of ro.queue) if ("buf" in q) backlog++;
-      const flowing = conn.sendBuffer(ch, backlog, new Uint8Array(head.buf, 0, head.size));
-      ro.task?.post({ type: "recycle", channel: ch, buf: head.buf }, [head.buf]);
+      ro.held = null;
+      // The backlog is what the ring holds behind this buffer (events included: close enough for lending).
+      const flowing = conn.sendBuffer(ch, ro.ring.available, bytes);
+      ro.ring.release(); // copied into the connection's staging buffer: the producer may reuse the slot
       if (!flowing) {
         // Stop writing into a full socket (it would only buffer and copy); resume every channel on drain.
         conn.whenWritable(() => {
@@ -268,6 +292,16 @@ export class ShuffleEnvironment {
         return;
       }
     }
+  }
+
+  /** Tries again when the producer publishes (or after RING_WAIT_MS, while the channel is still here). */
+  private whenPublished(ch: string, ro: RemoteOutput): void {
+    if (ro.waiting) return;
+    ro.waiting = true;
+    void ro.ring.whenPublished(RING_WAIT_MS).then(() => {
+      ro.waiting = false;
+      if (this.remoteOut.get(ch) === ro) this.trySend(ch, ro);
+    });
   }
 
   private recycleInput(ri: RemoteInput, buf: ArrayBuffer): void {
@@ -341,11 +375,17 @@ export class ShuffleEnvironment {
           if (!(bytes instanceof Uint8Array)) throw new Error(`data frame for ${ch} carries no bytes`);
           if (bytes.length > this.options.segmentSize) throw new Error(`data frame for ${ch} is larger than a buffer (${bytes.length} bytes)`);
           if (!Number.isInteger(backlog) || (backlog as number) < 0) throw new Error(`data frame for ${ch} has a bad backlog`);
+          if (bytes.length === 0) throw new Error(`data frame for ${ch} is empty`);
           const buf = ri.free.pop();
           if (!buf) throw new Error(`channel ${ch} sent a buffer without credit`);
-          new Uint8Array(buf).set(bytes);
           ri.backlog = backlog as number;
-          ri.task.post({ type: "buffer", channel: ch, buf, size: bytes.length }, [buf]);
+          if (ri.pending.length === 0 && ri.ring.tryPush(bytes)) {
+            this.recycleInput(ri, buf); // straight into the consumer's ring: the network buffer is free again
+          } else {
+            new Uint8Array(buf).set(bytes);
+            ri.pending.push({ buf, size: bytes.length });
+            this.whenRingFree(ri);
+          }
           this.lendFloating(ri);
           break;
         }
@@ -362,7 +402,10 @@ export class ShuffleEnvironment {
             ri.gate.floating += ri.floatingHeld;
             ri.floatingHeld = 0;
           }
-          ri.task.post({ type: "event", channel: ch, event });
+          if (ri.pending.length > 0 || !ri.ring.tryPushEvent(event)) {
+            ri.pending.push({ event });
+            this.whenRingFree(ri);
+          }
           break;
         }
         default:
@@ -373,6 +416,23 @@ export class ShuffleEnvironment {
       log.error("closing a data connection after a bad frame", { peer, address: conn.remoteAddress, error: (err as Error).message });
       conn.close(err as Error);
     }
+  }
+
+  /** Moves waiting arrivals into the consumer's ring when it has room (or checks again after RING_WAIT_MS). */
+  private whenRingFree(ri: RemoteInput): void {
+    if (ri.waiting) return;
+    ri.waiting = true;
+    void ri.ring.whenFree(RING_WAIT_MS).then(() => {
+      ri.waiting = false;
+      if (this.remoteIn.get(ri.id) !== ri) return;
+      while (ri.pending.length > 0) {
+        const head = ri.pending[0]!;
+        if ("event" in head ? !ri.ring.tryPushEvent(head.event) : !ri.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
+        ri.pending.shift();
+        if ("buf" in head) this.recycleInput(ri, head.buf);
+      }
+      if (ri.pending.length > 0) this.whenRingFree(ri);
+    });
   }
 
   /** Lends floating buffers of the gate to a channel whose backlog exceeds its free buffers. */

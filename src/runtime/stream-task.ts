@@ -8,7 +8,7 @@ import { StreamExecutionEnvironment, type JobBuilder } from "../api/environment.
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
-import { RecordWriter, type BufferSender } from "../network/record-writer.ts";
+import { RecordWriter } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { receiveFromRing, RingSender } from "../network/local-channel.ts";
@@ -135,11 +135,7 @@ export class StreamTask {
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
       const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, net.maxBuffersPerChannel);
-      o.targets.forEach((t, j) => {
-        this.writerOf.set(ids[j]!, writer);
-        // Remote consumers: buffers go to the main thread, which sends them against the consumer's credit.
-        if (t.resourceId !== net.resourceId) writer.connect(ids[j]!, this.mainThreadSender);
-      });
+      for (const id of ids) this.writerOf.set(id, writer);
       return writer;
     });
     for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
@@ -296,15 +292,6 @@ export class StreamTask {
         if (this.writers.length === 0 && this.d.outputs.length > 0) this.pendingConnects.push(msg);
         else this.onConnect(msg);
         break;
-      case "buffer":
-        this.gate.onBuffer(msg.channel, msg.buf, msg.size, this.recycleToMain(msg.channel));
-        break;
-      case "event":
-        this.gate.onEvent(msg.channel, msg.event);
-        break;
-      case "recycle":
-        this.writerOf.get(msg.channel)?.recycle(msg.buf, msg.channel);
-        break;
       case "checkpoint":
         if (this.inputEnded || !this.sourceNode) this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: this.sourceNode ? "the task reached the end of its input" : "not a source task" });
         else this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir });
@@ -370,16 +357,7 @@ export class StreamTask {
     this.gate.unblockAll();
   }
 
-  private readonly mainThreadSender: BufferSender = {
-    buffer: (channel, buf, size, backlog) => this.post({ type: "buffer", channel, buf, size, backlog }, [buf]),
-    event: (channel, event) => this.post({ type: "event", channel, event }),
-  };
-
-  private recycleToMain(channel: string): (buf: ArrayBuffer) => void {
-    return (buf) => this.post({ type: "recycle", channel, buf }, [buf]);
-  }
-
-  /** Local channels: rings in shared memory between this Worker and a peer task's. */
+  /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
     for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);

@@ -4,24 +4,7 @@ import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
 
-// Messages to the main thread are coalesced per turn of the event loop, as the main thread does the other way:
-// a source that fills several buffers in one go hands them over in one postMessage, not one each.
-let outbox: FromWorker[] = [];
-let outboxTransfer: Transferable[] = [];
-const post = (msg: FromWorker, transfer?: Transferable[]) => {
-  outbox.push(msg);
-  if (transfer) for (const t of transfer) outboxTransfer.push(t);
-  // Only channel traffic waits; anything else goes at once (a task may never yield again, e.g. an endless loop).
-  if (msg.type !== "buffer" && msg.type !== "recycle" && msg.type !== "event") flushOutbox();
-  else if (outbox.length === 1) queueMicrotask(flushOutbox);
-};
-function flushOutbox(): void {
-  const messages = outbox;
-  const transfer = outboxTransfer;
-  outbox = [];
-  outboxTransfer = [];
-  if (messages.length > 0) self.postMessage(messages.length === 1 ? messages[0] : { type: "batch", messages }, transfer);
-}
+const post = (msg: FromWorker, transfer?: Transferable[]) => self.postMessage(msg, transfer ?? []);
 let task: StreamTask | null = null;
 let name = "task";
 

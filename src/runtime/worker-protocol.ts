@@ -1,7 +1,6 @@
 // Messages between a TaskManager's main thread and a task's Worker. Buffers of remote channels (ArrayBuffers)
 // move by transfer, never by copy; local channels are rings in shared memory, handed to both tasks once.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
-import type { ChannelEvent } from "../network/record-writer.ts";
 
 export interface NetworkGrant {
   /** This TaskManager's resource id: channels to a consumer here are local. */
@@ -27,13 +26,9 @@ export type ToWorker =
   | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number; memoryLimitBytes?: number }
   /** taskmanager.memory.process-limit: the main thread asks whether the Worker still answers (see Task). */
   | { type: "ping" }
-  /** Local channels to or from peer tasks of this TaskManager: each a ring in shared memory (see shared-ring.ts). */
+  /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker
+   * for a local channel and with the main thread for a remote one. */
   | { type: "connect"; produce: LocalChannel[]; consume: LocalChannel[] }
-  /** A buffer of a remote input channel (owned by the main thread: hand it back with "recycle"). */
-  | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number }
-  | { type: "event"; channel: string; event: ChannelEvent }
-  /** A buffer of a remote output channel, sent on by the main thread and returned to the pool. */
-  | { type: "recycle"; channel: string; buf: ArrayBuffer }
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
@@ -43,18 +38,13 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: "running" }
-  | { type: "buffer"; channel: string; buf: ArrayBuffer; size: number; backlog: number }
-  | { type: "event"; channel: string; event: ChannelEvent }
-  | { type: "recycle"; channel: string; buf: ArrayBuffer }
   | { type: "metrics"; metrics: TaskMetrics }
   | { type: "checkpointAck"; checkpointId: number; snapshot: TaskSnapshot }
   | { type: "checkpointDecline"; checkpointId: number; reason: string }
   | { type: "finished"; metrics: TaskMetrics }
   | { type: "failed"; error: ErrorInfo }
   /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
-  | { type: "pong"; heapBytes: number }
-  /** Several of the above in one postMessage (the Worker coalesces what it sends in one turn). */
-  | { type: "batch"; messages: FromWorker[] };
+  | { type: "pong"; heapBytes: number };
 
 /** A local channel: its id and the ring that carries its buffers and events. */
 export interface LocalChannel {

@@ -148,14 +148,6 @@ export class Task implements TaskEndpoint {
   private onWorkerMessage(msg: FromWorker): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     switch (msg.type) {
-      case "batch":
-        for (const m of msg.messages) this.onWorkerMessage(m);
-        break;
-      case "buffer":
-      case "event":
-      case "recycle":
-        this.shuffle.fromWorker(msg);
-        break;
       case "running":
         this.state = "RUNNING";
         this.onState(this, "RUNNING");
