@@ -94,6 +94,8 @@ export class ShuffleEnvironment {
   /** Channels of tasks that ended: late frames for them are dropped, not treated as a bad peer. */
   private readonly closedChannels = new Set<string>();
   private readonly releasedJobs = new Set<string>();
+  /** Connections with a resume-on-drain callback registered. */
+  private readonly drainWaits = new WeakSet<FramedConnection>();
   /** Remote input channels with credit to announce at the end of this turn. */
   private creditDue: RemoteInput[] = [];
 
@@ -172,9 +174,11 @@ export class ShuffleEnvironment {
           this.remoteOut.set(ch, ro);
           const early = this.earlyCredit.get(ch);
           if (early) {
+            // The consumer asked before this producer was here: start sending (from the ring) as soon as it writes.
             this.earlyCredit.delete(ch);
             ro.conn = early.conn;
             ro.credit = early.n;
+            this.trySend(ch, ro);
           }
         }
       }
@@ -254,7 +258,11 @@ export class ShuffleEnvironment {
   /** Sends what the producer's ring holds, buffers as far as credit goes, events at once (in order). */
   private trySend(ch: string, ro: RemoteOutput): void {
     const conn = ro.conn;
-    if (conn === null || conn.closed || !conn.writable) return;
+    if (conn === null || conn.closed) return;
+    if (!conn.writable) {
+      this.resumeOnDrain(conn);
+      return;
+    }
     for (;;) {
       let bytes = ro.held;
       if (bytes === null) {
@@ -285,13 +293,24 @@ export class ShuffleEnvironment {
       const flowing = conn.sendBuffer(ch, ro.ring.available, bytes);
       ro.ring.release(); // copied into the connection's staging buffer: the producer may reuse the slot
       if (!flowing) {
-        // Stop writing into a full socket (it would only buffer and copy); resume every channel on drain.
-        conn.whenWritable(() => {
-          for (const [id, other] of this.remoteOut) if (other.conn === conn) this.trySend(id, other);
-        });
+        this.resumeOnDrain(conn);
         return;
       }
     }
+  }
+
+  /**
+   * Stops writing into a full socket (it would only buffer and copy) and resumes every channel of the
+   * connection on drain. Registered whenever a sender finds the socket full: the write that filled it happens
+   * at the end of the turn, after sendBuffer has already said "flowing".
+   */
+  private resumeOnDrain(conn: FramedConnection): void {
+    if (this.drainWaits.has(conn)) return;
+    this.drainWaits.add(conn);
+    conn.whenWritable(() => {
+      this.drainWaits.delete(conn);
+      for (const [id, other] of this.remoteOut) if (other.conn === conn) this.trySend(id, other);
+    });
   }
 
   /** Tries again when the producer publishes (or after RING_WAIT_MS, while the channel is still here). */
