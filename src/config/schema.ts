@@ -218,12 +218,12 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "taskmanager.network.memory.buffers-per-channel": {
     type: { kind: "integer", min: 1, max: 1024 },
     default: 2,
-    doc: "Exclusive buffers of each remote input channel, and buffers per subpartition of a task's output pool.",
+    doc: "Exclusive buffers of each remote input channel, and buffers per subpartition of a task's output pool; with floating-buffers-per-gate it also sizes each channel's ring between threads (slots = the sum).",
   },
   "taskmanager.network.memory.floating-buffers-per-gate": {
     type: { kind: "integer", min: 0, max: 65536 },
     default: 8,
-    doc: "Floating buffers of an input gate (lent to channels with backlog) and extra buffers of an output pool.",
+    doc: "Floating buffers of an input gate (lent to channels with backlog) and extra buffers of an output pool; see buffers-per-channel for ring sizes.",
   },
   "taskmanager.network.memory.max-overdraft-buffers-per-gate": {
     type: { kind: "integer", min: 0, max: 1024 },

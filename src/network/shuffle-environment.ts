@@ -139,7 +139,7 @@ export class ShuffleEnvironment {
     }
     this.buffersFree -= need;
     this.reserved.set(task, need);
-    return { resourceId: this.resourceId, segmentSize: o.segmentSize, outputBuffers, maxOverdraft: o.maxOverdraftBuffers, maxBuffersPerChannel: o.maxBuffersPerChannel };
+    return { segmentSize: o.segmentSize, outputBuffers, maxOverdraft: o.maxOverdraftBuffers, maxBuffersPerChannel: o.maxBuffersPerChannel };
   }
 
   /** Wires the task's channels. Its Worker must already have been sent its init message. */
@@ -319,7 +319,14 @@ export class ShuffleEnvironment {
     ro.waiting = true;
     void ro.ring.whenPublished(RING_WAIT_MS).then(() => {
       ro.waiting = false;
-      if (this.remoteOut.get(ch) === ro) this.trySend(ch, ro);
+      if (this.remoteOut.get(ch) !== ro) return;
+      try {
+        this.trySend(ch, ro);
+      } catch (err) {
+        // Only a corrupt ring gets here (a frame handler would close the connection instead).
+        this.remoteOut.delete(ch);
+        ro.task?.fail(new Error(`remote output channel ${ch}: ${(err as Error).message}`));
+      }
     });
   }
 
@@ -444,11 +451,18 @@ export class ShuffleEnvironment {
     void ri.ring.whenFree(RING_WAIT_MS).then(() => {
       ri.waiting = false;
       if (this.remoteIn.get(ri.id) !== ri) return;
-      while (ri.pending.length > 0) {
-        const head = ri.pending[0]!;
-        if ("event" in head ? !ri.ring.tryPushEvent(head.event) : !ri.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
-        ri.pending.shift();
-        if ("buf" in head) this.recycleInput(ri, head.buf);
+      try {
+        while (ri.pending.length > 0) {
+          const head = ri.pending[0]!;
+          if ("event" in head ? !ri.ring.tryPushEvent(head.event) : !ri.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
+          ri.pending.shift();
+          if ("buf" in head) this.recycleInput(ri, head.buf);
+        }
+      } catch (err) {
+        // An event too large for a slot (a frame handler would close the connection instead).
+        this.remoteIn.delete(ri.id);
+        ri.task.fail(new Error(`remote input channel ${ri.id}: ${(err as Error).message}`));
+        return;
       }
       if (ri.pending.length > 0) this.whenRingFree(ri);
     });

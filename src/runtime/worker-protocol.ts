@@ -3,8 +3,6 @@
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 
 export interface NetworkGrant {
-  /** This TaskManager's resource id: channels to a consumer here are local. */
-  resourceId: string;
   segmentSize: number;
   /** Buffers of each output edge's pool, in deployment.outputs order. */
   outputBuffers: number[];
