@@ -565,17 +565,16 @@ describe("RecordWriter: backlog and counters", () => {
 });
 
 describe("max buffers per channel", () => {
-  test("a consumer that reads nothing holds at most the cap; the other channel still gets buffers, and its barrier passes", async () => {
-    // Pool 12 (2 channels x 2 + 8), cap 10: channel a's consumer never recycles, as a task blocked for barrier
-    // alignment; channel b's consumer recycles everything.
-    const { w, sender } = setup(["a", "b"], (r) => ((r as number) % 2 === 0 ? 0 : 1), { poolSize: 12, segmentSize: 64, flushEveryRecord: true, maxPerChannel: 10 });
+  /**
+   * Channels a and b (even and odd records, a buffer each): a's consumer reads nothing, as a task blocked for
+   * barrier alignment; b's consumer gives every buffer back at once. Then a barrier goes to both.
+   */
+  function stallA(maxPerChannel?: number) {
+    const { w, sender } = setup(["a", "b"], (r) => ((r as number) % 2 === 0 ? 0 : 1), { poolSize: 12, segmentSize: 64, flushEveryRecord: true, maxPerChannel });
     const recycleB = () => {
-      for (let i = sender.held.length - 1; i >= 0; i--) {
-        const h = sender.held[i]!;
-        if (h.channel === "b") {
-          sender.held.splice(i, 1);
-          w.recycle(h.buf, "b");
-        }
+      for (const h of sender.held.filter((x) => x.channel === "b")) {
+        sender.held.splice(sender.held.indexOf(h), 1);
+        w.recycle(h.buf, "b");
       }
     };
     for (let i = 0; i < 40; i++) {
@@ -584,6 +583,12 @@ describe("max buffers per channel", () => {
     }
     w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" });
     recycleB();
+    return sender;
+  }
+
+  test("a consumer that reads nothing holds at most the cap; the other channel still gets buffers, and its barrier passes", () => {
+    // Pool 12 (2 channels x 2 + 8), cap 10.
+    const sender = stallA(10);
     expect(sender.held.filter((h) => h.channel === "a").length).toBe(10);
     expect(sender.buffers("a").length).toBe(10);
     // b kept flowing past a's stall, and its barrier arrived after all of b's records.
@@ -597,19 +602,7 @@ describe("max buffers per channel", () => {
   });
 
   test("without the cap the stalled channel takes the whole pool and the other channel's barrier cannot leave", () => {
-    const { w, sender } = setup(["a", "b"], (r) => ((r as number) % 2 === 0 ? 0 : 1), { poolSize: 12, segmentSize: 64, flushEveryRecord: true });
-    const recycleB = () => {
-      for (const h of sender.held.filter((x) => x.channel === "b")) {
-        sender.held.splice(sender.held.indexOf(h), 1);
-        w.recycle(h.buf, "b");
-      }
-    };
-    for (let i = 0; i < 40; i++) {
-      w.emit(i);
-      recycleB();
-    }
-    w.broadcastEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x" });
-    recycleB();
+    const sender = stallA();
     expect(sender.held.filter((h) => h.channel === "a").length).toBe(12);
     expect(sender.events("b")).toEqual([]);
   });
