@@ -1,7 +1,6 @@
 // Consumer side of a task's inputs (runs inside the task's Worker): buffers and events of all input
 // channels arrive in one queue, in arrival order (each channel's own order is kept); poll() decodes one
-// buffer's records and then releases it to whoever owns it (the main thread for a remote channel, the local
-// channel's ring slot otherwise).
+// buffer's records and then releases it (frees its slot in the channel's ring).
 import type { ChannelEvent } from "./record-writer.ts";
 import { RecordDeserializer } from "./serialization.ts";
 
@@ -68,7 +67,7 @@ export class InputGate {
     this.held = [];
   }
 
-  /** A buffer that arrived as an ArrayBuffer of its own; recycle gets it back once read. */
+  /** A buffer that arrived as an ArrayBuffer of its own (unit tests); recycle gets it back once read. */
   onBuffer(channel: string, buf: ArrayBuffer, size: number, recycle: (buf: ArrayBuffer) => void): void {
     this.onBytes(channel, new Uint8Array(buf, 0, size), () => recycle(buf));
   }

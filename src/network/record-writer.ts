@@ -13,7 +13,8 @@ export type ChannelEvent =
   | { type: "barrier"; checkpointId: number; timestamp: number; dir: string }
   | { type: "watermark"; timestamp: number };
 
-/** Where a channel's buffers go: a local channel's ring or the TaskManager's main thread. */
+/** Where a channel's buffers go: its ring (RingSender in local-channel.ts), whose other end is the consumer
+ * task's Worker (local channel) or the TaskManager's main thread (remote channel). */
 export interface BufferSender {
   buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void;
   event(channel: string, event: ChannelEvent): void;
@@ -86,7 +87,7 @@ export class RecordWriter {
     else for (const sp of this.subs) this.write(sp, record);
   }
 
-  /** A buffer of `channel` came back from its consumer (or was sent on by the main thread). */
+  /** A buffer of `channel` is free again (its bytes are in the channel's ring). */
   recycle(buf: ArrayBuffer, channel: string): void {
     const sp = this.byId.get(channel);
     if (sp && sp.inUse > 0) sp.inUse--;

@@ -1,7 +1,7 @@
 // The TaskManager main thread's part of the network stack:
 // - accounts every task's network buffers against the TaskManager's fixed pool (NetworkBufferPool);
 // - wires local channels: one ring in shared memory per channel, so buffers move Worker to Worker (its slots
-//   are the consumer's input buffers, reserved from the pool like a remote channel's);
+//   are the consumer's input buffers, reserved from the pool);
 // - remote output channels: the producer Worker writes its buffers into a ring shared with this thread (and
 //   gets them back at once); they wait there until the consumer grants credit, then go out on the peer's TCP
 //   connection straight from the ring;
@@ -13,7 +13,7 @@
 // reads the socket, and a sender reads the next buffer from the ring as soon as credit arrives.
 import type { FramedConnection } from "../rpc/connection.ts";
 import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
-import { channelId, channelJob, parseChannelId, type LocalChannel, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
+import { channelId, channelJob, parseChannelId, type ChannelRing, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import { createRing, RingReader, RingWriter } from "./shared-ring.ts";
@@ -148,8 +148,9 @@ export class ShuffleEnvironment {
     const o = this.options;
     this.releasedJobs.delete(d.jobId);
 
-    // Local channels whose other end is already here: one ring each, handed to both tasks (batched per task).
-    const connects = new Map<TaskEndpoint, { produce: LocalChannel[]; consume: LocalChannel[] }>();
+    // One ring per channel, handed to the Workers that use it in one connect message per task: a local channel's
+    // once both of its tasks are here, a remote channel's at once (this thread is its other end).
+    const connects = new Map<TaskEndpoint, { produce: ChannelRing[]; consume: ChannelRing[] }>();
     const connect = (t: TaskEndpoint) => {
       let c = connects.get(t);
       if (!c) connects.set(t, (c = { produce: [], consume: [] }));
@@ -207,7 +208,7 @@ export class ShuffleEnvironment {
     for (const [t, c] of connects) t.post({ type: "connect", produce: c.produce, consume: c.consume });
   }
 
-  /** Slots of a local channel's ring: as many buffers as a remote input channel can hold (exclusive + floating). */
+  /** Slots of a channel's ring: as many buffers as a remote input channel can hold (exclusive + floating). */
   get ringSlots(): number {
     return this.options.buffersPerChannel + this.options.floatingBuffersPerGate;
   }

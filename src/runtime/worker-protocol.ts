@@ -26,7 +26,7 @@ export type ToWorker =
   | { type: "ping" }
   /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker
    * for a local channel and with the main thread for a remote one. */
-  | { type: "connect"; produce: LocalChannel[]; consume: LocalChannel[] }
+  | { type: "connect"; produce: ChannelRing[]; consume: ChannelRing[] }
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
@@ -45,7 +45,7 @@ export type FromWorker =
   | { type: "pong"; heapBytes: number };
 
 /** A local channel: its id and the ring that carries its buffers and events. */
-export interface LocalChannel {
+export interface ChannelRing {
   channel: string;
   ring: SharedArrayBuffer;
 }
