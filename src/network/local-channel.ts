@@ -1,8 +1,9 @@
 // A task's ends of its channels, each a ring in shared memory (shared-ring.ts) whose other end is the peer
 // task's Worker (local channel) or the TaskManager's main thread (remote channel, see shuffle-environment.ts).
-// The producer's finished buffer is copied into a free slot and goes straight back to its pool; when the ring is full, buffers and events wait here in order (holding their pool buffers, so the
-// producer is backpressured). The consumer hands each slot to its input gate as a view and releases the slot
-// when the gate has read it, so a consumer that does not read (barrier alignment, a slow task) fills the ring.
+// The producer's finished buffer is copied into a free slot and goes straight back to its pool; when the ring
+// is full, buffers and events wait here in order (holding their pool buffers, so the producer is
+// backpressured). The consumer hands each slot to its input gate as a view and releases the slot when the gate
+// has read it, so a consumer that does not read (barrier alignment, a slow task) fills the ring.
 import type { InputGate } from "./input-gate.ts";
 import type { BufferSender, ChannelEvent } from "./record-writer.ts";
 import { RingReader, RingWriter } from "./shared-ring.ts";
