@@ -1,5 +1,5 @@
-// Messages between a TaskManager's main thread and a task's Worker. Buffers of remote channels (ArrayBuffers)
-// move by transfer, never by copy; local channels are rings in shared memory, handed to both tasks once.
+// Messages between a TaskManager's main thread and a task's Worker: control only. Channel data never goes by
+// postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 
 export interface NetworkGrant {
@@ -44,7 +44,7 @@ export type FromWorker =
   /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
   | { type: "pong"; heapBytes: number };
 
-/** A local channel: its id and the ring that carries its buffers and events. */
+/** A channel (local or remote): its id and the ring that carries its buffers and events. */
 export interface ChannelRing {
   channel: string;
   ring: SharedArrayBuffer;
