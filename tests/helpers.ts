@@ -1,11 +1,13 @@
 // Shared test helpers: temp dirs, job files, child processes (always killed by pid), and word counting.
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
+import { FrameDecoder } from "../src/rpc/framing.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 
 export const ROOT = path.resolve(import.meta.dir, "..");
@@ -189,4 +191,46 @@ export function expectedLines(text: string): string[] {
   const parts = text.split("\n");
   if (text.endsWith("\n")) parts.pop();
   return parts.map((l) => (l.endsWith("\r") ? l.slice(0, -1) : l));
+}
+
+/**
+ * A hand-driven peer on a raw TCP connection to 127.0.0.1:port: writes `first` once connected, decodes the frames
+ * the other side sends (onFrame may answer on the socket), and resolves with all of them when the other side
+ * closes the connection. Rejects after timeoutMs with `what()` in the message.
+ */
+export function rawPeer(
+  port: number,
+  first: Uint8Array,
+  opts: { onFrame?: (frame: unknown, sock: net.Socket) => void; timeoutMs?: number; what?: () => string } = {},
+): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, "127.0.0.1");
+    const decoder = new FrameDecoder();
+    const got: unknown[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`the peer did not close the connection${opts.what ? `:\n${opts.what()}` : ""}`));
+    }, opts.timeoutMs ?? 5000);
+    sock.on("connect", () => sock.write(first));
+    let undecodable = false;
+    sock.on("data", (d: Buffer) => {
+      if (undecodable) return;
+      let frames: unknown[];
+      try {
+        frames = decoder.push(d);
+      } catch {
+        undecodable = true; // what follows is not frames: keep reading (so the close reaches us), stop decoding
+        return;
+      }
+      for (const f of frames) {
+        got.push(f);
+        opts.onFrame?.(f, sock);
+      }
+    });
+    sock.on("error", () => {});
+    sock.on("close", () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
 }

@@ -2,14 +2,13 @@
 // logged error naming the peer, the TaskManager keeps serving, affected tasks fail and nothing hangs.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import { encodeFrame } from "../src/rpc/framing.ts";
 import { DATA_FRAME, PROTOCOL_VERSION } from "../src/rpc/messages.ts";
-import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
+import { BUN, Child, rawPeer, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s"];
 let dir: string;
@@ -37,24 +36,9 @@ afterAll(async () => {
 });
 
 /** Opens a raw TCP connection to tm-a's data port, optionally completes the handshake, writes bytes, waits for the close. */
-function badPeer(handshake: boolean, payload: Uint8Array): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(dataPortA, "127.0.0.1");
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error("the TaskManager did not close the bad connection:\n" + tmA.stderr.slice(-1500)));
-    }, 5000);
-    sock.on("connect", () => {
-      if (handshake) sock.write(encodeFrame({ version: PROTOCOL_VERSION, role: "data", id: "intruder" }));
-      sock.write(payload);
-    });
-    sock.on("error", () => {});
-    sock.resume(); // read (and drop) what the TaskManager says, so its close reaches us
-    sock.on("close", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
+async function badPeer(handshake: boolean, payload: Uint8Array): Promise<void> {
+  const hello = handshake ? encodeFrame({ version: PROTOCOL_VERSION, role: "data", id: "intruder" }) : new Uint8Array(0);
+  await rawPeer(dataPortA, Buffer.concat([hello, payload]), { what: () => "the TaskManager did not close the bad connection:\n" + tmA.stderr.slice(-1500) });
 }
 
 async function runJob(name: string, source: string) {

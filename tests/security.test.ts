@@ -14,7 +14,7 @@ import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
 import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
-import { BUN, Child, removeTempDirs, tempDir } from "./helpers.ts";
+import { BUN, Child, rawPeer, removeTempDirs, tempDir } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const SECRET = "s3cret-of-the-test-cluster-0123456789";
@@ -522,24 +522,8 @@ async function waitForDialogs(dialogs: string[], n: number): Promise<void> {
 }
 
 /** Writes frames to a raw socket and collects the decoded frames the peer sends until it closes. */
-async function rawExchange(port: number, frames: Buffer[]): Promise<unknown[]> {
-  const { FrameDecoder } = await import("../src/rpc/framing.ts");
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(port, "127.0.0.1");
-    const decoder = new FrameDecoder();
-    const got: unknown[] = [];
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error("the peer did not close the connection"));
-    }, 5000);
-    sock.on("connect", () => sock.write(Buffer.concat(frames)));
-    sock.on("data", (d: Buffer) => got.push(...decoder.push(d)));
-    sock.on("error", () => {});
-    sock.on("close", () => {
-      clearTimeout(timer);
-      resolve(got);
-    });
-  });
+function rawExchange(port: number, frames: Buffer[]): Promise<unknown[]> {
+  return rawPeer(port, Buffer.concat(frames));
 }
 
 /**
@@ -547,29 +531,13 @@ async function rawExchange(port: number, frames: Buffer[]): Promise<unknown[]> {
  * write) in answer to the challenge. Returns the peer's last frame before it closed.
  */
 async function forgedProof(port: number, role: "client" | "taskmanager" | "data", after: Buffer[] = []): Promise<unknown> {
-  const { FrameDecoder } = await import("../src/rpc/framing.ts");
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(port, "127.0.0.1");
-    const decoder = new FrameDecoder();
-    const got: unknown[] = [];
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error("the peer did not close the connection"));
-    }, 5000);
-    sock.on("connect", () => sock.write(encodeFrame({ version: PROTOCOL_VERSION, role, id: "forger", nonce: new Uint8Array(32).fill(7) })));
-    sock.on("data", (d: Buffer) => {
-      for (const f of decoder.push(d)) {
-        got.push(f);
-        if ((f as { challenge?: unknown }).challenge) sock.write(Buffer.concat([encodeFrame({ proof: new Uint8Array(32).fill(9) }), ...after]));
-      }
-    });
-    sock.on("error", () => {});
-    sock.on("close", () => {
-      clearTimeout(timer);
-      expect(got.length).toBe(2); // the challenge, then the refusal
-      resolve(got.at(-1));
-    });
+  const got = await rawPeer(port, encodeFrame({ version: PROTOCOL_VERSION, role, id: "forger", nonce: new Uint8Array(32).fill(7) }), {
+    onFrame: (f, sock) => {
+      if ((f as { challenge?: unknown }).challenge) sock.write(Buffer.concat([encodeFrame({ proof: new Uint8Array(32).fill(9) }), ...after]));
+    },
   });
+  expect(got.length).toBe(2); // the challenge, then the refusal
+  return got.at(-1);
 }
 
 function openSocket(port: number): Promise<net.Socket> {
