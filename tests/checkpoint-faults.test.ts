@@ -1,33 +1,26 @@
 // Checkpoint faults on a running job (in-process cluster, real sockets and Workers): a task that cannot write
 // its checkpoint files declines, that checkpoint is aborted with the reason, later ones complete, and the job
 // runs to the end with the right output. Checkpoints that time out are aborted and the job is unaffected.
-import { afterAll, afterEach, expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
+import { clusterPerTest } from "./cluster-helpers.ts";
 import { committedLines, removeTempDirs, tempDir, writeJob } from "./helpers.ts";
 
-let cluster: LocalCluster | null = null;
-let rpc: RpcConnection | null = null;
-afterEach(async () => {
-  rpc?.close();
-  await cluster?.stop();
-  cluster = rpc = null;
-});
+const startCluster = clusterPerTest();
 afterAll(removeTempDirs);
 
 async function start(dir: string, extra: Partial<Config> = {}) {
-  cluster = await startLocalCluster({
+  const { client } = await startCluster({
     taskManagers: 1,
     slotsPerTaskManager: 2,
     config: { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), ...extra },
   });
-  rpc = await connectClient("127.0.0.1", cluster.port);
-  return rpc;
+  return client;
 }
 
 function sumJob(dir: string): string {

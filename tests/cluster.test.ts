@@ -3,32 +3,20 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { countWords, expectSameCounts, generateText, readCounts, removeTempDirs, ROOT, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { clusterForTests } from "./cluster-helpers.ts";
 
 const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "jobmanager.slot-request.timeout": 500, "log.level": "warn" };
 setLogLevel("warn");
-let cluster: LocalCluster;
-let client: RpcConnection;
-let dir: string;
+let dir = "";
+beforeAll(() => void (dir = tempDir())); // when the tests run: another file's afterAll removes temp dirs
+const t = clusterForTests(() => ({ taskManagers: 2, slotsPerTaskManager: 2, config }));
+afterAll(removeTempDirs);
 
-beforeAll(async () => {
-  dir = tempDir();
-  cluster = await startLocalCluster({ taskManagers: 2, slotsPerTaskManager: 2, config });
-  client = await connectClient("127.0.0.1", cluster.port);
-});
-
-afterAll(async () => {
-  client?.close();
-  await cluster?.stop();
-  removeTempDirs();
-});
-
-const run = (jobFile: string, args: string[], parallelism: number) => runJob(client, jobFile, args, parallelism);
+const run = (jobFile: string, args: string[], parallelism: number) => runJob(t.client, jobFile, args, parallelism);
 
 describe("local cluster", () => {
   test("word count at parallelism 4 across two TaskManagers matches counts computed directly", async () => {
@@ -197,7 +185,7 @@ describe("local cluster", () => {
     expect(status.error?.task).toContain("Checker");
     expect(status.error?.stack).toContain("bad.ts");
     expect((await slowRun).state).toBe("FINISHED");
-    const overview = await client.request("clusterOverview", {});
+    const overview = await t.client.request("clusterOverview", {});
     expect(overview.taskManagers).toBe(2);
     expect(overview.slotsAvailable).toBe(4);
   });
@@ -205,14 +193,14 @@ describe("local cluster", () => {
   test("canceling a job terminates a task stuck in an endless loop and frees its slots", async () => {
     const job = writeJob(dir, "loop.ts", `export default (env) => { env.fromSequence(1, 10).map((x) => { for (;;) {} }).addSink(() => {}); };`);
     const prepared = await prepareJob(job, [], 2);
-    const jobId = await submitJob(client, prepared);
-    await waitFor("job running", async () => (await client.request("jobStatus", { jobId })).tasks.RUNNING === 2);
+    const jobId = await submitJob(t.client, prepared);
+    await waitFor("job running", async () => (await t.client.request("jobStatus", { jobId })).tasks.RUNNING === 2);
     const t0 = Date.now();
-    await client.request("cancelJob", { jobId });
-    const status = await waitForJob(client, jobId, () => {});
+    await t.client.request("cancelJob", { jobId });
+    const status = await waitForJob(t.client, jobId, () => {});
     expect(status.state).toBe("CANCELED");
     expect(Date.now() - t0).toBeLessThan(2000);
-    const overview = await client.request("clusterOverview", {});
+    const overview = await t.client.request("clusterOverview", {});
     expect(overview.slotsAvailable).toBe(4);
   });
 

@@ -2,23 +2,16 @@
 // subtask reads both splits. Their event times overlap (each split covers the same time range), so reading one
 // split to its end first would push the watermark past the other split's events and make them late. The splits
 // take turns and the watermark is the minimum over them: every window gets all its records, exactly once.
-import { afterAll, afterEach, expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import { clusterPerTest } from "./cluster-helpers.ts";
 import { committedLines, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
-let cluster: LocalCluster | null = null;
-let rpc: RpcConnection | null = null;
-afterEach(async () => {
-  rpc?.close();
-  await cluster?.stop();
-  cluster = rpc = null;
-});
+const startCluster = clusterPerTest();
 afterAll(removeTempDirs);
 
 const HALF = 20_000; // records per split; event time = ((x - 1) % HALF) * 10 ms, the same range in both splits
@@ -27,8 +20,7 @@ const WINDOW = 1000; // 100 records of each split per window
 test("restored at a lower parallelism, a source reads its splits in turns with per-split watermarks: no record is late", async () => {
   const dir = tempDir("tm-split-wm-");
   const out = path.join(dir, "out");
-  cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "cp") } });
-  rpc = await connectClient("127.0.0.1", cluster.port);
+  const { client: rpc } = await startCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "cp") } });
   const job = writeJob(dir, "job.ts", `
     import { FileSink, OutputTag, TumblingEventTimeWindows, WatermarkStrategy } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
     const pause = new Int32Array(new SharedArrayBuffer(4));
@@ -49,7 +41,7 @@ test("restored at a lower parallelism, a source reads its splits in turns with p
       counts.getSideOutput(late).map((x) => ["late", x]).sinkTo(FileSink.forRowFormat(${JSON.stringify(out + "-late")}).build());
     };`);
   const first = await submitJob(rpc, await prepareJob(job, [], 2));
-  await waitFor("a completed checkpoint", async () => (await rpc!.request("jobStatus", { jobId: first })).checkpoints.completed > 0, 30_000);
+  await waitFor("a completed checkpoint", async () => (await rpc.request("jobStatus", { jobId: first })).checkpoints.completed > 0, 30_000);
   const sp = await rpc.request("triggerSavepoint", { jobId: first, dir: path.join(dir, "sp"), cancel: true }, 60_000);
   expect((await waitForJob(rpc, first, () => {}, 50)).state).toBe("CANCELED");
 

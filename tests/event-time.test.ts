@@ -6,16 +6,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { InternalTimerService, WatermarkValve, type Timer } from "../src/runtime/event-time.ts";
 import { createKeyedStateBackend, OperatorStateStore } from "../src/state/index.ts";
 import { keyGroupOf } from "../src/state/key-groups.ts";
 import type { OperatorContext } from "../src/runtime/operators.ts";
 import { removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { clusterForTests } from "./cluster-helpers.ts";
 
 setLogLevel("warn");
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
@@ -136,21 +135,11 @@ describe("timer service", () => {
 
 describe("event time on a cluster", () => {
   const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "log.level": "warn" };
-  let cluster: LocalCluster;
-  let client: RpcConnection;
-  let dir: string;
-
-  beforeAll(async () => {
-    dir = tempDir("tm-event-time-");
-    cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 4, config: { ...config, "state.checkpoints.dir": path.join(dir, "checkpoints") } });
-    client = await connectClient("127.0.0.1", cluster.port);
-  });
-  afterAll(async () => {
-    client?.close();
-    await cluster?.stop();
-    removeTempDirs();
-  });
-  const run = (job: string, args: string[], p: number) => runJob(client, job, args, p);
+  let dir = "";
+  beforeAll(() => void (dir = tempDir("tm-event-time-"))); // not earlier: other blocks' afterAll remove temp dirs
+  const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 4, config: { ...config, "state.checkpoints.dir": path.join(dir, "checkpoints") } }));
+  afterAll(removeTempDirs);
+  const run = (job: string, args: string[], p: number) => runJob(t.client, job, args, p);
   const readLines = (d: string) =>
     (fs.statSync(d).isDirectory() ? fs.readdirSync(d).map((f) => path.join(d, f)) : [d]).flatMap((f) => fs.readFileSync(f, "utf8").split("\n")).filter((l) => l.length > 0);
 
@@ -281,14 +270,14 @@ describe("event time on a cluster", () => {
           .writeAsText(args[0]);
       };`);
     const prepared = await prepareJob(job, [out1, "sqlite"], 2);
-    const jobId = await submitJob(client, prepared);
-    await waitFor("the job running", async () => (await client.request("jobStatus", { jobId })).tasks.RUNNING === 4, 20_000);
+    const jobId = await submitJob(t.client, prepared);
+    await waitFor("the job running", async () => (await t.client.request("jobStatus", { jobId })).tasks.RUNNING === 4, 20_000);
     await Bun.sleep(300);
-    const sp = await client.request("triggerSavepoint", { jobId, dir: path.join(dir, "savepoints"), cancel: true }, 30_000);
-    const canceled = await waitForJob(client, jobId, () => {});
+    const sp = await t.client.request("triggerSavepoint", { jobId, dir: path.join(dir, "savepoints"), cancel: true }, 30_000);
+    const canceled = await waitForJob(t.client, jobId, () => {});
     expect(canceled.state).toBe("CANCELED");
     expect(readLines(out1)).toEqual([]); // no timer fired before the savepoint
-    const resumed = await waitForJob(client, await submitJob(client, { ...(await prepareJob(job, [out2, "sqlite"], 3)), fromSavepoint: sp.path }), () => {});
+    const resumed = await waitForJob(t.client, await submitJob(t.client, { ...(await prepareJob(job, [out2, "sqlite"], 3)), fromSavepoint: sp.path }), () => {});
     expect(resumed.error?.message).toBeUndefined();
     expect(resumed.state).toBe("FINISHED");
     expect(resumed.checkpoints.restoredFrom).toContain(sp.path);

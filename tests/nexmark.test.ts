@@ -7,15 +7,13 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { connectClient } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { SourceSpec } from "../src/api/plan.ts";
 import { NexmarkSource } from "../src/api/index.ts";
 import { eventAt, nexmarkConfig, type Auction, type Bid, type NexmarkConfig, type NexmarkEvent, type Person } from "../src/nexmark/generator.ts";
 import { SourceReader, assignSplits, initialSplits, splitForParallelism, type SourceSplit } from "../src/runtime/sources.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { removeTempDirs, rng, runJob, tempDir } from "./helpers.ts";
+import { clusterForTests, type TestCluster } from "./cluster-helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -193,14 +191,13 @@ describe("source splits", () => {
 
 setLogLevel("warn");
 const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 5000, "log.level": "warn" };
-let cluster: LocalCluster;
-let client: RpcConnection;
+let t: TestCluster;
 let dir: string;
 
 /** Runs examples/nexmark/<query>.ts at parallelism 2 with a FileSink; returns the output lines (sorted unless raw). */
 async function runQuery(query: string, events: number, seed: number, rate: number): Promise<string[][]> {
   const out = path.join(dir, `${query}-${events}-${seed}-${rate}`);
-  const status = await runJob(client, path.resolve(`examples/nexmark/${query}.ts`), [String(events), String(seed), out, String(rate)], 2, 50);
+  const status = await runJob(t.client, path.resolve(`examples/nexmark/${query}.ts`), [String(events), String(seed), out, String(rate)], 2, 50);
   if (status.state !== "FINISHED") throw new Error(`${query} ended ${status.state}: ${status.error?.message}`);
   // One list of lines per part file (per subtask), in the order written.
   return fs
@@ -218,15 +215,8 @@ function generate(events: number, seed: number, rate: number): { cfg: NexmarkCon
 }
 
 describe("queries at parallelism 2 against references", () => {
-  beforeAll(async () => {
-    dir = tempDir("tm-nexmark-");
-    cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config });
-    client = await connectClient("127.0.0.1", cluster.port);
-  });
-  afterAll(async () => {
-    client?.close();
-    await cluster?.stop();
-  });
+  beforeAll(() => void (dir = tempDir("tm-nexmark-")));
+  t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 2, config }));
 
   const EVENTS = 30_000;
   const SEED = 7;

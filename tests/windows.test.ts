@@ -7,32 +7,19 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
-import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import { connectClient } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { removeTempDirs, rng, runJob, tempDir, writeJob } from "./helpers.ts";
+import { clusterForTests } from "./cluster-helpers.ts";
 
 const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbeat.timeout": 2000, "log.level": "warn" };
 setLogLevel("warn");
-let cluster: LocalCluster;
-let client: RpcConnection;
-let dir: string;
+let dir = "";
+beforeAll(() => void (dir = tempDir("tm-windows-"))); // when the tests run: another file's afterAll removes temp dirs
+const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 2, config }));
+afterAll(removeTempDirs);
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
-beforeAll(async () => {
-  dir = tempDir("tm-windows-");
-  cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config });
-  client = await connectClient("127.0.0.1", cluster.port);
-});
-
-afterAll(async () => {
-  client?.close();
-  await cluster?.stop();
-  removeTempDirs();
-});
-
-const run = (jobFile: string, args: string[], parallelism: number) => runJob(client, jobFile, args, parallelism);
+const run = (jobFile: string, args: string[], parallelism: number) => runJob(t.client, jobFile, args, parallelism);
 
 interface Ev {
   id: number;
