@@ -248,13 +248,7 @@ describe("TLS", () => {
   test("a cluster with TLS, mutual TLS and a secret runs a job; plain TCP, a client without a certificate and one from another CA are refused", async () => {
     const dir = tempDir("tm-tls-");
     const certs = makeCertificates(dir);
-    const tlsArgs = [
-      "-D", "security.ssl.enabled=true",
-      "-D", `security.ssl.cert-file=${certs.nodeCert}`,
-      "-D", `security.ssl.key-file=${certs.nodeKey}`,
-      "-D", `security.ssl.ca-file=${certs.ca}`,
-      "-D", "security.ssl.client-auth=true",
-    ];
+    const tlsArgs = mutualTlsArgs(certs);
     const env = { TM_SECURITY_AUTH_SECRET: SECRET };
     const { jm, port } = await startJobManager(tlsArgs, env);
     const tms = [startTaskManager(port, "tm-a", tlsArgs, env), startTaskManager(port, "tm-b", tlsArgs, env)];
@@ -477,13 +471,7 @@ describe("REST API and metrics endpoints", () => {
   test("with security.ssl.enabled the REST API and the TaskManager's metrics endpoint speak HTTPS with the node certificate", async () => {
     const dir = tempDir("tm-rest-tls-");
     const certs = makeCertificates(dir);
-    const tlsArgs = [
-      "-D", "security.ssl.enabled=true",
-      "-D", `security.ssl.cert-file=${certs.nodeCert}`,
-      "-D", `security.ssl.key-file=${certs.nodeKey}`,
-      "-D", `security.ssl.ca-file=${certs.ca}`,
-      "-D", "security.ssl.client-auth=true", // mutual TLS on RPC and data; REST and metrics want no client certificate
-    ];
+    const tlsArgs = mutualTlsArgs(certs); // mutual TLS on RPC and data; REST and metrics want no client certificate
     const env = { TM_SECURITY_AUTH_SECRET: SECRET };
     const { jm, port } = await startJobManager(tlsArgs, env);
     await jm.waitForOutput(/REST API started .*dashboard=https:\/\/127\.0\.0\.1:\d+\//);
@@ -571,6 +559,17 @@ function fakeDeployment(artifactHash: string): TaskDeployment {
     runtimeMode: "streaming", bufferTimeoutMs: 100, planFingerprint: "", stateBackend: null, attempt: 0,
     checkpointingMode: "EXACTLY_ONCE", restore: null,
   };
+}
+
+/** -D flags for TLS with the node certificate, trusting the test CA, and client certificates required. */
+function mutualTlsArgs(certs: ReturnType<typeof makeCertificates>): string[] {
+  return [
+    "-D", "security.ssl.enabled=true",
+    "-D", `security.ssl.cert-file=${certs.nodeCert}`,
+    "-D", `security.ssl.key-file=${certs.nodeKey}`,
+    "-D", `security.ssl.ca-file=${certs.ca}`,
+    "-D", "security.ssl.client-auth=true",
+  ];
 }
 
 /** A CA, a node and a client certificate it signs (for 127.0.0.1 and localhost), and a self-signed rogue one. */
