@@ -327,17 +327,21 @@ describe("REST API and metrics endpoints", () => {
   }
   const restOf = async (jm: Child, scheme = "http") => `${scheme}://127.0.0.1:${(await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]}`;
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
-
-  test("with a shared secret, cancel and savepoint need 'Authorization: Bearer <secret>' (401 with WWW-Authenticate otherwise); reads need nothing", async () => {
-    const dir = tempDir("tm-rest-auth-");
+  /** A JobManager with the shared secret (and jmArgs), one TaskManager, a client with the secret and a running job. */
+  const securedJob = async (dir: string, jmArgs: string[]) => {
     const env = { TM_SECURITY_AUTH_SECRET: SECRET };
-    const { jm, port } = await startJobManager(["-D", `jobmanager.storage.dir=${dir}/jm`], env);
+    const { jm, port } = await startJobManager(jmArgs, env);
     const rest = await restOf(jm);
     const tm = startTaskManager(port, "tm-a", [], env);
     await tm.waitForOutput(/registered at the JobManager/);
     const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
     closers.push(() => rpc.close());
-    const jobId = await runningJob(rpc, dir);
+    return { jm, tm, rest, rpc, jobId: await runningJob(rpc, dir) };
+  };
+
+  test("with a shared secret, cancel and savepoint need 'Authorization: Bearer <secret>' (401 with WWW-Authenticate otherwise); reads need nothing", async () => {
+    const dir = tempDir("tm-rest-auth-");
+    const { jm, tm, rest, rpc, jobId } = await securedJob(dir, ["-D", `jobmanager.storage.dir=${dir}/jm`]);
 
     // Reads are open (the dashboard, Prometheus).
     expect((await fetch(`${rest}/overview`)).status).toBe(200);
@@ -383,14 +387,7 @@ describe("REST API and metrics endpoints", () => {
     const dir = tempDir("tm-rest-token-");
     const TOKEN = "rest-token-for-operators-0123456789";
     fs.writeFileSync(path.join(dir, "token"), TOKEN + "\n", { mode: 0o600 });
-    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
-    const { jm, port } = await startJobManager(["-D", `security.rest.token-file=${dir}/token`], env);
-    const rest = await restOf(jm);
-    const tm = startTaskManager(port, "tm-a", [], env);
-    await tm.waitForOutput(/registered at the JobManager/);
-    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
-    closers.push(() => rpc.close());
-    const jobId = await runningJob(rpc, dir);
+    const { jm, rest, rpc, jobId } = await securedJob(dir, ["-D", `security.rest.token-file=${dir}/token`]);
     expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH", headers: bearer(SECRET) })).status).toBe(401);
     expect((await fetch(`${rest}/jobs/${jobId}?mode=cancel`, { method: "PATCH" })).status).toBe(401);
     expect((await rpc.request("jobStatus", { jobId })).state).toBe("RUNNING");
@@ -429,14 +426,7 @@ describe("REST API and metrics endpoints", () => {
 
   test("the dashboard's cancel button asks for the token after a 401, keeps it in sessionStorage, and cancels", async () => {
     const dir = tempDir("tm-rest-dash-");
-    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
-    const { jm, port } = await startJobManager([], env);
-    const rest = await restOf(jm);
-    const tm = startTaskManager(port, "tm-a", [], env);
-    await tm.waitForOutput(/registered at the JobManager/);
-    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET));
-    closers.push(() => rpc.close());
-    const jobId = await runningJob(rpc, dir);
+    const { rest, rpc, jobId } = await securedJob(dir, []);
     const { chromium } = await import("playwright-core");
     const browser = await chromium.launchPersistentContext(path.join(dir, "profile"), {
       executablePath: "/usr/bin/chromium",
