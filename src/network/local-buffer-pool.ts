@@ -1,6 +1,7 @@
 // A task's share of its TaskManager's network buffers, inside the task's Worker: a fixed number of
 // fixed-size ArrayBuffers (created lazily), plus a few overdraft buffers to finish the record in hand.
-// Buffers leave the Worker by transfer and come back by transfer when the consumer has read them.
+// Buffers never leave the Worker: a finished buffer's bytes are copied into its channel's ring, and the buffer
+// comes back as soon as they are (it waits, holding its place, while the ring is full).
 export class LocalBufferPool {
   private readonly free: ArrayBuffer[] = [];
   private created = 0;

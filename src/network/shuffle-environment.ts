@@ -33,7 +33,7 @@ export interface NetworkOptions {
 /** A running task as the network sees it. */
 export interface TaskEndpoint {
   readonly deployment: TaskDeployment;
-  post(msg: ToWorker, transfer?: Transferable[]): void;
+  post(msg: ToWorker): void;
   fail(err: Error): void;
 }
 

@@ -20,7 +20,7 @@ import { WatermarkValve, type ChainOutput, type TimeContext, type WatermarkEvent
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import { channelId, channelJob, type FromWorker, type NetworkGrant, type StateGrant, type ToWorker } from "./worker-protocol.ts";
 
-type Post = (msg: FromWorker, transfer?: Transferable[]) => void;
+type Post = (msg: FromWorker) => void;
 
 const METRICS_INTERVAL_MS = 1000;
 /** Operator (union list) state in which a source keeps its splits and positions. */

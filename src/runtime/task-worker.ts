@@ -4,15 +4,11 @@ import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
 declare const self: Worker;
 
-const post = (msg: FromWorker, transfer?: Transferable[]) => self.postMessage(msg, transfer ?? []);
+const post = (msg: FromWorker) => self.postMessage(msg);
 let task: StreamTask | null = null;
 let name = "task";
 
-self.onmessage = (event: MessageEvent<ToWorker>) => {
-  const msg = event.data;
-  if (msg.type === "batch") for (const m of msg.messages) handle(m);
-  else handle(msg);
-};
+self.onmessage = (event: MessageEvent<ToWorker>) => handle(event.data);
 
 function handle(msg: ToWorker): void {
   try {

@@ -30,9 +30,7 @@ export type ToWorker =
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
-  | { type: "checkpointComplete"; checkpointId: number }
-  /** Several of the above in one postMessage (the main thread coalesces what it sends in one turn). */
-  | { type: "batch"; messages: ToWorker[] };
+  | { type: "checkpointComplete"; checkpointId: number };
 
 export type FromWorker =
   | { type: "running" }

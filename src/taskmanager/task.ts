@@ -39,8 +39,6 @@ export class Task implements TaskEndpoint {
   metrics: TaskMetrics = emptyMetrics();
   private worker: Worker | null = null;
   private registered = false;
-  private outbox: ToWorker[] = [];
-  private outboxTransfer: Transferable[] = [];
   readonly name: string;
 
   private readonly stateDir: string;
@@ -119,21 +117,10 @@ export class Task implements TaskEndpoint {
   private watchdog: ReturnType<typeof setInterval> | null = null;
   private onPong: () => void = () => {};
 
-  /** Messages to the Worker are coalesced per turn of the event loop: one postMessage carries them all. */
-  post(msg: ToWorker, transfer?: Transferable[]): void {
+  /** Control messages to the Worker (channel data goes through the channels' rings, never by postMessage). */
+  post(msg: ToWorker): void {
     if (!this.worker || TERMINAL_TASK_STATES.has(this.state)) return;
-    this.outbox.push(msg);
-    if (transfer) for (const t of transfer) this.outboxTransfer.push(t);
-    if (this.outbox.length === 1) queueMicrotask(() => this.flushOutbox());
-  }
-
-  private flushOutbox(): void {
-    const messages = this.outbox;
-    const transfer = this.outboxTransfer;
-    this.outbox = [];
-    this.outboxTransfer = [];
-    if (!this.worker || TERMINAL_TASK_STATES.has(this.state) || messages.length === 0) return;
-    this.worker.postMessage(messages.length === 1 ? messages[0] : { type: "batch", messages }, transfer);
+    this.worker.postMessage(msg);
   }
 
   fail(err: Error): void {
