@@ -14,8 +14,15 @@ function newDir(): string {
   return join(root, `sink-${++dirCount}`);
 }
 
+/** The sink's files (without the attempt markers, which the fencing tests look at themselves). */
 function names(dir: string): string[] {
-  return fs.readdirSync(dir).sort();
+  return fs.readdirSync(dir).filter((n) => !n.startsWith(".attempt-")).sort();
+}
+
+/** End of input and the final commit the JobManager approved (the task does both in turn). */
+function endAndCommit(s: TwoPhaseCommitFileSink): void {
+  s.endInput();
+  if (s.hasFinalCommit) s.commitFinal();
 }
 
 /** What a reader of the output sees: the lines of the files not starting with ".", by file name. */
@@ -78,7 +85,7 @@ describe("two-phase commit", () => {
     s.preCommit(4);
     s.write("e");
     expect(visibleLines(dir)).toEqual(["a", "b", "c"]);
-    s.endInput(); // pending 4 and what is in progress, committed at once
+    endAndCommit(s); // pending 4 and what is in progress, committed once approved
     expect(names(dir)).toEqual(["part-0-0-1", "part-0-0-2", "part-0-0-4", `part-0-0-${F}`]);
     expect(visibleFiles(dir).get(`part-0-0-${F}`)).toEqual(["e"]);
     expect(visibleLines(dir)).toEqual(["a", "b", "c", "d", "e"]);
@@ -97,7 +104,7 @@ describe("two-phase commit", () => {
     s.preCommit(6);
     s.commit(6);
     expect(names(dir)).toEqual(["part-1-0-5", "part-1-0-6"]);
-    s.endInput();
+    endAndCommit(s);
     expect(names(dir)).toEqual(["part-1-0-5", "part-1-0-6"]);
     expect(visibleLines(dir)).toEqual(["x", "y"]);
   });
@@ -125,7 +132,7 @@ describe("two-phase commit", () => {
     const c = new TwoPhaseCommitFileSink({ dir: dir2, subtask: 0, parallelism: 1, attempt: 0, format: (r) => `<${String(r)}>` });
     c.open(0);
     c.write(1);
-    c.endInput();
+    endAndCommit(c);
     expect(visibleLines(dir2)).toEqual(["<1>"]);
   });
 });
@@ -159,7 +166,7 @@ describe("recovery", () => {
     s.open(3); // again: nothing changes
     expect(names(dir)).toEqual(["part-0-0-1", "part-0-0-2", "part-0-0-3"]);
     s.write("d");
-    s.endInput();
+    endAndCommit(s);
     expect(names(dir)).toEqual(["part-0-0-1", "part-0-0-2", "part-0-0-3", `part-0-1-${F}`]);
     expect(visibleLines(dir)).toEqual(["a", "b", "c", "d"]);
   });
@@ -189,7 +196,7 @@ describe("recovery", () => {
     s.preCommit(2);
     s.commit(2);
     s.write("c");
-    s.endInput();
+    endAndCommit(s);
     expect(names(dir)).toEqual(["part-0-0-1", "part-0-0-2", `part-0-0-${F}`]);
     // Another subtask failed; the job is restored from checkpoint 1.
     const r = sink(dir, 0, 1, 1);
@@ -220,7 +227,7 @@ describe("recovery", () => {
     me.open(0);
     expect(names(dir2)).toEqual(before);
     other.commit(1);
-    other.endInput();
+    endAndCommit(other);
     expect(visibleLines(dir2)).toEqual(["o1", "o2"]);
   });
 
@@ -239,7 +246,7 @@ describe("recovery", () => {
         if (i === 150) for (const k of sinks) k.commit(1);
         sinks[i % 3]!.write(r);
       });
-      for (const k of sinks) k.endInput();
+      for (const k of sinks) endAndCommit(k);
     }
     expect(visibleLines(ref)).toEqual(expected);
 
@@ -285,9 +292,71 @@ describe("recovery", () => {
       now[i % 2]!.write(records[i]);
     }
     for (const k of now) k.commit(4);
-    for (const k of now) k.endInput();
+    for (const k of now) endAndCommit(k);
     expect(visibleLines(dir)).toEqual(visibleLines(ref));
     expect(hidden(dir)).toEqual([]);
+  });
+});
+
+describe("attempt fencing (a zombie attempt on a cut-off TaskManager)", () => {
+  test("end of input commits nothing by itself; the final commit waits for commitFinal", () => {
+    const dir = newDir();
+    const s = sink(dir, 0, 1, 0);
+    s.open(0);
+    s.write("a");
+    s.endInput();
+    expect(s.hasFinalCommit).toBe(true);
+    expect(visibleLines(dir)).toEqual([]);
+    expect(names(dir)).toEqual([`.part-0-0-${F}.pending`]);
+    s.commitFinal();
+    expect(visibleLines(dir)).toEqual(["a"]);
+  });
+
+  test("every attempt writes its marker before recovery; a superseded attempt refuses to commit", () => {
+    const dir = newDir();
+    const old = new TwoPhaseCommitFileSink({ dir, subtask: 0, parallelism: 1, attempt: 0, jobId: "j1" });
+    old.open(0);
+    old.write("a");
+    old.preCommit(1);
+    old.write("b");
+    old.endInput();
+    // The JobManager restarted the job as attempt 1 elsewhere, restored from checkpoint 1.
+    const next = new TwoPhaseCommitFileSink({ dir, subtask: 0, parallelism: 1, attempt: 1, jobId: "j1" });
+    next.open(1);
+    expect(fs.readdirSync(dir)).toContain(".attempt-j1-1");
+    // Attempt 1's recovery committed txn 1 and deleted the old final transaction (it replays it).
+    expect(visibleLines(dir)).toEqual(["a"]);
+    expect(() => old.commitFinal()).toThrow(/attempt 1 of the job has started/);
+    expect(() => old.commit(1)).toThrow(/superseded/);
+    next.write("b");
+    endAndCommit(next);
+    expect(visibleLines(dir)).toEqual(["a", "b"]);
+  });
+
+  test("a final commit that lands after a newer attempt's recovery is withdrawn", () => {
+    const dir = newDir();
+    const old = new TwoPhaseCommitFileSink({ dir, subtask: 0, parallelism: 1, attempt: 0, jobId: "j2" });
+    old.open(0);
+    old.write("x");
+    old.endInput();
+    // The newer attempt's marker appears right after the old attempt's rename (its recovery saw only the pending
+    // file): the old attempt checks again after committing and withdraws its final file.
+    old.commit(FINAL_TXN);
+    expect(visibleLines(dir)).toEqual(["x"]);
+    fs.writeFileSync(join(dir, ".attempt-j2-1"), "");
+    expect(() => old.withdrawFinalIfSuperseded()).toThrow(/attempt 1 of the job started during the final commit of attempt 0/);
+    expect(visibleLines(dir)).toEqual([]);
+  });
+
+  test("markers are per job: another job's newer attempt in the same directory does not fence", () => {
+    const dir = newDir();
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(join(dir, ".attempt-otherjob-7"), "");
+    const s = new TwoPhaseCommitFileSink({ dir, subtask: 0, parallelism: 1, attempt: 0, jobId: "j3" });
+    s.open(0);
+    s.write("y");
+    endAndCommit(s);
+    expect(visibleLines(dir)).toEqual(["y"]);
   });
 });
 
@@ -440,7 +509,7 @@ function randomJob(seed: number, dir: string): { attempts: number; checkpoints: 
           k.write(input[ev.i]);
           written[s]!.push(ev.i);
         } else if (ev.t === "end") {
-          k.endInput();
+          endAndCommit(k);
           hasEnded[s] = true;
           for (const i of written[s]!) endedRecords.add(i);
           ended++;

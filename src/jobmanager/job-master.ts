@@ -278,6 +278,24 @@ export class JobMaster {
     this.checkDone();
   }
 
+  /** Whether an execution is of the current attempt, deployed to that TaskManager, and not ended. */
+  isCurrentExecution(executionId: string, resourceId: string): boolean {
+    const ex = this.executions.get(executionId);
+    return ex !== undefined && ex.tm.info.resourceId === resourceId && !TERMINAL_TASK_STATES.has(ex.state);
+  }
+
+  /**
+   * A task reached the end of its input with a final transaction to commit. Approved only for a running task of
+   * the current attempt on the TaskManager that asks, while the job runs; otherwise throws the reason.
+   */
+  approveFinalCommit(executionId: string, resourceId: string): void {
+    const ex = this.executions.get(executionId);
+    if (!ex) throw new Error(`execution ${executionId} is not of the current attempt ${this.attempt} of job ${this.jobId}`);
+    if (ex.tm.info.resourceId !== resourceId) throw new Error(`execution ${executionId} is deployed to ${ex.tm.info.resourceId}, not ${resourceId}`);
+    if (ex.state !== "RUNNING") throw new Error(`execution ${executionId} is ${ex.state}, not RUNNING`);
+    if (this.state !== "RUNNING") throw new Error(`job ${this.jobId} is ${this.state}`);
+  }
+
   onTaskMetrics(executionId: string, metrics: TaskMetrics): void {
     const ex = this.executions.get(executionId);
     if (ex && !TERMINAL_TASK_STATES.has(ex.state)) ex.metrics = metrics;

@@ -108,7 +108,12 @@ export class JobManager {
         need(p, { resourceId: "string", dataHost: "string", dataPort: "number", slots: "number", pid: "number" }, type);
         if (p.resourceId !== peer.id) throw new Error(`registerTaskManager: resourceId ${p.resourceId} differs from the handshake's ${peer.id}`);
         rm.register(p, conn);
-        return { jobManagerId: this.id, heartbeatIntervalMs: this.config["heartbeat.interval"], heartbeatTimeoutMs: this.config["heartbeat.timeout"] };
+        return {
+          jobManagerId: this.id,
+          heartbeatIntervalMs: this.config["heartbeat.interval"],
+          heartbeatTimeoutMs: this.config["heartbeat.timeout"],
+          cancel: this.staleExecutions(peer.id, Array.isArray(p.executions) ? p.executions : []),
+        };
       }
       case "offerSlots":
         need(p, { resourceId: "string" }, type);
@@ -120,8 +125,18 @@ export class JobManager {
           for (const [executionId, metrics] of Object.entries(p.taskMetrics)) {
             this.jobs.get(executionId.split("-")[0]!)?.onTaskMetrics(executionId, metrics as TaskMetrics);
           }
+          // Attempt fencing: tasks the TaskManager still runs that are not current here are canceled there at once.
+          const cancel = this.staleExecutions(peer.id, Object.keys(p.taskMetrics));
+          if (cancel.length > 0) return { cancel };
         }
         return {};
+      case "approveFinalCommit": {
+        need(p, { executionId: "string" }, type);
+        const job = this.jobOf(p.executionId);
+        if (!job) throw new Error(`approveFinalCommit: unknown execution ${p.executionId}`);
+        job.approveFinalCommit(p.executionId, peer.id);
+        return {};
+      }
       case "acknowledgeCheckpoint":
         need(p, { executionId: "string", checkpointId: "number" }, type);
         this.jobOf(p.executionId)?.coordinator.onAcknowledge(p.executionId, p.checkpointId, p.snapshot ?? { keyed: null, operator: null });
@@ -217,6 +232,11 @@ export class JobManager {
       },
       initialRestore,
     };
+  }
+
+  /** Of the executions a TaskManager reports, those that are not current attempts deployed to it. */
+  private staleExecutions(resourceId: string, executionIds: unknown[]): string[] {
+    return executionIds.filter((id): id is string => typeof id === "string" && !this.jobOf(id)?.isCurrentExecution(id, resourceId)).slice(0, 10_000);
   }
 
   private jobOf(executionId: unknown): JobMaster | undefined {

@@ -44,11 +44,24 @@ export interface RegisterTaskManager {
   slots: number;
   resources: { cpuCores: number; memoryBytes: number };
   pid: number;
+  /** Tasks still alive on the TaskManager (execution ids): the JobManager answers which of them are not current. */
+  executions?: string[];
 }
 export interface RegisterTaskManagerReply {
   jobManagerId: string;
+  /** The JobManager's heartbeat settings govern both sides (a TaskManager's own config is only its default). */
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
+  /** Executions of the registration's list that are not current attempts: the TaskManager cancels them at once. */
+  cancel?: string[];
+}
+/** TaskManager -> JobManager after end of input: may this execution commit its final transaction? */
+export interface ApproveFinalCommit {
+  executionId: string;
+}
+export interface HeartbeatReply {
+  /** JobManager -> TaskManager: executions the TaskManager reported that are not current attempts (cancel them). */
+  cancel?: string[];
 }
 export interface OfferSlots {
   resourceId: string;
@@ -281,7 +294,8 @@ export interface ClusterOverview {
 export interface RpcRequests {
   registerTaskManager: [RegisterTaskManager, RegisterTaskManagerReply];
   offerSlots: [OfferSlots, OfferSlotsReply];
-  heartbeat: [Heartbeat, Record<string, never>];
+  heartbeat: [Heartbeat, HeartbeatReply];
+  approveFinalCommit: [ApproveFinalCommit, Record<string, never>];
   updateTaskState: [UpdateTaskState, Record<string, never>];
   fetchArtifact: [FetchArtifact, FetchArtifactReply];
   disconnectTaskManager: [DisconnectTaskManager, Record<string, never>];
@@ -321,11 +335,12 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "cancelJob",
   "listJobs",
   "clusterOverview",
+  "approveFinalCommit",
 ]);
 
 /** Which peer roles may send which requests to the JobManager (TaskManagers answer only their JobManager). */
 export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
-  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact", "disconnectTaskManager", "acknowledgeCheckpoint", "declineCheckpoint"]),
+  taskmanager: new Set(["registerTaskManager", "offerSlots", "heartbeat", "updateTaskState", "fetchArtifact", "disconnectTaskManager", "acknowledgeCheckpoint", "declineCheckpoint", "approveFinalCommit"]),
   client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview", "triggerSavepoint"]),
   data: new Set(),
 };

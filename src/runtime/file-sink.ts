@@ -9,7 +9,12 @@
 //   pending      .part-<subtask>-<attempt>-<txn>.pending
 //   committed    part-<subtask>-<attempt>-<txn>                (readers read only names not starting with ".")
 //
-// End of input commits what is in progress as the final transaction (txn = Number.MAX_SAFE_INTEGER).
+// End of input pre-commits what is in progress as the final transaction (txn = Number.MAX_SAFE_INTEGER); it is
+// committed only once the JobManager has confirmed that this attempt is still the current one (commitFinal), so a
+// TaskManager cut off from its JobManager never commits on its own.
+// Fencing: every attempt writes a marker .attempt-<job>-<attempt> before its recovery. A commit refuses to run when
+// a newer attempt's marker exists, and a final commit that raced with a newer attempt's recovery removes what it
+// committed (that attempt replays it).
 // Recovery (open) settles the files of older attempts that map to this subtask (old s % parallelism ===
 // subtask): pending files that the restored checkpoint covers are committed (the notify may have been lost),
 // everything newer and every in-progress file is deleted, since the job replays that output. Files of the
@@ -23,6 +28,8 @@ export interface FileSinkOptions {
   subtask: number;
   parallelism: number;
   attempt: number;
+  /** The job's id: attempt markers are per job, so a new job writing into an old job's directory is not fenced. */
+  jobId?: string;
   /** One record to one line (without the "\n"); default formatRecord, the line format of the other sinks. */
   format?: (record: unknown) => string;
 }
@@ -36,6 +43,12 @@ const BATCH_LINES = 4096;
 const INPROGRESS_RE = /^\.part-(\d+)-(\d+)-(\d+)\.inprogress$/;
 const PENDING_RE = /^\.part-(\d+)-(\d+)-(\d+)\.pending$/;
 const COMMITTED_RE = /^part-(\d+)-(\d+)-(\d+)$/;
+const ATTEMPT_MARKER_RE = /^\.attempt-(.+)-(\d+)$/;
+
+/** The marker a job's attempt writes into the sink directory before it recovers (hidden from readers by the dot). */
+export function attemptMarkerName(jobId: string, attempt: number): string {
+  return `.attempt-${jobId}-${attempt}`;
+}
 
 export function inProgressName(subtask: number, attempt: number, seq: number): string {
   return `.part-${subtask}-${attempt}-${seq}.inprogress`;
@@ -79,6 +92,7 @@ export class TwoPhaseCommitFileSink {
   private readonly subtask: number;
   private readonly parallelism: number;
   private readonly attempt: number;
+  private readonly jobId: string;
   private readonly format: (record: unknown) => string;
 
   private lines: string[] = [];
@@ -100,6 +114,8 @@ export class TwoPhaseCommitFileSink {
     this.subtask = opts.subtask;
     this.parallelism = opts.parallelism;
     this.attempt = opts.attempt;
+    this.jobId = opts.jobId ?? "job";
+    if (!/^[\w.]+$/.test(this.jobId)) throw new Error(`file sink: job id ${JSON.stringify(this.jobId)} must be letters, digits, '_' or '.'`);
     this.format = opts.format ?? formatRecord;
   }
 
@@ -118,9 +134,19 @@ export class TwoPhaseCommitFileSink {
     const st = io("stat", dir, () => fs.statSync(dir));
     if (!st.isDirectory()) throw new Error(`file sink: cannot use ${dir}: not a directory`);
     io("write to directory", dir, () => fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK));
+    // First the marker: from now on an older attempt of this job (a zombie on a cut-off TaskManager) commits nothing.
+    const marker = path.join(dir, attemptMarkerName(this.jobId, this.attempt));
+    io("write attempt marker", marker, () => fs.closeSync(fs.openSync(marker, "a")));
+    this.syncDir();
     const names = io("list directory", dir, () => fs.readdirSync(dir));
     let changed = false;
     for (const name of names) {
+      // Older attempts' markers of this job: ours fences them now; only the newest marker stays.
+      const m = ATTEMPT_MARKER_RE.exec(name);
+      if (m && m[1] === this.jobId && Number(m[2]) < this.attempt) {
+        io("delete", path.join(dir, name), () => fs.rmSync(path.join(dir, name), { force: true }));
+        continue;
+      }
       const f = parseSinkFileName(name);
       if (!f || f.attempt >= this.attempt || f.subtask % this.parallelism !== this.subtask) continue;
       const file = path.join(dir, name);
@@ -169,11 +195,16 @@ export class TwoPhaseCommitFileSink {
     this.pending.sort((a, b) => a - b);
   }
 
-  /** Checkpoint n completed: commits every pending transaction <= n of this subtask and attempt. Idempotent. */
+  /**
+   * Checkpoint n completed: commits every pending transaction <= n of this subtask and attempt. Idempotent.
+   * Refuses (throws) when a newer attempt of the job has started: its recovery settles these pending files.
+   */
   commit(checkpointId: number): void {
     let count = 0;
     while (count < this.pending.length && this.pending[count]! <= checkpointId) count++;
     if (count === 0) return;
+    const newer = this.newerAttempt();
+    if (newer !== null) throw new Error(`file sink ${this.dir}: not committing for attempt ${this.attempt}: attempt ${newer} of the job has started (this attempt is superseded)`);
     for (const txn of this.pending.slice(0, count)) {
       const from = path.join(this.dir, pendingName(this.subtask, this.attempt, txn));
       const to = path.join(this.dir, committedName(this.subtask, this.attempt, txn));
@@ -190,12 +221,56 @@ export class TwoPhaseCommitFileSink {
     this.syncDir();
   }
 
-  /** End of input: commits what is in progress as the final transaction, and every pending one. */
+  /**
+   * End of input: pre-commits what is in progress as the final transaction. commitFinal() commits it once the
+   * JobManager has confirmed this attempt (the task asks it after end of input).
+   */
   endInput(): void {
     if (this.state !== "running") return;
     this.preCommit(FINAL_TXN);
-    this.commit(FINAL_TXN);
     this.state = "ended";
+  }
+
+  /** True when end of input left transactions to commit (the task then asks the JobManager before commitFinal). */
+  get hasFinalCommit(): boolean {
+    return this.state === "ended" && this.pending.length > 0;
+  }
+
+  /**
+   * Commits every pending transaction, the final one included, after the JobManager's confirmation. A newer
+   * attempt that started meanwhile wins: if its marker appears during the commit, what this attempt just made
+   * visible after the newer attempt's recovery ran is removed again (the newer attempt writes it anew).
+   */
+  commitFinal(): void {
+    if (this.state !== "ended") throw new Error(`file sink ${this.dir}: final commit before end of input`);
+    this.commit(FINAL_TXN);
+    this.withdrawFinalIfSuperseded();
+  }
+
+  /**
+   * After the final commit: when a newer attempt's marker has appeared, its recovery may have run before the
+   * rename and missed the file, so the final transaction is removed again and this throws. Regular transactions
+   * stay: the newer attempt's recovery commits those up to its restored checkpoint too, and the final one is the
+   * only one certainly newer than any checkpoint.
+   */
+  withdrawFinalIfSuperseded(): void {
+    const newer = this.newerAttempt();
+    if (newer === null) return;
+    fs.rmSync(path.join(this.dir, committedName(this.subtask, this.attempt, FINAL_TXN)), { force: true });
+    this.syncDir();
+    throw new Error(`file sink ${this.dir}: attempt ${newer} of the job started during the final commit of attempt ${this.attempt}; its output was withdrawn`);
+  }
+
+  /** The highest attempt of this job above ours that has written its marker, or null. */
+  private newerAttempt(): number | null {
+    let newest: number | null = null;
+    for (const name of io("list directory", this.dir, () => fs.readdirSync(this.dir))) {
+      const m = ATTEMPT_MARKER_RE.exec(name);
+      if (!m || m[1] !== this.jobId) continue;
+      const a = Number(m[2]);
+      if (a > this.attempt && (newest === null || a > newest)) newest = a;
+    }
+    return newest;
   }
 
   /** Task canceled or failed: closes the file descriptor and drops buffered lines; files stay (recovery cleans up). */

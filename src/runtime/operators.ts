@@ -21,6 +21,12 @@ export interface Operator {
   flush?(): void;
   /** End of all input: emit what is held back, release resources. */
   endInput?(): void;
+  /**
+   * After end of input: whether this operator has an external commit to make (a two-phase-commit sink's final
+   * transaction). The task then asks the JobManager whether its attempt is still current and calls finalCommit().
+   */
+  hasFinalCommit?(): boolean;
+  finalCommit?(): void;
   /** Synchronous part of checkpoint n, before the barrier goes downstream (a two-phase-commit sink pre-commits). */
   snapshotState?(checkpointId: number): void;
   /** Checkpoint n completed everywhere. */
@@ -43,7 +49,8 @@ export interface OperatorContext {
   /** The task's keyed state backend (present when the chain has a keyed operator). */
   keyed: KeyedStateBackend | null;
   operatorState: OperatorStateStore;
-  /** The job's attempt (restarts so far) and the checkpoint it was restored from (0 = none). */
+  /** The job's id, its attempt (restarts so far) and the checkpoint it was restored from (0 = none). */
+  jobId: string;
   attempt: number;
   restoredCheckpointId: number;
   /** The timestamp of the record in flight through the chain (event time). */
@@ -261,13 +268,15 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
       return new LineSink((text) => void process.stdout.write(text), prefix);
     }
     case "fileSink": {
-      const sink = new TwoPhaseCommitFileSink({ dir: spec.path, subtask: ctx.subtaskIndex, parallelism: ctx.parallelism, attempt: ctx.attempt });
+      const sink = new TwoPhaseCommitFileSink({ dir: spec.path, subtask: ctx.subtaskIndex, parallelism: ctx.parallelism, attempt: ctx.attempt, jobId: ctx.jobId });
       return {
         open: () => sink.open(ctx.restoredCheckpointId),
         process: (r) => sink.write(r),
         snapshotState: (id) => sink.preCommit(id),
         notifyCheckpointComplete: (id) => sink.commit(id),
         endInput: () => sink.endInput(),
+        hasFinalCommit: () => sink.hasFinalCommit,
+        finalCommit: () => sink.commitFinal(),
       };
     }
     case "textFile": {

@@ -197,6 +197,7 @@ export class StreamTask {
       node,
       keyed: this.keyed,
       operatorState: this.operatorState,
+      jobId: d.jobId,
       attempt: d.attempt,
       restoredCheckpointId: d.restore?.checkpointId ?? 0,
       time,
@@ -276,6 +277,13 @@ export class StreamTask {
       }
       for (const op of this.operators) op.endInput?.();
       await Promise.all(this.writers.map((w) => w.finish()));
+      // No external commit without the JobManager's word: a TaskManager cut off from it (a zombie whose attempt
+      // was already replaced) must not commit the final transaction on its own.
+      const committers = this.operators.filter((op) => op.hasFinalCommit?.());
+      if (committers.length > 0) {
+        await this.finalCommitApproval();
+        for (const op of committers) op.finalCommit!();
+      }
       this.time.switchTo("idle");
       return this.metrics();
     } finally {
@@ -285,9 +293,26 @@ export class StreamTask {
     }
   }
 
+  private finalCommitReply: ((msg: Extract<ToWorker, { type: "finalCommitReply" }>) => void) | null = null;
+
+  /** Asks the JobManager (through the main thread) whether this attempt may commit its final transaction. */
+  private finalCommitApproval(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.finalCommitReply = (msg) => {
+        this.finalCommitReply = null;
+        if (msg.approved) resolve();
+        else reject(new Error(`the final commit was not confirmed by the JobManager: ${msg.reason ?? "no reason given"}`));
+      };
+      this.post({ type: "finalCommitRequest" });
+    });
+  }
+
   /** Messages from the main thread other than init. */
   onMessage(msg: ToWorker): void {
     switch (msg.type) {
+      case "finalCommitReply":
+        this.finalCommitReply?.(msg);
+        break;
       case "connect":
         if (this.writers.length === 0 && this.d.outputs.length > 0) this.pendingConnects.push(msg);
         else this.onConnect(msg);

@@ -30,7 +30,9 @@ export type ToWorker =
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
-  | { type: "checkpointComplete"; checkpointId: number };
+  | { type: "checkpointComplete"; checkpointId: number }
+  /** The JobManager's answer to finalCommitRequest. */
+  | { type: "finalCommitReply"; approved: boolean; reason?: string };
 
 export type FromWorker =
   | { type: "running" }
@@ -38,6 +40,8 @@ export type FromWorker =
   | { type: "checkpointAck"; checkpointId: number; snapshot: TaskSnapshot }
   | { type: "checkpointDecline"; checkpointId: number; reason: string }
   | { type: "finished"; metrics: TaskMetrics }
+  /** End of input left a two-phase-commit sink's final transaction: may this attempt commit it? */
+  | { type: "finalCommitRequest" }
   | { type: "failed"; error: ErrorInfo }
   /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
   | { type: "pong"; heapBytes: number };

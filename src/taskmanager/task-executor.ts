@@ -255,7 +255,9 @@ export class TaskExecutor implements TaskManagerView {
         slots: this.slots.length,
         resources: { cpuCores: os.cpus().length, memoryBytes: os.totalmem() },
         pid: process.pid,
+        executions: [...this.tasks.keys()],
       });
+      this.cancelStale(reply.cancel, "at registration");
       const free = this.slots.map((job, i) => (job === null ? i : -1)).filter((i) => i >= 0);
       await rpc.request("offerSlots", { resourceId: this.resourceId, slots: free });
       this.rpc = rpc;
@@ -267,22 +269,59 @@ export class TaskExecutor implements TaskManagerView {
     }
     log.info("registered at the JobManager", { jobManager: `${host}:${port}`, jobManagerId: this.registration.jobManagerId });
     rpc.onClose((err) => this.onJobManagerLost(rpc, err?.message ?? "connection closed"));
-    const interval = this.config["heartbeat.interval"];
+    const { interval, timeout } = this.heartbeatSettings(this.registration);
     const timer = setInterval(() => {
-      if (Date.now() - this.lastHeardFromJobManager > this.config["heartbeat.timeout"]) {
-        rpc.close(new Error(`no heartbeat from the JobManager for ${this.config["heartbeat.timeout"]} ms`));
+      if (Date.now() - this.lastHeardFromJobManager > timeout) {
+        rpc.close(new Error(`no heartbeat from the JobManager for ${timeout} ms (its heartbeat.timeout)`));
         return;
       }
       const taskMetrics: Record<string, TaskMetrics> = {};
       for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
-      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics }, this.config["heartbeat.timeout"]).then(
-        () => (this.lastHeardFromJobManager = Date.now()),
+      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics }, timeout).then(
+        (reply) => {
+          this.lastHeardFromJobManager = Date.now();
+          this.cancelStale(reply?.cancel, "in a heartbeat reply");
+        },
         () => {},
       );
     }, interval);
     this.timers.push(timer);
     rpc.onClose(() => clearInterval(timer));
     for (const w of this.registeredWaiters.splice(0)) w();
+  }
+
+  private heartbeatWarned = false;
+
+  /**
+   * The JobManager's heartbeat settings govern both sides: a TaskManager with a longer time-out of its own would
+   * go on running (and committing) for a job its JobManager has already moved elsewhere. A differing local config
+   * is logged once.
+   */
+  private heartbeatSettings(reply: RegisterTaskManagerReply): { interval: number; timeout: number } {
+    const ok = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
+    const interval = ok(reply.heartbeatIntervalMs) ? reply.heartbeatIntervalMs : this.config["heartbeat.interval"];
+    const timeout = ok(reply.heartbeatTimeoutMs) ? reply.heartbeatTimeoutMs : this.config["heartbeat.timeout"];
+    if (!this.heartbeatWarned && (interval !== this.config["heartbeat.interval"] || timeout !== this.config["heartbeat.timeout"])) {
+      this.heartbeatWarned = true;
+      log.warn("using the JobManager's heartbeat settings, not this TaskManager's heartbeat.interval/heartbeat.timeout", {
+        jobManagerIntervalMs: interval,
+        jobManagerTimeoutMs: timeout,
+        localIntervalMs: this.config["heartbeat.interval"],
+        localTimeoutMs: this.config["heartbeat.timeout"],
+      });
+    }
+    return { interval, timeout };
+  }
+
+  /** Attempt fencing: cancels tasks the JobManager says are not current attempts (a restart replaced them). */
+  private cancelStale(ids: unknown, where: string): void {
+    if (!Array.isArray(ids)) return;
+    for (const id of ids) {
+      const task = typeof id === "string" ? this.tasks.get(id) : undefined;
+      if (!task) continue;
+      log.warn(`the JobManager says this task's attempt is not current (${where}); canceling it`, taskLogFields(task));
+      task.cancel();
+    }
   }
 
   private onJobManagerLost(rpc: RpcConnection, reason: string): void {
@@ -366,6 +405,12 @@ export class TaskExecutor implements TaskManagerView {
       this.rpc?.request("acknowledgeCheckpoint", { executionId: task.executionId, checkpointId, snapshot: snapshot as never }).catch((err: Error) =>
         log.warn("could not acknowledge a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, error: err.message }),
       );
+    },
+    approveFinalCommit: async (task: Task) => {
+      const rpc = this.rpc;
+      if (!rpc) throw new Error("no connection to the JobManager");
+      const timeout = this.registration?.heartbeatTimeoutMs ?? this.config["heartbeat.timeout"];
+      await rpc.request("approveFinalCommit", { executionId: task.executionId }, timeout);
     },
     decline: (task: Task, checkpointId: number, reason: string) => {
       log.warn("declining a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, reason });

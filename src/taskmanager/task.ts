@@ -32,6 +32,8 @@ export type TaskStateListener = (task: Task, state: TaskState, error?: ErrorInfo
 export interface CheckpointResponder {
   acknowledge(task: Task, checkpointId: number, snapshot: TaskSnapshot): void;
   decline(task: Task, checkpointId: number, reason: string): void;
+  /** Resolves when the JobManager confirms that this task's attempt may commit its final transaction; rejects otherwise. */
+  approveFinalCommit(task: Task): Promise<void>;
 }
 
 export class Task implements TaskEndpoint {
@@ -150,6 +152,12 @@ export class Task implements TaskEndpoint {
         break;
       case "checkpointDecline":
         this.checkpoints.decline(this, msg.checkpointId, msg.reason);
+        break;
+      case "finalCommitRequest":
+        this.checkpoints.approveFinalCommit(this).then(
+          () => this.post({ type: "finalCommitReply", approved: true }),
+          (err: Error) => this.post({ type: "finalCommitReply", approved: false, reason: err.message }),
+        );
         break;
       case "finished":
         this.metrics = msg.metrics;
