@@ -35,6 +35,10 @@ export interface Config {
   "taskmanager.network.memory.floating-buffers-per-gate": number;
   "taskmanager.network.memory.max-overdraft-buffers-per-gate": number;
   "taskmanager.network.memory.max-buffers-per-channel": number;
+  "taskmanager.network.tcp-connection.keepalive.interval": number;
+  "taskmanager.network.tcp-connection.keepalive.timeout": number;
+  "taskmanager.network.request-backoff.initial": number;
+  "taskmanager.network.request-backoff.max": number;
   "taskmanager.registration.initial-backoff": number;
   "taskmanager.registration.max-backoff": number;
   "heartbeat.interval": number;
@@ -234,6 +238,26 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 1, max: 65536 },
     default: 10,
     doc: "Buffers of a task's output pool that one subpartition may hold, so that one blocked or slow consumer cannot take them all (Flink's max-buffers-per-channel).",
+  },
+  "taskmanager.network.tcp-connection.keepalive.interval": {
+    type: { kind: "duration", min: 10 },
+    default: 2 * SECOND,
+    doc: "Each data connection between TaskManagers sends a keepalive frame this often, so that both ends can tell a live but quiet peer from a cut or dead one.",
+  },
+  "taskmanager.network.tcp-connection.keepalive.timeout": {
+    type: { kind: "duration", min: 100 },
+    default: 10 * SECOND,
+    doc: "A data connection on which nothing (data, credit or keepalive) arrived for this long is closed: the tasks using it fail naming the peer, and the job restarts. Also the time a TaskManager keeps retrying to connect to a peer before its consumers fail.",
+  },
+  "taskmanager.network.request-backoff.initial": {
+    type: { kind: "duration", min: 1 },
+    default: 100,
+    doc: "First delay before a failed data connection attempt to a peer TaskManager is retried; doubled up to taskmanager.network.request-backoff.max, with random jitter (Flink's key).",
+  },
+  "taskmanager.network.request-backoff.max": {
+    type: { kind: "duration", min: 1 },
+    default: 2 * SECOND,
+    doc: "Longest delay between data connection attempts to a peer TaskManager (Flink's key).",
   },
   "taskmanager.tmp.dir": {
     type: { kind: "path" },

@@ -77,6 +77,7 @@ export class FramedConnection {
     this.secret = opts.security?.secret ?? null;
     // Until the handshake is done only small frames are taken: a stranger cannot make us buffer 64 MiB.
     this.decoder = new FrameDecoder(Math.min(this.maxFrameBytes, HANDSHAKE_MAX_FRAME_BYTES));
+    this.remote = socket.remoteAddress !== undefined ? `${socket.remoteAddress}:${socket.remotePort}` : "unknown address";
     this.ready = new Promise((resolve, reject) => (this.settleReady = { resolve, reject }));
     this.ready.catch(() => {}); // observed through close handlers too
     socket.setNoDelay(true);
@@ -113,8 +114,11 @@ export class FramedConnection {
     this.idleTimer.unref?.();
   }
 
+  /** The peer's address, taken when the connection opened (a closed socket no longer knows it). */
+  private readonly remote: string;
+
   get remoteAddress(): string {
-    return `${this.socket.remoteAddress}:${this.socket.remotePort}`;
+    return this.remote;
   }
 
   get closed(): boolean {
@@ -480,11 +484,11 @@ export function connectFramed(host: string, port: number, hello: Hello, opts: Fr
       : net.connect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new RpcError(`connecting to ${host}:${port} timed out`));
+      reject(new RpcError(`cannot reach ${host}:${port}: no answer within ${opts.connectTimeoutMs ?? 10_000} ms`));
     }, opts.connectTimeoutMs ?? 10_000);
     socket.once("error", (err) => {
       clearTimeout(timer);
-      reject(new RpcError(`cannot connect to ${host}:${port}: ${err.message}`));
+      reject(new RpcError(connectErrorText(host, port, err as NodeJS.ErrnoException)));
     });
     socket.once(t ? "secureConnect" : "connect", () => {
       clearTimeout(timer);
@@ -492,6 +496,19 @@ export function connectFramed(host: string, port: number, hello: Hello, opts: Fr
       conn.ready.then(() => resolve(conn), reject);
     });
   });
+}
+
+/**
+ * What a failed connect says. Bun reports an unreachable host (EHOSTUNREACH) as ECONNREFUSED too, so a refusal is
+ * named as such only where it is certain (a loopback address has no route to lose); elsewhere it is "cannot reach".
+ */
+export function connectErrorText(host: string, port: number, err: NodeJS.ErrnoException): string {
+  const code = err.code ?? "";
+  const loopback = /^(127\.|::1$|localhost$)/.test(host);
+  if (code === "ECONNREFUSED" && loopback) return `cannot connect to ${host}:${port}: connection refused (nothing listens there; ECONNREFUSED)`;
+  if (code === "ECONNREFUSED") return `cannot reach ${host}:${port}: refused or unreachable (the runtime reports both as ECONNREFUSED)`;
+  if (["EHOSTUNREACH", "ENETUNREACH", "EHOSTDOWN", "ETIMEDOUT", "ENETDOWN"].includes(code)) return `cannot reach ${host}:${port} (${code})`;
+  return `cannot connect to ${host}:${port}: ${err.message}`;
 }
 
 export async function connectRpc(host: string, port: number, hello: Hello, handler: RequestHandler, opts: FramedOptions = {}): Promise<RpcConnection> {

@@ -350,4 +350,6 @@ export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
 //   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
 //   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
 //   [CREDIT, channelId, n]              the consumer has n more free buffers; the first one requests the partition
-export const DATA_FRAME = { DATA: 0, EVENT: 1, CREDIT: 2 } as const;
+//   [KEEPALIVE]                         sent every taskmanager.network.tcp-connection.keepalive.interval by both
+//                                       ends; a connection that hears nothing for the keepalive time-out is closed
+export const DATA_FRAME = { DATA: 0, EVENT: 1, CREDIT: 2, KEEPALIVE: 3 } as const;

@@ -84,7 +84,15 @@ export class TaskExecutor implements TaskManagerView {
     // Secret and TLS for the RPC connection and the data port (throws ConfigError on unreadable files).
     const security = securityFromConfig(config);
     this.rpcOptions = { security, maxFrameBytes: config["rpc.max-frame-size"], handshakeTimeoutMs: config["rpc.handshake-timeout"] };
-    this.shuffle.transport.configure({ security, handshakeTimeoutMs: config["rpc.handshake-timeout"], maxConnectionsPerAddress: config["rpc.max-connections-per-address"] });
+    this.shuffle.transport.configure({
+      security,
+      handshakeTimeoutMs: config["rpc.handshake-timeout"],
+      maxConnectionsPerAddress: config["rpc.max-connections-per-address"],
+      keepaliveIntervalMs: config["taskmanager.network.tcp-connection.keepalive.interval"],
+      keepaliveTimeoutMs: config["taskmanager.network.tcp-connection.keepalive.timeout"],
+      backoffInitialMs: config["taskmanager.network.request-backoff.initial"],
+      backoffMaxMs: config["taskmanager.network.request-backoff.max"],
+    });
   }
 
   private readonly rpcOptions: FramedOptions;
