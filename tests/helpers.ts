@@ -234,3 +234,23 @@ export function rawPeer(
     });
   });
 }
+
+/**
+ * What is wrong with the output of a keyed counting job over 1..n keyed by x % keys, whose records are "(key,count)":
+ * lines out of range, duplicates, and how many of the n expected lines are missing. An exactly-once run gives
+ * { bad: [], duplicates: 0, missing: 0 }.
+ */
+export function keyedCountsDiscrepancy(lines: string[], n: number, keys: number): { bad: string[]; duplicates: number; missing: number } {
+  const perKey = new Array<number>(keys).fill(0);
+  for (let x = 1; x <= n; x++) perKey[x % keys]!++;
+  const seen = new Set<string>();
+  const bad: string[] = [];
+  let duplicates = 0;
+  for (const l of lines) {
+    const m = /^\((\d+),(\d+)\)$/.exec(l);
+    if (!m || Number(m[1]) >= keys || Number(m[2]) < 1 || Number(m[2]) > perKey[Number(m[1])]!) bad.push(l);
+    else if (seen.has(l)) duplicates++;
+    else seen.add(l);
+  }
+  return { bad: bad.slice(0, 5), duplicates, missing: n - seen.size };
+}
