@@ -104,7 +104,11 @@ function guardProcess(): void {
       hitsOwnProcess(Number(pid), signal) ? fail(`process.kill(${show(pid)}, ${show(signal)})`) : realInternalKill(pid, signal);
   }
   for (const [key, value] of Object.entries(guards)) {
-    Object.defineProperty(process, key, { value, writable: false, configurable: false, enumerable: true });
+    try {
+      Object.defineProperty(process, key, { value, writable: false, configurable: false, enumerable: true });
+    } catch {
+      // a runtime whose process object does not let this be replaced: that call stays as it is
+    }
   }
 }
 
