@@ -7,11 +7,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import { environmentWithSecrets, loadConfig } from "../src/config/load.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
-import { securityFromConfig } from "../src/rpc/security.ts";
-import { BUN, Child, removeTempDirs, tempDir } from "./helpers.ts";
+import { BUN, Child, removeTempDirs, ROOT, tempDir } from "./helpers.ts";
 
 const SECRET = "isolation-test-secret-0123456789abcdef";
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=3s", "-D", "taskmanager.registration.max-backoff=200ms"];
@@ -70,22 +68,28 @@ describe("job code and the TaskManager's environment", () => {
     expect(seen).toEqual({ secret: null, tmKeys: [], hasPath: true, bunSpawn: "[][]", bunSpawnObject: "[][]", childProcess: "[][]", exec: "[][]" });
   }, 90_000);
 
-  test("loading the config from process.env moves TM_SECURITY_AUTH_SECRET out of it; the secret is still what the process authenticates with", () => {
-    process.env.TM_SECURITY_AUTH_SECRET = SECRET;
-    try {
-      loadConfig({ env: process.env });
-      expect(process.env.TM_SECURITY_AUTH_SECRET).toBeUndefined();
-      expect(Object.keys(process.env)).not.toContain("TM_SECURITY_AUTH_SECRET");
-      expect(environmentWithSecrets().TM_SECURITY_AUTH_SECRET).toBe(SECRET);
-      expect(securityFromConfig(loadConfig({ env: process.env })).secret?.toString()).toBe(SECRET);
-      // A config loaded from another environment object leaves that object alone.
-      const other = { TM_SECURITY_AUTH_SECRET: SECRET };
+  test("loading the config from process.env moves TM_SECURITY_AUTH_SECRET out of it; the secret is still what the process authenticates with", async () => {
+    // In a process of its own: what loadConfig takes out of process.env stays taken for that process's life.
+    const script = `
+      import { environmentWithSecrets, loadConfig } from ${JSON.stringify(path.join(ROOT, "src/config/load.ts"))};
+      import { securityFromConfig } from ${JSON.stringify(path.join(ROOT, "src/rpc/security.ts"))};
+      const other = { TM_SECURITY_AUTH_SECRET: "another-secret-0123456789" };
       loadConfig({ env: other });
-      expect(other.TM_SECURITY_AUTH_SECRET).toBe(SECRET);
-    } finally {
-      delete process.env.TM_SECURITY_AUTH_SECRET;
-    }
-  });
+      const config = loadConfig({ env: process.env });
+      console.log(JSON.stringify({
+        inProcessEnv: process.env.TM_SECURITY_AUTH_SECRET ?? null,
+        listed: Object.keys(process.env).includes("TM_SECURITY_AUTH_SECRET"),
+        taken: environmentWithSecrets().TM_SECURITY_AUTH_SECRET,
+        used: securityFromConfig(config).secret?.toString(),
+        otherLeftAlone: other.TM_SECURITY_AUTH_SECRET,
+        child: Bun.spawnSync(["sh", "-c", 'echo "[$TM_SECURITY_AUTH_SECRET]"'], { env: process.env }).stdout.toString().trim(),
+      }));`;
+    const file = path.join(tempDir("tm-iso-load-"), "load.ts");
+    fs.writeFileSync(file, script);
+    const child = new Child([BUN, file], { TM_SECURITY_AUTH_SECRET: SECRET });
+    expect({ exit: await child.exited(30_000), stderr: child.stderr }).toEqual({ exit: 0, stderr: "" });
+    expect(JSON.parse(child.stdout)).toEqual({ inProcessEnv: null, listed: false, taken: SECRET, used: SECRET, otherLeftAlone: "another-secret-0123456789", child: "[]" });
+  }, 30_000);
 });
 
 describe("calls that would end the TaskManager fail the task alone", () => {
