@@ -167,6 +167,19 @@ function splitJobArgs(args: string[], valued: Set<string>): { own: string[]; job
   return { own: args, job: undefined, jobArgs: [] };
 }
 
+/**
+ * Flink's rule: options go before the job file, everything after it is the job's. A job argument that is one of
+ * the command's own options (`submit job.ts -m host:6123`) was most likely meant for the command: say so, since a
+ * job that ignores its arguments would otherwise run silently with the defaults.
+ */
+function warnOptionsAfterJob(command: string, jobArgs: string[], options: Record<string, { type: string; short?: string }>): void {
+  const names = new Set(Object.entries(options).flatMap(([long, o]) => (o.short ? [`--${long}`, `-${o.short}`] : [`--${long}`])));
+  for (const arg of jobArgs) {
+    const name = arg.startsWith("--") ? arg.split("=")[0]! : arg;
+    if (names.has(name)) console.error(`warning: job argument '${name}' looks like an option of ${command}; options go before the job file`);
+  }
+}
+
 function positiveInt(text: string | undefined, flag: string): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
@@ -226,9 +239,11 @@ async function runJobManager(args: string[]): Promise<number> {
 
 async function runLocal(args: string[]): Promise<number> {
   const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "--taskmanagers"]));
-  const { values } = parse(own, { ...COMMON_OPTIONS, parallelism: { type: "string", short: "p" }, taskmanagers: { type: "string" }, verbose: { type: "boolean", short: "v" } });
+  const options = { ...COMMON_OPTIONS, parallelism: { type: "string", short: "p" }, taskmanagers: { type: "string" }, verbose: { type: "boolean", short: "v" } } as const;
+  const { values } = parse(own, options);
   if (values.help) return help("local");
   if (!job) throw new UsageError("local: missing the job file, e.g. `taskmanager local examples/wordcount.ts`");
+  warnOptionsAfterJob("local", jobArgs, options);
   const cfg = config(values);
   checkDirectories(cfg, [...new Set([...JOBMANAGER_DIRS, ...TASKMANAGER_DIRS])]);
   if (!values.verbose && !values.D?.some((d) => d.startsWith("log.level="))) setLogLevel("warn");
@@ -246,15 +261,17 @@ async function runLocal(args: string[]): Promise<number> {
 
 async function runSubmit(args: string[]): Promise<number> {
   const { own, job, jobArgs } = splitJobArgs(args, new Set(["--config", "-D", "-p", "--parallelism", "-m", "--jobmanager", "-s", "--from-savepoint"]));
-  const { values } = parse(own, {
+  const options = {
     ...COMMON_OPTIONS,
     parallelism: { type: "string", short: "p" },
     jobmanager: { type: "string", short: "m" },
     detached: { type: "boolean", short: "d" },
     "from-savepoint": { type: "string", short: "s" },
-  });
+  } as const;
+  const { values } = parse(own, options);
   if (values.help) return help("submit");
   if (!job) throw new UsageError("submit: missing the job file");
+  warnOptionsAfterJob("submit", jobArgs, options);
   const cfg = config(values);
   const { host, port } = jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];

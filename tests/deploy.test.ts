@@ -171,6 +171,37 @@ describe("deploy/", () => {
       }
     });
 
+    test("state.checkpoints.dir of both pods is the ReadWriteMany claim, mounted at exactly that path (not a pod's emptyDir)", () => {
+      const pvc = yamlDocs("checkpoints-pvc.yaml")[0];
+      expect(pvc.kind).toBe("PersistentVolumeClaim");
+      expect(pvc.spec.accessModes).toEqual(["ReadWriteMany"]);
+      expect(pvc.spec.resources.requests.storage).toMatch(/^\d+[MGT]i$/);
+      for (const [d, toml] of [[jmDeployment, "jm.toml"], [tmDeployment, "tm.toml"]] as const) {
+        const cfg = loadConfigMapEntry(toml);
+        const dir = cfg["state.checkpoints.dir"];
+        expect({ toml, dir }).toEqual({ toml, dir: expect.stringMatching(/^\//) });
+        const pod = d.spec.template.spec;
+        const mounts: { name: string; mountPath: string }[] = pod.containers[0].volumeMounts;
+        // The mount that holds the directory is the one with the longest path that contains it.
+        const holder = mounts
+          .filter((m) => dir === m.mountPath || dir.startsWith(m.mountPath.replace(/\/$/, "") + "/"))
+          .sort((a, b) => b.mountPath.length - a.mountPath.length)[0]!;
+        expect({ toml, mountPath: holder.mountPath }).toEqual({ toml, mountPath: dir });
+        const volume = pod.volumes.find((v: any) => v.name === holder.name);
+        expect({ toml, volume: volume.persistentVolumeClaim }).toEqual({ toml, volume: { claimName: pvc.metadata.name } });
+        // Savepoints default to savepoints/ under the checkpoint storage: on the shared claim as well.
+        expect(cfg["state.savepoints.dir"] === "" || cfg["state.savepoints.dir"].startsWith(dir + "/")).toBe(true);
+      }
+      // Both tomls name the same directory, so a checkpoint one pod writes is where the other looks.
+      expect(loadConfigMapEntry("tm.toml")["state.checkpoints.dir"]).toBe(loadConfigMapEntry("jm.toml")["state.checkpoints.dir"]);
+      // Every manifest is one of the known files (a new one gets its checks here).
+      expect(fs.readdirSync(path.join(DEPLOY, "k8s")).sort()).toEqual(["checkpoints-pvc.yaml", "configmap.yaml", "jobmanager.yaml", "secret.yaml", "taskmanager.yaml"]);
+    });
+
+    test("the ConfigMap's comments do not claim that the REST API has no authentication", () => {
+      expect(fs.readFileSync(path.join(DEPLOY, "k8s", "configmap.yaml"), "utf8")).not.toMatch(/no authentication/i);
+    });
+
     test("the TaskManager's terminationGracePeriodSeconds is longer than its shutdown grace period", () => {
       const grace = loadConfigMapEntry("tm.toml")["taskmanager.shutdown.grace-period"];
       expect(tmDeployment.spec.template.spec.terminationGracePeriodSeconds * 1000).toBeGreaterThan(grace);

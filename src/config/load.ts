@@ -32,7 +32,31 @@ export function defaultConfig(): Config {
   return config as unknown as Config;
 }
 
+/**
+ * Environment variables that carry secrets (never config keys). Once a config has been loaded from process.env they
+ * are moved out of it into this module: job code, child processes and anything else that reads process.env later
+ * do not see them. (Linux's /proc/<pid>/environ still shows the environment the process started with: README,
+ * "Trust model".)
+ */
+export const SECRET_ENV_VARS: readonly string[] = ["TM_SECURITY_AUTH_SECRET"];
+const takenSecrets: Record<string, string> = {};
+
+function takeSecretsFromEnvironment(): void {
+  for (const name of SECRET_ENV_VARS) {
+    const value = process.env[name];
+    if (value === undefined) continue;
+    takenSecrets[name] = value;
+    delete process.env[name];
+  }
+}
+
+/** process.env with the secret-bearing variables that loadConfig took out of it: where the secret is read. */
+export function environmentWithSecrets(): Record<string, string | undefined> {
+  return { ...takenSecrets, ...process.env };
+}
+
 export function loadConfig(opts: LoadConfigOptions = {}): Config {
+  if (opts.env === process.env) takeSecretsFromEnvironment();
   const config = defaultConfig() as unknown as Record<ConfigKey, string | number | boolean>;
   // Where each value came from, for the cross-key checks' messages.
   const origin = new Map<ConfigKey, string>(CONFIG_KEYS.map((spec) => [spec.key, "default"]));

@@ -5,7 +5,7 @@ import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypt
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Config } from "../config/index.ts";
-import { ConfigError } from "../config/load.ts";
+import { ConfigError, environmentWithSecrets } from "../config/load.ts";
 import type { Hello } from "./messages.ts";
 
 /** The environment variable holding the shared secret (used when security.auth.secret-file is empty). */
@@ -40,7 +40,7 @@ export const NO_SECURITY: TransportSecurity = Object.freeze({ secret: null, inse
  * Reads the secret (security.auth.secret-file, else TM_SECURITY_AUTH_SECRET) and the TLS files named in the
  * config. Throws ConfigError naming the key and file, never the secret.
  */
-export function securityFromConfig(config: Config, env: Record<string, string | undefined> = process.env): TransportSecurity {
+export function securityFromConfig(config: Config, env: Record<string, string | undefined> = environmentWithSecrets()): TransportSecurity {
   let secret: Buffer | null = null;
   const secretFile = config["security.auth.secret-file"];
   if (secretFile) {

@@ -1,4 +1,5 @@
 // Entry point of a task's Worker (an extra entrypoint of the compiled binary: see scripts/build).
+import { readFileSync } from "node:fs";
 import { StreamTask, errorInfo, taskDisplayName } from "./stream-task.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
@@ -9,6 +10,8 @@ let task: StreamTask | null = null;
 let name = "task";
 
 self.onmessage = (event: MessageEvent<ToWorker>) => handle(event.data);
+guardProcess();
+spawnWithWorkerEnvironment();
 
 function handle(msg: ToWorker): void {
   try {
@@ -66,4 +69,72 @@ function watchHeap(limit: number): void {
       post({ type: "failed", error: { message: `task exceeded its memory limit of ${mib(limit)} MiB (heap ${mib(heap)} MiB); see taskmanager.task.memory-limit`, task: name } });
     }, HEAP_CHECK_MS);
   });
+}
+
+// ---- calls that would end the TaskManager ----
+// Job code runs in this Worker, but the process is the TaskManager's: process.kill of its own pid (or its process
+// group) and process.abort would end every task of every job on it, and process.exit would end this Worker with no
+// more than "task worker exited unexpectedly". Each of them fails this task alone, naming the call. This guards
+// against accidents, not against hostile code: job code has the TaskManager's rights (README, "Trust model").
+function guardProcess(): void {
+  const proc = process as unknown as Record<string, (...args: unknown[]) => unknown>;
+  const realExit = proc.exit!.bind(process);
+  const realKill = proc.kill!.bind(process);
+  const realInternalKill = typeof proc._kill === "function" ? proc._kill.bind(process) : null;
+  const ownGroup = processGroup();
+  const fail = (call: string): never => {
+    const message = `${call} called by the job's code: a task may not end its TaskManager's process, so the task fails instead`;
+    post({ type: "failed", error: { message, stack: new Error(message).stack, task: name } });
+    realExit(1); // ends this Worker only; the message above is delivered before its close
+    throw new Error(message); // not reached
+  };
+  // Signal 0 only checks that the process exists.
+  const hitsOwnProcess = (pid: unknown, signal: unknown) =>
+    signal !== 0 && (pid === process.pid || pid === 0 || pid === -1 || pid === -process.pid || (ownGroup !== null && pid === -ownGroup));
+  const show = (v: unknown) => (typeof v === "string" ? JSON.stringify(v) : String(v));
+  const guards: Record<string, (...args: unknown[]) => unknown> = {
+    exit: (code?: unknown) => fail(`process.exit(${code === undefined ? "" : show(code)})`),
+    reallyExit: (code?: unknown) => fail(`process.reallyExit(${code === undefined ? "" : show(code)})`),
+    abort: () => fail("process.abort()"),
+    kill: (pid: unknown, signal: unknown = "SIGTERM") =>
+      hitsOwnProcess(Number(pid), signal) ? fail(`process.kill(${show(pid)}, ${show(signal)})`) : realKill(pid, signal),
+  };
+  if (realInternalKill) {
+    guards._kill = (pid: unknown, signal: unknown) =>
+      hitsOwnProcess(Number(pid), signal) ? fail(`process.kill(${show(pid)}, ${show(signal)})`) : realInternalKill(pid, signal);
+  }
+  for (const [key, value] of Object.entries(guards)) {
+    try {
+      Object.defineProperty(process, key, { value, writable: false, configurable: false, enumerable: true });
+    } catch {
+      // a runtime whose process object does not let this be replaced: that call stays as it is
+    }
+  }
+}
+
+/**
+ * Bun.spawn and Bun.spawnSync without an `env` option hand the child Bun's start-up environment, not this Worker's
+ * process.env (oven-sh/bun#34972), so a job's child would see the TaskManager's TM_* variables and the secret that
+ * was removed from process.env. Here they default to this Worker's environment.
+ */
+function spawnWithWorkerEnvironment(): void {
+  if (typeof Bun === "undefined") return;
+  const bun = Bun as unknown as Record<string, (first: unknown, options?: object) => unknown>;
+  for (const key of ["spawn", "spawnSync"]) {
+    const real = bun[key]!.bind(Bun);
+    bun[key] = (first: unknown, options?: object) =>
+      Array.isArray(first) ? real(first, { env: { ...process.env }, ...options }) : real({ env: { ...process.env }, ...(first as object) });
+  }
+}
+
+/** The process group of the TaskManager (Linux: field 5 of /proc/self/stat), or null where that cannot be read. */
+function processGroup(): number | null {
+  try {
+    const stat = readFileSync("/proc/self/stat", "utf8");
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after its closing one.
+    const pgrp = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+    return Number.isInteger(pgrp) && pgrp > 0 ? pgrp : null;
+  } catch {
+    return null;
+  }
 }

@@ -62,7 +62,8 @@ export class Task implements TaskEndpoint {
   }
 
   start(artifactPath: string): void {
-    const worker = new Worker(taskWorkerUrl(), { type: "module" });
+    // Bun's `env` option gives the Worker its own process.env (Deno ignores it; README, "Trust model").
+    const worker = new Worker(taskWorkerUrl(), { type: "module", env: taskEnvironment() });
     this.worker = worker;
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
     // Without these handlers a Worker that cannot load would vanish silently.
@@ -179,4 +180,14 @@ export class Task implements TaskEndpoint {
     fs.rm(this.stateDir, { recursive: true, force: true }, () => {});
     this.onState(this, state, error);
   }
+}
+
+/**
+ * The environment of a task's Worker: the TaskManager's without its TM_* variables, so job code does not read the
+ * TaskManager's configuration (file paths, a secret that was not removed yet) from process.env.
+ */
+export function taskEnvironment(env: Record<string, string | undefined> = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !k.startsWith("TM_")) out[k] = v;
+  return out;
 }
