@@ -10,6 +10,7 @@ import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
   type ErrorInfo,
+  type ProcessStats,
   type RegisterTaskManagerReply,
   type RequestType,
   type SlotStatus,
@@ -18,7 +19,8 @@ import {
   type TaskState,
 } from "../rpc/messages.ts";
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
-import { createLogger } from "../util/log.ts";
+import { createLogger, recentLogLines } from "../util/log.ts";
+import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
 import { Task, type TaskStateOptions } from "./task.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
@@ -275,7 +277,7 @@ export class TaskExecutor implements TaskManagerView {
       }
       const taskMetrics: Record<string, TaskMetrics> = {};
       for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
-      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics }, this.config["heartbeat.timeout"]).then(
+      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics, process: this.processStats() }, this.config["heartbeat.timeout"]).then(
         () => (this.lastHeardFromJobManager = Date.now()),
         () => {},
       );
@@ -295,6 +297,13 @@ export class TaskExecutor implements TaskManagerView {
     for (const task of this.tasks.values()) task.cancel();
     this.slots.fill(null);
     void this.connectLoop();
+  }
+
+  /** Heap, RSS and network buffers for the JobManager's TaskManager page (sent with every heartbeat). */
+  private processStats(): ProcessStats {
+    const mem = process.memoryUsage();
+    const buffers = this.networkBuffers();
+    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available };
   }
 
   private slotReport(): SlotStatus[] {
@@ -326,6 +335,9 @@ export class TaskExecutor implements TaskManagerView {
       case "notifyCheckpointComplete":
         this.taskFor(payload, type).post({ type: "checkpointComplete", checkpointId: payload.checkpointId });
         return {};
+      case "taskManagerInfo":
+        // For the REST API's TaskManager pages: secrets masked, the log bounded by the ring in util/log.ts.
+        return { config: maskedConfig(this.config), logs: recentLogLines() };
       default:
         throw new Error(`a TaskManager does not serve ${type}`);
     }
