@@ -246,7 +246,7 @@ export class TaskExecutor implements TaskManagerView {
       host,
       port,
       { version: PROTOCOL_VERSION, role: "taskmanager", id: this.resourceId },
-      (type, payload) => this.onRequest(type, payload),
+      (type, payload, conn) => this.onRequest(type, payload, conn),
       this.rpcOptions,
     );
     try {
@@ -310,13 +310,13 @@ export class TaskExecutor implements TaskManagerView {
     return this.slots.map((jobId, slot) => ({ slot, jobId }));
   }
 
-  private onRequest(type: RequestType, payload: any): unknown {
+  private onRequest(type: RequestType, payload: any, conn: RpcConnection): unknown {
     this.lastHeardFromJobManager = Date.now();
     switch (type) {
       case "heartbeat":
         return { slotReport: this.slotReport() };
       case "submitTask":
-        return this.submitTask(payload as TaskDeployment);
+        return this.submitTask(payload as TaskDeployment, conn);
       case "cancelTask": {
         const task = this.tasks.get(payload.executionId);
         if (!task) throw new Error(`no task ${payload.executionId} on ${this.resourceId}`);
@@ -343,7 +343,9 @@ export class TaskExecutor implements TaskManagerView {
     }
   }
 
-  private async submitTask(d: TaskDeployment): Promise<object> {
+  /** `conn`: the JobManager connection the task came on (this.rpc is set only once offerSlots has returned, and the
+   *  JobManager may deploy into the offered slots before that). */
+  private async submitTask(d: TaskDeployment, conn: RpcConnection): Promise<object> {
     if (this.draining) throw new Error(`TaskManager ${this.resourceId} is shutting down and takes no new tasks`);
     if (!Number.isInteger(d.slot) || d.slot < 0 || d.slot >= this.slots.length) throw new Error(`slot ${d.slot} does not exist on ${this.resourceId}`);
     const holder = this.slots[d.slot];
@@ -352,7 +354,7 @@ export class TaskExecutor implements TaskManagerView {
     this.slots[d.slot] = d.jobId;
     const task = new Task(d, this.shuffle, this.stateOptions, (t, state, error) => this.onTaskState(t, state, error), this.checkpointResponder);
     this.tasks.set(d.executionId, task);
-    const rpc = this.rpc;
+    const rpc = this.rpc ?? conn;
     this.artifacts
       .get(d.artifactHash, async (hash) => {
         if (!rpc) throw new Error("no JobManager connection to fetch the artifact from");
