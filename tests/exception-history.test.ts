@@ -1,4 +1,4 @@
-// Failures and record counts over restarts, against a cluster of real processes (`bun main.ts` JobManager and
+// Failures and record counts over restarts, and the operator's REST views of each process, against a cluster of real processes (`bun main.ts` JobManager and
 // TaskManagers on 127.0.0.1, jobs through the `submit` CLI): each failure stays in the job's exception history
 // (REST /jobs/<id>/exceptions, Flink's shape), a RESTARTING job says what it waits for, and the record counts of
 // the client's final line and of the REST API add up over the attempts instead of starting again from zero.
@@ -143,7 +143,7 @@ describe("exception history and record counts over restarts", () => {
     expect(waiting["records-in"]).toBeGreaterThan(0); // the lost attempt's records, not 0
 
     const exc = await get(rest, `/jobs/${jobId}/exceptions`);
-    expect(exc["root-exception"]).toContain("TaskManager tm-a (127.0.0.1) was lost");
+    expect(exc["root-exception"]).toContain("TaskManager tm-a was lost");
     const [e] = exc.exceptionHistory.entries;
     expect(e).toMatchObject({ exceptionName: "TaskManagerLost", taskManagerId: "tm-a", attempt: 0 });
     // All four tasks ran on tm-a: the first is the entry, the other three its concurrent exceptions.
@@ -156,7 +156,47 @@ describe("exception history and record counts over restarts", () => {
       return j.state === "RUNNING" && j.tasks.running === 4 && j.waiting === undefined;
     }, 30_000, 50);
     const after = await get(rest, `/jobs/${jobId}/exceptions`);
-    expect(after["root-exception"]).toContain("TaskManager tm-a (127.0.0.1) was lost");
+    expect(after["root-exception"]).toContain("TaskManager tm-a was lost");
     expect(after.exceptionHistory.entries).toHaveLength(1);
   }, 90_000);
+});
+
+describe("configuration, log lines and process figures of each process", () => {
+  test("/jobmanager/config and /taskmanagers/<id>/config mask secrets; /jobmanager/logs and /taskmanagers/<id>/logs hold each process's own lines; /taskmanagers/<id> has heap, RSS and buffers", async () => {
+    const dir = tempDir("tm-exc-");
+    const secretPath = path.join(dir, "tls-private-key-path.pem"); // only named: TLS stays off
+    const { port, rest } = await startJobManager(dir, ["-D", `security.ssl.key-file=${secretPath}`]);
+    const tm = new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.resource-id=tm-ops", "-D", "taskmanager.network.numberOfBuffers=1000", "-D", `security.ssl.key-file=${secretPath}`, ...FAST]);
+    await tm.waitForOutput(/registered at the JobManager/);
+
+    for (const p of ["/jobmanager/config", "/taskmanagers/tm-ops/config"]) {
+      const config: { key: string; value: string }[] = await get(rest, p);
+      const value = (k: string) => config.find((e) => e.key === k)?.value;
+      expect(value("security.ssl.key-file")).toBe("******");
+      expect(value("security.auth.secret-file")).toBe(""); // unset: nothing to hide
+      expect(JSON.stringify(config)).not.toContain("tls-private-key-path");
+      expect(value("jobmanager.rpc.port")).toBe(p.startsWith("/jobmanager") ? "0" : String(port));
+    }
+    expect((await get(rest, "/taskmanagers/tm-ops/config")).find((e: any) => e.key === "taskmanager.resource-id").value).toBe("tm-ops");
+
+    // Each process answers with its own ring: the TaskManager's holds its registration, the JobManager's its side.
+    const tmLogs: string[] = (await get(rest, "/taskmanagers/tm-ops/logs")).lines;
+    expect(tmLogs.some((l) => l.includes("[taskmanager] registered at the JobManager"))).toBe(true);
+    expect(tmLogs.some((l) => l.includes("[resourcemanager]"))).toBe(false);
+    const jmLogs: string[] = (await get(rest, "/jobmanager/logs")).lines;
+    expect(jmLogs.some((l) => l.includes("[resourcemanager] TaskManager registered") && l.includes("id=tm-ops"))).toBe(true);
+
+    const t = await waitFor("process figures from a heartbeat", async () => {
+      const d = await get(rest, "/taskmanagers/tm-ops");
+      return d.metrics.rss > 0 && d;
+    }, 10_000);
+    expect(t.metrics.heapUsed).toBeGreaterThan(0);
+    expect(t.metrics.heapCommitted).toBeGreaterThanOrEqual(t.metrics.heapUsed);
+    expect(t.metrics.rss).toBeGreaterThan(t.metrics.heapUsed);
+    expect(t.metrics).toMatchObject({ nettyShuffleMemorySegmentsTotal: 1000, nettyShuffleMemorySegmentsAvailable: 1000, nettyShuffleMemorySegmentsUsed: 0 });
+
+    const missing = await fetch(rest + "/taskmanagers/nobody/logs");
+    expect(missing.status).toBe(404);
+    expect((await missing.json()).errors[0]).toContain("no TaskManager nobody");
+  }, 60_000);
 });

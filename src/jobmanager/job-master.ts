@@ -326,7 +326,7 @@ export class JobMaster {
   onTaskManagerLost(tm: RegisteredTaskManager, reason: string): void {
     for (const [id, ex] of this.executions) {
       if (ex.tm === tm && !TERMINAL_TASK_STATES.has(ex.state)) {
-        this.onTaskState(id, "FAILED", { name: "TaskManagerLost", message: `TaskManager ${tm.info.resourceId} (${tm.info.dataHost}) was lost: ${reason}` });
+        this.onTaskState(id, "FAILED", { name: "TaskManagerLost", message: `TaskManager ${tm.info.resourceId} was lost: ${reason}` });
       }
     }
   }
