@@ -89,6 +89,7 @@ describe("defaults", () => {
       "pipeline.auto-watermark-interval": 200,
       "rest.address": "127.0.0.1",
       "rest.port": 8081,
+      "web.exception-history-size": 16,
       "metrics.port": 0,
       "taskmanager.shutdown.grace-period": 10_000,
       "log.format": "text",

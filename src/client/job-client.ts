@@ -152,7 +152,10 @@ export class JobProgress {
   }
 }
 
-/** One line of a running job's progress: state, elapsed time, records, records/s, restarts, last checkpoint. */
+/**
+ * One line of a running job's progress: state, elapsed time, records (over every attempt), records/s, restarts, last
+ * checkpoint, and what a RESTARTING job waits for.
+ */
 export function progressLine(s: JobStatus, recordsPerSecond: number, now = Date.now()): string {
   const secs = (((s.endTime ?? now) - s.startTime) / 1000).toFixed(0);
   let line = `${s.state} ${secs} s: ${s.recordsIn} records in, ${s.recordsOut} out, ${Math.round(recordsPerSecond)} records/s, ${s.restarts} restart(s)`;
@@ -163,13 +166,16 @@ export function progressLine(s: JobStatus, recordsPerSecond: number, now = Date.
   } else {
     line += ", no checkpoint";
   }
+  // RESTARTING or SCHEDULING: what the job waits for (the restart delay, slots).
+  if (s.waiting) line += `; ${s.waiting.message}`;
   return line;
 }
 
 export function describeStatus(s: JobStatus): string {
   const secs = (((s.endTime ?? Date.now()) - s.startTime) / 1000).toFixed(2);
   let line = `Job "${s.name}" (${s.jobId}) ${s.state}`;
-  if (s.endTime !== null) line += ` after ${secs} s; ${s.recordsIn} records read by sources, ${s.recordsOut} records into sinks`;
+  // The counts add up over every attempt (a restart replays records from the last checkpoint: they count again).
+  if (s.endTime !== null) line += ` after ${secs} s; ${s.recordsIn} records read by sources, ${s.recordsOut} records into sinks${s.restarts > 0 ? ` over ${s.restarts + 1} attempts` : ""}`;
   if (s.restarts > 0) line += `; ${s.restarts} restart(s)`;
   if (s.checkpoints?.completed > 0) line += `; ${s.checkpoints.completed} checkpoint(s)`;
   return line;

@@ -65,6 +65,7 @@ export interface Config {
   "taskmanager.state.dir": string;
   "rest.address": string;
   "rest.port": number;
+  "web.exception-history-size": number;
   "metrics.port": number;
   "taskmanager.shutdown.grace-period": number;
   "log.format": "text" | "json";
@@ -393,6 +394,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "port" },
     default: 8081,
     doc: "Port of the JobManager's REST API, web dashboard and /metrics (0 = pick a free port; local always picks one).",
+  },
+  "web.exception-history-size": {
+    type: { kind: "integer", min: 1, max: 1000 },
+    default: 16,
+    doc: "Failures kept per job in its exception history (REST /jobs/<id>/exceptions, the dashboard); older ones are dropped.",
   },
   "metrics.port": {
     type: { kind: "port" },

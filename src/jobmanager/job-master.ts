@@ -7,7 +7,10 @@ import {
   TERMINAL_JOB_STATES,
   TERMINAL_TASK_STATES,
   type ErrorInfo,
+  type ExceptionEntry,
   type JobState,
+  type JobWaiting,
+  type RecordTotals,
   type JobStatus,
   type TaskDeployment,
   type TaskMetrics,
@@ -32,7 +35,12 @@ export interface JobMasterOptions {
   checkpointing: Omit<CheckpointOptions, "store"> & { mode: "EXACTLY_ONCE" | "AT_LEAST_ONCE"; baseDir: string; retained: number };
   /** A savepoint or checkpoint to start from (already read and checked). */
   initialRestore: { meta: CheckpointMetadata; path: string } | null;
+  /** web.exception-history-size: failures kept in the exception history (default 16). */
+  exceptionHistorySize?: number;
 }
+
+/** Failures of other tasks kept with the first failure of a failover. */
+const MAX_CONCURRENT_EXCEPTIONS = 16;
 
 const log = createLogger("jobmaster");
 const CANCEL_TIMEOUT_MS = 10_000;
@@ -42,6 +50,12 @@ interface Execution {
   tm: RegisteredTaskManager;
   state: TaskState;
   metrics: TaskMetrics;
+  startTime: number;
+  endTime: number | null;
+}
+
+function zeroTotals(): RecordTotals {
+  return { recordsIn: 0, recordsOut: 0, bytesIn: 0, bytesOut: 0 };
 }
 
 export class JobMaster {
@@ -60,6 +74,13 @@ export class JobMaster {
   private lastSavepoint: { meta: CheckpointMetadata; path: string } | null = null;
   readonly coordinator: CheckpointCoordinator;
   private readonly store: CheckpointStore;
+  /** Failures, newest last, at most web.exception-history-size; `exceptionsTruncated` once older ones were dropped. */
+  readonly exceptionHistory: ExceptionEntry[] = [];
+  exceptionsTruncated = false;
+  /** Per vertex: the counts of the ended attempts (a restart adds the attempt's to them). */
+  private readonly priorTotals: RecordTotals[];
+  /** What the job waits for while it is not running (restart delay, slots). */
+  private wait: { reason: "restart-delay"; until: number } | { reason: "slots"; needed: number; deadline: number } | null = null;
 
   constructor(
     readonly jobId: string,
@@ -79,6 +100,7 @@ export class JobMaster {
       this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
     }
     this.firstAttempt = this.attempt;
+    this.priorTotals = graph.vertices.map(() => zeroTotals());
     this.coordinator = new CheckpointCoordinator(
       {
         jobId,
@@ -117,20 +139,27 @@ export class JobMaster {
   private async allocateSlots(state: JobState, purpose: string): Promise<SlotAssignment[] | null> {
     const needed = requiredSlots(this.graph);
     const deadline = Date.now() + this.opts.slotTimeoutMs;
-    while (this.state === state) {
-      const slots = this.rm.allocate(this.jobId, needed);
-      if (slots) return slots;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        this.error = {
-          message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms${purpose}: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
-        };
-        this.transition("FAILED");
-        return null;
+    try {
+      while (this.state === state) {
+        const slots = this.rm.allocate(this.jobId, needed);
+        if (slots) return slots;
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          this.error = {
+            name: "NoResourceAvailable",
+            message: `could not get ${needed} slots within ${this.opts.slotTimeoutMs} ms${purpose}: the cluster has ${this.rm.freeSlots} free of ${this.rm.totalSlots} slots on ${this.rm.taskManagers.size} TaskManager(s)`,
+          };
+          this.recordException(this.error, null);
+          this.transition("FAILED");
+          return null;
+        }
+        this.wait = { reason: "slots", needed, deadline };
+        await this.rm.waitForSlots(left);
       }
-      await this.rm.waitForSlots(left);
+      return null;
+    } finally {
+      this.wait = null;
     }
-    return null;
   }
 
   /** All tasks of the current attempt, when every one of them is RUNNING (checkpoints need them all). */
@@ -183,10 +212,14 @@ export class JobMaster {
   private async restart(): Promise<void> {
     const delay = this.restartDelay() ?? 0;
     log.info("restarting the job", { job: this.jobId, attempt: this.attempt + 1, delayMs: delay });
+    this.wait = { reason: "restart-delay", until: Date.now() + delay };
     await new Promise((r) => setTimeout(r, delay));
+    this.wait = null;
     if (this.state !== "RESTARTING") return; // canceled meanwhile
     this.rm.release(this.jobId);
     this.attempt++;
+    // The ended attempt's counts stay in the job's totals: records read and written add up over restarts.
+    for (const ex of this.executions.values()) addTotals(this.priorTotals[ex.deployment.vertexId]!, ex.metrics);
     this.executions.clear();
     this.error = undefined;
     // The newest of: the latest retained checkpoint, a savepoint taken since, what the job was started from.
@@ -244,13 +277,13 @@ export class JobMaster {
           checkpointingMode: this.opts.checkpointing.mode,
           restore: this.restoreFor(v.id),
         };
-        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics() });
+        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
       }
     }
     this.transition("RUNNING");
     for (const ex of this.executions.values()) {
       ex.tm.rpc.request("submitTask", ex.deployment).catch((err: Error) =>
-        this.onTaskState(ex.deployment.executionId, "FAILED", { message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
+        this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
       );
     }
   }
@@ -260,10 +293,17 @@ export class JobMaster {
     if (!ex || TERMINAL_TASK_STATES.has(ex.state)) return;
     ex.state = state;
     if (metrics) ex.metrics = metrics;
-    if (TERMINAL_TASK_STATES.has(state)) this.coordinator.onTaskEnded(executionId);
+    if (TERMINAL_TASK_STATES.has(state)) {
+      ex.endTime = Date.now();
+      this.coordinator.onTaskEnded(executionId);
+    }
+    if (state === "FAILED") {
+      error = { ...(error ?? { message: "task failed" }) };
+      error.task ??= `${ex.deployment.vertexName} (${ex.deployment.subtaskIndex + 1}/${ex.deployment.parallelism})`;
+      this.recordException(error, ex);
+    }
     if (state === "FAILED" && this.state === "RUNNING") {
-      this.error = error ?? { message: "task failed" };
-      this.error.task ??= `${ex.deployment.vertexName} (${ex.deployment.subtaskIndex + 1}/${ex.deployment.parallelism})`;
+      this.error = error!;
       this.coordinator.stop("the job is failing over");
       if (this.restartDelay() !== null) {
         log.warn("task failed; restarting the job from its latest checkpoint", { job: this.jobId, task: this.error.task, error: this.error.message, attempt: this.attempt });
@@ -304,7 +344,7 @@ export class JobMaster {
   onTaskManagerLost(tm: RegisteredTaskManager, reason: string): void {
     for (const [id, ex] of this.executions) {
       if (ex.tm === tm && !TERMINAL_TASK_STATES.has(ex.state)) {
-        this.onTaskState(id, "FAILED", { message: `TaskManager ${tm.info.resourceId} was lost: ${reason}` });
+        this.onTaskState(id, "FAILED", { name: "TaskManagerLost", message: `TaskManager ${tm.info.resourceId} was lost: ${reason}` });
       }
     }
   }
@@ -321,18 +361,31 @@ export class JobMaster {
 
   status(): JobStatus {
     const tasks = { DEPLOYING: 0, RUNNING: 0, FINISHED: 0, FAILED: 0, CANCELING: 0, CANCELED: 0 } as Record<TaskState, number>;
-    let recordsIn = 0, recordsOut = 0;
-    const sinks = new Set(this.graph.vertices.filter((v) => !this.graph.edges.some((e) => e.source === v.id)).map((v) => v.id));
+    const vertices: VertexStatus[] = this.graph.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [], totals: { ...this.priorTotals[v.id]! } }));
     for (const ex of this.executions.values()) {
       tasks[ex.state]++;
-      if (this.graph.vertices[ex.deployment.vertexId]!.isSource) recordsIn += ex.metrics.recordsIn;
-      if (sinks.has(ex.deployment.vertexId)) recordsOut += ex.metrics.recordsOut;
-    }
-    const vertices: VertexStatus[] = this.graph.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [] }));
-    for (const ex of this.executions.values()) {
-      vertices[ex.deployment.vertexId]!.subtasks.push({ subtask: ex.deployment.subtaskIndex, state: ex.state, taskManager: ex.tm.info.resourceId, metrics: ex.metrics });
+      const v = vertices[ex.deployment.vertexId]!;
+      addTotals(v.totals, ex.metrics);
+      v.subtasks.push({
+        subtask: ex.deployment.subtaskIndex,
+        state: ex.state,
+        taskManager: ex.tm.info.resourceId,
+        metrics: ex.metrics,
+        attempt: ex.deployment.attempt,
+        host: ex.tm.info.dataHost,
+        startTime: ex.startTime,
+        endTime: ex.endTime,
+      });
     }
     for (const v of vertices) v.subtasks.sort((a, b) => a.subtask - b.subtask);
+    // Records read by the sources and written into the sinks, over every attempt.
+    let recordsIn = 0, recordsOut = 0;
+    const sinks = new Set(this.graph.vertices.filter((v) => !this.graph.edges.some((e) => e.source === v.id)).map((v) => v.id));
+    for (const v of vertices) {
+      if (this.graph.vertices[v.id]!.isSource) recordsIn += v.totals.recordsIn;
+      if (sinks.has(v.id)) recordsOut += v.totals.recordsOut;
+    }
+    const waiting = this.waiting();
     const c = this.coordinator;
     return {
       jobId: this.jobId,
@@ -346,8 +399,67 @@ export class JobMaster {
       vertices,
       ...(this.error ? { error: this.error } : {}),
       restarts: this.attempt - this.firstAttempt,
+      ...(waiting ? { waiting } : {}),
       checkpoints: { completed: c.completed, failed: c.failed, latest: c.latestCompleted(), restoredFrom: this.restoredFrom?.path ?? null, history: [...c.history] },
     };
+  }
+
+  /** Why the job waits: the restart delay, slots, or tasks of the failed attempt still ending. */
+  private waiting(): JobWaiting | null {
+    if (this.state !== "RESTARTING" && this.state !== "SCHEDULING") return null;
+    const w = this.wait;
+    const now = Date.now();
+    if (w?.reason === "restart-delay") {
+      const left = Math.max(0, w.until - now);
+      return { reason: "restart-delay", delayLeftMs: left, message: `restarting in ${(left / 1000).toFixed(1)} s (the restart strategy's delay after restart ${this.attempt - this.firstAttempt + 1})` };
+    }
+    if (w?.reason === "slots") {
+      const free = this.rm.freeSlots, total = this.rm.totalSlots;
+      return {
+        reason: "slots",
+        slotsNeeded: w.needed,
+        slotsFree: free,
+        slotsTotal: total,
+        timeoutLeftMs: Math.max(0, w.deadline - now),
+        message: `waiting for slots: the job needs ${w.needed}, the cluster has ${free} free of ${total} on ${this.rm.taskManagers.size} TaskManager(s); failing in ${Math.ceil(Math.max(0, w.deadline - now) / 1000)} s (jobmanager.slot-request.timeout)`,
+      };
+    }
+    if (this.state === "RESTARTING") {
+      const left = [...this.executions.values()].filter((ex) => !TERMINAL_TASK_STATES.has(ex.state)).length;
+      if (left > 0) return { reason: "tasks-ending", tasksLeft: left, message: `waiting for ${left} task(s) of the failed attempt to end` };
+    }
+    return null;
+  }
+
+  /**
+   * A failure into the exception history: the first of an attempt is an entry of its own, later ones of the same
+   * attempt (the other tasks failing as the job fails over) go with it as concurrent exceptions.
+   */
+  private recordException(error: ErrorInfo, ex: Execution | null): void {
+    const d = ex?.deployment;
+    const entry: Omit<ExceptionEntry, "concurrent"> = {
+      timestamp: Date.now(),
+      name: error.name ?? errorName(error.stack),
+      message: error.message,
+      stack: error.stack ?? null,
+      task: error.task ?? null,
+      vertexId: d?.vertexId ?? null,
+      subtask: d?.subtaskIndex ?? null,
+      attempt: this.attempt,
+      taskManagerId: ex?.tm.info.resourceId ?? null,
+      endpoint: ex ? `${ex.tm.info.dataHost}:${ex.tm.info.dataPort}` : null,
+    };
+    const last = this.exceptionHistory[this.exceptionHistory.length - 1];
+    if (last && last.attempt === this.attempt && this.state !== "RUNNING") {
+      if (last.concurrent.length < MAX_CONCURRENT_EXCEPTIONS) last.concurrent.push(entry);
+      return;
+    }
+    this.exceptionHistory.push({ ...entry, concurrent: [] });
+    const max = this.opts.exceptionHistorySize ?? 16;
+    if (this.exceptionHistory.length > max) {
+      this.exceptionHistory.splice(0, this.exceptionHistory.length - max);
+      this.exceptionsTruncated = true;
+    }
   }
 
   private cancelRemaining(): void {
@@ -397,6 +509,19 @@ export class JobMaster {
     this.onTerminal(this);
     for (const w of this.doneWaiters.splice(0)) w();
   }
+}
+
+function addTotals(t: RecordTotals, m: TaskMetrics): void {
+  t.recordsIn += m.recordsIn;
+  t.recordsOut += m.recordsOut;
+  t.bytesIn += m.bytesIn;
+  t.bytesOut += m.bytesOut;
+}
+
+/** "TypeError" from a stack whose first line is "TypeError: message"; else "Error". */
+function errorName(stack: string | undefined): string {
+  const m = stack ? /^([A-Za-z_$][\w$.]*)(?::|$)/.exec(stack.split("\n", 1)[0]!) : null;
+  return m ? m[1]! : "Error";
 }
 
 /** A checkpoint or savepoint fits a job when it has the same vertices and max parallelism (key groups). */

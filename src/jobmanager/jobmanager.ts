@@ -32,7 +32,7 @@ export class JobManager {
   private rest: RestServer | null = null;
   restPort = 0;
 
-  constructor(private readonly config: Config) {
+  constructor(readonly config: Config) {
     this.resourceManager = new ResourceManager(config["heartbeat.interval"], config["heartbeat.timeout"], (tm, reason) => {
       for (const job of this.jobs.values()) job.onTaskManagerLost(tm, reason);
     });
@@ -121,6 +121,10 @@ export class JobManager {
         return { accepted: rm.offerSlots(p.resourceId, p.slots) };
       case "heartbeat":
         rm.heartbeatFrom(peer.id);
+        if (peer.role === "taskmanager" && p && typeof p.process === "object" && p.process !== null) {
+          const tm = rm.taskManagers.get(peer.id);
+          if (tm) tm.process = p.process;
+        }
         if (peer.role === "taskmanager" && p && typeof p.taskMetrics === "object" && p.taskMetrics !== null) {
           for (const [executionId, metrics] of Object.entries(p.taskMetrics)) {
             this.jobs.get(executionId.split("-")[0]!)?.onTaskMetrics(executionId, metrics as TaskMetrics);
@@ -231,6 +235,7 @@ export class JobManager {
         savepointDir: c["state.savepoints.dir"] || path.join(this.checkpointDir, "savepoints"),
       },
       initialRestore,
+      exceptionHistorySize: c["web.exception-history-size"],
     };
   }
 

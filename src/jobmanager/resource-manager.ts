@@ -1,6 +1,6 @@
 // Registered TaskManagers and their slots, kept alive by heartbeats in both directions.
 import type { RpcConnection } from "../rpc/connection.ts";
-import type { RegisterTaskManager } from "../rpc/messages.ts";
+import type { ProcessStats, RegisterTaskManager } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("resourcemanager");
@@ -12,6 +12,8 @@ export interface RegisteredTaskManager {
   slots: Map<number, string | null>;
   lastHeartbeat: number;
   registeredAt: number;
+  /** Heap, RSS and network buffers, from the TaskManager's latest heartbeat. */
+  process?: ProcessStats;
 }
 
 export interface SlotAssignment {

@@ -1,12 +1,16 @@
 // The web dashboard: one HTML page with inline CSS and JS, served by the JobManager at /. It reads the REST API
-// every second: overview and job list, a job's operator graph (parallelism, records/s, backpressure colour),
-// vertices, checkpoints and exceptions, and the TaskManagers with their slots. No build step, no dependencies.
+// every second (JSON only, never /metrics, whose names may change): overview and job list, a job's operator graph
+// (parallelism, records/s, backpressure colour, failed operators red), vertices with watermarks, subtasks (attempt,
+// host, duration, busy and back-pressured ratios), why a job waits, its exception history and checkpoints; the
+// TaskManagers, each with its page (heap, RSS, network buffers, tasks, configuration, log), and the JobManager's
+// configuration and log. The favicon is an inline SVG. No build step, no dependencies.
 export const DASHBOARD_HTML = `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>tm dashboard</title>
+<link rel="icon" type="image/svg+xml" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E%3Crect width='16' height='16' rx='3' fill='%231d2330'/%3E%3Cpath d='M3 4h10v2H9v7H7V6H3z' fill='%23e6522c'/%3E%3C/svg%3E">
 <style>
   :root { --fg:#1d2330; --muted:#6b7385; --line:#d9dde5; --bg:#f5f6f8; --card:#fff; --accent:#2f5bd3;
           --ok:#e3f4e7; --okb:#3c9d5a; --low:#fff1d1; --lowb:#d39a1c; --high:#fde0de; --highb:#d2443a; }
@@ -38,6 +42,9 @@ export const DASHBOARD_HTML = `<!doctype html>
   .bar i { display:block; height:100%; background:var(--accent); }
   button { font:inherit; padding:4px 12px; border:1px solid var(--highb); color:var(--highb); background:#fff; border-radius:4px; cursor:pointer; }
   .muted { color:var(--muted); } pre { background:#fff; border:1px solid var(--line); padding:10px; overflow:auto; }
+  .waiting { background:var(--low); border:1px solid var(--lowb); border-radius:6px; padding:8px 12px; }
+  td.msg { white-space:normal; max-width:640px; } details summary { cursor:pointer; }
+  pre.log { max-height:420px; font-size:12px; white-space:pre-wrap; }
 </style>
 </head>
 <body>
@@ -46,6 +53,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <a href="#/" id="nav-overview">Overview</a>
   <a href="#/jobs" id="nav-jobs">Jobs</a>
   <a href="#/taskmanagers" id="nav-taskmanagers">TaskManagers</a>
+  <a href="#/jobmanager" id="nav-jobmanager">JobManager</a>
   <span id="status">connecting...</span>
 </header>
 <main id="app"></main>
@@ -59,6 +67,12 @@ const fmtBytes = (n) => n >= 1073741824 ? (n / 1073741824).toFixed(1) + " GiB" :
 const fmtDur = (ms) => { if (ms == null || ms < 0) return "-"; const s = Math.floor(ms / 1000); if (s < 60) return ms < 10000 ? (ms / 1000).toFixed(1) + " s" : s + " s"; const m = Math.floor(s / 60); if (m < 60) return m + " m " + (s % 60) + " s"; return Math.floor(m / 60) + " h " + (m % 60) + " m"; };
 const fmtTime = (t) => t > 0 ? new Date(t).toLocaleTimeString() : "-";
 const state = (s) => '<span class="state ' + esc(s) + '">' + esc(s) + "</span>";
+const pct = (r) => r == null ? "-" : Math.round(r * 100) + "%";
+// Watermarks are event-time milliseconds: shown as a UTC time when they look like one.
+const fmtWm = (w) => w == null ? "-" : w > 1e11 && w < 1e14 ? new Date(w).toISOString().replace("T", " ").replace("Z", "") : String(w);
+const configTable = (id, entries) => '<table id="' + id + '"><thead><tr><th>Key</th><th>Value</th></tr></thead><tbody>' +
+  entries.map((e) => "<tr><td>" + esc(e.key) + "</td><td>" + esc(e.value) + "</td></tr>").join("") + "</tbody></table>";
+const logBlock = (id, lines) => '<pre class="log" id="' + id + '">' + (lines.length ? esc(lines.join("\\n")) : "(no log lines yet)") + "</pre>";
 // Mutating calls carry the REST token (security.rest.token-file, or the shared secret) when the cluster has one:
 // asked for on the first 401 and kept in this tab's sessionStorage only.
 async function api(path, opts) {
@@ -121,11 +135,13 @@ function graphSvg(job) {
     s += '<path d="M' + x1 + "," + y1 + " C" + mx + "," + y1 + " " + mx + "," + y2 + " " + x2 + "," + y2 + '" fill="none" stroke="#7a8296" stroke-width="1.5" marker-end="url(#arrow)"/>';
     s += '<text x="' + (mx - 26) + '" y="' + ((y1 + y2) / 2 - 6) + '" style="font-size:10px;fill:#6b7385">' + esc(i.ship_strategy) + "</text>";
   }
-  const fill = { ok: "#e3f4e7", low: "#fff1d1", high: "#fde0de" }, stroke = { ok: "#3c9d5a", low: "#d39a1c", high: "#d2443a" };
+  // Running operators are coloured by backpressure; a failed one is red whatever its backpressure, a canceled one grey.
+  const fill = { ok: "#e3f4e7", low: "#fff1d1", high: "#fde0de", failed: "#f8c9c5", canceled: "#ececec" }, stroke = { ok: "#3c9d5a", low: "#d39a1c", high: "#d2443a", failed: "#b3261e", canceled: "#9aa0a6" };
   for (const n of nodes) {
     const p = pos.get(n.id), v = byId.get(n.id); const lvl = v.backpressure.level;
+    const look = v.status === "FAILED" ? "failed" : v.status === "CANCELED" || v.status === "CANCELING" ? "canceled" : lvl;
     const name = v.name.length > 30 ? v.name.slice(0, 29) + "\\u2026" : v.name;
-    s += '<g class="vertex" data-vertex="' + v.id + '" data-backpressure="' + lvl + '"><title>' + esc(v.name) + '</title><rect x="' + p.x + '" y="' + p.y + '" width="' + W + '" height="' + H + '" rx="6" fill="' + fill[lvl] + '" stroke="' + stroke[lvl] + '" stroke-width="1.5"/>';
+    s += '<g class="vertex" data-vertex="' + v.id + '" data-status="' + esc(v.status) + '" data-backpressure="' + lvl + '"><title>' + esc(v.name) + '</title><rect x="' + p.x + '" y="' + p.y + '" width="' + W + '" height="' + H + '" rx="6" fill="' + fill[look] + '" stroke="' + stroke[look] + '" stroke-width="' + (look === "failed" ? 2.5 : 1.5) + '"/>';
     s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 18) + '" style="font-weight:600">' + esc(name) + "</text>";
     s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 36) + '">Parallelism: ' + v.parallelism + " \\u00b7 " + esc(v.status) + "</text>";
     s += '<text x="' + (p.x + 10) + '" y="' + (p.y + 53) + '">in ' + fmtNum(v.metrics["records-in-per-second"]) + "/s \\u00b7 out " + fmtNum(v.metrics["records-out-per-second"]) + "/s</text>";
@@ -135,21 +151,28 @@ function graphSvg(job) {
 }
 
 async function viewJob(id) {
-  const [job, cps] = await Promise.all([api("/jobs/" + encodeURIComponent(id)), api("/jobs/" + encodeURIComponent(id) + "/checkpoints")]);
+  const jp = "/jobs/" + encodeURIComponent(id);
+  const [job, cps, exc] = await Promise.all([api(jp), api(jp + "/checkpoints"), api(jp + "/exceptions")]);
   const running = !["FINISHED", "FAILED", "CANCELED"].includes(job.state);
   let h = '<h1 id="job-name">' + esc(job.name) + " " + state(job.state) + "</h1>";
   h += '<p class="muted">' + esc(job.jid) + " \\u00b7 started " + fmtTime(job["start-time"]) + " \\u00b7 duration " + fmtDur(job.duration) + " \\u00b7 restarts " + job.restarts +
     " \\u00b7 records in " + fmtNum(job["records-in"]) + " \\u00b7 out " + fmtNum(job["records-out"]) + (running ? ' \\u00b7 <button id="cancel">Cancel job</button>' : "") + "</p>";
-  if (job.error) h += "<h2>Exception</h2><pre>" + esc(job.error.task ? job.error.task + ": " : "") + esc(job.error.message) + "</pre>";
+  if (job.waiting) h += '<p class="waiting" id="waiting"><b>' + esc(job.state) + ":</b> " + esc(job.waiting.message) + "</p>";
+  h += exceptionsHtml(exc);
   h += '<h2>Operators</h2><div class="graph">' + graphSvg(job) + "</div>";
   h += "<h2>Vertices</h2><table><thead><tr><th>Name</th><th class=num>Parallelism</th><th>Status</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>In/s</th><th class=num>Out/s</th><th class=num>Bytes out</th><th>Backpressure</th><th class=num>Busy</th></tr></thead><tbody>" +
     job.vertices.map((v) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + v.parallelism + "</td><td>" + state(v.status) + "</td><td class=num>" + fmtNum(v.metrics["read-records"]) +
       "</td><td class=num>" + fmtNum(v.metrics["write-records"]) + "</td><td class=num>" + fmtNum(v.metrics["records-in-per-second"]) + "</td><td class=num>" + fmtNum(v.metrics["records-out-per-second"]) +
       "</td><td class=num>" + fmtBytes(v.metrics["write-bytes"]) + '</td><td class="bp-' + v.backpressure.level + '">' + v.backpressure.level.toUpperCase() + " (" + Math.round(v.backpressure.ratio * 100) + "%)</td><td class=num>" + Math.round(v.busy * 100) + "%</td></tr>").join("") +
     "</tbody></table>";
-  h += "<h2>Subtasks</h2><table><thead><tr><th>Vertex</th><th class=num>Subtask</th><th>Status</th><th>TaskManager</th><th class=num>Records in</th><th class=num>Records out</th><th>Backpressure</th></tr></thead><tbody>" +
-    job.vertices.flatMap((v) => v.subtasks.map((t) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + (t.subtask + 1) + "/" + v.parallelism + "</td><td>" + state(t.status) + "</td><td>" + esc(t.taskmanager) +
-      "</td><td class=num>" + fmtNum(t.metrics.recordsIn) + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + '</td><td class="bp-' + t.backpressure + '">' + t.backpressure.toUpperCase() + "</td></tr>")).join("") +
+  h += '<h2>Watermarks</h2><table id="watermarks"><thead><tr><th>Vertex</th><th>Low input watermark</th><th>Low output watermark</th></tr></thead><tbody>' +
+    job.vertices.map((v) => "<tr><td>" + esc(v.name) + "</td><td>" + (v.watermarks.input == null ? '<span class="muted">No watermark</span>' : fmtWm(v.watermarks.input)) +
+      "</td><td>" + (v.watermarks.output == null ? '<span class="muted">No watermark</span>' : fmtWm(v.watermarks.output)) + "</td></tr>").join("") + "</tbody></table>";
+  h += '<h2>Subtasks</h2><table id="subtasks"><thead><tr><th>Vertex</th><th class=num>Subtask</th><th class=num>Attempt</th><th>Status</th><th>TaskManager</th><th>Host</th><th class=num>Duration</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>Busy</th><th class=num>Back-pressured</th><th>Backpressure</th><th>Watermark</th></tr></thead><tbody>' +
+    job.vertices.flatMap((v) => v.subtasks.map((t) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + (t.subtask + 1) + "/" + v.parallelism + "</td><td class=num>" + t.attempt + "</td><td>" + state(t.status) +
+      '</td><td><a href="#/taskmanager/' + esc(encodeURIComponent(t.taskmanager)) + '">' + esc(t.taskmanager) + "</a></td><td>" + esc(t.host) + "</td><td class=num>" + fmtDur(t.duration) +
+      "</td><td class=num>" + fmtNum(t.metrics.recordsIn) + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + '</td><td class="num busy-ratio">' + pct(t["busy-ratio"]) +
+      '</td><td class="num bp-ratio">' + pct(t["backpressure-ratio"]) + '</td><td class="bp-' + t.backpressure + '">' + t.backpressure.toUpperCase() + "</td><td>" + fmtWm(t.watermarks.input ?? t.watermarks.output) + "</td></tr>")).join("") +
     "</tbody></table>";
   const c = cps.counts;
   h += '<h2>Checkpoints</h2><div class="cards"><div class="card"><div class="v">' + c.completed + '</div><div class="k">Completed</div></div><div class="card"><div class="v">' + c.failed +
@@ -164,11 +187,47 @@ async function viewJob(id) {
   return h;
 }
 
+// Flink's exception history: newest first, each with its task, TaskManager and stack (folded), and the other tasks
+// that failed in the same failover.
+function exceptionsHtml(exc) {
+  const entries = exc.exceptionHistory.entries;
+  if (entries.length === 0) return '<h2>Exceptions</h2><p class="muted" id="exceptions-none">No failures.</p>';
+  return '<h2>Exceptions</h2><table id="exceptions"><thead><tr><th>Time</th><th class=num>Attempt</th><th>Task</th><th>TaskManager</th><th>Exception</th></tr></thead><tbody>' +
+    entries.map((e, i) => "<tr><td>" + fmtTime(e.timestamp) + "</td><td class=num>" + e.attempt + "</td><td>" + esc(e.taskName ?? "-") + "</td><td>" +
+      (e.taskManagerId ? '<a href="#/taskmanager/' + esc(encodeURIComponent(e.taskManagerId)) + '">' + esc(e.taskManagerId) + "</a> " + '<span class="muted">' + esc(e.endpoint) + "</span>" : "-") +
+      '</td><td class="msg"><details id="exc-' + e.timestamp + "-" + i + '"><summary><b>' + esc(e.exceptionName) + ":</b> " + esc(e.message) + "</summary><pre>" + esc(e.stacktrace) + "</pre>" +
+      (e.concurrentExceptions.length ? '<div class="muted">Also failed: ' + e.concurrentExceptions.map((c) => esc((c.taskName ?? "?") + ": " + c.message)).join("; ") + "</div>" : "") +
+      "</details></td></tr>").join("") + "</tbody></table>" + (exc.exceptionHistory.truncated ? '<p class="muted">Older failures were dropped (web.exception-history-size).</p>' : "");
+}
+
+async function viewTaskManager(id) {
+  const tp = "/taskmanagers/" + encodeURIComponent(id);
+  const [t, config, logs] = await Promise.all([api(tp), api(tp + "/config"), api(tp + "/logs")]);
+  const m = t.metrics;
+  const card = (k, v) => '<div class="card"><div class="v">' + esc(v) + '</div><div class="k">' + esc(k) + "</div></div>";
+  let h = '<h1 id="tm-name">TaskManager ' + esc(t.id) + "</h1><p class=muted>" + esc(t.address) + ":" + t.dataPort + " \\u00b7 pid " + t.pid + " \\u00b7 registered " + fmtTime(t.registeredAt) + " \\u00b7 last heartbeat " + fmtDur(t.timeSinceLastHeartbeat) + " ago</p>";
+  h += '<div class="cards" id="tm-cards">' + card("Heap used / committed", m.heapUsed == null ? "-" : fmtBytes(m.heapUsed) + " / " + fmtBytes(m.heapCommitted)) + card("RSS", m.rss == null ? "-" : fmtBytes(m.rss)) +
+    card("Network buffers used / total", m.nettyShuffleMemorySegmentsTotal == null ? "-" : m.nettyShuffleMemorySegmentsUsed + " / " + m.nettyShuffleMemorySegmentsTotal) +
+    card("Slots used / total", (t.slotsNumber - t.freeSlots) + " / " + t.slotsNumber) + card("Running tasks", m.runningTasks) + "</div>";
+  h += "<h2>Tasks</h2>" + (t.tasks.length === 0 ? '<p class="muted">No tasks.</p>' : '<table id="tm-tasks"><thead><tr><th>Job</th><th>Task</th><th class=num>Subtask</th><th>Status</th><th class=num>Records in</th><th class=num>Records out</th></tr></thead><tbody>' +
+    t.tasks.map((x) => '<tr><td><a href="#/job/' + esc(x.jobId) + '">' + esc(x.jobId.slice(0, 8)) + "</a></td><td>" + esc(x.vertex) + "</td><td class=num>" + (x.subtask + 1) + "</td><td>" + state(x.state) +
+      "</td><td class=num>" + fmtNum(x.recordsIn) + "</td><td class=num>" + fmtNum(x.recordsOut) + "</td></tr>").join("") + "</tbody></table>");
+  h += "<h2>Log (most recent lines)</h2>" + logBlock("tm-logs", logs.lines);
+  h += "<h2>Configuration</h2>" + configTable("tm-config", config);
+  return h;
+}
+
+async function viewJobManager() {
+  const [o, config, logs] = await Promise.all([api("/overview"), api("/jobmanager/config"), api("/jobmanager/logs")]);
+  return '<h1>JobManager</h1><p class="muted">' + esc(o["jobmanager-id"]) + " \\u00b7 RPC port " + o["rpc-port"] + " \\u00b7 " + esc(o["flink-version"]) + "</p>" +
+    "<h2>Log (most recent lines)</h2>" + logBlock("jm-logs", logs.lines) + "<h2>Configuration</h2>" + configTable("jm-config", config);
+}
+
 async function viewTaskManagers() {
   const { taskmanagers } = await api("/taskmanagers");
   if (taskmanagers.length === 0) return '<h1>TaskManagers</h1><p class="muted">No TaskManager registered.</p>';
   return "<h1>TaskManagers</h1><table id=taskmanagers><thead><tr><th>Id</th><th>Data address</th><th class=num>PID</th><th>Slots used</th><th class=num>Free slots</th><th class=num>Last heartbeat</th><th class=num>Cores</th><th class=num>Memory</th><th class=num>Running tasks</th><th class=num>Records out</th></tr></thead><tbody>" +
-    taskmanagers.map((t) => { const used = t.slotsNumber - t.freeSlots; return "<tr><td>" + esc(t.id) + "</td><td>" + esc(t.address) + ":" + t.dataPort + "</td><td class=num>" + t.pid +
+    taskmanagers.map((t) => { const used = t.slotsNumber - t.freeSlots; return '<tr><td><a href="#/taskmanager/' + esc(encodeURIComponent(t.id)) + '">' + esc(t.id) + "</a></td><td>" + esc(t.address) + ":" + t.dataPort + "</td><td class=num>" + t.pid +
       '</td><td><span class="bar"><i style="width:' + (t.slotsNumber ? Math.round(100 * used / t.slotsNumber) : 0) + '%"></i></span> ' + used + " / " + t.slotsNumber + "</td><td class=num>" + t.freeSlots +
       "</td><td class=num>" + fmtDur(t.timeSinceLastHeartbeat) + " ago</td><td class=num>" + (t.hardware.cpuCores ?? "-") + "</td><td class=num>" + (t.hardware.physicalMemory ? fmtBytes(t.hardware.physicalMemory) : "-") +
       "</td><td class=num>" + t.metrics.runningTasks + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + "</td></tr>"; }).join("") + "</tbody></table>";
@@ -183,12 +242,18 @@ async function render() {
   try {
     let html;
     const m = /^\\/job\\/([^/]+)/.exec(route);
+    const tm = /^\\/taskmanager\\/([^/]+)/.exec(route);
     if (m) html = await viewJob(decodeURIComponent(m[1]));
+    else if (tm) html = await viewTaskManager(decodeURIComponent(tm[1]));
     else if (route === "/jobs") html = await viewJobs();
     else if (route === "/taskmanagers") html = await viewTaskManagers();
+    else if (route === "/jobmanager") html = await viewJobManager();
     else html = await viewOverview();
     const y = window.scrollY;
+    // Folded stacks the reader opened stay open across the refresh.
+    const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.id));
     app.innerHTML = html;
+    for (const d of app.querySelectorAll("details")) if (open.has(d.id)) d.open = true;
     window.scrollTo(0, y);
     const cancel = document.getElementById("cancel");
     if (cancel && m) cancel.onclick = () => { if (confirm("Cancel this job?")) api("/jobs/" + m[1] + "?mode=cancel", { method: "PATCH" }).then(render, (e) => alert(e.message)); };

@@ -5,7 +5,7 @@ import pkg from "../../package.json" with { type: "json" };
 import type { JobManager } from "../jobmanager/jobmanager.ts";
 import type { JobMaster } from "../jobmanager/job-master.ts";
 import type { RegisteredTaskManager } from "../jobmanager/resource-manager.ts";
-import { TERMINAL_JOB_STATES, type CheckpointStats, type JobStatus, type TaskMetrics, type TaskState, type VertexStatus } from "../rpc/messages.ts";
+import { TERMINAL_JOB_STATES, type CheckpointStats, type ExceptionEntry, type JobStatus, type JobWaiting, type SubtaskStatus, type TaskMetrics, type TaskState, type VertexStatus } from "../rpc/messages.ts";
 import { HttpError, json, startHttpServer, text, type HttpRequest, type HttpResponse, type RunningHttpServer } from "../metrics/http-server.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../metrics/exposition.ts";
 import { eventLoopLag } from "../metrics/process.ts";
@@ -13,6 +13,11 @@ import { ConfigError } from "../config/load.ts";
 import { bearerMatches, isLoopback, SECRET_ENV_VAR, type TransportSecurity } from "../rpc/security.ts";
 import { jobManagerRegistry } from "./jobmanager-metrics.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
+import { maskedConfig } from "../config/mask.ts";
+import { recentLogLines } from "../util/log.ts";
+
+/** How long the REST API waits for a TaskManager's configuration and log lines. */
+const TASKMANAGER_INFO_TIMEOUT_MS = 5000;
 
 const TASK_STATES: TaskState[] = ["DEPLOYING", "RUNNING", "FINISHED", "FAILED", "CANCELING", "CANCELED"];
 
@@ -97,7 +102,7 @@ export class RestServer {
       const status = job.status();
       for (const v of status.vertices) {
         const key = `${job.jobId}/${v.id}`;
-        const sum = sumMetrics(v.subtasks.map((s) => s.metrics));
+        const sum = v.totals; // over every attempt: a restart does not make the rate jump
         const prev = this.rates.get(key);
         const dt = prev ? (now - prev.t) / 1000 : 0;
         const running = !TERMINAL_JOB_STATES.has(status.state);
@@ -137,6 +142,15 @@ export class RestServer {
         case "taskmanagers":
           if (parts.length === 1) return json({ taskmanagers: [...this.jm.resourceManager.taskManagers.values()].map((tm) => this.taskManager(tm)) });
           if (parts.length === 2) return json(this.taskManager(this.findTaskManager(id!), true));
+          if (parts.length === 3 && (sub === "logs" || sub === "config")) {
+            const info = await this.taskManagerInfo(this.findTaskManager(id!));
+            return json(sub === "logs" ? { lines: info.logs } : info.config);
+          }
+          break;
+        case "jobmanager":
+          // Flink's /jobmanager/config: [{key, value}], secrets masked; /jobmanager/logs: this process's recent lines.
+          if (parts.length === 2 && id === "config") return json(maskedConfig(this.jm.config));
+          if (parts.length === 2 && id === "logs") return json({ lines: recentLogLines() });
           break;
         case "jobs":
           return json(this.getJobs(parts));
@@ -178,9 +192,7 @@ export class RestServer {
     const status = job.status();
     if (sub === undefined) return this.jobDetails(job, status);
     if (sub === "plan" && subId === undefined) return { plan: this.plan(job) };
-    if (sub === "exceptions" && subId === undefined) {
-      return { "root-exception": status.error ? `${status.error.message}${status.error.stack ? "\n" + status.error.stack : ""}` : null, timestamp: status.error ? status.endTime : null, "failed-task": status.error?.task ?? null, truncated: false };
-    }
+    if (sub === "exceptions" && subId === undefined) return this.exceptions(job);
     if (sub === "vertices" && subId !== undefined && more === undefined) {
       const v = status.vertices.find((x) => String(x.id) === subId);
       if (!v) throw new HttpError(404, `job ${id} has no vertex ${subId}`);
@@ -243,9 +255,9 @@ export class RestServer {
       lastHeartbeat: tm.lastHeartbeat,
       timeSinceLastHeartbeat: Date.now() - tm.lastHeartbeat,
       hardware: { cpuCores: tm.info.resources?.cpuCores ?? null, physicalMemory: tm.info.resources?.memoryBytes ?? null },
-      metrics: { runningTasks: live.length, recordsIn: sum.recordsIn, recordsOut: sum.recordsOut, bytesIn: sum.bytesIn, bytesOut: sum.bytesOut },
+      metrics: { runningTasks: live.length, recordsIn: sum.recordsIn, recordsOut: sum.recordsOut, bytesIn: sum.bytesIn, bytesOut: sum.bytesOut, ...processJson(tm) },
       slots,
-      ...(details ? { tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state })) } : {}),
+      ...(details ? { tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state, recordsIn: t.metrics.recordsIn, recordsOut: t.metrics.recordsOut })) } : {}),
     };
   }
 
@@ -270,6 +282,7 @@ export class RestServer {
       restarts: s.restarts,
       "records-in": s.recordsIn,
       "records-out": s.recordsOut,
+      ...(s.waiting ? { waiting: waitingJson(s.waiting) } : {}),
       ...(s.error ? { error: s.error } : {}),
       vertices: s.vertices.map((v) => this.vertex(job.jobId, v)),
       plan: this.plan(job),
@@ -280,7 +293,8 @@ export class RestServer {
   private vertex(jobId: string, v: VertexStatus) {
     const counts = Object.fromEntries(TASK_STATES.map((t) => [t, 0])) as Record<TaskState, number>;
     for (const st of v.subtasks) counts[st.state]++;
-    const sum = sumMetrics(v.subtasks.map((s) => s.metrics));
+    const sum = v.totals; // over every attempt: not 0 while the job restarts
+    const now = Date.now();
     const live = v.subtasks.filter((s) => s.state === "RUNNING");
     const bp = live.length ? Math.max(...live.map((s) => s.metrics.backPressuredTimeMsPerSecond)) / 1000 : 0;
     const busy = live.length ? Math.max(...live.map((s) => s.metrics.busyTimeMsPerSecond)) / 1000 : 0;
@@ -301,12 +315,24 @@ export class RestServer {
       },
       backpressure: { ratio: Math.min(1, bp), level: backpressureLevel(bp) },
       busy: Math.min(1, busy),
+      // Flink's low watermark: the minimum over the subtasks, null while one of them has none.
+      watermarks: { input: lowWatermark(v.subtasks, "currentInputWatermark"), output: lowWatermark(v.subtasks, "currentOutputWatermark") },
       subtasks: v.subtasks.map((s) => ({
         subtask: s.subtask,
         status: s.state,
+        attempt: s.attempt,
         taskmanager: s.taskManager,
+        host: s.host,
+        "start-time": s.startTime,
+        "end-time": s.endTime ?? -1,
+        duration: (s.endTime ?? now) - s.startTime,
         metrics: s.metrics,
         backpressure: backpressureLevel(s.metrics.backPressuredTimeMsPerSecond / 1000),
+        // Fractions of the last reporting interval (0..1), as Flink's busy/back-pressured/idle ratios.
+        "busy-ratio": ratio(s.metrics.busyTimeMsPerSecond),
+        "backpressure-ratio": ratio(s.metrics.backPressuredTimeMsPerSecond),
+        "idle-ratio": ratio(s.metrics.idleTimeMsPerSecond),
+        watermarks: { input: s.metrics.currentInputWatermark ?? null, output: s.metrics.currentOutputWatermark ?? null },
       })),
     };
   }
@@ -377,6 +403,48 @@ export class RestServer {
     return json({ "request-id": requestId }, 202);
   }
 
+  /**
+   * Flink's JobExceptionsInfoWithHistory: the latest failure as root-exception, and the history newest first, each
+   * entry with its task, TaskManager and the other tasks' failures of the same failover (concurrentExceptions).
+   */
+  private exceptions(job: JobMaster) {
+    const entryJson = (e: Omit<ExceptionEntry, "concurrent">) => ({
+      exceptionName: e.name,
+      message: e.message,
+      stacktrace: e.stack ?? `${e.name}: ${e.message}`,
+      timestamp: e.timestamp,
+      taskName: e.task,
+      subtaskIndex: e.subtask,
+      attempt: e.attempt,
+      location: e.endpoint,
+      endpoint: e.endpoint,
+      taskManagerId: e.taskManagerId,
+      failureLabels: {},
+    });
+    const history = [...job.exceptionHistory].reverse();
+    const latest = history[0];
+    return {
+      "root-exception": latest ? (latest.stack ?? `${latest.name}: ${latest.message}`) : null,
+      timestamp: latest?.timestamp ?? null,
+      "failed-task": latest?.task ?? null,
+      "all-exceptions": latest ? [latest, ...latest.concurrent].map((e) => ({ exception: e.stack ?? `${e.name}: ${e.message}`, task: e.task, location: e.endpoint, timestamp: e.timestamp, taskManagerId: e.taskManagerId })) : [],
+      truncated: job.exceptionsTruncated,
+      exceptionHistory: {
+        entries: history.map((e) => ({ ...entryJson(e), concurrentExceptions: e.concurrent.map(entryJson) })),
+        truncated: job.exceptionsTruncated,
+      },
+    };
+  }
+
+  /** A TaskManager's masked configuration and recent log lines, asked for over its RPC connection. */
+  private async taskManagerInfo(tm: RegisteredTaskManager) {
+    try {
+      return await tm.rpc.request("taskManagerInfo", {}, TASKMANAGER_INFO_TIMEOUT_MS);
+    } catch (err) {
+      throw new HttpError(502, `TaskManager ${tm.info.resourceId} did not answer: ${(err as Error).message}`);
+    }
+  }
+
   private findJob(id: string): JobMaster {
     const job = this.jm.jobs.get(id);
     if (!job) throw new HttpError(404, `no job ${id}`);
@@ -410,6 +478,45 @@ function sumMetrics(ms: TaskMetrics[]) {
     s.bytesOut += m.bytesOut;
   }
   return s;
+}
+
+function ratio(msPerSecond: number): number {
+  return Math.max(0, Math.min(1, msPerSecond / 1000));
+}
+
+function lowWatermark(subtasks: SubtaskStatus[], key: "currentInputWatermark" | "currentOutputWatermark"): number | null {
+  let low = Infinity;
+  for (const s of subtasks) {
+    const wm = s.metrics[key];
+    if (typeof wm !== "number") return null;
+    low = Math.min(low, wm);
+  }
+  return subtasks.length > 0 ? low : null;
+}
+
+function waitingJson(w: JobWaiting) {
+  return {
+    reason: w.reason,
+    message: w.message,
+    ...(w.delayLeftMs !== undefined ? { "delay-left-ms": w.delayLeftMs } : {}),
+    ...(w.slotsNeeded !== undefined ? { "slots-needed": w.slotsNeeded, "slots-free": w.slotsFree, "slots-total": w.slotsTotal, "timeout-left-ms": w.timeoutLeftMs } : {}),
+    ...(w.tasksLeft !== undefined ? { "tasks-left": w.tasksLeft } : {}),
+  };
+}
+
+/** Heap, RSS and network buffers from the TaskManager's latest heartbeat (Flink's names where it has them). */
+function processJson(tm: RegisteredTaskManager) {
+  const p = tm.process;
+  if (!p) return {};
+  return {
+    heapUsed: p.heapUsed,
+    // Bun may report more heap in use than allocated: committed is at least what is used.
+    heapCommitted: Math.max(p.heapTotal, p.heapUsed),
+    rss: p.rss,
+    nettyShuffleMemorySegmentsTotal: p.networkBuffersTotal,
+    nettyShuffleMemorySegmentsAvailable: p.networkBuffersAvailable,
+    nettyShuffleMemorySegmentsUsed: p.networkBuffersTotal - p.networkBuffersAvailable,
+  };
 }
 
 function vertexState(c: Record<TaskState, number>, parallelism: number): string {

@@ -34,6 +34,44 @@ export interface ErrorInfo {
   stack?: string;
   /** Where it happened, e.g. "Flat Map -> Map (2/4)". */
   task?: string;
+  /** The error's class (name), when it is not in the stack's first line: e.g. "TaskManagerLost". */
+  name?: string;
+}
+
+/** One failure of a job in its exception history (REST /jobs/<id>/exceptions, as Flink's exceptionHistory). */
+export interface ExceptionEntry {
+  timestamp: number;
+  /** The error's class, e.g. "Error", "TypeError", "TaskManagerLost", "DeploymentFailure", "NoResourceAvailable". */
+  name: string;
+  message: string;
+  stack: string | null;
+  /** The failed task, e.g. "Map (2/4)"; null when no task failed (e.g. no slots). */
+  task: string | null;
+  vertexId: number | null;
+  subtask: number | null;
+  /** The job's attempt the failure ended (0, then one more per restart). */
+  attempt: number;
+  taskManagerId: string | null;
+  /** The TaskManager's host:data port. */
+  endpoint: string | null;
+  /** Failures of other tasks in the same failover, after this one (bounded). */
+  concurrent: Omit<ExceptionEntry, "concurrent">[];
+}
+
+/** Why a job that is not running waits (RESTARTING, or SCHEDULING for slots). */
+export interface JobWaiting {
+  reason: "restart-delay" | "slots" | "tasks-ending";
+  message: string;
+  /** restart-delay: milliseconds until the restart. */
+  delayLeftMs?: number;
+  /** slots: what the job needs and what the cluster has free / in all. */
+  slotsNeeded?: number;
+  slotsFree?: number;
+  slotsTotal?: number;
+  /** slots: milliseconds until jobmanager.slot-request.timeout fails the job. */
+  timeoutLeftMs?: number;
+  /** tasks-ending: tasks of the failed attempt that have not ended yet. */
+  tasksLeft?: number;
 }
 
 // ---- TaskManager -> JobManager ----
@@ -79,6 +117,21 @@ export interface Heartbeat {
   slotReport?: SlotStatus[];
   /** Latest metrics of the sender's running tasks, by execution id (TaskManager -> JobManager). */
   taskMetrics?: Record<string, TaskMetrics>;
+  /** The sender's process (TaskManager -> JobManager): for the dashboard's TaskManager page. */
+  process?: ProcessStats;
+}
+export interface ProcessStats {
+  heapUsed: number;
+  heapTotal: number;
+  rss: number;
+  networkBuffersTotal: number;
+  networkBuffersAvailable: number;
+}
+export interface TaskManagerInfoReply {
+  /** The TaskManager's configuration, secrets masked. */
+  config: { key: string; value: string }[];
+  /** Its most recent log lines (bounded), oldest first. */
+  logs: string[];
 }
 export interface UpdateTaskState {
   executionId: string;
@@ -261,12 +314,27 @@ export interface SubtaskStatus {
   state: TaskState;
   taskManager: string;
   metrics: TaskMetrics;
+  /** The job's attempt this subtask belongs to. */
+  attempt: number;
+  /** The TaskManager's host. */
+  host: string;
+  /** When it was deployed, and when it ended (null while it runs). */
+  startTime: number;
+  endTime: number | null;
+}
+export interface RecordTotals {
+  recordsIn: number;
+  recordsOut: number;
+  bytesIn: number;
+  bytesOut: number;
 }
 export interface VertexStatus {
   id: number;
   name: string;
   parallelism: number;
   subtasks: SubtaskStatus[];
+  /** Counts over every attempt of the job: the ended attempts' plus the current one's. */
+  totals: RecordTotals;
 }
 export interface JobStatus {
   jobId: string;
@@ -275,12 +343,15 @@ export interface JobStatus {
   startTime: number;
   endTime: number | null;
   tasks: Record<TaskState, number>;
+  /** Records read by the sources and written into the sinks, over every attempt (restarts add up). */
   recordsIn: number;
   recordsOut: number;
   vertices: VertexStatus[];
   error?: ErrorInfo;
   /** Restarts so far (the current attempt). */
   restarts: number;
+  /** Why the job waits, while it is RESTARTING or SCHEDULING. */
+  waiting?: JobWaiting;
   checkpoints: { completed: number; failed: number; latest: CheckpointStats | null; restoredFrom: string | null; history: CheckpointStats[] };
 }
 export interface ClusterOverview {
@@ -312,6 +383,7 @@ export interface RpcRequests {
   cancelJob: [JobIdRequest, Record<string, never>];
   listJobs: [Record<string, never>, JobStatus[]];
   clusterOverview: [Record<string, never>, ClusterOverview];
+  taskManagerInfo: [Record<string, never>, TaskManagerInfoReply];
 }
 export type RequestType = keyof RpcRequests;
 
@@ -336,6 +408,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "listJobs",
   "clusterOverview",
   "approveFinalCommit",
+  "taskManagerInfo",
 ]);
 
 /** Which peer roles may send which requests to the JobManager (TaskManagers answer only their JobManager). */

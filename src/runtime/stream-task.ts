@@ -496,11 +496,13 @@ export class StreamTask {
     this.asyncFailed = true;
     for (const t of this.timers) clearInterval(t);
     for (const op of this.operators) op.dispose?.();
+    this.publishCounters();
     this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
   }
 
   /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
   private async afterBatch(): Promise<void> {
+    this.publishCounters();
     for (const w of this.writers) {
       if (w.backpressured) {
         this.time.switchTo("backPressured");
@@ -519,7 +521,26 @@ export class StreamTask {
     for (const w of this.writers) w.flush();
   }
 
+  private counters: Float64Array | null = null;
+
+  /** The main thread's view of the counters (see ToWorker "init"). */
+  shareCounters(buffer: SharedArrayBuffer): void {
+    this.counters = new Float64Array(buffer, 0, 4);
+  }
+
+  publishCounters(): void {
+    const c = this.counters;
+    if (!c) return;
+    c[0] = this.recordsIn;
+    c[1] = this.recordsOut;
+    c[2] = this.gate.bytesIn;
+    let out = 0;
+    for (const w of this.writers) out += w.bytesOut;
+    c[3] = out;
+  }
+
   private metrics(): TaskMetrics {
+    this.publishCounters();
     this.time.switchTo(this.time.state); // close the current period
     const now = performance.now();
     const span = Math.max(1, now - this.lastReport.at);

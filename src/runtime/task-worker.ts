@@ -21,6 +21,7 @@ function handle(msg: ToWorker): void {
       name = taskDisplayName(msg.deployment);
       watchHeap(msg.memoryLimitBytes ?? 0);
       task = new StreamTask(msg.deployment, msg.network, msg.state, post, msg.autoWatermarkIntervalMs);
+      if (msg.counters) task.shareCounters(msg.counters);
       void start(task, msg.artifactPath);
     } else {
       task?.onMessage(msg);
@@ -36,6 +37,7 @@ async function start(t: StreamTask, artifactPath: string): Promise<void> {
     const metrics = await t.run();
     post({ type: "finished", metrics });
   } catch (err) {
+    t.publishCounters(); // the records up to the failure count (the main thread reads them on "failed")
     post({ type: "failed", error: errorInfo(err, name) });
   }
 }

@@ -21,7 +21,9 @@ export interface StateGrant {
 
 export type ToWorker =
   /** autoWatermarkIntervalMs: the TaskManager's pipeline.auto-watermark-interval (a job may set its own). */
-  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number; memoryLimitBytes?: number }
+  /** counters: 4 float64s (records in, records out, bytes in, bytes out) the task keeps current after every batch,
+   *  so the main thread knows them when the task fails or is canceled between two metrics reports. */
+  | { type: "init"; deployment: TaskDeployment; artifactPath: string; network: NetworkGrant; state: StateGrant; autoWatermarkIntervalMs?: number; memoryLimitBytes?: number; counters?: SharedArrayBuffer }
   /** taskmanager.memory.process-limit: the main thread asks whether the Worker still answers (see Task). */
   | { type: "ping" }
   /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker

@@ -10,6 +10,7 @@ import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
   type ErrorInfo,
+  type ProcessStats,
   type RegisterTaskManagerReply,
   type RequestType,
   type SlotStatus,
@@ -18,7 +19,8 @@ import {
   type TaskState,
 } from "../rpc/messages.ts";
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
-import { createLogger } from "../util/log.ts";
+import { createLogger, recentLogLines } from "../util/log.ts";
+import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
 import { Task, type TaskStateOptions } from "./task.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
@@ -252,7 +254,7 @@ export class TaskExecutor implements TaskManagerView {
       host,
       port,
       { version: PROTOCOL_VERSION, role: "taskmanager", id: this.resourceId },
-      (type, payload) => this.onRequest(type, payload),
+      (type, payload, conn) => this.onRequest(type, payload, conn),
       this.rpcOptions,
     );
     try {
@@ -285,7 +287,7 @@ export class TaskExecutor implements TaskManagerView {
       }
       const taskMetrics: Record<string, TaskMetrics> = {};
       for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
-      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics }, timeout).then(
+      rpc.request("heartbeat", { from: this.resourceId, slotReport: this.slotReport(), taskMetrics, process: this.processStats() }, timeout).then(
         (reply) => {
           this.lastHeardFromJobManager = Date.now();
           this.cancelStale(reply?.cancel, "in a heartbeat reply");
@@ -344,17 +346,24 @@ export class TaskExecutor implements TaskManagerView {
     void this.connectLoop();
   }
 
+  /** Heap, RSS and network buffers for the JobManager's TaskManager page (sent with every heartbeat). */
+  private processStats(): ProcessStats {
+    const mem = process.memoryUsage();
+    const buffers = this.networkBuffers();
+    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available };
+  }
+
   private slotReport(): SlotStatus[] {
     return this.slots.map((jobId, slot) => ({ slot, jobId }));
   }
 
-  private onRequest(type: RequestType, payload: any): unknown {
+  private onRequest(type: RequestType, payload: any, conn: RpcConnection): unknown {
     this.lastHeardFromJobManager = Date.now();
     switch (type) {
       case "heartbeat":
         return { slotReport: this.slotReport() };
       case "submitTask":
-        return this.submitTask(payload as TaskDeployment);
+        return this.submitTask(payload as TaskDeployment, conn);
       case "cancelTask": {
         const task = this.tasks.get(payload.executionId);
         if (!task) throw new Error(`no task ${payload.executionId} on ${this.resourceId}`);
@@ -373,12 +382,17 @@ export class TaskExecutor implements TaskManagerView {
       case "notifyCheckpointComplete":
         this.taskFor(payload, type).post({ type: "checkpointComplete", checkpointId: payload.checkpointId });
         return {};
+      case "taskManagerInfo":
+        // For the REST API's TaskManager pages: secrets masked, the log bounded by the ring in util/log.ts.
+        return { config: maskedConfig(this.config), logs: recentLogLines() };
       default:
         throw new Error(`a TaskManager does not serve ${type}`);
     }
   }
 
-  private async submitTask(d: TaskDeployment): Promise<object> {
+  /** `conn`: the JobManager connection the task came on (this.rpc is set only once offerSlots has returned, and the
+   *  JobManager may deploy into the offered slots before that). */
+  private async submitTask(d: TaskDeployment, conn: RpcConnection): Promise<object> {
     if (this.draining) throw new Error(`TaskManager ${this.resourceId} is shutting down and takes no new tasks`);
     if (!Number.isInteger(d.slot) || d.slot < 0 || d.slot >= this.slots.length) throw new Error(`slot ${d.slot} does not exist on ${this.resourceId}`);
     const holder = this.slots[d.slot];
@@ -387,7 +401,7 @@ export class TaskExecutor implements TaskManagerView {
     this.slots[d.slot] = d.jobId;
     const task = new Task(d, this.shuffle, this.stateOptions, (t, state, error) => this.onTaskState(t, state, error), this.checkpointResponder);
     this.tasks.set(d.executionId, task);
-    const rpc = this.rpc;
+    const rpc = this.rpc ?? conn;
     this.artifacts
       .get(d.artifactHash, async (hash) => {
         if (!rpc) throw new Error("no JobManager connection to fetch the artifact from");

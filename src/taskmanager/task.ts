@@ -41,6 +41,8 @@ export class Task implements TaskEndpoint {
   metrics: TaskMetrics = emptyMetrics();
   private worker: Worker | null = null;
   private registered = false;
+  /** Records and bytes in and out, kept current by the Worker after every batch (see ToWorker "init"). */
+  private readonly counters = new Float64Array(new SharedArrayBuffer(32));
   readonly name: string;
 
   private readonly stateDir: string;
@@ -88,7 +90,7 @@ export class Task implements TaskEndpoint {
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
     };
-    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0 });
+    this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0, counters: this.counters.buffer as SharedArrayBuffer });
     if (this.stateOptions.processLimitBytes) this.startWatchdog(this.stateOptions.processLimitBytes);
     this.shuffle.wire(this);
   }
@@ -173,6 +175,12 @@ export class Task implements TaskEndpoint {
   private finish(state: TaskState, error?: ErrorInfo): void {
     if (TERMINAL_TASK_STATES.has(this.state)) return;
     this.state = state;
+    // A failed or canceled task's counts are those up to its end, not those of its last report (up to a second old).
+    if (state !== "FINISHED") {
+      const [recordsIn, recordsOut, bytesIn, bytesOut] = this.counters;
+      const m = this.metrics;
+      this.metrics = { ...m, recordsIn: Math.max(m.recordsIn, recordsIn!), recordsOut: Math.max(m.recordsOut, recordsOut!), bytesIn: Math.max(m.bytesIn, bytesIn!), bytesOut: Math.max(m.bytesOut, bytesOut!) };
+    }
     if (this.watchdog) clearInterval(this.watchdog);
     if (this.registered) this.shuffle.unregisterTask(this, state === "FINISHED");
     this.worker?.terminate();

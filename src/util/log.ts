@@ -38,10 +38,32 @@ export function formatLine(level: LogLevel, component: string, msg: string, fiel
   return line;
 }
 
+// The most recent lines this process wrote, for the REST API (/jobmanager/logs, /taskmanagers/<id>/logs): bounded
+// in lines and in characters per line, so a flood of log lines costs at most RING_LINES * RING_LINE_CHARS.
+const RING_LINES = 500;
+const RING_LINE_CHARS = 2000;
+const ring: string[] = [];
+let ringNext = 0;
+
+function remember(line: string): void {
+  const l = line.length > RING_LINE_CHARS ? line.slice(0, RING_LINE_CHARS) + "…" : line;
+  if (ring.length < RING_LINES) ring.push(l);
+  else ring[ringNext] = l;
+  ringNext = (ringNext + 1) % RING_LINES;
+}
+
+/** The last lines written by this process's loggers (at most 500), oldest first; `max` keeps the newest max. */
+export function recentLogLines(max = RING_LINES): string[] {
+  const ordered = ring.length < RING_LINES ? ring.slice() : [...ring.slice(ringNext), ...ring.slice(0, ringNext)];
+  return ordered.slice(Math.max(0, ordered.length - max));
+}
+
 export function createLogger(component: string): Logger {
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[level] < threshold) return;
-    process.stderr.write(formatLine(level, component, msg, fields) + "\n");
+    const line = formatLine(level, component, msg, fields);
+    remember(line);
+    process.stderr.write(line + "\n");
   };
   return {
     debug: (m, f) => emit("debug", m, f),
