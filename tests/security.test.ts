@@ -270,6 +270,37 @@ describe("TLS", () => {
     await jm.waitForOutput(/TLS handshake failed/);
     expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(2);
   }, 90_000);
+  test("a socket that never finishes the TLS handshake (silent, or 5 bytes of a record header) is closed after rpc.handshake-timeout on the RPC and the data port; 300 of them do not stop a client", async () => {
+    const dir = tempDir("tm-tls-stall-");
+    const certs = makeCertificates(dir);
+    const args = [...mutualTlsArgs(certs), "-D", "rpc.handshake-timeout=1s"];
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(args, env);
+    const tm = startTaskManager(port, "tm-a", args, env);
+    const dataPort = Number((await tm.waitForOutput(/TaskManager started id=tm-a dataPort=(\d+)/))[1]);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const header = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]); // a handshake record of 512 bytes that never comes
+    for (const p of [port, dataPort]) {
+      const t0 = Date.now();
+      const silent = await openSocket(p);
+      const partial = await openSocket(p);
+      partial.write(header);
+      await Promise.all([closedWithin(silent, 4000), closedWithin(partial, 4000)]);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    }
+    await jm.waitForOutput(/refused a connection: TLS handshake failed peer=127\.0\.0\.1:\d+ port=\d+ error=TLS handshake not completed within 1000 ms/);
+    await tm.waitForOutput(/refused a connection: TLS handshake failed peer=127\.0\.0\.1:\d+ port=\d+ error=TLS handshake not completed within 1000 ms/);
+
+    // 300 stalled sockets (more than rpc.max-connections-per-address allows one address): all are closed within the
+    // time-out, and a client with the right certificate and secret is served afterwards.
+    const stalled = await Promise.all(Array.from({ length: 300 }, (_, i) => openSocket(port).then((s) => (i % 2 ? s.write(header) : undefined, s))));
+    await Promise.all(stalled.map((s) => closedWithin(s, 6000)));
+    const read = (f: string) => fs.readFileSync(f);
+    const good = { cert: read(certs.clientCert), key: read(certs.clientKey), ca: read(certs.ca), clientAuth: true };
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET, good));
+    closers.push(() => rpc.close());
+    expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(1);
+  }, 60_000);
 });
 
 describe("task isolation", () => {

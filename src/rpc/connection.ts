@@ -15,7 +15,7 @@ import {
   proofMatches,
   type TransportSecurity,
 } from "./security.ts";
-import { createLogger } from "../util/log.ts";
+import { createLogger, type Logger } from "../util/log.ts";
 
 const log = createLogger("rpc");
 
@@ -471,6 +471,58 @@ export class RpcConnection {
   }
 }
 
+/**
+ * Refused connections are summed up per peer address and reason, so that a flood of them (a scanner, a
+ * misconfigured client in a loop, an attack) costs a few log lines, not one each: the first refusal is logged in
+ * full, the ones that follow within REFUSAL_SUMMARY_INTERVAL_MS as one line with their count at the end of that
+ * interval, and so on while they keep coming. 10 s: short enough that an operator watching the log sees a flood
+ * while it happens, long enough that a flood of thousands a second costs one line per 10 s.
+ */
+export const REFUSAL_SUMMARY_INTERVAL_MS = 10_000;
+
+export class RefusalLog {
+  private readonly windows = new Map<string, { count: number; timer: ReturnType<typeof setTimeout>; msg: string; address: string; fields: Record<string, unknown> }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = REFUSAL_SUMMARY_INTERVAL_MS,
+  ) {}
+
+  refused(msg: string, socket: net.Socket | undefined, fields: Record<string, unknown>): void {
+    const address = socket?.remoteAddress ?? "?";
+    // Numbers in a reason (frame sizes, ports) do not make another reason: a peer cannot dodge the sum by varying them.
+    const key = `${address}\0${msg}\0${String(fields.error ?? "").replace(/\d+/g, "#")}`;
+    const w = this.windows.get(key);
+    if (w) {
+      w.count++;
+      return;
+    }
+    this.log.warn(msg, { peer: `${address}:${socket?.remotePort}`, ...fields });
+    this.open(key, msg, address, fields);
+  }
+
+  /** Logs the counts not yet logged (the listener closes). */
+  flush(): void {
+    for (const key of [...this.windows.keys()]) this.report(key, false);
+  }
+
+  private open(key: string, msg: string, address: string, fields: Record<string, unknown>): void {
+    const timer = setTimeout(() => this.report(key, true), this.intervalMs);
+    (timer as { unref?: () => void }).unref?.();
+    this.windows.set(key, { count: 0, timer, msg, address, fields });
+  }
+
+  private report(key: string, reopen: boolean): void {
+    const w = this.windows.get(key);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.windows.delete(key);
+    if (w.count === 0) return; // quiet for a whole interval: the next refusal is logged in full again
+    this.log.warn(`${w.msg} (${w.count} more in the last ${Math.round(this.intervalMs / 1000)} s)`, { peer: w.address, ...w.fields, count: w.count });
+    if (reopen) this.open(key, w.msg, w.address, w.fields);
+  }
+}
+
 /** Opens a TCP (or, with security.tls, TLS) connection and completes the client side of the handshake. */
 export function connectFramed(host: string, port: number, hello: Hello, opts: FramedOptions & { connectTimeoutMs?: number } = {}): Promise<FramedConnection> {
   return new Promise((resolve, reject) => {
@@ -522,6 +574,8 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
   }
   const perAddress = new Map<string, number>();
   const limit = opts.maxConnectionsPerAddress ?? 0;
+  const handshakeMs = opts.handshakeTimeoutMs ?? 10_000;
+  const refusals = new RefusalLog(log);
   return new Promise((resolve, reject) => {
     let port = requestedPort; // the bound port once listening (for log lines)
     const t = security.tls;
@@ -530,7 +584,7 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
       const address = socket.remoteAddress ?? "?";
       const n = (perAddress.get(address) ?? 0) + 1;
       if (limit > 0 && n > limit) {
-        log.warn("refused a connection: too many connections from its address", { peer: `${address}:${socket.remotePort}`, port, limit });
+        refusals.refused("refused a connection: too many connections from its address", socket, { port, limit });
         socket.destroy();
         return false;
       }
@@ -542,12 +596,43 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
       });
       return true;
     };
+    // TLS: the runtime's own handshakeTimeout only reports (Bun emits tlsClientError and leaves the socket open),
+    // so the deadline of rpc.handshake-timeout is kept here, from accept, over the TLS handshake and ours.
+    // Keyed by the peer's address:port, which is unique among this listener's open sockets, because the socket
+    // given to "connection" and the one given to the secure-connection callback need not be the same object.
+    const tlsPending = new Map<string, { acceptedAt: number; timer: ReturnType<typeof setTimeout> }>();
+    const peerKey = (socket: net.Socket) => `${socket.remoteAddress}:${socket.remotePort}`;
+    const onTlsAccept = (socket: net.Socket) => {
+      if (!admit(socket)) return;
+      const key = peerKey(socket);
+      const timer = setTimeout(() => {
+        tlsPending.delete(key);
+        refusals.refused("refused a connection: TLS handshake failed", socket, { port, error: `TLS handshake not completed within ${handshakeMs} ms` });
+        socket.destroy();
+      }, handshakeMs);
+      tlsPending.set(key, { acceptedAt: Date.now(), timer });
+      socket.once("close", () => {
+        const p = tlsPending.get(key);
+        if (p?.timer === timer) {
+          clearTimeout(timer);
+          tlsPending.delete(key);
+        }
+      });
+    };
     const onSocket = (socket: net.Socket) => {
-      if (!t && !admit(socket)) return;
-      const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, opts);
+      let timeoutMs = handshakeMs;
+      if (t) {
+        const p = tlsPending.get(peerKey(socket));
+        if (p) {
+          clearTimeout(p.timer);
+          tlsPending.delete(peerKey(socket));
+          timeoutMs = Math.max(1, handshakeMs - (Date.now() - p.acceptedAt)); // what is left of the deadline
+        }
+      } else if (!admit(socket)) return;
+      const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, { ...opts, handshakeTimeoutMs: timeoutMs });
       conn.ready.then(
         () => onConnection(conn),
-        (err: Error) => log.warn("refused a connection", { peer: `${socket.remoteAddress}:${socket.remotePort}`, port, error: err.message }),
+        (err: Error) => refusals.refused("refused a connection", socket, { port, error: err.message }),
       );
     };
     const server: net.Server = t
@@ -558,17 +643,24 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
             ...(t.ca ? { ca: t.ca } : {}),
             requestCert: t.clientAuth,
             rejectUnauthorized: t.clientAuth,
-            handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+            handshakeTimeout: handshakeMs,
           },
           onSocket,
         )
       : net.createServer(onSocket);
     if (t) {
-      server.on("connection", admit);
-      server.on("tlsClientError", (err: Error, socket: net.Socket) =>
-        log.warn("refused a connection: TLS handshake failed", { peer: `${socket?.remoteAddress}:${socket?.remotePort}`, port, error: err.message }),
-      );
+      server.on("connection", onTlsAccept);
+      server.on("tlsClientError", (err: Error, socket: net.Socket) => {
+        // Bun reports its own handshake time-out here without closing the socket: ours (above) closes it and logs.
+        if (/handshake timeout/i.test(err.message)) return;
+        refusals.refused("refused a connection: TLS handshake failed", socket, { port, error: err.message });
+        socket?.destroy();
+      });
     }
+    server.once("close", () => {
+      refusals.flush();
+      for (const p of tlsPending.values()) clearTimeout(p.timer);
+    });
     server.once("error", (err: NodeJS.ErrnoException) => {
       reject(new RpcError(err.code === "EADDRINUSE" ? `address ${host}:${port} is already in use` : `cannot listen on ${host}:${port}: ${err.message}`));
     });
