@@ -14,7 +14,7 @@ import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
 import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
-import { BUN, Child, rawPeer, removeTempDirs, tempDir } from "./helpers.ts";
+import { BUN, Child, rawPeer, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const SECRET = "s3cret-of-the-test-cluster-0123456789";
@@ -241,6 +241,20 @@ describe("limits", () => {
 
     expect((await busy.request("clusterOverview", {})).taskManagers).toBe(0);
     expect(jm.proc.exitCode).toBeNull();
+  }, 60_000);
+  test("500 refused connections from one address write a few WARN lines: the first in full, then one with the count", async () => {
+    const { jm, port } = await startJobManager([]);
+    // A length prefix over the 64 KiB pre-handshake limit: refused at once, with the same reason each time.
+    const refuseOne = () => rawPeer(port, Buffer.from([0x7f, 0xff, 0xff, 0xff]), { timeoutMs: 10_000 });
+    for (let i = 0; i < 500; i += 50) await Promise.all(Array.from({ length: 50 }, refuseOne));
+    const refusedLines = () => (jm.stdout + jm.stderr).split("\n").filter((l) => /WARN .*refused a connection/.test(l));
+    const counted = () => refusedLines().reduce((n, l) => n + Number(/ count=(\d+)/.exec(l)?.[1] ?? 1), 0);
+    // The counts come at the end of each summary interval (10 s).
+    await waitFor("every refusal counted", () => counted() === 500, 30_000, 100);
+    const lines = refusedLines();
+    expect(lines.length).toBeLessThanOrEqual(4);
+    expect(lines[0]).toMatch(/refused a connection peer=127\.0\.0\.1:\d+ port=\d+ error=frame of 2147483647 bytes exceeds the limit of 65536 bytes$/);
+    expect(lines[1]).toMatch(/refused a connection \(\d+ more in the last 10 s\) peer=127\.0\.0\.1 port=\d+ error=frame of 2147483647 bytes exceeds the limit of 65536 bytes count=\d+$/);
   }, 60_000);
 });
 
