@@ -14,7 +14,7 @@ import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
 import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
-import { BUN, Child, rawPeer, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
+import { BUN, Child, rawPeer, removeTempDirs, ROOT, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const SECRET = "s3cret-of-the-test-cluster-0123456789";
@@ -189,6 +189,33 @@ describe("authentication with a shared secret", () => {
       expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(0);
       rpc.close();
       jm.kill();
+    }
+  }, 60_000);
+  test("the placeholder secret shipped in deploy/ and secrets under 16 bytes are refused: exit 2, one line naming the source", async () => {
+    const dir = tempDir("tm-placeholder-");
+    const placeholder = /^TM_SECURITY_AUTH_SECRET=(.+)$/m.exec(fs.readFileSync(path.join(ROOT, "deploy/systemd/tm.env.example"), "utf8"))![1]!;
+    expect(fs.readFileSync(path.join(ROOT, "deploy/k8s/secret.yaml"), "utf8")).toContain(`TM_SECURITY_AUTH_SECRET: ${placeholder}`);
+    fs.writeFileSync(path.join(dir, "placeholder"), placeholder + "\n");
+    fs.writeFileSync(path.join(dir, "copied-line"), `TM_SECURITY_AUTH_SECRET=${placeholder}\n`);
+    fs.writeFileSync(path.join(dir, "short"), "only-15-bytes..\n");
+    const cases: [string[], Record<string, string>, string][] = [
+      [["jobmanager", "-D", "jobmanager.rpc.address=0.0.0.0", "-D", "jobmanager.rpc.port=0"], { TM_SECURITY_AUTH_SECRET: placeholder },
+        "error: environment variable TM_SECURITY_AUTH_SECRET: the secret is the placeholder shipped in deploy/; generate a real one"],
+      [["taskmanager", "-D", "jobmanager.rpc.port=1", "-D", `security.auth.secret-file=${dir}/placeholder`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/placeholder is the placeholder shipped in deploy/`],
+      [["list", "-m", "127.0.0.1:1", "-D", `security.auth.secret-file=${dir}/copied-line`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/copied-line is the placeholder shipped in deploy/`],
+      [["jobmanager", "-D", "jobmanager.rpc.port=0", "-D", `security.auth.secret-file=${dir}/short`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/short is 15 bytes; at least 16 are required`],
+      [["jobmanager", "-D", "jobmanager.rpc.port=0", "-D", `security.rest.token-file=${dir}/placeholder`], {},
+        `error: security.rest.token-file: the token in ${dir}/placeholder is the placeholder shipped in deploy/`],
+    ];
+    for (const [args, env, msg] of cases) {
+      const p = new Child([BUN, "main.ts", ...args], env);
+      expect(await p.exited(15_000)).toBe(2);
+      // (The REST token is read when the REST API starts, after the RPC port: there the error is the last line.)
+      const lines = p.stderr.trim().split("\n");
+      expect(args.some((a) => a.startsWith("security.rest.")) ? lines.slice(-1) : lines).toEqual([expect.stringContaining(msg)]);
     }
   }, 60_000);
 });

@@ -45,15 +45,9 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
   const secretFile = config["security.auth.secret-file"];
   if (secretFile) {
     // A trailing newline is what editors and `echo` add: it is not part of the secret.
-    secret = trimNewlines(readFile(secretFile, "security.auth.secret-file"));
-    if (secret.length < MIN_SECRET_BYTES) {
-      throw new ConfigError(`security.auth.secret-file: the secret in ${secretFile} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-    }
+    secret = checkSecret(trimNewlines(readFile(secretFile, "security.auth.secret-file")), `security.auth.secret-file: the secret in ${secretFile}`);
   } else if (env[SECRET_ENV_VAR]) {
-    secret = Buffer.from(env[SECRET_ENV_VAR]!, "utf8");
-    if (secret.length < MIN_SECRET_BYTES) {
-      throw new ConfigError(`environment variable ${SECRET_ENV_VAR}: the secret is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-    }
+    secret = checkSecret(Buffer.from(env[SECRET_ENV_VAR]!, "utf8"), `environment variable ${SECRET_ENV_VAR}: the secret`);
   }
   let tls: TlsSettings | null = null;
   if (config["security.ssl.enabled"]) {
@@ -78,11 +72,7 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
 export function restTokenFromConfig(config: Config, security: TransportSecurity): Buffer | null {
   const file = config["security.rest.token-file"];
   if (!file) return security.secret;
-  const token = trimNewlines(readFile(file, "security.rest.token-file"));
-  if (token.length < MIN_SECRET_BYTES) {
-    throw new ConfigError(`security.rest.token-file: the token in ${file} is ${token.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-  }
-  return token;
+  return checkSecret(trimNewlines(readFile(file, "security.rest.token-file")), `security.rest.token-file: the token in ${file}`);
 }
 
 /** Whether an Authorization header is "Bearer <token>", compared in constant time (hashes of equal length). */
@@ -91,6 +81,21 @@ export function bearerMatches(header: string | undefined | null, token: Buffer):
   const given = createHash("sha256").update(m ? m[1]! : "").digest();
   const expected = createHash("sha256").update(token).digest();
   return timingSafeEqual(given, expected) && m !== null;
+}
+
+/**
+ * The placeholder values shipped in deploy/ (k8s/secret.yaml, systemd/tm.env.example): public, so never a secret.
+ * Contained rather than equal, so that a whole copied line ("TM_SECURITY_AUTH_SECRET=replace-...") is caught too.
+ */
+export const PLACEHOLDER_SECRETS = ["replace-with-at-least-16-random-bytes"];
+
+/** Refuses a secret under MIN_SECRET_BYTES or one containing a shipped placeholder; `source` names where it came from. */
+function checkSecret(secret: Buffer, source: string): Buffer {
+  if (secret.length < MIN_SECRET_BYTES) throw new ConfigError(`${source} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+  if (PLACEHOLDER_SECRETS.some((p) => secret.includes(p))) {
+    throw new ConfigError(`${source} is the placeholder shipped in deploy/; generate a real one, e.g. head -c 32 /dev/urandom | base64`);
+  }
+  return secret;
 }
 
 function trimNewlines(b: Buffer): Buffer {
