@@ -302,7 +302,7 @@ describe("TLS", () => {
     expect(lines.length).toBe(20000);
 
     // Plain TCP to a TLS port: no handshake completes.
-    expect(await refusal(connectClient("127.0.0.1", port, { ...withSecret(SECRET), handshakeTimeoutMs: 1500 }))).toMatch(/closed by peer|timed out|ECONNRESET|exceeds the limit/);
+    expect(await refusal(connectClient("127.0.0.1", port, { ...withSecret(SECRET), handshakeTimeoutMs: 1500 }))).toMatch(/^the peer speaks TLS/);
     // TLS without a client certificate, and with a certificate from another CA.
     expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: read(certs.rogueCert), key: read(certs.rogueKey) })))).toMatch(/./);
     expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: undefined as never, key: undefined as never })))).toMatch(/./);
@@ -341,6 +341,34 @@ describe("TLS", () => {
     const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET, good));
     closers.push(() => rpc.close());
     expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(1);
+  }, 60_000);
+  test("TLS misconfiguration is named: a key that does not match its certificate (exit 2), a plain client at a TLS port, a TLS client at a plain port", async () => {
+    const dir = tempDir("tm-tls-names-");
+    const certs = makeCertificates(dir);
+    const mismatched = mutualTlsArgs(certs).map((a) => a.replace(`key-file=${certs.nodeKey}`, `key-file=${certs.clientKey}`));
+    for (const role of ["jobmanager", "taskmanager"]) {
+      const p = new Child([BUN, "main.ts", role, "-D", "jobmanager.rpc.port=0", ...mismatched]);
+      expect(await p.exited(15_000)).toBe(2);
+      expect(p.stderr.trim().split("\n")).toEqual([
+        `error: security.ssl.key-file: the key in ${certs.clientKey} does not match the certificate in security.ssl.cert-file ${certs.nodeCert}`,
+      ]);
+    }
+    fs.writeFileSync(path.join(dir, "not-a-key"), "hello\n");
+    const noKey = new Child([BUN, "main.ts", "jobmanager", ...mutualTlsArgs(certs).map((a) => a.replace(certs.nodeKey, `${dir}/not-a-key`))]);
+    expect(await noKey.exited(15_000)).toBe(2);
+    expect(noKey.stderr).toStartWith(`error: security.ssl.key-file: ${dir}/not-a-key holds no PEM private key`);
+
+    // `list` without TLS against a TLS JobManager: the client says the peer speaks TLS (not a frame size).
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { port } = await startJobManager(mutualTlsArgs(certs), env);
+    const list = new Child([BUN, "main.ts", "list", "-m", `127.0.0.1:${port}`], env);
+    expect(await list.exited(15_000)).toBe(1);
+    expect(list.stderr.trim()).toMatch(/^error: the peer speaks TLS \(a TLS (alert|record) instead of a handshake frame\): set security\.ssl\.enabled = true/);
+    // A TLS client at a plain JobManager: the JobManager names it in its log.
+    const { jm: plain, port: plainPort } = await startJobManager([], env);
+    const read = (f: string) => fs.readFileSync(f);
+    await refusal(connectClient("127.0.0.1", plainPort, { ...withSecret(SECRET, { cert: read(certs.clientCert), key: read(certs.clientKey), ca: read(certs.ca), clientAuth: true }) }));
+    await plain.waitForOutput(/refused a connection peer=127\.0\.0\.1:\d+ port=\d+ error=the peer speaks TLS \(a TLS ClientHello on a plain port\): security\.ssl\.enabled is set there but not here/);
   }, 60_000);
 });
 

@@ -238,6 +238,7 @@ export class FramedConnection {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     this.lastReceived = Date.now();
+    if (this.head !== null && this.peerSpeaksTls(chunk)) return;
     this.decoder.append(chunk);
     // One frame at a time: the handshake decides the limit that applies to the frames after it.
     for (;;) {
@@ -260,6 +261,30 @@ export class FramedConnection {
       }
       if (this.closed) return;
     }
+  }
+
+  /** The first bytes received, until there are 3 (then null): enough to tell a TLS record from a frame. */
+  private head: Buffer | null = Buffer.alloc(0);
+
+  /**
+   * A TLS record header (content type 0x14..0x17, then major version 3) as the first bytes: the peer speaks TLS and
+   * this side does not. As a length prefix it would be a frame of over 335 MB, far over the 64 KiB allowed before
+   * the handshake, so no valid frame starts like this. Closes the connection with an error that says so.
+   */
+  private peerSpeaksTls(chunk: Buffer): boolean {
+    this.head = Buffer.concat([this.head!, chunk.subarray(0, 3 - this.head!.length)]);
+    if (this.head.length < 3) return false;
+    const [type, major, minor] = this.head as unknown as [number, number, number];
+    this.head = null;
+    if (type < 0x14 || type > 0x17 || major !== 3 || minor > 4) return false;
+    this.close(
+      new RpcError(
+        this.hs.side === "client"
+          ? `the peer speaks TLS (${type === 0x15 ? "a TLS alert" : "a TLS record"} instead of a handshake frame): set security.ssl.enabled = true (with security.ssl.cert-file, key-file and ca-file) to connect to it`
+          : `the peer speaks TLS (a TLS ${type === 0x16 ? "ClientHello" : "record"} on a plain port): security.ssl.enabled is set there but not here`,
+      ),
+    );
+    return true;
   }
 
   private onHandshake(body: unknown): void {

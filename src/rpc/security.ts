@@ -1,7 +1,7 @@
 // Transport security of RPC and data connections: the shared secret behind the HMAC challenge-response of the
 // handshake (docs/protocol.md section 2.1), TLS, and the limits that keep a hostile peer from exhausting a
 // process. The secret is read from a file or from TM_SECURITY_AUTH_SECRET, never from a flag, and never logged.
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, createPrivateKey, randomBytes, timingSafeEqual, X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Config } from "../config/index.ts";
@@ -60,6 +60,7 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
       ca: config["security.ssl.ca-file"] ? readFile(config["security.ssl.ca-file"], "security.ssl.ca-file") : null,
       clientAuth: config["security.ssl.client-auth"],
     };
+    checkKeyPair(tls, config["security.ssl.cert-file"], config["security.ssl.key-file"]);
   }
   return { secret, insecure: config["security.insecure"], tls };
 }
@@ -81,6 +82,28 @@ export function bearerMatches(header: string | undefined | null, token: Buffer):
   const given = createHash("sha256").update(m ? m[1]! : "").digest();
   const expected = createHash("sha256").update(token).digest();
   return timingSafeEqual(given, expected) && m !== null;
+}
+
+/**
+ * A certificate and key that cannot be parsed, or that do not belong together, stop the start with one line naming
+ * both keys (otherwise: an OpenSSL code from deep inside the listener, or a TLS failure on the first connection).
+ */
+function checkKeyPair(t: TlsSettings, certFile: string, keyFile: string): void {
+  let cert: X509Certificate;
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    cert = new X509Certificate(t.cert); // the first certificate of the file: the node's own (a chain may follow)
+  } catch (err) {
+    throw new ConfigError(`security.ssl.cert-file: ${certFile} holds no PEM certificate (${(err as Error).message})`);
+  }
+  try {
+    key = createPrivateKey(t.key);
+  } catch (err) {
+    throw new ConfigError(`security.ssl.key-file: ${keyFile} holds no PEM private key (${(err as Error).message})`);
+  }
+  if (!cert.checkPrivateKey(key)) {
+    throw new ConfigError(`security.ssl.key-file: the key in ${keyFile} does not match the certificate in security.ssl.cert-file ${certFile}`);
+  }
 }
 
 /**
