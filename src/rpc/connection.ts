@@ -16,6 +16,7 @@ import {
   type TransportSecurity,
 } from "./security.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { BindError } from "../metrics/http-server.ts";
 
 const log = createLogger("rpc");
 
@@ -435,12 +436,26 @@ export class RpcConnection {
     return this.framed.closed;
   }
 
+  /** Why the peer closed the connection, when it said so with a close notice (see closeWithNotice). */
+  private closeNotice: string | null = null;
+
+  /**
+   * Tells the peer why the connection ends (a `{t: "close", reason}` frame, docs/protocol.md section 3), then closes
+   * it: the peer's pending and later requests fail with that reason instead of "connection is closed".
+   */
+  closeWithNotice(reason: string): void {
+    if (this.closed) return;
+    this.closeNotice = reason;
+    this.framed.send({ t: "close", reason });
+    this.framed.close(new RpcError(reason));
+  }
+
   setHandler(handler: RequestHandler): void {
     this.handler = handler;
   }
 
   request<T extends RequestType>(type: T, payload: RpcRequests[T][0], timeoutMs = this.defaultTimeoutMs): Promise<RpcRequests[T][1]> {
-    if (this.closed) return Promise.reject(new RpcError(`${type}: connection is closed`));
+    if (this.closed) return Promise.reject(new RpcError(`${type}: ${this.closeNotice ?? "connection is closed"}`));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -464,6 +479,13 @@ export class RpcConnection {
     const msg = body as { t?: unknown; id?: unknown; re?: unknown; p?: unknown; e?: { message?: string } };
     if (typeof msg !== "object" || msg === null || typeof msg.t !== "string") {
       this.framed.close(new RpcError("malformed frame: expected an object with a string field t"));
+      return;
+    }
+    if (msg.t === "close") {
+      // The peer's close notice; the reason is the peer's text, so it is bounded before it goes into errors and logs.
+      const reason = typeof (msg as { reason?: unknown }).reason === "string" ? (msg as { reason: string }).reason.slice(0, 500) : "";
+      this.closeNotice = reason || "the peer closed the connection";
+      this.framed.close(new RpcError(this.closeNotice));
       return;
     }
     if (msg.t === "response") {
@@ -583,6 +605,8 @@ export interface ListenOptions extends FramedOptions {
   maxConnectionsPerAddress?: number;
   /** What the port is, for messages ("RPC", "data"). */
   name?: string;
+  /** The config key of the port, named when it cannot be bound (e.g. "jobmanager.rpc.port"). */
+  portKey?: string;
 }
 
 /**
@@ -687,7 +711,9 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
       for (const p of tlsPending.values()) clearTimeout(p.timer);
     });
     server.once("error", (err: NodeJS.ErrnoException) => {
-      reject(new RpcError(err.code === "EADDRINUSE" ? `address ${host}:${port} is already in use` : `cannot listen on ${host}:${port}: ${err.message}`));
+      // Worded as rest.port's (src/metrics/http-server.ts), naming the key: main.ts exits 3.
+      const why = err.code === "EADDRINUSE" ? "is already in use" : err.code === "EACCES" ? "is not permitted" : `cannot be bound: ${err.message}`;
+      reject(new BindError(`${opts.portKey ?? what}: address ${host}:${port} ${why} (choose another port, or 0 for a free one)`));
     });
     server.listen(requestedPort, host, () => {
       port = boundPort(server);
