@@ -100,8 +100,8 @@ export class JobManager {
   async stop(reason = "the JobManager is shutting down"): Promise<void> {
     this.stopping = true;
     for (const job of this.jobs.values()) job.cancel();
+    for (const c of this.connections) c.closeWithNotice(reason); // before the ResourceManager closes its TaskManagers' without one
     this.resourceManager.stop();
-    for (const c of this.connections) c.closeWithNotice(reason);
     this.drained = true;
     await this.rest?.stop();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
