@@ -7,7 +7,7 @@ import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { JobManager } from "./src/jobmanager/jobmanager.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
-import { prepareJob, JobPreparationError } from "./src/client/prepare-job.ts";
+import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
 import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
 import { startLocalCluster } from "./src/client/local-cluster.ts";
 import { JobGraphError } from "./src/api/job-graph.ts";
@@ -229,11 +229,19 @@ async function runJobManager(args: string[]): Promise<number> {
   checkDirectories(cfg, JOBMANAGER_DIRS);
   const jm = new JobManager(cfg);
   await jm.start();
-  await waitForSignal();
-  const again = () => process.exit(EXIT_FAILED);
+  const signal = await waitForSignal();
+  const log = createLogger("jobmanager");
+  // A second signal exits at once: 0 if the jobs are canceled and the peers told already (only the ports are still
+  // closing, e.g. waiting for a stranger's socket in its handshake), 1 if that had not finished.
+  const again = (s: string) => {
+    log.warn(`${s} again: exiting at once`, { drained: jm.drained });
+    process.exit(jm.drained ? 0 : EXIT_FAILED);
+  };
   process.once("SIGINT", again);
   process.once("SIGTERM", again);
-  await jm.stop();
+  log.info(`${signal}: shutting down: canceling the jobs, telling clients and TaskManagers`, {});
+  await jm.stop(`the JobManager is shutting down (${signal})`);
+  log.info("JobManager stopped", {});
   return 0;
 }
 
@@ -415,7 +423,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`error: ${err.message}`);
       return EXIT_DIR;
     }
-    if (err instanceof ConfigError || err instanceof UsageError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof JobFileNotFoundError) {
       console.error(`error: ${err.message}`);
       return EXIT_USAGE;
     }

@@ -14,7 +14,7 @@ import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
 import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
-import { BUN, Child, rawPeer, removeTempDirs, tempDir } from "./helpers.ts";
+import { BUN, Child, rawPeer, removeTempDirs, ROOT, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const SECRET = "s3cret-of-the-test-cluster-0123456789";
@@ -191,6 +191,33 @@ describe("authentication with a shared secret", () => {
       jm.kill();
     }
   }, 60_000);
+  test("the placeholder secret shipped in deploy/ and secrets under 16 bytes are refused: exit 2, one line naming the source", async () => {
+    const dir = tempDir("tm-placeholder-");
+    const placeholder = /^TM_SECURITY_AUTH_SECRET=(.+)$/m.exec(fs.readFileSync(path.join(ROOT, "deploy/systemd/tm.env.example"), "utf8"))![1]!;
+    expect(fs.readFileSync(path.join(ROOT, "deploy/k8s/secret.yaml"), "utf8")).toContain(`TM_SECURITY_AUTH_SECRET: ${placeholder}`);
+    fs.writeFileSync(path.join(dir, "placeholder"), placeholder + "\n");
+    fs.writeFileSync(path.join(dir, "copied-line"), `TM_SECURITY_AUTH_SECRET=${placeholder}\n`);
+    fs.writeFileSync(path.join(dir, "short"), "only-15-bytes..\n");
+    const cases: [string[], Record<string, string>, string][] = [
+      [["jobmanager", "-D", "jobmanager.rpc.address=0.0.0.0", "-D", "jobmanager.rpc.port=0"], { TM_SECURITY_AUTH_SECRET: placeholder },
+        "error: environment variable TM_SECURITY_AUTH_SECRET: the secret is the placeholder shipped in deploy/; generate a real one"],
+      [["taskmanager", "-D", "jobmanager.rpc.port=1", "-D", `security.auth.secret-file=${dir}/placeholder`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/placeholder is the placeholder shipped in deploy/`],
+      [["list", "-m", "127.0.0.1:1", "-D", `security.auth.secret-file=${dir}/copied-line`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/copied-line is the placeholder shipped in deploy/`],
+      [["jobmanager", "-D", "jobmanager.rpc.port=0", "-D", `security.auth.secret-file=${dir}/short`], {},
+        `error: security.auth.secret-file: the secret in ${dir}/short is 15 bytes; at least 16 are required`],
+      [["jobmanager", "-D", "jobmanager.rpc.port=0", "-D", `security.rest.token-file=${dir}/placeholder`], {},
+        `error: security.rest.token-file: the token in ${dir}/placeholder is the placeholder shipped in deploy/`],
+    ];
+    for (const [args, env, msg] of cases) {
+      const p = new Child([BUN, "main.ts", ...args], env);
+      expect(await p.exited(15_000)).toBe(2);
+      // (The REST token is read when the REST API starts, after the RPC port: there the error is the last line.)
+      const lines = p.stderr.trim().split("\n");
+      expect(args.some((a) => a.startsWith("security.rest.")) ? lines.slice(-1) : lines).toEqual([expect.stringContaining(msg)]);
+    }
+  }, 60_000);
 });
 
 describe("limits", () => {
@@ -242,6 +269,20 @@ describe("limits", () => {
     expect((await busy.request("clusterOverview", {})).taskManagers).toBe(0);
     expect(jm.proc.exitCode).toBeNull();
   }, 60_000);
+  test("500 refused connections from one address write a few WARN lines: the first in full, then one with the count", async () => {
+    const { jm, port } = await startJobManager([]);
+    // A length prefix over the 64 KiB pre-handshake limit: refused at once, with the same reason each time.
+    const refuseOne = () => rawPeer(port, Buffer.from([0x7f, 0xff, 0xff, 0xff]), { timeoutMs: 10_000 });
+    for (let i = 0; i < 500; i += 50) await Promise.all(Array.from({ length: 50 }, refuseOne));
+    const refusedLines = () => (jm.stdout + jm.stderr).split("\n").filter((l) => /WARN .*refused a connection/.test(l));
+    const counted = () => refusedLines().reduce((n, l) => n + Number(/ count=(\d+)/.exec(l)?.[1] ?? 1), 0);
+    // The counts come at the end of each summary interval (10 s).
+    await waitFor("every refusal counted", () => counted() === 500, 30_000, 100);
+    const lines = refusedLines();
+    expect(lines.length).toBeLessThanOrEqual(4);
+    expect(lines[0]).toMatch(/refused a connection peer=127\.0\.0\.1:\d+ port=\d+ error=frame of 2147483647 bytes exceeds the limit of 65536 bytes$/);
+    expect(lines[1]).toMatch(/refused a connection \(\d+ more in the last 10 s\) peer=127\.0\.0\.1 port=\d+ error=frame of 2147483647 bytes exceeds the limit of 65536 bytes count=\d+$/);
+  }, 60_000);
 });
 
 describe("TLS", () => {
@@ -261,7 +302,7 @@ describe("TLS", () => {
     expect(lines.length).toBe(20000);
 
     // Plain TCP to a TLS port: no handshake completes.
-    expect(await refusal(connectClient("127.0.0.1", port, { ...withSecret(SECRET), handshakeTimeoutMs: 1500 }))).toMatch(/closed by peer|timed out|ECONNRESET|exceeds the limit/);
+    expect(await refusal(connectClient("127.0.0.1", port, { ...withSecret(SECRET), handshakeTimeoutMs: 1500 }))).toMatch(/^the peer speaks TLS/);
     // TLS without a client certificate, and with a certificate from another CA.
     expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: read(certs.rogueCert), key: read(certs.rogueKey) })))).toMatch(/./);
     expect(await refusal(connectClient("127.0.0.1", port, withSecret(SECRET, { ...good, cert: undefined as never, key: undefined as never })))).toMatch(/./);
@@ -270,6 +311,71 @@ describe("TLS", () => {
     await jm.waitForOutput(/TLS handshake failed/);
     expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(2);
   }, 90_000);
+  test("a socket that never finishes the TLS handshake (silent, or 5 bytes of a record header) is closed after rpc.handshake-timeout on the RPC and the data port; hundreds of them do not stop a client", async () => {
+    const dir = tempDir("tm-tls-stall-");
+    const certs = makeCertificates(dir);
+    const args = [...mutualTlsArgs(certs), "-D", "rpc.handshake-timeout=1s"];
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { jm, port } = await startJobManager(args, env);
+    const tm = startTaskManager(port, "tm-a", args, env);
+    const dataPort = Number((await tm.waitForOutput(/TaskManager started id=tm-a dataPort=(\d+)/))[1]);
+    await tm.waitForOutput(/registered at the JobManager/);
+    const header = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]); // a handshake record of 512 bytes that never comes
+    for (const p of [port, dataPort]) {
+      const t0 = Date.now();
+      const silent = await openSocket(p);
+      const partial = await openSocket(p);
+      partial.write(header);
+      await Promise.all([closedWithin(silent, 4000), closedWithin(partial, 4000)]);
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    }
+    await jm.waitForOutput(/refused a connection: TLS handshake failed peer=127\.0\.0\.1:\d+ port=\d+ error=TLS handshake not completed within 1000 ms/);
+    await tm.waitForOutput(/refused a connection: TLS handshake failed peer=127\.0\.0\.1:\d+ port=\d+ error=TLS handshake not completed within 1000 ms/);
+
+    const read = (f: string) => fs.readFileSync(f);
+    const good = { cert: read(certs.clientCert), key: read(certs.clientKey), ca: read(certs.ca), clientAuth: true };
+    // 250 stalled sockets at once (under rpc.max-connections-per-address, 256): a client is served meanwhile, and
+    // all of them are closed within the time-out, so the address's quota is free again.
+    const stalled = await Promise.all(Array.from({ length: 250 }, (_, i) => openSocket(port).then((s) => (i % 2 ? s.write(header) : undefined, s))));
+    const during = await connectClient("127.0.0.1", port, withSecret(SECRET, good));
+    expect((await during.request("clusterOverview", {})).taskManagers).toBe(1);
+    during.close();
+    await Promise.all(stalled.map((s) => closedWithin(s, 6000)));
+    // More than the quota in one burst: those over it are refused at once, the rest closed by the time-out.
+    const burst = await Promise.all(Array.from({ length: 300 }, () => openSocket(port).catch(() => null)));
+    await Promise.all(burst.map((s) => s && closedWithin(s, 6000)));
+    const rpc = await connectClient("127.0.0.1", port, withSecret(SECRET, good));
+    closers.push(() => rpc.close());
+    expect((await rpc.request("clusterOverview", {})).taskManagers).toBe(1);
+  }, 60_000);
+  test("TLS misconfiguration is named: a key that does not match its certificate (exit 2), a plain client at a TLS port, a TLS client at a plain port", async () => {
+    const dir = tempDir("tm-tls-names-");
+    const certs = makeCertificates(dir);
+    const mismatched = mutualTlsArgs(certs).map((a) => a.replace(`key-file=${certs.nodeKey}`, `key-file=${certs.clientKey}`));
+    for (const role of ["jobmanager", "taskmanager"]) {
+      const p = new Child([BUN, "main.ts", role, "-D", "jobmanager.rpc.port=0", ...mismatched]);
+      expect(await p.exited(15_000)).toBe(2);
+      expect(p.stderr.trim().split("\n")).toEqual([
+        `error: security.ssl.key-file: the key in ${certs.clientKey} does not match the certificate in security.ssl.cert-file ${certs.nodeCert}`,
+      ]);
+    }
+    fs.writeFileSync(path.join(dir, "not-a-key"), "hello\n");
+    const noKey = new Child([BUN, "main.ts", "jobmanager", ...mutualTlsArgs(certs).map((a) => a.replace(certs.nodeKey, `${dir}/not-a-key`))]);
+    expect(await noKey.exited(15_000)).toBe(2);
+    expect(noKey.stderr).toStartWith(`error: security.ssl.key-file: ${dir}/not-a-key holds no PEM private key`);
+
+    // `list` without TLS against a TLS JobManager: the client says the peer speaks TLS (not a frame size).
+    const env = { TM_SECURITY_AUTH_SECRET: SECRET };
+    const { port } = await startJobManager(mutualTlsArgs(certs), env);
+    const list = new Child([BUN, "main.ts", "list", "-m", `127.0.0.1:${port}`], env);
+    expect(await list.exited(15_000)).toBe(1);
+    expect(list.stderr.trim()).toMatch(/^error: the peer speaks TLS \(a TLS (alert|record) instead of a handshake frame\): set security\.ssl\.enabled = true/);
+    // A TLS client at a plain JobManager: the JobManager names it in its log.
+    const { jm: plain, port: plainPort } = await startJobManager([], env);
+    const read = (f: string) => fs.readFileSync(f);
+    await refusal(connectClient("127.0.0.1", plainPort, { ...withSecret(SECRET, { cert: read(certs.clientCert), key: read(certs.clientKey), ca: read(certs.ca), clientAuth: true }) }));
+    await plain.waitForOutput(/refused a connection peer=127\.0\.0\.1:\d+ port=\d+ error=the peer speaks TLS \(a TLS ClientHello on a plain port\): security\.ssl\.enabled is set there but not here/);
+  }, 60_000);
 });
 
 describe("task isolation", () => {

@@ -7,7 +7,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { connectClient, describeFailure, submitJob, waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import { NO_SECURITY } from "../src/rpc/security.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
@@ -121,6 +121,8 @@ describe("per-task memory limit", () => {
     expect(status.state).toBe("FAILED");
     expect(status.error?.message).toMatch(/^task terminated: it has not answered for \d+ ms while the TaskManager's RSS \(\d+ MiB\) exceeds taskmanager\.memory\.process-limit \(500 MiB\)/);
     console.log(`stuck task terminated: ${status.error?.message}; peak RSS seen ${Math.round(peak / MiB)} MiB`);
+    // What the client prints: the task and the message, no stack frame of the TaskManager's own code.
+    expect(describeFailure(status)).toBe(`Task ${status.error?.task} failed.\nCaused by: ${status.error?.message}`);
 
     expect(tm.proc.exitCode).toBeNull();
     await waitFor("the stuck task's slot free", async () => (await rpc.request("clusterOverview", {})).slotsAvailable === 1, 5_000);

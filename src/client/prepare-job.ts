@@ -18,9 +18,14 @@ export class JobPreparationError extends Error {
   override name = "JobPreparationError";
 }
 
+/** The job file named on the command line does not exist (or is not a file): a usage error, exit 2. */
+export class JobFileNotFoundError extends JobPreparationError {
+  override name = "JobFileNotFoundError";
+}
+
 export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   const entry = path.resolve(jobPath);
-  if (!fs.existsSync(entry)) throw new JobPreparationError(`job file ${jobPath} not found`);
+  if (!fs.statSync(entry, { throwIfNoEntry: false })?.isFile()) throw new JobFileNotFoundError(`job file ${jobPath} not found (or not a file)`);
   if (typeof Bun === "undefined") return singleFileJob(entry, jobPath);
   // An inline source map makes stack traces from user code name the job's own file and line.
   const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });

@@ -123,7 +123,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "security.auth.secret-file": {
     type: { kind: "path" },
     default: "",
-    doc: "File holding the cluster's shared secret (at least 16 bytes; a trailing newline is ignored) that every RPC and data connection proves in its handshake; empty = the environment variable TM_SECURITY_AUTH_SECRET, or no authentication. Never a -D flag.",
+    doc: "File holding the cluster's shared secret (at least 16 bytes, not the placeholder shipped in deploy/; a trailing newline is ignored) that every RPC and data connection proves in its handshake; empty = the environment variable TM_SECURITY_AUTH_SECRET, or no authentication. Never a -D flag.",
   },
   "security.insecure": {
     type: { kind: "boolean" },
@@ -143,7 +143,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "security.ssl.key-file": {
     type: { kind: "path" },
     default: "",
-    doc: "PEM private key of security.ssl.cert-file; required with TLS.",
+    doc: "PEM private key of security.ssl.cert-file (a key that does not match it stops the start, exit 2); required with TLS.",
   },
   "security.ssl.ca-file": {
     type: { kind: "path" },
@@ -163,7 +163,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "rpc.handshake-timeout": {
     type: { kind: "duration", min: 1 },
     default: 10 * SECOND,
-    doc: "A connection that has not completed its handshake (TLS and authentication included) after this long is closed.",
+    doc: "A connection that has not completed its handshake (TLS and authentication included) this long after accept is closed.",
   },
   "rpc.idle-timeout": {
     type: { kind: "duration" },
@@ -418,7 +418,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "taskmanager.registration.timeout": {
     type: { kind: "duration" },
     default: 5 * MINUTE,
-    doc: "A TaskManager not registered at a JobManager for this long (at start or after losing it) exits with code 5; it keeps retrying until then (0 = retry forever).",
+    doc: "A TaskManager not registered at a JobManager for this long (at start or after losing it) exits with code 5 once a last attempt at that deadline fails; it keeps retrying until then (0 = retry forever).",
   },
   "log.level": {
     type: { kind: "enum", values: ["debug", "info", "warn", "error"] },

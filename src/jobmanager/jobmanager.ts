@@ -51,6 +51,7 @@ export class JobManager {
       handshakeTimeoutMs: c["rpc.handshake-timeout"],
       maxConnectionsPerAddress: c["rpc.max-connections-per-address"],
       name: "JobManager RPC",
+      portKey: "jobmanager.rpc.port",
     };
     this.server = await listenFramed(host, c["jobmanager.rpc.port"], this.id, (framed) => {
       const hello = framed.peer as Hello;
@@ -61,7 +62,7 @@ export class JobManager {
       rpc.onClose((err) => {
         this.connections.delete(rpc);
         // A bad frame, an idle time-out: logged naming the peer (a peer that just goes away is not news).
-        if (err && !/closed by peer|connection closed$/.test(err.message)) {
+        if (err && !this.stopping && !/closed by peer|connection closed$/.test(err.message)) {
           log.warn("closed a connection", { peer: framed.remoteAddress, role: hello.role, id: hello.id, error: err.message });
         }
       });
@@ -91,10 +92,17 @@ export class JobManager {
     log.info("REST API started", { rest: `${host}:${this.restPort}`, dashboard: `${rest.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${this.restPort}/` });
   }
 
-  async stop(): Promise<void> {
+  /** True once stop() has canceled the jobs and closed every connection (what is left is closing the ports). */
+  drained = false;
+  private stopping = false;
+
+  /** `reason` (e.g. "the JobManager is shutting down (SIGTERM)") is sent to every connected peer before its connection closes. */
+  async stop(reason = "the JobManager is shutting down"): Promise<void> {
+    this.stopping = true;
     for (const job of this.jobs.values()) job.cancel();
+    for (const c of this.connections) c.closeWithNotice(reason); // before the ResourceManager closes its TaskManagers' without one
     this.resourceManager.stop();
-    for (const c of this.connections) c.close();
+    this.drained = true;
     await this.rest?.stop();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });

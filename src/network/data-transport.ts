@@ -86,6 +86,7 @@ export class DataTransport {
       {
         ...this.settings,
         name: "data",
+        portKey: "taskmanager.data.port",
         maxFrameBytes: this.maxFrameBytes,
         accept: (hello) => (hello.role === "data" ? null : "the data port only takes data connections"),
       },

@@ -15,7 +15,8 @@ import {
   proofMatches,
   type TransportSecurity,
 } from "./security.ts";
-import { createLogger } from "../util/log.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import { BindError } from "../metrics/http-server.ts";
 
 const log = createLogger("rpc");
 
@@ -242,6 +243,7 @@ export class FramedConnection {
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     this.lastReceived = Date.now();
+    if (this.head !== null && this.peerSpeaksTls(chunk)) return;
     this.decoder.append(chunk);
     // One frame at a time: the handshake decides the limit that applies to the frames after it.
     for (;;) {
@@ -264,6 +266,30 @@ export class FramedConnection {
       }
       if (this.closed) return;
     }
+  }
+
+  /** The first bytes received, until there are 3 (then null): enough to tell a TLS record from a frame. */
+  private head: Buffer | null = Buffer.alloc(0);
+
+  /**
+   * A TLS record header (content type 0x14..0x17, then major version 3) as the first bytes: the peer speaks TLS and
+   * this side does not. As a length prefix it would be a frame of over 335 MB, far over the 64 KiB allowed before
+   * the handshake, so no valid frame starts like this. Closes the connection with an error that says so.
+   */
+  private peerSpeaksTls(chunk: Buffer): boolean {
+    this.head = Buffer.concat([this.head!, chunk.subarray(0, 3 - this.head!.length)]);
+    if (this.head.length < 3) return false;
+    const [type, major, minor] = this.head as unknown as [number, number, number];
+    this.head = null;
+    if (type < 0x14 || type > 0x17 || major !== 3 || minor > 4) return false;
+    this.close(
+      new RpcError(
+        this.hs.side === "client"
+          ? `the peer speaks TLS (${type === 0x15 ? "a TLS alert" : "a TLS record"} instead of a handshake frame): set security.ssl.enabled = true (with security.ssl.cert-file, key-file and ca-file) to connect to it`
+          : `the peer speaks TLS (a TLS ${type === 0x16 ? "ClientHello" : "record"} on a plain port): security.ssl.enabled is set there but not here`,
+      ),
+    );
+    return true;
   }
 
   private onHandshake(body: unknown): void {
@@ -414,12 +440,26 @@ export class RpcConnection {
     return this.framed.closed;
   }
 
+  /** Why the peer closed the connection, when it said so with a close notice (see closeWithNotice). */
+  private closeNotice: string | null = null;
+
+  /**
+   * Tells the peer why the connection ends (a `{t: "close", reason}` frame, docs/protocol.md section 3), then closes
+   * it: the peer's pending and later requests fail with that reason instead of "connection is closed".
+   */
+  closeWithNotice(reason: string): void {
+    if (this.closed) return;
+    this.closeNotice = reason;
+    this.framed.send({ t: "close", reason });
+    this.framed.close(new RpcError(reason));
+  }
+
   setHandler(handler: RequestHandler): void {
     this.handler = handler;
   }
 
   request<T extends RequestType>(type: T, payload: RpcRequests[T][0], timeoutMs = this.defaultTimeoutMs): Promise<RpcRequests[T][1]> {
-    if (this.closed) return Promise.reject(new RpcError(`${type}: connection is closed`));
+    if (this.closed) return Promise.reject(new RpcError(`${type}: ${this.closeNotice ?? "connection is closed"}`));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -443,6 +483,13 @@ export class RpcConnection {
     const msg = body as { t?: unknown; id?: unknown; re?: unknown; p?: unknown; e?: { message?: string } };
     if (typeof msg !== "object" || msg === null || typeof msg.t !== "string") {
       this.framed.close(new RpcError("malformed frame: expected an object with a string field t"));
+      return;
+    }
+    if (msg.t === "close") {
+      // The peer's close notice; the reason is the peer's text, so it is bounded before it goes into errors and logs.
+      const reason = typeof (msg as { reason?: unknown }).reason === "string" ? (msg as { reason: string }).reason.slice(0, 500) : "";
+      this.closeNotice = reason || "the peer closed the connection";
+      this.framed.close(new RpcError(this.closeNotice));
       return;
     }
     if (msg.t === "response") {
@@ -472,6 +519,58 @@ export class RpcConnection {
         (reply) => !this.closed && this.framed.send({ t: "response", re: id, p: reply ?? {} }),
         (err: Error) => !this.closed && this.framed.send({ t: "response", re: id, e: { message: err?.message ?? String(err) } }),
       );
+  }
+}
+
+/**
+ * Refused connections are summed up per peer address and reason, so that a flood of them (a scanner, a
+ * misconfigured client in a loop, an attack) costs a few log lines, not one each: the first refusal is logged in
+ * full, the ones that follow within REFUSAL_SUMMARY_INTERVAL_MS as one line with their count at the end of that
+ * interval, and so on while they keep coming. 10 s: short enough that an operator watching the log sees a flood
+ * while it happens, long enough that a flood of thousands a second costs one line per 10 s.
+ */
+export const REFUSAL_SUMMARY_INTERVAL_MS = 10_000;
+
+export class RefusalLog {
+  private readonly windows = new Map<string, { count: number; timer: ReturnType<typeof setTimeout>; msg: string; address: string; fields: Record<string, unknown> }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = REFUSAL_SUMMARY_INTERVAL_MS,
+  ) {}
+
+  refused(msg: string, socket: net.Socket | undefined, fields: Record<string, unknown>): void {
+    const address = socket?.remoteAddress ?? "?";
+    // Numbers in a reason (frame sizes, ports) do not make another reason: a peer cannot dodge the sum by varying them.
+    const key = `${address}\0${msg}\0${String(fields.error ?? "").replace(/\d+/g, "#")}`;
+    const w = this.windows.get(key);
+    if (w) {
+      w.count++;
+      return;
+    }
+    this.log.warn(msg, { peer: `${address}:${socket?.remotePort}`, ...fields });
+    this.open(key, msg, address, fields);
+  }
+
+  /** Logs the counts not yet logged (the listener closes). */
+  flush(): void {
+    for (const key of [...this.windows.keys()]) this.report(key, false);
+  }
+
+  private open(key: string, msg: string, address: string, fields: Record<string, unknown>): void {
+    const timer = setTimeout(() => this.report(key, true), this.intervalMs);
+    (timer as { unref?: () => void }).unref?.();
+    this.windows.set(key, { count: 0, timer, msg, address, fields });
+  }
+
+  private report(key: string, reopen: boolean): void {
+    const w = this.windows.get(key);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.windows.delete(key);
+    if (w.count === 0) return; // quiet for a whole interval: the next refusal is logged in full again
+    this.log.warn(`${w.msg} (${w.count} more in the last ${Math.round(this.intervalMs / 1000)} s)`, { peer: w.address, ...w.fields, count: w.count });
+    if (reopen) this.open(key, w.msg, w.address, w.fields);
   }
 }
 
@@ -523,6 +622,8 @@ export interface ListenOptions extends FramedOptions {
   maxConnectionsPerAddress?: number;
   /** What the port is, for messages ("RPC", "data"). */
   name?: string;
+  /** The config key of the port, named when it cannot be bound (e.g. "jobmanager.rpc.port"). */
+  portKey?: string;
 }
 
 /**
@@ -539,6 +640,8 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
   }
   const perAddress = new Map<string, number>();
   const limit = opts.maxConnectionsPerAddress ?? 0;
+  const handshakeMs = opts.handshakeTimeoutMs ?? 10_000;
+  const refusals = new RefusalLog(log);
   return new Promise((resolve, reject) => {
     let port = requestedPort; // the bound port once listening (for log lines)
     const t = security.tls;
@@ -547,7 +650,7 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
       const address = socket.remoteAddress ?? "?";
       const n = (perAddress.get(address) ?? 0) + 1;
       if (limit > 0 && n > limit) {
-        log.warn("refused a connection: too many connections from its address", { peer: `${address}:${socket.remotePort}`, port, limit });
+        refusals.refused("refused a connection: too many connections from its address", socket, { port, limit });
         socket.destroy();
         return false;
       }
@@ -559,12 +662,43 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
       });
       return true;
     };
+    // TLS: the runtime's own handshakeTimeout only reports (Bun emits tlsClientError and leaves the socket open),
+    // so the deadline of rpc.handshake-timeout is kept here, from accept, over the TLS handshake and ours.
+    // Keyed by the peer's address:port, which is unique among this listener's open sockets, because the socket
+    // given to "connection" and the one given to the secure-connection callback need not be the same object.
+    const tlsPending = new Map<string, { acceptedAt: number; timer: ReturnType<typeof setTimeout> }>();
+    const peerKey = (socket: net.Socket) => `${socket.remoteAddress}:${socket.remotePort}`;
+    const onTlsAccept = (socket: net.Socket) => {
+      if (!admit(socket)) return;
+      const key = peerKey(socket);
+      const timer = setTimeout(() => {
+        tlsPending.delete(key);
+        refusals.refused("refused a connection: TLS handshake failed", socket, { port, error: `TLS handshake not completed within ${handshakeMs} ms` });
+        socket.destroy();
+      }, handshakeMs);
+      tlsPending.set(key, { acceptedAt: Date.now(), timer });
+      socket.once("close", () => {
+        const p = tlsPending.get(key);
+        if (p?.timer === timer) {
+          clearTimeout(timer);
+          tlsPending.delete(key);
+        }
+      });
+    };
     const onSocket = (socket: net.Socket) => {
-      if (!t && !admit(socket)) return;
-      const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, opts);
+      let timeoutMs = handshakeMs;
+      if (t) {
+        const p = tlsPending.get(peerKey(socket));
+        if (p) {
+          clearTimeout(p.timer);
+          tlsPending.delete(peerKey(socket));
+          timeoutMs = Math.max(1, handshakeMs - (Date.now() - p.acceptedAt)); // what is left of the deadline
+        }
+      } else if (!admit(socket)) return;
+      const conn = new FramedConnection(socket, { side: "server", id, accept: opts.accept }, { ...opts, handshakeTimeoutMs: timeoutMs });
       conn.ready.then(
         () => onConnection(conn),
-        (err: Error) => log.warn("refused a connection", { peer: `${socket.remoteAddress}:${socket.remotePort}`, port, error: err.message }),
+        (err: Error) => refusals.refused("refused a connection", socket, { port, error: err.message }),
       );
     };
     const server: net.Server = t
@@ -575,19 +709,28 @@ export function listenFramed(host: string, requestedPort: number, id: string, on
             ...(t.ca ? { ca: t.ca } : {}),
             requestCert: t.clientAuth,
             rejectUnauthorized: t.clientAuth,
-            handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+            handshakeTimeout: handshakeMs,
           },
           onSocket,
         )
       : net.createServer(onSocket);
     if (t) {
-      server.on("connection", admit);
-      server.on("tlsClientError", (err: Error, socket: net.Socket) =>
-        log.warn("refused a connection: TLS handshake failed", { peer: `${socket?.remoteAddress}:${socket?.remotePort}`, port, error: err.message }),
-      );
+      server.on("connection", onTlsAccept);
+      server.on("tlsClientError", (err: Error, socket: net.Socket) => {
+        // Bun reports its own handshake time-out here without closing the socket: ours (above) closes it and logs.
+        if (/handshake timeout/i.test(err.message)) return;
+        refusals.refused("refused a connection: TLS handshake failed", socket, { port, error: err.message });
+        socket?.destroy();
+      });
     }
+    server.once("close", () => {
+      refusals.flush();
+      for (const p of tlsPending.values()) clearTimeout(p.timer);
+    });
     server.once("error", (err: NodeJS.ErrnoException) => {
-      reject(new RpcError(err.code === "EADDRINUSE" ? `address ${host}:${port} is already in use` : `cannot listen on ${host}:${port}: ${err.message}`));
+      // Worded as rest.port's (src/metrics/http-server.ts), naming the key: main.ts exits 3.
+      const why = err.code === "EADDRINUSE" ? "is already in use" : err.code === "EACCES" ? "is not permitted" : `cannot be bound: ${err.message}`;
+      reject(new BindError(`${opts.portKey ?? what}: address ${host}:${port} ${why} (choose another port, or 0 for a free one)`));
     });
     server.listen(requestedPort, host, () => {
       port = boundPort(server);

@@ -1,7 +1,7 @@
 // Transport security of RPC and data connections: the shared secret behind the HMAC challenge-response of the
 // handshake (docs/protocol.md section 2.1), TLS, and the limits that keep a hostile peer from exhausting a
 // process. The secret is read from a file or from TM_SECURITY_AUTH_SECRET, never from a flag, and never logged.
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, createPrivateKey, randomBytes, timingSafeEqual, X509Certificate } from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Config } from "../config/index.ts";
@@ -45,15 +45,9 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
   const secretFile = config["security.auth.secret-file"];
   if (secretFile) {
     // A trailing newline is what editors and `echo` add: it is not part of the secret.
-    secret = trimNewlines(readFile(secretFile, "security.auth.secret-file"));
-    if (secret.length < MIN_SECRET_BYTES) {
-      throw new ConfigError(`security.auth.secret-file: the secret in ${secretFile} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-    }
+    secret = checkSecret(trimNewlines(readFile(secretFile, "security.auth.secret-file")), `security.auth.secret-file: the secret in ${secretFile}`);
   } else if (env[SECRET_ENV_VAR]) {
-    secret = Buffer.from(env[SECRET_ENV_VAR]!, "utf8");
-    if (secret.length < MIN_SECRET_BYTES) {
-      throw new ConfigError(`environment variable ${SECRET_ENV_VAR}: the secret is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-    }
+    secret = checkSecret(Buffer.from(env[SECRET_ENV_VAR]!, "utf8"), `environment variable ${SECRET_ENV_VAR}: the secret`);
   }
   let tls: TlsSettings | null = null;
   if (config["security.ssl.enabled"]) {
@@ -66,6 +60,7 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
       ca: config["security.ssl.ca-file"] ? readFile(config["security.ssl.ca-file"], "security.ssl.ca-file") : null,
       clientAuth: config["security.ssl.client-auth"],
     };
+    checkKeyPair(tls, config["security.ssl.cert-file"], config["security.ssl.key-file"]);
   }
   return { secret, insecure: config["security.insecure"], tls };
 }
@@ -78,11 +73,7 @@ export function securityFromConfig(config: Config, env: Record<string, string | 
 export function restTokenFromConfig(config: Config, security: TransportSecurity): Buffer | null {
   const file = config["security.rest.token-file"];
   if (!file) return security.secret;
-  const token = trimNewlines(readFile(file, "security.rest.token-file"));
-  if (token.length < MIN_SECRET_BYTES) {
-    throw new ConfigError(`security.rest.token-file: the token in ${file} is ${token.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
-  }
-  return token;
+  return checkSecret(trimNewlines(readFile(file, "security.rest.token-file")), `security.rest.token-file: the token in ${file}`);
 }
 
 /** Whether an Authorization header is "Bearer <token>", compared in constant time (hashes of equal length). */
@@ -91,6 +82,44 @@ export function bearerMatches(header: string | undefined | null, token: Buffer):
   const given = createHash("sha256").update(m ? m[1]! : "").digest();
   const expected = createHash("sha256").update(token).digest();
   return timingSafeEqual(given, expected) && m !== null;
+}
+
+/**
+ * A certificate and key that cannot be parsed, or that do not belong together, stop the start with one line naming
+ * both keys (otherwise: an OpenSSL code from deep inside the listener, or a TLS failure on the first connection).
+ */
+function checkKeyPair(t: TlsSettings, certFile: string, keyFile: string): void {
+  let cert: X509Certificate;
+  let key: ReturnType<typeof createPrivateKey>;
+  try {
+    cert = new X509Certificate(t.cert); // the first certificate of the file: the node's own (a chain may follow)
+  } catch (err) {
+    throw new ConfigError(`security.ssl.cert-file: ${certFile} holds no PEM certificate (${(err as Error).message})`);
+  }
+  try {
+    key = createPrivateKey(t.key);
+  } catch (err) {
+    throw new ConfigError(`security.ssl.key-file: ${keyFile} holds no PEM private key (${(err as Error).message})`);
+  }
+  // (A runtime without checkPrivateKey leaves the check to the TLS handshake.)
+  if (typeof cert.checkPrivateKey === "function" && !cert.checkPrivateKey(key)) {
+    throw new ConfigError(`security.ssl.key-file: the key in ${keyFile} does not match the certificate in security.ssl.cert-file ${certFile}`);
+  }
+}
+
+/**
+ * The placeholder values shipped in deploy/ (k8s/secret.yaml, systemd/tm.env.example): public, so never a secret.
+ * Contained rather than equal, so that a whole copied line ("TM_SECURITY_AUTH_SECRET=replace-...") is caught too.
+ */
+export const PLACEHOLDER_SECRETS = ["replace-with-at-least-16-random-bytes"];
+
+/** Refuses a secret under MIN_SECRET_BYTES or one containing a shipped placeholder; `source` names where it came from. */
+function checkSecret(secret: Buffer, source: string): Buffer {
+  if (secret.length < MIN_SECRET_BYTES) throw new ConfigError(`${source} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} are required`);
+  if (PLACEHOLDER_SECRETS.some((p) => secret.includes(p))) {
+    throw new ConfigError(`${source} is the placeholder shipped in deploy/; generate a real one, e.g. head -c 32 /dev/urandom | base64`);
+  }
+  return secret;
 }
 
 function trimNewlines(b: Buffer): Buffer {

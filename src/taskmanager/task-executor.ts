@@ -55,7 +55,6 @@ export class TaskExecutor implements TaskManagerView {
   private metricsServer: RunningHttpServer | null = null;
   /** Set by drain() (SIGTERM): no new tasks, no reconnection, /readyz answers 503. */
   draining = false;
-  private registrationTimer: ReturnType<typeof setTimeout> | null = null;
   private resolveFatal: (err: Error) => void = () => {};
   /** Resolves when this TaskManager cannot go on (taskmanager.registration.timeout passed); the process should exit. */
   readonly fatal: Promise<Error> = new Promise((resolve) => (this.resolveFatal = resolve));
@@ -128,7 +127,6 @@ export class TaskExecutor implements TaskManagerView {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.disarmRegistrationTimeout();
     for (const t of this.timers) clearInterval(t);
     for (const task of this.tasks.values()) task.cancel();
     const rpc = this.rpc;
@@ -151,7 +149,6 @@ export class TaskExecutor implements TaskManagerView {
   async drain(graceMs: number): Promise<boolean> {
     if (this.draining) return false;
     this.draining = true;
-    this.disarmRegistrationTimeout();
     const deadline = Date.now() + graceMs;
     log.info("shutting down: taking no new tasks, telling the JobManager, canceling tasks", { tasks: this.tasks.size, gracePeriodMs: graceMs });
     const rpc = this.rpc;
@@ -193,22 +190,37 @@ export class TaskExecutor implements TaskManagerView {
     return { total: this.shuffle.options.totalBuffers, available: this.shuffle.availableBuffers };
   }
 
+  /**
+   * Registers at the JobManager, retrying with backoff. As Flink's taskmanager.registration.timeout: a TaskManager
+   * that is not registered for this long (at start, or after losing its JobManager) gives up; `fatal` resolves and
+   * the CLI exits with its own code. The backoff is cut short so that one attempt starts at the deadline itself,
+   * and only when that last attempt fails does it give up: a JobManager back by then is registered at.
+   */
   private async connectLoop(): Promise<void> {
     const host = this.config["jobmanager.rpc.address"];
     const port = this.config["jobmanager.rpc.port"];
+    const timeout = this.config["taskmanager.registration.timeout"];
+    const deadline = timeout > 0 ? Date.now() + timeout : Infinity;
     let backoff = this.config["taskmanager.registration.initial-backoff"];
     let attempts = 0;
-    this.armRegistrationTimeout(host, port);
     while (!this.stopped && !this.draining) {
+      const startedAt = Date.now();
       try {
         await this.connectAndRegister(host, port);
-        this.disarmRegistrationTimeout();
         return;
       } catch (err) {
         attempts++;
+        if (this.stopped || this.draining) return;
+        if (startedAt >= deadline) {
+          const giveUp = new RegistrationTimeoutError(
+            `could not register at the JobManager ${host}:${port} within taskmanager.registration.timeout (${timeout} ms); giving up`,
+          );
+          log.error(giveUp.message, { jobManager: `${host}:${port}`, timeoutMs: timeout, attempts, error: (err as Error).message });
+          this.resolveFatal(giveUp);
+          return;
+        }
         if (attempts === 1) {
           // The first failure says plainly what is wrong and what happens next; later ones are quieter.
-          const timeout = this.config["taskmanager.registration.timeout"];
           log.warn(
             `cannot register at the JobManager ${host}:${port} (jobmanager.rpc.address/port): ${(err as Error).message}; ` +
               `retrying with backoff up to ${this.config["taskmanager.registration.max-backoff"]} ms` +
@@ -219,34 +231,10 @@ export class TaskExecutor implements TaskManagerView {
           const fn = attempts % 10 === 0 ? log.warn : log.debug;
           fn(`cannot register at the JobManager ${host}:${port}; retrying in ${backoff} ms`, { attempt: attempts, error: (err as Error).message });
         }
-        await new Promise((r) => setTimeout(r, backoff));
+        await new Promise((r) => setTimeout(r, Math.max(0, Math.min(backoff, deadline - Date.now()))));
         backoff = Math.min(backoff * 2, this.config["taskmanager.registration.max-backoff"]);
       }
     }
-  }
-
-  /**
-   * As Flink's taskmanager.registration.timeout: a TaskManager that is not registered at a JobManager for this long
-   * (at start, or after losing its JobManager) gives up; `fatal` resolves and the CLI exits with its own code.
-   */
-  private armRegistrationTimeout(host: string, port: number): void {
-    const ms = this.config["taskmanager.registration.timeout"];
-    if (ms <= 0 || this.registrationTimer !== null) return;
-    this.registrationTimer = setTimeout(() => {
-      this.registrationTimer = null;
-      if (this.registered || this.stopped || this.draining) return;
-      const err = new RegistrationTimeoutError(
-        `could not register at the JobManager ${host}:${port} within taskmanager.registration.timeout (${ms} ms); giving up`,
-      );
-      log.error(err.message, { jobManager: `${host}:${port}`, timeoutMs: ms });
-      this.resolveFatal(err);
-    }, ms);
-    this.registrationTimer.unref?.();
-  }
-
-  private disarmRegistrationTimeout(): void {
-    if (this.registrationTimer !== null) clearTimeout(this.registrationTimer);
-    this.registrationTimer = null;
   }
 
   private async connectAndRegister(host: string, port: number): Promise<void> {

@@ -110,7 +110,9 @@ export class Task implements TaskEndpoint {
         const rss = process.memoryUsage.rss();
         if (rss > limit) {
           const mib = (n: number) => Math.round(n / 1048576);
-          this.fail(new Error(`task terminated: it has not answered for ${silent} ms while the TaskManager's RSS (${mib(rss)} MiB) exceeds taskmanager.memory.process-limit (${mib(limit)} MiB)`));
+          // No stack: it would show where the TaskManager noticed (its own code), not anything of the job's.
+          const message = `task terminated: it has not answered for ${silent} ms while the TaskManager's RSS (${mib(rss)} MiB) exceeds taskmanager.memory.process-limit (${mib(limit)} MiB)`;
+          this.finish("FAILED", { message, task: this.name });
           return;
         }
       }
