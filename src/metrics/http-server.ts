@@ -85,6 +85,7 @@ export function startHttpServer(
     const url = new URL(req.url ?? "/", "http://localhost");
     const declared = req.headers["content-length"] === undefined ? null : Number(req.headers["content-length"]);
     let body: Promise<string> | null = null;
+    let tooBig = declared !== null && declared > maxBodyBytes;
     const request: HttpRequest = {
       method: req.method ?? "GET",
       path: url.pathname,
@@ -106,6 +107,7 @@ export function startHttpServer(
             if (size <= maxBodyBytes) return void chunks.push(c);
             req.off("data", onData);
             req.pause();
+            tooBig = true;
             reject(tooLarge());
           };
           req.on("data", onData);
@@ -125,16 +127,27 @@ export function startHttpServer(
         return json({ errors: [(err as Error)?.message ?? String(err)] }, 500);
       })
       .then((r) => {
-        // A body left unread (refused, too large, or of no interest) is not drained: the connection closes after the
-        // answer, discarding what still comes for a moment so that the client can read the answer before the close.
+        // A body left unread: one over the limit is not waited for: after the answer the server half-closes,
+        // discards what still comes for a moment so that the client reads the answer (a close with unread data
+        // resets the connection, and the client may lose the answer), then closes. ("Connection: close" would make
+        // the runtime close at once.) A small one the handler did not need (a refused call) is discarded, and the
+        // connection stays usable for the client's next request.
         const unread = !req.complete;
-        res.writeHead(r.status, { "content-type": r.contentType ?? "text/plain; charset=utf-8", "cache-control": "no-store", ...r.headers, ...(unread ? { connection: "close" } : {}) });
+        res.writeHead(r.status, { "content-type": r.contentType ?? "text/plain; charset=utf-8", "cache-control": "no-store", ...r.headers });
         res.end(r.body, () => {
           if (!unread) return;
           const socket = req.socket;
-          socket.end();
+          if (tooBig || r.status === 413) {
+            socket.end();
+            req.resume();
+            setTimeout(() => socket.destroy(), LINGER_MS).unref?.();
+            return;
+          }
+          let discarded = 0;
+          req.on("data", (c: Buffer) => {
+            if ((discarded += c.length) > maxBodyBytes) socket.destroy();
+          });
           req.resume();
-          setTimeout(() => socket.destroy(), LINGER_MS).unref?.();
         });
       });
   };
