@@ -123,11 +123,13 @@ Cancels a job: its tasks are stopped (a task stuck in user code is terminated) a
 
 Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
-  --with-savepoint [DIR]       take a savepoint first (into DIR, default state.savepoints.dir), then cancel
+  --with-savepoint [DIR]       take a savepoint first (into DIR, default state.savepoints.dir; a relative DIR is
+                               under state.savepoints.dir), then cancel
 ${COMMON}`,
   savepoint: `Usage: taskmanager savepoint <job-id> [DIR] [options]
 Writes a savepoint of a running job into DIR (default: state.savepoints.dir) and prints its path; restore it
-with \`submit --from-savepoint PATH\`, also at another parallelism.
+with \`submit --from-savepoint PATH\`, also at another parallelism. A relative DIR is taken under the JobManager's
+state.savepoints.dir (refused when that is not set), never under a working directory.
 
 Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
@@ -317,7 +319,8 @@ async function runSavepoint(args: string[]): Promise<number> {
   const { host, port } = jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
-    const dir = positionals[1] === undefined ? "" : path.resolve(positionals[1]);
+    // Sent as given: the JobManager resolves a relative DIR against its state.savepoints.dir (or refuses it).
+    const dir = positionals[1] ?? "";
     const r = await rpc.request("triggerSavepoint", { jobId: positionals[0]!, dir }, 15 * 60_000);
     console.log(`Savepoint completed. Path: ${path.dirname(r.path)}`);
     return 0;
@@ -337,7 +340,7 @@ async function runCancel(args: string[]): Promise<number> {
   const rpc = await connectClient(host, port);
   try {
     if (withSavepoint !== undefined) {
-      const dir = withSavepoint.includes("=") ? path.resolve(withSavepoint.slice(withSavepoint.indexOf("=") + 1)) : "";
+      const dir = withSavepoint.includes("=") ? withSavepoint.slice(withSavepoint.indexOf("=") + 1) : "";
       const r = await rpc.request("triggerSavepoint", { jobId: positionals[0]!, dir, cancel: true }, 15 * 60_000);
       console.log(`Savepoint completed. Path: ${path.dirname(r.path)}`);
     } else {

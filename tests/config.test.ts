@@ -34,6 +34,8 @@ describe("defaults", () => {
       "jobmanager.rpc.port": 6123,
       "jobmanager.storage.dir": "",
       "jobmanager.slot-request.timeout": 300_000,
+      "jobstore.max-capacity": 2147483647,
+      "jobstore.expiration-time": 3_600_000,
       "security.auth.secret-file": "",
       "security.insecure": false,
       "security.ssl.enabled": false,
@@ -90,6 +92,8 @@ describe("defaults", () => {
       "rest.address": "127.0.0.1",
       "rest.port": 8081,
       "web.exception-history-size": 16,
+      "rest.allowed-hosts": [],
+      "rest.allowed-origins": [],
       "metrics.port": 0,
       "taskmanager.shutdown.grace-period": 10_000,
       "log.format": "text",
@@ -300,6 +304,17 @@ log.level = "warn"
     );
   });
 
+  test("lists: a TOML array, or a comma-separated string from the environment and -D; anything else names the key", () => {
+    const file = tomlFile(`[rest]\nallowed-hosts = ["jm.example", " tm-jobmanager:8081 "]\n`);
+    expect(loadConfig({ file })["rest.allowed-hosts"]).toEqual(["jm.example", "tm-jobmanager:8081"]);
+    expect(loadConfig({ env: { TM_REST_ALLOWED_ORIGINS: "https://a.example, ,http://b.example:8080" } })["rest.allowed-origins"]).toEqual(["https://a.example", "http://b.example:8080"]);
+    expect(loadConfig({ overrides: ["rest.allowed-hosts="] })["rest.allowed-hosts"]).toEqual([]);
+    expect(errorOf(() => loadConfig({ file: tomlFile(`rest.allowed-hosts = [1, 2]\n`) }))).toEndWith(
+      `rest.allowed-hosts: expected a list of strings (a TOML array, or one comma-separated string such as "a, b"), got an array`,
+    );
+    expect(defaultConfig()["rest.allowed-hosts"]).not.toBe(defaultConfig()["rest.allowed-hosts"]); // no shared mutable default
+  });
+
   test("bad -D flags", () => {
     expect(errorOf(() => loadConfig({ overrides: ["foo"] }))).toBe(`-D flag "foo": expected key=value`);
     expect(errorOf(() => loadConfig({ overrides: ["=4"] }))).toBe(`-D flag "=4": expected key=value`);
@@ -352,7 +367,7 @@ describe("docs/configuration.md", () => {
       const row = rows.find((r) => unquote(r[0]!) === spec.key)!;
       expect(unquote(row[3]!)).toBe(spec.envVar);
       // The documented default, given as a -D flag, must load to the schema's default.
-      expect(loadConfig({ overrides: [`${spec.key}=${unquote(row[2]!)}`] })[spec.key]).toBe(spec.default as never);
+      expect(loadConfig({ overrides: [`${spec.key}=${unquote(row[2]!)}`] })[spec.key]).toEqual(spec.default as never);
       expect(row[4]!.replaceAll("`", "")).toBe(spec.doc);
     }
   });

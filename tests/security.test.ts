@@ -473,7 +473,7 @@ describe("REST API and metrics endpoints", () => {
     expect(fs.existsSync(path.join(dir, "sp"))).toBe(false);
 
     // With the secret as the token: a savepoint, then cancel.
-    const sp = await fetch(`${rest}/jobs/${jobId}/savepoints`, { method: "POST", headers: bearer(SECRET), body: JSON.stringify({ "target-directory": path.join(dir, "sp") }) });
+    const sp = await fetch(`${rest}/jobs/${jobId}/savepoints`, { method: "POST", headers: { ...bearer(SECRET), "content-type": "application/json" }, body: JSON.stringify({ "target-directory": path.join(dir, "sp") }) });
     expect(sp.status).toBe(202);
     const { "request-id": requestId } = await sp.json();
     for (const t = Date.now(); ; await Bun.sleep(50)) {

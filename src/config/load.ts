@@ -28,7 +28,7 @@ const DURATION_EXPECTED = `a duration (milliseconds, or a number and a unit ms/s
 
 export function defaultConfig(): Config {
   const config: Record<string, unknown> = {};
-  for (const spec of CONFIG_KEYS) config[spec.key] = spec.default;
+  for (const spec of CONFIG_KEYS) config[spec.key] = Array.isArray(spec.default) ? [...spec.default] : spec.default;
   return config as unknown as Config;
 }
 
@@ -57,7 +57,7 @@ export function environmentWithSecrets(): Record<string, string | undefined> {
 
 export function loadConfig(opts: LoadConfigOptions = {}): Config {
   if (opts.env === process.env) takeSecretsFromEnvironment();
-  const config = defaultConfig() as unknown as Record<ConfigKey, string | number | boolean>;
+  const config = defaultConfig() as unknown as Record<ConfigKey, string | number | boolean | string[]>;
   // Where each value came from, for the cross-key checks' messages.
   const origin = new Map<ConfigKey, string>(CONFIG_KEYS.map((spec) => [spec.key, "default"]));
 
@@ -194,7 +194,7 @@ function editDistance(a: string, b: string): number {
  * Checks and converts one value. `fromText` is true for environment variables and -D flags, whose values are
  * always strings to be parsed by the key's type; TOML values must already have the right type.
  */
-function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, where: string): string | number | boolean {
+function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, where: string): string | number | boolean | string[] {
   const type = spec.type;
   const found = describe(value);
   switch (type.kind) {
@@ -220,6 +220,12 @@ function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, wher
         throw expected(where, expectedInteger(type), found);
       }
       return n;
+    }
+    case "list": {
+      // A TOML array of strings, or one string of comma-separated items (env vars, -D flags); blanks are dropped.
+      const items = typeof value === "string" ? value.split(",") : Array.isArray(value) && value.every((v) => typeof v === "string") ? (value as string[]) : null;
+      if (items === null) throw expected(where, 'a list of strings (a TOML array, or one comma-separated string such as "a, b")', found);
+      return items.map((v) => v.trim()).filter((v) => v.length > 0);
     }
     case "boolean": {
       if (typeof value === "boolean") return value;

@@ -10,6 +10,8 @@ export interface Config {
   "jobmanager.rpc.port": number;
   "jobmanager.storage.dir": string;
   "jobmanager.slot-request.timeout": number;
+  "jobstore.max-capacity": number;
+  "jobstore.expiration-time": number;
   "security.auth.secret-file": string;
   "security.insecure": boolean;
   "security.ssl.enabled": boolean;
@@ -66,6 +68,8 @@ export interface Config {
   "rest.address": string;
   "rest.port": number;
   "web.exception-history-size": number;
+  "rest.allowed-hosts": string[];
+  "rest.allowed-origins": string[];
   "metrics.port": number;
   "taskmanager.shutdown.grace-period": number;
   "log.format": "text" | "json";
@@ -83,13 +87,14 @@ export type ValueType =
   | { kind: "integer"; min: number; max?: number }
   | { kind: "duration"; min?: number } // milliseconds; written as 500 or "500 ms", "10 s", "1.5 min"
   | { kind: "enum"; values: readonly string[] }
+  | { kind: "list" } // strings: a TOML array, or one comma-separated string (env vars, -D flags)
   | { kind: "boolean" }; // true or false (in TOML a boolean, in env vars and -D flags the word)
 
 export interface ConfigKeySpec {
   readonly key: ConfigKey;
   readonly type: ValueType;
   /** The default as it appears in Config (durations in milliseconds). */
-  readonly default: string | number | boolean;
+  readonly default: string | number | boolean | readonly string[];
   readonly doc: string;
   /** Environment variable that sets this key, e.g. TM_HEARTBEAT_INTERVAL. */
   readonly envVar: string;
@@ -119,6 +124,16 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "duration" },
     default: 5 * MINUTE,
     doc: "How long a submitted job waits for enough free slots before it fails.",
+  },
+  "jobstore.max-capacity": {
+    type: { kind: "integer", min: 1 },
+    default: 2147483647,
+    doc: "Finished, failed and canceled jobs the JobManager keeps (in /jobs, the dashboard and /metrics); beyond it the one that ended first is dropped.",
+  },
+  "jobstore.expiration-time": {
+    type: { kind: "duration", min: 1 },
+    default: 60 * MINUTE,
+    doc: "How long the JobManager keeps a finished, failed or canceled job after its end.",
   },
   "security.auth.secret-file": {
     type: { kind: "path" },
@@ -399,6 +414,16 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 1, max: 1000 },
     default: 16,
     doc: "Failures kept per job in its exception history (REST /jobs/<id>/exceptions, the dashboard); older ones are dropped.",
+  },
+  "rest.allowed-hosts": {
+    type: { kind: "list" },
+    default: [],
+    doc: "Host names (optionally name:port) the REST API answers besides rest.address (and, on a loopback or wildcard address, loopback names and this host's addresses); a request whose Host header names another is refused with 403 (DNS rebinding); * = any.",
+  },
+  "rest.allowed-origins": {
+    type: { kind: "list" },
+    default: [],
+    doc: "Origins (scheme://host:port) besides the REST API's own whose web pages may make mutating calls (cancel, savepoints) and get CORS headers; * = any.",
   },
   "metrics.port": {
     type: { kind: "port" },

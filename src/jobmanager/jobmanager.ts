@@ -8,7 +8,7 @@ import type { Config } from "../config/index.ts";
 import type { JobGraph } from "../api/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
 import { restTokenFromConfig, securityFromConfig } from "../rpc/security.ts";
-import { JOBMANAGER_ACCEPTS, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
+import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
 import { JobMaster, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
@@ -31,6 +31,8 @@ export class JobManager {
   /** The REST API, dashboard and /metrics (src/rest/). */
   private rest: RestServer | null = null;
   restPort = 0;
+  /** Ended jobs' jobstore.expiration-time timers. */
+  private readonly expiry = new Map<string, ReturnType<typeof setTimeout>>();
 
   constructor(readonly config: Config) {
     this.resourceManager = new ResourceManager(config["heartbeat.interval"], config["heartbeat.timeout"], (tm, reason) => {
@@ -81,7 +83,8 @@ export class JobManager {
     try {
       // Bearer token of mutating calls and TLS (security.*); throws ConfigError naming the key, never the token.
       const security = securityFromConfig(this.config);
-      rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }), security, restTokenFromConfig(this.config, security));
+      const access = { allowedHosts: this.config["rest.allowed-hosts"], allowedOrigins: this.config["rest.allowed-origins"] };
+      rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }), security, restTokenFromConfig(this.config, security), access);
       this.restPort = await rest.start(host, this.config["rest.port"]);
     } catch (err) {
       this.resourceManager.stop();
@@ -99,6 +102,7 @@ export class JobManager {
   /** `reason` (e.g. "the JobManager is shutting down (SIGTERM)") is sent to every connected peer before its connection closes. */
   async stop(reason = "the JobManager is shutting down"): Promise<void> {
     this.stopping = true;
+    for (const timer of this.expiry.values()) clearTimeout(timer);
     for (const job of this.jobs.values()) job.cancel();
     for (const c of this.connections) c.closeWithNotice(reason); // before the ResourceManager closes its TaskManagers' without one
     this.resourceManager.stop();
@@ -158,7 +162,7 @@ export class JobManager {
         this.jobOf(p.executionId)?.coordinator.onDecline(p.executionId, p.checkpointId, String(p.reason ?? "declined"));
         return {};
       case "triggerSavepoint":
-        return this.job(p).savepoint(typeof p.dir === "string" && p.dir ? p.dir : undefined, p.cancel === true);
+        return this.job(p).savepoint(this.savepointTarget(typeof p.dir === "string" && p.dir ? p.dir : undefined), p.cancel === true);
       case "updateTaskState": {
         need(p, { executionId: "string", state: "string" }, type);
         const job = this.jobs.get(String(p.executionId).split("-")[0]!);
@@ -199,11 +203,40 @@ export class JobManager {
     validateGraph(p.graph);
     const hash = this.blobs.put(p.artifact);
     const jobId = randomBytes(16).toString("hex");
-    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint), () => {});
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint), (j) => this.retire(j));
     this.jobs.set(jobId, job);
     log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length });
     void job.run();
     return { jobId };
+  }
+
+  /**
+   * The job store's bound (Flink's jobstore.*): an ended job is kept for jobstore.expiration-time, and of the ended
+   * jobs only the jobstore.max-capacity that ended last; running jobs are never dropped.
+   */
+  private retire(job: JobMaster): void {
+    const timer = setTimeout(() => this.forget(job.jobId, "jobstore.expiration-time"), this.config["jobstore.expiration-time"]);
+    (timer as { unref?: () => void }).unref?.();
+    this.expiry.set(job.jobId, timer);
+    const ended = [...this.jobs.values()].filter((j) => TERMINAL_JOB_STATES.has(j.state)).sort((a, b) => a.endTime! - b.endTime!);
+    for (const old of ended.slice(0, Math.max(0, ended.length - this.config["jobstore.max-capacity"]))) this.forget(old.jobId, "jobstore.max-capacity");
+  }
+
+  private forget(jobId: string, reason: string): void {
+    clearTimeout(this.expiry.get(jobId));
+    this.expiry.delete(jobId);
+    if (this.jobs.delete(jobId)) log.info("job removed from the job store", { job: jobId, reason });
+  }
+
+  /**
+   * Where a savepoint requested with `dir` goes: an absolute path as it is, a relative one under state.savepoints.dir
+   * (never the JobManager's working directory); undefined = the default. Throws when relative without that key.
+   */
+  savepointTarget(dir: string | undefined): string | undefined {
+    if (dir === undefined || path.isAbsolute(dir)) return dir;
+    const base = this.config["state.savepoints.dir"];
+    if (!base) throw new Error(`the savepoint directory ${JSON.stringify(dir)} is relative and state.savepoints.dir is not set: give an absolute path`);
+    return path.resolve(base, dir);
   }
 
   /** The job's settings from the cluster's config, overridden by what the job itself chose. */

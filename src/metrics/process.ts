@@ -32,17 +32,38 @@ class EventLoopLag {
 
 export const eventLoopLag = new EventLoopLag();
 
+// Bun's process.memoryUsage() mixes two measures: heapUsed is JavaScriptCore's heap size with its extra memory and
+// large objects, heapTotal only the bytes of its small-object blocks, so "used" came out above "total". JSC's own
+// heapSize and heapCapacity count the same things. (Deno's V8 figures agree already.)
+let jscHeap: (() => { used: number; total: number }) | null = null;
+if (typeof Bun !== "undefined") {
+  void import("bun:jsc").then((jsc) => {
+    jscHeap = () => {
+      const h = jsc.heapStats();
+      return { used: h.heapSize, total: h.heapCapacity };
+    };
+  });
+}
+
+/** The main thread's JavaScript heap: bytes in use and bytes allocated (used <= total). */
+export function heapUsage(): { used: number; total: number } {
+  if (jscHeap) return jscHeap();
+  const m = process.memoryUsage();
+  return { used: m.heapUsed, total: Math.max(m.heapTotal, m.heapUsed) };
+}
+
 /** The process collector; call eventLoopLag.acquire() while it is in use. */
 export function processCollector(role: string): Collector {
   return () => {
-    const mem = process.memoryUsage();
+    const rss = process.memoryUsage.rss();
+    const heap = heapUsage();
     const cpu = process.cpuUsage();
     const maxLag = eventLoopLag.max;
     eventLoopLag.max = eventLoopLag.last;
     return [
-      gauge("process_resident_memory_bytes", "Resident set size of the process in bytes.", mem.rss),
-      gauge("tm_process_heap_used_bytes", "JavaScript heap in use in bytes (main thread).", mem.heapUsed),
-      gauge("tm_process_heap_total_bytes", "JavaScript heap allocated in bytes (main thread).", mem.heapTotal),
+      gauge("process_resident_memory_bytes", "Resident set size of the process in bytes.", rss),
+      gauge("tm_process_heap_used_bytes", "JavaScript heap in use in bytes (main thread).", heap.used),
+      gauge("tm_process_heap_total_bytes", "JavaScript heap allocated in bytes (main thread), at least the heap in use.", heap.total),
       counter("process_cpu_seconds_total", "User and system CPU time of the process in seconds.", (cpu.user + cpu.system) / 1e6),
       gauge("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.", START_SECONDS),
       gauge("tm_process_event_loop_lag_seconds", "How late the latest event-loop timer fired, in seconds.", eventLoopLag.last),

@@ -21,12 +21,13 @@ const COUNTERS: [CoreMetric, string, string][] = [
   ["buffersOut", "tm_task_buffers_out_total", "Network buffers the task sent."],
 ];
 
-const GAUGES: [CoreMetric, string, string][] = [
-  ["busyTimeMsPerSecond", "tm_task_busy_time_ms_per_second", "Milliseconds per second the task was busy (Flink's busyTimeMsPerSecond)."],
-  ["backPressuredTimeMsPerSecond", "tm_task_backpressured_time_ms_per_second", "Milliseconds per second the task was back-pressured."],
-  ["idleTimeMsPerSecond", "tm_task_idle_time_ms_per_second", "Milliseconds per second the task was idle."],
-  ["outPoolUsage", "tm_task_out_pool_usage", "Fraction of the task's output buffer pools in use (0..1)."],
-  ["inPoolUsage", "tm_task_in_pool_usage", "Fraction of the task's input buffers queued (0..1)."],
+// Flink's xTimeMsPerSecond in base units: the fraction of the time (0..1), the value divided by `divisor`.
+const GAUGES: [CoreMetric, string, string, number][] = [
+  ["busyTimeMsPerSecond", "tm_task_busy_time_ratio", "Fraction of the time the task was busy, 0..1 (Flink's busyTimeMsPerSecond / 1000).", 1000],
+  ["backPressuredTimeMsPerSecond", "tm_task_backpressured_time_ratio", "Fraction of the time the task was back-pressured, 0..1 (Flink's backPressuredTimeMsPerSecond / 1000).", 1000],
+  ["idleTimeMsPerSecond", "tm_task_idle_time_ratio", "Fraction of the time the task was idle, 0..1 (Flink's idleTimeMsPerSecond / 1000).", 1000],
+  ["outPoolUsage", "tm_task_out_pool_usage", "Fraction of the task's output buffer pools in use (0..1).", 1],
+  ["inPoolUsage", "tm_task_in_pool_usage", "Fraction of the task's input buffers queued (0..1).", 1],
 ];
 
 export function taskLabels(d: TaskDeployment): Record<string, string | number> {
@@ -38,8 +39,8 @@ export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
   for (const [key, name, help] of COUNTERS) {
     out.push(counter(name, help, tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics[key] }))));
   }
-  for (const [key, name, help] of GAUGES) {
-    out.push(gauge(name, help, tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics[key] }))));
+  for (const [key, name, help, divisor] of GAUGES) {
+    out.push(gauge(name, help, tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics[key] / divisor }))));
   }
   // Event-time tasks: watermarks and late records, for the tasks that report them.
   const eventTime = tasks.filter((t) => t.metrics.watermarksIgnored !== undefined);

@@ -24,9 +24,9 @@ export function taskManagerRegistry(tm: TaskManagerView): MetricsRegistry {
       const id = { resource_id: tm.resourceId };
       return [
         gauge("tm_taskmanager_registered", "1 while registered at a JobManager.", [{ labels: id, value: tm.registered ? 1 : 0 }]),
-        gauge("tm_taskmanager_slots_total", "Task slots of this TaskManager.", [{ labels: id, value: slots.total }]),
+        gauge("tm_taskmanager_slots", "Task slots of this TaskManager.", [{ labels: id, value: slots.total }]),
         gauge("tm_taskmanager_slots_used", "Task slots allocated to a job.", [{ labels: id, value: slots.used }]),
-        gauge("tm_taskmanager_network_buffers_total", "Network buffers of this TaskManager.", [{ labels: id, value: buffers.total }]),
+        gauge("tm_taskmanager_network_buffers", "Network buffers of this TaskManager (Flink's TotalMemorySegments).", [{ labels: id, value: buffers.total }]),
         gauge("tm_taskmanager_network_buffers_available", "Network buffers not reserved by a task.", [{ labels: id, value: buffers.available }]),
         gauge("tm_taskmanager_tasks", "Tasks deployed on this TaskManager.", [{ labels: id, value: tm.taskViews().length }]),
       ];

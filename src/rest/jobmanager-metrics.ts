@@ -15,7 +15,7 @@ export function jobManagerRegistry(jm: JobManager): MetricsRegistry {
       const jobs = [...jm.jobs.values()];
       return [
         gauge("tm_jobmanager_taskmanagers", "TaskManagers registered.", rm.taskManagers.size),
-        gauge("tm_jobmanager_slots_total", "Task slots offered by the registered TaskManagers.", rm.totalSlots),
+        gauge("tm_jobmanager_slots", "Task slots offered by the registered TaskManagers (Flink's taskSlotsTotal).", rm.totalSlots),
         gauge("tm_jobmanager_slots_available", "Task slots not allocated to a job.", rm.freeSlots),
         gauge("tm_jobmanager_jobs", "Jobs by state.", JOB_STATES.map((state) => ({ labels: { state }, value: jobs.filter((j) => j.state === state).length }))),
       ];

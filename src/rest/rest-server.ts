@@ -1,6 +1,8 @@
 // The JobManager's REST API (JSON, Flink's paths where they fit), its web dashboard and /metrics, /healthz, /readyz.
 // Every handler reads the live JobManager: the REST layer keeps no state but vertex rates and savepoint triggers.
 import { randomBytes } from "node:crypto";
+import * as net from "node:net";
+import * as os from "node:os";
 import pkg from "../../package.json" with { type: "json" };
 import type { JobManager } from "../jobmanager/jobmanager.ts";
 import type { JobMaster } from "../jobmanager/job-master.ts";
@@ -34,6 +36,15 @@ interface Rate {
   outPerSecond: number;
 }
 
+/** Who may talk to the REST API from a browser: rest.allowed-hosts and rest.allowed-origins. */
+export interface RestAccess {
+  allowedHosts: readonly string[];
+  allowedOrigins: readonly string[];
+}
+
+/** Methods that change nothing; every other one is a mutating call (token, Origin and Content-Type checks). */
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
 interface SavepointTrigger {
   jobId: string;
   status: "IN_PROGRESS" | "COMPLETED";
@@ -58,13 +69,22 @@ export class RestServer {
     private readonly onError: (err: Error) => void,
     private readonly security: Pick<TransportSecurity, "insecure" | "tls"> = { insecure: false, tls: null },
     private readonly token: Buffer | null = null,
+    private readonly access: RestAccess = { allowedHosts: [], allowedOrigins: [] },
   ) {
     this.metrics = jobManagerRegistry(jm);
+    for (const o of access.allowedOrigins) {
+      if (o !== "*" && normalizeOrigin(o) === null) {
+        throw new ConfigError(`rest.allowed-origins: ${JSON.stringify(o)} is not an origin (scheme://host[:port], such as "https://ops.example:8443", or *)`);
+      }
+    }
   }
 
   get tls(): boolean {
     return this.security.tls !== null;
   }
+
+  /** rest.address as bound: the name a Host header must carry (besides loopback names and rest.allowed-hosts). */
+  private boundHost = "";
 
   async start(host: string, port: number): Promise<number> {
     // Without a token anyone who reaches the port may cancel jobs: as RPC, loopback only unless insecure.
@@ -76,7 +96,8 @@ export class RestServer {
     }
     eventLoopLag.acquire();
     try {
-      this.server = await startHttpServer(host, port, "rest.port", (req) => this.route(req), this.onError, this.security.tls);
+      this.boundHost = hostName(host);
+      this.server = await startHttpServer(host, port, "rest.port", (req) => this.handle(req), this.onError, this.security.tls, MAX_BODY_BYTES);
     } catch (err) {
       eventLoopLag.release();
       throw err;
@@ -98,6 +119,9 @@ export class RestServer {
   /** Records/s per vertex from the change of its totals over the last second. */
   private sampleRates(): void {
     const now = Date.now();
+    // Jobs dropped from the job store (jobstore.*) take their rates and savepoint triggers with them.
+    for (const key of this.rates.keys()) if (!this.jm.jobs.has(key.slice(0, key.indexOf("/")))) this.rates.delete(key);
+    for (const [id, t] of this.savepoints) if (!this.jm.jobs.has(t.jobId)) this.savepoints.delete(id);
     for (const job of this.jm.jobs.values()) {
       const status = job.status();
       for (const v of status.vertices) {
@@ -115,6 +139,94 @@ export class RestServer {
         });
       }
     }
+  }
+
+  /**
+   * Checks before routing, against other web pages an operator has open: every request must name this server in
+   * its Host header (DNS rebinding), a mutating call must come from this server's own origin (or one of
+   * rest.allowed-origins) and carry JSON, if anything. Allowed foreign origins get CORS headers.
+   */
+  private async handle(req: HttpRequest): Promise<HttpResponse> {
+    this.checkHost(req);
+    const cors = this.corsHeaders(req);
+    try {
+      if (req.method === "OPTIONS") return { status: 204, body: "", headers: { allow: "GET, HEAD, POST, PATCH, OPTIONS", ...cors } };
+      if (!SAFE_METHODS.has(req.method)) {
+        this.checkOrigin(req);
+        this.authorize(req);
+        checkJsonBody(req);
+      }
+      const r = await this.route(req);
+      return cors ? { ...r, headers: { ...r.headers, ...cors } } : r;
+    } catch (err) {
+      if (cors && err instanceof HttpError) throw new HttpError(err.status, err.message, { ...err.headers, ...cors });
+      throw err;
+    }
+  }
+
+  private checkHost(req: HttpRequest): void {
+    const header = req.header("host");
+    if (this.access.allowedHosts.includes("*")) return;
+    if (header === undefined) throw new HttpError(403, "a request without a Host header is refused (HTTP/1.1 needs one)");
+    const { name, port } = splitHostHeader(header);
+    if (name === this.boundHost) return;
+    const wildcard = this.boundHost === "0.0.0.0" || this.boundHost === "::";
+    // Loopback names reach only this machine: no web page can make them its own (DNS rebinding needs a name the
+    // attacker controls), so any port is fine (tunnels, port-forwards).
+    if ((wildcard || isLoopback(this.boundHost)) && isLoopback(name)) return;
+    if (wildcard && localNames().has(name)) return;
+    for (const entry of this.access.allowedHosts) {
+      const allowed = splitHostHeader(entry);
+      if (allowed.name === name && (allowed.port === null || allowed.port === port)) return;
+    }
+    throw new HttpError(
+      403,
+      `Host ${JSON.stringify(header)} is not an address of this REST API (rest.address ${this.boundHost}): refused against DNS rebinding; ` +
+        `if clients reach the JobManager by this name, add it to rest.allowed-hosts`,
+    );
+  }
+
+  /** The request's Origin when it is foreign but listed in rest.allowed-origins: CORS headers for it. */
+  private corsHeaders(req: HttpRequest): Record<string, string> | undefined {
+    const origin = req.header("origin");
+    if (origin === undefined || this.isOwnOrigin(origin, req) || !this.originListed(origin)) return undefined;
+    return {
+      "access-control-allow-origin": origin,
+      "access-control-allow-methods": "GET, HEAD, POST, PATCH, OPTIONS",
+      "access-control-allow-headers": "authorization, content-type",
+      "access-control-max-age": "600",
+      vary: "Origin",
+    };
+  }
+
+  /** A mutating call from a web page: only from this server's own origin or one of rest.allowed-origins. */
+  private checkOrigin(req: HttpRequest): void {
+    const origin = req.header("origin");
+    if (origin === undefined) {
+      // No Origin (curl, scripts); a browser that sends none still says where the request comes from.
+      const site = req.header("sec-fetch-site");
+      if (site !== undefined && site !== "same-origin" && site !== "none") throw new HttpError(403, `${req.method} from another site refused (Sec-Fetch-Site: ${site})`);
+      return;
+    }
+    if (this.isOwnOrigin(origin, req) || this.originListed(origin)) return;
+    throw new HttpError(
+      403,
+      `${req.method} from Origin ${JSON.stringify(origin)} refused: only this REST API's own origin (${this.ownOrigin(req)}) and rest.allowed-origins may make mutating calls`,
+    );
+  }
+
+  private ownOrigin(req: HttpRequest): string {
+    return normalizeOrigin(`${this.tls ? "https" : "http"}://${req.header("host") ?? ""}`) ?? "";
+  }
+
+  private isOwnOrigin(origin: string, req: HttpRequest): boolean {
+    const o = normalizeOrigin(origin);
+    return o !== null && o === this.ownOrigin(req);
+  }
+
+  private originListed(origin: string): boolean {
+    const o = normalizeOrigin(origin);
+    return o !== null && this.access.allowedOrigins.some((a) => a === "*" || normalizeOrigin(a) === o);
   }
 
   private async route(req: HttpRequest): Promise<HttpResponse> {
@@ -392,11 +504,17 @@ export class RestServer {
     const cancel = p["cancel-job"];
     if (dir !== undefined && dir !== null && typeof dir !== "string") throw new HttpError(400, "target-directory must be a string");
     if (cancel !== undefined && typeof cancel !== "boolean") throw new HttpError(400, "cancel-job must be a boolean");
+    let target: string | undefined;
+    try {
+      target = this.jm.savepointTarget(dir || undefined);
+    } catch (err) {
+      throw new HttpError(400, `target-directory: ${(err as Error).message}`);
+    }
     if (job.state !== "RUNNING") throw new HttpError(409, `job ${job.jobId} is ${job.state}; a savepoint needs it RUNNING`);
     const requestId = randomBytes(16).toString("hex");
     const trigger: SavepointTrigger = { jobId: job.jobId, status: "IN_PROGRESS" };
     this.savepoints.set(requestId, trigger);
-    job.savepoint(dir || undefined, cancel === true).then(
+    job.savepoint(target, cancel === true).then(
       (r) => Object.assign(trigger, { status: "COMPLETED", location: r.path.replace(/\/_metadata$/, "") }),
       (err: Error) => Object.assign(trigger, { status: "COMPLETED", failure: err.message }),
     );
@@ -455,6 +573,55 @@ export class RestServer {
     const tm = this.jm.resourceManager.taskManagers.get(id);
     if (!tm) throw new HttpError(404, `no TaskManager ${id}`);
     return tm;
+  }
+}
+
+/** Bodies are small JSON objects (a savepoint's target directory): more is refused with 413 as it arrives. */
+const MAX_BODY_BYTES = 64 * 1024;
+
+/**
+ * A mutating call carries JSON or nothing: a form or text/plain body is what a foreign page can send without a CORS
+ * preflight, so any other declared type, or a body without one, is refused with 415.
+ */
+function checkJsonBody(req: HttpRequest): void {
+  const type = req.header("content-type");
+  const mediaType = type?.split(";")[0]!.trim().toLowerCase();
+  if (type === undefined ? !req.hasBody : mediaType === "application/json") return;
+  throw new HttpError(415, `${req.method} ${req.path} takes a JSON body or none: send "Content-Type: application/json" (got ${type === undefined ? "a body without Content-Type" : JSON.stringify(type)})`);
+}
+
+/** host[:port] of a Host header or a rest.allowed-hosts entry, the name lower-cased without [] or a final dot. */
+function splitHostHeader(value: string): { name: string; port: number | null } {
+  const v = value.trim();
+  const m = /^\[([^\]]*)\](?::(\d+))?$/.exec(v) ?? (v.split(":").length === 2 ? /^([^:]*):(\d+)$/.exec(v) : null);
+  const name = m ? m[1]! : v;
+  return { name: hostName(name), port: m?.[2] !== undefined ? Number(m[2]) : null };
+}
+
+function hostName(name: string): string {
+  const n = name.toLowerCase().replace(/^\[|\]$/g, "").replace(/\.$/, "");
+  return net.isIPv6(n) ? canonicalIPv6(n) : n;
+}
+
+function canonicalIPv6(a: string): string {
+  return new URL(`http://[${a}]/`).hostname.slice(1, -1);
+}
+
+/** This host's names and addresses, the names a Host header may carry when rest.address is a wildcard address. */
+function localNames(): Set<string> {
+  const names = new Set([hostName(os.hostname())]);
+  for (const list of Object.values(os.networkInterfaces())) for (const i of list ?? []) names.add(hostName(i.address.replace(/%.*$/, "")));
+  return names;
+}
+
+/** scheme://host[:port] lower-cased, without a default port; null for "null" and anything that is not one. */
+function normalizeOrigin(origin: string): string | null {
+  try {
+    const u = new URL(origin);
+    if ((u.protocol !== "http:" && u.protocol !== "https:") || u.pathname !== "/" || u.search || u.hash || u.username) return null;
+    return u.origin;
+  } catch {
+    return null;
   }
 }
 
