@@ -12,7 +12,7 @@ import { connectClient, describeFailure, describeStatus, JobProgress, submitJob,
 import { startLocalCluster } from "./src/client/local-cluster.ts";
 import { JobGraphError } from "./src/api/job-graph.ts";
 import { createLogger, setLogFormat, setLogLevel } from "./src/util/log.ts";
-import { BindError } from "./src/metrics/http-server.ts";
+import { BindError } from "./src/util/errors.ts";
 
 /** Exit codes (README.md): 0 ok, 1 job failed or runtime error, 2 bad usage or config. */
 const EXIT_FAILED = 1;

@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { JobGraph } from "../src/api/job-graph.ts";
+import type { JobGraph } from "../src/graph/job-graph.ts";
 import { CheckpointCoordinator, type CoordinatorHost } from "../src/jobmanager/checkpoint-coordinator.ts";
 import { CheckpointStore, METADATA_FILE, readMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { TaskDeployment, TaskSnapshot } from "../src/rpc/messages.ts";

@@ -12,7 +12,7 @@ import { setLogLevel } from "../src/util/log.ts";
 import { InternalTimerService, WatermarkValve, type Timer } from "../src/runtime/event-time.ts";
 import { createKeyedStateBackend, OperatorStateStore } from "../src/state/index.ts";
 import { keyGroupOf } from "../src/state/key-groups.ts";
-import type { OperatorContext } from "../src/runtime/operators.ts";
+import type { OperatorContext } from "../src/runtime/operator.ts";
 import { removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { clusterForTests } from "./cluster-helpers.ts";
 

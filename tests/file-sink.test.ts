@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FINAL_TXN, TwoPhaseCommitFileSink } from "../src/runtime/file-sink.ts";
-import { formatRecord } from "../src/runtime/operators.ts";
+import { formatRecord } from "../src/runtime/record-format.ts";
 import { rng } from "./helpers.ts";
 
 const root = fs.mkdtempSync(join(tmpdir(), "tm-file-sink-test-"));

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError, encodeBufferFrame, encodeFrame, NO_FRAME } from "../src/rpc/framing.ts";
-import { DATA_FRAME } from "../src/rpc/messages.ts";
+import { DATA_FRAME } from "../src/network/wire.ts";
 import { rng } from "./helpers.ts";
 
 /** Bodies of varied msgpack types and sizes (all survive a msgpack round trip unchanged). */

@@ -13,7 +13,8 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { connectFramed } from "../src/rpc/connection.ts";
 import { encodeBufferFrame, encodeFrame } from "../src/rpc/framing.ts";
-import { DATA_FRAME, PROTOCOL_VERSION, REQUEST_TYPES, type PeerRole } from "../src/rpc/messages.ts";
+import { DATA_FRAME } from "../src/network/wire.ts";
+import { PROTOCOL_VERSION, REQUEST_TYPES, type PeerRole } from "../src/rpc/messages.ts";
 import type { TransportSecurity } from "../src/rpc/security.ts";
 import { BUN, Child, removeTempDirs, rng, tempDir, waitFor } from "./helpers.ts";
 

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { StreamExecutionEnvironment } from "../src/api/environment.ts";
-import { JobGraphError, buildJobGraph, planFingerprint, requiredSlots, type JobGraph } from "../src/api/job-graph.ts";
+import { JobGraphError, buildJobGraph, planFingerprint } from "../src/api/job-graph.ts";
+import { requiredSlots, type JobGraph } from "../src/graph/job-graph.ts";
 import { describePlan, type NodeDescription, type Plan } from "../src/api/plan.ts";
 
 const DEFAULT_P = 3;

@@ -7,7 +7,8 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import { encodeFrame } from "../src/rpc/framing.ts";
-import { DATA_FRAME, PROTOCOL_VERSION } from "../src/rpc/messages.ts";
+import { DATA_FRAME } from "../src/network/wire.ts";
+import { PROTOCOL_VERSION } from "../src/rpc/messages.ts";
 import { BUN, Child, rawPeer, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s"];

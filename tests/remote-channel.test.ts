@@ -10,7 +10,7 @@ import { receiveFromRing, RingSender } from "../src/network/local-channel.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { ShuffleEnvironment, type TaskEndpoint } from "../src/network/shuffle-environment.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
-import { channelId, type ToWorker } from "../src/runtime/worker-protocol.ts";
+import { channelId, type ConnectChannels } from "../src/network/wire.ts";
 import { waitFor } from "./helpers.ts";
 
 const SEG = 4096;
@@ -38,7 +38,7 @@ function deployment(subtaskIndex: number, io: Pick<TaskDeployment, "inputs" | "o
 
 /** A task whose Worker side is the test: it keeps the connect messages and any failure. */
 function endpoint(d: TaskDeployment) {
-  const connects: Extract<ToWorker, { type: "connect" }>[] = [];
+  const connects: ConnectChannels[] = [];
   const failures: Error[] = [];
   const task: TaskEndpoint = {
     deployment: d,

@@ -13,7 +13,8 @@ import { connectFramed, connectRpc, listenFramed, RpcConnection, boundPort } fro
 import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
-import { ArtifactCache, sha256Hex } from "../src/taskmanager/artifact-cache.ts";
+import { ArtifactCache } from "../src/taskmanager/artifact-cache.ts";
+import { sha256Hex } from "../src/util/hash.ts";
 import { BUN, Child, rawPeer, removeTempDirs, ROOT, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms"];

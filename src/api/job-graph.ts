@@ -1,39 +1,7 @@
 // StreamGraph -> JobGraph (as Flink's StreamingJobGraphGenerator): resolve virtual nodes into edges with
 // partitioners, then chain operators joined by forward edges into one vertex (one task per subtask).
 import type { JobSettings, NodeDescription } from "./plan.ts";
-import type { PartitionerKind } from "../rpc/messages.ts";
-
-export interface JobVertex {
-  id: number;
-  name: string;
-  /** Plan node ids, chain head first. */
-  operatorIds: number[];
-  parallelism: number;
-  isSource: boolean;
-}
-
-export interface JobEdge {
-  id: number;
-  source: number;
-  target: number;
-  partitioner: PartitionerKind;
-  keyNodeId?: number;
-}
-
-export interface JobGraph {
-  name: string;
-  vertices: JobVertex[];
-  edges: JobEdge[];
-  maxParallelism: number;
-  runtimeMode: "streaming" | "batch";
-  bufferTimeoutMs: number;
-  /** Shape of the whole plan (ids, kinds, inputs, parallelism, partitioners, source and sink types); a task checks that its Worker rebuilt the same plan. */
-  planFingerprint: string;
-  stateBackend: "heap" | "sqlite" | null;
-  /** The job's own checkpoint interval (0 = the cluster's) and mode (null = the cluster's). */
-  checkpointInterval?: number;
-  checkpointingMode?: "EXACTLY_ONCE" | "AT_LEAST_ONCE" | null;
-}
+import type { JobEdge, JobGraph, JobVertex, PartitionerKind } from "../graph/job-graph.ts";
 
 export class JobGraphError extends Error {
   override name = "JobGraphError";
@@ -175,25 +143,4 @@ export function streamTargetsOf(nodes: NodeDescription[], source: number): numbe
 
 export function planFingerprint(nodes: NodeDescription[]): string {
   return nodes.map((n) => [n.id, n.kind, n.inputs.join(","), n.parallelism ?? "", n.partitioner ?? "", n.sourceType ?? "", n.sinkType ?? ""].join(":")).join(";");
-}
-
-/** Pointwise edges (forward, rescale) connect each producer to a few consumers; the others connect all to all. */
-export function consumersOf(partitioner: PartitionerKind, producer: number, pUp: number, pDown: number): number[] {
-  if (partitioner === "forward") return [producer];
-  if (partitioner !== "rescale") return range(pDown);
-  if (pUp >= pDown) return [Math.floor((producer * pDown) / pUp)];
-  return range(pDown).filter((c) => Math.floor((c * pUp) / pDown) === producer);
-}
-
-export function producersOf(partitioner: PartitionerKind, consumer: number, pUp: number, pDown: number): number[] {
-  return range(pUp).filter((p) => consumersOf(partitioner, p, pUp, pDown).includes(consumer));
-}
-
-function range(n: number): number[] {
-  return Array.from({ length: n }, (_, i) => i);
-}
-
-/** Slots a job needs with one slot-sharing group: the largest vertex parallelism. */
-export function requiredSlots(graph: JobGraph): number {
-  return Math.max(...graph.vertices.map((v) => v.parallelism));
 }

@@ -3,10 +3,11 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildJobGraph, type JobGraph } from "../api/job-graph.ts";
+import { buildJobGraph } from "../api/job-graph.ts";
+import type { JobGraph } from "../graph/job-graph.ts";
 import { describePlan } from "../api/plan.ts";
-import { loadPlan } from "../runtime/stream-task.ts";
-import { sha256Hex } from "../taskmanager/artifact-cache.ts";
+import { loadPlan } from "../api/load-plan.ts";
+import { sha256Hex } from "../util/hash.ts";
 
 export interface PreparedJob {
   artifact: Uint8Array;

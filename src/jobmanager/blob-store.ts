@@ -1,7 +1,7 @@
 // Job artifacts stored by the SHA-256 of their content.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { sha256Hex } from "../taskmanager/artifact-cache.ts";
+import { sha256Hex } from "../util/hash.ts";
 
 export class BlobStore {
   constructor(private readonly dir: string) {

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import type { JobGraph } from "../api/job-graph.ts";
+import type { JobGraph } from "../graph/job-graph.ts";
 import type { CheckpointStats, TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata } from "./checkpoint-store.ts";

@@ -1,8 +1,8 @@
 // Runs one job: waits for slots, deploys every subtask (eagerly, as streaming jobs need), follows task
 // states to the job's final state, coordinates its checkpoints, and on a failure cancels the remaining tasks and
 // either restarts the job from its latest completed checkpoint (restart strategy) or fails it.
-import type { JobGraph } from "../api/job-graph.ts";
-import { consumersOf, producersOf, requiredSlots } from "../api/job-graph.ts";
+import type { JobGraph } from "../graph/job-graph.ts";
+import { consumersOf, producersOf, requiredSlots } from "../graph/job-graph.ts";
 import {
   TERMINAL_JOB_STATES,
   TERMINAL_TASK_STATES,

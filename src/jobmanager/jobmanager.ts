@@ -5,7 +5,7 @@ import * as path from "node:path";
 import type * as net from "node:net";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import type { JobGraph } from "../api/job-graph.ts";
+import type { JobGraph } from "../graph/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
 import { restTokenFromConfig, securityFromConfig } from "../rpc/security.ts";
 import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";

@@ -3,12 +3,7 @@
 import * as http from "node:http";
 import * as https from "node:https";
 import type { AddressInfo } from "node:net";
-
-/** A port could not be bound (in use, or not permitted); main.ts exits with code 3. */
-export class BindError extends Error {
-  override name = "BindError";
-  readonly exitCode = 3;
-}
+import { BindError } from "../util/errors.ts";
 
 export interface HttpRequest {
   method: string;

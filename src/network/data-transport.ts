@@ -4,7 +4,8 @@
 import type * as net from "node:net";
 import { boundPort, connectFramed, listenFramed, type FramedConnection } from "../rpc/connection.ts";
 import type { TransportSecurity } from "../rpc/security.ts";
-import { DATA_FRAME, PROTOCOL_VERSION, type ChannelTarget, type Hello } from "../rpc/messages.ts";
+import { PROTOCOL_VERSION, type ChannelTarget, type Hello } from "../rpc/messages.ts";
+import { DATA_FRAME } from "./wire.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("data");

@@ -12,8 +12,8 @@
 // The Workers are thus off the credit loop while their rings have room: credit goes back as fast as this thread
 // reads the socket, and a sender reads the next buffer from the ring as soon as credit arrives.
 import type { FramedConnection } from "../rpc/connection.ts";
-import { DATA_FRAME, type ChannelTarget, type TaskDeployment } from "../rpc/messages.ts";
-import { channelId, channelJob, parseChannelId, type ChannelRing, type NetworkGrant, type ToWorker } from "../runtime/worker-protocol.ts";
+import type { ChannelTarget, TaskDeployment } from "../rpc/messages.ts";
+import { DATA_FRAME, channelId, channelJob, parseChannelId, type ChannelRing, type ConnectChannels, type NetworkGrant } from "./wire.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import { createRing, RingReader, RingWriter } from "./shared-ring.ts";
@@ -33,7 +33,8 @@ export interface NetworkOptions {
 /** A running task as the network sees it. */
 export interface TaskEndpoint {
   readonly deployment: TaskDeployment;
-  post(msg: ToWorker): void;
+  /** Hands the task its channels' rings (the Worker's "connect" message). */
+  post(msg: ConnectChannels): void;
   fail(err: Error): void;
 }
 

@@ -16,7 +16,7 @@ import {
   type TransportSecurity,
 } from "./security.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { BindError } from "../metrics/http-server.ts";
+import { BindError } from "../util/errors.ts";
 
 const log = createLogger("rpc");
 

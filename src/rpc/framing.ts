@@ -3,7 +3,6 @@
 // buffer frame, [0xC1][u32 backlog][u16 channel id length][channel id][payload], which carries a buffer
 // with a single copy (0xC1 is a byte msgpack never uses, so the two forms cannot be confused).
 import { Packr, Unpackr } from "msgpackr";
-import { DATA_FRAME } from "./messages.ts";
 
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
 
@@ -43,7 +42,10 @@ export function writeBufferFrame(dst: Buffer, off: number, channel: string, back
   return off + 11 + chLen + payload.length;
 }
 
-/** A data frame carrying a network buffer; decodes to [DATA_FRAME.DATA, channel, payload, backlog]. */
+/** The kind a buffer frame decodes to: DATA in the data plane's frame kinds (src/network/wire.ts). */
+export const BUFFER_FRAME_KIND = 0;
+
+/** A data frame carrying a network buffer; decodes to [BUFFER_FRAME_KIND, channel, payload, backlog]. */
 export function encodeBufferFrame(channel: string, backlog: number, payload: Uint8Array): Buffer {
   const frame = Buffer.allocUnsafe(bufferFrameLength(channel, payload.length));
   writeBufferFrame(frame, 0, channel, backlog, payload);
@@ -57,7 +59,7 @@ function decodeBufferFrame(body: Buffer): unknown {
   if (7 + chLen > body.length) throw new FrameError(`buffer frame's channel id runs past its end`);
   // The payload is a view into the frame, valid only until the decoder's next call (it may be the decoder's
   // scratch memory): the receiver copies it into a buffer of its own at once.
-  return [DATA_FRAME.DATA, body.toString("utf8", 7, 7 + chLen), body.subarray(7 + chLen), backlog];
+  return [BUFFER_FRAME_KIND, body.toString("utf8", 7, 7 + chLen), body.subarray(7 + chLen), backlog];
 }
 
 /** Returned by FrameDecoder.next() when no whole frame is buffered. */

@@ -1,7 +1,8 @@
 // Every message of the RPC protocol, in one place. docs/protocol.md documents each of them.
 // A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e}.
 // Every message is a request with a response, so each side learns that the other took it.
-import type { JobGraph } from "../api/job-graph.ts";
+import type { JobGraph, PartitionerKind } from "../graph/job-graph.ts";
+export type { PartitionerKind };
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle } from "../state/snapshot-format.ts";
 
 export const PROTOCOL_VERSION = 1;
@@ -175,7 +176,6 @@ export interface FetchArtifactReply {
 }
 
 // ---- JobManager -> TaskManager ----
-export type PartitionerKind = "forward" | "rebalance" | "rescale" | "hash" | "broadcast" | "custom";
 
 /** Where the consumer subtask of a channel runs. */
 export interface ChannelTarget {
@@ -417,12 +417,3 @@ export const JOBMANAGER_ACCEPTS: Record<PeerRole, ReadonlySet<RequestType>> = {
   client: new Set(["submitJob", "jobStatus", "cancelJob", "listJobs", "clusterOverview", "triggerSavepoint"]),
   data: new Set(),
 };
-
-// ---- data connections (TaskManager <-> TaskManager, role "data") ----
-// Frames are arrays, not requests:
-//   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
-//   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
-//   [CREDIT, channelId, n]              the consumer has n more free buffers; the first one requests the partition
-//   [KEEPALIVE]                         sent every taskmanager.network.tcp-connection.keepalive.interval by both
-//                                       ends; a connection that hears nothing for the keepalive time-out is closed
-export const DATA_FRAME = { DATA: 0, EVENT: 1, CREDIT: 2, KEEPALIVE: 3 } as const;

@@ -6,19 +6,7 @@ import type { PlanNode } from "../api/plan.ts";
 import type { WatermarkGenerator, WatermarkOutput } from "../api/event-time.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import { heapKeyOf } from "../state/serde.ts";
-import type { Collector, Operator, OperatorContext } from "./operators.ts";
-
-/** The timestamp of the record being pushed through the chain (null = none). One per task. */
-export interface TimeContext {
-  ts: number | null;
-}
-
-/** What an operator emits besides records: watermarks and idleness (to the next operator or the writers), side outputs. */
-export interface ChainOutput {
-  watermark(wm: number): void;
-  idle(idle: boolean): void;
-  side(tag: string, value: unknown): void;
-}
+import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 
 /** The watermark event on the wire; idle: true marks the channel idle until its next watermark. */
 export type WatermarkEvent = { type: "watermark"; timestamp: number; idle?: true };

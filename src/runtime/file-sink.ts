@@ -21,7 +21,7 @@
 // current attempt are never touched there (other subtasks may already be writing).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { formatRecord } from "./operators.ts";
+import { formatRecord } from "./record-format.ts";
 
 export interface FileSinkOptions {
   dir: string;

@@ -8,58 +8,10 @@ import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import { TwoPhaseCommitFileSink } from "./file-sink.ts";
-import { InternalTimerService, TimestampsAndWatermarksOperator, type ChainOutput, type TimeContext, type Timer } from "./event-time.ts";
+import { formatRecord } from "./record-format.ts";
+import { InternalTimerService, TimestampsAndWatermarksOperator, type Timer } from "./event-time.ts";
+import type { ChainOutput, Collector, Operator, OperatorContext } from "./operator.ts";
 import { WindowOperator } from "./windows.ts";
-
-export type Collector = (record: unknown) => void;
-
-export interface Operator {
-  /** Before the first record: rich functions' open(ctx). */
-  open?(): void | Promise<void>;
-  process(record: unknown): void;
-  /** Called after each input batch or source chunk: a place to flush buffered output. */
-  flush?(): void;
-  /** End of all input: emit what is held back, release resources. */
-  endInput?(): void;
-  /**
-   * After end of input: whether this operator has an external commit to make (a two-phase-commit sink's final
-   * transaction). The task then asks the JobManager whether its attempt is still current and calls finalCommit().
-   */
-  hasFinalCommit?(): boolean;
-  finalCommit?(): void;
-  /** Synchronous part of checkpoint n, before the barrier goes downstream (a two-phase-commit sink pre-commits). */
-  snapshotState?(checkpointId: number): void;
-  /** Checkpoint n completed everywhere. */
-  notifyCheckpointComplete?(checkpointId: number): void;
-  /** Event time advanced to wm: fire event-time timers, then pass wm on (ChainOutput.watermark). */
-  processWatermark?(wm: number): void;
-  /** Every pipeline.auto-watermark-interval: periodic watermarks and idleness. */
-  onPeriodic?(): void;
-  /** The task ends (finished or failed): stop wall-clock timers. */
-  dispose?(): void;
-}
-
-export interface OperatorContext {
-  subtaskIndex: number;
-  parallelism: number;
-  taskName: string;
-  runtimeMode: "streaming" | "batch";
-  /** Looks up a plan node by id (for the key selector of a keyed operator). */
-  node(id: number): PlanNode;
-  /** The task's keyed state backend (present when the chain has a keyed operator). */
-  keyed: KeyedStateBackend | null;
-  operatorState: OperatorStateStore;
-  /** The job's id, its attempt (restarts so far) and the checkpoint it was restored from (0 = none). */
-  jobId: string;
-  attempt: number;
-  restoredCheckpointId: number;
-  /** The timestamp of the record in flight through the chain (event time). */
-  time: TimeContext;
-  /** Fails the task from a callback outside the task loop (processing-time timers). */
-  fail?(err: unknown): void;
-  /** After output produced outside the task loop (processing-time timers): flush what waits. */
-  afterAsyncOutput?(): void;
-}
 
 const NO_CHAIN: ChainOutput = { watermark() {}, idle() {}, side() {} };
 
@@ -246,13 +198,6 @@ class KeyedAggregation implements Operator {
 function copyOf(v: any): any {
   if (typeof v !== "object" || v === null) return v;
   return Array.isArray(v) ? v.slice() : { ...v };
-}
-
-/** How sinks print a record: tuples (arrays) as (a,b) like Flink, objects as JSON. */
-export function formatRecord(r: unknown): string {
-  if (Array.isArray(r)) return `(${r.map((x) => (typeof x === "object" && x !== null ? JSON.stringify(x) : String(x))).join(",")})`;
-  if (typeof r === "object" && r !== null) return JSON.stringify(r);
-  return String(r);
 }
 
 function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorContext): Operator {

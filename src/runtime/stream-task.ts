@@ -3,8 +3,7 @@
 // (one input buffer at a time, pausing while an output has no free buffer).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { pathToFileURL } from "node:url";
-import { StreamExecutionEnvironment, type JobBuilder } from "../api/environment.ts";
+import { loadPlan } from "../api/load-plan.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
@@ -13,12 +12,14 @@ import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { receiveFromRing, RingSender } from "../network/local-channel.ts";
 import { createPartitioner } from "../network/partitioners.ts";
-import { createOperator, type Collector, type Operator, type OperatorContext } from "./operators.ts";
+import { createOperator } from "./operators.ts";
+import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
 import { keyGroupRange } from "../state/key-groups.ts";
-import { WatermarkValve, type ChainOutput, type TimeContext, type WatermarkEvent } from "./event-time.ts";
+import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
-import { channelId, channelJob, type FromWorker, type NetworkGrant, type StateGrant, type ToWorker } from "./worker-protocol.ts";
+import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
+import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
 
 type Post = (msg: FromWorker) => void;
 
@@ -28,17 +29,6 @@ const SOURCE_SPLITS = "__source-splits";
 
 export function taskDisplayName(d: TaskDeployment): string {
   return `${d.vertexName} (${d.subtaskIndex + 1}/${d.parallelism})`;
-}
-
-export async function loadPlan(artifactPath: string, jobArgs: string[]): Promise<Plan> {
-  const mod = await import(pathToFileURL(artifactPath).href);
-  const builder = mod.default as JobBuilder | undefined;
-  if (typeof builder !== "function") {
-    throw new Error(`job module must \`export default\` a function (env, args) => void; found ${typeof builder}`);
-  }
-  const env = new StreamExecutionEnvironment();
-  await builder(env, jobArgs);
-  return env.getPlan();
 }
 
 /** Time accounting as Flink's busy / backpressured / idle ms per second. */

@@ -12,8 +12,8 @@ import type { PlanNode } from "../api/plan.ts";
 import type { TimeWindow, WindowContext } from "../api/event-time.ts";
 import { MapStateDescriptor, ValueStateDescriptor, type MapState, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
-import { InternalTimerService, preview, type ChainOutput, type TimeContext, type Timer } from "./event-time.ts";
-import type { Collector, Operator, OperatorContext } from "./operators.ts";
+import { InternalTimerService, preview, type Timer } from "./event-time.ts";
+import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 
 type WindowNode = Extract<PlanNode, { kind: "window" }>;
 

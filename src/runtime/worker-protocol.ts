@@ -1,15 +1,7 @@
 // Messages between a TaskManager's main thread and a task's Worker: control only. Channel data never goes by
 // postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
-
-export interface NetworkGrant {
-  segmentSize: number;
-  /** Buffers of each output edge's pool, in deployment.outputs order. */
-  outputBuffers: number[];
-  maxOverdraft: number;
-  /** taskmanager.network.memory.max-buffers-per-channel: buffers of an output pool one subpartition may hold. */
-  maxBuffersPerChannel: number;
-}
+import type { ConnectChannels, NetworkGrant } from "../network/wire.ts";
 
 /** Where and how the task keeps keyed state. */
 export interface StateGrant {
@@ -28,7 +20,7 @@ export type ToWorker =
   | { type: "ping" }
   /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker
    * for a local channel and with the main thread for a remote one. */
-  | { type: "connect"; produce: ChannelRing[]; consume: ChannelRing[] }
+  | ConnectChannels
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
@@ -47,28 +39,3 @@ export type FromWorker =
   | { type: "failed"; error: ErrorInfo }
   /** The answer to "ping", with this Worker's JavaScript heap in bytes (0 where it cannot be read). */
   | { type: "pong"; heapBytes: number };
-
-/** A channel (local or remote): its id and the ring that carries its buffers and events. */
-export interface ChannelRing {
-  channel: string;
-  ring: SharedArrayBuffer;
-}
-
-/** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */
-export function channelJob(d: { jobId: string; attempt: number }): string {
-  return d.attempt > 0 ? `${d.jobId}.${d.attempt}` : d.jobId;
-}
-
-/** Channel ids are unique per TaskManager pair: job (and attempt), edge, producer subtask, consumer subtask. */
-export function channelId(jobId: string, edgeId: number, producer: number, consumer: number): string {
-  return `${jobId}|${edgeId}|${producer}|${consumer}`;
-}
-
-export function parseChannelId(id: string): { jobId: string; edgeId: number; producer: number; consumer: number } | null {
-  const parts = id.split("|");
-  if (parts.length !== 4) return null;
-  const [jobId, e, p, c] = parts as [string, string, string, string];
-  const edgeId = Number(e), producer = Number(p), consumer = Number(c);
-  if (!jobId || !Number.isInteger(edgeId) || !Number.isInteger(producer) || !Number.isInteger(consumer)) return null;
-  return { jobId, edgeId, producer, consumer };
-}

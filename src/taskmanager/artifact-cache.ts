@@ -1,11 +1,8 @@
 // Job artifacts fetched from the JobManager by content hash, checked, and cached on disk.
-import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
-}
+import { sha256Hex } from "../util/hash.ts";
 
 export class ArtifactCache {
   private readonly inflight = new Map<string, Promise<string>>();

@@ -1,0 +1,59 @@
+// The JobGraph: the contract between the client that builds it (src/api/job-graph.ts translates the plan), the
+// JobManager that schedules it, and the wire (src/rpc/messages.ts). Plain data and pure functions, no imports:
+// every layer above may depend on it.
+
+/** How records of an edge are distributed over the consumer subtasks (docs/architecture.md 4.6). */
+export type PartitionerKind = "forward" | "rebalance" | "rescale" | "hash" | "broadcast" | "custom";
+
+export interface JobVertex {
+  id: number;
+  name: string;
+  /** Plan node ids, chain head first. */
+  operatorIds: number[];
+  parallelism: number;
+  isSource: boolean;
+}
+
+export interface JobEdge {
+  id: number;
+  source: number;
+  target: number;
+  partitioner: PartitionerKind;
+  keyNodeId?: number;
+}
+
+export interface JobGraph {
+  name: string;
+  vertices: JobVertex[];
+  edges: JobEdge[];
+  maxParallelism: number;
+  runtimeMode: "streaming" | "batch";
+  bufferTimeoutMs: number;
+  /** Shape of the whole plan (ids, kinds, inputs, parallelism, partitioners, source and sink types); a task checks that its Worker rebuilt the same plan. */
+  planFingerprint: string;
+  stateBackend: "heap" | "sqlite" | null;
+  /** The job's own checkpoint interval (0 = the cluster's) and mode (null = the cluster's). */
+  checkpointInterval?: number;
+  checkpointingMode?: "EXACTLY_ONCE" | "AT_LEAST_ONCE" | null;
+}
+
+/** Pointwise edges (forward, rescale) connect each producer to a few consumers; the others connect all to all. */
+export function consumersOf(partitioner: PartitionerKind, producer: number, pUp: number, pDown: number): number[] {
+  if (partitioner === "forward") return [producer];
+  if (partitioner !== "rescale") return range(pDown);
+  if (pUp >= pDown) return [Math.floor((producer * pDown) / pUp)];
+  return range(pDown).filter((c) => Math.floor((c * pUp) / pDown) === producer);
+}
+
+export function producersOf(partitioner: PartitionerKind, consumer: number, pUp: number, pDown: number): number[] {
+  return range(pUp).filter((p) => consumersOf(partitioner, p, pUp, pDown).includes(consumer));
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+/** Slots a job needs with one slot-sharing group: the largest vertex parallelism. */
+export function requiredSlots(graph: JobGraph): number {
+  return Math.max(...graph.vertices.map((v) => v.parallelism));
+}

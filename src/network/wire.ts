@@ -1,0 +1,57 @@
+// The data plane's contracts, shared by the TaskManager's main thread (ShuffleEnvironment, DataTransport) and the
+// task Workers (StreamTask): channel ids, what the data connections' frames mean, the network buffers granted to a
+// task and how its channels' rings reach it. The byte framing of those frames is the connection's
+// (src/rpc/framing.ts: msgpack bodies and the 0xC1 buffer frame).
+
+import { BUFFER_FRAME_KIND } from "../rpc/framing.ts";
+
+// ---- data connections (TaskManager <-> TaskManager, role "data") ----
+// Frames are arrays, not requests:
+//   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
+//   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
+//   [CREDIT, channelId, n]              the consumer has n more free buffers; the first one requests the partition
+//   [KEEPALIVE]                         sent every taskmanager.network.tcp-connection.keepalive.interval by both
+//                                       ends; a connection that hears nothing for the keepalive time-out is closed
+export const DATA_FRAME = { DATA: BUFFER_FRAME_KIND, EVENT: 1, CREDIT: 2, KEEPALIVE: 3 } as const;
+
+export interface NetworkGrant {
+  segmentSize: number;
+  /** Buffers of each output edge's pool, in deployment.outputs order. */
+  outputBuffers: number[];
+  maxOverdraft: number;
+  /** taskmanager.network.memory.max-buffers-per-channel: buffers of an output pool one subpartition may hold. */
+  maxBuffersPerChannel: number;
+}
+
+/** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker for a
+ * local channel and with the main thread for a remote one. Sent to the Worker once both ends are wired. */
+export interface ConnectChannels {
+  type: "connect";
+  produce: ChannelRing[];
+  consume: ChannelRing[];
+}
+
+/** A channel (local or remote): its id and the ring that carries its buffers and events. */
+export interface ChannelRing {
+  channel: string;
+  ring: SharedArrayBuffer;
+}
+
+/** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */
+export function channelJob(d: { jobId: string; attempt: number }): string {
+  return d.attempt > 0 ? `${d.jobId}.${d.attempt}` : d.jobId;
+}
+
+/** Channel ids are unique per TaskManager pair: job (and attempt), edge, producer subtask, consumer subtask. */
+export function channelId(jobId: string, edgeId: number, producer: number, consumer: number): string {
+  return `${jobId}|${edgeId}|${producer}|${consumer}`;
+}
+
+export function parseChannelId(id: string): { jobId: string; edgeId: number; producer: number; consumer: number } | null {
+  const parts = id.split("|");
+  if (parts.length !== 4) return null;
+  const [jobId, e, p, c] = parts as [string, string, string, string];
+  const edgeId = Number(e), producer = Number(p), consumer = Number(c);
+  if (!jobId || !Number.isInteger(edgeId) || !Number.isInteger(producer) || !Number.isInteger(consumer)) return null;
+  return { jobId, edgeId, producer, consumer };
+}
