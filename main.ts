@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
-import { JobManager } from "./src/jobmanager/jobmanager.ts";
+import { startJobManager } from "./src/roles/jobmanager-role.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
 import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
@@ -229,8 +229,7 @@ async function runJobManager(args: string[]): Promise<number> {
   if (values.help) return help("jobmanager");
   const cfg = config(values);
   checkDirectories(cfg, JOBMANAGER_DIRS);
-  const jm = new JobManager(cfg);
-  await jm.start();
+  const jm = await startJobManager(cfg);
   const signal = await waitForSignal();
   const log = createLogger("jobmanager");
   // A second signal exits at once: 0 if the jobs are canceled and the peers told already (only the ports are still

@@ -40,7 +40,7 @@ beforeAll(async () => {
   // One restart 3 s after a failure: the failing job's page shows the delay, then the job fails for good.
   const config = { ...defaultConfig(), "heartbeat.interval": 200, "log.level": "warn" as const, "security.ssl.key-file": keyFile, "restart-strategy.type": "fixed-delay" as const, "restart-strategy.fixed-delay.attempts": 1, "restart-strategy.fixed-delay.delay": 3000 };
   cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config });
-  base = `http://127.0.0.1:${cluster.jobManager.restPort}`;
+  base = `http://127.0.0.1:${cluster.restPort}`;
   client = await connectClient("127.0.0.1", cluster.port);
   jobId = await submitJob(client, await prepareJob(writeJob(dir, "ops.ts", opsJobSource("dashboard-demo")), [], 2));
   await waitFor("the job running", async () => (await client.request("jobStatus", { jobId })).state === "RUNNING", 20_000);

@@ -1,10 +1,13 @@
 // A JobManager and TaskManagers in one process on 127.0.0.1: what `local` runs a job on.
 import { defaultConfig, type Config } from "../config/index.ts";
-import { JobManager } from "../jobmanager/jobmanager.ts";
+import type { JobManager } from "../jobmanager/jobmanager.ts";
+import { startJobManager } from "../roles/jobmanager-role.ts";
 import { TaskExecutor } from "../taskmanager/task-executor.ts";
 
 export interface LocalCluster {
   jobManager: JobManager;
+  /** The REST API's bound port. */
+  restPort: number;
   taskManagers: TaskExecutor[];
   port: number;
   stop(): Promise<void>;
@@ -14,8 +17,8 @@ export async function startLocalCluster(opts: { taskManagers: number; slotsPerTa
   const base = opts.config ?? defaultConfig();
   // REST and metrics on free ports: an in-process cluster must not collide with a running JobManager on 8081.
   const jmConfig: Config = { ...base, "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": 0, "rest.address": "127.0.0.1", "rest.port": 0, "metrics.port": 0 };
-  const jobManager = new JobManager(jmConfig);
-  const port = await jobManager.start();
+  const role = await startJobManager(jmConfig);
+  const { jobManager, port, restPort } = role;
   const taskManagers: TaskExecutor[] = [];
   for (let i = 0; i < opts.taskManagers; i++) {
     const tm = new TaskExecutor({
@@ -32,11 +35,12 @@ export async function startLocalCluster(opts: { taskManagers: number; slotsPerTa
   await Promise.all(taskManagers.map((tm) => tm.waitRegistered()));
   return {
     jobManager,
+    restPort,
     taskManagers,
     port,
     async stop() {
       await Promise.all(taskManagers.map((tm) => tm.stop()));
-      await jobManager.stop();
+      await role.stop();
     },
   };
 }

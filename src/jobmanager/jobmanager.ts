@@ -7,14 +7,14 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
 import type { JobGraph } from "../graph/job-graph.ts";
 import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
-import { restTokenFromConfig, securityFromConfig } from "../rpc/security.ts";
+import { securityFromConfig } from "../rpc/security.ts";
 import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
 import { JobMaster, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
 import { readMetadata } from "./checkpoint-store.ts";
 import { ResourceManager } from "./resource-manager.ts";
-import { RestServer } from "../rest/rest-server.ts";
+import type { JobManagerGateway, TaskManagerInfo } from "./gateway.ts";
 
 const log = createLogger("jobmanager");
 
@@ -28,9 +28,6 @@ export class JobManager {
   private readonly connections = new Set<RpcConnection>();
   private ownedDir: string | null = null;
   port = 0;
-  /** The REST API, dashboard and /metrics (src/rest/). */
-  private rest: RestServer | null = null;
-  restPort = 0;
   /** Ended jobs' jobstore.expiration-time timers. */
   private readonly expiry = new Map<string, ReturnType<typeof setTimeout>>();
 
@@ -72,27 +69,7 @@ export class JobManager {
     this.port = boundPort(this.server);
     this.resourceManager.start();
     log.info("JobManager started", { rpc: `${host}:${this.port}`, id: this.id });
-    await this.startRest();
     return this.port;
-  }
-
-  /** The REST API, dashboard and /metrics on rest.address:rest.port; a port that cannot be bound stops the start. */
-  private async startRest(): Promise<void> {
-    const host = this.config["rest.address"];
-    let rest: RestServer;
-    try {
-      // Bearer token of mutating calls and TLS (security.*); throws ConfigError naming the key, never the token.
-      const security = securityFromConfig(this.config);
-      const access = { allowedHosts: this.config["rest.allowed-hosts"], allowedOrigins: this.config["rest.allowed-origins"] };
-      rest = new RestServer(this, (err) => log.error("REST request failed", { error: err.message }), security, restTokenFromConfig(this.config, security), access);
-      this.restPort = await rest.start(host, this.config["rest.port"]);
-    } catch (err) {
-      this.resourceManager.stop();
-      await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-      throw err;
-    }
-    this.rest = rest;
-    log.info("REST API started", { rest: `${host}:${this.restPort}`, dashboard: `${rest.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${this.restPort}/` });
   }
 
   /** True once stop() has canceled the jobs and closed every connection (what is left is closing the ports). */
@@ -107,7 +84,6 @@ export class JobManager {
     for (const c of this.connections) c.closeWithNotice(reason); // before the ResourceManager closes its TaskManagers' without one
     this.resourceManager.stop();
     this.drained = true;
-    await this.rest?.stop();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });
   }
@@ -226,6 +202,30 @@ export class JobManager {
     clearTimeout(this.expiry.get(jobId));
     this.expiry.delete(jobId);
     if (this.jobs.delete(jobId)) log.info("job removed from the job store", { job: jobId, reason });
+  }
+
+  /** The read-only view the REST API and its /metrics get (src/jobmanager/gateway.ts). */
+  gateway(): JobManagerGateway {
+    const jm = this;
+    const rm = this.resourceManager;
+    return {
+      id: jm.id,
+      get port() {
+        return jm.port;
+      },
+      config: jm.config,
+      jobs: () => jm.jobs.values(),
+      job: (id) => jm.jobs.get(id),
+      taskManagers: () => rm.taskManagers.values(),
+      taskManager: (id) => rm.taskManagers.get(id),
+      slots: () => ({ total: rm.totalSlots, free: rm.freeSlots }),
+      savepointTarget: (dir) => jm.savepointTarget(dir),
+      taskManagerInfo: async (id, timeoutMs): Promise<TaskManagerInfo> => {
+        const tm = rm.taskManagers.get(id);
+        if (!tm) throw new Error(`no TaskManager ${id}`);
+        return tm.rpc.request("taskManagerInfo", {}, timeoutMs);
+      },
+    };
   }
 
   /**

@@ -1,29 +1,29 @@
 // The JobManager's /metrics: cluster (TaskManagers, slots, jobs by state), per job (state, uptime, restarts,
 // checkpoints: counts, last duration and size) and process metrics.
-import type { JobManager } from "../jobmanager/jobmanager.ts";
+import type { JobManagerGateway } from "../jobmanager/gateway.ts";
 import type { JobState } from "../rpc/messages.ts";
 import { counter, gauge, MetricsRegistry, type MetricFamily, type Sample } from "../metrics/exposition.ts";
 import { processCollector } from "../metrics/process.ts";
 
 const JOB_STATES: JobState[] = ["CREATED", "SCHEDULING", "RUNNING", "FINISHED", "FAILING", "FAILED", "CANCELING", "CANCELED", "RESTARTING"];
 
-export function jobManagerRegistry(jm: JobManager): MetricsRegistry {
+export function jobManagerRegistry(jm: JobManagerGateway): MetricsRegistry {
   return new MetricsRegistry()
     .add(processCollector("jobmanager"))
     .add(() => {
-      const rm = jm.resourceManager;
-      const jobs = [...jm.jobs.values()];
+      const jobs = [...jm.jobs()];
+      const slots = jm.slots();
       return [
-        gauge("tm_jobmanager_taskmanagers", "TaskManagers registered.", rm.taskManagers.size),
-        gauge("tm_jobmanager_slots", "Task slots offered by the registered TaskManagers (Flink's taskSlotsTotal).", rm.totalSlots),
-        gauge("tm_jobmanager_slots_available", "Task slots not allocated to a job.", rm.freeSlots),
+        gauge("tm_jobmanager_taskmanagers", "TaskManagers registered.", [...jm.taskManagers()].length),
+        gauge("tm_jobmanager_slots", "Task slots offered by the registered TaskManagers (Flink's taskSlotsTotal).", slots.total),
+        gauge("tm_jobmanager_slots_available", "Task slots not allocated to a job.", slots.free),
         gauge("tm_jobmanager_jobs", "Jobs by state.", JOB_STATES.map((state) => ({ labels: { state }, value: jobs.filter((j) => j.state === state).length }))),
       ];
     })
     .add(() => jobFamilies(jm));
 }
 
-function jobFamilies(jm: JobManager): MetricFamily[] {
+function jobFamilies(jm: JobManagerGateway): MetricFamily[] {
   const now = Date.now();
   const f = {
     state: [] as Sample[],
@@ -38,7 +38,7 @@ function jobFamilies(jm: JobManager): MetricFamily[] {
     recordsIn: [] as Sample[],
     recordsOut: [] as Sample[],
   };
-  for (const job of jm.jobs.values()) {
+  for (const job of jm.jobs()) {
     const s = job.status();
     const labels = { job_id: s.jobId, job_name: s.name };
     for (const state of JOB_STATES) f.state.push({ labels: { ...labels, state }, value: s.state === state ? 1 : 0 });

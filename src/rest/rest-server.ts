@@ -4,9 +4,7 @@ import { randomBytes } from "node:crypto";
 import * as net from "node:net";
 import * as os from "node:os";
 import pkg from "../../package.json" with { type: "json" };
-import type { JobManager } from "../jobmanager/jobmanager.ts";
-import type { JobMaster } from "../jobmanager/job-master.ts";
-import type { RegisteredTaskManager } from "../jobmanager/resource-manager.ts";
+import type { JobManagerGateway, JobView, TaskManagerView } from "../jobmanager/gateway.ts";
 import { TERMINAL_JOB_STATES, type CheckpointStats, type ExceptionEntry, type JobStatus, type JobWaiting, type SubtaskStatus, type TaskMetrics, type TaskState, type VertexStatus } from "../rpc/messages.ts";
 import { HttpError, json, startHttpServer, text, type HttpRequest, type HttpResponse, type RunningHttpServer } from "../metrics/http-server.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../metrics/exposition.ts";
@@ -65,7 +63,7 @@ export class RestServer {
    * (then only a loopback address, or security.insecure). `security.tls`: HTTPS with its certificate and key.
    */
   constructor(
-    private readonly jm: JobManager,
+    private readonly jm: JobManagerGateway,
     private readonly onError: (err: Error) => void,
     private readonly security: Pick<TransportSecurity, "insecure" | "tls"> = { insecure: false, tls: null },
     private readonly token: Buffer | null = null,
@@ -120,9 +118,9 @@ export class RestServer {
   private sampleRates(): void {
     const now = Date.now();
     // Jobs dropped from the job store (jobstore.*) take their rates and savepoint triggers with them.
-    for (const key of this.rates.keys()) if (!this.jm.jobs.has(key.slice(0, key.indexOf("/")))) this.rates.delete(key);
-    for (const [id, t] of this.savepoints) if (!this.jm.jobs.has(t.jobId)) this.savepoints.delete(id);
-    for (const job of this.jm.jobs.values()) {
+    for (const key of this.rates.keys()) if (!this.jm.job(key.slice(0, key.indexOf("/")))) this.rates.delete(key);
+    for (const [id, t] of this.savepoints) if (!(this.jm.job(t.jobId)) !== undefined) this.savepoints.delete(id);
+    for (const job of this.jm.jobs()) {
       const status = job.status();
       for (const v of status.vertices) {
         const key = `${job.jobId}/${v.id}`;
@@ -252,7 +250,7 @@ export class RestServer {
           if (parts.length === 1) return json(this.overview());
           break;
         case "taskmanagers":
-          if (parts.length === 1) return json({ taskmanagers: [...this.jm.resourceManager.taskManagers.values()].map((tm) => this.taskManager(tm)) });
+          if (parts.length === 1) return json({ taskmanagers: [...this.jm.taskManagers()].map((tm) => this.taskManager(tm)) });
           if (parts.length === 2) return json(this.taskManager(this.findTaskManager(id!), true));
           if (parts.length === 3 && (sub === "logs" || sub === "config")) {
             const info = await this.taskManagerInfo(this.findTaskManager(id!));
@@ -298,8 +296,8 @@ export class RestServer {
 
   private getJobs(parts: string[]): unknown {
     const [, id, sub, subId, more] = parts;
-    if (id === undefined) return { jobs: [...this.jm.jobs.values()].map((j) => ({ id: j.jobId, status: j.state })) };
-    if (id === "overview" && sub === undefined) return { jobs: [...this.jm.jobs.values()].map((j) => this.jobOverview(j.status())) };
+    if (id === undefined) return { jobs: [...this.jm.jobs()].map((j) => ({ id: j.jobId, status: j.state })) };
+    if (id === "overview" && sub === undefined) return { jobs: [...this.jm.jobs()].map((j) => this.jobOverview(j.status())) };
     const job = this.findJob(id);
     const status = job.status();
     if (sub === undefined) return this.jobDetails(job, status);
@@ -329,13 +327,13 @@ export class RestServer {
   }
 
   private overview() {
-    const rm = this.jm.resourceManager;
-    const jobs = [...this.jm.jobs.values()];
+    const jobs = [...this.jm.jobs()];
+    const slots = this.jm.slots();
     const count = (s: string) => jobs.filter((j) => j.state === s).length;
     return {
-      taskmanagers: rm.taskManagers.size,
-      "slots-total": rm.totalSlots,
-      "slots-available": rm.freeSlots,
+      taskmanagers: [...this.jm.taskManagers()].length,
+      "slots-total": slots.total,
+      "slots-available": slots.free,
       "jobs-running": jobs.filter((j) => !TERMINAL_JOB_STATES.has(j.state)).length,
       "jobs-finished": count("FINISHED"),
       "jobs-cancelled": count("CANCELED"),
@@ -346,10 +344,10 @@ export class RestServer {
     };
   }
 
-  private taskManager(tm: RegisteredTaskManager, details = false) {
+  private taskManager(tm: TaskManagerView, details = false) {
     const slots = [...tm.slots].sort((a, b) => a[0] - b[0]).map(([index, jobId]) => ({ index, jobId }));
     const tasks: { jobId: string; vertex: string; subtask: number; state: TaskState; metrics: TaskMetrics }[] = [];
-    for (const job of this.jm.jobs.values()) {
+    for (const job of this.jm.jobs()) {
       for (const ex of job.executions.values()) {
         if (ex.tm === tm) tasks.push({ jobId: job.jobId, vertex: ex.deployment.vertexName, subtask: ex.deployment.subtaskIndex, state: ex.state, metrics: ex.metrics });
       }
@@ -387,7 +385,7 @@ export class RestServer {
     };
   }
 
-  private jobDetails(job: JobMaster, s: JobStatus) {
+  private jobDetails(job: JobView, s: JobStatus) {
     return {
       ...this.jobOverview(s),
       now: Date.now(),
@@ -449,7 +447,7 @@ export class RestServer {
     };
   }
 
-  private plan(job: JobMaster) {
+  private plan(job: JobView) {
     const g = job.graph;
     return {
       jid: job.jobId,
@@ -498,7 +496,7 @@ export class RestServer {
     };
   }
 
-  private triggerSavepoint(job: JobMaster, body: string): HttpResponse {
+  private triggerSavepoint(job: JobView, body: string): HttpResponse {
     const p = parseBody(body);
     const dir = p["target-directory"];
     const cancel = p["cancel-job"];
@@ -525,7 +523,7 @@ export class RestServer {
    * Flink's JobExceptionsInfoWithHistory: the latest failure as root-exception, and the history newest first, each
    * entry with its task, TaskManager and the other tasks' failures of the same failover (concurrentExceptions).
    */
-  private exceptions(job: JobMaster) {
+  private exceptions(job: JobView) {
     const entryJson = (e: Omit<ExceptionEntry, "concurrent">) => ({
       exceptionName: e.name,
       message: e.message,
@@ -555,22 +553,22 @@ export class RestServer {
   }
 
   /** A TaskManager's masked configuration and recent log lines, asked for over its RPC connection. */
-  private async taskManagerInfo(tm: RegisteredTaskManager) {
+  private async taskManagerInfo(tm: TaskManagerView) {
     try {
-      return await tm.rpc.request("taskManagerInfo", {}, TASKMANAGER_INFO_TIMEOUT_MS);
+      return await this.jm.taskManagerInfo(tm.info.resourceId, TASKMANAGER_INFO_TIMEOUT_MS);
     } catch (err) {
       throw new HttpError(502, `TaskManager ${tm.info.resourceId} did not answer: ${(err as Error).message}`);
     }
   }
 
-  private findJob(id: string): JobMaster {
-    const job = this.jm.jobs.get(id);
+  private findJob(id: string): JobView {
+    const job = this.jm.job(id);
     if (!job) throw new HttpError(404, `no job ${id}`);
     return job;
   }
 
-  private findTaskManager(id: string): RegisteredTaskManager {
-    const tm = this.jm.resourceManager.taskManagers.get(id);
+  private findTaskManager(id: string): TaskManagerView {
+    const tm = this.jm.taskManager(id);
     if (!tm) throw new HttpError(404, `no TaskManager ${id}`);
     return tm;
   }
@@ -672,7 +670,7 @@ function waitingJson(w: JobWaiting) {
 }
 
 /** Heap, RSS and network buffers from the TaskManager's latest heartbeat (Flink's names where it has them). */
-function processJson(tm: RegisteredTaskManager) {
+function processJson(tm: TaskManagerView) {
   const p = tm.process;
   if (!p) return {};
   return {
