@@ -8,7 +8,7 @@ import type { JobGraph } from "../src/graph/job-graph.ts";
 import { CheckpointCoordinator, type CoordinatorHost } from "../src/jobmanager/checkpoint-coordinator.ts";
 import { CheckpointStore, METADATA_FILE, readMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { TaskDeployment, TaskSnapshot } from "../src/rpc/messages.ts";
-import { removeTempDirs, tempDir } from "./helpers.ts";
+import { removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -75,8 +75,7 @@ describe("CheckpointCoordinator", () => {
     c.onAcknowledge("j-0-0-0", 1, snap(0));
     c.onDecline("j-1-0-0", 1, "disk full");
     await expect(first).rejects.toThrow(/checkpoint 1 aborted: declined by Sink \(1\): disk full/);
-    await Bun.sleep(20);
-    expect(fs.existsSync(store.dirOf(1))).toBe(false);
+    await waitFor("the aborted checkpoint's directory removed", () => !fs.existsSync(store.dirOf(1)), 10_000);
     expect(c.failed).toBe(1);
     const second = c.triggerNow(false);
     for (const t of tasks) c.onAcknowledge(t.executionId, 2, snap(0));
