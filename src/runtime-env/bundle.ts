@@ -17,7 +17,14 @@ const DENO_BUNDLE_TIMEOUT_MS = 120_000;
 /** The bundle of the module at `entry` (an absolute path); throws BundleError saying why it cannot be built. */
 export async function bundleModule(entry: string): Promise<Uint8Array> {
   if (bun !== undefined) {
-    const result = await bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
+    let result;
+    try {
+      result = await bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
+    } catch (err) {
+      // Bun.build throws an AggregateError ("Bundle failed") whose errors say what failed.
+      const why = err instanceof AggregateError ? err.errors.map((e) => String((e as Error)?.message ?? e)).join("; ") : "";
+      throw new BundleError(why || (err as Error).message);
+    }
     if (!result.success || result.outputs.length === 0) {
       throw new BundleError(result.logs.map((l) => String(l.message ?? l)).join("; ") || "no output");
     }
@@ -33,7 +40,7 @@ async function denoBundle(denoPath: string, entry: string): Promise<Uint8Array> 
   try {
     const args = ["bundle", "--quiet", "--platform", "deno", "--format", "esm", "--sourcemap", "inline", "--output", out, entry];
     const stderr = await new Promise<string>((resolve, reject) => {
-      execFile(denoPath, args, { env: { ...process.env, DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" }, timeout: DENO_BUNDLE_TIMEOUT_MS, maxBuffer: 4 << 20 }, (err, _stdout, stderr) => {
+      execFile(denoPath, args, { env: { ...process.env, DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1", RUST_BACKTRACE: "0" }, timeout: DENO_BUNDLE_TIMEOUT_MS, maxBuffer: 4 << 20 }, (err, _stdout, stderr) => {
         if (err) reject(new BundleError(`deno bundle failed (${err.killed ? `killed after ${DENO_BUNDLE_TIMEOUT_MS} ms` : `exit ${err.code}`}): ${String(stderr).trim() || err.message}`));
         else resolve(String(stderr));
       });
