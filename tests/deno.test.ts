@@ -104,16 +104,16 @@ interface DenoCommand {
 }
 
 /** The prefix the README names in running text (`bun main.ts` becomes this), not a command of its own. */
-const RUN_PREFIX = "npx deno run -A main.ts";
+const RUN_PREFIX = "deno run -A main.ts";
 const JM_READY = /JobManager started rpc=127\.0\.0\.1:(\d+)/;
 const HAMLET_COUNTS = () => countWords(fs.readFileSync(path.join(ROOT, "examples/data/hamlet.txt"), "utf8"));
 
 const COMMANDS: Record<string, DenoCommand> = {
-  "npx deno task start": { output: /FINISHED/, check: (out) => expectSameCounts(parseCountLines(out.trim().split("\n")), HAMLET_COUNTS()) },
-  "npx deno run -A main.ts local examples/windowed-events.ts": { output: /FINISHED/, check: (out) => expect(printed(out)).toEqual(windowedEventsOracle(20_000)) },
-  "npx deno task jobmanager --config jm.toml": { daemon: JM_READY },
-  "npx deno task taskmanager --config tm.toml": { daemon: /registered at the JobManager/ },
-  "npx deno run -A main.ts submit -m host:6123 -p 2 examples/windowed-events.ts": { output: /FINISHED after [\d.]+ s; 20000 records read by sources/ },
+  "deno task start": { output: /FINISHED/, check: (out) => expectSameCounts(parseCountLines(out.trim().split("\n")), HAMLET_COUNTS()) },
+  "deno run -A main.ts local examples/windowed-events.ts": { output: /FINISHED/, check: (out) => expect(printed(out)).toEqual(windowedEventsOracle(20_000)) },
+  "deno task jobmanager --config jm.toml": { daemon: JM_READY },
+  "deno task taskmanager --config tm.toml": { daemon: /registered at the JobManager/ },
+  "deno run -A main.ts submit -m host:6123 -p 2 examples/windowed-events.ts": { output: /FINISHED after [\d.]+ s; 20000 records read by sources/ },
 };
 
 describe("README's Deno commands from a fresh clone", () => {
@@ -133,8 +133,8 @@ describe("README's Deno commands from a fresh clone", () => {
     const git = Bun.spawnSync(["git", "clone", "--quiet", ROOT, clone], { stdout: "pipe", stderr: "pipe" });
     expect({ git: git.exitCode, stderr: git.stderr.toString() }).toEqual({ git: 0, stderr: "" });
     fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(clone, "node_modules"));
-    // npx finds the clone's node_modules/.bin/deno, as after `npm install`.
-    const env = DENO_ENV;
+    // The clone's node_modules/.bin on the PATH, as the README says.
+    const env = { ...DENO_ENV, PATH: [path.join(clone, "node_modules", ".bin"), process.env.PATH].join(path.delimiter) };
     let jmPort: number | undefined;
     const daemons: { child: Child; command: string }[] = [];
     for (const command of denoCommands(README)) {

@@ -135,11 +135,11 @@ const HANDLERS: Record<string, Handler> = {
   "./dist/taskmanager --help": { output: /Usage:/ },
   "bun main.ts local -p 2 examples/nexmark/q4.ts 1000000 7": { output: /FINISHED after .* 1000000 records read by sources/ },
   "bun scripts/bench-nexmark.ts --events 10000000": { skip: "benchmark" },
-  "npx deno task start": { skip: "deno" },
-  "npx deno run -A main.ts local examples/windowed-events.ts": { skip: "deno" },
-  "npx deno task jobmanager --config jm.toml": { skip: "deno" },
-  "npx deno task taskmanager --config tm.toml": { skip: "deno" },
-  "npx deno run -A main.ts submit -m host:6123 -p 2 examples/windowed-events.ts": { skip: "deno" },
+  "deno task start": { skip: "deno" },
+  "deno run -A main.ts local examples/windowed-events.ts": { skip: "deno" },
+  "deno task jobmanager --config jm.toml": { skip: "deno" },
+  "deno task taskmanager --config tm.toml": { skip: "deno" },
+  "deno run -A main.ts submit -m host:6123 -p 2 examples/windowed-events.ts": { skip: "deno" },
   "./dist/taskmanager savepoint -m host:6123 <job-id> /mnt/savepoints": {
     job: SLOW_JOB,
     before: async (run) => {
