@@ -137,35 +137,60 @@ describe("README's Deno commands from a fresh clone", () => {
     const env = { ...DENO_ENV, PATH: [path.join(clone, "node_modules", ".bin"), process.env.PATH].join(path.delimiter) };
     let jmPort: number | undefined;
     const daemons: { child: Child; command: string }[] = [];
-    for (const command of denoCommands(README)) {
-      const spec = COMMANDS[command]!;
-      const text = command
-        .replace("--config jm.toml", `--config ${writeToml(work, "jm.toml", { "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": 0, "rest.port": 0, "jobmanager.storage.dir": path.join(work, "jm") })}`)
-        .replace("--config tm.toml", () =>
-          `--config ${writeToml(work, "tm.toml", { "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": need(jmPort, command), "taskmanager.numberOfTaskSlots": 4, "taskmanager.tmp.dir": path.join(work, "tm-tmp"), "taskmanager.state.dir": path.join(work, "tm-state") })}`)
-        .replace("host:6123", () => `127.0.0.1:${need(jmPort, command)}`);
-      if (spec.daemon) {
-        // exec: the pid is the deno task process's own, which passes SIGTERM on to the deno it runs.
-        const child = new Child(["sh", "-c", `exec ${text}`], env, clone);
-        daemons.push({ child, command });
-        const m = await child.waitForOutput(spec.daemon, 60_000);
-        if (spec.daemon === JM_READY) jmPort = Number(m[1]);
-        continue;
+    try {
+      await runAll();
+      // Daemons end as the README says for the roles: SIGTERM, exit 0 (the TaskManager first).
+      for (const { child, command } of [...daemons].reverse()) {
+        child.kill("SIGTERM");
+        expect({ command, exit: await child.exited(30_000) }).toEqual({ command, exit: 0 });
       }
-      const child = new Child(["sh", "-c", text], env, clone);
-      const code = await child.exited(120_000);
-      const where = `README command ${JSON.stringify(command)} run as ${JSON.stringify(text)} in ${clone}`;
-      if (code !== 0) throw new Error(`${where} exited ${code}:\n${(child.stdout + child.stderr).slice(-3000)}`);
-      if (spec.output && !spec.output.test(child.stdout + child.stderr)) throw new Error(`${where} did not print ${spec.output}:\n${(child.stdout + child.stderr).slice(-3000)}`);
-      spec.check?.(child.stdout);
+    } finally {
+      // `deno task` runs the role as a child process: on a failure, that child must not outlive the test.
+      for (const { child } of daemons) if (child.proc.exitCode === null) killTree(child.pid);
     }
-    // Daemons end as the README says for the roles: SIGTERM, exit 0 (the TaskManager first).
-    for (const { child, command } of daemons.reverse()) {
-      child.kill("SIGTERM");
-      expect({ command, exit: await child.exited(30_000) }).toEqual({ command, exit: 0 });
+
+    async function runAll(): Promise<void> {
+      for (const command of denoCommands(README)) {
+        const spec = COMMANDS[command]!;
+        const text = command
+          .replace("--config jm.toml", `--config ${writeToml(work, "jm.toml", { "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": 0, "rest.port": 0, "jobmanager.storage.dir": path.join(work, "jm") })}`)
+          .replace("--config tm.toml", () =>
+            `--config ${writeToml(work, "tm.toml", { "jobmanager.rpc.address": "127.0.0.1", "jobmanager.rpc.port": need(jmPort, command), "taskmanager.numberOfTaskSlots": 4, "taskmanager.tmp.dir": path.join(work, "tm-tmp"), "taskmanager.state.dir": path.join(work, "tm-state") })}`)
+          .replace("host:6123", () => `127.0.0.1:${need(jmPort, command)}`);
+        if (spec.daemon) {
+          // exec: the pid is the deno task process's own, which passes SIGTERM on to the deno it runs.
+          const child = new Child(["sh", "-c", `exec ${text}`], env, clone);
+          daemons.push({ child, command });
+          const m = await child.waitForOutput(spec.daemon, 60_000);
+          if (spec.daemon === JM_READY) jmPort = Number(m[1]);
+          continue;
+        }
+        const child = new Child(["sh", "-c", text], env, clone);
+        const code = await child.exited(120_000);
+        const where = `README command ${JSON.stringify(command)} run as ${JSON.stringify(text)} in ${clone}`;
+        if (code !== 0) throw new Error(`${where} exited ${code}:\n${(child.stdout + child.stderr).slice(-3000)}`);
+        if (spec.output && !spec.output.test(child.stdout + child.stderr)) throw new Error(`${where} did not print ${spec.output}:\n${(child.stdout + child.stderr).slice(-3000)}`);
+        spec.check?.(child.stdout);
+      }
     }
   }, 400_000);
 });
+
+/** SIGKILLs a process and its descendants (Linux /proc), children first; gone ones are skipped. */
+function killTree(pid: number): void {
+  let children: number[] = [];
+  try {
+    children = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").split(" ").filter(Boolean).map(Number);
+  } catch {
+    // already gone
+  }
+  for (const c of children) killTree(c);
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
 
 function need<T>(value: T | undefined, command: string): T {
   if (value === undefined) throw new Error(`${JSON.stringify(command)} needs a JobManager, which no earlier Deno command of the README started`);
