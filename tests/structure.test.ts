@@ -12,6 +12,7 @@ import { ROOT } from "./helpers.ts";
  * its own above them. A new folder must be placed here before anything imports it.
  */
 const LAYERS = [
+  "runtime-env",
   "util",
   "config",
   "graph",

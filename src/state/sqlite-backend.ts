@@ -12,6 +12,7 @@
 //   while processing continues on the main connection. Afterwards the collected entries are flushed in batches.
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
+import { forceGc } from "../runtime-env/index.ts";
 import { StateFileError } from "./api.ts";
 import {
   checkCompatible,
@@ -68,9 +69,6 @@ export interface SqliteBackendOptions extends BackendOptions {
    */
   gcEveryEvictedBytes?: number;
 }
-
-const forceGc: (() => void) | undefined =
-  typeof Bun !== "undefined" ? () => Bun.gc(true) : typeof (globalThis as { gc?: () => void }).gc === "function" ? () => (globalThis as unknown as { gc: () => void }).gc() : undefined;
 
 class LruLink {
   prev: LruLink = this;

@@ -6,6 +6,7 @@ import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
 import { taskWorkerUrl } from "../runtime/worker-url.ts";
+import { workerOptions } from "../runtime-env/index.ts";
 import type { FromWorker, ToWorker } from "../runtime/worker-protocol.ts";
 
 export interface TaskStateOptions {
@@ -64,8 +65,8 @@ export class Task implements TaskEndpoint {
   }
 
   start(artifactPath: string): void {
-    // Bun's `env` option gives the Worker its own process.env (Deno ignores it; README, "Trust model").
-    const worker = new Worker(taskWorkerUrl(), { type: "module", env: taskEnvironment() });
+    // Under Bun the Worker gets its own process.env (Deno has no such option; README, "Trust model").
+    const worker = new Worker(taskWorkerUrl(), workerOptions(taskEnvironment()));
     this.worker = worker;
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
     // Without these handlers a Worker that cannot load would vanish silently.
