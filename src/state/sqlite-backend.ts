@@ -228,13 +228,16 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   maybeEvict(): void {
     if (this.cache.overLimit) {
       const dirty = this.cache.evict();
-      if (dirty.length > 0) this.writeEntries(dirty);
+      // A write transaction costs about one WAL page per page it touches, whatever it changed on the page: write
+      // every dirty entry now (they stay cached, clean), not only the evicted ones, so that batches are as large
+      // as the cache and later evictions of these entries need no write at all.
+      if (dirty.length > 0) this.writeEntries(dirty.concat(this.cache.collectDirty(true)));
     }
   }
 
   /** Writes entries' current bytes (upsert, or delete for tombstones) in one transaction, recording them as
    *  changed when incremental checkpoints are on. */
-  writeEntries(entries: Entry[]): void {
+  writeEntries(entries: Entry[], epoch = this.epoch): void {
     entries.sort((a, b) => a.kg - b.kg || a.t.id - b.t.id);
     const { upsert, delete: del, recordChange } = this.s;
     const p5 = this.p5;
@@ -264,7 +267,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
           p5[1] = e.t.id;
           p5[2] = k;
           p5[3] = uk;
-          p5[4] = this.epoch;
+          p5[4] = epoch;
           recordChange.run(p5);
         }
       }

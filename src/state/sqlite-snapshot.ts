@@ -109,6 +109,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     const now = b.clock();
     const overlay = new Map<number, Overlay[]>();
     const candidates = b.cache.collectDirty(false);
+    const captured = candidates.map((e) => e.bytes);
     for (const e of candidates) {
       let list = overlay.get(e.kg);
       if (list === undefined) overlay.set(e.kg, (list = []));
@@ -191,7 +192,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     }
     if (chainable && opts.checkpointId !== undefined) b.chain.add(opts.checkpointId, { epoch, handle });
     // Write-behind: the entries that were dirty at the snapshot go to the database now, in batches.
-    await flushEntries(b, candidates);
+    await flushEntries(b, candidates, captured, epoch);
     return handle;
   } catch (e) {
     await writer?.abort();
@@ -206,17 +207,22 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
   }
 }
 
-/** Writes those of `entries` that are still cached and dirty, in batches, yielding in between. */
-async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[]): Promise<void> {
+/** Writes those of `entries` that are still cached and dirty, in batches, yielding in between. An entry still
+ *  holding the bytes the snapshot took is recorded as changed in the snapshot's epoch (the snapshot has it, so the
+ *  next change set need not); one changed since is recorded in the current epoch. */
+async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[], captured: (Uint8Array | null)[], epoch: number): Promise<void> {
   for (let i = 0; i < entries.length && !b.isClosed; i += FLUSH_BATCH) {
-    const batch: Entry[] = [];
-    for (const e of entries.slice(i, i + FLUSH_BATCH)) {
+    const same: Entry[] = [];
+    const changed: Entry[] = [];
+    for (let j = i; j < Math.min(entries.length, i + FLUSH_BATCH); j++) {
+      const e = entries[j]!;
       if (e.dirty) {
         b.cache.markClean(e);
-        batch.push(e);
+        (e.bytes === captured[j] ? same : changed).push(e);
       }
     }
-    if (batch.length > 0) b.writeEntries(batch);
+    if (same.length > 0) b.writeEntries(same, epoch);
+    if (changed.length > 0) b.writeEntries(changed);
     await new Promise<void>((r) => setTimeout(r, 0));
   }
 }
