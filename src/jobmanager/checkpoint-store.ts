@@ -1,6 +1,7 @@
 // Checkpoint storage on the JobManager's side: one directory per checkpoint (<base>/<job>/chk-<id>), into which
 // every task writes its own files; the JobManager writes the checkpoint's _metadata file last and atomically,
-// so a directory without a valid _metadata is never restored. Keeps the last N completed checkpoints.
+// so a directory without a valid _metadata is never restored. Keeps the last N completed checkpoints, and of older
+// ones the files that retained (incremental) checkpoints still reference.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { TaskSnapshot } from "../rpc/messages.ts";
@@ -144,10 +145,68 @@ export class CheckpointStore {
     return null;
   }
 
+  /**
+   * Keeps the newest `retained` completed checkpoints. An older one loses its _metadata first (so it is never
+   * restored), then every file in its directory that no retained checkpoint references (incremental checkpoints
+   * reference files of earlier ones: the references are counted over the retained checkpoints' metadata); its
+   * directory goes once it is empty. Directories left over that way are swept again at every prune.
+   */
   private prune(): void {
     const completed = this.ids().filter((id) => fs.existsSync(path.join(this.dirOf(id), METADATA_FILE)));
-    for (const id of completed.slice(this.retained)) {
-      fs.rmSync(this.dirOf(id), { recursive: true, force: true });
+    const retained = completed.slice(0, this.retained);
+    if (retained.length === 0) return;
+    const oldestRetained = retained[retained.length - 1]!;
+    const refs = new Map<string, number>();
+    for (const id of retained) {
+      let meta: CheckpointMetadata;
+      try {
+        meta = readMetadata(path.join(this.dirOf(id), METADATA_FILE)).meta;
+      } catch (err) {
+        // Unreadable: we cannot know what it references, so delete nothing this time.
+        log.error("cannot read a retained checkpoint's metadata; keeping older files", { id, error: (err as Error).message });
+        return;
+      }
+      for (const f of referencedFiles(meta)) refs.set(f, (refs.get(f) ?? 0) + 1);
+    }
+    for (const id of this.ids()) {
+      if (id >= oldestRetained) continue;
+      const dir = this.dirOf(id);
+      fs.rmSync(path.join(dir, METADATA_FILE), { force: true });
+      removeUnreferenced(dir, refs);
     }
   }
+}
+
+/** Every state file a checkpoint's metadata references (absolute paths). */
+export function referencedFiles(meta: CheckpointMetadata): string[] {
+  const out: string[] = [];
+  for (const v of meta.vertices) {
+    for (const s of v.subtasks) {
+      for (const f of s?.keyed?.files ?? []) out.push(path.resolve(f));
+      for (const f of s?.operator?.files ?? []) out.push(path.resolve(f));
+    }
+  }
+  return out;
+}
+
+/** Removes the files under `dir` that `refs` does not hold, and the directories that end up empty. Returns
+ *  whether `dir` itself is gone. */
+function removeUnreferenced(dir: string, refs: Map<string, number>): boolean {
+  let names: fs.Dirent[];
+  try {
+    names = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return true;
+  }
+  let kept = 0;
+  for (const d of names) {
+    const p = path.resolve(dir, d.name);
+    if (d.isDirectory()) {
+      if (!removeUnreferenced(p, refs)) kept++;
+    } else if (refs.has(p)) kept++;
+    else fs.rmSync(p, { force: true });
+  }
+  if (kept > 0) return false;
+  fs.rmSync(dir, { recursive: true, force: true });
+  return true;
 }

@@ -174,6 +174,7 @@ export class StreamTask {
         keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
         dir: st.dir,
         cacheBytes: st.cacheBytes,
+        incremental: st.incremental ?? false,
         restoreFrom: d.restore?.keyed ?? [],
       });
     }
@@ -312,6 +313,7 @@ export class StreamTask {
         else this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir });
         break;
       case "checkpointComplete":
+        this.keyed?.notifyCheckpointComplete(msg.checkpointId);
         for (const op of this.operators) op.notifyCheckpointComplete?.(msg.checkpointId);
         break;
     }
@@ -333,7 +335,9 @@ export class StreamTask {
       for (const op of this.operators) op.snapshotState?.(checkpointId);
       if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
       fs.mkdirSync(taskDir, { recursive: true });
-      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir) : null, this.operatorState.snapshot(taskDir)]);
+      // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
+      const incremental = /^chk-\d+$/.test(path.basename(dir));
+      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir, { checkpointId, incremental }) : null, this.operatorState.snapshot(taskDir)]);
     } catch (err) {
       pending = Promise.reject(err);
     }

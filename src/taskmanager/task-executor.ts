@@ -78,6 +78,7 @@ export class TaskExecutor implements TaskManagerView {
       defaultBackend: config["state.backend"],
       baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
       cacheBytes: config["state.backend.sqlite.cache-size"],
+      incremental: config["state.backend.incremental"],
       memoryLimitBytes: config["taskmanager.task.memory-limit"],
       processLimitBytes: config["taskmanager.memory.process-limit"],
     };

@@ -14,6 +14,8 @@ export interface TaskStateOptions {
   /** Each task keeps its state files in <baseDir>/<job>/<vertex>-<subtask>. */
   baseDir: string;
   cacheBytes: number;
+  /** state.backend.incremental. */
+  incremental?: boolean;
   /** pipeline.auto-watermark-interval: the periodic watermark interval of jobs that do not set their own. */
   autoWatermarkIntervalMs?: number;
   /** taskmanager.task.memory-limit: bytes of heap the task's Worker may hold (0 = no limit); checked in the Worker. */
@@ -90,6 +92,7 @@ export class Task implements TaskEndpoint {
       backend: this.deployment.stateBackend ?? this.stateOptions.defaultBackend,
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
+      incremental: this.stateOptions.incremental ?? false,
     };
     this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0, counters: this.counters.buffer as SharedArrayBuffer });
     if (this.stateOptions.processLimitBytes) this.startWatchdog(this.stateOptions.processLimitBytes);
