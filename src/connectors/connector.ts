@@ -66,7 +66,8 @@ export interface ConnectorSink {
   readonly connector: string;
   /** Operator name shown in the job graph. */
   readonly name: string;
-  createWriter(ctx: OperatorContext): Operator;
+  /** sinkId: the operator's uid, or its node id: tells the sink's own external transactions from others' in the job. */
+  createWriter(ctx: OperatorContext, sinkId: string): Operator;
 }
 
 export function errorText(err: unknown): string {

@@ -288,7 +288,7 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
       };
     }
     case "connector":
-      return spec.connector.createWriter(ctx);
+      return spec.connector.createWriter(ctx, node.uid ?? String(node.id));
     case "textFile": {
       let file = spec.path;
       if (ctx.parallelism > 1) {
