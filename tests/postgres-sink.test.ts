@@ -4,7 +4,7 @@
 // is unreachable, refuses the password or has prepared transactions disabled.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
@@ -12,16 +12,8 @@ import { PostgresSink } from "../src/api/index.ts";
 import { preparedId } from "../src/connectors/postgres-sink.ts";
 import type { OperatorContext } from "../src/runtime/operators.ts";
 import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { freePort, PG_PASSWORD, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
+import { freePort, PG_PASSWORD, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
-const CLUSTER = [
-  "-D", "heartbeat.interval=200ms",
-  "-D", "heartbeat.timeout=2s",
-  "-D", "taskmanager.registration.max-backoff=200ms",
-  "-D", "restart-strategy.type=fixed-delay",
-  "-D", "restart-strategy.fixed-delay.attempts=20",
-  "-D", "restart-strategy.fixed-delay.delay=300ms",
-];
 const KEYS = 23;
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
@@ -38,18 +30,6 @@ afterAll(async () => {
   await stopPostgres(pg);
   removeTempDirs();
 });
-
-export async function startCluster(dir: string, taskManagers: number): Promise<{ rpc: RpcConnection; jm: Child; tms: Child[]; startTm: (id: string) => Child }> {
-  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  const tms = Array.from({ length: taskManagers }, (_, i) => startTm(`tm-${i}`));
-  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
-  clients.push(rpc);
-  return { rpc, jm, tms, startTm };
-}
 
 function runningTaskManagers(s: JobStatus): string[] {
   return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
@@ -91,6 +71,7 @@ describe("PostgreSQL sink (real server)", () => {
     await pg.sql`CREATE TABLE counts (k int NOT NULL, c int NOT NULL)`;
     const dir = tempDir("tm-pgsink-");
     const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
+    clients.push(rpc);
     const N = 30_000;
     // Keyed counts [k, 1..n_k]: the set of rows does not depend on how records interleave, so an exactly-once
     // run writes exactly {(k, c) : 1 <= c <= n_k}; a plain INSERT table shows every duplicate.

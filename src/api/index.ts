@@ -44,3 +44,4 @@ export {
 export { PostgresSink, type PostgresSinkOptions } from "../connectors/postgres-sink.ts";
 export type { PostgresConnectionOptions } from "../connectors/postgres-common.ts";
 export type { ConnectorSink, ConnectorSource, ConnectorSourceReader, ConnectorSplit, SourceReaderContext } from "../connectors/connector.ts";
+export { JetStreamSink, JetStreamSource, type JetStreamMessage, type JetStreamRecord, type JetStreamSinkOptions, type JetStreamSourceOptions } from "../connectors/nats-jetstream.ts";
