@@ -11,7 +11,8 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresSink } from "../src/api/index.ts";
 import { preparedId } from "../src/connectors/postgres-sink.ts";
 import type { OperatorContext } from "../src/runtime/operators.ts";
-import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
+import * as fs from "node:fs";
+import { BUN, Child, countWords, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { freePort, PG_PASSWORD, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
 const KEYS = 23;
@@ -180,6 +181,18 @@ describe("PostgreSQL sink (real server)", () => {
     const expected = await pg.sql`SELECT (x % 100)::int AS k, sum(x)::text AS v FROM generate_series(1, 20000) x GROUP BY 1 ORDER BY 1`;
     const got = await pg.sql`SELECT k, v::text AS v FROM latest ORDER BY k`;
     expect(got.map((r) => [r.k, r.v])).toEqual(expected.map((r) => [r.k, r.v]));
+  }, 60_000);
+
+  test("examples/postgres-sink.ts: the word counts of its input, exactly once through prepared transactions", async () => {
+    await pg.sql`CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL)`;
+    const r = Bun.spawnSync([BUN, "main.ts", "local", "-p", "2", "examples/postgres-sink.ts", pg.url], { cwd: path.resolve("."), stdout: "pipe", stderr: "pipe" });
+    expect(r.stderr.toString()).not.toMatch(/error/i);
+    expect(r.exitCode).toBe(0);
+    const expected = countWords(fs.readFileSync("examples/data/hamlet.txt", "utf8").toLowerCase());
+    const got = new Map((await pg.sql`SELECT word, n::int AS n FROM word_counts`).map((row) => [row.word as string, row.n as number]));
+    expect(got.size).toBe(expected.size);
+    for (const [w, n] of expected) expect([w, got.get(w)]).toEqual([w, n]);
+    expect((await pg.sql`SELECT gid FROM pg_prepared_xacts`).length).toBe(0);
   }, 60_000);
 
   test("clear errors: unreachable host, wrong password, unknown database, prepared transactions disabled", async () => {
