@@ -22,6 +22,7 @@ const LAYERS = [
   "network",
   "api",
   "nexmark",
+  "connectors",
   "api/index.ts",
   "runtime",
   "taskmanager",

@@ -7,7 +7,9 @@ export type SourceSpec =
   | { type: "textFile"; path: string }
   | { type: "sequence"; from: number; to: number }
   /** Nexmark events 0..events-1 (src/nexmark/generator.ts); throttle: also emit at ratePerSecond in wall-clock time. */
-  | { type: "nexmark"; events: number; seed: number; ratePerSecond: number; firstEventTime: number; throttle: boolean };
+  | { type: "nexmark"; events: number; seed: number; ratePerSecond: number; firstEventTime: number; throttle: boolean }
+  /** A connector to an external system (src/connectors/): its reader reads splits asynchronously. */
+  | { type: "connector"; connector: ConnectorSource };
 
 import type {
   AggregatingState,
@@ -21,6 +23,7 @@ import type {
   ValueState,
   ValueStateDescriptor,
 } from "../state/api.ts";
+import type { ConnectorSink, ConnectorSource } from "./connector.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
@@ -78,7 +81,9 @@ export type SinkSpec =
   | { type: "textFile"; path: string }
   | { type: "function"; fn: SinkFunction }
   /** Exactly-once files (two-phase commit on checkpoints): see src/runtime/file-sink.ts. */
-  | { type: "fileSink"; path: string };
+  | { type: "fileSink"; path: string }
+  /** A connector to an external system (src/connectors/): makes its own sink operator. */
+  | { type: "connector"; connector: ConnectorSink };
 
 export type PartitionSpec = "rebalance" | "rescale" | "broadcast" | "forward" | "custom";
 

@@ -224,6 +224,8 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
         finalCommit: () => sink.commitFinal(),
       };
     }
+    case "connector":
+      return spec.connector.createWriter(ctx, node.uid ?? String(node.id));
     case "textFile": {
       let file = spec.path;
       if (ctx.parallelism > 1) {

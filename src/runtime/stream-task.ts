@@ -20,6 +20,7 @@ import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
+import type { ConnectorSourceReader, ConnectorSplit } from "../api/connector.ts";
 
 type Post = (msg: FromWorker) => void;
 
@@ -64,6 +65,8 @@ export class StreamTask {
   private keyed: KeyedStateBackend | null = null;
   private operatorState!: OperatorStateStore;
   private sourceReader: SourceReader | null = null;
+  /** A connector source's reader (asynchronous polls) instead of sourceReader. */
+  private connectorReader: ConnectorSourceReader | null = null;
   /** Source tasks: checkpoints to inject after the current chunk. */
   private triggers: { checkpointId: number; timestamp: number; dir: string }[] = [];
   /** Non-source tasks: the barrier being aligned, and the channels that delivered it. */
@@ -202,9 +205,24 @@ export class StreamTask {
         if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
         this.sourceNode = n;
         // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
-        const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
-          ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism)
-          : initialSplits(n.source, d.subtaskIndex, d.parallelism);
+        const hasRestored = this.operatorState.stateNames().includes(SOURCE_SPLITS);
+        const restoredSplits = hasRestored ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism) : null;
+        if (n.source.type === "connector") {
+          const connector = n.source.connector;
+          if (restoredSplits?.some((s) => s.type !== "connector" || s.connector !== connector.connector)) {
+            throw new Error(`${n.name}: the restored checkpoint holds splits of another source than ${connector.connector}`);
+          }
+          this.connectorReader = connector.createReader({
+            subtaskIndex: d.subtaskIndex,
+            parallelism: d.parallelism,
+            jobId: d.jobId,
+            attempt: d.attempt,
+            restoredCheckpointId: d.restore?.checkpointId ?? 0,
+            restoredSplits: restoredSplits as ConnectorSplit[] | null,
+          });
+          break;
+        }
+        const restored = restoredSplits ?? initialSplits(n.source, d.subtaskIndex, d.parallelism);
         // Event time: splits take turns, so that each split's watermark advances with the others'.
         this.sourceReader = new SourceReader(n.source, restored, eventTime);
         break;
@@ -235,6 +253,7 @@ export class StreamTask {
     this.headWatermark = watermark;
     this.head = { process: out };
     for (const op of this.operators) await op.open?.();
+    await this.connectorReader?.open();
     const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
     if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
       this.timers.push(
@@ -266,20 +285,21 @@ export class StreamTask {
         this.valve.current = Infinity;
         this.headWatermark(Infinity);
       }
-      for (const op of this.operators) op.endInput?.();
+      for (const op of this.operators) await op.endInput?.();
       await Promise.all(this.writers.map((w) => w.finish()));
       // No external commit without the JobManager's word: a TaskManager cut off from it (a zombie whose attempt
       // was already replaced) must not commit the final transaction on its own.
       const committers = this.operators.filter((op) => op.hasFinalCommit?.());
       if (committers.length > 0) {
         await this.finalCommitApproval();
-        for (const op of committers) op.finalCommit!();
+        for (const op of committers) await op.finalCommit!();
       }
       this.time.switchTo("idle");
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
       for (const op of this.operators) op.dispose?.();
+      await this.connectorReader?.close().catch(() => {});
       await this.keyed?.close().catch(() => {});
     }
   }
@@ -314,7 +334,13 @@ export class StreamTask {
         break;
       case "checkpointComplete":
         this.keyed?.notifyCheckpointComplete(msg.checkpointId);
-        for (const op of this.operators) op.notifyCheckpointComplete?.(msg.checkpointId);
+        for (const op of this.operators) {
+          const done = op.notifyCheckpointComplete?.(msg.checkpointId);
+          if (done instanceof Promise) done.catch((err) => this.failAsync(err));
+        }
+        if (this.connectorReader?.notifyCheckpointComplete) {
+          Promise.resolve(this.connectorReader.notifyCheckpointComplete(msg.checkpointId)).catch((err) => this.failAsync(err));
+        }
         break;
     }
   }
@@ -329,15 +355,24 @@ export class StreamTask {
     this.lastCheckpointId = Math.max(this.lastCheckpointId, checkpointId);
     const d = this.d;
     const taskDir = path.join(dir, `${d.vertexId}-${d.subtaskIndex}`);
-    let pending: Promise<[Awaited<ReturnType<KeyedStateBackend["snapshot"]>> | null, Awaited<ReturnType<OperatorStateStore["snapshot"]>>]>;
+    let pending: Promise<[Awaited<ReturnType<KeyedStateBackend["snapshot"]>> | null, Awaited<ReturnType<OperatorStateStore["snapshot"]>>, unknown]>;
     try {
       this.flushOperators();
-      for (const op of this.operators) op.snapshotState?.(checkpointId);
+      // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
+      const preCommits: Promise<void>[] = [];
+      for (const op of this.operators) {
+        const p = op.snapshotState?.(checkpointId);
+        if (p instanceof Promise) preCommits.push(p);
+      }
       if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
+      if (this.connectorReader) {
+        this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.connectorReader.positions());
+        this.connectorReader.snapshotState?.(checkpointId);
+      }
       fs.mkdirSync(taskDir, { recursive: true });
       // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
       const incremental = /^chk-\d+$/.test(path.basename(dir));
-      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir, { checkpointId, incremental }) : null, this.operatorState.snapshot(taskDir)]);
+      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir, { checkpointId, incremental }) : null, this.operatorState.snapshot(taskDir), Promise.all(preCommits)]);
     } catch (err) {
       pending = Promise.reject(err);
     }
@@ -392,11 +427,25 @@ export class StreamTask {
       for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return true;
       return false;
     };
-    const reader = this.sourceReader!;
+    const reader: { next(): unknown[] | null | Promise<unknown[] | null>; activeSplitIds(): number[]; lastSplitId: number } = this.sourceReader ?? {
+      next: () => this.connectorReader!.poll(),
+      activeSplitIds: () => this.connectorReader!.activeSplitIds(),
+      get lastSplitId() {
+        return connector.lastSplitId;
+      },
+    };
+    const connector = this.connectorReader!;
     const splitAware = this.operators.filter((op): op is Operator & { onSourceSplit(id: number, active: readonly number[]): void } => "onSourceSplit" in op);
-    for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
+    for (;;) {
+      let chunk = reader.next();
+      if (chunk instanceof Promise) {
+        this.time.switchTo("idle");
+        chunk = await chunk;
+        this.time.switchTo("busy");
+      }
+      if (chunk === null) break;
       const eventTime = this.eventTime;
-      if (splitAware.length > 0) {
+      if (splitAware.length > 0 && chunk.length > 0) {
         const active = reader.activeSplitIds();
         for (const op of splitAware) op.onSourceSplit(reader.lastSplitId, active);
       }
@@ -497,6 +546,14 @@ export class StreamTask {
   /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
   private async afterBatch(): Promise<void> {
     this.publishCounters();
+    for (const op of this.operators) {
+      const ready = op.waitReady?.();
+      if (ready) {
+        this.time.switchTo("backPressured");
+        await ready;
+        this.time.switchTo("busy");
+      }
+    }
     for (const w of this.writers) {
       if (w.backpressured) {
         this.time.switchTo("backPressured");
