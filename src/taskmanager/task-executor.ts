@@ -5,7 +5,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
+import { connectRpc, type RpcConnection } from "../rpc/rpc-connection.ts";
+import type { FramedOptions } from "../rpc/framed-connection.ts";
 import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
