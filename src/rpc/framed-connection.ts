@@ -14,6 +14,13 @@ function ownBytes(body: unknown): unknown {
   return body;
 }
 
+/**
+ * Frames kept between the end of the handshake and the moment the owner sets its frame handler (a few microtasks,
+ * so only what came in the same TCP chunk as the handshake). A peer that pipelines more than this before it has its
+ * answer is not one of ours: its connection is closed.
+ */
+export const MAX_EARLY_FRAMES = 10_000;
+
 export interface FramedOptions {
   maxFrameBytes?: number;
   handshakeTimeoutMs?: number;
@@ -161,7 +168,11 @@ export class FramedConnection {
       try {
         if (this.peer === null) this.handshake.onFrame(body);
         else if (this.frameHandler) this.frameHandler(body);
-        else this.early.push(ownBytes(body));
+        else if (this.early.length < MAX_EARLY_FRAMES) this.early.push(ownBytes(body));
+        else {
+          this.close(new RpcError(`the peer sent more than ${MAX_EARLY_FRAMES} frames before its connection was set up`));
+          return;
+        }
       } catch (err) {
         // A handler that throws on a hostile frame costs that connection, never the process.
         this.close(new RpcError(`bad frame: ${(err as Error)?.message ?? String(err)}`));

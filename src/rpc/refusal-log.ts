@@ -10,6 +10,13 @@ import type { Logger } from "../util/log.ts";
  * while it happens, long enough that a flood of thousands a second costs one line per 10 s.
  */
 export const REFUSAL_SUMMARY_INTERVAL_MS = 10_000;
+/**
+ * Peer address and reason pairs summed up at once. Refusals from many addresses (a scan of a whole network, spoofed
+ * sources) beyond it are summed up together, as one line per interval, instead of one window each.
+ */
+export const MAX_REFUSAL_WINDOWS = 1024;
+/** The key of the window for the refusals beyond MAX_REFUSAL_WINDOWS. */
+const OTHERS = "\0others";
 
 export class RefusalLog {
   private readonly windows = new Map<string, { count: number; timer: ReturnType<typeof setTimeout>; msg: string; address: string; fields: Record<string, unknown> }>();
@@ -26,6 +33,15 @@ export class RefusalLog {
     const w = this.windows.get(key);
     if (w) {
       w.count++;
+      return;
+    }
+    if (this.windows.size >= MAX_REFUSAL_WINDOWS) {
+      const others = this.windows.get(OTHERS);
+      if (others) others.count++;
+      else {
+        this.open(OTHERS, "refused connections (from more addresses and reasons than are summed up one by one)", "many", {});
+        this.windows.get(OTHERS)!.count = 1;
+      }
       return;
     }
     this.log.warn(msg, { peer: `${address}:${socket?.remotePort}`, ...fields });

@@ -4,6 +4,19 @@ import type { FramedConnection, FramedOptions } from "./framed-connection.ts";
 import { connectFramed } from "./connect.ts";
 import { RpcError } from "./rpc-error.ts";
 
+/**
+ * Requests of the peer being served at once on one connection. Our own peers stay far below (a JobManager sends a
+ * TaskManager one request per task and checkpoint; a client waits for each answer); beyond it a request is answered
+ * with an error at once, so a peer that pipelines without waiting cannot make this side hold unbounded work.
+ */
+export const MAX_REQUESTS_SERVED = 1024;
+/**
+ * Our requests waiting for the peer's answer on one connection (each also has its time-out). A JobManager with many
+ * tasks on one TaskManager sends one per task at a checkpoint; far more means the peer stopped answering, and a new
+ * request fails at once instead of queueing behind the ones that wait.
+ */
+export const MAX_PENDING_REQUESTS = 8192;
+
 export type RequestHandler = (type: RequestType, payload: any, conn: RpcConnection) => unknown | Promise<unknown>;
 
 interface Pending {
@@ -59,6 +72,9 @@ export class RpcConnection {
 
   request<T extends RequestType>(type: T, payload: RpcRequests[T][0], timeoutMs = this.defaultTimeoutMs): Promise<RpcRequests[T][1]> {
     if (this.closed) return Promise.reject(new RpcError(`${type}: ${this.closeNotice ?? "connection is closed"}`));
+    if (this.pending.size >= MAX_PENDING_REQUESTS) {
+      return Promise.reject(new RpcError(`${type}: ${this.pending.size} requests already wait for an answer from ${this.framed.remoteAddress} (limit ${MAX_PENDING_REQUESTS})`));
+    }
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -108,6 +124,10 @@ export class RpcConnection {
     if (!REQUEST_TYPES.has(msg.t)) {
       this.framed.send({ t: "response", re: id, e: { message: `unknown message type ${JSON.stringify(msg.t)}` } });
       this.framed.close(new RpcError(`peer sent unknown message type ${JSON.stringify(msg.t)}`));
+      return;
+    }
+    if (this.serving >= MAX_REQUESTS_SERVED) {
+      this.framed.send({ t: "response", re: id, e: { message: `${msg.t}: busy: ${this.serving} requests of this connection are being served (limit ${MAX_REQUESTS_SERVED}); wait for answers before sending more` } });
       return;
     }
     this.serving++;
