@@ -38,7 +38,7 @@ test("requests beyond MAX_REQUESTS_SERVED at once are answered 'busy' at once; t
   const held = Array.from({ length: MAX_REQUESTS_SERVED }, () => client.request("jobStatus", { jobId: "x" }, 60_000));
   await waitFor("every held request being served", () => release.length === MAX_REQUESTS_SERVED, 20_000);
   await expect(client.request("jobStatus", { jobId: "x" }, 10_000)).rejects.toThrow(
-    `jobStatus: jobStatus: busy: ${MAX_REQUESTS_SERVED} requests of this connection are being served (limit ${MAX_REQUESTS_SERVED}); wait for answers before sending more`,
+    `jobStatus: busy: ${MAX_REQUESTS_SERVED} requests of this connection are being served (limit ${MAX_REQUESTS_SERVED}); wait for answers before sending more`,
   );
   for (const r of release.splice(0)) r();
   expect((await Promise.all(held)).length).toBe(MAX_REQUESTS_SERVED);

@@ -112,7 +112,11 @@ export class RpcConnection {
       if (!p) return; // late response after a timeout
       this.pending.delete(msg.re as number);
       clearTimeout(p.timer);
-      if (msg.e) p.reject(new RpcError(`${p.type}: ${msg.e.message ?? "remote error"}`));
+      if (msg.e) {
+        // Named once: a peer's error that already starts with the request type (a schema's, say) is not prefixed again.
+        const text = String(msg.e.message ?? "remote error");
+        p.reject(new RpcError(text.startsWith(`${p.type}: `) ? text : `${p.type}: ${text}`));
+      }
       else p.resolve(msg.p ?? {});
       return;
     }

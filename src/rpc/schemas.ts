@@ -161,6 +161,6 @@ export function parseRequest<T extends RequestType>(type: T, payload: unknown): 
   const issue = result.issues[0];
   const field = v.getDotPath(issue) ?? "payload";
   // A key that is not there: valibot reports the key as what it expected, and undefined as what it got.
-  if (issue.received === "undefined" && issue.kind === "schema" && issue.type === "object") throw new Error(`${type}: ${field}: missing`);
+  if (issue.received === "undefined" && issue.kind === "schema" && issue.type.endsWith("object")) throw new Error(`${type}: ${field}: missing`);
   throw new Error(`${type}: ${field}: expected ${expectedText(issue)}, got ${quoted(issue.received)}`);
 }
