@@ -4,7 +4,7 @@
 import { afterAll, afterEach, beforeAll } from "bun:test";
 import { connectClient } from "../src/client/job-client.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { TERMINAL_JOB_STATES } from "../src/rpc/messages.ts";
 
 type ClusterOptions = Parameters<typeof startLocalCluster>[0];

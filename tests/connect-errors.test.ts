@@ -2,7 +2,9 @@
 // runtime cannot tell a refusal from an unreachable host, and the peer's address still known after the close.
 import { expect, test } from "bun:test";
 import * as net from "node:net";
-import { boundPort, connectErrorText, connectFramed, listenFramed, type FramedConnection } from "../src/rpc/connection.ts";
+import { connectErrorText, connectFramed } from "../src/rpc/connect.ts";
+import type { FramedConnection } from "../src/rpc/framed-connection.ts";
+import { boundPort, listenFramed } from "../src/rpc/listen.ts";
 import { PROTOCOL_VERSION } from "../src/rpc/messages.ts";
 import { waitFor } from "./helpers.ts";
 

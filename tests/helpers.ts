@@ -6,7 +6,7 @@ import * as path from "node:path";
 import type { Subprocess } from "bun";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { FrameDecoder } from "../src/rpc/framing.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 

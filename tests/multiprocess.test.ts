@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { connectClient } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=100ms", "-D", "heartbeat.timeout=1s", "-D", "taskmanager.registration.max-backoff=200ms"];

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import * as path from "node:path";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresSink } from "../src/api/index.ts";
 import { preparedId } from "../src/connectors/postgres-sink.ts";

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import postgres from "postgres";
 import type { Subprocess } from "bun";
 import { connectClient } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, tempDir, waitFor } from "./helpers.ts";
 
 const CLUSTER = [

@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { referencedFiles, type CheckpointMetadata } from "../src/jobmanager/checkpoint-store.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 5000;

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, describeFailure, submitJob, waitForJob } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { NO_SECURITY } from "../src/rpc/security.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 

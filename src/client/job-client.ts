@@ -1,6 +1,7 @@
 // Client side of job submission: hands a prepared job to a JobManager and follows it to its end.
 import { defaultConfig, type Config } from "../config/index.ts";
-import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
+import { connectRpc, type RpcConnection } from "../rpc/rpc-connection.ts";
+import type { FramedOptions } from "../rpc/framed-connection.ts";
 import { PROTOCOL_VERSION, TERMINAL_JOB_STATES, type JobStatus } from "../rpc/messages.ts";
 import { securityFromConfig } from "../rpc/security.ts";
 import type { PreparedJob } from "./prepare-job.ts";
