@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { loadPlan } from "../api/load-plan.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
-import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
+import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { RecordWriter } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
@@ -14,8 +14,8 @@ import { receiveFromRing, RingSender } from "../network/local-channel.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator } from "./operators.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
-import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
-import { keyGroupRange } from "../state/key-groups.ts";
+import type { ListState } from "../state/index.ts";
+import { ChainState } from "./chain-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
@@ -61,8 +61,10 @@ export class StreamTask {
   /** Ports to local peer tasks that arrived before init() created the writers. */
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
 
-  private keyed: KeyedStateBackend | null = null;
-  private operatorState!: OperatorStateStore;
+  /** Keyed and operator state per chained operator, by operator id (chain-state.ts). */
+  private chainState: ChainState | null = null;
+  /** The source's split positions, in the source operator's state. */
+  private sourceSplits: ListState<SourceSplit> | null = null;
   private sourceReader: SourceReader | null = null;
   /** Source tasks: checkpoints to inject after the current chunk. */
   private triggers: { checkpointId: number; timestamp: number; dir: string }[] = [];
@@ -165,28 +167,13 @@ export class StreamTask {
     };
     let watermark: (wm: number) => void = (wm) => this.emitWatermark(wm);
     const idle = (b: boolean) => this.emitIdle(b);
-    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
-    if (keyedChain) {
-      const st = this.state;
-      this.keyed = await createKeyedStateBackend({
-        kind: st.backend,
-        maxParallelism: d.maxParallelism,
-        keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
-        dir: st.dir,
-        cacheBytes: st.cacheBytes,
-        restoreFrom: d.restore?.keyed ?? [],
-      });
-    }
-    this.operatorState = new OperatorStateStore(d.subtaskIndex, d.parallelism);
-    if (d.restore && d.restore.operator.length > 0) await this.operatorState.restore(d.restore.operator);
-    const ctx: OperatorContext = {
+    const chainState = (this.chainState = await ChainState.open(d, this.state, chain));
+    const baseCtx: Omit<OperatorContext, "keyed" | "operatorState"> = {
       subtaskIndex: d.subtaskIndex,
       parallelism: d.parallelism,
       taskName: taskDisplayName(d),
       runtimeMode: d.runtimeMode,
       node,
-      keyed: this.keyed,
-      operatorState: this.operatorState,
       jobId: d.jobId,
       attempt: d.attempt,
       restoredCheckpointId: d.restore?.checkpointId ?? 0,
@@ -197,12 +184,16 @@ export class StreamTask {
     const noop = () => {};
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
+      // Each operator sees its own state (restored by its operator id).
+      const ctx: OperatorContext = { ...baseCtx, keyed: chainState.keyedOf(n.id), operatorState: chainState.operatorStateOf(n.id) };
       if (n.kind === "source") {
         if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
         this.sourceNode = n;
         // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
-        const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
-          ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism)
+        const restoredSplits = ctx.operatorState.stateNames().includes(SOURCE_SPLITS);
+        this.sourceSplits = ctx.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS);
+        const restored = restoredSplits
+          ? assignSplits(splitForParallelism(this.sourceSplits.get(), d.parallelism), d.subtaskIndex, d.parallelism)
           : initialSplits(n.source, d.subtaskIndex, d.parallelism);
         // Event time: splits take turns, so that each split's watermark advances with the others'.
         this.sourceReader = new SourceReader(n.source, restored, eventTime);
@@ -279,7 +270,7 @@ export class StreamTask {
     } finally {
       for (const t of this.timers) clearInterval(t);
       for (const op of this.operators) op.dispose?.();
-      await this.keyed?.close().catch(() => {});
+      await this.chainState?.close();
     }
   }
 
@@ -327,20 +318,20 @@ export class StreamTask {
     this.lastCheckpointId = Math.max(this.lastCheckpointId, checkpointId);
     const d = this.d;
     const taskDir = path.join(dir, `${d.vertexId}-${d.subtaskIndex}`);
-    let pending: Promise<[Awaited<ReturnType<KeyedStateBackend["snapshot"]>> | null, Awaited<ReturnType<OperatorStateStore["snapshot"]>>]>;
+    let pending: Promise<TaskSnapshot>;
     try {
       this.flushOperators();
       for (const op of this.operators) op.snapshotState?.(checkpointId);
-      if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
+      if (this.sourceReader) this.sourceSplits!.update(this.sourceReader.positions());
       fs.mkdirSync(taskDir, { recursive: true });
-      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir) : null, this.operatorState.snapshot(taskDir)]);
+      pending = this.chainState!.snapshot(taskDir);
     } catch (err) {
       pending = Promise.reject(err);
     }
     const barrier = { type: "barrier" as const, checkpointId, timestamp, dir };
     for (const w of this.writers) w.broadcastEvent(barrier);
     pending.then(
-      ([keyed, operator]) => this.post({ type: "checkpointAck", checkpointId, snapshot: { keyed, operator } }),
+      (snapshot) => this.post({ type: "checkpointAck", checkpointId, snapshot }),
       (err: Error) => this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(d)}: ${err?.message ?? String(err)}` }),
     );
   }

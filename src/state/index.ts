@@ -11,8 +11,8 @@ export type { Clock, KeyedStateBackend } from "./keyed-backend.ts";
 export { HeapKeyedStateBackend } from "./heap-backend.ts";
 export { SqliteKeyedStateBackend, DEFAULT_CACHE_BYTES, DEFAULT_PAGE_CACHE_BYTES, type SqliteBackendOptions } from "./sqlite-backend.ts";
 export { OperatorStateStore, type RedistributionMode } from "./operator-state.ts";
-export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotStateMeta } from "./snapshot-format.ts";
-export { KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION } from "./snapshot-format.ts";
+export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotStateMeta, StateInfo } from "./snapshot-format.ts";
+export { KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION, keyedSnapshotStates, stateSizes } from "./snapshot-format.ts";
 export { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlValue } from "./sqlite-driver.ts";
 export { assignToKeyGroup, keyGroupRange, assignKeyToOperator, operatorIndexForKeyGroup } from "./key-groups.ts";
 
