@@ -45,7 +45,10 @@ function setup(opts: { timeoutMs?: number; retained?: number; running?: boolean;
   return { c, store, base, triggered, notified };
 }
 
-const snap = (n: number): TaskSnapshot => ({ keyed: null, operator: { type: "operator", formatVersion: 1, files: [`f${n}`], subtaskIndex: n, parallelism: 2, sizeBytes: 10 } });
+// Vertex 0's operator is "node-0", vertex 1's "node-1" (graphs built by hand get ids from their plan node ids).
+const snap = (n: number): TaskSnapshot => ({
+  operators: [{ operatorId: n < 2 ? "node-0" : "node-1", keyed: null, operator: { type: "operator", formatVersion: 1, files: [`f${n}`], subtaskIndex: n, parallelism: 2, sizeBytes: 10 }, states: [{ name: "s", scope: "operator", kind: "list", mode: "union" }] }],
+});
 
 describe("CheckpointCoordinator", () => {
   test("triggers only the source tasks; completes only when every task acknowledged; metadata last; notifies all", async () => {
@@ -62,8 +65,12 @@ describe("CheckpointCoordinator", () => {
     const r = await done;
     expect(r).toEqual({ path: path.join(dir, METADATA_FILE), checkpointId: 1 });
     const { meta } = readMetadata(dir);
-    expect(meta.vertices[0]!.subtasks.map((s) => s.operator!.subtaskIndex)).toEqual([0, 1]);
-    expect(meta.vertices[1]!.subtasks.length).toBe(1);
+    // State is stored per operator id, each with its subtasks in order.
+    expect(meta.operators.map((o) => o.id)).toEqual(["node-0", "node-1"]);
+    expect(meta.operators[0]!.subtasks.map((s) => s!.operator!.subtaskIndex)).toEqual([0, 1]);
+    expect(meta.operators[1]!.subtasks.length).toBe(1);
+    expect(meta.operators[0]!.states).toEqual([{ name: "s", scope: "operator", kind: "list", mode: "union" }]);
+    expect(meta.vertices.map((v) => v.operatorIds)).toEqual([["node-0"], ["node-1"]]);
     expect(notified.map(([e]) => e).sort()).toEqual(tasks.map((t) => t.executionId).sort());
     expect(c.completed).toBe(1);
     expect(c.latestCompleted()!.sizeBytes).toBe(30);
@@ -133,7 +140,7 @@ describe("CheckpointCoordinator", () => {
 describe("CheckpointStore metadata", () => {
   function completed(store: CheckpointStore, id: number) {
     const dir = store.prepare(id);
-    store.complete({ magic: "tm-checkpoint", version: 1, jobId: "job1", jobName: "g", checkpointId: id, timestamp: 0, savepoint: false, attempt: 0, maxParallelism: 128, vertices: [] }, dir);
+    store.complete({ magic: "tm-checkpoint", version: 2, jobId: "job1", jobName: "g", checkpointId: id, timestamp: 0, savepoint: false, attempt: 0, maxParallelism: 128, vertices: [], operators: [] }, dir);
     return path.join(dir, METADATA_FILE);
   }
 
@@ -153,7 +160,10 @@ describe("CheckpointStore metadata", () => {
     const f = completed(store, 2);
     fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(fs.readFileSync(f, "utf8")), version: 99 }));
     store.prepare(3); // in progress: no metadata yet
-    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has version 99; this build reads version 1`);
+    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has format version 99; this build reads format version 2`);
+    // Format version 1 (state per operator chain) is refused, saying what it is.
+    fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(fs.readFileSync(f, "utf8")), version: 1 }));
+    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has format version 1, which stored state per operator chain (before operator ids); this build restores format version 2 only`);
     expect(store.latest()!.meta.checkpointId).toBe(1);
     expect(() => readMetadata(path.join(store.jobDir, "missing"))).toThrow(/cannot read checkpoint metadata .*missing.*ENOENT/);
   });

@@ -37,7 +37,7 @@ function latestMetadata(jobDir: string): { id: number; meta: CheckpointMetadata 
   return null;
 }
 
-const chainLength = (meta: CheckpointMetadata) => Math.max(0, ...meta.vertices.flatMap((v) => v.subtasks.map((s) => s?.keyed?.files.length ?? 0)));
+const chainLength = (meta: CheckpointMetadata) => Math.max(0, ...meta.operators.flatMap((o) => o.subtasks.map((s) => s?.keyed?.files.length ?? 0)));
 
 test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored from a chain, output exactly once", async () => {
   const dir = tempDir("tm-incr-recovery-");

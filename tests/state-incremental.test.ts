@@ -224,7 +224,8 @@ function metadata(id: number, handles: { keyed: KeyedSnapshotHandle; operator: A
     savepoint: false,
     attempt: 0,
     maxParallelism: MAXP,
-    vertices: [{ id: 0, name: "v", parallelism: 1, subtasks: [handles] }],
+    vertices: [{ id: 0, name: "v", parallelism: 1, operatorIds: ["op"] }],
+    operators: [{ id: "op", uid: null, name: "v", parallelism: 1, subtasks: [handles], states: [] }],
   };
 }
 

@@ -154,6 +154,23 @@ export interface NodeDescription {
   partitioner?: PartitionSpec;
   sourceType?: SourceSpec["type"];
   sinkType?: SinkSpec["type"];
+  /** Keeps state a savepoint carries: a source (its positions), a keyed operator, a rich function (may use state). */
+  stateful?: boolean;
+  /** Runs on a keyed stream (its task has a keyed state backend for it). */
+  keyed?: boolean;
+}
+
+/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap on a keyed stream. */
+export function isKeyedOperator(n: PlanNode): boolean {
+  return n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined);
+}
+
+function isStateful(n: PlanNode): boolean {
+  if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window") return true;
+  // A rich function (an object with open) may register keyed or operator state in open().
+  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
+  if (n.kind === "sink" && n.sink.type === "function") return typeof n.sink.fn === "object" && typeof n.sink.fn.open === "function";
+  return false;
 }
 
 export function describePlan(plan: Plan): NodeDescription[] {
@@ -170,6 +187,8 @@ export function describePlan(plan: Plan): NodeDescription[] {
     if (n.kind === "partition") d.partitioner = n.partitioner;
     if (n.kind === "source") d.sourceType = n.source.type;
     if (n.kind === "sink") d.sinkType = n.sink.type;
+    if (isStateful(n)) d.stateful = true;
+    if (isKeyedOperator(n)) d.keyed = true;
     return d;
   });
 }

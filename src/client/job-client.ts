@@ -31,9 +31,24 @@ export async function connectClient(host: string, port: number, opts?: FramedOpt
   );
 }
 
-export async function submitJob(rpc: RpcConnection, job: PreparedJob & { fromSavepoint?: string }): Promise<string> {
-  const payload = { artifact: job.artifact, jobArgs: job.jobArgs, graph: job.graph, ...(job.fromSavepoint ? { fromSavepoint: job.fromSavepoint } : {}) };
-  const { jobId } = await rpc.request("submitJob", payload, 120_000);
+export interface SubmitOptions {
+  fromSavepoint?: string;
+  /** With fromSavepoint: drop state of operators the job does not have instead of refusing. */
+  allowNonRestoredState?: boolean;
+  /** Called with the JobManager's warnings (stateful operators without uid). */
+  onWarning?: (warning: string) => void;
+}
+
+export async function submitJob(rpc: RpcConnection, job: PreparedJob & SubmitOptions): Promise<string> {
+  const payload = {
+    artifact: job.artifact,
+    jobArgs: job.jobArgs,
+    graph: job.graph,
+    ...(job.fromSavepoint ? { fromSavepoint: job.fromSavepoint } : {}),
+    ...(job.allowNonRestoredState ? { allowNonRestoredState: true } : {}),
+  };
+  const { jobId, warnings } = await rpc.request("submitJob", payload, 120_000);
+  for (const w of warnings ?? []) job.onWarning?.(w);
   return jobId;
 }
 

@@ -4,21 +4,38 @@
 // ones the files that retained (incremental) checkpoints still reference.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { TaskSnapshot } from "../rpc/messages.ts";
+import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("checkpoints");
 
 export const METADATA_FILE = "_metadata";
 export const METADATA_MAGIC = "tm-checkpoint";
-export const METADATA_VERSION = 1;
+/**
+ * Version 2 stores state per operator id (`operators`); version 1 (before operator ids) stored it per operator
+ * chain and is refused with a message saying so: its state cannot be told apart by operator.
+ */
+export const METADATA_VERSION = 2;
 
+/** The job's chains at the time (for `savepoint info` and messages; restore goes by operator id). */
 export interface VertexSnapshot {
   id: number;
   name: string;
   parallelism: number;
-  /** One entry per subtask, in subtask order. */
-  subtasks: TaskSnapshot[];
+  /** Operator ids chained into it, head first. */
+  operatorIds: string[];
+}
+
+/** What one operator (by its id) wrote in a checkpoint, over all its subtasks. */
+export interface OperatorSnapshot {
+  id: string;
+  uid: string | null;
+  name: string;
+  parallelism: number;
+  /** Per subtask, in subtask order (null: that subtask had nothing). */
+  subtasks: ({ keyed: KeyedSnapshotHandle | null; operator: OperatorSnapshotHandle | null } | null)[];
+  /** Its states (names, kinds), over all subtasks. */
+  states: StateInfo[];
 }
 
 export interface CheckpointMetadata {
@@ -33,6 +50,8 @@ export interface CheckpointMetadata {
   attempt: number;
   maxParallelism: number;
   vertices: VertexSnapshot[];
+  /** Every operator with state, by operator id. */
+  operators: OperatorSnapshot[];
 }
 
 export class CheckpointMetadataError extends Error {
@@ -55,11 +74,16 @@ export function readMetadata(file: string): { meta: CheckpointMetadata; path: st
     throw new CheckpointMetadataError(`checkpoint metadata ${file} is truncated or corrupt (${text.length} bytes, not valid JSON)`);
   }
   if (meta?.magic !== METADATA_MAGIC) throw new CheckpointMetadataError(`${file} is not a checkpoint metadata file`);
-  if (meta.version !== METADATA_VERSION) {
-    throw new CheckpointMetadataError(`checkpoint metadata ${file} has version ${JSON.stringify(meta.version)}; this build reads version ${METADATA_VERSION}`);
+  if (meta.version === 1) {
+    throw new CheckpointMetadataError(
+      `checkpoint metadata ${file} has format version 1, which stored state per operator chain (before operator ids); this build restores format version ${METADATA_VERSION} only (state per operator id). Restore it with the build that wrote it, or start the job without it`,
+    );
   }
-  if (!Number.isInteger(meta.checkpointId) || !Array.isArray(meta.vertices) || !Number.isInteger(meta.maxParallelism)) {
-    throw new CheckpointMetadataError(`checkpoint metadata ${file} is incomplete (checkpointId, maxParallelism or vertices missing)`);
+  if (meta.version !== METADATA_VERSION) {
+    throw new CheckpointMetadataError(`checkpoint metadata ${file} has format version ${JSON.stringify(meta.version)}; this build reads format version ${METADATA_VERSION}`);
+  }
+  if (!Number.isInteger(meta.checkpointId) || !Array.isArray(meta.vertices) || !Array.isArray(meta.operators) || !Number.isInteger(meta.maxParallelism)) {
+    throw new CheckpointMetadataError(`checkpoint metadata ${file} is incomplete (checkpointId, maxParallelism, vertices or operators missing)`);
   }
   return { meta: meta as CheckpointMetadata, path: file };
 }
@@ -180,8 +204,8 @@ export class CheckpointStore {
 /** Every state file a checkpoint's metadata references (absolute paths). */
 export function referencedFiles(meta: CheckpointMetadata): string[] {
   const out: string[] = [];
-  for (const v of meta.vertices) {
-    for (const s of v.subtasks) {
+  for (const o of meta.operators) {
+    for (const s of o.subtasks) {
       for (const f of s?.keyed?.files ?? []) out.push(path.resolve(f));
       for (const f of s?.operator?.files ?? []) out.push(path.resolve(f));
     }

@@ -5,7 +5,7 @@ import * as path from "node:path";
 import type * as net from "node:net";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import type { JobGraph } from "../graph/job-graph.ts";
+import { operatorsOf, type JobGraph } from "../graph/job-graph.ts";
 import { boundPort, listenFramed } from "../rpc/listen.ts";
 import { RpcConnection } from "../rpc/rpc-connection.ts";
 import { securityFromConfig } from "../rpc/security.ts";
@@ -189,18 +189,19 @@ export class JobManager {
     }
   }
 
-  private submitJob(p: SubmitJob): { jobId: string } {
+  private submitJob(p: SubmitJob): { jobId: string; warnings?: string[] } {
     if (p.artifact.length === 0) throw new Error("submitJob: artifact: expected non-empty bytes, got 0 bytes");
     validateGraph(p.graph);
     const active = [...this.jobs.values()].filter((j) => !TERMINAL_JOB_STATES.has(j.state)).length;
     if (active >= MAX_ACTIVE_JOBS) throw new Error(`submitJob: ${active} jobs have not ended (limit ${MAX_ACTIVE_JOBS}): cancel some, or wait for them to end`);
     const hash = this.blobs.put(p.artifact);
     const jobId = randomBytes(16).toString("hex");
-    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint), (j) => this.retire(j));
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint, p.allowNonRestoredState === true), (j) => this.retire(j));
     this.jobs.set(jobId, job);
-    log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length });
+    const warnings = uidWarnings(p.graph);
+    log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length, ...(warnings.length > 0 ? { warning: warnings.join(" ") } : {}) });
     void job.run();
-    return { jobId };
+    return { jobId, ...(warnings.length > 0 ? { warnings } : {}) };
   }
 
   /**
@@ -257,7 +258,7 @@ export class JobManager {
   }
 
   /** The job's settings from the cluster's config, overridden by what the job itself chose. */
-  private jobOptions(graph: JobGraph, fromSavepoint: unknown): JobMasterOptions {
+  private jobOptions(graph: JobGraph, fromSavepoint: unknown, allowNonRestoredState: boolean): JobMasterOptions {
     const c = this.config;
     const interval = graph.checkpointInterval || c["execution.checkpointing.interval"];
     let type = c["restart-strategy.type"];
@@ -274,10 +275,11 @@ export class JobManager {
               multiplier: c["restart-strategy.exponential-delay.backoff-multiplier"],
             }
           : { type: "none" };
-    let initialRestore = null;
+    let initialRestore: JobMasterOptions["initialRestore"] = null;
     if (fromSavepoint !== undefined && fromSavepoint !== null && fromSavepoint !== "") {
       if (typeof fromSavepoint !== "string") throw new Error("submitJob: fromSavepoint must be a path");
-      initialRestore = readMetadata(fromSavepoint); // throws naming the path when missing, truncated or of another version
+      // Throws naming the path when missing, truncated or of another format version.
+      initialRestore = { ...readMetadata(fromSavepoint), allowNonRestoredState };
     }
     return {
       slotTimeoutMs: c["jobmanager.slot-request.timeout"],
@@ -313,6 +315,17 @@ export class JobManager {
   }
 }
 
+/** Stateful operators without a uid: their state is stored under an id derived from their place in the graph. */
+function uidWarnings(g: JobGraph): string[] {
+  const noUid = g.vertices.flatMap((v) => operatorsOf(v)).filter((o) => o.stateful && o.uid === null);
+  if (noUid.length === 0) return [];
+  return [
+    `${noUid.length === 1 ? "a stateful operator has" : `${noUid.length} stateful operators have`} no uid: ${noUid.map((o) => `"${o.name}"`).join(", ")}. ` +
+      `Their state is stored under an id derived from their position in the graph, which changes when operators are added, removed or reordered before them; ` +
+      `set .uid("...") on each so that a savepoint still restores into them after the job changes`,
+  ];
+}
+
 function validateGraph(g: JobGraph): void {
   const bad = (what: string) => new Error(`submitJob: invalid job graph: ${what}`);
   if (typeof g !== "object" || g === null) throw bad("not an object");
@@ -324,6 +337,12 @@ function validateGraph(g: JobGraph): void {
     if (v.id !== i) throw bad(`vertex ${i} has id ${v.id}`);
     if (!Number.isInteger(v.parallelism) || v.parallelism < 1 || v.parallelism > g.maxParallelism) throw bad(`vertex ${i} has parallelism ${v.parallelism}`);
     if (!Array.isArray(v.operatorIds) || v.operatorIds.length === 0) throw bad(`vertex ${i} has no operators`);
+    if (v.operators !== undefined) {
+      if (!Array.isArray(v.operators) || v.operators.length !== v.operatorIds.length) throw bad(`vertex ${i} has ${v.operatorIds.length} operators but ${Array.isArray(v.operators) ? v.operators.length : "no"} operator ids`);
+      v.operators.forEach((o, j) => {
+        if (typeof o?.id !== "string" || o.id.length === 0 || o.nodeId !== v.operatorIds[j]) throw bad(`vertex ${i} operator ${j} has no operator id or a wrong node`);
+      });
+    }
   });
   for (const e of g.edges) {
     if (!g.vertices[e.source] || !g.vertices[e.target]) throw bad(`edge ${e.id} joins unknown vertices`);

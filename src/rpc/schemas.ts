@@ -47,11 +47,20 @@ const TASK_METRICS = obj({
 /** Snapshot handles are the state layer's business: here only "an object" (the state layer checks them on restore). */
 const KEYED_HANDLE = v.custom<KeyedSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");
 const OPERATOR_HANDLE = v.custom<OperatorSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");
+const STATE_INFO = obj({
+  name: str,
+  scope: v.picklist(["keyed", "operator"]),
+  kind: v.picklist(["value", "list", "map", "reducing", "aggregating", "broadcast"]),
+  mode: v.optional(v.picklist(["split", "union"])),
+  ttlMs: v.optional(v.nullable(num)),
+});
+/** A chained operator's state identity (its id: uid or a hash of its place in the graph). */
+const OPERATOR_INFO = obj({ nodeId: int, id: str, uid: v.nullable(str), name: str, stateful: v.boolean(), keyed: v.boolean() });
 const CHANNEL_TARGET = { resourceId: str, dataHost: str, dataPort: port };
 
 const JOB_GRAPH = obj({
   name: str,
-  vertices: v.array(obj({ id: int, name: str, operatorIds: v.array(int), parallelism: int, isSource: v.boolean() })),
+  vertices: v.array(obj({ id: int, name: str, operatorIds: v.array(int), operators: v.optional(v.array(OPERATOR_INFO)), parallelism: int, isSource: v.boolean() })),
   edges: v.array(obj({ id: int, source: int, target: int, partitioner: PARTITIONER, keyNodeId: v.optional(int) })),
   maxParallelism: int,
   runtimeMode: RUNTIME_MODE,
@@ -83,7 +92,8 @@ const TASK_DEPLOYMENT = obj({
   stateBackend: STATE_BACKEND,
   attempt: nonNegInt,
   checkpointingMode: CHECKPOINTING_MODE,
-  restore: v.nullable(obj({ checkpointId: int, path: str, keyed: v.array(KEYED_HANDLE), operator: v.array(OPERATOR_HANDLE) })),
+  operators: v.optional(v.array(OPERATOR_INFO)),
+  restore: v.nullable(obj({ checkpointId: int, path: str, operators: v.record(str, obj({ keyed: v.array(KEYED_HANDLE), operator: v.array(OPERATOR_HANDLE) })) })),
 });
 
 /** Requests without a payload: whatever the peer put there is dropped. */
@@ -118,10 +128,10 @@ export const REQUEST_SCHEMAS = {
   releaseJob: JOB_ID,
   triggerCheckpoint: obj({ ...CHECKPOINT_REF, timestamp: num, dir: str }),
   notifyCheckpointComplete: obj(CHECKPOINT_REF),
-  acknowledgeCheckpoint: obj({ ...CHECKPOINT_REF, snapshot: v.optional(obj({ keyed: v.nullable(KEYED_HANDLE), operator: v.nullable(OPERATOR_HANDLE) }), () => ({ keyed: null, operator: null })) }),
+  acknowledgeCheckpoint: obj({ ...CHECKPOINT_REF, snapshot: v.optional(obj({ operators: v.array(obj({ operatorId: str, keyed: v.nullable(KEYED_HANDLE), operator: v.nullable(OPERATOR_HANDLE), states: v.array(STATE_INFO) })) }), () => ({ operators: [] })) }),
   declineCheckpoint: obj({ ...CHECKPOINT_REF, reason: v.optional(str, "declined") }),
   triggerSavepoint: obj({ jobId: str, dir: v.optional(str), cancel: v.optional(v.boolean()) }),
-  submitJob: obj({ artifact: v.instance(Uint8Array), jobArgs: v.array(str), graph: JOB_GRAPH, fromSavepoint: v.optional(str) }),
+  submitJob: obj({ artifact: v.instance(Uint8Array), jobArgs: v.array(str), graph: JOB_GRAPH, fromSavepoint: v.optional(str), allowNonRestoredState: v.optional(v.boolean()) }),
   jobStatus: JOB_ID,
   cancelJob: JOB_ID,
   listJobs: EMPTY,

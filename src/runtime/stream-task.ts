@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { loadPlan } from "../api/load-plan.ts";
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
-import type { ErrorInfo, TaskDeployment, TaskMetrics } from "../rpc/messages.ts";
+import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { RecordWriter } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
@@ -14,8 +14,8 @@ import { receiveFromRing, RingSender } from "../network/local-channel.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator } from "./operators.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
-import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
-import { keyGroupRange } from "../state/key-groups.ts";
+import type { ListState } from "../state/index.ts";
+import { ChainState } from "./chain-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
@@ -62,8 +62,10 @@ export class StreamTask {
   /** Ports to local peer tasks that arrived before init() created the writers. */
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
 
-  private keyed: KeyedStateBackend | null = null;
-  private operatorState!: OperatorStateStore;
+  /** Keyed and operator state per chained operator, by operator id (chain-state.ts). */
+  private chainState: ChainState | null = null;
+  /** The source's split positions, in the source operator's state. */
+  private sourceSplits: ListState<SourceSplit> | null = null;
   private sourceReader: SourceReader | null = null;
   /** A connector source's reader (asynchronous polls) instead of sourceReader. */
   private connectorReader: ConnectorSourceReader | null = null;
@@ -168,29 +170,13 @@ export class StreamTask {
     };
     let watermark: (wm: number) => void = (wm) => this.emitWatermark(wm);
     const idle = (b: boolean) => this.emitIdle(b);
-    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
-    if (keyedChain) {
-      const st = this.state;
-      this.keyed = await createKeyedStateBackend({
-        kind: st.backend,
-        maxParallelism: d.maxParallelism,
-        keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
-        dir: st.dir,
-        cacheBytes: st.cacheBytes,
-        incremental: st.incremental ?? false,
-        restoreFrom: d.restore?.keyed ?? [],
-      });
-    }
-    this.operatorState = new OperatorStateStore(d.subtaskIndex, d.parallelism);
-    if (d.restore && d.restore.operator.length > 0) await this.operatorState.restore(d.restore.operator);
-    const ctx: OperatorContext = {
+    const chainState = (this.chainState = await ChainState.open(d, this.state, chain));
+    const baseCtx: Omit<OperatorContext, "keyed" | "operatorState"> = {
       subtaskIndex: d.subtaskIndex,
       parallelism: d.parallelism,
       taskName: taskDisplayName(d),
       runtimeMode: d.runtimeMode,
       node,
-      keyed: this.keyed,
-      operatorState: this.operatorState,
       jobId: d.jobId,
       attempt: d.attempt,
       restoredCheckpointId: d.restore?.checkpointId ?? 0,
@@ -201,12 +187,15 @@ export class StreamTask {
     const noop = () => {};
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
+      // Each operator sees its own state (restored by its operator id).
+      const ctx: OperatorContext = { ...baseCtx, keyed: chainState.keyedOf(n.id), operatorState: chainState.operatorStateOf(n.id) };
       if (n.kind === "source") {
         if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
         this.sourceNode = n;
         // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
-        const hasRestored = this.operatorState.stateNames().includes(SOURCE_SPLITS);
-        const restoredSplits = hasRestored ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism) : null;
+        const hasRestored = ctx.operatorState.stateNames().includes(SOURCE_SPLITS);
+        this.sourceSplits = ctx.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS);
+        const restoredSplits = hasRestored ? assignSplits(splitForParallelism(this.sourceSplits.get(), d.parallelism), d.subtaskIndex, d.parallelism) : null;
         if (n.source.type === "connector") {
           const connector = n.source.connector;
           if (restoredSplits?.some((s) => s.type !== "connector" || s.connector !== connector.connector)) {
@@ -300,7 +289,7 @@ export class StreamTask {
       for (const t of this.timers) clearInterval(t);
       for (const op of this.operators) op.dispose?.();
       await this.connectorReader?.close().catch(() => {});
-      await this.keyed?.close().catch(() => {});
+      await this.chainState?.close();
     }
   }
 
@@ -333,7 +322,7 @@ export class StreamTask {
         else this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir });
         break;
       case "checkpointComplete":
-        this.keyed?.notifyCheckpointComplete(msg.checkpointId);
+        this.chainState?.notifyCheckpointComplete(msg.checkpointId);
         for (const op of this.operators) {
           const done = op.notifyCheckpointComplete?.(msg.checkpointId);
           if (done instanceof Promise) done.catch((err) => this.failAsync(err));
@@ -355,7 +344,7 @@ export class StreamTask {
     this.lastCheckpointId = Math.max(this.lastCheckpointId, checkpointId);
     const d = this.d;
     const taskDir = path.join(dir, `${d.vertexId}-${d.subtaskIndex}`);
-    let pending: Promise<[Awaited<ReturnType<KeyedStateBackend["snapshot"]>> | null, Awaited<ReturnType<OperatorStateStore["snapshot"]>>, unknown]>;
+    let pending: Promise<[TaskSnapshot, unknown]>;
     try {
       this.flushOperators();
       // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
@@ -364,22 +353,22 @@ export class StreamTask {
         const p = op.snapshotState?.(checkpointId);
         if (p instanceof Promise) preCommits.push(p);
       }
-      if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
+      if (this.sourceReader) this.sourceSplits!.update(this.sourceReader.positions());
       if (this.connectorReader) {
-        this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.connectorReader.positions());
+        this.sourceSplits!.update(this.connectorReader.positions());
         this.connectorReader.snapshotState?.(checkpointId);
       }
       fs.mkdirSync(taskDir, { recursive: true });
       // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
       const incremental = /^chk-\d+$/.test(path.basename(dir));
-      pending = Promise.all([this.keyed ? this.keyed.snapshot(taskDir, { checkpointId, incremental }) : null, this.operatorState.snapshot(taskDir), Promise.all(preCommits)]);
+      pending = Promise.all([this.chainState!.snapshot(taskDir, { checkpointId, incremental }), Promise.all(preCommits)]);
     } catch (err) {
       pending = Promise.reject(err);
     }
     const barrier = { type: "barrier" as const, checkpointId, timestamp, dir };
     for (const w of this.writers) w.broadcastEvent(barrier);
     pending.then(
-      ([keyed, operator]) => this.post({ type: "checkpointAck", checkpointId, snapshot: { keyed, operator } }),
+      ([snapshot]) => this.post({ type: "checkpointAck", checkpointId, snapshot }),
       (err: Error) => this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(d)}: ${err?.message ?? String(err)}` }),
     );
   }

@@ -12,8 +12,8 @@ export { HeapKeyedStateBackend } from "./heap-backend.ts";
 export { SqliteKeyedStateBackend, DEFAULT_CACHE_BYTES, DEFAULT_PAGE_CACHE_BYTES, sqliteMemory, type SqliteBackendOptions } from "./sqlite-backend.ts";
 export { MAX_CHANGE_SETS } from "./sqlite-snapshot.ts";
 export { OperatorStateStore, type RedistributionMode } from "./operator-state.ts";
-export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotOptions, SnapshotStateMeta } from "./snapshot-format.ts";
-export { KEYED_CHANGESET_VERSION, KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION } from "./snapshot-format.ts";
+export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotOptions, SnapshotStateMeta, StateInfo } from "./snapshot-format.ts";
+export { KEYED_CHANGESET_VERSION, KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION, keyedSnapshotStates, stateSizes } from "./snapshot-format.ts";
 export { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlValue } from "./sqlite-driver.ts";
 export { assignToKeyGroup, keyGroupRange, assignKeyToOperator, operatorIndexForKeyGroup } from "./key-groups.ts";
 

@@ -392,3 +392,62 @@ export async function readOperatorSnapshot(file: string): Promise<OperatorSnapsh
 export function fileSize(file: string): number {
   return fs.statSync(file).size;
 }
+
+// ---- What a snapshot holds, for checkpoint metadata and `savepoint info` ----
+
+/** One state of an operator: keyed (by kind) or operator state (list with its redistribution mode, or broadcast). */
+export interface StateInfo {
+  name: string;
+  scope: "keyed" | "operator";
+  kind: StateKind | "broadcast";
+  /** Operator list state: how it is redistributed on restore. */
+  mode?: "split" | "union";
+  /** Keyed state: its TTL, or null without. */
+  ttlMs?: number | null;
+}
+
+/** The states of a keyed snapshot, from its files' headers (the data is not read). */
+export async function keyedSnapshotStates(h: KeyedSnapshotHandle): Promise<StateInfo[]> {
+  const out = new Map<string, StateInfo>();
+  for (const f of h.files) {
+    const r = await KeyedSnapshotReader.open(f);
+    try {
+      for (const s of r.header.states) if (!out.has(s.name)) out.set(s.name, { name: s.name, scope: "keyed", kind: s.kind, ttlMs: s.ttlMs });
+    } finally {
+      await r.close();
+    }
+  }
+  return [...out.values()];
+}
+
+/** Bytes and entries (keys, or list elements, or map entries) per state name of a set of snapshots. */
+export async function stateSizes(keyed: readonly KeyedSnapshotHandle[], operator: readonly OperatorSnapshotHandle[]): Promise<Map<string, { bytes: number; entries: number }>> {
+  const sizes = new Map<string, { bytes: number; entries: number }>();
+  const add = (name: string, bytes: number, entries: number) => {
+    const s = sizes.get(name) ?? { bytes: 0, entries: 0 };
+    s.bytes += bytes;
+    s.entries += entries;
+    sizes.set(name, s);
+  };
+  for (const h of keyed) {
+    for (const f of h.files) {
+      const r = await KeyedSnapshotReader.open(f);
+      try {
+        for (const kg of r.blocks.keys()) {
+          const block = await r.readBlock(kg);
+          if (block) r.forEachEntry(kg, block, (s, key, uk, value) => add(r.header.states[s]!.name, key.length + (uk?.length ?? 0) + (value?.length ?? 0), 1));
+        }
+      } finally {
+        await r.close();
+      }
+    }
+  }
+  for (const h of operator) {
+    for (const f of h.files) {
+      const p = await readOperatorSnapshot(f);
+      for (const l of p.lists) add(l.name, encode(l.elements).length, l.elements.length);
+      for (const b of p.broadcast) add(b.name, encode(b.entries).length, b.entries.length);
+    }
+  }
+  return sizes;
+}
