@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { receiveFromRing, RingSender } from "../src/network/local-channel.ts";
+import { receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { ShuffleEnvironment, type TaskEndpoint } from "../src/network/shuffle-environment.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";

@@ -9,16 +9,34 @@ export class LocalBufferPool {
   private waiters: (() => void)[] = [];
 
   constructor(
-    readonly size: number,
+    private _size: number,
     readonly segmentSize: number,
     private readonly maxOverdraft: number,
   ) {}
+
+  /** Buffers of the pool (overdraft aside): changed by resize() when the TaskManager redistributes its buffers. */
+  get size(): number {
+    return this._size;
+  }
+
+  /**
+   * New size: a larger pool creates more buffers as they are needed; a smaller one drops its free buffers down to
+   * the new size at once and the others as they come back.
+   */
+  resize(size: number): void {
+    this._size = size;
+    while (this.created > this._size && this.free.length > 0) {
+      this.free.pop();
+      this.created--;
+    }
+    for (const w of this.waiters.splice(0)) w();
+  }
 
   /** A free buffer, or null when the pool (and its overdraft) is exhausted. */
   request(): ArrayBuffer | null {
     const b = this.free.pop();
     if (b) return b;
-    if (this.created < this.size) {
+    if (this.created < this._size) {
       this.created++;
       return new ArrayBuffer(this.segmentSize);
     }
@@ -31,13 +49,14 @@ export class LocalBufferPool {
 
   recycle(buf: ArrayBuffer): void {
     if (this.overdraftUsed > 0) this.overdraftUsed--; // overdraft buffers are dropped first
+    else if (this.created > this._size) this.created--; // the pool shrank: dropped, not pooled
     else this.free.push(buf);
     for (const w of this.waiters.splice(0)) w(); // waiters re-check their condition
   }
 
   /** A buffer can be had without overdraft. */
   get available(): boolean {
-    return this.overdraftUsed === 0 && (this.free.length > 0 || this.created < this.size);
+    return this.overdraftUsed === 0 && (this.free.length > 0 || this.created < this._size);
   }
 
   /** Buffers out of the pool (in builders, in flight, at consumers). */

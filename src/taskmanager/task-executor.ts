@@ -10,6 +10,7 @@ import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
   type ErrorInfo,
+  type NetworkStats,
   type ProcessStats,
   type RegisterTaskManagerReply,
   type RequestType,
@@ -19,6 +20,7 @@ import {
   type TaskState,
 } from "../rpc/messages.ts";
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
+import { networkSizing, type NetworkSizing } from "../network/buffer-budget.ts";
 import { createLogger, recentLogLines } from "../util/log.ts";
 import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
@@ -61,9 +63,13 @@ export class TaskExecutor implements TaskManagerView {
 
   constructor(private readonly config: Config) {
     this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
+    // Throws on contradictory memory keys (min > max), like any other configuration error, before anything starts.
+    this.networkSizing = networkSizing(config, os.totalmem());
     this.shuffle = new ShuffleEnvironment(this.resourceId, {
       segmentSize: config["taskmanager.memory.segment-size"],
-      totalBuffers: config["taskmanager.network.numberOfBuffers"],
+      totalBuffers: this.networkSizing.totalBuffers,
+      slots: config["taskmanager.numberOfTaskSlots"],
+      raiseHint: this.networkSizing.raiseHint,
       buffersPerChannel: config["taskmanager.network.memory.buffers-per-channel"],
       floatingBuffersPerGate: config["taskmanager.network.memory.floating-buffers-per-gate"],
       maxOverdraftBuffers: config["taskmanager.network.memory.max-overdraft-buffers-per-gate"],
@@ -97,6 +103,7 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   private readonly rpcOptions: FramedOptions;
+  private readonly networkSizing: NetworkSizing;
 
   get registered(): boolean {
     return this.registration !== null;
@@ -106,6 +113,7 @@ export class TaskExecutor implements TaskManagerView {
   async start(): Promise<void> {
     this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
     log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
+    log.info("network memory", { buffers: this.networkSizing.totalBuffers, segmentSize: this.config["taskmanager.memory.segment-size"], from: this.networkSizing.source });
     try {
       const onError = (err: Error) => log.error("metrics request failed", { error: err.message });
       // HTTPS with security.ssl.enabled (the certificate and key of the RPC and data ports).
@@ -179,15 +187,22 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   taskViews(): TaskView[] {
-    return [...this.tasks.values()].map((t) => ({ deployment: t.deployment, state: t.state, metrics: t.metrics }));
+    return [...this.tasks.values()].map((t) => ({ deployment: t.deployment, state: t.state, metrics: t.metrics, buffers: this.shuffle.taskBuffers(t) }));
   }
 
   slotUsage(): { total: number; used: number } {
     return { total: this.slots.length, used: this.slots.filter((j) => j !== null).length };
   }
 
-  networkBuffers(): { total: number; available: number } {
-    return { total: this.shuffle.options.totalBuffers, available: this.shuffle.availableBuffers };
+  networkBuffers(): { total: number; available: number; requiredInUse: number; optionalInUse: number } {
+    const r = this.shuffle.report();
+    return { total: r.total, available: r.free, requiredInUse: r.requiredInUse, optionalInUse: r.optionalInUse };
+  }
+
+  /** How the network buffers are split among the tasks (the JobManager's TaskManager page). */
+  networkStats(): NetworkStats {
+    const r = this.shuffle.report();
+    return { sizing: this.networkSizing.source, segmentSize: r.segmentSize, requiredInUse: r.requiredInUse, optionalInUse: r.optionalInUse, tasks: r.tasks };
   }
 
   /**
@@ -338,7 +353,7 @@ export class TaskExecutor implements TaskManagerView {
   private processStats(): ProcessStats {
     const mem = process.memoryUsage();
     const buffers = this.networkBuffers();
-    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available };
+    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available, network: this.networkStats() };
   }
 
   private slotReport(): SlotStatus[] {
