@@ -411,11 +411,31 @@ export class TaskExecutor implements TaskManagerView {
         return (await rpc.request("fetchArtifact", { hash })).bytes;
       })
       .then(
-        (file) => task.state === "DEPLOYING" && task.start(file),
+        (file) => this.startSoon(task, file),
         (err: Error) => task.fail(new Error(`cannot fetch job artifact: ${err.message}`)),
       );
     log.info("deploying task", { ...taskLogFields(task), slot: d.slot });
     return {};
+  }
+
+  /** Tasks whose artifact is here, waiting for their turn to start their Worker. */
+  private readonly startQueue: { task: Task; file: string }[] = [];
+
+  /**
+   * Starts one task's Worker per turn of the event loop. A job of p=64 deploys 128 tasks here at once; creating
+   * their Workers in one turn blocked this thread for tens of seconds on a loaded machine, and the replies to
+   * submitTask and the heartbeats waited behind them until the JobManager gave up.
+   */
+  private startSoon(task: Task, file: string): void {
+    this.startQueue.push({ task, file });
+    if (this.startQueue.length > 1) return;
+    const next = () => {
+      const item = this.startQueue.shift();
+      if (!item) return;
+      if (item.task.state === "DEPLOYING") item.task.start(item.file);
+      if (this.startQueue.length > 0) setImmediate(next);
+    };
+    setImmediate(next);
   }
 
   private taskFor(p: any, type: string): Task {
