@@ -50,7 +50,7 @@ describe("the account (BufferBudget)", () => {
     const budget = new BufferBudget<string>({ totalBuffers: 40, ...SETTINGS, slots: 4, raiseHint: "taskmanager.memory.network.max" }, () => {});
     budget.register("a", deployment("a", { parallelism: 1, inputs: [16], outputs: [16] }), HERE); // needs 32
     expect(() => budget.register("b", deployment("b", { parallelism: 1, inputs: [8], outputs: [8] }), HERE)).toThrow(
-      "insufficient network buffers: the task needs at least 16 (180 configured), this TaskManager has 8 of 40 not required by other tasks (raise taskmanager.memory.network.max)",
+      "insufficient network buffers: the task needs at least 16 (104 configured), this TaskManager has 8 of 40 not required by other tasks (raise taskmanager.memory.network.max)",
     );
     budget.unregister("a");
     expect(held(budget.register("b", deployment("b", { parallelism: 1, inputs: [8], outputs: [8] }), HERE))).toBeLessThanOrEqual(40);
@@ -66,12 +66,12 @@ describe("the account (BufferBudget)", () => {
     const d = budget.register("d", deployment("d", { parallelism: 1, outputs: [10] }), HERE);
     // 4 x 28 > 100: each keeps its 10 and an equal part of the 60 left.
     for (const t of [a, b, c, d]) expect(t.outputBuffers).toEqual([10 + Math.floor((60 / 72) * 18)]);
-    expect(resized).toEqual(["a", "b", "c"]); // shrunk as d came (a also when c came? no: 3 x 28 fits 100)
-    budget.unregister("a");
+    expect(resized).toEqual(["a", "b", "c"]); // shrunk as d came (3 x 28 still fit in 100)
+    budget.unregister("a"); // the three left fit at their configuration again: all grow back
+    for (const t of [b, c, d]) expect(t.outputBuffers).toEqual([28]);
+    expect(resized.slice(3)).toEqual(["b", "c", "d"]);
     budget.unregister("b");
-    expect(c.outputBuffers).toEqual([28]);
-    expect(d.outputBuffers).toEqual([28]);
-    expect(resized.slice(3)).toEqual(["c", "d"]);
+    expect(resized.length).toBe(6);
     expect(budget.report()).toEqual({ total: 100, requiredInUse: 20, optionalInUse: 36, free: 44 });
   });
 
@@ -120,12 +120,12 @@ describe("the account (BufferBudget)", () => {
 describe("sizing from the configuration", () => {
   const base = defaultConfig();
   test("numberOfBuffers wins; else the fraction of the process size within min and max; else of physical memory", () => {
-    expect(networkSizing({ ...base, "taskmanager.network.numberOfBuffers": 500, "taskmanager.memory.process.size": 8 << 30 }, 1 << 30).totalBuffers).toBe(500);
-    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 2000 * 1048576 }, 64 << 30).totalBuffers).toBe(Math.floor((200 * 1048576) / 32768));
-    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 100 * 1048576 }, 64 << 30).totalBuffers).toBe((64 * 1048576) / 32768); // min
-    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 0 }, 64 << 30).totalBuffers).toBe((1 << 30) / 32768); // max
-    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 0 }, 4 << 30).totalBuffers).toBe(Math.floor((0.1 * (4 << 30)) / 32768));
-    expect(() => networkSizing({ ...base, "taskmanager.memory.network.min": 2 << 30 }, 4 << 30)).toThrow("taskmanager.memory.network.min (2147483648 bytes) is larger than taskmanager.memory.network.max (1073741824 bytes)");
+    expect(networkSizing({ ...base, "taskmanager.network.numberOfBuffers": 500, "taskmanager.memory.process.size": 8 * 2 ** 30 }, 1 << 30).totalBuffers).toBe(500);
+    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 2000 * 1048576 }, 64 * 2 ** 30).totalBuffers).toBe(Math.floor((200 * 1048576) / 32768));
+    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 100 * 1048576 }, 64 * 2 ** 30).totalBuffers).toBe((64 * 1048576) / 32768); // min
+    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 0 }, 64 * 2 ** 30).totalBuffers).toBe((1 << 30) / 32768); // max
+    expect(networkSizing({ ...base, "taskmanager.memory.process.size": 0 }, 4 * 2 ** 30).totalBuffers).toBe(Math.floor((0.1 * (4 * 2 ** 30)) / 32768));
+    expect(() => networkSizing({ ...base, "taskmanager.memory.network.min": 2 * 2 ** 30 }, 4 * 2 ** 30)).toThrow("taskmanager.memory.network.min (2147483648 bytes) is larger than taskmanager.memory.network.max (1073741824 bytes)");
   });
 });
 
