@@ -204,7 +204,7 @@ test("a task that started with less than its configuration gets its share when a
     import * as fs from "node:fs";
     export default (env) => {
       env.fromSequence(1, 4000)
-        .map((x) => { ${release ? `while (x === 3000 && !fs.existsSync(${JSON.stringify(release)})) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);` : "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);"} return x; })
+        .map((x) => { ${release ? `while (x % 2000 === 1000 && !fs.existsSync(${JSON.stringify(release)})) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);` : "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);"} return x; })
         .keyBy((x) => x % 7).addSink(() => {});
     };`);
   const a = await submitJob(client, await prepareJob(job("a.ts", gate), [], 2));
@@ -215,7 +215,7 @@ test("a task that started with less than its configuration gets its share when a
   await waitFor("job a running with its buffers reported", async () => (await tmBuffers()).tasks.filter((t) => t.jobId === a && t.networkBuffers).length === 4, 60_000);
   const b = await submitJob(client, await prepareJob(job("b.ts", null), [], 2));
   const sourcesOfB = async () => (await tmBuffers()).tasks.filter((t) => t.jobId === b && t.vertex.startsWith("Sequence Source") && t.networkBuffers);
-  await waitFor("job b's sources reported", async () => (await sourcesOfB()).length === 2, 60_000);
+  await waitFor("every task of both jobs reported", async () => (await tmBuffers()).tasks.filter((t) => t.networkBuffers).length === 8, 60_000);
   const before = await sourcesOfB();
   for (const t of before) expect(t.networkBuffers!.held).toBeLessThan(t.networkBuffers!.configured); // below its configuration
   for (const t of before) expect(t.networkBuffers!.held).toBeGreaterThanOrEqual(t.networkBuffers!.required);
@@ -226,6 +226,9 @@ test("a task that started with less than its configuration gets its share when a
   const metrics = await (await fetch(`http://127.0.0.1:${cluster.taskManagers[0]!.metricsPort}/metrics`)).text();
   expect(metrics).toMatch(/^tm_taskmanager_network_buffers_required\{[^}]*\} 16$/m);
   expect(metrics).toMatch(/^tm_task_network_buffers_configured\{[^}]*task_name="Sequence Source[^}]*\} 12$/m);
+  const lint = Bun.spawn(["promtool", "check", "metrics"], { stdin: new TextEncoder().encode(metrics), stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(lint.stdout).text(), new Response(lint.stderr).text(), lint.exited]);
+  expect({ problems: (out + err).trim(), code }).toEqual({ problems: "", code: 0 });
   // Job a ends: b's sources grow to their configuration, without b doing anything.
   fs.writeFileSync(gate, "");
   expect((await waitForJob(client, a, () => {}, 200)).state).toBe("FINISHED");
