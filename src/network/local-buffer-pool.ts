@@ -1,4 +1,4 @@
-// A task's share of its TaskManager's network buffers, inside the task's Worker: a fixed number of
+// A task's share of its TaskManager's network buffers, inside the task's Worker: a number set by the TaskManager (resize) of
 // fixed-size ArrayBuffers (created lazily), plus a few overdraft buffers to finish the record in hand.
 // Buffers never leave the Worker: a finished buffer's bytes are copied into its channel's ring, and the buffer
 // comes back as soon as they are (it waits, holding its place, while the ring is full).
