@@ -11,6 +11,7 @@ import { defaultConfig, type Config } from "../src/config/index.ts";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { BufferBudget, channelShare, networkSizing, planBuffers, type TaskBuffers } from "../src/network/buffer-budget.ts";
+import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { clusterPerTest } from "./cluster-helpers.ts";
@@ -108,6 +109,23 @@ describe("the account (BufferBudget)", () => {
         expect(budget.report().requiredInUse).toBe(requiredSum);
       }
     }
+  });
+
+  test("a Worker's output pool that shrinks drops buffers as they come back; one that grows creates more", () => {
+    const pool = new LocalBufferPool(4, 1024, 0);
+    const taken = [pool.request(), pool.request(), pool.request()].map((b) => b!);
+    pool.recycle(taken.pop()!); // 2 out, 1 free, 3 created
+    pool.resize(1);
+    expect(pool.inUse).toBe(2); // the free one is dropped at once
+    expect(pool.available).toBe(false);
+    pool.recycle(taken.pop()!);
+    expect(pool.inUse).toBe(1);
+    expect(pool.available).toBe(false); // dropped, not pooled: 1 created, 1 out
+    pool.resize(3);
+    expect(pool.request()).not.toBeNull();
+    expect(pool.request()).not.toBeNull();
+    expect(pool.request()).toBeNull();
+    expect(pool.inUse).toBe(3);
   });
 
   test("one blocked channel never leaves another without a buffer", () => {
