@@ -70,7 +70,7 @@ async function runLocal(p: number, n: number, flags: string[]): Promise<Run> {
     jobSeconds: done ? Number(done[1]) : NaN,
     wallSeconds,
     cpuSeconds: usage ? Number(usage.cpuTime.total) / 1e6 : NaN,
-    maxRssMb: usage ? usage.maxRSS / 1024 : NaN,
+    maxRssMb: usage ? usage.maxRSS / 1048576 : NaN, // Bun gives maxRSS in bytes
     intoSinks: done ? Number(done[3]) : 0,
     error: failure ? (failure[1] ?? failure[2] ?? "") : code !== 0 ? `exit code ${code}` : "",
   };
