@@ -51,6 +51,8 @@ export class ShuffleEnvironment {
   /** Channels of tasks that ended: late frames for them are dropped, not treated as a bad peer. */
   private readonly closedChannels = new Set<string>();
   private readonly releasedJobs = new Set<string>();
+  /** Tasks resized by the budget since this was last reset (for the log). */
+  private resized = 0;
 
   constructor(
     private readonly resourceId: string,
@@ -178,6 +180,7 @@ export class ShuffleEnvironment {
 
   /** The budget moved buffers between tasks: new output pool sizes to the Worker, floating buffers here. */
   private onResize(task: TaskEndpoint, b: TaskBuffers): void {
+    this.resized++;
     task.post({ type: "resizeOutputPools", outputBuffers: [...b.outputBuffers] });
     const gates = this.gates.get(task);
     gates?.forEach((g, i) => g && this.receiver.resizeGate(g, b.floating[i]!));
@@ -191,7 +194,19 @@ export class ShuffleEnvironment {
   unregisterTask(task: TaskEndpoint, finished: boolean): void {
     const d = task.deployment;
     this.gates.delete(task);
+    this.resized = 0;
     this.budget.unregister(task);
+    if (this.resized > 0) {
+      // The ended task's buffers went to the tasks below their configuration: say how far below they still are.
+      const r = this.report();
+      const below = r.tasks.filter((t) => t.held < t.configured);
+      log.info("network buffers redistributed", {
+        grown: this.resized,
+        belowConfigured: below.length,
+        missing: below.reduce((n, t) => n + t.configured - t.held, 0),
+        pool: `${r.requiredInUse} required + ${r.optionalInUse} optional in use, ${r.free} free of ${r.total}`,
+      });
+    }
     for (const input of d.inputs) {
       for (const p of input.producers) {
         const ch = channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex);
