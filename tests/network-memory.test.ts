@@ -12,6 +12,8 @@ import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { BufferBudget, channelShare, networkSizing, planBuffers, type TaskBuffers } from "../src/network/buffer-budget.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
+import { RemoteReceiver } from "../src/network/remote-receiver.ts";
+import { createRing } from "../src/network/shared-ring.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { clusterPerTest } from "./cluster-helpers.ts";
@@ -126,6 +128,29 @@ describe("the account (BufferBudget)", () => {
     expect(pool.request()).not.toBeNull();
     expect(pool.request()).toBeNull();
     expect(pool.inUse).toBe(3);
+  });
+
+  test("a remote input gate that shrinks takes its floating buffers back as they are freed: no credit for them", async () => {
+    const credits: number[] = [];
+    const receiver = new RemoteReceiver(1024, (_to, frame) => credits.push(frame[2] as number));
+    const gate = receiver.newGate(4);
+    const task = { deployment: deployment("c", { parallelism: 1 }), post: () => {}, fail: (err: Error) => { throw err; } };
+    receiver.add("j|0|0|0", task, { resourceId: THERE, dataHost: "127.0.0.1", dataPort: 1 }, gate, 1, createRing(16, 1024));
+    const bytes = new Uint8Array(100).fill(7);
+    receiver.onData("j|0|0|0", bytes, 5); // backlog 5 > 1 free: the gate lends its 4 floating buffers
+    await Promise.resolve();
+    expect(credits).toEqual([1, 5]); // the first credit, then the recycled exclusive buffer and 4 floating ones
+    receiver.resizeGate(gate, 1); // the TaskManager needs 3 of them elsewhere
+    for (let i = 0; i < 5; i++) receiver.onData("j|0|0|0", bytes, 0);
+    await Promise.resolve();
+    // Of the 5 freed buffers, 3 floating ones went back for good and 1 returned to the gate (its new limit): the
+    // channel's own exclusive buffer is credit again.
+    expect(credits.slice(2).reduce((a, n) => a + n, 0)).toBe(1);
+    expect(gate.floating).toBe(1);
+    receiver.resizeGate(gate, 4); // room again: lent once a backlog asks for it
+    receiver.onData("j|0|0|0", bytes, 6);
+    await Promise.resolve();
+    expect(gate.floating).toBe(0);
   });
 
   test("one blocked channel never leaves another without a buffer", () => {
