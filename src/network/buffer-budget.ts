@@ -18,6 +18,7 @@
 // - holdings fixed at wiring get their optional part only from what the TaskManager does not need for the
 //   minimum of the job's other tasks here, as far as the deployment shows them (its siblings and its local
 //   neighbours), and at most half of that, so a task wired early cannot starve one wired later.
+import { ConfigError } from "../config/index.ts";
 import type { TaskDeployment } from "../rpc/messages.ts";
 import { assert } from "../util/assert.ts";
 
@@ -258,13 +259,13 @@ export function networkSizing(
   }
   const min = c["taskmanager.memory.network.min"];
   const max = c["taskmanager.memory.network.max"];
-  if (min > max) throw new Error(`taskmanager.memory.network.min (${min} bytes) is larger than taskmanager.memory.network.max (${max} bytes)`);
+  if (min > max) throw new ConfigError(`taskmanager.memory.network.min (${min} bytes) is larger than taskmanager.memory.network.max (${max} bytes)`);
   const processSize = c["taskmanager.memory.process.size"];
   const base = processSize > 0 ? processSize : physicalMemory;
   const fraction = c["taskmanager.memory.network.fraction"];
   const bytes = Math.min(max, Math.max(min, Math.floor(base * fraction)));
   const totalBuffers = Math.floor(bytes / segment);
-  if (totalBuffers < 1) throw new Error(`network memory of ${bytes} bytes holds no buffer of taskmanager.memory.segment-size ${segment} bytes`);
+  if (totalBuffers < 1) throw new ConfigError(`network memory of ${bytes} bytes holds no buffer of taskmanager.memory.segment-size ${segment} bytes`);
   const mib = (n: number) => `${Math.round(n / 1048576)} MiB`;
   const of = processSize > 0 ? `taskmanager.memory.process.size ${mib(processSize)}` : `the machine's physical memory ${mib(physicalMemory)} (taskmanager.memory.process.size not set)`;
   return {
