@@ -6,9 +6,11 @@
 // page goes to a temp dir.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
 import { defaultConfig } from "../src/config/index.ts";
+import { networkSizing } from "../src/network/buffer-budget.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob } from "../src/client/job-client.ts";
@@ -152,11 +154,17 @@ describe("dashboard", () => {
     expect(cards).toMatch(/[\d.]+ MiB\s*RSS/);
     const buffers = /(\d+) \/ (\d+)\s*Network buffers used \/ total/.exec(cards);
     expect(buffers).not.toBeNull();
-    expect(Number(buffers![2])).toBe(defaultConfig()["taskmanager.network.numberOfBuffers"]);
+    expect(Number(buffers![2])).toBe(networkSizing(defaultConfig(), os.totalmem()).totalBuffers);
     expect(Number(buffers![1])).toBeGreaterThan(0); // the running job's tasks hold buffers
+    // How the pool is split: the tasks' minimums and the optional buffers beyond them, and per task held / configured.
+    const split = /(\d+) \+ (\d+)\s*Network buffers required \+ optional in use/.exec(cards);
+    expect(split).not.toBeNull();
+    expect(Number(split![1]) + Number(split![2])).toBe(Number(buffers![1]));
+    expect(await page.locator("#tm-network-sizing").innerText()).toContain("taskmanager.memory.network.fraction");
     const tasks = await page.locator("#tm-tasks").innerText();
     expect(tasks).toContain("Numbers -> Doubler");
     expect(tasks).toContain("Sums -> Slow Sink");
+    expect(tasks).toMatch(/Sums -> Slow Sink.*\s\d+ \/ \d+ \(\d+\)/);
     const config = await page.locator("#tm-config").innerText();
     expect(config).toMatch(/taskmanager\.numberOfTaskSlots\s+2/);
     expect(config).toMatch(/security\.ssl\.key-file\s+\*{6}/);

@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { receiveFromRing, RingSender } from "../src/network/local-channel.ts";
+import { receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { createRing } from "../src/network/shared-ring.ts";
 import { rng } from "./helpers.ts";

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { receiveFromRing, RingSender } from "../src/network/local-channel.ts";
+import { receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { ShuffleEnvironment, type TaskEndpoint } from "../src/network/shuffle-environment.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
@@ -68,8 +68,7 @@ async function remoteChannel(order: "consumer-first" | "producer-first") {
   if (order === "consumer-first") {
     wireConsumer();
     // The consumer's first credit (its partition request) reaches tm-a before the producer is there.
-    const early = (a.env as unknown as { earlyCredit: Map<string, unknown> }).earlyCredit;
-    await waitFor("the partition request at the producer's TaskManager", () => early.has(CH), 10_000);
+    await waitFor("the partition request at the producer's TaskManager", () => a.env.hasEarlyCredit(CH), 10_000);
     wireProducer();
   } else {
     wireProducer();

@@ -232,6 +232,18 @@ function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, wher
       if (fromText && typeof value === "string" && /^\s*(true|false)\s*$/i.test(value)) return value.trim().toLowerCase() === "true";
       throw expected(where, "true or false", found);
     }
+    case "number": {
+      const n = fromText && typeof value === "string" && value.trim() !== "" ? Number(value) : value;
+      if (typeof n !== "number" || !Number.isFinite(n) || n < type.min || n > type.max) throw expected(where, `a number >= ${type.min} and <= ${type.max}`, found);
+      return n;
+    }
+    case "bytes": {
+      const n = typeof value === "number" ? value : typeof value === "string" ? parseBytes(value) : NaN;
+      if (!Number.isInteger(n) || n < type.min || (type.max !== undefined && n > type.max)) {
+        throw expected(where, `a size in bytes >= ${type.min}${type.max !== undefined ? ` and <= ${type.max}` : ""} (a number of bytes, or a number and a unit k/m/g/t such as "64m")`, found);
+      }
+      return n;
+    }
     case "duration": {
       if (typeof value !== "string" && typeof value !== "number") throw expected(where, DURATION_EXPECTED, found);
       const ms = parseDuration(value, where);
@@ -241,6 +253,14 @@ function parseValue(spec: ConfigKeySpec, value: unknown, fromText: boolean, wher
       return ms;
     }
   }
+}
+
+/** "1g", "64 mb", "512k", "1024": binary units as Flink's MemorySize; NaN when it is not a size. */
+function parseBytes(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|m|mb|g|gb|t|tb)?\s*$/i.exec(text);
+  if (!m) return NaN;
+  const unit = { b: 0, k: 1, m: 2, g: 3, t: 4 }[(m[2] ?? "b")[0]!.toLowerCase() as "b"]!;
+  return Math.round(Number(m[1]) * 1024 ** unit);
 }
 
 function expectedInteger(type: ValueType & { kind: "port" | "integer" }): string {

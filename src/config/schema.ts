@@ -32,6 +32,10 @@ export interface Config {
   "taskmanager.numberOfTaskSlots": number;
   "taskmanager.tmp.dir": string;
   "taskmanager.memory.segment-size": number;
+  "taskmanager.memory.process.size": number;
+  "taskmanager.memory.network.fraction": number;
+  "taskmanager.memory.network.min": number;
+  "taskmanager.memory.network.max": number;
   "taskmanager.network.numberOfBuffers": number;
   "taskmanager.network.memory.buffers-per-channel": number;
   "taskmanager.network.memory.floating-buffers-per-gate": number;
@@ -86,6 +90,8 @@ export type ValueType =
   | { kind: "string" } // any string, may be empty
   | { kind: "path" } // any string, may be empty (= a default location)
   | { kind: "integer"; min: number; max?: number }
+  | { kind: "number"; min: number; max: number } // a decimal number, e.g. a fraction
+  | { kind: "bytes"; min: number; max?: number } // bytes; written as 1073741824 or "1g", "64m", "512 kb"
   | { kind: "duration"; min?: number } // milliseconds; written as 500 or "500 ms", "10 s", "1.5 min"
   | { kind: "enum"; values: readonly string[] }
   | { kind: "list" } // strings: a TOML array, or one comma-separated string (env vars, -D flags)
@@ -231,10 +237,30 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     default: 32768,
     doc: "Size in bytes of one network buffer; records larger than a buffer span several.",
   },
+  "taskmanager.memory.process.size": {
+    type: { kind: "bytes", min: 0, max: 1099511627776 },
+    default: 0,
+    doc: "Memory of the TaskManager process that sizes its network memory (Flink's key); 0 = the machine's physical memory.",
+  },
+  "taskmanager.memory.network.fraction": {
+    type: { kind: "number", min: 0, max: 1 },
+    default: 0.1,
+    doc: "Fraction of taskmanager.memory.process.size for network buffers, bounded by taskmanager.memory.network.min and .max (Flink's key); ignored when taskmanager.network.numberOfBuffers is set.",
+  },
+  "taskmanager.memory.network.min": {
+    type: { kind: "bytes", min: 0, max: 1099511627776 },
+    default: 64 * 1024 * 1024,
+    doc: "Least network memory the fraction may give (Flink's key).",
+  },
+  "taskmanager.memory.network.max": {
+    type: { kind: "bytes", min: 0, max: 1099511627776 },
+    default: 1024 * 1024 * 1024,
+    doc: "Most network memory the fraction may give (Flink's key).",
+  },
   "taskmanager.network.numberOfBuffers": {
-    type: { kind: "integer", min: 16, max: 1048576 },
-    default: 4096,
-    doc: "Network buffers of this TaskManager (memory = this x segment size); tasks that cannot get theirs fail to deploy.",
+    type: { kind: "integer", min: 0, max: 1048576 },
+    default: 0,
+    doc: "Network buffers of this TaskManager (memory = this x segment size); set, it wins over the taskmanager.memory.network.* keys; 0 = sized from those keys.",
   },
   "taskmanager.network.memory.buffers-per-channel": {
     type: { kind: "integer", min: 1, max: 1024 },

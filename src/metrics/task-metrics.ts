@@ -7,6 +7,8 @@ export interface TaskView {
   deployment: TaskDeployment;
   state: TaskState;
   metrics: TaskMetrics;
+  /** The task's network buffers: its minimum, what it holds now, its configured size (absent once released). */
+  buffers?: { required: number; held: number; configured: number };
 }
 
 /** The metrics every task reports (the event-time ones are optional and exported only where present). */
@@ -50,6 +52,10 @@ export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
     const withWm = eventTime.filter((t) => typeof t.metrics.currentInputWatermark === "number");
     out.push(gauge("tm_task_current_input_watermark", "The task's input watermark (ms since the epoch), the minimum over its active input channels.", withWm.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.currentInputWatermark as number }))));
   }
+  const withBuffers = tasks.filter((t) => t.buffers !== undefined);
+  out.push(gauge("tm_task_network_buffers", "Network buffers the task holds now (its minimum plus its share of the optional ones).", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.held }))));
+  out.push(gauge("tm_task_network_buffers_configured", "Network buffers the task's channels are configured for; the task is below by the difference to tm_task_network_buffers.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.configured }))));
+  out.push(gauge("tm_task_network_buffers_required", "Network buffers the task needs at least to make progress.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.required }))));
   out.push(gauge("tm_task_running", "1 when the task is RUNNING, else 0 (deploying or ending).", tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.state === "RUNNING" ? 1 : 0 }))));
   return out;
 }

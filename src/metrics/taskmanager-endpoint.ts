@@ -12,7 +12,7 @@ export interface TaskManagerView {
   readonly draining: boolean;
   taskViews(): TaskView[];
   slotUsage(): { total: number; used: number };
-  networkBuffers(): { total: number; available: number };
+  networkBuffers(): { total: number; available: number; requiredInUse: number; optionalInUse: number };
 }
 
 export function taskManagerRegistry(tm: TaskManagerView): MetricsRegistry {
@@ -27,7 +27,9 @@ export function taskManagerRegistry(tm: TaskManagerView): MetricsRegistry {
         gauge("tm_taskmanager_slots", "Task slots of this TaskManager.", [{ labels: id, value: slots.total }]),
         gauge("tm_taskmanager_slots_used", "Task slots allocated to a job.", [{ labels: id, value: slots.used }]),
         gauge("tm_taskmanager_network_buffers", "Network buffers of this TaskManager (Flink's TotalMemorySegments).", [{ labels: id, value: buffers.total }]),
-        gauge("tm_taskmanager_network_buffers_available", "Network buffers not reserved by a task.", [{ labels: id, value: buffers.available }]),
+        gauge("tm_taskmanager_network_buffers_available", "Network buffers no task holds.", [{ labels: id, value: buffers.available }]),
+        gauge("tm_taskmanager_network_buffers_required", "Network buffers in use that tasks need at least (the sum of their minimums).", [{ labels: id, value: buffers.requiredInUse }]),
+        gauge("tm_taskmanager_network_buffers_optional", "Network buffers in use beyond the tasks' minimums (given back when other tasks need them).", [{ labels: id, value: buffers.optionalInUse }]),
         gauge("tm_taskmanager_tasks", "Tasks deployed on this TaskManager.", [{ labels: id, value: tm.taskViews().length }]),
       ];
     })

@@ -1,4 +1,4 @@
-// A task's share of its TaskManager's network buffers, inside the task's Worker: a fixed number of
+// A task's share of its TaskManager's network buffers, inside the task's Worker: a number set by the TaskManager (resize) of
 // fixed-size ArrayBuffers (created lazily), plus a few overdraft buffers to finish the record in hand.
 // Buffers never leave the Worker: a finished buffer's bytes are copied into its channel's ring, and the buffer
 // comes back as soon as they are (it waits, holding its place, while the ring is full).
@@ -13,16 +13,34 @@ export class LocalBufferPool {
   private waiters: (() => void)[] = [];
 
   constructor(
-    readonly size: number,
+    private _size: number,
     readonly segmentSize: number,
     private readonly maxOverdraft: number,
   ) {}
+
+  /** Buffers of the pool (overdraft aside): changed by resize() when the TaskManager redistributes its buffers. */
+  get size(): number {
+    return this._size;
+  }
+
+  /**
+   * New size: a larger pool creates more buffers as they are needed; a smaller one drops its free buffers down to
+   * the new size at once and the others as they come back.
+   */
+  resize(size: number): void {
+    this._size = size;
+    while (this.created > this._size && this.free.length > 0) {
+      this.free.pop();
+      this.created--;
+    }
+    for (const w of this.waiters.splice(0)) w();
+  }
 
   /** A free buffer, or null when the pool (and its overdraft) is exhausted. */
   request(): ArrayBuffer | null {
     let b = this.free.pop();
     if (b === undefined) {
-      if (this.created < this.size) this.created++;
+      if (this.created < this._size) this.created++;
       else if (this.overdraftUsed < this.maxOverdraft) this.overdraftUsed++;
       else return null;
       b = new ArrayBuffer(this.segmentSize);
@@ -35,15 +53,17 @@ export class LocalBufferPool {
     assert(buf.byteLength === this.segmentSize, () => `buffer pool: recycled a buffer of ${buf.byteLength} bytes, its segments are ${this.segmentSize} bytes`);
     assert(this.out.delete(buf), () => `buffer pool: recycled a buffer that is not out (recycled twice, or not from this pool); ${this.out.size} out, ${this.free.length} free, ${this.created} of ${this.size} created, ${this.overdraftUsed} of ${this.maxOverdraft} overdraft`);
     if (this.overdraftUsed > 0) this.overdraftUsed--; // overdraft buffers are dropped first
+    else if (this.created > this._size) this.created--; // the pool shrank: dropped, not pooled
     else this.free.push(buf);
     // The books: every buffer created is free or out, plus the overdraft ones out.
-    assert(this.free.length + this.out.size === this.created + this.overdraftUsed && this.created <= this.size && this.overdraftUsed <= this.maxOverdraft, () => `buffer pool: ${this.free.length} free + ${this.out.size} out != ${this.created} created (of ${this.size}) + ${this.overdraftUsed} overdraft (of ${this.maxOverdraft})`);
+    // created may exceed the size for a while after the pool shrank (buffers out come back and are dropped then).
+    assert(this.free.length + this.out.size === this.created + this.overdraftUsed && this.overdraftUsed <= this.maxOverdraft, () => `buffer pool: ${this.free.length} free + ${this.out.size} out != ${this.created} created (size ${this.size}) + ${this.overdraftUsed} overdraft (of ${this.maxOverdraft})`);
     for (const w of this.waiters.splice(0)) w(); // waiters re-check their condition
   }
 
   /** A buffer can be had without overdraft. */
   get available(): boolean {
-    return this.overdraftUsed === 0 && (this.free.length > 0 || this.created < this.size);
+    return this.overdraftUsed === 0 && (this.free.length > 0 || this.created < this._size);
   }
 
   /** Buffers out of the pool (in builders, in flight, at consumers). */

@@ -14,7 +14,7 @@ export type ChannelEvent =
   | { type: "barrier"; checkpointId: number; timestamp: number; dir: string }
   | { type: "watermark"; timestamp: number };
 
-/** Where a channel's buffers go: its ring (RingSender in local-channel.ts), whose other end is the consumer
+/** Where a channel's buffers go: its ring (RingSender in channel-ends.ts), whose other end is the consumer
  * task's Worker (local channel) or the TaskManager's main thread (remote channel). */
 export interface BufferSender {
   buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void;
@@ -63,7 +63,7 @@ export class RecordWriter {
      * consumer does not read (blocked for barrier alignment, or slow) must not take every buffer, or the others,
      * and the barriers queued in them, could never move again.
      */
-    private readonly maxBuffersPerChannel = Infinity,
+    public maxBuffersPerChannel = Infinity,
   ) {
     this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);

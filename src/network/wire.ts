@@ -4,6 +4,7 @@
 // (src/rpc/framing.ts: msgpack bodies and the 0xC1 buffer frame).
 
 import { BUFFER_FRAME_KIND } from "../rpc/framing.ts";
+import type { TaskDeployment } from "../rpc/messages.ts";
 
 // ---- data connections (TaskManager <-> TaskManager, role "data") ----
 // Frames are arrays, not requests:
@@ -21,6 +22,21 @@ export interface NetworkGrant {
   maxOverdraft: number;
   /** taskmanager.network.memory.max-buffers-per-channel: buffers of an output pool one subpartition may hold. */
   maxBuffersPerChannel: number;
+}
+
+/** The Worker's output pools get new sizes (network buffers redistributed as tasks come and go), in
+ * deployment.outputs order. A pool that shrinks drops buffers as they come back to it. */
+export interface ResizeOutputPools {
+  type: "resizeOutputPools";
+  outputBuffers: number[];
+}
+
+/** A running task as the network (ShuffleEnvironment) sees it. */
+export interface TaskEndpoint {
+  readonly deployment: TaskDeployment;
+  /** Control messages to the task's Worker: its channels' rings, new output pool sizes. */
+  post(msg: ConnectChannels | ResizeOutputPools): void;
+  fail(err: Error): void;
 }
 
 /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker for a

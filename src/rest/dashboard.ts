@@ -208,10 +208,13 @@ async function viewTaskManager(id) {
   let h = '<h1 id="tm-name">TaskManager ' + esc(t.id) + "</h1><p class=muted>" + esc(t.address) + ":" + t.dataPort + " \\u00b7 pid " + t.pid + " \\u00b7 registered " + fmtTime(t.registeredAt) + " \\u00b7 last heartbeat " + fmtDur(t.timeSinceLastHeartbeat) + " ago</p>";
   h += '<div class="cards" id="tm-cards">' + card("Heap used / committed", m.heapUsed == null ? "-" : fmtBytes(m.heapUsed) + " / " + fmtBytes(m.heapCommitted)) + card("RSS", m.rss == null ? "-" : fmtBytes(m.rss)) +
     card("Network buffers used / total", m.nettyShuffleMemorySegmentsTotal == null ? "-" : m.nettyShuffleMemorySegmentsUsed + " / " + m.nettyShuffleMemorySegmentsTotal) +
+    (t.network ? card("Network buffers required + optional in use", t.network.requiredInUse + " + " + t.network.optionalInUse) : "") +
     card("Slots used / total", (t.slotsNumber - t.freeSlots) + " / " + t.slotsNumber) + card("Running tasks", m.runningTasks) + "</div>";
-  h += "<h2>Tasks</h2>" + (t.tasks.length === 0 ? '<p class="muted">No tasks.</p>' : '<table id="tm-tasks"><thead><tr><th>Job</th><th>Task</th><th class=num>Subtask</th><th>Status</th><th class=num>Records in</th><th class=num>Records out</th></tr></thead><tbody>' +
+  if (t.network) h += '<p class="muted" id="tm-network-sizing">Network memory: ' + esc(t.network.sizing) + "</p>";
+  h += "<h2>Tasks</h2>" + (t.tasks.length === 0 ? '<p class="muted">No tasks.</p>' : '<table id="tm-tasks"><thead><tr><th>Job</th><th>Task</th><th class=num>Subtask</th><th>Status</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>Network buffers held / configured (minimum)</th></tr></thead><tbody>' +
     t.tasks.map((x) => '<tr><td><a href="#/job/' + esc(x.jobId) + '">' + esc(x.jobId.slice(0, 8)) + "</a></td><td>" + esc(x.vertex) + "</td><td class=num>" + (x.subtask + 1) + "</td><td>" + state(x.state) +
-      "</td><td class=num>" + fmtNum(x.recordsIn) + "</td><td class=num>" + fmtNum(x.recordsOut) + "</td></tr>").join("") + "</tbody></table>");
+      "</td><td class=num>" + fmtNum(x.recordsIn) + "</td><td class=num>" + fmtNum(x.recordsOut) + "</td><td class=num>" +
+      (x.networkBuffers ? x.networkBuffers.held + " / " + x.networkBuffers.configured + " (" + x.networkBuffers.required + ")" : "-") + "</td></tr>").join("") + "</tbody></table>");
   h += "<h2>Log (most recent lines)</h2>" + logBlock("tm-logs", logs.lines);
   h += "<h2>Configuration</h2>" + configTable("tm-config", config);
   return h;

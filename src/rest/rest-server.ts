@@ -346,10 +346,10 @@ export class RestServer {
 
   private taskManager(tm: TaskManagerView, details = false) {
     const slots = [...tm.slots].sort((a, b) => a[0] - b[0]).map(([index, jobId]) => ({ index, jobId }));
-    const tasks: { jobId: string; vertex: string; subtask: number; state: TaskState; metrics: TaskMetrics }[] = [];
+    const tasks: { jobId: string; executionId: string; vertex: string; subtask: number; state: TaskState; metrics: TaskMetrics }[] = [];
     for (const job of this.jm.jobs()) {
       for (const ex of job.executions.values()) {
-        if (ex.tm === tm) tasks.push({ jobId: job.jobId, vertex: ex.deployment.vertexName, subtask: ex.deployment.subtaskIndex, state: ex.state, metrics: ex.metrics });
+        if (ex.tm === tm) tasks.push({ jobId: job.jobId, executionId: ex.deployment.executionId, vertex: ex.deployment.vertexName, subtask: ex.deployment.subtaskIndex, state: ex.state, metrics: ex.metrics });
       }
     }
     const live = tasks.filter((t) => t.state === "RUNNING" || t.state === "DEPLOYING");
@@ -367,7 +367,7 @@ export class RestServer {
       hardware: { cpuCores: tm.info.resources?.cpuCores ?? null, physicalMemory: tm.info.resources?.memoryBytes ?? null },
       metrics: { runningTasks: live.length, recordsIn: sum.recordsIn, recordsOut: sum.recordsOut, bytesIn: sum.bytesIn, bytesOut: sum.bytesOut, ...processJson(tm) },
       slots,
-      ...(details ? { tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state, recordsIn: t.metrics.recordsIn, recordsOut: t.metrics.recordsOut })) } : {}),
+      ...(details ? { network: networkJson(tm), tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state, recordsIn: t.metrics.recordsIn, recordsOut: t.metrics.recordsOut, networkBuffers: taskBuffersJson(tm, t.executionId) })) } : {}),
     };
   }
 
@@ -682,6 +682,20 @@ function processJson(tm: TaskManagerView) {
     nettyShuffleMemorySegmentsAvailable: p.networkBuffersAvailable,
     nettyShuffleMemorySegmentsUsed: p.networkBuffersTotal - p.networkBuffersAvailable,
   };
+}
+
+/** How the TaskManager's network buffers are split (from its latest heartbeat): required vs optional in use. */
+function networkJson(tm: TaskManagerView) {
+  const p = tm.process;
+  if (!p?.network) return null;
+  const n = p.network;
+  return { sizing: n.sizing, segmentSize: n.segmentSize, total: p.networkBuffersTotal, requiredInUse: n.requiredInUse, optionalInUse: n.optionalInUse, free: p.networkBuffersAvailable };
+}
+
+/** A task's network buffers: its minimum, what it holds, its configured size and how far below that it is. */
+function taskBuffersJson(tm: TaskManagerView, executionId: string) {
+  const t = tm.process?.network?.tasks.find((x) => x.executionId === executionId);
+  return t ? { required: t.required, held: t.held, configured: t.configured, belowConfigured: t.configured - t.held } : null;
 }
 
 function vertexState(c: Record<TaskState, number>, parallelism: number): string {

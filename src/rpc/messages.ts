@@ -127,6 +127,17 @@ export interface ProcessStats {
   rss: number;
   networkBuffersTotal: number;
   networkBuffersAvailable: number;
+  /** How the network buffers are split: required (every task's minimum) and optional in use, and per task. */
+  network?: NetworkStats;
+}
+export interface NetworkStats {
+  /** How the pool size was derived from the configuration. */
+  sizing: string;
+  segmentSize: number;
+  requiredInUse: number;
+  optionalInUse: number;
+  /** Per task: its minimum, what it holds now and its configured size (held < configured: below by the difference). */
+  tasks: { executionId: string; name: string; required: number; held: number; configured: number }[];
 }
 export interface TaskManagerInfoReply {
   /** The TaskManager's configuration, secrets masked. */

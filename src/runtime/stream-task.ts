@@ -10,7 +10,8 @@ import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rp
 import { RecordWriter } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
-import { receiveFromRing, RingSender } from "../network/local-channel.ts";
+import { receiveFromRing, RingSender } from "../network/channel-ends.ts";
+import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { createOperator } from "./operators.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
@@ -129,7 +130,7 @@ export class StreamTask {
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
-      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, net.maxBuffersPerChannel);
+      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, channelShare(pool.size, ids.length, net.maxBuffersPerChannel));
       for (const id of ids) this.writerOf.set(id, writer);
       return writer;
     });
@@ -316,6 +317,16 @@ export class StreamTask {
       case "connect":
         if (this.writers.length === 0 && this.d.outputs.length > 0) this.pendingConnects.push(msg);
         else this.onConnect(msg);
+        break;
+      case "resizeOutputPools":
+        // Before the writers exist (init still loading), the new sizes are what they will be built with.
+        this.network.outputBuffers = msg.outputBuffers;
+        this.writers.forEach((w, i) => {
+          const size = msg.outputBuffers[i];
+          if (size === undefined) return;
+          w.pool.resize(size);
+          w.maxBuffersPerChannel = channelShare(size, this.d.outputs[i]!.targets.length, this.network.maxBuffersPerChannel);
+        });
         break;
       case "checkpoint":
         if (this.inputEnded || !this.sourceNode) this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: this.sourceNode ? "the task reached the end of its input" : "not a source task" });

@@ -1,7 +1,7 @@
 // Messages between a TaskManager's main thread and a task's Worker: control only. Channel data never goes by
 // postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once.
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
-import type { ConnectChannels, NetworkGrant } from "../network/wire.ts";
+import type { ConnectChannels, NetworkGrant, ResizeOutputPools } from "../network/wire.ts";
 
 /** Where and how the task keeps keyed state. */
 export interface StateGrant {
@@ -23,6 +23,8 @@ export type ToWorker =
   /** The task's channels: each a ring in shared memory (see shared-ring.ts), shared with the peer task's Worker
    * for a local channel and with the main thread for a remote one. */
   | ConnectChannels
+  /** The TaskManager redistributed its network buffers: the output pools' new sizes. */
+  | ResizeOutputPools
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */

@@ -12,6 +12,7 @@ import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
   type ErrorInfo,
+  type NetworkStats,
   type ProcessStats,
   type RegisterTaskManagerReply,
   type RequestType,
@@ -21,6 +22,7 @@ import {
   type TaskState,
 } from "../rpc/messages.ts";
 import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
+import { networkSizing, type NetworkSizing } from "../network/buffer-budget.ts";
 import { createLogger, recentLogLines } from "../util/log.ts";
 import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
@@ -63,9 +65,13 @@ export class TaskExecutor implements TaskManagerView {
 
   constructor(private readonly config: Config) {
     this.resourceId = config["taskmanager.resource-id"] || `tm-${os.hostname()}-${randomBytes(3).toString("hex")}`;
+    // Throws on contradictory memory keys (min > max), like any other configuration error, before anything starts.
+    this.networkSizing = networkSizing(config, os.totalmem());
     this.shuffle = new ShuffleEnvironment(this.resourceId, {
       segmentSize: config["taskmanager.memory.segment-size"],
-      totalBuffers: config["taskmanager.network.numberOfBuffers"],
+      totalBuffers: this.networkSizing.totalBuffers,
+      slots: config["taskmanager.numberOfTaskSlots"],
+      raiseHint: this.networkSizing.raiseHint,
       buffersPerChannel: config["taskmanager.network.memory.buffers-per-channel"],
       floatingBuffersPerGate: config["taskmanager.network.memory.floating-buffers-per-gate"],
       maxOverdraftBuffers: config["taskmanager.network.memory.max-overdraft-buffers-per-gate"],
@@ -100,6 +106,7 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   private readonly rpcOptions: FramedOptions;
+  private readonly networkSizing: NetworkSizing;
 
   get registered(): boolean {
     return this.registration !== null;
@@ -109,6 +116,7 @@ export class TaskExecutor implements TaskManagerView {
   async start(): Promise<void> {
     this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
     log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
+    log.info("network memory", { buffers: this.networkSizing.totalBuffers, segmentSize: this.config["taskmanager.memory.segment-size"], from: this.networkSizing.source });
     try {
       const onError = (err: Error) => log.error("metrics request failed", { error: err.message });
       // HTTPS with security.ssl.enabled (the certificate and key of the RPC and data ports).
@@ -182,15 +190,22 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   taskViews(): TaskView[] {
-    return [...this.tasks.values()].map((t) => ({ deployment: t.deployment, state: t.state, metrics: t.metrics }));
+    return [...this.tasks.values()].map((t) => ({ deployment: t.deployment, state: t.state, metrics: t.metrics, buffers: this.shuffle.taskBuffers(t) }));
   }
 
   slotUsage(): { total: number; used: number } {
     return { total: this.slots.length, used: this.slots.filter((j) => j !== null).length };
   }
 
-  networkBuffers(): { total: number; available: number } {
-    return { total: this.shuffle.options.totalBuffers, available: this.shuffle.availableBuffers };
+  networkBuffers(): { total: number; available: number; requiredInUse: number; optionalInUse: number } {
+    const r = this.shuffle.report();
+    return { total: r.total, available: r.free, requiredInUse: r.requiredInUse, optionalInUse: r.optionalInUse };
+  }
+
+  /** How the network buffers are split among the tasks (the JobManager's TaskManager page). */
+  networkStats(): NetworkStats {
+    const r = this.shuffle.report();
+    return { sizing: this.networkSizing.source, segmentSize: r.segmentSize, requiredInUse: r.requiredInUse, optionalInUse: r.optionalInUse, tasks: r.tasks };
   }
 
   /**
@@ -345,7 +360,7 @@ export class TaskExecutor implements TaskManagerView {
   private processStats(): ProcessStats {
     const mem = process.memoryUsage();
     const buffers = this.networkBuffers();
-    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available };
+    return { heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, rss: mem.rss, networkBuffersTotal: buffers.total, networkBuffersAvailable: buffers.available, network: this.networkStats() };
   }
 
   private slotReport(): SlotStatus[] {
@@ -409,11 +424,31 @@ export class TaskExecutor implements TaskManagerView {
         return (await rpc.request("fetchArtifact", { hash })).bytes;
       })
       .then(
-        (file) => task.state === "DEPLOYING" && task.start(file),
+        (file) => this.startSoon(task, file),
         (err: Error) => task.fail(new Error(`cannot fetch job artifact: ${err.message}`)),
       );
     log.info("deploying task", { ...taskLogFields(task), slot: d.slot });
     return {};
+  }
+
+  /** Tasks whose artifact is here, waiting for their turn to start their Worker. */
+  private readonly startQueue: { task: Task; file: string }[] = [];
+
+  /**
+   * Starts one task's Worker per turn of the event loop. A job of p=64 deploys 128 tasks here at once; creating
+   * their Workers in one turn blocked this thread for tens of seconds on a loaded machine, and the replies to
+   * submitTask and the heartbeats waited behind them until the JobManager gave up.
+   */
+  private startSoon(task: Task, file: string): void {
+    this.startQueue.push({ task, file });
+    if (this.startQueue.length > 1) return;
+    const next = () => {
+      const item = this.startQueue.shift();
+      if (!item) return;
+      if (item.task.state === "DEPLOYING") item.task.start(item.file);
+      if (this.startQueue.length > 0) setImmediate(next);
+    };
+    setImmediate(next);
   }
 
   private taskFor(executionId: string, type: string): Task {

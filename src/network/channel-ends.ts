@@ -1,5 +1,6 @@
-// A task's ends of its channels, each a ring in shared memory (shared-ring.ts) whose other end is the peer
-// task's Worker (local channel) or the TaskManager's main thread (remote channel, see shuffle-environment.ts).
+// A task's ends of all its channels, local and remote alike (in the task's Worker): each is a ring in shared
+// memory (shared-ring.ts) whose other end is the peer task's Worker (local channel) or the TaskManager's main
+// thread (remote channel: remote-sender.ts and remote-receiver.ts hold that thread's ends).
 // The producer's finished buffer is copied into a free slot and goes straight back to its pool; when the ring
 // is full, buffers and events wait here in order (holding their pool buffers, so the producer is
 // backpressured). The consumer hands each slot to its input gate as a view and releases the slot when the gate

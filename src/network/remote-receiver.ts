@@ -1,0 +1,195 @@
+// The receiving end of remote channels, on the consumer's TaskManager main thread: exclusive buffers per channel
+// plus floating buffers per gate, lent to channels that report a backlog; every free buffer is announced to the
+// producer as credit (as Flink since 1.5). An arriving buffer goes straight into the consumer Worker's input ring
+// when it has room, and its network buffer is credit again at once; otherwise it waits in that buffer until the
+// ring has room. The Worker is thus off the credit loop while its ring has room.
+import type { ChannelTarget } from "../rpc/messages.ts";
+import { assert } from "../util/assert.ts";
+import type { ChannelEvent } from "./record-writer.ts";
+import { RING_WAIT_MS } from "./remote-sender.ts";
+import { RingWriter } from "./shared-ring.ts";
+import { DATA_FRAME, type TaskEndpoint } from "./wire.ts";
+
+/** An input gate's floating buffers, shared by its remote channels. */
+export interface FloatingPool {
+  /** Floating buffers the gate may have now (resized as the TaskManager's tasks come and go). */
+  limit: number;
+  /** Floating buffers not lent to a channel: limit minus those lent, below 0 while the gate is over its limit. */
+  floating: number;
+  spare: ArrayBuffer[]; // allocated floating buffers not in use
+  channels: RemoteInput[];
+}
+
+interface RemoteInput {
+  id: string;
+  task: TaskEndpoint;
+  producer: ChannelTarget;
+  gate: FloatingPool;
+  free: ArrayBuffer[];
+  floatingHeld: number;
+  backlog: number;
+  ended: boolean;
+  /** Credit granted but not yet sent to the producer. */
+  unannounced: number;
+  /** The consumer Worker's input ring for this channel. */
+  ring: RingWriter;
+  /** Arrivals waiting for room in the ring, in order (a buffer holds one of the channel's network buffers). */
+  pending: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[];
+  /** A wait for room in the ring is pending. */
+  waiting: boolean;
+}
+
+export class RemoteReceiver {
+  private readonly inputs = new Map<string, RemoteInput>();
+  /** Remote input channels with credit to announce at the end of this turn. */
+  private creditDue: RemoteInput[] = [];
+
+  constructor(
+    private readonly segmentSize: number,
+    /** Sends a credit frame to the producer's TaskManager (connecting on first use). */
+    private readonly send: (to: ChannelTarget, frame: unknown[]) => void,
+  ) {}
+
+  newGate(floating: number): FloatingPool {
+    return { limit: floating, floating, spare: [], channels: [] };
+  }
+
+  /** A remote input channel of a task being wired, with `exclusive` buffers, feeding `ring`. */
+  add(ch: string, task: TaskEndpoint, producer: ChannelTarget, gate: FloatingPool, exclusive: number, ring: SharedArrayBuffer): void {
+    const free = Array.from({ length: exclusive }, () => new ArrayBuffer(this.segmentSize));
+    const ri: RemoteInput = { id: ch, task, producer, gate, free, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0, ring: new RingWriter(ring), pending: [], waiting: false };
+    gate.channels.push(ri);
+    this.inputs.set(ch, ri);
+    // The first credit also asks the producer's TaskManager for the partition.
+    this.send(producer, [DATA_FRAME.CREDIT, ch, free.length]);
+  }
+
+  /** The gate's floating buffers now number `limit`: more are lent as channels need them, fewer are not lent again. */
+  resizeGate(gate: FloatingPool, limit: number): void {
+    gate.floating += limit - gate.limit;
+    gate.limit = limit;
+    if (gate.spare.length > Math.max(0, gate.floating)) gate.spare.length = Math.max(0, gate.floating);
+    if (gate.floating > 0) for (const ri of gate.channels) if (!ri.ended) this.lendFloating(ri);
+  }
+
+  /** The channel's task ended. */
+  remove(ch: string, task: TaskEndpoint): void {
+    if (this.inputs.get(ch)?.task === task) this.inputs.delete(ch);
+  }
+
+  releaseJob(ofJob: (ch: string) => boolean): void {
+    for (const ch of this.inputs.keys()) if (ofJob(ch)) this.inputs.delete(ch);
+  }
+
+  has(ch: string): boolean {
+    return this.inputs.has(ch);
+  }
+
+  /** A buffer for `ch` (spends one credit). Throws on a protocol violation: the caller closes the connection. */
+  onData(ch: string, bytes: Uint8Array, backlog: number): void {
+    const ri = this.inputs.get(ch)!;
+    const buf = ri.free.pop();
+    if (!buf) throw new Error(`channel ${ch} sent a buffer without credit`);
+    ri.backlog = backlog;
+    if (ri.pending.length === 0 && ri.ring.tryPush(bytes)) {
+      this.recycleInput(ri, buf); // straight into the consumer's ring: the network buffer is free again
+    } else {
+      new Uint8Array(buf).set(bytes);
+      ri.pending.push({ buf, size: bytes.length });
+      this.whenRingFree(ri);
+    }
+    this.lendFloating(ri);
+  }
+
+  onEvent(ch: string, event: ChannelEvent): void {
+    const ri = this.inputs.get(ch)!;
+    if (event.type === "end") {
+      ri.ended = true;
+      ri.gate.floating += ri.floatingHeld;
+      ri.floatingHeld = 0;
+    }
+    if (ri.pending.length > 0 || !ri.ring.tryPushEvent(event)) {
+      ri.pending.push({ event });
+      this.whenRingFree(ri);
+    }
+  }
+
+  /** The connection to `peer` is gone: consumers still expecting data from it fail. */
+  onConnectionClosed(peer: string, fail: (task: TaskEndpoint) => void): void {
+    for (const ri of this.inputs.values()) if (!ri.ended && ri.producer.resourceId === peer) fail(ri.task);
+  }
+
+  private recycleInput(ri: RemoteInput, buf: ArrayBuffer): void {
+    if (ri.ended) return;
+    const gate = ri.gate;
+    if (ri.floatingHeld > 0 && (ri.free.length >= ri.backlog || gate.floating < 0)) {
+      // Not needed here any more (or the gate is over its limit): back to the gate, or lent to a channel whose
+      // backlog is larger than its credit.
+      ri.floatingHeld--;
+      const needy = gate.floating >= 0 ? gate.channels.find((c) => !c.ended && c.backlog > c.free.length) : undefined;
+      if (needy) {
+        needy.floatingHeld++;
+        this.grant(needy, [buf]);
+      } else {
+        gate.floating++;
+        if (gate.floating > 0) gate.spare.push(buf); // else dropped: the gate had more than its limit
+      }
+      assert(gate.floating <= gate.limit, () => `floating buffers of a gate over its limit: ${gate.floating} free of ${gate.limit}`);
+      return;
+    }
+    this.grant(ri, [buf]);
+  }
+
+  /**
+   * Free buffers become credit for the producer. Credit is announced once per turn for all the buffers freed in
+   * it (as Flink's unannounced credit): on loopback a tiny write costs about as much as a 32 KiB one.
+   */
+  private grant(ri: RemoteInput, bufs: ArrayBuffer[]): void {
+    for (const b of bufs) ri.free.push(b);
+    if (ri.unannounced === 0) this.creditDue.push(ri);
+    ri.unannounced += bufs.length;
+    if (this.creditDue.length === 1) queueMicrotask(() => this.announceCredit());
+  }
+
+  private announceCredit(): void {
+    for (const ri of this.creditDue.splice(0)) {
+      const n = ri.unannounced;
+      ri.unannounced = 0;
+      if (n > 0 && this.inputs.get(ri.id) === ri) this.send(ri.producer, [DATA_FRAME.CREDIT, ri.id, n]);
+    }
+  }
+
+  /** Moves waiting arrivals into the consumer's ring when it has room (or checks again after RING_WAIT_MS). */
+  private whenRingFree(ri: RemoteInput): void {
+    if (ri.waiting) return;
+    ri.waiting = true;
+    void ri.ring.whenFree(RING_WAIT_MS).then(() => {
+      ri.waiting = false;
+      if (this.inputs.get(ri.id) !== ri) return;
+      try {
+        while (ri.pending.length > 0) {
+          const head = ri.pending[0]!;
+          if ("event" in head ? !ri.ring.tryPushEvent(head.event) : !ri.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
+          ri.pending.shift();
+          if ("buf" in head) this.recycleInput(ri, head.buf);
+        }
+      } catch (err) {
+        // An event too large for a slot (a frame handler would close the connection instead).
+        this.inputs.delete(ri.id);
+        ri.task.fail(new Error(`remote input channel ${ri.id}: ${(err as Error).message}`));
+        return;
+      }
+      if (ri.pending.length > 0) this.whenRingFree(ri);
+    });
+  }
+
+  /** Lends floating buffers of the gate to a channel whose backlog exceeds its free buffers. */
+  private lendFloating(ri: RemoteInput): void {
+    const want = Math.min(ri.backlog - ri.free.length, ri.gate.floating);
+    if (want <= 0) return;
+    ri.gate.floating -= want;
+    ri.floatingHeld += want;
+    const bufs = Array.from({ length: want }, () => ri.gate.spare.pop() ?? new ArrayBuffer(this.segmentSize));
+    this.grant(ri, bufs);
+  }
+}
