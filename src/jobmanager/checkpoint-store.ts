@@ -136,7 +136,9 @@ export class CheckpointStore {
       const file = path.join(this.dirOf(id), METADATA_FILE);
       if (!fs.existsSync(file)) continue; // in progress or aborted: not a completed checkpoint
       try {
-        return readMetadata(file);
+        const r = readMetadata(file);
+        checkChannelState(r.meta);
+        return r;
       } catch (err) {
         log.error("refusing a checkpoint; using the previous one", { path: file, error: (err as Error).message });
       }
@@ -148,6 +150,26 @@ export class CheckpointStore {
     const completed = this.ids().filter((id) => fs.existsSync(path.join(this.dirOf(id), METADATA_FILE)));
     for (const id of completed.slice(this.retained)) {
       fs.rmSync(this.dirOf(id), { recursive: true, force: true });
+    }
+  }
+}
+
+/**
+ * Channel state files (unaligned checkpoints) are checked before a checkpoint is chosen: one that is missing or
+ * of another size than recorded makes the checkpoint unusable (the previous one is used), naming the file.
+ */
+export function checkChannelState(meta: CheckpointMetadata): void {
+  for (const v of meta.vertices) {
+    for (const s of v.subtasks) {
+      const h = s?.channel;
+      if (!h) continue;
+      let size: number;
+      try {
+        size = fs.statSync(h.file).size;
+      } catch {
+        throw new Error(`channel state ${h.file} is missing`);
+      }
+      if (size !== h.sizeBytes) throw new Error(`channel state ${h.file} is truncated or damaged: ${size} bytes, the checkpoint recorded ${h.sizeBytes}`);
     }
   }
 }

@@ -195,6 +195,9 @@ export interface OutputDeployment {
 
 export interface InputDeployment {
   edgeId: number;
+  /** How the edge routes records (and its keyBy/partitionCustom node): restored channel state is split by it. */
+  partitioner?: PartitionerKind;
+  keyNodeId?: number;
   /** The producer subtasks that feed this subtask on this edge, and where they run. */
   producers: (ChannelTarget & { subtask: number })[];
 }
@@ -224,6 +227,10 @@ export interface TaskDeployment {
   attempt: number;
   /** Barrier handling: EXACTLY_ONCE aligns a task's inputs, AT_LEAST_ONCE does not. */
   checkpointingMode: "EXACTLY_ONCE" | "AT_LEAST_ONCE";
+  /** execution.checkpointing.unaligned.enabled: barriers overtake in-flight buffers, which become channel state. */
+  unalignedCheckpoints?: boolean;
+  /** FLIP-147: at end of input the task waits for a checkpoint that covers everything it did, then finishes. */
+  finalCheckpoint?: boolean;
   /** State to start from: this task's share is picked by key group (keyed) and redistribution (operator). */
   restore: TaskRestore | null;
 }
@@ -235,12 +242,33 @@ export interface TaskRestore {
   path: string;
   keyed: KeyedSnapshotHandle[];
   operator: OperatorSnapshotHandle[];
+  /** Unaligned checkpoints: the in-flight records of the vertex's old subtasks, split by each new subtask. */
+  channel?: ChannelStateHandle[];
+  /** Every subtask of the vertex had finished (FLIP-147): the task finishes at once. */
+  finished?: boolean;
+}
+
+/** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts). */
+export interface ChannelStateHandle {
+  type: "channel";
+  file: string;
+  sizeBytes: number;
+  records: number;
+  subtaskIndex: number;
 }
 
 /** What one task wrote for a checkpoint: handles to its files (paths inside the checkpoint's directory). */
 export interface TaskSnapshot {
   keyed: KeyedSnapshotHandle | null;
   operator: OperatorSnapshotHandle | null;
+  /** Unaligned checkpoints: the records in flight on the task's inputs. */
+  channel?: ChannelStateHandle | null;
+  /** The task had finished before the checkpoint (FLIP-147): no state. */
+  finished?: boolean;
+  /** Per-task figures (Flink's checkpoint details): alignment, start delay (trigger to first barrier), unaligned. */
+  alignmentMs?: number;
+  startDelayMs?: number;
+  unaligned?: boolean;
 }
 
 // ---- checkpoints ----
@@ -250,6 +278,8 @@ export interface TriggerCheckpoint {
   timestamp: number;
   /** Directory of this checkpoint (or savepoint); each task writes into <dir>/<vertex>-<subtask>. */
   dir: string;
+  /** An unaligned checkpoint (never a savepoint). */
+  unaligned?: boolean;
 }
 export interface AcknowledgeCheckpoint {
   executionId: string;
@@ -262,6 +292,11 @@ export interface DeclineCheckpoint {
   reason: string;
 }
 export interface NotifyCheckpointComplete {
+  executionId: string;
+  checkpointId: number;
+}
+/** Checkpoint n was aborted: a task releases any alignment of it and drops its pending work. */
+export interface NotifyCheckpointAborted {
   executionId: string;
   checkpointId: number;
 }
@@ -287,6 +322,14 @@ export interface CheckpointStats {
   sizeBytes: number;
   path?: string;
   failure?: string;
+  /** Unaligned checkpoints: bytes of channel state written (Flink's "persisted data"). */
+  channelStateBytes?: number;
+  unaligned?: boolean;
+  /** The longest alignment and start delay (trigger to first barrier) over the tasks, ms. */
+  alignmentMs?: number;
+  startDelayMs?: number;
+  /** Tasks that had finished (FLIP-147). */
+  finishedTasks?: number;
 }
 export interface CancelTask {
   executionId: string;
@@ -375,6 +418,7 @@ export interface RpcRequests {
   releaseJob: [ReleaseJob, Record<string, never>];
   triggerCheckpoint: [TriggerCheckpoint, Record<string, never>];
   notifyCheckpointComplete: [NotifyCheckpointComplete, Record<string, never>];
+  notifyCheckpointAborted: [NotifyCheckpointAborted, Record<string, never>];
   acknowledgeCheckpoint: [AcknowledgeCheckpoint, Record<string, never>];
   declineCheckpoint: [DeclineCheckpoint, Record<string, never>];
   triggerSavepoint: [TriggerSavepoint, TriggerSavepointReply];
@@ -399,6 +443,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "releaseJob",
   "triggerCheckpoint",
   "notifyCheckpointComplete",
+  "notifyCheckpointAborted",
   "acknowledgeCheckpoint",
   "declineCheckpoint",
   "triggerSavepoint",

@@ -11,7 +11,9 @@
 //
 // End of input pre-commits what is in progress as the final transaction (txn = Number.MAX_SAFE_INTEGER); it is
 // committed only once the JobManager has confirmed that this attempt is still the current one (commitFinal), so a
-// TaskManager cut off from its JobManager never commits on its own.
+// TaskManager cut off from its JobManager never commits on its own. With checkpoints after tasks finish (FLIP-147)
+// end of input only stops writing (endOfData): the job's final checkpoint pre-commits the rest and its notify, the
+// JobManager's word, commits it.
 // Fencing: every attempt writes a marker .attempt-<job>-<attempt> before its recovery. A commit refuses to run when
 // a newer attempt's marker exists, and a final commit that raced with a newer attempt's recovery removes what it
 // committed (that attempt replays it).
@@ -228,6 +230,16 @@ export class TwoPhaseCommitFileSink {
   endInput(): void {
     if (this.state !== "running") return;
     this.preCommit(FINAL_TXN);
+    this.state = "ended";
+  }
+
+  /**
+   * End of input with a final checkpoint to come (FLIP-147): no more records; what is in progress is pre-committed by
+   * that checkpoint's barrier and committed by its notify, as every other transaction.
+   */
+  endOfData(): void {
+    if (this.state !== "running") return;
+    this.flushLines();
     this.state = "ended";
   }
 

@@ -364,9 +364,12 @@ export class TaskExecutor implements TaskManagerView {
       case "triggerCheckpoint": {
         const task = this.taskFor(payload, type);
         if (task.state !== "RUNNING") throw new Error(`task ${task.name} is ${task.state}, not RUNNING`);
-        task.post({ type: "checkpoint", checkpointId: payload.checkpointId, timestamp: payload.timestamp, dir: String(payload.dir) });
+        task.post({ type: "checkpoint", checkpointId: payload.checkpointId, timestamp: payload.timestamp, dir: String(payload.dir), unaligned: payload.unaligned === true });
         return {};
       }
+      case "notifyCheckpointAborted":
+        this.taskFor(payload, type).post({ type: "checkpointAborted", checkpointId: payload.checkpointId });
+        return {};
       case "notifyCheckpointComplete":
         this.taskFor(payload, type).post({ type: "checkpointComplete", checkpointId: payload.checkpointId });
         return {};
