@@ -10,13 +10,13 @@ import { RecordDeserializer } from "./serialization.ts";
 /** seq: arrival order over all channels. skip: a priority event's place in its channel's order (only releases its ring slot). */
 type Arrival =
   | { channel: string; seq: number; bytes: Uint8Array; release: () => void }
+  /** A buffer decoded early for an unaligned checkpoint's channel state (its ring slot is already released). */
+  | { channel: string; seq: number; decoded: unknown[]; size: number }
   | { channel: string; seq: number; event: ChannelEvent; release: (() => void) | null; skip?: boolean; priority?: boolean };
 
 /** One channel's part of an unaligned checkpoint's channel state, being recorded. */
 interface ChannelRecording {
   records: unknown[];
-  /** The barrier has arrived: buffers that arrived before it and are still queued. */
-  beforeLeft: number;
   barrierSeq: number;
   /** Bytes the barrier overtook at the producer (they arrive after it), and how many of them arrived so far. */
   overtaken: number;
@@ -68,8 +68,8 @@ export class InputGate {
   /** Buffers received and not yet read. */
   get queuedBuffers(): number {
     let n = 0;
-    for (let i = this.head; i < this.queue.length; i++) if ("bytes" in this.queue[i]!) n++;
-    for (const a of this.held) if ("bytes" in a) n++;
+    for (let i = this.head; i < this.queue.length; i++) if (!("event" in this.queue[i]!)) n++;
+    for (const a of this.held) if (!("event" in a)) n++;
     return n;
   }
 
@@ -105,13 +105,50 @@ export class InputGate {
     const channels = new Map<string, ChannelRecording>();
     for (const ch of this.deserializers.keys()) {
       if (this.ended.has(ch)) continue;
-      const rec: ChannelRecording = { records: [], beforeLeft: 0, barrierSeq: Infinity, overtaken: 0, after: 0, done: false };
+      const rec: ChannelRecording = { records: [], barrierSeq: Infinity, overtaken: 0, after: 0, done: false };
       const b = this.lastBarrier.get(ch);
-      if (b && b.id >= checkpointId) this.barrierArrived(rec, ch, b);
+      if (b && b.id >= checkpointId) {
+        rec.barrierSeq = b.seq;
+        rec.overtaken = b.overtaken;
+      }
       channels.set(ch, rec);
     }
     this.recording = { checkpointId, channels, onDone };
+    // What is queued now is in flight: decoded at once (in each channel's order), so the channel state is complete
+    // when the barriers and the bytes they overtook have arrived, not when the task has worked through the backlog.
+    for (let i = this.head; i < this.queue.length; i++) {
+      const a = this.queue[i]!;
+      if ("bytes" in a) this.queue[i] = this.recordEarly(a) ?? a;
+    }
+    for (const rec of channels.values()) this.checkRecorded(rec);
     this.maybeRecorded();
+  }
+
+  /** Decodes a buffer for the channel state if it belongs to it (releasing its slot); null when it does not. */
+  private recordEarly(a: Extract<Arrival, { bytes: Uint8Array }>): Arrival | null {
+    const rec = this.recording?.channels.get(a.channel);
+    if (!rec || rec.done) return null;
+    if (a.seq > rec.barrierSeq) {
+      if (rec.after >= rec.overtaken) return null;
+      rec.after += a.bytes.length;
+      assert(rec.after <= rec.overtaken, () => `input channel ${a.channel}: ${rec.after} bytes after barrier ${this.recording!.checkpointId}, which overtook ${rec.overtaken}`);
+    }
+    const records: unknown[] = [];
+    try {
+      this.deserializers.get(a.channel)!.read(a.bytes, records);
+    } finally {
+      a.release();
+    }
+    const left = this.queuedOf.get(a.channel)!;
+    assert(left > 0, () => `input channel ${a.channel}: a buffer decoded with ${left} counted as queued`);
+    this.queuedOf.set(a.channel, left - 1);
+    for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
+    this.checkRecorded(rec);
+    return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length };
+  }
+
+  private checkRecorded(rec: ChannelRecording): void {
+    if (!rec.done && rec.barrierSeq !== Infinity && rec.after >= rec.overtaken) rec.done = true;
   }
 
   /** Gives up the recording of checkpoint n (aborted), or any recording when checkpointId is omitted. */
@@ -121,20 +158,6 @@ export class InputGate {
 
   get recordingCheckpoint(): number | null {
     return this.recording?.checkpointId ?? null;
-  }
-
-  private barrierArrived(rec: ChannelRecording, channel: string, b: { seq: number; overtaken: number }): void {
-    rec.barrierSeq = b.seq;
-    rec.overtaken = b.overtaken;
-    // Buffers of the channel still unread arrived before the barrier (it is the newest arrival of the channel).
-    let n = 0;
-    for (let i = this.head; i < this.queue.length; i++) {
-      const a = this.queue[i]!;
-      if (a.channel === channel && "bytes" in a && a.seq < b.seq) n++;
-    }
-    for (const a of this.held) if (a.channel === channel && "bytes" in a && a.seq < b.seq) n++;
-    rec.beforeLeft = n;
-    rec.done = n === 0 && rec.overtaken === 0;
   }
 
   private maybeRecorded(): void {
@@ -156,7 +179,16 @@ export class InputGate {
   onBytes(channel: string, bytes: Uint8Array, release: () => void): void {
     this.check(channel);
     this.queuedOf.set(channel, (this.queuedOf.get(channel) ?? 0) + 1);
-    this.push({ channel, seq: ++this.seq, bytes, release });
+    const a = { channel, seq: ++this.seq, bytes, release };
+    if (this.recording) {
+      const early = this.recordEarly(a);
+      if (early) {
+        this.push(early);
+        this.maybeRecorded();
+        return;
+      }
+    }
+    this.push(a);
   }
 
   /** An event; release (if given) is called when it is read, in order with the channel's buffers. */
@@ -168,7 +200,9 @@ export class InputGate {
       this.lastBarrier.set(channel, b);
       const rec = this.recording?.channels.get(channel);
       if (rec && !rec.done && b.id >= this.recording!.checkpointId && rec.barrierSeq === Infinity) {
-        this.barrierArrived(rec, channel, b);
+        rec.barrierSeq = b.seq;
+        rec.overtaken = b.overtaken;
+        this.checkRecorded(rec);
         this.maybeRecorded();
       }
     }
@@ -220,8 +254,12 @@ export class InputGate {
       }
       return { channel: a.channel, event: a.event };
     }
-    const records: unknown[] = [];
     this.buffersIn++;
+    if ("decoded" in a) {
+      this.bytesIn += a.size;
+      return { channel: a.channel, records: a.decoded };
+    }
+    const records: unknown[] = [];
     this.bytesIn += a.bytes.length;
     const left = this.queuedOf.get(a.channel)!;
     assert(left > 0, () => `input channel ${a.channel}: a buffer read with ${left} counted as queued`);
@@ -231,26 +269,7 @@ export class InputGate {
     } finally {
       a.release();
     }
-    if (this.recording) this.record(a.channel, a.seq, a.bytes.length, records);
     return { channel: a.channel, records };
-  }
-
-  /** An unaligned checkpoint's channel state: the records of a buffer just read, if they belong to it. */
-  private record(channel: string, seq: number, bytes: number, records: unknown[]): void {
-    const rec = this.recording!.channels.get(channel);
-    if (!rec || rec.done) return;
-    if (seq < rec.barrierSeq) {
-      for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
-      if (rec.barrierSeq !== Infinity) rec.beforeLeft--;
-    } else if (rec.after < rec.overtaken) {
-      for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
-      rec.after += bytes;
-      assert(rec.after <= rec.overtaken, () => `input channel ${channel}: ${rec.after} bytes read after barrier ${this.recording!.checkpointId}, which overtook ${rec.overtaken}`);
-    }
-    if (rec.barrierSeq !== Infinity && rec.beforeLeft === 0 && rec.after >= rec.overtaken) {
-      rec.done = true;
-      this.maybeRecorded();
-    }
   }
 
   /** Resolves when something arrives. */

@@ -93,11 +93,6 @@ export abstract class CheckpointBarrierHandler {
     for (const id of this.aborted) if (id <= this.latest) this.aborted.delete(id);
   }
 
-  /** The task declines checkpoint n on its own (e.g. its input ended). */
-  decline(checkpointId: number, reason: string): void {
-    this.giveUp(checkpointId, reason, true, true);
-  }
-
   /** Drops the alignment of checkpoint n if it is the current one; remembers n so that its late barriers are ignored. */
   private giveUp(checkpointId: number, reason: string, decline: boolean, forward: boolean): void {
     if (checkpointId <= this.latest && this.pending?.barrier.checkpointId !== checkpointId) return;

@@ -245,7 +245,7 @@ export class TwoPhaseCommitFileSink {
 
   /** True when end of input left transactions to commit (the task then asks the JobManager before commitFinal). */
   get hasFinalCommit(): boolean {
-    return this.state === "ended" && this.pending.length > 0;
+    return this.state === "ended" && (this.pending.length > 0 || this.fd !== null);
   }
 
   /**
@@ -255,6 +255,8 @@ export class TwoPhaseCommitFileSink {
    */
   commitFinal(): void {
     if (this.state !== "ended") throw new Error(`file sink ${this.dir}: final commit before end of input`);
+    // After endOfData whose final checkpoint never completed: what is still in progress is the final transaction.
+    if (this.fd !== null) this.preCommit(FINAL_TXN);
     this.commit(FINAL_TXN);
     this.withdrawFinalIfSuperseded();
   }

@@ -25,6 +25,12 @@ import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
 type Post = (msg: FromWorker) => void;
 
 const METRICS_INTERVAL_MS = 1000;
+/**
+ * FLIP-147: checkpoints aborted after end of input before the task stops waiting for a final one and falls back to
+ * the final transaction with the JobManager's approval (approveFinalCommit). Flink waits for ever; a job whose
+ * checkpoints cannot complete (a time-out shorter than any checkpoint) would then never finish.
+ */
+const FINAL_CHECKPOINT_ATTEMPTS = 3;
 
 export { taskDisplayName };
 
@@ -67,6 +73,7 @@ export class StreamTask {
   private finalCheckpointId: number | null = null;
   private finalCheckpointDone: (() => void) | null = null;
   private completedUpTo = 0;
+  private abortsAfterEnd = 0;
 
   // ---- event time ----
   /** The timestamp of the record in flight through the chain. */
@@ -298,8 +305,18 @@ export class StreamTask {
     }
   }
 
+  private readonly abortedAfterEnd = new Set<number>();
+
+  /** Waiting for the final checkpoint: after FINAL_CHECKPOINT_ATTEMPTS aborted ones, finish with the approval path. */
+  private noteAbortAfterEnd(checkpointId: number): void {
+    if (!this.inputEnded || this.finalCheckpointDone === null || this.abortedAfterEnd.has(checkpointId)) return;
+    this.abortedAfterEnd.add(checkpointId);
+    if (this.abortedAfterEnd.size >= FINAL_CHECKPOINT_ATTEMPTS) this.finalCheckpointDone();
+  }
+
   /** The coordinator aborted checkpoint n: release its alignment at once and drop its pending work. */
   private onCheckpointAborted(checkpointId: number): void {
+    this.noteAbortAfterEnd(checkpointId);
     this.triggers = this.triggers.filter((t) => t.checkpointId !== checkpointId);
     this.inFlight.delete(checkpointId);
     this.barriers.onCheckpointAborted(checkpointId);
@@ -307,6 +324,7 @@ export class StreamTask {
 
   /** Checkpoint n is given up here: decline it (unless told by the coordinator), and tell downstream tasks in-band. */
   private abortCheckpoint(checkpointId: number, reason: string, decline: boolean): void {
+    this.noteAbortAfterEnd(checkpointId);
     this.inFlight.delete(checkpointId);
     if (decline) this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(this.d)}: ${reason}` });
     for (const w of this.writers) w.broadcastPriorityEvent({ type: "cancelBarrier", checkpointId });
@@ -340,8 +358,10 @@ export class StreamTask {
         ...(b.unaligned ? { unaligned: true } : {}),
       }));
     } catch (err) {
+      // Declined here: no barrier goes on but a cancel marker, and a recording of channel state is dropped.
       channelState?.catch(() => {});
-      this.barriers.decline(checkpointId, `${(err as Error)?.message ?? String(err)}`);
+      this.gate.stopRecording(checkpointId);
+      this.abortCheckpoint(checkpointId, `${(err as Error)?.message ?? String(err)}`, true);
       return;
     }
     if (this.inputEnded && this.d.finalCheckpoint && this.finalCheckpointId === null) this.finalCheckpointId = checkpointId;
