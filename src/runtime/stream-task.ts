@@ -31,6 +31,8 @@ const METRICS_INTERVAL_MS = 1000;
  * checkpoints cannot complete (a time-out shorter than any checkpoint) would then never finish.
  */
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
+/** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
+const SOURCE_REST_EDGE = -1;
 
 export { taskDisplayName };
 
@@ -65,6 +67,11 @@ export class StreamTask {
   private triggers: { checkpointId: number; timestamp: number; dir: string; unaligned: boolean }[] = [];
   /** Checkpoints whose asynchronous part runs: an abort drops their acknowledgement. */
   private readonly inFlight = new Set<number>();
+  /**
+   * A source back-pressured in the middle of a chunk: the records of the chunk not emitted yet (its reader's position
+   * is past them). An unaligned checkpoint is taken then and there, with them as the source's channel state.
+   */
+  private sourceRest: unknown[] | null = null;
   /** Records of restored channel state, replayed before any new input. */
   private restoredInFlight: unknown[] = [];
   /** Input done: no more records. */
@@ -159,6 +166,8 @@ export class StreamTask {
     const d = this.d;
     const chain = this.chain!;
     const edges = new Map<number, { owner: (record: unknown, oldConsumer: number) => number }>();
+    // A source's unemitted records (any new subtask may emit them; the old subtask's share stays together).
+    edges.set(SOURCE_REST_EDGE, { owner: (_r, oldSubtask) => oldSubtask % d.parallelism });
     for (const input of d.inputs) {
       const kind = input.partitioner ?? "forward";
       if (kind === "hash" || kind === "custom") {
@@ -281,6 +290,7 @@ export class StreamTask {
         // A source, or (FLIP-147) a task whose producers have all finished: taken once its input is read.
         this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir, unaligned: msg.unaligned === true });
         if (waitingFinal && (this.chain?.sourceNode || this.gate.finished)) this.takeTriggered();
+        else if (msg.unaligned && this.sourceRest !== null) this.takeTriggered(this.sourceRest);
         break;
       }
       case "checkpointAborted":
@@ -295,12 +305,19 @@ export class StreamTask {
   }
 
   /** Triggered checkpoints are taken between chunks (sources) or once all input has ended (finished producers). */
-  private takeTriggered(): void {
+  private takeTriggered(sourceRest: unknown[] = []): void {
     if (!this.chain?.sourceNode && !this.gate.finished) return;
     while (this.triggers.length > 0) {
       const t = this.triggers.shift()!;
       if (t.checkpointId <= this.barriers.lastCheckpointId) continue;
-      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...(t.unaligned ? { unaligned: true } : {}) }, null, 0, Math.max(0, Date.now() - t.timestamp));
+      let state: Promise<Map<string, unknown[]>> | null = null;
+      if (sourceRest.length > 0) {
+        // As [timestamp, record] with event time, as records on the wire (a source's records have none yet).
+        const rest = this.eventTime ? sourceRest.map((r) => [null, r]) : sourceRest;
+        state = Promise.resolve(new Map([[channelId(channelJob(this.d), SOURCE_REST_EDGE, this.d.subtaskIndex, this.d.subtaskIndex), rest]]));
+        sourceRest = [];
+      }
+      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...(t.unaligned ? { unaligned: true } : {}) }, state, 0, Math.max(0, Date.now() - t.timestamp));
       this.barriers.taken(t.checkpointId);
     }
   }
@@ -440,11 +457,16 @@ export class StreamTask {
         // would otherwise pile up beyond the buffer pool.
         if (blocked() && i + 1 < chunk.length) {
           this.flushOperators();
+          // While it waits, an unaligned checkpoint is taken at once, the rest of the chunk kept as its state.
+          this.sourceRest = chunk.slice(i + 1);
           await this.afterBatch();
+          this.sourceRest = null;
         }
       }
       this.flushOperators();
+      this.sourceRest = [];
       await this.afterBatch();
+      this.sourceRest = null;
       // Barriers go in between chunks, where the reader's position is exact.
       this.takeTriggered();
     }
