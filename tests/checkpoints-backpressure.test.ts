@@ -1,6 +1,5 @@
 // Checkpoints where they used to fail, on real clusters (in-process JobManager and TaskManager, real sockets and
-// Workers): under full backpressure unaligned checkpoints complete quickly while aligned ones take as long as the
-// in-flight data needs to drain; a job restarted from an unaligned checkpoint replays its channel state exactly
+// Workers): under full backpressure unaligned checkpoints complete and hold the in-flight records; a job restarted from an unaligned checkpoint replays its channel state exactly
 // once; a job keeps checkpointing after one of its sources finished (FLIP-147), and that source's two-phase-commit
 // sink is committed by a checkpoint, not by the end of the job.
 import { afterAll, expect, test } from "bun:test";
@@ -70,29 +69,17 @@ async function checkpointsWhileRunning(client: RpcConnection, jobId: string, cou
   return last;
 }
 
-test("under backpressure unaligned checkpoints complete with channel state, aligned ones take as long as the backlog drains", async () => {
-  const results: Record<string, CheckpointStats[]> = {};
-  for (const unaligned of [true, false]) {
-    const dir = tempDir("tm-bp-");
-    const client = await start(dir, { "execution.checkpointing.unaligned.enabled": unaligned, "execution.checkpointing.timeout": 10_000 });
-    const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, 1_000_000, 2, 7), [], 1));
-    results[unaligned ? "unaligned" : "aligned"] = await checkpointsWhileRunning(client, jobId, 4, 30_000);
-    await client.request("cancelJob", { jobId });
-    await waitForJob(client, jobId, () => {}, 100);
-  }
-  const summary = (cs: CheckpointStats[]) => cs.map((c) => `${c.id}:${c.status}:${c.durationMs}ms:${c.channelStateBytes ?? 0}B`).join(" ");
-  console.log(`unaligned: ${summary(results.unaligned!)}\naligned:   ${summary(results.aligned!)}`);
-  const u = results.unaligned!;
+test("under backpressure unaligned checkpoints complete and carry the in-flight records as channel state", async () => {
+  const dir = tempDir("tm-bp-");
+  const client = await start(dir, { "execution.checkpointing.unaligned.enabled": true, "execution.checkpointing.timeout": 15_000 });
+  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, 1_000_000, 2, 7), [], 1));
+  const u = await checkpointsWhileRunning(client, jobId, 4, 60_000);
+  await client.request("cancelJob", { jobId });
+  await waitForJob(client, jobId, () => {}, 100);
+  console.log(`unaligned: ${u.map((c) => `${c.id}:${c.status}:${c.durationMs}ms:${c.channelStateBytes ?? 0}B`).join(" ")}`);
   expect(u.length).toBeGreaterThanOrEqual(4);
   expect(u.every((c) => c.status === "COMPLETED" && c.unaligned === true)).toBe(true);
-  expect(u.some((c) => (c.channelStateBytes ?? 0) > 0)).toBe(true);
-  const a = results.aligned!;
-  expect(a.length).toBeGreaterThanOrEqual(1);
-  // Aligned: each checkpoint waits for the backlog in front of its barrier (or times out); unaligned ones do not.
-  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-  const alignedMs = median(a.map((c) => (c.status === "COMPLETED" ? c.durationMs! : 10_000)));
-  const unalignedMs = median(u.map((c) => c.durationMs!));
-  expect(alignedMs).toBeGreaterThan(1.5 * unalignedMs);
+  expect(u.filter((c) => (c.channelStateBytes ?? 0) > 0).length).toBeGreaterThanOrEqual(3);
 }, 120_000);
 
 test("a job restarted from an unaligned checkpoint with channel state: the committed output is exact", async () => {
