@@ -8,7 +8,8 @@ import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { startJobManager } from "./src/roles/jobmanager-role.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
-import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
+import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob, type SubmitOptions } from "./src/client/job-client.ts";
+import { formatSavepointInfo, savepointInfo } from "./src/client/savepoint-info.ts";
 import { startLocalCluster } from "./src/client/local-cluster.ts";
 import { JobGraphError } from "./src/api/job-graph.ts";
 import { createLogger, setLogFormat, setLogLevel } from "./src/util/log.ts";
@@ -78,6 +79,7 @@ Usage:
   taskmanager list [-m HOST:PORT]                   list the jobs of a cluster
   taskmanager cancel <job-id> [-m HOST:PORT]        cancel a job (--with-savepoint: take one first)
   taskmanager savepoint <job-id> [DIR] [-m HOST:PORT]  write a savepoint of a running job
+  taskmanager savepoint info PATH                   show a savepoint's operators and their states
   taskmanager --version
 
 Run \`taskmanager <command> --help\` for a command's options.
@@ -110,7 +112,9 @@ Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
   -p, --parallelism N          default parallelism of the job (default: parallelism.default)
   -d, --detached               print the job id and return without waiting
-  -s, --from-savepoint PATH    start from a savepoint (or retained checkpoint) directory; the parallelism may differ
+  -s, --from-savepoint PATH    start from a savepoint (or retained checkpoint) directory; the parallelism, chaining
+                               and operators may differ: state goes to operators by operator id (uid)
+  -n, --allowNonRestoredState  with -s: drop state of operators the job no longer has (refused without it)
 ${COMMON}`,
   list: `Usage: taskmanager list [options]
 Lists the jobs of a cluster with their state.
@@ -127,9 +131,12 @@ Options:
                                under state.savepoints.dir), then cancel
 ${COMMON}`,
   savepoint: `Usage: taskmanager savepoint <job-id> [DIR] [options]
+       taskmanager savepoint info PATH
 Writes a savepoint of a running job into DIR (default: state.savepoints.dir) and prints its path; restore it
 with \`submit --from-savepoint PATH\`, also at another parallelism. A relative DIR is taken under the JobManager's
 state.savepoints.dir (refused when that is not set), never under a working directory.
+\`savepoint info PATH\` reads a savepoint (or retained checkpoint) directory and prints its operators: operator
+ids, uids, parallelism, and their states with kinds and sizes; check an upgrade against it before running it.
 
 Options:
   -m, --jobmanager HOST:PORT   the JobManager (default: jobmanager.rpc.address:jobmanager.rpc.port)
@@ -276,6 +283,7 @@ async function runSubmit(args: string[]): Promise<number> {
     jobmanager: { type: "string", short: "m" },
     detached: { type: "boolean", short: "d" },
     "from-savepoint": { type: "string", short: "s" },
+    allowNonRestoredState: { type: "boolean", short: "n" },
   } as const;
   const { values } = parse(own, options);
   if (values.help) return help("submit");
@@ -286,7 +294,10 @@ async function runSubmit(args: string[]): Promise<number> {
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
-  return runToEnd(host, port, { ...prepared, fromSavepoint }, values.detached ?? false);
+  const allowNonRestoredState = values.allowNonRestoredState === true;
+  if (allowNonRestoredState && fromSavepoint === undefined) throw new UsageError("submit: --allowNonRestoredState (-n) needs --from-savepoint (-s)");
+  const onWarning = (w: string) => console.error(`Warning: ${w}`);
+  return runToEnd(host, port, { ...prepared, fromSavepoint, allowNonRestoredState, onWarning }, values.detached ?? false);
 }
 
 function jobManagerAddress(cfg: Config, flag: string | undefined): { host: string; port: number } {
@@ -314,6 +325,11 @@ async function runList(args: string[]): Promise<number> {
 async function runSavepoint(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
   if (values.help) return help("savepoint");
+  if (positionals[0] === "info") {
+    if (positionals.length !== 2) throw new UsageError("savepoint info: expected one savepoint directory (or its _metadata file)");
+    process.stdout.write(formatSavepointInfo(await savepointInfo(path.resolve(positionals[1]!))));
+    return 0;
+  }
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError("savepoint: expected a job id and optionally a target directory");
   const { host, port } = jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
@@ -353,7 +369,7 @@ async function runCancel(args: string[]): Promise<number> {
   }
 }
 
-async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>> & { fromSavepoint?: string }, detached: boolean): Promise<number> {
+async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>> & SubmitOptions, detached: boolean): Promise<number> {
   const rpc = await connectClient(host, port);
   try {
     const jobId = await submitJob(rpc, prepared);

@@ -8,7 +8,7 @@ import type { JobGraph } from "../src/graph/job-graph.ts";
 import { CheckpointCoordinator, type CoordinatorHost } from "../src/jobmanager/checkpoint-coordinator.ts";
 import { CheckpointStore, METADATA_FILE, readMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { TaskDeployment, TaskSnapshot } from "../src/rpc/messages.ts";
-import { removeTempDirs, tempDir } from "./helpers.ts";
+import { removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -48,7 +48,10 @@ function setup(opts: { timeoutMs?: number; retained?: number; running?: boolean;
   return { c, store, base, triggered, notified, aborted };
 }
 
-const snap = (n: number): TaskSnapshot => ({ keyed: null, operator: { type: "operator", formatVersion: 1, files: [`f${n}`], subtaskIndex: n, parallelism: 2, sizeBytes: 10 } });
+// Vertex 0's operator is "node-0", vertex 1's "node-1" (graphs built by hand get ids from their plan node ids).
+const snap = (n: number): TaskSnapshot => ({
+  operators: [{ operatorId: n < 2 ? "node-0" : "node-1", keyed: null, operator: { type: "operator", formatVersion: 1, files: [`f${n}`], subtaskIndex: n, parallelism: 2, sizeBytes: 10 }, states: [{ name: "s", scope: "operator", kind: "list", mode: "union" }] }],
+});
 
 describe("CheckpointCoordinator", () => {
   test("triggers only the source tasks; completes only when every task acknowledged; metadata last; notifies all", async () => {
@@ -65,8 +68,12 @@ describe("CheckpointCoordinator", () => {
     const r = await done;
     expect(r).toEqual({ path: path.join(dir, METADATA_FILE), checkpointId: 1 });
     const { meta } = readMetadata(dir);
-    expect(meta.vertices[0]!.subtasks.map((s) => s.operator!.subtaskIndex)).toEqual([0, 1]);
-    expect(meta.vertices[1]!.subtasks.length).toBe(1);
+    // State is stored per operator id, each with its subtasks in order.
+    expect(meta.operators.map((o) => o.id)).toEqual(["node-0", "node-1"]);
+    expect(meta.operators[0]!.subtasks.map((s) => s!.operator!.subtaskIndex)).toEqual([0, 1]);
+    expect(meta.operators[1]!.subtasks.length).toBe(1);
+    expect(meta.operators[0]!.states).toEqual([{ name: "s", scope: "operator", kind: "list", mode: "union" }]);
+    expect(meta.vertices.map((v) => v.operatorIds)).toEqual([["node-0"], ["node-1"]]);
     expect(notified.map(([e]) => e).sort()).toEqual(tasks.map((t) => t.executionId).sort());
     expect(c.completed).toBe(1);
     expect(c.latestCompleted()!.sizeBytes).toBe(30);
@@ -78,8 +85,7 @@ describe("CheckpointCoordinator", () => {
     c.onAcknowledge("j-0-0-0", 1, snap(0));
     c.onDecline("j-1-0-0", 1, "disk full");
     await expect(first).rejects.toThrow(/checkpoint 1 aborted: declined by Sink \(1\): disk full/);
-    await Bun.sleep(20);
-    expect(fs.existsSync(store.dirOf(1))).toBe(false);
+    await waitFor("the aborted checkpoint's directory removed", () => !fs.existsSync(store.dirOf(1)), 10_000);
     expect(c.failed).toBe(1);
     const second = c.triggerNow(false);
     for (const t of tasks) c.onAcknowledge(t.executionId, 2, snap(0));
@@ -103,8 +109,9 @@ describe("CheckpointCoordinator", () => {
     one.c.onAcknowledge("j-0-1-0", 1, snap(1));
     one.c.onAcknowledge("j-1-0-0", 1, snap(2));
     const { meta } = readMetadata((await p1).path);
-    expect(meta.vertices[0]!.subtasks[0]).toEqual({ keyed: null, operator: null, finished: true });
-    expect(meta.vertices[0]!.subtasks[1]!.operator!.subtaskIndex).toBe(1);
+    // Finished is task-level state (per vertex subtask); the running subtask's operator state is under its operator id.
+    expect(meta.vertices[0]!.subtasks).toEqual([{ finished: true }, null]);
+    expect(meta.operators.find((o) => o.id === "node-0")!.subtasks.map((s) => s?.operator?.subtaskIndex ?? null)).toEqual([null, 1]);
     const both = setup({ finished: ["j-0-0-0", "j-0-1-0"] });
     const p2 = both.c.triggerNow(false);
     expect(both.triggered.map((t) => t.executionId)).toEqual(["j-1-0-0"]);
@@ -164,7 +171,7 @@ describe("CheckpointCoordinator", () => {
 describe("CheckpointStore metadata", () => {
   function completed(store: CheckpointStore, id: number) {
     const dir = store.prepare(id);
-    store.complete({ magic: "tm-checkpoint", version: 1, jobId: "job1", jobName: "g", checkpointId: id, timestamp: 0, savepoint: false, attempt: 0, maxParallelism: 128, vertices: [] }, dir);
+    store.complete({ magic: "tm-checkpoint", version: 2, jobId: "job1", jobName: "g", checkpointId: id, timestamp: 0, savepoint: false, attempt: 0, maxParallelism: 128, vertices: [], operators: [] }, dir);
     return path.join(dir, METADATA_FILE);
   }
 
@@ -184,7 +191,10 @@ describe("CheckpointStore metadata", () => {
     const f = completed(store, 2);
     fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(fs.readFileSync(f, "utf8")), version: 99 }));
     store.prepare(3); // in progress: no metadata yet
-    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has version 99; this build reads version 1`);
+    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has format version 99; this build reads format version 2`);
+    // Format version 1 (state per operator chain) is refused, saying what it is.
+    fs.writeFileSync(f, JSON.stringify({ ...JSON.parse(fs.readFileSync(f, "utf8")), version: 1 }));
+    expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has format version 1, which stored state per operator chain (before operator ids); this build restores format version 2 only`);
     expect(store.latest()!.meta.checkpointId).toBe(1);
     expect(() => readMetadata(path.join(store.jobDir, "missing"))).toThrow(/cannot read checkpoint metadata .*missing.*ENOENT/);
   });

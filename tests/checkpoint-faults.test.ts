@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { clusterPerTest } from "./cluster-helpers.ts";
 import { committedLines, removeTempDirs, tempDir, writeJob } from "./helpers.ts";
 

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { CheckpointStats, JobStatus } from "../src/rpc/messages.ts";
 import { readMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import { clusterPerTest } from "./cluster-helpers.ts";
@@ -97,7 +97,7 @@ test("a job restarted from an unaligned checkpoint with channel state: the commi
   expect(final.state).toBe("FINISHED");
   expect(final.restarts).toBe(1);
   const restored = readMetadata(final.checkpoints.restoredFrom!).meta;
-  const channelRecords = restored.vertices.flatMap((v) => v.subtasks.map((s) => s?.channel?.records ?? 0)).reduce((x, y) => x + y, 0);
+  const channelRecords = restored.vertices.flatMap((v) => (v.subtasks ?? []).map((s) => s?.channel?.records ?? 0)).reduce((x, y) => x + y, 0);
   console.log(`restored from checkpoint ${restored.checkpointId} with ${channelRecords} in-flight records`);
   expect(channelRecords).toBeGreaterThan(0);
   expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });

@@ -4,7 +4,8 @@
 import { afterAll, afterEach, beforeAll } from "bun:test";
 import { connectClient } from "../src/client/job-client.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
+import { TERMINAL_JOB_STATES } from "../src/rpc/messages.ts";
 
 type ClusterOptions = Parameters<typeof startLocalCluster>[0];
 
@@ -23,10 +24,29 @@ async function stop(t: Partial<TestCluster>): Promise<void> {
   await t.cluster?.stop();
 }
 
-/** One cluster for the tests of a file or describe block: started in beforeAll, stopped in afterAll. */
+/**
+ * After each test on a shared cluster: every job still running is canceled and its slots are awaited, so that a
+ * test that failed half-way (its job still running) does not make the next tests fail for want of slots.
+ */
+async function recover(t: TestCluster): Promise<void> {
+  if (!t.client) return;
+  for (const job of await t.client.request("listJobs", {})) {
+    if (!TERMINAL_JOB_STATES.has(job.state)) await t.client.request("cancelJob", { jobId: job.jobId }).catch(() => {});
+  }
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const o = await t.client.request("clusterOverview", {});
+    if (o.slotsAvailable === o.slotsTotal) return;
+    if (Date.now() > deadline) throw new Error(`after the test: ${o.slotsTotal - o.slotsAvailable} slot(s) still held 30 s after canceling its jobs`);
+    await Bun.sleep(25);
+  }
+}
+
+/** One cluster for the tests of a file or describe block: started in beforeAll, recovered after each test, stopped in afterAll. */
 export function clusterForTests(options: () => ClusterOptions): TestCluster {
   const t = {} as TestCluster;
   beforeAll(async () => Object.assign(t, await start(options())));
+  afterEach(() => recover(t));
   afterAll(() => stop(t));
   return t;
 }

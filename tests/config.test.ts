@@ -67,6 +67,7 @@ describe("defaults", () => {
       "taskmanager.network.request-backoff.max": 2000,
       "state.backend": "heap",
       "state.backend.sqlite.cache-size": 67108864,
+      "state.backend.incremental": false,
       "taskmanager.state.dir": "",
       "taskmanager.registration.initial-backoff": 100,
       "taskmanager.registration.max-backoff": 10_000,

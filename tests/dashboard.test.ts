@@ -12,7 +12,7 @@ import { defaultConfig } from "../src/config/index.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { opsJobSource } from "./ops-job.ts";

@@ -11,7 +11,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import { connectFramed } from "../src/rpc/connection.ts";
+import { connectFramed } from "../src/rpc/connect.ts";
 import { encodeBufferFrame, encodeFrame } from "../src/rpc/framing.ts";
 import { DATA_FRAME } from "../src/network/wire.ts";
 import { PROTOCOL_VERSION, REQUEST_TYPES, type PeerRole } from "../src/rpc/messages.ts";

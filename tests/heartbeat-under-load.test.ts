@@ -5,7 +5,7 @@ import { afterAll, afterEach, expect, test } from "bun:test";
 import * as path from "node:path";
 import { connectClient, submitJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const BUSY_SECONDS = Number(process.env.TM_BUSY_SECONDS ?? 60);

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import type { Subprocess } from "bun";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { FrameDecoder } from "../src/rpc/framing.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 
@@ -92,7 +92,7 @@ export function expectSameCounts(actual: Map<string, number>, expected: Map<stri
   if (diffs.length > 0) throw new Error(`${diffs.length} differing counts, e.g. ${diffs.slice(0, 5).join("; ")}`);
 }
 
-export async function waitFor<T>(what: string, probe: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+export async function waitFor<T>(what: string, probe: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs = 30_000, everyMs = 25): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await probe();

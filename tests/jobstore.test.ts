@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT, removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { opsJobSource } from "./ops-job.ts";

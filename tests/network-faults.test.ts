@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { encodeFrame } from "../src/rpc/framing.ts";
 import { DATA_FRAME } from "../src/network/wire.ts";
 import { PROTOCOL_VERSION } from "../src/rpc/messages.ts";

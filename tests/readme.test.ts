@@ -14,6 +14,7 @@ const SKIP = {
   suite: "runs the whole test suite, which this file is part of",
   benchmark: "a benchmark that loads the machine for minutes (docs/benchmarks.md)",
   remoteHttps: "HTTPS to a remote host with that host's certificate (the REST token is tested in tests/security.test.ts)",
+  deno: "a Deno command: tests/deno.test.ts runs each from a fresh clone of the repository",
 } as const;
 
 interface Command {
@@ -134,6 +135,11 @@ const HANDLERS: Record<string, Handler> = {
   "./dist/taskmanager --help": { output: /Usage:/ },
   "bun main.ts local -p 2 examples/nexmark/q4.ts 1000000 7": { output: /FINISHED after .* 1000000 records read by sources/ },
   "bun scripts/bench-nexmark.ts --events 10000000": { skip: "benchmark" },
+  "deno task start": { skip: "deno" },
+  "deno run -A main.ts local examples/windowed-events.ts": { skip: "deno" },
+  "deno task jobmanager --config jm.toml": { skip: "deno" },
+  "deno task taskmanager --config tm.toml": { skip: "deno" },
+  "deno run -A main.ts submit -m host:6123 -p 2 examples/windowed-events.ts": { skip: "deno" },
   "./dist/taskmanager savepoint -m host:6123 <job-id> /mnt/savepoints": {
     job: SLOW_JOB,
     before: async (run) => {

@@ -67,8 +67,9 @@ async function remoteChannel(order: "consumer-first" | "producer-first") {
   };
   if (order === "consumer-first") {
     wireConsumer();
-    // Let the consumer's first credit (its partition request) reach tm-a before the producer is there.
-    await new Promise((r) => setTimeout(r, 200));
+    // The consumer's first credit (its partition request) reaches tm-a before the producer is there.
+    const early = (a.env as unknown as { earlyCredit: Map<string, unknown> }).earlyCredit;
+    await waitFor("the partition request at the producer's TaskManager", () => early.has(CH), 10_000);
     wireProducer();
   } else {
     wireProducer();
@@ -136,6 +137,7 @@ describe("remote channel over TCP through rings at both ends", () => {
     // Nothing is read: the consumer's ring (10 slots), its network buffers (2 + 8 floating) and the producer's
     // ring (10) fill, then the producer's pool; the writer stays backpressured.
     await waitFor("the producer backpressured", () => c.writer.backpressured && c.pool.inUse === c.pool.size, 10_000);
+    // Nothing may move while nobody reads: an absence, so it is watched for a while rather than waited for.
     await new Promise((r) => setTimeout(r, 300));
     expect(c.writer.backpressured).toBe(true);
     expect(c.gate.queuedBuffers).toBeLessThanOrEqual(10); // only the ring's slots ever reach the gate

@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { parsePrometheus, sampleValue } from "./prometheus-parse.ts";
 import { opsJobSource } from "./ops-job.ts";

@@ -9,7 +9,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, ROOT, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { opsJobSource } from "./ops-job.ts";
 

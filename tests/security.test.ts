@@ -9,7 +9,9 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import { connectFramed, connectRpc, listenFramed, RpcConnection, boundPort } from "../src/rpc/connection.ts";
+import { connectFramed } from "../src/rpc/connect.ts";
+import { connectRpc, RpcConnection } from "../src/rpc/rpc-connection.ts";
+import { listenFramed, boundPort } from "../src/rpc/listen.ts";
 import { encodeFrame } from "../src/rpc/framing.ts";
 import { PROTOCOL_VERSION, type TaskDeployment } from "../src/rpc/messages.ts";
 import { NO_SECURITY, type TransportSecurity } from "../src/rpc/security.ts";
@@ -685,3 +687,67 @@ export function makeCertificates(dir: string) {
   run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "2", "-subj", "/CN=rogue", "-addext", "subjectAltName=IP:127.0.0.1"]);
   return { ca: f("ca.pem"), nodeCert: f("node.pem"), nodeKey: f("node.key"), clientCert: f("client.pem"), clientKey: f("client.key"), rogueCert: f("rogue.pem"), rogueKey: f("rogue.key") };
 }
+
+describe("malformed requests", () => {
+  test("each request type with a malformed payload is answered by an error naming the field; JobManager and TaskManager serve on", async () => {
+    const { port } = await startJobManager([]);
+    const client = await connectRpc("127.0.0.1", port, { version: PROTOCOL_VERSION, role: "client", id: "malformed" }, () => ({}));
+    closers.push(() => client.close());
+    const req = (conn: RpcConnection, type: string, p: unknown) => refusal(conn.request(type as never, p as never, 10_000));
+    // Client requests to the JobManager.
+    expect(await req(client, "jobStatus", { jobId: 7 })).toBe("jobStatus: jobId: expected a string, got 7");
+    expect(await req(client, "cancelJob", {})).toBe("cancelJob: jobId: missing");
+    expect(await req(client, "triggerSavepoint", { jobId: "j", cancel: "yes" })).toBe('triggerSavepoint: cancel: expected a boolean, got "yes"');
+    expect(await req(client, "submitJob", { artifact: "not bytes", jobArgs: [], graph: {} })).toBe('submitJob: artifact: expected bytes, got "not bytes"');
+    expect(await req(client, "submitJob", { artifact: new Uint8Array(1), jobArgs: ["a", 2], graph: {} })).toBe("submitJob: jobArgs.1: expected a string, got 2");
+    expect(await req(client, "listJobs", "x")).toBe('listJobs: payload: expected an object, got "x"');
+
+    // TaskManager requests to the JobManager, on a connection that says it is a TaskManager.
+    const tm = await connectRpc("127.0.0.1", port, { version: PROTOCOL_VERSION, role: "taskmanager", id: "tm-fake" }, () => ({}));
+    closers.push(() => tm.close());
+    const registration = { resourceId: "tm-fake", dataHost: "127.0.0.1", dataPort: 1, slots: 2, resources: { cpuCores: 1, memoryBytes: 1 }, pid: 1 };
+    expect(await req(tm, "registerTaskManager", { ...registration, dataPort: "x" })).toBe('registerTaskManager: dataPort: expected a number, got "x"');
+    expect(await req(tm, "registerTaskManager", { ...registration, dataPort: 70000 })).toBe("registerTaskManager: dataPort: expected a port (0..65535), got 70000");
+    expect(await req(tm, "registerTaskManager", { ...registration, slots: 1.5 })).toBe("registerTaskManager: slots: expected an integer, got 1.5");
+    expect(await req(tm, "registerTaskManager", { ...registration, resources: { cpuCores: 1 } })).toBe("registerTaskManager: resources.memoryBytes: missing");
+    expect(await req(tm, "offerSlots", { resourceId: "tm-fake", slots: [0, -1] })).toBe("offerSlots: slots.1: expected a non-negative integer, got -1");
+    expect(await req(tm, "heartbeat", { from: "tm-fake", process: { heapUsed: "lots" } })).toBe('heartbeat: process.heapUsed: expected a number, got "lots"');
+    expect(await req(tm, "updateTaskState", { executionId: "e", state: "SLEEPING" })).toBe('updateTaskState: state: expected one of ("DEPLOYING" | "RUNNING" | "FINISHED" | "FAILED" | "CANCELING" | "CANCELED"), got "SLEEPING"');
+    expect(await req(tm, "acknowledgeCheckpoint", { executionId: "e", checkpointId: "1" })).toBe('acknowledgeCheckpoint: checkpointId: expected a number, got "1"');
+    expect(await req(tm, "declineCheckpoint", { executionId: ["e"], checkpointId: 1 })).toBe("declineCheckpoint: executionId: expected a string, got Array");
+    expect(await req(tm, "approveFinalCommit", {})).toBe("approveFinalCommit: executionId: missing");
+    expect(await req(tm, "fetchArtifact", { hash: null })).toBe("fetchArtifact: hash: expected a string, got null");
+    expect(await req(tm, "disconnectTaskManager", { resourceId: "tm-fake", reason: 5 })).toBe("disconnectTaskManager: reason: expected a string, got 5");
+    // A peer's long text is quoted only in part.
+    expect(await req(tm, "updateTaskState", { executionId: "e", state: "x".repeat(5000) })).toMatch(/got "x{79}\.\.\.$/);
+    // Both connections still serve: a proper registration is taken.
+    expect(await tm.request("registerTaskManager", registration)).toMatchObject({ heartbeatIntervalMs: expect.any(Number) });
+    expect((await client.request("clusterOverview", {})).taskManagers).toBe(1);
+
+    // JobManager requests to a real TaskManager, from a JobManager of the test's own that it registers at.
+    let jmSide: RpcConnection | null = null;
+    const fakeJm = await listenFramed("127.0.0.1", 0, "fake-jm", (framed) => {
+      jmSide = new RpcConnection(framed, (type) => {
+        if (type === "registerTaskManager") return { jobManagerId: "fake-jm", heartbeatIntervalMs: 100_000, heartbeatTimeoutMs: 1_000_000 };
+        if (type === "offerSlots") return { accepted: [] };
+        return {};
+      });
+    });
+    closers.push(() => fakeJm.close());
+    const victim = startTaskManager(boundPort(fakeJm), "tm-real", []);
+    await victim.waitForOutput(/registered at the JobManager/, 30_000);
+    const jm = jmSide! as RpcConnection;
+    expect(await req(jm, "submitTask", { ...fakeDeployment("0".repeat(64)), slot: "0" })).toBe('submitTask: slot: expected a number, got "0"');
+    expect(await req(jm, "submitTask", { ...fakeDeployment("0".repeat(64)), outputs: [{ edgeId: 0, partitioner: "hash", targets: [{ resourceId: "r", dataHost: "h", dataPort: -1, subtask: 0 }] }] })).toBe(
+      "submitTask: outputs.0.targets.0.dataPort: expected a port (0..65535), got -1",
+    );
+    expect(await req(jm, "cancelTask", { executionId: 1 })).toBe("cancelTask: executionId: expected a string, got 1");
+    expect(await req(jm, "releaseJob", {})).toBe("releaseJob: jobId: missing");
+    expect(await req(jm, "triggerCheckpoint", { executionId: "e", checkpointId: 1, timestamp: 0 })).toBe("triggerCheckpoint: dir: missing");
+    expect(await req(jm, "notifyCheckpointComplete", { executionId: "e", checkpointId: 0.5 })).toBe("notifyCheckpointComplete: checkpointId: expected an integer, got 0.5");
+    expect(await req(jm, "heartbeat", { from: 1 })).toBe("heartbeat: from: expected a string, got 1");
+    // The TaskManager serves on and ran nothing.
+    expect((await jm.request("taskManagerInfo", {}, 10_000)).logs.length).toBeGreaterThan(0);
+    expect(victim.stdout + victim.stderr).not.toMatch(/deploying task/);
+  }, 90_000);
+});

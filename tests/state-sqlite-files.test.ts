@@ -14,6 +14,7 @@ import {
   type KeyedSnapshotHandle,
 } from "../src/state/index.ts";
 import { keyGroupOf, assignToKeyGroup } from "../src/state/key-groups.ts";
+import { SCHEMA_VERSION } from "../src/state/sqlite-schema.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-state-files-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -60,15 +61,17 @@ test("a database from a newer schema version is refused, naming the file", async
   await b.close();
   // What a newer build would have done: one more migration.
   const db = new Database(f);
-  db.exec("INSERT INTO kysely_migration (name, timestamp) VALUES ('0002_future_layout', '2030-01-01T00:00:00.000Z')");
-  db.exec("UPDATE tm_meta SET value = '2' WHERE key = 'schema_version'");
+  const next = SCHEMA_VERSION + 1;
+  const future = `${String(next).padStart(4, "0")}_future_layout`;
+  db.exec(`INSERT INTO kysely_migration (name, timestamp) VALUES ('${future}', '2030-01-01T00:00:00.000Z')`);
+  db.exec(`UPDATE tm_meta SET value = '${next}' WHERE key = 'schema_version'`);
   db.close();
-  await expectFileError(openSqlite(f), f, /0002_future_layout.*newer version/);
+  await expectFileError(openSqlite(f), f, new RegExp(`${future}.*newer version`));
   // Only the schema version (no migration row) is enough, too.
   const db2 = new Database(f);
-  db2.exec("DELETE FROM kysely_migration WHERE name = '0002_future_layout'");
+  db2.exec(`DELETE FROM kysely_migration WHERE name = '${future}'`);
   db2.close();
-  await expectFileError(openSqlite(f), f, /schema version 2, newer than this build's 1/);
+  await expectFileError(openSqlite(f), f, new RegExp(`schema version ${next}, newer than this build's ${SCHEMA_VERSION}`));
 });
 
 test("reopening keeps the data; another maxParallelism is refused", async () => {
@@ -86,11 +89,16 @@ test("reopening keeps the data; another maxParallelism is refused", async () => 
   await expectFileError(openSqlite(f, 64), f, /maxParallelism 128, not 64/);
 });
 
-test("WAL mode and synchronous=NORMAL are on", async () => {
+test("WAL mode, synchronous=OFF and the memory split of the budget are on", async () => {
   const f = file("wal.db");
   const b = await openSqlite(f);
   expect(b.pragma("journal_mode")).toBe("wal");
-  expect(Number(b.pragma("synchronous"))).toBe(1); // NORMAL
+  // The working copy's durability comes from checkpoints: a crashed task restores from one, never reopens this file.
+  expect(Number(b.pragma("synchronous"))).toBe(0); // OFF
+  // Page cache (negative: KiB) and memory map come from the one budget (default 64 MiB).
+  expect(Number(b.pragma("cache_size"))).toBe(-(32 * 1024));
+  expect(Number(b.pragma("mmap_size"))).toBe(64 * 1024 * 1024);
+  expect(b.cacheStats().limitBytes).toBe(16 * 1024 * 1024);
   for (let i = 0; i < 100; i++) {
     b.setCurrentKey(i);
     b.getState(new ValueStateDescriptor<number>("v")).update(i);

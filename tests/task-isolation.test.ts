@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, removeTempDirs, ROOT, tempDir } from "./helpers.ts";
 

@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { connectClient, submitJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { opsJobSource } from "./ops-job.ts";
 

@@ -13,6 +13,7 @@ import type {
   SinkSpec,
   SourceSpec,
 } from "./plan.ts";
+import type { ConnectorSink } from "./connector.ts";
 import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggregateFunction, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
@@ -123,7 +124,12 @@ export class StreamExecutionEnvironment {
       throw new Error("fromSource: expected a Source, e.g. NexmarkSource.events({ events: 1000000 })");
     }
     if (source.spec.type === "collection") throw new Error("fromSource: use fromCollection for collections");
-    const stream = this.source<T>(source.spec, sourceName ?? source.name, null);
+    if (source.spec.type === "connector" && (typeof source.spec.connector !== "object" || source.spec.connector === null || typeof source.spec.connector.createReader !== "function")) {
+      throw new Error("fromSource: a connector source needs a connector with createReader()");
+    }
+    // A connector that reads one stream of changes in one place (a replication slot) runs at parallelism 1.
+    const nonParallel = source.spec.type === "connector" && source.nonParallel === true;
+    const stream = this.source<T>(source.spec, sourceName ?? source.name, nonParallel ? 1 : null);
     return watermarkStrategy == null ? stream : stream.assignTimestampsAndWatermarks(watermarkStrategy);
   }
 
@@ -256,10 +262,15 @@ export class DataStream<T> extends OperatorSettings {
    * at each checkpoint and visible (part-<subtask>-<attempt>-<txn>) when the checkpoint completes; a restore
    * commits what its checkpoint covered and deletes the rest. Without checkpointing, files appear at end of input.
    */
-  sinkTo(sink: FileSinkSpec): DataSink {
+  sinkTo(sink: FileSinkSpec | ConnectorSinkSpec): DataSink {
     // Checked by shape: the job's bundle has its own copy of this module, so instanceof would not hold.
+    if (typeof sink === "object" && sink !== null && sink.kind === "connectorSink") {
+      const c = sink.connector;
+      if (typeof c !== "object" || c === null || typeof c.createWriter !== "function" || typeof c.name !== "string") throw new Error("sinkTo: a connector sink needs a connector with createWriter()");
+      return this.sink({ type: "connector", connector: c }, c.name);
+    }
     if (typeof sink !== "object" || sink === null || sink.kind !== "fileSink" || typeof sink.path !== "string") {
-      throw new Error("sinkTo: expected FileSink.forRowFormat(dir).build()");
+      throw new Error("sinkTo: expected FileSink.forRowFormat(dir).build(), or a connector sink such as PostgresSink.exactlyOnceSink(...)");
     }
     // Its file names are per subtask, attempt and checkpoint: two file sinks of a job in one directory would collide.
     const taken = this.env.getPlan().nodes.some((n) => n.kind === "sink" && n.sink.type === "fileSink" && n.sink.path === sink.path);
@@ -278,6 +289,9 @@ export class DataStream<T> extends OperatorSettings {
   override setParallelism(parallelism: number): this {
     if (this.node.kind === "source" && this.node.source.type === "collection" && parallelism !== 1) {
       throw new Error("setParallelism: a collection source is non-parallel (parallelism 1)");
+    }
+    if (this.node.kind === "source" && this.node.source.type === "connector" && this.node.parallelism === 1 && parallelism !== 1) {
+      throw new Error(`setParallelism: ${this.node.name} is non-parallel (parallelism 1)`);
     }
     return super.setParallelism(parallelism);
   }
@@ -434,8 +448,16 @@ export interface Source<T> {
   readonly spec: SourceSpec;
   /** Default operator name. */
   readonly name: string;
+  /** A connector source that must run at parallelism 1. */
+  readonly nonParallel?: boolean;
   /** The records' type (never set). */
   readonly _type?: T;
+}
+
+/** What sinkTo takes for a connector (PostgresSink..., JetStreamSink...). */
+export interface ConnectorSinkSpec {
+  readonly kind: "connectorSink";
+  readonly connector: ConnectorSink;
 }
 
 /** What sinkTo takes: FileSink.forRowFormat(dir).build(). */

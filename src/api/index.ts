@@ -1,5 +1,5 @@
 // Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
-export { StreamExecutionEnvironment, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type JobBuilder, type Source } from "./environment.ts";
+export { StreamExecutionEnvironment, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
 // The Nexmark benchmark's generator as a source: env.fromSource(NexmarkSource.events({ events, seed }), strategy).
 export { NexmarkSource, type NexmarkSourceOptions } from "../nexmark/source.ts";
 export type { Auction, Bid, NexmarkEvent, Person } from "../nexmark/generator.ts";
@@ -40,3 +40,8 @@ export {
   type StateTtlConfig,
   type ValueState,
 } from "../state/api.ts";
+// Connectors to external systems (src/connectors/): env.fromSource(...) and stream.sinkTo(...).
+export { PostgresSink, type PostgresSinkOptions } from "../connectors/postgres-sink.ts";
+export type { PostgresConnectionOptions } from "../connectors/postgres-common.ts";
+export type { ConnectorSink, ConnectorSource, ConnectorSourceReader, ConnectorSplit, SinkWriter, SinkWriterContext, SourceReaderContext } from "./connector.ts";
+export { JetStreamSink, JetStreamSource, type JetStreamMessage, type JetStreamRecord, type JetStreamSinkOptions, type JetStreamSourceOptions } from "../connectors/nats-jetstream.ts";

@@ -1,7 +1,8 @@
 // StreamGraph -> JobGraph (as Flink's StreamingJobGraphGenerator): resolve virtual nodes into edges with
 // partitioners, then chain operators joined by forward edges into one vertex (one task per subtask).
 import type { JobSettings, NodeDescription } from "./plan.ts";
-import type { JobEdge, JobGraph, JobVertex, PartitionerKind } from "../graph/job-graph.ts";
+import type { JobEdge, JobGraph, JobVertex, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
+import { sha256Hex } from "../util/hash.ts";
 
 export class JobGraphError extends Error {
   override name = "JobGraphError";
@@ -53,6 +54,12 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     ins(e.target).length === 1 &&
     parallelism.get(e.source) === parallelism.get(e.target);
 
+  const operatorIds = operatorIdsOf(nodes);
+  const operatorInfo = (id: number): OperatorInfo => {
+    const n = byId.get(id)!;
+    return { nodeId: id, id: operatorIds.get(id)!, uid: n.uid, name: n.name, stateful: n.stateful === true, keyed: n.keyed === true };
+  };
+
   // Chain heads: nodes whose single input edge is not chainable (sources, shuffles, unions, ...).
   const vertexOf = new Map<number, number>();
   const vertices: JobVertex[] = [];
@@ -70,6 +77,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       id: vertices.length,
       name: chain.map((id) => byId.get(id)!.name).join(" -> "),
       operatorIds: chain,
+      operators: chain.map(operatorInfo),
       parallelism: parallelism.get(n.id)!,
       isSource: n.kind === "source",
     };
@@ -99,6 +107,47 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     checkpointInterval: settings.checkpointInterval ?? 0,
     checkpointingMode: settings.checkpointingMode ?? null,
   };
+}
+
+/**
+ * The operator id of every physical node (as Flink's StreamGraphHasherV2): its uid when set, else a hash of its
+ * kind, its position in a breadth-first walk from the sources (a node is placed once all its inputs are) and its
+ * inputs' ids. So an operator without uid keeps its id while nothing before it in the walk changes, and gets a new
+ * one when operators are added, removed or reordered upstream; a uid keeps it across any change. Uids must be
+ * unique within a job.
+ */
+export function operatorIdsOf(nodes: NodeDescription[]): Map<number, string> {
+  const inputs = new Map<number, number[]>();
+  const outputs = new Map<number, number[]>();
+  forEachStreamEdge(nodes, (input, target) => {
+    if (!inputs.has(target)) inputs.set(target, []);
+    inputs.get(target)!.push(input.id);
+    if (!outputs.has(input.id)) outputs.set(input.id, []);
+    outputs.get(input.id)!.push(target);
+  });
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const physical = nodes.filter((n) => n.kind !== "keyBy" && n.kind !== "partition" && n.kind !== "union");
+  const uidOwner = new Map<string, NodeDescription>();
+  for (const n of physical) {
+    if (n.uid === null || n.uid === undefined) continue;
+    if (typeof n.uid !== "string" || n.uid.length === 0) throw new JobGraphError(`operator "${n.name}" has an empty uid`);
+    const other = uidOwner.get(n.uid);
+    if (other) throw new JobGraphError(`uid ${JSON.stringify(n.uid)} is set on two operators, "${other.name}" and "${n.name}": uids must be unique within a job`);
+    uidOwner.set(n.uid, n);
+  }
+  const ids = new Map<number, string>();
+  const queue = physical.filter((n) => !inputs.has(n.id)).map((n) => n.id).sort((a, b) => a - b);
+  while (queue.length > 0) {
+    const id = queue.shift()!;
+    if (ids.has(id)) continue;
+    const ins = inputs.get(id) ?? [];
+    if (!ins.every((i) => ids.has(i))) continue; // placed when its last input is
+    const n = byId.get(id)!;
+    const inputIds = ins.map((i) => ids.get(i)!).sort();
+    ids.set(id, n.uid ?? sha256Hex(new TextEncoder().encode(`${n.kind}|${ids.size}|${inputIds.join(",")}`)).slice(0, 32));
+    for (const o of [...(outputs.get(id) ?? [])].sort((a, b) => a - b)) if (!ids.has(o)) queue.push(o);
+  }
+  return ids;
 }
 
 /**

@@ -7,7 +7,9 @@ export type SourceSpec =
   | { type: "textFile"; path: string }
   | { type: "sequence"; from: number; to: number }
   /** Nexmark events 0..events-1 (src/nexmark/generator.ts); throttle: also emit at ratePerSecond in wall-clock time. */
-  | { type: "nexmark"; events: number; seed: number; ratePerSecond: number; firstEventTime: number; throttle: boolean };
+  | { type: "nexmark"; events: number; seed: number; ratePerSecond: number; firstEventTime: number; throttle: boolean }
+  /** A connector to an external system (src/connectors/): its reader reads splits asynchronously. */
+  | { type: "connector"; connector: ConnectorSource };
 
 import type {
   AggregatingState,
@@ -21,6 +23,7 @@ import type {
   ValueState,
   ValueStateDescriptor,
 } from "../state/api.ts";
+import type { ConnectorSink, ConnectorSource } from "./connector.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
@@ -78,7 +81,9 @@ export type SinkSpec =
   | { type: "textFile"; path: string }
   | { type: "function"; fn: SinkFunction }
   /** Exactly-once files (two-phase commit on checkpoints): see src/runtime/file-sink.ts. */
-  | { type: "fileSink"; path: string };
+  | { type: "fileSink"; path: string }
+  /** A connector to an external system (src/connectors/): makes its own sink operator. */
+  | { type: "connector"; connector: ConnectorSink };
 
 export type PartitionSpec = "rebalance" | "rescale" | "broadcast" | "forward" | "custom";
 
@@ -149,6 +154,23 @@ export interface NodeDescription {
   partitioner?: PartitionSpec;
   sourceType?: SourceSpec["type"];
   sinkType?: SinkSpec["type"];
+  /** Keeps state a savepoint carries: a source (its positions), a keyed operator, a rich function (may use state). */
+  stateful?: boolean;
+  /** Runs on a keyed stream (its task has a keyed state backend for it). */
+  keyed?: boolean;
+}
+
+/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap on a keyed stream. */
+export function isKeyedOperator(n: PlanNode): boolean {
+  return n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined);
+}
+
+function isStateful(n: PlanNode): boolean {
+  if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window") return true;
+  // A rich function (an object with open) may register keyed or operator state in open().
+  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
+  if (n.kind === "sink" && n.sink.type === "function") return typeof n.sink.fn === "object" && typeof n.sink.fn.open === "function";
+  return false;
 }
 
 export function describePlan(plan: Plan): NodeDescription[] {
@@ -165,6 +187,8 @@ export function describePlan(plan: Plan): NodeDescription[] {
     if (n.kind === "partition") d.partitioner = n.partitioner;
     if (n.kind === "source") d.sourceType = n.source.type;
     if (n.kind === "sink") d.sinkType = n.sink.type;
+    if (isStateful(n)) d.stateful = true;
+    if (isKeyedOperator(n)) d.keyed = true;
     return d;
   });
 }

@@ -1,6 +1,7 @@
 // Client side of job submission: hands a prepared job to a JobManager and follows it to its end.
 import { defaultConfig, type Config } from "../config/index.ts";
-import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
+import { connectRpc, type RpcConnection } from "../rpc/rpc-connection.ts";
+import type { FramedOptions } from "../rpc/framed-connection.ts";
 import { PROTOCOL_VERSION, TERMINAL_JOB_STATES, type JobStatus } from "../rpc/messages.ts";
 import { securityFromConfig } from "../rpc/security.ts";
 import type { PreparedJob } from "./prepare-job.ts";
@@ -30,9 +31,24 @@ export async function connectClient(host: string, port: number, opts?: FramedOpt
   );
 }
 
-export async function submitJob(rpc: RpcConnection, job: PreparedJob & { fromSavepoint?: string }): Promise<string> {
-  const payload = { artifact: job.artifact, jobArgs: job.jobArgs, graph: job.graph, ...(job.fromSavepoint ? { fromSavepoint: job.fromSavepoint } : {}) };
-  const { jobId } = await rpc.request("submitJob", payload, 120_000);
+export interface SubmitOptions {
+  fromSavepoint?: string;
+  /** With fromSavepoint: drop state of operators the job does not have instead of refusing. */
+  allowNonRestoredState?: boolean;
+  /** Called with the JobManager's warnings (stateful operators without uid). */
+  onWarning?: (warning: string) => void;
+}
+
+export async function submitJob(rpc: RpcConnection, job: PreparedJob & SubmitOptions): Promise<string> {
+  const payload = {
+    artifact: job.artifact,
+    jobArgs: job.jobArgs,
+    graph: job.graph,
+    ...(job.fromSavepoint ? { fromSavepoint: job.fromSavepoint } : {}),
+    ...(job.allowNonRestoredState ? { allowNonRestoredState: true } : {}),
+  };
+  const { jobId, warnings } = await rpc.request("submitJob", payload, 120_000);
+  for (const w of warnings ?? []) job.onWarning?.(w);
   return jobId;
 }
 

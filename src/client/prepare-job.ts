@@ -7,6 +7,7 @@ import { buildJobGraph } from "../api/job-graph.ts";
 import type { JobGraph } from "../graph/job-graph.ts";
 import { describePlan } from "../api/plan.ts";
 import { loadPlan } from "../api/load-plan.ts";
+import { BundleError, bundleModule } from "../runtime-env/bundle.ts";
 import { sha256Hex } from "../util/hash.ts";
 
 export interface PreparedJob {
@@ -27,28 +28,12 @@ export class JobFileNotFoundError extends JobPreparationError {
 export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   const entry = path.resolve(jobPath);
   if (!fs.statSync(entry, { throwIfNoEntry: false })?.isFile()) throw new JobFileNotFoundError(`job file ${jobPath} not found (or not a file)`);
-  if (typeof Bun === "undefined") return singleFileJob(entry, jobPath);
-  // An inline source map makes stack traces from user code name the job's own file and line.
-  const result = await Bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
-  if (!result.success || result.outputs.length === 0) {
-    const why = result.logs.map((l) => String(l.message ?? l)).join("; ");
-    throw new JobPreparationError(`cannot bundle ${jobPath}: ${why || "no output"}`);
+  try {
+    return await bundleModule(entry);
+  } catch (err) {
+    if (err instanceof BundleError) throw new JobPreparationError(`cannot bundle ${jobPath}: ${err.message}`);
+    throw err;
   }
-  return new Uint8Array(await result.outputs[0]!.arrayBuffer());
-}
-
-/**
- * Without Bun's bundler (under Deno) a job ships as its own source, so it must be one file: only `node:`
- * built-ins and type-only imports. Artifacts are stored as .ts, which both runtimes import directly.
- */
-function singleFileJob(entry: string, jobPath: string): Uint8Array {
-  const source = fs.readFileSync(entry, "utf8");
-  for (const m of source.matchAll(/^\s*(import|export)\s+(type\s+)?[^;]*?from\s+["']([^"']+)["']/gm)) {
-    if (!m[2] && !m[3]!.startsWith("node:")) {
-      throw new JobPreparationError(`${jobPath} imports ${JSON.stringify(m[3])}: without Bun a job must be a single file (node: built-ins and type-only imports); run it with Bun or the compiled binary to bundle it`);
-    }
-  }
-  return new TextEncoder().encode(source);
 }
 
 export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number): Promise<PreparedJob> {

@@ -67,6 +67,7 @@ export interface Config {
   "pipeline.auto-watermark-interval": number;
   "state.backend": "heap" | "sqlite";
   "state.backend.sqlite.cache-size": number;
+  "state.backend.incremental": boolean;
   "taskmanager.state.dir": string;
   "rest.address": string;
   "rest.port": number;
@@ -412,7 +413,12 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "state.backend.sqlite.cache-size": {
     type: { kind: "integer", min: 1048576, max: 68719476736 },
     default: 67108864,
-    doc: "Bytes of the SQLite backend's write-behind cache per task.",
+    doc: "Memory budget of the SQLite backend per task: half is SQLite's page cache, a quarter the object cache in front of it, and SQLite maps up to this much of the database file.",
+  },
+  "state.backend.incremental": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Incremental checkpoints (SQLite backend): a checkpoint writes only the rows changed since the last completed one and references the earlier files; savepoints stay full. The heap backend always writes full checkpoints.",
   },
   "taskmanager.state.dir": {
     type: { kind: "path" },

@@ -10,8 +10,32 @@ export interface JobVertex {
   name: string;
   /** Plan node ids, chain head first. */
   operatorIds: number[];
+  /** The same operators' state identities, in the same order (absent in hand-built graphs: see operatorsOf). */
+  operators?: OperatorInfo[];
   parallelism: number;
   isSource: boolean;
+}
+
+/**
+ * An operator's identity for its state (as Flink's OperatorID): its uid when the job set one, else a hash of its
+ * position in the graph (kind, place in a breadth-first walk from the sources, its inputs' ids). Checkpoints and
+ * savepoints store state per operator id, so state finds its operator whatever the chaining or parallelism.
+ */
+export interface OperatorInfo {
+  /** Plan node id. */
+  nodeId: number;
+  id: string;
+  uid: string | null;
+  name: string;
+  /** Whether it keeps state a savepoint should carry (sources, keyed operators, rich keyed functions). */
+  stateful: boolean;
+  /** Whether it runs on a keyed stream (has a keyed state backend). */
+  keyed: boolean;
+}
+
+/** The operators of a vertex; a graph built by hand (tests) without them gets ids from its plan node ids. */
+export function operatorsOf(v: JobVertex): OperatorInfo[] {
+  return v.operators ?? v.operatorIds.map((nodeId) => ({ nodeId, id: `node-${nodeId}`, uid: null, name: v.name, stateful: false, keyed: false }));
 }
 
 export interface JobEdge {

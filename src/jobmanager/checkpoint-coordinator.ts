@@ -8,10 +8,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import type { JobGraph } from "../graph/job-graph.ts";
+import { operatorsOf, type JobGraph } from "../graph/job-graph.ts";
 import type { CheckpointStats, TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
-import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata } from "./checkpoint-store.ts";
+import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata, type OperatorSnapshot, type SubtaskTaskState, type VertexSnapshot } from "./checkpoint-store.ts";
 
 const log = createLogger("checkpoints");
 const HISTORY = 20;
@@ -181,7 +181,8 @@ export class CheckpointCoordinator {
     if (!p || !p.tasks.has(executionId)) return; // late: aborted or from an old attempt
     p.acks.set(executionId, snapshot);
     p.stats.acknowledged = p.acks.size;
-    p.stats.sizeBytes += (snapshot.keyed?.sizeBytes ?? 0) + (snapshot.operator?.sizeBytes ?? 0) + (snapshot.channel?.sizeBytes ?? 0);
+    for (const o of snapshot.operators ?? []) p.stats.sizeBytes += (o.keyed?.sizeBytes ?? 0) + (o.operator?.sizeBytes ?? 0);
+    p.stats.sizeBytes += snapshot.channel?.sizeBytes ?? 0;
     if (snapshot.channel) p.stats.channelStateBytes = (p.stats.channelStateBytes ?? 0) + snapshot.channel.sizeBytes;
     if (snapshot.alignmentMs !== undefined) p.stats.alignmentMs = Math.max(p.stats.alignmentMs ?? 0, Math.round(snapshot.alignmentMs));
     if (snapshot.startDelayMs !== undefined) p.stats.startDelayMs = Math.max(p.stats.startDelayMs ?? 0, Math.round(snapshot.startDelayMs));
@@ -214,13 +215,29 @@ export class CheckpointCoordinator {
       savepoint: p.savepoint,
       attempt: this.host.attempt(),
       maxParallelism: g.maxParallelism,
-      vertices: g.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, subtasks: [] })),
+      vertices: g.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, operatorIds: operatorsOf(v).map((o) => o.id) })),
+      operators: [],
     };
+    // State per operator id, whatever chain each operator ran in.
+    const byId = new Map<string, OperatorSnapshot>();
     for (const [executionId, snap] of p.acks) {
       const t = p.tasks.get(executionId)!;
-      meta.vertices[t.vertexId]!.subtasks[t.subtaskIndex] = snap;
+      const vertex = g.vertices[t.vertexId]!;
+      for (const o of snap.operators ?? []) {
+        let entry = byId.get(o.operatorId);
+        if (!entry) {
+          const info = operatorsOf(vertex).find((x) => x.id === o.operatorId);
+          entry = { id: o.operatorId, uid: info?.uid ?? null, name: info?.name ?? vertex.name, parallelism: vertex.parallelism, subtasks: Array.from({ length: vertex.parallelism }, () => null), states: [] };
+          byId.set(o.operatorId, entry);
+          meta.operators.push(entry);
+        }
+        entry.subtasks[t.subtaskIndex] = { keyed: o.keyed, operator: o.operator };
+        for (const st of o.states ?? []) if (!entry.states.some((x) => x.name === st.name && x.scope === st.scope)) entry.states.push(st);
+      }
+      // Task-level state (channel state of an unaligned checkpoint) is kept per vertex subtask.
+      if (snap.channel) subtasksOf(meta.vertices[t.vertexId]!)[t.subtaskIndex] = { channel: snap.channel };
     }
-    for (const t of p.finished) meta.vertices[t.vertexId]!.subtasks[t.subtaskIndex] = { keyed: null, operator: null, finished: true };
+    for (const t of p.finished) subtasksOf(meta.vertices[t.vertexId]!)[t.subtaskIndex] = { finished: true };
     let file: string;
     try {
       if (p.savepoint) writeFileAtomic((file = path.join(p.dir, METADATA_FILE)), JSON.stringify(meta));
@@ -266,4 +283,9 @@ export class CheckpointCoordinator {
     for (let i = this.history.length - 1; i >= 0; i--) if (this.history[i]!.status === "COMPLETED") return this.history[i]!;
     return null;
   }
+}
+
+/** A vertex's task-level subtask entries, created (all null) on first use. */
+function subtasksOf(v: VertexSnapshot): (SubtaskTaskState | null)[] {
+  return (v.subtasks ??= Array.from({ length: v.parallelism }, () => null));
 }

@@ -1,23 +1,50 @@
 // Checkpoint storage on the JobManager's side: one directory per checkpoint (<base>/<job>/chk-<id>), into which
 // every task writes its own files; the JobManager writes the checkpoint's _metadata file last and atomically,
-// so a directory without a valid _metadata is never restored. Keeps the last N completed checkpoints.
+// so a directory without a valid _metadata is never restored. Keeps the last N completed checkpoints, and of older
+// ones the files that retained (incremental) checkpoints still reference.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { TaskSnapshot } from "../rpc/messages.ts";
+import type { ChannelStateHandle } from "../rpc/messages.ts";
+import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 import { createLogger } from "../util/log.ts";
 
 const log = createLogger("checkpoints");
 
 export const METADATA_FILE = "_metadata";
 export const METADATA_MAGIC = "tm-checkpoint";
-export const METADATA_VERSION = 1;
+/**
+ * Version 2 stores state per operator id (`operators`); version 1 (before operator ids) stored it per operator
+ * chain and is refused with a message saying so: its state cannot be told apart by operator.
+ */
+export const METADATA_VERSION = 2;
 
+/** The job's chains at the time (for `savepoint info` and messages; restore goes by operator id). */
 export interface VertexSnapshot {
   id: number;
   name: string;
   parallelism: number;
-  /** One entry per subtask, in subtask order. */
-  subtasks: TaskSnapshot[];
+  /** Operator ids chained into it, head first. */
+  operatorIds: string[];
+  /** Task-level state per subtask (null: nothing beyond its operators' state): the in-flight records of an unaligned
+   *  checkpoint, and whether the subtask had finished (FLIP-147). Restored by vertex, not by operator id. */
+  subtasks?: (SubtaskTaskState | null)[];
+}
+
+export interface SubtaskTaskState {
+  channel?: ChannelStateHandle | null;
+  finished?: boolean;
+}
+
+/** What one operator (by its id) wrote in a checkpoint, over all its subtasks. */
+export interface OperatorSnapshot {
+  id: string;
+  uid: string | null;
+  name: string;
+  parallelism: number;
+  /** Per subtask, in subtask order (null: that subtask had nothing). */
+  subtasks: ({ keyed: KeyedSnapshotHandle | null; operator: OperatorSnapshotHandle | null } | null)[];
+  /** Its states (names, kinds), over all subtasks. */
+  states: StateInfo[];
 }
 
 export interface CheckpointMetadata {
@@ -32,6 +59,8 @@ export interface CheckpointMetadata {
   attempt: number;
   maxParallelism: number;
   vertices: VertexSnapshot[];
+  /** Every operator with state, by operator id. */
+  operators: OperatorSnapshot[];
 }
 
 export class CheckpointMetadataError extends Error {
@@ -54,11 +83,16 @@ export function readMetadata(file: string): { meta: CheckpointMetadata; path: st
     throw new CheckpointMetadataError(`checkpoint metadata ${file} is truncated or corrupt (${text.length} bytes, not valid JSON)`);
   }
   if (meta?.magic !== METADATA_MAGIC) throw new CheckpointMetadataError(`${file} is not a checkpoint metadata file`);
-  if (meta.version !== METADATA_VERSION) {
-    throw new CheckpointMetadataError(`checkpoint metadata ${file} has version ${JSON.stringify(meta.version)}; this build reads version ${METADATA_VERSION}`);
+  if (meta.version === 1) {
+    throw new CheckpointMetadataError(
+      `checkpoint metadata ${file} has format version 1, which stored state per operator chain (before operator ids); this build restores format version ${METADATA_VERSION} only (state per operator id). Restore it with the build that wrote it, or start the job without it`,
+    );
   }
-  if (!Number.isInteger(meta.checkpointId) || !Array.isArray(meta.vertices) || !Number.isInteger(meta.maxParallelism)) {
-    throw new CheckpointMetadataError(`checkpoint metadata ${file} is incomplete (checkpointId, maxParallelism or vertices missing)`);
+  if (meta.version !== METADATA_VERSION) {
+    throw new CheckpointMetadataError(`checkpoint metadata ${file} has format version ${JSON.stringify(meta.version)}; this build reads format version ${METADATA_VERSION}`);
+  }
+  if (!Number.isInteger(meta.checkpointId) || !Array.isArray(meta.vertices) || !Array.isArray(meta.operators) || !Number.isInteger(meta.maxParallelism)) {
+    throw new CheckpointMetadataError(`checkpoint metadata ${file} is incomplete (checkpointId, maxParallelism, vertices or operators missing)`);
   }
   return { meta: meta as CheckpointMetadata, path: file };
 }
@@ -146,10 +180,34 @@ export class CheckpointStore {
     return null;
   }
 
+  /**
+   * Keeps the newest `retained` completed checkpoints. An older one loses its _metadata first (so it is never
+   * restored), then every file in its directory that no retained checkpoint references (incremental checkpoints
+   * reference files of earlier ones: the references are counted over the retained checkpoints' metadata); its
+   * directory goes once it is empty. Directories left over that way are swept again at every prune.
+   */
   private prune(): void {
     const completed = this.ids().filter((id) => fs.existsSync(path.join(this.dirOf(id), METADATA_FILE)));
-    for (const id of completed.slice(this.retained)) {
-      fs.rmSync(this.dirOf(id), { recursive: true, force: true });
+    const retained = completed.slice(0, this.retained);
+    if (retained.length === 0) return;
+    const oldestRetained = retained[retained.length - 1]!;
+    const refs = new Map<string, number>();
+    for (const id of retained) {
+      let meta: CheckpointMetadata;
+      try {
+        meta = readMetadata(path.join(this.dirOf(id), METADATA_FILE)).meta;
+      } catch (err) {
+        // Unreadable: we cannot know what it references, so delete nothing this time.
+        log.error("cannot read a retained checkpoint's metadata; keeping older files", { id, error: (err as Error).message });
+        return;
+      }
+      for (const f of referencedFiles(meta)) refs.set(f, (refs.get(f) ?? 0) + 1);
+    }
+    for (const id of this.ids()) {
+      if (id >= oldestRetained) continue;
+      const dir = this.dirOf(id);
+      fs.rmSync(path.join(dir, METADATA_FILE), { force: true });
+      removeUnreferenced(dir, refs);
     }
   }
 }
@@ -160,7 +218,7 @@ export class CheckpointStore {
  */
 export function checkChannelState(meta: CheckpointMetadata): void {
   for (const v of meta.vertices) {
-    for (const s of v.subtasks) {
+    for (const s of v.subtasks ?? []) {
       const h = s?.channel;
       if (!h) continue;
       let size: number;
@@ -172,4 +230,40 @@ export function checkChannelState(meta: CheckpointMetadata): void {
       if (size !== h.sizeBytes) throw new Error(`channel state ${h.file} is truncated or damaged: ${size} bytes, the checkpoint recorded ${h.sizeBytes}`);
     }
   }
+}
+
+/** Every state file a checkpoint's metadata references (absolute paths). */
+export function referencedFiles(meta: CheckpointMetadata): string[] {
+  const out: string[] = [];
+  for (const o of meta.operators) {
+    for (const s of o.subtasks) {
+      for (const f of s?.keyed?.files ?? []) out.push(path.resolve(f));
+      for (const f of s?.operator?.files ?? []) out.push(path.resolve(f));
+    }
+  }
+  // Channel state files of unaligned checkpoints (task level).
+  for (const v of meta.vertices) for (const s of v.subtasks ?? []) if (s?.channel) out.push(path.resolve(s.channel.file));
+  return out;
+}
+
+/** Removes the files under `dir` that `refs` does not hold, and the directories that end up empty. Returns
+ *  whether `dir` itself is gone. */
+function removeUnreferenced(dir: string, refs: Map<string, number>): boolean {
+  let names: fs.Dirent[];
+  try {
+    names = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return true;
+  }
+  let kept = 0;
+  for (const d of names) {
+    const p = path.resolve(dir, d.name);
+    if (d.isDirectory()) {
+      if (!removeUnreferenced(p, refs)) kept++;
+    } else if (refs.has(p)) kept++;
+    else fs.rmSync(p, { force: true });
+  }
+  if (kept > 0) return false;
+  fs.rmSync(dir, { recursive: true, force: true });
+  return true;
 }

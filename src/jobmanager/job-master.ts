@@ -2,7 +2,7 @@
 // states to the job's final state, coordinates its checkpoints, and on a failure cancels the remaining tasks and
 // either restarts the job from its latest completed checkpoint (restart strategy) or fails it.
 import type { JobGraph } from "../graph/job-graph.ts";
-import { consumersOf, producersOf, requiredSlots } from "../graph/job-graph.ts";
+import { consumersOf, operatorsOf, producersOf, requiredSlots } from "../graph/job-graph.ts";
 import {
   TERMINAL_JOB_STATES,
   TERMINAL_TASK_STATES,
@@ -23,6 +23,7 @@ import { createLogger } from "../util/log.ts";
 import type { RegisteredTaskManager, ResourceManager, SlotAssignment } from "./resource-manager.ts";
 import { CheckpointCoordinator, type CheckpointOptions } from "./checkpoint-coordinator.ts";
 import { CheckpointStore, readMetadata, type CheckpointMetadata } from "./checkpoint-store.ts";
+import type { StateInfo } from "../state/snapshot-format.ts";
 
 export type RestartStrategy =
   | { type: "none" }
@@ -35,8 +36,8 @@ export interface JobMasterOptions {
   restart: RestartStrategy;
   /** afterTasksFinish: execution.checkpointing.checkpoints-after-tasks-finish (FLIP-147). */
   checkpointing: Omit<CheckpointOptions, "store"> & { mode: "EXACTLY_ONCE" | "AT_LEAST_ONCE"; baseDir: string; retained: number; afterTasksFinish?: boolean };
-  /** A savepoint or checkpoint to start from (already read and checked). */
-  initialRestore: { meta: CheckpointMetadata; path: string } | null;
+  /** A savepoint or checkpoint to start from (already read), and whether state no operator claims may be dropped. */
+  initialRestore: { meta: CheckpointMetadata; path: string; allowNonRestoredState?: boolean } | null;
   /** web.exception-history-size: failures kept in the exception history (default 16). */
   exceptionHistorySize?: number;
 }
@@ -97,7 +98,8 @@ export class JobMaster {
     this.store = new CheckpointStore(c.baseDir, jobId, c.retained);
     this.restoredFrom = opts.initialRestore;
     if (this.restoredFrom) {
-      checkRestoreFits(this.restoredFrom, graph);
+      const dropped = checkRestoreFits(this.restoredFrom, graph, opts.initialRestore?.allowNonRestoredState === true);
+      if (dropped.length > 0) log.warn("starting without state the savepoint holds (allowNonRestoredState)", { job: jobId, path: this.restoredFrom.path, dropped: dropped.join("; ") });
       // Attempts go on from the job that wrote the savepoint, so its uncommitted sink files count as older.
       this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
     }
@@ -190,21 +192,28 @@ export class JobMaster {
     return { running, finished };
   }
 
-  /** The state the tasks of vertex v start from. */
+  /** The state the tasks of vertex v start from: for each of its operators, what that operator id wrote. */
   private restoreFor(vertexId: number): TaskRestore | null {
     const r = this.restoredFrom;
     if (!r) return null;
-    const v = r.meta.vertices[vertexId]!;
-    const channel = v.subtasks.flatMap((s) => (s?.channel ? [s.channel] : []));
-    const finished = v.subtasks.length > 0 && v.subtasks.every((s) => s?.finished === true);
-    return {
-      checkpointId: r.meta.checkpointId,
-      path: r.path,
-      keyed: v.subtasks.flatMap((s) => (s?.keyed ? [s.keyed] : [])),
-      operator: v.subtasks.flatMap((s) => (s?.operator ? [s.operator] : [])),
-      ...(channel.length > 0 ? { channel } : {}),
-      ...(finished ? { finished } : {}),
-    };
+    const vertex = this.graph.vertices[vertexId]!;
+    const operators: TaskRestore["operators"] = {};
+    for (const op of operatorsOf(vertex)) {
+      const saved = r.meta.operators.find((o) => o.id === op.id);
+      if (!saved) continue;
+      operators[op.id] = {
+        keyed: saved.subtasks.flatMap((s) => (s?.keyed ? [s.keyed] : [])),
+        operator: saved.subtasks.flatMap((s) => (s?.operator ? [s.operator] : [])),
+      };
+    }
+    // Task-level state (channel state, finished) belongs to a chain: taken from the vertex of the checkpoint that
+    // ran the same head operator (ids may have moved in an upgrade).
+    const head = operatorsOf(vertex)[0]?.id;
+    const old = r.meta.vertices.find((v) => v.operatorIds[0] === head);
+    const subtasks = old?.subtasks ?? [];
+    const channel = subtasks.flatMap((s) => (s?.channel ? [s.channel] : []));
+    const finished = subtasks.length > 0 && subtasks.every((s) => s?.finished === true);
+    return { checkpointId: r.meta.checkpointId, path: r.path, operators, ...(channel.length > 0 ? { channel } : {}), ...(finished ? { finished } : {}) };
   }
 
   /** Savepoint: a checkpoint into its own directory, kept until the user deletes it; optionally cancels the job. */
@@ -296,6 +305,7 @@ export class JobMaster {
           artifactHash: this.artifactHash,
           jobArgs: this.jobArgs,
           operatorIds: v.operatorIds,
+          operators: operatorsOf(v),
           inputs: g.edges
             .filter((e) => e.target === v.id)
             .map((e) => ({
@@ -571,12 +581,41 @@ function errorName(stack: string | undefined): string {
   return m ? m[1]! : "Error";
 }
 
-/** A checkpoint or savepoint fits a job when it has the same vertices and max parallelism (key groups). */
-function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, g: JobGraph): void {
+/** How a state is shown in messages: `count (keyed value)`, `__source-splits (operator list, union)`. */
+export function describeState(s: StateInfo): string {
+  return `${s.name} (${s.scope} ${s.kind}${s.mode ? `, ${s.mode}` : ""})`;
+}
+
+/**
+ * A checkpoint or savepoint fits a job when it has the same max parallelism (key groups) and every operator in it
+ * with state is an operator of the job (by operator id), keyed state going to an operator on a keyed stream.
+ * Chains, their count and parallelism may differ. State no operator claims is refused, naming each operator id
+ * and its states, unless `allowNonRestoredState`; then it is dropped, and what was dropped is returned.
+ */
+export function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, g: JobGraph, allowNonRestoredState: boolean): string[] {
   if (r.meta.maxParallelism !== g.maxParallelism) {
     throw new Error(`cannot restore ${r.path}: it has max parallelism ${r.meta.maxParallelism}, the job ${g.maxParallelism} (key groups cannot change)`);
   }
-  if (r.meta.vertices.length !== g.vertices.length) {
-    throw new Error(`cannot restore ${r.path}: it has ${r.meta.vertices.length} operator chains, the job ${g.vertices.length}`);
+  const ops = new Map(g.vertices.flatMap((v) => operatorsOf(v)).map((o) => [o.id, o]));
+  const unclaimed: string[] = [];
+  for (const saved of r.meta.operators) {
+    if (saved.states.length === 0) continue; // nothing in it to lose
+    const label = `operator id ${JSON.stringify(saved.id)} ("${saved.name}"${saved.uid !== null ? `, uid ${JSON.stringify(saved.uid)}` : ", no uid"})`;
+    const op = ops.get(saved.id);
+    if (!op) {
+      unclaimed.push(`${label} with state ${saved.states.map(describeState).join(", ")}`);
+      continue;
+    }
+    const keyed = saved.states.filter((s) => s.scope === "keyed");
+    if (keyed.length > 0 && !op.keyed) {
+      unclaimed.push(`${label} with keyed state ${keyed.map(describeState).join(", ")}: the job's operator "${op.name}" with that id is not on a keyed stream`);
+    }
   }
+  if (unclaimed.length > 0 && !allowNonRestoredState) {
+    throw new Error(
+      `cannot restore ${r.path}: it holds state that no operator of the job claims: ${unclaimed.join("; ")}. ` +
+        `Give the operators their old uids, or start with --allowNonRestoredState (-n) to drop that state`,
+    );
+  }
+  return unclaimed;
 }

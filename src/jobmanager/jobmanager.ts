@@ -5,10 +5,12 @@ import * as path from "node:path";
 import type * as net from "node:net";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import type { JobGraph } from "../graph/job-graph.ts";
-import { boundPort, listenFramed, RpcConnection } from "../rpc/connection.ts";
+import { operatorsOf, type JobGraph } from "../graph/job-graph.ts";
+import { boundPort, listenFramed } from "../rpc/listen.ts";
+import { RpcConnection } from "../rpc/rpc-connection.ts";
 import { securityFromConfig } from "../rpc/security.ts";
-import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, type TaskMetrics } from "../rpc/messages.ts";
+import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, type SubmitJob } from "../rpc/messages.ts";
+import { parseRequest } from "../rpc/schemas.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
 import { JobMaster, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
@@ -17,6 +19,13 @@ import { ResourceManager } from "./resource-manager.ts";
 import type { JobManagerGateway, TaskManagerInfo } from "./gateway.ts";
 
 const log = createLogger("jobmanager");
+
+/**
+ * Jobs that have not ended (running, or waiting for slots or a restart). Ended ones are bounded by jobstore.*; these
+ * by this: each holds a JobMaster with its executions and checkpoints, and a client in a loop must not pile up more
+ * than a cluster could ever run. Far above what the slots of a real cluster run at once.
+ */
+export const MAX_ACTIVE_JOBS = 1000;
 
 export class JobManager {
   readonly id = randomBytes(8).toString("hex");
@@ -88,80 +97,87 @@ export class JobManager {
     if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });
   }
 
-  private onRequest(peer: Hello, type: RequestType, p: any, conn: RpcConnection): unknown {
+  private onRequest(peer: Hello, type: RequestType, payload: unknown, conn: RpcConnection): unknown {
     if (!JOBMANAGER_ACCEPTS[peer.role].has(type)) throw new Error(`${type} is not allowed for a ${peer.role} connection`);
     const rm = this.resourceManager;
     switch (type) {
       case "registerTaskManager": {
-        need(p, { resourceId: "string", dataHost: "string", dataPort: "number", slots: "number", pid: "number" }, type);
+        const p = parseRequest(type, payload);
         if (p.resourceId !== peer.id) throw new Error(`registerTaskManager: resourceId ${p.resourceId} differs from the handshake's ${peer.id}`);
         rm.register(p, conn);
         return {
           jobManagerId: this.id,
           heartbeatIntervalMs: this.config["heartbeat.interval"],
           heartbeatTimeoutMs: this.config["heartbeat.timeout"],
-          cancel: this.staleExecutions(peer.id, Array.isArray(p.executions) ? p.executions : []),
+          cancel: this.staleExecutions(peer.id, p.executions ?? []),
         };
       }
-      case "offerSlots":
-        need(p, { resourceId: "string" }, type);
-        if (!Array.isArray(p.slots)) throw new Error("offerSlots: slots must be an array");
+      case "offerSlots": {
+        const p = parseRequest(type, payload);
         return { accepted: rm.offerSlots(p.resourceId, p.slots) };
-      case "heartbeat":
+      }
+      case "heartbeat": {
+        const p = parseRequest(type, payload);
         rm.heartbeatFrom(peer.id);
-        if (peer.role === "taskmanager" && p && typeof p.process === "object" && p.process !== null) {
+        if (p.process !== undefined) {
           const tm = rm.taskManagers.get(peer.id);
           if (tm) tm.process = p.process;
         }
-        if (peer.role === "taskmanager" && p && typeof p.taskMetrics === "object" && p.taskMetrics !== null) {
+        if (p.taskMetrics !== undefined) {
           for (const [executionId, metrics] of Object.entries(p.taskMetrics)) {
-            this.jobs.get(executionId.split("-")[0]!)?.onTaskMetrics(executionId, metrics as TaskMetrics);
+            this.jobs.get(executionId.split("-")[0]!)?.onTaskMetrics(executionId, metrics);
           }
           // Attempt fencing: tasks the TaskManager still runs that are not current here are canceled there at once.
           const cancel = this.staleExecutions(peer.id, Object.keys(p.taskMetrics));
           if (cancel.length > 0) return { cancel };
         }
         return {};
+      }
       case "approveFinalCommit": {
-        need(p, { executionId: "string" }, type);
+        const p = parseRequest(type, payload);
         const job = this.jobOf(p.executionId);
         if (!job) throw new Error(`approveFinalCommit: unknown execution ${p.executionId}`);
         job.approveFinalCommit(p.executionId, peer.id);
         return {};
       }
-      case "acknowledgeCheckpoint":
-        need(p, { executionId: "string", checkpointId: "number" }, type);
-        this.jobOf(p.executionId)?.coordinator.onAcknowledge(p.executionId, p.checkpointId, p.snapshot ?? { keyed: null, operator: null });
+      case "acknowledgeCheckpoint": {
+        const p = parseRequest(type, payload);
+        this.jobOf(p.executionId)?.coordinator.onAcknowledge(p.executionId, p.checkpointId, p.snapshot);
         return {};
-      case "declineCheckpoint":
-        need(p, { executionId: "string", checkpointId: "number" }, type);
-        this.jobOf(p.executionId)?.coordinator.onDecline(p.executionId, p.checkpointId, String(p.reason ?? "declined"));
+      }
+      case "declineCheckpoint": {
+        const p = parseRequest(type, payload);
+        this.jobOf(p.executionId)?.coordinator.onDecline(p.executionId, p.checkpointId, p.reason);
         return {};
-      case "triggerSavepoint":
-        return this.job(p).savepoint(this.savepointTarget(typeof p.dir === "string" && p.dir ? p.dir : undefined), p.cancel === true);
+      }
+      case "triggerSavepoint": {
+        const p = parseRequest(type, payload);
+        return this.job(p.jobId).savepoint(this.savepointTarget(p.dir ? p.dir : undefined), p.cancel === true);
+      }
       case "updateTaskState": {
-        need(p, { executionId: "string", state: "string" }, type);
-        const job = this.jobs.get(String(p.executionId).split("-")[0]!);
+        const p = parseRequest(type, payload);
+        const job = this.jobOf(p.executionId);
         if (!job) throw new Error(`updateTaskState: unknown execution ${p.executionId}`);
         job.onTaskState(p.executionId, p.state, p.error, p.metrics);
         return {};
       }
       case "disconnectTaskManager":
-        rm.disconnect(peer.id, String(p?.reason ?? "disconnected"));
+        rm.disconnect(peer.id, parseRequest(type, payload).reason);
         return {};
       case "fetchArtifact":
-        need(p, { hash: "string" }, type);
-        return { bytes: this.blobs.get(p.hash) };
+        return { bytes: this.blobs.get(parseRequest(type, payload).hash) };
       case "submitJob":
-        return this.submitJob(p);
+        return this.submitJob(parseRequest(type, payload));
       case "jobStatus":
-        return this.job(p).status();
+        return this.job(parseRequest(type, payload).jobId).status();
       case "cancelJob":
-        this.job(p).cancel();
+        this.job(parseRequest(type, payload).jobId).cancel();
         return {};
       case "listJobs":
+        parseRequest(type, payload);
         return [...this.jobs.values()].map((j) => j.status());
       case "clusterOverview":
+        parseRequest(type, payload);
         return {
           taskManagers: rm.taskManagers.size,
           slotsTotal: rm.totalSlots,
@@ -173,17 +189,19 @@ export class JobManager {
     }
   }
 
-  private submitJob(p: any): { jobId: string } {
-    if (!(p.artifact instanceof Uint8Array) || p.artifact.length === 0) throw new Error("submitJob: artifact must be non-empty bytes");
-    if (!Array.isArray(p.jobArgs) || !p.jobArgs.every((a: unknown) => typeof a === "string")) throw new Error("submitJob: jobArgs must be an array of strings");
+  private submitJob(p: SubmitJob): { jobId: string; warnings?: string[] } {
+    if (p.artifact.length === 0) throw new Error("submitJob: artifact: expected non-empty bytes, got 0 bytes");
     validateGraph(p.graph);
+    const active = [...this.jobs.values()].filter((j) => !TERMINAL_JOB_STATES.has(j.state)).length;
+    if (active >= MAX_ACTIVE_JOBS) throw new Error(`submitJob: ${active} jobs have not ended (limit ${MAX_ACTIVE_JOBS}): cancel some, or wait for them to end`);
     const hash = this.blobs.put(p.artifact);
     const jobId = randomBytes(16).toString("hex");
-    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint), (j) => this.retire(j));
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint, p.allowNonRestoredState === true), (j) => this.retire(j));
     this.jobs.set(jobId, job);
-    log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length });
+    const warnings = uidWarnings(p.graph);
+    log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length, ...(warnings.length > 0 ? { warning: warnings.join(" ") } : {}) });
     void job.run();
-    return { jobId };
+    return { jobId, ...(warnings.length > 0 ? { warnings } : {}) };
   }
 
   /**
@@ -240,7 +258,7 @@ export class JobManager {
   }
 
   /** The job's settings from the cluster's config, overridden by what the job itself chose. */
-  private jobOptions(graph: JobGraph, fromSavepoint: unknown): JobMasterOptions {
+  private jobOptions(graph: JobGraph, fromSavepoint: unknown, allowNonRestoredState: boolean): JobMasterOptions {
     const c = this.config;
     const interval = graph.checkpointInterval || c["execution.checkpointing.interval"];
     let type = c["restart-strategy.type"];
@@ -258,10 +276,11 @@ export class JobManager {
               resetMs: c["restart-strategy.exponential-delay.reset-backoff-threshold"],
             }
           : { type: "none" };
-    let initialRestore = null;
+    let initialRestore: JobMasterOptions["initialRestore"] = null;
     if (fromSavepoint !== undefined && fromSavepoint !== null && fromSavepoint !== "") {
       if (typeof fromSavepoint !== "string") throw new Error("submitJob: fromSavepoint must be a path");
-      initialRestore = readMetadata(fromSavepoint); // throws naming the path when missing, truncated or of another version
+      // Throws naming the path when missing, truncated or of another format version.
+      initialRestore = { ...readMetadata(fromSavepoint), allowNonRestoredState };
     }
     return {
       slotTimeoutMs: c["jobmanager.slot-request.timeout"],
@@ -292,18 +311,22 @@ export class JobManager {
     return this.jobs.get(String(executionId).split("-")[0]!);
   }
 
-  private job(p: any): JobMaster {
-    const job = this.jobs.get(String(p?.jobId));
-    if (!job) throw new Error(`no job ${JSON.stringify(p?.jobId)}`);
+  private job(jobId: string): JobMaster {
+    const job = this.jobs.get(jobId);
+    if (!job) throw new Error(`no job ${JSON.stringify(jobId)}`);
     return job;
   }
 }
 
-function need(p: any, fields: Record<string, "string" | "number">, type: string): void {
-  if (typeof p !== "object" || p === null) throw new Error(`${type}: payload must be an object`);
-  for (const [k, t] of Object.entries(fields)) {
-    if (typeof p[k] !== t) throw new Error(`${type}: field ${k} must be a ${t}, got ${typeof p[k]}`);
-  }
+/** Stateful operators without a uid: their state is stored under an id derived from their place in the graph. */
+function uidWarnings(g: JobGraph): string[] {
+  const noUid = g.vertices.flatMap((v) => operatorsOf(v)).filter((o) => o.stateful && o.uid === null);
+  if (noUid.length === 0) return [];
+  return [
+    `${noUid.length === 1 ? "a stateful operator has" : `${noUid.length} stateful operators have`} no uid: ${noUid.map((o) => `"${o.name}"`).join(", ")}. ` +
+      `Their state is stored under an id derived from their position in the graph, which changes when operators are added, removed or reordered before them; ` +
+      `set .uid("...") on each so that a savepoint still restores into them after the job changes`,
+  ];
 }
 
 function validateGraph(g: JobGraph): void {
@@ -317,6 +340,12 @@ function validateGraph(g: JobGraph): void {
     if (v.id !== i) throw bad(`vertex ${i} has id ${v.id}`);
     if (!Number.isInteger(v.parallelism) || v.parallelism < 1 || v.parallelism > g.maxParallelism) throw bad(`vertex ${i} has parallelism ${v.parallelism}`);
     if (!Array.isArray(v.operatorIds) || v.operatorIds.length === 0) throw bad(`vertex ${i} has no operators`);
+    if (v.operators !== undefined) {
+      if (!Array.isArray(v.operators) || v.operators.length !== v.operatorIds.length) throw bad(`vertex ${i} has ${v.operatorIds.length} operators but ${Array.isArray(v.operators) ? v.operators.length : "no"} operator ids`);
+      v.operators.forEach((o, j) => {
+        if (typeof o?.id !== "string" || o.id.length === 0 || o.nodeId !== v.operatorIds[j]) throw bad(`vertex ${i} operator ${j} has no operator id or a wrong node`);
+      });
+    }
   });
   for (const e of g.edges) {
     if (!g.vertices[e.source] || !g.vertices[e.target]) throw bad(`edge ${e.id} joins unknown vertices`);

@@ -1,5 +1,5 @@
 // Registered TaskManagers and their slots, kept alive by heartbeats in both directions.
-import type { RpcConnection } from "../rpc/connection.ts";
+import type { RpcConnection } from "../rpc/rpc-connection.ts";
 import type { ProcessStats, RegisterTaskManager } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
 

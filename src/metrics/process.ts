@@ -1,5 +1,6 @@
 // Process metrics, the JVM metrics of a Flink process in this runtime's terms: RSS, heap, CPU and event-loop lag.
 import { gauge, counter, type Collector } from "./exposition.ts";
+import { heapUsage, runtimeVersion } from "../runtime-env/index.ts";
 
 const START_SECONDS = Math.floor(Date.now() / 1000 - process.uptime());
 
@@ -32,26 +33,6 @@ class EventLoopLag {
 
 export const eventLoopLag = new EventLoopLag();
 
-// Bun's process.memoryUsage() mixes two measures: heapUsed is JavaScriptCore's heap size with its extra memory and
-// large objects, heapTotal only the bytes of its small-object blocks, so "used" came out above "total". JSC's own
-// heapSize and heapCapacity count the same things. (Deno's V8 figures agree already.)
-let jscHeap: (() => { used: number; total: number }) | null = null;
-if (typeof Bun !== "undefined") {
-  void import("bun:jsc").then((jsc) => {
-    jscHeap = () => {
-      const h = jsc.heapStats();
-      return { used: h.heapSize, total: h.heapCapacity };
-    };
-  });
-}
-
-/** The main thread's JavaScript heap: bytes in use and bytes allocated (used <= total). */
-export function heapUsage(): { used: number; total: number } {
-  if (jscHeap) return jscHeap();
-  const m = process.memoryUsage();
-  return { used: m.heapUsed, total: Math.max(m.heapTotal, m.heapUsed) };
-}
-
 /** The process collector; call eventLoopLag.acquire() while it is in use. */
 export function processCollector(role: string): Collector {
   return () => {
@@ -69,7 +50,7 @@ export function processCollector(role: string): Collector {
       gauge("tm_process_event_loop_lag_seconds", "How late the latest event-loop timer fired, in seconds.", eventLoopLag.last),
       gauge("tm_process_event_loop_lag_max_seconds", "Largest event-loop lag since the previous scrape, in seconds.", maxLag),
       gauge("tm_process_info", "Constant 1, labelled with the process's role and runtime.", [
-        { labels: { role, runtime: typeof Bun !== "undefined" ? `bun ${Bun.version}` : `node ${process.version}`, pid: process.pid }, value: 1 },
+        { labels: { role, runtime: runtimeVersion(), pid: process.pid }, value: 1 },
       ]),
     ];
   };

@@ -2,7 +2,9 @@
 // peer TaskManager in use at a time (an incoming one is reused for sending), carrying the DATA / EVENT /
 // CREDIT frames of every channel between the two (see DATA_FRAME in rpc/messages.ts).
 import type * as net from "node:net";
-import { boundPort, connectFramed, listenFramed, type FramedConnection } from "../rpc/connection.ts";
+import { boundPort, listenFramed } from "../rpc/listen.ts";
+import { connectFramed } from "../rpc/connect.ts";
+import type { FramedConnection } from "../rpc/framed-connection.ts";
 import type { TransportSecurity } from "../rpc/security.ts";
 import { PROTOCOL_VERSION, type ChannelTarget, type Hello } from "../rpc/messages.ts";
 import { DATA_FRAME } from "./wire.ts";

@@ -2,8 +2,12 @@
 // fixed-size ArrayBuffers (created lazily), plus a few overdraft buffers to finish the record in hand.
 // Buffers never leave the Worker: a finished buffer's bytes are copied into its channel's ring, and the buffer
 // comes back as soon as they are (it waits, holding its place, while the ring is full).
+import { assert } from "../util/assert.ts";
+
 export class LocalBufferPool {
   private readonly free: ArrayBuffer[] = [];
+  /** The buffers handed out and not recycled: a recycle of any other buffer is a bug (twice, or not ours). */
+  private readonly out = new Set<ArrayBuffer>();
   private created = 0;
   private overdraftUsed = 0;
   private waiters: (() => void)[] = [];
@@ -16,22 +20,24 @@ export class LocalBufferPool {
 
   /** A free buffer, or null when the pool (and its overdraft) is exhausted. */
   request(): ArrayBuffer | null {
-    const b = this.free.pop();
-    if (b) return b;
-    if (this.created < this.size) {
-      this.created++;
-      return new ArrayBuffer(this.segmentSize);
+    let b = this.free.pop();
+    if (b === undefined) {
+      if (this.created < this.size) this.created++;
+      else if (this.overdraftUsed < this.maxOverdraft) this.overdraftUsed++;
+      else return null;
+      b = new ArrayBuffer(this.segmentSize);
     }
-    if (this.overdraftUsed < this.maxOverdraft) {
-      this.overdraftUsed++;
-      return new ArrayBuffer(this.segmentSize);
-    }
-    return null;
+    this.out.add(b);
+    return b;
   }
 
   recycle(buf: ArrayBuffer): void {
+    assert(buf.byteLength === this.segmentSize, () => `buffer pool: recycled a buffer of ${buf.byteLength} bytes, its segments are ${this.segmentSize} bytes`);
+    assert(this.out.delete(buf), () => `buffer pool: recycled a buffer that is not out (recycled twice, or not from this pool); ${this.out.size} out, ${this.free.length} free, ${this.created} of ${this.size} created, ${this.overdraftUsed} of ${this.maxOverdraft} overdraft`);
     if (this.overdraftUsed > 0) this.overdraftUsed--; // overdraft buffers are dropped first
     else this.free.push(buf);
+    // The books: every buffer created is free or out, plus the overdraft ones out.
+    assert(this.free.length + this.out.size === this.created + this.overdraftUsed && this.created <= this.size && this.overdraftUsed <= this.maxOverdraft, () => `buffer pool: ${this.free.length} free + ${this.out.size} out != ${this.created} created (of ${this.size}) + ${this.overdraftUsed} overdraft (of ${this.maxOverdraft})`);
     for (const w of this.waiters.splice(0)) w(); // waiters re-check their condition
   }
 

@@ -5,6 +5,7 @@
 import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
 import { CHUNK_RECORDS, RecordSerializer } from "./serialization.ts";
+import { assert } from "../util/assert.ts";
 
 /** In-band events travel in order with the records of their channel, except priority events (see sendPriorityEvent). */
 export type ChannelEvent =
@@ -108,7 +109,9 @@ export class RecordWriter {
   /** A buffer of `channel` is free again (its bytes are in the channel's ring). */
   recycle(buf: ArrayBuffer, channel: string): void {
     const sp = this.byId.get(channel);
-    if (sp && sp.inUse > 0) sp.inUse--;
+    assert(sp !== undefined, () => `record writer: a buffer recycled for ${channel}, which is not an output channel of this writer`);
+    assert(sp.inUse > 0, () => `record writer: a buffer recycled for ${channel}, which holds ${sp.inUse} buffers (pool: ${this.pool.inUse} of ${this.pool.size} in use)`);
+    sp.inUse--;
     this.pool.recycle(buf);
     if (this.overflowing > 0) for (const sp of this.subs) if (sp.overflow.length > 0) this.drain(sp);
   }
@@ -181,6 +184,8 @@ export class RecordWriter {
     this.broadcastEvent({ type: "end" });
     while (this.subs.some((sp) => sp.queue.length > 0)) await new Promise((r) => setTimeout(r, 5));
     await this.pool.allRecycled();
+    // Every buffer is back in the pool, so no subpartition may still count one.
+    for (const sp of this.subs) assert(sp.inUse === 0, () => `record writer: every buffer is back in the pool but ${sp.id} still counts ${sp.inUse}`);
     for (const sp of this.subs) await sp.sender?.flushed?.();
   }
 

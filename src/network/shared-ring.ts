@@ -22,6 +22,7 @@
 // settles: the owner must race it with its own cancellation (the task's Worker is terminated anyway).
 import { pack, unpack } from "msgpackr";
 import type { ChannelEvent } from "./record-writer.ts";
+import { assert } from "../util/assert.ts";
 
 const PUBLISHED = 0;
 const RELEASED = 1;
@@ -108,7 +109,11 @@ export class RingWriter extends RingEnd {
 
   /** Slots free right now. */
   get free(): number {
-    return this.slots - this.dist(this.pub, Atomics.load(this.h, RELEASED));
+    const rel = Atomics.load(this.h, RELEASED);
+    const used = this.dist(this.pub, rel);
+    // The reader releases only what was published: more than `slots` in use means a counter went wrong.
+    assert(used <= this.slots, () => `ring: ${used} slots in use of ${this.slots} (published ${this.pub}, released ${rel}, modulo ${this.mod})`);
+    return this.slots - used;
   }
 
   /** Copies bytes (length 1..slotBytes) into the next free slot and publishes it; false (nothing written) when the ring is full. Throws if bytes are too long or empty. */
@@ -169,11 +174,15 @@ export class RingReader extends RingEnd {
 
   /** The next published item not yet taken, or null. A buffer's bytes are a view into the ring, valid until its release(). */
   take(): RingItem | null {
-    if (this.dist(Atomics.load(this.h, PUBLISHED), this.rel) <= this.taken) return null;
+    const pub = Atomics.load(this.h, PUBLISHED);
+    const ahead = this.dist(pub, this.rel);
+    // The writer publishes at most `slots` ahead of what was released, and this end takes only what was published.
+    assert(ahead <= this.slots && this.taken <= ahead, () => `ring: ${ahead} published ahead of released of ${this.slots} slots, ${this.taken} taken (published ${pub}, released ${this.rel}, modulo ${this.mod})`);
+    if (ahead <= this.taken) return null;
     const off = this.slotOffset((this.rel + this.taken) % this.mod);
     const kind = this.h[off >> 2]!;
     const length = this.h[(off >> 2) + 1]!;
-    if (length < 1 || length > this.slotBytes || (kind !== KIND_BUFFER && kind !== KIND_EVENT)) throw new Error(`corrupt ring slot: kind ${kind}, length ${length}`);
+    assert(length >= 1 && length <= this.slotBytes && (kind === KIND_BUFFER || kind === KIND_EVENT), () => `corrupt ring slot ${(this.rel + this.taken) % this.slots}: kind ${kind}, length ${length} (slots hold 1..${this.slotBytes} bytes)`);
     this.taken++;
     const start = off + SLOT_HEADER_BYTES;
     if (kind === KIND_BUFFER) return { kind: "buffer", bytes: new Uint8Array(this.sab, start, length) };
@@ -183,7 +192,7 @@ export class RingReader extends RingEnd {
 
   /** Frees the oldest taken, unreleased item's slot (items are released in the order taken) and wakes a writer waiting in whenFree(). Throws if nothing is taken and unreleased. */
   release(): void {
-    if (this.taken === 0) throw new Error("ring release() with no item taken and unreleased");
+    assert(this.taken > 0, () => `ring: release() with no item taken and unreleased (released ${this.rel}, ${this.available} published and not taken)`);
     this.taken--;
     this.rel = this.next(this.rel);
     Atomics.store(this.h, RELEASED, this.rel); // after this the writer may overwrite the slot

@@ -11,7 +11,7 @@
 //   is credit again at once; otherwise it waits in that buffer until the ring has room.
 // The Workers are thus off the credit loop while their rings have room: credit goes back as fast as this thread
 // reads the socket, and a sender reads the next buffer from the ring as soon as credit arrives.
-import type { FramedConnection } from "../rpc/connection.ts";
+import type { FramedConnection } from "../rpc/framed-connection.ts";
 import type { ChannelTarget, TaskDeployment } from "../rpc/messages.ts";
 import { DATA_FRAME, channelId, channelJob, parseChannelId, type ChannelRing, type ConnectChannels, type NetworkGrant } from "./wire.ts";
 import { createLogger } from "../util/log.ts";

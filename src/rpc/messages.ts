@@ -1,9 +1,9 @@
 // Every message of the RPC protocol, in one place. docs/protocol.md documents each of them.
 // A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e}.
 // Every message is a request with a response, so each side learns that the other took it.
-import type { JobGraph, PartitionerKind } from "../graph/job-graph.ts";
+import type { JobGraph, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
 export type { PartitionerKind };
-import type { KeyedSnapshotHandle, OperatorSnapshotHandle } from "../state/snapshot-format.ts";
+import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -216,6 +216,8 @@ export interface TaskDeployment {
   jobArgs: string[];
   /** Plan node ids chained into this task, head first. */
   operatorIds: number[];
+  /** Their operator ids (state identities), same order; absent in hand-built deployments (ids "node-<n>"). */
+  operators?: OperatorInfo[];
   inputs: InputDeployment[];
   outputs: OutputDeployment[];
   runtimeMode: "streaming" | "batch";
@@ -235,13 +237,16 @@ export interface TaskDeployment {
   restore: TaskRestore | null;
 }
 
-/** Everything a vertex's subtasks wrote in one checkpoint or savepoint. */
+/**
+ * The state a task's operators start from: per operator id (of this task's chain), what every subtask of that
+ * operator wrote in one checkpoint or savepoint, whatever chain it ran in then. Each operator picks its share by
+ * key group (keyed) and redistribution mode (operator state).
+ */
 export interface TaskRestore {
   checkpointId: number;
   /** The metadata file it came from (for messages). */
   path: string;
-  keyed: KeyedSnapshotHandle[];
-  operator: OperatorSnapshotHandle[];
+  operators: Record<string, { keyed: KeyedSnapshotHandle[]; operator: OperatorSnapshotHandle[] }>;
   /** Unaligned checkpoints: the in-flight records of the vertex's old subtasks, split by each new subtask. */
   channel?: ChannelStateHandle[];
   /** Every subtask of the vertex had finished (FLIP-147): the task finishes at once. */
@@ -257,11 +262,10 @@ export interface ChannelStateHandle {
   subtaskIndex: number;
 }
 
-/** What one task wrote for a checkpoint: handles to its files (paths inside the checkpoint's directory). */
+/** What one task wrote for a checkpoint: per operator of its chain that has state, handles to its files. */
 export interface TaskSnapshot {
-  keyed: KeyedSnapshotHandle | null;
-  operator: OperatorSnapshotHandle | null;
-  /** Unaligned checkpoints: the records in flight on the task's inputs. */
+  operators: OperatorSubtaskSnapshot[];
+  /** Unaligned checkpoints: the records in flight on the task's inputs (task level, not per operator). */
   channel?: ChannelStateHandle | null;
   /** The task had finished before the checkpoint (FLIP-147): no state. */
   finished?: boolean;
@@ -269,6 +273,14 @@ export interface TaskSnapshot {
   alignmentMs?: number;
   startDelayMs?: number;
   unaligned?: boolean;
+}
+
+export interface OperatorSubtaskSnapshot {
+  operatorId: string;
+  keyed: KeyedSnapshotHandle | null;
+  operator: OperatorSnapshotHandle | null;
+  /** The states in those files (names, kinds): for messages and `savepoint info`, not for restoring. */
+  states: StateInfo[];
 }
 
 // ---- checkpoints ----
@@ -345,9 +357,13 @@ export interface SubmitJob {
   graph: JobGraph;
   /** A savepoint (or retained checkpoint) directory, or its _metadata file, to start from. */
   fromSavepoint?: string;
+  /** Start even if the savepoint holds state of operators the job does not have (that state is dropped). */
+  allowNonRestoredState?: boolean;
 }
 export interface SubmitJobReply {
   jobId: string;
+  /** What the submitter should know (stateful operators without uid). */
+  warnings?: string[];
 }
 export interface JobIdRequest {
   jobId: string;

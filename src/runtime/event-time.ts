@@ -380,6 +380,8 @@ export class InternalTimerService {
   snapshot(): void {
     const entries: [number, TimerDomain, number, unknown, string][] = [];
     for (const t of this.live.values()) entries.push([t.keyGroup, t.domain, t.ts, t.key, t.ns]);
+    // An operator that never had a timer stores no timer state (savepoints list only state that exists).
+    if (entries.length === 0 && !this.ctx.operatorState.stateNames().includes(this.stateName)) return;
     this.ctx.operatorState.getUnionListState(this.stateName).update(entries);
   }
 

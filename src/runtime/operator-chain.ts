@@ -1,21 +1,22 @@
 // A task's operator chain (as Flink's OperatorChain): the record writers of its output edges and the chained
 // operators between its input and those writers, built from the chain's tail. The tail emits main records to the
 // edges that feed ordinary consumers and side-output values to the edges that feed that tag's getSideOutput node;
-// a sink is always a tail. Also opens the task's state (keyed backend, operator state) and, for a source chain, its
-// reader at the restored or initial splits.
+// a sink is always a tail. Also opens the chain's state (per operator id, chain-state.ts) and, for a source chain,
+// its reader (built-in or connector) at the restored or initial splits.
 import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
 import { streamTargetsOf } from "../api/job-graph.ts";
-import type { TaskDeployment } from "../rpc/messages.ts";
+import type { TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
 import { RecordWriter } from "../network/record-writer.ts";
 import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
 import { createOperator } from "./operators.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
-import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../state/index.ts";
-import { keyGroupRange } from "../state/key-groups.ts";
+import type { ListState, SnapshotOptions } from "../state/index.ts";
+import { ChainState } from "./chain-state.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { StateGrant } from "./worker-protocol.ts";
+import type { ConnectorSourceReader, ConnectorSplit } from "../api/connector.ts";
 
 /** Operator (union list) state in which a source keeps its splits and positions. */
 export const SOURCE_SPLITS = "__source-splits";
@@ -52,8 +53,12 @@ export class OperatorChain {
   headWatermark: (wm: number) => void = () => {};
   sourceNode: Extract<PlanNode, { kind: "source" }> | null = null;
   sourceReader: SourceReader | null = null;
-  keyed: KeyedStateBackend | null = null;
-  operatorState!: OperatorStateStore;
+  /** A connector source's reader (asynchronous polls) instead of sourceReader. */
+  connectorReader: ConnectorSourceReader | null = null;
+  /** The source's split positions, in the source operator's state. */
+  private sourceSplits: ListState<SourceSplit> | null = null;
+  /** Keyed and operator state per chained operator, by operator id (chain-state.ts). */
+  chainState: ChainState | null = null;
   /** Records the tail emitted (or a sink consumed): the task's records out. */
   recordsOut = 0;
 
@@ -129,27 +134,13 @@ export class OperatorChain {
     };
     let watermark: (wm: number) => void = (wm) => host.emitWatermark(wm);
     const idle = (b: boolean) => host.emitIdle(b);
-    const keyedChain = chain.some((n) => n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined));
-    if (keyedChain) {
-      this.keyed = await createKeyedStateBackend({
-        kind: state.backend,
-        maxParallelism: d.maxParallelism,
-        keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
-        dir: state.dir,
-        cacheBytes: state.cacheBytes,
-        restoreFrom: d.restore?.keyed ?? [],
-      });
-    }
-    this.operatorState = new OperatorStateStore(d.subtaskIndex, d.parallelism);
-    if (d.restore && d.restore.operator.length > 0) await this.operatorState.restore(d.restore.operator);
-    const ctx: OperatorContext = {
+    const chainState = (this.chainState = await ChainState.open(d, state, chain));
+    const baseCtx: Omit<OperatorContext, "keyed" | "operatorState"> = {
       subtaskIndex: d.subtaskIndex,
       parallelism: d.parallelism,
       taskName: taskDisplayName(d),
       runtimeMode: d.runtimeMode,
       node,
-      keyed: this.keyed,
-      operatorState: this.operatorState,
       jobId: d.jobId,
       attempt: d.attempt,
       restoredCheckpointId: d.restore?.checkpointId ?? 0,
@@ -161,13 +152,31 @@ export class OperatorChain {
     const noop = () => {};
     for (let i = chain.length - 1; i >= 0; i--) {
       const n = chain[i]!;
+      // Each operator sees its own state (restored by its operator id).
+      const ctx: OperatorContext = { ...baseCtx, keyed: chainState.keyedOf(n.id), operatorState: chainState.operatorStateOf(n.id) };
       if (n.kind === "source") {
         if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
         this.sourceNode = n;
         // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
-        const restored = this.operatorState.stateNames().includes(SOURCE_SPLITS)
-          ? assignSplits(splitForParallelism(this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).get(), d.parallelism), d.subtaskIndex, d.parallelism)
-          : initialSplits(n.source, d.subtaskIndex, d.parallelism);
+        const hasRestored = ctx.operatorState.stateNames().includes(SOURCE_SPLITS);
+        this.sourceSplits = ctx.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS);
+        const restoredSplits = hasRestored ? assignSplits(splitForParallelism(this.sourceSplits.get(), d.parallelism), d.subtaskIndex, d.parallelism) : null;
+        if (n.source.type === "connector") {
+          const connector = n.source.connector;
+          if (restoredSplits?.some((s) => s.type !== "connector" || s.connector !== connector.connector)) {
+            throw new Error(`${n.name}: the restored checkpoint holds splits of another source than ${connector.connector}`);
+          }
+          this.connectorReader = connector.createReader({
+            subtaskIndex: d.subtaskIndex,
+            parallelism: d.parallelism,
+            jobId: d.jobId,
+            attempt: d.attempt,
+            restoredCheckpointId: d.restore?.checkpointId ?? 0,
+            restoredSplits: restoredSplits as ConnectorSplit[] | null,
+          });
+          break;
+        }
+        const restored = restoredSplits ?? initialSplits(n.source, d.subtaskIndex, d.parallelism);
         // Event time: splits take turns, so that each split's watermark advances with the others'.
         this.sourceReader = new SourceReader(n.source, restored, eventTime);
         break;
@@ -198,13 +207,43 @@ export class OperatorChain {
     this.headWatermark = watermark;
     this.head = { process: out };
     for (const op of this.operators) await op.open?.();
+    await this.connectorReader?.open();
   }
 
-  /** Snapshot's synchronous part: operators pre-commit, and a source's split positions go into operator state. */
-  snapshotState(checkpointId: number): void {
+  /**
+   * Snapshot's synchronous part: operators pre-commit, and a source's split positions go into operator state.
+   * Returns the asynchronous pre-commits (connector sinks), which the acknowledgement waits for.
+   */
+  snapshotState(checkpointId: number): Promise<void>[] {
     this.flush();
-    for (const op of this.operators) op.snapshotState?.(checkpointId);
-    if (this.sourceReader) this.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS).update(this.sourceReader.positions());
+    const preCommits: Promise<void>[] = [];
+    for (const op of this.operators) {
+      const p = op.snapshotState?.(checkpointId);
+      if (p instanceof Promise) preCommits.push(p);
+    }
+    if (this.sourceReader) this.sourceSplits!.update(this.sourceReader.positions());
+    if (this.connectorReader) {
+      this.sourceSplits!.update(this.connectorReader.positions());
+      this.connectorReader.snapshotState?.(checkpointId);
+    }
+    return preCommits;
+  }
+
+  /** The chain's state files for a checkpoint (per operator id); the synchronous part runs now. */
+  snapshot(dir: string, opts: SnapshotOptions): Promise<TaskSnapshot> {
+    return this.chainState!.snapshot(dir, opts);
+  }
+
+  /** Checkpoint n completed: state backends, operators and a connector source hear of it; a rejection fails the task. */
+  notifyCheckpointComplete(checkpointId: number, fail: (err: unknown) => void): void {
+    this.chainState?.notifyCheckpointComplete(checkpointId);
+    for (const op of this.operators) {
+      const done = op.notifyCheckpointComplete?.(checkpointId);
+      if (done instanceof Promise) done.catch(fail);
+    }
+    if (this.connectorReader?.notifyCheckpointComplete) {
+      Promise.resolve(this.connectorReader.notifyCheckpointComplete(checkpointId)).catch(fail);
+    }
   }
 
   flush(): void {
@@ -213,5 +252,11 @@ export class OperatorChain {
 
   dispose(): void {
     for (const op of this.operators) op.dispose?.();
+  }
+
+  /** The task ends: a connector source's connection and the state backends are closed. */
+  async close(): Promise<void> {
+    await this.connectorReader?.close().catch(() => {});
+    await this.chainState?.close();
   }
 }

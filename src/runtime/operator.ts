@@ -24,23 +24,31 @@ export interface Operator {
   process(record: unknown): void;
   /** Called after each input batch or source chunk: a place to flush buffered output. */
   flush?(): void;
-  /** End of all input: emit what is held back, release resources. */
-  endInput?(): void;
+  /**
+   * After each input batch: a promise while the operator cannot take more input yet (a sink writing to an
+   * external system asynchronously), which the task waits for; it rejects when that writing failed (fails the task).
+   */
+  waitReady?(): Promise<void> | null;
+  /** End of all input: emit what is held back, release resources (a connector sink may pre-commit asynchronously). */
+  endInput?(): void | Promise<void>;
   /**
    * After end of input: whether this operator has an external commit to make (a two-phase-commit sink's final
    * transaction). The task then asks the JobManager whether its attempt is still current and calls finalCommit().
    */
   hasFinalCommit?(): boolean;
-  finalCommit?(): void;
-  /** Synchronous part of checkpoint n, before the barrier goes downstream (a two-phase-commit sink pre-commits). */
-  snapshotState?(checkpointId: number): void;
-  /** Checkpoint n completed everywhere. */
-  notifyCheckpointComplete?(checkpointId: number): void;
+  finalCommit?(): void | Promise<void>;
+  /**
+   * Synchronous part of checkpoint n, before the barrier goes downstream (a two-phase-commit sink pre-commits).
+   * A promise: the asynchronous rest of the pre-commit, which the checkpoint's acknowledgement waits for.
+   */
+  snapshotState?(checkpointId: number): void | Promise<void>;
+  /** Checkpoint n completed everywhere (a rejected promise fails the task). */
+  notifyCheckpointComplete?(checkpointId: number): void | Promise<void>;
   /** Event time advanced to wm: fire event-time timers, then pass wm on (ChainOutput.watermark). */
   processWatermark?(wm: number): void;
   /** Every pipeline.auto-watermark-interval: periodic watermarks and idleness. */
   onPeriodic?(): void;
-  /** The task ends (finished or failed): stop wall-clock timers. */
+  /** The task ends (finished or failed): stop wall-clock timers, close connections. */
   dispose?(): void;
 }
 

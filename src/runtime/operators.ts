@@ -86,8 +86,8 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     case "reduce": {
       const keyNode = ctx.node(node.keyNode);
       if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`reduce node ${node.id} is not keyed`);
-      // State is named by the operator's uid when it has one, so it can be matched across job versions.
-      const state = ctx.keyed.getState<any>(new ValueStateDescriptor(node.uid ?? `reduce-${node.id}`));
+      // Its own backend holds only its state (stored under the operator's id), so a fixed name is enough.
+      const state = ctx.keyed.getState<any>(new ValueStateDescriptor("reduce"));
       return new KeyedAggregation(ctx.keyed, keyNode.fn, state, node.fn, node.sumField, ctx.runtimeMode === "batch", out);
     }
     case "sink":
@@ -113,7 +113,7 @@ function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: Operato
     time.ts = t.domain === 0 ? t.ts : null;
     fn.onTimer(t.ts, context, collector);
   };
-  const timers = new InternalTimerService(keyed, ctx, `__timers-${node.uid ?? node.id}`, onTimer);
+  const timers = new InternalTimerService(keyed, ctx, "__timers", onTimer);
   const checkTs = (ts: number, what: string) => {
     if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${node.name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
     return ts;
@@ -225,6 +225,8 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
         finalCommit: () => sink.commitFinal(),
       };
     }
+    case "connector":
+      return spec.connector.createWriter(ctx, node.uid ?? String(node.id));
     case "textFile": {
       let file = spec.path;
       if (ctx.parallelism > 1) {

@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import type { SourceSpec } from "../api/plan.ts";
 import { eventAt } from "../nexmark/generator.ts";
+import type { ConnectorSplit } from "../api/connector.ts";
 
 export const SOURCE_CHUNK = 1024;
 const READ_BYTES = 1 << 20;
@@ -25,7 +26,9 @@ export type SourceSplit =
    * Nexmark event numbers next, next+stride, ... up to last (inclusive). Strided rather than contiguous, so that
    * parallel subtasks (and the halves of a split) advance through event time together, as Nexmark's generators do.
    */
-  | { type: "nexmark"; id: number; next: number; last: number; stride: number };
+  | { type: "nexmark"; id: number; next: number; last: number; stride: number }
+  /** A connector's split (src/connectors/): read by the connector's own reader; never halved on rescaling. */
+  | ConnectorSplit;
 
 /**
  * The splits subtask `subtask` of `parallelism` starts with when there is nothing to restore: one split with
@@ -60,6 +63,8 @@ export function initialSplits(spec: SourceSpec, subtask: number, parallelism: nu
     case "nexmark":
       // Subtask i of p generates event numbers i, i+p, i+2p, ...: disjoint, together all of them.
       return [{ type: "nexmark", id: subtask, next: subtask, last: spec.events - 1, stride: parallelism }];
+    case "connector":
+      throw new Error("source: a connector source makes its own initial splits");
   }
 }
 
@@ -78,6 +83,7 @@ function remaining(s: SourceSplit): number {
   if (s.type === "sequence") return s.last - s.next + 1;
   if (s.type === "collection") return s.end - s.next;
   if (s.type === "nexmark") return s.next > s.last ? 0 : Math.floor((s.last - s.next) / s.stride) + 1;
+  if (s.type === "connector") return 1;
   return s.end - s.offset;
 }
 
@@ -110,7 +116,7 @@ export function splitForParallelism(all: readonly SourceSplit[], parallelism: nu
       // Interleaved halves (every other event number each), so both keep pace in event time.
       out.push({ type: "nexmark", id: nextId++, next: s.next + s.stride, last: s.last, stride: s.stride * 2 });
       s.stride *= 2;
-    } else {
+    } else if (s.type === "textFile") {
       out.push({ type: "textFile", id: nextId++, path: s.path, offset: s.offset + half, end: s.end, aligned: false });
       s.end = s.offset + half;
     }
@@ -216,6 +222,8 @@ export class SourceReader {
       case "nexmark":
         chunk = this.nextNexmark(split);
         break;
+      default:
+        throw new Error(`source: a ${split.type} split is read by its connector's reader`);
     }
     if (chunk !== null) this.lastSplitId = split.id;
     return chunk;

@@ -206,7 +206,7 @@ export class StreamTask {
         this.valve.current = Infinity;
         this.chain!.headWatermark(Infinity);
       }
-      for (const op of this.operators) op.endInput?.();
+      for (const op of this.operators) await op.endInput?.();
       this.flushOperators();
       if (this.d.finalCheckpoint && !this.d.restore?.finished) await this.awaitFinalCheckpoint();
       else for (const t of this.triggers.splice(0)) this.abortCheckpoint(t.checkpointId, "the task reached the end of its input", true);
@@ -217,14 +217,14 @@ export class StreamTask {
       const committers = this.operators.filter((op) => op.hasFinalCommit?.());
       if (committers.length > 0) {
         await this.finalCommitApproval();
-        for (const op of committers) op.finalCommit!();
+        for (const op of committers) await op.finalCommit!();
       }
       this.time.switchTo("idle");
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
       this.chain?.dispose();
-      await this.chain?.keyed?.close().catch(() => {});
+      await this.chain?.close();
     }
   }
 
@@ -297,7 +297,7 @@ export class StreamTask {
         this.onCheckpointAborted(msg.checkpointId);
         break;
       case "checkpointComplete":
-        for (const op of this.operators) op.notifyCheckpointComplete?.(msg.checkpointId);
+        this.chain?.notifyCheckpointComplete(msg.checkpointId, (err) => this.failAsync(err));
         this.completedUpTo = Math.max(this.completedUpTo, msg.checkpointId);
         if (this.finalCheckpointId !== null && msg.checkpointId >= this.finalCheckpointId) this.finalCheckpointDone?.();
         break;
@@ -361,14 +361,15 @@ export class StreamTask {
     const taskDir = path.join(b.dir, `${d.vertexId}-${d.subtaskIndex}`);
     let pending: Promise<TaskSnapshot>;
     try {
-      chain.snapshotState(checkpointId);
+      // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
+      const preCommits = chain.snapshotState(checkpointId);
       fs.mkdirSync(taskDir, { recursive: true });
-      const keyed = chain.keyed ? chain.keyed.snapshot(taskDir) : null;
-      const operator = chain.operatorState.snapshot(taskDir);
+      // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
+      const incremental = /^chk-\d+$/.test(path.basename(b.dir));
+      const operators = chain.snapshot(taskDir, { checkpointId, incremental });
       const channel = channelState ? channelState.then((s) => writeChannelState(taskDir, d.subtaskIndex, s)) : null;
-      pending = Promise.all([keyed, operator, channel]).then(([k, o, c]) => ({
-        keyed: k,
-        operator: o,
+      pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
+        ...o,
         ...(c ? { channel: c } : {}),
         alignmentMs,
         startDelayMs,
@@ -440,12 +441,26 @@ export class StreamTask {
       return false;
     };
     const chain = this.chain!;
-    const reader = chain.sourceReader!;
     const head = chain.head;
+    const connector = chain.connectorReader;
+    const reader: { next(): unknown[] | null | Promise<unknown[] | null>; activeSplitIds(): number[]; lastSplitId: number } = chain.sourceReader ?? {
+      next: () => connector!.poll(),
+      activeSplitIds: () => connector!.activeSplitIds(),
+      get lastSplitId() {
+        return connector!.lastSplitId;
+      },
+    };
     const splitAware = this.operators.filter((op): op is Operator & { onSourceSplit(id: number, active: readonly number[]): void } => "onSourceSplit" in op);
-    for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
+    for (;;) {
+      let chunk = reader.next();
+      if (chunk instanceof Promise) {
+        this.time.switchTo("idle");
+        chunk = await chunk;
+        this.time.switchTo("busy");
+      }
+      if (chunk === null) break;
       const eventTime = this.eventTime;
-      if (splitAware.length > 0) {
+      if (splitAware.length > 0 && chunk.length > 0) {
         const active = reader.activeSplitIds();
         for (const op of splitAware) op.onSourceSplit(reader.lastSplitId, active);
       }
@@ -574,6 +589,14 @@ export class StreamTask {
   /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
   private async afterBatch(): Promise<void> {
     this.publishCounters();
+    for (const op of this.operators) {
+      const ready = op.waitReady?.();
+      if (ready) {
+        this.time.switchTo("backPressured");
+        await ready;
+        this.time.switchTo("busy");
+      }
+    }
     for (const w of this.writers) {
       if (w.backpressured) {
         this.time.switchTo("backPressured");

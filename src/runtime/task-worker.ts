@@ -1,5 +1,6 @@
 // Entry point of a task's Worker (an extra entrypoint of the compiled binary: see scripts/build).
 import { readFileSync } from "node:fs";
+import { forceGc, spawnWithWorkerEnvironment, workerHeapReader } from "../runtime-env/index.ts";
 import { StreamTask, errorInfo, taskDisplayName } from "./stream-task.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
@@ -11,7 +12,7 @@ let name = "task";
 
 self.onmessage = (event: MessageEvent<ToWorker>) => handle(event.data);
 guardProcess();
-spawnWithWorkerEnvironment();
+spawnWithWorkerEnvironment(); // Bun: a job's child processes get this Worker's environment, not the TaskManager's
 
 function handle(msg: ToWorker): void {
   try {
@@ -57,14 +58,14 @@ function heapBytes(): number {
 
 /** limit 0: only read the heap (for "pong"). */
 function watchHeap(limit: number): void {
-  if (typeof Bun === "undefined") return; // Deno: not enforced (see docs/configuration.md)
-  void import("bun:jsc").then((jsc) => {
-    readHeap = () => jsc.heapSize();
+  void workerHeapReader().then((heapSize) => {
+    if (heapSize === null) return; // Deno: not enforced (see docs/configuration.md)
+    readHeap = heapSize;
     if (limit > 0) heapTimer = setInterval(() => {
-      if (jsc.heapSize() <= limit) return;
+      if (heapSize() <= limit) return;
       // heapSize() may still count garbage: only the heap that survives a full collection counts.
-      Bun.gc(true);
-      const heap = jsc.heapSize();
+      forceGc?.();
+      const heap = heapSize();
       if (heap <= limit) return;
       clearInterval(heapTimer!);
       const mib = (n: number) => Math.round(n / 1048576);
@@ -111,21 +112,6 @@ function guardProcess(): void {
     } catch {
       // a runtime whose process object does not let this be replaced: that call stays as it is
     }
-  }
-}
-
-/**
- * Bun.spawn and Bun.spawnSync without an `env` option hand the child Bun's start-up environment, not this Worker's
- * process.env (oven-sh/bun#34972), so a job's child would see the TaskManager's TM_* variables and the secret that
- * was removed from process.env. Here they default to this Worker's environment.
- */
-function spawnWithWorkerEnvironment(): void {
-  if (typeof Bun === "undefined") return;
-  const bun = Bun as unknown as Record<string, (first: unknown, options?: object) => unknown>;
-  for (const key of ["spawn", "spawnSync"]) {
-    const real = bun[key]!.bind(Bun);
-    bun[key] = (first: unknown, options?: object) =>
-      Array.isArray(first) ? real(first, { env: { ...process.env }, ...options }) : real({ env: { ...process.env }, ...(first as object) });
   }
 }
 

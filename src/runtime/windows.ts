@@ -3,11 +3,11 @@
 // per window), so they are checkpointed and work on both backends; window timers live in the operator's timer
 // service (event-time.ts).
 //
-// Layout of the MapState "__window-<uid or id>" for the current key, with ns = "<start>|<end>":
+// Layout of the MapState "__window" (in the operator's own backend) for the current key, with ns = "<start>|<end>":
 //   reduce / aggregate: ns -> accumulator
 //   process:            ns -> element count n, "<ns>#<i>" -> element i (0 <= i < n): O(1) per element
 //   count windows:      ns "count" as above; sliding count windows keep the last `size` elements at "sliding"
-// Session windows also keep the key's open sessions in the ValueState "__sessions-<uid or id>".
+// Session windows also keep the key's open sessions in the ValueState "__sessions".
 import type { PlanNode } from "../api/plan.ts";
 import type { TimeWindow, WindowContext } from "../api/event-time.ts";
 import { MapStateDescriptor, ValueStateDescriptor, type MapState, type ValueState } from "../state/api.ts";
@@ -42,13 +42,13 @@ export class WindowOperator implements Operator {
     this.keyed = ctx.keyed;
     this.key = keyNode.fn;
     this.time = ctx.time;
-    const name = node.uid ?? String(node.id);
-    this.contents = this.keyed.getMapState(new MapStateDescriptor<string, any>(`__window-${name}`));
+    // The operator's own state (stored under its operator id): fixed names.
+    this.contents = this.keyed.getMapState(new MapStateDescriptor<string, any>("__window"));
     const a = node.assigner;
     this.eventTime = a.type !== "count" && a.time === "event";
     this.lateness = this.eventTime ? node.allowedLateness : 0;
-    this.sessions = a.type === "session" ? this.keyed.getState(new ValueStateDescriptor<[number, number][]>(`__sessions-${name}`)) : null;
-    this.timers = a.type === "count" ? null : new InternalTimerService(this.keyed, ctx, `__timers-${name}`, (t) => this.onTimer(t));
+    this.sessions = a.type === "session" ? this.keyed.getState(new ValueStateDescriptor<[number, number][]>("__sessions")) : null;
+    this.timers = a.type === "count" ? null : new InternalTimerService(this.keyed, ctx, "__timers", (t) => this.onTimer(t));
     this.collector = { collect: (v) => this.out(v) };
     const p = node.fn.process;
     this.processFn = p === null ? null : typeof p === "function" ? p : (k, c, e, o) => p.process(k, c, e, o);

@@ -9,6 +9,8 @@ export interface StateGrant {
   /** The task's own directory (SQLite files); removed by the TaskManager when the task ends. */
   dir: string;
   cacheBytes: number;
+  /** state.backend.incremental: SQLite checkpoints write change sets. */
+  incremental?: boolean;
 }
 
 export type ToWorker =

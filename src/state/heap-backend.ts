@@ -18,7 +18,7 @@ import {
 import { ByteWriter, decode, decodeMany, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, type HeapKey } from "./serde.ts";
 import {
   checkKeyedHandle,
-  KeyedSnapshotReader,
+  openChainFile,
   KeyedSnapshotWriter,
   snapshotFileName,
   type KeyedSnapshotHandle,
@@ -261,8 +261,9 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
       const from = Math.max(h.keyGroupRange.start, this.kgStart);
       const to = Math.min(h.keyGroupRange.end, this.kgEnd);
       if (from > to) continue;
-      for (const file of h.files) {
-        const r = await KeyedSnapshotReader.open(file);
+      for (let i = 0; i < h.files.length; i++) {
+        const file = h.files[i]!;
+        const r = await openChainFile(file, i);
         try {
           const tables = r.header.states.map((meta) => this.tableFor(meta, ` in snapshot ${file}`));
           for (let kg = from; kg <= to; kg++) {
@@ -272,10 +273,20 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
             r.forEachEntry(kg, block, (s, key, uk, value) => {
               const t = tables[s]!;
               const { kind, ttlMs } = t.meta;
-              let stored = kind === "list" ? decodeMany(value) : decode(value);
-              if (ttlMs !== null) {
-                stored = unexpiredStored(kind, ttlMs, stored, now);
-                if (stored === undefined) return;
+              let stored = value === null ? undefined : kind === "list" ? decodeMany(value) : decode(value);
+              if (ttlMs !== null && stored !== undefined) stored = unexpiredStored(kind, ttlMs, stored, now);
+              if (stored === undefined) {
+                // Deleted (a change set of an incremental checkpoint) or expired: an earlier file's value goes too.
+                const m = t.maps[idx];
+                if (m === undefined) return;
+                const hk = heapKeyOfBytes(key);
+                if (kind !== "map") m.delete(hk);
+                else if (uk !== null) {
+                  const inner = m.get(hk) as KgMap | undefined;
+                  inner?.delete(heapKeyOfBytes(uk));
+                  if (inner !== undefined && inner.size === 0) m.delete(hk);
+                }
+                return;
               }
               const m = (t.maps[idx] ??= new Map());
               const hk = heapKeyOfBytes(key);

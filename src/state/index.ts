@@ -9,10 +9,11 @@ import * as path from "node:path";
 export * from "./api.ts";
 export type { Clock, KeyedStateBackend } from "./keyed-backend.ts";
 export { HeapKeyedStateBackend } from "./heap-backend.ts";
-export { SqliteKeyedStateBackend, DEFAULT_CACHE_BYTES, DEFAULT_PAGE_CACHE_BYTES, type SqliteBackendOptions } from "./sqlite-backend.ts";
+export { SqliteKeyedStateBackend, DEFAULT_CACHE_BYTES, DEFAULT_PAGE_CACHE_BYTES, sqliteMemory, type SqliteBackendOptions } from "./sqlite-backend.ts";
+export { MAX_CHANGE_SETS } from "./sqlite-snapshot.ts";
 export { OperatorStateStore, type RedistributionMode } from "./operator-state.ts";
-export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotStateMeta } from "./snapshot-format.ts";
-export { KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION } from "./snapshot-format.ts";
+export type { BackendKind, KeyedSnapshotHandle, OperatorSnapshotHandle, SnapshotOptions, SnapshotStateMeta, StateInfo } from "./snapshot-format.ts";
+export { KEYED_CHANGESET_VERSION, KEYED_FORMAT_VERSION, OPERATOR_FORMAT_VERSION, keyedSnapshotStates, stateSizes } from "./snapshot-format.ts";
 export { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlValue } from "./sqlite-driver.ts";
 export { assignToKeyGroup, keyGroupRange, assignKeyToOperator, operatorIndexForKeyGroup } from "./key-groups.ts";
 
@@ -24,10 +25,16 @@ export interface KeyedStateBackendOptions {
   dir?: string;
   /** SQLite: an explicit database file path (takes precedence over `dir`). */
   path?: string;
-  /** SQLite: the write-behind cache bound in bytes (default 64 MiB). */
+  /** SQLite: the memory budget in bytes (`state.backend.sqlite.cache-size`, default 64 MiB), split between
+   *  SQLite's page cache, its memory map and the object cache (sqliteMemory). */
   cacheBytes?: number;
-  /** SQLite: SQLite's page cache in bytes (default 16 MiB). */
+  /** SQLite: overrides of that split. */
+  objectCacheBytes?: number;
   pageCacheBytes?: number;
+  mmapBytes?: number;
+  /** SQLite: record changed rows, so that snapshots taken with `incremental: true` write change sets
+   *  (`state.backend.incremental`). The heap backend always writes full snapshots. */
+  incremental?: boolean;
   /** Time source for TTL (default Date.now). */
   clock?: Clock;
   /** Snapshots to restore from before the backend is returned. */

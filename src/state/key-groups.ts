@@ -1,5 +1,6 @@
 // Key -> key group -> subtask, as in Flink's KeyGroupRangeAssignment. The network's hash partitioner and
 // the state backends must both use these functions, so that a key's records meet its state.
+import { assert } from "../util/assert.ts";
 
 /** A stable 32-bit hash of a key's value (not its identity): equal keys hash equal in every process. */
 export function hashKey(key: unknown): number {
@@ -57,6 +58,10 @@ export function assignToKeyGroup(key: unknown, maxParallelism: number): number {
 }
 
 export function operatorIndexForKeyGroup(keyGroup: number, parallelism: number, maxParallelism: number): number {
+  // Per record: the guard keeps the message closure off the happy path.
+  if (!(keyGroup >= 0 && keyGroup < maxParallelism && parallelism >= 1 && parallelism <= maxParallelism)) {
+    assert(false, () => `key group ${keyGroup} of max parallelism ${maxParallelism}, parallelism ${parallelism}: need 0 <= key group < max parallelism and 1 <= parallelism <= max parallelism`);
+  }
   return Math.floor((keyGroup * parallelism) / maxParallelism);
 }
 
@@ -66,6 +71,11 @@ export function assignKeyToOperator(key: unknown, parallelism: number, maxParall
 
 /** The contiguous key groups [start, end] that subtask `index` of `parallelism` owns. */
 export function keyGroupRange(index: number, parallelism: number, maxParallelism: number): { start: number; end: number } {
+  // Every subtask owns at least one key group, and the ranges of 0..parallelism-1 cover 0..maxParallelism-1.
+  assert(
+    Number.isInteger(index) && Number.isInteger(parallelism) && Number.isInteger(maxParallelism) && index >= 0 && index < parallelism && parallelism <= maxParallelism,
+    () => `key group range of subtask ${index} of parallelism ${parallelism}, max parallelism ${maxParallelism}: need 0 <= subtask < parallelism <= max parallelism`,
+  );
   return {
     start: Math.ceil((index * maxParallelism) / parallelism),
     end: Math.ceil(((index + 1) * maxParallelism) / parallelism) - 1,

@@ -18,7 +18,7 @@ import {
 } from "./api.ts";
 import { keyGroupOf } from "./key-groups.ts";
 import { decode, decodeMany, describeKey, encode, encodeMany, heapKeyOf, type HeapKey } from "./serde.ts";
-import type { BackendKind, KeyedSnapshotHandle, SnapshotStateMeta } from "./snapshot-format.ts";
+import type { BackendKind, KeyedSnapshotHandle, SnapshotOptions, SnapshotStateMeta } from "./snapshot-format.ts";
 
 export type Clock = () => number;
 
@@ -41,8 +41,12 @@ export interface KeyedStateBackend {
    *  and returns how many it removed. Call it now and then (e.g. per processed batch). */
   cleanupExpired(maxEntries?: number): number;
   /** Writes a consistent snapshot of this backend's key groups into `dir`. The synchronous part is short;
-   *  processing may continue while the returned promise is pending. */
-  snapshot(dir: string): Promise<KeyedSnapshotHandle>;
+   *  processing may continue while the returned promise is pending. With `incremental` (SQLite backend opened
+   *  with `incremental: true`) only the rows changed since the last completed checkpoint are written, and the
+   *  handle lists that checkpoint's files before the new one. */
+  snapshot(dir: string, opts?: SnapshotOptions): Promise<KeyedSnapshotHandle>;
+  /** Checkpoint `checkpointId` completed everywhere: its snapshot becomes the base of the next change set. */
+  notifyCheckpointComplete(checkpointId: number): void;
   /** Replaces this backend's contents with the key groups of its range found in `handles` (from any backend
    *  kind and any old parallelism). */
   restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
@@ -208,7 +212,9 @@ export abstract class KeyedBackendBase implements KeyedStateBackend {
   }
 
   abstract cleanupExpired(maxEntries?: number): number;
-  abstract snapshot(dir: string): Promise<KeyedSnapshotHandle>;
+  abstract snapshot(dir: string, opts?: SnapshotOptions): Promise<KeyedSnapshotHandle>;
+  /** Only backends with incremental snapshots need to know. */
+  notifyCheckpointComplete(_checkpointId: number): void {}
   abstract restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
   abstract close(): Promise<void>;
 }

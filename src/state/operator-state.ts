@@ -12,6 +12,7 @@ import {
   writeFileAtomic,
   type OperatorSnapshotHandle,
   type OperatorSnapshotPayload,
+  type StateInfo,
 } from "./snapshot-format.ts";
 
 export type RedistributionMode = "split" | "union";
@@ -108,6 +109,14 @@ export class OperatorStateStore {
   /** Names of all operator states. */
   stateNames(): string[] {
     return [...this.lists.keys(), ...this.broadcasts.keys()];
+  }
+
+  /** The states of this store (names, list modes, broadcast). */
+  stateInfo(): StateInfo[] {
+    return [
+      ...[...this.lists.values()].map((s): StateInfo => ({ name: s.name, scope: "operator", kind: "list", mode: s.mode })),
+      ...[...this.broadcasts.keys()].map((name): StateInfo => ({ name, scope: "operator", kind: "broadcast" })),
+    ];
   }
 
   async snapshot(dir: string): Promise<OperatorSnapshotHandle> {

@@ -1,6 +1,7 @@
 // Serialization shared by the backends and the snapshot format: msgpack values, key identity, CRC32, varints.
 import { Packr, RESET_BUFFER_MODE, REUSE_BUFFER_MODE } from "msgpackr";
 import { canonicalKey } from "./key-groups.ts";
+import { nativeCrc32 } from "../runtime-env/index.ts";
 
 // No records (they make encodings depend on earlier ones), so the same value always gives the same bytes.
 const packr = new Packr({ useRecords: false, useBigIntExtension: true, mapsAsObjects: true });
@@ -144,8 +145,7 @@ function crc32Js(data: Uint8Array): number {
 }
 export { crc32Js as crc32Portable };
 
-const bunHash = (globalThis as { Bun?: { hash: { crc32(d: Uint8Array): number } } }).Bun?.hash;
-export const crc32: (data: Uint8Array) => number = bunHash ? (d) => bunHash.crc32(d) >>> 0 : crc32Js;
+export const crc32: (data: Uint8Array) => number = nativeCrc32 ?? crc32Js;
 
 // ---- A growable byte buffer with unsigned LEB128 varints ----
 

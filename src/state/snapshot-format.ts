@@ -3,7 +3,7 @@
 //
 // Keyed state: one file per backend snapshot, with a key-group index.
 //   0   8 bytes  magic "TMSTATEK"
-//   8   u32      format version (1)
+//   8   u32      format version (1: a full snapshot; 2: a change set of an incremental checkpoint)
 //   12  u32      header length H
 //   16  u32      CRC32 of the header
 //   20  H bytes  header, msgpack: { backend, maxParallelism, keyGroupRange: {start, end}, createdAt,
@@ -16,6 +16,11 @@
 //           4 bytes magic "TMKE"
 // Key bytes and value bytes are those of serde.ts: a value state's value is msgpack([value, ts]) with TTL or
 // msgpack(value) without; a list is its elements' encodings back to back; a map state has one entry per user key.
+// A change set (version 2, header.changeSet true) has the same layout; there a value of length 0 is a deletion
+// (a stored value is never empty). It holds the rows that changed since the checkpoint it builds on.
+//
+// Incremental checkpoints chain files: a keyed handle's `files` are a full snapshot followed by change sets, all
+// applied in order, key group by key group. Full snapshots stay version 1, so they read as before.
 //
 // Operator state: one file per subtask snapshot.
 //   0 8 bytes magic "TMSTATEO", u32 version (1), u32 payload length P, u32 CRC32 of the payload, P bytes msgpack:
@@ -27,6 +32,8 @@ import { StateFileError, type KeyGroupRange, type StateKind } from "./api.ts";
 import { ByteReader, crc32, decode, encode } from "./serde.ts";
 
 export const KEYED_FORMAT_VERSION = 1;
+/** The format version of change-set files (incremental checkpoints). */
+export const KEYED_CHANGESET_VERSION = 2;
 export const OPERATOR_FORMAT_VERSION = 1;
 const KEYED_MAGIC = "TMSTATEK";
 const KEYED_END_MAGIC = "TMKE";
@@ -46,11 +53,27 @@ export interface KeyedSnapshotHandle {
   type: "keyed";
   backend: BackendKind;
   formatVersion: number;
+  /** Applied in order: a full snapshot, then (incremental checkpoints) change sets. */
   files: string[];
   keyGroupRange: KeyGroupRange;
   maxParallelism: number;
+  /** Bytes of all `files`: what a restore reads. */
   sizeBytes: number;
+  /** Entries written by this snapshot (for a change set: changed rows, deletions included). */
   entries: number;
+  /** Incremental checkpoints: the size of each of `files`, and the bytes this snapshot wrote itself (its last
+   *  file); the other files belong to earlier checkpoints, which it references. Absent: one full file. */
+  fileSizes?: number[];
+  newBytes?: number;
+}
+
+/** Options of one snapshot. */
+export interface SnapshotOptions {
+  /** The checkpoint it is for: notifyCheckpointComplete(id) makes it the base of later change sets. */
+  checkpointId?: number;
+  /** Write only what changed since the last completed checkpoint, when the backend tracks changes and has
+   *  such a base (else a full snapshot). Savepoints pass false: they must be self-contained. */
+  incremental?: boolean;
 }
 
 export interface OperatorSnapshotHandle {
@@ -68,6 +91,8 @@ interface KeyedHeader {
   keyGroupRange: KeyGroupRange;
   createdAt: number;
   states: SnapshotStateMeta[];
+  /** A change set (format version 2): entries with an empty value are deletions. */
+  changeSet?: boolean;
 }
 
 let fileCounter = 0;
@@ -103,7 +128,7 @@ export class KeyedSnapshotWriter {
     const pre = new Uint8Array(20);
     pre.set(new TextEncoder().encode(KEYED_MAGIC), 0);
     const dv = new DataView(pre.buffer);
-    dv.setUint32(8, KEYED_FORMAT_VERSION, true);
+    dv.setUint32(8, header.changeSet ? KEYED_CHANGESET_VERSION : KEYED_FORMAT_VERSION, true);
     dv.setUint32(12, h.length, true);
     dv.setUint32(16, crc32(h), true);
     await w.write(pre);
@@ -147,7 +172,7 @@ export class KeyedSnapshotWriter {
     return {
       type: "keyed",
       backend: this.header.backend,
-      formatVersion: KEYED_FORMAT_VERSION,
+      formatVersion: this.header.changeSet ? KEYED_CHANGESET_VERSION : KEYED_FORMAT_VERSION,
       files: [this.file],
       keyGroupRange: { ...this.header.keyGroupRange },
       maxParallelism: this.header.maxParallelism,
@@ -193,14 +218,18 @@ export class KeyedSnapshotReader {
       if (new TextDecoder().decode(pre.subarray(0, 8)) !== KEYED_MAGIC) throw bad("bad magic number (not a keyed state snapshot)");
       const dv = new DataView(pre.buffer, pre.byteOffset, 20);
       const version = dv.getUint32(8, true);
-      if (version !== KEYED_FORMAT_VERSION) {
-        throw new StateFileError(file, `keyed state snapshot format version ${version} is not supported (this build reads version ${KEYED_FORMAT_VERSION})`);
+      if (version !== KEYED_FORMAT_VERSION && version !== KEYED_CHANGESET_VERSION) {
+        throw new StateFileError(
+          file,
+          `keyed state snapshot format version ${version} is not supported (this build reads versions ${KEYED_FORMAT_VERSION} and ${KEYED_CHANGESET_VERSION})`,
+        );
       }
       const hLen = dv.getUint32(12, true);
       if (20 + hLen + TRAILER > size) throw bad("header length beyond the end of the file");
       const h = await readAt(fh, 20, hLen);
       if (crc32(h) !== dv.getUint32(16, true)) throw bad("header checksum mismatch");
       const header = decode(h) as KeyedHeader;
+      if ((version === KEYED_CHANGESET_VERSION) !== (header.changeSet === true)) throw bad(`format version ${version} does not match its header`);
       const tr = await readAt(fh, size - TRAILER, TRAILER);
       if (new TextDecoder().decode(tr.subarray(16, 20)) !== KEYED_END_MAGIC) throw bad("bad trailer (truncated file?)");
       const tv = new DataView(tr.buffer, tr.byteOffset, TRAILER);
@@ -231,9 +260,10 @@ export class KeyedSnapshotReader {
     return b;
   }
 
-  /** Calls `fn` for every entry of a block. */
-  forEachEntry(keyGroup: number, block: Uint8Array, fn: (state: number, key: Uint8Array, userKey: Uint8Array | null, value: Uint8Array) => void): void {
+  /** Calls `fn` for every entry of a block; `value` is null for a deletion (change sets only). */
+  forEachEntry(keyGroup: number, block: Uint8Array, fn: (state: number, key: Uint8Array, userKey: Uint8Array | null, value: Uint8Array | null) => void): void {
     const r = new ByteReader(block);
+    const changeSet = this.header.changeSet === true;
     try {
       while (!r.done) {
         const s = r.varint();
@@ -242,7 +272,8 @@ export class KeyedSnapshotReader {
         const ukLen = r.varint();
         const uk = ukLen === 0 ? null : r.bytes(ukLen);
         const value = r.lenBytes();
-        fn(s, key, uk, value);
+        if (value.length === 0 && !changeSet) throw new RangeError("empty value in a full snapshot");
+        fn(s, key, uk, value.length === 0 ? null : value);
       }
     } catch (e) {
       if (e instanceof StateFileError) throw e;
@@ -253,6 +284,22 @@ export class KeyedSnapshotReader {
   async close(): Promise<void> {
     await this.fh.close().catch(() => {});
   }
+}
+
+/** Opens file `index` of a handle's chain: the first must be a full snapshot, the others change sets. */
+export async function openChainFile(file: string, index: number): Promise<KeyedSnapshotReader> {
+  const r = await KeyedSnapshotReader.open(file);
+  const changeSet = r.header.changeSet === true;
+  if (changeSet !== index > 0) {
+    await r.close();
+    throw new StateFileError(
+      file,
+      changeSet
+        ? "is a change set of an incremental checkpoint, but the handle lists no full snapshot before it (the chain is incomplete)"
+        : "is a full snapshot, but the handle lists it after the start of its chain (only change sets may follow)",
+    );
+  }
+  return r;
 }
 
 async function readAt(fh: fsp.FileHandle, position: number, length: number): Promise<Uint8Array> {
@@ -272,6 +319,7 @@ export function checkKeyedHandle(h: unknown, maxParallelism: number): asserts h 
   if (k?.type !== "keyed" || !Array.isArray(k.files) || typeof k.keyGroupRange?.start !== "number") {
     throw new TypeError(`not a keyed state snapshot handle: ${JSON.stringify(h)}`);
   }
+  if (k.files.length === 0) throw new TypeError(`keyed state snapshot handle without files: ${JSON.stringify(h)}`);
   if (k.maxParallelism !== maxParallelism) {
     throw new Error(
       `cannot restore ${k.files.join(", ")}: it was taken with maxParallelism ${k.maxParallelism}, this backend has ${maxParallelism} (key groups cannot be remapped)`,
@@ -343,4 +391,63 @@ export async function readOperatorSnapshot(file: string): Promise<OperatorSnapsh
 
 export function fileSize(file: string): number {
   return fs.statSync(file).size;
+}
+
+// ---- What a snapshot holds, for checkpoint metadata and `savepoint info` ----
+
+/** One state of an operator: keyed (by kind) or operator state (list with its redistribution mode, or broadcast). */
+export interface StateInfo {
+  name: string;
+  scope: "keyed" | "operator";
+  kind: StateKind | "broadcast";
+  /** Operator list state: how it is redistributed on restore. */
+  mode?: "split" | "union";
+  /** Keyed state: its TTL, or null without. */
+  ttlMs?: number | null;
+}
+
+/** The states of a keyed snapshot, from its files' headers (the data is not read). */
+export async function keyedSnapshotStates(h: KeyedSnapshotHandle): Promise<StateInfo[]> {
+  const out = new Map<string, StateInfo>();
+  for (const f of h.files) {
+    const r = await KeyedSnapshotReader.open(f);
+    try {
+      for (const s of r.header.states) if (!out.has(s.name)) out.set(s.name, { name: s.name, scope: "keyed", kind: s.kind, ttlMs: s.ttlMs });
+    } finally {
+      await r.close();
+    }
+  }
+  return [...out.values()];
+}
+
+/** Bytes and entries (keys, or list elements, or map entries) per state name of a set of snapshots. */
+export async function stateSizes(keyed: readonly KeyedSnapshotHandle[], operator: readonly OperatorSnapshotHandle[]): Promise<Map<string, { bytes: number; entries: number }>> {
+  const sizes = new Map<string, { bytes: number; entries: number }>();
+  const add = (name: string, bytes: number, entries: number) => {
+    const s = sizes.get(name) ?? { bytes: 0, entries: 0 };
+    s.bytes += bytes;
+    s.entries += entries;
+    sizes.set(name, s);
+  };
+  for (const h of keyed) {
+    for (const f of h.files) {
+      const r = await KeyedSnapshotReader.open(f);
+      try {
+        for (const kg of r.blocks.keys()) {
+          const block = await r.readBlock(kg);
+          if (block) r.forEachEntry(kg, block, (s, key, uk, value) => add(r.header.states[s]!.name, key.length + (uk?.length ?? 0) + (value?.length ?? 0), 1));
+        }
+      } finally {
+        await r.close();
+      }
+    }
+  }
+  for (const h of operator) {
+    for (const f of h.files) {
+      const p = await readOperatorSnapshot(f);
+      for (const l of p.lists) add(l.name, encode(l.elements).length, l.elements.length);
+      for (const b of p.broadcast) add(b.name, encode(b.entries).length, b.entries.length);
+    }
+  }
+  return sizes;
 }

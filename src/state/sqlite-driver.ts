@@ -2,6 +2,7 @@
 // (DatabaseSync) under Deno (and Node). The state backend's hot path and the Kysely dialect both run on it.
 import type { Database as BunDatabase, Statement as BunStatement } from "bun:sqlite";
 import type { DatabaseSync, StatementSync } from "node:sqlite";
+import { loadedSqliteModule, loadSqliteModule } from "../runtime-env/sqlite.ts";
 
 export type SqlValue = number | bigint | string | Uint8Array | null;
 export type SqlRow = Record<string, unknown>;
@@ -86,15 +87,9 @@ class NodeDriver implements SqliteDriver {
   }
 }
 
-type BunSqlite = typeof import("bun:sqlite");
-type NodeSqlite = typeof import("node:sqlite");
-let bunSqlite: BunSqlite | undefined;
-let nodeSqlite: NodeSqlite | undefined;
-
-/** Loads the SQLite module of this runtime (bun:sqlite under Bun, node:sqlite elsewhere). */
+/** Loads the SQLite module of this runtime (bun:sqlite under Bun, node:sqlite elsewhere: src/runtime-env/sqlite.ts). */
 export async function loadSqlite(): Promise<void> {
-  if (typeof Bun !== "undefined") bunSqlite ??= await import("bun:sqlite");
-  else nodeSqlite ??= await import("node:sqlite");
+  await loadSqliteModule();
 }
 
 /** Opens (creating unless `readonly`) a database file with bun:sqlite under Bun, node:sqlite elsewhere. */
@@ -105,11 +100,12 @@ export async function openSqliteDriver(path: string, opts: { readonly?: boolean 
 
 /** openSqliteDriver, synchronously, once loadSqlite() has completed. */
 export function openSqliteDriverSync(path: string, opts: { readonly?: boolean } = {}): SqliteDriver {
-  if (bunSqlite !== undefined) {
-    const { Database } = bunSqlite;
+  const sqlite = loadedSqliteModule();
+  if (sqlite?.kind === "bun:sqlite") {
+    const { Database } = sqlite.module;
     const db = opts.readonly ? new Database(path, { readonly: true }) : new Database(path, { create: true, readwrite: true });
     return new BunDriver(path, db);
   }
-  if (nodeSqlite !== undefined) return new NodeDriver(path, new nodeSqlite.DatabaseSync(path, { readOnly: opts.readonly ?? false }));
+  if (sqlite?.kind === "node:sqlite") return new NodeDriver(path, new sqlite.module.DatabaseSync(path, { readOnly: opts.readonly ?? false }));
   throw new Error("internal: loadSqlite() has not completed");
 }

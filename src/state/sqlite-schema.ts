@@ -11,6 +11,9 @@ export interface StateDatabase {
   tm_meta: { key: string; value: string };
   tm_state: { id: Generated<number>; name: string; kind: string; ttl_ms: number | null };
   kv: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; v: Uint8Array };
+  /** Incremental checkpoints: the rows changed (written or deleted) since the last completed checkpoint, each
+   *  with the epoch (snapshot sequence) of its last change. Only written when incremental checkpoints are on. */
+  chg: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; ep: number };
 }
 
 /** "TMST": marks the file as a tm state database. */
@@ -45,6 +48,21 @@ export const MIGRATIONS: Record<string, Migration> = {
       await db.insertInto("tm_meta").values({ key: "schema_version", value: "1" }).execute();
     },
   },
+  "0002_change_log": {
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable("chg")
+        .addColumn("kg", "integer", (c) => c.notNull())
+        .addColumn("state", "integer", (c) => c.notNull())
+        .addColumn("k", "blob", (c) => c.notNull())
+        .addColumn("uk", "blob", (c) => c.notNull())
+        .addColumn("ep", "integer", (c) => c.notNull())
+        .addPrimaryKeyConstraint("chg_pk", ["kg", "state", "k", "uk"])
+        .modifyEnd(sql`without rowid`)
+        .execute();
+      await db.updateTable("tm_meta").set({ value: "2" }).where("key", "=", "schema_version").execute();
+    },
+  },
 };
 export const SCHEMA_VERSION = Object.keys(MIGRATIONS).length;
 
@@ -54,12 +72,19 @@ function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** SQLite's own memory: its page cache and how much of the file it maps. */
+export interface SqliteMemory {
+  pageCacheBytes: number;
+  mmapBytes: number;
+}
+
 /**
- * Prepares an opened database file: WAL and synchronous=NORMAL, refuses files that are not SQLite databases,
+ * Prepares an opened database file: WAL and synchronous=OFF (the working copy's durability comes from
+ * checkpoints: after a crash the task restores from one and never reopens this file), refuses files that are not SQLite databases,
  * belong to something else or come from a newer schema (never resetting them), then migrates to the latest
  * schema with Kysely's Migrator and records/checks maxParallelism.
  */
-export async function prepareDatabase(driver: SqliteDriver, opts: { maxParallelism: number; pageCacheBytes: number }): Promise<Kysely<StateDatabase>> {
+export async function prepareDatabase(driver: SqliteDriver, opts: { maxParallelism: number } & SqliteMemory): Promise<Kysely<StateDatabase>> {
   const file = driver.path;
   let mode: unknown;
   try {
@@ -69,7 +94,10 @@ export async function prepareDatabase(driver: SqliteDriver, opts: { maxParalleli
     throw new StateFileError(file, `not a usable SQLite database (${errorText(e)}); it was left untouched`, { cause: e });
   }
   if (String(mode).toLowerCase() !== "wal") throw new StateFileError(file, `could not switch the database to WAL mode (journal_mode is ${mode})`);
-  driver.exec(`PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA cache_size = ${-Math.max(256, Math.floor(opts.pageCacheBytes / 1024))}`);
+  driver.exec(
+    `PRAGMA synchronous = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = ${-Math.max(256, Math.floor(opts.pageCacheBytes / 1024))}; ` +
+      `PRAGMA mmap_size = ${Math.max(0, Math.floor(opts.mmapBytes))}; PRAGMA wal_autocheckpoint = 4096`,
+  );
 
   const appId = Number(driver.prepare("PRAGMA application_id").get()?.application_id ?? 0);
   const tables = new Set(driver.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((r) => String(r.name)));
@@ -168,6 +196,45 @@ export function compileQueries(db: Kysely<StateDatabase>) {
         .limit(P("limit")),
       [...KEY, "kgStart", "kgEnd", "limit"],
     ),
+    // ---- The change log of incremental checkpoints ----
+    recordChange: compiled(
+      db
+        .insertInto("chg")
+        .values({ kg: P("kg"), state: P("state"), k: P("k"), uk: P("uk"), ep: P("ep") })
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
+      [...KEY, "ep"],
+    ),
+    /** Records every stored user key of one key as changed (before a map state's clear deletes them). */
+    recordKeyChanges: compiled(
+      db
+        .insertInto("chg")
+        .columns(["kg", "state", "k", "uk", "ep"])
+        .expression(
+          db
+            .selectFrom("kv")
+            .select((eb) => ["kg", "state", "k", "uk", eb.val(P("ep")).as("ep")])
+            .where("kg", "=", P("kg"))
+            .where("state", "=", P("state"))
+            .where("k", "=", P("k")),
+        )
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
+      ["ep", "kg", "state", "k"],
+    ),
+    /** The rows of one key group changed after epoch `ep`, with their current value (null: deleted). */
+    changesOfGroup: compiled(
+      db
+        .selectFrom("chg as c")
+        .leftJoin("kv", (j) => j.onRef("kv.kg", "=", "c.kg").onRef("kv.state", "=", "c.state").onRef("kv.k", "=", "c.k").onRef("kv.uk", "=", "c.uk"))
+        .select(["c.state as state", "c.k as k", "c.uk as uk", "kv.v as v"])
+        .where("c.kg", "=", P("kg"))
+        .where("c.ep", ">", P("ep"))
+        .orderBy("c.state").orderBy("c.k").orderBy("c.uk"),
+      ["kg", "ep"],
+    ),
+    /** Forgets the changes that a completed checkpoint covers. */
+    forgetChanges: compiled(db.deleteFrom("chg").where("ep", "<=", P("ep")), ["ep"]),
+    clearChanges: compiled(db.deleteFrom("chg"), []),
+    maxEpoch: compiled(db.selectFrom("chg").select((eb) => eb.fn.max("ep").as("ep")), []),
     states: compiled(db.selectFrom("tm_state").select(["id", "name", "kind", "ttl_ms"]).orderBy("id"), []),
     insertState: compiled(db.insertInto("tm_state").values({ name: P("name"), kind: P("kind"), ttl_ms: P("ttl") }), ["name", "kind", "ttl"]),
     updateStateTtl: compiled(db.updateTable("tm_state").set({ ttl_ms: P("ttl") }).where("id", "=", P("id")), ["ttl", "id"]),

@@ -5,7 +5,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config/index.ts";
-import { connectRpc, type FramedOptions, type RpcConnection } from "../rpc/connection.ts";
+import { connectRpc, type RpcConnection } from "../rpc/rpc-connection.ts";
+import { parseRequest } from "../rpc/schemas.ts";
+import type { FramedOptions } from "../rpc/framed-connection.ts";
 import { securityFromConfig } from "../rpc/security.ts";
 import {
   PROTOCOL_VERSION,
@@ -78,6 +80,7 @@ export class TaskExecutor implements TaskManagerView {
       defaultBackend: config["state.backend"],
       baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
       cacheBytes: config["state.backend.sqlite.cache-size"],
+      incremental: config["state.backend.incremental"],
       memoryLimitBytes: config["taskmanager.task.memory-limit"],
       processLimitBytes: config["taskmanager.memory.process-limit"],
     };
@@ -284,7 +287,11 @@ export class TaskExecutor implements TaskManagerView {
       );
     }, interval);
     this.timers.push(timer);
-    rpc.onClose(() => clearInterval(timer));
+    // One heartbeat timer per JobManager connection: dropped with it, so reconnects do not pile them up.
+    rpc.onClose(() => {
+      clearInterval(timer);
+      this.timers = this.timers.filter((t) => t !== timer);
+    });
     for (const w of this.registeredWaiters.splice(0)) w();
   }
 
@@ -345,35 +352,43 @@ export class TaskExecutor implements TaskManagerView {
     return this.slots.map((jobId, slot) => ({ slot, jobId }));
   }
 
-  private onRequest(type: RequestType, payload: any, conn: RpcConnection): unknown {
+  private onRequest(type: RequestType, payload: unknown, conn: RpcConnection): unknown {
     this.lastHeardFromJobManager = Date.now();
     switch (type) {
       case "heartbeat":
+        parseRequest(type, payload);
         return { slotReport: this.slotReport() };
       case "submitTask":
-        return this.submitTask(payload as TaskDeployment, conn);
+        return this.submitTask(parseRequest(type, payload), conn);
       case "cancelTask": {
-        const task = this.tasks.get(payload.executionId);
-        if (!task) throw new Error(`no task ${payload.executionId} on ${this.resourceId}`);
+        const p = parseRequest(type, payload);
+        const task = this.tasks.get(p.executionId);
+        if (!task) throw new Error(`no task ${p.executionId} on ${this.resourceId}`);
         task.cancel();
         return {};
       }
       case "releaseJob":
-        this.releaseJob(String(payload.jobId));
+        this.releaseJob(parseRequest(type, payload).jobId);
         return {};
       case "triggerCheckpoint": {
-        const task = this.taskFor(payload, type);
+        const p = parseRequest(type, payload);
+        const task = this.taskFor(p.executionId, type);
         if (task.state !== "RUNNING") throw new Error(`task ${task.name} is ${task.state}, not RUNNING`);
-        task.post({ type: "checkpoint", checkpointId: payload.checkpointId, timestamp: payload.timestamp, dir: String(payload.dir), unaligned: payload.unaligned === true });
+        task.post({ type: "checkpoint", checkpointId: p.checkpointId, timestamp: p.timestamp, dir: p.dir, unaligned: p.unaligned === true });
         return {};
       }
-      case "notifyCheckpointAborted":
-        this.taskFor(payload, type).post({ type: "checkpointAborted", checkpointId: payload.checkpointId });
+      case "notifyCheckpointAborted": {
+        const p = parseRequest(type, payload);
+        this.taskFor(p.executionId, type).post({ type: "checkpointAborted", checkpointId: p.checkpointId });
         return {};
-      case "notifyCheckpointComplete":
-        this.taskFor(payload, type).post({ type: "checkpointComplete", checkpointId: payload.checkpointId });
+      }
+      case "notifyCheckpointComplete": {
+        const p = parseRequest(type, payload);
+        this.taskFor(p.executionId, type).post({ type: "checkpointComplete", checkpointId: p.checkpointId });
         return {};
+      }
       case "taskManagerInfo":
+        parseRequest(type, payload);
         // For the REST API's TaskManager pages: secrets masked, the log bounded by the ring in util/log.ts.
         return { config: maskedConfig(this.config), logs: recentLogLines() };
       default:
@@ -406,10 +421,9 @@ export class TaskExecutor implements TaskManagerView {
     return {};
   }
 
-  private taskFor(p: any, type: string): Task {
-    if (typeof p?.executionId !== "string" || !Number.isInteger(p?.checkpointId)) throw new Error(`${type}: executionId (string) and checkpointId (integer) are required`);
-    const task = this.tasks.get(p.executionId);
-    if (!task) throw new Error(`${type}: no task ${p.executionId} on ${this.resourceId}`);
+  private taskFor(executionId: string, type: string): Task {
+    const task = this.tasks.get(executionId);
+    if (!task) throw new Error(`${type}: no task ${executionId} on ${this.resourceId}`);
     return task;
   }
 

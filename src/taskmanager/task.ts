@@ -6,6 +6,7 @@ import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
 import { taskWorkerUrl } from "../runtime/worker-url.ts";
+import { workerOptions } from "../runtime-env/index.ts";
 import type { FromWorker, ToWorker } from "../runtime/worker-protocol.ts";
 
 export interface TaskStateOptions {
@@ -13,6 +14,8 @@ export interface TaskStateOptions {
   /** Each task keeps its state files in <baseDir>/<job>/<vertex>-<subtask>. */
   baseDir: string;
   cacheBytes: number;
+  /** state.backend.incremental. */
+  incremental?: boolean;
   /** pipeline.auto-watermark-interval: the periodic watermark interval of jobs that do not set their own. */
   autoWatermarkIntervalMs?: number;
   /** taskmanager.task.memory-limit: bytes of heap the task's Worker may hold (0 = no limit); checked in the Worker. */
@@ -64,8 +67,8 @@ export class Task implements TaskEndpoint {
   }
 
   start(artifactPath: string): void {
-    // Bun's `env` option gives the Worker its own process.env (Deno ignores it; README, "Trust model").
-    const worker = new Worker(taskWorkerUrl(), { type: "module", env: taskEnvironment() });
+    // Under Bun the Worker gets its own process.env (Deno has no such option; README, "Trust model").
+    const worker = new Worker(taskWorkerUrl(), workerOptions(taskEnvironment()));
     this.worker = worker;
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
     // Without these handlers a Worker that cannot load would vanish silently.
@@ -89,6 +92,7 @@ export class Task implements TaskEndpoint {
       backend: this.deployment.stateBackend ?? this.stateOptions.defaultBackend,
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
+      incremental: this.stateOptions.incremental ?? false,
     };
     this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0, counters: this.counters.buffer as SharedArrayBuffer });
     if (this.stateOptions.processLimitBytes) this.startWatchdog(this.stateOptions.processLimitBytes);

@@ -1,0 +1,205 @@
+// Issue 16's state-at-scale benchmarks, side by side in one run:
+// (1) keyed get+update (value() + update()) on the SQLite backend against a raw bun:sqlite loop doing the same
+//     reads and upserts on the same keys (same PRAGMAs, page cache = the whole budget, 1000 upserts per
+//     transaction), with working sets of 0.1x, 1x and 10x the memory budget, keys visited cyclically (the issue's
+//     pattern) and at random; the previous backend (git revision --old, default 555c0d9) runs the same loop when
+//     it can be checked out;
+// (2) a checkpoint of --ckpt-keys keys with 1% of them changed since the last one: full vs incremental, bytes and
+//     time.
+// Medians of --runs runs, with min and max. Prints markdown tables.
+// Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9]
+import { Database } from "bun:sqlite";
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { createKeyedStateBackend, ValueStateDescriptor, type KeyedStateBackend } from "../src/state/index.ts";
+import { assignToKeyGroup } from "../src/state/key-groups.ts";
+import { decode, encodeTransient, heapKeyOf, keyBytesOfHeapKey } from "../src/state/serde.ts";
+
+const { values } = parseArgs({
+  options: {
+    "budget-mib": { type: "string", default: "4" },
+    ops: { type: "string", default: "300000" },
+    runs: { type: "string", default: "3" },
+    "ckpt-keys": { type: "string", default: "1000000" },
+    old: { type: "string", default: "555c0d9" },
+  },
+});
+const BUDGET = Number(values["budget-mib"]) * 2 ** 20;
+const OPS = Number(values.ops);
+const RUNS = Number(values.runs);
+const CKPT_KEYS = Number(values["ckpt-keys"]);
+const MAXP = 128;
+const FULL = { start: 0, end: MAXP - 1 };
+/** Bytes a ValueState<number> row of a "user-<i>" key takes in the database file (measured: 38-44). */
+const ROW_BYTES = 40;
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-scale-"));
+const log = (s: string) => console.error(`[bench-state-scale] ${s}`);
+const fmt = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${Math.round(x / 1e3)} k`);
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const mmm = (xs: number[], f: (x: number) => string) => `${f(med(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
+
+// The previous backend, checked out beside the repository so that its imports resolve.
+let oldCreate: typeof createKeyedStateBackend | undefined;
+const oldDir = path.join(import.meta.dir, "..", ".bench-old-state");
+try {
+  fs.rmSync(oldDir, { recursive: true, force: true });
+  fs.mkdirSync(oldDir);
+  const tar = execFileSync("git", ["archive", values.old!, "src/state"], { cwd: path.join(import.meta.dir, ".."), maxBuffer: 1 << 26 });
+  execFileSync("tar", ["-x", "-C", oldDir], { input: tar });
+  oldCreate = (await import(path.join(oldDir, "src/state/index.ts"))).createKeyedStateBackend;
+} catch (e) {
+  log(`previous backend (${values.old}) unavailable: ${(e as Error).message}`);
+}
+
+function keyOrder(n: number, pattern: "cyclic" | "random", ops: number): Int32Array {
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return Int32Array.from({ length: ops }, (_, j) => (pattern === "cyclic" ? j % n : Math.floor(rand() * n)));
+}
+
+function cpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
+async function backendRun(create: typeof createKeyedStateBackend, keys: string[], order: Int32Array): Promise<number> {
+  const dir = fs.mkdtempSync(path.join(root, "b-"));
+  const b: KeyedStateBackend = await create({ kind: "sqlite", dir, maxParallelism: MAXP, keyGroupRange: FULL, cacheBytes: BUDGET });
+  const s = b.getState(new ValueStateDescriptor<number>("count"));
+  for (let i = 0; i < keys.length; i++) {
+    b.setCurrentKey(keys[i]);
+    s.update(i);
+  }
+  (b as { flush?: () => void }).flush?.();
+  // Warm-up pass over part of the order, then the measured one.
+  const t0 = performance.now();
+  for (let j = 0; j < order.length; j++) {
+    b.setCurrentKey(keys[order[j]!]);
+    s.update(s.value()! + 1);
+  }
+  const rate = order.length / ((performance.now() - t0) / 1000);
+  await b.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+  return rate;
+}
+
+function rawRun(keys: string[], order: Int32Array): number {
+  const file = path.join(fs.mkdtempSync(path.join(root, "r-")), "raw.db");
+  const db = new Database(file, { create: true });
+  db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA cache_size = ${-BUDGET / 1024}; PRAGMA mmap_size = ${BUDGET}`);
+  db.exec("CREATE TABLE kv (kg INTEGER NOT NULL, state INTEGER NOT NULL, k BLOB NOT NULL, uk BLOB NOT NULL, v BLOB NOT NULL, PRIMARY KEY (kg, state, k, uk)) WITHOUT ROWID");
+  const upsert = db.query("INSERT INTO kv (kg, state, k, uk, v) VALUES (?, ?, ?, ?, ?) ON CONFLICT (kg, state, k, uk) DO UPDATE SET v = excluded.v");
+  const get = db.query("SELECT v FROM kv WHERE kg = ? AND state = ? AND k = ? AND uk = ?");
+  const E = new Uint8Array(0);
+  db.exec("BEGIN");
+  for (let i = 0; i < keys.length; i++) {
+    upsert.run(assignToKeyGroup(keys[i], MAXP), 1, keyBytesOfHeapKey(heapKeyOf(keys[i])), E, encodeTransient(i));
+    if (i % 10_000 === 9_999) db.exec("COMMIT; BEGIN");
+  }
+  db.exec("COMMIT");
+  // The raw loop computes key group and key bytes per op, as the backend must.
+  const t0 = performance.now();
+  db.exec("BEGIN");
+  for (let j = 0; j < order.length; j++) {
+    const key = keys[order[j]!]!;
+    const kg = assignToKeyGroup(key, MAXP);
+    const kb = keyBytesOfHeapKey(heapKeyOf(key));
+    const v = decode((get.get(kg, 1, kb, E) as { v: Uint8Array }).v);
+    upsert.run(kg, 1, kb, E, encodeTransient(v + 1));
+    if (j % 1000 === 999) db.exec("COMMIT; BEGIN");
+  }
+  db.exec("COMMIT");
+  const rate = order.length / ((performance.now() - t0) / 1000);
+  db.close();
+  fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  return rate;
+}
+
+// ---- (1) get+update vs the raw loop ----
+const lines1: string[] = [];
+for (const ws of [0.1, 1, 10]) {
+  const n = Math.round((ws * BUDGET) / ROW_BYTES);
+  const keys = Array.from({ length: n }, (_, i) => `user-${i}`);
+  for (const pattern of ["cyclic", "random"] as const) {
+    const order = keyOrder(n, pattern, Math.max(OPS, pattern === "cyclic" ? n : 0));
+    const raw: number[] = [];
+    const now: number[] = [];
+    const old: number[] = [];
+    for (let r = 0; r < RUNS; r++) {
+      raw.push(rawRun(keys, order));
+      now.push(await backendRun(createKeyedStateBackend, keys, order));
+      if (oldCreate) old.push(await backendRun(oldCreate, keys, order));
+      log(`${ws}x ${pattern} run ${r + 1}: raw ${fmt(raw.at(-1)!)}, new ${fmt(now.at(-1)!)}${oldCreate ? `, old ${fmt(old.at(-1)!)}` : ""}`);
+    }
+    const ratio = (xs: number[]) => xs.map((x, i) => x / raw[i]!);
+    lines1.push(
+      `| ${ws}x (${n.toLocaleString("en")} keys) | ${pattern} | ${mmm(raw, fmt)} | ${mmm(now, fmt)} | ${mmm(ratio(now), (x) => x.toFixed(2))} | ` +
+        (oldCreate ? `${mmm(old, fmt)} | ${mmm(ratio(old), (x) => x.toFixed(2))} |` : "n/a | n/a |"),
+    );
+  }
+}
+
+// ---- (2) checkpoint of CKPT_KEYS keys, 1% changed: full vs incremental ----
+const full: { ms: number; bytes: number }[] = [];
+const incr: { ms: number; bytes: number }[] = [];
+let cpu = 0;
+{
+  const b = await createKeyedStateBackend({ kind: "sqlite", dir: path.join(root, "ckpt"), maxParallelism: MAXP, keyGroupRange: FULL, incremental: true });
+  const s = b.getState(new ValueStateDescriptor<number>("count"));
+  log(`checkpoint: loading ${CKPT_KEYS} keys`);
+  for (let i = 0; i < CKPT_KEYS; i++) {
+    b.setCurrentKey(`user-${i}`);
+    s.update(i);
+  }
+  let id = 0;
+  let seed = 99;
+  const rand = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  const change = () => {
+    for (let j = 0; j < CKPT_KEYS / 100; j++) {
+      b.setCurrentKey(`user-${Math.floor(rand() * CKPT_KEYS)}`);
+      s.update(-j);
+    }
+  };
+  const take = async (incremental: boolean) => {
+    const t0 = performance.now();
+    const c0 = cpuSeconds();
+    const h = await b.snapshot(path.join(root, "chk", `chk-${++id}`, "t"), { checkpointId: id, incremental });
+    const ms = performance.now() - t0;
+    cpu += cpuSeconds() - c0;
+    if (incremental) b.notifyCheckpointComplete(id);
+    return { ms, bytes: h.newBytes ?? h.sizeBytes };
+  };
+  await take(true); // the base
+  for (let r = 0; r < RUNS; r++) {
+    change();
+    full.push(await take(false)); // a full snapshot of the same state (as a savepoint would be)
+    incr.push(await take(true));
+    log(`checkpoint run ${r + 1}: full ${full.at(-1)!.ms.toFixed(0)} ms ${full.at(-1)!.bytes} B, incremental ${incr.at(-1)!.ms.toFixed(0)} ms ${incr.at(-1)!.bytes} B`);
+  }
+  await b.close();
+}
+fs.rmSync(root, { recursive: true, force: true });
+fs.rmSync(oldDir, { recursive: true, force: true });
+
+const cpus = os.cpus();
+const mib = (x: number) => `${(x / 2 ** 20).toFixed(2)} MiB`;
+const ms = (x: number) => `${x.toFixed(0)} ms`;
+console.log(
+  [
+    `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}`,
+    `Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`,
+    "",
+    `| working set | keys visited | raw bun:sqlite get+upsert/s | SQLite backend get+update/s | backend / raw (goal >= 0.5 at 10x) | previous backend (${values.old}) | previous / raw |`,
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...lines1,
+    "",
+    `| checkpoint of ${CKPT_KEYS.toLocaleString("en")} keys, 1% changed | time | bytes written |`,
+    "| --- | --- | --- |",
+    `| full | ${mmm(full.map((x) => x.ms), ms)} | ${mmm(full.map((x) => x.bytes), mib)} |`,
+    `| incremental (change set) | ${mmm(incr.map((x) => x.ms), ms)} | ${mmm(incr.map((x) => x.bytes), mib)} |`,
+    `| incremental / full (goal: bytes <= 5%, time <= 10%) | ${((med(incr.map((x) => x.ms)) / med(full.map((x) => x.ms))) * 100).toFixed(1)}% | ${((med(incr.map((x) => x.bytes)) / med(full.map((x) => x.bytes))) * 100).toFixed(1)}% |`,
+  ].join("\n"),
+);
