@@ -25,24 +25,27 @@ const graph = {
 const tasks = [
   { executionId: "j-0-0-0", vertexId: 0, subtaskIndex: 0, vertexName: "Source" },
   { executionId: "j-0-1-0", vertexId: 0, subtaskIndex: 1, vertexName: "Source" },
-  { executionId: "j-1-0-0", vertexId: 1, subtaskIndex: 0, vertexName: "Sink" },
+  { executionId: "j-1-0-0", vertexId: 1, subtaskIndex: 0, vertexName: "Sink", inputs: [{ edgeId: 0, producers: [{ subtask: 0 }, { subtask: 1 }] }] },
 ] as TaskDeployment[];
 
-function setup(opts: { timeoutMs?: number; retained?: number; running?: boolean; base?: string } = {}) {
+function setup(opts: { timeoutMs?: number; retained?: number; running?: boolean; base?: string; finished?: string[] } = {}) {
   const base = opts.base ?? tempDir("tm-coord-");
   const store = new CheckpointStore(base, "job1", opts.retained ?? 2);
   const triggered: { executionId: string; id: number; dir: string }[] = [];
   const notified: [string, number][] = [];
+  const aborted: [string, number][] = [];
+  const finished = new Set(opts.finished ?? []);
   const host: CoordinatorHost = {
     jobId: "job1",
     graph,
     attempt: () => 0,
-    runningTasks: () => (opts.running === false ? null : tasks),
+    checkpointTasks: () => (opts.running === false ? null : { running: tasks.filter((t) => !finished.has(t.executionId)), finished: tasks.filter((t) => finished.has(t.executionId)) }),
     trigger: async (executionId, id, _ts, dir) => void triggered.push({ executionId, id, dir }),
     notifyComplete: (executionId, id) => void notified.push([executionId, id]),
+    notifyAborted: (executionId, id) => void aborted.push([executionId, id]),
   };
   const c = new CheckpointCoordinator(host, { intervalMs: 0, timeoutMs: opts.timeoutMs ?? 60_000, minPauseMs: 0, maxConcurrent: 1, store, savepointDir: path.join(base, "sp") });
-  return { c, store, base, triggered, notified };
+  return { c, store, base, triggered, notified, aborted };
 }
 
 // Vertex 0's operator is "node-0", vertex 1's "node-1" (graphs built by hand get ids from their plan node ids).
@@ -88,6 +91,34 @@ describe("CheckpointCoordinator", () => {
     for (const t of tasks) c.onAcknowledge(t.executionId, 2, snap(0));
     expect((await second).checkpointId).toBe(2);
     expect(store.latest()!.meta.checkpointId).toBe(2);
+  });
+
+  test("an aborted checkpoint is announced to every task (they release its alignment at once)", async () => {
+    const { c, aborted } = setup();
+    const p = c.triggerNow(false);
+    c.onAcknowledge("j-0-0-0", 1, snap(0));
+    c.onDecline("j-0-1-0", 1, "trigger failed");
+    await expect(p).rejects.toThrow(/aborted/);
+    expect(aborted.map(([e, id]) => `${e}:${id}`).sort()).toEqual(tasks.map((t) => `${t.executionId}:1`).sort());
+  });
+
+  test("finished tasks (FLIP-147) do not block a checkpoint: recorded as finished; a task whose producers all finished is triggered", async () => {
+    const one = setup({ finished: ["j-0-0-0"] });
+    const p1 = one.c.triggerNow(false);
+    expect(one.triggered.map((t) => t.executionId)).toEqual(["j-0-1-0"]);
+    one.c.onAcknowledge("j-0-1-0", 1, snap(1));
+    one.c.onAcknowledge("j-1-0-0", 1, snap(2));
+    const { meta } = readMetadata((await p1).path);
+    // Finished is task-level state (per vertex subtask); the running subtask's operator state is under its operator id.
+    expect(meta.vertices[0]!.subtasks).toEqual([{ finished: true }, null]);
+    expect(meta.operators.find((o) => o.id === "node-0")!.subtasks.map((s) => s?.operator?.subtaskIndex ?? null)).toEqual([null, 1]);
+    const both = setup({ finished: ["j-0-0-0", "j-0-1-0"] });
+    const p2 = both.c.triggerNow(false);
+    expect(both.triggered.map((t) => t.executionId)).toEqual(["j-1-0-0"]);
+    both.c.onAcknowledge("j-1-0-0", 1, snap(2));
+    expect((await p2).checkpointId).toBe(1);
+    const all = setup({ finished: tasks.map((t) => t.executionId) });
+    await expect(all.c.triggerNow(false)).rejects.toThrow(/every task of the job has finished/);
   });
 
   test("a checkpoint that times out is aborted; late acknowledgements are ignored", async () => {

@@ -54,6 +54,8 @@ export interface Config {
   "execution.checkpointing.timeout": number;
   "execution.checkpointing.min-pause": number;
   "execution.checkpointing.max-concurrent-checkpoints": number;
+  "execution.checkpointing.unaligned.enabled": boolean;
+  "execution.checkpointing.checkpoints-after-tasks-finish": boolean;
   "state.checkpoints.dir": string;
   "state.checkpoints.num-retained": number;
   "state.savepoints.dir": string;
@@ -64,6 +66,7 @@ export interface Config {
   "restart-strategy.exponential-delay.max-backoff": number;
   "restart-strategy.exponential-delay.backoff-multiplier": number;
   "restart-strategy.exponential-delay.max-attempts": number;
+  "restart-strategy.exponential-delay.reset-backoff-threshold": number;
   "parallelism.default": number;
   "pipeline.auto-watermark-interval": number;
   "state.backend": "heap" | "sqlite";
@@ -109,6 +112,7 @@ export interface ConfigKeySpec {
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
 
 // Mapped over Config so that the compiler insists on exactly one entry per key, with a default of the right type.
 const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: string } } = {
@@ -352,6 +356,16 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     default: 1,
     doc: "Checkpoints in progress at once.",
   },
+  "execution.checkpointing.unaligned.enabled": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Unaligned checkpoints (EXACTLY_ONCE): barriers overtake in-flight buffers, which are stored as channel state and replayed on restore, so checkpoints complete under backpressure. Savepoints stay aligned.",
+  },
+  "execution.checkpointing.checkpoints-after-tasks-finish": {
+    type: { kind: "boolean" },
+    default: true,
+    doc: "FLIP-147: checkpoints go on after some tasks finished, and a task at the end of its input waits for a final checkpoint, which commits two-phase-commit sinks (the job ends up to one interval later).",
+  },
   "state.checkpoints.dir": {
     type: { kind: "path" },
     default: "",
@@ -401,6 +415,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 0 },
     default: 2147483647,
     doc: "Restarts before the job fails (exponential-delay).",
+  },
+  "restart-strategy.exponential-delay.reset-backoff-threshold": {
+    type: { kind: "duration", min: 1 },
+    default: 1 * HOUR,
+    doc: "A job that ran this long since its last restart starts the backoff (and the attempts counted) over at its next failure (exponential-delay).",
   },
   "parallelism.default": {
     type: { kind: "integer", min: 1 },

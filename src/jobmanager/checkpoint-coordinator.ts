@@ -1,15 +1,17 @@
 // The checkpoint coordinator of one job (as Flink's CheckpointCoordinator): triggers checkpoints at the interval
 // by telling every source task to inject barrier n, collects one acknowledgement with state handles per task,
 // and completes checkpoint n only when every task has acknowledged: then it writes the metadata last, notifies
-// every task, and prunes old checkpoints. A decline, a time-out or a task that ends aborts the checkpoint and
-// removes its files; the job keeps running.
+// every task, and prunes old checkpoints. A decline, a time-out or a task that ends aborts the checkpoint, removes
+// its files and tells every task (notifyCheckpointAborted), which releases any alignment of it; the job keeps
+// running. With checkpoints after tasks finish (FLIP-147) finished tasks do not block triggering: they are recorded
+// as finished, and a running task whose producers have all finished is triggered like a source.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { operatorsOf, type JobGraph } from "../graph/job-graph.ts";
 import type { CheckpointStats, TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
-import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata, type OperatorSnapshot } from "./checkpoint-store.ts";
+import { CheckpointStore, METADATA_FILE, METADATA_MAGIC, METADATA_VERSION, writeFileAtomic, type CheckpointMetadata, type OperatorSnapshot, type SubtaskTaskState, type VertexSnapshot } from "./checkpoint-store.ts";
 
 const log = createLogger("checkpoints");
 const HISTORY = 20;
@@ -20,6 +22,8 @@ export interface CheckpointOptions {
   timeoutMs: number;
   minPauseMs: number;
   maxConcurrent: number;
+  /** execution.checkpointing.unaligned.enabled (savepoints stay aligned). */
+  unaligned?: boolean;
   store: CheckpointStore;
   savepointDir: string;
 }
@@ -29,10 +33,14 @@ export interface CoordinatorHost {
   jobId: string;
   graph: JobGraph;
   attempt(): number;
-  /** The tasks of the current attempt, or null when not all of them are running. */
-  runningTasks(): TaskDeployment[] | null;
-  trigger(executionId: string, checkpointId: number, timestamp: number, dir: string): Promise<void>;
+  /**
+   * The tasks of the current attempt, running and finished, or null when a checkpoint cannot be taken now (a task
+   * is not running yet, or has finished while checkpoints after finished tasks are off).
+   */
+  checkpointTasks(): { running: TaskDeployment[]; finished: TaskDeployment[] } | null;
+  trigger(executionId: string, checkpointId: number, timestamp: number, dir: string, unaligned: boolean): Promise<void>;
   notifyComplete(executionId: string, checkpointId: number): void;
+  notifyAborted(executionId: string, checkpointId: number): void;
 }
 
 interface Pending {
@@ -41,6 +49,8 @@ interface Pending {
   dir: string;
   savepoint: boolean;
   tasks: Map<string, TaskDeployment>;
+  /** Tasks that had finished when it was triggered (recorded as finished, FLIP-147). */
+  finished: TaskDeployment[];
   acks: Map<string, TaskSnapshot>;
   timer: ReturnType<typeof setTimeout>;
   stats: CheckpointStats;
@@ -81,7 +91,7 @@ export class CheckpointCoordinator {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    for (const p of [...this.pending.values()]) this.abort(p, reason);
+    for (const p of [...this.pending.values()]) this.abort(p, reason, false);
   }
 
   /** Ids must stay above a restored checkpoint's. */
@@ -110,10 +120,13 @@ export class CheckpointCoordinator {
 
   /** Triggers a checkpoint (or a savepoint into `savepointDir`); resolves with its metadata file when complete. */
   triggerNow(savepoint: boolean, savepointDir?: string): Promise<{ path: string; checkpointId: number }> {
-    const tasks = this.host.runningTasks();
-    if (!tasks) return Promise.reject(new Error("not all tasks of the job are running"));
+    const all = this.host.checkpointTasks();
+    if (!all) return Promise.reject(new Error("not all tasks of the job are running"));
+    if (all.running.length === 0) return Promise.reject(new Error("every task of the job has finished"));
+    const tasks = all.running;
     const id = this.nextId++;
     const timestamp = Date.now();
+    const unaligned = !savepoint && this.opts.unaligned === true;
     let dir: string;
     try {
       dir = savepoint
@@ -127,7 +140,7 @@ export class CheckpointCoordinator {
       this.record({ id, status: "FAILED", savepoint, triggerTime: timestamp, durationMs: 0, acknowledged: 0, total: tasks.length, sizeBytes: 0, failure: msg });
       return Promise.reject(new Error(msg));
     }
-    const stats: CheckpointStats = { id, status: "IN_PROGRESS", savepoint, triggerTime: timestamp, durationMs: null, acknowledged: 0, total: tasks.length, sizeBytes: 0 };
+    const stats: CheckpointStats = { id, status: "IN_PROGRESS", savepoint, triggerTime: timestamp, durationMs: null, acknowledged: 0, total: tasks.length, sizeBytes: 0, unaligned, ...(all.finished.length > 0 ? { finishedTasks: all.finished.length } : {}) };
     this.record(stats);
     return new Promise((resolve, reject) => {
       const p: Pending = {
@@ -136,18 +149,30 @@ export class CheckpointCoordinator {
         dir,
         savepoint,
         tasks: new Map(tasks.map((t) => [t.executionId, t])),
+        finished: all.finished,
         acks: new Map(),
         timer: setTimeout(() => this.abort(p, `timed out after ${this.opts.timeoutMs} ms (${p.acks.size} of ${p.tasks.size} tasks acknowledged)`), this.opts.timeoutMs),
         stats,
         done: { resolve, reject },
       };
       this.pending.set(id, p);
-      log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint });
-      const sources = new Set(this.host.graph.vertices.filter((v) => v.isSource).map((v) => v.id));
-      for (const t of tasks) {
-        if (!sources.has(t.vertexId)) continue;
-        this.host.trigger(t.executionId, id, timestamp, dir).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
+      log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint, unaligned });
+      for (const t of this.tasksToTrigger(tasks, all.finished)) {
+        this.host.trigger(t.executionId, id, timestamp, dir, unaligned).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
       }
+    });
+  }
+
+  /** Sources, and (FLIP-147) running tasks whose producers have all finished: no barrier will reach them. */
+  private tasksToTrigger(running: TaskDeployment[], finished: TaskDeployment[]): TaskDeployment[] {
+    const g = this.host.graph;
+    const done = new Set(finished.map((t) => `${t.vertexId}/${t.subtaskIndex}`));
+    return running.filter((t) => {
+      if (g.vertices[t.vertexId]?.isSource) return true;
+      return t.inputs.every((i) => {
+        const producer = g.edges[i.edgeId]!.source;
+        return i.producers.every((p) => done.has(`${producer}/${p.subtask}`));
+      });
     });
   }
 
@@ -157,6 +182,10 @@ export class CheckpointCoordinator {
     p.acks.set(executionId, snapshot);
     p.stats.acknowledged = p.acks.size;
     for (const o of snapshot.operators ?? []) p.stats.sizeBytes += (o.keyed?.sizeBytes ?? 0) + (o.operator?.sizeBytes ?? 0);
+    p.stats.sizeBytes += snapshot.channel?.sizeBytes ?? 0;
+    if (snapshot.channel) p.stats.channelStateBytes = (p.stats.channelStateBytes ?? 0) + snapshot.channel.sizeBytes;
+    if (snapshot.alignmentMs !== undefined) p.stats.alignmentMs = Math.max(p.stats.alignmentMs ?? 0, Math.round(snapshot.alignmentMs));
+    if (snapshot.startDelayMs !== undefined) p.stats.startDelayMs = Math.max(p.stats.startDelayMs ?? 0, Math.round(snapshot.startDelayMs));
     if (p.acks.size === p.tasks.size) this.complete(p);
   }
 
@@ -205,7 +234,10 @@ export class CheckpointCoordinator {
         entry.subtasks[t.subtaskIndex] = { keyed: o.keyed, operator: o.operator };
         for (const st of o.states ?? []) if (!entry.states.some((x) => x.name === st.name && x.scope === st.scope)) entry.states.push(st);
       }
+      // Task-level state (channel state of an unaligned checkpoint) is kept per vertex subtask.
+      if (snap.channel) subtasksOf(meta.vertices[t.vertexId]!)[t.subtaskIndex] = { channel: snap.channel };
     }
+    for (const t of p.finished) subtasksOf(meta.vertices[t.vertexId]!)[t.subtaskIndex] = { finished: true };
     let file: string;
     try {
       if (p.savepoint) writeFileAtomic((file = path.join(p.dir, METADATA_FILE)), JSON.stringify(meta));
@@ -226,7 +258,8 @@ export class CheckpointCoordinator {
     p.done?.resolve({ path: file, checkpointId: p.id });
   }
 
-  private abort(p: Pending, reason: string): void {
+  /** notify: tell the tasks (not when the job stops: its tasks are being canceled). */
+  private abort(p: Pending, reason: string, notify = true): void {
     if (!this.pending.delete(p.id)) return;
     clearTimeout(p.timer);
     this.failed++;
@@ -236,6 +269,8 @@ export class CheckpointCoordinator {
     log.warn(p.savepoint ? "savepoint aborted" : "checkpoint aborted", { job: this.host.jobId, id: p.id, reason });
     if (p.savepoint) fs.rm(p.dir, { recursive: true, force: true }, () => {});
     else this.opts.store.discard(p.id);
+    // Tasks release any alignment of it at once (they would otherwise wait for a newer barrier).
+    if (notify) for (const executionId of p.tasks.keys()) this.host.notifyAborted(executionId, p.id);
     p.done?.reject(new Error(`checkpoint ${p.id} aborted: ${reason}`));
   }
 
@@ -248,4 +283,9 @@ export class CheckpointCoordinator {
     for (let i = this.history.length - 1; i >= 0; i--) if (this.history[i]!.status === "COMPLETED") return this.history[i]!;
     return null;
   }
+}
+
+/** A vertex's task-level subtask entries, created (all null) on first use. */
+function subtasksOf(v: VertexSnapshot): (SubtaskTaskState | null)[] {
+  return (v.subtasks ??= Array.from({ length: v.parallelism }, () => null));
 }

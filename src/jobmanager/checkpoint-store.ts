@@ -4,6 +4,7 @@
 // ones the files that retained (incremental) checkpoints still reference.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import type { ChannelStateHandle } from "../rpc/messages.ts";
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 import { createLogger } from "../util/log.ts";
 
@@ -24,6 +25,14 @@ export interface VertexSnapshot {
   parallelism: number;
   /** Operator ids chained into it, head first. */
   operatorIds: string[];
+  /** Task-level state per subtask (null: nothing beyond its operators' state): the in-flight records of an unaligned
+   *  checkpoint, and whether the subtask had finished (FLIP-147). Restored by vertex, not by operator id. */
+  subtasks?: (SubtaskTaskState | null)[];
+}
+
+export interface SubtaskTaskState {
+  channel?: ChannelStateHandle | null;
+  finished?: boolean;
 }
 
 /** What one operator (by its id) wrote in a checkpoint, over all its subtasks. */
@@ -161,7 +170,9 @@ export class CheckpointStore {
       const file = path.join(this.dirOf(id), METADATA_FILE);
       if (!fs.existsSync(file)) continue; // in progress or aborted: not a completed checkpoint
       try {
-        return readMetadata(file);
+        const r = readMetadata(file);
+        checkChannelState(r.meta);
+        return r;
       } catch (err) {
         log.error("refusing a checkpoint; using the previous one", { path: file, error: (err as Error).message });
       }
@@ -201,6 +212,26 @@ export class CheckpointStore {
   }
 }
 
+/**
+ * Channel state files (unaligned checkpoints) are checked before a checkpoint is chosen: one that is missing or
+ * of another size than recorded makes the checkpoint unusable (the previous one is used), naming the file.
+ */
+export function checkChannelState(meta: CheckpointMetadata): void {
+  for (const v of meta.vertices) {
+    for (const s of v.subtasks ?? []) {
+      const h = s?.channel;
+      if (!h) continue;
+      let size: number;
+      try {
+        size = fs.statSync(h.file).size;
+      } catch {
+        throw new Error(`channel state ${h.file} is missing`);
+      }
+      if (size !== h.sizeBytes) throw new Error(`channel state ${h.file} is truncated or damaged: ${size} bytes, the checkpoint recorded ${h.sizeBytes}`);
+    }
+  }
+}
+
 /** Every state file a checkpoint's metadata references (absolute paths). */
 export function referencedFiles(meta: CheckpointMetadata): string[] {
   const out: string[] = [];
@@ -210,6 +241,8 @@ export function referencedFiles(meta: CheckpointMetadata): string[] {
       for (const f of s?.operator?.files ?? []) out.push(path.resolve(f));
     }
   }
+  // Channel state files of unaligned checkpoints (task level).
+  for (const v of meta.vertices) for (const s of v.subtasks ?? []) if (s?.channel) out.push(path.resolve(s.channel.file));
   return out;
 }
 

@@ -28,12 +28,14 @@ import type { StateInfo } from "../state/snapshot-format.ts";
 export type RestartStrategy =
   | { type: "none" }
   | { type: "fixed-delay"; attempts: number; delayMs: number }
-  | { type: "exponential-delay"; attempts: number; initialMs: number; maxMs: number; multiplier: number };
+  /** resetMs: restart-strategy.exponential-delay.reset-backoff-threshold (the backoff starts over after that long without a failure). */
+  | { type: "exponential-delay"; attempts: number; initialMs: number; maxMs: number; multiplier: number; resetMs?: number };
 
 export interface JobMasterOptions {
   slotTimeoutMs: number;
   restart: RestartStrategy;
-  checkpointing: Omit<CheckpointOptions, "store"> & { mode: "EXACTLY_ONCE" | "AT_LEAST_ONCE"; baseDir: string; retained: number };
+  /** afterTasksFinish: execution.checkpointing.checkpoints-after-tasks-finish (FLIP-147). */
+  checkpointing: Omit<CheckpointOptions, "store"> & { mode: "EXACTLY_ONCE" | "AT_LEAST_ONCE"; baseDir: string; retained: number; afterTasksFinish?: boolean };
   /** A savepoint or checkpoint to start from (already read), and whether state no operator claims may be dropped. */
   initialRestore: { meta: CheckpointMetadata; path: string; allowNonRestoredState?: boolean } | null;
   /** web.exception-history-size: failures kept in the exception history (default 16). */
@@ -108,14 +110,18 @@ export class JobMaster {
         jobId,
         graph,
         attempt: () => this.attempt,
-        runningTasks: () => this.runningTasks(),
-        trigger: async (executionId, checkpointId, timestamp, dir) => {
+        checkpointTasks: () => this.checkpointTasks(),
+        trigger: async (executionId, checkpointId, timestamp, dir, unaligned) => {
           const ex = this.executions.get(executionId);
           if (!ex) throw new Error(`no task ${executionId}`);
-          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir });
+          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir, ...(unaligned ? { unaligned } : {}) });
         },
         notifyComplete: (executionId, checkpointId) => {
           this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId }).catch(() => {});
+        },
+        notifyAborted: (executionId, checkpointId) => {
+          const ex = this.executions.get(executionId);
+          if (ex && ex.state === "RUNNING") ex.tm.rpc.request("notifyCheckpointAborted", { executionId, checkpointId }).catch(() => {});
         },
       },
       { ...c, store: this.store },
@@ -164,23 +170,35 @@ export class JobMaster {
     }
   }
 
-  /** All tasks of the current attempt, when every one of them is RUNNING (checkpoints need them all). */
-  private runningTasks(): TaskDeployment[] | null {
+  /** FLIP-147 is on: finished tasks do not block checkpoints, and a task at end of input waits for a final one. */
+  private get checkpointsAfterFinish(): boolean {
+    const c = this.opts.checkpointing;
+    return c.intervalMs > 0 && c.afterTasksFinish !== false;
+  }
+
+  /**
+   * The tasks of the current attempt for a checkpoint: every one RUNNING, or (FLIP-147) RUNNING or FINISHED;
+   * null when one is deploying, failed or canceled.
+   */
+  private checkpointTasks(): { running: TaskDeployment[]; finished: TaskDeployment[] } | null {
     if (this.state !== "RUNNING" || this.executions.size === 0) return null;
-    const out: TaskDeployment[] = [];
+    const running: TaskDeployment[] = [];
+    const finished: TaskDeployment[] = [];
     for (const ex of this.executions.values()) {
-      if (ex.state !== "RUNNING") return null;
-      out.push(ex.deployment);
+      if (ex.state === "RUNNING") running.push(ex.deployment);
+      else if (ex.state === "FINISHED" && this.checkpointsAfterFinish) finished.push(ex.deployment);
+      else return null;
     }
-    return out;
+    return { running, finished };
   }
 
   /** The state the tasks of vertex v start from: for each of its operators, what that operator id wrote. */
   private restoreFor(vertexId: number): TaskRestore | null {
     const r = this.restoredFrom;
     if (!r) return null;
+    const vertex = this.graph.vertices[vertexId]!;
     const operators: TaskRestore["operators"] = {};
-    for (const op of operatorsOf(this.graph.vertices[vertexId]!)) {
+    for (const op of operatorsOf(vertex)) {
       const saved = r.meta.operators.find((o) => o.id === op.id);
       if (!saved) continue;
       operators[op.id] = {
@@ -188,7 +206,14 @@ export class JobMaster {
         operator: saved.subtasks.flatMap((s) => (s?.operator ? [s.operator] : [])),
       };
     }
-    return { checkpointId: r.meta.checkpointId, path: r.path, operators };
+    // Task-level state (channel state, finished) belongs to a chain: taken from the vertex of the checkpoint that
+    // ran the same head operator (ids may have moved in an upgrade).
+    const head = operatorsOf(vertex)[0]?.id;
+    const old = r.meta.vertices.find((v) => v.operatorIds[0] === head);
+    const subtasks = old?.subtasks ?? [];
+    const channel = subtasks.flatMap((s) => (s?.channel ? [s.channel] : []));
+    const finished = subtasks.length > 0 && subtasks.every((s) => s?.finished === true);
+    return { checkpointId: r.meta.checkpointId, path: r.path, operators, ...(channel.length > 0 ? { channel } : {}), ...(finished ? { finished } : {}) };
   }
 
   /** Savepoint: a checkpoint into its own directory, kept until the user deletes it; optionally cancels the job. */
@@ -205,17 +230,37 @@ export class JobMaster {
     return r;
   }
 
+  /** Restarts counted for the backoff: for exponential-delay those since the backoff was last reset. */
+  private backoffRestarts = 0;
+  /** When the current attempt was deployed: the reset threshold counts from there. */
+  private runningSince = 0;
+
   private restartDelay(): number | null {
     const r = this.opts.restart;
     const restarts = this.attempt - this.firstAttempt;
-    if (r.type === "none" || restarts >= r.attempts) return null;
-    if (r.type === "fixed-delay") return r.delayMs;
-    return Math.min(r.maxMs, r.initialMs * r.multiplier ** restarts);
+    if (r.type === "none") return null;
+    if (r.type === "fixed-delay") return restarts >= r.attempts ? null : r.delayMs;
+    if (this.backoffRestarts >= r.attempts) return null;
+    return Math.min(r.maxMs, r.initialMs * r.multiplier ** this.backoffRestarts);
+  }
+
+  /**
+   * A failure: with exponential-delay, a job that ran at least reset-backoff-threshold since its last restart starts
+   * the backoff (and the attempts it counts) over, as Flink's restart-strategy.exponential-delay.reset-backoff-threshold.
+   */
+  private noteFailure(): void {
+    const r = this.opts.restart;
+    const now = Date.now();
+    if (r.type === "exponential-delay" && r.resetMs !== undefined && this.runningSince > 0 && now - this.runningSince >= r.resetMs) {
+      if (this.backoffRestarts > 0) log.info("the job ran longer than the reset-backoff-threshold: the restart backoff starts over", { job: this.jobId, ranMs: now - this.runningSince });
+      this.backoffRestarts = 0;
+    }
   }
 
   /** All tasks of the failed attempt have ended: wait the strategy's delay, then deploy from the latest checkpoint. */
   private async restart(): Promise<void> {
     const delay = this.restartDelay() ?? 0;
+    this.backoffRestarts++;
     log.info("restarting the job", { job: this.jobId, attempt: this.attempt + 1, delayMs: delay });
     this.wait = { reason: "restart-delay", until: Date.now() + delay };
     await new Promise((r) => setTimeout(r, delay));
@@ -265,6 +310,8 @@ export class JobMaster {
             .filter((e) => e.target === v.id)
             .map((e) => ({
               edgeId: e.id,
+              partitioner: e.partitioner,
+              ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
               producers: producersOf(e.partitioner, i, g.vertices[e.source]!.parallelism, v.parallelism).map((s) => ({ ...location(s), subtask: s })),
             })),
           outputs: g.edges
@@ -281,12 +328,15 @@ export class JobMaster {
           stateBackend: g.stateBackend ?? null,
           attempt: this.attempt,
           checkpointingMode: this.opts.checkpointing.mode,
+          ...(this.opts.checkpointing.unaligned && this.opts.checkpointing.mode === "EXACTLY_ONCE" ? { unalignedCheckpoints: true } : {}),
+          ...(this.checkpointsAfterFinish ? { finalCheckpoint: true } : {}),
           restore: this.restoreFor(v.id),
         };
         this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
       }
     }
     this.transition("RUNNING");
+    this.runningSince = Date.now();
     for (const ex of this.executions.values()) {
       ex.tm.rpc.request("submitTask", ex.deployment).catch((err: Error) =>
         this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
@@ -310,6 +360,7 @@ export class JobMaster {
     }
     if (state === "FAILED" && this.state === "RUNNING") {
       this.error = error!;
+      this.noteFailure();
       this.coordinator.stop("the job is failing over");
       if (this.restartDelay() !== null) {
         log.warn("task failed; restarting the job from its latest checkpoint", { job: this.jobId, task: this.error.task, error: this.error.message, attempt: this.attempt });

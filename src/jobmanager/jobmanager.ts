@@ -273,6 +273,7 @@ export class JobManager {
               initialMs: c["restart-strategy.exponential-delay.initial-backoff"],
               maxMs: c["restart-strategy.exponential-delay.max-backoff"],
               multiplier: c["restart-strategy.exponential-delay.backoff-multiplier"],
+              resetMs: c["restart-strategy.exponential-delay.reset-backoff-threshold"],
             }
           : { type: "none" };
     let initialRestore: JobMasterOptions["initialRestore"] = null;
@@ -290,6 +291,8 @@ export class JobManager {
         timeoutMs: c["execution.checkpointing.timeout"],
         minPauseMs: c["execution.checkpointing.min-pause"],
         maxConcurrent: c["execution.checkpointing.max-concurrent-checkpoints"],
+        unaligned: c["execution.checkpointing.unaligned.enabled"],
+        afterTasksFinish: c["execution.checkpointing.checkpoints-after-tasks-finish"],
         baseDir: this.checkpointDir,
         retained: c["state.checkpoints.num-retained"],
         savepointDir: c["state.savepoints.dir"] || path.join(this.checkpointDir, "savepoints"),

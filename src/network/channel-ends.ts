@@ -36,6 +36,22 @@ export class RingSender implements BufferSender {
     this.wait({ event });
   }
 
+  /** Unaligned barriers and cancel markers: into the ring at once if a slot is free, else ahead of what waits. */
+  priorityEvent(_channel: string, event: ChannelEvent): void {
+    if (this.ring.tryPushEvent(event)) return;
+    this.waiting.unshift({ event });
+    if (!this.pumping) {
+      this.pumping = true;
+      void this.pump();
+    }
+  }
+
+  waitingBytes(): number {
+    let n = 0;
+    for (const item of this.waiting) if ("buf" in item) n += item.size;
+    return n;
+  }
+
   /** Resolves when everything handed over is in the ring (the end-of-partition event included). */
   flushed(): Promise<void> {
     if (!this.pumping) return Promise.resolve();

@@ -1,12 +1,34 @@
 // Consumer side of a task's inputs (runs inside the task's Worker): buffers and events of all input
 // channels arrive in one queue, in arrival order (each channel's own order is kept); poll() decodes one
 // buffer's records and then releases it (frees its slot in the channel's ring).
-import type { ChannelEvent } from "./record-writer.ts";
+// Priority events (unaligned barriers, cancel markers) overtake the queue; for an unaligned checkpoint the gate
+// records the records of the buffers that belong to its channel state (see startRecording).
+import { assert } from "../util/assert.ts";
+import { isPriorityEvent, type ChannelEvent } from "./record-writer.ts";
 import { RecordDeserializer } from "./serialization.ts";
 
+/** seq: arrival order over all channels. skip: a priority event's place in its channel's order (only releases its ring slot). */
 type Arrival =
-  | { channel: string; bytes: Uint8Array; release: () => void }
-  | { channel: string; event: ChannelEvent; release: (() => void) | null };
+  | { channel: string; seq: number; bytes: Uint8Array; release: () => void }
+  /** A buffer decoded early for an unaligned checkpoint's channel state (its ring slot is already released). */
+  | { channel: string; seq: number; decoded: unknown[]; size: number }
+  | { channel: string; seq: number; event: ChannelEvent; release: (() => void) | null; skip?: boolean; priority?: boolean };
+
+/** One channel's part of an unaligned checkpoint's channel state, being recorded. */
+interface ChannelRecording {
+  records: unknown[];
+  barrierSeq: number;
+  /** Bytes the barrier overtook at the producer (they arrive after it), and how many of them arrived so far. */
+  overtaken: number;
+  after: number;
+  done: boolean;
+}
+
+export interface Recording {
+  checkpointId: number;
+  channels: Map<string, ChannelRecording>;
+  onDone: (state: Map<string, unknown[]>) => void;
+}
 
 export type GateItem = { channel: string; records: unknown[] } | { channel: string; event: ChannelEvent };
 
@@ -20,6 +42,12 @@ export class InputGate {
   /** Barrier alignment: channels whose arrivals are held back (in order) until unblockAll(). */
   private readonly blocked = new Set<string>();
   private held: Arrival[] = [];
+  private seq = 0;
+  /** Unread buffers per channel (queued or held). */
+  private readonly queuedOf = new Map<string, number>();
+  /** The latest barrier that arrived on each channel: its id, arrival seq and overtaken bytes. */
+  private readonly lastBarrier = new Map<string, { id: number; seq: number; overtaken: number }>();
+  private recording: Recording | null = null;
   buffersIn = 0;
   bytesIn = 0;
 
@@ -40,8 +68,8 @@ export class InputGate {
   /** Buffers received and not yet read. */
   get queuedBuffers(): number {
     let n = 0;
-    for (let i = this.head; i < this.queue.length; i++) if ("bytes" in this.queue[i]!) n++;
-    for (const a of this.held) if ("bytes" in a) n++;
+    for (let i = this.head; i < this.queue.length; i++) if (!("event" in this.queue[i]!)) n++;
+    for (const a of this.held) if (!("event" in a)) n++;
     return n;
   }
 
@@ -67,6 +95,81 @@ export class InputGate {
     this.held = [];
   }
 
+  /**
+   * Unaligned checkpoint n started at this task (its snapshot was just taken): from now on, the records of each
+   * channel's buffers that arrived before that channel's barrier n, and of the bytes the barrier overtook at the
+   * producer (they arrive after it), are recorded as the channel's state while they are read normally. onDone gets
+   * the state once every channel's part is complete (barrier and overtaken bytes in, or the channel ended).
+   */
+  startRecording(checkpointId: number, onDone: Recording["onDone"]): void {
+    const channels = new Map<string, ChannelRecording>();
+    for (const ch of this.deserializers.keys()) {
+      if (this.ended.has(ch)) continue;
+      const rec: ChannelRecording = { records: [], barrierSeq: Infinity, overtaken: 0, after: 0, done: false };
+      const b = this.lastBarrier.get(ch);
+      if (b && b.id >= checkpointId) {
+        rec.barrierSeq = b.seq;
+        rec.overtaken = b.overtaken;
+      }
+      channels.set(ch, rec);
+    }
+    this.recording = { checkpointId, channels, onDone };
+    // What is queued now is in flight: decoded at once (in each channel's order), so the channel state is complete
+    // when the barriers and the bytes they overtook have arrived, not when the task has worked through the backlog.
+    for (let i = this.head; i < this.queue.length; i++) {
+      const a = this.queue[i]!;
+      if ("bytes" in a) this.queue[i] = this.recordEarly(a) ?? a;
+    }
+    for (const rec of channels.values()) this.checkRecorded(rec);
+    this.maybeRecorded();
+  }
+
+  /** Decodes a buffer for the channel state if it belongs to it (releasing its slot); null when it does not. */
+  private recordEarly(a: Extract<Arrival, { bytes: Uint8Array }>): Arrival | null {
+    const rec = this.recording?.channels.get(a.channel);
+    if (!rec || rec.done) return null;
+    if (a.seq > rec.barrierSeq) {
+      if (rec.after >= rec.overtaken) return null;
+      rec.after += a.bytes.length;
+      assert(rec.after <= rec.overtaken, () => `input channel ${a.channel}: ${rec.after} bytes after barrier ${this.recording!.checkpointId}, which overtook ${rec.overtaken}`);
+    }
+    const records: unknown[] = [];
+    try {
+      this.deserializers.get(a.channel)!.read(a.bytes, records);
+    } finally {
+      a.release();
+    }
+    const left = this.queuedOf.get(a.channel)!;
+    assert(left > 0, () => `input channel ${a.channel}: a buffer decoded with ${left} counted as queued`);
+    this.queuedOf.set(a.channel, left - 1);
+    for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
+    this.checkRecorded(rec);
+    return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length };
+  }
+
+  private checkRecorded(rec: ChannelRecording): void {
+    if (!rec.done && rec.barrierSeq !== Infinity && rec.after >= rec.overtaken) rec.done = true;
+  }
+
+  /** Gives up the recording of checkpoint n (aborted), or any recording when checkpointId is omitted. */
+  stopRecording(checkpointId?: number): void {
+    if (this.recording && (checkpointId === undefined || this.recording.checkpointId <= checkpointId)) this.recording = null;
+  }
+
+  get recordingCheckpoint(): number | null {
+    return this.recording?.checkpointId ?? null;
+  }
+
+  private maybeRecorded(): void {
+    const r = this.recording;
+    if (!r) return;
+    for (const rec of r.channels.values()) if (!rec.done) return;
+    this.recording = null;
+    const state = new Map<string, unknown[]>();
+    for (const [ch, rec] of r.channels) if (rec.records.length > 0) state.set(ch, rec.records);
+    r.onDone(state);
+  }
+
   /** A buffer that arrived as an ArrayBuffer of its own (unit tests); recycle gets it back once read. */
   onBuffer(channel: string, buf: ArrayBuffer, size: number, recycle: (buf: ArrayBuffer) => void): void {
     this.onBytes(channel, new Uint8Array(buf, 0, size), () => recycle(buf));
@@ -75,13 +178,44 @@ export class InputGate {
   /** A buffer's bytes (e.g. a view of a ring slot), valid until release() is called after they are read. */
   onBytes(channel: string, bytes: Uint8Array, release: () => void): void {
     this.check(channel);
-    this.push({ channel, bytes, release });
+    this.queuedOf.set(channel, (this.queuedOf.get(channel) ?? 0) + 1);
+    const a = { channel, seq: ++this.seq, bytes, release };
+    if (this.recording) {
+      const early = this.recordEarly(a);
+      if (early) {
+        this.push(early);
+        this.maybeRecorded();
+        return;
+      }
+    }
+    this.push(a);
   }
 
   /** An event; release (if given) is called when it is read, in order with the channel's buffers. */
   onEvent(channel: string, event: ChannelEvent, release: (() => void) | null = null): void {
     this.check(channel);
-    this.push({ channel, event, release });
+    const seq = ++this.seq;
+    if (event.type === "barrier") {
+      const b = { id: event.checkpointId, seq, overtaken: event.overtakenBytes ?? 0 };
+      this.lastBarrier.set(channel, b);
+      const rec = this.recording?.channels.get(channel);
+      if (rec && !rec.done && b.id >= this.recording!.checkpointId && rec.barrierSeq === Infinity) {
+        rec.barrierSeq = b.seq;
+        rec.overtaken = b.overtaken;
+        this.checkRecorded(rec);
+        this.maybeRecorded();
+      }
+    }
+    if (isPriorityEvent(event)) {
+      // Overtakes everything queued; its slot is released in the channel's order (rings release in order).
+      this.queue.push({ channel, seq, event, release, skip: true });
+      this.queue.splice(this.head, 0, { channel, seq, event, release: null, priority: true });
+      const w = this.wake;
+      this.wake = null;
+      w?.();
+      return;
+    }
+    this.push({ channel, seq, event, release });
   }
 
   /** The next item, or null when nothing has arrived. */
@@ -90,8 +224,15 @@ export class InputGate {
     for (;;) {
       if (this.head === this.queue.length) return null;
       a = this.queue[this.head++]!;
-      if (this.blocked.size === 0 || !this.blocked.has(a.channel)) break;
-      this.held.push(a); // a blocked channel: kept, unread and unrecycled, which backpressures its producer
+      if (this.blocked.size > 0 && this.blocked.has(a.channel) && !("priority" in a && a.priority)) {
+        this.held.push(a); // a blocked channel: kept, unread and unrecycled, which backpressures its producer
+        continue;
+      }
+      if ("skip" in a && a.skip) {
+        a.release?.();
+        continue;
+      }
+      break;
     }
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue.splice(0, this.head);
@@ -105,12 +246,24 @@ export class InputGate {
         if (this.ended.has(a.channel)) throw new Error(`channel ${a.channel} ended twice`);
         this.ended.add(a.channel);
         this.open--;
+        const rec = this.recording?.channels.get(a.channel);
+        if (rec && !rec.done) {
+          rec.done = true;
+          this.maybeRecorded();
+        }
       }
       return { channel: a.channel, event: a.event };
     }
-    const records: unknown[] = [];
     this.buffersIn++;
+    if ("decoded" in a) {
+      this.bytesIn += a.size;
+      return { channel: a.channel, records: a.decoded };
+    }
+    const records: unknown[] = [];
     this.bytesIn += a.bytes.length;
+    const left = this.queuedOf.get(a.channel)!;
+    assert(left > 0, () => `input channel ${a.channel}: a buffer read with ${left} counted as queued`);
+    this.queuedOf.set(a.channel, left - 1);
     try {
       this.deserializers.get(a.channel)!.read(a.bytes, records);
     } finally {

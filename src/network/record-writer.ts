@@ -7,18 +7,36 @@ import type { Partitioner } from "./partitioners.ts";
 import { CHUNK_RECORDS, RecordSerializer } from "./serialization.ts";
 import { assert } from "../util/assert.ts";
 
-/** In-band events travel in order with the records of their channel. Barriers and watermarks come later. */
+/** In-band events travel in order with the records of their channel, except priority events (see sendPriorityEvent). */
 export type ChannelEvent =
+  /** End of partition: nothing follows on the channel. */
   | { type: "end" }
-  /** Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state. */
-  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string }
+  /** End of data (FLIP-147): no records follow, but barriers still do until the final checkpoint completes. */
+  | { type: "endOfData" }
+  /**
+   * Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state.
+   * Unaligned: it overtook the buffers the producer still held for the channel, `overtakenBytes` of them, which the
+   * consumer records as channel state when they arrive after it.
+   */
+  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number }
+  /** Checkpoint n was given up upstream (Flink's CancelCheckpointMarker): release any alignment of it. */
+  | { type: "cancelBarrier"; checkpointId: number }
   | { type: "watermark"; timestamp: number };
+
+/** Events that overtake the channel's queued buffers when the consumer's gate gets them. */
+export function isPriorityEvent(e: ChannelEvent): boolean {
+  return (e.type === "barrier" && e.unaligned === true) || e.type === "cancelBarrier";
+}
 
 /** Where a channel's buffers go: its ring (RingSender in channel-ends.ts), whose other end is the consumer
  * task's Worker (local channel) or the TaskManager's main thread (remote channel). */
 export interface BufferSender {
   buffer(channel: string, buf: ArrayBuffer, size: number, backlog: number): void;
   event(channel: string, event: ChannelEvent): void;
+  /** An event put ahead of every buffer still waiting in the sender (not yet in the channel's ring). */
+  priorityEvent?(channel: string, event: ChannelEvent): void;
+  /** Bytes of the buffers waiting in the sender. */
+  waitingBytes?(): number;
   /** Resolves when nothing handed over waits in the sender itself any more. */
   flushed?(): Promise<void>;
 }
@@ -131,6 +149,32 @@ export class RecordWriter {
       sp.queue.push({ event });
       this.send(sp);
     }
+  }
+
+  /**
+   * A priority event (an unaligned barrier, a cancel marker) on every channel: it overtakes what the channel still
+   * holds here and in its sender. For a barrier, each channel's copy says how many bytes it overtook (everything
+   * written before it, the partly filled buffer included, which is finished first). Returns the bytes overtaken.
+   */
+  broadcastPriorityEvent(event: ChannelEvent): number {
+    let total = 0;
+    for (const sp of this.subs) {
+      this.serializePending(sp);
+      if (sp.overflow.length === 0) this.finishBuffer(sp);
+      let bytes = 0;
+      for (const item of sp.queue) if (!("event" in item)) bytes += item.size;
+      for (const item of sp.overflow) if (item instanceof Uint8Array) bytes += item.length;
+      const sender = sp.sender;
+      if (sender?.priorityEvent) {
+        bytes += sender.waitingBytes?.() ?? 0;
+        sender.priorityEvent(sp.id, event.type === "barrier" ? { ...event, overtakenBytes: bytes } : event);
+      } else {
+        // Not connected yet: everything waits here, so the event goes to the head of the queue.
+        sp.queue.unshift({ event: event.type === "barrier" ? { ...event, overtakenBytes: bytes } : event });
+      }
+      total += bytes;
+    }
+    return total;
   }
 
   /** Sends end-of-partition after all data, then waits until consumers have read every buffer. */

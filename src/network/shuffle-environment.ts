@@ -274,7 +274,7 @@ export class ShuffleEnvironment {
             throw new Error(`event for unknown channel ${ch}`);
           }
           const event = frame[2] as ChannelEvent;
-          if (typeof event !== "object" || event === null || !["end", "barrier", "watermark"].includes(event.type)) throw new Error(`bad event on ${ch}`);
+          if (typeof event !== "object" || event === null || !["end", "endOfData", "barrier", "cancelBarrier", "watermark"].includes(event.type)) throw new Error(`bad event on ${ch}`);
           this.receiver.onEvent(ch, event);
           break;
         }

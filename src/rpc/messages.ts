@@ -206,6 +206,9 @@ export interface OutputDeployment {
 
 export interface InputDeployment {
   edgeId: number;
+  /** How the edge routes records (and its keyBy/partitionCustom node): restored channel state is split by it. */
+  partitioner?: PartitionerKind;
+  keyNodeId?: number;
   /** The producer subtasks that feed this subtask on this edge, and where they run. */
   producers: (ChannelTarget & { subtask: number })[];
 }
@@ -237,6 +240,10 @@ export interface TaskDeployment {
   attempt: number;
   /** Barrier handling: EXACTLY_ONCE aligns a task's inputs, AT_LEAST_ONCE does not. */
   checkpointingMode: "EXACTLY_ONCE" | "AT_LEAST_ONCE";
+  /** execution.checkpointing.unaligned.enabled: barriers overtake in-flight buffers, which become channel state. */
+  unalignedCheckpoints?: boolean;
+  /** FLIP-147: at end of input the task waits for a checkpoint that covers everything it did, then finishes. */
+  finalCheckpoint?: boolean;
   /** State to start from: this task's share is picked by key group (keyed) and redistribution (operator). */
   restore: TaskRestore | null;
 }
@@ -251,11 +258,32 @@ export interface TaskRestore {
   /** The metadata file it came from (for messages). */
   path: string;
   operators: Record<string, { keyed: KeyedSnapshotHandle[]; operator: OperatorSnapshotHandle[] }>;
+  /** Unaligned checkpoints: the in-flight records of the vertex's old subtasks, split by each new subtask. */
+  channel?: ChannelStateHandle[];
+  /** Every subtask of the vertex had finished (FLIP-147): the task finishes at once. */
+  finished?: boolean;
+}
+
+/** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts). */
+export interface ChannelStateHandle {
+  type: "channel";
+  file: string;
+  sizeBytes: number;
+  records: number;
+  subtaskIndex: number;
 }
 
 /** What one task wrote for a checkpoint: per operator of its chain that has state, handles to its files. */
 export interface TaskSnapshot {
   operators: OperatorSubtaskSnapshot[];
+  /** Unaligned checkpoints: the records in flight on the task's inputs (task level, not per operator). */
+  channel?: ChannelStateHandle | null;
+  /** The task had finished before the checkpoint (FLIP-147): no state. */
+  finished?: boolean;
+  /** Per-task figures (Flink's checkpoint details): alignment, start delay (trigger to first barrier), unaligned. */
+  alignmentMs?: number;
+  startDelayMs?: number;
+  unaligned?: boolean;
 }
 
 export interface OperatorSubtaskSnapshot {
@@ -273,6 +301,8 @@ export interface TriggerCheckpoint {
   timestamp: number;
   /** Directory of this checkpoint (or savepoint); each task writes into <dir>/<vertex>-<subtask>. */
   dir: string;
+  /** An unaligned checkpoint (never a savepoint). */
+  unaligned?: boolean;
 }
 export interface AcknowledgeCheckpoint {
   executionId: string;
@@ -285,6 +315,11 @@ export interface DeclineCheckpoint {
   reason: string;
 }
 export interface NotifyCheckpointComplete {
+  executionId: string;
+  checkpointId: number;
+}
+/** Checkpoint n was aborted: a task releases any alignment of it and drops its pending work. */
+export interface NotifyCheckpointAborted {
   executionId: string;
   checkpointId: number;
 }
@@ -310,6 +345,14 @@ export interface CheckpointStats {
   sizeBytes: number;
   path?: string;
   failure?: string;
+  /** Unaligned checkpoints: bytes of channel state written (Flink's "persisted data"). */
+  channelStateBytes?: number;
+  unaligned?: boolean;
+  /** The longest alignment and start delay (trigger to first barrier) over the tasks, ms. */
+  alignmentMs?: number;
+  startDelayMs?: number;
+  /** Tasks that had finished (FLIP-147). */
+  finishedTasks?: number;
 }
 export interface CancelTask {
   executionId: string;
@@ -402,6 +445,7 @@ export interface RpcRequests {
   releaseJob: [ReleaseJob, Record<string, never>];
   triggerCheckpoint: [TriggerCheckpoint, Record<string, never>];
   notifyCheckpointComplete: [NotifyCheckpointComplete, Record<string, never>];
+  notifyCheckpointAborted: [NotifyCheckpointAborted, Record<string, never>];
   acknowledgeCheckpoint: [AcknowledgeCheckpoint, Record<string, never>];
   declineCheckpoint: [DeclineCheckpoint, Record<string, never>];
   triggerSavepoint: [TriggerSavepoint, TriggerSavepointReply];
@@ -426,6 +470,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set<RequestType>([
   "releaseJob",
   "triggerCheckpoint",
   "notifyCheckpointComplete",
+  "notifyCheckpointAborted",
   "acknowledgeCheckpoint",
   "declineCheckpoint",
   "triggerSavepoint",

@@ -57,6 +57,8 @@ const STATE_INFO = obj({
 /** A chained operator's state identity (its id: uid or a hash of its place in the graph). */
 const OPERATOR_INFO = obj({ nodeId: int, id: str, uid: v.nullable(str), name: str, stateful: v.boolean(), keyed: v.boolean() });
 const CHANNEL_TARGET = { resourceId: str, dataHost: str, dataPort: port };
+/** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts checks the file on restore). */
+const CHANNEL_STATE_HANDLE = obj({ type: v.literal("channel"), file: str, sizeBytes: nonNegInt, records: nonNegInt, subtaskIndex: nonNegInt });
 
 const JOB_GRAPH = obj({
   name: str,
@@ -84,7 +86,7 @@ const TASK_DEPLOYMENT = obj({
   artifactHash: str,
   jobArgs: v.array(str),
   operatorIds: v.array(int),
-  inputs: v.array(obj({ edgeId: int, producers: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
+  inputs: v.array(obj({ edgeId: int, partitioner: v.optional(PARTITIONER), keyNodeId: v.optional(int), producers: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
   outputs: v.array(obj({ edgeId: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), targets: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
   runtimeMode: RUNTIME_MODE,
   bufferTimeoutMs: num,
@@ -92,8 +94,18 @@ const TASK_DEPLOYMENT = obj({
   stateBackend: STATE_BACKEND,
   attempt: nonNegInt,
   checkpointingMode: CHECKPOINTING_MODE,
+  unalignedCheckpoints: v.optional(v.boolean()),
+  finalCheckpoint: v.optional(v.boolean()),
   operators: v.optional(v.array(OPERATOR_INFO)),
-  restore: v.nullable(obj({ checkpointId: int, path: str, operators: v.record(str, obj({ keyed: v.array(KEYED_HANDLE), operator: v.array(OPERATOR_HANDLE) })) })),
+  restore: v.nullable(
+    obj({
+      checkpointId: int,
+      path: str,
+      operators: v.record(str, obj({ keyed: v.array(KEYED_HANDLE), operator: v.array(OPERATOR_HANDLE) })),
+      channel: v.optional(v.array(CHANNEL_STATE_HANDLE)),
+      finished: v.optional(v.boolean()),
+    }),
+  ),
 });
 
 /** Requests without a payload: whatever the peer put there is dropped. */
@@ -126,9 +138,24 @@ export const REQUEST_SCHEMAS = {
   submitTask: TASK_DEPLOYMENT,
   cancelTask: obj({ executionId: str }),
   releaseJob: JOB_ID,
-  triggerCheckpoint: obj({ ...CHECKPOINT_REF, timestamp: num, dir: str }),
+  triggerCheckpoint: obj({ ...CHECKPOINT_REF, timestamp: num, dir: str, unaligned: v.optional(v.boolean()) }),
   notifyCheckpointComplete: obj(CHECKPOINT_REF),
-  acknowledgeCheckpoint: obj({ ...CHECKPOINT_REF, snapshot: v.optional(obj({ operators: v.array(obj({ operatorId: str, keyed: v.nullable(KEYED_HANDLE), operator: v.nullable(OPERATOR_HANDLE), states: v.array(STATE_INFO) })) }), () => ({ operators: [] })) }),
+  notifyCheckpointAborted: obj(CHECKPOINT_REF),
+  acknowledgeCheckpoint: obj({
+    ...CHECKPOINT_REF,
+    snapshot: v.optional(
+      obj({
+        operators: v.array(obj({ operatorId: str, keyed: v.nullable(KEYED_HANDLE), operator: v.nullable(OPERATOR_HANDLE), states: v.array(STATE_INFO) })),
+        // Task level (issue 15): channel state of an unaligned checkpoint, a finished task, per-task figures.
+        channel: v.optional(v.nullable(CHANNEL_STATE_HANDLE)),
+        finished: v.optional(v.boolean()),
+        alignmentMs: v.optional(num),
+        startDelayMs: v.optional(num),
+        unaligned: v.optional(v.boolean()),
+      }),
+      () => ({ operators: [] }),
+    ),
+  }),
   declineCheckpoint: obj({ ...CHECKPOINT_REF, reason: v.optional(str, "declined") }),
   triggerSavepoint: obj({ jobId: str, dir: v.optional(str), cancel: v.optional(v.boolean()) }),
   submitJob: obj({ artifact: v.instance(Uint8Array), jobArgs: v.array(str), graph: JOB_GRAPH, fromSavepoint: v.optional(str), allowNonRestoredState: v.optional(v.boolean()) }),

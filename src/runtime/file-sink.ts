@@ -11,7 +11,9 @@
 //
 // End of input pre-commits what is in progress as the final transaction (txn = Number.MAX_SAFE_INTEGER); it is
 // committed only once the JobManager has confirmed that this attempt is still the current one (commitFinal), so a
-// TaskManager cut off from its JobManager never commits on its own.
+// TaskManager cut off from its JobManager never commits on its own. With checkpoints after tasks finish (FLIP-147)
+// end of input only stops writing (endOfData): the job's final checkpoint pre-commits the rest and its notify, the
+// JobManager's word, commits it.
 // Fencing: every attempt writes a marker .attempt-<job>-<attempt> before its recovery. A commit refuses to run when
 // a newer attempt's marker exists, and a final commit that raced with a newer attempt's recovery removes what it
 // committed (that attempt replays it).
@@ -231,9 +233,19 @@ export class TwoPhaseCommitFileSink {
     this.state = "ended";
   }
 
+  /**
+   * End of input with a final checkpoint to come (FLIP-147): no more records; what is in progress is pre-committed by
+   * that checkpoint's barrier and committed by its notify, as every other transaction.
+   */
+  endOfData(): void {
+    if (this.state !== "running") return;
+    this.flushLines();
+    this.state = "ended";
+  }
+
   /** True when end of input left transactions to commit (the task then asks the JobManager before commitFinal). */
   get hasFinalCommit(): boolean {
-    return this.state === "ended" && this.pending.length > 0;
+    return this.state === "ended" && (this.pending.length > 0 || this.fd !== null);
   }
 
   /**
@@ -243,6 +255,8 @@ export class TwoPhaseCommitFileSink {
    */
   commitFinal(): void {
     if (this.state !== "ended") throw new Error(`file sink ${this.dir}: final commit before end of input`);
+    // After endOfData whose final checkpoint never completed: what is still in progress is the final transaction.
+    if (this.fd !== null) this.preCommit(FINAL_TXN);
     this.commit(FINAL_TXN);
     this.withdrawFinalIfSuperseded();
   }

@@ -68,6 +68,8 @@ export interface OperatorContext {
   restoredCheckpointId: number;
   /** The timestamp of the record in flight through the chain (event time). */
   time: TimeContext;
+  /** FLIP-147: end of input is followed by a final checkpoint, whose notify commits what is left. */
+  finalCheckpoint?: boolean;
   /** Fails the task from a callback outside the task loop (processing-time timers). */
   fail?(err: unknown): void;
   /** After output produced outside the task loop (processing-time timers): flush what waits. */

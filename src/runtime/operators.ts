@@ -219,7 +219,8 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
         process: (r) => sink.write(r),
         snapshotState: (id) => sink.preCommit(id),
         notifyCheckpointComplete: (id) => sink.commit(id),
-        endInput: () => sink.endInput(),
+        // FLIP-147: the final checkpoint pre-commits the rest and its notify commits it; else a final transaction.
+        endInput: () => (ctx.finalCheckpoint ? sink.endOfData() : sink.endInput()),
         hasFinalCommit: () => sink.hasFinalCommit,
         finalCommit: () => sink.commitFinal(),
       };

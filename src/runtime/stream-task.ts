@@ -1,37 +1,41 @@
 // One parallel subtask of a job vertex, run inside its own Worker: imports the job artifact, rebuilds the
-// plan, wires the operator chain between its input channels and record writers, and runs it mailbox-style
-// (one input buffer at a time, pausing while an output has no free buffer).
+// plan, builds its operator chain (operator-chain.ts) between its input channels and record writers, and runs it
+// mailbox-style (one input buffer at a time, pausing while an output has no free buffer). Checkpoint barriers of a
+// task with inputs go through its barrier handler (checkpoint-barrier-handler.ts); a source injects them between
+// chunks. With checkpoints after tasks finish (FLIP-147) a task that reached the end of its input announces end of
+// data, keeps taking part in checkpoints, and finishes once a checkpoint that covers all its work has completed.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadPlan } from "../api/load-plan.ts";
-import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
-import { planFingerprint, streamTargetsOf } from "../api/job-graph.ts";
+import { describePlan } from "../api/plan.ts";
+import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
-import { RecordWriter } from "../network/record-writer.ts";
 import { InputGate } from "../network/input-gate.ts";
-import { LocalBufferPool } from "../network/local-buffer-pool.ts";
 import { receiveFromRing, RingSender } from "../network/channel-ends.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
-import { createOperator } from "./operators.ts";
-import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
-import type { ListState } from "../state/index.ts";
-import { ChainState } from "./chain-state.ts";
+import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
+import type { Operator, TimeContext } from "./operator.ts";
+import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
+import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
+import { channelStateFor, writeChannelState } from "./channel-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
-import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
-import type { ConnectorSourceReader, ConnectorSplit } from "../api/connector.ts";
 
 type Post = (msg: FromWorker) => void;
 
 const METRICS_INTERVAL_MS = 1000;
-/** Operator (union list) state in which a source keeps its splits and positions. */
-const SOURCE_SPLITS = "__source-splits";
+/**
+ * FLIP-147: checkpoints aborted after end of input before the task stops waiting for a final one and falls back to
+ * the final transaction with the JobManager's approval (approveFinalCommit). Flink waits for ever; a job whose
+ * checkpoints cannot complete (a time-out shorter than any checkpoint) would then never finish.
+ */
+const FINAL_CHECKPOINT_ATTEMPTS = 3;
+/** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
+const SOURCE_REST_EDGE = -1;
 
-export function taskDisplayName(d: TaskDeployment): string {
-  return `${d.vertexName} (${d.subtaskIndex + 1}/${d.parallelism})`;
-}
+export { taskDisplayName };
 
 /** Time accounting as Flink's busy / backpressured / idle ms per second. */
 class TimeMeter {
@@ -50,42 +54,39 @@ class TimeMeter {
 
 export class StreamTask {
   private readonly gate: InputGate;
-  private writers: RecordWriter[] = [];
-  private readonly writerOf = new Map<string, RecordWriter>();
-  private operators: Operator[] = [];
-  private head!: Operator;
-  private sourceNode: Extract<PlanNode, { kind: "source" }> | null = null;
+  private chain: OperatorChain | null = null;
   private recordsIn = 0;
-  private recordsOut = 0;
   private timers: ReturnType<typeof setInterval>[] = [];
   private readonly time = new TimeMeter();
   private lastReport = { at: performance.now(), busy: 0, backPressured: 0, idle: 0 };
   /** Ports to local peer tasks that arrived before init() created the writers. */
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
+  private readonly inputChannels: string[];
+  private readonly barriers: CheckpointBarrierHandler;
 
-  /** Keyed and operator state per chained operator, by operator id (chain-state.ts). */
-  private chainState: ChainState | null = null;
-  /** The source's split positions, in the source operator's state. */
-  private sourceSplits: ListState<SourceSplit> | null = null;
-  private sourceReader: SourceReader | null = null;
-  /** A connector source's reader (asynchronous polls) instead of sourceReader. */
-  private connectorReader: ConnectorSourceReader | null = null;
-  /** Source tasks: checkpoints to inject after the current chunk. */
-  private triggers: { checkpointId: number; timestamp: number; dir: string }[] = [];
-  /** Non-source tasks: the barrier being aligned, and the channels that delivered it. */
-  private aligning: { checkpointId: number; timestamp: number; dir: string; seen: Set<string> } | null = null;
-  private lastCheckpointId = 0;
-  /** Input done: a checkpoint can no longer be taken. */
+  /** Source tasks (and tasks whose inputs all finished): checkpoints to take after the current chunk. */
+  private triggers: { checkpointId: number; timestamp: number; dir: string; unaligned: boolean }[] = [];
+  /** Checkpoints whose asynchronous part runs: an abort drops their acknowledgement. */
+  private readonly inFlight = new Set<number>();
+  /**
+   * A source back-pressured in the middle of a chunk: the records of the chunk not emitted yet (its reader's position
+   * is past them). An unaligned checkpoint is taken then and there, with them as the source's channel state.
+   */
+  private sourceRest: unknown[] | null = null;
+  /** Records of restored channel state, replayed before any new input. */
+  private restoredInFlight: unknown[] = [];
+  /** Input done: no more records. */
   private inputEnded = false;
+  /** FLIP-147: the first checkpoint taken after end of input; the task finishes once one at or above it completes. */
+  private finalCheckpointId: number | null = null;
+  private finalCheckpointDone: (() => void) | null = null;
+  private completedUpTo = 0;
+  private abortsAfterEnd = 0;
 
   // ---- event time ----
   /** The timestamp of the record in flight through the chain. */
   private readonly recordTime: TimeContext = { ts: null };
-  /** The job assigns timestamps somewhere: records cross the network as [timestamp, record]. */
-  private eventTime = false;
   private readonly valve: WatermarkValve;
-  /** The chain's entry for watermarks (the first operator that handles them, or the writers). */
-  private headWatermark: (wm: number) => void = () => {};
   /** What this task last sent downstream: watermark and idleness. */
   private outWatermark = -Infinity;
   private outIdle = false;
@@ -104,146 +105,45 @@ export class StreamTask {
     this.gate = new InputGate(inputs);
     this.inputChannels = inputs;
     this.valve = new WatermarkValve(inputs);
+    const kind = d.checkpointingMode === "AT_LEAST_ONCE" ? "at-least-once" : d.unalignedCheckpoints ? "unaligned" : "aligned";
+    this.barriers = createBarrierHandler(kind, this.gate, inputs, {
+      takeCheckpoint: (b, channelState, alignmentMs, startDelayMs) => this.checkpoint(b, channelState, alignmentMs, startDelayMs),
+      abortCheckpoint: (id, reason, decline) => this.abortCheckpoint(id, reason, decline),
+    });
   }
 
-  private readonly inputChannels: string[];
+  private get operators(): Operator[] {
+    return this.chain?.operators ?? [];
+  }
+
+  private get writers() {
+    return this.chain?.writers ?? [];
+  }
+
+  private get eventTime(): boolean {
+    return this.chain?.eventTime ?? false;
+  }
 
   async init(artifactPath: string): Promise<void> {
     const plan = await loadPlan(artifactPath, this.d.jobArgs);
     if (planFingerprint(describePlan(plan)) !== this.d.planFingerprint) {
       throw new Error("the job's builder produced a different plan in the task than at submission; a job's default function must build the same pipeline every time it runs");
     }
-    const node = (id: number) => {
-      const n = plan.nodes[id];
-      if (!n) throw new Error(`plan has no node ${id}`);
-      return n;
-    };
     const d = this.d;
-    const net = this.network;
-    const eventTime = (this.eventTime = plan.nodes.some((n) => n.kind === "assignTimestamps"));
-    this.writers = d.outputs.map((o, i) => {
-      const ids = o.targets.map((t) => channelId(channelJob(d), o.edgeId, d.subtaskIndex, t.subtask));
-      const keyNode = o.keyNodeId !== undefined ? node(o.keyNodeId) : undefined;
-      const rawKey = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
-      // With event time a record travels as [timestamp, record]: the key is the record's.
-      const keySelector = rawKey && eventTime ? (w: [number | null, unknown]) => rawKey(w[1]) : rawKey;
-      const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
-      const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
-      const pool = new LocalBufferPool(net.outputBuffers[i]!, net.segmentSize, net.maxOverdraft);
-      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, channelShare(pool.size, ids.length, net.maxBuffersPerChannel));
-      for (const id of ids) this.writerOf.set(id, writer);
-      return writer;
-    });
+    const chain = (this.chain = OperatorChain.create(d, plan, this.network));
     for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
-
-    // Build the chain from its tail. The tail emits to the record writers: main records to the edges that
-    // feed ordinary consumers, side-output values to the edges that feed that tag's getSideOutput node.
-    const chain = d.operatorIds.map(node);
-    const tailId = d.operatorIds[d.operatorIds.length - 1]!;
-    const targets = this.writers.length > 0 ? streamTargetsOf(describePlan(plan), tailId) : [];
-    if (targets.length !== this.writers.length) throw new Error(`operator ${tailId} has ${targets.length} output edges in the plan but ${this.writers.length} in the deployment`);
-    const mainWriters: RecordWriter[] = [];
-    const sideWriters = new Map<string, RecordWriter[]>();
-    targets.forEach((t, i) => {
-      const target = node(t);
-      if (target.kind === "sideOutput") {
-        if (!sideWriters.has(target.tag)) sideWriters.set(target.tag, []);
-        sideWriters.get(target.tag)!.push(this.writers[i]!);
-      } else mainWriters.push(this.writers[i]!);
-    });
-    const time = this.recordTime;
-    let out: Collector = eventTime
-      ? (r) => {
-          this.recordsOut++;
-          const w = [time.ts, r];
-          for (let i = 0; i < mainWriters.length; i++) mainWriters[i]!.emit(w);
-        }
-      : (r) => {
-          this.recordsOut++;
-          for (let i = 0; i < mainWriters.length; i++) mainWriters[i]!.emit(r);
-        };
-    let side: (tag: string, v: unknown) => void = (tag, v) => {
-      const ws = sideWriters.get(tag);
-      if (!ws) return;
-      this.recordsOut++;
-      const w = eventTime ? [time.ts, v] : v;
-      for (const writer of ws) writer.emit(w);
-    };
-    let watermark: (wm: number) => void = (wm) => this.emitWatermark(wm);
-    const idle = (b: boolean) => this.emitIdle(b);
-    const chainState = (this.chainState = await ChainState.open(d, this.state, chain));
-    const baseCtx: Omit<OperatorContext, "keyed" | "operatorState"> = {
-      subtaskIndex: d.subtaskIndex,
-      parallelism: d.parallelism,
-      taskName: taskDisplayName(d),
-      runtimeMode: d.runtimeMode,
-      node,
-      jobId: d.jobId,
-      attempt: d.attempt,
-      restoredCheckpointId: d.restore?.checkpointId ?? 0,
-      time,
-      fail: (err) => this.failAsync(err),
-      afterAsyncOutput: () => this.flushOperators(),
-    };
-    const noop = () => {};
-    for (let i = chain.length - 1; i >= 0; i--) {
-      const n = chain[i]!;
-      // Each operator sees its own state (restored by its operator id).
-      const ctx: OperatorContext = { ...baseCtx, keyed: chainState.keyedOf(n.id), operatorState: chainState.operatorStateOf(n.id) };
-      if (n.kind === "source") {
-        if (i !== 0) throw new Error(`source node ${n.id} is not at the head of its chain`);
-        this.sourceNode = n;
-        // Where to read from: the restored positions (any old parallelism) or this subtask's initial share.
-        const hasRestored = ctx.operatorState.stateNames().includes(SOURCE_SPLITS);
-        this.sourceSplits = ctx.operatorState.getUnionListState<SourceSplit>(SOURCE_SPLITS);
-        const restoredSplits = hasRestored ? assignSplits(splitForParallelism(this.sourceSplits.get(), d.parallelism), d.subtaskIndex, d.parallelism) : null;
-        if (n.source.type === "connector") {
-          const connector = n.source.connector;
-          if (restoredSplits?.some((s) => s.type !== "connector" || s.connector !== connector.connector)) {
-            throw new Error(`${n.name}: the restored checkpoint holds splits of another source than ${connector.connector}`);
-          }
-          this.connectorReader = connector.createReader({
-            subtaskIndex: d.subtaskIndex,
-            parallelism: d.parallelism,
-            jobId: d.jobId,
-            attempt: d.attempt,
-            restoredCheckpointId: d.restore?.checkpointId ?? 0,
-            restoredSplits: restoredSplits as ConnectorSplit[] | null,
-          });
-          break;
-        }
-        const restored = restoredSplits ?? initialSplits(n.source, d.subtaskIndex, d.parallelism);
-        // Event time: splits take turns, so that each split's watermark advances with the others'.
-        this.sourceReader = new SourceReader(n.source, restored, eventTime);
-        break;
-      }
-      if (n.kind === "sink") {
-        // A sink is always a chain's tail; what it writes counts as the task's output.
-        const sink = createOperator(n, ctx, () => {});
-        this.operators.unshift(sink);
-        out = (r) => {
-          this.recordsOut++;
-          sink.process(r);
-        };
-        side = noop;
-        continue;
-      }
-      // The next operator is a getSideOutput node: only this tag's values go on, the main output goes nowhere.
-      const next = chain[i + 1];
-      const nextProcess = out;
-      const mainOut = next?.kind === "sideOutput" ? noop : out;
-      const sideOut = next === undefined ? side : next.kind === "sideOutput" ? (tag: string, v: unknown) => void (tag === next.tag && nextProcess(v)) : noop;
-      const chainOut: ChainOutput = { watermark, idle, side: sideOut };
-      const op = createOperator(n, ctx, mainOut, chainOut);
-      this.operators.unshift(op);
-      out = (r) => op.process(r);
-      side = noop;
-      if (op.processWatermark) watermark = (wm) => op.processWatermark!(wm);
-    }
-    this.headWatermark = watermark;
-    this.head = { process: out };
-    for (const op of this.operators) await op.open?.();
-    await this.connectorReader?.open();
+    await chain.open(
+      {
+        time: this.recordTime,
+        emitWatermark: (wm) => this.emitWatermark(wm),
+        emitIdle: (idle) => this.emitIdle(idle),
+        failAsync: (err) => this.failAsync(err),
+        flushOperators: () => this.flushOperators(),
+        finalCheckpoint: d.finalCheckpoint === true,
+      },
+      this.state,
+    );
+    if (d.restore?.channel && d.restore.channel.length > 0) this.restoredInFlight = this.restoredChannelState(d.restore.channel);
     const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
     if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
       this.timers.push(
@@ -262,23 +162,59 @@ export class StreamTask {
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
   }
 
+  /** This subtask's share of the old subtasks' in-flight records, split by each input edge's partitioner. */
+  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): unknown[] {
+    const d = this.d;
+    const chain = this.chain!;
+    const edges = new Map<number, { owner: (record: unknown, oldConsumer: number) => number }>();
+    // A source's unemitted records (any new subtask may emit them; the old subtask's share stays together).
+    edges.set(SOURCE_REST_EDGE, { owner: (_r, oldSubtask) => oldSubtask % d.parallelism });
+    for (const input of d.inputs) {
+      const kind = input.partitioner ?? "forward";
+      if (kind === "hash" || kind === "custom") {
+        const keyNode = input.keyNodeId !== undefined ? chain.node(input.keyNodeId) : undefined;
+        const rawKey = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
+        if (!rawKey) throw new Error(`input edge ${input.edgeId} is keyed but its key selector is unknown`);
+        const key = this.eventTime ? (w: unknown) => rawKey((w as [number | null, unknown])[1]) : rawKey;
+        if (kind === "hash") {
+          edges.set(input.edgeId, { owner: (r) => operatorIndexForKeyGroup(keyGroupOf(key(r), d.maxParallelism), d.parallelism, d.maxParallelism) });
+        } else {
+          const p = createPartitioner("custom", 0, d.parallelism, d.maxParallelism, key, keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined);
+          edges.set(input.edgeId, { owner: (r) => p(r) });
+        }
+      } else {
+        // Records of one old channel stay together (and in order) at one new subtask.
+        edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
+      }
+    }
+    return channelStateFor(handles, edges, d.subtaskIndex);
+  }
+
   /** Runs the task to the end of its input; throws on a failure in user code. */
   async run(): Promise<TaskMetrics> {
     this.post({ type: "running" });
     try {
-      if (this.sourceNode) await this.runSource();
-      else await this.runInputs();
+      if (this.d.restore?.finished) {
+        // Every subtask of the vertex had finished in the restored checkpoint: nothing to read or emit again.
+      } else {
+        if (this.restoredInFlight.length > 0) await this.replayChannelState();
+        if (this.chain!.sourceNode) await this.runSource();
+        else await this.runInputs();
+      }
       this.inputEnded = true;
-      for (const t of this.triggers.splice(0)) this.post({ type: "checkpointDecline", checkpointId: t.checkpointId, reason: "the task reached the end of its input" });
       // End of input is the end of event time (Flink's MAX_WATERMARK): every event-time timer and window fires.
       if (this.valve.current < Infinity) {
         this.valve.current = Infinity;
-        this.headWatermark(Infinity);
+        this.chain!.headWatermark(Infinity);
       }
       for (const op of this.operators) await op.endInput?.();
+      this.flushOperators();
+      if (this.d.finalCheckpoint && !this.d.restore?.finished) await this.awaitFinalCheckpoint();
+      else for (const t of this.triggers.splice(0)) this.abortCheckpoint(t.checkpointId, "the task reached the end of its input", true);
       await Promise.all(this.writers.map((w) => w.finish()));
       // No external commit without the JobManager's word: a TaskManager cut off from it (a zombie whose attempt
-      // was already replaced) must not commit the final transaction on its own.
+      // was already replaced) must not commit the final transaction on its own. With a final checkpoint its notify
+      // was that word, and nothing is left here.
       const committers = this.operators.filter((op) => op.hasFinalCommit?.());
       if (committers.length > 0) {
         await this.finalCommitApproval();
@@ -288,9 +224,37 @@ export class StreamTask {
       return this.metrics();
     } finally {
       for (const t of this.timers) clearInterval(t);
-      for (const op of this.operators) op.dispose?.();
-      await this.connectorReader?.close().catch(() => {});
-      await this.chainState?.close();
+      this.chain?.dispose();
+      await this.chain?.close();
+    }
+  }
+
+  /**
+   * FLIP-147: end of data goes downstream (no records follow, barriers do), then the task keeps taking part in
+   * checkpoints until one taken after this point has completed, which commits what two-phase-commit sinks hold.
+   */
+  private async awaitFinalCheckpoint(): Promise<void> {
+    for (const w of this.writers) w.broadcastEvent({ type: "endOfData" });
+    this.flushWriters();
+    const done = new Promise<void>((resolve) => (this.finalCheckpointDone = resolve));
+    // Checkpoints triggered while the last chunk was read.
+    this.takeTriggered();
+    if (this.chain!.sourceNode || this.gate.finished) {
+      await done;
+      return;
+    }
+    // Keep reading barriers, cancel markers and the end of the upstream partitions.
+    let finished = false;
+    void done.then(() => (finished = true));
+    while (!finished) {
+      const item = this.gate.poll();
+      if (item === null) {
+        if (this.gate.finished) this.takeTriggered();
+        await Promise.race([this.gate.waitNext(), done]);
+        continue;
+      }
+      if ("event" in item) this.onEvent(item.channel, item.event);
+      else if (item.records.length > 0) throw new Error(`input channel ${item.channel} sent records after its end of data`);
     }
   }
 
@@ -315,7 +279,7 @@ export class StreamTask {
         this.finalCommitReply?.(msg);
         break;
       case "connect":
-        if (this.writers.length === 0 && this.d.outputs.length > 0) this.pendingConnects.push(msg);
+        if (this.chain === null && this.d.outputs.length > 0) this.pendingConnects.push(msg);
         else this.onConnect(msg);
         break;
       case "resizeOutputPools":
@@ -328,87 +292,125 @@ export class StreamTask {
           w.maxBuffersPerChannel = channelShare(size, this.d.outputs[i]!.targets.length, this.network.maxBuffersPerChannel);
         });
         break;
-      case "checkpoint":
-        if (this.inputEnded || !this.sourceNode) this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: this.sourceNode ? "the task reached the end of its input" : "not a source task" });
-        else this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir });
+      case "checkpoint": {
+        const waitingFinal = this.inputEnded && this.d.finalCheckpoint;
+        if (this.inputEnded && !waitingFinal) {
+          this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: "the task reached the end of its input" });
+          break;
+        }
+        // A source, or (FLIP-147) a task whose producers have all finished: taken once its input is read.
+        this.triggers.push({ checkpointId: msg.checkpointId, timestamp: msg.timestamp, dir: msg.dir, unaligned: msg.unaligned === true });
+        if (waitingFinal && (this.chain?.sourceNode || this.gate.finished)) this.takeTriggered();
+        else if (msg.unaligned && this.sourceRest !== null) this.takeTriggered(this.sourceRest);
+        break;
+      }
+      case "checkpointAborted":
+        this.onCheckpointAborted(msg.checkpointId);
         break;
       case "checkpointComplete":
-        this.chainState?.notifyCheckpointComplete(msg.checkpointId);
-        for (const op of this.operators) {
-          const done = op.notifyCheckpointComplete?.(msg.checkpointId);
-          if (done instanceof Promise) done.catch((err) => this.failAsync(err));
-        }
-        if (this.connectorReader?.notifyCheckpointComplete) {
-          Promise.resolve(this.connectorReader.notifyCheckpointComplete(msg.checkpointId)).catch((err) => this.failAsync(err));
-        }
+        this.chain?.notifyCheckpointComplete(msg.checkpointId, (err) => this.failAsync(err));
+        this.completedUpTo = Math.max(this.completedUpTo, msg.checkpointId);
+        if (this.finalCheckpointId !== null && msg.checkpointId >= this.finalCheckpointId) this.finalCheckpointDone?.();
         break;
     }
+  }
+
+  /** Triggered checkpoints are taken between chunks (sources) or once all input has ended (finished producers). */
+  private takeTriggered(sourceRest: unknown[] = []): void {
+    if (!this.chain?.sourceNode && !this.gate.finished) return;
+    while (this.triggers.length > 0) {
+      const t = this.triggers.shift()!;
+      if (t.checkpointId <= this.barriers.lastCheckpointId) continue;
+      let state: Promise<Map<string, unknown[]>> | null = null;
+      if (sourceRest.length > 0) {
+        // As [timestamp, record] with event time, as records on the wire (a source's records have none yet).
+        const rest = this.eventTime ? sourceRest.map((r) => [null, r]) : sourceRest;
+        state = Promise.resolve(new Map([[channelId(channelJob(this.d), SOURCE_REST_EDGE, this.d.subtaskIndex, this.d.subtaskIndex), rest]]));
+        sourceRest = [];
+      }
+      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...(t.unaligned ? { unaligned: true } : {}) }, state, 0, Math.max(0, Date.now() - t.timestamp));
+      this.barriers.taken(t.checkpointId);
+    }
+  }
+
+  private readonly abortedAfterEnd = new Set<number>();
+
+  /** Waiting for the final checkpoint: after FINAL_CHECKPOINT_ATTEMPTS aborted ones, finish with the approval path. */
+  private noteAbortAfterEnd(checkpointId: number): void {
+    if (!this.inputEnded || this.finalCheckpointDone === null || this.abortedAfterEnd.has(checkpointId)) return;
+    this.abortedAfterEnd.add(checkpointId);
+    if (this.abortedAfterEnd.size >= FINAL_CHECKPOINT_ATTEMPTS) this.finalCheckpointDone();
+  }
+
+  /** The coordinator aborted checkpoint n: release its alignment at once and drop its pending work. */
+  private onCheckpointAborted(checkpointId: number): void {
+    this.noteAbortAfterEnd(checkpointId);
+    this.triggers = this.triggers.filter((t) => t.checkpointId !== checkpointId);
+    this.inFlight.delete(checkpointId);
+    this.barriers.onCheckpointAborted(checkpointId);
+  }
+
+  /** Checkpoint n is given up here: decline it (unless told by the coordinator), and tell downstream tasks in-band. */
+  private abortCheckpoint(checkpointId: number, reason: string, decline: boolean): void {
+    this.noteAbortAfterEnd(checkpointId);
+    this.inFlight.delete(checkpointId);
+    if (decline) this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(this.d)}: ${reason}` });
+    for (const w of this.writers) w.broadcastPriorityEvent({ type: "cancelBarrier", checkpointId });
   }
 
   /**
    * Checkpoint n at this task: the synchronous part (operators pre-commit, source positions, the state
    * backends' copy-on-write marks) happens before the barrier goes downstream and before the next record; the
-   * files are written asynchronously and then acknowledged. A failure declines the checkpoint, never the task,
-   * and the barrier is forwarded anyway so that downstream tasks do not wait for it.
+   * files are written asynchronously and then acknowledged. An unaligned barrier overtakes the task's queued
+   * output; the records in flight on its inputs (channelState) are written beside the operator state. A failure
+   * declines the checkpoint, never the task, and a cancel marker goes downstream instead of the barrier.
    */
-  private checkpoint(checkpointId: number, timestamp: number, dir: string): void {
-    this.lastCheckpointId = Math.max(this.lastCheckpointId, checkpointId);
+  private checkpoint(b: Barrier, channelState: Promise<Map<string, unknown[]>> | null, alignmentMs: number, startDelayMs: number): void {
     const d = this.d;
-    const taskDir = path.join(dir, `${d.vertexId}-${d.subtaskIndex}`);
-    let pending: Promise<[TaskSnapshot, unknown]>;
+    const chain = this.chain!;
+    const checkpointId = b.checkpointId;
+    const taskDir = path.join(b.dir, `${d.vertexId}-${d.subtaskIndex}`);
+    let pending: Promise<TaskSnapshot>;
     try {
-      this.flushOperators();
       // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
-      const preCommits: Promise<void>[] = [];
-      for (const op of this.operators) {
-        const p = op.snapshotState?.(checkpointId);
-        if (p instanceof Promise) preCommits.push(p);
-      }
-      if (this.sourceReader) this.sourceSplits!.update(this.sourceReader.positions());
-      if (this.connectorReader) {
-        this.sourceSplits!.update(this.connectorReader.positions());
-        this.connectorReader.snapshotState?.(checkpointId);
-      }
+      const preCommits = chain.snapshotState(checkpointId);
       fs.mkdirSync(taskDir, { recursive: true });
       // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
-      const incremental = /^chk-\d+$/.test(path.basename(dir));
-      pending = Promise.all([this.chainState!.snapshot(taskDir, { checkpointId, incremental }), Promise.all(preCommits)]);
+      const incremental = /^chk-\d+$/.test(path.basename(b.dir));
+      const operators = chain.snapshot(taskDir, { checkpointId, incremental });
+      const channel = channelState ? channelState.then((s) => writeChannelState(taskDir, d.subtaskIndex, s)) : null;
+      pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
+        ...o,
+        ...(c ? { channel: c } : {}),
+        alignmentMs,
+        startDelayMs,
+        ...(b.unaligned ? { unaligned: true } : {}),
+      }));
     } catch (err) {
-      pending = Promise.reject(err);
+      // Declined here: no barrier goes on but a cancel marker, and a recording of channel state is dropped.
+      channelState?.catch(() => {});
+      this.gate.stopRecording(checkpointId);
+      this.abortCheckpoint(checkpointId, `${(err as Error)?.message ?? String(err)}`, true);
+      return;
     }
-    const barrier = { type: "barrier" as const, checkpointId, timestamp, dir };
-    for (const w of this.writers) w.broadcastEvent(barrier);
+    if (this.inputEnded && this.d.finalCheckpoint && this.finalCheckpointId === null) this.finalCheckpointId = checkpointId;
+    // The barrier goes on: an unaligned one ahead of the task's queued output, an aligned one after it.
+    const { overtakenBytes: _, ...barrier } = b;
+    for (const w of this.writers) {
+      if (b.unaligned) w.broadcastPriorityEvent(barrier);
+      else w.broadcastEvent(barrier);
+    }
+    this.inFlight.add(checkpointId);
     pending.then(
-      ([snapshot]) => this.post({ type: "checkpointAck", checkpointId, snapshot }),
-      (err: Error) => this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(d)}: ${err?.message ?? String(err)}` }),
+      (snapshot) => {
+        if (!this.inFlight.delete(checkpointId)) return; // aborted meanwhile
+        this.post({ type: "checkpointAck", checkpointId, snapshot });
+      },
+      (err: Error) => {
+        if (!this.inFlight.delete(checkpointId)) return;
+        this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(d)}: ${err?.message ?? String(err)}` });
+      },
     );
-  }
-
-  /** A barrier from one input channel: aligned (exactly-once) or counted (at-least-once). */
-  private onBarrier(channel: string, b: { checkpointId: number; timestamp: number; dir: string }): void {
-    if (b.checkpointId <= this.lastCheckpointId) return; // of a checkpoint already taken or abandoned here
-    let a = this.aligning;
-    if (a && b.checkpointId > a.checkpointId) {
-      // A newer barrier overtook an unfinished alignment (that checkpoint was aborted upstream): give it up.
-      this.post({ type: "checkpointDecline", checkpointId: a.checkpointId, reason: `barrier ${b.checkpointId} arrived before alignment of ${a.checkpointId} completed` });
-      this.gate.unblockAll();
-      a = this.aligning = null;
-    }
-    if (!a) a = this.aligning = { checkpointId: b.checkpointId, timestamp: b.timestamp, dir: b.dir, seen: new Set() };
-    a.seen.add(channel);
-    if (this.d.checkpointingMode === "EXACTLY_ONCE") this.gate.block(channel);
-    this.maybeAligned();
-  }
-
-  private maybeAligned(): void {
-    const a = this.aligning;
-    if (!a) return;
-    let waiting = 0;
-    for (const ch of this.inputChannels) if (!a.seen.has(ch) && !this.gate.isEnded(ch)) waiting++;
-    if (waiting > 0) return;
-    this.aligning = null;
-    this.checkpoint(a.checkpointId, a.timestamp, a.dir);
-    this.gate.unblockAll();
   }
 
   /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
@@ -416,9 +418,31 @@ export class StreamTask {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
     for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);
     for (const { channel, ring } of msg.produce) {
-      const writer = this.writerOf.get(channel);
+      const writer = this.chain!.writerOf.get(channel);
       writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
     }
+  }
+
+  /** Restored channel state: the records that were in flight, before any new input (as Flink replays it). */
+  private async replayChannelState(): Promise<void> {
+    const records = this.restoredInFlight;
+    this.restoredInFlight = [];
+    const head = this.chain!.head;
+    const time = this.recordTime;
+    for (let i = 0; i < records.length; i++) {
+      this.recordsIn++;
+      if (this.eventTime) {
+        const w = records[i] as [number | null, unknown];
+        time.ts = w[0];
+        head.process(w[1]);
+      } else head.process(records[i]);
+      if ((i & 1023) === 1023) {
+        this.flushOperators();
+        await this.afterBatch();
+      }
+    }
+    this.flushOperators();
+    await this.afterBatch();
   }
 
   private async runSource(): Promise<void> {
@@ -427,14 +451,16 @@ export class StreamTask {
       for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return true;
       return false;
     };
-    const reader: { next(): unknown[] | null | Promise<unknown[] | null>; activeSplitIds(): number[]; lastSplitId: number } = this.sourceReader ?? {
-      next: () => this.connectorReader!.poll(),
-      activeSplitIds: () => this.connectorReader!.activeSplitIds(),
+    const chain = this.chain!;
+    const head = chain.head;
+    const connector = chain.connectorReader;
+    const reader: { next(): unknown[] | null | Promise<unknown[] | null>; activeSplitIds(): number[]; lastSplitId: number } = chain.sourceReader ?? {
+      next: () => connector!.poll(),
+      activeSplitIds: () => connector!.activeSplitIds(),
       get lastSplitId() {
-        return connector.lastSplitId;
+        return connector!.lastSplitId;
       },
     };
-    const connector = this.connectorReader!;
     const splitAware = this.operators.filter((op): op is Operator & { onSourceSplit(id: number, active: readonly number[]): void } => "onSourceSplit" in op);
     for (;;) {
       let chunk = reader.next();
@@ -452,27 +478,31 @@ export class StreamTask {
       for (let i = 0; i < chunk.length; i++) {
         this.recordsIn++;
         if (eventTime) this.recordTime.ts = null;
-        this.head.process(chunk[i]);
+        head.process(chunk[i]);
         // A source stops at once when its output is full, not at the end of its chunk: large records
         // would otherwise pile up beyond the buffer pool.
         if (blocked() && i + 1 < chunk.length) {
           this.flushOperators();
+          // While it waits, an unaligned checkpoint is taken at once, the rest of the chunk kept as its state.
+          this.sourceRest = chunk.slice(i + 1);
           await this.afterBatch();
+          this.sourceRest = null;
         }
       }
       this.flushOperators();
+      this.sourceRest = [];
       await this.afterBatch();
+      this.sourceRest = null;
       // Barriers go in between chunks, where the reader's position is exact.
-      while (this.triggers.length > 0) {
-        const t = this.triggers.shift()!;
-        this.checkpoint(t.checkpointId, t.timestamp, t.dir);
-      }
+      this.takeTriggered();
     }
   }
 
   private async runInputs(): Promise<void> {
     const gate = this.gate;
-    while (!gate.finished) {
+    const head = this.chain!.head;
+    // Until end of data on every channel (FLIP-147) or end of partition.
+    while (!gate.finished && !this.allEndOfData()) {
       const item = gate.poll();
       if (item === null) {
         this.time.switchTo("idle");
@@ -481,15 +511,7 @@ export class StreamTask {
         continue;
       }
       if ("event" in item) {
-        const ev = item.event;
-        if (ev.type === "barrier") this.onBarrier(item.channel, ev);
-        else if (ev.type === "watermark") this.onWatermarkEvent(item.channel, ev as WatermarkEvent);
-        else if (ev.type === "end") {
-          this.maybeAligned(); // an ended channel no longer holds an alignment back
-          const wm = this.valve.onEnd(item.channel);
-          if (wm !== null) this.headWatermark(wm);
-          this.emitIdle(this.valve.idle);
-        }
+        this.onEvent(item.channel, item.event);
         continue;
       }
       const records = item.records;
@@ -499,17 +521,49 @@ export class StreamTask {
         for (let i = 0; i < records.length; i++) {
           const w = records[i] as [number | null, unknown];
           time.ts = w[0];
-          this.head.process(w[1]);
+          head.process(w[1]);
         }
-      } else for (let i = 0; i < records.length; i++) this.head.process(records[i]);
+      } else for (let i = 0; i < records.length; i++) head.process(records[i]);
       this.flushOperators();
       await this.afterBatch();
     }
   }
 
+  /** Channels that announced end of data (FLIP-147) or ended. */
+  private readonly endOfData = new Set<string>();
+
+  private allEndOfData(): boolean {
+    return this.endOfData.size === this.inputChannels.length && this.inputChannels.length > 0;
+  }
+
+  private onEvent(channel: string, ev: import("../network/record-writer.ts").ChannelEvent): void {
+    switch (ev.type) {
+      case "barrier":
+        this.barriers.onBarrier(channel, ev);
+        break;
+      case "cancelBarrier":
+        this.barriers.onCancelMarker(ev.checkpointId);
+        break;
+      case "watermark":
+        this.onWatermarkEvent(channel, ev as WatermarkEvent);
+        break;
+      case "endOfData":
+        this.endOfData.add(channel);
+        break;
+      case "end": {
+        this.endOfData.add(channel);
+        this.barriers.onEndOfPartition(channel); // an ended channel no longer holds an alignment back
+        const wm = this.valve.onEnd(channel);
+        if (wm !== null) this.chain!.headWatermark(wm);
+        this.emitIdle(this.valve.idle);
+        break;
+      }
+    }
+  }
+
   private onWatermarkEvent(channel: string, ev: WatermarkEvent): void {
     const wm = this.valve.onWatermark(channel, ev.timestamp, ev.idle === true);
-    if (wm !== null) this.headWatermark(wm);
+    if (wm !== null) this.chain!.headWatermark(wm);
     this.emitIdle(this.valve.idle);
   }
 
@@ -583,7 +637,7 @@ export class StreamTask {
     const c = this.counters;
     if (!c) return;
     c[0] = this.recordsIn;
-    c[1] = this.recordsOut;
+    c[1] = (this.chain?.recordsOut ?? 0);
     c[2] = this.gate.bytesIn;
     let out = 0;
     for (const w of this.writers) out += w.bytesOut;
@@ -598,7 +652,7 @@ export class StreamTask {
     const per = (v: number, last: number) => Math.round(((v - last) / span) * 1000);
     const m: TaskMetrics = {
       recordsIn: this.recordsIn,
-      recordsOut: this.recordsOut,
+      recordsOut: (this.chain?.recordsOut ?? 0),
       bytesIn: this.gate.bytesIn,
       bytesOut: this.writers.reduce((a, w) => a + w.bytesOut, 0),
       buffersIn: this.gate.buffersIn,

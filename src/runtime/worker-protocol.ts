@@ -26,7 +26,10 @@ export type ToWorker =
   /** The TaskManager redistributed its network buffers: the output pools' new sizes. */
   | ResizeOutputPools
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
-  | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string }
+  /** Also a task whose inputs have all finished (FLIP-147): it takes the checkpoint once its input is read. */
+  | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean }
+  /** Checkpoint n was aborted: release any alignment of it and drop its pending work. */
+  | { type: "checkpointAborted"; checkpointId: number }
   /** Checkpoint n is complete everywhere: commit what it covers (two-phase-commit sinks). */
   | { type: "checkpointComplete"; checkpointId: number }
   /** The JobManager's answer to finalCommitRequest. */

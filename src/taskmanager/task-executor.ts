@@ -389,7 +389,12 @@ export class TaskExecutor implements TaskManagerView {
         const p = parseRequest(type, payload);
         const task = this.taskFor(p.executionId, type);
         if (task.state !== "RUNNING") throw new Error(`task ${task.name} is ${task.state}, not RUNNING`);
-        task.post({ type: "checkpoint", checkpointId: p.checkpointId, timestamp: p.timestamp, dir: p.dir });
+        task.post({ type: "checkpoint", checkpointId: p.checkpointId, timestamp: p.timestamp, dir: p.dir, unaligned: p.unaligned === true });
+        return {};
+      }
+      case "notifyCheckpointAborted": {
+        const p = parseRequest(type, payload);
+        this.taskFor(p.executionId, type).post({ type: "checkpointAborted", checkpointId: p.checkpointId });
         return {};
       }
       case "notifyCheckpointComplete": {

@@ -1,0 +1,228 @@
+// Barrier handling between a real InputGate and a task (CheckpointBarrierHandler): aligned barriers hold channels
+// back and a cancel marker or the coordinator's abort releases them at once; unaligned barriers overtake queued
+// buffers, the snapshot is taken before them, and exactly the in-flight records become channel state; channel state
+// files round-trip, are split by key group on rescale, and a truncated or missing file is refused by path.
+import { afterAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { InputGate, type GateItem } from "../src/network/input-gate.ts";
+import type { ChannelEvent } from "../src/network/record-writer.ts";
+import { RecordSerializer } from "../src/network/serialization.ts";
+import { createBarrierHandler, type Barrier, type BarrierHandlerHost } from "../src/runtime/checkpoint-barrier-handler.ts";
+import { channelStateFor, readChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
+import { channelId } from "../src/network/wire.ts";
+import { keyGroupOf, operatorIndexForKeyGroup } from "../src/state/key-groups.ts";
+import { removeTempDirs, tempDir } from "./helpers.ts";
+
+afterAll(removeTempDirs);
+
+const A = channelId("job", 0, 0, 0);
+const B = channelId("job", 0, 1, 0);
+
+/** A channel's producer: each call is one buffer holding one chunk of the given records. */
+function producer() {
+  const s = new RecordSerializer();
+  return (records: unknown[]): Uint8Array => {
+    const body = s.serialize(records);
+    const out = new Uint8Array(body.length + 4);
+    new DataView(out.buffer).setUint32(0, body.length);
+    out.set(body, 4);
+    return out;
+  };
+}
+
+function setup(kind: "aligned" | "unaligned" | "at-least-once") {
+  const gate = new InputGate([A, B]);
+  const log: string[] = [];
+  const taken: { id: number; state: Promise<Map<string, unknown[]>> | null; readSoFar: unknown[] }[] = [];
+  const read: unknown[] = [];
+  const host: BarrierHandlerHost = {
+    takeCheckpoint: (b, state) => {
+      log.push(`checkpoint ${b.checkpointId}`);
+      taken.push({ id: b.checkpointId, state, readSoFar: [...read] });
+    },
+    abortCheckpoint: (id, reason, decline) => log.push(`abort ${id}${decline ? " (declined)" : ""}: ${reason}`),
+  };
+  const handler = createBarrierHandler(kind, gate, [A, B], host);
+  /** What the task loop does: read everything readable now, handing events to the handler. */
+  const drain = (): GateItem[] => {
+    const items: GateItem[] = [];
+    for (let it = gate.poll(); it !== null; it = gate.poll()) {
+      items.push(it);
+      if ("records" in it) read.push(...it.records);
+      else if (it.event.type === "barrier") handler.onBarrier(it.channel, it.event);
+      else if (it.event.type === "cancelBarrier") handler.onCancelMarker(it.event.checkpointId);
+      else if (it.event.type === "end") handler.onEndOfPartition(it.channel);
+    }
+    return items;
+  };
+  const released: string[] = [];
+  const send = (ch: string, bytes: Uint8Array) => gate.onBytes(ch, bytes, () => released.push(ch));
+  const event = (ch: string, ev: ChannelEvent) => gate.onEvent(ch, ev, () => released.push(`${ch}:${ev.type}`));
+  return { gate, handler, log, taken, read, drain, send, event, released };
+}
+
+const barrier = (id: number, extra: Partial<Barrier> = {}): Barrier => ({ type: "barrier", checkpointId: id, timestamp: Date.now(), dir: "/nowhere", ...extra });
+
+describe("aligned barriers and the abort path", () => {
+  test("a channel that delivered barrier n is held back until every channel did", () => {
+    const t = setup("aligned");
+    const pa = producer(), pb = producer();
+    t.event(A, barrier(1));
+    t.send(A, pa(["a-after-1"]));
+    t.send(B, pb(["b-before-1"]));
+    t.drain();
+    expect(t.read).toEqual(["b-before-1"]); // A's record after its barrier waits
+    t.event(B, barrier(1));
+    t.drain();
+    expect(t.log).toEqual(["checkpoint 1"]);
+    expect(t.taken[0]!.readSoFar).toEqual(["b-before-1"]);
+    expect(t.read).toEqual(["b-before-1", "a-after-1"]);
+  });
+
+  test("a cancel marker releases the alignment at once, overtaking queued buffers; the late barrier is ignored", () => {
+    const t = setup("aligned");
+    const pa = producer(), pb = producer();
+    t.event(A, barrier(1));
+    t.send(A, pa(["a1"]));
+    t.send(B, pb(["b1"]));
+    t.send(B, pb(["b2"]));
+    t.drain();
+    expect(t.read).toEqual(["b1", "b2"]);
+    t.send(B, pb(["b3"]));
+    // B's producer declined checkpoint 1: its marker jumps ahead of b3 and A is released at once.
+    t.event(B, { type: "cancelBarrier", checkpointId: 1 });
+    const items = t.drain();
+    expect("event" in items[0]! && items[0].event.type).toBe("cancelBarrier");
+    expect(t.read).toEqual(["b1", "b2", "a1", "b3"]);
+    expect(t.log).toEqual(["abort 1: checkpoint 1 was canceled upstream"]);
+    // The barrier of checkpoint 1 arriving late on B does not block anything again.
+    t.event(B, barrier(1));
+    t.send(A, pa(["a2"]));
+    t.drain();
+    expect(t.read.at(-1)).toBe("a2");
+    expect(t.log.length).toBe(1);
+    // Ring slots are released in each channel's order, the marker's included.
+    expect(t.released).toEqual([`${A}:barrier`, B, B, A, B, `${B}:cancelBarrier`, `${B}:barrier`, A]);
+  });
+
+  test("the coordinator's abort releases the alignment; without it the channel stays blocked", () => {
+    const t = setup("aligned");
+    const pa = producer();
+    t.event(A, barrier(2));
+    t.send(A, pa(["held"]));
+    t.drain();
+    expect(t.read).toEqual([]);
+    t.drain();
+    expect(t.read).toEqual([]); // still held: only a barrier on B or an abort lets it go
+    t.handler.onCheckpointAborted(2);
+    t.drain();
+    expect(t.read).toEqual(["held"]);
+    expect(t.log).toEqual(["abort 2: checkpoint 2 was aborted by the coordinator"]);
+  });
+
+  test("an abort for a checkpoint whose barriers have not arrived yet: its barriers are ignored when they come", () => {
+    const t = setup("aligned");
+    const pa = producer();
+    t.handler.onCheckpointAborted(3);
+    t.event(A, barrier(3));
+    t.send(A, pa(["x"]));
+    t.drain();
+    expect(t.read).toEqual(["x"]);
+    expect(t.taken).toEqual([]);
+  });
+
+  test("at-least-once only counts barriers", () => {
+    const t = setup("at-least-once");
+    const pa = producer();
+    t.event(A, barrier(1));
+    t.send(A, pa(["a"]));
+    t.drain();
+    expect(t.read).toEqual(["a"]);
+    t.event(B, barrier(1));
+    t.drain();
+    expect(t.log).toEqual(["checkpoint 1"]);
+  });
+});
+
+describe("unaligned checkpoints", () => {
+  test("the first barrier overtakes the queue; the snapshot comes before the queued records, which become channel state exactly", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.send(A, pa(["a1", "a2"]));
+    t.send(B, pb(["b1"]));
+    t.send(A, pa(["a3"]));
+    // A's producer held one more buffer when it forwarded barrier 5 (it overtook it there): that buffer comes after.
+    const overtaken = pa(["a4", "a5"]);
+    t.event(A, barrier(5, { unaligned: true, overtakenBytes: overtaken.length }));
+    t.send(A, overtaken);
+    t.send(A, pa(["a6-after"]));
+    t.send(B, pb(["b2"]));
+    /** Reads one item the way the task loop does. */
+    const step = () => {
+      const it = t.gate.poll()!;
+      if ("records" in it) t.read.push(...it.records);
+      else if (it.event.type === "barrier") t.handler.onBarrier(it.channel, it.event);
+    };
+    step(); // the barrier came first, ahead of four queued buffers
+    expect(t.taken.map((x) => [x.id, x.readSoFar])).toEqual([[5, []]]);
+    t.event(B, barrier(5, { unaligned: true, overtakenBytes: 0 }));
+    t.send(B, pb(["b3-after"]));
+    step(); // B's barrier, also ahead of the queue
+    // The channel state is complete once the barriers and the overtaken bytes are in, before the backlog is read.
+    const state = await t.taken[0]!.state!;
+    expect(t.read).toEqual([]);
+    expect(Object.fromEntries(state)).toEqual({ [A]: ["a1", "a2", "a3", "a4", "a5"], [B]: ["b1", "b2"] });
+    t.drain();
+    expect(t.read).toEqual(["a1", "a2", "b1", "a3", "a4", "a5", "a6-after", "b2", "b3-after"]);
+    expect(t.released.filter((r) => r === A).length).toBe(4); // every buffer's slot released once
+  });
+
+  test("an aborted unaligned checkpoint drops its recording; a savepoint's barrier (not unaligned) is aligned", async () => {
+    const t = setup("unaligned");
+    const pa = producer();
+    t.send(A, pa(["a1"]));
+    t.event(A, barrier(1, { unaligned: true, overtakenBytes: 0 }));
+    t.drain();
+    const state = t.taken[0]!.state!;
+    t.handler.onCheckpointAborted(1);
+    await expect(state).rejects.toThrow(/checkpoint 1 was aborted while its channel state was recorded/);
+    expect(t.gate.recordingCheckpoint).toBeNull();
+    t.event(A, barrier(2));
+    t.send(A, pa(["held"]));
+    t.drain();
+    expect(t.read).toEqual(["a1"]);
+    t.event(B, barrier(2));
+    t.drain();
+    expect(t.taken.map((x) => [x.id, x.state])).toEqual([[1, state], [2, null]]);
+    expect(t.read).toEqual(["a1", "held"]);
+  });
+});
+
+describe("channel state files", () => {
+  test("round trip; split by key group at another parallelism; truncated or missing files are refused by path", async () => {
+    const dir = tempDir("tm-chstate-");
+    const state = new Map<string, unknown[]>([
+      [channelId("job", 3, 0, 0), Array.from({ length: 200 }, (_, i) => ({ key: `k${i % 17}`, n: i }))],
+      [channelId("job", 3, 1, 0), [{ key: "k1", n: 1000 }, { key: "k2", n: 1001 }]],
+    ]);
+    const h = (await writeChannelState(dir, 0, state))!;
+    expect(h.records).toBe(202);
+    expect(readChannelState(h).map((c) => [c.edgeId, c.producer, c.consumer, c.records.length])).toEqual([[3, 0, 0, 200], [3, 1, 0, 2]]);
+    const maxP = 128;
+    const owner = (p: number) => new Map([[3, { owner: (r: unknown) => operatorIndexForKeyGroup(keyGroupOf((r as { key: string }).key, maxP), p, maxP) }]]);
+    const parts = [0, 1, 2].map((i) => channelStateFor([h], owner(3), i));
+    expect(parts.flat().length).toBe(202);
+    for (let i = 0; i < 3; i++) for (const r of parts[i]! as { key: string }[]) expect(operatorIndexForKeyGroup(keyGroupOf(r.key, maxP), 3, maxP)).toBe(i);
+    // Order within a key is kept (a channel's records replay in order).
+    const k1 = parts.flat().filter((r) => (r as { key: string }).key === "k1").map((r) => (r as { n: number }).n);
+    expect(k1).toEqual([...k1].sort((a, b) => a - b));
+
+    expect(await writeChannelState(dir, 1, new Map())).toBeNull();
+    fs.truncateSync(h.file, h.sizeBytes - 10);
+    expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} is truncated or damaged`));
+    fs.rmSync(h.file);
+    expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} cannot be read`));
+    expect(path.dirname(h.file)).toBe(dir);
+  });
+});

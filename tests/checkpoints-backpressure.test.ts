@@ -1,0 +1,136 @@
+// Checkpoints where they used to fail, on real clusters (in-process JobManager and TaskManager, real sockets and
+// Workers): under full backpressure unaligned checkpoints complete and hold the in-flight records; a job restarted from an unaligned checkpoint replays its channel state exactly
+// once; a job keeps checkpointing after one of its sources finished (FLIP-147), and that source's two-phase-commit
+// sink is committed by a checkpoint, not by the end of the job.
+import { afterAll, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { defaultConfig, type Config } from "../src/config/index.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
+import type { CheckpointStats, JobStatus } from "../src/rpc/messages.ts";
+import { readMetadata } from "../src/jobmanager/checkpoint-store.ts";
+import { clusterPerTest } from "./cluster-helpers.ts";
+import { committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+
+const startCluster = clusterPerTest();
+afterAll(removeTempDirs);
+const API = JSON.stringify(path.resolve("src/api/index.ts"));
+
+async function start(dir: string, extra: Partial<Config> = {}): Promise<RpcConnection> {
+  const { client } = await startCluster({
+    taskManagers: 1,
+    slotsPerTaskManager: 2,
+    config: { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), "restart-strategy.type": "fixed-delay", "restart-strategy.fixed-delay.delay": 100, ...extra },
+  });
+  return client;
+}
+
+const status = (client: RpcConnection, jobId: string) => client.request("jobStatus", { jobId }) as Promise<JobStatus>;
+
+/**
+ * A fast source of 300-byte records into a keyed operator that takes `slowMs` per record (Atomics.wait): the
+ * source is back-pressured and the channel between them stays full.
+ */
+function backpressuredJob(dir: string, n: number, slowMs: number, keys: number, extra = ""): string {
+  return writeJob(dir, "bp.ts", `
+    import * as fs from "node:fs";
+    import { FileSink, ValueStateDescriptor } from ${API};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    const pad = "x".repeat(300);
+    export default (env) => {
+      env.enableCheckpointing(300);
+      env.fromSequence(1, ${n})
+        .map((x) => [x, pad])
+        .keyBy((t) => t[0] % ${keys})
+        .process({
+          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); this.seen = 0; },
+          processElement(t, ctx, out) {
+            Atomics.wait(pause, 0, 0, ${slowMs});
+            ${extra}
+            const c = this.count.value() + 1;
+            this.count.update(c);
+            out.collect([ctx.getCurrentKey(), c]);
+          },
+        })
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "out"))}).build());
+    };`);
+}
+
+/** Checkpoints of the job until `count` of them have ended (completed or failed), or `ms` passed. */
+async function checkpointsWhileRunning(client: RpcConnection, jobId: string, count: number, ms: number): Promise<CheckpointStats[]> {
+  let last: CheckpointStats[] = [];
+  await waitFor(`${count} checkpoints ended`, async () => {
+    const s = await status(client, jobId);
+    last = s.checkpoints.history.filter((c) => c.status !== "IN_PROGRESS");
+    return last.length >= count || s.state !== "RUNNING";
+  }, ms, 100).catch(() => {});
+  return last;
+}
+
+test("under backpressure unaligned checkpoints complete and carry the in-flight records as channel state", async () => {
+  const dir = tempDir("tm-bp-");
+  const client = await start(dir, { "execution.checkpointing.unaligned.enabled": true, "execution.checkpointing.timeout": 15_000 });
+  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, 1_000_000, 2, 7), [], 1));
+  const u = await checkpointsWhileRunning(client, jobId, 4, 60_000);
+  await client.request("cancelJob", { jobId });
+  await waitForJob(client, jobId, () => {}, 100);
+  console.log(`unaligned: ${u.map((c) => `${c.id}:${c.status}:${c.durationMs}ms:${c.channelStateBytes ?? 0}B`).join(" ")}`);
+  expect(u.length).toBeGreaterThanOrEqual(4);
+  expect(u.every((c) => c.status === "COMPLETED" && c.unaligned === true)).toBe(true);
+  expect(u.filter((c) => (c.channelStateBytes ?? 0) > 0).length).toBeGreaterThanOrEqual(3);
+}, 120_000);
+
+test("a job restarted from an unaligned checkpoint with channel state: the committed output is exact", async () => {
+  const dir = tempDir("tm-bp-restore-");
+  const go = path.join(dir, "go");
+  const thrown = path.join(dir, "thrown");
+  const N = 4_000, KEYS = 7;
+  const client = await start(dir, { "execution.checkpointing.unaligned.enabled": true, "state.checkpoints.num-retained": 100 });
+  // Throws once, after the test has seen a completed checkpoint with channel state.
+  const failOnce = `if ((++this.seen & 31) === 0 && fs.existsSync(${JSON.stringify(go)}) && !fs.existsSync(${JSON.stringify(thrown)})) { fs.writeFileSync(${JSON.stringify(thrown)}, "1"); throw new Error("injected failure"); }`;
+  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, N, 1, KEYS, failOnce), [], 1));
+  await waitFor("a completed checkpoint with channel state", async () => (await status(client, jobId)).checkpoints.history.some((c) => c.status === "COMPLETED" && (c.channelStateBytes ?? 0) > 0), 30_000, 100);
+  fs.writeFileSync(go, "1");
+  const final = await waitForJob(client, jobId, () => {}, 100);
+  expect(final.state).toBe("FINISHED");
+  expect(final.restarts).toBe(1);
+  const restored = readMetadata(final.checkpoints.restoredFrom!).meta;
+  const channelRecords = restored.vertices.flatMap((v) => (v.subtasks ?? []).map((s) => s?.channel?.records ?? 0)).reduce((x, y) => x + y, 0);
+  console.log(`restored from checkpoint ${restored.checkpointId} with ${channelRecords} in-flight records`);
+  expect(channelRecords).toBeGreaterThan(0);
+  expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+}, 120_000);
+
+test("FLIP-147: a job keeps checkpointing after its bounded source finished; that source's sink is committed by a checkpoint", async () => {
+  const dir = tempDir("tm-flip147-");
+  const client = await start(dir);
+  const job = writeJob(dir, "two.ts", `
+    import { FileSink } from ${API};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(200);
+      env.fromSequence(1, 5000).sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "bounded"))}).build());
+      env.fromSequence(1, 100_000_000)
+        .map((x) => { if (x % 100 === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "unbounded"))}).build());
+    };`);
+  const jobId = await submitJob(client, await prepareJob(job, [], 1));
+  const s = await waitFor("3 checkpoints completed after the bounded pipeline finished", async () => {
+    const st = await status(client, jobId);
+    return st.checkpoints.history.filter((c) => c.status === "COMPLETED" && (c.finishedTasks ?? 0) > 0).length >= 3 && st;
+  }, 30_000, 100);
+  expect(s.state).toBe("RUNNING");
+  expect(s.tasks.FINISHED).toBe(1);
+  // The bounded sink's output is all there while the job runs, committed under checkpoint ids (not a final commit).
+  const lines = committedLines(path.join(dir, "bounded")).map(Number).sort((x, y) => x - y);
+  expect(lines).toEqual(Array.from({ length: 5000 }, (_, i) => i + 1));
+  const completed = new Set(s.checkpoints.history.filter((c) => c.status === "COMPLETED").map((c) => c.id));
+  const txns = fs.readdirSync(path.join(dir, "bounded")).filter((f) => f.startsWith("part-")).map((f) => Number(f.split("-").at(-1)));
+  expect(txns.length).toBeGreaterThan(0);
+  for (const t of txns) expect(t).toBeLessThan(Number.MAX_SAFE_INTEGER);
+  expect(Math.max(...txns)).toBeLessThanOrEqual(Math.max(...completed));
+  await client.request("cancelJob", { jobId });
+  await waitForJob(client, jobId, () => {}, 100);
+}, 60_000);
