@@ -130,3 +130,24 @@ describe("key groups", () => {
     expect(keyGroupRange(1, 2, 128)).toEqual({ start: 64, end: 127 });
   });
 });
+
+describe("RemoteReceiver credit", () => {
+  const producer = { resourceId: "tm-p", dataHost: "127.0.0.1", dataPort: 1 };
+  const task = { deployment: {} as never, post() {}, fail() {} };
+
+  test("arrivals spend credit and come back as credit; a network buffer returned twice breaks the channel's books", async () => {
+    const { RemoteReceiver } = await import("../src/network/remote-receiver.ts");
+    const sent: unknown[][] = [];
+    const r = new RemoteReceiver(64, (_to, frame) => sent.push(frame));
+    const gate = r.newGate(0);
+    r.add("j|0|0|0", task, producer, gate, 2, createRing(4, 64));
+    expect(sent).toEqual([[2, "j|0|0|0", 2]]); // the partition request: 2 credits
+    r.onData("j|0|0|0", new Uint8Array([1, 2, 3]), 0); // straight into the ring: credit again at once
+    await Promise.resolve();
+    expect(sent[1]).toEqual([2, "j|0|0|0", 1]);
+    // The same network buffer granted again (a double recycle) makes 3 credits out of 2 buffers.
+    const ri = (r as unknown as { inputs: Map<string, { free: ArrayBuffer[] }> }).inputs.get("j|0|0|0")!;
+    const grant = (r as unknown as { grant(ri: unknown, bufs: ArrayBuffer[]): void }).grant.bind(r);
+    expect(internal(() => grant(ri, [ri.free[0]!]))).toBe("internal: remote input j|0|0|0: 3 credit + 0 waiting != 2 exclusive + 0 floating buffers");
+  });
+});

@@ -26,6 +26,8 @@ interface RemoteInput {
   producer: ChannelTarget;
   gate: FloatingPool;
   free: ArrayBuffer[];
+  /** Its exclusive buffers: with the floating ones it holds, every network buffer of the channel. */
+  exclusive: number;
   floatingHeld: number;
   backlog: number;
   ended: boolean;
@@ -57,7 +59,7 @@ export class RemoteReceiver {
   /** A remote input channel of a task being wired, with `exclusive` buffers, feeding `ring`. */
   add(ch: string, task: TaskEndpoint, producer: ChannelTarget, gate: FloatingPool, exclusive: number, ring: SharedArrayBuffer): void {
     const free = Array.from({ length: exclusive }, () => new ArrayBuffer(this.segmentSize));
-    const ri: RemoteInput = { id: ch, task, producer, gate, free, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0, ring: new RingWriter(ring), pending: [], waiting: false };
+    const ri: RemoteInput = { id: ch, task, producer, gate, free, exclusive, floatingHeld: 0, backlog: 0, ended: false, unannounced: 0, ring: new RingWriter(ring), pending: [], waiting: false };
     gate.channels.push(ri);
     this.inputs.set(ch, ri);
     // The first credit also asks the producer's TaskManager for the partition.
@@ -146,6 +148,9 @@ export class RemoteReceiver {
    */
   private grant(ri: RemoteInput, bufs: ArrayBuffer[]): void {
     for (const b of bufs) ri.free.push(b);
+    // The channel's books: every buffer it holds is credit (free) or an arrival waiting for its ring.
+    const waiting = ri.pending.reduce((n, p) => n + ("buf" in p ? 1 : 0), 0);
+    assert(ri.ended || ri.free.length + waiting === ri.exclusive + ri.floatingHeld, () => `remote input ${ri.id}: ${ri.free.length} credit + ${waiting} waiting != ${ri.exclusive} exclusive + ${ri.floatingHeld} floating buffers`);
     if (ri.unannounced === 0) this.creditDue.push(ri);
     ri.unannounced += bufs.length;
     if (this.creditDue.length === 1) queueMicrotask(() => this.announceCredit());
