@@ -74,9 +74,11 @@ describe("JobProgress", () => {
 
 describe("progress of local", () => {
   test("not a TTY: plain lines, one per state change and a summary with the records count while RUNNING", async () => {
-    const job = slowJob(tempDir(), 8);
+    // 14 s of records: summaries at 5 and 10 s, so that one comes after the task's first metrics even when its
+    // Worker takes seconds to start on a loaded machine.
+    const job = slowJob(tempDir(), 14);
     const child = new Child([BUN, "main.ts", "local", job]);
-    expect(await child.exited(60_000)).toBe(0);
+    expect(await child.exited(90_000)).toBe(0);
     const lines = child.stderr.split("\n");
     expect(child.stderr).not.toContain("\r");
     expect(child.stderr).not.toContain("\x1b[");
@@ -84,8 +86,8 @@ describe("progress of local", () => {
     const summaries = lines.map((l) => /^RUNNING (\d+) s: (\d+) records in, \d+ out, \d+ records\/s, 0 restart\(s\), no checkpoint$/.exec(l)).filter((m) => m !== null);
     expect(summaries.length).toBeGreaterThanOrEqual(1);
     expect(Math.max(...summaries.map((m) => Number(m![2])))).toBeGreaterThan(0);
-    expect(child.stderr).toMatch(/FINISHED after [\d.]+ s; 4000 records read by sources, 4000 records into sinks/);
-  }, 70_000);
+    expect(child.stderr).toMatch(/FINISHED after [\d.]+ s; 7000 records read by sources, 7000 records into sinks/);
+  }, 100_000);
 
   const script = which("script");
   test.skipIf(script === null)("a TTY (script -qfc): the status line is refreshed in place with CR and erase-line", async () => {
