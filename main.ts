@@ -29,7 +29,7 @@ class DirectoryError extends Error {}
 
 /** Directories each role writes; an empty value means a private directory under the OS temp dir. */
 const TASKMANAGER_DIRS = ["taskmanager.tmp.dir", "taskmanager.state.dir", "state.checkpoints.dir"] as const;
-const JOBMANAGER_DIRS = ["jobmanager.storage.dir", "state.checkpoints.dir", "state.savepoints.dir"] as const;
+const JOBMANAGER_DIRS = ["jobmanager.storage.dir", "state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"] as const;
 
 const DIR_REASONS: Record<string, string> = {
   ENOTDIR: "a part of the path is a file, not a directory",
@@ -229,9 +229,32 @@ async function runJobManager(args: string[]): Promise<number> {
   if (values.help) return help("jobmanager");
   const cfg = config(values);
   checkDirectories(cfg, JOBMANAGER_DIRS);
-  const jm = await startJobManager(cfg);
-  const signal = await waitForSignal();
   const log = createLogger("jobmanager");
+  const signalled = waitForSignal();
+  let jm: Awaited<ReturnType<typeof startJobManager>>;
+  let signal: string;
+  for (;;) {
+    // A standby (etcd) waits in startJobManager until it leads; a signal meanwhile ends it.
+    const started = startJobManager(cfg);
+    const first = await Promise.race([started.then((j) => ({ j })), signalled.then((s) => ({ s }))]);
+    if ("s" in first) {
+      log.info(`${first.s} while standing by: exiting`, {});
+      return 0;
+    }
+    jm = first.j;
+    const next = await Promise.race([signalled.then((s) => ({ s })), jm.jobManager.deposed.then((reason) => ({ reason }))]);
+    if ("s" in next) {
+      signal = next.s;
+      break;
+    }
+    await jm.stop(`the JobManager lost its leadership: ${next.reason}`);
+    // With etcd it stands by again and may lead later; a file-HA JobManager whose lock was taken exits.
+    if (cfg["high-availability.type"] !== "etcd") {
+      log.error("exiting: the HA lock is no longer this JobManager's", { reason: next.reason });
+      return EXIT_FAILED;
+    }
+    log.warn("standing by again after losing the leadership", { reason: next.reason });
+  }
   // A second signal exits at once: 0 if the jobs are canceled and the peers told already (only the ports are still
   // closing, e.g. waiting for a stranger's socket in its handshake), 1 if that had not finished.
   const again = (s: string) => {

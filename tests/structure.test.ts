@@ -23,6 +23,7 @@ const LAYERS = [
   "nexmark",
   "api/index.ts",
   "runtime",
+  "ha",
   "taskmanager",
   "jobmanager",
   "rest",

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { TaskSnapshot } from "../rpc/messages.ts";
 import { createLogger } from "../util/log.ts";
+import { writeFileAtomic } from "../util/files.ts";
 
 const log = createLogger("checkpoints");
 
@@ -30,6 +31,8 @@ export interface CheckpointMetadata {
   savepoint: boolean;
   /** The job attempt that wrote it: a job restored from it continues with a higher attempt (sink file names). */
   attempt: number;
+  /** With HA: the leadership epoch of the JobManager that completed it. */
+  epoch?: number;
   maxParallelism: number;
   vertices: VertexSnapshot[];
 }
@@ -63,31 +66,20 @@ export function readMetadata(file: string): { meta: CheckpointMetadata; path: st
   return { meta: meta as CheckpointMetadata, path: file };
 }
 
-/** Writes `data` to `file` so that a reader sees either nothing or all of it (temp file, fsync, rename). */
-export function writeFileAtomic(file: string, data: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, "w");
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  try {
-    const dfd = fs.openSync(path.dirname(file), "r");
-    fs.fsyncSync(dfd);
-    fs.closeSync(dfd);
-  } catch {
-    // Directory fsync is best effort (not every filesystem allows it).
-  }
-}
+export { writeFileAtomic } from "../util/files.ts";
 
 /** The checkpoints of one job under <base>/<jobId>. */
 export class CheckpointStore {
   readonly jobDir: string;
 
-  constructor(base: string, jobId: string, private readonly retained: number) {
+  constructor(
+    base: string,
+    jobId: string,
+    private readonly retained: number,
+    /** HA: only checkpoints completed in this epoch are found by latest(); older ones come from the HA pointer
+     *  (a deposed leader may have left metadata that was never pointed to). */
+    private readonly epoch?: number,
+  ) {
     this.jobDir = path.join(base, jobId);
   }
 
@@ -102,11 +94,12 @@ export class CheckpointStore {
     return path.join(this.jobDir, `chk-${id}`);
   }
 
-  /** Writes the metadata last (atomically), then drops checkpoints beyond the retained count. Returns the file. */
-  complete(meta: CheckpointMetadata, dir: string): string {
+  /** Writes the metadata last (atomically), then (unless told not to: HA prunes once the pointer is stored)
+   *  drops checkpoints beyond the retained count. Returns the file. */
+  complete(meta: CheckpointMetadata, dir: string, prune = true): string {
     const file = path.join(dir, METADATA_FILE);
     writeFileAtomic(file, JSON.stringify(meta));
-    if (!meta.savepoint) this.prune();
+    if (!meta.savepoint && prune) this.prune();
     return file;
   }
 
@@ -136,7 +129,9 @@ export class CheckpointStore {
       const file = path.join(this.dirOf(id), METADATA_FILE);
       if (!fs.existsSync(file)) continue; // in progress or aborted: not a completed checkpoint
       try {
-        return readMetadata(file);
+        const r = readMetadata(file);
+        if (this.epoch !== undefined && r.meta.epoch !== this.epoch) continue;
+        return r;
       } catch (err) {
         log.error("refusing a checkpoint; using the previous one", { path: file, error: (err as Error).message });
       }
@@ -144,7 +139,7 @@ export class CheckpointStore {
     return null;
   }
 
-  private prune(): void {
+  prune(): void {
     const completed = this.ids().filter((id) => fs.existsSync(path.join(this.dirOf(id), METADATA_FILE)));
     for (const id of completed.slice(this.retained)) {
       fs.rmSync(this.dirOf(id), { recursive: true, force: true });

@@ -37,6 +37,19 @@ export interface JobMasterOptions {
   initialRestore: { meta: CheckpointMetadata; path: string } | null;
   /** web.exception-history-size: failures kept in the exception history (default 16). */
   exceptionHistorySize?: number;
+  /** With HA: the job's fenced writes (attempts, checkpoint ids and pointers). */
+  ha?: JobHa;
+  /** A job recovered after a JobManager failover: the attempt it had deployed and the highest checkpoint id used. */
+  recovered?: { attempt: number; checkpointIdCounter: number };
+}
+
+/** What a job writes to the HA services; each write fails (FencedError) once this JobManager no longer leads. */
+export interface JobHa {
+  readonly epoch: number;
+  /** Before an attempt is deployed: a new leader continues above it (sink files, channel ids carry attempts). */
+  persistAttempt(attempt: number): Promise<void>;
+  reserveCheckpointId(id: number): Promise<void>;
+  publishCheckpoint(id: number, metadataFile: string): Promise<void>;
 }
 
 /** Failures of other tasks kept with the first failure of a failover. */
@@ -92,13 +105,15 @@ export class JobMaster {
     private readonly onTerminal: (job: JobMaster) => void,
   ) {
     const c = opts.checkpointing;
-    this.store = new CheckpointStore(c.baseDir, jobId, c.retained);
+    this.store = new CheckpointStore(c.baseDir, jobId, c.retained, opts.ha?.epoch);
     this.restoredFrom = opts.initialRestore;
     if (this.restoredFrom) {
       checkRestoreFits(this.restoredFrom, graph);
       // Attempts go on from the job that wrote the savepoint, so its uncommitted sink files count as older.
       this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
     }
+    // After a failover: above every attempt the previous leader deployed.
+    if (opts.recovered) this.attempt = Math.max(this.attempt, opts.recovered.attempt + 1);
     this.firstAttempt = this.attempt;
     this.priorTotals = graph.vertices.map(() => zeroTotals());
     this.coordinator = new CheckpointCoordinator(
@@ -110,15 +125,45 @@ export class JobMaster {
         trigger: async (executionId, checkpointId, timestamp, dir) => {
           const ex = this.executions.get(executionId);
           if (!ex) throw new Error(`no task ${executionId}`);
-          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir });
+          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir, epoch: this.rm.epoch });
         },
         notifyComplete: (executionId, checkpointId) => {
-          this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId }).catch(() => {});
+          this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId, epoch: this.rm.epoch }).catch(() => {});
         },
       },
-      { ...c, store: this.store },
-      (this.restoredFrom?.meta.checkpointId ?? 0) + 1,
+      {
+        ...c,
+        store: this.store,
+        ...(opts.ha
+          ? { epoch: opts.ha.epoch, reserveId: (id: number) => opts.ha!.reserveCheckpointId(id), publish: (id: number, file: string) => opts.ha!.publishCheckpoint(id, file) }
+          : {}),
+      },
+      Math.max(this.restoredFrom?.meta.checkpointId ?? 0, opts.recovered?.checkpointIdCounter ?? 0) + 1,
     );
+  }
+
+  /** A job whose HA record could not be recovered: listed as FAILED with the reason (which names the path). */
+  static unrecoverable(jobId: string, message: string, rm: ResourceManager, opts: JobMasterOptions, onTerminal: (job: JobMaster) => void): JobMaster {
+    const job = new JobMaster(jobId, ({ name: "(unrecoverable job)", vertices: [], edges: [], maxParallelism: 1 } as unknown as JobGraph), "", [], rm, opts, onTerminal);
+    job.error = { name: "RecoveryFailure", message };
+    job.recordException(job.error, null);
+    job.transition("FAILED");
+    return job;
+  }
+
+  /** Set by suspend(): this JobManager no longer acts for the job (stopping with HA, or deposed). */
+  private suspended = false;
+
+  /**
+   * The JobManager stops with HA on, or lost its leadership: the job stays as it is for the next leader. No
+   * checkpoint is triggered or completed, no request goes out, task reports are ignored; the tasks keep running.
+   */
+  suspend(): void {
+    this.suspended = true;
+    this.coordinator.stop("the JobManager is suspending the job (HA)");
+    if (this.cancelTimer) clearTimeout(this.cancelTimer);
+    this.cancelTimer = null;
+    for (const w of this.doneWaiters.splice(0)) w();
   }
 
   /** Resolves when the job reached FINISHED, FAILED or CANCELED. */
@@ -131,6 +176,7 @@ export class JobMaster {
     this.transition("SCHEDULING");
     const slots = await this.allocateSlots("SCHEDULING", "");
     if (!slots) return; // canceled while waiting, or failed for want of slots
+    if (!(await this.persistAttempt("SCHEDULING"))) return;
     this.deploy(slots);
     this.coordinator.start();
   }
@@ -229,12 +275,29 @@ export class JobMaster {
     if (this.restoredFrom) this.coordinator.advancePast(this.restoredFrom.meta.checkpointId);
     const slots = await this.allocateSlots("RESTARTING", " to restart the job");
     if (!slots || this.state !== "RESTARTING") return;
+    if (!(await this.persistAttempt("RESTARTING"))) return;
     this.restartPending = false;
     this.deploy(slots);
     this.coordinator.start();
   }
 
+  /** HA: the attempt is stored before it is deployed; false (slots released) when that failed or the job moved on. */
+  private async persistAttempt(state: JobState): Promise<boolean> {
+    if (!this.opts.ha) return true;
+    try {
+      await this.opts.ha.persistAttempt(this.attempt);
+    } catch (err) {
+      log.error("cannot store the job's attempt in the HA services; not deploying", { job: this.jobId, attempt: this.attempt, error: (err as Error).message });
+      this.rm.release(this.jobId);
+      return false;
+    }
+    if (this.state === state) return true;
+    this.rm.release(this.jobId);
+    return false;
+  }
+
   private deploy(slots: SlotAssignment[]): void {
+    if (this.suspended) return;
     const g = this.graph;
     const location = (subtask: number) => {
       const { tm } = slots[subtask]!;
@@ -282,13 +345,14 @@ export class JobMaster {
     }
     this.transition("RUNNING");
     for (const ex of this.executions.values()) {
-      ex.tm.rpc.request("submitTask", ex.deployment).catch((err: Error) =>
+      ex.tm.rpc.request("submitTask", { ...ex.deployment, epoch: this.rm.epoch }).catch((err: Error) =>
         this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
       );
     }
   }
 
   onTaskState(executionId: string, state: TaskState, error?: ErrorInfo, metrics?: TaskMetrics): void {
+    if (this.suspended) return;
     const ex = this.executions.get(executionId);
     if (!ex || TERMINAL_TASK_STATES.has(ex.state)) return;
     ex.state = state;
@@ -350,7 +414,7 @@ export class JobMaster {
   }
 
   cancel(): void {
-    if (TERMINAL_JOB_STATES.has(this.state) || this.state === "CANCELING") return;
+    if (this.suspended || TERMINAL_JOB_STATES.has(this.state) || this.state === "CANCELING") return;
     const scheduling = this.state === "SCHEDULING" || this.state === "CREATED" || this.state === "RESTARTING";
     this.coordinator.stop("the job is canceled");
     this.transition("CANCELING");
@@ -465,7 +529,7 @@ export class JobMaster {
   private cancelRemaining(): void {
     for (const [id, ex] of this.executions) {
       if (TERMINAL_TASK_STATES.has(ex.state)) continue;
-      ex.tm.rpc.request("cancelTask", { executionId: id }).catch(() => this.onTaskState(id, "CANCELED"));
+      ex.tm.rpc.request("cancelTask", { executionId: id, epoch: this.rm.epoch }).catch(() => this.onTaskState(id, "CANCELED"));
     }
     // A TaskManager that never answers must not keep the job from ending.
     if (this.cancelTimer) clearTimeout(this.cancelTimer);
@@ -505,7 +569,7 @@ export class JobMaster {
     if (this.cancelTimer) clearTimeout(this.cancelTimer);
     this.rm.release(this.jobId);
     const tms = new Set([...this.executions.values()].map((ex) => ex.tm));
-    for (const tm of tms) tm.rpc.request("releaseJob", { jobId: this.jobId }).catch(() => {});
+    for (const tm of tms) tm.rpc.request("releaseJob", { jobId: this.jobId, epoch: this.rm.epoch }).catch(() => {});
     this.onTerminal(this);
     for (const w of this.doneWaiters.splice(0)) w();
   }

@@ -44,6 +44,11 @@ export class TaskExecutor implements TaskManagerView {
   private readonly slots: (string | null)[];
   private rpc: RpcConnection | null = null;
   private registration: RegisterTaskManagerReply | null = null;
+  /** The highest JobManager epoch followed (HA fencing): requests of an older epoch are refused. */
+  epoch = 0;
+  /** While the JobManager is lost with HA on: when the grace period ends and the tasks are canceled. */
+  private graceTimer: ReturnType<typeof setTimeout> | null = null;
+  private graceDeadline = 0;
   private lastHeardFromJobManager = 0;
   private timers: ReturnType<typeof setInterval>[] = [];
   private stopped = false;
@@ -127,6 +132,7 @@ export class TaskExecutor implements TaskManagerView {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.endGrace();
     for (const t of this.timers) clearInterval(t);
     for (const task of this.tasks.values()) task.cancel();
     const rpc = this.rpc;
@@ -254,10 +260,17 @@ export class TaskExecutor implements TaskManagerView {
         resources: { cpuCores: os.cpus().length, memoryBytes: os.totalmem() },
         pid: process.pid,
         executions: [...this.tasks.keys()],
+        executionSlots: Object.fromEntries([...this.tasks].map(([id, t]) => [id, t.deployment.slot])),
+        epoch: this.epoch,
       });
+      const epoch = typeof reply.epoch === "number" ? reply.epoch : 0;
+      if (epoch < this.epoch) throw new Error(`the JobManager answered with epoch ${epoch}, older than epoch ${this.epoch} this TaskManager follows (a deposed leader)`);
+      this.epoch = epoch;
+      this.endGrace();
       this.cancelStale(reply.cancel, "at registration");
-      const free = this.slots.map((job, i) => (job === null ? i : -1)).filter((i) => i >= 0);
-      await rpc.request("offerSlots", { resourceId: this.resourceId, slots: free });
+      // Every slot: those still running tasks (kept through a JobManager failover) are claimed by the job that
+      // adopts them; the JobManager frees them with the tasks it did not adopt.
+      await rpc.request("offerSlots", { resourceId: this.resourceId, slots: this.slots.map((_, i) => i) });
       this.rpc = rpc;
       this.registration = reply;
       this.lastHeardFromJobManager = Date.now();
@@ -324,14 +337,36 @@ export class TaskExecutor implements TaskManagerView {
 
   private onJobManagerLost(rpc: RpcConnection, reason: string): void {
     if (this.rpc !== rpc) return;
+    const grace = this.registration?.jobManagerLossGracePeriodMs ?? 0;
     this.rpc = null;
     this.registration = null;
     if (this.stopped || this.draining) return;
-    log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
-    // Without a JobManager no task can report or be coordinated: cancel them and free the slots.
+    if (grace > 0 && this.tasks.size > 0) {
+      // HA: the tasks keep running while this TaskManager finds the next leader, which may adopt them.
+      log.warn(`lost the JobManager; keeping ${this.tasks.size} task(s) running for up to ${grace} ms (taskmanager.jobmanager-loss.grace-period) while reconnecting`, { reason });
+      this.graceDeadline = Date.now() + grace;
+      this.graceTimer = setTimeout(() => {
+        this.graceTimer = null;
+        if (this.rpc) return;
+        log.warn("no JobManager within the grace period; canceling the tasks", { gracePeriodMs: grace });
+        this.cancelAll();
+      }, grace);
+    } else {
+      log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
+      this.cancelAll();
+    }
+    void this.connectLoop();
+  }
+
+  /** Without a JobManager no task can report or be coordinated: cancel them and free the slots. */
+  private cancelAll(): void {
     for (const task of this.tasks.values()) task.cancel();
     this.slots.fill(null);
-    void this.connectLoop();
+  }
+
+  private endGrace(): void {
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
   }
 
   /** Heap, RSS and network buffers for the JobManager's TaskManager page (sent with every heartbeat). */
@@ -346,6 +381,12 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   private onRequest(type: RequestType, payload: any, conn: RpcConnection): unknown {
+    // HA fencing: a JobManager of an older epoch than one this TaskManager follows was deposed; it acts on nothing.
+    const epoch = payload?.epoch;
+    if (typeof epoch === "number") {
+      if (epoch < this.epoch) throw new Error(`fenced: ${type} from a JobManager of epoch ${epoch}; this TaskManager follows epoch ${this.epoch}`);
+      this.epoch = epoch;
+    }
     this.lastHeardFromJobManager = Date.now();
     switch (type) {
       case "heartbeat":
@@ -417,10 +458,15 @@ export class TaskExecutor implements TaskManagerView {
       );
     },
     approveFinalCommit: async (task: Task) => {
+      // During a JobManager failover (HA grace period) the question waits for the next leader.
+      if (!this.rpc && this.graceTimer) {
+        const left = this.graceDeadline - Date.now();
+        await Promise.race([this.waitRegistered(), new Promise((r) => setTimeout(r, Math.max(0, left)))]);
+      }
       const rpc = this.rpc;
       if (!rpc) throw new Error("no connection to the JobManager");
       const timeout = this.registration?.heartbeatTimeoutMs ?? this.config["heartbeat.timeout"];
-      await rpc.request("approveFinalCommit", { executionId: task.executionId }, timeout);
+      await rpc.request("approveFinalCommit", { executionId: task.executionId, epoch: this.epoch }, timeout);
     },
     decline: (task: Task, checkpointId: number, reason: string) => {
       log.warn("declining a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, reason });

@@ -1,0 +1,161 @@
+// File HA with real processes (`bun main.ts`) on 127.0.0.1: a JobManager with high-availability.type = file is
+// SIGKILLed mid-job and started again on the same port and storage dir; the job keeps its id, is restored from
+// its latest completed checkpoint and finishes with exactly-once output. Also the bad inputs: a second JobManager
+// on a held lock, corrupt or foreign job records, a storage dir that cannot be written.
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { connectClient, submitJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/connection.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+
+const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=300ms"];
+const KEYS = 37;
+const clients: RpcConnection[] = [];
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close();
+  await Child.stopAll();
+});
+afterAll(removeTempDirs);
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function haArgs(storage: string, port: number, extra: string[] = []): string[] {
+  return ["-D", `jobmanager.rpc.port=${port}`, "-D", "rest.port=0", "-D", "high-availability.type=file", "-D", `high-availability.storageDir=${storage}`, ...FAST, ...extra];
+}
+
+function startJobManager(storage: string, port: number, extra: string[] = []): Child {
+  return new Child([BUN, "main.ts", "jobmanager", ...haArgs(storage, port, ["-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=20", "-D", "restart-strategy.fixed-delay.delay=200ms", ...extra])]);
+}
+
+function startTaskManager(port: number, id: string, extra: string[] = []): Child {
+  return new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...FAST, ...extra]);
+}
+
+async function client(port: number): Promise<RpcConnection> {
+  const c = await connectClient("127.0.0.1", port);
+  clients.push(c);
+  return c;
+}
+
+/** Keyed counting over 1..n (a 1 ms pause every `every` records), into the exactly-once file sink. */
+export function keyedJob(out: string, n: number, every: number): string {
+  return `
+    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(300);
+      env.fromSequence(1, ${n})
+        .map((x) => { if (x % ${every} === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+        .keyBy((x) => x % ${KEYS})
+        .process({
+          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
+          processElement(x, ctx, out) {
+            const c = this.count.value() + 1;
+            this.count.update(c);
+            out.collect([ctx.getCurrentKey(), c]);
+          },
+        })
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(out)}).build());
+    };`;
+}
+
+/** The job's status, reconnecting when the JobManager went away. */
+async function statusOf(port: number, jobId: string, conn: { c: RpcConnection | null }): Promise<JobStatus | null> {
+  try {
+    conn.c ??= await client(port);
+    return await conn.c.request("jobStatus", { jobId }, 2000);
+  } catch {
+    conn.c?.close();
+    conn.c = null;
+    return null;
+  }
+}
+
+describe("file HA (real processes)", () => {
+  test("SIGKILL the JobManager mid-job and start it again: the job keeps its id, resumes from its latest checkpoint, output exact; a corrupt and a foreign job record fail alone", async () => {
+    const dir = tempDir("tm-ha-file-");
+    const storage = path.join(dir, "ha");
+    const port = await freePort();
+    let jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    // Grace 0: the TaskManagers cancel their tasks when the JobManager goes; the recovered job is restored.
+    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id, ["-D", "taskmanager.jobmanager-loss.grace-period=0"]));
+    await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
+    const N = 150_000;
+    const out = path.join(dir, "out");
+    const job = writeJob(dir, "job.ts", keyedJob(out, N, 10));
+    const jobId = await submitJob(await client(port), await prepareJob(job, [], 2));
+    const conn: { c: RpcConnection | null } = { c: null };
+    const before = await waitFor("two checkpoints", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.checkpoints.completed >= 2 && s;
+    }, 60_000, 50);
+    expect(before.state).toBe("RUNNING");
+    jm.kill("SIGKILL");
+    await jm.exited();
+    // Meanwhile, two records that cannot be recovered: a truncated one and one naming another job.
+    const jobsDir = path.join(storage, "default", "jobs");
+    const corrupt = "c".repeat(32), foreign = "f".repeat(32);
+    fs.mkdirSync(path.join(jobsDir, corrupt));
+    fs.writeFileSync(path.join(jobsDir, corrupt, "job.json"), fs.readFileSync(path.join(jobsDir, jobId, "job.json"), "utf8").slice(0, 100));
+    fs.mkdirSync(path.join(jobsDir, foreign));
+    fs.copyFileSync(path.join(jobsDir, jobId, "job.json"), path.join(jobsDir, foreign, "job.json"));
+    const pointer = JSON.parse(fs.readFileSync(path.join(jobsDir, jobId, "checkpoint.json"), "utf8"));
+    const counter = Number(fs.readFileSync(path.join(jobsDir, jobId, "counter"), "utf8"));
+    expect(counter).toBeGreaterThanOrEqual(pointer.checkpointId);
+
+    jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=2/, 30_000);
+    expect(jm.stderr).toMatch(new RegExp(`recovered a job from the HA store job=${jobId}.*from=${pointer.path.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+    const end = await waitFor("the recovered job FINISHED", async () => {
+      const s = await statusOf(port, jobId, conn);
+      if (s && (s.state === "FAILED" || s.state === "CANCELED")) throw new Error(`job ${s.state}: ${s.error?.message}\n${jm.stderr.slice(-3000)}`);
+      return s && s.state === "FINISHED" && s;
+    }, 120_000, 100);
+    expect(end.jobId).toBe(jobId);
+    expect(end.checkpoints.restoredFrom).toBe(pointer.path);
+    // Checkpoint ids go on above every id the first leader used.
+    expect(Math.min(...end.checkpoints.history.map((h) => h.id))).toBeGreaterThan(counter);
+    expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+
+    const jobs = await conn.c!.request("listJobs", {});
+    const broken = Object.fromEntries(jobs.filter((j) => j.jobId !== jobId).map((j) => [j.jobId, j]));
+    expect(broken[corrupt]?.state).toBe("FAILED");
+    expect(broken[corrupt]?.error?.message).toContain(path.join(jobsDir, corrupt, "job.json"));
+    expect(broken[corrupt]?.error?.message).toContain("truncated or corrupt");
+    expect(broken[foreign]?.state).toBe("FAILED");
+    expect(broken[foreign]?.error?.message).toContain(`names job "${jobId}"`);
+    // Moved aside (failed once, not at every start); the finished job left the store.
+    expect(fs.readdirSync(jobsDir)).toEqual([]);
+    expect(fs.readdirSync(path.join(storage, "default", "jobs-broken")).length).toBe(2);
+  }, 240_000);
+
+  test("a second JobManager on the same storage dir is refused while the first lives; a storage dir that cannot be written exits 4", async () => {
+    const dir = tempDir("tm-ha-lock-");
+    const storage = path.join(dir, "ha");
+    const first = startJobManager(storage, await freePort());
+    await first.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    const second = startJobManager(storage, await freePort());
+    expect(await second.exited(30_000)).toBe(1);
+    expect(second.stderr).toMatch(new RegExp(`another JobManager \\(pid ${first.pid}, epoch 1\\) holds the lock file ${path.join(storage, "default", "lock")}`));
+    expect(first.proc.exitCode).toBeNull();
+
+    const file = path.join(dir, "a-file");
+    fs.writeFileSync(file, "");
+    const bad = startJobManager(path.join(file, "ha"), await freePort());
+    expect(await bad.exited(30_000)).toBe(4);
+    expect(bad.stderr).toContain(`high-availability.storageDir: cannot create the directory ${path.join(file, "ha")}`);
+  }, 90_000);
+});
