@@ -142,6 +142,52 @@ describe("file HA (real processes)", () => {
     expect(fs.readdirSync(path.join(storage, "default", "jobs-broken")).length).toBe(2);
   }, 240_000);
 
+  test("adoption: JobManager SIGKILL + restart within the grace period: no task restarts, source counters never go back, checkpoints resume, output exact", async () => {
+    const dir = tempDir("tm-ha-adopt-");
+    const storage = path.join(dir, "ha");
+    const port = await freePort();
+    let jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id));
+    await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
+    const N = 200_000;
+    const out = path.join(dir, "out");
+    const jobId = await submitJob(await client(port), await prepareJob(writeJob(dir, "job.ts", keyedJob(out, N, 10)), [], 2));
+    const conn: { c: RpcConnection | null } = { c: null };
+    const sourceCounts = (s: JobStatus) => s.vertices[0]!.subtasks.map((t) => t.metrics.recordsOut);
+    const before = await waitFor("two checkpoints", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.checkpoints.completed >= 2 && sourceCounts(s).every((n) => n > 0) && s;
+    }, 60_000, 50);
+    const deployed = tms.map((t) => t.stderr.match(/deploying task/g)?.length ?? 0);
+    jm.kill("SIGKILL");
+    await jm.exited();
+    const counter = Number(fs.readFileSync(path.join(storage, "default", "jobs", jobId, "counter"), "utf8"));
+    await Promise.all(tms.map((t) => t.waitForOutput(/lost the JobManager; keeping \d+ task\(s\) running for up to 30000 ms/, 10_000)));
+
+    jm = startJobManager(storage, port);
+    await jm.waitForOutput(/adopted the running attempt/, 60_000);
+    const after = await waitFor("the adopted job checkpointing again with every task's counters reported", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.checkpoints.completed >= 1 && sourceCounts(s).every((n) => n > 0) && s;
+    }, 60_000, 50);
+    expect(after.adoptions).toBe(1);
+    expect(after.restarts).toBe(0);
+    // The same tasks went on: their counters are above what they were before the failover.
+    sourceCounts(after).forEach((n, i) => expect(n).toBeGreaterThanOrEqual(sourceCounts(before)[i]!));
+    expect(Math.min(...after.checkpoints.history.map((h) => h.id))).toBeGreaterThan(counter);
+    const end = await waitFor("FINISHED", async () => {
+      const s = await statusOf(port, jobId, conn);
+      if (s && (s.state === "FAILED" || s.state === "CANCELED")) throw new Error(`job ${s.state}: ${s.error?.message}`);
+      return s && s.state === "FINISHED" && s;
+    }, 120_000, 100);
+    expect(end.restarts).toBe(0);
+    // No task was deployed again, none canceled.
+    expect(tms.map((t) => t.stderr.match(/deploying task/g)?.length ?? 0)).toEqual(deployed);
+    for (const t of tms) expect(t.stderr).not.toMatch(/state=CANCELED|canceling it/);
+    expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+  }, 240_000);
+
   test("a second JobManager on the same storage dir is refused while the first lives; a storage dir that cannot be written exits 4", async () => {
     const dir = tempDir("tm-ha-lock-");
     const storage = path.join(dir, "ha");

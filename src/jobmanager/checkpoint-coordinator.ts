@@ -152,17 +152,16 @@ export class CheckpointCoordinator {
       this.pending.set(id, p);
       log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint });
       const sources = new Set(this.host.graph.vertices.filter((v) => v.isSource).map((v) => v.id));
+      const fire = () => {
+        if (!this.pending.has(id)) return;
+        for (const t of tasks) {
+          if (!sources.has(t.vertexId)) continue;
+          this.host.trigger(t.executionId, id, timestamp, dir).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
+        }
+      };
       // With HA the id is recorded as used first, so that a new leader never reuses it.
-      (this.opts.reserveId ? this.opts.reserveId(id) : Promise.resolve()).then(
-        () => {
-          if (!this.pending.has(id)) return;
-          for (const t of tasks) {
-            if (!sources.has(t.vertexId)) continue;
-            this.host.trigger(t.executionId, id, timestamp, dir).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
-          }
-        },
-        (err: Error) => this.abort(p, `the checkpoint id counter refused id ${id}: ${err.message}`),
-      );
+      if (!this.opts.reserveId) fire();
+      else this.opts.reserveId(id).then(fire, (err: Error) => this.abort(p, `the checkpoint id counter refused id ${id}: ${err.message}`));
     });
   }
 

@@ -39,8 +39,9 @@ export interface JobMasterOptions {
   exceptionHistorySize?: number;
   /** With HA: the job's fenced writes (attempts, checkpoint ids and pointers). */
   ha?: JobHa;
-  /** A job recovered after a JobManager failover: the attempt it had deployed and the highest checkpoint id used. */
-  recovered?: { attempt: number; checkpointIdCounter: number };
+  /** A job recovered after a JobManager failover: the attempt it had deployed and the highest checkpoint id used.
+   *  With `adoptWithinMs` > 0 it first waits that long for the TaskManagers to report that attempt's tasks. */
+  recovered?: { attempt: number; checkpointIdCounter: number; adoptWithinMs?: number };
 }
 
 /** What a job writes to the HA services; each write fails (FencedError) once this JobManager no longer leads. */
@@ -81,7 +82,7 @@ export class JobMaster {
   private cancelTimer: ReturnType<typeof setTimeout> | null = null;
   /** Restarts so far: the current attempt's number. */
   attempt = 0;
-  private readonly firstAttempt: number;
+  private firstAttempt: number;
   private restartPending = false;
   private restoredFrom: { meta: CheckpointMetadata; path: string } | null;
   private lastSavepoint: { meta: CheckpointMetadata; path: string } | null = null;
@@ -93,7 +94,7 @@ export class JobMaster {
   /** Per vertex: the counts of the ended attempts (a restart adds the attempt's to them). */
   private readonly priorTotals: RecordTotals[];
   /** What the job waits for while it is not running (restart delay, slots). */
-  private wait: { reason: "restart-delay"; until: number } | { reason: "slots"; needed: number; deadline: number } | null = null;
+  private wait: { reason: "restart-delay"; until: number } | { reason: "slots"; needed: number; deadline: number } | { reason: "adoption"; until: number; needed: number } | null = null;
 
   constructor(
     readonly jobId: string,
@@ -112,9 +113,11 @@ export class JobMaster {
       // Attempts go on from the job that wrote the savepoint, so its uncommitted sink files count as older.
       this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
     }
-    // After a failover: above every attempt the previous leader deployed.
+    // After a failover: above every attempt the previous leader deployed (unless that attempt is adopted); the
+    // restore counts as a restart.
     if (opts.recovered) this.attempt = Math.max(this.attempt, opts.recovered.attempt + 1);
-    this.firstAttempt = this.attempt;
+    this.firstAttempt = opts.recovered ? this.attempt - 1 : this.attempt;
+    if (opts.recovered?.adoptWithinMs) this.adoption = { attempt: opts.recovered.attempt, candidates: new Map(), done: null };
     this.priorTotals = graph.vertices.map(() => zeroTotals());
     this.coordinator = new CheckpointCoordinator(
       {
@@ -151,6 +154,83 @@ export class JobMaster {
     return job;
   }
 
+  /**
+   * A recovered job waiting to adopt the attempt the previous leader ran: the tasks of it that TaskManagers
+   * reported at registration (not canceled meanwhile), until every subtask is present or the window ends.
+   */
+  private adoption: {
+    attempt: number;
+    candidates: Map<string, { tm: RegisteredTaskManager; slot: number }>;
+    done: (() => void) | null;
+  } | null = null;
+  /** Failovers in which this JobManager adopted the running attempt (no task restarted). */
+  adoptions = 0;
+
+  /**
+   * A TaskManager (registering) reports a running task of this job. Kept as a candidate while the job waits to
+   * adopt that attempt; returns whether it was kept (then it is not canceled).
+   */
+  offerRunning(executionId: string, tm: RegisteredTaskManager, slot: unknown): boolean {
+    const a = this.adoption;
+    if (!a || this.state !== "SCHEDULING" || !Number.isInteger(slot)) return false;
+    const parts = executionId.split("-");
+    const [vertexId, subtask, attempt] = parts.slice(1).map(Number) as [number, number, number];
+    const v = this.graph.vertices[vertexId];
+    if (parts.length !== 4 || attempt !== a.attempt || !v || !(subtask >= 0 && subtask < v.parallelism)) return false;
+    a.candidates.set(executionId, { tm, slot: slot as number });
+    const needed = this.graph.vertices.reduce((n, v) => n + v.parallelism, 0);
+    if (a.candidates.size === needed) a.done?.();
+    return true;
+  }
+
+  /**
+   * Adoption (beyond Flink): wait up to the window for the reports of every subtask of the previous attempt;
+   * when they are all there, consistently placed (subtask i of every vertex in one slot), keep that attempt
+   * running: no task restarts, checkpoints resume above the counter. Returns false when the job must be
+   * restored instead (the candidates are canceled then).
+   */
+  private async adopt(withinMs: number): Promise<boolean> {
+    const a = this.adoption!;
+    const needed = this.graph.vertices.reduce((n, v) => n + v.parallelism, 0);
+    if (a.candidates.size < needed) {
+      this.wait = { reason: "adoption", until: Date.now() + withinMs, needed };
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, withinMs);
+        a.done = () => (clearTimeout(timer), resolve());
+      });
+      this.wait = null;
+    }
+    this.adoption = null;
+    const slots: SlotAssignment[] = [];
+    let reason = a.candidates.size < needed ? `${a.candidates.size} of ${needed} tasks of attempt ${a.attempt} were reported within ${withinMs} ms` : "";
+    for (const [id, c] of a.candidates) {
+      const subtask = Number(id.split("-")[2]);
+      const live = this.rm.taskManagers.get(c.tm.info.resourceId) === c.tm;
+      const at = slots[subtask];
+      if (!live) reason ||= `TaskManager ${c.tm.info.resourceId} is gone`;
+      else if (at && (at.tm !== c.tm || at.slot !== c.slot)) reason ||= `subtask ${subtask} runs in different slots`;
+      else slots[subtask] = { tm: c.tm, slot: c.slot };
+    }
+    if (this.state !== "SCHEDULING") reason ||= `the job is ${this.state}`;
+    if (reason) {
+      log.warn("not adopting the running tasks; restoring the job from its latest checkpoint", { job: this.jobId, attempt: a.attempt, reason });
+      for (const [id, c] of a.candidates) {
+        if (c.tm.slots.get(c.slot) === this.jobId) c.tm.slots.set(c.slot, null);
+        c.tm.rpc.request("cancelTask", { executionId: id, epoch: this.rm.epoch }).catch(() => {});
+      }
+      return false;
+    }
+    for (const { tm, slot } of slots) tm.slots.set(slot, this.jobId);
+    this.attempt = a.attempt;
+    this.firstAttempt = a.attempt;
+    this.buildExecutions(slots, "RUNNING");
+    this.adoptions++;
+    log.info("adopted the running attempt: no task restarted", { job: this.jobId, attempt: a.attempt, tasks: this.executions.size });
+    this.transition("RUNNING");
+    this.coordinator.start();
+    return true;
+  }
+
   /** Set by suspend(): this JobManager no longer acts for the job (stopping with HA, or deposed). */
   private suspended = false;
 
@@ -174,6 +254,9 @@ export class JobMaster {
 
   async run(): Promise<void> {
     this.transition("SCHEDULING");
+    const within = this.opts.recovered?.adoptWithinMs ?? 0;
+    if (this.adoption && within > 0 && (await this.adopt(within))) return;
+    if (this.state !== "SCHEDULING") return;
     const slots = await this.allocateSlots("SCHEDULING", "");
     if (!slots) return; // canceled while waiting, or failed for want of slots
     if (!(await this.persistAttempt("SCHEDULING"))) return;
@@ -298,6 +381,17 @@ export class JobMaster {
 
   private deploy(slots: SlotAssignment[]): void {
     if (this.suspended) return;
+    this.buildExecutions(slots, "DEPLOYING");
+    this.transition("RUNNING");
+    for (const ex of this.executions.values()) {
+      ex.tm.rpc.request("submitTask", { ...ex.deployment, epoch: this.rm.epoch }).catch((err: Error) =>
+        this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
+      );
+    }
+  }
+
+  /** The current attempt's executions, subtask i of every vertex in slots[i] (deployed now, or adopted). */
+  private buildExecutions(slots: SlotAssignment[], state: TaskState): void {
     const g = this.graph;
     const location = (subtask: number) => {
       const { tm } = slots[subtask]!;
@@ -340,14 +434,8 @@ export class JobMaster {
           checkpointingMode: this.opts.checkpointing.mode,
           restore: this.restoreFor(v.id),
         };
-        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
+        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state, metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
       }
-    }
-    this.transition("RUNNING");
-    for (const ex of this.executions.values()) {
-      ex.tm.rpc.request("submitTask", { ...ex.deployment, epoch: this.rm.epoch }).catch((err: Error) =>
-        this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
-      );
     }
   }
 
@@ -384,6 +472,7 @@ export class JobMaster {
 
   /** Whether an execution is of the current attempt, deployed to that TaskManager, and not ended. */
   isCurrentExecution(executionId: string, resourceId: string): boolean {
+    if (this.adoption?.candidates.get(executionId)?.tm.info.resourceId === resourceId) return true;
     const ex = this.executions.get(executionId);
     return ex !== undefined && ex.tm.info.resourceId === resourceId && !TERMINAL_TASK_STATES.has(ex.state);
   }
@@ -463,6 +552,7 @@ export class JobMaster {
       vertices,
       ...(this.error ? { error: this.error } : {}),
       restarts: this.attempt - this.firstAttempt,
+      adoptions: this.adoptions,
       ...(waiting ? { waiting } : {}),
       checkpoints: { completed: c.completed, failed: c.failed, latest: c.latestCompleted(), restoredFrom: this.restoredFrom?.path ?? null, history: [...c.history] },
     };
@@ -476,6 +566,11 @@ export class JobMaster {
     if (w?.reason === "restart-delay") {
       const left = Math.max(0, w.until - now);
       return { reason: "restart-delay", delayLeftMs: left, message: `restarting in ${(left / 1000).toFixed(1)} s (the restart strategy's delay after restart ${this.attempt - this.firstAttempt + 1})` };
+    }
+    if (w?.reason === "adoption") {
+      const left = Math.max(0, w.until - now);
+      const got = this.adoption?.candidates.size ?? 0;
+      return { reason: "adoption", message: `waiting for the TaskManagers to report the running attempt: ${got} of ${w.needed} tasks; restoring from the latest checkpoint in ${(left / 1000).toFixed(1)} s otherwise` };
     }
     if (w?.reason === "slots") {
       const free = this.rm.freeSlots, total = this.rm.totalSlots;

@@ -119,7 +119,12 @@ export class JobManager {
           ...this.jobOptions(r.graph, null),
           initialRestore: restore,
           ha: this.jobHa(r),
-          recovered: { attempt: r.attempt, checkpointIdCounter: await this.ha.checkpointIdCounter(r.jobId) },
+          recovered: {
+            attempt: r.attempt,
+            checkpointIdCounter: await this.ha.checkpointIdCounter(r.jobId),
+            // TaskManagers keep their tasks this long: the window in which their reports may arrive for adoption.
+            adoptWithinMs: this.config["taskmanager.jobmanager-loss.grace-period"],
+          },
         };
         const job = new JobMaster(r.jobId, r.graph, r.artifactHash, r.jobArgs, this.resourceManager, opts, (j) => this.retire(j));
         this.jobs.set(r.jobId, job);
@@ -205,6 +210,10 @@ export class JobManager {
           throw new Error(`fenced: this JobManager's epoch ${this.epoch} is older than epoch ${p.epoch}, which TaskManager ${peer.id} already follows (this JobManager was deposed)`);
         }
         rm.register(p, conn);
+        // A recovered job may adopt the running tasks reported here (then they are current, not canceled).
+        const reported: unknown[] = Array.isArray(p.executions) ? p.executions : [];
+        const tm = rm.taskManagers.get(peer.id)!;
+        for (const id of reported) if (typeof id === "string") this.jobOf(id)?.offerRunning(id, tm, p.executionSlots?.[id]);
         return {
           jobManagerId: this.id,
           heartbeatIntervalMs: this.config["heartbeat.interval"],

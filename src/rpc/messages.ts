@@ -61,7 +61,7 @@ export interface ExceptionEntry {
 
 /** Why a job that is not running waits (RESTARTING, or SCHEDULING for slots). */
 export interface JobWaiting {
-  reason: "restart-delay" | "slots" | "tasks-ending";
+  reason: "restart-delay" | "slots" | "tasks-ending" | "adoption";
   message: string;
   /** restart-delay: milliseconds until the restart. */
   delayLeftMs?: number;
@@ -365,8 +365,10 @@ export interface JobStatus {
   recordsOut: number;
   vertices: VertexStatus[];
   error?: ErrorInfo;
-  /** Restarts so far (the current attempt). */
+  /** Restarts so far (the current attempt; a JobManager failover that restored the job counts as one). */
   restarts: number;
+  /** JobManager failovers in which the new leader adopted the running tasks (none restarted). */
+  adoptions?: number;
   /** Why the job waits, while it is RESTARTING or SCHEDULING. */
   waiting?: JobWaiting;
   checkpoints: { completed: number; failed: number; latest: CheckpointStats | null; restoredFrom: string | null; history: CheckpointStats[] };
