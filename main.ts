@@ -6,6 +6,7 @@ import * as path from "node:path";
 import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { startJobManager } from "./src/roles/jobmanager-role.ts";
+import { EtcdUnavailableError, findJobManager } from "./src/ha/index.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
 import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob } from "./src/client/job-client.ts";
@@ -305,15 +306,16 @@ async function runSubmit(args: string[]): Promise<number> {
   if (!job) throw new UsageError("submit: missing the job file");
   warnOptionsAfterJob("submit", jobArgs, options);
   const cfg = config(values);
-  const { host, port } = jobManagerAddress(cfg, values.jobmanager);
+  const { host, port } = await jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
   return runToEnd(host, port, { ...prepared, fromSavepoint }, values.detached ?? false);
 }
 
-function jobManagerAddress(cfg: Config, flag: string | undefined): { host: string; port: number } {
-  if (flag === undefined) return { host: cfg["jobmanager.rpc.address"], port: cfg["jobmanager.rpc.port"] };
+/** -m HOST:PORT, else with etcd HA the current leader (high-availability.etcd.endpoints), else the configured one. */
+async function jobManagerAddress(cfg: Config, flag: string | undefined): Promise<{ host: string; port: number }> {
+  if (flag === undefined) return findJobManager(cfg, 10_000);
   const m = /^(.+):(\d{1,5})$/.exec(flag);
   if (!m || Number(m[2]) > 65535) throw new UsageError(`--jobmanager: expected HOST:PORT, got ${JSON.stringify(flag)}`);
   return { host: m[1]!, port: Number(m[2]) };
@@ -322,7 +324,7 @@ function jobManagerAddress(cfg: Config, flag: string | undefined): { host: strin
 async function runList(args: string[]): Promise<number> {
   const { values } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } });
   if (values.help) return help("list");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     const jobs = await rpc.request("listJobs", {});
@@ -338,7 +340,7 @@ async function runSavepoint(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
   if (values.help) return help("savepoint");
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError("savepoint: expected a job id and optionally a target directory");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     // Sent as given: the JobManager resolves a relative DIR against its state.savepoints.dir (or refuses it).
@@ -358,7 +360,7 @@ async function runCancel(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
   if (values.help) return help("cancel");
   if (positionals.length !== 1) throw new UsageError("cancel: expected exactly one job id");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     if (withSavepoint !== undefined) {
@@ -448,7 +450,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`error: ${err.message}`);
       return EXIT_DIR;
     }
-    if (err instanceof ConfigError || err instanceof UsageError || err instanceof JobFileNotFoundError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof JobFileNotFoundError || err instanceof EtcdUnavailableError) {
       console.error(`error: ${err.message}`);
       return EXIT_USAGE;
     }

@@ -4,16 +4,15 @@
 // on a held lock, corrupt or foreign job records, a storage dir that cannot be written.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
 import { connectClient, submitJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { freePort, keyedJob, KEYS } from "./ha-helpers.ts";
 
 const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=300ms"];
-const KEYS = 37;
 const clients: RpcConnection[] = [];
 
 afterEach(async () => {
@@ -21,15 +20,6 @@ afterEach(async () => {
   await Child.stopAll();
 });
 afterAll(removeTempDirs);
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function haArgs(storage: string, port: number, extra: string[] = []): string[] {
   return ["-D", `jobmanager.rpc.port=${port}`, "-D", "rest.port=0", "-D", "high-availability.type=file", "-D", `high-availability.storageDir=${storage}`, ...FAST, ...extra];
@@ -47,28 +37,6 @@ async function client(port: number): Promise<RpcConnection> {
   const c = await connectClient("127.0.0.1", port);
   clients.push(c);
   return c;
-}
-
-/** Keyed counting over 1..n (a 1 ms pause every `every` records), into the exactly-once file sink. */
-export function keyedJob(out: string, n: number, every: number): string {
-  return `
-    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
-    const pause = new Int32Array(new SharedArrayBuffer(4));
-    export default (env) => {
-      env.enableCheckpointing(300);
-      env.fromSequence(1, ${n})
-        .map((x) => { if (x % ${every} === 0) Atomics.wait(pause, 0, 0, 1); return x; })
-        .keyBy((x) => x % ${KEYS})
-        .process({
-          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
-          processElement(x, ctx, out) {
-            const c = this.count.value() + 1;
-            this.count.update(c);
-            out.collect([ctx.getCurrentKey(), c]);
-          },
-        })
-        .sinkTo(FileSink.forRowFormat(${JSON.stringify(out)}).build());
-    };`;
 }
 
 /** The job's status, reconnecting when the JobManager went away. */

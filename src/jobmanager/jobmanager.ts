@@ -46,7 +46,7 @@ export class JobManager {
       if (this.suspended) return;
       for (const job of this.jobs.values()) job.onTaskManagerLost(tm, reason);
     });
-    this.ha = createHaServices(config);
+    this.ha = createHaServices(config, this.id);
     // A generated directory is this process's alone: removed on stop. A configured one is kept. With HA the
     // artifacts (and, unless state.checkpoints.dir says otherwise, the checkpoints) live in the HA storage dir.
     if (!config["jobmanager.storage.dir"] && !this.ha.dir) this.ownedDir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-jobmanager-"));

@@ -22,6 +22,7 @@ import { ShuffleEnvironment } from "../network/shuffle-environment.ts";
 import { createLogger, recentLogLines } from "../util/log.ts";
 import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
+import { currentLeaderId, findJobManager } from "../ha/index.ts";
 import { Task, type TaskStateOptions } from "./task.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
 import type { RunningHttpServer } from "../metrics/http-server.ts";
@@ -203,8 +204,10 @@ export class TaskExecutor implements TaskManagerView {
    * and only when that last attempt fails does it give up: a JobManager back by then is registered at.
    */
   private async connectLoop(): Promise<void> {
-    const host = this.config["jobmanager.rpc.address"];
-    const port = this.config["jobmanager.rpc.port"];
+    // With etcd HA the JobManager is whichever leads now (looked up at every attempt); else the configured one.
+    const etcd = this.config["high-availability.type"] === "etcd";
+    let host = etcd ? "(the etcd leader)" : this.config["jobmanager.rpc.address"];
+    let port = this.config["jobmanager.rpc.port"];
     const timeout = this.config["taskmanager.registration.timeout"];
     const deadline = timeout > 0 ? Date.now() + timeout : Infinity;
     let backoff = this.config["taskmanager.registration.initial-backoff"];
@@ -212,6 +215,7 @@ export class TaskExecutor implements TaskManagerView {
     while (!this.stopped && !this.draining) {
       const startedAt = Date.now();
       try {
+        if (etcd) ({ host, port } = await findJobManager(this.config, 0));
         await this.connectAndRegister(host, port);
         return;
       } catch (err) {
@@ -281,10 +285,20 @@ export class TaskExecutor implements TaskManagerView {
     log.info("registered at the JobManager", { jobManager: `${host}:${port}`, jobManagerId: this.registration.jobManagerId });
     rpc.onClose((err) => this.onJobManagerLost(rpc, err?.message ?? "connection closed"));
     const { interval, timeout } = this.heartbeatSettings(this.registration);
+    let checkingLeader = false;
     const timer = setInterval(() => {
       if (Date.now() - this.lastHeardFromJobManager > timeout) {
         rpc.close(new Error(`no heartbeat from the JobManager for ${timeout} ms (its heartbeat.timeout)`));
         return;
+      }
+      // etcd HA: follow a new leader at once (the old one may be frozen or cut off, not yet timed out).
+      if (this.config["high-availability.type"] === "etcd" && !checkingLeader) {
+        checkingLeader = true;
+        currentLeaderId(this.config)
+          .then((id) => {
+            if (id && id !== this.registration?.jobManagerId && this.rpc === rpc) rpc.close(new Error(`the leader changed to JobManager ${id}`));
+          }, () => {})
+          .finally(() => (checkingLeader = false));
       }
       const taskMetrics: Record<string, TaskMetrics> = {};
       for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
