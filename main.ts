@@ -234,10 +234,26 @@ async function runJobManager(args: string[]): Promise<number> {
   const signalled = waitForSignal();
   let jm: Awaited<ReturnType<typeof startJobManager>>;
   let signal: string;
+  let standingByAgain = false;
   for (;;) {
-    // A standby (etcd) waits in startJobManager until it leads; a signal meanwhile ends it.
+    // A standby (etcd) waits in startJobManager until it leads; a signal meanwhile ends it. Unreachable etcd at
+    // the first start exits 2; after a lost leadership (e.g. cut off from etcd) it retries until etcd answers.
     const started = startJobManager(cfg);
-    const first = await Promise.race([started.then((j) => ({ j })), signalled.then((s) => ({ s }))]);
+    const first = await Promise.race([
+      started.then(
+        (j) => ({ j }),
+        (err: Error) => {
+          if (!standingByAgain || !(err instanceof EtcdUnavailableError)) throw err;
+          return { retry: err };
+        },
+      ),
+      signalled.then((s) => ({ s })),
+    ]);
+    if ("retry" in first) {
+      log.warn("cannot stand by: etcd unreachable; retrying", { error: first.retry.message });
+      await Promise.race([new Promise((r) => setTimeout(r, 1000)), signalled]);
+      continue;
+    }
     if ("s" in first) {
       log.info(`${first.s} while standing by: exiting`, {});
       return 0;
@@ -255,6 +271,7 @@ async function runJobManager(args: string[]): Promise<number> {
       return EXIT_FAILED;
     }
     log.warn("standing by again after losing the leadership", { reason: next.reason });
+    standingByAgain = true;
   }
   // A second signal exits at once: 0 if the jobs are canceled and the peers told already (only the ports are still
   // closing, e.g. waiting for a stranger's socket in its handshake), 1 if that had not finished.

@@ -55,6 +55,23 @@ export class EtcdHaServices implements HaServices {
     const ttlS = Math.max(1, Math.ceil(this.ttlMs / 1000));
     let announced = false;
     while (!this.closed) {
+      try {
+        const epoch = await this.campaign(ttlS, announced);
+        if (epoch !== null) return epoch;
+        announced = true;
+      } catch (err) {
+        // Unreachable at the first contact: the caller says so (exit 2). Once standing by: retry, saying so.
+        if (!announced) throw err;
+        log.warn("standing by: etcd unreachable; retrying", { error: (err as Error).message });
+        await new Promise((r) => setTimeout(r, Math.max(100, this.ttlMs / 3)));
+      }
+    }
+    throw new Error("closed while standing by");
+  }
+
+  /** One round: leads (returns the epoch) or stays a standby for about a third of the TTL (returns null). */
+  private async campaign(ttlS: number, announced: boolean): Promise<number | null> {
+    {
       const lease = await this.etcd.grant(ttlS);
       const placeholder = JSON.stringify({ id: this.id, host: "", port: 0, restPort: 0 });
       const r = await this.etcd.txn([{ key: this.key("leader"), createRevision: 0 }], [{ put: { key: this.key("leader"), value: placeholder, lease } }]);
@@ -71,20 +88,19 @@ export class EtcdHaServices implements HaServices {
       }
       await this.etcd.revoke(lease).catch(() => {});
       if (!announced) {
-        announced = true;
         log.info("standing by: another JobManager leads; waiting for its lease to lapse", { leader: (await this.etcd.get(this.key("leader")))?.value });
-        this.standbyLease = await this.etcd.grant(ttlS);
       }
+      this.standbyLease ??= await this.etcd.grant(ttlS);
       // Stay listed as a standby while waiting; poll the leader key (a few times per lease).
       const until = Date.now() + Math.max(100, this.ttlMs / 3);
       await this.etcd.put(this.key(`standby/${this.id}`), JSON.stringify({ id: this.id }), this.standbyLease!).catch(() => {});
-      await this.etcd.keepAlive(this.standbyLease!, this.ttlMs / 3).catch(() => 0);
+      if ((await this.etcd.keepAlive(this.standbyLease!, this.ttlMs / 3).catch(() => 0)) <= 0) this.standbyLease = null;
       while (Date.now() < until && !this.closed) {
         if (!(await this.etcd.get(this.key("leader")))) break;
         await new Promise((r) => setTimeout(r, 100));
       }
+      return null;
     }
-    throw new Error("closed while standing by");
   }
 
   private startRenewing(): void {

@@ -215,7 +215,8 @@ export class TaskExecutor implements TaskManagerView {
     while (!this.stopped && !this.draining) {
       const startedAt = Date.now();
       try {
-        if (etcd) ({ host, port } = await findJobManager(this.config, 0));
+        // Waiting a while for a leader (an election takes up to a lease) beats backing off past its arrival.
+        if (etcd) ({ host, port } = await findJobManager(this.config, 2 * this.config["high-availability.etcd.lease-ttl"]));
         await this.connectAndRegister(host, port);
         return;
       } catch (err) {
