@@ -145,6 +145,16 @@ describeIfEtcd("etcd HA (real etcd, real processes)", () => {
     c.a.kill("SIGCONT");
     await c.a.waitForOutput(/lost leadership/, 15_000);
     await c.a.waitForOutput(/standing by again/, 15_000);
+    // The new leader's REST API (and dashboard) shows it, its epoch and the old leader standing by.
+    const restPort = Number((await c.b.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]);
+    const ha = await waitFor("the old leader listed as a standby", async () => {
+      const o = await (await fetch(`http://127.0.0.1:${restPort}/overview`)).json();
+      return o["high-availability"]?.standbys.length === 1 && o["high-availability"];
+    }, 15_000, 200);
+    expect(ha.type).toBe("etcd");
+    expect(ha.epoch).toBeGreaterThan(0);
+    expect(c.b.stderr).toContain(`JobManager started rpc=127.0.0.1:`);
+    expect(c.b.stderr).toMatch(new RegExp(`id=${ha.leader} ha=etcd epoch=${ha.epoch}`));
     const end = await waitFinished(c.url, c.jobId, c.conn);
     expect(end.state).toBe("FINISHED");
     const afterResume = c.a.stderr.slice(mark);

@@ -94,9 +94,19 @@ export class JobManager {
     return this.port;
   }
 
+  /** The JobManagers standing by (etcd), refreshed every few seconds for the REST API and dashboard. */
+  standbyIds: string[] = [];
+  private standbyTimer: ReturnType<typeof setInterval> | null = null;
+
   /** Publishes where this leader serves (etcd: for TaskManagers and clients); the role calls it once REST is up. */
   async publishAddress(restPort: number): Promise<void> {
     await this.ha.publishAddress({ id: this.id, host: this.config["jobmanager.rpc.address"], port: this.port, restPort });
+    if (this.ha.type === "etcd" && !this.standbyTimer) {
+      const refresh = () => this.ha.standbys().then((s) => (this.standbyIds = s.map((x) => x.id).filter((id) => id !== this.id)), () => {});
+      void refresh();
+      this.standbyTimer = setInterval(refresh, 2000);
+      (this.standbyTimer as { unref?: () => void }).unref?.();
+    }
   }
 
   /**
@@ -184,6 +194,7 @@ export class JobManager {
   /** `reason` (e.g. "the JobManager is shutting down (SIGTERM)") is sent to every connected peer before its connection closes. */
   async stop(reason = "the JobManager is shutting down"): Promise<void> {
     this.stopping = true;
+    if (this.standbyTimer) clearInterval(this.standbyTimer);
     for (const timer of this.expiry.values()) clearTimeout(timer);
     // With HA a stop suspends: the jobs stay in the store and the next leader (or this one restarted) goes on.
     if (this.ha.type !== "none") {
@@ -368,6 +379,7 @@ export class JobManager {
       taskManager: (id) => rm.taskManagers.get(id),
       slots: () => ({ total: rm.totalSlots, free: rm.freeSlots }),
       savepointTarget: (dir) => jm.savepointTarget(dir),
+      ha: () => ({ type: jm.ha.type, epoch: jm.epoch, leader: jm.id, standbys: jm.standbyIds }),
       taskManagerInfo: async (id, timeoutMs): Promise<TaskManagerInfo> => {
         const tm = rm.taskManagers.get(id);
         if (!tm) throw new Error(`no TaskManager ${id}`);

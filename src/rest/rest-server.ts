@@ -119,7 +119,7 @@ export class RestServer {
     const now = Date.now();
     // Jobs dropped from the job store (jobstore.*) take their rates and savepoint triggers with them.
     for (const key of this.rates.keys()) if (!this.jm.job(key.slice(0, key.indexOf("/")))) this.rates.delete(key);
-    for (const [id, t] of this.savepoints) if (!(this.jm.job(t.jobId)) !== undefined) this.savepoints.delete(id);
+    for (const [id, t] of this.savepoints) if (this.jm.job(t.jobId) === undefined) this.savepoints.delete(id);
     for (const job of this.jm.jobs()) {
       const status = job.status();
       for (const v of status.vertices) {
@@ -341,6 +341,7 @@ export class RestServer {
       "flink-version": `tm ${pkg.version}`,
       "jobmanager-id": this.jm.id,
       "rpc-port": this.jm.port,
+      "high-availability": this.jm.ha(),
     };
   }
 
