@@ -156,7 +156,7 @@ describe("file HA (real processes)", () => {
     expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
   }, 240_000);
 
-  test("a second JobManager on the same storage dir is refused while the first lives; a storage dir that cannot be written exits 4", async () => {
+  test("a second JobManager on the same storage dir is refused while the first lives; another host's lock only once stale; a storage dir that cannot be written exits 4", async () => {
     const dir = tempDir("tm-ha-lock-");
     const storage = path.join(dir, "ha");
     const first = startJobManager(storage, await freePort());
@@ -165,6 +165,19 @@ describe("file HA (real processes)", () => {
     expect(await second.exited(30_000)).toBe(1);
     expect(second.stderr).toMatch(new RegExp(`another JobManager \\(pid ${first.pid}, epoch 1\\) holds the lock file ${path.join(storage, "default", "lock")}`));
     expect(first.proc.exitCode).toBeNull();
+
+    // A lock of another host (a rescheduled pod on a shared mount): refused while it is fresh, taken over once stale.
+    const other = path.join(dir, "other");
+    fs.mkdirSync(path.join(other, "default"), { recursive: true });
+    const lock = path.join(other, "default", "lock");
+    fs.writeFileSync(lock, JSON.stringify({ pid: 1, procStart: null, host: "some-other-host", epoch: 7, startedAt: 0 }));
+    const fresh = startJobManager(other, await freePort());
+    expect(await fresh.exited(30_000)).toBe(1);
+    expect(fresh.stderr).toMatch(/belongs to a JobManager on host some-other-host \(pid 1, epoch 7\), renewed \d+ ms ago; it is taken over once not renewed for 10000 ms/);
+    const old = new Date(Date.now() - 20_000);
+    fs.utimesSync(lock, old, old);
+    const taker = startJobManager(other, await freePort());
+    await taker.waitForOutput(/JobManager started .*epoch=8/, 30_000);
 
     const file = path.join(dir, "a-file");
     fs.writeFileSync(file, "");

@@ -12,6 +12,10 @@ import { checkJobRecord, FencedError, type BrokenJob, type CheckpointPointer, ty
 
 const log = createLogger("ha");
 
+/** The owner touches its lock file every second; a lock of another host (a pod rescheduled onto another node,
+ *  the storage dir on a shared mount) is taken over only when it has not been touched for this long. */
+export const FOREIGN_LOCK_STALE_MS = 10_000;
+
 /** Another live JobManager holds the lock file. */
 export class HaLockError extends Error {
   override name = "HaLockError";
@@ -66,11 +70,14 @@ export class FileHaServices implements HaServices {
       const current = this.readLock();
       if (current) {
         if (current.host !== os.hostname()) {
-          throw new HaLockError(
-            `the lock file ${this.lockFile} belongs to a JobManager on host ${current.host} (pid ${current.pid}, epoch ${current.epoch}); file HA is for one host: stop that one, or remove the lock file if it is gone`,
-          );
-        }
-        if (current.pid !== process.pid && alive(current)) {
+          // Its pid means nothing here: the owner is alive while it keeps touching the lock file.
+          const age = Date.now() - this.lockMtime();
+          if (age < FOREIGN_LOCK_STALE_MS) {
+            throw new HaLockError(
+              `the lock file ${this.lockFile} belongs to a JobManager on host ${current.host} (pid ${current.pid}, epoch ${current.epoch}), renewed ${Math.max(0, Math.round(age))} ms ago; it is taken over once not renewed for ${FOREIGN_LOCK_STALE_MS} ms`,
+            );
+          }
+        } else if (current.pid !== process.pid && alive(current)) {
           throw new HaLockError(`another JobManager (pid ${current.pid}, epoch ${current.epoch}) holds the lock file ${this.lockFile}; one JobManager at a time may use high-availability.storageDir`);
         }
         // A dead owner's lock: moved aside atomically (two starters racing: one rename wins).
@@ -99,7 +106,14 @@ export class FileHaServices implements HaServices {
       // Someone removing or replacing the lock file (an operator, a second JobManager after a manual removal)
       // ends this leadership: the next fenced write would fail anyway; the watch makes it stop at once.
       this.watch = setInterval(() => {
-        if (this.leading && !this.isLeader()) this.loseLeadership(`the lock file ${this.lockFile} no longer names this process (epoch ${this.epoch})`);
+        if (!this.leading) return;
+        if (!this.isLeader()) return this.loseLeadership(`the lock file ${this.lockFile} no longer names this process (epoch ${this.epoch})`);
+        try {
+          const now = new Date();
+          fs.utimesSync(this.lockFile, now, now); // the sign of life a JobManager on another host goes by
+        } catch (err) {
+          log.warn("cannot touch the lock file", { lock: this.lockFile, error: (err as Error).message });
+        }
       }, 1000);
       (this.watch as { unref?: () => void }).unref?.();
       log.info("leading with file HA", { dir: this.dir, epoch });
@@ -244,6 +258,14 @@ export class FileHaServices implements HaServices {
     }
     log.warn("the lock file is not valid; treating it as stale", { lock: this.lockFile });
     return { pid: -1, procStart: null, host: os.hostname(), epoch: 0, startedAt: 0 };
+  }
+
+  private lockMtime(): number {
+    try {
+      return fs.statSync(this.lockFile).mtimeMs;
+    } catch {
+      return 0;
+    }
   }
 
   private readEpoch(): number {
