@@ -166,18 +166,29 @@ describe("file HA (real processes)", () => {
     expect(second.stderr).toMatch(new RegExp(`another JobManager \\(pid ${first.pid}, epoch 1\\) holds the lock file ${path.join(storage, "default", "lock")}`));
     expect(first.proc.exitCode).toBeNull();
 
-    // A lock of another host (a rescheduled pod on a shared mount): refused while it is fresh, taken over once stale.
-    const other = path.join(dir, "other");
-    fs.mkdirSync(path.join(other, "default"), { recursive: true });
-    const lock = path.join(other, "default", "lock");
-    fs.writeFileSync(lock, JSON.stringify({ pid: 1, procStart: null, host: "some-other-host", epoch: 7, startedAt: 0 }));
-    const fresh = startJobManager(other, await freePort());
-    expect(await fresh.exited(30_000)).toBe(1);
-    expect(fresh.stderr).toMatch(/belongs to a JobManager on host some-other-host \(pid 1, epoch 7\), renewed \d+ ms ago; it is taken over once not renewed for 10000 ms/);
-    const old = new Date(Date.now() - 20_000);
-    fs.utimesSync(lock, old, old);
-    const taker = startJobManager(other, await freePort());
-    await taker.waitForOutput(/JobManager started .*epoch=8/, 30_000);
+    // A lock of another host (a rescheduled pod on a shared mount): while its owner renews it, the new JobManager
+    // waits and then refuses; once nobody renews it, it is taken over with the next epoch.
+    const lockOf = (name: string) => {
+      const d = path.join(dir, name, "default");
+      fs.mkdirSync(d, { recursive: true });
+      fs.writeFileSync(path.join(d, "lock"), JSON.stringify({ pid: 1, procStart: null, host: "some-other-host", epoch: 7, startedAt: 0 }));
+      return path.join(d, "lock");
+    };
+    const renewed = lockOf("renewed");
+    const toucher = setInterval(() => fs.utimesSync(renewed, new Date(), new Date()), 300);
+    try {
+      const refused = startJobManager(path.join(dir, "renewed"), await freePort());
+      await refused.waitForOutput(/waiting for the lock file .* of a JobManager on host some-other-host \(pid 1, epoch 7\) to go stale/, 30_000);
+      expect(await refused.exited(40_000)).toBe(1);
+      expect(refused.stderr).toContain("is still being renewed: another JobManager uses high-availability.storageDir");
+    } finally {
+      clearInterval(toucher);
+    }
+    lockOf("abandoned");
+    const startedAt = Date.now();
+    const taker = startJobManager(path.join(dir, "abandoned"), await freePort());
+    await taker.waitForOutput(/JobManager started .*epoch=8/, 40_000);
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(9_000);
 
     const file = path.join(dir, "a-file");
     fs.writeFileSync(file, "");

@@ -66,16 +66,26 @@ export class FileHaServices implements HaServices {
 
   async becomeLeader(): Promise<number> {
     fs.mkdirSync(path.join(this.dir, "jobs"), { recursive: true });
+    let waiting: { since: number; mtime: number } | null = null;
     for (let tries = 0; ; tries++) {
       const current = this.readLock();
       if (current) {
         if (current.host !== os.hostname()) {
-          // Its pid means nothing here: the owner is alive while it keeps touching the lock file.
-          const age = Date.now() - this.lockMtime();
+          // Its pid means nothing here: the owner is alive while it keeps touching the lock file. Wait for it to
+          // go stale (a pod rescheduled onto another node); refuse if it is renewed meanwhile.
+          const mtime = this.lockMtime();
+          const age = Date.now() - mtime;
           if (age < FOREIGN_LOCK_STALE_MS) {
-            throw new HaLockError(
-              `the lock file ${this.lockFile} belongs to a JobManager on host ${current.host} (pid ${current.pid}, epoch ${current.epoch}), renewed ${Math.max(0, Math.round(age))} ms ago; it is taken over once not renewed for ${FOREIGN_LOCK_STALE_MS} ms`,
-            );
+            const what = `the lock file ${this.lockFile} of a JobManager on host ${current.host} (pid ${current.pid}, epoch ${current.epoch})`;
+            if (!waiting) {
+              waiting = { since: Date.now(), mtime };
+              log.warn(`waiting for ${what} to go stale (not renewed for ${FOREIGN_LOCK_STALE_MS} ms)`, { renewedMsAgo: Math.max(0, Math.round(age)) });
+            } else if (Date.now() - waiting.since >= FOREIGN_LOCK_STALE_MS && mtime !== waiting.mtime) {
+              throw new HaLockError(`${what} is still being renewed: another JobManager uses high-availability.storageDir`);
+            }
+            await new Promise((r) => setTimeout(r, 500));
+            tries--;
+            continue;
           }
         } else if (current.pid !== process.pid && alive(current)) {
           throw new HaLockError(`another JobManager (pid ${current.pid}, epoch ${current.epoch}) holds the lock file ${this.lockFile}; one JobManager at a time may use high-availability.storageDir`);
