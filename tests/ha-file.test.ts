@@ -56,10 +56,12 @@ describe("file HA (real processes)", () => {
     const dir = tempDir("tm-ha-file-");
     const storage = path.join(dir, "ha");
     const port = await freePort();
-    let jm = startJobManager(storage, port);
+    // Grace 0 (the JobManager's value governs): the TaskManagers cancel their tasks when the JobManager goes, and
+    // the recovered job is restored from its checkpoint.
+    const noGrace = ["-D", "taskmanager.jobmanager-loss.grace-period=0"];
+    let jm = startJobManager(storage, port, noGrace);
     await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
-    // Grace 0: the TaskManagers cancel their tasks when the JobManager goes; the recovered job is restored.
-    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id, ["-D", "taskmanager.jobmanager-loss.grace-period=0"]));
+    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id));
     await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
     const N = 150_000;
     const out = path.join(dir, "out");
@@ -84,7 +86,7 @@ describe("file HA (real processes)", () => {
     const counter = Number(fs.readFileSync(path.join(jobsDir, jobId, "counter"), "utf8"));
     expect(counter).toBeGreaterThanOrEqual(pointer.checkpointId);
 
-    jm = startJobManager(storage, port);
+    jm = startJobManager(storage, port, noGrace);
     await jm.waitForOutput(/JobManager started .*epoch=2/, 30_000);
     expect(jm.stderr).toMatch(new RegExp(`recovered a job from the HA store job=${jobId}.*from=${pointer.path.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
     const end = await waitFor("the recovered job FINISHED", async () => {
@@ -94,6 +96,9 @@ describe("file HA (real processes)", () => {
     }, 120_000, 100);
     expect(end.jobId).toBe(jobId);
     expect(end.checkpoints.restoredFrom).toBe(pointer.path);
+    // Restored, not adopted: one restart, the old attempt's tasks canceled on the TaskManagers.
+    expect({ restarts: end.restarts, adoptions: end.adoptions }).toEqual({ restarts: 1, adoptions: 0 });
+    for (const t of tms) expect(t.stderr).toMatch(/lost the JobManager; canceling its tasks/);
     // Checkpoint ids go on above every id the first leader used.
     expect(Math.min(...end.checkpoints.history.map((h) => h.id))).toBeGreaterThan(counter);
     expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
@@ -154,6 +159,61 @@ describe("file HA (real processes)", () => {
     expect(tms.map((t) => t.stderr.match(/deploying task/g)?.length ?? 0)).toEqual(deployed);
     for (const t of tms) expect(t.stderr).not.toMatch(/state=CANCELED|canceling it/);
     expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+  }, 240_000);
+
+  test("after a failover (adopted): the REST API, the restart strategy, a savepoint and cancel work as before it; the canceled job leaves the store", async () => {
+    const dir = tempDir("tm-ha-after-");
+    const storage = path.join(dir, "ha");
+    const port = await freePort();
+    let jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    const tms = ["tm-a", "tm-b", "tm-c"].map((id) => startTaskManager(port, id));
+    await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
+    const job = writeJob(dir, "endless.ts", `
+      const pause = new Int32Array(new SharedArrayBuffer(4));
+      export default (env) => {
+        env.enableCheckpointing(300);
+        env.fromSequence(1, 1e12).map((x) => { if (x % 100 === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+          .keyBy((x) => x % 7).sum(0).addSink(() => {});
+      };`);
+    const jobId = await submitJob(await client(port), await prepareJob(job, [], 2));
+    const conn: { c: RpcConnection | null } = { c: null };
+    await waitFor("two checkpoints", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.checkpoints.completed >= 2 && s;
+    }, 60_000, 50);
+    jm.kill("SIGKILL");
+    await jm.exited();
+    jm = startJobManager(storage, port, ["-D", "rest.port=0"]);
+    await jm.waitForOutput(/adopted the running attempt/, 60_000);
+    const restPort = Number((await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]);
+    const rest = await (await fetch(`http://127.0.0.1:${restPort}/jobs/${jobId}`)).json();
+    expect(rest.state).toBe("RUNNING");
+    expect((await (await fetch(`http://127.0.0.1:${restPort}/overview`)).json())["high-availability"]).toMatchObject({ type: "file", epoch: 2 });
+
+    // A TaskManager of the adopted attempt dies: the restart strategy restores the job on the others.
+    const adopted = await waitFor("the status from the new JobManager", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.tasks.RUNNING === 4 && s;
+    }, 30_000, 50);
+    const victim = adopted.vertices[0]!.subtasks[0]!.taskManager;
+    tms[["tm-a", "tm-b", "tm-c"].indexOf(victim)]!.kill("SIGKILL");
+    const restarted = await waitFor("RUNNING again after the restart", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.restarts === 1 && s.tasks.RUNNING === 4 && s;
+    }, 60_000, 50);
+    expect(restarted.adoptions).toBe(1);
+    expect(restarted.vertices.flatMap((v) => v.subtasks.map((t) => t.taskManager))).not.toContain(victim);
+    await waitFor("a checkpoint of the new attempt", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.checkpoints.completed > restarted.checkpoints.completed;
+    }, 60_000, 50);
+
+    const sp = await conn.c!.request("triggerSavepoint", { jobId, dir: path.join(dir, "savepoints") }, 30_000);
+    expect(fs.existsSync(sp.path)).toBe(true);
+    await conn.c!.request("cancelJob", { jobId });
+    await waitFor("CANCELED", async () => (await statusOf(port, jobId, conn))?.state === "CANCELED", 30_000, 50);
+    await waitFor("the job gone from the HA store", () => fs.readdirSync(path.join(storage, "default", "jobs")).length === 0, 10_000, 50);
   }, 240_000);
 
   test("a second JobManager on the same storage dir is refused while the first lives; another host's lock only once stale; a storage dir that cannot be written exits 4", async () => {

@@ -169,7 +169,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "taskmanager.jobmanager-loss.grace-period": {
     type: { kind: "duration" },
     default: 30 * SECOND,
-    doc: "With HA on, how long a TaskManager keeps its tasks running after losing its JobManager while it reconnects, so that the new leader can adopt them (0 = cancel at once, as without HA).",
+    doc: "With HA on, how long a TaskManager keeps its tasks running after losing its JobManager while it reconnects, so that the new leader can adopt them, and how long a recovered job waits for them (0 = cancel at once and restore, as without HA); the JobManager's value governs, sent at registration.",
   },
   "security.auth.secret-file": {
     type: { kind: "path" },
