@@ -327,8 +327,13 @@ async function runSubmit(args: string[]): Promise<number> {
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
-  return runToEnd(host, port, { ...prepared, fromSavepoint }, values.detached ?? false);
+  // With HA (and no -m) the wait follows the JobManager through a failover: the same job id at the next leader.
+  const follow = cfg["high-availability.type"] !== "none" && values.jobmanager === undefined ? () => findJobManager(cfg, 10_000) : null;
+  return runToEnd(host, port, { ...prepared, fromSavepoint }, values.detached ?? false, follow);
 }
+
+/** How long `submit` with HA waits for a JobManager again after losing the one it polled. */
+const FOLLOW_LEADER_MS = 120_000;
 
 /** -m HOST:PORT, else with etcd HA the current leader (high-availability.etcd.endpoints), else the configured one. */
 async function jobManagerAddress(cfg: Config, flag: string | undefined): Promise<{ host: string; port: number }> {
@@ -395,8 +400,14 @@ async function runCancel(args: string[]): Promise<number> {
   }
 }
 
-async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>> & { fromSavepoint?: string }, detached: boolean): Promise<number> {
-  const rpc = await connectClient(host, port);
+async function runToEnd(
+  host: string,
+  port: number,
+  prepared: Awaited<ReturnType<typeof prepareJob>> & { fromSavepoint?: string },
+  detached: boolean,
+  follow: (() => Promise<{ host: string; port: number }>) | null = null,
+): Promise<number> {
+  let rpc = await connectClient(host, port);
   try {
     const jobId = await submitJob(rpc, prepared);
     if (detached) {
@@ -413,7 +424,20 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
-    const final = await waitForJob(rpc, jobId, () => {}, 200, (s) => progress.update(s)).finally(() => {
+    const wait = async () => {
+      for (;;) {
+        try {
+          return await waitForJob(rpc, jobId, () => {}, 200, (s) => progress.update(s));
+        } catch (err) {
+          if (!follow || /^jobStatus: no job /.test((err as Error).message)) throw err;
+          progress.clear();
+          console.error(`lost the JobManager (${(err as Error).message}); waiting up to ${FOLLOW_LEADER_MS / 1000} s for the next one (high availability)`);
+          rpc.close();
+          rpc = await reconnect(follow);
+        }
+      }
+    };
+    const final = await wait().finally(() => {
       progress.clear();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
@@ -423,6 +447,20 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
     return EXIT_FAILED;
   } finally {
     rpc.close();
+  }
+}
+
+/** Connects to whichever JobManager `find` names, retrying for FOLLOW_LEADER_MS. */
+async function reconnect(find: () => Promise<{ host: string; port: number }>): Promise<Awaited<ReturnType<typeof connectClient>>> {
+  const deadline = Date.now() + FOLLOW_LEADER_MS;
+  for (;;) {
+    try {
+      const { host, port } = await find();
+      return await connectClient(host, port);
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`no JobManager answered within ${FOLLOW_LEADER_MS / 1000} s: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 }
 

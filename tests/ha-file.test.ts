@@ -216,6 +216,30 @@ describe("file HA (real processes)", () => {
     await waitFor("the job gone from the HA store", () => fs.readdirSync(path.join(storage, "default", "jobs")).length === 0, 10_000, 50);
   }, 240_000);
 
+  test("`submit` waiting for its job follows the JobManager through a failover and exits 0 when the job finishes", async () => {
+    const dir = tempDir("tm-ha-submit-");
+    const storage = path.join(dir, "ha");
+    const port = await freePort();
+    let jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id));
+    await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
+    const N = 100_000;
+    const out = path.join(dir, "out");
+    const submit = new Child([BUN, "main.ts", "submit", "-p", "2", ...haArgs(storage, port), writeJob(dir, "job.ts", keyedJob(out, N, 10))]);
+    const conn: { c: RpcConnection | null } = { c: null };
+    await waitFor("the job RUNNING with a checkpoint", async () => {
+      const jobs = await (conn.c ??= await client(port)).request("listJobs", {});
+      return jobs[0]?.state === "RUNNING" && jobs[0].checkpoints.completed >= 1;
+    }, 60_000, 50);
+    jm.kill("SIGKILL");
+    await jm.exited();
+    jm = startJobManager(storage, port);
+    expect(await submit.exited(120_000)).toBe(0);
+    expect(submit.stderr).toMatch(/lost the JobManager \(.*\); waiting up to 120 s for the next one \(high availability\)/);
+    expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+  }, 180_000);
+
   test("a second JobManager on the same storage dir is refused while the first lives; another host's lock only once stale; a storage dir that cannot be written exits 4", async () => {
     const dir = tempDir("tm-ha-lock-");
     const storage = path.join(dir, "ha");
