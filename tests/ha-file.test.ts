@@ -240,6 +240,34 @@ describe("file HA (real processes)", () => {
     expect(keyedCountsDiscrepancy(committedLines(out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
   }, 180_000);
 
+  test("the HA storage failing mid-job: the next restart cannot store its attempt, and the job fails saying why", async () => {
+    const dir = tempDir("tm-ha-broken-");
+    const storage = path.join(dir, "ha");
+    const port = await freePort();
+    const jm = startJobManager(storage, port);
+    await jm.waitForOutput(/JobManager started .*epoch=1/, 30_000);
+    const tms = ["tm-a", "tm-b"].map((id) => startTaskManager(port, id));
+    await Promise.all(tms.map((t) => t.waitForOutput(/registered at the JobManager/, 30_000)));
+    const job = writeJob(dir, "endless.ts", `export default (env) => { env.enableCheckpointing(300); env.fromSequence(1, 1e12).keyBy((x) => x % 7).sum(0).addSink(() => {}); };`);
+    const jobId = await submitJob(await client(port), await prepareJob(job, [], 2));
+    const conn: { c: RpcConnection | null } = { c: null };
+    const running = await waitFor("a checkpoint", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "RUNNING" && s.checkpoints.completed >= 1 && s;
+    }, 60_000, 50);
+    // The job's directory in the store becomes a file: every write there fails (EEXIST on mkdir), even as root.
+    const jobDir = path.join(storage, "default", "jobs", jobId);
+    fs.rmSync(jobDir, { recursive: true });
+    fs.writeFileSync(jobDir, "");
+    const victim = running.vertices[0]!.subtasks[0]!.taskManager;
+    tms[["tm-a", "tm-b"].indexOf(victim)]!.kill("SIGKILL");
+    const failed = await waitFor("FAILED", async () => {
+      const s = await statusOf(port, jobId, conn);
+      return s && s.state === "FAILED" && s;
+    }, 60_000, 50);
+    expect(failed.error?.message).toMatch(new RegExp(`cannot store attempt 1 in the HA services: (EEXIST|ENOTDIR).*${jobDir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+  }, 120_000);
+
   test("a second JobManager on the same storage dir is refused while the first lives; another host's lock only once stale; a storage dir that cannot be written exits 4", async () => {
     const dir = tempDir("tm-ha-lock-");
     const storage = path.join(dir, "ha");

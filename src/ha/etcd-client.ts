@@ -1,6 +1,8 @@
 // A small etcd v3 client over etcd's JSON gateway (HTTP POST /v3/kv/range, /v3/kv/txn, /v3/lease/grant,
 // /v3/lease/keepalive, /v3/lease/revoke; keys and values base64). fetch() is all it needs: no npm dependency,
 // and it runs in the compiled binary and under Deno alike. Several endpoints: each call tries them in turn.
+import { Buffer } from "node:buffer";
+
 const enc = (s: string) => Buffer.from(s).toString("base64");
 const dec = (s: string | undefined) => (s ? Buffer.from(s, "base64").toString("utf8") : "");
 

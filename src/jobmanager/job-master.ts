@@ -372,6 +372,12 @@ export class JobMaster {
     } catch (err) {
       log.error("cannot store the job's attempt in the HA services; not deploying", { job: this.jobId, attempt: this.attempt, error: (err as Error).message });
       this.rm.release(this.jobId);
+      // Deposed: the next leader runs the job. Otherwise (the storage dir failing) the job fails, saying why.
+      if ((err as Error).name !== "FencedError" && this.state === state) {
+        this.error = { name: "HighAvailabilityStoreError", message: `cannot store attempt ${this.attempt} in the HA services: ${(err as Error).message}` };
+        this.recordException(this.error, null);
+        this.transition("FAILED");
+      }
       return false;
     }
     if (this.state === state) return true;
