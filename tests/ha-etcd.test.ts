@@ -169,5 +169,8 @@ describeIfEtcd("etcd HA (real etcd, real processes)", () => {
     const jm = startJobManager(path.join(dir, "ha"), url);
     expect(await jm.exited(30_000)).toBe(2);
     expect(jm.stderr).toContain(`etcd unreachable (high-availability.etcd.endpoints = ${url})`);
+    const none = new Child([BUN, "main.ts", "jobmanager", "-D", "high-availability.type=etcd", "-D", `high-availability.storageDir=${dir}`]);
+    expect(await none.exited(30_000)).toBe(2);
+    expect(none.stderr).toContain("high-availability.type = etcd (from -D flag) needs high-availability.etcd.endpoints");
   }, 60_000);
 });

@@ -302,6 +302,10 @@ describe("file HA (real processes)", () => {
     await taker.waitForOutput(/JobManager started .*epoch=8/, 40_000);
     expect(Date.now() - startedAt).toBeGreaterThanOrEqual(9_000);
 
+    const noDir = new Child([BUN, "main.ts", "jobmanager", "-D", "high-availability.type=file", "-D", "jobmanager.rpc.port=0"]);
+    expect(await noDir.exited(30_000)).toBe(2);
+    expect(noDir.stderr).toContain("high-availability.type = file needs high-availability.storageDir");
+
     const file = path.join(dir, "a-file");
     fs.writeFileSync(file, "");
     const bad = startJobManager(path.join(file, "ha"), await freePort());
