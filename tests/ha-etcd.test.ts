@@ -127,6 +127,10 @@ describeIfEtcd("etcd HA (real etcd, real processes)", () => {
     const runningAgainMs = Date.now() - killedAt;
     console.log(`etcd failover figures: ${JSON.stringify({ scenario: "leader SIGKILL, lease 3 s", runningAgainMs, adopted: running.adoptions === 1 })}`);
     expect(running.adoptions).toBe(1);
+    // The CLI finds the new leader through etcd (no -m).
+    const list = new Child([BUN, "main.ts", "list", "-D", "high-availability.type=etcd", "-D", `high-availability.etcd.endpoints=${c.url}`]);
+    expect(await list.exited(30_000)).toBe(0);
+    expect(list.stdout).toContain(`${c.jobId} : job (RUNNING)`);
     const end = await waitFinished(c.url, c.jobId, c.conn);
     expect(end.jobId).toBe(c.jobId);
     expect(keyedCountsDiscrepancy(committedLines(c.out), c.N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
