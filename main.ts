@@ -6,6 +6,7 @@ import * as path from "node:path";
 import pkg from "./package.json" with { type: "json" };
 import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { startJobManager } from "./src/roles/jobmanager-role.ts";
+import { EtcdUnavailableError, findJobManager } from "./src/ha/index.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
 import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
 import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob, type SubmitOptions } from "./src/client/job-client.ts";
@@ -30,7 +31,7 @@ class DirectoryError extends Error {}
 
 /** Directories each role writes; an empty value means a private directory under the OS temp dir. */
 const TASKMANAGER_DIRS = ["taskmanager.tmp.dir", "taskmanager.state.dir", "state.checkpoints.dir"] as const;
-const JOBMANAGER_DIRS = ["jobmanager.storage.dir", "state.checkpoints.dir", "state.savepoints.dir"] as const;
+const JOBMANAGER_DIRS = ["jobmanager.storage.dir", "state.checkpoints.dir", "state.savepoints.dir", "high-availability.storageDir"] as const;
 
 const DIR_REASONS: Record<string, string> = {
   ENOTDIR: "a part of the path is a file, not a directory",
@@ -236,9 +237,49 @@ async function runJobManager(args: string[]): Promise<number> {
   if (values.help) return help("jobmanager");
   const cfg = config(values);
   checkDirectories(cfg, JOBMANAGER_DIRS);
-  const jm = await startJobManager(cfg);
-  const signal = await waitForSignal();
   const log = createLogger("jobmanager");
+  const signalled = waitForSignal();
+  let jm: Awaited<ReturnType<typeof startJobManager>>;
+  let signal: string;
+  let standingByAgain = false;
+  for (;;) {
+    // A standby (etcd) waits in startJobManager until it leads; a signal meanwhile ends it. Unreachable etcd at
+    // the first start exits 2; after a lost leadership (e.g. cut off from etcd) it retries until etcd answers.
+    const started = startJobManager(cfg);
+    const first = await Promise.race([
+      started.then(
+        (j) => ({ j }),
+        (err: Error) => {
+          if (!standingByAgain || !(err instanceof EtcdUnavailableError)) throw err;
+          return { retry: err };
+        },
+      ),
+      signalled.then((s) => ({ s })),
+    ]);
+    if ("retry" in first) {
+      log.warn("cannot stand by: etcd unreachable; retrying", { error: first.retry.message });
+      await Promise.race([new Promise((r) => setTimeout(r, 1000)), signalled]);
+      continue;
+    }
+    if ("s" in first) {
+      log.info(`${first.s} while standing by: exiting`, {});
+      return 0;
+    }
+    jm = first.j;
+    const next = await Promise.race([signalled.then((s) => ({ s })), jm.jobManager.deposed.then((reason) => ({ reason }))]);
+    if ("s" in next) {
+      signal = next.s;
+      break;
+    }
+    await jm.stop(`the JobManager lost its leadership: ${next.reason}`);
+    // With etcd it stands by again and may lead later; a file-HA JobManager whose lock was taken exits.
+    if (cfg["high-availability.type"] !== "etcd") {
+      log.error("exiting: the HA lock is no longer this JobManager's", { reason: next.reason });
+      return EXIT_FAILED;
+    }
+    log.warn("standing by again after losing the leadership", { reason: next.reason });
+    standingByAgain = true;
+  }
   // A second signal exits at once: 0 if the jobs are canceled and the peers told already (only the ports are still
   // closing, e.g. waiting for a stranger's socket in its handshake), 1 if that had not finished.
   const again = (s: string) => {
@@ -290,18 +331,24 @@ async function runSubmit(args: string[]): Promise<number> {
   if (!job) throw new UsageError("submit: missing the job file");
   warnOptionsAfterJob("submit", jobArgs, options);
   const cfg = config(values);
-  const { host, port } = jobManagerAddress(cfg, values.jobmanager);
+  const { host, port } = await jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const prepared = await prepareJob(job, jobArgs, parallelism);
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
   const allowNonRestoredState = values.allowNonRestoredState === true;
   if (allowNonRestoredState && fromSavepoint === undefined) throw new UsageError("submit: --allowNonRestoredState (-n) needs --from-savepoint (-s)");
   const onWarning = (w: string) => console.error(`Warning: ${w}`);
-  return runToEnd(host, port, { ...prepared, fromSavepoint, allowNonRestoredState, onWarning }, values.detached ?? false);
+  // With HA (and no -m) the wait follows the JobManager through a failover: the same job id at the next leader.
+  const follow = cfg["high-availability.type"] !== "none" && values.jobmanager === undefined ? () => findJobManager(cfg, 10_000) : null;
+  return runToEnd(host, port, { ...prepared, fromSavepoint, allowNonRestoredState, onWarning }, values.detached ?? false, follow);
 }
 
-function jobManagerAddress(cfg: Config, flag: string | undefined): { host: string; port: number } {
-  if (flag === undefined) return { host: cfg["jobmanager.rpc.address"], port: cfg["jobmanager.rpc.port"] };
+/** How long `submit` with HA waits for a JobManager again after losing the one it polled. */
+const FOLLOW_LEADER_MS = 120_000;
+
+/** -m HOST:PORT, else with etcd HA the current leader (high-availability.etcd.endpoints), else the configured one. */
+async function jobManagerAddress(cfg: Config, flag: string | undefined): Promise<{ host: string; port: number }> {
+  if (flag === undefined) return findJobManager(cfg, 10_000);
   const m = /^(.+):(\d{1,5})$/.exec(flag);
   if (!m || Number(m[2]) > 65535) throw new UsageError(`--jobmanager: expected HOST:PORT, got ${JSON.stringify(flag)}`);
   return { host: m[1]!, port: Number(m[2]) };
@@ -310,7 +357,7 @@ function jobManagerAddress(cfg: Config, flag: string | undefined): { host: strin
 async function runList(args: string[]): Promise<number> {
   const { values } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } });
   if (values.help) return help("list");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     const jobs = await rpc.request("listJobs", {});
@@ -331,7 +378,7 @@ async function runSavepoint(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length < 1 || positionals.length > 2) throw new UsageError("savepoint: expected a job id and optionally a target directory");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     // Sent as given: the JobManager resolves a relative DIR against its state.savepoints.dir (or refuses it).
@@ -351,7 +398,7 @@ async function runCancel(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { ...COMMON_OPTIONS, jobmanager: { type: "string", short: "m" } }, true);
   if (values.help) return help("cancel");
   if (positionals.length !== 1) throw new UsageError("cancel: expected exactly one job id");
-  const { host, port } = jobManagerAddress(config(values), values.jobmanager);
+  const { host, port } = await jobManagerAddress(config(values), values.jobmanager);
   const rpc = await connectClient(host, port);
   try {
     if (withSavepoint !== undefined) {
@@ -369,8 +416,14 @@ async function runCancel(args: string[]): Promise<number> {
   }
 }
 
-async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType<typeof prepareJob>> & SubmitOptions, detached: boolean): Promise<number> {
-  const rpc = await connectClient(host, port);
+async function runToEnd(
+  host: string,
+  port: number,
+  prepared: Awaited<ReturnType<typeof prepareJob>> & SubmitOptions,
+  detached: boolean,
+  follow: (() => Promise<{ host: string; port: number }>) | null = null,
+): Promise<number> {
+  let rpc = await connectClient(host, port);
   try {
     const jobId = await submitJob(rpc, prepared);
     if (detached) {
@@ -387,7 +440,20 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
-    const final = await waitForJob(rpc, jobId, () => {}, 200, (s) => progress.update(s)).finally(() => {
+    const wait = async () => {
+      for (;;) {
+        try {
+          return await waitForJob(rpc, jobId, () => {}, 200, (s) => progress.update(s));
+        } catch (err) {
+          if (!follow || /^jobStatus: no job /.test((err as Error).message)) throw err;
+          progress.clear();
+          console.error(`lost the JobManager (${(err as Error).message}); waiting up to ${FOLLOW_LEADER_MS / 1000} s for the next one (high availability)`);
+          rpc.close();
+          rpc = await reconnect(follow);
+        }
+      }
+    };
+    const final = await wait().finally(() => {
       progress.clear();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
@@ -397,6 +463,20 @@ async function runToEnd(host: string, port: number, prepared: Awaited<ReturnType
     return EXIT_FAILED;
   } finally {
     rpc.close();
+  }
+}
+
+/** Connects to whichever JobManager `find` names, retrying for FOLLOW_LEADER_MS. */
+async function reconnect(find: () => Promise<{ host: string; port: number }>): Promise<Awaited<ReturnType<typeof connectClient>>> {
+  const deadline = Date.now() + FOLLOW_LEADER_MS;
+  for (;;) {
+    try {
+      const { host, port } = await find();
+      return await connectClient(host, port);
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`no JobManager answered within ${FOLLOW_LEADER_MS / 1000} s: ${(err as Error).message}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 }
 
@@ -441,7 +521,7 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`error: ${err.message}`);
       return EXIT_DIR;
     }
-    if (err instanceof ConfigError || err instanceof UsageError || err instanceof JobFileNotFoundError) {
+    if (err instanceof ConfigError || err instanceof UsageError || err instanceof JobFileNotFoundError || err instanceof EtcdUnavailableError) {
       console.error(`error: ${err.message}`);
       return EXIT_USAGE;
     }

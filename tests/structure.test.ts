@@ -25,6 +25,7 @@ const LAYERS = [
   "connectors",
   "api/index.ts",
   "runtime",
+  "ha",
   "taskmanager",
   "jobmanager",
   "rest",

@@ -94,6 +94,12 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
     );
   }
 
+  // (high-availability.storageDir is the JobManager's concern: checked where its HA services start.)
+  const ha = config["high-availability.type"];
+  if (ha === "etcd" && (config["high-availability.etcd.endpoints"] as string[]).length === 0) {
+    throw new ConfigError(`high-availability.type = etcd (${origin.get("high-availability.type")}) needs high-availability.etcd.endpoints (etcd client URLs such as http://127.0.0.1:2379)`);
+  }
+
   return config as unknown as Config;
 }
 

@@ -12,6 +12,12 @@ export interface Config {
   "jobmanager.slot-request.timeout": number;
   "jobstore.max-capacity": number;
   "jobstore.expiration-time": number;
+  "high-availability.type": "none" | "file" | "etcd";
+  "high-availability.storageDir": string;
+  "high-availability.cluster-id": string;
+  "high-availability.etcd.endpoints": string[];
+  "high-availability.etcd.lease-ttl": number;
+  "taskmanager.jobmanager-loss.grace-period": number;
   "security.auth.secret-file": string;
   "security.insecure": boolean;
   "security.ssl.enabled": boolean;
@@ -145,6 +151,36 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "duration", min: 1 },
     default: 60 * MINUTE,
     doc: "How long the JobManager keeps a finished, failed or canceled job after its end.",
+  },
+  "high-availability.type": {
+    type: { kind: "enum", values: ["none", "file", "etcd"] },
+    default: "none",
+    doc: "JobManager failover: none = a restarted JobManager remembers no job; file = jobs, artifacts and checkpoint pointers in high-availability.storageDir, one JobManager at a time (a lock file), a restarted one recovers every job; etcd = leader election and discovery through etcd, standbys take over.",
+  },
+  "high-availability.storageDir": {
+    type: { kind: "path" },
+    default: "",
+    doc: "Where the HA services keep job graphs, job artifacts, checkpoint pointers and (file mode) the lock file; required when high-availability.type is not none; with etcd a directory every JobManager can reach.",
+  },
+  "high-availability.cluster-id": {
+    type: { kind: "string" },
+    default: "default",
+    doc: "Separates clusters that share one etcd (the prefix of their keys) or one storage dir.",
+  },
+  "high-availability.etcd.endpoints": {
+    type: { kind: "list" },
+    default: [],
+    doc: "etcd client URLs (http://host:port), for JobManagers (leader election) and for TaskManagers and clients (leader discovery) when high-availability.type = etcd.",
+  },
+  "high-availability.etcd.lease-ttl": {
+    type: { kind: "duration", min: 1000 },
+    default: 3 * SECOND,
+    doc: "The leader's etcd lease: renewed every third of it; a leader that could not renew for two thirds of it steps down, and a standby takes over once it lapses.",
+  },
+  "taskmanager.jobmanager-loss.grace-period": {
+    type: { kind: "duration" },
+    default: 30 * SECOND,
+    doc: "With HA on, how long a TaskManager keeps its tasks running after losing its JobManager while it reconnects, so that the new leader can adopt them, and how long a recovered job waits for them (0 = cancel at once and restore, as without HA); the JobManager's value governs, sent at registration.",
   },
   "security.auth.secret-file": {
     type: { kind: "path" },

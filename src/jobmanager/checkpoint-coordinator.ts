@@ -26,6 +26,12 @@ export interface CheckpointOptions {
   unaligned?: boolean;
   store: CheckpointStore;
   savepointDir: string;
+  /** HA: the leadership epoch written into the metadata. */
+  epoch?: number;
+  /** HA: records that ids up to `id` are used, before the trigger goes out (fenced: rejects for a deposed leader). */
+  reserveId?: (id: number) => Promise<void>;
+  /** HA: points the job at a completed checkpoint (fenced); tasks are notified, and sinks commit, only after it. */
+  publish?: (id: number, metadataFile: string) => Promise<void>;
 }
 
 /** What the coordinator needs of the job master. */
@@ -55,6 +61,8 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
   stats: CheckpointStats;
   done: { resolve: (r: { path: string; checkpointId: number }) => void; reject: (e: Error) => void } | null;
+  /** HA: its pointer is being stored; if it is aborted meanwhile its files stay (the pointer may still land). */
+  publishing?: boolean;
 }
 
 export class CheckpointCoordinator {
@@ -157,9 +165,15 @@ export class CheckpointCoordinator {
       };
       this.pending.set(id, p);
       log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint, unaligned });
-      for (const t of this.tasksToTrigger(tasks, all.finished)) {
-        this.host.trigger(t.executionId, id, timestamp, dir, unaligned).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
-      }
+      const fire = () => {
+        if (!this.pending.has(id)) return;
+        for (const t of this.tasksToTrigger(tasks, all.finished)) {
+          this.host.trigger(t.executionId, id, timestamp, dir, unaligned).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
+        }
+      };
+      // With HA the id is recorded as used first, so that a new leader never reuses it.
+      if (!this.opts.reserveId) fire();
+      else this.opts.reserveId(id).then(fire, (err: Error) => this.abort(p, `the checkpoint id counter refused id ${id}: ${err.message}`));
     });
   }
 
@@ -214,6 +228,7 @@ export class CheckpointCoordinator {
       timestamp: p.timestamp,
       savepoint: p.savepoint,
       attempt: this.host.attempt(),
+      ...(this.opts.epoch !== undefined ? { epoch: this.opts.epoch } : {}),
       maxParallelism: g.maxParallelism,
       vertices: g.vertices.map((v) => ({ id: v.id, name: v.name, parallelism: v.parallelism, operatorIds: operatorsOf(v).map((o) => o.id) })),
       operators: [],
@@ -241,11 +256,27 @@ export class CheckpointCoordinator {
     let file: string;
     try {
       if (p.savepoint) writeFileAtomic((file = path.join(p.dir, METADATA_FILE)), JSON.stringify(meta));
-      else file = this.opts.store.complete(meta, p.dir);
+      else file = this.opts.store.complete(meta, p.dir, !this.opts.publish);
     } catch (err) {
       this.abort(p, `writing its metadata failed: ${(err as Error).message}`);
       return;
     }
+    if (!this.opts.publish) return this.finishCompletion(p, file);
+    // HA: the pointer is the commit point. A deposed leader's pointer write fails: nothing is notified, nothing
+    // commits, and its metadata is never pointed to.
+    this.pending.set(p.id, p);
+    p.publishing = true;
+    this.opts.publish(p.id, file).then(
+      () => {
+        if (!this.pending.delete(p.id)) return;
+        if (!p.savepoint) this.opts.store.prune();
+        this.finishCompletion(p, file);
+      },
+      (err: Error) => this.abort(p, `its pointer could not be stored: ${err.message}`),
+    );
+  }
+
+  private finishCompletion(p: Pending, file: string): void {
     this.completed++;
     this.lastCompletedAt = Date.now();
     p.stats.status = "COMPLETED";
@@ -268,7 +299,7 @@ export class CheckpointCoordinator {
     p.stats.failure = reason;
     log.warn(p.savepoint ? "savepoint aborted" : "checkpoint aborted", { job: this.host.jobId, id: p.id, reason });
     if (p.savepoint) fs.rm(p.dir, { recursive: true, force: true }, () => {});
-    else this.opts.store.discard(p.id);
+    else if (!p.publishing) this.opts.store.discard(p.id);
     // Tasks release any alignment of it at once (they would otherwise wait for a newer barrier).
     if (notify) for (const executionId of p.tasks.keys()) this.host.notifyAborted(executionId, p.id);
     p.done?.reject(new Error(`checkpoint ${p.id} aborted: ${reason}`));

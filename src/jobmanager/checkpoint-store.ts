@@ -7,6 +7,7 @@ import * as path from "node:path";
 import type { ChannelStateHandle } from "../rpc/messages.ts";
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 import { createLogger } from "../util/log.ts";
+import { writeFileAtomic } from "../util/files.ts";
 
 const log = createLogger("checkpoints");
 
@@ -57,6 +58,8 @@ export interface CheckpointMetadata {
   savepoint: boolean;
   /** The job attempt that wrote it: a job restored from it continues with a higher attempt (sink file names). */
   attempt: number;
+  /** With HA: the leadership epoch of the JobManager that completed it. */
+  epoch?: number;
   maxParallelism: number;
   vertices: VertexSnapshot[];
   /** Every operator with state, by operator id. */
@@ -97,31 +100,20 @@ export function readMetadata(file: string): { meta: CheckpointMetadata; path: st
   return { meta: meta as CheckpointMetadata, path: file };
 }
 
-/** Writes `data` to `file` so that a reader sees either nothing or all of it (temp file, fsync, rename). */
-export function writeFileAtomic(file: string, data: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, "w");
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  try {
-    const dfd = fs.openSync(path.dirname(file), "r");
-    fs.fsyncSync(dfd);
-    fs.closeSync(dfd);
-  } catch {
-    // Directory fsync is best effort (not every filesystem allows it).
-  }
-}
+export { writeFileAtomic } from "../util/files.ts";
 
 /** The checkpoints of one job under <base>/<jobId>. */
 export class CheckpointStore {
   readonly jobDir: string;
 
-  constructor(base: string, jobId: string, private readonly retained: number) {
+  constructor(
+    base: string,
+    jobId: string,
+    private readonly retained: number,
+    /** HA: only checkpoints completed in this epoch are found by latest(); older ones come from the HA pointer
+     *  (a deposed leader may have left metadata that was never pointed to). */
+    private readonly epoch?: number,
+  ) {
     this.jobDir = path.join(base, jobId);
   }
 
@@ -136,11 +128,12 @@ export class CheckpointStore {
     return path.join(this.jobDir, `chk-${id}`);
   }
 
-  /** Writes the metadata last (atomically), then drops checkpoints beyond the retained count. Returns the file. */
-  complete(meta: CheckpointMetadata, dir: string): string {
+  /** Writes the metadata last (atomically), then (unless told not to: HA prunes once the pointer is stored)
+   *  drops checkpoints beyond the retained count. Returns the file. */
+  complete(meta: CheckpointMetadata, dir: string, prune = true): string {
     const file = path.join(dir, METADATA_FILE);
     writeFileAtomic(file, JSON.stringify(meta));
-    if (!meta.savepoint) this.prune();
+    if (!meta.savepoint && prune) this.prune();
     return file;
   }
 
@@ -172,6 +165,7 @@ export class CheckpointStore {
       try {
         const r = readMetadata(file);
         checkChannelState(r.meta);
+        if (this.epoch !== undefined && r.meta.epoch !== this.epoch) continue;
         return r;
       } catch (err) {
         log.error("refusing a checkpoint; using the previous one", { path: file, error: (err as Error).message });
@@ -186,7 +180,7 @@ export class CheckpointStore {
    * reference files of earlier ones: the references are counted over the retained checkpoints' metadata); its
    * directory goes once it is empty. Directories left over that way are swept again at every prune.
    */
-  private prune(): void {
+  prune(): void {
     const completed = this.ids().filter((id) => fs.existsSync(path.join(this.dirOf(id), METADATA_FILE)));
     const retained = completed.slice(0, this.retained);
     if (retained.length === 0) return;

@@ -54,6 +54,8 @@ export interface JobManagerGateway {
   slots(): { total: number; free: number };
   /** Where a savepoint goes: `dir` resolved against state.savepoints.dir (throws with the reason if it cannot). */
   savepointTarget(dir: string | undefined): string | undefined;
+  /** High availability: the mode, this leader's epoch and the JobManagers standing by (etcd). */
+  ha(): { type: "none" | "file" | "etcd"; epoch: number; leader: string; standbys: string[] };
   /** Asks a TaskManager over its RPC connection for its configuration and logs. */
   taskManagerInfo(resourceId: string, timeoutMs: number): Promise<TaskManagerInfo>;
 }

@@ -40,6 +40,20 @@ export interface JobMasterOptions {
   initialRestore: { meta: CheckpointMetadata; path: string; allowNonRestoredState?: boolean } | null;
   /** web.exception-history-size: failures kept in the exception history (default 16). */
   exceptionHistorySize?: number;
+  /** With HA: the job's fenced writes (attempts, checkpoint ids and pointers). */
+  ha?: JobHa;
+  /** A job recovered after a JobManager failover: the attempt it had deployed and the highest checkpoint id used.
+   *  With `adoptWithinMs` > 0 it first waits that long for the TaskManagers to report that attempt's tasks. */
+  recovered?: { attempt: number; checkpointIdCounter: number; adoptWithinMs?: number };
+}
+
+/** What a job writes to the HA services; each write fails (FencedError) once this JobManager no longer leads. */
+export interface JobHa {
+  readonly epoch: number;
+  /** Before an attempt is deployed: a new leader continues above it (sink files, channel ids carry attempts). */
+  persistAttempt(attempt: number): Promise<void>;
+  reserveCheckpointId(id: number): Promise<void>;
+  publishCheckpoint(id: number, metadataFile: string): Promise<void>;
 }
 
 /** Failures of other tasks kept with the first failure of a failover. */
@@ -71,7 +85,7 @@ export class JobMaster {
   private cancelTimer: ReturnType<typeof setTimeout> | null = null;
   /** Restarts so far: the current attempt's number. */
   attempt = 0;
-  private readonly firstAttempt: number;
+  private firstAttempt: number;
   private restartPending = false;
   private restoredFrom: { meta: CheckpointMetadata; path: string } | null;
   private lastSavepoint: { meta: CheckpointMetadata; path: string } | null = null;
@@ -83,7 +97,7 @@ export class JobMaster {
   /** Per vertex: the counts of the ended attempts (a restart adds the attempt's to them). */
   private readonly priorTotals: RecordTotals[];
   /** What the job waits for while it is not running (restart delay, slots). */
-  private wait: { reason: "restart-delay"; until: number } | { reason: "slots"; needed: number; deadline: number } | null = null;
+  private wait: { reason: "restart-delay"; until: number } | { reason: "slots"; needed: number; deadline: number } | { reason: "adoption"; until: number; needed: number } | null = null;
 
   constructor(
     readonly jobId: string,
@@ -95,7 +109,7 @@ export class JobMaster {
     private readonly onTerminal: (job: JobMaster) => void,
   ) {
     const c = opts.checkpointing;
-    this.store = new CheckpointStore(c.baseDir, jobId, c.retained);
+    this.store = new CheckpointStore(c.baseDir, jobId, c.retained, opts.ha?.epoch);
     this.restoredFrom = opts.initialRestore;
     if (this.restoredFrom) {
       const dropped = checkRestoreFits(this.restoredFrom, graph, opts.initialRestore?.allowNonRestoredState === true);
@@ -103,7 +117,11 @@ export class JobMaster {
       // Attempts go on from the job that wrote the savepoint, so its uncommitted sink files count as older.
       this.attempt = (this.restoredFrom.meta.attempt ?? 0) + 1;
     }
-    this.firstAttempt = this.attempt;
+    // After a failover: above every attempt the previous leader deployed (unless that attempt is adopted); the
+    // restore counts as a restart.
+    if (opts.recovered) this.attempt = Math.max(this.attempt, opts.recovered.attempt + 1);
+    this.firstAttempt = opts.recovered ? this.attempt - 1 : this.attempt;
+    if (opts.recovered?.adoptWithinMs) this.adoption = { attempt: opts.recovered.attempt, candidates: new Map(), done: null };
     this.priorTotals = graph.vertices.map(() => zeroTotals());
     this.coordinator = new CheckpointCoordinator(
       {
@@ -114,19 +132,126 @@ export class JobMaster {
         trigger: async (executionId, checkpointId, timestamp, dir, unaligned) => {
           const ex = this.executions.get(executionId);
           if (!ex) throw new Error(`no task ${executionId}`);
-          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir, ...(unaligned ? { unaligned } : {}) });
+          await ex.tm.rpc.request("triggerCheckpoint", { executionId, checkpointId, timestamp, dir, epoch: this.rm.epoch, ...(unaligned ? { unaligned } : {}) });
         },
         notifyComplete: (executionId, checkpointId) => {
-          this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId }).catch(() => {});
+          this.executions.get(executionId)?.tm.rpc.request("notifyCheckpointComplete", { executionId, checkpointId, epoch: this.rm.epoch }).catch(() => {});
         },
         notifyAborted: (executionId, checkpointId) => {
           const ex = this.executions.get(executionId);
           if (ex && ex.state === "RUNNING") ex.tm.rpc.request("notifyCheckpointAborted", { executionId, checkpointId }).catch(() => {});
         },
       },
-      { ...c, store: this.store },
-      (this.restoredFrom?.meta.checkpointId ?? 0) + 1,
+      {
+        ...c,
+        store: this.store,
+        ...(opts.ha
+          ? { epoch: opts.ha.epoch, reserveId: (id: number) => opts.ha!.reserveCheckpointId(id), publish: (id: number, file: string) => opts.ha!.publishCheckpoint(id, file) }
+          : {}),
+      },
+      Math.max(this.restoredFrom?.meta.checkpointId ?? 0, opts.recovered?.checkpointIdCounter ?? 0) + 1,
     );
+  }
+
+  /** A job whose HA record could not be recovered: listed as FAILED with the reason (which names the path). */
+  static unrecoverable(jobId: string, message: string, rm: ResourceManager, opts: JobMasterOptions, onTerminal: (job: JobMaster) => void): JobMaster {
+    const job = new JobMaster(jobId, ({ name: "(unrecoverable job)", vertices: [], edges: [], maxParallelism: 1 } as unknown as JobGraph), "", [], rm, opts, onTerminal);
+    job.error = { name: "RecoveryFailure", message };
+    job.recordException(job.error, null);
+    job.transition("FAILED");
+    return job;
+  }
+
+  /**
+   * A recovered job waiting to adopt the attempt the previous leader ran: the tasks of it that TaskManagers
+   * reported at registration (not canceled meanwhile), until every subtask is present or the window ends.
+   */
+  private adoption: {
+    attempt: number;
+    candidates: Map<string, { tm: RegisteredTaskManager; slot: number }>;
+    done: (() => void) | null;
+  } | null = null;
+  /** Failovers in which this JobManager adopted the running attempt (no task restarted). */
+  adoptions = 0;
+
+  /**
+   * A TaskManager (registering) reports a running task of this job. Kept as a candidate while the job waits to
+   * adopt that attempt; returns whether it was kept (then it is not canceled).
+   */
+  offerRunning(executionId: string, tm: RegisteredTaskManager, slot: unknown): boolean {
+    const a = this.adoption;
+    if (!a || this.state !== "SCHEDULING" || !Number.isInteger(slot)) return false;
+    const parts = executionId.split("-");
+    const [vertexId, subtask, attempt] = parts.slice(1).map(Number) as [number, number, number];
+    const v = this.graph.vertices[vertexId];
+    if (parts.length !== 4 || attempt !== a.attempt || !v || !(subtask >= 0 && subtask < v.parallelism)) return false;
+    a.candidates.set(executionId, { tm, slot: slot as number });
+    const needed = this.graph.vertices.reduce((n, v) => n + v.parallelism, 0);
+    if (a.candidates.size === needed) a.done?.();
+    return true;
+  }
+
+  /**
+   * Adoption (beyond Flink): wait up to the window for the reports of every subtask of the previous attempt;
+   * when they are all there, consistently placed (subtask i of every vertex in one slot), keep that attempt
+   * running: no task restarts, checkpoints resume above the counter. Returns false when the job must be
+   * restored instead (the candidates are canceled then).
+   */
+  private async adopt(withinMs: number): Promise<boolean> {
+    const a = this.adoption!;
+    const needed = this.graph.vertices.reduce((n, v) => n + v.parallelism, 0);
+    if (a.candidates.size < needed) {
+      this.wait = { reason: "adoption", until: Date.now() + withinMs, needed };
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, withinMs);
+        a.done = () => (clearTimeout(timer), resolve());
+      });
+      this.wait = null;
+    }
+    this.adoption = null;
+    const slots: SlotAssignment[] = [];
+    let reason = a.candidates.size < needed ? `${a.candidates.size} of ${needed} tasks of attempt ${a.attempt} were reported within ${withinMs} ms` : "";
+    for (const [id, c] of a.candidates) {
+      const subtask = Number(id.split("-")[2]);
+      const live = this.rm.taskManagers.get(c.tm.info.resourceId) === c.tm;
+      const at = slots[subtask];
+      if (!live) reason ||= `TaskManager ${c.tm.info.resourceId} is gone`;
+      else if (at && (at.tm !== c.tm || at.slot !== c.slot)) reason ||= `subtask ${subtask} runs in different slots`;
+      else slots[subtask] = { tm: c.tm, slot: c.slot };
+    }
+    if (this.state !== "SCHEDULING") reason ||= `the job is ${this.state}`;
+    if (reason) {
+      log.warn("not adopting the running tasks; restoring the job from its latest checkpoint", { job: this.jobId, attempt: a.attempt, reason });
+      for (const [id, c] of a.candidates) {
+        if (c.tm.slots.get(c.slot) === this.jobId) c.tm.slots.set(c.slot, null);
+        c.tm.rpc.request("cancelTask", { executionId: id, epoch: this.rm.epoch }).catch(() => {});
+      }
+      return false;
+    }
+    for (const { tm, slot } of slots) tm.slots.set(slot, this.jobId);
+    this.attempt = a.attempt;
+    this.firstAttempt = a.attempt;
+    this.buildExecutions(slots, "RUNNING");
+    this.adoptions++;
+    log.info("adopted the running attempt: no task restarted", { job: this.jobId, attempt: a.attempt, tasks: this.executions.size });
+    this.transition("RUNNING");
+    this.coordinator.start();
+    return true;
+  }
+
+  /** Set by suspend(): this JobManager no longer acts for the job (stopping with HA, or deposed). */
+  private suspended = false;
+
+  /**
+   * The JobManager stops with HA on, or lost its leadership: the job stays as it is for the next leader. No
+   * checkpoint is triggered or completed, no request goes out, task reports are ignored; the tasks keep running.
+   */
+  suspend(): void {
+    this.suspended = true;
+    this.coordinator.stop("the JobManager is suspending the job (HA)");
+    if (this.cancelTimer) clearTimeout(this.cancelTimer);
+    this.cancelTimer = null;
+    for (const w of this.doneWaiters.splice(0)) w();
   }
 
   /** Resolves when the job reached FINISHED, FAILED or CANCELED. */
@@ -137,8 +262,12 @@ export class JobMaster {
 
   async run(): Promise<void> {
     this.transition("SCHEDULING");
+    const within = this.opts.recovered?.adoptWithinMs ?? 0;
+    if (this.adoption && within > 0 && (await this.adopt(within))) return;
+    if (this.state !== "SCHEDULING") return;
     const slots = await this.allocateSlots("SCHEDULING", "");
     if (!slots) return; // canceled while waiting, or failed for want of slots
+    if (!(await this.persistAttempt("SCHEDULING"))) return;
     this.deploy(slots);
     this.coordinator.start();
   }
@@ -279,12 +408,47 @@ export class JobMaster {
     if (this.restoredFrom) this.coordinator.advancePast(this.restoredFrom.meta.checkpointId);
     const slots = await this.allocateSlots("RESTARTING", " to restart the job");
     if (!slots || this.state !== "RESTARTING") return;
+    if (!(await this.persistAttempt("RESTARTING"))) return;
     this.restartPending = false;
     this.deploy(slots);
     this.coordinator.start();
   }
 
+  /** HA: the attempt is stored before it is deployed; false (slots released) when that failed or the job moved on. */
+  private async persistAttempt(state: JobState): Promise<boolean> {
+    if (!this.opts.ha) return true;
+    try {
+      await this.opts.ha.persistAttempt(this.attempt);
+    } catch (err) {
+      log.error("cannot store the job's attempt in the HA services; not deploying", { job: this.jobId, attempt: this.attempt, error: (err as Error).message });
+      this.rm.release(this.jobId);
+      // Deposed: the next leader runs the job. Otherwise (the storage dir failing) the job fails, saying why.
+      if ((err as Error).name !== "FencedError" && this.state === state) {
+        this.error = { name: "HighAvailabilityStoreError", message: `cannot store attempt ${this.attempt} in the HA services: ${(err as Error).message}` };
+        this.recordException(this.error, null);
+        this.transition("FAILED");
+      }
+      return false;
+    }
+    if (this.state === state) return true;
+    this.rm.release(this.jobId);
+    return false;
+  }
+
   private deploy(slots: SlotAssignment[]): void {
+    if (this.suspended) return;
+    this.buildExecutions(slots, "DEPLOYING");
+    this.transition("RUNNING");
+    this.runningSince = Date.now();
+    for (const ex of this.executions.values()) {
+      ex.tm.rpc.request("submitTask", { ...ex.deployment, epoch: this.rm.epoch }).catch((err: Error) =>
+        this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
+      );
+    }
+  }
+
+  /** The current attempt's executions, subtask i of every vertex in slots[i] (deployed now, or adopted). */
+  private buildExecutions(slots: SlotAssignment[], state: TaskState): void {
     const g = this.graph;
     const location = (subtask: number) => {
       const { tm } = slots[subtask]!;
@@ -332,19 +496,13 @@ export class JobMaster {
           ...(this.checkpointsAfterFinish ? { finalCheckpoint: true } : {}),
           restore: this.restoreFor(v.id),
         };
-        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state: "DEPLOYING", metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
+        this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state, metrics: emptyMetrics(), startTime: Date.now(), endTime: null });
       }
-    }
-    this.transition("RUNNING");
-    this.runningSince = Date.now();
-    for (const ex of this.executions.values()) {
-      ex.tm.rpc.request("submitTask", ex.deployment).catch((err: Error) =>
-        this.onTaskState(ex.deployment.executionId, "FAILED", { name: "DeploymentFailure", message: `deploying to ${ex.tm.info.resourceId} failed: ${err.message}` }),
-      );
     }
   }
 
   onTaskState(executionId: string, state: TaskState, error?: ErrorInfo, metrics?: TaskMetrics): void {
+    if (this.suspended) return;
     const ex = this.executions.get(executionId);
     if (!ex || TERMINAL_TASK_STATES.has(ex.state)) return;
     ex.state = state;
@@ -377,6 +535,7 @@ export class JobMaster {
 
   /** Whether an execution is of the current attempt, deployed to that TaskManager, and not ended. */
   isCurrentExecution(executionId: string, resourceId: string): boolean {
+    if (this.adoption?.candidates.get(executionId)?.tm.info.resourceId === resourceId) return true;
     const ex = this.executions.get(executionId);
     return ex !== undefined && ex.tm.info.resourceId === resourceId && !TERMINAL_TASK_STATES.has(ex.state);
   }
@@ -407,7 +566,7 @@ export class JobMaster {
   }
 
   cancel(): void {
-    if (TERMINAL_JOB_STATES.has(this.state) || this.state === "CANCELING") return;
+    if (this.suspended || TERMINAL_JOB_STATES.has(this.state) || this.state === "CANCELING") return;
     const scheduling = this.state === "SCHEDULING" || this.state === "CREATED" || this.state === "RESTARTING";
     this.coordinator.stop("the job is canceled");
     this.transition("CANCELING");
@@ -456,6 +615,7 @@ export class JobMaster {
       vertices,
       ...(this.error ? { error: this.error } : {}),
       restarts: this.attempt - this.firstAttempt,
+      adoptions: this.adoptions,
       ...(waiting ? { waiting } : {}),
       checkpoints: { completed: c.completed, failed: c.failed, latest: c.latestCompleted(), restoredFrom: this.restoredFrom?.path ?? null, history: [...c.history] },
     };
@@ -469,6 +629,11 @@ export class JobMaster {
     if (w?.reason === "restart-delay") {
       const left = Math.max(0, w.until - now);
       return { reason: "restart-delay", delayLeftMs: left, message: `restarting in ${(left / 1000).toFixed(1)} s (the restart strategy's delay after restart ${this.attempt - this.firstAttempt + 1})` };
+    }
+    if (w?.reason === "adoption") {
+      const left = Math.max(0, w.until - now);
+      const got = this.adoption?.candidates.size ?? 0;
+      return { reason: "adoption", message: `waiting for the TaskManagers to report the running attempt: ${got} of ${w.needed} tasks; restoring from the latest checkpoint in ${(left / 1000).toFixed(1)} s otherwise` };
     }
     if (w?.reason === "slots") {
       const free = this.rm.freeSlots, total = this.rm.totalSlots;
@@ -522,7 +687,7 @@ export class JobMaster {
   private cancelRemaining(): void {
     for (const [id, ex] of this.executions) {
       if (TERMINAL_TASK_STATES.has(ex.state)) continue;
-      ex.tm.rpc.request("cancelTask", { executionId: id }).catch(() => this.onTaskState(id, "CANCELED"));
+      ex.tm.rpc.request("cancelTask", { executionId: id, epoch: this.rm.epoch }).catch(() => this.onTaskState(id, "CANCELED"));
     }
     // A TaskManager that never answers must not keep the job from ending.
     if (this.cancelTimer) clearTimeout(this.cancelTimer);
@@ -562,7 +727,7 @@ export class JobMaster {
     if (this.cancelTimer) clearTimeout(this.cancelTimer);
     this.rm.release(this.jobId);
     const tms = new Set([...this.executions.values()].map((ex) => ex.tm));
-    for (const tm of tms) tm.rpc.request("releaseJob", { jobId: this.jobId }).catch(() => {});
+    for (const tm of tms) tm.rpc.request("releaseJob", { jobId: this.jobId, epoch: this.rm.epoch }).catch(() => {});
     this.onTerminal(this);
     for (const w of this.doneWaiters.splice(0)) w();
   }

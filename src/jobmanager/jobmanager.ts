@@ -13,7 +13,8 @@ import { JOBMANAGER_ACCEPTS, TERMINAL_JOB_STATES, type Hello, type RequestType, 
 import { parseRequest } from "../rpc/schemas.ts";
 import { createLogger } from "../util/log.ts";
 import { BlobStore } from "./blob-store.ts";
-import { JobMaster, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
+import { JobMaster, type JobHa, type JobMasterOptions, type RestartStrategy } from "./job-master.ts";
+import { createHaServices, type HaServices, type JobRecord } from "../ha/index.ts";
 import { readMetadata } from "./checkpoint-store.ts";
 import { ResourceManager } from "./resource-manager.ts";
 import type { JobManagerGateway, TaskManagerInfo } from "./gateway.ts";
@@ -39,20 +40,40 @@ export class JobManager {
   port = 0;
   /** Ended jobs' jobstore.expiration-time timers. */
   private readonly expiry = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Leader election, job store, checkpoint pointers and counter (src/ha/; `none` = nothing survives). */
+  readonly ha: HaServices;
+  /** This leadership's epoch (0 without HA): every request to a TaskManager carries it. */
+  epoch = 0;
+  /** Stopping with HA on, or deposed: jobs are left to the next leader (kept in the store, tasks not canceled). */
+  private suspended = false;
+  private resolveDeposed: (reason: string) => void = () => {};
+  /** Resolves when this JobManager lost its leadership and stopped acting; the process should stop (or stand by). */
+  readonly deposed: Promise<string> = new Promise((resolve) => (this.resolveDeposed = resolve));
 
   constructor(readonly config: Config) {
     this.resourceManager = new ResourceManager(config["heartbeat.interval"], config["heartbeat.timeout"], (tm, reason) => {
+      if (this.suspended) return;
       for (const job of this.jobs.values()) job.onTaskManagerLost(tm, reason);
     });
-    // A generated directory is this process's alone: removed on stop. A configured one is kept.
-    if (!config["jobmanager.storage.dir"]) this.ownedDir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-jobmanager-"));
-    this.blobs = new BlobStore(path.join(config["jobmanager.storage.dir"] || this.ownedDir!, "blobs"));
-    this.checkpointDir = config["state.checkpoints.dir"] || path.join(config["jobmanager.storage.dir"] || this.ownedDir!, "checkpoints");
+    this.ha = createHaServices(config, this.id);
+    // A generated directory is this process's alone: removed on stop. A configured one is kept. With HA the
+    // artifacts (and, unless state.checkpoints.dir says otherwise, the checkpoints) live in the HA storage dir.
+    if (!config["jobmanager.storage.dir"] && !this.ha.dir) this.ownedDir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-jobmanager-"));
+    const storage = this.ha.dir ?? (config["jobmanager.storage.dir"] || this.ownedDir!);
+    this.blobs = new BlobStore(path.join(storage, "blobs"));
+    this.checkpointDir = config["state.checkpoints.dir"] || path.join(storage, "checkpoints");
   }
 
   async start(): Promise<number> {
     const host = this.config["jobmanager.rpc.address"];
     const c = this.config;
+    // With HA: lead first (a standby waits here; file HA refuses while another live JobManager holds the lock),
+    // then load every job that had not ended, before any TaskManager can register and report its tasks.
+    if (this.ha.type !== "none") log.info("acquiring leadership", { ha: this.ha.type, dir: this.ha.dir });
+    this.epoch = await this.ha.becomeLeader();
+    this.resourceManager.epoch = this.epoch;
+    this.ha.onLeadershipLost((reason) => this.stepDown(reason));
+    const recovered = await this.recoverJobs();
     const opts = {
       security: securityFromConfig(c),
       maxFrameBytes: c["rpc.max-frame-size"],
@@ -77,8 +98,103 @@ export class JobManager {
     }, opts);
     this.port = boundPort(this.server);
     this.resourceManager.start();
-    log.info("JobManager started", { rpc: `${host}:${this.port}`, id: this.id });
+    log.info("JobManager started", { rpc: `${host}:${this.port}`, id: this.id, ...(this.ha.type !== "none" ? { ha: this.ha.type, epoch: this.epoch } : {}) });
+    for (const job of recovered) void job.run();
     return this.port;
+  }
+
+  /** The JobManagers standing by (etcd), refreshed every few seconds for the REST API and dashboard. */
+  standbyIds: string[] = [];
+  private standbyTimer: ReturnType<typeof setInterval> | null = null;
+
+  /** Publishes where this leader serves (etcd: for TaskManagers and clients); the role calls it once REST is up. */
+  async publishAddress(restPort: number): Promise<void> {
+    await this.ha.publishAddress({ id: this.id, host: this.config["jobmanager.rpc.address"], port: this.port, restPort });
+    if (this.ha.type === "etcd" && !this.standbyTimer) {
+      const refresh = () => this.ha.standbys().then((s) => (this.standbyIds = s.map((x) => x.id).filter((id) => id !== this.id)), () => {});
+      void refresh();
+      this.standbyTimer = setInterval(refresh, 2000);
+      (this.standbyTimer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  /**
+   * Every job of the HA store that had not ended, as a JobMaster (not yet running): restored from its latest
+   * completed checkpoint (the pointer), or its savepoint, or the start. A record or pointer that cannot be used
+   * fails that job alone, naming the path; its record is moved aside.
+   */
+  private async recoverJobs(): Promise<JobMaster[]> {
+    if (this.ha.type === "none") return [];
+    const { jobs, broken } = await this.ha.recoverJobs();
+    const out: JobMaster[] = [];
+    for (const r of jobs) {
+      let where = `the job record of ${r.jobId}`;
+      try {
+        const pointer = await this.ha.latestCheckpoint(r.jobId);
+        where = pointer ? `checkpoint ${pointer.path}` : where;
+        const restore = pointer ? readMetadata(pointer.path) : r.fromSavepoint ? readMetadata(r.fromSavepoint) : null;
+        if (restore && restore.meta.jobId !== r.jobId && !restore.meta.savepoint) throw new Error(`${restore.path} is a checkpoint of job ${restore.meta.jobId}`);
+        const opts: JobMasterOptions = {
+          // Accepted once already: state it left unclaimed then (allowNonRestoredState) is left again.
+          ...this.jobOptions(r.graph, null, true),
+          initialRestore: restore,
+          ha: this.jobHa(r),
+          recovered: {
+            attempt: r.attempt,
+            checkpointIdCounter: await this.ha.checkpointIdCounter(r.jobId),
+            // TaskManagers keep their tasks this long: the window in which their reports may arrive for adoption.
+            adoptWithinMs: this.config["taskmanager.jobmanager-loss.grace-period"],
+          },
+        };
+        const job = new JobMaster(r.jobId, r.graph, r.artifactHash, r.jobArgs, this.resourceManager, opts, (j) => this.retire(j));
+        this.jobs.set(r.jobId, job);
+        out.push(job);
+        log.info("recovered a job from the HA store", { job: r.jobId, name: r.name, attempt: job.attempt, from: restore?.path ?? "the start" });
+      } catch (err) {
+        broken.push({ jobId: r.jobId, path: where, error: (err as Error).message });
+      }
+    }
+    for (const b of broken) {
+      let moved = "";
+      try {
+        moved = await this.ha.quarantineJob(b.jobId);
+      } catch (err) {
+        moved = `(could not move it aside: ${(err as Error).message})`;
+      }
+      const message = `cannot recover job ${b.jobId} from ${b.path}: ${b.error}; its record is now ${moved}`;
+      log.error(message, { job: b.jobId });
+      const job = JobMaster.unrecoverable(b.jobId, message, this.resourceManager, this.jobOptions(UNRECOVERABLE_GRAPH, null, false), (j) => this.retire(j));
+      this.jobs.set(b.jobId, job);
+    }
+    return out;
+  }
+
+  /** The job's fenced HA writes (undefined without HA). */
+  private jobHa(record: JobRecord): JobHa | undefined {
+    if (this.ha.type === "none") return undefined;
+    const ha = this.ha;
+    return {
+      epoch: this.epoch,
+      persistAttempt: (attempt) => ha.putJob(Object.assign(record, { attempt: Math.max(record.attempt, attempt) })),
+      reserveCheckpointId: (id) => ha.reserveCheckpointId(record.jobId, id),
+      publishCheckpoint: (id, file) => ha.setLatestCheckpoint(record.jobId, id, file),
+    };
+  }
+
+  /**
+   * Leadership lost (lock taken, lease lapsed): stop acting at once. No request goes to a TaskManager any more,
+   * no checkpoint completes, no final commit is approved; the jobs stay in the store for the next leader and the
+   * TaskManagers keep their tasks for their grace period.
+   */
+  private stepDown(reason: string): void {
+    if (this.suspended) return;
+    log.error("leadership lost; this JobManager stops acting", { reason, epoch: this.epoch });
+    this.suspended = true;
+    for (const job of this.jobs.values()) job.suspend();
+    for (const c of this.connections) c.closeWithNotice(`the JobManager lost its leadership (epoch ${this.epoch}): ${reason}`);
+    this.resourceManager.stop();
+    this.server?.close();
+    this.resolveDeposed(reason);
   }
 
   /** True once stop() has canceled the jobs and closed every connection (what is left is closing the ports). */
@@ -88,12 +204,18 @@ export class JobManager {
   /** `reason` (e.g. "the JobManager is shutting down (SIGTERM)") is sent to every connected peer before its connection closes. */
   async stop(reason = "the JobManager is shutting down"): Promise<void> {
     this.stopping = true;
+    if (this.standbyTimer) clearInterval(this.standbyTimer);
     for (const timer of this.expiry.values()) clearTimeout(timer);
-    for (const job of this.jobs.values()) job.cancel();
+    // With HA a stop suspends: the jobs stay in the store and the next leader (or this one restarted) goes on.
+    if (this.ha.type !== "none") {
+      this.suspended = true;
+      for (const job of this.jobs.values()) job.suspend();
+    } else for (const job of this.jobs.values()) job.cancel();
     for (const c of this.connections) c.closeWithNotice(reason); // before the ResourceManager closes its TaskManagers' without one
     this.resourceManager.stop();
     this.drained = true;
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await new Promise<void>((resolve) => (this.server?.listening ? this.server.close(() => resolve()) : resolve()));
+    await this.ha.close().catch((err: Error) => log.warn("could not release the HA leadership", { error: err.message }));
     if (this.ownedDir) fs.rmSync(this.ownedDir, { recursive: true, force: true });
   }
 
@@ -104,12 +226,22 @@ export class JobManager {
       case "registerTaskManager": {
         const p = parseRequest(type, payload);
         if (p.resourceId !== peer.id) throw new Error(`registerTaskManager: resourceId ${p.resourceId} differs from the handshake's ${peer.id}`);
+        this.checkLeading(type);
+        if (typeof p.epoch === "number" && p.epoch > this.epoch) {
+          throw new Error(`fenced: this JobManager's epoch ${this.epoch} is older than epoch ${p.epoch}, which TaskManager ${peer.id} already follows (this JobManager was deposed)`);
+        }
         rm.register(p, conn);
+        // A recovered job may adopt the running tasks reported here (then they are current, not canceled).
+        const reported: unknown[] = Array.isArray(p.executions) ? p.executions : [];
+        const tm = rm.taskManagers.get(peer.id)!;
+        for (const id of reported) if (typeof id === "string") this.jobOf(id)?.offerRunning(id, tm, p.executionSlots?.[id]);
         return {
           jobManagerId: this.id,
           heartbeatIntervalMs: this.config["heartbeat.interval"],
           heartbeatTimeoutMs: this.config["heartbeat.timeout"],
           cancel: this.staleExecutions(peer.id, p.executions ?? []),
+          epoch: this.epoch,
+          jobManagerLossGracePeriodMs: this.ha.type === "none" ? 0 : this.config["taskmanager.jobmanager-loss.grace-period"],
         };
       }
       case "offerSlots": {
@@ -137,8 +269,11 @@ export class JobManager {
         const p = parseRequest(type, payload);
         const job = this.jobOf(p.executionId);
         if (!job) throw new Error(`approveFinalCommit: unknown execution ${p.executionId}`);
+        this.checkLeading(type);
+        if (typeof p.epoch === "number" && p.epoch > this.epoch) throw new Error(`fenced: epoch ${this.epoch} is older than epoch ${p.epoch} the TaskManager follows`);
         job.approveFinalCommit(p.executionId, peer.id);
-        return {};
+        // A deposed leader approves nothing: with HA the service itself confirms the leadership first.
+        return this.ha.type === "none" ? {} : this.ha.confirmLeadership().then(() => (this.checkLeading(type), {}));
       }
       case "acknowledgeCheckpoint": {
         const p = parseRequest(type, payload);
@@ -167,6 +302,7 @@ export class JobManager {
       case "fetchArtifact":
         return { bytes: this.blobs.get(parseRequest(type, payload).hash) };
       case "submitJob":
+        this.checkLeading(type);
         return this.submitJob(parseRequest(type, payload));
       case "jobStatus":
         return this.job(parseRequest(type, payload).jobId).status();
@@ -189,14 +325,34 @@ export class JobManager {
     }
   }
 
-  private submitJob(p: SubmitJob): { jobId: string; warnings?: string[] } {
+  /** A suspended (deposed or stopping) JobManager acts on nothing. */
+  private checkLeading(type: string): void {
+    if (this.suspended) throw new Error(`${type}: this JobManager (epoch ${this.epoch}) is no longer the leader`);
+  }
+
+  private async submitJob(p: SubmitJob): Promise<{ jobId: string; warnings?: string[] }> {
     if (p.artifact.length === 0) throw new Error("submitJob: artifact: expected non-empty bytes, got 0 bytes");
     validateGraph(p.graph);
     const active = [...this.jobs.values()].filter((j) => !TERMINAL_JOB_STATES.has(j.state)).length;
     if (active >= MAX_ACTIVE_JOBS) throw new Error(`submitJob: ${active} jobs have not ended (limit ${MAX_ACTIVE_JOBS}): cancel some, or wait for them to end`);
     const hash = this.blobs.put(p.artifact);
     const jobId = randomBytes(16).toString("hex");
-    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, this.jobOptions(p.graph, p.fromSavepoint, p.allowNonRestoredState === true), (j) => this.retire(j));
+    const opts = this.jobOptions(p.graph, p.fromSavepoint, p.allowNonRestoredState === true);
+    const record: JobRecord = {
+      jobId,
+      name: p.graph.name,
+      graph: p.graph,
+      artifactHash: hash,
+      jobArgs: p.jobArgs,
+      fromSavepoint: opts.initialRestore?.path ?? null,
+      submittedAt: Date.now(),
+      attempt: 0,
+    };
+    opts.ha = this.jobHa(record);
+    const job = new JobMaster(jobId, p.graph, hash, p.jobArgs, this.resourceManager, opts, (j) => this.retire(j));
+    record.attempt = job.attempt;
+    // With HA the job is stored (fenced) before the client hears its id: an accepted job survives a failover.
+    await this.ha.putJob(record);
     this.jobs.set(jobId, job);
     const warnings = uidWarnings(p.graph);
     log.info("job submitted", { job: jobId, name: p.graph.name, vertices: p.graph.vertices.length, ...(warnings.length > 0 ? { warning: warnings.join(" ") } : {}) });
@@ -209,6 +365,10 @@ export class JobManager {
    * jobs only the jobstore.max-capacity that ended last; running jobs are never dropped.
    */
   private retire(job: JobMaster): void {
+    // A job that ended by itself leaves the HA store (a suspended one stays for the next leader).
+    if (this.ha.type !== "none" && !this.suspended) {
+      this.ha.removeJob(job.jobId).catch((err: Error) => log.warn("could not remove an ended job from the HA store", { job: job.jobId, error: err.message }));
+    }
     const timer = setTimeout(() => this.forget(job.jobId, "jobstore.expiration-time"), this.config["jobstore.expiration-time"]);
     (timer as { unref?: () => void }).unref?.();
     this.expiry.set(job.jobId, timer);
@@ -238,6 +398,7 @@ export class JobManager {
       taskManager: (id) => rm.taskManagers.get(id),
       slots: () => ({ total: rm.totalSlots, free: rm.freeSlots }),
       savepointTarget: (dir) => jm.savepointTarget(dir),
+      ha: () => ({ type: jm.ha.type, epoch: jm.epoch, leader: jm.id, standbys: jm.standbyIds }),
       taskManagerInfo: async (id, timeoutMs): Promise<TaskManagerInfo> => {
         const tm = rm.taskManagers.get(id);
         if (!tm) throw new Error(`no TaskManager ${id}`);
@@ -328,6 +489,9 @@ function uidWarnings(g: JobGraph): string[] {
       `set .uid("...") on each so that a savepoint still restores into them after the job changes`,
   ];
 }
+
+/** The graph of a job whose record could not be recovered: it exists only to be listed as FAILED. */
+const UNRECOVERABLE_GRAPH = { name: "(unrecoverable job)", vertices: [], edges: [], maxParallelism: 1 } as unknown as JobGraph;
 
 function validateGraph(g: JobGraph): void {
   const bad = (what: string) => new Error(`submitJob: invalid job graph: ${what}`);

@@ -25,6 +25,8 @@ export class ResourceManager {
   readonly taskManagers = new Map<string, RegisteredTaskManager>();
   private timer: ReturnType<typeof setInterval> | null = null;
   private slotWaiters: (() => void)[] = [];
+  /** The leadership epoch every request to a TaskManager carries (0 without HA): TaskManagers refuse older ones. */
+  epoch = 0;
 
   constructor(
     private readonly heartbeatIntervalMs: number,
@@ -119,7 +121,7 @@ export class ResourceManager {
         this.markLost(tm, `no heartbeat for ${this.heartbeatTimeoutMs} ms`);
         continue;
       }
-      tm.rpc.request("heartbeat", { from: "jobmanager" }, this.heartbeatTimeoutMs).then(
+      tm.rpc.request("heartbeat", { from: "jobmanager", epoch: this.epoch }, this.heartbeatTimeoutMs).then(
         () => (tm.lastHeartbeat = Date.now()),
         () => {},
       );

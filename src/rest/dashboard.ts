@@ -222,7 +222,9 @@ async function viewTaskManager(id) {
 
 async function viewJobManager() {
   const [o, config, logs] = await Promise.all([api("/overview"), api("/jobmanager/config"), api("/jobmanager/logs")]);
+  const ha = o["high-availability"];
   return '<h1>JobManager</h1><p class="muted">' + esc(o["jobmanager-id"]) + " \\u00b7 RPC port " + o["rpc-port"] + " \\u00b7 " + esc(o["flink-version"]) + "</p>" +
+    (ha && ha.type !== "none" ? '<p id="ha">High availability: ' + esc(ha.type) + " \\u00b7 leader " + esc(ha.leader) + " \\u00b7 epoch " + ha.epoch + " \\u00b7 standbys: " + (ha.standbys.length ? ha.standbys.map(esc).join(", ") : "none") + "</p>" : "") +
     "<h2>Log (most recent lines)</h2>" + logBlock("jm-logs", logs.lines) + "<h2>Configuration</h2>" + configTable("jm-config", config);
 }
 

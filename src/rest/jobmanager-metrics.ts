@@ -29,6 +29,7 @@ function jobFamilies(jm: JobManagerGateway): MetricFamily[] {
     state: [] as Sample[],
     uptime: [] as Sample[],
     restarts: [] as Sample[],
+    adoptions: [] as Sample[],
     completed: [] as Sample[],
     failed: [] as Sample[],
     inProgress: [] as Sample[],
@@ -44,6 +45,7 @@ function jobFamilies(jm: JobManagerGateway): MetricFamily[] {
     for (const state of JOB_STATES) f.state.push({ labels: { ...labels, state }, value: s.state === state ? 1 : 0 });
     f.uptime.push({ labels, value: ((s.endTime ?? now) - s.startTime) / 1000 });
     f.restarts.push({ labels, value: s.restarts });
+    f.adoptions.push({ labels, value: s.adoptions ?? 0 });
     f.completed.push({ labels, value: s.checkpoints.completed });
     f.failed.push({ labels, value: s.checkpoints.failed });
     f.inProgress.push({ labels, value: s.checkpoints.history.filter((h) => h.status === "IN_PROGRESS").length });
@@ -60,6 +62,7 @@ function jobFamilies(jm: JobManagerGateway): MetricFamily[] {
     gauge("tm_job_state", "1 for the job's current state, 0 for the others.", f.state),
     gauge("tm_job_uptime_seconds", "Seconds since the job was submitted (until it ended).", f.uptime),
     counter("tm_job_restarts_total", "Restarts of the job.", f.restarts),
+    counter("tm_job_adoptions_total", "JobManager failovers in which the new leader adopted the job's running tasks (HA).", f.adoptions),
     counter("tm_job_checkpoints_completed_total", "Completed checkpoints (and savepoints) of the job.", f.completed),
     counter("tm_job_checkpoints_failed_total", "Failed or aborted checkpoints of the job.", f.failed),
     gauge("tm_job_checkpoints_in_progress", "Checkpoints of the job in progress.", f.inProgress),

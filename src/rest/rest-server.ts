@@ -341,6 +341,7 @@ export class RestServer {
       "flink-version": `tm ${pkg.version}`,
       "jobmanager-id": this.jm.id,
       "rpc-port": this.jm.port,
+      "high-availability": this.jm.ha(),
     };
   }
 

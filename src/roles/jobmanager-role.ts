@@ -36,6 +36,8 @@ export async function startJobManager(config: Config): Promise<RunningJobManager
     await jobManager.stop();
     throw err;
   }
+  // With etcd HA: where TaskManagers and clients find this leader.
+  await jobManager.publishAddress(restPort);
   log.info("REST API started", { rest: `${host}:${restPort}`, dashboard: `${rest.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${restPort}/` });
   return {
     jobManager,

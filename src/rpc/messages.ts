@@ -61,7 +61,7 @@ export interface ExceptionEntry {
 
 /** Why a job that is not running waits (RESTARTING, or SCHEDULING for slots). */
 export interface JobWaiting {
-  reason: "restart-delay" | "slots" | "tasks-ending";
+  reason: "restart-delay" | "slots" | "tasks-ending" | "adoption";
   message: string;
   /** restart-delay: milliseconds until the restart. */
   delayLeftMs?: number;
@@ -83,8 +83,18 @@ export interface RegisterTaskManager {
   slots: number;
   resources: { cpuCores: number; memoryBytes: number };
   pid: number;
-  /** Tasks still alive on the TaskManager (execution ids): the JobManager answers which of them are not current. */
+  /** Tasks still alive on the TaskManager (execution ids): the JobManager answers which of them are not current,
+   *  and (HA) a new leader adopts the running attempt when these cover all its subtasks. */
   executions?: string[];
+  /** The slot of each of `executions` (for adoption). */
+  executionSlots?: Record<string, number>;
+  /** The highest JobManager epoch this TaskManager has followed: a JobManager of an older one is deposed. */
+  epoch?: number;
+}
+
+/** JobManager -> TaskManager requests carry the leader's epoch (HA fencing); a TaskManager refuses older epochs. */
+export interface Fenced {
+  epoch?: number;
 }
 export interface RegisterTaskManagerReply {
   jobManagerId: string;
@@ -93,10 +103,17 @@ export interface RegisterTaskManagerReply {
   heartbeatTimeoutMs: number;
   /** Executions of the registration's list that are not current attempts: the TaskManager cancels them at once. */
   cancel?: string[];
+  /** The JobManager's leadership epoch (0 without HA). */
+  epoch?: number;
+  /** With HA on: how long the TaskManager keeps its tasks running after losing this JobManager (its
+   *  taskmanager.jobmanager-loss.grace-period), so that the next leader can adopt them; 0 = cancel at once. */
+  jobManagerLossGracePeriodMs?: number;
 }
 /** TaskManager -> JobManager after end of input: may this execution commit its final transaction? */
 export interface ApproveFinalCommit {
   executionId: string;
+  /** The highest JobManager epoch the TaskManager has followed: a deposed leader refuses. */
+  epoch?: number;
 }
 export interface HeartbeatReply {
   /** JobManager -> TaskManager: executions the TaskManager reported that are not current attempts (cancel them). */
@@ -113,7 +130,7 @@ export interface SlotStatus {
   slot: number;
   jobId: string | null;
 }
-export interface Heartbeat {
+export interface Heartbeat extends Fenced {
   from: string;
   slotReport?: SlotStatus[];
   /** Latest metrics of the sender's running tasks, by execution id (TaskManager -> JobManager). */
@@ -213,7 +230,7 @@ export interface InputDeployment {
   producers: (ChannelTarget & { subtask: number })[];
 }
 
-export interface TaskDeployment {
+export interface TaskDeployment extends Fenced {
   jobId: string;
   jobName: string;
   executionId: string;
@@ -295,7 +312,7 @@ export interface OperatorSubtaskSnapshot {
 }
 
 // ---- checkpoints ----
-export interface TriggerCheckpoint {
+export interface TriggerCheckpoint extends Fenced {
   executionId: string;
   checkpointId: number;
   timestamp: number;
@@ -314,7 +331,7 @@ export interface DeclineCheckpoint {
   checkpointId: number;
   reason: string;
 }
-export interface NotifyCheckpointComplete {
+export interface NotifyCheckpointComplete extends Fenced {
   executionId: string;
   checkpointId: number;
 }
@@ -354,10 +371,10 @@ export interface CheckpointStats {
   /** Tasks that had finished (FLIP-147). */
   finishedTasks?: number;
 }
-export interface CancelTask {
+export interface CancelTask extends Fenced {
   executionId: string;
 }
-export interface ReleaseJob {
+export interface ReleaseJob extends Fenced {
   jobId: string;
 }
 
@@ -418,8 +435,10 @@ export interface JobStatus {
   recordsOut: number;
   vertices: VertexStatus[];
   error?: ErrorInfo;
-  /** Restarts so far (the current attempt). */
+  /** Restarts so far (the current attempt; a JobManager failover that restored the job counts as one). */
   restarts: number;
+  /** JobManager failovers in which the new leader adopted the running tasks (none restarted). */
+  adoptions?: number;
   /** Why the job waits, while it is RESTARTING or SCHEDULING. */
   waiting?: JobWaiting;
   checkpoints: { completed: number; failed: number; latest: CheckpointStats | null; restoredFrom: string | null; history: CheckpointStats[] };

@@ -123,6 +123,8 @@ export const REQUEST_SCHEMAS = {
     resources: obj({ cpuCores: num, memoryBytes: num }),
     pid: int,
     executions: v.optional(v.array(str)),
+    executionSlots: v.optional(v.record(str, nonNegInt)),
+    epoch: v.optional(nonNegInt),
   }),
   offerSlots: obj({ resourceId: str, slots: v.pipe(v.array(nonNegInt), v.maxLength(MAX_SLOTS, `at most ${MAX_SLOTS} slots`)) }),
   heartbeat: obj({
@@ -131,7 +133,7 @@ export const REQUEST_SCHEMAS = {
     taskMetrics: v.optional(v.record(str, TASK_METRICS)),
     process: v.optional(obj({ heapUsed: num, heapTotal: num, rss: num, networkBuffersTotal: num, networkBuffersAvailable: num })),
   }),
-  approveFinalCommit: obj({ executionId: str }),
+  approveFinalCommit: obj({ executionId: str, epoch: v.optional(nonNegInt) }),
   updateTaskState: obj({ executionId: str, state: TASK_STATE, error: v.optional(ERROR_INFO), metrics: v.optional(TASK_METRICS) }),
   fetchArtifact: obj({ hash: str }),
   disconnectTaskManager: obj({ resourceId: str, reason: str }),

@@ -26,6 +26,7 @@ import { networkSizing, type NetworkSizing } from "../network/buffer-budget.ts";
 import { createLogger, recentLogLines } from "../util/log.ts";
 import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
+import { currentLeaderId, findJobManager } from "../ha/index.ts";
 import { Task, type TaskStateOptions } from "./task.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
 import type { RunningHttpServer } from "../metrics/http-server.ts";
@@ -48,6 +49,11 @@ export class TaskExecutor implements TaskManagerView {
   private readonly slots: (string | null)[];
   private rpc: RpcConnection | null = null;
   private registration: RegisterTaskManagerReply | null = null;
+  /** The highest JobManager epoch followed (HA fencing): requests of an older epoch are refused. */
+  epoch = 0;
+  /** While the JobManager is lost with HA on: when the grace period ends and the tasks are canceled. */
+  private graceTimer: ReturnType<typeof setTimeout> | null = null;
+  private graceDeadline = 0;
   private lastHeardFromJobManager = 0;
   private timers: ReturnType<typeof setInterval>[] = [];
   private stopped = false;
@@ -138,6 +144,7 @@ export class TaskExecutor implements TaskManagerView {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.endGrace();
     for (const t of this.timers) clearInterval(t);
     for (const task of this.tasks.values()) task.cancel();
     const rpc = this.rpc;
@@ -172,7 +179,8 @@ export class TaskExecutor implements TaskManagerView {
           // The JobManager answers by removing this TaskManager, which closes the connection: that is a yes too.
           .then(
             () => true,
-            (err: Error) => /closed by peer|connection closed$/.test(err.message) || (log.warn("could not tell the JobManager", { error: err.message }), false),
+            // So is a JobManager that is shutting down itself: its notice may overtake the reply.
+            (err: Error) => /closed by peer|connection closed$|is shutting down/.test(err.message) || (log.warn("could not tell the JobManager", { error: err.message }), false),
           )
           .finally(() => rpc.close())
       : Promise.resolve(true);
@@ -215,8 +223,10 @@ export class TaskExecutor implements TaskManagerView {
    * and only when that last attempt fails does it give up: a JobManager back by then is registered at.
    */
   private async connectLoop(): Promise<void> {
-    const host = this.config["jobmanager.rpc.address"];
-    const port = this.config["jobmanager.rpc.port"];
+    // With etcd HA the JobManager is whichever leads now (looked up at every attempt); else the configured one.
+    const etcd = this.config["high-availability.type"] === "etcd";
+    let host = etcd ? "(the etcd leader)" : this.config["jobmanager.rpc.address"];
+    let port = this.config["jobmanager.rpc.port"];
     const timeout = this.config["taskmanager.registration.timeout"];
     const deadline = timeout > 0 ? Date.now() + timeout : Infinity;
     let backoff = this.config["taskmanager.registration.initial-backoff"];
@@ -224,6 +234,8 @@ export class TaskExecutor implements TaskManagerView {
     while (!this.stopped && !this.draining) {
       const startedAt = Date.now();
       try {
+        // Waiting a while for a leader (an election takes up to a lease) beats backing off past its arrival.
+        if (etcd) ({ host, port } = await findJobManager(this.config, 2 * this.config["high-availability.etcd.lease-ttl"]));
         await this.connectAndRegister(host, port);
         return;
       } catch (err) {
@@ -272,10 +284,17 @@ export class TaskExecutor implements TaskManagerView {
         resources: { cpuCores: os.cpus().length, memoryBytes: os.totalmem() },
         pid: process.pid,
         executions: [...this.tasks.keys()],
+        executionSlots: Object.fromEntries([...this.tasks].map(([id, t]) => [id, t.deployment.slot])),
+        epoch: this.epoch,
       });
+      const epoch = typeof reply.epoch === "number" ? reply.epoch : 0;
+      if (epoch < this.epoch) throw new Error(`the JobManager answered with epoch ${epoch}, older than epoch ${this.epoch} this TaskManager follows (a deposed leader)`);
+      this.epoch = epoch;
+      this.endGrace();
       this.cancelStale(reply.cancel, "at registration");
-      const free = this.slots.map((job, i) => (job === null ? i : -1)).filter((i) => i >= 0);
-      await rpc.request("offerSlots", { resourceId: this.resourceId, slots: free });
+      // Every slot: those still running tasks (kept through a JobManager failover) are claimed by the job that
+      // adopts them; the JobManager frees them with the tasks it did not adopt.
+      await rpc.request("offerSlots", { resourceId: this.resourceId, slots: this.slots.map((_, i) => i) });
       this.rpc = rpc;
       this.registration = reply;
       this.lastHeardFromJobManager = Date.now();
@@ -286,10 +305,20 @@ export class TaskExecutor implements TaskManagerView {
     log.info("registered at the JobManager", { jobManager: `${host}:${port}`, jobManagerId: this.registration.jobManagerId });
     rpc.onClose((err) => this.onJobManagerLost(rpc, err?.message ?? "connection closed"));
     const { interval, timeout } = this.heartbeatSettings(this.registration);
+    let checkingLeader = false;
     const timer = setInterval(() => {
       if (Date.now() - this.lastHeardFromJobManager > timeout) {
         rpc.close(new Error(`no heartbeat from the JobManager for ${timeout} ms (its heartbeat.timeout)`));
         return;
+      }
+      // etcd HA: follow a new leader at once (the old one may be frozen or cut off, not yet timed out).
+      if (this.config["high-availability.type"] === "etcd" && !checkingLeader) {
+        checkingLeader = true;
+        currentLeaderId(this.config)
+          .then((id) => {
+            if (id && id !== this.registration?.jobManagerId && this.rpc === rpc) rpc.close(new Error(`the leader changed to JobManager ${id}`));
+          }, () => {})
+          .finally(() => (checkingLeader = false));
       }
       const taskMetrics: Record<string, TaskMetrics> = {};
       for (const [id, task] of this.tasks) taskMetrics[id] = task.metrics;
@@ -346,14 +375,36 @@ export class TaskExecutor implements TaskManagerView {
 
   private onJobManagerLost(rpc: RpcConnection, reason: string): void {
     if (this.rpc !== rpc) return;
+    const grace = this.registration?.jobManagerLossGracePeriodMs ?? 0;
     this.rpc = null;
     this.registration = null;
     if (this.stopped || this.draining) return;
-    log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
-    // Without a JobManager no task can report or be coordinated: cancel them and free the slots.
+    if (grace > 0 && this.tasks.size > 0) {
+      // HA: the tasks keep running while this TaskManager finds the next leader, which may adopt them.
+      log.warn(`lost the JobManager; keeping ${this.tasks.size} task(s) running for up to ${grace} ms (taskmanager.jobmanager-loss.grace-period) while reconnecting`, { reason });
+      this.graceDeadline = Date.now() + grace;
+      this.graceTimer = setTimeout(() => {
+        this.graceTimer = null;
+        if (this.rpc) return;
+        log.warn("no JobManager within the grace period; canceling the tasks", { gracePeriodMs: grace });
+        this.cancelAll();
+      }, grace);
+    } else {
+      log.warn("lost the JobManager; canceling its tasks and reconnecting", { reason });
+      this.cancelAll();
+    }
+    void this.connectLoop();
+  }
+
+  /** Without a JobManager no task can report or be coordinated: cancel them and free the slots. */
+  private cancelAll(): void {
     for (const task of this.tasks.values()) task.cancel();
     this.slots.fill(null);
-    void this.connectLoop();
+  }
+
+  private endGrace(): void {
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
   }
 
   /** Heap, RSS and network buffers for the JobManager's TaskManager page (sent with every heartbeat). */
@@ -368,6 +419,12 @@ export class TaskExecutor implements TaskManagerView {
   }
 
   private onRequest(type: RequestType, payload: unknown, conn: RpcConnection): unknown {
+    // HA fencing: a JobManager of an older epoch than one this TaskManager follows was deposed; it acts on nothing.
+    const epoch = (payload as { epoch?: unknown } | null)?.epoch;
+    if (typeof epoch === "number") {
+      if (epoch < this.epoch) throw new Error(`fenced: ${type} from a JobManager of epoch ${epoch}; this TaskManager follows epoch ${this.epoch}`);
+      this.epoch = epoch;
+    }
     this.lastHeardFromJobManager = Date.now();
     switch (type) {
       case "heartbeat":
@@ -469,10 +526,15 @@ export class TaskExecutor implements TaskManagerView {
       );
     },
     approveFinalCommit: async (task: Task) => {
+      // During a JobManager failover (HA grace period) the question waits for the next leader.
+      if (!this.rpc && this.graceTimer) {
+        const left = this.graceDeadline - Date.now();
+        await Promise.race([this.waitRegistered(), new Promise((r) => setTimeout(r, Math.max(0, left)))]);
+      }
       const rpc = this.rpc;
       if (!rpc) throw new Error("no connection to the JobManager");
       const timeout = this.registration?.heartbeatTimeoutMs ?? this.config["heartbeat.timeout"];
-      await rpc.request("approveFinalCommit", { executionId: task.executionId }, timeout);
+      await rpc.request("approveFinalCommit", { executionId: task.executionId, epoch: this.epoch }, timeout);
     },
     decline: (task: Task, checkpointId: number, reason: string) => {
       log.warn("declining a checkpoint", { ...taskLogFields(task), checkpoint: checkpointId, reason });
