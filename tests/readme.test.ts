@@ -90,6 +90,12 @@ const SLOW_JOB = `export default (env) => {
     .addSink(() => {}).uid("sink");
 };`;
 
+/**
+ * SLOW_JOB's next version: one more (stateless) operator, every stateful operator keeps its uid; it pauses ten
+ * times less, so that it finishes in seconds at the default parallelism.
+ */
+const SLOW_JOB_V2 = SLOW_JOB.replace("x % 4 === 0", "x % 40 === 0").replace(".keyBy((x) => x % 16)", '.filter((x) => x > 0).uid("positive")\n    .keyBy((x) => x % 16)');
+
 /** State of one code block's run: its cluster, its job, its savepoint. */
 interface BlockRun {
   dir: string;
@@ -158,6 +164,23 @@ const HANDLERS: Record<string, Handler> = {
     after: (run, m) => (run.savepoint = m[1]),
   },
   "./dist/taskmanager submit -m host:6123 -s /mnt/savepoints/savepoint-... -p 8 job.ts": { job: SLOW_JOB, output: /FINISHED/ },
+  "./dist/taskmanager savepoint info /mnt/savepoints/savepoint-...": {
+    job: SLOW_JOB_V2,
+    // The job's first version runs, and a savepoint of it is taken (the block's commands upgrade from it).
+    before: async (run) => {
+      await startCluster(run);
+      const v1 = path.join(run.dir, "job-v1.ts");
+      fs.writeFileSync(v1, SLOW_JOB);
+      const submit = await sh(run, `${BIN} submit -m 127.0.0.1:${run.jmPort} -p 2 -d ${v1}`);
+      const jobId = /submitted with JobID ([0-9a-f]+)/.exec(submit.stdout)![1];
+      await run.daemons[0]!.child.waitForOutput(new RegExp(`checkpoint complete .*${jobId}`), 45_000);
+      const cancel = await sh(run, `${BIN} cancel -m 127.0.0.1:${run.jmPort} --with-savepoint=${SAVEPOINTS} ${jobId}`);
+      run.savepoint = /Savepoint completed\. Path: (\S+)/.exec(cancel.stdout + cancel.stderr)?.[1];
+    },
+    output: /Operator sum \(uid sum\)[\s\S]*Operator numbers \(uid numbers\)/,
+  },
+  "./dist/taskmanager submit -m host:6123 -s /mnt/savepoints/savepoint-... job.ts": { job: SLOW_JOB_V2, output: /FINISHED/ },
+  "./dist/taskmanager submit -m host:6123 -s /mnt/savepoints/savepoint-... -n job.ts": { job: SLOW_JOB_V2, output: /FINISHED/ },
   "head -c 32 /dev/urandom | base64 > /etc/tm/secret && chmod 600 /etc/tm/secret": {
     after: () => expect(fs.statSync(path.join(ETC, "secret")).mode & 0o777).toBe(0o600),
   },
