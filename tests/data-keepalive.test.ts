@@ -18,14 +18,20 @@ afterEach(async () => {
 });
 afterAll(removeTempDirs);
 
-test("a frozen TaskManager's data connections are closed by the keepalive time-out, naming it; its tasks fail", async () => {
-  const dir = tempDir("tm-keepalive-");
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...SLOW_HEARTBEAT, "-D", "restart-strategy.type=none"]);
+/** A JobManager and TaskManagers tm-a and tm-b (one slot each) as processes, and a client. */
+async function cluster(jobManagerArgs: string[]): Promise<{ tms: Child[]; rpc: RpcConnection }> {
+  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...SLOW_HEARTBEAT, ...jobManagerArgs]);
   const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
   const tms = ["tm-a", "tm-b"].map((id) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=1", "-D", `taskmanager.resource-id=${id}`, ...SLOW_HEARTBEAT, ...KEEPALIVE]));
   await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
   const rpc = await connectClient("127.0.0.1", port);
   clients.push(rpc);
+  return { tms, rpc };
+}
+
+test("a frozen TaskManager's data connections are closed by the keepalive time-out, naming it; its tasks fail", async () => {
+  const dir = tempDir("tm-keepalive-");
+  const { tms, rpc } = await cluster(["-D", "restart-strategy.type=none"]);
   // An endless keyed job at parallelism 2 over the two TaskManagers: every subtask talks to the other TaskManager.
   const job = writeJob(dir, "job.ts", `
     const pause = new Int32Array(new SharedArrayBuffer(4));
@@ -59,12 +65,7 @@ test("a frozen TaskManager's data connections are closed by the keepalive time-o
 
 test("a quiet but live connection is kept: keepalive frames flow while nothing else does", async () => {
   const dir = tempDir("tm-keepalive-quiet-");
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...SLOW_HEARTBEAT]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const tms = ["tm-a", "tm-b"].map((id) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=1", "-D", `taskmanager.resource-id=${id}`, ...SLOW_HEARTBEAT, ...KEEPALIVE]));
-  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
-  clients.push(rpc);
+  const { tms, rpc } = await cluster([]);
   // Records only every 3 s (longer than the 2 s keepalive time-out): without keepalive frames the channel would
   // look dead between records.
   const job = writeJob(dir, "job.ts", `
