@@ -2,9 +2,10 @@
 // cannot be bound name their key, a JobManager SIGTERM is logged and told to waiting clients, a TaskManager tries
 // once more at its registration deadline, a missing job file is a usage error.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { BUN, Child, removeTempDirs, tempDir, writeJob } from "./helpers.ts";
+import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const servers: net.Server[] = [];
 afterEach(async () => {
@@ -48,9 +49,14 @@ describe("JobManager SIGTERM", () => {
     const job = writeJob(dir, "slow.ts", `export default (env) => { const s = new Int32Array(new SharedArrayBuffer(4)); env.fromSequence(1, 1e12).addSink(() => Atomics.wait(s, 0, 0, 1)); };`);
     const client = new Child([BUN, "main.ts", "submit", "-m", `127.0.0.1:${port}`, job]);
     await client.waitForOutput(/RUNNING/, 30_000);
+    // The silent socket must be accepted by the JobManager (not only queued by the kernel, where closing the port
+    // would drop it): its accept shows as one more open file of the process.
+    const fds = () => fs.readdirSync(`/proc/${jm.pid}/fd`).length;
+    const before = fds();
     const silent = net.connect(port, "127.0.0.1");
     silent.on("error", () => {});
     await new Promise((r) => silent.once("connect", r));
+    await waitFor("the JobManager to accept the silent socket", () => fds() > before, 15_000);
 
     jm.kill("SIGTERM");
     expect(await client.exited(15_000)).toBe(1);
