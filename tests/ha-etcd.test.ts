@@ -12,8 +12,8 @@ import { loadConfig } from "../src/config/index.ts";
 import { findJobManager } from "../src/ha/index.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
-import { freePort, keyedJob, KEYS } from "./ha-helpers.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { freePort } from "./ha-helpers.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob, keyedJob, KEYS } from "./helpers.ts";
 
 const ETCD = "/usr/bin/etcd";
 const haveEtcd = fs.existsSync(ETCD) || spawnSync("which", ["etcd"]).status === 0;

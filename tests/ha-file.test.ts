@@ -9,8 +9,9 @@ import { connectClient, submitJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { freePort, keyedJob, KEYS } from "./ha-helpers.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob, keyedJob, KEYS } from "./helpers.ts";
+import { freePort } from "./ha-helpers.ts";
+
 
 const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=300ms"];
 const clients: RpcConnection[] = [];

@@ -7,8 +7,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { keyedJob, KEYS } from "./ha-helpers.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob, keyedJob, KEYS } from "./helpers.ts";
 import { TestNetwork, netnsUnavailable } from "./netns.ts";
 
 const unavailable = netnsUnavailable() ?? (spawnSync("which", ["etcd"]).status === 0 ? null : "etcd is not installed (Debian package etcd-server)");

@@ -235,6 +235,36 @@ export function rawPeer(
   });
 }
 
+/** Keys of keyedJob unless it is given others. */
+export const KEYS = 37;
+
+/**
+ * Keyed counting over 1..n, as the exactly-once oracle (keyedCountsDiscrepancy) expects: a 1 ms pause every `every`
+ * records so that the job runs for some seconds, keyed by x % keys, a count per key in ValueState, [key, count]
+ * into the exactly-once file sink in `out`.
+ */
+export function keyedJob(out: string, n: number, every: number, opts: { keys?: number; checkpointMs?: number; backend?: "heap" | "sqlite" } = {}): string {
+  const backend = opts.backend ? `.setStateBackend(${JSON.stringify(opts.backend)})` : "";
+  return `
+    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve(ROOT, "src/api/index.ts"))};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(${opts.checkpointMs ?? 300})${backend};
+      env.fromSequence(1, ${n})
+        .map((x) => { if (x % ${every} === 0) Atomics.wait(pause, 0, 0, 1); return x; })
+        .keyBy((x) => x % ${opts.keys ?? KEYS})
+        .process({
+          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
+          processElement(x, ctx, out) {
+            const c = this.count.value() + 1;
+            this.count.update(c);
+            out.collect([ctx.getCurrentKey(), c]);
+          },
+        })
+        .sinkTo(FileSink.forRowFormat(${JSON.stringify(out)}).build());
+    };`;
+}
+
 /**
  * What is wrong with the output of a keyed counting job over 1..n keyed by x % keys, whose records are "(key,count)":
  * lines out of range, duplicates, and how many of the n expected lines are missing. An exactly-once run gives

@@ -9,7 +9,7 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BUN, Child, committedLines, removeTempDirs, tempDir, waitFor, writeJob, keyedCountsDiscrepancy } from "./helpers.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, keyedJob, KEYS, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { TestNetwork, netnsUnavailable } from "./netns.ts";
 
 const unavailable = netnsUnavailable();
@@ -18,7 +18,6 @@ const describeIfNetns = unavailable ? describe.skip : describe;
 
 const JM = 0; // host index of the JobManager; TaskManagers are hosts 1..3
 const RPC_PORT = 6123;
-const KEYS = 37;
 const SCENARIO_MS = 180_000;
 
 interface Status {
@@ -126,32 +125,6 @@ function logs(c: Cluster): string {
   return [`JobManager:\n${c.jm.stderr.slice(-3000)}`, ...[...c.tms].map(([id, tm]) => `${id}:\n${tm.stderr.slice(-3000)}`)].join("\n");
 }
 
-/**
- * Keyed counting: numbers 1..n (each source subtask pauses 1 ms every `every` records, so that the job runs for
- * some seconds), keyed by n % KEYS across the two TaskManagers, a count per key in ValueState, [key, count] into
- * the exactly-once file sink.
- */
-function keyedJob(n: number, every: number): (out: string) => string {
-  return (out) => `
-    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
-    const pause = new Int32Array(new SharedArrayBuffer(4));
-    export default (env) => {
-      env.enableCheckpointing(300);
-      env.fromSequence(1, ${n})
-        .map((x) => { if (x % ${every} === 0) Atomics.wait(pause, 0, 0, 1); return x; })
-        .keyBy((x) => x % ${KEYS})
-        .process({
-          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
-          processElement(x, ctx, out) {
-            const c = this.count.value() + 1;
-            this.count.update(c);
-            out.collect([ctx.getCurrentKey(), c]);
-          },
-        })
-        .sinkTo(FileSink.forRowFormat(${JSON.stringify(out)}).build());
-    };`;
-}
-
 /** One chain per subtask (source -> map -> sink, no shuffle): a subtask reaches the end of its input on its own. */
 function chainedJob(n: number, every: number): (out: string) => string {
   return (out) => `
@@ -181,7 +154,7 @@ function expectEachNumberOnce(lines: string[], n: number): void {
 describeIfNetns("network partitions (namespaces, real processes, default time-outs)", () => {
   test("a TaskManager cut for longer than the heartbeat time-out: lost, restarted elsewhere, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster(keyedJob(N, 10));
+    const c = await startCluster((out) => keyedJob(out, N, 10));
     const s = await waitRunning(c, 2);
     const victim = c.hostOf.get(s.tms[0]!)!;
     const cutAt = Date.now();
@@ -229,7 +202,7 @@ describeIfNetns("network partitions (namespaces, real processes, default time-ou
 
   test("the JobManager cut for less than the heartbeat time-out: nothing restarts, output exact", async () => {
     const N = 150_000;
-    const c = await startCluster(keyedJob(N, 10));
+    const c = await startCluster((out) => keyedJob(out, N, 10));
     await waitRunning(c, 2);
     const cutAt = Date.now();
     net!.cut(JM);
@@ -244,7 +217,7 @@ describeIfNetns("network partitions (namespaces, real processes, default time-ou
 
   test("the JobManager cut for longer than the heartbeat time-out: tasks canceled, re-registered after the heal, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster(keyedJob(N, 10));
+    const c = await startCluster((out) => keyedJob(out, N, 10));
     const s = await waitRunning(c, 2);
     const cutAt = Date.now();
     net!.cut(JM);
@@ -263,7 +236,7 @@ describeIfNetns("network partitions (namespaces, real processes, default time-ou
 
   test("two TaskManagers cut from each other (both reach the JobManager): detected by the data connection's keepalive, restarted, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster(keyedJob(N, 10));
+    const c = await startCluster((out) => keyedJob(out, N, 10));
     const s = await waitRunning(c, 2);
     expect(s.tms.length).toBe(2);
     const [a, b] = s.tms.map((id) => c.hostOf.get(id)!) as [number, number];

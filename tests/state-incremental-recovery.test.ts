@@ -10,7 +10,7 @@ import { connectClient, submitJob, waitForJob } from "../src/client/job-client.t
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { referencedFiles, type CheckpointMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { BUN, Child, committedLines, keyedCountsDiscrepancy, keyedJob, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 5000;
 const clients: RpcConnection[] = [];
@@ -63,28 +63,7 @@ test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored fro
 
   const out = path.join(dir, "out");
   const N = 300_000;
-  const job = writeJob(
-    dir,
-    "job.ts",
-    `
-    import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
-    const pause = new Int32Array(new SharedArrayBuffer(4));
-    export default (env) => {
-      env.enableCheckpointing(200).setStateBackend("sqlite");
-      env.fromSequence(1, ${N})
-        .map((x) => { if (x % 40 === 0) Atomics.wait(pause, 0, 0, 1); return x; })
-        .keyBy((x) => x % ${KEYS})
-        .process({
-          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
-          processElement(x, ctx, out) {
-            const c = this.count.value() + 1;
-            this.count.update(c);
-            out.collect([ctx.getCurrentKey(), c]);
-          },
-        })
-        .sinkTo(FileSink.forRowFormat(${JSON.stringify(out)}).build());
-    };`,
-  );
+  const job = writeJob(dir, "job.ts", keyedJob(out, N, 40, { keys: KEYS, checkpointMs: 200, backend: "sqlite" }));
   const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
   const jobDir = path.join(checkpoints, jobId);
 
