@@ -4,15 +4,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import { prepareJob } from "../src/client/prepare-job.ts";
+import { waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT, removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { opsJobSource } from "./ops-job.ts";
+import { startOpsCluster } from "./ops-job.ts";
 import { parsePrometheus } from "./prometheus-parse.ts";
 
-const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=3s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const EXPIRATION_MS = 12_000;
 let dir: string;
 let savepointsDir: string;
@@ -31,20 +29,14 @@ const inMetrics = async (): Promise<string[]> => {
 beforeAll(async () => {
   dir = tempDir("tm-jobstore-");
   savepointsDir = path.join(dir, "savepoints");
-  const jm = new Child([
-    BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", "rest.port=0", "-D", `jobmanager.storage.dir=${dir}/jm`,
-    "-D", "jobstore.max-capacity=2", "-D", `jobstore.expiration-time=${EXPIRATION_MS}ms`, "-D", `state.savepoints.dir=${savepointsDir}`, ...FAST,
-  ]);
-  rpcPort = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  rest = `http://127.0.0.1:${(await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]}`;
-  const tm = new Child([BUN, "main.ts", "taskmanager", "-D", `jobmanager.rpc.port=${rpcPort}`, "-D", "taskmanager.numberOfTaskSlots=2", ...FAST]);
-  await tm.waitForOutput(/registered at the JobManager/);
-  rpc = await connectClient("127.0.0.1", rpcPort);
-  running = await submitJob(rpc, await prepareJob(writeJob(dir, "ops.ts", opsJobSource("long-running")), [], 1));
-  await waitFor("the streaming job running with both tasks", async () => {
-    const s = await rpc.request("jobStatus", { jobId: running });
-    return s.state === "RUNNING" && s.tasks.RUNNING === 2;
-  }, 20_000);
+  let restPort: number;
+  ({ rpcPort, restPort, rpc, jobId: running } = await startOpsCluster({
+    dir,
+    jobName: "long-running",
+    parallelism: 1,
+    jmArgs: ["-D", "jobstore.max-capacity=2", "-D", `jobstore.expiration-time=${EXPIRATION_MS}ms`, "-D", `state.savepoints.dir=${savepointsDir}`],
+  }));
+  rest = `http://127.0.0.1:${restPort}`;
 }, 40_000);
 
 afterAll(async () => {

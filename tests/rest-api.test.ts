@@ -3,17 +3,15 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import { prepareJob } from "../src/client/prepare-job.ts";
+import { waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 import { parsePrometheus, sampleValue } from "./prometheus-parse.ts";
-import { opsJobSource } from "./ops-job.ts";
+import { startOpsCluster } from "./ops-job.ts";
 
 const PROMTOOL = Bun.which("promtool");
 if (!PROMTOOL) console.warn("promtool not found (Debian package prometheus): the promtool lint of /metrics is skipped");
 
-const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=3s", "-D", "taskmanager.registration.max-backoff=200ms"];
 let jm: Child;
 let tm: Child;
 let rest: string;
@@ -31,18 +29,10 @@ async function get(p: string): Promise<any> {
 
 beforeAll(async () => {
   dir = tempDir("tm-rest-");
-  jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", "rest.port=0", "-D", `jobmanager.storage.dir=${dir}/jm`, ...FAST]);
-  const rpcPort = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  rest = `http://127.0.0.1:${(await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]}`;
-  tm = new Child([BUN, "main.ts", "taskmanager", "-D", `jobmanager.rpc.port=${rpcPort}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", "taskmanager.resource-id=tm-rest", ...FAST]);
+  const c = await startOpsCluster({ dir, jobName: "ops-demo", parallelism: 2, tmArgs: ["-D", "taskmanager.resource-id=tm-rest"] });
+  ({ jm, tm, rpc, jobId } = c);
+  rest = `http://127.0.0.1:${c.restPort}`;
   metricsUrl = `http://127.0.0.1:${(await tm.waitForOutput(/metrics endpoint started metrics=127\.0\.0\.1:(\d+)/))[1]}`;
-  await tm.waitForOutput(/registered at the JobManager/);
-  rpc = await connectClient("127.0.0.1", rpcPort);
-  jobId = await submitJob(rpc, await prepareJob(writeJob(dir, "ops.ts", opsJobSource("ops-demo")), [], 2));
-  await waitFor("the job running with all 4 tasks", async () => {
-    const s = await rpc.request("jobStatus", { jobId });
-    return s.state === "RUNNING" && s.tasks.RUNNING === 4;
-  }, 20_000);
 }, 40_000);
 
 afterAll(async () => {

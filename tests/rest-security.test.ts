@@ -7,13 +7,11 @@ import * as fs from "node:fs";
 import * as http from "node:http";
 import * as net from "node:net";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
-import { prepareJob } from "../src/client/prepare-job.ts";
+import { waitForJob } from "../src/client/job-client.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, ROOT, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { opsJobSource } from "./ops-job.ts";
+import { BUN, Child, ROOT, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
+import { startOpsCluster } from "./ops-job.ts";
 
-const FAST = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=3s", "-D", "taskmanager.registration.max-backoff=200ms"];
 const MAIN = path.join(ROOT, "main.ts");
 const ALLOWED_ORIGIN = "http://ops.example:9000";
 let dir: string;
@@ -61,22 +59,14 @@ beforeAll(async () => {
   dir = tempDir("tm-rest-security-");
   jmCwd = path.join(dir, "jm-cwd");
   fs.mkdirSync(jmCwd);
-  const jm = new Child(
-    [BUN, MAIN, "jobmanager", "-D", "jobmanager.rpc.port=0", "-D", "rest.port=0", "-D", `jobmanager.storage.dir=${dir}/jm`, "-D", "rest.allowed-hosts=jm.example", "-D", `rest.allowed-origins=${ALLOWED_ORIGIN}`, ...FAST],
-    {},
+  ({ rpcPort, restPort, rpc, jobId } = await startOpsCluster({
+    dir,
+    jobName: "ops-security",
+    parallelism: 2,
+    jmArgs: ["-D", "rest.allowed-hosts=jm.example", "-D", `rest.allowed-origins=${ALLOWED_ORIGIN}`],
     jmCwd,
-  );
-  rpcPort = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  restPort = Number((await jm.waitForOutput(/REST API started rest=127\.0\.0\.1:(\d+)/))[1]);
+  }));
   rest = `http://127.0.0.1:${restPort}`;
-  const tm = new Child([BUN, MAIN, "taskmanager", "-D", `jobmanager.rpc.port=${rpcPort}`, "-D", "taskmanager.numberOfTaskSlots=2", ...FAST]);
-  await tm.waitForOutput(/registered at the JobManager/);
-  rpc = await connectClient("127.0.0.1", rpcPort);
-  jobId = await submitJob(rpc, await prepareJob(writeJob(dir, "ops.ts", opsJobSource("ops-security")), [], 2));
-  await waitFor("the job running with all 4 tasks", async () => {
-    const s = await rpc.request("jobStatus", { jobId });
-    return s.state === "RUNNING" && s.tasks.RUNNING === 4;
-  }, 20_000);
 }, 40_000);
 
 afterAll(async () => {
