@@ -178,6 +178,35 @@ describe("unaligned checkpoints", () => {
     expect(t.released.filter((r) => r === A).length).toBe(4); // every buffer's slot released once
   });
 
+  test("a second unaligned checkpoint's channel state holds the buffers the first one decoded and the task has not read yet", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    const step = () => {
+      const it = t.gate.poll()!;
+      if ("records" in it) t.read.push(...it.records);
+      else if (it.event.type === "barrier") t.handler.onBarrier(it.channel, it.event);
+    };
+    t.send(A, pa(["a1"]));
+    t.send(A, pa(["a2"]));
+    t.send(B, pb(["b1"]));
+    t.event(A, barrier(1, { unaligned: true, overtakenBytes: 0 }));
+    t.event(B, barrier(1, { unaligned: true, overtakenBytes: 0 }));
+    step();
+    step();
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [A]: ["a1", "a2"], [B]: ["b1"] });
+    step(); // the task reads one of the three decoded buffers before barrier 2 overtakes the rest
+    expect(t.read).toEqual(["a1"]);
+    t.send(A, pa(["a3"]));
+    t.event(A, barrier(2, { unaligned: true, overtakenBytes: 0 }));
+    t.event(B, barrier(2, { unaligned: true, overtakenBytes: 0 }));
+    step();
+    step();
+    // a2 and b1 were decoded for checkpoint 1 and are still unread: they are in flight for checkpoint 2 as well.
+    expect(Object.fromEntries(await t.taken[1]!.state!)).toEqual({ [A]: ["a2", "a3"], [B]: ["b1"] });
+    t.drain();
+    expect(t.read).toEqual(["a1", "a2", "b1", "a3"]);
+  });
+
   test("an aborted unaligned checkpoint drops its recording; a savepoint's barrier (not unaligned) is aligned", async () => {
     const t = setup("unaligned");
     const pa = producer();

@@ -113,12 +113,16 @@ export class InputGate {
       }
       channels.set(ch, rec);
     }
+    // An alignment (a savepoint's) ends before an unaligned checkpoint starts, so nothing is held back now.
+    assert(this.held.length === 0, () => `input gate: recording checkpoint ${checkpointId} with ${this.held.length} arrivals held back`);
     this.recording = { checkpointId, channels, onDone };
     // What is queued now is in flight: decoded at once (in each channel's order), so the channel state is complete
     // when the barriers and the bytes they overtook have arrived, not when the task has worked through the backlog.
+    // Buffers an earlier recording decoded and the task has not read yet are in flight too.
     for (let i = this.head; i < this.queue.length; i++) {
       const a = this.queue[i]!;
       if ("bytes" in a) this.queue[i] = this.recordEarly(a) ?? a;
+      else if ("decoded" in a) this.recordDecoded(a);
     }
     for (const rec of channels.values()) this.checkRecorded(rec);
     this.maybeRecorded();
@@ -143,8 +147,21 @@ export class InputGate {
     assert(left > 0, () => `input channel ${a.channel}: a buffer decoded with ${left} counted as queued`);
     this.queuedOf.set(a.channel, left - 1);
     for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
-    this.checkRecorded(rec);
+    // Complete only past the barrier: a buffer before it may have more of the channel's in-flight buffers behind it.
+    if (a.seq > rec.barrierSeq) this.checkRecorded(rec);
     return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length };
+  }
+
+  /** A buffer decoded for an earlier recording, still unread: its records belong to this one as well. */
+  private recordDecoded(a: Extract<Arrival, { decoded: unknown[] }>): void {
+    const rec = this.recording?.channels.get(a.channel);
+    if (!rec || rec.done) return;
+    if (a.seq > rec.barrierSeq) {
+      if (rec.after >= rec.overtaken) return;
+      rec.after += a.size;
+    }
+    for (let i = 0; i < a.decoded.length; i++) rec.records.push(a.decoded[i]);
+    if (a.seq > rec.barrierSeq) this.checkRecorded(rec);
   }
 
   private checkRecorded(rec: ChannelRecording): void {
