@@ -83,8 +83,8 @@ export class WindowOperator implements Operator {
       if (this.eventTime && end - 1 + this.lateness <= wm) continue; // this window is gone
       accepted = true;
       const ns = `${start}|${end}`;
-      this.add(ns, record);
-      this.registerTimers(start, end, wm);
+      // Timers are registered when the (key, window) first gets state, not again for every record of it.
+      this.registerTimers(ns, start, end, wm, this.add(ns, record));
     }
     if (!accepted) this.late(record, ts, wm);
   }
@@ -98,12 +98,11 @@ export class WindowOperator implements Operator {
   /** The window's timers: emit at end - 1 and, with allowed lateness, clean up at end - 1 + lateness. A window
    *  the watermark has passed already (a late record within the lateness) fires at once instead (Flink's
    *  EventTimeTrigger). */
-  private registerTimers(start: number, end: number, wm: number): void {
+  private registerTimers(ns: string, start: number, end: number, wm: number, first: boolean): void {
     const t = this.timers!;
-    const ns = `${start}|${end}`;
-    if (this.lateness > 0) t.register(0, end - 1 + this.lateness, ns);
+    if (first && this.lateness > 0) t.register(0, end - 1 + this.lateness, ns);
     if (this.eventTime && end - 1 <= wm) this.fire(t.keyOf(), ns, start, end);
-    else t.register(this.eventTime ? 0 : 1, end - 1, ns);
+    else if (first) t.register(this.eventTime ? 0 : 1, end - 1, ns);
   }
 
   private processSession(record: unknown, ts: number, gap: number): void {
@@ -147,7 +146,8 @@ export class WindowOperator implements Operator {
     this.add(ns, record);
     rest.push([start, end]);
     this.sessions!.update(rest);
-    this.registerTimers(start, end, wm);
+    // A merged session is a new window with old contents: its timers are registered whatever add() found.
+    this.registerTimers(ns, start, end, wm, true);
   }
 
   /** Moves window `from`'s contents into window `to` (session merge). */
@@ -174,20 +174,23 @@ export class WindowOperator implements Operator {
     else c.put(to, f.aggregate.merge!(have, acc));
   }
 
-  private add(ns: string, record: unknown): void {
+  /** Adds the record to window ns of the current key; true when the window had no state before (its first record). */
+  private add(ns: string, record: unknown): boolean {
     const f = this.node.fn;
     const c = this.contents;
     if (f.type === "reduce") {
       const acc = c.get(ns);
       c.put(ns, acc === undefined ? record : f.reduce(acc, record));
+      return acc === undefined;
     } else if (f.type === "aggregate") {
       const acc = c.get(ns);
       c.put(ns, f.aggregate.add(record, acc === undefined ? f.aggregate.createAccumulator() : acc));
-    } else {
-      const n: number = c.get(ns) ?? 0;
-      c.put(`${ns}#${n}`, record);
-      c.put(ns, n + 1);
+      return acc === undefined;
     }
+    const n: number = c.get(ns) ?? 0;
+    c.put(`${ns}#${n}`, record);
+    c.put(ns, n + 1);
+    return n === 0;
   }
 
   private elements(ns: string): unknown[] | null {
