@@ -60,4 +60,5 @@ test(`${KEYS / 1e6} million keys with a ${CACHE_BYTES / 2 ** 20} MiB cache stay 
   // The state really is far larger than the cache: most of it lives in the database file.
   expect(fs.statSync(db).size).toBeGreaterThan(3 * CACHE_BYTES);
   expect(peakMb).toBeLessThan(RSS_BOUND_MB);
-}, 90_000);
+  // It asserts memory, not time: 5 M writes take about 30 s alone and over 90 s on a loaded 2-core machine.
+}, 240_000);
