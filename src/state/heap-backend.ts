@@ -11,6 +11,7 @@ import {
   unexpiredStored,
   type BackendOptions,
   type Cell,
+  type KeyedStateStats,
   type ListCell,
   type MapCell,
   type ValueCell,
@@ -90,6 +91,15 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
       default:
         return new HeapValueCell(this, t);
     }
+  }
+
+  /** Bytes of the last completed snapshot (the state's serialized size). */
+  private lastSnapshotBytes = 0;
+
+  stats(): KeyedStateStats {
+    let entries = 0;
+    for (const t of this.tableList) for (const m of t.maps) if (m !== undefined) entries += m.size;
+    return { sizeBytes: this.lastSnapshotBytes, entries };
   }
 
   /** Number of stored entries (keys, or user keys of map state) of a state; for tests and metrics. */
@@ -197,7 +207,9 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
         job.blocks.delete(i);
         await writer.writeBlock(i + this.kgStart, block.bytes, block.entries);
       }
-      return await writer.finish();
+      const handle = await writer.finish();
+      this.lastSnapshotBytes = handle.sizeBytes;
+      return handle;
     } catch (e) {
       await writer?.abort();
       throw e;
