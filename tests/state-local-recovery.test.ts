@@ -10,6 +10,8 @@ import * as path from "node:path";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
+import { createKeyedStateBackend, ValueStateDescriptor } from "../src/state/index.ts";
+import { LocalStateStore } from "../src/state/local-recovery.ts";
 import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, ROOT, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 2000;
@@ -209,3 +211,59 @@ test("a corrupt local copy falls back to checkpoint storage with a WARN; output 
   expect(final.restarts).toBe(1);
   expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
 }, 180_000);
+
+test("the local store keeps the latest completed checkpoint's chain, reuses copied files, and refuses a mismatched copy", async () => {
+  const dir = tempDir("tm-local-store-");
+  const range = { start: 0, end: 127 };
+  const b = await createKeyedStateBackend({ kind: "sqlite", dir: path.join(dir, "db"), maxParallelism: 128, keyGroupRange: range, incremental: true });
+  const s = b.getState(new ValueStateDescriptor<number>("v"));
+  const put = (from: number, to: number, v: number) => {
+    for (let i = from; i < to; i++) {
+      b.setCurrentKey(i);
+      s.update(v + i);
+    }
+  };
+  const warnings: string[] = [];
+  const store = new LocalStateStore(path.join(dir, "local"), (m) => warnings.push(m));
+  put(0, 5000, 0);
+  const h1 = await b.snapshot(path.join(dir, "chk-1", "t"), { checkpointId: 1, incremental: true });
+  b.notifyCheckpointComplete(1);
+  store.keep(1, { op: h1 });
+  await store.complete(1);
+  const base = path.join(dir, "local", path.basename(h1.files[0]!));
+  const baseIno = fs.statSync(base).ino;
+  put(0, 50, 1000); // 1% changed: checkpoint 2 is a change set on top of checkpoint 1
+  const h2 = await b.snapshot(path.join(dir, "chk-2", "t"), { checkpointId: 2, incremental: true });
+  expect(h2.files.length).toBe(2);
+  expect(h2.checksums?.length).toBe(2);
+  store.keep(2, { op: h2 });
+  await store.complete(2);
+  expect(fs.statSync(base).ino).toBe(baseIno); // the base was not copied again
+  expect(fs.readdirSync(path.join(dir, "local")).sort()).toEqual(["latest.json", ...h2.files.map((f) => path.basename(f))].sort());
+  expect(warnings).toEqual([]);
+
+  // A new store (a restarted task) finds the copy of checkpoint 2 and only of checkpoint 2.
+  const again = new LocalStateStore(path.join(dir, "local"), (m) => warnings.push(m));
+  expect(again.localHandles(1, "op", [h1], range)).toMatchObject({ handles: null, expected: false });
+  const local = again.localHandles(2, "op", [h2], range);
+  expect(local.handles?.[0]?.files).toEqual(h2.files.map((f) => path.join(dir, "local", path.basename(f))));
+  const r = await createKeyedStateBackend({ kind: "heap", maxParallelism: 128, keyGroupRange: range, restoreFrom: local.handles! });
+  const rs = r.getState(new ValueStateDescriptor<number>("v"));
+  for (const i of [0, 49, 50, 4999]) {
+    r.setCurrentKey(i);
+    expect(rs.value()).toBe(i < 50 ? 1000 + i : i);
+  }
+  // A truncated copy is refused by its size, one with another index by its checksum, a missing one as missing.
+  const change = path.join(dir, "local", path.basename(h2.files[1]!));
+  const bytes = fs.readFileSync(change);
+  fs.writeFileSync(change, bytes.subarray(0, bytes.length - 1));
+  expect(again.localHandles(2, "op", [h2], range)).toMatchObject({ handles: null, expected: true, reason: expect.stringMatching(/has \d+ bytes, the checkpoint records \d+/) });
+  const other = Buffer.from(bytes);
+  other[other.length - 6] = other[other.length - 6]! ^ 1; // the index checksum in the trailer (bytes -8..-4)
+  fs.writeFileSync(change, other);
+  expect(again.localHandles(2, "op", [h2], range)).toMatchObject({ handles: null, expected: true, reason: expect.stringMatching(/checksum/) });
+  fs.rmSync(change);
+  expect(again.localHandles(2, "op", [h2], range)).toMatchObject({ handles: null, expected: true, reason: expect.stringMatching(/is missing/) });
+  await b.close();
+  await r.close();
+}, 60_000);

@@ -41,8 +41,15 @@ export class LocalStateStore {
   private readonly pending = new Map<number, Promise<Manifest | null>>();
   private latest: Manifest | null;
 
+  /** complete() calls run one after the other: each replaces the kept copy and deletes what it no longer needs. */
+  private completions: Promise<void> = Promise.resolve();
+
   constructor(readonly dir: string, private readonly warn: (msg: string) => void) {
     this.latest = readManifest(path.join(dir, LATEST));
+    // Copies a previous attempt left unfinished (its Worker is gone).
+    try {
+      for (const name of fs.readdirSync(dir)) if (name.endsWith(".tmp")) fs.rmSync(path.join(dir, name), { force: true });
+    } catch {}
   }
 
   /**
@@ -90,9 +97,14 @@ export class LocalStateStore {
   }
 
   /** Checkpoint `checkpointId` completed: its copy (once written) becomes the one kept; older copies go. */
-  async complete(checkpointId: number): Promise<void> {
+  complete(checkpointId: number): Promise<void> {
     const copy = this.pending.get(checkpointId);
     for (const id of [...this.pending.keys()]) if (id <= checkpointId) this.pending.delete(id);
+    this.completions = this.completions.then(() => this.replaceKept(checkpointId, copy));
+    return this.completions;
+  }
+
+  private async replaceKept(checkpointId: number, copy: Promise<Manifest | null> | undefined): Promise<void> {
     const m = copy === undefined ? null : await copy;
     if (m === null) return;
     if (this.latest !== null && this.latest.checkpointId > m.checkpointId) return;
