@@ -16,6 +16,7 @@ import {
   type MapCell,
   type ValueCell,
 } from "./keyed-backend.ts";
+import { KeyTable } from "./key-table.ts";
 import { ByteWriter, decode, decodeMany, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, type HeapKey } from "./serde.ts";
 import {
   checkKeyedHandle,
@@ -26,12 +27,14 @@ import {
   type SnapshotStateMeta,
 } from "./snapshot-format.ts";
 
+/** A map state's user keys of one key. */
 type KgMap = Map<HeapKey, unknown>;
 
 interface HeapTable {
   meta: SnapshotStateMeta;
-  /** Per key group of the range (index kg - start): key -> stored value, or for map state key -> (user key -> stored). */
-  maps: (KgMap | undefined)[];
+  /** Per key group of the range (index kg - start): key -> stored value, or for map state key -> (user key -> stored).
+   *  A KeyTable: a Map in less memory while the keys are numbers (key-table.ts). */
+  maps: (KeyTable | undefined)[];
 }
 
 export class HeapKeyedStateBackend extends KeyedBackendBase {
@@ -300,7 +303,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
                 }
                 return;
               }
-              const m = (t.maps[idx] ??= new Map());
+              const m = (t.maps[idx] ??= new KeyTable());
               const hk = heapKeyOfBytes(key);
               if (kind === "map") {
                 if (uk === null) throw new Error("map state entry without a user key");
@@ -370,7 +373,7 @@ class HeapValueCell implements ValueCell {
   put(s: unknown): void {
     const i = this.b.groupIndex();
     let m = this.t.maps[i];
-    if (m === undefined) m = this.t.maps[i] = new Map();
+    if (m === undefined) m = this.t.maps[i] = new KeyTable();
     m.set(this.b.hk, s);
   }
   remove(): void {
@@ -381,10 +384,10 @@ class HeapValueCell implements ValueCell {
 
 class HeapListCell implements ListCell {
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
-  private map(create: boolean): KgMap | undefined {
+  private map(create: boolean): KeyTable | undefined {
     const i = this.b.groupIndex();
     let m = this.t.maps[i];
-    if (m === undefined && create) m = this.t.maps[i] = new Map();
+    if (m === undefined && create) m = this.t.maps[i] = new KeyTable();
     return m;
   }
   get(): unknown[] | undefined {
@@ -418,7 +421,7 @@ class HeapMapCell implements MapCell {
     let m = this.t.maps[i];
     if (m === undefined) {
       if (!create) return undefined;
-      m = this.t.maps[i] = new Map();
+      m = this.t.maps[i] = new KeyTable();
     }
     let inner = m.get(this.b.hk) as KgMap | undefined;
     if (inner === undefined && create) m.set(this.b.hk, (inner = new Map()));
