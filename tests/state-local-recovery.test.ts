@@ -108,12 +108,25 @@ async function startCluster(dir: string, checkpointMs: number) {
         return [];
       }
     });
-  return { jm, tm, rpc, jobId, out, fail, release, metrics, localDirs, keptCopies };
+  /** The newest checkpoint with metadata (completed) in checkpoint storage. */
+  const newestCompleted = () => {
+    const jobDir = path.join(dir, "checkpoints", jobId);
+    const ids = fs.existsSync(jobDir) ? fs.readdirSync(jobDir).filter((n) => /^chk-\d+$/.test(n) && fs.existsSync(path.join(jobDir, n, "_metadata"))).map((n) => Number(n.slice(4))) : [];
+    return ids.length === 0 ? null : Math.max(...ids);
+  };
+  /** Both keyed subtasks keep a local copy of the newest completed checkpoint: its id. */
+  const copiesOfNewest = () => {
+    const k = keptCopies();
+    const newest = newestCompleted();
+    return k.length === 2 && k.every((id) => id === newest) && newest;
+  };
+  return { jm, tm, rpc, jobId, out, fail, release, metrics, localDirs, keptCopies, copiesOfNewest };
 }
 
 test("state metrics move, and a task restarted on the same TaskManager restores from its local copy; output exactly once", async () => {
   const dir = tempDir("tm-local-recovery-");
-  const c = await startCluster(dir, 300);
+  // Checkpoints 2 s apart: none completes between seeing the copies of the newest one and the failure.
+  const c = await startCluster(dir, 2000);
   const keyedLabels = { job_id: c.jobId, task_name: "Keyed Process" };
   // Both keyed subtasks report state; a full snapshot and later change sets are counted.
   const first = await waitFor("state metrics of both keyed subtasks with full and incremental checkpoints", async () => {
@@ -145,8 +158,8 @@ test("state metrics move, and a task restarted on the same TaskManager restores 
   const [lo, le, code] = await Promise.all([new Response(lint.stdout).text(), new Response(lint.stderr).text(), lint.exited]);
   expect({ problems: (lo + le).trim(), code }).toEqual({ problems: "", code: 0 });
 
-  // Both keyed subtasks keep a local copy of a completed checkpoint; then the keyed operator fails once.
-  await waitFor("local copies of both keyed subtasks", () => c.keptCopies().length === 2, 30_000, 50);
+  // Both keyed subtasks keep a local copy of the newest completed checkpoint; then the keyed operator fails once.
+  const kept = await waitFor("local copies of the newest checkpoint in both keyed subtasks", c.copiesOfNewest, 30_000, 10);
   fs.writeFileSync(c.fail, "");
   await waitFor("the injected failure", () => fs.existsSync(c.fail + ".done"), 30_000, 20);
   const restored = await waitFor("the restarted keyed subtasks restored from their local copies", async () => {
@@ -156,6 +169,7 @@ test("state metrics move, and a task restarted on the same TaskManager restores 
     const local = sample(m, "tm_task_state_restores_total", { ...keyedLabels, source: "local" });
     return local.length === 2 && m;
   }, 60_000, 200);
+  expect(Number(/chk-(\d+)\/_metadata$/.exec((await c.rpc.request("jobStatus", { jobId: c.jobId })).checkpoints.restoredFrom ?? "")?.[1])).toBe(kept);
   expect(sample(restored, "tm_task_state_restores_total", { ...keyedLabels, source: "local" })).toEqual([1, 1]);
   expect(sample(restored, "tm_task_state_restores_total", { ...keyedLabels, source: "checkpoint" })).toEqual([0, 0]);
   expect(c.tm.stderr).toMatch(/restored keyed state from the local copy/);
@@ -176,10 +190,7 @@ test("a corrupt local copy falls back to checkpoint storage with a WARN; output 
   // Checkpoints far apart: none completes between corrupting the copies and the failure.
   const c = await startCluster(dir, 4000);
   const keyedLabels = { job_id: c.jobId, task_name: "Keyed Process" };
-  const kept = await waitFor("local copies of both keyed subtasks", () => {
-    const k = c.keptCopies();
-    return k.length === 2 && k[0] === k[1] && k[0];
-  }, 60_000, 20).catch((err) => {
+  const kept = await waitFor("local copies of the newest checkpoint in both keyed subtasks", c.copiesOfNewest, 60_000, 10).catch((err) => {
     throw new Error(`${err.message}: ${JSON.stringify(c.localDirs().map((d) => [d, fs.readdirSync(d)]))}\n${c.tm.stderr.split("\n").filter((l) => /local|WARN/.test(l)).join("\n")}`);
   });
   // Flip one byte in the middle of every kept snapshot file (a block, not the index: only the block's CRC32 sees it).

@@ -3,8 +3,10 @@
 //
 // One directory per job, vertex and subtask on the TaskManager (it outlives the task's attempts). After a checkpoint's
 // files are written (and acknowledged), they are copied in; the copy of the checkpoint that completes last is the
-// one kept (`latest.json`), the rest is deleted. An incremental checkpoint's chain reuses the copies of the files it
-// shares with the previous one. On restore the copy is used only when it is of the checkpoint being restored and
+// one kept (`latest.json`), the rest is deleted. Each finished copy is recorded at once (`pending-<n>.json`), so a
+// task restored from checkpoint n finds its copy even when the previous attempt died before hearing that n
+// completed. An incremental checkpoint's chain reuses the copies of the files it shares with the previous one.
+// On restore the copy is used only when it is of the checkpoint being restored and
 // every file has the size and checksum that the checkpoint's metadata records for it (a handle's `fileSizes` and
 // `checksums`); while reading, every block's CRC32 is checked too. A missing, mismatched or corrupt copy falls back
 // to checkpoint storage (the caller logs a WARN).
@@ -84,7 +86,10 @@ export class LocalStateStore {
         }
         operators[op] = files;
       }
-      return { checkpointId, operators };
+      const m: Manifest = { checkpointId, operators };
+      // Recorded at once: a restore from checkpoint n may come before this attempt hears that n completed.
+      await writeAtomic(path.join(this.dir, pendingName(checkpointId)), JSON.stringify(m));
+      return m;
     })().catch((err: Error) => {
       this.warn(`local recovery: cannot keep a local copy of checkpoint ${checkpointId}: ${err.message}`);
       return null;
@@ -109,13 +114,15 @@ export class LocalStateStore {
     if (m === null) return;
     if (this.latest !== null && this.latest.checkpointId > m.checkpointId) return;
     try {
-      const tmp = path.join(this.dir, `${LATEST}.tmp`);
-      await fsp.writeFile(tmp, JSON.stringify(m));
-      await fsp.rename(tmp, path.join(this.dir, LATEST));
+      await writeAtomic(path.join(this.dir, LATEST), JSON.stringify(m));
       this.latest = m;
       // Keep what the kept copy and the copies still in progress reference; delete the rest.
       const keep = new Set<string>([LATEST]);
-      for (const mm of [m, ...(await this.settledPending())]) for (const fs of Object.values(mm?.operators ?? {})) for (const f of fs) keep.add(f.local);
+      for (const mm of [m, ...(await this.settledPending())]) {
+        if (mm === null) continue;
+        if (mm.checkpointId > m.checkpointId) keep.add(pendingName(mm.checkpointId));
+        for (const fs of Object.values(mm.operators)) for (const f of fs) keep.add(f.local);
+      }
       for (const name of await fsp.readdir(this.dir)) {
         if (!keep.has(name) && !name.endsWith(".tmp")) await fsp.rm(path.join(this.dir, name), { force: true });
       }
@@ -135,9 +142,11 @@ export class LocalStateStore {
     handles: readonly KeyedSnapshotHandle[],
     range: { start: number; end: number },
   ): { handles: KeyedSnapshotHandle[] } | { handles: null; reason: string; expected: boolean } {
-    const m = this.latest;
+    // The kept copy, or a finished copy of a checkpoint whose completion this TaskManager did not hear of (the
+    // restore says it completed).
+    const m = this.latest?.checkpointId === checkpointId ? this.latest : readManifest(path.join(this.dir, pendingName(checkpointId)));
     if (m === null || m.checkpointId !== checkpointId) {
-      return { handles: null, reason: m === null ? "no local copy" : `the local copy is of checkpoint ${m.checkpointId}`, expected: false };
+      return { handles: null, reason: this.latest === null ? "no local copy" : `the local copy is of checkpoint ${this.latest.checkpointId}`, expected: false };
     }
     const mine = m.operators[operatorId];
     if (mine === undefined) return { handles: null, reason: "the local copy has no state of this operator", expected: false };
@@ -173,6 +182,15 @@ export class LocalStateStore {
     }
     return { handles: out };
   }
+}
+
+function pendingName(checkpointId: number): string {
+  return `pending-${checkpointId}.json`;
+}
+
+async function writeAtomic(file: string, text: string): Promise<void> {
+  await fsp.writeFile(`${file}.tmp`, text);
+  await fsp.rename(`${file}.tmp`, file);
 }
 
 function readManifest(file: string): Manifest | null {
