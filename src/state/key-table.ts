@@ -122,7 +122,14 @@ export class KeyTable {
     this.state[i] = DELETED;
     this.vals[i] = undefined;
     this.live--;
-    if (this.live === 0) this.clear();
+    if (this.live === 0) {
+      // Empty: drop a large table; a small one is only reset (a key set and removed per record allocates nothing).
+      if (this.mask + 1 > MIN_CAPACITY) this.clear();
+      else {
+        this.state.fill(EMPTY);
+        this.used = 0;
+      }
+    }
     return true;
   }
 
