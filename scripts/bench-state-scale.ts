@@ -6,8 +6,12 @@
 //     it can be checked out;
 // (2) a checkpoint of --ckpt-keys keys with 1% of them changed since the last one: full vs incremental, bytes and
 //     time.
-// Medians of --runs runs, with min and max. Prints markdown tables.
+// (3) heap backend bytes per key: --heap-keys keys of ValueState<number> (integer keys, and 12-character string
+//     keys), JSC heap after a full collection and RSS, each in a child process of its own; beside them a bare Map
+//     per key group holding the same keys and values (the floor of this representation).
+// Medians of --runs runs, with min and max, CPU seconds beside wall time. Prints markdown tables.
 // Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9]
+//      [--heap-keys 5000000] [--parts ops,ckpt,heap]
 import { Database } from "bun:sqlite";
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -25,8 +29,46 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     "ckpt-keys": { type: "string", default: "1000000" },
     old: { type: "string", default: "555c0d9" },
+    "heap-keys": { type: "string", default: "5000000" },
+    parts: { type: "string", default: "ops,ckpt,heap" },
+    "heap-child": { type: "string" },
   },
 });
+
+// (3)'s child: fills one representation with --heap-keys keys and prints its bytes per key.
+if (values["heap-child"] !== undefined) {
+  const { heapStats } = await import("bun:jsc");
+  const n = Number(values["heap-keys"]);
+  const mode = values["heap-child"];
+  const used = () => {
+    Bun.gc(true);
+    Bun.gc(true);
+    return heapStats().heapSize;
+  };
+  const strKey = (i: number) => `user-${(1e7 + i).toString()}`; // 12 characters
+  const { createKeyedStateBackend: create, ValueStateDescriptor: VSD } = await import("../src/state/index.ts");
+  const rss0 = process.memoryUsage.rss();
+  const h0 = used();
+  let keep: unknown;
+  if (mode === "map-int" || mode === "map-str") {
+    const maps = Array.from({ length: 128 }, () => new Map<unknown, number>());
+    for (let i = 0; i < n; i++) maps[i & 127]!.set(mode === "map-int" ? i : strKey(i), i * 3);
+    keep = maps;
+  } else {
+    const b = await create({ kind: "heap", maxParallelism: 128, keyGroupRange: { start: 0, end: 127 } });
+    const st = b.getState(new VSD<number>("count"));
+    for (let i = 0; i < n; i++) {
+      b.setCurrentKey(mode === "backend-int" ? i : strKey(i));
+      st.update(i * 3);
+    }
+    keep = b;
+  }
+  const h1 = used();
+  const rss1 = process.memoryUsage.rss();
+  console.log(JSON.stringify({ heap: (h1 - h0) / n, rss: (rss1 - rss0) / n, alive: keep !== undefined }));
+  process.exit(0);
+}
+const PARTS = new Set(values.parts!.split(","));
 const BUDGET = Number(values["budget-mib"]) * 2 ** 20;
 const OPS = Number(values.ops);
 const RUNS = Number(values.runs);
@@ -65,7 +107,13 @@ function cpuSeconds(): number {
   return (u.user + u.system) / 1e6;
 }
 
-async function backendRun(create: typeof createKeyedStateBackend, keys: string[], order: Int32Array): Promise<number> {
+interface OpsRun {
+  rate: number;
+  /** CPU microseconds per op. */
+  cpuUs: number;
+}
+
+async function backendRun(create: typeof createKeyedStateBackend, keys: string[], order: Int32Array): Promise<OpsRun> {
   const dir = fs.mkdtempSync(path.join(root, "b-"));
   const b: KeyedStateBackend = await create({ kind: "sqlite", dir, maxParallelism: MAXP, keyGroupRange: FULL, cacheBytes: BUDGET });
   const s = b.getState(new ValueStateDescriptor<number>("count"));
@@ -76,17 +124,19 @@ async function backendRun(create: typeof createKeyedStateBackend, keys: string[]
   (b as { flush?: () => void }).flush?.();
   // Warm-up pass over part of the order, then the measured one.
   const t0 = performance.now();
+  const c0 = cpuSeconds();
   for (let j = 0; j < order.length; j++) {
     b.setCurrentKey(keys[order[j]!]);
     s.update(s.value()! + 1);
   }
   const rate = order.length / ((performance.now() - t0) / 1000);
+  const cpuUs = ((cpuSeconds() - c0) / order.length) * 1e6;
   await b.close();
   fs.rmSync(dir, { recursive: true, force: true });
-  return rate;
+  return { rate, cpuUs };
 }
 
-function rawRun(keys: string[], order: Int32Array): number {
+function rawRun(keys: string[], order: Int32Array): OpsRun {
   const file = path.join(fs.mkdtempSync(path.join(root, "r-")), "raw.db");
   const db = new Database(file, { create: true });
   db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA cache_size = ${-BUDGET / 1024}; PRAGMA mmap_size = ${BUDGET}`);
@@ -102,6 +152,7 @@ function rawRun(keys: string[], order: Int32Array): number {
   db.exec("COMMIT");
   // The raw loop computes key group and key bytes per op, as the backend must.
   const t0 = performance.now();
+  const c0 = cpuSeconds();
   db.exec("BEGIN");
   for (let j = 0; j < order.length; j++) {
     const key = keys[order[j]!]!;
@@ -113,14 +164,15 @@ function rawRun(keys: string[], order: Int32Array): number {
   }
   db.exec("COMMIT");
   const rate = order.length / ((performance.now() - t0) / 1000);
+  const cpuUs = ((cpuSeconds() - c0) / order.length) * 1e6;
   db.close();
   fs.rmSync(path.dirname(file), { recursive: true, force: true });
-  return rate;
+  return { rate, cpuUs };
 }
 
 // ---- (1) get+update vs the raw loop ----
 const lines1: string[] = [];
-for (const ws of [0.1, 1, 10]) {
+for (const ws of PARTS.has("ops") ? [0.1, 1, 10] : []) {
   const n = Math.round((ws * BUDGET) / ROW_BYTES);
   const keys = Array.from({ length: n }, (_, i) => `user-${i}`);
   for (const pattern of ["cyclic", "random"] as const) {
@@ -128,25 +180,32 @@ for (const ws of [0.1, 1, 10]) {
     const raw: number[] = [];
     const now: number[] = [];
     const old: number[] = [];
+    const rawCpu: number[] = [];
+    const nowCpu: number[] = [];
     for (let r = 0; r < RUNS; r++) {
-      raw.push(rawRun(keys, order));
-      now.push(await backendRun(createKeyedStateBackend, keys, order));
-      if (oldCreate) old.push(await backendRun(oldCreate, keys, order));
-      log(`${ws}x ${pattern} run ${r + 1}: raw ${fmt(raw.at(-1)!)}, new ${fmt(now.at(-1)!)}${oldCreate ? `, old ${fmt(old.at(-1)!)}` : ""}`);
+      // Alternating, so that load from elsewhere falls on each alike.
+      const a = rawRun(keys, order);
+      const b = await backendRun(createKeyedStateBackend, keys, order);
+      raw.push(a.rate);
+      rawCpu.push(a.cpuUs);
+      now.push(b.rate);
+      nowCpu.push(b.cpuUs);
+      if (oldCreate) old.push((await backendRun(oldCreate, keys, order)).rate);
+      log(`${ws}x ${pattern} run ${r + 1}: raw ${fmt(raw.at(-1)!)} (${a.cpuUs.toFixed(1)} us cpu/op), new ${fmt(now.at(-1)!)} (${b.cpuUs.toFixed(1)} us cpu/op)${oldCreate ? `, old ${fmt(old.at(-1)!)}` : ""}`);
     }
     const ratio = (xs: number[]) => xs.map((x, i) => x / raw[i]!);
+    const us = (x: number) => x.toFixed(1);
     lines1.push(
-      `| ${ws}x (${n.toLocaleString("en")} keys) | ${pattern} | ${mmm(raw, fmt)} | ${mmm(now, fmt)} | ${mmm(ratio(now), (x) => x.toFixed(2))} | ` +
+      `| ${ws}x (${n.toLocaleString("en")} keys) | ${pattern} | ${mmm(raw, fmt)} | ${mmm(now, fmt)} | ${mmm(ratio(now), (x) => x.toFixed(2))} | ${mmm(rawCpu, us)} / ${mmm(nowCpu, us)} | ` +
         (oldCreate ? `${mmm(old, fmt)} | ${mmm(ratio(old), (x) => x.toFixed(2))} |` : "n/a | n/a |"),
     );
   }
 }
 
 // ---- (2) checkpoint of CKPT_KEYS keys, 1% changed: full vs incremental ----
-const full: { ms: number; bytes: number }[] = [];
-const incr: { ms: number; bytes: number }[] = [];
-let cpu = 0;
-{
+const full: { ms: number; cpu: number; bytes: number }[] = [];
+const incr: { ms: number; cpu: number; bytes: number }[] = [];
+if (PARTS.has("ckpt")) {
   const b = await createKeyedStateBackend({ kind: "sqlite", dir: path.join(root, "ckpt"), maxParallelism: MAXP, keyGroupRange: FULL, incremental: true });
   const s = b.getState(new ValueStateDescriptor<number>("count"));
   log(`checkpoint: loading ${CKPT_KEYS} keys`);
@@ -168,38 +227,73 @@ let cpu = 0;
     const c0 = cpuSeconds();
     const h = await b.snapshot(path.join(root, "chk", `chk-${++id}`, "t"), { checkpointId: id, incremental });
     const ms = performance.now() - t0;
-    cpu += cpuSeconds() - c0;
+    const cpu = cpuSeconds() - c0;
     if (incremental) b.notifyCheckpointComplete(id);
-    return { ms, bytes: h.newBytes ?? h.sizeBytes };
+    return { ms, cpu, bytes: h.newBytes ?? h.sizeBytes };
   };
   await take(true); // the base
   for (let r = 0; r < RUNS; r++) {
     change();
+    // Written back before either is timed: a snapshot writes the dirty cache entries back after its file (either
+    // kind alike), and here only the first of the two would find any.
+    (b as { flush?: () => void }).flush?.();
     full.push(await take(false)); // a full snapshot of the same state (as a savepoint would be)
     incr.push(await take(true));
-    log(`checkpoint run ${r + 1}: full ${full.at(-1)!.ms.toFixed(0)} ms ${full.at(-1)!.bytes} B, incremental ${incr.at(-1)!.ms.toFixed(0)} ms ${incr.at(-1)!.bytes} B`);
+    log(`checkpoint run ${r + 1}: full ${full.at(-1)!.ms.toFixed(0)} ms (cpu ${full.at(-1)!.cpu.toFixed(2)} s) ${full.at(-1)!.bytes} B, incremental ${incr.at(-1)!.ms.toFixed(0)} ms (cpu ${incr.at(-1)!.cpu.toFixed(2)} s) ${incr.at(-1)!.bytes} B`);
   }
   await b.close();
 }
 fs.rmSync(root, { recursive: true, force: true });
 fs.rmSync(oldDir, { recursive: true, force: true });
 
+// ---- (3) heap backend bytes per key (a child process per measurement, alternating) ----
+const HEAP_KEYS = Number(values["heap-keys"]);
+const heapModes = ["backend-int", "map-int", "backend-str", "map-str"] as const;
+const heap = new Map<string, { heap: number[]; rss: number[] }>(heapModes.map((m) => [m, { heap: [], rss: [] }]));
+for (let r = 0; PARTS.has("heap") && r < RUNS; r++) {
+  for (const mode of heapModes) {
+    const out = execFileSync(process.execPath, [import.meta.path, "--heap-child", mode, "--heap-keys", String(HEAP_KEYS)], { encoding: "utf8" });
+    const m = JSON.parse(out.trim().split("\n").at(-1)!) as { heap: number; rss: number };
+    heap.get(mode)!.heap.push(m.heap);
+    heap.get(mode)!.rss.push(m.rss);
+    log(`heap run ${r + 1} ${mode}: ${m.heap.toFixed(1)} B/key heap, ${m.rss.toFixed(1)} B/key RSS`);
+  }
+}
+
 const cpus = os.cpus();
 const mib = (x: number) => `${(x / 2 ** 20).toFixed(2)} MiB`;
 const ms = (x: number) => `${x.toFixed(0)} ms`;
+const b1 = (x: number) => x.toFixed(1);
 console.log(
   [
-    `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}`,
+    `Command: bun scripts/bench-state-scale.ts ${process.argv.slice(2).join(" ")}`,
+    `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}; load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`,
     `Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`,
     "",
-    `| working set | keys visited | raw bun:sqlite get+upsert/s | SQLite backend get+update/s | backend / raw (goal >= 0.5 at 10x) | previous backend (${values.old}) | previous / raw |`,
-    "| --- | --- | --- | --- | --- | --- | --- |",
-    ...lines1,
-    "",
-    `| checkpoint of ${CKPT_KEYS.toLocaleString("en")} keys, 1% changed | time | bytes written |`,
-    "| --- | --- | --- |",
-    `| full | ${mmm(full.map((x) => x.ms), ms)} | ${mmm(full.map((x) => x.bytes), mib)} |`,
-    `| incremental (change set) | ${mmm(incr.map((x) => x.ms), ms)} | ${mmm(incr.map((x) => x.bytes), mib)} |`,
-    `| incremental / full (goal: bytes <= 5%, time <= 10%) | ${((med(incr.map((x) => x.ms)) / med(full.map((x) => x.ms))) * 100).toFixed(1)}% | ${((med(incr.map((x) => x.bytes)) / med(full.map((x) => x.bytes))) * 100).toFixed(1)}% |`,
+    ...(lines1.length === 0
+      ? []
+      : [
+          `| working set | keys visited | raw bun:sqlite get+upsert/s | SQLite backend get+update/s | backend / raw (goal >= 0.5 at 10x) | CPU us per op, raw / backend | previous backend (${values.old}) | previous / raw |`,
+          "| --- | --- | --- | --- | --- | --- | --- | --- |",
+          ...lines1,
+          "",
+        ]),
+    ...(full.length === 0
+      ? []
+      : [
+          `| checkpoint of ${CKPT_KEYS.toLocaleString("en")} keys, 1% changed | wall time | CPU time | bytes written |`,
+          "| --- | --- | --- | --- |",
+          `| full | ${mmm(full.map((x) => x.ms), ms)} | ${mmm(full.map((x) => x.cpu * 1000), ms)} | ${mmm(full.map((x) => x.bytes), mib)} |`,
+          `| incremental (change set) | ${mmm(incr.map((x) => x.ms), ms)} | ${mmm(incr.map((x) => x.cpu * 1000), ms)} | ${mmm(incr.map((x) => x.bytes), mib)} |`,
+          `| incremental / full (goal: bytes <= 5%, time <= 10%) | ${((med(incr.map((x) => x.ms)) / med(full.map((x) => x.ms))) * 100).toFixed(1)}% | ${((med(incr.map((x) => x.cpu)) / med(full.map((x) => x.cpu))) * 100).toFixed(1)}% | ${((med(incr.map((x) => x.bytes)) / med(full.map((x) => x.bytes))) * 100).toFixed(1)}% |`,
+          "",
+        ]),
+    ...(heap.get("backend-int")!.heap.length === 0
+      ? []
+      : [
+          `| ${HEAP_KEYS.toLocaleString("en")} keys of ValueState<number> | JSC heap bytes per key | RSS bytes per key |`,
+          "| --- | --- | --- |",
+          ...heapModes.map((m) => `| ${m} | ${mmm(heap.get(m)!.heap, b1)} | ${mmm(heap.get(m)!.rss, b1)} |`),
+        ]),
   ].join("\n"),
 );

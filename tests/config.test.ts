@@ -78,6 +78,7 @@ describe("defaults", () => {
       "state.backend": "heap",
       "state.backend.sqlite.cache-size": 67108864,
       "state.backend.incremental": false,
+      "state.backend.local-recovery": false,
       "taskmanager.state.dir": "",
       "taskmanager.registration.initial-backoff": 100,
       "taskmanager.registration.max-backoff": 10_000,

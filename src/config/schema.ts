@@ -78,6 +78,7 @@ export interface Config {
   "state.backend": "heap" | "sqlite";
   "state.backend.sqlite.cache-size": number;
   "state.backend.incremental": boolean;
+  "state.backend.local-recovery": boolean;
   "taskmanager.state.dir": string;
   "rest.address": string;
   "rest.port": number;
@@ -481,6 +482,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "boolean" },
     default: false,
     doc: "Incremental checkpoints (SQLite backend): a checkpoint writes only the rows changed since the last completed one and references the earlier files; savepoints stay full. The heap backend always writes full checkpoints.",
+  },
+  "state.backend.local-recovery": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Local recovery: a task also keeps a copy of its latest completed checkpoint's keyed state on its TaskManager, and a task restarted there restores from that copy (checked against the checkpoint's sizes and checksums) instead of checkpoint storage.",
   },
   "taskmanager.state.dir": {
     type: { kind: "path" },

@@ -12,7 +12,7 @@ export interface TaskView {
 }
 
 /** The metrics every task reports (the event-time ones are optional and exported only where present). */
-type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped">;
+type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped" | "state">;
 
 const COUNTERS: [CoreMetric, string, string][] = [
   ["recordsIn", "tm_task_records_in_total", "Records the task received."],
@@ -56,6 +56,37 @@ export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
   out.push(gauge("tm_task_network_buffers", "Network buffers the task holds now (its minimum plus its share of the optional ones).", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.held }))));
   out.push(gauge("tm_task_network_buffers_configured", "Network buffers the task's channels are configured for; the task is below by the difference to tm_task_network_buffers.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.configured }))));
   out.push(gauge("tm_task_network_buffers_required", "Network buffers the task needs at least to make progress.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.required }))));
+  out.push(...stateFamilies(tasks));
   out.push(gauge("tm_task_running", "1 when the task is RUNNING, else 0 (deploying or ending).", tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.state === "RUNNING" ? 1 : 0 }))));
   return out;
+}
+
+/** Keyed state (issue 16, item 5): tasks with a keyed backend only, labelled with the backend. */
+function stateFamilies(tasks: TaskView[]): MetricFamily[] {
+  const withState = tasks.filter((t) => t.metrics.state !== undefined);
+  const labels = (t: TaskView, extra: Record<string, string> = {}) => ({ ...taskLabels(t.deployment), backend: t.metrics.state!.backend, ...extra });
+  const each = (f: (s: NonNullable<TaskMetrics["state"]>) => number | null | undefined, extra: Record<string, string> = {}) =>
+    withState.flatMap((t) => {
+      const v = f(t.metrics.state!);
+      return typeof v === "number" ? [{ labels: labels(t, extra), value: v }] : [];
+    });
+  return [
+    gauge("tm_task_state_size_bytes", "Size of the task's keyed state: SQLite, the bytes of its database's used pages; heap, the bytes of its last snapshot.", each((s) => s.sizeBytes)),
+    gauge("tm_task_state_entries", "Keys in the task's heap backend (over all states; a map state's key counts once).", each((s) => s.entries)),
+    counter("tm_task_state_cache_hits_total", "Lookups in the SQLite backend's object cache that found the entry.", each((s) => s.cacheHits)),
+    counter("tm_task_state_cache_misses_total", "Lookups in the SQLite backend's object cache that went to SQLite.", each((s) => s.cacheMisses)),
+    gauge("tm_task_state_cache_hit_ratio", "Hit ratio of the SQLite backend's object cache over the last report interval (0..1).", each((s) => s.cacheHitRatio)),
+    counter("tm_task_state_checkpointed_bytes_total", "Bytes the task's keyed snapshots wrote themselves: kind=full for full snapshots, kind=incremental for change sets.", [
+      ...each((s) => s.checkpointedBytesFull, { kind: "full" }),
+      ...each((s) => s.checkpointedBytesIncremental, { kind: "incremental" }),
+    ]),
+    counter("tm_task_state_snapshots_total", "Keyed snapshots the task wrote: kind=full or kind=incremental (change sets).", [
+      ...each((s) => s.snapshotsFull, { kind: "full" }),
+      ...each((s) => s.snapshotsIncremental, { kind: "incremental" }),
+    ]),
+    counter("tm_task_state_restores_total", "Keyed backends the task restored: source=local from its TaskManager's local copy (state.backend.local-recovery), source=checkpoint from checkpoint storage.", [
+      ...each((s) => s.restoresLocal, { source: "local" }),
+      ...each((s) => s.restoresRemote, { source: "checkpoint" }),
+    ]),
+  ];
 }

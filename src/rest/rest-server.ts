@@ -368,7 +368,7 @@ export class RestServer {
       hardware: { cpuCores: tm.info.resources?.cpuCores ?? null, physicalMemory: tm.info.resources?.memoryBytes ?? null },
       metrics: { runningTasks: live.length, recordsIn: sum.recordsIn, recordsOut: sum.recordsOut, bytesIn: sum.bytesIn, bytesOut: sum.bytesOut, ...processJson(tm) },
       slots,
-      ...(details ? { network: networkJson(tm), tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state, recordsIn: t.metrics.recordsIn, recordsOut: t.metrics.recordsOut, networkBuffers: taskBuffersJson(tm, t.executionId) })) } : {}),
+      ...(details ? { network: networkJson(tm), tasks: live.map((t) => ({ jobId: t.jobId, vertex: t.vertex, subtask: t.subtask, state: t.state, recordsIn: t.metrics.recordsIn, recordsOut: t.metrics.recordsOut, networkBuffers: taskBuffersJson(tm, t.executionId), keyedState: t.metrics.state ?? null })) } : {}),
     };
   }
 

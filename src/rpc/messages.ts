@@ -188,6 +188,29 @@ export interface TaskMetrics {
   currentInputWatermark?: number | null;
   currentOutputWatermark?: number | null;
   lateRecordsDropped?: number;
+  /** Tasks with keyed state only (docs/architecture.md 4.7). */
+  state?: TaskStateMetrics;
+}
+/** A task's keyed state: its size, the SQLite object cache, checkpointed bytes and where it was restored from. */
+export interface TaskStateMetrics {
+  backend: "heap" | "sqlite";
+  /** Heap: bytes of the last snapshot; SQLite: bytes of the database's used pages. */
+  sizeBytes: number;
+  /** Heap: keys stored; SQLite: null (not counted). */
+  entries: number | null;
+  /** SQLite: object-cache lookups that hit and missed (totals), and the hit ratio over the last report interval
+   *  (null when there were no lookups in it). */
+  cacheHits?: number;
+  cacheMisses?: number;
+  cacheHitRatio?: number | null;
+  /** Bytes the task's keyed snapshots wrote themselves, for full snapshots and for change sets, and how many. */
+  checkpointedBytesFull: number;
+  checkpointedBytesIncremental: number;
+  snapshotsFull: number;
+  snapshotsIncremental: number;
+  /** Keyed backends restored from a local copy (state.backend.local-recovery) and from checkpoint storage. */
+  restoresLocal: number;
+  restoresRemote: number;
 }
 export interface DisconnectTaskManager {
   resourceId: string;

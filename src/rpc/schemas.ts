@@ -4,7 +4,7 @@
 // schema's output assignable to the payload type in messages.ts (docs/protocol.md documents both).
 import * as v from "valibot";
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle } from "../state/snapshot-format.ts";
-import type { RequestType, RpcRequests } from "./messages.ts";
+import type { RequestType, RpcRequests, TaskMetrics } from "./messages.ts";
 
 /** At most this many characters of a received value are quoted in an error (a peer's text goes into our logs). */
 const MAX_QUOTED = 80;
@@ -43,6 +43,7 @@ const TASK_METRICS = obj({
   currentInputWatermark: v.optional(v.nullable(metric)),
   currentOutputWatermark: v.optional(v.nullable(metric)),
   lateRecordsDropped: v.optional(metric),
+  state: v.optional(v.custom<NonNullable<TaskMetrics["state"]>>((x) => typeof x === "object" && x !== null, "task state metrics (an object)")),
 });
 /** Snapshot handles are the state layer's business: here only "an object" (the state layer checks them on restore). */
 const KEYED_HANDLE = v.custom<KeyedSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");

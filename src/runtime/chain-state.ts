@@ -6,7 +6,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { isKeyedOperator, type PlanNode } from "../api/plan.ts";
 import { operatorsOf, type OperatorInfo } from "../graph/job-graph.ts";
-import type { OperatorSubtaskSnapshot, TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
+import type { OperatorSubtaskSnapshot, TaskDeployment, TaskSnapshot, TaskStateMetrics } from "../rpc/messages.ts";
+import { LocalStateStore } from "../state/local-recovery.ts";
+import { createLogger } from "../util/log.ts";
 import {
   createKeyedStateBackend,
   keyedSnapshotStates,
@@ -23,7 +25,15 @@ import {
 } from "../state/index.ts";
 import type { StateGrant } from "./worker-protocol.ts";
 
+const log = createLogger("state");
+
 export class ChainState {
+  /** Figures for the task's metrics (TaskStateMetrics), besides what the backends report themselves. */
+  private readonly counts = { checkpointedBytesFull: 0, checkpointedBytesIncremental: 0, snapshotsFull: 0, snapshotsIncremental: 0, restoresLocal: 0, restoresRemote: 0 };
+  private lastCache = { hits: 0, misses: 0, ratio: null as number | null };
+  /** state.backend.local-recovery: the task's local copies of its checkpoints (null when off). */
+  private local: LocalStateStore | null = null;
+
   private constructor(
     private readonly ops: OperatorInfo[],
     private readonly keyed: Map<number, KeyedStateBackend>,
@@ -37,6 +47,8 @@ export class ChainState {
     const stores = new Map<number, OperatorStateStore>();
     const state = new ChainState(ops, keyed, stores);
     const keyedNodes = chain.filter(isKeyedOperator);
+    const where = `task ${d.vertexName} (${d.subtaskIndex + 1}/${d.parallelism})`;
+    if (grant.localRecoveryDir && keyedNodes.length > 0) state.local = new LocalStateStore(grant.localRecoveryDir, (msg) => log.warn(msg, { job: d.jobId, task: where }));
     try {
       for (const [i, n] of chain.entries()) {
         const op = ops[i];
@@ -47,18 +59,22 @@ export class ChainState {
           // One keyed operator per chain is the rule (keyBy starts a chain); more get a directory each.
           const dir = keyedNodes.length === 1 ? grant.dir : path.join(grant.dir, `op-${n.id}`);
           if (grant.backend === "sqlite") fs.mkdirSync(dir, { recursive: true });
+          const range = keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism);
           const backend = await createKeyedStateBackend({
             kind: grant.backend,
             maxParallelism: d.maxParallelism,
-            keyGroupRange: keyGroupRange(d.subtaskIndex, d.parallelism, d.maxParallelism),
+            keyGroupRange: range,
             dir,
             cacheBytes: grant.cacheBytes,
             incremental: grant.incremental ?? false,
-            restoreFrom: restore?.keyed ?? [],
-          }).catch((err: Error) => {
-            throw new Error(`${label}: restoring its keyed state failed: ${err.message}`, { cause: err });
           });
           keyed.set(n.id, new OperatorKeyedState(backend, label));
+          const handles = restore?.keyed ?? [];
+          if (handles.length > 0) {
+            await state.restoreKeyed(backend, d.restore!.checkpointId, op.id, handles, range).catch((err: Error) => {
+              throw new Error(`${label}: restoring its keyed state failed: ${err.message}`, { cause: err });
+            });
+          }
         }
         const store = new OperatorStateStore(d.subtaskIndex, d.parallelism);
         if (restore && restore.operator.length > 0) {
@@ -73,6 +89,60 @@ export class ChainState {
       throw err;
     }
     return state;
+  }
+
+  /**
+   * Restores a keyed backend: from the local copy when local recovery has one of this checkpoint that matches
+   * the metadata, else (or when reading the copy fails) from checkpoint storage, with a WARN when a copy was
+   * expected to serve.
+   */
+  private async restoreKeyed(b: KeyedStateBackend, checkpointId: number, operatorId: string, handles: KeyedSnapshotHandle[], range: { start: number; end: number }): Promise<void> {
+    const local = this.local?.localHandles(checkpointId, operatorId, handles, range);
+    if (local?.handles) {
+      try {
+        await b.restore(local.handles);
+        this.counts.restoresLocal++;
+        log.info("restored keyed state from the local copy", { operator: operatorId, checkpoint: checkpointId, files: local.handles.flatMap((h) => h.files).length });
+        return;
+      } catch (err) {
+        log.warn(`local recovery: the local copy of checkpoint ${checkpointId} failed to restore; restoring from checkpoint storage: ${(err as Error).message}`, { operator: operatorId });
+      }
+    } else if (local && local.expected) {
+      log.warn(`local recovery: not using the local copy of checkpoint ${checkpointId}: ${local.reason}; restoring from checkpoint storage`, { operator: operatorId });
+    }
+    await b.restore(handles);
+    this.counts.restoresRemote++;
+  }
+
+  /** The keyed state metrics of the task (null without keyed state). */
+  stateMetrics(): TaskStateMetrics | null {
+    if (this.keyed.size === 0) return null;
+    let sizeBytes = 0;
+    let entries: number | null = 0;
+    let hits: number | undefined;
+    let misses: number | undefined;
+    let backend: "heap" | "sqlite" = "heap";
+    for (const b of this.keyed.values()) {
+      const st = b.stats();
+      backend = b.kind;
+      sizeBytes += st.sizeBytes;
+      entries = entries === null || st.entries === null ? null : entries + st.entries;
+      if (st.cacheHits !== undefined) {
+        hits = (hits ?? 0) + st.cacheHits;
+        misses = (misses ?? 0) + (st.cacheMisses ?? 0);
+      }
+    }
+    const m: TaskStateMetrics = { backend, sizeBytes, entries, ...this.counts };
+    if (hits !== undefined && misses !== undefined) {
+      const dh = hits - this.lastCache.hits;
+      const dm = misses - this.lastCache.misses;
+      // Over the last report interval; an interval without lookups keeps the previous ratio.
+      if (dh + dm > 0) this.lastCache.ratio = dh / (dh + dm);
+      this.lastCache.hits = hits;
+      this.lastCache.misses = misses;
+      Object.assign(m, { cacheHits: hits, cacheMisses: misses, cacheHitRatio: this.lastCache.ratio });
+    }
+    return m;
   }
 
   /** The keyed state backend of a chained operator (null unless it runs on a keyed stream). */
@@ -97,7 +167,19 @@ export class ChainState {
       const store = this.stores.get(op.nodeId)!;
       const opStates = store.stateInfo();
       if (!kb && opStates.length === 0) continue;
-      const keyed = kb ? kb.snapshot(dir, opts) : Promise.resolve(null);
+      const keyed = kb
+        ? kb.snapshot(dir, opts).then((h) => {
+            // A change set lists its base's files first; what it wrote itself is newBytes.
+            if (h.files.length > 1 && h.newBytes !== undefined) {
+              this.counts.checkpointedBytesIncremental += h.newBytes;
+              this.counts.snapshotsIncremental++;
+            } else {
+              this.counts.checkpointedBytesFull += h.sizeBytes;
+              this.counts.snapshotsFull++;
+            }
+            return h;
+          })
+        : Promise.resolve(null);
       const operator = opStates.length > 0 ? store.snapshot(dir) : Promise.resolve(null);
       parts.push(
         Promise.all([keyed, operator]).then(async ([k, o]) => ({
@@ -108,12 +190,21 @@ export class ChainState {
         })),
       );
     }
-    return Promise.all(parts).then((operators) => ({ operators }));
+    return Promise.all(parts).then((operators) => {
+      // stream-task passes `incremental` exactly for checkpoints (savepoints are full and never kept locally).
+      if (this.local && opts?.incremental === true && opts.checkpointId !== undefined) {
+        const handles: Record<string, KeyedSnapshotHandle> = {};
+        for (const o of operators) if (o.keyed) handles[o.operatorId] = o.keyed;
+        this.local.keep(opts.checkpointId, handles);
+      }
+      return { operators };
+    });
   }
 
-  /** Checkpoint n completed: an incremental keyed backend may now build on it. */
+  /** Checkpoint n completed: an incremental keyed backend may now build on it; its local copy is the one kept. */
   notifyCheckpointComplete(checkpointId: number): void {
     for (const b of this.keyed.values()) b.notifyCheckpointComplete(checkpointId);
+    void this.local?.complete(checkpointId);
   }
 
   async close(): Promise<void> {
@@ -181,5 +272,8 @@ class OperatorKeyedState implements KeyedStateBackend {
   }
   close(): Promise<void> {
     return this.b.close();
+  }
+  stats() {
+    return this.b.stats();
   }
 }

@@ -669,6 +669,8 @@ export class StreamTask {
       m.currentOutputWatermark = Number.isFinite(this.outWatermark) ? this.outWatermark : null;
       m.lateRecordsDropped = this.operators.reduce((a, op) => a + ((op as { lateRecords?: number }).lateRecords ?? 0), 0);
     }
+    const state = this.chain?.chainState?.stateMetrics();
+    if (state) m.state = state;
     this.lastReport = { at: now, busy: this.time.busy, backPressured: this.time.backPressured, idle: this.time.idle };
     return m;
   }

@@ -11,6 +11,8 @@ export interface StateGrant {
   cacheBytes: number;
   /** state.backend.incremental: SQLite checkpoints write change sets. */
   incremental?: boolean;
+  /** state.backend.local-recovery: the directory of this job vertex subtask's local copies (absent: off). */
+  localRecoveryDir?: string;
 }
 
 export type ToWorker =

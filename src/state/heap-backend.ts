@@ -11,10 +11,12 @@ import {
   unexpiredStored,
   type BackendOptions,
   type Cell,
+  type KeyedStateStats,
   type ListCell,
   type MapCell,
   type ValueCell,
 } from "./keyed-backend.ts";
+import { KeyTable } from "./key-table.ts";
 import { ByteWriter, decode, decodeMany, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, type HeapKey } from "./serde.ts";
 import {
   checkKeyedHandle,
@@ -25,12 +27,14 @@ import {
   type SnapshotStateMeta,
 } from "./snapshot-format.ts";
 
+/** A map state's user keys of one key. */
 type KgMap = Map<HeapKey, unknown>;
 
 interface HeapTable {
   meta: SnapshotStateMeta;
-  /** Per key group of the range (index kg - start): key -> stored value, or for map state key -> (user key -> stored). */
-  maps: (KgMap | undefined)[];
+  /** Per key group of the range (index kg - start): key -> stored value, or for map state key -> (user key -> stored).
+   *  A KeyTable: a Map in less memory while the keys are numbers (key-table.ts). */
+  maps: (KeyTable | undefined)[];
 }
 
 export class HeapKeyedStateBackend extends KeyedBackendBase {
@@ -90,6 +94,15 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
       default:
         return new HeapValueCell(this, t);
     }
+  }
+
+  /** Bytes of the last completed snapshot (the state's serialized size). */
+  private lastSnapshotBytes = 0;
+
+  stats(): KeyedStateStats {
+    let entries = 0;
+    for (const t of this.tableList) for (const m of t.maps) if (m !== undefined) entries += m.size;
+    return { sizeBytes: this.lastSnapshotBytes, entries };
   }
 
   /** Number of stored entries (keys, or user keys of map state) of a state; for tests and metrics. */
@@ -197,7 +210,9 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
         job.blocks.delete(i);
         await writer.writeBlock(i + this.kgStart, block.bytes, block.entries);
       }
-      return await writer.finish();
+      const handle = await writer.finish();
+      this.lastSnapshotBytes = handle.sizeBytes;
+      return handle;
     } catch (e) {
       await writer?.abort();
       throw e;
@@ -288,7 +303,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
                 }
                 return;
               }
-              const m = (t.maps[idx] ??= new Map());
+              const m = (t.maps[idx] ??= new KeyTable());
               const hk = heapKeyOfBytes(key);
               if (kind === "map") {
                 if (uk === null) throw new Error("map state entry without a user key");
@@ -358,7 +373,7 @@ class HeapValueCell implements ValueCell {
   put(s: unknown): void {
     const i = this.b.groupIndex();
     let m = this.t.maps[i];
-    if (m === undefined) m = this.t.maps[i] = new Map();
+    if (m === undefined) m = this.t.maps[i] = new KeyTable();
     m.set(this.b.hk, s);
   }
   remove(): void {
@@ -369,10 +384,10 @@ class HeapValueCell implements ValueCell {
 
 class HeapListCell implements ListCell {
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
-  private map(create: boolean): KgMap | undefined {
+  private map(create: boolean): KeyTable | undefined {
     const i = this.b.groupIndex();
     let m = this.t.maps[i];
-    if (m === undefined && create) m = this.t.maps[i] = new Map();
+    if (m === undefined && create) m = this.t.maps[i] = new KeyTable();
     return m;
   }
   get(): unknown[] | undefined {
@@ -406,7 +421,7 @@ class HeapMapCell implements MapCell {
     let m = this.t.maps[i];
     if (m === undefined) {
       if (!create) return undefined;
-      m = this.t.maps[i] = new Map();
+      m = this.t.maps[i] = new KeyTable();
     }
     let inner = m.get(this.b.hk) as KgMap | undefined;
     if (inner === undefined && create) m.set(this.b.hk, (inner = new Map()));

@@ -52,6 +52,19 @@ export interface KeyedStateBackend {
   restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
   /** Flushes (SQLite) and releases resources. The backend is unusable afterwards. */
   close(): Promise<void>;
+  /** Size and cache figures for the task's metrics; cheap enough to call every second. */
+  stats(): KeyedStateStats;
+}
+
+/** What a keyed backend reports to the task's metrics (tm_task_state_*). */
+export interface KeyedStateStats {
+  /** Heap: bytes of its last snapshot (serialized; 0 before the first); SQLite: bytes of the database's used pages. */
+  sizeBytes: number;
+  /** Heap: keys stored, over all states (a map state's key counts once); SQLite: null (counting takes a scan). */
+  entries: number | null;
+  /** SQLite: lookups in the object cache that found the entry, and those that went to SQLite. */
+  cacheHits?: number;
+  cacheMisses?: number;
 }
 
 // ---- Storage cells: the current key's storage for one state, as stored values ----
@@ -217,6 +230,7 @@ export abstract class KeyedBackendBase implements KeyedStateBackend {
   notifyCheckpointComplete(_checkpointId: number): void {}
   abstract restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
   abstract close(): Promise<void>;
+  abstract stats(): KeyedStateStats;
 }
 
 // ---- TTL ----

@@ -65,6 +65,9 @@ export interface KeyedSnapshotHandle {
    *  file); the other files belong to earlier checkpoints, which it references. Absent: one full file. */
   fileSizes?: number[];
   newBytes?: number;
+  /** The checksum of each of `files`: the CRC32 of its index, which holds every block's CRC32 (so it changes with
+   *  any block). Local recovery checks a local copy against it. Absent in handles written before it existed. */
+  checksums?: number[];
 }
 
 /** Options of one snapshot. */
@@ -166,6 +169,7 @@ export class KeyedSnapshotWriter {
     dv.setUint32(12, crc32(idx), true);
     tr.set(new TextEncoder().encode(KEYED_END_MAGIC), 16);
     await this.write(tr);
+    const checksum = crc32(idx);
     await this.fh.sync();
     await this.fh.close();
     await fsp.rename(this.tmp, this.file);
@@ -178,6 +182,7 @@ export class KeyedSnapshotWriter {
       maxParallelism: this.header.maxParallelism,
       sizeBytes: this.offset,
       entries: this.entries,
+      checksums: [checksum],
     };
   }
 
@@ -283,6 +288,21 @@ export class KeyedSnapshotReader {
 
   async close(): Promise<void> {
     await this.fh.close().catch(() => {});
+  }
+}
+
+/** A keyed snapshot file's checksum as its handle records it (the CRC32 of its index, from the trailer). */
+export function readSnapshotChecksum(file: string): number {
+  const fd = fs.openSync(file, "r");
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size < 20 + TRAILER) throw new StateFileError(file, `corrupt keyed state snapshot: only ${size} bytes`);
+    const tr = new Uint8Array(TRAILER);
+    if (fs.readSync(fd, tr, 0, TRAILER, size - TRAILER) !== TRAILER) throw new StateFileError(file, "corrupt keyed state snapshot: short read of the trailer");
+    if (new TextDecoder().decode(tr.subarray(16, 20)) !== KEYED_END_MAGIC) throw new StateFileError(file, "corrupt keyed state snapshot: bad trailer (truncated file?)");
+    return new DataView(tr.buffer).getUint32(12, true);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

@@ -14,7 +14,7 @@
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { StateFileError } from "./api.ts";
-import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell } from "./keyed-backend.ts";
+import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
 import { decode, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey } from "./serde.ts";
 import { Entry, entrySize, MapNode, ObjectCache, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
@@ -186,6 +186,13 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   cacheStats(): { usedBytes: number; limitBytes: number; entries: number; dirty: number; hits: number; misses: number } {
     const c = this.cache;
     return { usedBytes: c.usedBytes, limitBytes: c.limitBytes, entries: c.entries, dirty: c.dirty, hits: c.hits, misses: c.misses };
+  }
+
+  stats(): KeyedStateStats {
+    const c = this.cache;
+    if (this.closed) return { sizeBytes: 0, entries: null, cacheHits: c.hits, cacheMisses: c.misses };
+    const n = (pragma: string) => Number(Object.values(this.driver.prepare(`PRAGMA ${pragma}`).get() ?? { v: 0 })[0] ?? 0);
+    return { sizeBytes: (n("page_count") - n("freelist_count")) * n("page_size"), entries: null, cacheHits: c.hits, cacheMisses: c.misses };
   }
 
   /** The SQLite driver in use ("bun:sqlite" or "node:sqlite"). */

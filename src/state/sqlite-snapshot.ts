@@ -180,10 +180,12 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     let handle = await writer.finish();
     if (base) {
       const sizes = [...(base.handle.fileSizes ?? [base.handle.sizeBytes]), handle.sizeBytes];
+      const sums = base.handle.checksums !== undefined && handle.checksums !== undefined ? [...base.handle.checksums, ...handle.checksums] : undefined;
       handle = {
         ...handle,
         files: [...base.handle.files, ...handle.files],
         fileSizes: sizes,
+        ...(sums ? { checksums: sums } : { checksums: undefined }),
         newBytes: handle.sizeBytes,
         sizeBytes: sizes.reduce((a, x) => a + x, 0),
       };

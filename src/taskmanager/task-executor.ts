@@ -27,7 +27,7 @@ import { createLogger, recentLogLines } from "../util/log.ts";
 import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
 import { currentLeaderId, findJobManager } from "../ha/index.ts";
-import { Task, type TaskStateOptions } from "./task.ts";
+import { localRecoveryDir, Task, type TaskStateOptions } from "./task.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
 import type { RunningHttpServer } from "../metrics/http-server.ts";
 import type { TaskView } from "../metrics/task-metrics.ts";
@@ -93,6 +93,7 @@ export class TaskExecutor implements TaskManagerView {
       baseDir: config["taskmanager.state.dir"] || path.join(tmp, "state"),
       cacheBytes: config["state.backend.sqlite.cache-size"],
       incremental: config["state.backend.incremental"],
+      localRecovery: config["state.backend.local-recovery"],
       memoryLimitBytes: config["taskmanager.task.memory-limit"],
       processLimitBytes: config["taskmanager.memory.process-limit"],
     };
@@ -562,6 +563,8 @@ export class TaskExecutor implements TaskManagerView {
     for (const task of this.tasks.values()) if (task.deployment.jobId === jobId) task.cancel();
     this.shuffle.releaseJob(jobId);
     for (let i = 0; i < this.slots.length; i++) if (this.slots[i] === jobId) this.slots[i] = null;
+    // The job ended: no task of it will restore from the local copies of its checkpoints.
+    if (this.stateOptions.localRecovery) fs.rm(localRecoveryDir(this.stateOptions.baseDir, jobId), { recursive: true, force: true }, () => {});
   }
 }
 

@@ -16,12 +16,20 @@ export interface TaskStateOptions {
   cacheBytes: number;
   /** state.backend.incremental. */
   incremental?: boolean;
+  /** state.backend.local-recovery: local copies under <baseDir>/<job>/local/<vertex>-<subtask>. */
+  localRecovery?: boolean;
   /** pipeline.auto-watermark-interval: the periodic watermark interval of jobs that do not set their own. */
   autoWatermarkIntervalMs?: number;
   /** taskmanager.task.memory-limit: bytes of heap the task's Worker may hold (0 = no limit); checked in the Worker. */
   memoryLimitBytes?: number;
   /** taskmanager.memory.process-limit: process RSS above which a Worker that does not answer pings is terminated. */
   processLimitBytes?: number;
+}
+
+/** Where local recovery keeps a job's copies (per vertex subtask below it, or the whole job's without `subtask`). */
+export function localRecoveryDir(baseDir: string, jobId: string, subtask?: string): string {
+  const dir = path.join(baseDir, jobId, "local");
+  return subtask === undefined ? dir : path.join(dir, subtask);
 }
 
 /** The Worker is pinged this often when taskmanager.memory.process-limit is set ... */
@@ -62,6 +70,11 @@ export class Task implements TaskEndpoint {
     this.name = taskDisplayName(deployment);
   }
 
+  /** Local recovery: this vertex subtask's local copies, kept across attempts (removed when the job is released). */
+  get localRecoveryDir(): string {
+    return localRecoveryDir(this.stateOptions.baseDir, this.deployment.jobId, `${this.deployment.vertexId}-${this.deployment.subtaskIndex}`);
+  }
+
   get executionId(): string {
     return this.deployment.executionId;
   }
@@ -93,6 +106,7 @@ export class Task implements TaskEndpoint {
       dir: this.stateDir,
       cacheBytes: this.stateOptions.cacheBytes,
       incremental: this.stateOptions.incremental ?? false,
+      ...(this.stateOptions.localRecovery ? { localRecoveryDir: this.localRecoveryDir } : {}),
     };
     this.post({ type: "init", deployment: this.deployment, artifactPath, network, state, autoWatermarkIntervalMs: this.stateOptions.autoWatermarkIntervalMs, memoryLimitBytes: this.stateOptions.memoryLimitBytes ?? 0, counters: this.counters.buffer as SharedArrayBuffer });
     if (this.stateOptions.processLimitBytes) this.startWatchdog(this.stateOptions.processLimitBytes);
@@ -192,6 +206,8 @@ export class Task implements TaskEndpoint {
     this.worker?.terminate();
     // A task's local state lives as long as the task (checkpoints keep what must survive it).
     fs.rm(this.stateDir, { recursive: true, force: true }, () => {});
+    // A finished subtask is never restored again: its local copies go too.
+    if (state === "FINISHED" && this.stateOptions.localRecovery) fs.rm(this.localRecoveryDir, { recursive: true, force: true }, () => {});
     this.onState(this, state, error);
   }
 }
