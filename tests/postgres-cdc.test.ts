@@ -34,6 +34,21 @@ afterAll(async () => {
   removeTempDirs();
 });
 
+function runningTaskManagers(s: JobStatus): string[] {
+  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
+}
+
+/** Waits for a RUNNING job with all tasks running and a checkpoint completed after `before`. */
+async function runningWithNewCheckpoint(rpc: RpcConnection, jobId: string, before: number, jm: Child): Promise<JobStatus> {
+  return waitFor("a running job with a new checkpoint", async () => {
+    const s = await rpc.request("jobStatus", { jobId });
+    if (s.state === "FAILED") throw new Error(`job failed: ${s.error?.message}`);
+    return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
+  }, 60_000).catch(async (err) => {
+    throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
+  });
+}
+
 function reader(opts: { table: string; slot: string; chunk?: number; password?: string }, restored: ConnectorSplit[] | null, attempt = 0): ConnectorSourceReader {
   const src = PostgresCdcSource.source({ url: pg.url, tables: [opts.table], slot: opts.slot, snapshotChunkSize: opts.chunk ?? 5000, ...(opts.password ? { password: opts.password } : {}) });
   const spec = src.spec as { connector: { createReader: (ctx: object) => ConnectorSourceReader } };
@@ -157,5 +172,104 @@ describe("PostgreSQL CDC source (real server)", () => {
     });
     await r.close();
     await pg.sql`SELECT pg_drop_replication_slot('cdc_direct')`;
+  }, 60_000);
+
+  test("CDC -> keyed aggregation -> exactly-once PostgreSQL sink while rows change, two TaskManagers SIGKILLed: the target equals the SQL oracle", async () => {
+    await pg.sql`CREATE TABLE items_job (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
+    await pg.sql`INSERT INTO items_job SELECT x, x % 7, x % 1000 FROM generate_series(1, 20000) x`;
+    await pg.sql`CREATE TABLE agg (grp int PRIMARY KEY, n bigint NOT NULL, s bigint NOT NULL)`;
+    const dir = tempDir("tm-pgcdc-");
+    const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
+    clients.push(rpc);
+    // Per group: the number of rows and the sum of v, from the changes' before (retracted) and after (added)
+    // values; a change lost or applied twice leaves a wrong count or sum behind for good.
+    const job = writeJob(dir, "job.ts", `
+      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(200);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_job"], slot: "cdc_job", snapshotChunkSize: 1000 }))
+          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
+          .keyBy((d) => d[0])
+          .process({
+            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
+            processElement(d, ctx, out) {
+              const [n, s] = this.acc.value();
+              const next = [n + d[1], s + d[2]];
+              this.acc.update(next);
+              out.collect([d[0], next[0], next[1]]);
+            },
+          })
+          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement("agg", ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
+      };`);
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+    const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const writer = startWriter(wsql, "items_job", 11, 25_000);
+    writers.push(writer);
+    const random = rng(23);
+    const byId = new Map(tms.map((tm, i) => [`tm-${i}`, tm]));
+    let s = await runningWithNewCheckpoint(rpc, jobId, 0, jm);
+    for (let kill = 0; kill < 2; kill++) {
+      s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+      await Bun.sleep(100 + Math.floor(random() * 400));
+      const victims = runningTaskManagers(await rpc.request("jobStatus", { jobId }));
+      const victim = victims[Math.floor(random() * victims.length)]!;
+      byId.get(victim)!.kill("SIGKILL");
+      byId.delete(victim);
+      byId.set(`tm-r${kill}`, startTm(`tm-r${kill}`));
+    }
+    s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+    const changes = await writer.stop();
+    await wsql.end();
+    writers.length = 0;
+    expect(changes).toBeGreaterThan(200);
+    const oracle = (await pg.sql`SELECT grp, count(*)::int AS n, sum(v)::int AS s FROM items_job GROUP BY grp ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+    let got: unknown[] = [];
+    await waitFor("the target to equal the oracle", async () => {
+      const st = await rpc.request("jobStatus", { jobId });
+      if (st.state === "FAILED") throw new Error(`job failed: ${st.error?.message}`);
+      got = (await pg.sql`SELECT grp, n::int AS n, s::int AS s FROM agg WHERE n <> 0 ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+      return JSON.stringify(got) === JSON.stringify(oracle);
+    }, 40_000, 200).catch((err) => {
+      throw new Error(`${err.message}: target ${JSON.stringify(got)}, oracle ${JSON.stringify(oracle)}`);
+    });
+    const final = await rpc.request("jobStatus", { jobId });
+    expect(final.restarts).toBeGreaterThanOrEqual(2);
+    // The slot was confirmed as checkpoints completed: the server keeps no more than the last interval.
+    const [slot] = await pg.sql`SELECT confirmed_flush_lsn > '0/0' AS moved, active FROM pg_replication_slots WHERE slot_name = 'cdc_job'`;
+    expect(slot).toMatchObject({ moved: true, active: true });
+    await rpc.request("cancelJob", { jobId });
+  }, 120_000);
+
+  test("clear errors: the slot dropped under a running job names the slot; a wrong password names the option; bad options", async () => {
+    await pg.sql`CREATE TABLE items_gone (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
+    await pg.sql`INSERT INTO items_gone VALUES (1, 1, 1)`;
+    const dir = tempDir("tm-pgcdc-gone-");
+    const child = new Child([BUN, "main.ts", "local", "-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=2", "-D", "restart-strategy.fixed-delay.delay=100ms", writeJob(dir, "gone.ts", `
+      import { PostgresCdcSource } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(100);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_gone"], slot: "cdc_gone" }))
+          .map((r) => { console.log("got", r.op, r.after?.id); return r; }).print();
+      };`)]);
+    await child.waitForOutput(/got read 1/, 30_000);
+    await pg.sql`INSERT INTO items_gone VALUES (2, 1, 1)`;
+    await child.waitForOutput(/got insert 2/, 30_000);
+    // An active slot cannot be dropped: its reader's server process is ended first (as an operator would).
+    await waitFor("the slot to be dropped", async () => {
+      await pg.sql`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cdc_gone' AND active_pid IS NOT NULL`;
+      return pg.sql`SELECT pg_drop_replication_slot('cdc_gone')`.then(() => true, () => false);
+    }, 20_000, 20);
+    expect(await child.exited(30_000)).not.toBe(0);
+    expect(child.stdout + child.stderr).toContain('replication slot "cdc_gone" does not exist');
+    // A wrong password: one line naming the option.
+    const r = reader({ table: "items_gone", slot: "cdc_pw", password: "wrong" }, null);
+    const err = await r.open().then(() => "opened", (e: Error) => e.message);
+    await r.close();
+    expect(err).toMatch(/cannot connect to PostgreSQL at 127\.0\.0\.1:\d+ .*\(option password\)/);
+    expect(() => PostgresCdcSource.source({ url: pg.url, tables: [], slot: "x" })).toThrow(/option tables must be a non-empty list/);
+    expect(() => PostgresCdcSource.source({ url: pg.url, tables: ["t"], slot: "Bad-Slot" })).toThrow(/option slot must be lower-case letters/);
+    const missing = reader({ table: "no_such_table", slot: "cdc_x" }, null);
+    expect(await missing.open().then(() => "opened", (e: Error) => e.message)).toContain('table "no_such_table" does not exist (option tables)');
+    await missing.close();
   }, 60_000);
 });
