@@ -272,4 +272,24 @@ describe("PostgreSQL CDC source (real server)", () => {
     expect(await missing.open().then(() => "opened", (e: Error) => e.message)).toContain('table "no_such_table" does not exist (option tables)');
     await missing.close();
   }, 60_000);
+
+  test("examples/postgres-cdc.ts: totals per customer follow inserts, updates and deletes of orders", async () => {
+    await pg.sql`CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, amount int NOT NULL)`;
+    await pg.sql`CREATE TABLE customer_totals (customer text PRIMARY KEY, orders bigint NOT NULL, amount bigint NOT NULL)`;
+    await pg.sql`INSERT INTO orders SELECT x, 'c' || (x % 5), x FROM generate_series(1, 500) x`;
+    const child = new Child([BUN, "main.ts", "local", "-p", "2", "examples/postgres-cdc.ts", pg.url]);
+    await waitFor("the slot", async () => (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'orders_cdc' AND active`).length > 0, 30_000, 100);
+    await pg.sql`INSERT INTO orders SELECT x, 'c' || (x % 3), x FROM generate_series(501, 700) x`;
+    await pg.sql`UPDATE orders SET amount = amount * 2, customer = 'c9' WHERE id % 7 = 0`;
+    await pg.sql`DELETE FROM orders WHERE id % 11 = 0`;
+    const oracle = JSON.stringify((await pg.sql`SELECT customer, count(*)::int AS n, sum(amount)::int AS a FROM orders GROUP BY 1 ORDER BY 1`).map((r) => [r.customer, r.n, r.a]));
+    let got = "";
+    await waitFor("the totals to equal the oracle", async () => {
+      if (child.proc.exitCode !== null) throw new Error(`the example exited: ${child.stderr.slice(-2000)}`);
+      got = JSON.stringify((await pg.sql`SELECT customer, orders::int AS n, amount::int AS a FROM customer_totals WHERE orders <> 0 ORDER BY 1`).map((r) => [r.customer, r.n, r.a]));
+      return got === oracle;
+    }, 40_000, 200).catch((err) => {
+      throw new Error(`${err.message}: ${got} vs ${oracle}`);
+    });
+  }, 60_000);
 });
