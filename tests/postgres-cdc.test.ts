@@ -12,6 +12,7 @@ import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresCdcSource, type PostgresCdcRecord } from "../src/api/index.ts";
 import type { ConnectorSourceReader, ConnectorSplit } from "../src/api/connector.ts";
+import { parseLsn } from "../src/connectors/postgres-cdc.ts";
 import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
@@ -28,7 +29,9 @@ afterEach(async () => {
   for (const w of writers.splice(0)) await w.stop().catch(() => 0);
   for (const c of clients.splice(0)) c.close();
   await Child.stopAll();
-});
+  // A killed job's prepared transactions would make the next slot creation wait for them.
+  for (const { gid } of await pg.sql`SELECT gid FROM pg_prepared_xacts`) await pg.sql.unsafe(`ROLLBACK PREPARED '${gid}'`).catch(() => {});
+}, 30_000);
 afterAll(async () => {
   await stopPostgres(pg);
   removeTempDirs();
@@ -170,6 +173,15 @@ describe("PostgreSQL CDC source (real server)", () => {
       const diff = expected.filter((e, i) => JSON.stringify(e) !== JSON.stringify(got[i])).slice(0, 5);
       throw new Error(`${err.message}: ${got.length} rows vs ${expected.length}; first differences ${JSON.stringify(diff)}`);
     });
+    // Changes to other tables only: the position still moves on (from the server's keepalives), so the slot
+    // would not hold their WAL forever.
+    const lsnOf = () => parseLsn((r.positions()[0] as unknown as { lsn: string }).lsn);
+    const last = lsnOf();
+    await pg.sql`CREATE TABLE other_direct AS SELECT x FROM generate_series(1, 1000) x`;
+    await waitFor("the position to move past other tables' changes", async () => {
+      expect(await r.poll()).toEqual([]);
+      return lsnOf() > last;
+    }, 20_000, 0);
     await r.close();
     await pg.sql`SELECT pg_drop_replication_slot('cdc_direct')`;
   }, 60_000);
@@ -216,6 +228,9 @@ describe("PostgreSQL CDC source (real server)", () => {
       byId.get(victim)!.kill("SIGKILL");
       byId.delete(victim);
       byId.set(`tm-r${kill}`, startTm(`tm-r${kill}`));
+      // The JobManager noticed (else the next kill could fall into the same restart).
+      const restarts = s.restarts;
+      await waitFor("the restart after the kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > restarts, 30_000, 50);
     }
     s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
     const changes = await writer.stop();

@@ -284,6 +284,7 @@ const QUEUE_HIGH = 65_536;
 const POLL_WAIT_MS = 100;
 const STATUS_INTERVAL_MS = 5000;
 const SLOT_BUSY_WAIT_MS = 15_000;
+const SLOT_CREATE_TIMEOUT_MS = 30_000;
 
 class CdcReader implements ConnectorSourceReader {
   private readonly what: string;
@@ -313,6 +314,8 @@ class CdcReader implements ConnectorSourceReader {
   /** The stream position as a number (the split's lsn). */
   private position = 0n;
   private maxUntil = 0n;
+  /** The WAL end of a keepalive that came when nothing received was left untaken. */
+  private idleLsn = 0n;
   lastSplitId = 0;
 
   constructor(
@@ -413,8 +416,20 @@ class CdcReader implements ConnectorSourceReader {
     }
     if (await this.slotInfo(false)) await sql`SELECT pg_drop_replication_slot(${this.opts.slot})`;
     try {
-      await sql`SELECT pg_create_logical_replication_slot(${this.opts.slot}, 'pgoutput')`;
+      // Creating the slot waits for every transaction running on the server to end, prepared ones included:
+      // bounded, so that a forgotten prepared transaction gives an error instead of a hang.
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL statement_timeout = ${SLOT_CREATE_TIMEOUT_MS}`);
+        await tx`SELECT pg_create_logical_replication_slot(${this.opts.slot}, 'pgoutput')`;
+      });
     } catch (err) {
+      if ((err as { code?: string }).code === "57014") {
+        const prepared = (await sql`SELECT gid FROM pg_prepared_xacts`.catch(() => [])).map((r) => r.gid as string);
+        throw new Error(
+          `${this.what}: creating replication slot ${JSON.stringify(this.opts.slot)} did not finish within ${SLOT_CREATE_TIMEOUT_MS / 1000} s: it waits for every transaction running on the server to end${prepared.length > 0 ? `; prepared transactions (pg_prepared_xacts): ${prepared.join(", ")}` : ""}`,
+          { cause: err },
+        );
+      }
       throw new Error(`${this.what}: cannot create replication slot ${JSON.stringify(this.opts.slot)}: ${errorText(err)} (server setting max_replication_slots?)`, { cause: err });
     }
   }
@@ -531,7 +546,10 @@ class CdcReader implements ConnectorSourceReader {
 
   private onData(b: Buffer): void {
     if (b[0] === 0x6b) {
-      // Keepalive: answer when asked (without confirming more than completed checkpoints cover).
+      // Keepalive: its WAL end is a position once everything received before it has been taken (changes only to
+      // other tables still move the slot on). Answer when asked (confirming only what checkpoints completed).
+      const walEnd = b.readBigUInt64BE(1);
+      if (this.cur === null && this.ready.length === 0 && walEnd > this.idleLsn) this.idleLsn = walEnd;
       if (b[17]) this.sendStatus(false);
       return;
     }
@@ -666,6 +684,11 @@ class CdcReader implements ConnectorSourceReader {
       this.split.lsn = formatLsn(txn.endLsn);
       // Past every snapshot's WAL position: later transactions are invisible to all of them.
       if (filter && txn.finalLsn >= this.maxUntil) this.split.segments = [];
+    }
+    // Every transaction committed before idleLsn was delivered and taken: later ones end after it.
+    if (this.idleLsn > this.position) {
+      this.position = this.idleLsn;
+      this.split.lsn = formatLsn(this.idleLsn);
     }
     if (this.paused && this.readyChanges < QUEUE_HIGH / 2) {
       this.paused = false;
