@@ -14,7 +14,7 @@ import { PostgresCdcSource, type PostgresCdcRecord } from "../src/api/index.ts";
 import type { ConnectorSourceReader, ConnectorSplit } from "../src/api/connector.ts";
 import { parseLsn } from "../src/connectors/postgres-cdc.ts";
 import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
+import { freePort, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
@@ -281,6 +281,12 @@ describe("PostgreSQL CDC source (real server)", () => {
     const err = await r.open().then(() => "opened", (e: Error) => e.message);
     await r.close();
     expect(err).toMatch(/cannot connect to PostgreSQL at 127\.0\.0\.1:\d+ .*\(option password\)/);
+    // Nothing listening there: the host and port are named.
+    const port = await freePort();
+    const src = PostgresCdcSource.source({ host: "127.0.0.1", port, password: "x", tables: ["items_gone"], slot: "cdc_host", connectTimeoutMs: 3000 });
+    const noServer = (src.spec as unknown as { connector: { createReader(c: object): ConnectorSourceReader } }).connector.createReader({ subtaskIndex: 0, parallelism: 1, jobId: "j", attempt: 0, restoredCheckpointId: 0, restoredSplits: null });
+    expect(await noServer.open().then(() => "opened", (e: Error) => e.message)).toMatch(new RegExp(`cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${port} .*\\(options host/port\\)`));
+    await noServer.close();
     expect(() => PostgresCdcSource.source({ url: pg.url, tables: [], slot: "x" })).toThrow(/option tables must be a non-empty list/);
     expect(() => PostgresCdcSource.source({ url: pg.url, tables: ["t"], slot: "Bad-Slot" })).toThrow(/option slot must be lower-case letters/);
     const missing = reader({ table: "no_such_table", slot: "cdc_x" }, null);
