@@ -650,6 +650,9 @@ class CdcReader implements ConnectorSourceReader {
   async poll(): Promise<unknown[] | null> {
     if (this.split.phase === "snapshot") return this.snapshotChunk();
     if (this.error) throw this.error;
+    // Messages already received may still be on their way through the stream: one turn of the event loop
+    // lets them in, so that small transactions go out in chunks rather than one by one.
+    if (this.readyChanges < CHUNK) await new Promise<void>((resolve) => setImmediate(resolve));
     if (this.ready.length === 0) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, POLL_WAIT_MS);
