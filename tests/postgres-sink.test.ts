@@ -9,7 +9,7 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresSink } from "../src/api/index.ts";
-import { preparedId } from "../src/connectors/postgres-sink.ts";
+import { planBatch, preparedId } from "../src/connectors/postgres-sink.ts";
 import type { OperatorContext } from "../src/runtime/operator.ts";
 import * as fs from "node:fs";
 import { BUN, Child, countWords, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
@@ -182,6 +182,31 @@ describe("PostgreSQL sink (real server)", () => {
     const got = await pg.sql`SELECT k, v::text AS v FROM latest ORDER BY k`;
     expect(got.map((r) => [r.k, r.v])).toEqual(expected.map((r) => [r.k, r.v]));
   }, 60_000);
+
+  test("batches: a plain INSERT or upsert runs as one unnest() statement per batch; repeated keys keep per-row semantics", async () => {
+    await pg.sql`CREATE TABLE acc ("K" int PRIMARY KEY, v bigint NOT NULL, note text)`;
+    const stmt = `INSERT INTO acc ("K", v, note) VALUES ($1, $2, $3) ON CONFLICT ("K") DO UPDATE SET v = acc.v + EXCLUDED.v, note = EXCLUDED.note`;
+    expect((await planBatch(pg.sql, stmt))?.sql).toContain('SELECT * FROM unnest($1::integer[], $2::bigint[], $3::text[]) ON CONFLICT ("K")');
+    expect(await planBatch(pg.sql, "INSERT INTO acc (v) VALUES ($1 + 1)")).toBeNull();
+    expect(await planBatch(pg.sql, "UPDATE acc SET v = $1")).toBeNull();
+    // An accumulating upsert with keys repeated inside one batch: every row counts, in order (the last note wins).
+    const w = PostgresSink.sink({ url: pg.url, statement: stmt, rowMapper: (r: [number, number, string]) => r, batchSize: 1000 }).connector.createWriter(sinkContext({}), "1");
+    await w.open!();
+    try {
+      for (let i = 0; i < 3000; i++) w.process([i % 13, i, `n${i}`]);
+      await w.snapshotState!(1);
+    } finally {
+      w.dispose!();
+    }
+    const got = (await pg.sql`SELECT "K" AS k, v::int AS v, note FROM acc ORDER BY 1`).map((r) => [r.k, r.v, r.note]);
+    const expected = Array.from({ length: 13 }, (_, k) => {
+      let v = 0;
+      let last = -1;
+      for (let i = k; i < 3000; i += 13) (v += i), (last = i);
+      return [k, v, `n${last}`];
+    });
+    expect(got).toEqual(expected);
+  }, 30_000);
 
   test("examples/postgres-sink.ts: the word counts of its input, exactly once through prepared transactions", async () => {
     await pg.sql`CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL)`;

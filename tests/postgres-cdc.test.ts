@@ -1,0 +1,316 @@
+// The PostgreSQL change-data-capture source against a real server (tests/servers.ts): the snapshot/stream hand-off
+// and restores (mid-snapshot and mid-stream) with the reader driven directly while a writer changes the table;
+// CDC -> keyed aggregation -> exactly-once PostgreSQL sink on a cluster of real processes with TaskManagers
+// SIGKILLed twice, the target compared with the SQL oracle over the source table; a slot dropped under a running
+// job and a wrong password giving errors that name the slot and the option.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import * as path from "node:path";
+import postgres from "postgres";
+import { submitJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import { PostgresCdcSource, type PostgresCdcRecord } from "../src/api/index.ts";
+import type { ConnectorSourceReader, ConnectorSplit } from "../src/api/connector.ts";
+import { parseLsn } from "../src/connectors/postgres-cdc.ts";
+import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { freePort, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
+
+const API = JSON.stringify(path.resolve("src/api/index.ts"));
+
+let pg: PgServer;
+const clients: RpcConnection[] = [];
+beforeAll(async () => {
+  pg = await startPostgres();
+}, 60_000);
+/** Writers still running when a test failed: stopped before the next test. */
+const writers: { stop(): Promise<number> }[] = [];
+afterEach(async () => {
+  for (const w of writers.splice(0)) await w.stop().catch(() => 0);
+  for (const c of clients.splice(0)) c.close();
+  await Child.stopAll();
+  // A killed job's prepared transactions would make the next slot creation wait for them.
+  for (const { gid } of await pg.sql`SELECT gid FROM pg_prepared_xacts`) await pg.sql.unsafe(`ROLLBACK PREPARED '${gid}'`).catch(() => {});
+}, 30_000);
+afterAll(async () => {
+  await stopPostgres(pg);
+  removeTempDirs();
+});
+
+function runningTaskManagers(s: JobStatus): string[] {
+  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
+}
+
+/** Waits for a RUNNING job with all tasks running and a checkpoint completed after `before`. */
+async function runningWithNewCheckpoint(rpc: RpcConnection, jobId: string, before: number, jm: Child): Promise<JobStatus> {
+  return waitFor("a running job with a new checkpoint", async () => {
+    const s = await rpc.request("jobStatus", { jobId });
+    if (s.state === "FAILED") throw new Error(`job failed: ${s.error?.message}`);
+    return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
+  }, 60_000).catch(async (err) => {
+    throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
+  });
+}
+
+function reader(opts: { table: string; slot: string; chunk?: number; password?: string }, restored: ConnectorSplit[] | null, attempt = 0): ConnectorSourceReader {
+  const src = PostgresCdcSource.source({ url: pg.url, tables: [opts.table], slot: opts.slot, snapshotChunkSize: opts.chunk ?? 5000, ...(opts.password ? { password: opts.password } : {}) });
+  const spec = src.spec as { connector: { createReader: (ctx: object) => ConnectorSourceReader } };
+  return spec.connector.createReader({ subtaskIndex: 0, parallelism: 1, jobId: "j", attempt, restoredCheckpointId: restored ? 1 : 0, restoredSplits: restored });
+}
+
+/**
+ * Random small transactions on items(id, grp, v): inserts, updates (some moving a row to another id or group)
+ * and deletes, until stop() is called.
+ */
+function startWriter(sql: postgres.Sql, table: string, seed: number, maxId: number): { stop(): Promise<number> } {
+  const random = rng(seed);
+  let stopped = false;
+  let n = 0;
+  const done = (async () => {
+    while (!stopped) {
+      const id = 1 + Math.floor(random() * maxId);
+      const r = random();
+      await sql.begin(async (tx) => {
+        if (r < 0.35) await tx.unsafe(`INSERT INTO ${table} (id, grp, v) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET v = ${table}.v + 1`, [id, id % 7, Math.floor(random() * 100)]);
+        else if (r < 0.65) await tx.unsafe(`UPDATE ${table} SET v = v + $2, grp = CASE WHEN $3 THEN (grp + 1) % 7 ELSE grp END WHERE id = $1`, [id, 1 + Math.floor(random() * 9), random() < 0.3]);
+        else if (r < 0.75) await tx.unsafe(`UPDATE ${table} SET id = id + ${maxId} WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM ${table} WHERE id = $1 + ${maxId})`, [id]);
+        else await tx.unsafe(`DELETE FROM ${table} WHERE id = $1`, [id]);
+        if (random() < 0.3) await tx.unsafe(`UPDATE ${table} SET v = v - 1 WHERE id = $1`, [1 + Math.floor(random() * maxId)]);
+      });
+      n++;
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await done;
+      return n;
+    },
+  };
+}
+
+/** Applies CDC records to a replica: a duplicate or missing change shows as a wrong row or a count other than 1. */
+class Replica {
+  rows = new Map<number, { grp: number; v: number; copies: number }>();
+  log = new Map<number, string[]>();
+  apply(r: PostgresCdcRecord): void {
+    for (const id of new Set([r.before?.id, r.after?.id])) if (id !== undefined) this.log.set(id as number, [...(this.log.get(id as number) ?? []), JSON.stringify(r)]);
+    if (r.before) {
+      const id = r.before.id as number;
+      const cur = this.rows.get(id);
+      if (!cur) throw new Error(`${r.op} of id ${id} that the replica does not have (lsn ${r.lsn}); history: ${this.log.get(id)?.join("\n")}`);
+      if (--cur.copies === 0) this.rows.delete(id);
+    }
+    if (r.after) {
+      const id = r.after.id as number;
+      const cur = this.rows.get(id);
+      if (cur) cur.copies++;
+      else this.rows.set(id, { grp: r.after.grp as number, v: r.after.v as number, copies: 1 });
+      if (cur) Object.assign(cur, { grp: r.after.grp, v: r.after.v });
+    }
+  }
+  table(): [number, number, number][] {
+    return [...this.rows].map(([id, r]) => [id, r.grp, r.copies === 1 ? r.v : -1e9 * r.copies] as [number, number, number]).sort((a, b) => a[0] - b[0]);
+  }
+}
+
+async function tableRows(table: string): Promise<[number, number, number][]> {
+  return (await pg.sql.unsafe(`SELECT id, grp, v FROM ${table} ORDER BY id`)).map((r) => [r.id, r.grp, r.v] as [number, number, number]);
+}
+
+describe("PostgreSQL CDC source (real server)", () => {
+  test("reader driven directly: snapshot and stream meet exactly under a concurrent writer, across restores mid-snapshot and mid-stream; the slot advances only on checkpoint-complete", async () => {
+    const table = "items_direct";
+    await pg.sql.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`);
+    await pg.sql.unsafe(`INSERT INTO ${table} SELECT x, x % 7, x FROM generate_series(1, 3000) x`);
+    const replica = new Replica();
+    const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const writer = startWriter(wsql, table, 5, 4000);
+    writers.push(writer);
+    let r = reader({ table, slot: "cdc_direct", chunk: 400 }, null);
+    await r.open();
+    // Part of the snapshot, a checkpoint, then the reader dies (its connections dropped, nothing confirmed).
+    for (let i = 0; i < 3; i++) for (const rec of (await r.poll())!) replica.apply(rec as PostgresCdcRecord);
+    let saved = r.positions();
+    expect(saved[0]).toMatchObject({ phase: "snapshot", table: 0 });
+    await r.close();
+    await Bun.sleep(200);
+    // Restored mid-snapshot: a second snapshot for the rest, the stream filtered per part.
+    r = reader({ table, slot: "cdc_direct", chunk: 400 }, saved, 1);
+    await r.open();
+    let streamed = 0;
+    await waitFor("the stream", async () => {
+      for (const rec of (await r.poll())!) {
+        replica.apply(rec as PostgresCdcRecord);
+        if ((rec as PostgresCdcRecord).op !== "read") streamed++;
+      }
+      return streamed > 200;
+    }, 30_000, 0);
+    saved = r.positions();
+    expect(saved[0]).toMatchObject({ phase: "stream" });
+    const slotLsn = async () => (await pg.sql`SELECT confirmed_flush_lsn::text AS l FROM pg_replication_slots WHERE slot_name = 'cdc_direct'`)[0]!.l as string;
+    const before = await slotLsn();
+    r.snapshotState!(1);
+    // Records after the checkpoint are lost with the reader and must come again after the restore.
+    for (let i = 0; i < 3; i++) await r.poll();
+    await Bun.sleep(300);
+    expect(await slotLsn()).toBe(before);
+    r.notifyCheckpointComplete!(1);
+    await waitFor("the slot to advance to the checkpoint's position", async () => (await slotLsn()) === (saved[0] as unknown as { lsn: string }).lsn, 10_000);
+    await r.close();
+    r = reader({ table, slot: "cdc_direct", chunk: 400 }, saved, 2);
+    await r.open();
+    const n = await writer.stop();
+    await wsql.end();
+    writers.length = 0;
+    expect(n).toBeGreaterThan(100);
+    const expected = await tableRows(table);
+    await waitFor("the replica to equal the table", async () => {
+      for (const rec of (await r.poll())!) replica.apply(rec as PostgresCdcRecord);
+      return JSON.stringify(replica.table()) === JSON.stringify(expected);
+    }, 30_000, 0).catch((err) => {
+      const got = replica.table();
+      const diff = expected.filter((e, i) => JSON.stringify(e) !== JSON.stringify(got[i])).slice(0, 5);
+      throw new Error(`${err.message}: ${got.length} rows vs ${expected.length}; first differences ${JSON.stringify(diff)}`);
+    });
+    // Changes to other tables only: the position still moves on (from the server's keepalives), so the slot
+    // would not hold their WAL forever.
+    const lsnOf = () => parseLsn((r.positions()[0] as unknown as { lsn: string }).lsn);
+    const last = lsnOf();
+    await pg.sql`CREATE TABLE other_direct AS SELECT x FROM generate_series(1, 1000) x`;
+    await waitFor("the position to move past other tables' changes", async () => {
+      expect(await r.poll()).toEqual([]);
+      return lsnOf() > last;
+    }, 20_000, 0);
+    await r.close();
+    await pg.sql`SELECT pg_drop_replication_slot('cdc_direct')`;
+  }, 60_000);
+
+  test("CDC -> keyed aggregation -> exactly-once PostgreSQL sink while rows change, two TaskManagers SIGKILLed: the target equals the SQL oracle", async () => {
+    await pg.sql`CREATE TABLE items_job (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
+    await pg.sql`INSERT INTO items_job SELECT x, x % 7, x % 1000 FROM generate_series(1, 20000) x`;
+    await pg.sql`CREATE TABLE agg (grp int PRIMARY KEY, n bigint NOT NULL, s bigint NOT NULL)`;
+    const dir = tempDir("tm-pgcdc-");
+    const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
+    clients.push(rpc);
+    // Per group: the number of rows and the sum of v, from the changes' before (retracted) and after (added)
+    // values; a change lost or applied twice leaves a wrong count or sum behind for good.
+    const job = writeJob(dir, "job.ts", `
+      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(200);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_job"], slot: "cdc_job", snapshotChunkSize: 1000 }))
+          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
+          .keyBy((d) => d[0])
+          .process({
+            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
+            processElement(d, ctx, out) {
+              const [n, s] = this.acc.value();
+              const next = [n + d[1], s + d[2]];
+              this.acc.update(next);
+              out.collect([d[0], next[0], next[1]]);
+            },
+          })
+          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement("agg", ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
+      };`);
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+    const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const writer = startWriter(wsql, "items_job", 11, 25_000);
+    writers.push(writer);
+    const random = rng(23);
+    const byId = new Map(tms.map((tm, i) => [`tm-${i}`, tm]));
+    let s = await runningWithNewCheckpoint(rpc, jobId, 0, jm);
+    for (let kill = 0; kill < 2; kill++) {
+      s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+      await Bun.sleep(100 + Math.floor(random() * 400));
+      const victims = runningTaskManagers(await rpc.request("jobStatus", { jobId }));
+      const victim = victims[Math.floor(random() * victims.length)]!;
+      byId.get(victim)!.kill("SIGKILL");
+      byId.delete(victim);
+      byId.set(`tm-r${kill}`, startTm(`tm-r${kill}`));
+      // The JobManager noticed (else the next kill could fall into the same restart).
+      const restarts = s.restarts;
+      await waitFor("the restart after the kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > restarts, 30_000, 50);
+    }
+    s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+    const changes = await writer.stop();
+    await wsql.end();
+    writers.length = 0;
+    expect(changes).toBeGreaterThan(200);
+    const oracle = (await pg.sql`SELECT grp, count(*)::int AS n, sum(v)::int AS s FROM items_job GROUP BY grp ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+    let got: unknown[] = [];
+    await waitFor("the target to equal the oracle", async () => {
+      const st = await rpc.request("jobStatus", { jobId });
+      if (st.state === "FAILED") throw new Error(`job failed: ${st.error?.message}`);
+      got = (await pg.sql`SELECT grp, n::int AS n, s::int AS s FROM agg WHERE n <> 0 ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+      return JSON.stringify(got) === JSON.stringify(oracle);
+    }, 40_000, 200).catch((err) => {
+      throw new Error(`${err.message}: target ${JSON.stringify(got)}, oracle ${JSON.stringify(oracle)}`);
+    });
+    const final = await rpc.request("jobStatus", { jobId });
+    expect(final.restarts).toBeGreaterThanOrEqual(2);
+    // The slot was confirmed as checkpoints completed: the server keeps no more than the last interval.
+    const [slot] = await pg.sql`SELECT confirmed_flush_lsn > '0/0' AS moved, active FROM pg_replication_slots WHERE slot_name = 'cdc_job'`;
+    expect(slot).toMatchObject({ moved: true, active: true });
+    await rpc.request("cancelJob", { jobId });
+  }, 120_000);
+
+  test("clear errors: the slot dropped under a running job names the slot; a wrong password names the option; bad options", async () => {
+    await pg.sql`CREATE TABLE items_gone (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
+    await pg.sql`INSERT INTO items_gone VALUES (1, 1, 1)`;
+    const dir = tempDir("tm-pgcdc-gone-");
+    const child = new Child([BUN, "main.ts", "local", "-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=2", "-D", "restart-strategy.fixed-delay.delay=100ms", writeJob(dir, "gone.ts", `
+      import { PostgresCdcSource } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(100);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_gone"], slot: "cdc_gone" }))
+          .map((r) => { console.log("got", r.op, r.after?.id); return r; }).print();
+      };`)]);
+    await child.waitForOutput(/got read 1/, 30_000);
+    await pg.sql`INSERT INTO items_gone VALUES (2, 1, 1)`;
+    await child.waitForOutput(/got insert 2/, 30_000);
+    // An active slot cannot be dropped: its reader's server process is ended first (as an operator would).
+    await waitFor("the slot to be dropped", async () => {
+      await pg.sql`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cdc_gone' AND active_pid IS NOT NULL`;
+      return pg.sql`SELECT pg_drop_replication_slot('cdc_gone')`.then(() => true, () => false);
+    }, 20_000, 20);
+    expect(await child.exited(30_000)).not.toBe(0);
+    expect(child.stdout + child.stderr).toContain('replication slot "cdc_gone" does not exist');
+    // A wrong password: one line naming the option.
+    const r = reader({ table: "items_gone", slot: "cdc_pw", password: "wrong" }, null);
+    const err = await r.open().then(() => "opened", (e: Error) => e.message);
+    await r.close();
+    expect(err).toMatch(/cannot connect to PostgreSQL at 127\.0\.0\.1:\d+ .*\(option password\)/);
+    // Nothing listening there: the host and port are named.
+    const port = await freePort();
+    const src = PostgresCdcSource.source({ host: "127.0.0.1", port, password: "x", tables: ["items_gone"], slot: "cdc_host", connectTimeoutMs: 3000 });
+    const noServer = (src.spec as unknown as { connector: { createReader(c: object): ConnectorSourceReader } }).connector.createReader({ subtaskIndex: 0, parallelism: 1, jobId: "j", attempt: 0, restoredCheckpointId: 0, restoredSplits: null });
+    expect(await noServer.open().then(() => "opened", (e: Error) => e.message)).toMatch(new RegExp(`cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${port} .*\\(options host/port\\)`));
+    await noServer.close();
+    expect(() => PostgresCdcSource.source({ url: pg.url, tables: [], slot: "x" })).toThrow(/option tables must be a non-empty list/);
+    expect(() => PostgresCdcSource.source({ url: pg.url, tables: ["t"], slot: "Bad-Slot" })).toThrow(/option slot must be lower-case letters/);
+    const missing = reader({ table: "no_such_table", slot: "cdc_x" }, null);
+    expect(await missing.open().then(() => "opened", (e: Error) => e.message)).toContain('table "no_such_table" does not exist (option tables)');
+    await missing.close();
+  }, 60_000);
+
+  test("examples/postgres-cdc.ts: totals per customer follow inserts, updates and deletes of orders", async () => {
+    await pg.sql`CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, amount int NOT NULL)`;
+    await pg.sql`CREATE TABLE customer_totals (customer text PRIMARY KEY, orders bigint NOT NULL, amount bigint NOT NULL)`;
+    await pg.sql`INSERT INTO orders SELECT x, 'c' || (x % 5), x FROM generate_series(1, 500) x`;
+    const child = new Child([BUN, "main.ts", "local", "-p", "2", "examples/postgres-cdc.ts", pg.url]);
+    await waitFor("the slot", async () => (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'orders_cdc' AND active`).length > 0, 30_000, 100);
+    await pg.sql`INSERT INTO orders SELECT x, 'c' || (x % 3), x FROM generate_series(501, 700) x`;
+    await pg.sql`UPDATE orders SET amount = amount * 2, customer = 'c9' WHERE id % 7 = 0`;
+    await pg.sql`DELETE FROM orders WHERE id % 11 = 0`;
+    const oracle = JSON.stringify((await pg.sql`SELECT customer, count(*)::int AS n, sum(amount)::int AS a FROM orders GROUP BY 1 ORDER BY 1`).map((r) => [r.customer, r.n, r.a]));
+    let got = "";
+    await waitFor("the totals to equal the oracle", async () => {
+      if (child.proc.exitCode !== null) throw new Error(`the example exited: ${child.stderr.slice(-2000)}`);
+      got = JSON.stringify((await pg.sql`SELECT customer, orders::int AS n, amount::int AS a FROM customer_totals WHERE orders <> 0 ORDER BY 1`).map((r) => [r.customer, r.n, r.a]));
+      return got === oracle;
+    }, 40_000, 200).catch((err) => {
+      throw new Error(`${err.message}: ${got} vs ${oracle}`);
+    });
+  }, 60_000);
+});
