@@ -89,6 +89,7 @@ describe("defaults", () => {
       "execution.checkpointing.min-pause": 0,
       "execution.checkpointing.max-concurrent-checkpoints": 1,
       "execution.checkpointing.unaligned.enabled": false,
+      "execution.checkpointing.aligned-checkpoint-timeout": 0,
       "execution.checkpointing.checkpoints-after-tasks-finish": true,
       "state.checkpoints.dir": "",
       "state.checkpoints.num-retained": 1,
@@ -353,6 +354,13 @@ describe("cross-key checks", () => {
     expect(errorOf(() => loadConfig({ env: { TM_HEARTBEAT_INTERVAL: "1 min" } }))).toBe(
       `heartbeat.timeout (6 s, default) must be greater than heartbeat.interval (1 min, from TM_HEARTBEAT_INTERVAL)`,
     );
+  });
+
+  test("execution.checkpointing.aligned-checkpoint-timeout must be shorter than execution.checkpointing.timeout", () => {
+    expect(errorOf(() => loadConfig({ overrides: ["execution.checkpointing.aligned-checkpoint-timeout=10 min"] }))).toBe(
+      `execution.checkpointing.aligned-checkpoint-timeout (10 min, from -D flag) must be shorter than execution.checkpointing.timeout (10 min, default)`,
+    );
+    expect(loadConfig({ overrides: ["execution.checkpointing.aligned-checkpoint-timeout=2 s"] })["execution.checkpointing.aligned-checkpoint-timeout"]).toBe(2000);
   });
 
   test("a later source can fix what an earlier one broke", () => {

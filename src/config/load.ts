@@ -94,6 +94,16 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
     );
   }
 
+  // An aligned-checkpoint-timeout at or past the checkpoint time-out could never switch a checkpoint before it fails.
+  const alignedTimeout = config["execution.checkpointing.aligned-checkpoint-timeout"] as number;
+  const checkpointTimeout = config["execution.checkpointing.timeout"] as number;
+  if (alignedTimeout > 0 && alignedTimeout >= checkpointTimeout) {
+    throw new ConfigError(
+      `execution.checkpointing.aligned-checkpoint-timeout (${formatDuration(alignedTimeout)}, ${origin.get("execution.checkpointing.aligned-checkpoint-timeout")}) must be shorter than ` +
+        `execution.checkpointing.timeout (${formatDuration(checkpointTimeout)}, ${origin.get("execution.checkpointing.timeout")})`,
+    );
+  }
+
   // (high-availability.storageDir is the JobManager's concern: checked where its HA services start.)
   const ha = config["high-availability.type"];
   if (ha === "etcd" && (config["high-availability.etcd.endpoints"] as string[]).length === 0) {

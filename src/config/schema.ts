@@ -61,6 +61,7 @@ export interface Config {
   "execution.checkpointing.min-pause": number;
   "execution.checkpointing.max-concurrent-checkpoints": number;
   "execution.checkpointing.unaligned.enabled": boolean;
+  "execution.checkpointing.aligned-checkpoint-timeout": number;
   "execution.checkpointing.checkpoints-after-tasks-finish": boolean;
   "state.checkpoints.dir": string;
   "state.checkpoints.num-retained": number;
@@ -396,6 +397,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "boolean" },
     default: false,
     doc: "Unaligned checkpoints (EXACTLY_ONCE): barriers overtake in-flight buffers, which are stored as channel state and replayed on restore, so checkpoints complete under backpressure. Savepoints stay aligned.",
+  },
+  "execution.checkpointing.aligned-checkpoint-timeout": {
+    type: { kind: "duration" },
+    default: 0,
+    doc: "With unaligned checkpoints: each checkpoint starts aligned, and a task whose alignment is still going on this long after the checkpoint was triggered switches it to unaligned (the in-flight records become channel state, the barrier it forwards overtakes). 0 = unaligned from the start. Ignored without execution.checkpointing.unaligned.enabled (Flink's key). Must be shorter than execution.checkpointing.timeout.",
   },
   "execution.checkpointing.checkpoints-after-tasks-finish": {
     type: { kind: "boolean" },

@@ -16,9 +16,10 @@ export type ChannelEvent =
   /**
    * Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state.
    * Unaligned: it overtook the buffers the producer still held for the channel, `overtakenBytes` of them, which the
-   * consumer records as channel state when they arrive after it.
+   * consumer records as channel state when they arrive after it. alignedTimeoutMs (aligned-checkpoint-timeout): an
+   * aligned barrier that a task switches to unaligned when alignment is still going on that long after `timestamp`.
    */
-  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number }
+  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number; alignedTimeoutMs?: number }
   /** Checkpoint n was given up upstream (Flink's CancelCheckpointMarker): release any alignment of it. */
   | { type: "cancelBarrier"; checkpointId: number }
   | { type: "watermark"; timestamp: number };

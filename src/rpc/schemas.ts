@@ -95,6 +95,7 @@ const TASK_DEPLOYMENT = obj({
   attempt: nonNegInt,
   checkpointingMode: CHECKPOINTING_MODE,
   unalignedCheckpoints: v.optional(v.boolean()),
+  alignedCheckpointTimeoutMs: v.optional(num),
   finalCheckpoint: v.optional(v.boolean()),
   operators: v.optional(v.array(OPERATOR_INFO)),
   restore: v.nullable(

@@ -328,7 +328,12 @@ export class StreamTask {
         state = Promise.resolve(new Map([[channelId(channelJob(this.d), SOURCE_REST_EDGE, this.d.subtaskIndex, this.d.subtaskIndex), rest]]));
         sourceRest = [];
       }
-      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...(t.unaligned ? { unaligned: true } : {}) }, state, 0, Math.max(0, Date.now() - t.timestamp));
+      // With an aligned-checkpoint-timeout the barrier starts aligned (the rest of a chunk is channel state all the
+      // same: the records emitted before the barrier precede it); once the time-out has passed, unaligned at once.
+      const timeoutMs = this.d.alignedCheckpointTimeoutMs ?? 0;
+      const aligned = t.unaligned && timeoutMs > 0 && Date.now() - t.timestamp < timeoutMs;
+      const mode = aligned ? { alignedTimeoutMs: timeoutMs } : t.unaligned ? { unaligned: true } : {};
+      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...mode }, state, 0, Math.max(0, Date.now() - t.timestamp));
       this.barriers.taken(t.checkpointId);
     }
   }
