@@ -47,6 +47,10 @@ export interface Config {
   "taskmanager.network.memory.floating-buffers-per-gate": number;
   "taskmanager.network.memory.max-overdraft-buffers-per-gate": number;
   "taskmanager.network.memory.max-buffers-per-channel": number;
+  "taskmanager.network.memory.buffer-debloat.enabled": boolean;
+  "taskmanager.network.memory.buffer-debloat.target": number;
+  "taskmanager.network.memory.buffer-debloat.period": number;
+  "taskmanager.memory.min-segment-size": number;
   "taskmanager.network.tcp-connection.keepalive.interval": number;
   "taskmanager.network.tcp-connection.keepalive.timeout": number;
   "taskmanager.network.request-backoff.initial": number;
@@ -322,6 +326,26 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "integer", min: 1, max: 65536 },
     default: 10,
     doc: "Buffers of a task's output pool that one subpartition may hold, so that one blocked or slow consumer cannot take them all (Flink's max-buffers-per-channel).",
+  },
+  "taskmanager.network.memory.buffer-debloat.enabled": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Buffer debloating (FLIP-183, Flink's key): each task measures the throughput of its input gate and announces a buffer size that keeps about buffer-debloat.target of data in flight; producers cut their buffers at that size (local channels through the ring, remote ones with the credit). Back-pressured jobs then hold little in flight, and aligned checkpoints get through faster.",
+  },
+  "taskmanager.network.memory.buffer-debloat.target": {
+    type: { kind: "duration", min: 1 },
+    default: 1 * SECOND,
+    doc: "Buffer debloating: the time it should take a task to consume the data in flight on its inputs (Flink's key).",
+  },
+  "taskmanager.network.memory.buffer-debloat.period": {
+    type: { kind: "duration", min: 1 },
+    default: 200,
+    doc: "Buffer debloating: how often the throughput is measured and the buffer size recomputed (Flink's key).",
+  },
+  "taskmanager.memory.min-segment-size": {
+    type: { kind: "integer", min: 64, max: 16777216 },
+    default: 256,
+    doc: "Smallest buffer size buffer debloating announces, in bytes (Flink's key); at most taskmanager.memory.segment-size.",
   },
   "taskmanager.network.tcp-connection.keepalive.interval": {
     type: { kind: "duration", min: 10 },

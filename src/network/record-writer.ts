@@ -36,6 +36,8 @@ export interface BufferSender {
   event(channel: string, event: ChannelEvent): void;
   /** An event put ahead of every buffer still waiting in the sender (not yet in the channel's ring). */
   priorityEvent?(channel: string, event: ChannelEvent): void;
+  /** The buffer size the consumer announced (buffer debloating, FLIP-183), 0 when none: buffers are cut at it. */
+  bufferSize?(): number;
   /** Bytes of the buffers waiting in the sender. */
   waitingBytes?(): number;
   /** Resolves when nothing handed over waits in the sender itself any more. */
@@ -257,7 +259,9 @@ export class RecordWriter {
         if (buf === null) return off;
         sp.inUse++;
         sp.buf = buf;
-        sp.view = new Uint8Array(buf);
+        // Buffer debloating: a buffer is finished once it holds the size its consumer announced.
+        const size = sp.sender?.bufferSize?.() ?? 0;
+        sp.view = new Uint8Array(buf, 0, size > 0 && size < buf.byteLength ? size : buf.byteLength);
         sp.pos = 0;
       }
       const n = Math.min(bytes.length - off, sp.view.length - sp.pos);

@@ -188,6 +188,8 @@ export interface TaskMetrics {
   currentInputWatermark?: number | null;
   currentOutputWatermark?: number | null;
   lateRecordsDropped?: number;
+  /** Buffer debloating (FLIP-183): the buffer size the task's input gate announces to its producers, bytes. */
+  debloatedBufferSize?: number;
 }
 export interface DisconnectTaskManager {
   resourceId: string;

@@ -43,6 +43,7 @@ const TASK_METRICS = obj({
   currentInputWatermark: v.optional(v.nullable(metric)),
   currentOutputWatermark: v.optional(v.nullable(metric)),
   lateRecordsDropped: v.optional(metric),
+  debloatedBufferSize: v.optional(metric),
 });
 /** Snapshot handles are the state layer's business: here only "an object" (the state layer checks them on restore). */
 const KEYED_HANDLE = v.custom<KeyedSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");
