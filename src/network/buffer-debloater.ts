@@ -36,7 +36,10 @@ export class BufferDebloater {
     const desired = Math.min(this.maxSize, Math.max(this.opts.minBufferSize, (throughput * this.opts.targetMs) / 1000 / buffersInFlight));
     this.size += ALPHA * (desired - this.size);
     const next = Math.round(Math.min(this.maxSize, Math.max(this.opts.minBufferSize, this.size)));
-    if (Math.abs(next - this.announced) <= THRESHOLD * this.announced) return null;
+    // As Flink's skipUpdate: reaching the minimum or the segment is always announced.
+    if (next === this.announced) return null;
+    const bound = next <= this.opts.minBufferSize || next >= this.maxSize;
+    if (!bound && Math.abs(next - this.announced) < THRESHOLD * this.announced) return null;
     this.announced = next;
     return next;
   }
