@@ -60,7 +60,7 @@ interface Subpartition {
   /** Finished buffers and events not yet handed to the sender (it is not connected yet). */
   queue: Finished[];
   /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
-  overflow: (Uint8Array | { event: ChannelEvent })[];
+  overflow: (Uint8Array | { event: ChannelEvent } | { cut: true })[];
   /** Buffers of the pool this subpartition holds (filling, queued, in flight, at the consumer). */
   inUse: number;
 }
@@ -167,6 +167,9 @@ export class RecordWriter {
       let bytes = 0;
       for (const item of sp.queue) if (!("event" in item)) bytes += item.size;
       for (const item of sp.overflow) if (item instanceof Uint8Array) bytes += item.length;
+      // The overtaken bytes end here: the buffer that takes the last of them is finished there, so that no byte
+      // written after the barrier shares a buffer with them (the consumer counts whole buffers against them).
+      if (sp.overflow.length > 0 && event.type === "barrier") sp.overflow.push({ cut: true });
       const sender = sp.sender;
       if (sender?.priorityEvent) {
         bytes += sender.waitingBytes?.() ?? 0;
@@ -276,6 +279,11 @@ export class RecordWriter {
   private drain(sp: Subpartition): void {
     while (sp.overflow.length > 0) {
       const item = sp.overflow[0]!;
+      if ("cut" in item) {
+        this.finishBuffer(sp);
+        sp.overflow.shift();
+        continue;
+      }
       if (!(item instanceof Uint8Array)) {
         this.finishBuffer(sp);
         sp.queue.push(item);
