@@ -87,9 +87,11 @@ async function measure(debloat: boolean): Promise<Run> {
     });
   // Warm-up: the queues fill (and with debloating the size settles) over the first seconds.
   await waitFor("records at the sinks", async () => (await sink()).subtasks.every((s) => s.state === "RUNNING") && latencies().every((l) => l.length > 0), 60_000, 100);
-  // Measurement windows, not waits for a condition. The warm-up covers the backlog of full segments queued before
-  // the size settles (about 2 MiB, several seconds at this throughput), as in Flink.
+  // Warm-up: 10 s, and with debloating also until the backlog of full segments queued before the size settled (about
+  // 3 MiB, several seconds at this throughput; longer on a loaded machine) has drained: each sink's latest record
+  // took less than 3x the target. Then a 6 s measurement window.
   await Bun.sleep(10_000);
+  if (debloat) await waitFor("the backlog of full segments drained", () => latencies().every((l) => l.at(-1)! < 3 * TARGET_MS), 40_000, 200);
   const from = latencies().map((l) => l.length);
   const inBefore = (await sink()).subtasks.reduce((a, s) => a + s.metrics.recordsIn, 0);
   const startedAt = Date.now();
