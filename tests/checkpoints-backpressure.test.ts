@@ -110,14 +110,15 @@ test("aligned-checkpoint-timeout: under backpressure checkpoints start aligned, 
   const dir = tempDir("tm-bp-timeout-");
   const go = path.join(dir, "go");
   const thrown = path.join(dir, "thrown");
-  const N = 12_000, KEYS = 7, TIMEOUT = 300;
+  const N = 24_000, KEYS = 7, TIMEOUT = 300;
   const client = await start(dir, {
     "execution.checkpointing.unaligned.enabled": true,
     "execution.checkpointing.aligned-checkpoint-timeout": TIMEOUT,
     "state.checkpoints.num-retained": 100,
   });
   const failOnce = `if ((++this.seen & 31) === 0 && fs.existsSync(${JSON.stringify(go)}) && !fs.existsSync(${JSON.stringify(thrown)})) { fs.writeFileSync(${JSON.stringify(thrown)}, "1"); throw new Error("injected failure"); }`;
-  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, N, 1, KEYS, failOnce), [], 1));
+  // Parallelism 2: each keyed subtask aligns two input channels, so a switch also releases a blocked channel.
+  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, N, 1, KEYS, failOnce), [], 2));
   const switched = (c: CheckpointStats) => c.status === "COMPLETED" && c.unaligned === true && (c.channelStateBytes ?? 0) > 0;
   const before = await waitFor("two completed checkpoints switched to unaligned with channel state", async () => {
     const s = await status(client, jobId);
