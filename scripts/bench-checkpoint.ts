@@ -3,7 +3,10 @@
 //  (b) checkpoint duration and size with 1 million keys in state, on the heap and the SQLite backend;
 //  (c) time from SIGKILL of a TaskManager process to the job running again, with the default heartbeat and
 //      restart settings (a JobManager and three TaskManagers as real processes).
-// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3]
+// With --backpressure instead (issue 15): checkpoint duration and size under full backpressure (fast sources, a
+// keyed sink at 1 ms per 300-byte record, two TaskManagers so channels are local and remote), aligned vs aligned with
+// buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
+// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -15,7 +18,9 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
-const { values } = parseArgs({ options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" } } });
+const { values } = parseArgs({
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false } },
+});
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-cp-"));
@@ -52,7 +57,101 @@ async function runLocal(file: string, args: string[], p: number, onStatus?: (s: 
 }
 
 const rows: string[] = [];
+
+/** Under full backpressure: one run of a mode on a fresh cluster; its checkpoints after a warm-up. */
+async function backpressureRun(mode: "aligned" | "debloat" | "unaligned") {
+  const WARMUP_MS = 10_000, WINDOW_MS = 15_000;
+  const cfg = {
+    ...defaultConfig(),
+    "log.level": "warn" as const,
+    "state.checkpoints.dir": path.join(dir, "checkpoints-bp"),
+    "taskmanager.state.dir": path.join(dir, "state"),
+    "execution.checkpointing.timeout": 120_000,
+    "execution.checkpointing.unaligned.enabled": mode === "unaligned",
+    "taskmanager.network.memory.buffer-debloat.enabled": mode === "debloat",
+  };
+  const bpJob = job("bp.ts", `
+    env.enableCheckpointing(1000);
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    const pad = "x".repeat(300);
+    env.fromSequence(1, 1e12).map((x) => [x, pad]).keyBy((t) => t[0] % 64)
+      .process({
+        open(ctx) { this.n = ctx.getState(new ValueStateDescriptor("n", { default: 0 })); },
+        processElement(t, ctx, out) { Atomics.wait(pause, 0, 0, 1); this.n.update(this.n.value() + 1); },
+      })
+      .addSink(() => {});`);
+  const cluster = await startLocalCluster({ taskManagers: 2, slotsPerTaskManager: 1, config: cfg });
+  const rpc = await connectClient("127.0.0.1", cluster.port);
+  try {
+    const jobId = await submitJob(rpc, await prepareJob(bpJob, [], 2));
+    await Bun.sleep(WARMUP_MS);
+    const before = await rpc.request("jobStatus", { jobId });
+    const seen = new Set(before.checkpoints.history.map((c) => c.id));
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    const recordsIn0 = before.vertices[1]!.subtasks.reduce((a, s) => a + s.metrics.recordsIn, 0);
+    await Bun.sleep(WINDOW_MS);
+    const s = await rpc.request("jobStatus", { jobId });
+    const wallS = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    const recordsIn = s.vertices[1]!.subtasks.reduce((a, st) => a + st.metrics.recordsIn, 0) - recordsIn0;
+    await rpc.request("cancelJob", { jobId });
+    // Checkpoints triggered in the window: the completed ones' durations, and the age of one still in progress.
+    const mine = s.checkpoints.history.filter((c) => !seen.has(c.id) && c.status !== "FAILED");
+    return {
+      durations: mine.filter((c) => c.status === "COMPLETED").map((c) => c.durationMs!),
+      inProgressMs: mine.filter((c) => c.status === "IN_PROGRESS").map((c) => Date.now() - c.triggerTime),
+      completed: mine.filter((c) => c.status === "COMPLETED").length,
+      sizes: mine.filter((c) => c.status === "COMPLETED").map((c) => c.sizeBytes),
+      channelState: mine.filter((c) => c.status === "COMPLETED").map((c) => c.channelStateBytes ?? 0),
+      recordsPerS: recordsIn / wallS,
+      cpuS: (cpu.user + cpu.system) / 1e6,
+      wallS,
+    };
+  } finally {
+    rpc.close();
+    await cluster.stop();
+  }
+}
+
+async function backpressureBench(): Promise<void> {
+  const modes = ["aligned", "debloat", "unaligned"] as const;
+  const label = { aligned: "aligned", debloat: "aligned + buffer debloating", unaligned: "unaligned" };
+  const runs: Record<string, Awaited<ReturnType<typeof backpressureRun>>[]> = { aligned: [], debloat: [], unaligned: [] };
+  const load0 = os.loadavg();
+  for (let r = 0; r < RUNS; r++) {
+    for (const mode of modes) {
+      const x = await backpressureRun(mode);
+      runs[mode]!.push(x);
+      log(`run ${r + 1}, ${mode}: checkpoints ${x.durations.map((d) => d.toFixed(0)).join(", ")} ms (in progress at the end: ${x.inProgressMs.map((d) => d.toFixed(0)).join(", ") || "none"}); ${x.recordsPerS.toFixed(0)} records/s; CPU ${x.cpuS.toFixed(1)} s in ${x.wallS.toFixed(1)} s`);
+    }
+  }
+  const load1 = os.loadavg();
+  const range = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
+  const ms = (x: number) => `${(x / 1000).toFixed(2)} s`;
+  const kib = (x: number) => `${(x / 1024).toFixed(0)} KiB`;
+  console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${load1.map((l) => l.toFixed(2)).join(" ")} after`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --runs ${RUNS}\n`);
+  console.log("| mode | checkpoint duration | checkpoints completed | checkpoint size | of it channel state | sink records/s | CPU cores (CPU s / wall s) |");
+  console.log("| --- | --- | --- | --- | --- | --- | --- |");
+  for (const mode of modes) {
+    const rs = runs[mode]!;
+    // Per run its median checkpoint; over the runs the median of those, with the smallest and largest.
+    const dur = rs.map((x) => (x.durations.length ? median(x.durations) : NaN));
+    const size = rs.map((x) => (x.sizes.length ? median(x.sizes) : 0));
+    const chan = rs.map((x) => (x.channelState.length ? median(x.channelState) : 0));
+    console.log(
+      `| ${label[mode]} | ${range(dur, ms)} | ${rs.map((x) => x.completed).join(", ")} in ${rs[0]!.wallS.toFixed(0)} s | ${range(size, kib)} | ${range(chan, kib)} | ${range(rs.map((x) => x.recordsPerS), (x) => x.toFixed(0))} | ${range(rs.map((x) => x.cpuS / x.wallS), (x) => x.toFixed(2))} |`,
+    );
+  }
+}
+
 try {
+  if (values.backpressure) {
+    await backpressureBench();
+    fs.rmSync(dir, { recursive: true, force: true });
+    process.exit(0);
+  }
   // (a) keyed sum, checkpoints off vs every 1 s.
   const sumJob = job("sum.ts", `
     const interval = Number(args[0]);

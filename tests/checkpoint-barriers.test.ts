@@ -12,7 +12,7 @@ import { createBarrierHandler, type Barrier, type BarrierHandlerHost } from "../
 import { channelStateFor, readChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
 import { channelId } from "../src/network/wire.ts";
 import { keyGroupOf, operatorIndexForKeyGroup } from "../src/state/key-groups.ts";
-import { removeTempDirs, tempDir } from "./helpers.ts";
+import { removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -34,12 +34,12 @@ function producer() {
 function setup(kind: "aligned" | "unaligned" | "at-least-once") {
   const gate = new InputGate([A, B]);
   const log: string[] = [];
-  const taken: { id: number; state: Promise<Map<string, unknown[]>> | null; readSoFar: unknown[] }[] = [];
+  const taken: { id: number; state: Promise<Map<string, unknown[]>> | null; readSoFar: unknown[]; unaligned: boolean }[] = [];
   const read: unknown[] = [];
   const host: BarrierHandlerHost = {
     takeCheckpoint: (b, state) => {
       log.push(`checkpoint ${b.checkpointId}`);
-      taken.push({ id: b.checkpointId, state, readSoFar: [...read] });
+      taken.push({ id: b.checkpointId, state, readSoFar: [...read], unaligned: b.unaligned === true });
     },
     abortCheckpoint: (id, reason, decline) => log.push(`abort ${id}${decline ? " (declined)" : ""}: ${reason}`),
   };
@@ -225,6 +225,87 @@ describe("unaligned checkpoints", () => {
     t.drain();
     expect(t.taken.map((x) => [x.id, x.state])).toEqual([[1, state], [2, null]]);
     expect(t.read).toEqual(["a1", "held"]);
+  });
+});
+
+describe("aligned-checkpoint-timeout: aligned first, unaligned when alignment takes too long", () => {
+  test("alignment still going on past the time-out: the snapshot is taken at once as unaligned, the blocked channel is released, and the other channel's records before its barrier become channel state", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.send(A, pa(["a1"]));
+    t.event(A, barrier(1, { alignedTimeoutMs: 150 }));
+    t.send(A, pa(["a-after-1"]));
+    t.send(B, pb(["b1"]));
+    t.drain();
+    // Aligned so far: A is held back after its barrier, nothing is taken.
+    expect(t.read).toEqual(["a1", "b1"]);
+    expect(t.log).toEqual([]);
+    t.send(B, pb(["b2"])); // in the gate, unread, when the time-out strikes
+    await waitFor("the switch to unaligned", () => t.log.length > 0, 5000, 5);
+    expect(t.log).toEqual(["checkpoint 1"]);
+    expect(t.taken[0]).toMatchObject({ id: 1, unaligned: true, readSoFar: ["a1", "b1"] });
+    // B's barrier is still to come: what arrives on B before it is in flight too.
+    t.send(B, pb(["b3"]));
+    t.event(B, barrier(1, { alignedTimeoutMs: 150 }));
+    t.send(B, pb(["b-after-1"]));
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [B]: ["b2", "b3"] });
+    t.drain();
+    expect(t.read).toEqual(["a1", "b1", "a-after-1", "b2", "b3", "b-after-1"]);
+    expect(t.handler.current).toBeNull();
+    expect(t.log).toEqual(["checkpoint 1"]);
+  });
+
+  test("the time-out counts from the trigger: a barrier that arrives behind unread buffers after it switches at once, before the task reads anything", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    const late = { alignedTimeoutMs: 100, timestamp: Date.now() - 1000 };
+    t.send(A, pa(["a1"]));
+    t.send(A, pa(["a2"]));
+    t.event(A, barrier(1, late));
+    t.send(A, pa(["a-after-1"]));
+    t.send(B, pb(["b1"]));
+    await waitFor("the switch to unaligned", () => t.log.length > 0, 5000, 5);
+    expect(t.taken[0]).toMatchObject({ id: 1, unaligned: true, readSoFar: [] });
+    t.send(B, pb(["b2"]));
+    t.event(B, barrier(1, late));
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [A]: ["a1", "a2"], [B]: ["b1", "b2"] });
+    t.drain();
+    expect(t.read).toEqual(["a1", "a2", "a-after-1", "b1", "b2"]);
+    expect(t.log).toEqual(["checkpoint 1"]);
+  });
+
+  test("an unaligned barrier of a checkpoint being aligned (upstream switched) switches it here too", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.event(A, barrier(1, { alignedTimeoutMs: 60_000 }));
+    t.send(A, pa(["a-after-1"]));
+    t.drain();
+    expect(t.log).toEqual([]);
+    t.send(B, pb(["b1"]));
+    t.event(B, barrier(1, { alignedTimeoutMs: 60_000, unaligned: true, overtakenBytes: 0 }));
+    t.drain();
+    expect(t.taken[0]).toMatchObject({ id: 1, unaligned: true, readSoFar: [] });
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [B]: ["b1"] });
+    expect(t.read).toEqual(["a-after-1", "b1"]);
+  });
+
+  test("an alignment that completes within the time-out stays aligned, and an aborted one does not switch later", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.event(A, barrier(1, { alignedTimeoutMs: 100 }));
+    t.send(A, pa(["a-after-1"]));
+    t.event(B, barrier(1, { alignedTimeoutMs: 100 }));
+    t.drain();
+    expect(t.taken.map((x) => [x.id, x.unaligned, x.state])).toEqual([[1, false, null]]);
+    t.event(A, barrier(2, { alignedTimeoutMs: 100 }));
+    t.drain();
+    t.handler.onCheckpointAborted(2);
+    t.send(A, pa(["a-after-2"]));
+    // Well past both time-outs: nothing more is taken, nothing is held back.
+    await Bun.sleep(300);
+    t.drain();
+    expect(t.taken.map((x) => x.id)).toEqual([1]);
+    expect(t.read).toEqual(["a-after-1", "a-after-2"]);
   });
 });
 

@@ -106,6 +106,37 @@ test("a job restarted from an unaligned checkpoint with channel state: the commi
   expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
 }, 120_000);
 
+test("aligned-checkpoint-timeout: under backpressure checkpoints start aligned, switch to unaligned, and a restore from one is exact", async () => {
+  const dir = tempDir("tm-bp-timeout-");
+  const go = path.join(dir, "go");
+  const thrown = path.join(dir, "thrown");
+  const N = 24_000, KEYS = 7, TIMEOUT = 300;
+  const client = await start(dir, {
+    "execution.checkpointing.unaligned.enabled": true,
+    "execution.checkpointing.aligned-checkpoint-timeout": TIMEOUT,
+    "state.checkpoints.num-retained": 100,
+  });
+  const failOnce = `if ((++this.seen & 31) === 0 && fs.existsSync(${JSON.stringify(go)}) && !fs.existsSync(${JSON.stringify(thrown)})) { fs.writeFileSync(${JSON.stringify(thrown)}, "1"); throw new Error("injected failure"); }`;
+  // Parallelism 2: each keyed subtask aligns two input channels, so a switch also releases a blocked channel.
+  const jobId = await submitJob(client, await prepareJob(backpressuredJob(dir, N, 1, KEYS, failOnce), [], 2));
+  const switched = (c: CheckpointStats) => c.status === "COMPLETED" && c.unaligned === true && (c.channelStateBytes ?? 0) > 0;
+  const before = await waitFor("two completed checkpoints switched to unaligned with channel state", async () => {
+    const s = await status(client, jobId);
+    return s.checkpoints.history.filter(switched).length >= 2 && s.checkpoints.history;
+  }, 40_000, 100);
+  fs.writeFileSync(go, "1");
+  console.log(`timeout ${TIMEOUT} ms: ${before.map((c) => `${c.id}:${c.status}:${c.unaligned ? "U" : "A"}:${c.durationMs}ms:start ${c.startDelayMs}ms:${c.channelStateBytes ?? 0}B`).join(" ")}`);
+  // They started aligned: the barrier reached the keyed task in order, behind the backlog, after the time-out
+  // (an unaligned barrier from the start overtakes the backlog and arrives within milliseconds).
+  expect(before.filter(switched).some((c) => (c.startDelayMs ?? 0) >= TIMEOUT)).toBe(true);
+  const final = await waitForJob(client, jobId, () => {}, 100);
+  expect(final.state).toBe("FINISHED");
+  expect(final.restarts).toBe(1);
+  const restored = readMetadata(final.checkpoints.restoredFrom!).meta;
+  expect(final.checkpoints.history.find((c) => c.id === restored.checkpointId)?.unaligned).toBe(true);
+  expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+}, 120_000);
+
 test("FLIP-147: a job keeps checkpointing after its bounded source finished; that source's sink is committed by a checkpoint", async () => {
   const dir = tempDir("tm-flip147-");
   const client = await start(dir);

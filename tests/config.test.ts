@@ -71,6 +71,10 @@ describe("defaults", () => {
       "taskmanager.network.memory.floating-buffers-per-gate": 8,
       "taskmanager.network.memory.max-overdraft-buffers-per-gate": 5,
       "taskmanager.network.memory.max-buffers-per-channel": 10,
+      "taskmanager.network.memory.buffer-debloat.enabled": false,
+      "taskmanager.network.memory.buffer-debloat.target": 1_000,
+      "taskmanager.network.memory.buffer-debloat.period": 200,
+      "taskmanager.memory.min-segment-size": 256,
       "taskmanager.network.tcp-connection.keepalive.interval": 2000,
       "taskmanager.network.tcp-connection.keepalive.timeout": 10_000,
       "taskmanager.network.request-backoff.initial": 100,
@@ -90,6 +94,7 @@ describe("defaults", () => {
       "execution.checkpointing.min-pause": 0,
       "execution.checkpointing.max-concurrent-checkpoints": 1,
       "execution.checkpointing.unaligned.enabled": false,
+      "execution.checkpointing.aligned-checkpoint-timeout": 0,
       "execution.checkpointing.checkpoints-after-tasks-finish": true,
       "state.checkpoints.dir": "",
       "state.checkpoints.num-retained": 1,
@@ -353,6 +358,19 @@ describe("cross-key checks", () => {
     );
     expect(errorOf(() => loadConfig({ env: { TM_HEARTBEAT_INTERVAL: "1 min" } }))).toBe(
       `heartbeat.timeout (6 s, default) must be greater than heartbeat.interval (1 min, from TM_HEARTBEAT_INTERVAL)`,
+    );
+  });
+
+  test("execution.checkpointing.aligned-checkpoint-timeout must be shorter than execution.checkpointing.timeout", () => {
+    expect(errorOf(() => loadConfig({ overrides: ["execution.checkpointing.aligned-checkpoint-timeout=10 min"] }))).toBe(
+      `execution.checkpointing.aligned-checkpoint-timeout (10 min, from -D flag) must be shorter than execution.checkpointing.timeout (10 min, default)`,
+    );
+    expect(loadConfig({ overrides: ["execution.checkpointing.aligned-checkpoint-timeout=2 s"] })["execution.checkpointing.aligned-checkpoint-timeout"]).toBe(2000);
+  });
+
+  test("taskmanager.memory.min-segment-size must be at most taskmanager.memory.segment-size", () => {
+    expect(errorOf(() => loadConfig({ overrides: ["taskmanager.memory.min-segment-size=65536"] }))).toBe(
+      `taskmanager.memory.min-segment-size (65536, from -D flag) must be at most taskmanager.memory.segment-size (32768, default)`,
     );
   });
 

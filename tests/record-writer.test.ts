@@ -607,3 +607,40 @@ describe("max buffers per channel", () => {
     expect(sender.events("b")).toEqual([]);
   });
 });
+
+describe("an unaligned barrier while the channel overflows", () => {
+  test("the buffers after the barrier start with exactly the bytes it overtook: no later byte shares a buffer with them", async () => {
+    const sent: { size: number; afterBarrier: boolean }[] = [];
+    const held: ArrayBuffer[] = [];
+    let overtaken = -1;
+    const sender: BufferSender = {
+      buffer: (_ch, buf, size) => {
+        sent.push({ size, afterBarrier: overtaken >= 0 });
+        held.push(buf);
+      },
+      event: () => {},
+      priorityEvent: (_ch, ev) => {
+        if (ev.type === "barrier") overtaken = ev.overtakenBytes ?? 0;
+      },
+      waitingBytes: () => 0,
+    };
+    const writer = new RecordWriter(["c"], () => 0, new LocalBufferPool(4, 4096, 0), false);
+    writer.connect("c", sender);
+    const rec = (i: number) => ({ i, pad: "z".repeat(150) });
+    for (let i = 0; i < 200; i++) writer.emit(rec(i)); // about 32 KB into a pool of 4 x 4 KB: most of it overflows
+    writer.flush();
+    expect(writer.backpressured).toBe(true);
+    writer.broadcastPriorityEvent({ type: "barrier", checkpointId: 1, timestamp: 0, dir: "/x", unaligned: true });
+    expect(overtaken).toBeGreaterThan(4096);
+    for (let i = 200; i < 260; i++) writer.emit(rec(i)); // after the barrier
+    for (let n = 0; n < 1000 && (held.length > 0 || writer.backpressured); n++) {
+      const b = held.shift();
+      if (b) writer.recycle(b, "c");
+      writer.flush();
+    }
+    const after = sent.filter((s) => s.afterBarrier).map((s) => s.size);
+    const prefix: number[] = [];
+    after.reduce((a, s) => (prefix.push(a + s), a + s), 0);
+    expect(prefix).toContain(overtaken);
+  });
+});

@@ -94,6 +94,25 @@ export function loadConfig(opts: LoadConfigOptions = {}): Config {
     );
   }
 
+  const minSegment = config["taskmanager.memory.min-segment-size"] as number;
+  const segment = config["taskmanager.memory.segment-size"] as number;
+  if (minSegment > segment) {
+    throw new ConfigError(
+      `taskmanager.memory.min-segment-size (${minSegment}, ${origin.get("taskmanager.memory.min-segment-size")}) must be at most ` +
+        `taskmanager.memory.segment-size (${segment}, ${origin.get("taskmanager.memory.segment-size")})`,
+    );
+  }
+
+  // An aligned-checkpoint-timeout at or past the checkpoint time-out could never switch a checkpoint before it fails.
+  const alignedTimeout = config["execution.checkpointing.aligned-checkpoint-timeout"] as number;
+  const checkpointTimeout = config["execution.checkpointing.timeout"] as number;
+  if (alignedTimeout > 0 && alignedTimeout >= checkpointTimeout) {
+    throw new ConfigError(
+      `execution.checkpointing.aligned-checkpoint-timeout (${formatDuration(alignedTimeout)}, ${origin.get("execution.checkpointing.aligned-checkpoint-timeout")}) must be shorter than ` +
+        `execution.checkpointing.timeout (${formatDuration(checkpointTimeout)}, ${origin.get("execution.checkpointing.timeout")})`,
+    );
+  }
+
   // (high-availability.storageDir is the JobManager's concern: checked where its HA services start.)
   const ha = config["high-availability.type"];
   if (ha === "etcd" && (config["high-availability.etcd.endpoints"] as string[]).length === 0) {

@@ -47,6 +47,10 @@ export interface Config {
   "taskmanager.network.memory.floating-buffers-per-gate": number;
   "taskmanager.network.memory.max-overdraft-buffers-per-gate": number;
   "taskmanager.network.memory.max-buffers-per-channel": number;
+  "taskmanager.network.memory.buffer-debloat.enabled": boolean;
+  "taskmanager.network.memory.buffer-debloat.target": number;
+  "taskmanager.network.memory.buffer-debloat.period": number;
+  "taskmanager.memory.min-segment-size": number;
   "taskmanager.network.tcp-connection.keepalive.interval": number;
   "taskmanager.network.tcp-connection.keepalive.timeout": number;
   "taskmanager.network.request-backoff.initial": number;
@@ -61,6 +65,7 @@ export interface Config {
   "execution.checkpointing.min-pause": number;
   "execution.checkpointing.max-concurrent-checkpoints": number;
   "execution.checkpointing.unaligned.enabled": boolean;
+  "execution.checkpointing.aligned-checkpoint-timeout": number;
   "execution.checkpointing.checkpoints-after-tasks-finish": boolean;
   "state.checkpoints.dir": string;
   "state.checkpoints.num-retained": number;
@@ -323,6 +328,26 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     default: 10,
     doc: "Buffers of a task's output pool that one subpartition may hold, so that one blocked or slow consumer cannot take them all (Flink's max-buffers-per-channel).",
   },
+  "taskmanager.network.memory.buffer-debloat.enabled": {
+    type: { kind: "boolean" },
+    default: false,
+    doc: "Buffer debloating (FLIP-183, Flink's key): each task measures the throughput of its input gate and announces a buffer size that keeps about buffer-debloat.target of data in flight; producers cut their buffers at that size (local channels through the ring, remote ones with the credit). Back-pressured jobs then hold little in flight, and aligned checkpoints get through faster.",
+  },
+  "taskmanager.network.memory.buffer-debloat.target": {
+    type: { kind: "duration", min: 1 },
+    default: 1 * SECOND,
+    doc: "Buffer debloating: the time it should take a task to consume the data in flight on its inputs (Flink's key).",
+  },
+  "taskmanager.network.memory.buffer-debloat.period": {
+    type: { kind: "duration", min: 1 },
+    default: 200,
+    doc: "Buffer debloating: how often the throughput is measured and the buffer size recomputed (Flink's key).",
+  },
+  "taskmanager.memory.min-segment-size": {
+    type: { kind: "integer", min: 64, max: 16777216 },
+    default: 256,
+    doc: "Smallest buffer size buffer debloating announces, in bytes (Flink's key); at most taskmanager.memory.segment-size.",
+  },
   "taskmanager.network.tcp-connection.keepalive.interval": {
     type: { kind: "duration", min: 10 },
     default: 2 * SECOND,
@@ -397,6 +422,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "boolean" },
     default: false,
     doc: "Unaligned checkpoints (EXACTLY_ONCE): barriers overtake in-flight buffers, which are stored as channel state and replayed on restore, so checkpoints complete under backpressure. Savepoints stay aligned.",
+  },
+  "execution.checkpointing.aligned-checkpoint-timeout": {
+    type: { kind: "duration" },
+    default: 0,
+    doc: "With unaligned checkpoints: each checkpoint starts aligned, and a task whose alignment is still going on this long after the checkpoint was triggered switches it to unaligned (the in-flight records become channel state, the barrier it forwards overtakes). 0 = unaligned from the start. Ignored without execution.checkpointing.unaligned.enabled (Flink's key). Must be shorter than execution.checkpointing.timeout.",
   },
   "execution.checkpointing.checkpoints-after-tasks-finish": {
     type: { kind: "boolean" },

@@ -24,6 +24,8 @@ export interface CheckpointOptions {
   maxConcurrent: number;
   /** execution.checkpointing.unaligned.enabled (savepoints stay aligned). */
   unaligned?: boolean;
+  /** execution.checkpointing.aligned-checkpoint-timeout: checkpoints start aligned; the stats say unaligned once a task switched. */
+  alignedTimeoutMs?: number;
   store: CheckpointStore;
   savepointDir: string;
   /** HA: the leadership epoch written into the metadata. */
@@ -148,7 +150,7 @@ export class CheckpointCoordinator {
       this.record({ id, status: "FAILED", savepoint, triggerTime: timestamp, durationMs: 0, acknowledged: 0, total: tasks.length, sizeBytes: 0, failure: msg });
       return Promise.reject(new Error(msg));
     }
-    const stats: CheckpointStats = { id, status: "IN_PROGRESS", savepoint, triggerTime: timestamp, durationMs: null, acknowledged: 0, total: tasks.length, sizeBytes: 0, unaligned, ...(all.finished.length > 0 ? { finishedTasks: all.finished.length } : {}) };
+    const stats: CheckpointStats = { id, status: "IN_PROGRESS", savepoint, triggerTime: timestamp, durationMs: null, acknowledged: 0, total: tasks.length, sizeBytes: 0, unaligned: unaligned && !(this.opts.alignedTimeoutMs! > 0), ...(all.finished.length > 0 ? { finishedTasks: all.finished.length } : {}) };
     this.record(stats);
     return new Promise((resolve, reject) => {
       const p: Pending = {
@@ -199,6 +201,7 @@ export class CheckpointCoordinator {
     p.stats.sizeBytes += snapshot.channel?.sizeBytes ?? 0;
     if (snapshot.channel) p.stats.channelStateBytes = (p.stats.channelStateBytes ?? 0) + snapshot.channel.sizeBytes;
     if (snapshot.alignmentMs !== undefined) p.stats.alignmentMs = Math.max(p.stats.alignmentMs ?? 0, Math.round(snapshot.alignmentMs));
+    if (snapshot.unaligned) p.stats.unaligned = true; // switched after the aligned-checkpoint-timeout
     if (snapshot.startDelayMs !== undefined) p.stats.startDelayMs = Math.max(p.stats.startDelayMs ?? 0, Math.round(snapshot.startDelayMs));
     if (p.acks.size === p.tasks.size) this.complete(p);
   }

@@ -493,6 +493,9 @@ export class JobMaster {
           attempt: this.attempt,
           checkpointingMode: this.opts.checkpointing.mode,
           ...(this.opts.checkpointing.unaligned && this.opts.checkpointing.mode === "EXACTLY_ONCE" ? { unalignedCheckpoints: true } : {}),
+          ...(this.opts.checkpointing.unaligned && this.opts.checkpointing.mode === "EXACTLY_ONCE" && this.opts.checkpointing.alignedTimeoutMs! > 0
+            ? { alignedCheckpointTimeoutMs: this.opts.checkpointing.alignedTimeoutMs }
+            : {}),
           ...(this.checkpointsAfterFinish ? { finalCheckpoint: true } : {}),
           restore: this.restoreFor(v.id),
         };

@@ -453,6 +453,7 @@ export class JobManager {
         minPauseMs: c["execution.checkpointing.min-pause"],
         maxConcurrent: c["execution.checkpointing.max-concurrent-checkpoints"],
         unaligned: c["execution.checkpointing.unaligned.enabled"],
+        alignedTimeoutMs: c["execution.checkpointing.unaligned.enabled"] ? c["execution.checkpointing.aligned-checkpoint-timeout"] : 0,
         afterTasksFinish: c["execution.checkpointing.checkpoints-after-tasks-finish"],
         baseDir: this.checkpointDir,
         retained: c["state.checkpoints.num-retained"],

@@ -12,7 +12,7 @@ export interface TaskView {
 }
 
 /** The metrics every task reports (the event-time ones are optional and exported only where present). */
-type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped" | "state">;
+type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped" | "state" | "debloatedBufferSize">;
 
 const COUNTERS: [CoreMetric, string, string][] = [
   ["recordsIn", "tm_task_records_in_total", "Records the task received."],
@@ -51,6 +51,10 @@ export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
     out.push(counter("tm_task_late_records_dropped_total", "Records that came after their window's allowed lateness.", eventTime.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.lateRecordsDropped ?? 0 }))));
     const withWm = eventTime.filter((t) => typeof t.metrics.currentInputWatermark === "number");
     out.push(gauge("tm_task_current_input_watermark", "The task's input watermark (ms since the epoch), the minimum over its active input channels.", withWm.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.currentInputWatermark as number }))));
+  }
+  const debloated = tasks.filter((t) => t.metrics.debloatedBufferSize !== undefined);
+  if (debloated.length > 0) {
+    out.push(gauge("tm_task_debloated_buffer_size_bytes", "Buffer debloating (FLIP-183): the buffer size the task's input gate announces to its producers.", debloated.map((t) => ({ labels: taskLabels(t.deployment), value: t.metrics.debloatedBufferSize! }))));
   }
   const withBuffers = tasks.filter((t) => t.buffers !== undefined);
   out.push(gauge("tm_task_network_buffers", "Network buffers the task holds now (its minimum plus its share of the optional ones).", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.held }))));

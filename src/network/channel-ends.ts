@@ -46,6 +46,11 @@ export class RingSender implements BufferSender {
     }
   }
 
+  /** The buffer size the consumer announced (buffer debloating), 0 when none: the writer cuts buffers at it. */
+  bufferSize(): number {
+    return this.ring.announcedBufferSize;
+  }
+
   waitingBytes(): number {
     let n = 0;
     for (const item of this.waiting) if ("buf" in item) n += item.size;

@@ -48,6 +48,11 @@ export class InputGate {
   /** The latest barrier that arrived on each channel: its id, arrival seq and overtaken bytes. */
   private readonly lastBarrier = new Map<string, { id: number; seq: number; overtaken: number }>();
   private recording: Recording | null = null;
+  /**
+   * Told of each aligned barrier when it arrives, before the task reads it (Flink's barrier announcement): the
+   * barrier handler times an aligned-checkpoint-timeout from it.
+   */
+  onBarrierArrived: ((channel: string, barrier: Extract<ChannelEvent, { type: "barrier" }>) => void) | null = null;
   buffersIn = 0;
   bytesIn = 0;
 
@@ -93,6 +98,10 @@ export class InputGate {
     if (this.held.length === 0) return;
     this.queue.splice(this.head, 0, ...this.held);
     this.held = [];
+    // Released outside the task loop (an abort, an aligned-checkpoint-timeout): a task waiting for input reads them.
+    const w = this.wake;
+    this.wake = null;
+    w?.();
   }
 
   /**
@@ -233,6 +242,7 @@ export class InputGate {
       return;
     }
     this.push({ channel, seq, event, release });
+    if (event.type === "barrier") this.onBarrierArrived?.(channel, event);
   }
 
   /** The next item, or null when nothing has arrived. */

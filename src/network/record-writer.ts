@@ -16,9 +16,10 @@ export type ChannelEvent =
   /**
    * Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state.
    * Unaligned: it overtook the buffers the producer still held for the channel, `overtakenBytes` of them, which the
-   * consumer records as channel state when they arrive after it.
+   * consumer records as channel state when they arrive after it. alignedTimeoutMs (aligned-checkpoint-timeout): an
+   * aligned barrier that a task switches to unaligned when alignment is still going on that long after `timestamp`.
    */
-  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number }
+  | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number; alignedTimeoutMs?: number }
   /** Checkpoint n was given up upstream (Flink's CancelCheckpointMarker): release any alignment of it. */
   | { type: "cancelBarrier"; checkpointId: number }
   | { type: "watermark"; timestamp: number };
@@ -35,6 +36,8 @@ export interface BufferSender {
   event(channel: string, event: ChannelEvent): void;
   /** An event put ahead of every buffer still waiting in the sender (not yet in the channel's ring). */
   priorityEvent?(channel: string, event: ChannelEvent): void;
+  /** The buffer size the consumer announced (buffer debloating, FLIP-183), 0 when none: buffers are cut at it. */
+  bufferSize?(): number;
   /** Bytes of the buffers waiting in the sender. */
   waitingBytes?(): number;
   /** Resolves when nothing handed over waits in the sender itself any more. */
@@ -57,7 +60,7 @@ interface Subpartition {
   /** Finished buffers and events not yet handed to the sender (it is not connected yet). */
   queue: Finished[];
   /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
-  overflow: (Uint8Array | { event: ChannelEvent })[];
+  overflow: (Uint8Array | { event: ChannelEvent } | { cut: true })[];
   /** Buffers of the pool this subpartition holds (filling, queued, in flight, at the consumer). */
   inUse: number;
 }
@@ -164,6 +167,9 @@ export class RecordWriter {
       let bytes = 0;
       for (const item of sp.queue) if (!("event" in item)) bytes += item.size;
       for (const item of sp.overflow) if (item instanceof Uint8Array) bytes += item.length;
+      // The overtaken bytes end here: the buffer that takes the last of them is finished there, so that no byte
+      // written after the barrier shares a buffer with them (the consumer counts whole buffers against them).
+      if (sp.overflow.length > 0 && event.type === "barrier") sp.overflow.push({ cut: true });
       const sender = sp.sender;
       if (sender?.priorityEvent) {
         bytes += sender.waitingBytes?.() ?? 0;
@@ -256,7 +262,9 @@ export class RecordWriter {
         if (buf === null) return off;
         sp.inUse++;
         sp.buf = buf;
-        sp.view = new Uint8Array(buf);
+        // Buffer debloating: a buffer is finished once it holds the size its consumer announced.
+        const size = sp.sender?.bufferSize?.() ?? 0;
+        sp.view = new Uint8Array(buf, 0, size > 0 && size < buf.byteLength ? size : buf.byteLength);
         sp.pos = 0;
       }
       const n = Math.min(bytes.length - off, sp.view.length - sp.pos);
@@ -271,6 +279,11 @@ export class RecordWriter {
   private drain(sp: Subpartition): void {
     while (sp.overflow.length > 0) {
       const item = sp.overflow[0]!;
+      if ("cut" in item) {
+        this.finishBuffer(sp);
+        sp.overflow.shift();
+        continue;
+      }
       if (!(item instanceof Uint8Array)) {
         this.finishBuffer(sp);
         sp.queue.push(item);

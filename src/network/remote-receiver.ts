@@ -160,7 +160,10 @@ export class RemoteReceiver {
     for (const ri of this.creditDue.splice(0)) {
       const n = ri.unannounced;
       ri.unannounced = 0;
-      if (n > 0 && this.inputs.get(ri.id) === ri) this.send(ri.producer, [DATA_FRAME.CREDIT, ri.id, n]);
+      if (n === 0 || this.inputs.get(ri.id) !== ri) continue;
+      // Buffer debloating: the size the consumer Worker announced in its ring goes to the producer with the credit.
+      const size = ri.ring.announcedBufferSize;
+      this.send(ri.producer, size > 0 ? [DATA_FRAME.CREDIT, ri.id, n, size] : [DATA_FRAME.CREDIT, ri.id, n]);
     }
   }
 

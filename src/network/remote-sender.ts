@@ -53,11 +53,15 @@ export class RemoteSender {
     }
   }
 
-  /** Credit for a channel (the first is its partition request); `stale`: the channel or its job is gone. */
-  onCredit(conn: FramedConnection, ch: string, n: number, stale: boolean): void {
+  /**
+   * Credit for a channel (the first is its partition request); `stale`: the channel or its job is gone. bufferSize:
+   * the consumer's debloated buffer size, handed to the producer Worker through its ring.
+   */
+  onCredit(conn: FramedConnection, ch: string, n: number, stale: boolean, bufferSize?: number): void {
     const ro = this.outputs.get(ch);
     if (ro) {
       ro.conn = conn;
+      if (bufferSize !== undefined) ro.ring.announceBufferSize(bufferSize);
       ro.credit += n;
       this.trySend(ch, ro);
     } else if (!stale) {

@@ -6,7 +6,9 @@
 //
 // Layout (Int32s in platform byte order, both ends being in one process; everything 8-byte aligned):
 //   header, 32 bytes: [0] published count (written by the writer only), [1] released count (reader only),
-//                     [2] slots, [3] slotBytes, [4] magic, [5..7] reserved (0)
+//                     [2] slots, [3] slotBytes, [4] magic, [5] buffer size announced by the consumer (buffer
+//                     debloating, FLIP-183; 0 = none, written by the consumer's side, read by the producer's),
+//                     [6..7] reserved (0)
 //   slot i at 32 + i * stride, stride = 8 + slotBytes rounded up to 8:
 //                     [0] kind (1 buffer, 2 event), [1] payload length (1..slotBytes), then the payload.
 // An event is msgpack-encoded (msgpackr's pack) into one slot: a barrier takes about 60 bytes plus its dir
@@ -30,6 +32,7 @@ const SLOTS = 2;
 const SLOT_BYTES = 3;
 const MAGIC = 4;
 const MAGIC_VALUE = 0x52494e47; // "RING"
+const BUFFER_SIZE = 5;
 const HEADER_BYTES = 32;
 /** Bytes of each slot's own header (kind, length) in front of its payload. */
 export const SLOT_HEADER_BYTES = 8;
@@ -49,6 +52,15 @@ export function createRing(slots: number, slotBytes: number): SharedArrayBuffer 
   h[SLOT_BYTES] = slotBytes;
   h[MAGIC] = MAGIC_VALUE;
   return sab;
+}
+
+/** A ring's slot count and its consumer's announced buffer size, for a side that holds only the shared memory. */
+export function ringSlots(sab: SharedArrayBuffer): number {
+  return new Int32Array(sab, 0, HEADER_BYTES / 4)[SLOTS]!;
+}
+
+export function announceBufferSize(sab: SharedArrayBuffer, bytes: number): void {
+  Atomics.store(new Int32Array(sab, 0, HEADER_BYTES / 4), BUFFER_SIZE, bytes);
 }
 
 export type RingItem = { kind: "buffer"; bytes: Uint8Array } | { kind: "event"; event: ChannelEvent };
@@ -73,6 +85,16 @@ class RingEnd {
     this.stride = stride(this.slotBytes);
     if (this.h[MAGIC] !== MAGIC_VALUE || this.slots < 1 || sab.byteLength !== HEADER_BYTES + this.slots * this.stride) throw new Error("not a ring: bad header");
     this.mod = this.slots * Math.floor(2 ** 30 / this.slots);
+  }
+
+  /** The buffer size the consumer's side announced (buffer debloating), 0 when none. */
+  get announcedBufferSize(): number {
+    return Atomics.load(this.h, BUFFER_SIZE);
+  }
+
+  /** Announces a buffer size to the producer's side (the consumer's end, or the main thread relaying a remote one). */
+  announceBufferSize(bytes: number): void {
+    Atomics.store(this.h, BUFFER_SIZE, bytes);
   }
 
   /** a - b for counters modulo mod, where a is at or ahead of b. */

@@ -6,7 +6,7 @@
 //   remote-sender.ts (buffers go out from the ring against credit), the receiving end in remote-receiver.ts
 //   (exclusive and floating buffers, credit), the TCP connections in data-transport.ts.
 import type { FramedConnection } from "../rpc/framed-connection.ts";
-import { DATA_FRAME, channelId, channelJob, parseChannelId, type ChannelRing, type NetworkGrant, type TaskEndpoint } from "./wire.ts";
+import { DATA_FRAME, channelId, channelJob, parseChannelId, type ChannelRing, type DebloatOptions, type NetworkGrant, type TaskEndpoint } from "./wire.ts";
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import { createRing } from "./shared-ring.ts";
@@ -27,6 +27,8 @@ export interface NetworkOptions {
   floatingBuffersPerGate: number;
   maxOverdraftBuffers: number;
   maxBuffersPerChannel: number;
+  /** Buffer debloating (FLIP-183), when enabled. */
+  debloat?: DebloatOptions;
   /** Task slots of the TaskManager (sizing rings, see buffer-budget.ts); default 1. */
   slots?: number;
   /** The configuration key(s) a deployment that cannot get its minimum should raise. */
@@ -123,7 +125,7 @@ export class ShuffleEnvironment {
       belowConfigured: mine.configured - mine.held,
       pool: `${r.requiredInUse} required + ${r.optionalInUse} optional in use, ${r.free} free of ${r.total}`,
     });
-    return { segmentSize: o.segmentSize, outputBuffers: [...b.outputBuffers], maxOverdraft: o.maxOverdraftBuffers, maxBuffersPerChannel: o.maxBuffersPerChannel };
+    return { segmentSize: o.segmentSize, outputBuffers: [...b.outputBuffers], maxOverdraft: o.maxOverdraftBuffers, maxBuffersPerChannel: o.maxBuffersPerChannel, ...(o.debloat ? { debloat: o.debloat } : {}) };
   }
 
   /** Wires the task's channels. Its Worker must already have been sent its init message. */
@@ -251,7 +253,9 @@ export class ShuffleEnvironment {
         case DATA_FRAME.CREDIT: {
           const n = frame[2];
           if (!Number.isInteger(n) || (n as number) < 1 || (n as number) > 1 << 20) throw new Error(`credit frame for ${ch} has a bad count ${JSON.stringify(n)}`);
-          this.sender.onCredit(conn, ch, n as number, stale);
+          const size = frame[3];
+          if (size !== undefined && (!Number.isInteger(size) || (size as number) < 1 || (size as number) > 0x7fffffff)) throw new Error(`credit frame for ${ch} has a bad buffer size ${JSON.stringify(size)}`);
+          this.sender.onCredit(conn, ch, n as number, stale, size as number | undefined);
           break;
         }
         case DATA_FRAME.DATA: {

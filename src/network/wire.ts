@@ -10,7 +10,8 @@ import type { TaskDeployment } from "../rpc/messages.ts";
 // Frames are arrays, not requests:
 //   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
 //   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
-//   [CREDIT, channelId, n]              the consumer has n more free buffers; the first one requests the partition
+//   [CREDIT, channelId, n, size?]       the consumer has n more free buffers; the first one requests the partition;
+//                                       size: its debloated buffer size in bytes (buffer debloating, FLIP-183)
 //   [KEEPALIVE]                         sent every taskmanager.network.tcp-connection.keepalive.interval by both
 //                                       ends; a connection that hears nothing for the keepalive time-out is closed
 export const DATA_FRAME = { DATA: BUFFER_FRAME_KIND, EVENT: 1, CREDIT: 2, KEEPALIVE: 3 } as const;
@@ -22,6 +23,17 @@ export interface NetworkGrant {
   maxOverdraft: number;
   /** taskmanager.network.memory.max-buffers-per-channel: buffers of an output pool one subpartition may hold. */
   maxBuffersPerChannel: number;
+  /** Buffer debloating (FLIP-183), when taskmanager.network.memory.buffer-debloat.enabled. */
+  debloat?: DebloatOptions;
+}
+
+export interface DebloatOptions {
+  /** taskmanager.network.memory.buffer-debloat.target: the time of data in flight to keep per input gate. */
+  targetMs: number;
+  /** ...buffer-debloat.period: how often the throughput is measured and the size recomputed. */
+  periodMs: number;
+  /** taskmanager.memory.min-segment-size: the smallest buffer size announced. */
+  minBufferSize: number;
 }
 
 /** The Worker's output pools get new sizes (network buffers redistributed as tasks come and go), in

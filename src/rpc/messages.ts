@@ -190,6 +190,8 @@ export interface TaskMetrics {
   lateRecordsDropped?: number;
   /** Tasks with keyed state only (docs/architecture.md 4.7). */
   state?: TaskStateMetrics;
+  /** Buffer debloating (FLIP-183): the buffer size the task's input gate announces to its producers, bytes. */
+  debloatedBufferSize?: number;
 }
 /** A task's keyed state: its size, the SQLite object cache, checkpointed bytes and where it was restored from. */
 export interface TaskStateMetrics {
@@ -282,6 +284,8 @@ export interface TaskDeployment extends Fenced {
   checkpointingMode: "EXACTLY_ONCE" | "AT_LEAST_ONCE";
   /** execution.checkpointing.unaligned.enabled: barriers overtake in-flight buffers, which become channel state. */
   unalignedCheckpoints?: boolean;
+  /** execution.checkpointing.aligned-checkpoint-timeout (with unaligned checkpoints): start aligned, switch after this long. */
+  alignedCheckpointTimeoutMs?: number;
   /** FLIP-147: at end of input the task waits for a checkpoint that covers everything it did, then finishes. */
   finalCheckpoint?: boolean;
   /** State to start from: this task's share is picked by key group (keyed) and redistribution (operator). */

@@ -44,6 +44,7 @@ const TASK_METRICS = obj({
   currentOutputWatermark: v.optional(v.nullable(metric)),
   lateRecordsDropped: v.optional(metric),
   state: v.optional(v.custom<NonNullable<TaskMetrics["state"]>>((x) => typeof x === "object" && x !== null, "task state metrics (an object)")),
+  debloatedBufferSize: v.optional(metric),
 });
 /** Snapshot handles are the state layer's business: here only "an object" (the state layer checks them on restore). */
 const KEYED_HANDLE = v.custom<KeyedSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");
@@ -96,6 +97,7 @@ const TASK_DEPLOYMENT = obj({
   attempt: nonNegInt,
   checkpointingMode: CHECKPOINTING_MODE,
   unalignedCheckpoints: v.optional(v.boolean()),
+  alignedCheckpointTimeoutMs: v.optional(num),
   finalCheckpoint: v.optional(v.boolean()),
   operators: v.optional(v.array(OPERATOR_INFO)),
   restore: v.nullable(

@@ -6,6 +6,13 @@
 //   overtake the queued buffers; the first barrier n takes the snapshot at once and forwards the barrier ahead of
 //   the task's queued output, and the records still in flight before the barrier on each channel become the
 //   checkpoint's channel state (InputGate.startRecording). Savepoints stay aligned (their barriers say so).
+//   With execution.checkpointing.aligned-checkpoint-timeout the barriers start aligned (alignedTimeoutMs set, not
+//   priority) and are aligned as above; when the alignment is still going on that long after the checkpoint was
+//   triggered (the barrier's timestamp, as Flink measures it since 1.14), or an unaligned barrier of it arrives
+//   (upstream switched), the task switches: blocked channels are released, the snapshot is taken at once, the
+//   records before the barrier on the channels that have not delivered it become channel state, and the barrier
+//   goes on unaligned (a priority event), so downstream tasks switch too. The time-out is armed when the first
+//   barrier arrives at the gate (InputGate.onBarrierArrived, Flink's barrier announcement), not when it is read.
 // - at-least-once: barriers are only counted; nothing is held back.
 // A cancel marker on any channel, or the coordinator's checkpoint-aborted notice, gives checkpoint n up here at
 // once: the alignment is released, the recording dropped, and the marker goes on downstream.
@@ -33,6 +40,8 @@ interface Pending {
   /** When the first barrier n was read (alignment starts), and how long after the trigger that was. */
   startedAt: number;
   startDelayMs: number;
+  /** An aligned checkpoint switched to unaligned after its aligned-checkpoint-timeout (its snapshot is taken). */
+  switched?: boolean;
 }
 
 export abstract class CheckpointBarrierHandler {
@@ -40,7 +49,7 @@ export abstract class CheckpointBarrierHandler {
   /** The newest checkpoint taken, aborted or declined here: older barriers and markers are late. */
   protected latest = 0;
   /** Checkpoints the coordinator aborted before any of their barriers arrived here. */
-  private readonly aborted = new Set<number>();
+  protected readonly aborted = new Set<number>();
 
   constructor(
     protected readonly gate: InputGate,
@@ -68,7 +77,7 @@ export abstract class CheckpointBarrierHandler {
     }
     if (!this.pending) this.pending = { barrier: b, seen: new Set(), startedAt: performance.now(), startDelayMs: Math.max(0, Date.now() - b.timestamp) };
     this.pending.seen.add(channel);
-    this.onBarrierSeen(channel, this.pending, this.pending.seen.size === 1);
+    this.onBarrierSeen(channel, this.pending, this.pending.seen.size === 1, b);
     this.maybeComplete();
   }
 
@@ -90,6 +99,7 @@ export abstract class CheckpointBarrierHandler {
   /** A source took checkpoint n (it has no barriers to align): older triggers and markers are late. */
   taken(checkpointId: number): void {
     this.latest = Math.max(this.latest, checkpointId);
+    this.settled(this.latest);
     for (const id of this.aborted) if (id <= this.latest) this.aborted.delete(id);
   }
 
@@ -111,6 +121,7 @@ export abstract class CheckpointBarrierHandler {
   private abort(checkpointId: number, reason: string, decline: boolean): void {
     this.pending = null;
     this.latest = Math.max(this.latest, checkpointId);
+    this.settled(this.latest);
     this.releaseAlignment(checkpointId);
     this.host.abortCheckpoint(checkpointId, reason, decline);
   }
@@ -124,8 +135,10 @@ export abstract class CheckpointBarrierHandler {
     this.onAligned(p);
   }
 
-  /** A barrier of the pending checkpoint arrived on `channel` (first: the first one of it). */
-  protected abstract onBarrierSeen(channel: string, p: Pending, first: boolean): void;
+  /** Checkpoints up to n are taken or given up here: nothing of them is to be timed any more. */
+  protected settled(_checkpointId: number): void {}
+  /** A barrier (b) of the pending checkpoint arrived on `channel` (first: the first one of it). */
+  protected abstract onBarrierSeen(channel: string, p: Pending, first: boolean, b: Barrier): void;
   /** Every open channel delivered barrier n. */
   protected abstract onAligned(p: Pending): void;
   /** Checkpoint n is given up: release what its alignment holds. */
@@ -165,27 +178,87 @@ export class AtLeastOnceBarrierHandler extends CheckpointBarrierHandler {
 export class UnalignedBarrierHandler extends CheckpointBarrierHandler {
   readonly kind = "unaligned";
   private recorded: { checkpointId: number; reject: (e: Error) => void } | null = null;
+  /** The aligned-checkpoint-timeout of the newest timeoutable checkpoint whose barrier arrived here. */
+  private timeout: { barrier: Barrier; arrivedAt: number; startedAt: number; timer: ReturnType<typeof setTimeout> } | null = null;
 
-  protected onBarrierSeen(channel: string, p: Pending, first: boolean): void {
+  constructor(gate: InputGate, channels: readonly string[], host: BarrierHandlerHost) {
+    super(gate, channels, host);
+    gate.onBarrierArrived = (_channel, b) => this.arm(b);
+  }
+
+  protected onBarrierSeen(channel: string, p: Pending, first: boolean, b: Barrier): void {
+    if (p.switched) return; // taken already: the rest of its barriers only complete it
     if (!p.barrier.unaligned) {
+      // An aligned barrier: a savepoint's, or a timeoutable one (aligned-checkpoint-timeout) that may switch.
+      if (b.unaligned || (timeoutable(p.barrier) && Date.now() >= deadline(p.barrier))) {
+        this.switchToUnaligned(p); // upstream switched already, or the time-out passed before its timer ran
+        return;
+      }
       this.gate.block(channel);
+      if (timeoutable(p.barrier)) this.arm(p.barrier);
       return;
     }
     if (!first) return;
-    const id = p.barrier.checkpointId;
-    const state = new Promise<Map<string, unknown[]>>((resolve, reject) => {
+    // Snapshot now, before any record queued behind the barrier is read.
+    this.host.takeCheckpoint(p.barrier, this.record(p.barrier.checkpointId), 0, p.startDelayMs);
+  }
+
+  /** Records the channel state of checkpoint n in the gate; resolves once every channel's part is in. */
+  private record(id: number): Promise<Map<string, unknown[]>> {
+    return new Promise<Map<string, unknown[]>>((resolve, reject) => {
       this.recorded = { checkpointId: id, reject };
       this.gate.startRecording(id, (s) => {
         this.recorded = null;
         resolve(s);
       });
     });
-    // Snapshot now, before any record queued behind the barrier is read.
-    this.host.takeCheckpoint(p.barrier, state, 0, p.startDelayMs);
+  }
+
+  /** Times the aligned-checkpoint-timeout of a timeoutable barrier from the checkpoint's trigger. */
+  private arm(b: Barrier): void {
+    if (!timeoutable(b) || b.checkpointId <= this.latest || this.aborted.has(b.checkpointId)) return;
+    if (this.pending?.switched && this.pending.barrier.checkpointId >= b.checkpointId) return; // switched already
+    if (this.timeout && this.timeout.barrier.checkpointId >= b.checkpointId) return;
+    if (this.timeout) clearTimeout(this.timeout.timer);
+    const id = b.checkpointId;
+    const timer = setTimeout(() => this.onTimeout(id), Math.max(0, deadline(b) - Date.now()));
+    this.timeout = { barrier: b, arrivedAt: Date.now(), startedAt: performance.now(), timer };
+  }
+
+  protected override settled(checkpointId: number): void {
+    if (this.timeout && this.timeout.barrier.checkpointId <= checkpointId) {
+      clearTimeout(this.timeout.timer);
+      this.timeout = null;
+    }
+  }
+
+  private onTimeout(id: number): void {
+    const t = this.timeout;
+    if (!t || t.barrier.checkpointId !== id) return;
+    this.timeout = null;
+    if (id <= this.latest || this.aborted.has(id)) return;
+    let p = this.pending;
+    if (p && (p.barrier.checkpointId !== id || p.switched || p.barrier.unaligned)) return; // an older one still aligns
+    // No barrier of it read yet (they wait in the gate behind buffers): the alignment starts now, switched at once.
+    p ??= this.pending = { barrier: t.barrier, seen: new Set(), startedAt: t.startedAt, startDelayMs: Math.max(0, t.arrivedAt - t.barrier.timestamp) };
+    this.switchToUnaligned(p);
+  }
+
+  /**
+   * Alignment took too long: checkpoint n becomes unaligned here. The channels held back are released (what they
+   * hold is after their barrier), the snapshot is taken now, and the records before barrier n on the other channels
+   * (queued in the gate or still to come) are recorded as channel state.
+   */
+  private switchToUnaligned(p: Pending): void {
+    p.switched = true;
+    this.settled(p.barrier.checkpointId);
+    this.gate.unblockAll();
+    const b: Barrier = { ...p.barrier, unaligned: true };
+    this.host.takeCheckpoint(b, this.record(b.checkpointId), performance.now() - p.startedAt, p.startDelayMs);
   }
 
   protected onAligned(p: Pending): void {
-    if (p.barrier.unaligned) return; // taken at the first barrier; the recording completes in the gate
+    if (p.barrier.unaligned || p.switched) return; // taken at the first barrier or the switch; the recording completes in the gate
     this.host.takeCheckpoint(p.barrier, null, performance.now() - p.startedAt, p.startDelayMs);
     this.gate.unblockAll();
   }
@@ -204,6 +277,14 @@ export class UnalignedBarrierHandler extends CheckpointBarrierHandler {
     super.onCheckpointAborted(checkpointId);
     if (this.recorded && this.recorded.checkpointId <= checkpointId) this.releaseAlignment(checkpointId);
   }
+}
+
+function timeoutable(b: Barrier): boolean {
+  return !b.unaligned && (b.alignedTimeoutMs ?? 0) > 0;
+}
+
+function deadline(b: Barrier): number {
+  return b.timestamp + (b.alignedTimeoutMs ?? 0);
 }
 
 export function createBarrierHandler(kind: BarrierHandlerKind, gate: InputGate, channels: readonly string[], host: BarrierHandlerHost): CheckpointBarrierHandler {

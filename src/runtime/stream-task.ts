@@ -12,6 +12,8 @@ import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { receiveFromRing, RingSender } from "../network/channel-ends.ts";
+import { announceBufferSize, ringSlots } from "../network/shared-ring.ts";
+import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
@@ -63,6 +65,10 @@ export class StreamTask {
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
   private readonly inputChannels: string[];
   private readonly barriers: CheckpointBarrierHandler;
+  /** Buffer debloating (FLIP-183): the rings of the input channels, where the gate's buffer size is announced. */
+  private readonly inputRings: SharedArrayBuffer[] = [];
+  private readonly debloater: BufferDebloater | null;
+  private debloatLast = { at: performance.now(), bytes: 0, idle: 0 };
 
   /** Source tasks (and tasks whose inputs all finished): checkpoints to take after the current chunk. */
   private triggers: { checkpointId: number; timestamp: number; dir: string; unaligned: boolean }[] = [];
@@ -105,6 +111,7 @@ export class StreamTask {
     this.gate = new InputGate(inputs);
     this.inputChannels = inputs;
     this.valve = new WatermarkValve(inputs);
+    this.debloater = network.debloat && inputs.length > 0 ? new BufferDebloater(network.debloat, network.segmentSize) : null;
     const kind = d.checkpointingMode === "AT_LEAST_ONCE" ? "at-least-once" : d.unalignedCheckpoints ? "unaligned" : "aligned";
     this.barriers = createBarrierHandler(kind, this.gate, inputs, {
       takeCheckpoint: (b, channelState, alignmentMs, startDelayMs) => this.checkpoint(b, channelState, alignmentMs, startDelayMs),
@@ -160,6 +167,26 @@ export class StreamTask {
       this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
     }
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
+    if (this.debloater) this.timers.push(setInterval(() => this.debloat(), this.network.debloat!.periodMs));
+  }
+
+  /**
+   * Buffer debloating, every period: the gate's throughput (bytes read over the time the task was not idle) sets the
+   * buffer size announced to the producers in each input ring. The buffers in flight per channel are its ring's
+   * slots plus the producer's share of its output pool (at most max-buffers-per-channel), both cut at that size.
+   */
+  private debloat(): void {
+    this.time.switchTo(this.time.state); // close the current period
+    const now = performance.now();
+    const last = this.debloatLast;
+    const bytes = this.gate.bytesIn - last.bytes;
+    const activeMs = now - last.at - (this.time.idle - last.idle);
+    this.debloatLast = { at: now, bytes: this.gate.bytesIn, idle: this.time.idle };
+    if (this.inputRings.length === 0) return;
+    let buffers = 0;
+    for (const r of this.inputRings) buffers += ringSlots(r) + this.network.maxBuffersPerChannel;
+    const size = this.debloater!.update(bytes, activeMs, buffers);
+    if (size !== null) for (const r of this.inputRings) announceBufferSize(r, size);
   }
 
   /** This subtask's share of the old subtasks' in-flight records, split by each input edge's partitioner. */
@@ -328,7 +355,12 @@ export class StreamTask {
         state = Promise.resolve(new Map([[channelId(channelJob(this.d), SOURCE_REST_EDGE, this.d.subtaskIndex, this.d.subtaskIndex), rest]]));
         sourceRest = [];
       }
-      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...(t.unaligned ? { unaligned: true } : {}) }, state, 0, Math.max(0, Date.now() - t.timestamp));
+      // With an aligned-checkpoint-timeout the barrier starts aligned (the rest of a chunk is channel state all the
+      // same: the records emitted before the barrier precede it); once the time-out has passed, unaligned at once.
+      const timeoutMs = this.d.alignedCheckpointTimeoutMs ?? 0;
+      const aligned = t.unaligned && timeoutMs > 0 && Date.now() - t.timestamp < timeoutMs;
+      const mode = aligned ? { alignedTimeoutMs: timeoutMs } : t.unaligned ? { unaligned: true } : {};
+      this.checkpoint({ type: "barrier", checkpointId: t.checkpointId, timestamp: t.timestamp, dir: t.dir, ...mode }, state, 0, Math.max(0, Date.now() - t.timestamp));
       this.barriers.taken(t.checkpointId);
     }
   }
@@ -416,7 +448,11 @@ export class StreamTask {
   /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
-    for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);
+    for (const { channel, ring } of msg.consume) {
+      receiveFromRing(ring, channel, this.gate, fail);
+      this.inputRings.push(ring);
+      if (this.debloater && this.debloater.announced < this.network.segmentSize) announceBufferSize(ring, this.debloater.announced);
+    }
     for (const { channel, ring } of msg.produce) {
       const writer = this.chain!.writerOf.get(channel);
       writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
@@ -663,6 +699,7 @@ export class StreamTask {
       backPressuredTimeMsPerSecond: per(this.time.backPressured, this.lastReport.backPressured),
       idleTimeMsPerSecond: per(this.time.idle, this.lastReport.idle),
     };
+    if (this.debloater) m.debloatedBufferSize = this.debloater.announced;
     if (this.eventTime || this.valve.backwards > 0) {
       m.watermarksIgnored = this.valve.backwards;
       m.currentInputWatermark = Number.isFinite(this.valve.current) ? this.valve.current : null;

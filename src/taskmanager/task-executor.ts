@@ -82,6 +82,15 @@ export class TaskExecutor implements TaskManagerView {
       floatingBuffersPerGate: config["taskmanager.network.memory.floating-buffers-per-gate"],
       maxOverdraftBuffers: config["taskmanager.network.memory.max-overdraft-buffers-per-gate"],
       maxBuffersPerChannel: config["taskmanager.network.memory.max-buffers-per-channel"],
+      ...(config["taskmanager.network.memory.buffer-debloat.enabled"]
+        ? {
+            debloat: {
+              targetMs: config["taskmanager.network.memory.buffer-debloat.target"],
+              periodMs: config["taskmanager.network.memory.buffer-debloat.period"],
+              minBufferSize: config["taskmanager.memory.min-segment-size"],
+            },
+          }
+        : {}),
     });
     // A generated directory is this process's alone: removed on stop. A configured one is kept as a cache.
     const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));
