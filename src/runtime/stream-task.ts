@@ -18,7 +18,7 @@ import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
 import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
-import { channelStateFor, writeChannelState } from "./channel-state.ts";
+import { splitChannelState, writeChannelState, type OutputChannelState } from "./channel-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
@@ -75,6 +75,8 @@ export class StreamTask {
   private sourceRest: unknown[] | null = null;
   /** Records of restored channel state, replayed before any new input. */
   private restoredInFlight: unknown[] = [];
+  /** Restored output channel state: emitted again through the writers before anything else. */
+  private restoredOutput: OutputChannelState[] = [];
   /** Input done: no more records. */
   private inputEnded = false;
   /** FLIP-147: the first checkpoint taken after end of input; the task finishes once one at or above it completes. */
@@ -131,6 +133,8 @@ export class StreamTask {
     }
     const d = this.d;
     const chain = (this.chain = OperatorChain.create(d, plan, this.network));
+    // Unaligned checkpoints record what their barriers overtake in this task's output here (output channel state).
+    if (d.unalignedCheckpoints && d.checkpointingMode !== "AT_LEAST_ONCE") for (const w of chain.writers) w.keepInFlight = true;
     for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
     await chain.open(
       {
@@ -143,7 +147,7 @@ export class StreamTask {
       },
       this.state,
     );
-    if (d.restore?.channel && d.restore.channel.length > 0) this.restoredInFlight = this.restoredChannelState(d.restore.channel);
+    if (d.restore?.channel && d.restore.channel.length > 0) ({ input: this.restoredInFlight, output: this.restoredOutput } = this.restoredChannelState(d.restore.channel));
     const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
     if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
       this.timers.push(
@@ -162,8 +166,11 @@ export class StreamTask {
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
   }
 
-  /** This subtask's share of the old subtasks' in-flight records, split by each input edge's partitioner. */
-  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): unknown[] {
+  /**
+   * This subtask's share of the old subtasks' in-flight records: of the input channel state split by each input
+   * edge's partitioner, of the output channel state old subtask i's for i % parallelism.
+   */
+  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): { input: unknown[]; output: OutputChannelState[] } {
     const d = this.d;
     const chain = this.chain!;
     const edges = new Map<number, { owner: (record: unknown, oldConsumer: number) => number }>();
@@ -187,7 +194,7 @@ export class StreamTask {
         edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
       }
     }
-    return channelStateFor(handles, edges, d.subtaskIndex);
+    return splitChannelState(handles, edges, new Set(d.outputs.map((o) => o.edgeId)), d.subtaskIndex, d.parallelism);
   }
 
   /** Runs the task to the end of its input; throws on a failure in user code. */
@@ -197,6 +204,9 @@ export class StreamTask {
       if (this.d.restore?.finished) {
         // Every subtask of the vertex had finished in the restored checkpoint: nothing to read or emit again.
       } else {
+        // Per channel the consumer's input channel state is older than the producer's output channel state, which is
+        // older than anything new: consumers replay theirs before reading their channels, producers emit theirs first.
+        if (this.restoredOutput.length > 0) await this.replayOutputState();
         if (this.restoredInFlight.length > 0) await this.replayChannelState();
         if (this.chain!.sourceNode) await this.runSource();
         else await this.runInputs();
@@ -371,6 +381,7 @@ export class StreamTask {
     const checkpointId = b.checkpointId;
     const taskDir = path.join(b.dir, `${d.vertexId}-${d.subtaskIndex}`);
     let pending: Promise<TaskSnapshot>;
+    const outputState = new Map<string, unknown[]>();
     try {
       // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
       const preCommits = chain.snapshotState(checkpointId);
@@ -378,7 +389,15 @@ export class StreamTask {
       // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
       const incremental = /^chk-\d+$/.test(path.basename(b.dir));
       const operators = chain.snapshot(taskDir, { checkpointId, incremental });
-      const channel = channelState ? channelState.then((s) => writeChannelState(taskDir, d.subtaskIndex, s)) : null;
+      // Output channel state: filled below, as the barrier overtakes the task's queued output (before this runs).
+      const channel =
+        channelState || b.unaligned
+          ? Promise.resolve(channelState).then((s) => {
+              const all = new Map(s ?? []);
+              for (const [ch, records] of outputState) all.set(ch, records);
+              return writeChannelState(taskDir, d.subtaskIndex, all);
+            })
+          : null;
       pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
         ...o,
         ...(c ? { channel: c } : {}),
@@ -397,7 +416,7 @@ export class StreamTask {
     // The barrier goes on: an unaligned one ahead of the task's queued output, an aligned one after it.
     const { overtakenBytes: _, ...barrier } = b;
     for (const w of this.writers) {
-      if (b.unaligned) w.broadcastPriorityEvent(barrier);
+      if (b.unaligned) w.broadcastPriorityEvent(barrier, outputState);
       else w.broadcastEvent(barrier);
     }
     this.inFlight.add(checkpointId);
@@ -421,6 +440,37 @@ export class StreamTask {
       const writer = this.chain!.writerOf.get(channel);
       writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
     }
+  }
+
+  /**
+   * Restored output channel state: emitted again, as the records were on the wire ([timestamp, record] with event
+   * time), before anything else this task emits. A keyed edge's partitioner picks the consumer at the current
+   * parallelism; on other edges the records go to the old consumer's channel (or its index modulo the channels).
+   */
+  private async replayOutputState(): Promise<void> {
+    const d = this.d;
+    const chain = this.chain!;
+    const parts = this.restoredOutput;
+    this.restoredOutput = [];
+    let n = 0;
+    for (const part of parts) {
+      const i = d.outputs.findIndex((o) => o.edgeId === part.edgeId);
+      const writer = chain.writers[i];
+      if (!writer) continue;
+      const out = d.outputs[i]!;
+      const keyed = out.partitioner === "hash" || out.partitioner === "custom";
+      let target = -1;
+      if (!keyed) {
+        target = out.targets.findIndex((t) => t.subtask === part.consumer);
+        if (target < 0) target = part.consumer % out.targets.length;
+      }
+      for (const r of part.records) {
+        if (keyed) writer.emit(r);
+        else writer.emitTo(target, r);
+        if ((++n & 1023) === 0) await this.afterBatch();
+      }
+    }
+    await this.afterBatch();
   }
 
   /** Restored channel state: the records that were in flight, before any new input (as Flink replays it). */
