@@ -11,10 +11,13 @@ import { RingReader, RingWriter } from "./shared-ring.ts";
 
 export class RingSender implements BufferSender {
   private readonly ring: RingWriter;
-  private readonly waiting: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[] = [];
+  private readonly waiting: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent; priority?: boolean })[] = [];
   /** A pump() runs (set and cleared synchronously, so an item that arrives as it ends starts a new one). */
   private pumping = false;
   private flushWaiters: (() => void)[] = [];
+
+  /** Slots that only priority events may take (see reservePrioritySlot). */
+  private readonly reserved: number;
 
   constructor(
     ring: SharedArrayBuffer,
@@ -22,24 +25,35 @@ export class RingSender implements BufferSender {
     private readonly recycle: (buf: ArrayBuffer) => void,
     /** A failure while items wait for room (e.g. an event too large for a slot): fails the task. */
     private readonly onError: (err: unknown) => void,
+    /**
+     * Unaligned checkpoints: one slot of the ring is kept for priority events, so that a barrier gets into a ring
+     * full of data at once instead of after the consumer's next read (which a slow consumer does seconds apart).
+     */
+    reservePrioritySlot = false,
   ) {
     this.ring = new RingWriter(ring);
+    this.reserved = reservePrioritySlot && this.ring.slots > 1 ? 1 : 0;
+  }
+
+  /** Room for data (a buffer or an in-band event) without taking the reserved slot. */
+  private get roomForData(): boolean {
+    return this.ring.free > this.reserved;
   }
 
   buffer(_channel: string, buf: ArrayBuffer, size: number): void {
-    if (this.waiting.length === 0 && this.ring.tryPush(new Uint8Array(buf, 0, size))) this.recycleLater(buf);
+    if (this.waiting.length === 0 && this.roomForData && this.ring.tryPush(new Uint8Array(buf, 0, size))) this.recycleLater(buf);
     else this.wait({ buf, size });
   }
 
   event(_channel: string, event: ChannelEvent): void {
-    if (this.waiting.length === 0 && this.ring.tryPushEvent(event)) return;
+    if (this.waiting.length === 0 && this.roomForData && this.ring.tryPushEvent(event)) return;
     this.wait({ event });
   }
 
   /** Unaligned barriers and cancel markers: into the ring at once if a slot is free, else ahead of what waits. */
   priorityEvent(_channel: string, event: ChannelEvent): void {
     if (this.ring.tryPushEvent(event)) return;
-    this.waiting.unshift({ event });
+    this.waiting.unshift({ event, priority: true });
     if (!this.pumping) {
       this.pumping = true;
       void this.pump();
@@ -69,9 +83,11 @@ export class RingSender implements BufferSender {
   private async pump(): Promise<void> {
     try {
       while (this.waiting.length > 0) {
-        await this.ring.whenFree();
+        const head0 = this.waiting[0]!;
+        await this.ring.whenFree(undefined, "priority" in head0 && head0.priority ? 1 : 1 + this.reserved);
         while (this.waiting.length > 0) {
           const head = this.waiting[0]!;
+          if (!("priority" in head && head.priority) && !this.roomForData) break;
           if ("event" in head ? !this.ring.tryPushEvent(head.event) : !this.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
           this.waiting.shift();
           if ("buf" in head) this.recycleLater(head.buf);

@@ -32,6 +32,8 @@ const METRICS_INTERVAL_MS = 1000;
  * checkpoints cannot complete (a time-out shorter than any checkpoint) would then never finish.
  */
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
+/** With unaligned checkpoints, a task lets its event loop in at least this often, even in the middle of a buffer. */
+const SLICE_MS = 50;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
 const SOURCE_REST_EDGE = -1;
 
@@ -438,7 +440,7 @@ export class StreamTask {
     for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);
     for (const { channel, ring } of msg.produce) {
       const writer = this.chain!.writerOf.get(channel);
-      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
+      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, writer.keepInFlight));
     }
   }
 
@@ -565,6 +567,10 @@ export class StreamTask {
         continue;
       }
       const records = item.records;
+      if (this.barriers.kind === "unaligned") {
+        await this.processSliced(item.channel, records);
+        continue;
+      }
       this.recordsIn += records.length;
       if (this.eventTime) {
         const time = this.recordTime;
@@ -577,6 +583,50 @@ export class StreamTask {
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  /** Records processed between two looks at the clock while slicing (halved when a slice runs over). */
+  private sliceCheckEvery = 64;
+
+  /**
+   * One buffer's records with unaligned checkpoints: the task lets its event loop in every SLICE_MS even in the middle
+   * of a buffer, so that a slow operator (a buffer of records may take seconds) neither delays an unaligned barrier
+   * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). When a priority event came in
+   * meanwhile, the records not processed yet go back to the gate (into the checkpoint's channel state) and the
+   * event is read next, between two records.
+   */
+  private async processSliced(channel: string, records: unknown[]): Promise<void> {
+    const head = this.chain!.head;
+    const time = this.recordTime;
+    const eventTime = this.eventTime;
+    let sliceStart = performance.now();
+    let untilCheck = this.sliceCheckEvery;
+    for (let i = 0; i < records.length; i++) {
+      this.recordsIn++;
+      if (eventTime) {
+        const w = records[i] as [number | null, unknown];
+        time.ts = w[0];
+        head.process(w[1]);
+      } else head.process(records[i]);
+      if (--untilCheck > 0 || i + 1 === records.length) continue;
+      const now = performance.now();
+      if (now - sliceStart < SLICE_MS) {
+        if (now - sliceStart < SLICE_MS / 4 && this.sliceCheckEvery < 64) this.sliceCheckEvery *= 2;
+        untilCheck = this.sliceCheckEvery;
+        continue;
+      }
+      if (this.sliceCheckEvery > 1) this.sliceCheckEvery >>= 1;
+      untilCheck = this.sliceCheckEvery;
+      this.flushOperators();
+      await this.afterBatch();
+      sliceStart = performance.now();
+      if (this.gate.priorityWaiting) {
+        this.gate.unread(channel, records.slice(i + 1));
+        return;
+      }
+    }
+    this.flushOperators();
+    await this.afterBatch();
   }
 
   /** Channels that announced end of data (FLIP-147) or ended. */
