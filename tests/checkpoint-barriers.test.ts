@@ -9,7 +9,7 @@ import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { RecordSerializer } from "../src/network/serialization.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { RingSender } from "../src/network/channel-ends.ts";
+import { receiveFromRing, RingSender, PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES } from "../src/network/channel-ends.ts";
 import { createRing, RingReader } from "../src/network/shared-ring.ts";
 import { createBarrierHandler, type Barrier, type BarrierHandlerHost } from "../src/runtime/checkpoint-barrier-handler.ts";
 import { channelStateFor, readChannelState, splitChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
@@ -339,6 +339,42 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(runs.filter((r) => r.input > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
   }, 60_000);
+
+  test("a barrier that finds the data ring full reaches the consumer through the priority ring at once, in its place in the channel", async () => {
+    const segment = 512;
+    const ring = createRing(2, segment);
+    const priority = createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES);
+    const pool = new LocalBufferPool(8, segment, 0);
+    const writer = new RecordWriter([A], () => 0, pool, false, 8);
+    writer.keepInFlight = true;
+    const errors: unknown[] = [];
+    writer.connect(A, new RingSender(ring, (buf) => writer.recycle(buf, A), (e) => errors.push(e), priority));
+    const gate = new InputGate([A]);
+    const receiver = receiveFromRing(ring, A, gate, (e) => errors.push(e), priority);
+    const emitted = Array.from({ length: 200 }, (_, i) => ({ i, s: "r".repeat(i % 37) }));
+    // Chunks of 5 records, each buffer finished after them (the buffer time-out's part): whole chunks per buffer.
+    emitted.forEach((r, i) => {
+      writer.emit(r);
+      if (i % 5 === 4) writer.flush();
+    });
+    const outputState = new Map<string, unknown[]>();
+    writer.broadcastPriorityEvent(barrier(7, { unaligned: true }), outputState);
+    receiver.poll(); // what the task's timer does: nothing has been read, so the data ring is still full
+    let taken: Promise<Map<string, unknown[]>> | null = null;
+    const handler = createBarrierHandler("unaligned", gate, [A], {
+      takeCheckpoint: (_b, state) => (taken = state),
+      abortCheckpoint: (id, reason) => errors.push(new Error(`abort ${id}: ${reason}`)),
+    });
+    const first = gate.poll();
+    expect(first !== null && "event" in first && first.event.type).toBe("barrier"); // ahead of the two buffers
+    handler.onBarrier(A, (first as { event: Barrier }).event);
+    const input = await taken!;
+    // The two buffers in the ring are the consumer's; everything after them the producer's.
+    expect(input.get(A)!.length).toBeGreaterThan(0);
+    expect(outputState.get(A)!.length).toBeGreaterThan(0);
+    expect([...input.get(A)!, ...outputState.get(A)!]).toEqual(emitted);
+    expect(errors).toEqual([]);
+  });
 
   test("restore: the output channel state goes to old subtask i % parallelism; a task's files hold input and output channels apart", async () => {
     const dir = tempDir("tm-outstate-");

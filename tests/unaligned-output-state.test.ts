@@ -107,18 +107,21 @@ test("under full backpressure an unaligned checkpoint completes far sooner than 
   const N = 20_000, KEYS = 7;
   const client = await start(dir, 2);
   const jobId = await submitJob(client, await prepareJob(job(dir, N, KEYS), [], 1));
-  const s = await waitFor("two completed checkpoints with channel state", async () => {
+  // Under full backpressure: the producer's output is full when the barrier comes (the first checkpoint may come
+  // before the job is, while the consumer starts).
+  const stats = await waitFor("two completed checkpoints with output channel state", async () => {
     const st = await status(client, jobId);
-    return completedWithState(st).length >= 2 && st;
+    const withOutput = completedWithState(st)
+      .map((c) => ({ id: c.id, ms: c.durationMs, ...channelRecords(metadataOf(dir, jobId, c)) }))
+      .filter((c) => c.output > 0);
+    return withOutput.length >= 2 && withOutput;
   }, 60_000, 100);
-  const checkpoints = completedWithState(s);
-  const stats = checkpoints.map((c) => ({ id: c.id, ms: c.durationMs, ...channelRecords(metadataOf(dir, jobId, c)) }));
   console.log(`unaligned under full backpressure: ${stats.map((c) => `${c.id}: ${c.ms} ms, ${c.input} input + ${c.output} output channel state records`).join("; ")}`);
   for (const c of stats) {
-    // The producer recorded what its barrier overtook; working off the backlog would take (input + output) x SLOW_MS.
-    expect(c.output).toBeGreaterThan(0);
-    expect(c.ms).toBeLessThan(((c.input + c.output) * SLOW_MS) / 4);
-    expect(c.ms).toBeLessThan(8_000);
+    // Working off the backlog would take (input + output) x SLOW_MS (over 30 s); the checkpoint takes about the time
+    // the consumer needs to see the barrier between two records and write its files (under 1 s when not loaded).
+    expect(c.ms).toBeLessThan(((c.input + c.output) * SLOW_MS) / 10);
+    expect(c.ms).toBeLessThan(3_000);
   }
   // A failure under backpressure: the job restarts from a checkpoint with channel state, then runs fast to the end.
   fs.writeFileSync(path.join(dir, "go"), "1");

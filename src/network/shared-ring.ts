@@ -139,13 +139,13 @@ export class RingWriter extends RingEnd {
   }
 
   /**
-   * Resolves when at least `atLeast` slots are free (at once if they are). With timeoutMs it may also resolve after that
+   * Resolves when at least one slot is free (at once if one is). With timeoutMs it may also resolve after that
    * long with the ring still full (the caller checks again): a wait that never ends would keep the ring alive.
    */
-  async whenFree(timeoutMs?: number, atLeast = 1): Promise<void> {
+  async whenFree(timeoutMs?: number): Promise<void> {
     for (;;) {
       const rel = Atomics.load(this.h, RELEASED);
-      if (this.dist(this.pub, rel) <= this.slots - atLeast) return;
+      if (this.dist(this.pub, rel) < this.slots) return;
       await this.changed(RELEASED, rel, timeoutMs);
       if (timeoutMs !== undefined) return;
     }

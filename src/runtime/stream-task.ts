@@ -11,7 +11,7 @@ import { describePlan } from "../api/plan.ts";
 import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { InputGate } from "../network/input-gate.ts";
-import { receiveFromRing, RingSender } from "../network/channel-ends.ts";
+import { receiveFromRing, RingSender, type RingReceiver } from "../network/channel-ends.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
 import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
@@ -33,7 +33,9 @@ const METRICS_INTERVAL_MS = 1000;
  */
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
 /** With unaligned checkpoints, a task lets its event loop in at least this often, even in the middle of a buffer. */
-const SLICE_MS = 50;
+const SLICE_MS = 10;
+/** How often a task with unaligned checkpoints looks into its channels' priority rings. */
+const PRIORITY_POLL_MS = 10;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
 const SOURCE_REST_EDGE = -1;
 
@@ -77,6 +79,8 @@ export class StreamTask {
   private sourceRest: unknown[] | null = null;
   /** Records of restored channel state, replayed before any new input. */
   private restoredInFlight: unknown[] = [];
+  /** Local input channels with a priority ring: looked at every PRIORITY_POLL_MS, a busy task's ring reader aside. */
+  private readonly priorityReceivers: RingReceiver[] = [];
   /** Restored output channel state: emitted again through the writers before anything else. */
   private restoredOutput: OutputChannelState[] = [];
   /** Input done: no more records. */
@@ -166,6 +170,12 @@ export class StreamTask {
       this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
     }
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
+    // A barrier in a priority ring wakes nobody (the ring reader waits on the data ring, which is full): looked for.
+    if (d.unalignedCheckpoints && d.inputs.length > 0) {
+      this.timers.push(setInterval(() => {
+        for (const r of this.priorityReceivers) r.poll();
+      }, PRIORITY_POLL_MS));
+    }
   }
 
   /**
@@ -437,10 +447,13 @@ export class StreamTask {
   /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
-    for (const { channel, ring } of msg.consume) receiveFromRing(ring, channel, this.gate, fail);
-    for (const { channel, ring } of msg.produce) {
+    for (const { channel, ring, priority } of msg.consume) {
+      const receiver = receiveFromRing(ring, channel, this.gate, fail, priority);
+      if (priority) this.priorityReceivers.push(receiver);
+    }
+    for (const { channel, ring, priority } of msg.produce) {
       const writer = this.chain!.writerOf.get(channel);
-      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, writer.keepInFlight));
+      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, priority));
     }
   }
 
@@ -585,8 +598,8 @@ export class StreamTask {
     }
   }
 
-  /** Records processed between two looks at the clock while slicing (halved when a slice runs over). */
-  private sliceCheckEvery = 64;
+  /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..64). */
+  private sliceCheckEvery = 1;
 
   /**
    * One buffer's records with unaligned checkpoints: the task lets its event loop in every SLICE_MS even in the middle
@@ -600,6 +613,7 @@ export class StreamTask {
     const time = this.recordTime;
     const eventTime = this.eventTime;
     let sliceStart = performance.now();
+    let sliceFirst = 0;
     let untilCheck = this.sliceCheckEvery;
     for (let i = 0; i < records.length; i++) {
       this.recordsIn++;
@@ -610,16 +624,19 @@ export class StreamTask {
       } else head.process(records[i]);
       if (--untilCheck > 0 || i + 1 === records.length) continue;
       const now = performance.now();
-      if (now - sliceStart < SLICE_MS) {
-        if (now - sliceStart < SLICE_MS / 4 && this.sliceCheckEvery < 64) this.sliceCheckEvery *= 2;
+      const elapsed = now - sliceStart;
+      if (elapsed < SLICE_MS) {
+        if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < 64) this.sliceCheckEvery *= 2;
         untilCheck = this.sliceCheckEvery;
         continue;
       }
-      if (this.sliceCheckEvery > 1) this.sliceCheckEvery >>= 1;
+      // Slow records: look again after about half a slice's worth of them.
+      this.sliceCheckEvery = Math.max(1, Math.min(64, Math.floor(((i + 1 - sliceFirst) * SLICE_MS) / elapsed / 2)));
       untilCheck = this.sliceCheckEvery;
       this.flushOperators();
       await this.afterBatch();
       sliceStart = performance.now();
+      sliceFirst = i + 1;
       if (this.gate.priorityWaiting) {
         this.gate.unread(channel, records.slice(i + 1));
         return;
