@@ -210,6 +210,27 @@ describe("unaligned checkpoints", () => {
     expect(t.read).toEqual(["a1", "a2", "b1", "a3"]);
   });
 
+  test("a barrier taken in the middle of a buffer: the records the task did not process yet are in the channel state, then read first", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.send(A, pa(["a1", "a2", "a3", "a4"]));
+    t.send(A, pa(["a5"]));
+    t.send(B, pb(["b1"]));
+    const it = t.gate.poll()!;
+    expect("records" in it && it.records).toEqual(["a1", "a2", "a3", "a4"]);
+    t.read.push("a1", "a2"); // the task processed two of them when it let its event loop in
+    expect(t.gate.priorityWaiting).toBe(false);
+    t.event(A, barrier(3, { unaligned: true, overtakenBytes: 0 }));
+    t.event(B, barrier(3, { unaligned: true, overtakenBytes: 0 }));
+    expect(t.gate.priorityWaiting).toBe(true);
+    t.gate.unread(A, ["a3", "a4"]);
+    t.drain();
+    expect(t.taken.map((x) => [x.id, x.readSoFar])).toEqual([[3, ["a1", "a2"]]]);
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [A]: ["a3", "a4", "a5"], [B]: ["b1"] });
+    expect(t.read).toEqual(["a1", "a2", "a3", "a4", "a5", "b1"]);
+    expect(t.released.filter((r) => r === A).length).toBe(2); // each buffer's slot released once
+  });
+
   test("an aborted unaligned checkpoint drops its recording; a savepoint's barrier (not unaligned) is aligned", async () => {
     const t = setup("unaligned");
     const pa = producer();
