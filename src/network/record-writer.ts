@@ -102,11 +102,6 @@ export class RecordWriter {
     return this.byId.has(channel);
   }
 
-  /** The output channels, in subpartition order. */
-  get channels(): string[] {
-    return this.subs.map((sp) => sp.id);
-  }
-
   /**
    * Unaligned checkpoints record what a barrier overtakes here, at the producer (Flink's output channel state): the
    * writer then keeps the records of every chunk not yet wholly in its channel's ring. Set before the first record.
