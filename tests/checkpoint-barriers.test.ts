@@ -397,6 +397,22 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(errors).toEqual([]);
   });
 
+  test("a writer that keeps its in-flight records drops those whose bytes are in the ring (memory stays bounded)", () => {
+    const pool = new LocalBufferPool(4, 1024, 0);
+    const writer = new RecordWriter([A], () => 0, pool, false, 4);
+    writer.keepInFlight = true;
+    // A consumer that keeps up: every buffer is in the ring (and recycled) at once.
+    writer.connect(A, { buffer: (ch, buf) => writer.recycle(buf, ch), event() {}, priorityEvent() {}, waitingBytes: () => 0 });
+    for (let i = 0; i < 100_000; i++) writer.emit({ i });
+    const kept = (writer as unknown as { subs: { chunks: unknown[] }[] }).subs[0]!.chunks.length;
+    expect(kept).toBeLessThanOrEqual(32);
+    // Nothing is in flight: a barrier now has no output channel state.
+    writer.flush();
+    const out = new Map<string, unknown[]>();
+    writer.broadcastPriorityEvent(barrier(1, { unaligned: true }), out);
+    expect(out.size).toBe(0);
+  });
+
   test("restore: the output channel state goes to old subtask i % parallelism; a task's files hold input and output channels apart", async () => {
     const dir = tempDir("tm-outstate-");
     const IN = 2, OUT = 3;
