@@ -3,7 +3,7 @@
 // producer's queued output, which the producer records as its output channel state, so the checkpoint completes in
 // about the time the consumer takes to notice the barrier, far below the time it needs to work off the backlog.
 // A failure then restores exactly (the oracle), and so does a new job at another parallelism started from such a
-// checkpoint, across two TaskManagers.
+// checkpoint, across two TaskManagers, and a restore with event time (records as [timestamp, record]).
 import { afterAll, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -47,17 +47,19 @@ const status = (client: RpcConnection, jobId: string) => client.request("jobStat
  * while the file `slow` exists, so the fast source is back-pressured and every buffer between them is full; it
  * throws once when `go` exists.
  */
-function job(dir: string, n: number, keys: number, slowMs = SLOW_MS): string {
+function job(dir: string, n: number, keys: number, slowMs = SLOW_MS, eventTime = false): string {
   const f = (name: string) => JSON.stringify(path.join(dir, name));
+  // With event time, records cross the network as [timestamp, record]: so does the channel state.
+  const timestamps = eventTime ? ".assignTimestampsAndWatermarks(WatermarkStrategy.forMonotonousTimestamps().withTimestampAssigner((t) => t[0]))" : "";
   return writeJob(dir, "bp.ts", `
     import * as fs from "node:fs";
-    import { FileSink, ValueStateDescriptor } from ${API};
+    import { FileSink, ValueStateDescriptor, WatermarkStrategy } from ${API};
     const pause = new Int32Array(new SharedArrayBuffer(4));
     const pad = "x".repeat(300);
     export default (env) => {
       env.enableCheckpointing(1000);
       env.fromSequence(1, ${n})
-        .map((x) => [x, pad])
+        .map((x) => [x, pad])${timestamps}
         .keyBy((t) => t[0] % ${keys})
         .process({
           open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); this.seen = 0; this.slow = true; },
@@ -164,5 +166,27 @@ test("a job started at another parallelism from an unaligned checkpoint with out
   expect(final.error?.message).toBeUndefined();
   expect(final.state).toBe("FINISHED");
   expect(final.checkpoints.restoredFrom).toContain(chk);
+  expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+}, 150_000);
+
+test("with event time (records on the wire as [timestamp, record]) a restore from an unaligned checkpoint with output channel state is exact", async () => {
+  const dir = tempDir("tm-ucp-et-");
+  fs.writeFileSync(path.join(dir, "slow"), "1");
+  const N = 10_000, KEYS = 7;
+  const client = await start(dir, 2);
+  const jobId = await submitJob(client, await prepareJob(job(dir, N, KEYS, 5, true), [], 1));
+  await waitFor("a completed checkpoint with output channel state", async () => {
+    const st = await status(client, jobId);
+    return completedWithState(st).some((c) => channelRecords(metadataOf(dir, jobId, c)).output > 0);
+  }, 60_000, 100);
+  fs.writeFileSync(path.join(dir, "go"), "1");
+  await waitFor("the injected failure", () => fs.existsSync(path.join(dir, "thrown")), 30_000, 50);
+  fs.rmSync(path.join(dir, "slow"));
+  const final = await waitForJob(client, jobId, () => {}, 100);
+  expect(final.error?.message).toBeUndefined();
+  expect(final.state).toBe("FINISHED");
+  expect(final.restarts).toBe(1);
+  const restored = channelRecords(final.checkpoints.restoredFrom!);
+  expect(restored.output).toBeGreaterThan(0);
   expect(keyedCountsDiscrepancy(committedLines(path.join(dir, "out")), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
 }, 150_000);
