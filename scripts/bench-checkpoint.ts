@@ -4,9 +4,9 @@
 //  (c) time from SIGKILL of a TaskManager process to the job running again, with the default heartbeat and
 //      restart settings (a JobManager and three TaskManagers as real processes).
 // With --backpressure instead (issue 15): checkpoint duration and size under full backpressure (fast sources, a
-// keyed sink at 1 ms per 300-byte record, two TaskManagers so channels are local and remote), aligned vs aligned with
-// buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
-// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure]
+// keyed sink at --slow-ms per 300-byte record, two TaskManagers so channels are local and remote), aligned vs aligned
+// with buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
+// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--slow-ms 1]]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -19,10 +19,12 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
 const { values } = parseArgs({
-  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false } },
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, "slow-ms": { type: "string", default: "1" } },
 });
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
+const SLOW_MS = Number(values["slow-ms"]);
+if (!(SLOW_MS > 0)) throw new Error(`--slow-ms: expected a positive number of milliseconds, got ${values["slow-ms"]}`);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-cp-"));
 const log = (s: string) => console.error(`[bench-checkpoint] ${s}`);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -77,7 +79,7 @@ async function backpressureRun(mode: "aligned" | "debloat" | "unaligned") {
     env.fromSequence(1, 1e12).map((x) => [x, pad]).keyBy((t) => t[0] % 64)
       .process({
         open(ctx) { this.n = ctx.getState(new ValueStateDescriptor("n", { default: 0 })); },
-        processElement(t, ctx, out) { Atomics.wait(pause, 0, 0, 1); this.n.update(this.n.value() + 1); },
+        processElement(t, ctx, out) { Atomics.wait(pause, 0, 0, ${SLOW_MS}); this.n.update(this.n.value() + 1); },
       })
       .addSink(() => {});`);
   const cluster = await startLocalCluster({ taskManagers: 2, slotsPerTaskManager: 1, config: cfg });
@@ -131,7 +133,7 @@ async function backpressureBench(): Promise<void> {
   const ms = (x: number) => `${(x / 1000).toFixed(2)} s`;
   const kib = (x: number) => `${(x / 1024).toFixed(0)} KiB`;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${load1.map((l) => l.toFixed(2)).join(" ")} after`);
-  console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --runs ${RUNS}\n`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --slow-ms ${SLOW_MS} --runs ${RUNS}\n`);
   console.log("| mode | checkpoint duration | checkpoints completed | checkpoint size | of it channel state | sink records/s | CPU cores (CPU s / wall s) |");
   console.log("| --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {

@@ -6,13 +6,16 @@ import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
-import type { ChannelEvent } from "../src/network/record-writer.ts";
+import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { RecordSerializer } from "../src/network/serialization.ts";
+import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
+import { receiveFromRing, RingSender, PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES } from "../src/network/channel-ends.ts";
+import { createRing, RingReader } from "../src/network/shared-ring.ts";
 import { createBarrierHandler, type Barrier, type BarrierHandlerHost } from "../src/runtime/checkpoint-barrier-handler.ts";
-import { channelStateFor, readChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
+import { channelStateFor, readChannelState, splitChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
 import { channelId } from "../src/network/wire.ts";
 import { keyGroupOf, operatorIndexForKeyGroup } from "../src/state/key-groups.ts";
-import { removeTempDirs, tempDir, waitFor } from "./helpers.ts";
+import { removeTempDirs, rng, tempDir, waitFor } from "./helpers.ts";
 
 afterAll(removeTempDirs);
 
@@ -207,6 +210,27 @@ describe("unaligned checkpoints", () => {
     expect(t.read).toEqual(["a1", "a2", "b1", "a3"]);
   });
 
+  test("a barrier taken in the middle of a buffer: the records the task did not process yet are in the channel state, then read first", async () => {
+    const t = setup("unaligned");
+    const pa = producer(), pb = producer();
+    t.send(A, pa(["a1", "a2", "a3", "a4"]));
+    t.send(A, pa(["a5"]));
+    t.send(B, pb(["b1"]));
+    const it = t.gate.poll()!;
+    expect("records" in it && it.records).toEqual(["a1", "a2", "a3", "a4"]);
+    t.read.push("a1", "a2"); // the task processed two of them when it let its event loop in
+    expect(t.gate.priorityWaiting).toBe(false);
+    t.event(A, barrier(3, { unaligned: true, overtakenBytes: 0 }));
+    t.event(B, barrier(3, { unaligned: true, overtakenBytes: 0 }));
+    expect(t.gate.priorityWaiting).toBe(true);
+    t.gate.unread(A, ["a3", "a4"]);
+    t.drain();
+    expect(t.taken.map((x) => [x.id, x.readSoFar])).toEqual([[3, ["a1", "a2"]]]);
+    expect(Object.fromEntries(await t.taken[0]!.state!)).toEqual({ [A]: ["a3", "a4", "a5"], [B]: ["b1"] });
+    expect(t.read).toEqual(["a1", "a2", "a3", "a4", "a5", "b1"]);
+    expect(t.released.filter((r) => r === A).length).toBe(2); // each buffer's slot released once
+  });
+
   test("an aborted unaligned checkpoint drops its recording; a savepoint's barrier (not unaligned) is aligned", async () => {
     const t = setup("unaligned");
     const pa = producer();
@@ -306,6 +330,190 @@ describe("aligned-checkpoint-timeout: aligned first, unaligned when alignment ta
     t.drain();
     expect(t.taken.map((x) => x.id)).toEqual([1]);
     expect(t.read).toEqual(["a-after-1", "a-after-2"]);
+  });
+});
+
+describe("output channel state: what an unaligned barrier overtakes is recorded at the producer", () => {
+  const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+  /**
+   * A real RecordWriter -> RingSender -> ring -> InputGate channel, the consumer driven by the test. Random records
+   * (chunks span buffers), a random number of them read before the barrier; returns what each side recorded.
+   */
+  async function overtake(seed: number) {
+    const next = rng(seed);
+    const segment = 1024;
+    const ring = createRing(4, segment);
+    const pool = new LocalBufferPool(8, segment, 0);
+    const writer = new RecordWriter([A], () => 0, pool, false, 8);
+    writer.keepInFlight = true;
+    const errors: unknown[] = [];
+    writer.connect(A, new RingSender(ring, (buf) => writer.recycle(buf, A), (e) => errors.push(e)));
+    const gate = new InputGate([A]);
+    const reader = new RingReader(ring);
+    const release = () => reader.release();
+    /** The consumer's ring reader (receiveFromRing), stopping after a barrier when asked. */
+    const pull = (stopAtBarrier: boolean) => {
+      for (let it = reader.take(); it !== null; it = reader.take()) {
+        if (it.kind === "buffer") gate.onBytes(A, it.bytes, release);
+        else {
+          gate.onEvent(A, it.event, release);
+          if (stopAtBarrier && it.event.type === "barrier") return;
+        }
+      }
+    };
+    const read: unknown[] = [];
+    const snap: { taken: { readSoFar: unknown[]; state: Promise<Map<string, unknown[]>>; partial: boolean } | null } = { taken: null };
+    const handler = createBarrierHandler("unaligned", gate, [A], {
+      takeCheckpoint: (_b, state) => {
+        // Whether the consumer holds part of a chunk that continues in the overtaken buffers.
+        const partial = (gate as unknown as { deserializers: Map<string, { hasPartialRecord: boolean }> }).deserializers.get(A)!.hasPartialRecord;
+        snap.taken = { readSoFar: [...read], state: state!, partial };
+      },
+      abortCheckpoint: (id, reason) => errors.push(new Error(`abort ${id}: ${reason}`)),
+    });
+    /** The task loop reading one item (a buffer's records, or an event). */
+    const step = (): boolean => {
+      const it = gate.poll();
+      if (it === null) return false;
+      if ("records" in it) read.push(...it.records);
+      else if (it.event.type === "barrier") handler.onBarrier(it.channel, it.event);
+      return true;
+    };
+    const emitted: unknown[] = [];
+    const emit = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        // Mostly small records, now and then one of up to 1.5 buffers: chunks that span buffers.
+        const r = { i: emitted.length, s: "x".repeat(Math.floor(next() * (next() < 0.15 ? 1500 : 120))) };
+        emitted.push(r);
+        writer.emit(r);
+      }
+    };
+    // Before the barrier: records written, now and then some read by the consumer.
+    const before = 100 + Math.floor(next() * 400);
+    while (emitted.length < before) {
+      emit(1 + Math.floor(next() * 40));
+      await tick();
+      pull(false);
+      for (let k = Math.floor(next() * 6); k > 0 && step(); k--);
+    }
+    const outputState = new Map<string, unknown[]>();
+    writer.broadcastPriorityEvent(barrier(1, { unaligned: true }), outputState);
+    const beforeBarrier = [...emitted];
+    emit(30); // after the barrier: in no state of checkpoint 1
+    writer.flush();
+    // The consumer reads its backlog up to the barrier (its ring is full: a read frees the slot the barrier needs).
+    for (let rounds = 0; snap.taken === null; rounds++) {
+      if (rounds > 10_000) throw new Error(`seed ${seed}: the barrier never arrived`);
+      // A slow consumer: its ring reader gets in several times per buffer it reads.
+      for (let k = 0; k < 4; k++) {
+        await tick();
+        pull(true);
+      }
+      step();
+    }
+    const t = snap.taken;
+    // Complete at once: nothing that arrives after the barrier is the consumer's to record.
+    const input = await Promise.race([t.state, Bun.sleep(2000).then(() => null)]);
+    expect(input).not.toBeNull();
+    // Each record written before the barrier is exactly once in: read before the snapshot, the consumer's input
+    // channel state, or the producer's output channel state, in this order.
+    expect([...t.readSoFar, ...(input!.get(A) ?? []), ...(outputState.get(A) ?? [])]).toEqual(beforeBarrier);
+    // The overtaken buffers still reach the consumer and are read after the snapshot, in order.
+    for (let rounds = 0; read.length < emitted.length; rounds++) {
+      if (rounds > 100_000) throw new Error(`seed ${seed}: ${read.length} of ${emitted.length} records read`);
+      writer.flush(); // the buffer time-out's part
+      await tick();
+      pull(false);
+      while (step());
+    }
+    expect(read).toEqual(emitted);
+    expect(errors).toEqual([]);
+    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0 };
+  }
+
+  test("every record written before the barrier is exactly once in what was read, the input or the output channel state, a chunk spanning the overtake point included", async () => {
+    const runs = [];
+    for (let seed = 1; seed <= 40; seed++) runs.push(await overtake(seed));
+    // The cases this covers all occurred: overtaken records, records in the consumer's backlog, and a chunk that
+    // began in a buffer the consumer has and ends in one the barrier overtook.
+    expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
+    expect(runs.filter((r) => r.input > 0).length).toBeGreaterThan(10);
+    expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
+  }, 60_000);
+
+  test("a barrier that finds the data ring full reaches the consumer through the priority ring at once, in its place in the channel", async () => {
+    const segment = 512;
+    const ring = createRing(2, segment);
+    const priority = createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES);
+    const pool = new LocalBufferPool(8, segment, 0);
+    const writer = new RecordWriter([A], () => 0, pool, false, 8);
+    writer.keepInFlight = true;
+    const errors: unknown[] = [];
+    writer.connect(A, new RingSender(ring, (buf) => writer.recycle(buf, A), (e) => errors.push(e), priority));
+    const gate = new InputGate([A]);
+    const receiver = receiveFromRing(ring, A, gate, (e) => errors.push(e), priority);
+    const emitted = Array.from({ length: 200 }, (_, i) => ({ i, s: "r".repeat(i % 37) }));
+    // Chunks of 5 records, each buffer finished after them (the buffer time-out's part): whole chunks per buffer.
+    emitted.forEach((r, i) => {
+      writer.emit(r);
+      if (i % 5 === 4) writer.flush();
+    });
+    const outputState = new Map<string, unknown[]>();
+    writer.broadcastPriorityEvent(barrier(7, { unaligned: true }), outputState);
+    receiver.poll(); // what the task's timer does: nothing has been read, so the data ring is still full
+    let taken: Promise<Map<string, unknown[]>> | null = null;
+    const handler = createBarrierHandler("unaligned", gate, [A], {
+      takeCheckpoint: (_b, state) => (taken = state),
+      abortCheckpoint: (id, reason) => errors.push(new Error(`abort ${id}: ${reason}`)),
+    });
+    const first = gate.poll();
+    expect(first !== null && "event" in first && first.event.type).toBe("barrier"); // ahead of the two buffers
+    handler.onBarrier(A, (first as { event: Barrier }).event);
+    const input = await taken!;
+    // The two buffers in the ring are the consumer's; everything after them the producer's.
+    expect(input.get(A)!.length).toBeGreaterThan(0);
+    expect(outputState.get(A)!.length).toBeGreaterThan(0);
+    expect([...input.get(A)!, ...outputState.get(A)!]).toEqual(emitted);
+    expect(errors).toEqual([]);
+  });
+
+  test("a writer that keeps its in-flight records drops those whose bytes are in the ring (memory stays bounded)", () => {
+    const pool = new LocalBufferPool(4, 1024, 0);
+    const writer = new RecordWriter([A], () => 0, pool, false, 4);
+    writer.keepInFlight = true;
+    // A consumer that keeps up: every buffer is in the ring (and recycled) at once.
+    writer.connect(A, { buffer: (ch, buf) => writer.recycle(buf, ch), event() {}, priorityEvent() {}, waitingBytes: () => 0 });
+    for (let i = 0; i < 100_000; i++) writer.emit({ i });
+    const kept = (writer as unknown as { subs: { chunks: unknown[] }[] }).subs[0]!.chunks.length;
+    expect(kept).toBeLessThanOrEqual(32);
+    // Nothing is in flight: a barrier now has no output channel state.
+    writer.flush();
+    const out = new Map<string, unknown[]>();
+    writer.broadcastPriorityEvent(barrier(1, { unaligned: true }), out);
+    expect(out.size).toBe(0);
+  });
+
+  test("restore: the output channel state goes to old subtask i % parallelism; a task's files hold input and output channels apart", async () => {
+    const dir = tempDir("tm-outstate-");
+    const IN = 2, OUT = 3;
+    // Old subtask 1 of a vertex with an input edge 2 and an output edge 3 (to consumers 0 and 1).
+    const h = (await writeChannelState(dir, 1, new Map<string, unknown[]>([
+      [channelId("job", IN, 0, 1), ["in-a", "in-b"]],
+      [channelId("job", OUT, 1, 0), ["out-0a", "out-0b"]],
+      [channelId("job", OUT, 1, 1), ["out-1a"]],
+    ])))!;
+    const inputEdges = new Map([[IN, { owner: (_r: unknown, oldConsumer: number) => oldConsumer % 2 }]]);
+    // Same parallelism: subtask 1 gets all of it back, subtask 0 nothing.
+    expect(splitChannelState([h], inputEdges, new Set([OUT]), 1, 2)).toEqual({
+      input: ["in-a", "in-b"],
+      output: [{ edgeId: OUT, consumer: 0, records: ["out-0a", "out-0b"] }, { edgeId: OUT, consumer: 1, records: ["out-1a"] }],
+    });
+    expect(splitChannelState([h], inputEdges, new Set([OUT]), 0, 2)).toEqual({ input: [], output: [] });
+    // Down to parallelism 1: subtask 0 gets the output channel state of old subtask 1.
+    expect(splitChannelState([h], new Map([[IN, { owner: () => 0 }]]), new Set([OUT]), 0, 1).output.map((o) => o.records)).toEqual([["out-0a", "out-0b"], ["out-1a"]]);
+    // The input-only reader leaves the output channels out.
+    expect(channelStateFor([h], inputEdges, 1)).toEqual(["in-a", "in-b"]);
   });
 });
 

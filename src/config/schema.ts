@@ -421,7 +421,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
   "execution.checkpointing.unaligned.enabled": {
     type: { kind: "boolean" },
     default: false,
-    doc: "Unaligned checkpoints (EXACTLY_ONCE): barriers overtake in-flight buffers, which are stored as channel state and replayed on restore, so checkpoints complete under backpressure. Savepoints stay aligned.",
+    doc: "Unaligned checkpoints (EXACTLY_ONCE): barriers overtake in-flight buffers, whose records are stored as channel state (the producer's output and the consumer's input channel state) and replayed on restore, so checkpoints complete under backpressure. Savepoints stay aligned.",
   },
   "execution.checkpointing.aligned-checkpoint-timeout": {
     type: { kind: "duration" },

@@ -9,9 +9,20 @@ import type { InputGate } from "./input-gate.ts";
 import type { BufferSender, ChannelEvent } from "./record-writer.ts";
 import { RingReader, RingWriter } from "./shared-ring.ts";
 
+/** A priority event in a channel's priority ring: it goes in after the first `ringPosition` items of the data ring. */
+type PositionedEvent = ChannelEvent & { ringPosition: number };
+
+/** Slots and slot size of a channel's priority ring (barriers of about 60 bytes plus their checkpoint directory). */
+export const PRIORITY_RING_SLOTS = 4;
+export const PRIORITY_RING_SLOT_BYTES = 4096;
+
 export class RingSender implements BufferSender {
   private readonly ring: RingWriter;
+  /** Unaligned checkpoints on a local channel: priority events that find the data ring full go here. */
+  private readonly priority: RingWriter | null;
   private readonly waiting: ({ buf: ArrayBuffer; size: number } | { event: ChannelEvent })[] = [];
+  /** Items (buffers and events) put into the data ring so far: a priority event's position in the channel. */
+  private pushed = 0;
   /** A pump() runs (set and cleared synchronously, so an item that arrives as it ends starts a new one). */
   private pumping = false;
   private flushWaiters: (() => void)[] = [];
@@ -22,23 +33,42 @@ export class RingSender implements BufferSender {
     private readonly recycle: (buf: ArrayBuffer) => void,
     /** A failure while items wait for room (e.g. an event too large for a slot): fails the task. */
     private readonly onError: (err: unknown) => void,
+    /** The channel's priority ring (local channels with unaligned checkpoints), read by receiveFromRing. */
+    priorityRing?: SharedArrayBuffer,
   ) {
     this.ring = new RingWriter(ring);
+    this.priority = priorityRing ? new RingWriter(priorityRing) : null;
   }
 
   buffer(_channel: string, buf: ArrayBuffer, size: number): void {
-    if (this.waiting.length === 0 && this.ring.tryPush(new Uint8Array(buf, 0, size))) this.recycleLater(buf);
-    else this.wait({ buf, size });
+    if (this.waiting.length === 0 && this.ring.tryPush(new Uint8Array(buf, 0, size))) {
+      this.pushed++;
+      this.recycleLater(buf);
+    } else this.wait({ buf, size });
   }
 
   event(_channel: string, event: ChannelEvent): void {
-    if (this.waiting.length === 0 && this.ring.tryPushEvent(event)) return;
+    if (this.waiting.length === 0 && this.ring.tryPushEvent(event)) {
+      this.pushed++;
+      return;
+    }
     this.wait({ event });
   }
 
-  /** Unaligned barriers and cancel markers: into the ring at once if a slot is free, else ahead of what waits. */
+  /**
+   * Unaligned barriers and cancel markers: into the data ring at once if a slot is free; else into the priority ring
+   * with their position (the items of the data ring before them), so that the consumer gets them without waiting for
+   * a slot of a ring full of data (a slow consumer frees one per buffer it reads); else ahead of what waits.
+   */
   priorityEvent(_channel: string, event: ChannelEvent): void {
-    if (this.ring.tryPushEvent(event)) return;
+    if (this.ring.tryPushEvent(event)) {
+      this.pushed++;
+      return;
+    }
+    if (this.priority) {
+      const positioned: PositionedEvent = { ...event, ringPosition: this.pushed };
+      if (this.priority.tryPushEvent(positioned)) return;
+    }
     this.waiting.unshift({ event });
     if (!this.pumping) {
       this.pumping = true;
@@ -78,6 +108,7 @@ export class RingSender implements BufferSender {
         while (this.waiting.length > 0) {
           const head = this.waiting[0]!;
           if ("event" in head ? !this.ring.tryPushEvent(head.event) : !this.ring.tryPush(new Uint8Array(head.buf, 0, head.size))) break;
+          this.pushed++;
           this.waiting.shift();
           if ("buf" in head) this.recycleLater(head.buf);
         }
@@ -105,20 +136,70 @@ export class RingSender implements BufferSender {
   }
 }
 
-/** Feeds a local channel's ring into the gate until its end-of-partition event; failures go to onError. */
-export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: InputGate, onError: (err: unknown) => void): void {
+/** A channel's consumer end: poll() hands over at once what has arrived (the task calls it between records). */
+export interface RingReceiver {
+  poll(): void;
+}
+
+/**
+ * Feeds a local channel's ring into the gate until its end-of-partition event; failures go to onError. With a
+ * priority ring, a priority event found there goes to the gate right after the data ring's items before it (its
+ * ring position), ahead of those behind it, whichever ring the consumer looks at first.
+ */
+export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: InputGate, onError: (err: unknown) => void, priorityRing?: SharedArrayBuffer): RingReceiver {
   const reader = new RingReader(ring);
+  const priority = priorityRing ? new RingReader(priorityRing) : null;
   const release = () => reader.release();
-  void (async () => {
+  let taken = 0;
+  let ended = false;
+  let next: PositionedEvent | null = null;
+  /** Priority events whose place is before data item `index`. */
+  const priorityBefore = (index: number) => {
+    if (!priority) return;
     for (;;) {
-      await reader.whenPublished();
-      for (let item = reader.take(); item !== null; item = reader.take()) {
-        if (item.kind === "buffer") gate.onBytes(channel, item.bytes, release);
-        else {
-          gate.onEvent(channel, item.event, release);
-          if (item.event.type === "end") return;
+      if (next === null) {
+        const item = priority.take();
+        if (item === null) return;
+        priority.release(); // an event is copied out of its slot
+        if (item.kind !== "event") throw new Error(`priority ring of ${channel}: a buffer, only events go there`);
+        next = item.event as PositionedEvent;
+      }
+      // Its items before it were published before it: the data ring yields them first.
+      if (next.ringPosition > index) return;
+      const { ringPosition: _, ...event } = next;
+      next = null;
+      gate.onEvent(channel, event as ChannelEvent, null);
+    }
+  };
+  const drain = () => {
+    if (ended) return;
+    for (let item = reader.take(); item !== null; item = reader.take()) {
+      // Seen after the data item: a priority event published before it is visible now.
+      priorityBefore(taken++);
+      if (item.kind === "buffer") gate.onBytes(channel, item.bytes, release);
+      else {
+        gate.onEvent(channel, item.event, release);
+        if (item.event.type === "end") {
+          ended = true;
+          return;
         }
       }
     }
+    priorityBefore(taken);
+  };
+  void (async () => {
+    while (!ended) {
+      await reader.whenPublished();
+      drain();
+    }
   })().catch(onError);
+  return {
+    poll: () => {
+      try {
+        drain();
+      } catch (err) {
+        onError(err);
+      }
+    },
+  };
 }

@@ -10,8 +10,11 @@ import { RecordDeserializer } from "./serialization.ts";
 /** seq: arrival order over all channels. skip: a priority event's place in its channel's order (only releases its ring slot). */
 type Arrival =
   | { channel: string; seq: number; bytes: Uint8Array; release: () => void }
-  /** A buffer decoded early for an unaligned checkpoint's channel state (its ring slot is already released). */
-  | { channel: string; seq: number; decoded: unknown[]; size: number }
+  /**
+   * A buffer decoded early for an unaligned checkpoint's channel state. Its ring slot is released only when the task
+   * reads it (release), so that early decoding does not let more in than the channel holds; null: nothing to release.
+   */
+  | { channel: string; seq: number; decoded: unknown[]; size: number; release: (() => void) | null }
   | { channel: string; seq: number; event: ChannelEvent; release: (() => void) | null; skip?: boolean; priority?: boolean };
 
 /** One channel's part of an unaligned checkpoint's channel state, being recorded. */
@@ -53,6 +56,8 @@ export class InputGate {
    * barrier handler times an aligned-checkpoint-timeout from it.
    */
   onBarrierArrived: ((channel: string, barrier: Extract<ChannelEvent, { type: "barrier" }>) => void) | null = null;
+  /** The buffer poll() returned last: its channel and arrival seq (see unread). */
+  private lastRead: { channel: string; seq: number } | null = null;
   buffersIn = 0;
   bytesIn = 0;
 
@@ -137,7 +142,7 @@ export class InputGate {
     this.maybeRecorded();
   }
 
-  /** Decodes a buffer for the channel state if it belongs to it (releasing its slot); null when it does not. */
+  /** Decodes a buffer for the channel state if it belongs to it (its slot is released when it is read); null when it does not. */
   private recordEarly(a: Extract<Arrival, { bytes: Uint8Array }>): Arrival | null {
     const rec = this.recording?.channels.get(a.channel);
     if (!rec || rec.done) return null;
@@ -147,18 +152,14 @@ export class InputGate {
       assert(rec.after <= rec.overtaken, () => `input channel ${a.channel}: ${rec.after} bytes after barrier ${this.recording!.checkpointId}, which overtook ${rec.overtaken}`);
     }
     const records: unknown[] = [];
-    try {
-      this.deserializers.get(a.channel)!.read(a.bytes, records);
-    } finally {
-      a.release();
-    }
+    this.deserializers.get(a.channel)!.read(a.bytes, records);
     const left = this.queuedOf.get(a.channel)!;
     assert(left > 0, () => `input channel ${a.channel}: a buffer decoded with ${left} counted as queued`);
     this.queuedOf.set(a.channel, left - 1);
     for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
     // Complete only past the barrier: a buffer before it may have more of the channel's in-flight buffers behind it.
     if (a.seq > rec.barrierSeq) this.checkRecorded(rec);
-    return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length };
+    return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length, release: a.release };
   }
 
   /** A buffer decoded for an earlier recording, still unread: its records belong to this one as well. */
@@ -282,7 +283,9 @@ export class InputGate {
       return { channel: a.channel, event: a.event };
     }
     this.buffersIn++;
+    this.lastRead = { channel: a.channel, seq: a.seq };
     if ("decoded" in a) {
+      a.release?.();
       this.bytesIn += a.size;
       return { channel: a.channel, records: a.decoded };
     }
@@ -297,6 +300,31 @@ export class InputGate {
       a.release();
     }
     return { channel: a.channel, records };
+  }
+
+  /** A priority event (an unaligned barrier, a cancel marker) waits at the head of the queue. */
+  get priorityWaiting(): boolean {
+    const a = this.queue[this.head];
+    return a !== undefined && "priority" in a && a.priority === true;
+  }
+
+  /**
+   * The task stopped in the middle of the buffer it read last (a priority event came in): the records it did not
+   * process go back to the head of the queue, behind the priority events there and ahead of the channel's other
+   * buffers, in the place of the buffer they came from (so an unaligned checkpoint records them as in flight).
+   */
+  unread(channel: string, records: unknown[]): void {
+    const last = this.lastRead;
+    assert(last !== null && last.channel === channel, () => `input gate: records of ${channel} put back, but the last buffer read was of ${last?.channel ?? "no channel"}`);
+    let at = this.head;
+    while (at < this.queue.length && this.priorityAt(at)) at++;
+    this.queue.splice(at, 0, { channel, seq: last.seq, decoded: records, size: 0, release: null });
+    this.buffersIn--; // read again: counted once
+  }
+
+  private priorityAt(i: number): boolean {
+    const a = this.queue[i]!;
+    return "priority" in a && a.priority === true;
   }
 
   /** Resolves when something arrives. */

@@ -15,9 +15,11 @@ export type ChannelEvent =
   | { type: "endOfData" }
   /**
    * Checkpoint barrier n: everything before it belongs to checkpoint n; dir is where tasks write their state.
-   * Unaligned: it overtook the buffers the producer still held for the channel, `overtakenBytes` of them, which the
-   * consumer records as channel state when they arrive after it. alignedTimeoutMs (aligned-checkpoint-timeout): an
-   * aligned barrier that a task switches to unaligned when alignment is still going on that long after `timestamp`.
+   * Unaligned: it overtook the buffers the producer still held for the channel. `overtakenBytes` is what of them the
+   * consumer must record as channel state when it arrives after the barrier: 0 when the producer recorded the records
+   * of those buffers itself (its output channel state, see RecordWriter.keepInFlight), else all of them.
+   * alignedTimeoutMs (aligned-checkpoint-timeout): an aligned barrier that a task switches to unaligned when alignment
+   * is still going on that long after `timestamp`.
    */
   | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number; alignedTimeoutMs?: number }
   /** Checkpoint n was given up upstream (Flink's CancelCheckpointMarker): release any alignment of it. */
@@ -63,7 +65,17 @@ interface Subpartition {
   overflow: (Uint8Array | { event: ChannelEvent } | { cut: true })[];
   /** Buffers of the pool this subpartition holds (filling, queued, in flight, at the consumer). */
   inUse: number;
+  /** Bytes serialized into this subpartition so far (its stream offset). */
+  written: number;
+  /**
+   * With keepInFlight: the chunks whose bytes may not all be in the channel's ring yet, oldest first, each with its
+   * records (the objects emitted, no copies) and the stream offset where it ends.
+   */
+  chunks: { records: unknown[]; end: number }[];
 }
+
+/** Chunks kept per subpartition before the ones already in the channel's ring are dropped. */
+const PRUNE_EVERY = 32;
 
 export class RecordWriter {
   private readonly subs: Subpartition[];
@@ -86,12 +98,26 @@ export class RecordWriter {
      */
     public maxBuffersPerChannel = Infinity,
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0 }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, chunks: [] }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
   hasChannel(channel: string): boolean {
     return this.byId.has(channel);
+  }
+
+  /**
+   * Unaligned checkpoints record what a barrier overtakes here, at the producer (Flink's output channel state): the
+   * writer then keeps the records of every chunk not yet wholly in its channel's ring. Set before the first record.
+   */
+  keepInFlight = false;
+
+  /** A record for one subpartition, bypassing the partitioner (restored output channel state). */
+  emitTo(target: number, record: unknown): void {
+    const sp = this.subs[target];
+    if (!sp) throw new Error(`record writer: no subpartition ${target} (it has ${this.subs.length})`);
+    this.recordsOut++;
+    this.write(sp, record);
   }
 
   /** The channel's route is known: send what waited for it. */
@@ -156,31 +182,57 @@ export class RecordWriter {
 
   /**
    * A priority event (an unaligned barrier, a cancel marker) on every channel: it overtakes what the channel still
-   * holds here and in its sender. For a barrier, each channel's copy says how many bytes it overtook (everything
-   * written before it, the partly filled buffer included, which is finished first). Returns the bytes overtaken.
+   * holds here and in its sender (everything written before it, the partly filled buffer included, which is finished
+   * first). For a barrier with keepInFlight, the records of every chunk not wholly in the channel's ring before it
+   * (a chunk spanning the overtake point included) go into `outputState` under the channel's id: the producer's
+   * output channel state, and the barrier tells the consumer to record nothing after it. Without keepInFlight the
+   * barrier says how many bytes it overtook, and the consumer records them when they arrive. Returns the bytes
+   * overtaken.
    */
-  broadcastPriorityEvent(event: ChannelEvent): number {
+  broadcastPriorityEvent(event: ChannelEvent, outputState?: Map<string, unknown[]>): number {
     let total = 0;
     for (const sp of this.subs) {
       this.serializePending(sp);
       if (sp.overflow.length === 0) this.finishBuffer(sp);
-      let bytes = 0;
-      for (const item of sp.queue) if (!("event" in item)) bytes += item.size;
-      for (const item of sp.overflow) if (item instanceof Uint8Array) bytes += item.length;
+      const bytes = this.unsentBytes(sp);
       // The overtaken bytes end here: the buffer that takes the last of them is finished there, so that no byte
-      // written after the barrier shares a buffer with them (the consumer counts whole buffers against them).
+      // written after the barrier shares a buffer with them (a consumer that records them counts whole buffers).
       if (sp.overflow.length > 0 && event.type === "barrier") sp.overflow.push({ cut: true });
-      const sender = sp.sender;
-      if (sender?.priorityEvent) {
-        bytes += sender.waitingBytes?.() ?? 0;
-        sender.priorityEvent(sp.id, event.type === "barrier" ? { ...event, overtakenBytes: bytes } : event);
-      } else {
-        // Not connected yet: everything waits here, so the event goes to the head of the queue.
-        sp.queue.unshift({ event: event.type === "barrier" ? { ...event, overtakenBytes: bytes } : event });
+      let ev = event;
+      if (event.type === "barrier") {
+        if (this.keepInFlight && outputState) {
+          const records = this.inFlightRecords(sp, sp.written - bytes);
+          if (records.length > 0) outputState.set(sp.id, records);
+          ev = { ...event, overtakenBytes: 0 };
+        } else ev = { ...event, overtakenBytes: bytes };
       }
+      const sender = sp.sender;
+      if (sender?.priorityEvent) sender.priorityEvent(sp.id, ev);
+      // Not connected yet: everything waits here, so the event goes to the head of the queue.
+      else sp.queue.unshift({ event: ev });
       total += bytes;
     }
     return total;
+  }
+
+  /** Bytes of the subpartition not in its channel's ring yet: filling, queued, overflowing, waiting in the sender. */
+  private unsentBytes(sp: Subpartition): number {
+    let bytes = sp.pos;
+    for (const item of sp.queue) if (!("event" in item)) bytes += item.size;
+    for (const item of sp.overflow) if (item instanceof Uint8Array) bytes += item.length;
+    if (sp.sender?.priorityEvent) bytes += sp.sender.waitingBytes?.() ?? 0;
+    return bytes;
+  }
+
+  /** Drops the chunks wholly before stream offset `sent` (in the ring); returns the records of the others, in order. */
+  private inFlightRecords(sp: Subpartition, sent: number, collect = true): unknown[] {
+    let drop = 0;
+    while (drop < sp.chunks.length && sp.chunks[drop]!.end <= sent) drop++;
+    if (drop > 0) sp.chunks.splice(0, drop);
+    const out: unknown[] = [];
+    if (!collect) return out;
+    for (const c of sp.chunks) for (let i = 0; i < c.records.length; i++) out.push(c.records[i]);
+    return out;
   }
 
   /** Sends end-of-partition after all data, then waits until consumers have read every buffer. */
@@ -207,8 +259,13 @@ export class RecordWriter {
     if (sp.pending.length === 0) return;
     const body = sp.serializer.serialize(sp.pending);
     const records = sp.pending.length;
-    sp.pending.length = 0;
     const len = body.length;
+    sp.written += len + 4;
+    if (this.keepInFlight) {
+      // The chunk's records stay referenced until its bytes are all in the ring (pruned every PRUNE_EVERY chunks).
+      sp.chunks.push({ records: sp.pending, end: sp.written });
+      sp.pending = [];
+    } else sp.pending.length = 0;
     this.bytesOut += len + 4;
     const segment = this.pool.segmentSize;
     // Adapt the chunk size to the records: about a quarter of a buffer per chunk.
@@ -238,6 +295,8 @@ export class RecordWriter {
       this.append(sp, h);
       this.append(sp, body);
     }
+    // Drop the kept chunks whose bytes are all in the ring now and then (the chunk's bytes are written by now).
+    if (this.keepInFlight && sp.chunks.length % PRUNE_EVERY === 0) this.inFlightRecords(sp, sp.written - this.unsentBytes(sp), false);
   }
 
   private append(sp: Subpartition, bytes: Uint8Array): void {

@@ -10,6 +10,7 @@ import { DATA_FRAME, channelId, channelJob, parseChannelId, type ChannelRing, ty
 import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import { createRing } from "./shared-ring.ts";
+import { PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES } from "./channel-ends.ts";
 import type { ChannelEvent } from "./record-writer.ts";
 import { BufferBudget, InsufficientBuffersError, type BudgetReport, type TaskBufferReport, type TaskBuffers } from "./buffer-budget.ts";
 import { RemoteSender } from "./remote-sender.ts";
@@ -147,8 +148,10 @@ export class ShuffleEnvironment {
     };
     const link = (ch: string, producer: TaskEndpoint, consumer: TaskEndpoint) => {
       const ring = createRing(this.budget.buffersOf(consumer)?.ringSlots ?? 1, o.segmentSize);
-      connect(producer).produce.push({ channel: ch, ring });
-      connect(consumer).consume.push({ channel: ch, ring });
+      // Unaligned checkpoints: a barrier must not wait for a slot of a ring full of data (channel-ends.ts).
+      const priority = consumer.deployment.unalignedCheckpoints ? createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES) : undefined;
+      connect(producer).produce.push({ channel: ch, ring, ...(priority ? { priority } : {}) });
+      connect(consumer).consume.push({ channel: ch, ring, ...(priority ? { priority } : {}) });
     };
     for (const out of d.outputs) {
       for (const t of out.targets) {

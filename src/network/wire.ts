@@ -63,6 +63,8 @@ export interface ConnectChannels {
 export interface ChannelRing {
   channel: string;
   ring: SharedArrayBuffer;
+  /** Local channels of jobs with unaligned checkpoints: a small ring for the priority events that find `ring` full. */
+  priority?: SharedArrayBuffer;
 }
 
 /** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */

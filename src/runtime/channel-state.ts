@@ -1,10 +1,13 @@
 // Channel state of unaligned checkpoints (as Flink's ChannelStateWriter / SequentialChannelStateReader): the records
-// that were in flight on a task's input channels when it took checkpoint n: queued before the barrier on each
-// channel, plus what the barrier overtook at the producer. The consumer records them as it reads them
-// (InputGate.startRecording), so one file per task holds everything, as records (not buffers: the wire encoding
-// shares record shapes along a channel's stream and cannot be decoded from the middle). On restore each new
-// subtask reads every old subtask's file of its vertex and keeps the records that are its own under the edge's
-// partitioner at the new parallelism (key groups for keyBy), and replays them before any new input.
+// that were in flight on a task's channels when it took checkpoint n. Input channel state: what arrived before the
+// barrier on each input channel and was not read yet (InputGate.startRecording). Output channel state: the records
+// of the chunks the barrier overtook in the task's own output (RecordWriter.broadcastPriorityEvent). One file per
+// task holds both, as records (not buffers: the wire encoding shares record shapes along a channel's stream and
+// cannot be decoded from the middle), told apart by the edge (an input or an output edge of the task's vertex). On
+// restore each new subtask reads every old subtask's file of its vertex: of the input channel state it keeps the
+// records that are its own under the edge's partitioner at the new parallelism (key groups for keyBy) and replays
+// them before any new input; the output channel state of old subtask i goes to new subtask i % parallelism, which
+// emits it again through its writer (its partitioner picks the consumer) before anything else.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Packr, Unpackr } from "msgpackr";
@@ -22,7 +25,7 @@ interface ChannelStateFile {
   channels: { edgeId: number; producer: number; consumer: number; records: unknown[] }[];
 }
 
-/** Writes the input channel state of one task; null when nothing was in flight. */
+/** Writes the channel state (input and output) of one task; null when nothing was in flight. */
 export async function writeChannelState(dir: string, subtaskIndex: number, state: Map<string, unknown[]>): Promise<ChannelStateHandle | null> {
   const channels: ChannelStateFile["channels"] = [];
   let count = 0;
@@ -74,21 +77,49 @@ export function channelStateProblem(h: ChannelStateHandle): string | null {
 }
 
 /**
- * This subtask's records of the old channel state, in old-channel order: for each input edge, `owner` says which
- * new subtask a record (or a whole old channel, for non-keyed edges) belongs to.
+ * This subtask's records of the old input channel state, in old-channel order: for each input edge, `owner` says
+ * which new subtask a record (or a whole old channel, for non-keyed edges) belongs to. Channels of other edges (the
+ * output channel state) are left out.
  */
 export function channelStateFor(
   handles: readonly ChannelStateHandle[],
   edges: ReadonlyMap<number, { owner: (record: unknown, oldConsumer: number) => number }>,
   subtaskIndex: number,
 ): unknown[] {
-  const out: unknown[] = [];
+  return splitChannelState(handles, edges, new Set(), subtaskIndex, 1).input;
+}
+
+export interface OutputChannelState {
+  edgeId: number;
+  /** The old consumer subtask the records were on their way to. */
+  consumer: number;
+  records: unknown[];
+}
+
+/**
+ * Reads the old subtasks' files once and splits them: the input channel state as by channelStateFor, and the
+ * output channel state of `outputEdges` that is this subtask's (old producer i goes to new subtask i % parallelism),
+ * in old-channel order.
+ */
+export function splitChannelState(
+  handles: readonly ChannelStateHandle[],
+  inputEdges: ReadonlyMap<number, { owner: (record: unknown, oldConsumer: number) => number }>,
+  outputEdges: ReadonlySet<number>,
+  subtaskIndex: number,
+  parallelism: number,
+): { input: unknown[]; output: OutputChannelState[] } {
+  const input: unknown[] = [];
+  const output: OutputChannelState[] = [];
   for (const h of [...handles].sort((a, b) => a.subtaskIndex - b.subtaskIndex)) {
     for (const ch of readChannelState(h)) {
-      const edge = edges.get(ch.edgeId);
-      if (!edge) continue; // an edge into another vertex (not possible today: one file per consuming task)
-      for (const r of ch.records) if (edge.owner(r, ch.consumer) === subtaskIndex) out.push(r);
+      if (outputEdges.has(ch.edgeId)) {
+        if (ch.producer % parallelism === subtaskIndex) output.push({ edgeId: ch.edgeId, consumer: ch.consumer, records: ch.records });
+        continue;
+      }
+      const edge = inputEdges.get(ch.edgeId);
+      if (!edge) continue; // an edge the job no longer has
+      for (const r of ch.records) if (edge.owner(r, ch.consumer) === subtaskIndex) input.push(r);
     }
   }
-  return out;
+  return { input, output };
 }

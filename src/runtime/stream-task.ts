@@ -11,7 +11,7 @@ import { describePlan } from "../api/plan.ts";
 import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { InputGate } from "../network/input-gate.ts";
-import { receiveFromRing, RingSender } from "../network/channel-ends.ts";
+import { receiveFromRing, RingSender, type RingReceiver } from "../network/channel-ends.ts";
 import { announceBufferSize, ringSlots } from "../network/shared-ring.ts";
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
@@ -20,7 +20,7 @@ import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
 import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
-import { channelStateFor, writeChannelState } from "./channel-state.ts";
+import { splitChannelState, writeChannelState, type OutputChannelState } from "./channel-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
@@ -34,6 +34,10 @@ const METRICS_INTERVAL_MS = 1000;
  * checkpoints cannot complete (a time-out shorter than any checkpoint) would then never finish.
  */
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
+/** With unaligned checkpoints, a task lets its event loop in at least this often, even in the middle of a buffer. */
+const SLICE_MS = 10;
+/** How often a task with unaligned checkpoints looks into its channels' priority rings. */
+const PRIORITY_POLL_MS = 10;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
 const SOURCE_REST_EDGE = -1;
 
@@ -81,6 +85,10 @@ export class StreamTask {
   private sourceRest: unknown[] | null = null;
   /** Records of restored channel state, replayed before any new input. */
   private restoredInFlight: unknown[] = [];
+  /** Local input channels with a priority ring: looked at every PRIORITY_POLL_MS, a busy task's ring reader aside. */
+  private readonly priorityReceivers: RingReceiver[] = [];
+  /** Restored output channel state: emitted again through the writers before anything else. */
+  private restoredOutput: OutputChannelState[] = [];
   /** Input done: no more records. */
   private inputEnded = false;
   /** FLIP-147: the first checkpoint taken after end of input; the task finishes once one at or above it completes. */
@@ -138,6 +146,8 @@ export class StreamTask {
     }
     const d = this.d;
     const chain = (this.chain = OperatorChain.create(d, plan, this.network));
+    // Unaligned checkpoints record what their barriers overtake in this task's output here (output channel state).
+    if (d.unalignedCheckpoints && d.checkpointingMode !== "AT_LEAST_ONCE") for (const w of chain.writers) w.keepInFlight = true;
     for (const c of this.pendingConnects.splice(0)) this.onConnect(c);
     await chain.open(
       {
@@ -150,7 +160,7 @@ export class StreamTask {
       },
       this.state,
     );
-    if (d.restore?.channel && d.restore.channel.length > 0) this.restoredInFlight = this.restoredChannelState(d.restore.channel);
+    if (d.restore?.channel && d.restore.channel.length > 0) ({ input: this.restoredInFlight, output: this.restoredOutput } = this.restoredChannelState(d.restore.channel));
     const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
     if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
       this.timers.push(
@@ -167,6 +177,12 @@ export class StreamTask {
       this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
     }
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
+    // A barrier in a priority ring wakes nobody (the ring reader waits on the data ring, which is full): looked for.
+    if (d.unalignedCheckpoints && d.inputs.length > 0) {
+      this.timers.push(setInterval(() => {
+        for (const r of this.priorityReceivers) r.poll();
+      }, PRIORITY_POLL_MS));
+    }
     if (this.debloater) this.timers.push(setInterval(() => this.debloat(), this.network.debloat!.periodMs));
   }
 
@@ -189,8 +205,11 @@ export class StreamTask {
     if (size !== null) for (const r of this.inputRings) announceBufferSize(r, size);
   }
 
-  /** This subtask's share of the old subtasks' in-flight records, split by each input edge's partitioner. */
-  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): unknown[] {
+  /**
+   * This subtask's share of the old subtasks' in-flight records: of the input channel state split by each input
+   * edge's partitioner, of the output channel state old subtask i's for i % parallelism.
+   */
+  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): { input: unknown[]; output: OutputChannelState[] } {
     const d = this.d;
     const chain = this.chain!;
     const edges = new Map<number, { owner: (record: unknown, oldConsumer: number) => number }>();
@@ -214,7 +233,7 @@ export class StreamTask {
         edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
       }
     }
-    return channelStateFor(handles, edges, d.subtaskIndex);
+    return splitChannelState(handles, edges, new Set(d.outputs.map((o) => o.edgeId)), d.subtaskIndex, d.parallelism);
   }
 
   /** Runs the task to the end of its input; throws on a failure in user code. */
@@ -224,6 +243,9 @@ export class StreamTask {
       if (this.d.restore?.finished) {
         // Every subtask of the vertex had finished in the restored checkpoint: nothing to read or emit again.
       } else {
+        // Per channel the consumer's input channel state is older than the producer's output channel state, which is
+        // older than anything new: consumers replay theirs before reading their channels, producers emit theirs first.
+        if (this.restoredOutput.length > 0) await this.replayOutputState();
         if (this.restoredInFlight.length > 0) await this.replayChannelState();
         if (this.chain!.sourceNode) await this.runSource();
         else await this.runInputs();
@@ -403,6 +425,7 @@ export class StreamTask {
     const checkpointId = b.checkpointId;
     const taskDir = path.join(b.dir, `${d.vertexId}-${d.subtaskIndex}`);
     let pending: Promise<TaskSnapshot>;
+    const outputState = new Map<string, unknown[]>();
     try {
       // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
       const preCommits = chain.snapshotState(checkpointId);
@@ -410,7 +433,15 @@ export class StreamTask {
       // Checkpoints may be incremental; savepoints (not in a chk-<n> directory of the checkpoint store) are full.
       const incremental = /^chk-\d+$/.test(path.basename(b.dir));
       const operators = chain.snapshot(taskDir, { checkpointId, incremental });
-      const channel = channelState ? channelState.then((s) => writeChannelState(taskDir, d.subtaskIndex, s)) : null;
+      // Output channel state: filled below, as the barrier overtakes the task's queued output (before this runs).
+      const channel =
+        channelState || b.unaligned
+          ? Promise.resolve(channelState).then((s) => {
+              const all = new Map(s ?? []);
+              for (const [ch, records] of outputState) all.set(ch, records);
+              return writeChannelState(taskDir, d.subtaskIndex, all);
+            })
+          : null;
       pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
         ...o,
         ...(c ? { channel: c } : {}),
@@ -429,7 +460,7 @@ export class StreamTask {
     // The barrier goes on: an unaligned one ahead of the task's queued output, an aligned one after it.
     const { overtakenBytes: _, ...barrier } = b;
     for (const w of this.writers) {
-      if (b.unaligned) w.broadcastPriorityEvent(barrier);
+      if (b.unaligned) w.broadcastPriorityEvent(barrier, outputState);
       else w.broadcastEvent(barrier);
     }
     this.inFlight.add(checkpointId);
@@ -448,15 +479,47 @@ export class StreamTask {
   /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
-    for (const { channel, ring } of msg.consume) {
-      receiveFromRing(ring, channel, this.gate, fail);
+    for (const { channel, ring, priority } of msg.consume) {
+      const receiver = receiveFromRing(ring, channel, this.gate, fail, priority);
+      if (priority) this.priorityReceivers.push(receiver);
       this.inputRings.push(ring);
       if (this.debloater && this.debloater.announced < this.network.segmentSize) announceBufferSize(ring, this.debloater.announced);
     }
-    for (const { channel, ring } of msg.produce) {
+    for (const { channel, ring, priority } of msg.produce) {
       const writer = this.chain!.writerOf.get(channel);
-      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail));
+      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, priority));
     }
+  }
+
+  /**
+   * Restored output channel state: emitted again, as the records were on the wire ([timestamp, record] with event
+   * time), before anything else this task emits. A keyed edge's partitioner picks the consumer at the current
+   * parallelism; on other edges the records go to the old consumer's channel (or its index modulo the channels).
+   */
+  private async replayOutputState(): Promise<void> {
+    const d = this.d;
+    const chain = this.chain!;
+    const parts = this.restoredOutput;
+    this.restoredOutput = [];
+    let n = 0;
+    for (const part of parts) {
+      const i = d.outputs.findIndex((o) => o.edgeId === part.edgeId);
+      const writer = chain.writers[i];
+      if (!writer) continue;
+      const out = d.outputs[i]!;
+      const keyed = out.partitioner === "hash" || out.partitioner === "custom";
+      let target = -1;
+      if (!keyed) {
+        target = out.targets.findIndex((t) => t.subtask === part.consumer);
+        if (target < 0) target = part.consumer % out.targets.length;
+      }
+      for (const r of part.records) {
+        if (keyed) writer.emit(r);
+        else writer.emitTo(target, r);
+        if ((++n & 1023) === 0) await this.afterBatch();
+      }
+    }
+    await this.afterBatch();
   }
 
   /** Restored channel state: the records that were in flight, before any new input (as Flink replays it). */
@@ -551,6 +614,10 @@ export class StreamTask {
         continue;
       }
       const records = item.records;
+      if (this.barriers.kind === "unaligned") {
+        await this.processSliced(item.channel, records);
+        continue;
+      }
       this.recordsIn += records.length;
       if (this.eventTime) {
         const time = this.recordTime;
@@ -563,6 +630,54 @@ export class StreamTask {
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..64). */
+  private sliceCheckEvery = 1;
+
+  /**
+   * One buffer's records with unaligned checkpoints: the task lets its event loop in every SLICE_MS even in the middle
+   * of a buffer, so that a slow operator (a buffer of records may take seconds) neither delays an unaligned barrier
+   * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). When a priority event came in
+   * meanwhile, the records not processed yet go back to the gate (into the checkpoint's channel state) and the
+   * event is read next, between two records.
+   */
+  private async processSliced(channel: string, records: unknown[]): Promise<void> {
+    const head = this.chain!.head;
+    const time = this.recordTime;
+    const eventTime = this.eventTime;
+    let sliceStart = performance.now();
+    let sliceFirst = 0;
+    let untilCheck = this.sliceCheckEvery;
+    for (let i = 0; i < records.length; i++) {
+      this.recordsIn++;
+      if (eventTime) {
+        const w = records[i] as [number | null, unknown];
+        time.ts = w[0];
+        head.process(w[1]);
+      } else head.process(records[i]);
+      if (--untilCheck > 0 || i + 1 === records.length) continue;
+      const now = performance.now();
+      const elapsed = now - sliceStart;
+      if (elapsed < SLICE_MS) {
+        if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < 64) this.sliceCheckEvery *= 2;
+        untilCheck = this.sliceCheckEvery;
+        continue;
+      }
+      // Slow records: look again after about half a slice's worth of them.
+      this.sliceCheckEvery = Math.max(1, Math.min(64, Math.floor(((i + 1 - sliceFirst) * SLICE_MS) / elapsed / 2)));
+      untilCheck = this.sliceCheckEvery;
+      this.flushOperators();
+      await this.afterBatch();
+      sliceStart = performance.now();
+      sliceFirst = i + 1;
+      if (this.gate.priorityWaiting) {
+        this.gate.unread(channel, records.slice(i + 1));
+        return;
+      }
+    }
+    this.flushOperators();
+    await this.afterBatch();
   }
 
   /** Channels that announced end of data (FLIP-147) or ended. */
