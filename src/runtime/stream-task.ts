@@ -638,16 +638,15 @@ export class StreamTask {
   /**
    * One buffer's records with unaligned checkpoints: the task lets its event loop in every SLICE_MS even in the middle
    * of a buffer, so that a slow operator (a buffer of records may take seconds) neither delays an unaligned barrier
-   * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). When a priority event came in
-   * meanwhile, the records not processed yet go back to the gate (into the checkpoint's channel state) and the
-   * event is read next, between two records.
+   * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Before it yields, the records
+   * not processed yet go back to the gate, so a checkpoint taken meanwhile (an unaligned barrier read next, between
+   * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
    */
   private async processSliced(channel: string, records: unknown[]): Promise<void> {
     const head = this.chain!.head;
     const time = this.recordTime;
     const eventTime = this.eventTime;
-    let sliceStart = performance.now();
-    let sliceFirst = 0;
+    const sliceStart = performance.now();
     let untilCheck = this.sliceCheckEvery;
     for (let i = 0; i < records.length; i++) {
       this.recordsIn++;
@@ -665,16 +664,15 @@ export class StreamTask {
         continue;
       }
       // Slow records: look again after about half a slice's worth of them.
-      this.sliceCheckEvery = Math.max(1, Math.min(64, Math.floor(((i + 1 - sliceFirst) * SLICE_MS) / elapsed / 2)));
+      this.sliceCheckEvery = Math.max(1, Math.min(64, Math.floor(((i + 1) * SLICE_MS) / elapsed / 2)));
       untilCheck = this.sliceCheckEvery;
+      // The records not processed yet go back to the gate before the loop turns: whatever happens meanwhile (a
+      // priority event arriving, or an aligned-checkpoint-timeout switching to unaligned from its timer) sees them
+      // in flight, and they are read next unless a priority event came first.
       this.flushOperators();
+      this.gate.unread(channel, records.slice(i + 1));
       await this.afterBatch();
-      sliceStart = performance.now();
-      sliceFirst = i + 1;
-      if (this.gate.priorityWaiting) {
-        this.gate.unread(channel, records.slice(i + 1));
-        return;
-      }
+      return;
     }
     this.flushOperators();
     await this.afterBatch();
