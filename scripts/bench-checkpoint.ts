@@ -6,12 +6,14 @@
 // With --backpressure instead (issue 15): checkpoint duration and size under full backpressure (fast sources, a
 // keyed sink at --slow-ms per 300-byte record, two TaskManagers so channels are local and remote), aligned vs aligned
 // with buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
-// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--slow-ms 1]]
+// With --throughput instead: the keyed sum of (a) with checkpoints off, aligned and unaligned every 1 s (issue 15's
+// throughput-loss goal for unaligned checkpoints).
+// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--slow-ms 1] | --throughput]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { defaultConfig } from "../src/config/index.ts";
+import { defaultConfig, type Config } from "../src/config/index.ts";
 import { startLocalCluster } from "../src/client/local-cluster.ts";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
@@ -19,7 +21,7 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
 const { values } = parseArgs({
-  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, "slow-ms": { type: "string", default: "1" } },
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, "slow-ms": { type: "string", default: "1" } },
 });
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
@@ -37,8 +39,8 @@ function job(name: string, body: string): string {
 }
 
 /** Runs a job on a fresh in-process cluster (1 TaskManager, 2 slots); returns its final status. */
-async function runLocal(file: string, args: string[], p: number, onStatus?: (s: JobStatus) => void): Promise<JobStatus> {
-  const cfg = { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), "taskmanager.state.dir": path.join(dir, "state") };
+async function runLocal(file: string, args: string[], p: number, onStatus?: (s: JobStatus) => void, extra: Partial<Config> = {}): Promise<JobStatus> {
+  const cfg = { ...defaultConfig(), "state.checkpoints.dir": path.join(dir, "checkpoints"), "taskmanager.state.dir": path.join(dir, "state"), ...extra };
   const cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: cfg });
   const rpc = await connectClient("127.0.0.1", cluster.port);
   try {
@@ -148,7 +150,48 @@ async function backpressureBench(): Promise<void> {
   }
 }
 
+/**
+ * --throughput: the keyed sum of (a) with checkpoints off, aligned every 1 s and unaligned every 1 s, the three
+ * alternating run by run; records/s over the job's run time and the process's CPU time (the whole in-process cluster)
+ * per million records. Unaligned checkpoints cost on every record (the writer keeps each chunk's records until its
+ * bytes are in the ring; tasks look at the clock to slice), so this is the figure that bounds that cost.
+ */
+async function throughputBench(): Promise<void> {
+  const sumJob = job("sum-u.ts", `
+    const interval = Number(args[0]);
+    if (interval > 0) env.enableCheckpointing(interval);
+    env.fromSequence(1, Number(args[1])).map((x) => [x % 10000, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+  const modes = ["off", "aligned", "unaligned"] as const;
+  const res: Record<string, { rate: number; cpu: number; checkpoints: number }[]> = { off: [], aligned: [], unaligned: [] };
+  for (let r = 0; r < RUNS; r++) {
+    for (const mode of modes) {
+      const cpu0 = process.cpuUsage();
+      const s = await runLocal(sumJob, [mode === "off" ? "0" : "1000", String(RECORDS)], 1, undefined, { "execution.checkpointing.unaligned.enabled": mode === "unaligned" });
+      const cpu = process.cpuUsage(cpu0);
+      if (s.state !== "FINISHED") throw new Error(`keyed sum (${mode}) ended ${s.state}: ${s.error?.message}`);
+      const rate = RECORDS / ((s.endTime! - s.startTime) / 1000);
+      res[mode]!.push({ rate, cpu: (cpu.user + cpu.system) / 1e6 / (RECORDS / 1e6), checkpoints: s.checkpoints.completed });
+      log(`run ${r + 1}, ${mode}: ${(rate / 1e6).toFixed(2)} M records/s, ${res[mode]!.at(-1)!.cpu.toFixed(2)} CPU-s per M records, ${s.checkpoints.completed} checkpoints`);
+    }
+  }
+  const stat = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
+  const off = median(res.off!.map((x) => x.rate));
+  console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${os.loadavg().map((l) => l.toFixed(1)).join(" ")}`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS}\n`);
+  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- |");
+  for (const mode of modes) {
+    const xs = res[mode]!;
+    const rate = median(xs.map((x) => x.rate));
+    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
+  }
+}
+
 try {
+  if (values.throughput) {
+    await throughputBench();
+    fs.rmSync(dir, { recursive: true, force: true });
+    process.exit(0);
+  }
   if (values.backpressure) {
     await backpressureBench();
     fs.rmSync(dir, { recursive: true, force: true });
