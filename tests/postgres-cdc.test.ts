@@ -290,7 +290,7 @@ describe("PostgreSQL CDC source (real server)", () => {
     const progress = async () =>
       (await pg.sql`SELECT (SELECT count(*)::int FROM tm_cdc_splits WHERE slot = 'cdc_par') AS splits,
                            (SELECT count(DISTINCT split)::int FROM tm_cdc_segments WHERE slot = 'cdc_par') AS begun,
-                           (SELECT count(DISTINCT subtask)::int FROM tm_cdc_segments WHERE slot = 'cdc_par') AS subtasks`.catch(() => [{ splits: 0, begun: 0, subtasks: 0 }]))[0]!;
+                           (SELECT count(DISTINCT subtask)::int FROM tm_cdc_segments WHERE slot = 'cdc_par') AS subtasks`.catch(() => [{ splits: 0, begun: 0, subtasks: 0 }]))[0] as { splits: number; begun: number; subtasks: number };
     let mid = { splits: 0, begun: 0, subtasks: 0 };
     await waitFor("the snapshot to be under way with a checkpoint completed", async () => {
       const st = await rpc.request("jobStatus", { jobId });

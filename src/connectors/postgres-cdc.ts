@@ -1,7 +1,7 @@
 // PostgreSQL change-data-capture source: a consistent snapshot of the chosen tables, then their changes streamed
 // from a logical replication slot (plugin pgoutput, decoded here), exactly once across failures.
 //
-// How it stays exact (one split, read by one subtask: the source runs at parallelism 1):
+// How it stays exact (without snapshotSplitSize: one split, read by one subtask at parallelism 1):
 // - First start (no checkpoint): the publication is created (if missing) and the slot is created
 //   (pg_create_logical_replication_slot) BEFORE the snapshot is taken, so every transaction the snapshot does not
 //   see commits after the slot's consistent point and is decoded from the slot.
