@@ -255,7 +255,7 @@ describe("PostgreSQL CDC source (real server)", () => {
     await rpc.request("cancelJob", { jobId });
   }, 120_000);
 
-  test("parallel snapshot: 50 K rows cut into key ranges read by 3 subtasks while rows change, a TaskManager SIGKILLed mid-snapshot: the target equals the SQL oracle", async () => {
+  test("parallel snapshot: 50 K rows cut into key ranges read by 3 subtasks while rows change, TaskManagers SIGKILLed mid-snapshot and mid-stream: the target equals the SQL oracle", async () => {
     await pg.sql`CREATE TABLE items_par (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
     await pg.sql`INSERT INTO items_par SELECT x, x % 7, x % 1000 FROM generate_series(1, 50000) x`;
     await pg.sql`CREATE TABLE agg_par (grp int PRIMARY KEY, n bigint NOT NULL, s bigint NOT NULL)`;
@@ -302,14 +302,22 @@ describe("PostgreSQL CDC source (real server)", () => {
       throw new Error(`${err.message}: ${JSON.stringify(mid)}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}\nTaskManagers: ${tms.map((t) => t.stderr.slice(-2000)).join("\n")}`);
     });
     expect(mid.splits).toBeGreaterThanOrEqual(10); // about 50,000 rows at 5,000 per range
-    const victims = runningTaskManagers(await rpc.request("jobStatus", { jobId }));
-    const victim = victims[0]!;
-    tms[Number(victim.slice(3))]!.kill("SIGKILL");
-    startTm("tm-r0");
+    const byId = new Map(tms.map((tm, i) => [`tm-${i}`, tm]));
+    const victim = runningTaskManagers(await rpc.request("jobStatus", { jobId }))[0]!;
+    byId.get(victim)!.kill("SIGKILL");
+    byId.set("tm-r0", startTm("tm-r0"));
     await waitFor("the restart after the kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > 0, 30_000, 50);
     // The stream starts once a completed checkpoint has every range done.
     await waitFor("every range split done in a completed checkpoint", async () => (await pg.sql`SELECT count(*)::int AS n FROM tm_cdc_splits WHERE slot = 'cdc_par' AND done_checkpoint IS NULL`)[0]!.n === 0, 60_000, 100);
+    await waitFor("the stream to be read", async () => (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'cdc_par' AND active`).length > 0, 30_000, 100);
     let s = await runningWithNewCheckpoint(rpc, jobId, 0, jm);
+    // A second kill while the stream runs: every subtask restores its (done) ranges while subtask 0 streams.
+    const victim2 = runningTaskManagers(s)[0]!;
+    const restarts = s.restarts;
+    byId.get(victim2)!.kill("SIGKILL");
+    startTm("tm-r1");
+    await waitFor("the restart after the second kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > restarts, 30_000, 50);
+    s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
     s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
     const changes = await writer.stop();
     await wsql.end();
@@ -328,7 +336,7 @@ describe("PostgreSQL CDC source (real server)", () => {
     }, 40_000, 200).catch((err) => {
       throw new Error(`${err.message}: target ${JSON.stringify(got)}, oracle ${JSON.stringify(oracle)}`);
     });
-    expect((await rpc.request("jobStatus", { jobId })).restarts).toBeGreaterThanOrEqual(1);
+    expect((await rpc.request("jobStatus", { jobId })).restarts).toBeGreaterThanOrEqual(2);
     await rpc.request("cancelJob", { jobId });
   }, 150_000);
 

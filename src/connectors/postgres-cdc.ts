@@ -458,7 +458,8 @@ class CdcReader implements ConnectorSourceReader {
     }
     this.ranges = restored.filter((s) => (s as RangeSplit).kind === "range").map((s) => ({ ...(s as RangeSplit) }));
     const stream = restored.find((s) => (s as RangeSplit).kind !== "range") as CdcSplit | undefined;
-    await this.slotInfo(true);
+    // Only the stream's reader uses the slot: the others need it to exist, not to be free.
+    await this.slotInfo(true, stream !== undefined);
     if (stream) {
       if (JSON.stringify(stream.tables) !== JSON.stringify(this.tables.map((t) => t.qualified))) {
         throw new Error(`${this.what}: the restored checkpoint captures tables ${stream.tables.join(", ")}, the job now ${this.tables.map((t) => t.qualified).join(", ")} (option tables)`);
@@ -656,7 +657,7 @@ class CdcReader implements ConnectorSourceReader {
   }
 
   /** The slot's row, waiting (bounded) until no other connection uses it; null when it does not exist. */
-  private async slotInfo(mustExist: boolean): Promise<{ plugin: string; database: string } | null> {
+  private async slotInfo(mustExist: boolean, waitIdle = true): Promise<{ plugin: string; database: string } | null> {
     const deadline = performance.now() + SLOT_BUSY_WAIT_MS;
     for (;;) {
       const [s] = await this.sql!`SELECT plugin, database, active_pid FROM pg_replication_slots WHERE slot_name = ${this.opts.slot}`;
@@ -670,7 +671,7 @@ class CdcReader implements ConnectorSourceReader {
         throw new Error(`${this.what}: replication slot ${JSON.stringify(this.opts.slot)} exists with plugin ${s.plugin} on database ${s.database}, not pgoutput on ${this.conn.database} (option slot)`);
       }
       // A killed reader's walsender may take a moment to notice; a live one belongs to someone else.
-      if (s.active_pid === null) return s as { plugin: string; database: string };
+      if (s.active_pid === null || !waitIdle) return s as { plugin: string; database: string };
       if (performance.now() > deadline) throw new Error(`${this.what}: replication slot ${JSON.stringify(this.opts.slot)} is in use by server process ${s.active_pid} (another job with the same option slot?)`);
       await delay(100);
     }
