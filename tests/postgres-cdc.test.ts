@@ -255,6 +255,148 @@ describe("PostgreSQL CDC source (real server)", () => {
     await rpc.request("cancelJob", { jobId });
   }, 120_000);
 
+  test("parallel snapshot, readers driven directly: range splits checkpointed by 3 subtasks mid-snapshot and restored at parallelism 2 under a concurrent writer; the replica equals the table", async () => {
+    const table = "items_rescale";
+    await pg.sql.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`);
+    await pg.sql.unsafe(`INSERT INTO ${table} SELECT x, x % 7, x FROM generate_series(1, 6000) x`);
+    const replica = new Replica();
+    const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const writer = startWriter(wsql, table, 41, 8000);
+    writers.push(writer);
+    const src = PostgresCdcSource.source({ url: pg.url, tables: [table], slot: "cdc_rescale", snapshotChunkSize: 200, snapshotSplitSize: 1000 });
+    const make = (subtaskIndex: number, parallelism: number, restored: ConnectorSplit[] | null, attempt: number) =>
+      (src.spec as unknown as { connector: { createReader(c: object): ConnectorSourceReader } }).connector.createReader({ subtaskIndex, parallelism, jobId: "jr", attempt, restoredCheckpointId: restored ? 1 : 0, restoredSplits: restored });
+    // Parallelism 3: subtask 0 plans (it must open first), the others take the plan.
+    let rs = [make(0, 3, null, 0)];
+    await rs[0]!.open();
+    rs.push(make(1, 3, null, 0), make(2, 3, null, 0));
+    await Promise.all(rs.slice(1).map((r) => r.open()));
+    for (let i = 0; i < 4; i++) for (const r of rs) for (const rec of (await r.poll())!) replica.apply(rec as PostgresCdcRecord);
+    const saved = rs.flatMap((r) => r.positions());
+    const ranges = saved.filter((x) => (x as { kind?: string }).kind === "range").length;
+    expect(ranges).toBeGreaterThanOrEqual(6); // about 6,000 rows at 1,000 per range
+    expect(saved.some((x) => (x as { kind?: string; done?: boolean }).kind === "range" && !(x as { done?: boolean }).done)).toBe(true);
+    for (const r of rs) await r.close();
+    await Bun.sleep(200);
+    // Restored at parallelism 2: splits by id % 2, as the runtime assigns them.
+    rs = [0, 1].map((i) => make(i, 2, saved.filter((x) => x.id % 2 === i), 1));
+    for (const r of rs) await r.open();
+    let ckpt = 1;
+    const n = await (async () => {
+      // Checkpoints complete as the runtime would tell them; the stream starts once every range is done in one.
+      await waitFor("the stream to start", async () => {
+        for (const r of rs) for (const rec of (await r.poll())!) replica.apply(rec as PostgresCdcRecord);
+        ckpt++;
+        for (const r of rs) r.snapshotState!(ckpt);
+        for (const r of rs) await r.notifyCheckpointComplete!(ckpt);
+        return (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'cdc_rescale' AND active`).length > 0;
+      }, 30_000, 0);
+      return writer.stop();
+    })();
+    await wsql.end();
+    writers.length = 0;
+    expect(n).toBeGreaterThan(50);
+    const expected = await tableRows(table);
+    await waitFor("the replica to equal the table", async () => {
+      for (const r of rs) for (const rec of (await r.poll())!) replica.apply(rec as PostgresCdcRecord);
+      return JSON.stringify(replica.table()) === JSON.stringify(expected);
+    }, 30_000, 0).catch((err) => {
+      const got = replica.table();
+      const diff = expected.filter((e, i) => JSON.stringify(e) !== JSON.stringify(got[i])).slice(0, 5);
+      throw new Error(`${err.message}: ${got.length} rows vs ${expected.length}; first differences ${JSON.stringify(diff)}`);
+    });
+    // Segments from both runs: the ranges cut mid-read were resumed with snapshots of their own.
+    const [seg] = await pg.sql`SELECT count(*)::int AS n FROM tm_cdc_segments WHERE slot = 'cdc_rescale'`;
+    expect(seg!.n).toBeGreaterThan(ranges);
+    for (const r of rs) await r.close();
+    await pg.sql`SELECT pg_drop_replication_slot('cdc_rescale')`;
+  }, 60_000);
+
+  test("parallel snapshot: 50 K rows cut into key ranges read by 3 subtasks while rows change, TaskManagers SIGKILLed mid-snapshot and mid-stream: the target equals the SQL oracle", async () => {
+    await pg.sql`CREATE TABLE items_par (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
+    await pg.sql`INSERT INTO items_par SELECT x, x % 7, x % 1000 FROM generate_series(1, 50000) x`;
+    await pg.sql`CREATE TABLE agg_par (grp int PRIMARY KEY, n bigint NOT NULL, s bigint NOT NULL)`;
+    const dir = tempDir("tm-pgcdc-par-");
+    const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
+    clients.push(rpc);
+    const job = writeJob(dir, "job.ts", `
+      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(200);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_par"], slot: "cdc_par", snapshotChunkSize: 100, snapshotSplitSize: 5000 }))
+          // Snapshot rows cost a little CPU each (0.1 ms), so that the kill can fall inside the snapshot.
+          .map((r) => { if (r.op === "read") { const t = performance.now(); while (performance.now() - t < 0.1); } return r; })
+          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
+          .keyBy((d) => d[0])
+          .process({
+            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
+            processElement(d, ctx, out) {
+              const [n, s] = this.acc.value();
+              const next = [n + d[1], s + d[2]];
+              this.acc.update(next);
+              out.collect([d[0], next[0], next[1]]);
+            },
+          })
+          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement("agg_par", ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
+      };`);
+    const jobId = await submitJob(rpc, await prepareJob(job, [], 3));
+    const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    const writer = startWriter(wsql, "items_par", 31, 60_000);
+    writers.push(writer);
+    // Mid-snapshot: a checkpoint completed, some range splits read, some not begun yet.
+    const progress = async () =>
+      (await pg.sql`SELECT (SELECT count(*)::int FROM tm_cdc_splits WHERE slot = 'cdc_par') AS splits,
+                           (SELECT count(DISTINCT split)::int FROM tm_cdc_segments WHERE slot = 'cdc_par') AS begun,
+                           (SELECT count(DISTINCT subtask)::int FROM tm_cdc_segments WHERE slot = 'cdc_par') AS subtasks`.catch(() => [{ splits: 0, begun: 0, subtasks: 0 }]))[0] as { splits: number; begun: number; subtasks: number };
+    let mid = { splits: 0, begun: 0, subtasks: 0 };
+    await waitFor("the snapshot to be under way with a checkpoint completed", async () => {
+      const st = await rpc.request("jobStatus", { jobId });
+      if (st.state === "FAILED") throw new Error(`job failed: ${st.error?.message}`);
+      mid = await progress();
+      if (mid.splits > 0 && mid.begun >= mid.splits) throw new Error(`the snapshot got past every range before the kill: ${JSON.stringify(mid)}`);
+      return st.checkpoints.completed > 0 && mid.begun >= 2 && st;
+    }, 60_000, 20).catch(async (err) => {
+      throw new Error(`${err.message}: ${JSON.stringify(mid)}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}\nTaskManagers: ${tms.map((t) => t.stderr.slice(-2000)).join("\n")}`);
+    });
+    expect(mid.splits).toBeGreaterThanOrEqual(10); // about 50,000 rows at 5,000 per range
+    const byId = new Map(tms.map((tm, i) => [`tm-${i}`, tm]));
+    const victim = runningTaskManagers(await rpc.request("jobStatus", { jobId }))[0]!;
+    byId.get(victim)!.kill("SIGKILL");
+    byId.set("tm-r0", startTm("tm-r0"));
+    await waitFor("the restart after the kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > 0, 30_000, 50);
+    // The stream starts once a completed checkpoint has every range done.
+    await waitFor("every range split done in a completed checkpoint", async () => (await pg.sql`SELECT count(*)::int AS n FROM tm_cdc_splits WHERE slot = 'cdc_par' AND done_checkpoint IS NULL`)[0]!.n === 0, 60_000, 100);
+    await waitFor("the stream to be read", async () => (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'cdc_par' AND active`).length > 0, 30_000, 100);
+    let s = await runningWithNewCheckpoint(rpc, jobId, 0, jm);
+    // A second kill while the stream runs: every subtask restores its (done) ranges while subtask 0 streams.
+    const victim2 = runningTaskManagers(s)[0]!;
+    const restarts = s.restarts;
+    byId.get(victim2)!.kill("SIGKILL");
+    startTm("tm-r1");
+    await waitFor("the restart after the second kill", async () => (await rpc.request("jobStatus", { jobId })).restarts > restarts, 30_000, 50);
+    s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+    s = await runningWithNewCheckpoint(rpc, jobId, s.checkpoints.completed, jm);
+    const changes = await writer.stop();
+    await wsql.end();
+    writers.length = 0;
+    expect(changes).toBeGreaterThan(100);
+    const after = await progress();
+    // Ranges were read by more than one subtask.
+    expect(after.subtasks).toBeGreaterThanOrEqual(2);
+    const oracle = (await pg.sql`SELECT grp, count(*)::int AS n, sum(v)::int AS s FROM items_par GROUP BY grp ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+    let got: unknown[] = [];
+    await waitFor("the target to equal the oracle", async () => {
+      const st = await rpc.request("jobStatus", { jobId });
+      if (st.state === "FAILED") throw new Error(`job failed: ${st.error?.message}`);
+      got = (await pg.sql`SELECT grp, n::int AS n, s::int AS s FROM agg_par WHERE n <> 0 ORDER BY grp`).map((r) => [r.grp, r.n, r.s]);
+      return JSON.stringify(got) === JSON.stringify(oracle);
+    }, 40_000, 200).catch((err) => {
+      throw new Error(`${err.message}: target ${JSON.stringify(got)}, oracle ${JSON.stringify(oracle)}`);
+    });
+    expect((await rpc.request("jobStatus", { jobId })).restarts).toBeGreaterThanOrEqual(2);
+    await rpc.request("cancelJob", { jobId });
+  }, 150_000);
+
   test("clear errors: the slot dropped under a running job names the slot; a wrong password names the option; bad options", async () => {
     await pg.sql`CREATE TABLE items_gone (id int PRIMARY KEY, grp int NOT NULL, v int NOT NULL)`;
     await pg.sql`INSERT INTO items_gone VALUES (1, 1, 1)`;

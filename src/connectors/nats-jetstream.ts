@@ -374,7 +374,9 @@ class JetStreamWriter<T> implements SinkWriter {
   private readonly maxInFlight: number;
   private nc: NatsConnection | null = null;
   private js: JetStreamClient | null = null;
-  private inFlight = new Set<Promise<unknown>>();
+  /** Publishes not acknowledged yet, and who waits for their number to fall (a counter: a race over every pending publish per message cost more than the publish). */
+  private inFlight = 0;
+  private waiters: { below: number; resolve: () => void }[] = [];
   private error: unknown = null;
   private current: [string, string][] = [];
   private pending: Batch[] = [];
@@ -424,34 +426,49 @@ class JetStreamWriter<T> implements SinkWriter {
 
   private publish(subject: string, payload: string | Uint8Array, msgID: string | null): void {
     const data = typeof payload === "string" ? encoder.encode(payload) : payload;
-    const p = this.js!.publish(subject, data, msgID !== null ? { msgID } : undefined).then(
-      () => {},
-      (err) => {
-        this.error ??= new Error(`${this.what}: publishing to ${subject} failed: ${errorText(err)}`, { cause: err });
-      },
-    );
-    this.inFlight.add(p);
-    void p.finally(() => this.inFlight.delete(p));
+    this.inFlight++;
+    this.js!.publish(subject, data, msgID !== null ? { msgID } : undefined).then(this.acked, (err) => {
+      this.error ??= new Error(`${this.what}: publishing to ${subject} failed: ${errorText(err)}`, { cause: err });
+      this.acked();
+    });
+  }
+
+  private readonly acked = (): void => {
+    this.inFlight--;
+    if (this.waiters.length === 0) return;
+    const still: { below: number; resolve: () => void }[] = [];
+    for (const w of this.waiters) (this.inFlight < w.below || this.error !== null ? w.resolve() : still.push(w));
+    this.waiters = still;
+  };
+
+  /** Resolves once fewer than `below` publishes are in flight (or one failed). */
+  private inFlightBelow(below: number): Promise<void> | null {
+    if (this.inFlight < below || this.error !== null) return null;
+    return new Promise((resolve) => this.waiters.push({ below, resolve }));
   }
 
   private async publishBatch(b: Batch): Promise<void> {
-    const { jobId } = this.ctx;
+    const prefix = `${this.ctx.jobId}-${this.sinkId}-${b.subtask}-${b.checkpointId}-`;
+    // Refilled to maxInFlight once half of it came back: one wait per maxInFlight/2 messages.
+    const low = Math.max(1, this.maxInFlight >> 1);
     for (let i = 0; i < b.messages.length; i++) {
       const [subject, payload] = b.messages[i]!;
-      this.publish(subject, payload, `${jobId}-${this.sinkId}-${b.subtask}-${b.checkpointId}-${i}`);
-      if (this.inFlight.size >= this.maxInFlight) await Promise.race(this.inFlight);
+      this.publish(subject, payload, prefix + i);
+      if (this.inFlight >= this.maxInFlight) await this.inFlightBelow(low);
+      if (this.error !== null) throw this.error;
     }
   }
 
   /** Waits for every publish in flight; throws the first failure. */
   private async drain(): Promise<void> {
-    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
+    const p = this.inFlightBelow(1);
+    if (p) await p;
     if (this.error !== null) throw this.error;
   }
 
   waitReady(): Promise<void> | null {
     if (this.error !== null) return Promise.reject(this.error);
-    if (this.inFlight.size >= this.maxInFlight) return Promise.race(this.inFlight).then(() => {});
+    if (this.inFlight >= this.maxInFlight) return this.inFlightBelow(Math.max(1, this.maxInFlight >> 1));
     return null;
   }
 

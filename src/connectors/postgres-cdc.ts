@@ -1,7 +1,7 @@
 // PostgreSQL change-data-capture source: a consistent snapshot of the chosen tables, then their changes streamed
 // from a logical replication slot (plugin pgoutput, decoded here), exactly once across failures.
 //
-// How it stays exact (one split, read by one subtask: the source runs at parallelism 1):
+// How it stays exact (without snapshotSplitSize: one split, read by one subtask at parallelism 1):
 // - First start (no checkpoint): the publication is created (if missing) and the slot is created
 //   (pg_create_logical_replication_slot) BEFORE the snapshot is taken, so every transaction the snapshot does not
 //   see commits after the slot's consistent point and is decoded from the slot.
@@ -21,7 +21,17 @@
 //   snapshot for the rest (keys after the restored position, and the later tables) and records it as a second
 //   segment; the stream filters each change by the snapshot of the segment its key belongs to (keys compared in
 //   the order the snapshot read them: integers numerically, text in byte order (COLLATE "C"), uuid and date as text).
-// Parallel snapshot of one table by key ranges over several subtasks is not implemented: one subtask reads all.
+//
+// Parallel snapshot (option snapshotSplitSize, as Flink CDC's incremental snapshot): the source runs at the job's
+// parallelism. Subtask 0 creates the slot, then cuts every table into primary-key ranges of about that many rows
+// (range splits, ids 1..m) and publishes the plan in a coordination table (tm_cdc_splits); split 0 is the stream.
+// Range splits go to subtasks by id % parallelism; each is read in its own REPEATABLE READ transaction whose MVCC
+// snapshot is recorded in tm_cdc_segments (a split resumed after a restore records a new one for its rest; the
+// newest segment of a split whose start is below a key is the one that read it). A range split done in a
+// checkpoint that completed is marked so in tm_cdc_splits. The stream split (subtask 0) waits until every range
+// split is marked, so that no restore can bring back an unfinished range once the stream has emitted anything;
+// it then loads the segments and filters each change by the snapshot of the range (and segment) its key is in.
+// These tables live in the schema of option coordinationSchema (default public) and need CREATE there.
 import type postgres from "postgres";
 import type { Source } from "../api/environment.ts";
 import type { ConnectorSource, ConnectorSourceReader, ConnectorSplit, SourceReaderContext } from "../api/connector.ts";
@@ -45,6 +55,14 @@ export interface PostgresCdcSourceOptions extends PostgresConnectionOptions {
   fullBeforeValues?: boolean;
   /** Rows per snapshot query (default 5000). */
   snapshotChunkSize?: number;
+  /**
+   * Set: parallel snapshot. Each table is cut into primary-key ranges of about this many rows, read by the
+   * source's subtasks in parallel (the source runs at the job's parallelism; the stream starts once a completed
+   * checkpoint holds every range done, so checkpointing must be enabled). Unset: one subtask reads everything.
+   */
+  snapshotSplitSize?: number;
+  /** Schema of the coordination tables tm_cdc_splits and tm_cdc_segments (parallel snapshot only; default public). */
+  coordinationSchema?: string;
 }
 
 /** A row: column name to value (int2/int4/float4/float8/oid as numbers, int8/numeric as strings, bool, json parsed, others as PostgreSQL's text). */
@@ -80,7 +98,12 @@ interface Segment {
 type CdcSplit = ConnectorSplit & {
   slot: string;
   tables: string[];
-  phase: "snapshot" | "stream";
+  /** "wait": parallel snapshot, the stream split waiting for every range split to be done in a completed checkpoint. */
+  phase: "snapshot" | "stream" | "wait";
+  /** Parallel snapshot: the plan's name in the coordination tables, the number of range splits, and whether the stream still filters by their snapshots. */
+  epoch?: string;
+  ranges?: number;
+  filtering?: boolean;
   /** Snapshot: the table being read and the last key read in it (text values). */
   table: number;
   after: string[] | null;
@@ -88,6 +111,32 @@ type CdcSplit = ConnectorSplit & {
   /** Stream: the end LSN of the last transaction emitted (null: none yet, the slot's own start). */
   lsn: string | null;
 };
+
+/** Parallel snapshot: the rows of table `table` with lo < key <= hi (null: unbounded), read up to `after`. */
+type RangeSplit = ConnectorSplit & {
+  kind: "range";
+  slot: string;
+  epoch: string;
+  table: number;
+  lo: string[] | null;
+  hi: string[] | null;
+  after: string[] | null;
+  done: boolean;
+};
+
+/** A range's MVCC snapshot (from tm_cdc_segments): it read the keys after `start` (null: from the range's start). */
+interface RangeSegment {
+  start: string[] | null;
+  xmin: number;
+  xmax: number;
+  xip: number[];
+}
+interface RangeFilter {
+  lo: string[] | null;
+  hi: string[] | null;
+  /** Newest first. */
+  segments: RangeSegment[];
+}
 
 interface Column {
   name: string;
@@ -157,7 +206,7 @@ function xidPrecedes(a: number, b: number): boolean {
   return ((a - b) | 0) < 0;
 }
 
-function visibleIn(s: Segment, xid: number): boolean {
+function visibleIn(s: { xmin: number; xmax: number; xip: number[] }, xid: number): boolean {
   if (xidPrecedes(xid, s.xmin)) return true;
   return xidPrecedes(xid, s.xmax) && !s.xip.includes(xid);
 }
@@ -272,8 +321,12 @@ export const PostgresCdcSource = {
     }
     if (options.fullBeforeValues !== undefined && typeof options.fullBeforeValues !== "boolean") throw new Error(`${what}: option fullBeforeValues must be true or false`);
     positiveIntOption(what, "snapshotChunkSize", options.snapshotChunkSize, 5000);
+    if (options.snapshotSplitSize !== undefined) positiveIntOption(what, "snapshotSplitSize", options.snapshotSplitSize, 1);
+    if (options.coordinationSchema !== undefined) stringOption(what, "coordinationSchema", options.coordinationSchema, true);
     resolveConnection(what, options);
-    return { kind: "source", spec: { type: "connector", connector: new PostgresCdcSourceImpl(options) }, name: `PostgreSQL CDC Source (${options.slot})`, nonParallel: true };
+    // Without range splits one subtask reads everything (the slot is one stream).
+    const parallel = options.snapshotSplitSize !== undefined;
+    return { kind: "source", spec: { type: "connector", connector: new PostgresCdcSourceImpl(options) }, name: `PostgreSQL CDC Source (${options.slot})`, nonParallel: !parallel };
   },
 };
 
@@ -285,6 +338,10 @@ const POLL_WAIT_MS = 100;
 const STATUS_INTERVAL_MS = 5000;
 const SLOT_BUSY_WAIT_MS = 15_000;
 const SLOT_CREATE_TIMEOUT_MS = 30_000;
+/** How long a subtask waits for subtask 0 to publish the parallel snapshot's plan. */
+const PLAN_WAIT_MS = 90_000;
+/** How often the stream split looks whether every range split is done. */
+const RANGES_CHECK_MS = 200;
 
 class CdcReader implements ConnectorSourceReader {
   private readonly what: string;
@@ -316,6 +373,18 @@ class CdcReader implements ConnectorSourceReader {
   private maxUntil = 0n;
   /** The WAL end of a keepalive that came when nothing received was left untaken. */
   private idleLsn = 0n;
+  /** Parallel snapshot: this subtask's range splits, the one being read and its transaction. */
+  private ranges: RangeSplit[] = [];
+  private rangeTx: { split: RangeSplit; sql: postgres.ReservedSql } | null = null;
+  /** Range splits done at each checkpoint, until it completes and they are marked in tm_cdc_splits. */
+  private rangesDoneAt = new Map<number, number[]>();
+  private rangesMarked = new Set<number>();
+  /** The stream split's filter per table (ranges in key order with their segments) while it filters. */
+  private rangeFilters: Map<number, RangeFilter[]> | null = null;
+  private nextRangesCheck = 0;
+  private readonly coord: { splits: string; segments: string };
+  /** false on a subtask that has range splits only (parallel snapshot, subtask > 0). */
+  private hasStream = true;
   lastSplitId = 0;
 
   constructor(
@@ -326,6 +395,9 @@ class CdcReader implements ConnectorSourceReader {
     this.conn = resolveConnection(this.what, opts);
     this.publication = opts.publication ?? opts.slot;
     this.chunkSize = positiveIntOption(this.what, "snapshotChunkSize", opts.snapshotChunkSize, 5000);
+    const schema = quoteIdent(opts.coordinationSchema ?? "public");
+    this.coord = { splits: `${schema}.tm_cdc_splits`, segments: `${schema}.tm_cdc_segments` };
+    if (ctx.parallelism > 1) this.what = `PostgresCdcSource (slot ${opts.slot}, subtask ${ctx.subtaskIndex + 1}/${ctx.parallelism})`;
   }
 
   async open(): Promise<void> {
@@ -336,7 +408,12 @@ class CdcReader implements ConnectorSourceReader {
     }
     for (const t of this.opts.tables) await this.describeTable(t);
     const restored = this.ctx.restoredSplits;
-    if (restored !== null) {
+    const isRange = (s: ConnectorSplit) => (s as RangeSplit).kind === "range";
+    if (restored !== null && (restored.some(isRange) || (restored.length === 0 && this.opts.snapshotSplitSize !== undefined) || restored.some((s) => (s as CdcSplit).epoch !== undefined))) {
+      await this.openRestoredRanges(restored);
+    } else if (restored === null && this.opts.snapshotSplitSize !== undefined) {
+      await this.openNewRanges();
+    } else if (restored !== null) {
       if (restored.length === 0) throw new Error(`${this.what}: the restored checkpoint has no split for this source`);
       const s = restored[0] as CdcSplit;
       if (s.slot !== this.opts.slot) throw new Error(`${this.what}: the restored checkpoint reads slot ${JSON.stringify(s.slot)}, not ${JSON.stringify(this.opts.slot)} (option slot)`);
@@ -352,8 +429,208 @@ class CdcReader implements ConnectorSourceReader {
       this.split = { type: "connector", connector: CONNECTOR, id: 0, slot: this.opts.slot, tables: this.tables.map((t) => t.qualified), phase: "snapshot", table: 0, after: null, segments: [], lsn: null };
       await this.beginSnapshot();
     }
+    if (!this.hasStream) return;
     this.updateMaxUntil();
+    if (this.split.phase === "stream" && this.split.filtering) await this.loadRangeFilters();
     if (this.split.phase === "stream") await this.startStreaming();
+  }
+
+  // ---------------------------------------------------------------- parallel snapshot (range splits)
+
+  /** First start with range splits: subtask 0 makes the slot and the plan, the others wait for the plan. */
+  private async openNewRanges(): Promise<void> {
+    const epoch = `${this.ctx.jobId}/${this.ctx.attempt}`;
+    let plan: RangeSplit[];
+    if (this.ctx.subtaskIndex === 0) {
+      await this.createSlot();
+      plan = await this.makePlan(epoch);
+      this.split = { type: "connector", connector: CONNECTOR, id: 0, slot: this.opts.slot, tables: this.tables.map((t) => t.qualified), phase: "wait", table: 0, after: null, segments: [], lsn: null, epoch, ranges: plan.length, filtering: true };
+    } else {
+      plan = await this.waitForPlan(epoch);
+      this.hasStream = false;
+    }
+    this.ranges = plan.filter((r) => r.id % this.ctx.parallelism === this.ctx.subtaskIndex);
+  }
+
+  private async openRestoredRanges(restored: ConnectorSplit[]): Promise<void> {
+    for (const s of restored) {
+      if ((s as { slot?: string }).slot !== this.opts.slot) throw new Error(`${this.what}: the restored checkpoint reads slot ${JSON.stringify((s as { slot?: string }).slot)}, not ${JSON.stringify(this.opts.slot)} (option slot)`);
+    }
+    this.ranges = restored.filter((s) => (s as RangeSplit).kind === "range").map((s) => ({ ...(s as RangeSplit) }));
+    const stream = restored.find((s) => (s as RangeSplit).kind !== "range") as CdcSplit | undefined;
+    // Only the stream's reader uses the slot: the others need it to exist, not to be free.
+    await this.slotInfo(true, stream !== undefined);
+    if (stream) {
+      if (JSON.stringify(stream.tables) !== JSON.stringify(this.tables.map((t) => t.qualified))) {
+        throw new Error(`${this.what}: the restored checkpoint captures tables ${stream.tables.join(", ")}, the job now ${this.tables.map((t) => t.qualified).join(", ")} (option tables)`);
+      }
+      this.split = { ...stream, segments: [] };
+      if (this.split.lsn !== null) this.confirmed = this.position = parseLsn(this.split.lsn);
+    } else this.hasStream = false;
+    // Ranges done in the restored checkpoint (it completed; its notification may never have come).
+    const done = this.ranges.filter((r) => r.done).map((r) => r.id);
+    if (done.length > 0) await this.markRangesDone(done, this.ctx.restoredCheckpointId);
+  }
+
+  /** Key boundaries at every snapshotSplitSize-th row of each table; the ranges between them cover all keys. */
+  private async makePlan(epoch: string): Promise<RangeSplit[]> {
+    const sql = this.sql!;
+    const size = this.opts.snapshotSplitSize!;
+    await sql.unsafe(`CREATE TABLE IF NOT EXISTS ${this.coord.splits} (slot text NOT NULL, epoch text NOT NULL, split int NOT NULL, tbl int NOT NULL, lo text[], hi text[], done_checkpoint bigint, PRIMARY KEY (epoch, split))`);
+    await sql.unsafe(`CREATE TABLE IF NOT EXISTS ${this.coord.segments} (id bigserial PRIMARY KEY, slot text NOT NULL, epoch text NOT NULL, split int NOT NULL, subtask int NOT NULL, start text[], snap_xmin bigint NOT NULL, snap_xmax bigint NOT NULL, snap_xip bigint[] NOT NULL, until pg_lsn NOT NULL)`);
+    const plan: RangeSplit[] = [];
+    for (let t = 0; t < this.tables.length; t++) {
+      const info = this.tables[t]!;
+      const order = info.keys.map((c) => (TEXT_TYPES.has(c.type) ? `${quoteIdent(c.name)} COLLATE "C"` : quoteIdent(c.name))).join(", ");
+      const cols = info.keys.map((c, i) => `${quoteIdent(c.name)}::text AS k${i}`).join(", ");
+      const rows = (await sql
+        .unsafe(`SELECT ${info.keys.map((_, i) => `k${i}`).join(", ")} FROM (SELECT ${cols}, row_number() OVER (ORDER BY ${order}) AS rn FROM ${quoteIdent(info.qualified)}) x WHERE rn % ${size} = 0 ORDER BY rn`)
+        .values()) as string[][];
+      let lo: string[] | null = null;
+      for (const hi of [...rows, null]) {
+        plan.push({ type: "connector", connector: CONNECTOR, id: plan.length + 1, kind: "range", slot: this.opts.slot, epoch, table: t, lo, hi, after: lo, done: false });
+        lo = hi;
+      }
+    }
+    await sql.begin(async (tx) => {
+      await tx.unsafe(`DELETE FROM ${this.coord.splits} WHERE slot = $1`, [this.opts.slot]);
+      await tx.unsafe(`DELETE FROM ${this.coord.segments} WHERE slot = $1`, [this.opts.slot]);
+      for (const r of plan) await tx.unsafe(`INSERT INTO ${this.coord.splits} (slot, epoch, split, tbl, lo, hi) VALUES ($1, $2, $3, $4, $5, $6)`, [r.slot, epoch, r.id, r.table, r.lo, r.hi]);
+    });
+    return plan;
+  }
+
+  private async waitForPlan(epoch: string): Promise<RangeSplit[]> {
+    const deadline = performance.now() + PLAN_WAIT_MS;
+    for (;;) {
+      const rows = await this.sql!.unsafe(`SELECT split, tbl, lo, hi FROM ${this.coord.splits} WHERE epoch = $1 ORDER BY split`, [epoch]).catch((err) => {
+        if ((err as { code?: string }).code === "42P01") return []; // not created yet
+        throw err;
+      });
+      if (rows.length > 0) {
+        return rows.map((r) => ({ type: "connector", connector: CONNECTOR, id: r.split as number, kind: "range", slot: this.opts.slot, epoch, table: r.tbl as number, lo: r.lo as string[] | null, hi: r.hi as string[] | null, after: r.lo as string[] | null, done: false }));
+      }
+      if (performance.now() > deadline) throw new Error(`${this.what}: subtask 1 did not publish the snapshot plan (${this.coord.splits}, epoch ${epoch}) within ${PLAN_WAIT_MS / 1000} s`);
+      await delay(100);
+    }
+  }
+
+  private async markRangesDone(ids: number[], checkpointId: number): Promise<void> {
+    const todo = ids.filter((id) => !this.rangesMarked.has(id));
+    if (todo.length === 0) return;
+    const epoch = this.ranges.find((r) => r.id === todo[0])!.epoch;
+    await this.sql!.unsafe(`UPDATE ${this.coord.splits} SET done_checkpoint = $1 WHERE epoch = $2 AND split = ANY($3::int[]) AND done_checkpoint IS NULL`, [checkpointId, epoch, todo]);
+    for (const id of todo) this.rangesMarked.add(id);
+  }
+
+  /** The next chunk of a range split (its transaction begun, and its snapshot recorded, on the first). */
+  private async rangeChunk(r: RangeSplit): Promise<unknown[]> {
+    if (this.rangeTx?.split !== r) {
+      const tx = await this.sql!.reserve();
+      this.rangeTx = { split: r, sql: tx };
+      await tx.unsafe("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      const [row] = await tx.unsafe("SELECT pg_current_snapshot()::text AS s, pg_current_wal_insert_lsn()::text AS l");
+      const [xmin, xmax, xip] = (row!.s as string).split(":");
+      const x32 = (v: string) => Number(BigInt(v) & 0xffffffffn);
+      await this.sql!.unsafe(`INSERT INTO ${this.coord.segments} (slot, epoch, split, subtask, start, snap_xmin, snap_xmax, snap_xip, until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, [
+        this.opts.slot,
+        r.epoch,
+        r.id,
+        this.ctx.subtaskIndex,
+        r.after,
+        x32(xmin!),
+        x32(xmax!),
+        xip ? xip.split(",").map(x32) : [],
+        row!.l as string,
+      ]);
+    }
+    const tx = this.rangeTx.sql;
+    const t = this.tables[r.table]!;
+    const key = (c: Column) => (TEXT_TYPES.has(c.type) ? `src.${quoteIdent(c.name)} COLLATE "C"` : `src.${quoteIdent(c.name)}`);
+    const order = t.keys.map(key).join(", ");
+    const param = (i: number) => t.keys.map((c, j) => (TEXT_TYPES.has(c.type) ? `$${i + j}::text COLLATE "C"` : `$${i + j}::${c.sqlType}`)).join(", ");
+    const conds: string[] = [];
+    const params: string[] = [];
+    if (r.after !== null) {
+      conds.push(`(${order}) > (${param(1)})`);
+      params.push(...r.after);
+    }
+    if (r.hi !== null) {
+      conds.push(`(${order}) <= (${param(params.length + 1)})`);
+      params.push(...r.hi);
+    }
+    const q = `SELECT ${t.keys.map((c) => `${quoteIdent(c.name)}::text`).join(", ")}, ${t.columns.map((c) => `${quoteIdent(c.name)}::text`).join(", ")} FROM ${quoteIdent(t.qualified)} AS src ${conds.length > 0 ? `WHERE ${conds.join(" AND ")}` : ""} ORDER BY ${order} LIMIT ${this.chunkSize}`;
+    const rows = (await tx.unsafe(q, params).values()) as (string | null)[][];
+    const out = this.snapshotRecords(t, rows);
+    if (rows.length < this.chunkSize) {
+      r.done = true;
+      this.rangeTx = null;
+      await tx.unsafe("COMMIT");
+      tx.release();
+    } else r.after = rows[rows.length - 1]!.slice(0, t.keys.length) as string[];
+    this.lastSplitId = r.id;
+    return out;
+  }
+
+  /** Whether every range split is done in a completed checkpoint (then no restore brings one back). */
+  private async rangesAllDone(): Promise<boolean> {
+    const [row] = await this.sql!.unsafe(`SELECT count(*)::int AS n, count(done_checkpoint)::int AS done FROM ${this.coord.splits} WHERE epoch = $1`, [this.split.epoch!]);
+    if (row!.n !== this.split.ranges) throw new Error(`${this.what}: the snapshot plan ${this.split.epoch} in ${this.coord.splits} has ${row!.n} range splits, the stream split expects ${this.split.ranges} (rows deleted under the job?)`);
+    return row!.done === row!.n;
+  }
+
+  /** The ranges and their segments (newest first), for the stream's filter; maxUntil from the segments. */
+  private async loadRangeFilters(): Promise<void> {
+    const epoch = this.split.epoch!;
+    const splits = await this.sql!.unsafe(`SELECT split, tbl, lo, hi FROM ${this.coord.splits} WHERE epoch = $1 ORDER BY split`, [epoch]);
+    const segs = await this.sql!.unsafe(`SELECT split, start, snap_xmin::float8 AS xmin, snap_xmax::float8 AS xmax, snap_xip::float8[] AS xip, until::text AS until FROM ${this.coord.segments} WHERE epoch = $1 ORDER BY id DESC`, [epoch]);
+    const bySplit = new Map<number, RangeFilter>();
+    const filters = new Map<number, RangeFilter[]>();
+    for (const s of splits) {
+      const f: RangeFilter = { lo: s.lo, hi: s.hi, segments: [] };
+      bySplit.set(s.split, f);
+      const list = filters.get(s.tbl) ?? [];
+      list.push(f);
+      filters.set(s.tbl, list);
+    }
+    let max = 0n;
+    for (const g of segs) {
+      bySplit.get(g.split)?.segments.push({ start: g.start, xmin: g.xmin, xmax: g.xmax, xip: g.xip });
+      const u = parseLsn(g.until);
+      if (u > max) max = u;
+    }
+    this.rangeFilters = filters;
+    this.maxUntil = max;
+  }
+
+  private rangeSegmentOf(table: number, key: string[]): RangeSegment | null {
+    const keys = this.tables[table]!.keys;
+    for (const f of this.rangeFilters!.get(table) ?? []) {
+      if ((f.lo !== null && compareKey(keys, key, f.lo) <= 0) || (f.hi !== null && compareKey(keys, key, f.hi) > 0)) continue;
+      for (const g of f.segments) if (g.start === null || compareKey(keys, key, g.start) > 0) return g;
+      return null;
+    }
+    return null;
+  }
+
+  private async pollRanges(): Promise<unknown[]> {
+    const r = this.ranges.find((x) => !x.done);
+    if (r) return this.rangeChunk(r);
+    if (!this.hasStream) {
+      await delay(POLL_WAIT_MS);
+      return [];
+    }
+    // The stream split waits until every range is done in a completed checkpoint.
+    if (performance.now() < this.nextRangesCheck) {
+      await delay(Math.min(POLL_WAIT_MS, this.nextRangesCheck - performance.now()));
+      return [];
+    }
+    this.nextRangesCheck = performance.now() + RANGES_CHECK_MS;
+    if (!(await this.rangesAllDone())) return [];
+    await this.loadRangeFilters();
+    this.split.phase = "stream";
+    await this.startStreaming();
+    return [];
   }
 
   private async describeTable(name: string): Promise<void> {
@@ -380,7 +657,7 @@ class CdcReader implements ConnectorSourceReader {
   }
 
   /** The slot's row, waiting (bounded) until no other connection uses it; null when it does not exist. */
-  private async slotInfo(mustExist: boolean): Promise<{ plugin: string; database: string } | null> {
+  private async slotInfo(mustExist: boolean, waitIdle = true): Promise<{ plugin: string; database: string } | null> {
     const deadline = performance.now() + SLOT_BUSY_WAIT_MS;
     for (;;) {
       const [s] = await this.sql!`SELECT plugin, database, active_pid FROM pg_replication_slots WHERE slot_name = ${this.opts.slot}`;
@@ -394,7 +671,7 @@ class CdcReader implements ConnectorSourceReader {
         throw new Error(`${this.what}: replication slot ${JSON.stringify(this.opts.slot)} exists with plugin ${s.plugin} on database ${s.database}, not pgoutput on ${this.conn.database} (option slot)`);
       }
       // A killed reader's walsender may take a moment to notice; a live one belongs to someone else.
-      if (s.active_pid === null) return s as { plugin: string; database: string };
+      if (s.active_pid === null || !waitIdle) return s as { plugin: string; database: string };
       if (performance.now() > deadline) throw new Error(`${this.what}: replication slot ${JSON.stringify(this.opts.slot)} is in use by server process ${s.active_pid} (another job with the same option slot?)`);
       await delay(100);
     }
@@ -474,6 +751,17 @@ class CdcReader implements ConnectorSourceReader {
     const q = `SELECT ${t.keys.map((c) => `${quoteIdent(c.name)}::text`).join(", ")}, ${t.columns.map((c) => `${quoteIdent(c.name)}::text`).join(", ")} FROM ${quoteIdent(t.qualified)} AS src ${where} ORDER BY ${order} LIMIT ${this.chunkSize}`;
     const rows = (await this.snap!.unsafe(q, s.after ?? []).values()) as (string | null)[][];
     const nk = t.keys.length;
+    const out = this.snapshotRecords(t, rows);
+    if (rows.length < this.chunkSize) {
+      s.table++;
+      s.after = null;
+    } else s.after = rows[rows.length - 1]!.slice(0, nk) as string[];
+    return out;
+  }
+
+  /** Snapshot rows (key columns as text, then every column as text) as "read" records. */
+  private snapshotRecords(t: TableInfo, rows: (string | null)[][]): PostgresCdcRecord[] {
+    const nk = t.keys.length;
     const out: PostgresCdcRecord[] = new Array(rows.length);
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i]!;
@@ -484,10 +772,6 @@ class CdcReader implements ConnectorSourceReader {
       }
       out[i] = { op: "read", table: t.qualified, before: null, after, lsn: null, commitTime: null };
     }
-    if (rows.length < this.chunkSize) {
-      s.table++;
-      s.after = null;
-    } else s.after = rows[rows.length - 1]!.slice(0, nk) as string[];
     return out;
   }
 
@@ -648,8 +932,10 @@ class CdcReader implements ConnectorSourceReader {
   }
 
   async poll(): Promise<unknown[] | null> {
-    if (this.split.phase === "snapshot") return this.snapshotChunk();
     if (this.error) throw this.error;
+    if (!this.hasStream || this.split.phase === "wait" || this.ranges.some((r) => !r.done)) return this.pollRanges();
+    if (this.split.phase === "snapshot") return this.snapshotChunk();
+    this.lastSplitId = 0;
     // Messages already received may still be on their way through the stream: one turn of the event loop
     // lets them in, so that small transactions go out in chunks rather than one by one.
     if (this.readyChanges < CHUNK) await new Promise<void>((resolve) => setImmediate(resolve));
@@ -676,7 +962,7 @@ class CdcReader implements ConnectorSourceReader {
       // At or below the restored position: the restored checkpoint covers it already.
       if (txn.endLsn <= this.position) continue;
       const lsn = formatLsn(txn.finalLsn);
-      const filter = this.split.segments.length > 0;
+      const filter = this.split.segments.length > 0 || this.rangeFilters !== null;
       for (const ch of txn.changes) {
         const t = ch.rel.table;
         if (t < 0) continue;
@@ -686,7 +972,11 @@ class CdcReader implements ConnectorSourceReader {
       this.position = txn.endLsn;
       this.split.lsn = formatLsn(txn.endLsn);
       // Past every snapshot's WAL position: later transactions are invisible to all of them.
-      if (filter && txn.finalLsn >= this.maxUntil) this.split.segments = [];
+      if (filter && txn.finalLsn >= this.maxUntil) {
+        this.split.segments = [];
+        this.rangeFilters = null;
+        if (this.split.filtering) this.split.filtering = false;
+      }
     }
     // Every transaction committed before idleLsn was delivered and taken: later ones end after it.
     if (this.idleLsn > this.position) {
@@ -719,7 +1009,7 @@ class CdcReader implements ConnectorSourceReader {
       const i = rel.columns.findIndex((c) => c.name === k.name);
       return i < 0 ? "" : (tuple.text[i] ?? "");
     });
-    const g = this.segmentOf(table, key);
+    const g = this.rangeFilters !== null ? this.rangeSegmentOf(table, key) : this.segmentOf(table, key);
     return g !== null && visibleIn(g, xid);
   }
 
@@ -760,19 +1050,30 @@ class CdcReader implements ConnectorSourceReader {
   }
 
   positions(): ConnectorSplit[] {
+    const out: ConnectorSplit[] = this.ranges.map((r) => ({ ...r }));
+    if (!this.hasStream) return out;
     const s = this.split;
-    return [{ ...s, after: s.after ? [...s.after] : null, segments: s.segments.map((g) => ({ ...g })) }];
+    return [{ ...s, after: s.after ? [...s.after] : null, segments: s.segments.map((g) => ({ ...g })) }, ...out];
   }
 
   activeSplitIds(): number[] {
-    return [0];
+    const r = this.ranges.find((x) => !x.done);
+    if (r) return [r.id];
+    return this.hasStream && this.split.phase !== "wait" ? [0] : [];
   }
 
   snapshotState(checkpointId: number): void {
-    this.checkpoints.set(checkpointId, this.split.phase === "stream" ? this.split.lsn : null);
+    if (this.ranges.length > 0) this.rangesDoneAt.set(checkpointId, this.ranges.filter((r) => r.done).map((r) => r.id));
+    if (this.hasStream) this.checkpoints.set(checkpointId, this.split.phase === "stream" ? this.split.lsn : null);
   }
 
-  notifyCheckpointComplete(checkpointId: number): void {
+  async notifyCheckpointComplete(checkpointId: number): Promise<void> {
+    for (const [id, done] of this.rangesDoneAt) {
+      if (id > checkpointId) continue;
+      this.rangesDoneAt.delete(id);
+      if (done.length > 0) await this.markRangesDone(done, checkpointId);
+    }
+    if (!this.hasStream) return;
     let lsn: string | null = null;
     for (const [id, l] of this.checkpoints) {
       if (id > checkpointId) continue;
@@ -792,6 +1093,7 @@ class CdcReader implements ConnectorSourceReader {
     if (this.statusTimer) clearInterval(this.statusTimer);
     this.stream?.destroy();
     this.snap?.release();
+    this.rangeTx?.sql.release();
     await this.repl?.end({ timeout: 1 }).catch(() => {});
     await this.sql?.end({ timeout: 1 }).catch(() => {});
   }
