@@ -8,7 +8,7 @@
 // with buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
 // With --throughput instead: the keyed sum of (a) with checkpoints off, aligned and unaligned every 1 s (issue 15's
 // throughput-loss goal for unaligned checkpoints).
-// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--slow-ms 1] | --throughput]
+// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--taskmanagers 2] [--slow-ms 1] | --throughput]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -21,11 +21,14 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
 const { values } = parseArgs({
-  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, "slow-ms": { type: "string", default: "1" } },
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, "slow-ms": { type: "string", default: "1" } },
 });
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
 const SLOW_MS = Number(values["slow-ms"]);
+// --backpressure on 2 TaskManagers (each sink reads a local and a remote channel) or 1 (local channels only).
+const TASK_MANAGERS = Number(values.taskmanagers);
+if (TASK_MANAGERS !== 1 && TASK_MANAGERS !== 2) throw new Error(`--taskmanagers: expected 1 or 2, got ${values.taskmanagers}`);
 if (!(SLOW_MS > 0)) throw new Error(`--slow-ms: expected a positive number of milliseconds, got ${values["slow-ms"]}`);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-cp-"));
 const log = (s: string) => console.error(`[bench-checkpoint] ${s}`);
@@ -84,7 +87,7 @@ async function backpressureRun(mode: "aligned" | "debloat" | "unaligned") {
         processElement(t, ctx, out) { Atomics.wait(pause, 0, 0, ${SLOW_MS}); this.n.update(this.n.value() + 1); },
       })
       .addSink(() => {});`);
-  const cluster = await startLocalCluster({ taskManagers: 2, slotsPerTaskManager: 1, config: cfg });
+  const cluster = await startLocalCluster({ taskManagers: TASK_MANAGERS, slotsPerTaskManager: 2 / TASK_MANAGERS, config: cfg });
   const rpc = await connectClient("127.0.0.1", cluster.port);
   try {
     const jobId = await submitJob(rpc, await prepareJob(bpJob, [], 2));
@@ -135,7 +138,7 @@ async function backpressureBench(): Promise<void> {
   const ms = (x: number) => `${(x / 1000).toFixed(2)} s`;
   const kib = (x: number) => `${(x / 1024).toFixed(0)} KiB`;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${load1.map((l) => l.toFixed(2)).join(" ")} after`);
-  console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --slow-ms ${SLOW_MS} --runs ${RUNS}\n`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --taskmanagers ${TASK_MANAGERS} --slow-ms ${SLOW_MS} --runs ${RUNS}\n`);
   console.log("| mode | checkpoint duration | checkpoints completed | checkpoint size | of it channel state | sink records/s | CPU cores (CPU s / wall s) |");
   console.log("| --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
