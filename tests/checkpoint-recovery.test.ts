@@ -6,20 +6,12 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
-import { BUN, Child, committedLines, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { BUN, Child, committedLines, FAST_RECOVERY, removeTempDirs, rng, startProcessCluster, tempDir, waitFor, writeJob } from "./helpers.ts";
 
-const CLUSTER = [
-  "-D", "heartbeat.interval=200ms",
-  "-D", "heartbeat.timeout=2s",
-  "-D", "taskmanager.registration.max-backoff=200ms",
-  "-D", "restart-strategy.type=fixed-delay",
-  "-D", "restart-strategy.fixed-delay.attempts=10",
-  "-D", "restart-strategy.fixed-delay.delay=200ms",
-];
 const KEYS = 37;
 const clients: RpcConnection[] = [];
 
@@ -29,17 +21,10 @@ afterEach(async () => {
 });
 afterAll(removeTempDirs);
 
-async function startCluster(dir: string, taskManagers: number, extra: string[] = []): Promise<{ port: number; jm: Child; tms: Child[]; rpc: RpcConnection; startTm: (id: string) => Child }> {
-  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`, ...extra];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) =>
-    new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  const tms = Array.from({ length: taskManagers }, (_, i) => startTm(`tm-${i}`));
-  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
-  clients.push(rpc);
-  return { port, jm, tms, rpc, startTm };
+async function startCluster(dir: string, taskManagers: number, extra: string[] = []): Promise<Awaited<ReturnType<typeof startProcessCluster>>> {
+  const c = await startProcessCluster(dir, taskManagers, [...FAST_RECOVERY, ...extra]);
+  clients.push(c.rpc);
+  return c;
 }
 
 /**
@@ -47,7 +32,7 @@ async function startCluster(dir: string, taskManagers: number, extra: string[] =
  * counts per key in ValueState and emits [key, count]: the output set does not depend on how records interleave,
  * so it is exactly {(k, 1..n_k)} for an exactly-once run, whatever failed in between.
  */
-function jobSource(opts: { out: string; n: number; backend: "heap" | "sqlite"; throwOnceMarker?: string; pauseEvery?: number }): string {
+function jobSource(opts: { out: string; n: number; backend: "heap" | "sqlite"; throwOnceMarker?: string; throwAfter?: string; pauseEvery?: number }): string {
   return `
     import * as fs from "node:fs";
     import { FileSink, ValueStateDescriptor } from ${JSON.stringify(path.resolve("src/api/index.ts"))};
@@ -60,7 +45,7 @@ function jobSource(opts: { out: string; n: number; backend: "heap" | "sqlite"; t
         .process({
           open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); },
           processElement(x, ctx, out) {
-            ${opts.throwOnceMarker ? `if (x === ${Math.floor(opts.n / 2)} && !fs.existsSync(${JSON.stringify(opts.throwOnceMarker)})) { fs.writeFileSync(${JSON.stringify(opts.throwOnceMarker)}, "thrown"); throw new Error("injected failure at " + x); }` : ""}
+            ${opts.throwOnceMarker ? `if (x >= ${Math.floor(opts.n / 2)} && (x & 63) === 0 && fs.existsSync(${JSON.stringify(opts.throwAfter)}) && !fs.existsSync(${JSON.stringify(opts.throwOnceMarker)})) { fs.writeFileSync(${JSON.stringify(opts.throwOnceMarker)}, "thrown"); throw new Error("injected failure at " + x); }` : ""}
             const c = this.count.value() + 1;
             this.count.update(c);
             out.collect([ctx.getCurrentKey(), c]);
@@ -139,8 +124,13 @@ describe("exactly-once recovery (real processes)", () => {
     const out = path.join(dir, "out");
     const marker = path.join(dir, "thrown");
     const N = 400_000;
-    const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "heap", throwOnceMarker: marker, pauseEvery: 500 }));
+    // It throws in the second half of the input, once the test has seen a completed checkpoint (on a quiet machine
+    // the middle of the input can come before the first checkpoint completes).
+    const go = path.join(dir, "go");
+    const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "heap", throwOnceMarker: marker, throwAfter: go, pauseEvery: 200 }));
     const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
+    await waitFor("a completed checkpoint", async () => (await rpc.request("jobStatus", { jobId })).checkpoints.completed > 0, 30_000, 20);
+    fs.writeFileSync(go, "1");
     const final = await waitForJob(rpc, jobId, () => {}, 100);
     expect(final.state).toBe("FINISHED");
     expect(fs.readFileSync(marker, "utf8")).toBe("thrown");
