@@ -4,7 +4,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
-import { submitJob, waitForJob } from "../src/client/job-client.ts";
+import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { FrameDecoder } from "../src/rpc/framing.ts";
@@ -283,4 +283,29 @@ export function keyedCountsDiscrepancy(lines: string[], n: number, keys: number)
     else seen.add(l);
   }
   return { bad: bad.slice(0, 5), duplicates, missing: n - seen.size };
+}
+
+/** Quick failure detection and restarts for clusters of real processes: a lost TaskManager is noticed within 2 s. */
+export const FAST_RECOVERY = [
+  "-D", "heartbeat.interval=200ms",
+  "-D", "heartbeat.timeout=2s",
+  "-D", "taskmanager.registration.max-backoff=200ms",
+  "-D", "restart-strategy.type=fixed-delay",
+  "-D", "restart-strategy.fixed-delay.attempts=10",
+  "-D", "restart-strategy.fixed-delay.delay=200ms",
+];
+
+/**
+ * A JobManager and TaskManagers tm-0, tm-1, ... (2 slots each) as child processes, all with `args` and checkpoints
+ * under dir/checkpoints; each registered before it returns. Child.stopAll() stops them; the caller closes the client.
+ */
+export async function startProcessCluster(dir: string, taskManagers: number, args: string[] = FAST_RECOVERY): Promise<{ port: number; jm: Child; tms: Child[]; rpc: RpcConnection; startTm: (id: string) => Child }> {
+  const common = ["-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`, ...args];
+  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
+  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
+  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
+  const tms = Array.from({ length: taskManagers }, (_, i) => startTm(`tm-${i}`));
+  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+  const rpc = await connectClient("127.0.0.1", port);
+  return { port, jm, tms, rpc, startTm };
 }

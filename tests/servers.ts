@@ -7,9 +7,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import postgres from "postgres";
 import type { Subprocess } from "bun";
-import { connectClient } from "../src/client/job-client.ts";
-import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, tempDir, waitFor } from "./helpers.ts";
+import { startProcessCluster, tempDir, waitFor } from "./helpers.ts";
 
 const CLUSTER = [
   "-D", "heartbeat.interval=200ms",
@@ -21,15 +19,8 @@ const CLUSTER = [
 ];
 
 /** A JobManager and TaskManagers (2 slots each) as child processes (stopped by Child.stopAll()); the client is closed by the caller. */
-export async function startCluster(dir: string, taskManagers: number): Promise<{ rpc: RpcConnection; jm: Child; tms: Child[]; startTm: (id: string) => Child }> {
-  const common = [...CLUSTER, "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  const tms = Array.from({ length: taskManagers }, (_, i) => startTm(`tm-${i}`));
-  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
-    return { rpc, jm, tms, startTm };
+export function startCluster(dir: string, taskManagers: number): ReturnType<typeof startProcessCluster> {
+  return startProcessCluster(dir, taskManagers, CLUSTER);
 }
 
 

@@ -6,11 +6,11 @@
 import { afterAll, afterEach, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { referencedFiles, type CheckpointMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, keyedJob, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { Child, committedLines, FAST_RECOVERY, keyedCountsDiscrepancy, keyedJob, removeTempDirs, startProcessCluster, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 5000;
 const clients: RpcConnection[] = [];
@@ -42,24 +42,9 @@ const chainLength = (meta: CheckpointMetadata) => Math.max(0, ...meta.operators.
 test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored from a chain, output exactly once", async () => {
   const dir = tempDir("tm-incr-recovery-");
   const checkpoints = path.join(dir, "checkpoints");
-  const common = [
-    "-D", "heartbeat.interval=200ms",
-    "-D", "heartbeat.timeout=2s",
-    "-D", "taskmanager.registration.max-backoff=200ms",
-    "-D", "restart-strategy.type=fixed-delay",
-    "-D", "restart-strategy.fixed-delay.attempts=10",
-    "-D", "restart-strategy.fixed-delay.delay=200ms",
-    "-D", `state.checkpoints.dir=${checkpoints}`,
-    "-D", "state.checkpoints.num-retained=2",
-    "-D", "state.backend.incremental=true",
-  ];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  const tms = new Map([0, 1, 2].map((i) => [`tm-${i}`, startTm(`tm-${i}`)]));
-  await Promise.all([...tms.values()].map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
+  const { rpc, jm, tms: started, startTm } = await startProcessCluster(dir, 3, [...FAST_RECOVERY, "-D", "state.checkpoints.num-retained=2", "-D", "state.backend.incremental=true"]);
   clients.push(rpc);
+  const tms = new Map(started.map((tm, i) => [`tm-${i}`, tm]));
 
   const out = path.join(dir, "out");
   const N = 300_000;

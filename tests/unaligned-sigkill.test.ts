@@ -5,12 +5,12 @@
 // records, and the committed output is exactly once.
 import { afterAll, afterEach, expect, test } from "bun:test";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { readMetadata } from "../src/jobmanager/checkpoint-store.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { Child, committedLines, FAST_RECOVERY, keyedCountsDiscrepancy, removeTempDirs, startProcessCluster, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const clients: RpcConnection[] = [];
 afterEach(async () => {
@@ -23,25 +23,13 @@ const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
 test("SIGKILLed TaskManagers during unaligned checkpoints under backpressure: restored with channel state, output exactly once", async () => {
   const dir = tempDir("tm-unaligned-kill-");
-  const checkpoints = path.join(dir, "checkpoints");
-  const common = [
-    "-D", "heartbeat.interval=200ms",
-    "-D", "heartbeat.timeout=2s",
-    "-D", "taskmanager.registration.max-backoff=200ms",
-    "-D", "restart-strategy.type=fixed-delay",
-    "-D", "restart-strategy.fixed-delay.attempts=10",
-    "-D", "restart-strategy.fixed-delay.delay=200ms",
-    "-D", `state.checkpoints.dir=${checkpoints}`,
+  const { rpc, tms: started, startTm } = await startProcessCluster(dir, 3, [
+    ...FAST_RECOVERY,
     "-D", "state.checkpoints.num-retained=100",
     "-D", "execution.checkpointing.unaligned.enabled=true",
-  ];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  const tms = new Map([0, 1, 2].map((i) => [`tm-${i}`, startTm(`tm-${i}`)]));
-  await Promise.all([...tms.values()].map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
+  ]);
   clients.push(rpc);
+  const tms = new Map(started.map((tm, i) => [`tm-${i}`, tm]));
 
   const out = path.join(dir, "out");
   const N = 24_000, KEYS = 11;
