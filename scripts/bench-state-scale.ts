@@ -356,7 +356,8 @@ console.log(
   [
     `Command: bun scripts/bench-state-scale.ts ${process.argv.slice(2).join(" ")}`,
     `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}; load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`,
-    `Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`,
+    ...(PARTS.has("ops") || PARTS.has("ckpt") || PARTS.has("heap") ? [`Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`] : []),
+    ...(jobCells.length > 0 ? [`Job table: default state budget (64 MiB), no checkpoints; median (min-max) of the runs of each cell; CPU and peak RSS of the child process (the whole cluster: Workers are threads).`] : []),
     "",
     ...(lines1.length === 0
       ? []
