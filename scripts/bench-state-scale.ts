@@ -15,9 +15,13 @@
 //     alone. Each run is a child process holding an in-process cluster (JobManager, TaskManager, task Workers as
 //     threads), so the child's own peak RSS and CPU time (getrusage) are the whole tree's. --job-runs runs per cell,
 //     alternating heap and SQLite; --big-runs for the big cell.
+// (5) the fixed costs of an incremental checkpoint (--parts fixed): 100,000 keys, 10 changed per checkpoint, 9
+//     checkpoints: the snapshot, and beside it each fixed part alone (a second connection with a read
+//     transaction, the 128 per-key-group change-log queries, an fsync of a small file, reading the chain's states
+//     for the acknowledgement).
 // Medians of --runs runs, with min and max, CPU seconds beside wall time. Prints markdown tables.
 // Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9]
-//      [--heap-keys 5000000] [--parts ops,ckpt,heap,job] [--job-records 5000000] [--job-keys 10000,1000000,5000000]
+//      [--heap-keys 5000000] [--parts ops,ckpt,heap,job,fixed] [--job-records 5000000] [--job-keys 10000,1000000,5000000]
 //      [--job-runs 3] [--big-keys 10000000] [--big-runs 1]
 import { Database } from "bun:sqlite";
 import { execFileSync } from "node:child_process";
@@ -28,6 +32,8 @@ import { parseArgs } from "node:util";
 import { createKeyedStateBackend, ValueStateDescriptor, type KeyedStateBackend } from "../src/state/index.ts";
 import { assignToKeyGroup } from "../src/state/key-groups.ts";
 import { decode, encodeTransient, heapKeyOf, keyBytesOfHeapKey } from "../src/state/serde.ts";
+import { openSqliteDriverSync } from "../src/state/sqlite-driver.ts";
+import { keyedSnapshotStates } from "../src/state/snapshot-format.ts";
 
 const { values } = parseArgs({
   options: {
@@ -295,6 +301,61 @@ if (PARTS.has("ckpt")) {
   }
   await b.close();
 }
+// ---- (5) fixed costs of an incremental checkpoint ----
+const fixed: Record<string, number[]> = {};
+if (PARTS.has("fixed")) {
+  const add = (k: string, x: number) => (fixed[k] ??= []).push(x);
+  const b = (await createKeyedStateBackend({ kind: "sqlite", dir: path.join(root, "fixed"), maxParallelism: MAXP, keyGroupRange: FULL, incremental: true })) as KeyedStateBackend & {
+    flush(): void;
+    path: string;
+    q: { changesOfGroup: { sql: string } };
+  };
+  const s = b.getState(new ValueStateDescriptor<number>("v"));
+  for (let i = 0; i < 100_000; i++) {
+    b.setCurrentKey(i);
+    s.update(i);
+  }
+  b.flush();
+  let id = 0;
+  const take = async () => {
+    const h = await b.snapshot(path.join(root, "fixed-chk", `chk-${++id}`, "t"), { checkpointId: id, incremental: true });
+    b.notifyCheckpointComplete(id);
+    return h;
+  };
+  await take();
+  for (let r = 0; r < 9; r++) {
+    for (let j = 0; j < 10; j++) {
+      b.setCurrentKey(r * 10 + j);
+      s.update(-1);
+    }
+    let t = performance.now();
+    const c0 = cpuSeconds();
+    const h = await take();
+    add("incremental snapshot, wall", performance.now() - t);
+    add("incremental snapshot, CPU", (cpuSeconds() - c0) * 1000);
+    t = performance.now();
+    await keyedSnapshotStates(h);
+    add("the chain's states for the acknowledgement", performance.now() - t);
+    t = performance.now();
+    const d = openSqliteDriverSync(b.path);
+    d.exec("BEGIN");
+    d.prepare("SELECT count(*) AS n FROM tm_state").get();
+    add("second connection and its read transaction", performance.now() - t);
+    const q = d.prepare(b.q.changesOfGroup.sql);
+    t = performance.now();
+    for (let kg = 0; kg < MAXP; kg++) q.all([kg, 0]);
+    add("128 per-key-group change-log queries", performance.now() - t);
+    d.exec("COMMIT");
+    d.close();
+    const fh = await fs.promises.open(path.join(root, `fsync-${r}`), "w");
+    await fh.write(new Uint8Array(2000));
+    t = performance.now();
+    await fh.sync();
+    add("fsync of a 2 KB file", performance.now() - t);
+    await fh.close();
+  }
+  await b.close();
+}
 fs.rmSync(root, { recursive: true, force: true });
 fs.rmSync(oldDir, { recursive: true, force: true });
 
@@ -356,7 +417,7 @@ console.log(
   [
     `Command: bun scripts/bench-state-scale.ts ${process.argv.slice(2).join(" ")}`,
     `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}; load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`,
-    ...(PARTS.has("ops") || PARTS.has("ckpt") || PARTS.has("heap") ? [`Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`] : []),
+    ...(PARTS.has("ops") || PARTS.has("ckpt") || PARTS.has("heap") || PARTS.has("fixed") ? [`Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`] : []),
     ...(jobCells.length > 0 ? [`Job table: default state budget (64 MiB), no checkpoints; median (min-max) of the runs of each cell; CPU and peak RSS of the child process (the whole cluster: Workers are threads).`] : []),
     "",
     ...(lines1.length === 0
@@ -383,6 +444,14 @@ console.log(
           `| ${HEAP_KEYS.toLocaleString("en")} keys of ValueState<number> | JSC heap bytes per key | RSS bytes per key |`,
           "| --- | --- | --- |",
           ...heapModes.map((m) => `| ${m} | ${mmm(heap.get(m)!.heap, b1)} | ${mmm(heap.get(m)!.rss, b1)} |`),
+          "",
+        ]),
+    ...(Object.keys(fixed).length === 0
+      ? []
+      : [
+          "| incremental checkpoint of 100,000 keys, 10 changed (9 checkpoints) | ms, median (min-max) |",
+          "| --- | --- |",
+          ...Object.entries(fixed).map(([k, xs]) => `| ${k} | ${mmm(xs, (x) => x.toFixed(2))} |`),
           "",
         ]),
     ...(jobCells.length === 0
