@@ -9,9 +9,20 @@
 // (3) heap backend bytes per key: --heap-keys keys of ValueState<number> (integer keys, and 12-character string
 //     keys), JSC heap after a full collection and RSS, each in a child process of its own; beside them a bare Map
 //     per key group holding the same keys and values (the floor of this representation).
+// (4) the issue's job-level table: a keyed sum through the job API (fromSequence -> map to [x % keys, 1] -> keyBy
+//     -> sum -> discarding sink, p=1, no checkpoints, default 64 MiB state budget) of --job-records records, keys
+//     cycled, heap vs SQLite at each of --job-keys distinct keys, and --big-keys keys (as many records) on SQLite
+//     alone. Each run is a child process holding an in-process cluster (JobManager, TaskManager, task Workers as
+//     threads), so the child's own peak RSS and CPU time (getrusage) are the whole tree's. --job-runs runs per cell,
+//     alternating heap and SQLite; --big-runs for the big cell.
+// (5) the fixed costs of an incremental checkpoint (--parts fixed): 100,000 keys, 10 changed per checkpoint, 9
+//     checkpoints: the snapshot, and beside it each fixed part alone (a second connection with a read
+//     transaction, the 128 per-key-group change-log queries, an fsync of a small file, reading the chain's states
+//     for the acknowledgement).
 // Medians of --runs runs, with min and max, CPU seconds beside wall time. Prints markdown tables.
 // Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9]
-//      [--heap-keys 5000000] [--parts ops,ckpt,heap]
+//      [--heap-keys 5000000] [--parts ops,ckpt,heap,job,fixed] [--job-records 5000000] [--job-keys 10000,1000000,5000000]
+//      [--job-runs 3] [--big-keys 10000000] [--big-runs 1]
 import { Database } from "bun:sqlite";
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -21,6 +32,8 @@ import { parseArgs } from "node:util";
 import { createKeyedStateBackend, ValueStateDescriptor, type KeyedStateBackend } from "../src/state/index.ts";
 import { assignToKeyGroup } from "../src/state/key-groups.ts";
 import { decode, encodeTransient, heapKeyOf, keyBytesOfHeapKey } from "../src/state/serde.ts";
+import { openSqliteDriverSync } from "../src/state/sqlite-driver.ts";
+import { keyedSnapshotStates } from "../src/state/snapshot-format.ts";
 
 const { values } = parseArgs({
   options: {
@@ -32,6 +45,12 @@ const { values } = parseArgs({
     "heap-keys": { type: "string", default: "5000000" },
     parts: { type: "string", default: "ops,ckpt,heap" },
     "heap-child": { type: "string" },
+    "job-records": { type: "string", default: "5000000" },
+    "job-keys": { type: "string", default: "10000,1000000,5000000" },
+    "job-runs": { type: "string", default: "3" },
+    "big-keys": { type: "string", default: "10000000" },
+    "big-runs": { type: "string", default: "1" },
+    "job-child": { type: "string" },
   },
 });
 
@@ -66,6 +85,45 @@ if (values["heap-child"] !== undefined) {
   const h1 = used();
   const rss1 = process.memoryUsage.rss();
   console.log(JSON.stringify({ heap: (h1 - h0) / n, rss: (rss1 - rss0) / n, alive: keep !== undefined }));
+  process.exit(0);
+}
+// (4)'s child: one keyed-sum job on an in-process cluster; prints records/s, wall and CPU seconds, peak RSS.
+if (values["job-child"] !== undefined) {
+  const [backend, keysS, recordsS] = values["job-child"].split(":");
+  const { startLocalCluster } = await import("../src/client/local-cluster.ts");
+  const { connectClient, submitJob, waitForJob } = await import("../src/client/job-client.ts");
+  const { prepareJob } = await import("../src/client/prepare-job.ts");
+  const { defaultConfig } = await import("../src/config/index.ts");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-job-"));
+  const file = path.join(dir, "sum.ts");
+  fs.writeFileSync(
+    file,
+    `export default (env, args) => {
+      env.setStateBackend(args[0]);
+      const keys = Number(args[1]);
+      env.fromSequence(1, Number(args[2])).map((x) => [x % keys, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});
+    };\n`,
+  );
+  const cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 1, config: { ...defaultConfig(), "taskmanager.state.dir": path.join(dir, "state") } });
+  const rpc = await connectClient("127.0.0.1", cluster.port);
+  const u0 = process.resourceUsage();
+  const jobId = await submitJob(rpc, await prepareJob(file, [backend!, keysS!, recordsS!], 1));
+  const s = await waitForJob(rpc, jobId, () => {}, 50);
+  const u1 = process.resourceUsage();
+  rpc.close();
+  await cluster.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+  if (s.state !== "FINISHED") throw new Error(`keyed sum (${values["job-child"]}) ended ${s.state}: ${s.error?.message}`);
+  const secs = (s.endTime! - s.startTime) / 1000;
+  console.log(
+    JSON.stringify({
+      rate: Number(recordsS) / secs,
+      secs,
+      user: (u1.userCPUTime - u0.userCPUTime) / 1e6,
+      sys: (u1.systemCPUTime - u0.systemCPUTime) / 1e6,
+      rssMB: (u1.maxRSS * 1024) / 1e6,
+    }),
+  );
   process.exit(0);
 }
 const PARTS = new Set(values.parts!.split(","));
@@ -243,6 +301,61 @@ if (PARTS.has("ckpt")) {
   }
   await b.close();
 }
+// ---- (5) fixed costs of an incremental checkpoint ----
+const fixed: Record<string, number[]> = {};
+if (PARTS.has("fixed")) {
+  const add = (k: string, x: number) => (fixed[k] ??= []).push(x);
+  const b = (await createKeyedStateBackend({ kind: "sqlite", dir: path.join(root, "fixed"), maxParallelism: MAXP, keyGroupRange: FULL, incremental: true })) as KeyedStateBackend & {
+    flush(): void;
+    path: string;
+    q: { changesOfGroup: { sql: string } };
+  };
+  const s = b.getState(new ValueStateDescriptor<number>("v"));
+  for (let i = 0; i < 100_000; i++) {
+    b.setCurrentKey(i);
+    s.update(i);
+  }
+  b.flush();
+  let id = 0;
+  const take = async () => {
+    const h = await b.snapshot(path.join(root, "fixed-chk", `chk-${++id}`, "t"), { checkpointId: id, incremental: true });
+    b.notifyCheckpointComplete(id);
+    return h;
+  };
+  await take();
+  for (let r = 0; r < 9; r++) {
+    for (let j = 0; j < 10; j++) {
+      b.setCurrentKey(r * 10 + j);
+      s.update(-1);
+    }
+    let t = performance.now();
+    const c0 = cpuSeconds();
+    const h = await take();
+    add("incremental snapshot, wall", performance.now() - t);
+    add("incremental snapshot, CPU", (cpuSeconds() - c0) * 1000);
+    t = performance.now();
+    await keyedSnapshotStates(h);
+    add("the chain's states for the acknowledgement", performance.now() - t);
+    t = performance.now();
+    const d = openSqliteDriverSync(b.path);
+    d.exec("BEGIN");
+    d.prepare("SELECT count(*) AS n FROM tm_state").get();
+    add("second connection and its read transaction", performance.now() - t);
+    const q = d.prepare(b.q.changesOfGroup.sql);
+    t = performance.now();
+    for (let kg = 0; kg < MAXP; kg++) q.all([kg, 0]);
+    add("128 per-key-group change-log queries", performance.now() - t);
+    d.exec("COMMIT");
+    d.close();
+    const fh = await fs.promises.open(path.join(root, `fsync-${r}`), "w");
+    await fh.write(new Uint8Array(2000));
+    t = performance.now();
+    await fh.sync();
+    add("fsync of a 2 KB file", performance.now() - t);
+    await fh.close();
+  }
+  await b.close();
+}
 fs.rmSync(root, { recursive: true, force: true });
 fs.rmSync(oldDir, { recursive: true, force: true });
 
@@ -260,6 +373,42 @@ for (let r = 0; PARTS.has("heap") && r < RUNS; r++) {
   }
 }
 
+// ---- (4) the issue's job-level table ----
+interface JobRun {
+  rate: number;
+  secs: number;
+  user: number;
+  sys: number;
+  rssMB: number;
+}
+const jobCells: { backend: string; keys: number; records: number; runs: JobRun[]; load: string[] }[] = [];
+const loadNow = () => os.loadavg().map((x) => x.toFixed(1)).join(" ");
+const runJob = (backend: string, keys: number, records: number): JobRun => {
+  const out = execFileSync(process.execPath, [import.meta.path, "--job-child", `${backend}:${keys}:${records}`], { encoding: "utf8", maxBuffer: 1 << 24 });
+  return JSON.parse(out.trim().split("\n").at(-1)!) as JobRun;
+};
+if (PARTS.has("job")) {
+  const records = Number(values["job-records"]);
+  const cells = values["job-keys"]!.split(",").flatMap((k) => ["heap", "sqlite"].map((backend) => ({ backend, keys: Number(k), records, runs: [] as JobRun[], load: [] as string[] })));
+  const big = { backend: "sqlite", keys: Number(values["big-keys"]), records: Number(values["big-keys"]), runs: [] as JobRun[], load: [] as string[] };
+  for (let r = 0; r < Number(values["job-runs"]); r++) {
+    for (const c of cells) {
+      c.load.push(loadNow());
+      c.runs.push(runJob(c.backend, c.keys, c.records));
+      const x = c.runs.at(-1)!;
+      log(`job run ${r + 1} ${c.backend} ${c.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${c.load.at(-1)}`);
+    }
+  }
+  for (let r = 0; big.keys > 0 && r < Number(values["big-runs"]); r++) {
+    big.load.push(loadNow());
+    big.runs.push(runJob(big.backend, big.keys, big.records));
+    const x = big.runs.at(-1)!;
+    log(`job run ${r + 1} sqlite ${big.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${big.load.at(-1)}`);
+  }
+  jobCells.push(...cells);
+  if (big.runs.length > 0) jobCells.push(big);
+}
+
 const cpus = os.cpus();
 const mib = (x: number) => `${(x / 2 ** 20).toFixed(2)} MiB`;
 const ms = (x: number) => `${x.toFixed(0)} ms`;
@@ -268,7 +417,8 @@ console.log(
   [
     `Command: bun scripts/bench-state-scale.ts ${process.argv.slice(2).join(" ")}`,
     `Machine: ${cpus.length} x ${cpus[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${os.type()} ${os.release()}, Bun ${Bun.version}; load average at the end ${os.loadavg().map((x) => x.toFixed(2)).join(" ")}`,
-    `Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`,
+    ...(PARTS.has("ops") || PARTS.has("ckpt") || PARTS.has("heap") || PARTS.has("fixed") ? [`Budget (state.backend.sqlite.cache-size) ${BUDGET / 2 ** 20} MiB; ${RUNS} runs; median (min-max). Working set = keys x ${ROW_BYTES} B of rows / budget.`] : []),
+    ...(jobCells.length > 0 ? [`Job table: default state budget (64 MiB), no checkpoints; median (min-max) of the runs of each cell; CPU and peak RSS of the child process (the whole cluster: Workers are threads).`] : []),
     "",
     ...(lines1.length === 0
       ? []
@@ -294,6 +444,26 @@ console.log(
           `| ${HEAP_KEYS.toLocaleString("en")} keys of ValueState<number> | JSC heap bytes per key | RSS bytes per key |`,
           "| --- | --- | --- |",
           ...heapModes.map((m) => `| ${m} | ${mmm(heap.get(m)!.heap, b1)} | ${mmm(heap.get(m)!.rss, b1)} |`),
+          "",
+        ]),
+    ...(Object.keys(fixed).length === 0
+      ? []
+      : [
+          "| incremental checkpoint of 100,000 keys, 10 changed (9 checkpoints) | ms, median (min-max) |",
+          "| --- | --- |",
+          ...Object.entries(fixed).map(([k, xs]) => `| ${k} | ${mmm(xs, (x) => x.toFixed(2))} |`),
+          "",
+        ]),
+    ...(jobCells.length === 0
+      ? []
+      : [
+          "| backend | distinct keys | records | runs | records/s | wall s | CPU-s (of which kernel) | peak RSS | load average (1/5/15 min) at each start |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+          ...jobCells.map(
+            (c) =>
+              `| ${c.backend} | ${c.keys.toLocaleString("en")} | ${c.records.toLocaleString("en")} | ${c.runs.length} | ${mmm(c.runs.map((x) => x.rate), fmt)} | ${mmm(c.runs.map((x) => x.secs), b1)} | ` +
+              `${mmm(c.runs.map((x) => x.user + x.sys), b1)} (${mmm(c.runs.map((x) => x.sys), b1)}) | ${mmm(c.runs.map((x) => x.rssMB), (x) => `${x.toFixed(0)} MB`)} | ${c.load.join("; ")} |`,
+          ),
         ]),
   ].join("\n"),
 );

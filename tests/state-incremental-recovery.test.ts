@@ -2,7 +2,8 @@
 // over 5000 keys on the SQLite backend with state.backend.incremental on. Once the latest completed checkpoint is
 // a chain (a full snapshot plus change sets), a TaskManager running the job is SIGKILLed; the job restores from
 // the chain and the committed output is exactly once. Retention (num-retained 2) leaves every file that the
-// retained checkpoints reference.
+// retained checkpoints reference. A second job is rescaled (2 -> 3) from an incremental checkpoint whose chain starts
+// at a checkpoint that retention has already deleted (its _metadata gone, its keyed files kept for the chain).
 import { afterAll, afterEach, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -38,6 +39,10 @@ function latestMetadata(jobDir: string): { id: number; meta: CheckpointMetadata 
 }
 
 const chainLength = (meta: CheckpointMetadata) => Math.max(0, ...meta.operators.flatMap((o) => o.subtasks.map((s) => s?.keyed?.files.length ?? 0)));
+
+/** The files of the chains in a checkpoint's metadata whose own checkpoint has no _metadata any more. */
+const filesOfDeletedCheckpoints = (meta: CheckpointMetadata) =>
+  meta.operators.flatMap((o) => o.subtasks.flatMap((s) => s?.keyed?.files ?? [])).filter((f) => !fs.existsSync(path.join(path.dirname(path.dirname(f)), "_metadata")));
 
 test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored from a chain, output exactly once", async () => {
   const dir = tempDir("tm-incr-recovery-");
@@ -90,3 +95,52 @@ test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored fro
     .filter((f) => Number(/chk-(\d+)/.exec(path.relative(jobDir, f))?.[1]) < oldest && !referenced.has(f));
   expect(leftovers).toEqual([]);
 }, 150_000);
+
+test("rescale 2 -> 3 from an incremental checkpoint whose chain starts in a checkpoint deleted by retention: output exactly once", async () => {
+  const dir = tempDir("tm-incr-rescale-");
+  const checkpoints = path.join(dir, "checkpoints");
+  const common = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms", "-D", "restart-strategy.type=none", "-D", `state.checkpoints.dir=${checkpoints}`, "-D", "state.checkpoints.num-retained=3", "-D", "state.backend.incremental=true"];
+  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
+  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
+  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
+  let tms = ["a", "b"].map((id) => startTm(`tm-${id}`));
+  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+  const rpc = await connectClient("127.0.0.1", port);
+  clients.push(rpc);
+
+  // Many keys against the records of one interval, so that change sets stay small and chains grow long.
+  const keys = 50_000;
+  const N = 400_000;
+  const out = path.join(dir, "out");
+  const job = writeJob(dir, "job.ts", keyedJob(out, N, 40, { keys, checkpointMs: 200, backend: "sqlite" }));
+  const first = await submitJob(rpc, await prepareJob(job, [], 2));
+  const jobDir = path.join(checkpoints, first);
+  // A completed checkpoint whose chain reaches back into a checkpoint that retention deleted.
+  const chained = await waitFor("a retained incremental checkpoint built on a deleted one", () => {
+    const l = latestMetadata(jobDir);
+    return l !== null && chainLength(l.meta) >= 2 && filesOfDeletedCheckpoints(l.meta).length > 0 && l;
+  }, 90_000, 20).catch(async (err) => {
+    throw new Error(`${err.message}; job: ${JSON.stringify(await rpc.request("jobStatus", { jobId: first }))}\nJobManager: ${jm.stderr.slice(-2000)}`);
+  });
+  // Stop the job where it is (no further checkpoint can complete without its tasks), then cancel what is left.
+  for (const tm of tms) tm.kill("SIGKILL");
+  const stopped = await waitForJob(rpc, first, () => {}, 100);
+  expect(stopped.state).toBe("FAILED");
+  const restoreFrom = path.join(jobDir, `chk-${chained.id}`, "_metadata");
+  expect(fs.existsSync(restoreFrom)).toBe(true); // at most a checkpoint or two completed after it: still retained
+  const deleted = filesOfDeletedCheckpoints(chained.meta);
+  expect(deleted.length).toBeGreaterThan(0);
+  expect(deleted.filter((f) => !fs.existsSync(f))).toEqual([]);
+
+  // A new job at parallelism 3 from that checkpoint: every new subtask restores its key groups from the chains of
+  // the old two, and the output, the first job's committed part and the second's, is exactly once.
+  tms = ["c", "d"].map((id) => startTm(`tm-${id}`));
+  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
+  const second = await submitJob(rpc, { ...(await prepareJob(job, [], 3)), fromSavepoint: restoreFrom });
+  const final = await waitForJob(rpc, second, () => {}, 100);
+  expect(final.error?.message).toBeUndefined();
+  expect(final.state).toBe("FINISHED");
+  expect(final.checkpoints.restoredFrom).toBe(restoreFrom);
+  expect(final.vertices.map((v) => v.parallelism)).toContain(3);
+  expect(keyedCountsDiscrepancy(committedLines(out), N, keys)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+}, 240_000);

@@ -1,6 +1,7 @@
 // Incremental checkpoints of the SQLite backend (issue 16): a change set holds only the changed rows; chains of
 // change sets restore exactly what the heap backend, fed the same random operations, holds at each snapshot, at
-// any parallelism; checkpoint retention deletes only files that no retained checkpoint references.
+// any parallelism; checkpoint retention deletes only files that no retained checkpoint references; a chain's states
+// are read from each file's header once.
 import { afterAll, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -19,6 +20,7 @@ import {
   type KeyGroupRange,
 } from "../src/state/index.ts";
 import { assignToKeyGroup } from "../src/state/key-groups.ts";
+import { KeyedSnapshotReader, keyedSnapshotStates } from "../src/state/snapshot-format.ts";
 import { rng } from "./helpers.ts";
 
 const MAXP = 128;
@@ -298,4 +300,44 @@ test("a change set without its full snapshot is refused, naming the file", async
   );
   expect(err?.message).toContain(h.files[1]!);
   expect(err?.message).toContain("no full snapshot before it");
+});
+
+test("the states of a chain are read from each file's header once: a checkpoint's acknowledgement reopens no file", async () => {
+  const b = await backend("sqlite", { incremental: true });
+  b.setCurrentKey("a");
+  b.getState(V).update(1);
+  b.getListState(L).add("x");
+  const job = fresh("job");
+  await b.snapshot(path.join(job, "chk-1", "t"), { checkpointId: 1, incremental: true });
+  b.notifyCheckpointComplete(1);
+  b.setCurrentKey("b");
+  b.getMapState(M).put(1, "y");
+  const h = await b.snapshot(path.join(job, "chk-2", "t"), { checkpointId: 2, incremental: true });
+  expect(h.files).toHaveLength(2);
+  const opened: string[] = [];
+  const open = KeyedSnapshotReader.open;
+  KeyedSnapshotReader.open = (f: string) => {
+    opened.push(f);
+    return open.call(KeyedSnapshotReader, f);
+  };
+  try {
+    const names = (x: { name: string; kind: string }[]) => x.map((s) => `${s.name}:${s.kind}`).sort();
+    // Files this process wrote: known from their writer.
+    expect(names(await keyedSnapshotStates(h))).toEqual(["l:list", "m:map", "v:value"]);
+    expect(opened).toEqual([]);
+    // Files it did not write (copies, as another TaskManager's): each header read once, then known.
+    const copies = h.files.map((f, i) => {
+      const c = path.join(fresh("copy"), `${i}-${path.basename(f)}`);
+      fs.mkdirSync(path.dirname(c), { recursive: true });
+      fs.copyFileSync(f, c);
+      return c;
+    });
+    const copied = { ...h, files: copies };
+    expect(names(await keyedSnapshotStates(copied))).toEqual(["l:list", "m:map", "v:value"]);
+    expect(opened).toEqual(copies);
+    expect(names(await keyedSnapshotStates(copied))).toEqual(["l:list", "m:map", "v:value"]);
+    expect(opened).toEqual(copies);
+  } finally {
+    KeyedSnapshotReader.open = open;
+  }
 });

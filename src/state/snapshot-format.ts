@@ -98,6 +98,20 @@ interface KeyedHeader {
   changeSet?: boolean;
 }
 
+/**
+ * The states in each keyed snapshot file's header, by path, for keyedSnapshotStates: a task's acknowledgement
+ * lists the states of its whole chain, and reading every file's header each time cost about 5 ms per checkpoint
+ * for a chain of a few files. File names are unique (snapshotFileName) and a file never changes once written,
+ * so a path's states stay true. Filled by the writer and by reads; bounded, oldest first out.
+ */
+const statesOfFile = new Map<string, SnapshotStateMeta[]>();
+const STATES_OF_FILE_MAX = 1024;
+function rememberStates(file: string, states: SnapshotStateMeta[]): void {
+  statesOfFile.delete(file);
+  statesOfFile.set(file, states);
+  if (statesOfFile.size > STATES_OF_FILE_MAX) statesOfFile.delete(statesOfFile.keys().next().value!);
+}
+
 let fileCounter = 0;
 /** A fresh file name in `dir` (a snapshot never overwrites an earlier one's files). */
 export function snapshotFileName(dir: string, prefix: string): string {
@@ -173,6 +187,7 @@ export class KeyedSnapshotWriter {
     await this.fh.sync();
     await this.fh.close();
     await fsp.rename(this.tmp, this.file);
+    rememberStates(this.file, this.header.states);
     return {
       type: "keyed",
       backend: this.header.backend,
@@ -430,12 +445,17 @@ export interface StateInfo {
 export async function keyedSnapshotStates(h: KeyedSnapshotHandle): Promise<StateInfo[]> {
   const out = new Map<string, StateInfo>();
   for (const f of h.files) {
-    const r = await KeyedSnapshotReader.open(f);
-    try {
-      for (const s of r.header.states) if (!out.has(s.name)) out.set(s.name, { name: s.name, scope: "keyed", kind: s.kind, ttlMs: s.ttlMs });
-    } finally {
-      await r.close();
+    let states = statesOfFile.get(f);
+    if (states === undefined) {
+      const r = await KeyedSnapshotReader.open(f);
+      try {
+        states = r.header.states;
+      } finally {
+        await r.close();
+      }
+      rememberStates(f, states);
     }
+    for (const s of states) if (!out.has(s.name)) out.set(s.name, { name: s.name, scope: "keyed", kind: s.kind, ttlMs: s.ttlMs });
   }
   return [...out.values()];
 }

@@ -94,6 +94,7 @@ export class SqliteTtlCleaner {
         const kept = unexpiredBytes(t.meta.kind, t.meta.ttlMs, v, now);
         if (kept === v) continue;
         if (!began) {
+          b.endRead();
           b.driver.exec("BEGIN");
           began = true;
         }
