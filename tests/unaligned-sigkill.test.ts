@@ -27,6 +27,9 @@ test("SIGKILLed TaskManagers during unaligned checkpoints under backpressure: re
     ...FAST_RECOVERY,
     "-D", "state.checkpoints.num-retained=100",
     "-D", "execution.checkpointing.unaligned.enabled=true",
+    // Off here: with it on, the job hangs at the end of its input about one run in four on a loaded machine (a
+    // checkpoint after the sources' final one is never acknowledged by one keyed task): an open bug of issue 15.
+    "-D", "execution.checkpointing.checkpoints-after-tasks-finish=false",
   ]);
   clients.push(rpc);
   const tms = new Map(started.map((tm, i) => [`tm-${i}`, tm]));
