@@ -10,11 +10,11 @@ import { afterAll, afterEach, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { CheckpointStats } from "../src/rpc/messages.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, committedLines, keyedCountsDiscrepancy, keyedJob, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { Child, committedLines, FAST_RECOVERY, keyedCountsDiscrepancy, keyedJob, removeTempDirs, startProcessCluster, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 20_000;
 const dir = tempDir("tm-incr-diskfull-");
@@ -64,26 +64,16 @@ function fill(file: string, leave: number): void {
 
 const run = mountError === null ? test : test.skip;
 run(`a disk that fills during an incremental checkpoint: declined naming ENOSPC, the job goes on, output exactly once${mountError ? ` (skipped: mount -t tmpfs failed: ${mountError})` : ""}`, async () => {
-  const common = [
-    "-D", "heartbeat.interval=200ms",
-    "-D", "heartbeat.timeout=2s",
-    "-D", "taskmanager.registration.max-backoff=200ms",
-    "-D", "restart-strategy.type=fixed-delay",
-    "-D", "restart-strategy.fixed-delay.attempts=10",
-    "-D", "restart-strategy.fixed-delay.delay=200ms",
+  // Checkpoints go to the tmpfs; the TaskManager's working state (the SQLite databases) stays outside it.
+  const { rpc, jm, tms, startTm } = await startProcessCluster(dir, 1, [
+    ...FAST_RECOVERY,
     "-D", `state.checkpoints.dir=${checkpoints}`,
     "-D", "state.checkpoints.num-retained=1",
     "-D", "state.backend.incremental=true",
-  ];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  // The TaskManager's working state (the SQLite databases) lives outside the tmpfs: only checkpoints fill it.
-  const startTm = (id: string) =>
-    new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, "-D", `taskmanager.state.dir=${path.join(dir, `state-${id}`)}`, ...common]);
-  let tm = startTm("tm-a");
-  await tm.waitForOutput(/registered at the JobManager/);
-  const rpc = await connectClient("127.0.0.1", port);
+    "-D", `taskmanager.state.dir=${path.join(dir, "state")}`,
+  ]);
   clients.push(rpc);
+  let tm = tms[0]!;
 
   const out = path.join(dir, "out");
   const N = 600_000;

@@ -99,14 +99,14 @@ test("SIGKILL of a TaskManager with incremental SQLite checkpoints: restored fro
 test("rescale 2 -> 3 from an incremental checkpoint whose chain starts in a checkpoint deleted by retention: output exactly once", async () => {
   const dir = tempDir("tm-incr-rescale-");
   const checkpoints = path.join(dir, "checkpoints");
-  const common = ["-D", "heartbeat.interval=200ms", "-D", "heartbeat.timeout=2s", "-D", "taskmanager.registration.max-backoff=200ms", "-D", "restart-strategy.type=none", "-D", `state.checkpoints.dir=${checkpoints}`, "-D", "state.checkpoints.num-retained=3", "-D", "state.backend.incremental=true"];
-  const jm = new Child([BUN, "main.ts", "jobmanager", "-D", "jobmanager.rpc.port=0", ...common]);
-  const port = Number((await jm.waitForOutput(/JobManager started rpc=127\.0\.0\.1:(\d+)/))[1]);
-  const startTm = (id: string) => new Child([BUN, "main.ts", "-D", `jobmanager.rpc.port=${port}`, "-D", "taskmanager.numberOfTaskSlots=2", "-D", `taskmanager.resource-id=${id}`, ...common]);
-  let tms = ["a", "b"].map((id) => startTm(`tm-${id}`));
-  await Promise.all(tms.map((tm) => tm.waitForOutput(/registered at the JobManager/)));
-  const rpc = await connectClient("127.0.0.1", port);
+  const { rpc, jm, tms: started, startTm } = await startProcessCluster(dir, 2, [
+    ...FAST_RECOVERY,
+    "-D", "restart-strategy.type=none",
+    "-D", "state.checkpoints.num-retained=3",
+    "-D", "state.backend.incremental=true",
+  ]);
   clients.push(rpc);
+  let tms = started;
 
   // Many keys against the records of one interval, so that change sets stay small and chains grow long.
   const keys = 50_000;
