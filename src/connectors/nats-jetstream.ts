@@ -16,7 +16,7 @@ import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type
 import type { Source } from "../api/environment.ts";
 import type { ListState } from "../state/api.ts";
 import type { ConnectorSink, ConnectorSource, ConnectorSourceReader, ConnectorSplit, SinkWriter, SinkWriterContext, SourceReaderContext } from "../api/connector.ts";
-import { errorText, positiveIntOption, stringOption } from "./options.ts";
+import { errorText, positiveIntOption, stringOption, waitForData } from "./options.ts";
 
 const CONNECTOR = "nats-jetstream";
 
@@ -209,14 +209,7 @@ class JetStreamReader<T> implements ConnectorSourceReader {
       if (chunk !== null) return chunk;
       if (this.runs.every((r) => r.finished) && this.opts.bounded) return null;
       if (attempt === 0) {
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, POLL_WAIT_MS);
-          this.wake = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        });
-        this.wake = null;
+        await waitForData(POLL_WAIT_MS, (w) => (this.wake = w));
       }
     }
     await this.whileIdle();

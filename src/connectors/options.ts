@@ -26,3 +26,19 @@ export function stringOption(what: string, name: string, v: unknown, required: b
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * A reader waiting for data its pump delivers: resolves after `ms`, or as soon as the pump calls the wake function
+ * handed to `setWake` (which gets null again once the wait is over).
+ */
+export function waitForData(ms: number, setWake: (wake: (() => void) | null) => void): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(t);
+      setWake(null);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    setWake(done);
+  });
+}

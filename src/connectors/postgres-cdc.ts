@@ -35,7 +35,7 @@
 import type postgres from "postgres";
 import type { Source } from "../api/environment.ts";
 import type { ConnectorSource, ConnectorSourceReader, ConnectorSplit, SourceReaderContext } from "../api/connector.ts";
-import { delay, errorText, positiveIntOption, stringOption } from "./options.ts";
+import { delay, errorText, positiveIntOption, stringOption, waitForData } from "./options.ts";
 import { connectOrExplain, createClient, quoteIdent, quoteLiteral, resolveConnection, type PostgresConnectionOptions, type ResolvedConnection } from "./postgres-common.ts";
 
 const CONNECTOR = "postgres-cdc";
@@ -940,14 +940,7 @@ class CdcReader implements ConnectorSourceReader {
     // lets them in, so that small transactions go out in chunks rather than one by one.
     if (this.readyChanges < CHUNK) await new Promise<void>((resolve) => setImmediate(resolve));
     if (this.ready.length === 0) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, POLL_WAIT_MS);
-        this.wake = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.wake = null;
+      await waitForData(POLL_WAIT_MS, (w) => (this.wake = w));
       if (this.error) throw this.error;
     }
     return this.take();
