@@ -9,12 +9,11 @@ import postgres from "postgres";
 import { submitJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresCdcSource, type PostgresCdcRecord } from "../src/api/index.ts";
 import type { ConnectorSourceReader, ConnectorSplit } from "../src/api/connector.ts";
 import { parseLsn } from "../src/connectors/postgres-cdc.ts";
 import { BUN, Child, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { freePort, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
+import { freePort, runningTaskManagers, runningWithNewCheckpoint, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
@@ -36,21 +35,6 @@ afterAll(async () => {
   await stopPostgres(pg);
   removeTempDirs();
 });
-
-function runningTaskManagers(s: JobStatus): string[] {
-  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
-}
-
-/** Waits for a RUNNING job with all tasks running and a checkpoint completed after `before`. */
-async function runningWithNewCheckpoint(rpc: RpcConnection, jobId: string, before: number, jm: Child): Promise<JobStatus> {
-  return waitFor("a running job with a new checkpoint", async () => {
-    const s = await rpc.request("jobStatus", { jobId });
-    if (s.state === "FAILED") throw new Error(`job failed: ${s.error?.message}`);
-    return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
-  }, 60_000).catch(async (err) => {
-    throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
-  });
-}
 
 function reader(opts: { table: string; slot: string; chunk?: number; password?: string }, restored: ConnectorSplit[] | null, attempt = 0): ConnectorSourceReader {
   const src = PostgresCdcSource.source({ url: pg.url, tables: [opts.table], slot: opts.slot, snapshotChunkSize: opts.chunk ?? 5000, ...(opts.password ? { password: opts.password } : {}) });
@@ -112,6 +96,33 @@ class Replica {
   table(): [number, number, number][] {
     return [...this.rows].map(([id, r]) => [id, r.grp, r.copies === 1 ? r.v : -1e9 * r.copies] as [number, number, number]).sort((a, b) => a[0] - b[0]);
   }
+}
+
+/**
+ * The job of the cluster tests: CDC of `table` -> per group, the number of rows and the sum of v from the changes'
+ * before (retracted) and after (added) values -> the exactly-once PostgresSink upserting into `target`. A change
+ * lost or applied twice leaves a wrong count or sum behind for good.
+ */
+function aggregationJob(dir: string, o: { table: string; slot: string; target: string; source: string; slowSnapshot?: boolean }): string {
+  return writeJob(dir, "job.ts", `
+      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
+      export default (env) => {
+        env.enableCheckpointing(200);
+        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: [${JSON.stringify(o.table)}], slot: ${JSON.stringify(o.slot)}, ${o.source} }))
+          ${o.slowSnapshot ? `.map((r) => { if (r.op === "read") { const t = performance.now(); while (performance.now() - t < 0.1); } return r; })` : ""}
+          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
+          .keyBy((d) => d[0])
+          .process({
+            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
+            processElement(d, ctx, out) {
+              const [n, s] = this.acc.value();
+              const next = [n + d[1], s + d[2]];
+              this.acc.update(next);
+              out.collect([d[0], next[0], next[1]]);
+            },
+          })
+          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement(${JSON.stringify(o.target)}, ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
+      };`);
 }
 
 async function tableRows(table: string): Promise<[number, number, number][]> {
@@ -193,26 +204,7 @@ describe("PostgreSQL CDC source (real server)", () => {
     const dir = tempDir("tm-pgcdc-");
     const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
     clients.push(rpc);
-    // Per group: the number of rows and the sum of v, from the changes' before (retracted) and after (added)
-    // values; a change lost or applied twice leaves a wrong count or sum behind for good.
-    const job = writeJob(dir, "job.ts", `
-      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
-      export default (env) => {
-        env.enableCheckpointing(200);
-        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_job"], slot: "cdc_job", snapshotChunkSize: 1000 }))
-          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
-          .keyBy((d) => d[0])
-          .process({
-            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
-            processElement(d, ctx, out) {
-              const [n, s] = this.acc.value();
-              const next = [n + d[1], s + d[2]];
-              this.acc.update(next);
-              out.collect([d[0], next[0], next[1]]);
-            },
-          })
-          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement("agg", ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
-      };`);
+    const job = aggregationJob(dir, { table: "items_job", slot: "cdc_job", target: "agg", source: "snapshotChunkSize: 1000" });
     const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
     const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
     const writer = startWriter(wsql, "items_job", 11, 25_000);
@@ -319,26 +311,8 @@ describe("PostgreSQL CDC source (real server)", () => {
     const dir = tempDir("tm-pgcdc-par-");
     const { rpc, jm, tms, startTm } = await startCluster(dir, 3);
     clients.push(rpc);
-    const job = writeJob(dir, "job.ts", `
-      import { PostgresCdcSource, PostgresSink, ValueStateDescriptor } from ${API};
-      export default (env) => {
-        env.enableCheckpointing(200);
-        env.fromSource(PostgresCdcSource.source({ url: ${JSON.stringify(pg.url)}, tables: ["items_par"], slot: "cdc_par", snapshotChunkSize: 100, snapshotSplitSize: 5000 }))
-          // Snapshot rows cost a little CPU each (0.1 ms), so that the kill can fall inside the snapshot.
-          .map((r) => { if (r.op === "read") { const t = performance.now(); while (performance.now() - t < 0.1); } return r; })
-          .flatMap((r) => [...(r.before ? [[r.before.grp, -1, -r.before.v]] : []), ...(r.after ? [[r.after.grp, 1, r.after.v]] : [])])
-          .keyBy((d) => d[0])
-          .process({
-            open(ctx) { this.acc = ctx.getState(new ValueStateDescriptor("acc", { default: [0, 0] })); },
-            processElement(d, ctx, out) {
-              const [n, s] = this.acc.value();
-              const next = [n + d[1], s + d[2]];
-              this.acc.update(next);
-              out.collect([d[0], next[0], next[1]]);
-            },
-          })
-          .sinkTo(PostgresSink.exactlyOnceSink({ url: ${JSON.stringify(pg.url)}, statement: PostgresSink.upsertStatement("agg_par", ["grp", "n", "s"], ["grp"]), rowMapper: (r) => r, batchSize: 500 }));
-      };`);
+    // Snapshot rows cost a little CPU each (0.1 ms), so that the kill can fall inside the snapshot.
+    const job = aggregationJob(dir, { table: "items_par", slot: "cdc_par", target: "agg_par", source: "snapshotChunkSize: 100, snapshotSplitSize: 5000", slowSnapshot: true });
     const jobId = await submitJob(rpc, await prepareJob(job, [], 3));
     const wsql = postgres(pg.url, { max: 1, onnotice: () => {} });
     const writer = startWriter(wsql, "items_par", 31, 60_000);

@@ -7,13 +7,12 @@ import * as path from "node:path";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import type { JobStatus } from "../src/rpc/messages.ts";
 import { PostgresSink } from "../src/api/index.ts";
 import { planBatch, preparedId } from "../src/connectors/postgres-sink.ts";
 import type { OperatorContext } from "../src/runtime/operator.ts";
 import * as fs from "node:fs";
 import { BUN, Child, countWords, removeTempDirs, rng, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { freePort, PG_PASSWORD, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
+import { freePort, PG_PASSWORD, runningTaskManagers, runningWithNewCheckpoint, startCluster, startPostgres, stopPostgres, type PgServer } from "./servers.ts";
 
 const KEYS = 23;
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
@@ -31,21 +30,6 @@ afterAll(async () => {
   await stopPostgres(pg);
   removeTempDirs();
 });
-
-function runningTaskManagers(s: JobStatus): string[] {
-  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
-}
-
-/** Waits for a RUNNING job with all tasks running and a checkpoint completed after `before`. */
-async function runningWithNewCheckpoint(rpc: RpcConnection, jobId: string, before: number, jm: Child): Promise<JobStatus> {
-  return waitFor("a running job with a new checkpoint", async () => {
-    const s = await rpc.request("jobStatus", { jobId });
-    if (s.state === "FAILED") throw new Error(`job failed: ${s.error?.message}`);
-    return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
-  }, 60_000).catch(async (err) => {
-    throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
-  });
-}
 
 /** An OperatorContext for a sink writer driven directly by a test. */
 function sinkContext(over: Partial<OperatorContext>): OperatorContext {

@@ -7,7 +7,9 @@ import * as net from "node:net";
 import * as path from "node:path";
 import postgres from "postgres";
 import type { Subprocess } from "bun";
-import { startProcessCluster, tempDir, waitFor } from "./helpers.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
+import { type Child, startProcessCluster, tempDir, waitFor } from "./helpers.ts";
 
 const CLUSTER = [
   "-D", "heartbeat.interval=200ms",
@@ -24,6 +26,22 @@ export function startCluster(dir: string, taskManagers: number): ReturnType<type
 }
 
 
+
+/** The TaskManagers that run a task of the job now. */
+export function runningTaskManagers(s: JobStatus): string[] {
+  return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
+}
+
+/** Waits for a RUNNING job with all tasks running and a checkpoint completed after `before`. */
+export async function runningWithNewCheckpoint(rpc: RpcConnection, jobId: string, before: number, jm: Child): Promise<JobStatus> {
+  return waitFor("a running job with a new checkpoint", async () => {
+    const s = await rpc.request("jobStatus", { jobId });
+    if (s.state === "FAILED") throw new Error(`job failed: ${s.error?.message}`);
+    return s.state === "RUNNING" && s.tasks.RUNNING === s.vertices.reduce((a, v) => a + v.parallelism, 0) && s.checkpoints.completed > before && s;
+  }, 60_000).catch(async (err) => {
+    throw new Error(`${err.message}; job status: ${JSON.stringify(await rpc.request("jobStatus", { jobId }))}\nJobManager: ${jm.stderr.slice(-3000)}`);
+  });
+}
 
 /** A server process with its output captured; not in Child's registry, so tests' Child.stopAll() leaves it alone. */
 class ServerProcess {
