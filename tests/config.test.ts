@@ -115,6 +115,7 @@ describe("defaults", () => {
       "rest.allowed-hosts": [],
       "rest.allowed-origins": [],
       "metrics.port": 0,
+      "metrics.latency.interval": 0,
       "taskmanager.shutdown.grace-period": 10_000,
       "log.format": "text",
       "taskmanager.registration.timeout": 300_000,

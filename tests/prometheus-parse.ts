@@ -64,9 +64,12 @@ export function parsePrometheus(text: string): Map<string, PromFamily> {
     const raw = m[4]!;
     const value = raw === "NaN" ? NaN : raw === "+Inf" ? Infinity : raw === "-Inf" ? -Infinity : Number(raw);
     if (raw !== "NaN" && Number.isNaN(value)) throw new Error(`${at}: value ${raw} is not a number`);
-    const f = families.get(name);
+    // A summary's or histogram's _sum, _count (and _bucket) samples belong to its family.
+    const base = /^(.*)_(sum|count|bucket)$/.exec(name)?.[1];
+    const f = families.get(name) ?? (base !== undefined && ["summary", "histogram"].includes(families.get(base)?.type ?? "") ? families.get(base) : undefined);
     if (!f) throw new Error(`${at}: sample of ${name} without TYPE/HELP`);
-    if (current !== name) throw new Error(`${at}: samples of ${name} are not contiguous`);
+    if (current !== f.name) throw new Error(`${at}: samples of ${name} are not contiguous`);
+    if (f.type === "summary" && name === f.name && labels.quantile === undefined) throw new Error(`${at}: a summary's sample without a quantile label`);
     const key = name + JSON.stringify(Object.entries(labels).sort());
     if (series.has(key)) throw new Error(`${at}: duplicate series`);
     series.add(key);

@@ -34,7 +34,15 @@ export class StreamExecutionEnvironment {
     checkpointInterval: 0,
     checkpointingMode: null,
     autoWatermarkInterval: null,
+    latencyTrackingInterval: null,
   };
+
+  /** Latency markers of this job every `ms` (0 = off); default: the JobManager's metrics.latency.interval. */
+  setLatencyTrackingInterval(ms: number): this {
+    if (!Number.isFinite(ms) || ms < 0) throw new Error(`setLatencyTrackingInterval: expected a number of milliseconds >= 0, got ${ms}`);
+    this.settings.latencyTrackingInterval = ms;
+    return this;
+  }
 
   /** Periodic watermark interval of this job in ms (0 = off); default: the TaskManager's pipeline.auto-watermark-interval. */
   setAutoWatermarkInterval(ms: number): this {

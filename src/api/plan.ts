@@ -133,6 +133,8 @@ export interface JobSettings {
   checkpointingMode: CheckpointingMode | null;
   /** Periodic watermark interval in ms, or null for the TaskManager's pipeline.auto-watermark-interval. */
   autoWatermarkInterval?: number | null;
+  /** Latency marker interval in ms (0 = off), or null for the JobManager's metrics.latency.interval. */
+  latencyTrackingInterval?: number | null;
 }
 
 export type CheckpointingMode = "EXACTLY_ONCE" | "AT_LEAST_ONCE";

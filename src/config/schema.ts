@@ -91,6 +91,7 @@ export interface Config {
   "rest.allowed-hosts": string[];
   "rest.allowed-origins": string[];
   "metrics.port": number;
+  "metrics.latency.interval": number;
   "taskmanager.shutdown.grace-period": number;
   "log.format": "text" | "json";
   "taskmanager.registration.timeout": number;
@@ -552,6 +553,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "port" },
     default: 0,
     doc: "Port of a TaskManager's /metrics, /healthz and /readyz, bound on taskmanager.host (0 = pick a free port; the bound port is logged).",
+  },
+  "metrics.latency.interval": {
+    type: { kind: "duration" },
+    default: 0,
+    doc: "Latency tracking (Flink's key): on the JobManager, sources of every job emit a latency marker this often; each operator records how long markers took to reach it (p50/p95/p99/max per operator and source subtask, on /metrics as tm_task_latency_seconds, in REST and on the dashboard). 0 = off; a job's env.setLatencyTrackingInterval(ms) overrides it.",
   },
   "taskmanager.shutdown.grace-period": {
     type: { kind: "duration" },

@@ -40,6 +40,8 @@ export interface JobMasterOptions {
   initialRestore: { meta: CheckpointMetadata; path: string; allowNonRestoredState?: boolean } | null;
   /** web.exception-history-size: failures kept in the exception history (default 16). */
   exceptionHistorySize?: number;
+  /** metrics.latency.interval: how often sources emit latency markers (0 = never; a job's own setting wins). */
+  latencyIntervalMs?: number;
   /** With HA: the job's fenced writes (attempts, checkpoint ids and pointers). */
   ha?: JobHa;
   /** A job recovered after a JobManager failover: the attempt it had deployed and the highest checkpoint id used.
@@ -497,6 +499,7 @@ export class JobMaster {
             ? { alignedCheckpointTimeoutMs: this.opts.checkpointing.alignedTimeoutMs }
             : {}),
           ...(this.checkpointsAfterFinish ? { finalCheckpoint: true } : {}),
+          ...((this.opts.latencyIntervalMs ?? 0) > 0 ? { latencyIntervalMs: this.opts.latencyIntervalMs } : {}),
           restore: this.restoreFor(v.id),
         };
         this.executions.set(deployment.executionId, { deployment, tm: slots[i]!.tm, state, metrics: emptyMetrics(), startTime: Date.now(), endTime: null });

@@ -461,6 +461,7 @@ export class JobManager {
       },
       initialRestore,
       exceptionHistorySize: c["web.exception-history-size"],
+      latencyIntervalMs: c["metrics.latency.interval"],
     };
   }
 

@@ -2,11 +2,13 @@
 // https://prometheus.io/docs/instrumenting/exposition_formats/
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
-export type MetricType = "counter" | "gauge";
+export type MetricType = "counter" | "gauge" | "summary";
 
 export interface Sample {
   labels?: Record<string, string | number>;
   value: number;
+  /** A summary's _sum and _count samples (its quantiles have none). */
+  suffix?: "_sum" | "_count";
 }
 
 export interface MetricFamily {
@@ -54,7 +56,7 @@ export function renderPrometheus(families: MetricFamily[]): string {
     out += `# HELP ${f.name} ${escapeHelp(f.help)}\n# TYPE ${f.name} ${f.type}\n`;
     for (const s of f.samples) {
       const labels = Object.entries(s.labels ?? {});
-      let line = f.name;
+      let line = f.name + (s.suffix ?? "");
       if (labels.length > 0) {
         line += "{" + labels.map(([k, v]) => {
           if (!LABEL.test(k)) throw new Error(`invalid label name ${JSON.stringify(k)} of ${f.name}`);
@@ -87,6 +89,16 @@ export class MetricsRegistry {
 
 export function gauge(name: string, help: string, samples: Sample[] | number): MetricFamily {
   return { name, help, type: "gauge", samples: typeof samples === "number" ? [{ value: samples }] : samples };
+}
+
+/** A summary per label set: its quantiles (label quantile), _sum and _count. */
+export function summary(name: string, help: string, series: { labels: Record<string, string | number>; quantiles: [number, number][]; sum: number; count: number }[]): MetricFamily {
+  const samples: Sample[] = [];
+  for (const s of series) {
+    for (const [q, value] of s.quantiles) samples.push({ labels: { ...s.labels, quantile: q }, value });
+    samples.push({ labels: s.labels, value: s.sum, suffix: "_sum" }, { labels: s.labels, value: s.count, suffix: "_count" });
+  }
+  return { name, help, type: "summary", samples };
 }
 
 export function counter(name: string, help: string, samples: Sample[] | number): MetricFamily {

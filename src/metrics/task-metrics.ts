@@ -1,7 +1,7 @@
 // Metric families of tasks (one sample per running task), shared by the TaskManager's /metrics. Labels as Flink's
 // Prometheus reporter: job_id, job_name, task_name, subtask_index, plus task_attempt_num.
 import type { TaskDeployment, TaskMetrics, TaskState } from "../rpc/messages.ts";
-import { counter, gauge, type MetricFamily } from "./exposition.ts";
+import { counter, gauge, summary, type MetricFamily } from "./exposition.ts";
 
 export interface TaskView {
   deployment: TaskDeployment;
@@ -12,7 +12,7 @@ export interface TaskView {
 }
 
 /** The metrics every task reports (the event-time ones are optional and exported only where present). */
-type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped" | "state" | "debloatedBufferSize">;
+type CoreMetric = Exclude<keyof TaskMetrics, "watermarksIgnored" | "currentInputWatermark" | "currentOutputWatermark" | "lateRecordsDropped" | "state" | "debloatedBufferSize" | "latency">;
 
 const COUNTERS: [CoreMetric, string, string][] = [
   ["recordsIn", "tm_task_records_in_total", "Records the task received."],
@@ -61,6 +61,16 @@ export function taskFamilies(tasks: TaskView[]): MetricFamily[] {
   out.push(gauge("tm_task_network_buffers_configured", "Network buffers the task's channels are configured for; the task is below by the difference to tm_task_network_buffers.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.configured }))));
   out.push(gauge("tm_task_network_buffers_required", "Network buffers the task needs at least to make progress.", withBuffers.map((t) => ({ labels: taskLabels(t.deployment), value: t.buffers!.required }))));
   out.push(...stateFamilies(tasks));
+  // Latency markers (metrics.latency.interval): a summary per chained operator and source subtask, in seconds.
+  const latency = tasks.flatMap((t) =>
+    (t.metrics.latency ?? []).map((l) => ({
+      labels: { ...taskLabels(t.deployment), operator_name: l.operator, source_vertex_id: l.sourceVertexId, source_subtask_index: l.sourceSubtask },
+      quantiles: [[0.5, l.p50Ms / 1000], [0.95, l.p95Ms / 1000], [0.99, l.p99Ms / 1000], [1, l.maxMs / 1000]] as [number, number][],
+      sum: l.sumMs / 1000,
+      count: l.count,
+    })),
+  );
+  out.push(summary("tm_task_latency_seconds", "Latency markers (metrics.latency.interval): how long markers took from a source subtask to this operator, over the last 128 markers (quantile 1 is their maximum).", latency));
   out.push(gauge("tm_task_running", "1 when the task is RUNNING, else 0 (deploying or ending).", tasks.map((t) => ({ labels: taskLabels(t.deployment), value: t.state === "RUNNING" ? 1 : 0 }))));
   return out;
 }

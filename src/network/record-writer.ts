@@ -24,7 +24,9 @@ export type ChannelEvent =
   | { type: "barrier"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean; overtakenBytes?: number; alignedTimeoutMs?: number }
   /** Checkpoint n was given up upstream (Flink's CancelCheckpointMarker): release any alignment of it. */
   | { type: "cancelBarrier"; checkpointId: number }
-  | { type: "watermark"; timestamp: number };
+  | { type: "watermark"; timestamp: number }
+  /** A latency marker (runtime/latency-markers.ts): in order with the records, on one channel of each output. */
+  | { type: "latencyMarker"; markedTime: number; sourceVertexId: number; sourceSubtask: number };
 
 /** Events that overtake the channel's queued buffers when the consumer's gate gets them. */
 export function isPriorityEvent(e: ChannelEvent): boolean {
@@ -168,16 +170,23 @@ export class RecordWriter {
   }
 
   broadcastEvent(event: ChannelEvent): void {
-    for (const sp of this.subs) {
-      this.serializePending(sp);
-      if (sp.overflow.length > 0) {
-        sp.overflow.push({ event });
-        continue;
-      }
-      this.finishBuffer(sp);
-      sp.queue.push({ event });
-      this.send(sp);
+    for (const sp of this.subs) this.eventTo(sp, event);
+  }
+
+  /** An event on one channel chosen at random (latency markers, as Flink's randomEmit), behind its records. */
+  randomEvent(event: ChannelEvent): void {
+    this.eventTo(this.subs[Math.floor(Math.random() * this.subs.length)]!, event);
+  }
+
+  private eventTo(sp: Subpartition, event: ChannelEvent): void {
+    this.serializePending(sp);
+    if (sp.overflow.length > 0) {
+      sp.overflow.push({ event });
+      return;
     }
+    this.finishBuffer(sp);
+    sp.queue.push({ event });
+    this.send(sp);
   }
 
   /**

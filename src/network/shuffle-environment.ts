@@ -281,7 +281,7 @@ export class ShuffleEnvironment {
             throw new Error(`event for unknown channel ${ch}`);
           }
           const event = frame[2] as ChannelEvent;
-          if (typeof event !== "object" || event === null || !["end", "endOfData", "barrier", "cancelBarrier", "watermark"].includes(event.type)) throw new Error(`bad event on ${ch}`);
+          if (!isChannelEvent(event)) throw new Error(`bad event on ${ch}`);
           this.receiver.onEvent(ch, event);
           break;
         }
@@ -305,4 +305,14 @@ export class ShuffleEnvironment {
     this.receiver.onConnectionClosed(peer, (task) => fail(task, "lost the data connection to a producer"));
     this.sender.onConnectionClosed(conn, (task) => fail(task, "lost the data connection to a consumer"));
   }
+}
+
+const EVENT_TYPES = new Set(["end", "endOfData", "barrier", "cancelBarrier", "watermark", "latencyMarker"]);
+
+/** An event from a peer: a known type, and a latency marker's fields numbers (they feed metrics). */
+function isChannelEvent(e: unknown): e is ChannelEvent {
+  if (typeof e !== "object" || e === null || !EVENT_TYPES.has((e as ChannelEvent).type)) return false;
+  if ((e as ChannelEvent).type !== "latencyMarker") return true;
+  const m = e as Extract<ChannelEvent, { type: "latencyMarker" }>;
+  return Number.isFinite(m.markedTime) && Number.isInteger(m.sourceVertexId) && m.sourceVertexId >= 0 && Number.isInteger(m.sourceSubtask) && m.sourceSubtask >= 0;
 }

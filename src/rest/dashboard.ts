@@ -168,12 +168,14 @@ async function viewJob(id) {
   h += '<h2>Watermarks</h2><table id="watermarks"><thead><tr><th>Vertex</th><th>Low input watermark</th><th>Low output watermark</th></tr></thead><tbody>' +
     job.vertices.map((v) => "<tr><td>" + esc(v.name) + "</td><td>" + (v.watermarks.input == null ? '<span class="muted">No watermark</span>' : fmtWm(v.watermarks.input)) +
       "</td><td>" + (v.watermarks.output == null ? '<span class="muted">No watermark</span>' : fmtWm(v.watermarks.output)) + "</td></tr>").join("") + "</tbody></table>";
-  h += '<h2>Subtasks</h2><table id="subtasks"><thead><tr><th>Vertex</th><th class=num>Subtask</th><th class=num>Attempt</th><th>Status</th><th>TaskManager</th><th>Host</th><th class=num>Duration</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>Busy</th><th class=num>Back-pressured</th><th>Backpressure</th><th>Watermark</th></tr></thead><tbody>' +
+  h += '<h2>Subtasks</h2><table id="subtasks"><thead><tr><th>Vertex</th><th class=num>Subtask</th><th class=num>Attempt</th><th>Status</th><th>TaskManager</th><th>Host</th><th class=num>Duration</th><th class=num>Records in</th><th class=num>Records out</th><th class=num>Busy</th><th class=num>Back-pressured</th><th>Backpressure</th><th>Watermark</th><th class=num>Buffer size</th></tr></thead><tbody>' +
     job.vertices.flatMap((v) => v.subtasks.map((t) => "<tr><td>" + esc(v.name) + "</td><td class=num>" + (t.subtask + 1) + "/" + v.parallelism + "</td><td class=num>" + t.attempt + "</td><td>" + state(t.status) +
       '</td><td><a href="#/taskmanager/' + esc(encodeURIComponent(t.taskmanager)) + '">' + esc(t.taskmanager) + "</a></td><td>" + esc(t.host) + "</td><td class=num>" + fmtDur(t.duration) +
       "</td><td class=num>" + fmtNum(t.metrics.recordsIn) + "</td><td class=num>" + fmtNum(t.metrics.recordsOut) + '</td><td class="num busy-ratio">' + pct(t["busy-ratio"]) +
-      '</td><td class="num bp-ratio">' + pct(t["backpressure-ratio"]) + '</td><td class="bp-' + t.backpressure + '">' + t.backpressure.toUpperCase() + "</td><td>" + fmtWm(t.watermarks.input ?? t.watermarks.output) + "</td></tr>")).join("") +
+      '</td><td class="num bp-ratio">' + pct(t["backpressure-ratio"]) + '</td><td class="bp-' + t.backpressure + '">' + t.backpressure.toUpperCase() + "</td><td>" + fmtWm(t.watermarks.input ?? t.watermarks.output) +
+      '</td><td class="num debloated" title="Buffer debloating: the buffer size this subtask announces to its producers">' + (t.metrics.debloatedBufferSize == null ? "-" : fmtBytes(t.metrics.debloatedBufferSize)) + "</td></tr>")).join("") +
     "</tbody></table>";
+  h += latencyHtml(job);
   const c = cps.counts;
   h += '<h2>Checkpoints</h2><div class="cards"><div class="card"><div class="v">' + c.completed + '</div><div class="k">Completed</div></div><div class="card"><div class="v">' + c.failed +
     '</div><div class="k">Failed</div></div><div class="card"><div class="v">' + c.in_progress + '</div><div class="k">In progress</div></div><div class="card"><div class="v">' +
@@ -185,6 +187,18 @@ async function viewJob(id) {
         '</td><td class="muted">' + esc(x.failure_message || x.external_path || "") + "</td></tr>").join("") + "</tbody></table>";
   } else h += '<p class="muted">No checkpoints' + (c.restored ? "; restored from " + esc(cps.latest.restored.external_path) : "") + ".</p>";
   return h;
+}
+
+// Latency markers (metrics.latency.interval): per subtask, chained operator and source subtask, over the last markers.
+function latencyHtml(job) {
+  const names = new Map(job.vertices.map((v) => [v.id, v.name]));
+  const rows = job.vertices.flatMap((v) => v.subtasks.flatMap((t) => (t.metrics.latency || []).map((l) => ({ v, t, l }))));
+  if (rows.length === 0) return '<h2>Latency</h2><p class="muted" id="latency-none">No latency markers (metrics.latency.interval is off).</p>';
+  const ms = (x) => x.toFixed(1) + " ms";
+  return '<h2>Latency</h2><table id="latency"><thead><tr><th>Operator</th><th class=num>Subtask</th><th>Source</th><th class=num>p50</th><th class=num>p95</th><th class=num>p99</th><th class=num>Max</th><th class=num>Markers</th></tr></thead><tbody>' +
+    rows.map(({ v, t, l }) => "<tr><td>" + esc(l.operator) + "</td><td class=num>" + (t.subtask + 1) + "/" + v.parallelism + "</td><td>" + esc(names.get(l.sourceVertexId) ?? String(l.sourceVertexId)) + " (" + (l.sourceSubtask + 1) + ")" +
+      "</td><td class=num>" + ms(l.p50Ms) + "</td><td class=num>" + ms(l.p95Ms) + "</td><td class=num>" + ms(l.p99Ms) + "</td><td class=num>" + ms(l.maxMs) + "</td><td class=num>" + fmtNum(l.count) + "</td></tr>").join("") +
+    "</tbody></table>";
 }
 
 // Flink's exception history: newest first, each with its task, TaskManager and stack (folded), and the other tasks

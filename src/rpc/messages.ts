@@ -192,6 +192,22 @@ export interface TaskMetrics {
   state?: TaskStateMetrics;
   /** Buffer debloating (FLIP-183): the buffer size the task's input gate announces to its producers, bytes. */
   debloatedBufferSize?: number;
+  /** Latency markers (metrics.latency.interval): per chained operator and source subtask, once a marker arrived. */
+  latency?: LatencyStats[];
+}
+/** How long latency markers took from a source subtask to an operator: over the last markers (a window of 128), and
+ *  totals over all of them. */
+export interface LatencyStats {
+  operator: string;
+  sourceVertexId: number;
+  sourceSubtask: number;
+  count: number;
+  sumMs: number;
+  minMs: number;
+  p50Ms: number;
+  p95Ms: number;
+  p99Ms: number;
+  maxMs: number;
 }
 /** A task's keyed state: its size, the SQLite object cache, checkpointed bytes and where it was restored from. */
 export interface TaskStateMetrics {
@@ -286,6 +302,8 @@ export interface TaskDeployment extends Fenced {
   unalignedCheckpoints?: boolean;
   /** execution.checkpointing.aligned-checkpoint-timeout (with unaligned checkpoints): start aligned, switch after this long. */
   alignedCheckpointTimeoutMs?: number;
+  /** metrics.latency.interval: sources emit a latency marker this often (absent or 0: none). */
+  latencyIntervalMs?: number;
   /** FLIP-147: at end of input the task waits for a checkpoint that covers everything it did, then finishes. */
   finalCheckpoint?: boolean;
   /** State to start from: this task's share is picked by key group (keyed) and redistribution (operator). */

@@ -45,6 +45,12 @@ const TASK_METRICS = obj({
   lateRecordsDropped: v.optional(metric),
   state: v.optional(v.custom<NonNullable<TaskMetrics["state"]>>((x) => typeof x === "object" && x !== null, "task state metrics (an object)")),
   debloatedBufferSize: v.optional(metric),
+  latency: v.optional(
+    v.pipe(
+      v.array(obj({ operator: str, sourceVertexId: nonNegInt, sourceSubtask: nonNegInt, count: metric, sumMs: num, minMs: num, p50Ms: num, p95Ms: num, p99Ms: num, maxMs: num })),
+      v.maxLength(10_000),
+    ),
+  ),
 });
 /** Snapshot handles are the state layer's business: here only "an object" (the state layer checks them on restore). */
 const KEYED_HANDLE = v.custom<KeyedSnapshotHandle>((x) => typeof x === "object" && x !== null, "a snapshot handle (an object)");
@@ -98,6 +104,7 @@ const TASK_DEPLOYMENT = obj({
   checkpointingMode: CHECKPOINTING_MODE,
   unalignedCheckpoints: v.optional(v.boolean()),
   alignedCheckpointTimeoutMs: v.optional(num),
+  latencyIntervalMs: v.optional(num),
   finalCheckpoint: v.optional(v.boolean()),
   operators: v.optional(v.array(OPERATOR_INFO)),
   restore: v.nullable(

@@ -3,7 +3,7 @@
 // edges that feed ordinary consumers and side-output values to the edges that feed that tag's getSideOutput node;
 // a sink is always a tail. Also opens the chain's state (per operator id, chain-state.ts) and, for a source chain,
 // its reader (built-in or connector) at the restored or initial splits.
-import { describePlan, type Plan, type PlanNode } from "../api/plan.ts";
+import { describePlan, isVirtual, type Plan, type PlanNode } from "../api/plan.ts";
 import { streamTargetsOf } from "../api/job-graph.ts";
 import type { TaskDeployment, TaskSnapshot } from "../rpc/messages.ts";
 import { RecordWriter } from "../network/record-writer.ts";
@@ -18,6 +18,7 @@ import { ChainState } from "./chain-state.ts";
 import { assignSplits, initialSplits, SourceReader, splitForParallelism, type SourceSplit } from "./sources.ts";
 import type { StateGrant } from "./worker-protocol.ts";
 import type { ConnectorSourceReader, ConnectorSplit } from "../api/connector.ts";
+import type { LatencyMarker } from "./latency-markers.ts";
 
 /** Operator (union list) state in which a source keeps its splits and positions. */
 export const SOURCE_SPLITS = "__source-splits";
@@ -62,6 +63,8 @@ export class OperatorChain {
   chainState: ChainState | null = null;
   /** Records the tail emitted (or a sink consumed): the task's records out. */
   recordsOut = 0;
+  /** The chained operators that record latency markers (all but a source), by name (made unique in the chain). */
+  latencyOperators: string[] = [];
 
   private constructor(
     private readonly d: TaskDeployment,
@@ -102,6 +105,8 @@ export class OperatorChain {
     const d = this.d;
     const node = (id: number) => this.node(id);
     const chain = d.operatorIds.map(node);
+    const named = chain.filter((n) => n.kind !== "source" && !isVirtual(n));
+    this.latencyOperators = named.map((n) => (named.filter((m) => m.name === n.name).length > 1 ? `${n.name} #${n.id}` : n.name));
     const tailId = d.operatorIds[d.operatorIds.length - 1]!;
     const targets = this.writers.length > 0 ? streamTargetsOf(describePlan(this.plan), tailId) : [];
     if (targets.length !== this.writers.length) throw new Error(`operator ${tailId} has ${targets.length} output edges in the plan but ${this.writers.length} in the deployment`);
@@ -249,6 +254,11 @@ export class OperatorChain {
 
   flush(): void {
     for (const op of this.operators) op.flush?.();
+  }
+
+  /** A latency marker leaves the chain on one random channel of each output (behind the records emitted before it). */
+  forwardLatencyMarker(marker: LatencyMarker): void {
+    for (const w of this.writers) w.randomEvent(marker);
   }
 
   dispose(): void {

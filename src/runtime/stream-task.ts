@@ -22,6 +22,7 @@ import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
 import { splitChannelState, writeChannelState, type OutputChannelState } from "./channel-state.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
+import { LatencyTracker, type LatencyMarker } from "./latency-markers.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
 
@@ -184,6 +185,24 @@ export class StreamTask {
       }, PRIORITY_POLL_MS));
     }
     if (this.debloater) this.timers.push(setInterval(() => this.debloat(), this.network.debloat!.periodMs));
+    // Latency markers start at sources; between chunks (the loop yields after each), so behind the records emitted.
+    const latencyMs = plan.settings.latencyTrackingInterval ?? d.latencyIntervalMs ?? 0;
+    if (latencyMs > 0 && chain.sourceNode) {
+      this.timers.push(setInterval(() => {
+        if (this.inputEnded) return;
+        this.onLatencyMarker({ type: "latencyMarker", markedTime: Date.now(), sourceVertexId: d.vertexId, sourceSubtask: d.subtaskIndex });
+      }, latencyMs));
+    }
+  }
+
+  /** Latency tracking: each chained operator records the marker's age, then it goes on downstream. */
+  private readonly latency = new LatencyTracker();
+
+  private onLatencyMarker(marker: LatencyMarker): void {
+    const chain = this.chain!;
+    const now = Date.now();
+    for (const name of chain.latencyOperators) this.latency.record(name, marker, now);
+    chain.forwardLatencyMarker(marker);
   }
 
   /**
@@ -696,6 +715,9 @@ export class StreamTask {
       case "watermark":
         this.onWatermarkEvent(channel, ev as WatermarkEvent);
         break;
+      case "latencyMarker":
+        this.onLatencyMarker(ev);
+        break;
       case "endOfData":
         this.endOfData.add(channel);
         break;
@@ -813,6 +835,7 @@ export class StreamTask {
       idleTimeMsPerSecond: per(this.time.idle, this.lastReport.idle),
     };
     if (this.debloater) m.debloatedBufferSize = this.debloater.announced;
+    if (!this.latency.empty) m.latency = this.latency.report();
     if (this.eventTime || this.valve.backwards > 0) {
       m.watermarksIgnored = this.valve.backwards;
       m.currentInputWatermark = Number.isFinite(this.valve.current) ? this.valve.current : null;
