@@ -9,10 +9,11 @@ import * as path from "node:path";
 import { defaultConfig, type Config } from "../src/config/index.ts";
 import type { SourceSpec } from "../src/api/plan.ts";
 import { NexmarkSource } from "../src/api/index.ts";
-import { eventAt, nexmarkConfig, type Auction, type Bid, type NexmarkConfig, type NexmarkEvent, type Person } from "../src/nexmark/generator.ts";
+import { eventAt, nexmarkConfig, type Auction, type Bid, type NexmarkEvent, type Person } from "../src/nexmark/generator.ts";
 import { SourceReader, assignSplits, initialSplits, splitForParallelism, type SourceSplit } from "../src/runtime/sources.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { removeTempDirs, rng, runJob, tempDir } from "./helpers.ts";
+import { removeTempDirs, rng, tempDir } from "./helpers.ts";
+import { generate, line, runQuery as runQueryOn, sorted } from "./nexmark-helpers.ts";
 import { clusterForTests, type TestCluster } from "./cluster-helpers.ts";
 
 afterAll(removeTempDirs);
@@ -194,25 +195,7 @@ const config: Config = { ...defaultConfig(), "heartbeat.interval": 200, "heartbe
 let t: TestCluster;
 let dir: string;
 
-/** Runs examples/nexmark/<query>.ts at parallelism 2 with a FileSink; returns the output lines (sorted unless raw). */
-async function runQuery(query: string, events: number, seed: number, rate: number): Promise<string[][]> {
-  const out = path.join(dir, `${query}-${events}-${seed}-${rate}`);
-  const status = await runJob(t.client, path.resolve(`examples/nexmark/${query}.ts`), [String(events), String(seed), out, String(rate)], 2, 50);
-  if (status.state !== "FINISHED") throw new Error(`${query} ended ${status.state}: ${status.error?.message}`);
-  // One list of lines per part file (per subtask), in the order written.
-  return fs
-    .readdirSync(out)
-    .filter((f) => !f.startsWith("."))
-    .map((f) => fs.readFileSync(path.join(out, f), "utf8").split("\n").filter((l) => l.length > 0));
-}
-
-const line = (t: unknown[]) => `(${t.join(",")})`;
-const sorted = (xs: string[]) => [...xs].sort();
-
-function generate(events: number, seed: number, rate: number): { cfg: NexmarkConfig; evs: NexmarkEvent[] } {
-  const cfg = nexmarkConfig({ events, seed, ratePerSecond: rate });
-  return { cfg, evs: Array.from({ length: events }, (_, n) => eventAt(n, cfg)) };
-}
+const runQuery = (query: string, events: number, seed: number, rate: number) => runQueryOn(t.client, dir, query, events, seed, rate);
 
 describe("queries at parallelism 2 against references", () => {
   beforeAll(() => void (dir = tempDir("tm-nexmark-")));

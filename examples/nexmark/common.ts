@@ -3,7 +3,7 @@
 //   events: number of events (default 1,000,000); seed: generator seed (default 0);
 //   out: "-" (default) prints, "discard" drops the output (benchmarks), anything else is a directory for the
 //        exactly-once FileSink; ratePerSecond: events per second of event time (default 100,000).
-import { FileSink, NexmarkSource, WatermarkStrategy, type DataStream, type NexmarkEvent, type StreamExecutionEnvironment } from "../../src/api/index.ts";
+import { FileSink, NexmarkSource, WatermarkStrategy, type Bid, type DataStream, type KeyedContext, type NexmarkEvent, type StreamExecutionEnvironment, type ValueState } from "../../src/api/index.ts";
 
 export interface QueryArgs {
   events: number;
@@ -29,4 +29,29 @@ export function sink<T>(stream: DataStream<T>, a: QueryArgs): void {
   if (a.out === "-") stream.print();
   else if (a.out === "discard") stream.addSink(() => {});
   else stream.sinkTo(FileSink.forRowFormat(a.out).build());
+}
+
+/** The bids of the stream (keeping their event time). */
+export function bids(env: StreamExecutionEnvironment, a: QueryArgs, eventTime: boolean): DataStream<Bid> {
+  return nexmark(env, a, eventTime).flatMap((e): Bid[] => (e.type === "bid" ? [e.bid] : [])).name("Bids");
+}
+
+/** UTC calendar day and minute of a time in ms, as Flink SQL's DATE_FORMAT(dateTime, 'yyyy-MM-dd') and 'HH:mm'. */
+export const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+export const minute = (ms: number) => new Date(ms).toISOString().slice(11, 16);
+
+/** Nexmark's price ranks of q15-q17: < 10,000, < 1,000,000, the rest. */
+export const priceRank = (price: number): 1 | 2 | 3 => (price < 10_000 ? 1 : price < 1_000_000 ? 2 : 3);
+
+/**
+ * Continuous aggregates (q15-q17, q19) emit their key's current row when the watermark passes the end of the event-time
+ * second of a change, and at the end of input (the last row per key is the final one): Flink SQL's update stream in
+ * mini-batches of one second. Schedules the key's next emission unless one is pending.
+ */
+export function scheduleUpdate(ctx: KeyedContext<unknown>, pending: ValueState<boolean>): void {
+  if (pending.value() === true) return;
+  const timers = ctx.timerService();
+  const t = Math.max(ctx.timestamp() ?? -Infinity, timers.currentWatermark() + 1);
+  timers.registerEventTimeTimer(Math.floor(t / 1000) * 1000 + 999);
+  pending.update(true);
 }

@@ -1,0 +1,72 @@
+// The bidding statistics of q15 (per day) and q16 (per channel and day): bids, distinct bidders and distinct
+// auctions, each in total and per price rank (common.ts priceRank), as Flink SQL's count(*) FILTER and
+// count(DISTINCT ...) FILTER. Distinct counts keep, per bidder and per auction, the ranks already seen (a bit set in
+// MapState), so a count goes up exactly when a bidder or auction is seen in a rank for the first time. Rows are
+// emitted as continuous updates (common.ts scheduleUpdate).
+import {
+  MapStateDescriptor,
+  ValueStateDescriptor,
+  type Bid,
+  type Collector,
+  type KeyedContext,
+  type KeyedProcessFunction,
+  type MapState,
+  type OnTimerContext,
+  type RuntimeContext,
+  type ValueState,
+} from "../../src/api/index.ts";
+import { minute, priceRank, scheduleUpdate } from "./common.ts";
+
+/** [bids, rank1, rank2, rank3, bidders, rank1, rank2, rank3, auctions, rank1, rank2, rank3] */
+type Counts = number[];
+
+export class BiddingStats implements KeyedProcessFunction<string, Bid, (string | number)[]> {
+  private counts!: ValueState<Counts>;
+  private bidders!: MapState<number, number>;
+  private auctions!: MapState<number, number>;
+  /** q16: the latest minute ('HH:mm') of the key's bids. */
+  private lastMinute!: ValueState<string>;
+  private pending!: ValueState<boolean>;
+
+  /** key(ctx key) gives the row's leading columns; withMinute adds q16's max(minute) column. */
+  constructor(private readonly columns: (key: string) => (string | number)[], private readonly withMinute: boolean) {}
+
+  open(ctx: RuntimeContext): void {
+    this.counts = ctx.getState(new ValueStateDescriptor<Counts>("counts"));
+    this.bidders = ctx.getMapState(new MapStateDescriptor<number, number>("bidders"));
+    this.auctions = ctx.getMapState(new MapStateDescriptor<number, number>("auctions"));
+    this.lastMinute = ctx.getState(new ValueStateDescriptor<string>("minute", { default: "" }));
+    this.pending = ctx.getState(new ValueStateDescriptor("pending", { default: false }));
+  }
+
+  processElement(b: Bid, ctx: KeyedContext<string>): void {
+    const c = this.counts.value() ?? new Array<number>(12).fill(0);
+    const rank = priceRank(b.price);
+    c[0]!++;
+    c[rank]!++;
+    this.distinct(this.bidders, b.bidder, rank, c, 4);
+    this.distinct(this.auctions, b.auction, rank, c, 8);
+    this.counts.update(c);
+    if (this.withMinute) {
+      const m = minute(b.dateTime);
+      if (m > this.lastMinute.value()!) this.lastMinute.update(m);
+    }
+    scheduleUpdate(ctx, this.pending);
+  }
+
+  /** Counts id in total (column at) and in its rank (at + rank) the first time it is seen there. */
+  private distinct(seen: MapState<number, number>, id: number, rank: number, c: Counts, at: number): void {
+    const bits = seen.get(id);
+    if (bits === undefined) c[at]!++;
+    const bit = 1 << rank;
+    if (((bits ?? 0) & bit) === 0) {
+      c[at + rank]!++;
+      seen.put(id, (bits ?? 0) | bit);
+    }
+  }
+
+  onTimer(_ts: number, ctx: OnTimerContext<string>, out: Collector<(string | number)[]>): void {
+    this.pending.update(false);
+    out.collect([...this.columns(ctx.getCurrentKey()), ...(this.withMinute ? [this.lastMinute.value()!] : []), ...this.counts.value()!]);
+  }
+}
