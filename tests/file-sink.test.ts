@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FINAL_TXN, TwoPhaseCommitFileSink } from "../src/runtime/file-sink.ts";
+import { BucketedFileSink, FINAL_TXN, TwoPhaseCommitFileSink } from "../src/runtime/file-sink.ts";
 import { formatRecord } from "../src/runtime/record-format.ts";
 import { rng } from "./helpers.ts";
 
@@ -563,4 +563,77 @@ test("two file sinks of one job in the same directory are refused when the job i
   expect(() => s.sinkTo(FileSink.forRowFormat("/tmp/shared-out").build())).toThrow(
     "sinkTo: another file sink of this job already writes to /tmp/shared-out; give each file sink a directory of its own",
   );
+});
+
+describe("buckets (withBucketAssigner)", () => {
+  const bucketed = (dir: string, attempt: number, subtask = 0, parallelism = 1) =>
+    new BucketedFileSink({ dir, subtask, parallelism, attempt, jobId: "j" }, (r) => `dt=${(r as [string, number])[0]}/hm=${(r as [string, number])[1] % 2}`);
+  const bucketLines = (dir: string, bucket: string) => (fs.existsSync(join(dir, bucket)) ? visibleLines(join(dir, bucket)) : []);
+
+  test("records go into their bucket's directory; every bucket commits with the checkpoint", () => {
+    const dir = newDir();
+    const s = bucketed(dir, 0);
+    s.open(0);
+    for (let i = 0; i < 10; i++) s.write(["a", i]);
+    s.write(["b", 1]);
+    s.preCommit(1);
+    expect(bucketLines(dir, "dt=a/hm=0")).toEqual([]);
+    s.commit(1);
+    expect(bucketLines(dir, "dt=a/hm=0")).toEqual(["(a,0)", "(a,2)", "(a,4)", "(a,6)", "(a,8)"]);
+    expect(bucketLines(dir, "dt=a/hm=1")).toEqual(["(a,1)", "(a,3)", "(a,5)", "(a,7)", "(a,9)"]);
+    expect(bucketLines(dir, "dt=b/hm=1")).toEqual(["(b,1)"]);
+    // End of input: the final transaction of each bucket waits for commitFinal.
+    s.write(["c", 0]);
+    s.endInput();
+    expect(s.hasFinalCommit).toBe(true);
+    expect(bucketLines(dir, "dt=c/hm=0")).toEqual([]);
+    s.commitFinal();
+    expect(bucketLines(dir, "dt=c/hm=0")).toEqual(["(c,0)"]);
+  });
+
+  test("recovery settles every existing bucket: pending files of the restored checkpoint committed, the rest deleted", () => {
+    const dir = newDir();
+    const a0 = bucketed(dir, 0);
+    a0.open(0);
+    a0.write(["a", 0]);
+    a0.write(["b", 1]);
+    a0.preCommit(1); // checkpoint 1 completes, its notify is lost
+    a0.write(["a", 2]);
+    a0.write(["d", 3]); // a bucket only written after checkpoint 1: its in-progress file goes
+    a0.preCommit(2); // checkpoint 2 never completes
+    a0.write(["a", 4]);
+    // The TaskManager dies; attempt 1 restores checkpoint 1.
+    const a1 = bucketed(dir, 1);
+    a1.open(1);
+    expect(bucketLines(dir, "dt=a/hm=0")).toEqual(["(a,0)"]);
+    expect(bucketLines(dir, "dt=b/hm=1")).toEqual(["(b,1)"]);
+    expect(bucketLines(dir, "dt=d/hm=1")).toEqual([]);
+    expect(hidden(join(dir, "dt=a/hm=0"))).toEqual([]);
+    expect(hidden(join(dir, "dt=d/hm=1"))).toEqual([]);
+  });
+
+  test("a zombie attempt cannot commit into a bucket it creates after a newer attempt started", () => {
+    const dir = newDir();
+    const zombie = bucketed(dir, 0);
+    zombie.open(0);
+    bucketed(dir, 1).open(0);
+    zombie.write(["new", 0]);
+    zombie.preCommit(1);
+    expect(() => zombie.commit(1)).toThrow("attempt 1 of the job has started");
+    expect(bucketLines(dir, "dt=new/hm=0")).toEqual([]);
+  });
+
+  test("bad bucket ids are refused naming the id", () => {
+    const dir = newDir();
+    for (const [id, why] of [["", "1 to 1024"], ["a//b", "empty path segment"], ["../x", "starting with '.'"], [".hidden", "starting with '.'"], [42, "not a string"]] as const) {
+      const s = new BucketedFileSink({ dir, subtask: 0, parallelism: 1, attempt: 0 }, () => id as string);
+      s.open(0);
+      expect(() => s.write(1)).toThrow(why);
+    }
+    const throwing = new BucketedFileSink({ dir, subtask: 0, parallelism: 1, attempt: 0 }, () => {
+      throw new Error("no bucket for you");
+    });
+    throwing.open(0);
+    expect(() => throwing.write([7])).toThrow("the bucket assigner threw on (7): no bucket for you");
+  });
 });

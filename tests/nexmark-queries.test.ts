@@ -9,7 +9,7 @@ import { defaultConfig, type Config } from "../src/config/index.ts";
 import type { Auction, Bid, NexmarkEvent } from "../src/nexmark/generator.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { clusterForTests, type TestCluster } from "./cluster-helpers.ts";
-import { removeTempDirs, tempDir } from "./helpers.ts";
+import { removeTempDirs, runJob, tempDir } from "./helpers.ts";
 import { fields, generate, lastPerKey, line, runQuery, sorted } from "./nexmark-helpers.ts";
 
 afterAll(removeTempDirs);
@@ -64,6 +64,25 @@ describe.each([1, 2])("Nexmark q6, q9-q22 at parallelism %d against references",
     expect(sorted((await run("q14", p, 100_000)).flat())).toEqual(sorted(q14));
     expect(sorted((await run("q21", p, 100_000)).flat())).toEqual(sorted(q21));
     expect(sorted((await run("q22", p, 100_000)).flat())).toEqual(sorted(q22));
+  }, 120_000);
+
+  test("q10 log to file system: bids in partitions dt=<day>/hm=<minute>", async () => {
+    // 20 events/s of event time: 30,000 events over 25 minutes, so 25 or 26 partitions.
+    const bids = bidsOf(generate(EVENTS, SEED, 20).evs);
+    const want = bids.map((b) => `dt=${day(b.dateTime)}/hm=${new Date(b.dateTime).toISOString().slice(11, 16)} ${line([b.auction, b.bidder, b.price, b.dateTime])}`);
+    const out = path.join(dir, `q10-${p}`);
+    const status = await runJob(t.client, path.resolve("examples/nexmark/q10.ts"), [String(EVENTS), String(SEED), out, "20"], p, 50);
+    expect(status.state).toBe("FINISHED");
+    const got: string[] = [];
+    for (const dt of fs.readdirSync(out).filter((n) => !n.startsWith("."))) {
+      for (const hm of fs.readdirSync(path.join(out, dt)).filter((n) => !n.startsWith("."))) {
+        for (const f of fs.readdirSync(path.join(out, dt, hm)).filter((n) => !n.startsWith("."))) {
+          for (const l of fs.readFileSync(path.join(out, dt, hm, f), "utf8").split("\n")) if (l) got.push(`${dt}/${hm} ${l}`);
+        }
+      }
+    }
+    expect(new Set(want.map((w) => w.split(" ")[0])).size).toBeGreaterThan(20);
+    expect(sorted(got)).toEqual(sorted(want));
   }, 120_000);
 
   test("q18 last bid per bidder and auction (deduplication)", async () => {

@@ -283,7 +283,8 @@ export class DataStream<T> extends OperatorSettings {
     // Its file names are per subtask, attempt and checkpoint: two file sinks of a job in one directory would collide.
     const taken = this.env.getPlan().nodes.some((n) => n.kind === "sink" && n.sink.type === "fileSink" && n.sink.path === sink.path);
     if (taken) throw new Error(`sinkTo: another file sink of this job already writes to ${sink.path}; give each file sink a directory of its own`);
-    return this.sink({ type: "fileSink", path: sink.path }, `File Sink (${sink.path})`);
+    if (sink.bucketAssigner !== undefined && typeof sink.bucketAssigner !== "function") throw new Error("sinkTo: a file sink's bucket assigner must be a function of the record");
+    return this.sink({ type: "fileSink", path: sink.path, ...(sink.bucketAssigner ? { bucketAssigner: sink.bucketAssigner } : {}) }, `File Sink (${sink.path})`);
   }
 
   /** A function per record, or an object with open(ctx) / invoke(value) / close() (called at end of input). */
@@ -471,13 +472,30 @@ export interface ConnectorSinkSpec {
 /** What sinkTo takes: FileSink.forRowFormat(dir).build(). */
 export class FileSinkSpec {
   readonly kind = "fileSink";
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    /** Records go into subdirectories of path named by this (a relative path, e.g. "dt=2023-11-14/hm=22:13"). */
+    readonly bucketAssigner?: (record: any) => string,
+  ) {}
+}
+
+interface FileSinkBuilder {
+  /** Flink's withBucketAssigner: each record goes into the subdirectory named by assigner(record). */
+  withBucketAssigner(assigner: (record: any) => string): FileSinkBuilder;
+  build(): FileSinkSpec;
 }
 
 export const FileSink = {
-  forRowFormat(dir: string): { build(): FileSinkSpec } {
+  forRowFormat(dir: string): FileSinkBuilder {
     if (typeof dir !== "string" || dir.length === 0) throw new Error("FileSink.forRowFormat: expected a directory path");
-    return { build: () => new FileSinkSpec(dir) };
+    const builder = (assigner?: (record: any) => string): FileSinkBuilder => ({
+      withBucketAssigner(a) {
+        if (typeof a !== "function") throw new Error("FileSink.withBucketAssigner: expected a function (record) => bucket id");
+        return builder(a);
+      },
+      build: () => new FileSinkSpec(dir, assigner),
+    });
+    return builder();
   },
 };
 

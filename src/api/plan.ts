@@ -81,7 +81,8 @@ export type SinkSpec =
   | { type: "textFile"; path: string }
   | { type: "function"; fn: SinkFunction }
   /** Exactly-once files (two-phase commit on checkpoints): see src/runtime/file-sink.ts. */
-  | { type: "fileSink"; path: string }
+  /** bucketAssigner: records go into subdirectories named by it (Flink's BucketAssigner). */
+  | { type: "fileSink"; path: string; bucketAssigner?: (record: any) => string }
   /** A connector to an external system (src/connectors/): makes its own sink operator. */
   | { type: "connector"; connector: ConnectorSink };
 

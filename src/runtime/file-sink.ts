@@ -34,6 +34,8 @@ export interface FileSinkOptions {
   jobId?: string;
   /** One record to one line (without the "\n"); default formatRecord, the line format of the other sinks. */
   format?: (record: unknown) => string;
+  /** A bucket's sink: the bucketed sink's base directory, whose attempt markers fence this sink's commits too. */
+  fenceDir?: string;
 }
 
 /** The transaction id of the commit at end of input. */
@@ -96,6 +98,7 @@ export class TwoPhaseCommitFileSink {
   private readonly attempt: number;
   private readonly jobId: string;
   private readonly format: (record: unknown) => string;
+  private readonly fenceDir: string | null;
 
   private lines: string[] = [];
   /** The open in-progress file (null: nothing written since the last barrier). */
@@ -119,6 +122,7 @@ export class TwoPhaseCommitFileSink {
     this.jobId = opts.jobId ?? "job";
     if (!/^[\w.]+$/.test(this.jobId)) throw new Error(`file sink: job id ${JSON.stringify(this.jobId)} must be letters, digits, '_' or '.'`);
     this.format = opts.format ?? formatRecord;
+    this.fenceDir = opts.fenceDir ?? null;
   }
 
   /**
@@ -278,11 +282,13 @@ export class TwoPhaseCommitFileSink {
   /** The highest attempt of this job above ours that has written its marker, or null. */
   private newerAttempt(): number | null {
     let newest: number | null = null;
-    for (const name of io("list directory", this.dir, () => fs.readdirSync(this.dir))) {
-      const m = ATTEMPT_MARKER_RE.exec(name);
-      if (!m || m[1] !== this.jobId) continue;
-      const a = Number(m[2]);
-      if (a > this.attempt && (newest === null || a > newest)) newest = a;
+    for (const dir of this.fenceDir === null ? [this.dir] : [this.dir, this.fenceDir]) {
+      for (const name of io("list directory", dir, () => fs.readdirSync(dir))) {
+        const m = ATTEMPT_MARKER_RE.exec(name);
+        if (!m || m[1] !== this.jobId) continue;
+        const a = Number(m[2]);
+        if (a > this.attempt && (newest === null || a > newest)) newest = a;
+      }
     }
     return newest;
   }
@@ -335,4 +341,108 @@ export class TwoPhaseCommitFileSink {
       fs.closeSync(fd);
     }
   }
+}
+
+/** Directory levels a bucketed sink looks into for existing buckets at recovery. */
+const MAX_BUCKET_DEPTH = 16;
+
+/**
+ * A file sink whose records go into buckets (Flink's BucketAssigner): subdirectories of the sink directory named by a
+ * function of the record, e.g. "dt=2023-11-14/hm=22:13". Each bucket is a TwoPhaseCommitFileSink of its own; they
+ * pre-commit and commit together, so a checkpoint covers every bucket. The base directory gets this attempt's marker
+ * first, and every bucket's commit also checks it, so a zombie attempt cannot commit into a bucket it creates after a
+ * newer attempt started. Recovery opens every existing bucket (a directory holding sink files or markers) to settle
+ * older attempts' files there.
+ */
+export class BucketedFileSink {
+  private readonly base: TwoPhaseCommitFileSink;
+  private readonly buckets = new Map<string, TwoPhaseCommitFileSink>();
+  private restoredCheckpointId = 0;
+
+  constructor(
+    private readonly opts: FileSinkOptions,
+    private readonly assigner: (record: unknown) => string,
+  ) {
+    this.base = new TwoPhaseCommitFileSink(opts);
+  }
+
+  open(restoredCheckpointId: number): void {
+    this.base.open(restoredCheckpointId);
+    this.restoredCheckpointId = restoredCheckpointId;
+    for (const id of existingBuckets(this.opts.dir)) this.bucket(id);
+  }
+
+  write(record: unknown): void {
+    let id: unknown;
+    try {
+      id = this.assigner(record);
+    } catch (err) {
+      throw new Error(`file sink ${this.opts.dir}: the bucket assigner threw on ${formatRecord(record).slice(0, 200)}: ${errorText(err)}`, { cause: err });
+    }
+    const bucket = this.buckets.get(id as string) ?? this.bucket(checkBucketId(id, this.opts.dir));
+    bucket.write(record);
+  }
+
+  private bucket(id: string): TwoPhaseCommitFileSink {
+    const s = new TwoPhaseCommitFileSink({ ...this.opts, dir: path.join(this.opts.dir, id), fenceDir: this.opts.dir });
+    s.open(this.restoredCheckpointId);
+    this.buckets.set(id, s);
+    return s;
+  }
+
+  preCommit(checkpointId: number): void {
+    for (const s of this.buckets.values()) s.preCommit(checkpointId);
+  }
+
+  commit(checkpointId: number): void {
+    for (const s of this.buckets.values()) s.commit(checkpointId);
+  }
+
+  endInput(): void {
+    for (const s of this.buckets.values()) s.endInput();
+  }
+
+  endOfData(): void {
+    for (const s of this.buckets.values()) s.endOfData();
+  }
+
+  get hasFinalCommit(): boolean {
+    return [...this.buckets.values()].some((s) => s.hasFinalCommit);
+  }
+
+  commitFinal(): void {
+    for (const s of this.buckets.values()) if (s.hasFinalCommit) s.commitFinal();
+  }
+
+  close(): void {
+    for (const s of this.buckets.values()) s.close();
+    this.base.close();
+  }
+}
+
+/** A bucket id is a relative path of visible names: no empty, hidden (".", "..", the sink's own files) or odd segments. */
+export function checkBucketId(id: unknown, dir: string): string {
+  const bad = (why: string) => new Error(`file sink ${dir}: bucket id ${JSON.stringify(id)} ${why}`);
+  if (typeof id !== "string") throw bad("is not a string");
+  if (id.length === 0 || id.length > 1024) throw bad("must be 1 to 1024 characters");
+  for (const segment of id.split("/")) {
+    if (segment === "") throw bad("has an empty path segment");
+    if (segment.startsWith(".")) throw bad("has a segment starting with '.' (hidden names belong to the sink)");
+    if (/[\\\0]/.test(segment)) throw bad("contains a backslash or NUL");
+  }
+  return id;
+}
+
+/** Bucket ids under dir: directories (not hidden, not symlinks) that hold sink files or attempt markers. */
+function existingBuckets(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string, depth: number) => {
+    if (depth > MAX_BUCKET_DEPTH) return;
+    const abs = path.join(dir, rel);
+    const entries = io("list directory", abs, () => fs.readdirSync(abs, { withFileTypes: true }));
+    if (rel !== "" && entries.some((e) => e.isFile() && (parseSinkFileName(e.name) !== null || ATTEMPT_MARKER_RE.test(e.name)))) out.push(rel);
+    for (const e of entries) if (e.isDirectory() && !e.name.startsWith(".")) walk(rel === "" ? e.name : `${rel}/${e.name}`, depth + 1);
+  };
+  walk("", 0);
+  return out;
 }

@@ -7,7 +7,7 @@ import { canonicalKey } from "../state/key-groups.ts";
 import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
-import { TwoPhaseCommitFileSink } from "./file-sink.ts";
+import { BucketedFileSink, TwoPhaseCommitFileSink } from "./file-sink.ts";
 import { formatRecord } from "./record-format.ts";
 import { InternalTimerService, TimestampsAndWatermarksOperator, type Timer } from "./event-time.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext } from "./operator.ts";
@@ -213,7 +213,8 @@ function createSink(node: Extract<PlanNode, { kind: "sink" }>, ctx: OperatorCont
       return new LineSink((text) => void process.stdout.write(text), prefix);
     }
     case "fileSink": {
-      const sink = new TwoPhaseCommitFileSink({ dir: spec.path, subtask: ctx.subtaskIndex, parallelism: ctx.parallelism, attempt: ctx.attempt, jobId: ctx.jobId });
+      const opts = { dir: spec.path, subtask: ctx.subtaskIndex, parallelism: ctx.parallelism, attempt: ctx.attempt, jobId: ctx.jobId };
+      const sink = spec.bucketAssigner ? new BucketedFileSink(opts, spec.bucketAssigner) : new TwoPhaseCommitFileSink(opts);
       return {
         open: () => sink.open(ctx.restoredCheckpointId),
         process: (r) => sink.write(r),
