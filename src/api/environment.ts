@@ -1,4 +1,5 @@
 // What job authors write against, shaped after Flink's DataStream API.
+import { checkEvictor, checkTrigger, type Evictor, type Trigger } from "./triggers.ts";
 import type {
   FilterFunction,
   FlatMapFunction,
@@ -388,17 +389,39 @@ export class KeyedStream<T, K> extends DataStream<T> {
 export class WindowedStream<T, K> {
   private lateness = 0;
   private lateTag: string | null = null;
+  private customTrigger: Trigger<T> | null = null;
+  private customEvictor: Evictor<T> | null = null;
   constructor(
     private readonly env: StreamExecutionEnvironment,
     private readonly keyed: PlanNode,
     private readonly assigner: WindowAssigner,
   ) {}
 
-  /** Event time: records up to `ms` behind the watermark still update their windows (each late one fires again). */
+  /**
+   * Event time: records up to `ms` behind the watermark still update their windows (each late one fires again).
+   * Processing-time windows accept it and ignore it, as in Flink (nothing is late in processing time).
+   */
   allowedLateness(ms: number): this {
     if (!Number.isSafeInteger(ms) || ms < 0) throw new Error(`allowedLateness: expected an integer number of milliseconds >= 0, got ${ms}`);
-    if (this.assigner.type === "count" || this.assigner.time !== "event") throw new Error("allowedLateness: only event-time windows have lateness");
-    this.lateness = ms;
+    if (this.assigner.type === "count") throw new Error("allowedLateness: count windows have no lateness");
+    if (this.assigner.time === "event") this.lateness = ms;
+    return this;
+  }
+
+  /** When windows fire and purge (Flink's Trigger; built-ins in api/triggers.ts): replaces the assigner's default. */
+  trigger(trigger: Trigger<T>): this {
+    checkTrigger(trigger, "trigger");
+    if (this.assigner.type === "count") throw new Error("trigger: count windows have their own trigger; use a tumbling or sliding window with CountTrigger");
+    if (this.assigner.type === "session" && trigger.canMerge?.() !== true) throw new Error("trigger: session windows merge, so their trigger needs canMerge() returning true and onMerge");
+    this.customTrigger = trigger;
+    return this;
+  }
+
+  /** Removes elements of a window before and/or after the window function (Flink's Evictor: CountEvictor, TimeEvictor). */
+  evictor(evictor: Evictor<T>): this {
+    checkEvictor(evictor, "evictor");
+    if (this.assigner.type === "count") throw new Error("evictor: count windows keep their own elements; use a tumbling or sliding window with an evictor");
+    this.customEvictor = evictor;
     return this;
   }
 
@@ -436,7 +459,8 @@ export class WindowedStream<T, K> {
   private make<R>(fn: WindowFunctionSpec, what: string): DataStream<R> {
     const a = this.assigner;
     const name = a.type === "count" ? `Count Window (${a.size}${a.slide !== a.size ? `, ${a.slide}` : ""}) ${what}` : `${a.time === "event" ? "Event" : "Processing"}-Time ${a.type[0]!.toUpperCase()}${a.type.slice(1)} Window ${what}`;
-    const node = this.env.addNode({ kind: "window", keyNode: this.keyed.id, assigner: a, fn, allowedLateness: this.lateness, lateTag: this.lateTag, name, inputs: [this.keyed.id] });
+    const custom = { ...(this.customTrigger ? { trigger: this.customTrigger } : {}), ...(this.customEvictor ? { evictor: this.customEvictor } : {}) };
+    const node = this.env.addNode({ kind: "window", keyNode: this.keyed.id, assigner: a, fn, allowedLateness: this.lateness, lateTag: this.lateTag, ...custom, name, inputs: [this.keyed.id] });
     return new DataStream<R>(this.env, node);
   }
 }

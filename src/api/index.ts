@@ -46,3 +46,19 @@ export type { PostgresConnectionOptions } from "../connectors/postgres-common.ts
 export { PostgresCdcSource, type PostgresCdcRecord, type PostgresCdcSourceOptions, type PostgresRow } from "../connectors/postgres-cdc.ts";
 export type { ConnectorSink, ConnectorSource, ConnectorSourceReader, ConnectorSplit, SinkWriter, SinkWriterContext, SourceReaderContext } from "./connector.ts";
 export { JetStreamSink, JetStreamSource, type JetStreamMessage, type JetStreamRecord, type JetStreamSinkOptions, type JetStreamSourceOptions } from "../connectors/nats-jetstream.ts";
+export {
+  ContinuousEventTimeTrigger,
+  CountEvictor,
+  CountTrigger,
+  EventTimeTrigger,
+  ProcessingTimeTrigger,
+  PurgingTrigger,
+  TimeEvictor,
+  type Evictor,
+  type TimestampedValue,
+  type Trigger,
+  type TriggerContext,
+  type TriggerMergeContext,
+  type TriggerResult,
+  type TriggerState,
+} from "./triggers.ts";

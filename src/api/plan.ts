@@ -26,6 +26,7 @@ import type {
 import type { ConnectorSink, ConnectorSource } from "./connector.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
+import type { Evictor, Trigger } from "./triggers.ts";
 
 /** What a function sees of the task it runs in (as Flink's RuntimeContext). */
 export interface RuntimeContext {
@@ -100,7 +101,7 @@ export type PlanNode =
   /** assignTimestampsAndWatermarks: sets each record's timestamp and generates watermarks. */
   | (NodeBase & { kind: "assignTimestamps"; strategy: WatermarkStrategy<any> })
   /** A keyed window with its assigner and function; late records may go to the side output lateTag. */
-  | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null })
+  | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null; trigger?: Trigger | null; evictor?: Evictor | null })
   /** getSideOutput(tag) of its input node: the values that node emitted with ctx.output(tag, ...). */
   | (NodeBase & { kind: "sideOutput"; tag: string });
 

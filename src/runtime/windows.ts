@@ -8,11 +8,19 @@
 //   process:            ns -> element count n, "<ns>#<i>" -> element i (0 <= i < n): O(1) per element
 //   count windows:      ns "count" as above; sliding count windows keep the last `size` elements at "sliding"
 // Session windows also keep the key's open sessions in the ValueState "__sessions".
+//
+// With a custom trigger or an evictor (WindowedStream.trigger/evictor, api/triggers.ts) windows take the general
+// path of Flink's WindowOperator: every element calls the trigger, whose result fires and/or purges the window; its
+// timers (in the same timer service, namespace = the window) call it again; a cleanup timer at the window's end plus
+// the allowed lateness (processing time: its end) drops contents and trigger state. Trigger state lives in the same
+// MapState under "<ns>@<name>". With an evictor, elements are kept one by one with their timestamps, as [ts, value]
+// (also for reduce and aggregate, which then run over the remaining elements when the window fires).
 import type { PlanNode } from "../api/plan.ts";
 import type { TimeWindow, WindowContext } from "../api/event-time.ts";
 import { MapStateDescriptor, ValueStateDescriptor, type MapState, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import { InternalTimerService, preview, type Timer } from "./event-time.ts";
+import { EventTimeTrigger, ProcessingTimeTrigger, type Evictor, type TimestampedValue, type Trigger, type TriggerContext, type TriggerMergeContext, type TriggerResult } from "../api/triggers.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 
 type WindowNode = Extract<PlanNode, { kind: "window" }>;
@@ -30,6 +38,9 @@ export class WindowOperator implements Operator {
   private readonly processFn: ((key: unknown, ctx: WindowContext, elements: unknown[], out: { collect: (v: unknown) => void }) => void) | null;
   /** Records dropped (or sent to the late side output) because every window they belong to had passed. */
   lateRecords = 0;
+  /** A custom trigger or an evictor: the general path (null: the default trigger's fast path). */
+  private readonly trigger: Trigger | null;
+  private readonly evictor: Evictor | null;
 
   constructor(
     private readonly node: WindowNode,
@@ -52,6 +63,8 @@ export class WindowOperator implements Operator {
     this.collector = { collect: (v) => this.out(v) };
     const p = node.fn.process;
     this.processFn = p === null ? null : typeof p === "function" ? p : (k, c, e, o) => p.process(k, c, e, o);
+    this.evictor = node.evictor ?? null;
+    this.trigger = node.trigger ?? (this.evictor ? (this.eventTime ? EventTimeTrigger.create() : ProcessingTimeTrigger.create()) : null);
   }
 
   open(): void {
@@ -73,6 +86,7 @@ export class WindowOperator implements Operator {
       ts = t;
     } else ts = Date.now();
     if (a.type === "session") return this.processSession(record, ts, a.gap);
+    if (this.trigger) return this.processTriggered(record, ts, a.size, a.type === "sliding" ? a.slide : a.size, a.offset);
     const wm = this.timers!.currentWatermark;
     let accepted = false;
     const size = a.size;
@@ -136,25 +150,155 @@ export class WindowOperator implements Operator {
     }
     const ns = `${start}|${end}`;
     const t = this.timers!;
+    const olds: string[] = [];
     for (const [s, e] of merged) {
       const old = `${s}|${e}`;
       if (old === ns) continue;
+      olds.push(old);
       t.delete(this.eventTime ? 0 : 1, e - 1, old);
       if (this.lateness > 0) t.delete(0, e - 1 + this.lateness, old);
       this.mergeInto(old, ns);
     }
-    this.add(ns, record);
     rest.push([start, end]);
     this.sessions!.update(rest);
+    if (this.trigger) {
+      // Flink's order: the merged windows' trigger state goes into the new window (onMerge), then their triggers are
+      // cleared; then the element is added and its trigger called.
+      const window = { start, end };
+      if (olds.length > 0) {
+        const ctx: TriggerMergeContext = {
+          ...this.triggerContext(ns),
+          mergePartitionedState: <T>(name: string, merge: (a: T, b: T) => T) => {
+            const c = this.contents;
+            let acc: T | undefined = c.get(`${ns}@${name}`);
+            for (const old of olds) {
+              const v: T | undefined = c.get(`${old}@${name}`);
+              if (v !== undefined) acc = acc === undefined ? v : merge(acc, v);
+            }
+            if (acc !== undefined) c.put(`${ns}@${name}`, acc);
+          },
+        };
+        this.trigger.onMerge?.(window, ctx);
+        for (const old of olds) {
+          const [s, e] = old.split("|").map(Number) as [number, number];
+          this.trigger.clear({ start: s, end: e }, this.triggerContext(old));
+        }
+      }
+      this.onElementTriggered(record, ts, ns, window);
+      return;
+    }
+    this.add(ns, record);
     // A merged session is a new window with old contents: its timers are registered whatever add() found.
     this.registerTimers(ns, start, end, wm, true);
+  }
+
+  // ---- the general path: a custom trigger or an evictor ----
+
+  /** Tumbling and sliding windows with a trigger: each live window gets the element and the trigger's verdict. */
+  private processTriggered(record: unknown, ts: number, size: number, step: number, offset: number): void {
+    const wm = this.timers!.currentWatermark;
+    let accepted = false;
+    for (let start = ts - mod(ts - offset, step); start > ts - size; start -= step) {
+      const end = start + size;
+      if (this.eventTime && end - 1 + this.lateness <= wm) continue;
+      accepted = true;
+      this.onElementTriggered(record, ts, `${start}|${end}`, { start, end });
+    }
+    if (!accepted) this.late(record, ts, wm);
+  }
+
+  private onElementTriggered(record: unknown, ts: number, ns: string, window: TimeWindow): void {
+    this.add(ns, record, ts);
+    const result = this.trigger!.onElement(record, ts, window, this.triggerContext(ns));
+    this.act(checkResult(result, "onElement"), ns, window);
+    // The cleanup timer: contents and trigger state go once the window can get no more elements.
+    this.timers!.register(this.eventTime ? 0 : 1, this.cleanupTime(window), ns);
+  }
+
+  private cleanupTime(w: TimeWindow): number {
+    return this.eventTime ? w.end - 1 + this.lateness : w.end - 1;
+  }
+
+  private act(result: TriggerResult, ns: string, window: TimeWindow): void {
+    if (result === "FIRE" || result === "FIRE_AND_PURGE") this.fireTriggered(ns, window);
+    if (result === "PURGE" || result === "FIRE_AND_PURGE") this.clear(ns);
+  }
+
+  private onTimerTriggered(t: Timer): void {
+    const [start, end] = t.ns.split("|").map(Number) as [number, number];
+    const window = { start, end };
+    const ctx = this.triggerContext(t.ns);
+    const result = t.domain === 0 ? this.trigger!.onEventTime(t.ts, window, ctx) : this.trigger!.onProcessingTime(t.ts, window, ctx);
+    this.act(checkResult(result, t.domain === 0 ? "onEventTime" : "onProcessingTime"), t.ns, window);
+    if (t.domain === (this.eventTime ? 0 : 1) && t.ts === this.cleanupTime(window)) {
+      this.clear(t.ns);
+      this.trigger!.clear(window, ctx);
+      this.dropSession(start, end);
+    }
+  }
+
+  /** The trigger's view of the current key and window ns. */
+  private triggerContext(ns: string): TriggerContext {
+    const timers = this.timers!;
+    const c = this.contents;
+    return {
+      getCurrentWatermark: () => timers.currentWatermark,
+      getCurrentProcessingTime: () => Date.now(),
+      registerEventTimeTimer: (time) => timers.register(0, time, ns),
+      registerProcessingTimeTimer: (time) => timers.register(1, time, ns),
+      deleteEventTimeTimer: (time) => timers.delete(0, time, ns),
+      deleteProcessingTimeTimer: (time) => timers.delete(1, time, ns),
+      getPartitionedState: <T>(name: string) => ({
+        value: () => c.get(`${ns}@${name}`) as T | undefined,
+        update: (v: T) => c.put(`${ns}@${name}`, v),
+        clear: () => c.remove(`${ns}@${name}`),
+      }),
+    };
+  }
+
+  /** Fires window ns on the general path: evictors around the function, which sees the remaining elements. */
+  private fireTriggered(ns: string, window: TimeWindow): void {
+    const k = this.timers!.keyOf();
+    if (!this.evictor) {
+      this.fire(k, ns, window.start, window.end);
+      return;
+    }
+    const c = this.contents;
+    const n: number | undefined = c.get(ns);
+    if (n === undefined || n === 0) return;
+    let es: TimestampedValue[] = [];
+    for (let i = 0; i < n; i++) {
+      const [timestamp, value] = c.get(`${ns}#${i}`) as [number, unknown];
+      es.push({ value, timestamp });
+    }
+    if (this.evictor.evictBefore) es = checkEvicted(this.evictor.evictBefore(es, window), "evictBefore");
+    const f = this.node.fn;
+    const values = es.map((e) => e.value);
+    let input: unknown[];
+    if (values.length === 0) input = [];
+    else if (f.type === "process") input = values;
+    else if (f.type === "reduce") input = [values.reduce((a, b) => f.reduce(a, b))];
+    else input = [f.aggregate.getResult(values.reduce((acc, v) => f.aggregate.add(v, acc), f.aggregate.createAccumulator()))];
+    if (input.length > 0) this.emit(k, input, window, window.end - 1);
+    if (this.evictor.evictAfter) es = checkEvicted(this.evictor.evictAfter(es, window), "evictAfter");
+    // The window keeps what the evictors left.
+    this.clear(ns);
+    es.forEach((e, i) => c.put(`${ns}#${i}`, [e.timestamp, e.value]));
+    if (es.length > 0) c.put(ns, es.length);
+  }
+
+  private dropSession(s: number, e: number): void {
+    if (!this.sessions) return;
+    const open = this.sessions.value() ?? [];
+    const rest = open.filter((w) => !(w[0] === s && w[1] === e));
+    this.sessions.update(rest.length > 0 ? rest : null);
   }
 
   /** Moves window `from`'s contents into window `to` (session merge). */
   private mergeInto(from: string, to: string): void {
     const f = this.node.fn;
     const c = this.contents;
-    if (f.type === "process") {
+    if (f.type === "process" || this.evictor) {
       const n: number = c.get(from) ?? 0;
       let m: number = c.get(to) ?? 0;
       for (let i = 0; i < n; i++) {
@@ -175,9 +319,15 @@ export class WindowOperator implements Operator {
   }
 
   /** Adds the record to window ns of the current key; true when the window had no state before (its first record). */
-  private add(ns: string, record: unknown): boolean {
+  private add(ns: string, record: unknown, ts = 0): boolean {
     const f = this.node.fn;
     const c = this.contents;
+    if (this.evictor) {
+      const n: number = c.get(ns) ?? 0;
+      c.put(`${ns}#${n}`, [ts, record]);
+      c.put(ns, n + 1);
+      return n === 0;
+    }
     if (f.type === "reduce") {
       const acc = c.get(ns);
       c.put(ns, acc === undefined ? record : f.reduce(acc, record));
@@ -210,7 +360,7 @@ export class WindowOperator implements Operator {
 
   private clear(ns: string): void {
     const c = this.contents;
-    if (this.node.fn.type === "process") {
+    if (this.node.fn.type === "process" || this.evictor) {
       const n: number = c.get(ns) ?? 0;
       for (let i = 0; i < n; i++) c.remove(`${ns}#${i}`);
     }
@@ -241,16 +391,13 @@ export class WindowOperator implements Operator {
   }
 
   private onTimer(t: Timer): void {
+    if (this.trigger) return this.onTimerTriggered(t);
     const [s, e] = t.ns.split("|").map(Number) as [number, number];
     const fireAt = e - 1;
     if (t.ts === fireAt) this.fire(t.key, t.ns, s, e);
     if (t.ts === fireAt + this.lateness) {
       this.clear(t.ns);
-      if (this.sessions) {
-        const open = this.sessions.value() ?? [];
-        const rest = open.filter((w) => !(w[0] === s && w[1] === e));
-        this.sessions.update(rest.length > 0 ? rest : null);
-      }
+      this.dropSession(s, e);
     }
   }
 
@@ -309,4 +456,16 @@ export class WindowOperator implements Operator {
 function mod(a: number, b: number): number {
   const r = a % b;
   return r < 0 ? r + b : r;
+}
+
+const RESULTS = new Set<TriggerResult>(["CONTINUE", "FIRE", "PURGE", "FIRE_AND_PURGE"]);
+
+function checkResult(r: unknown, what: string): TriggerResult {
+  if (!RESULTS.has(r as TriggerResult)) throw new Error(`window trigger: ${what} returned ${JSON.stringify(r)}; expected "CONTINUE", "FIRE", "PURGE" or "FIRE_AND_PURGE"`);
+  return r as TriggerResult;
+}
+
+function checkEvicted(es: unknown, what: string): TimestampedValue[] {
+  if (!Array.isArray(es)) throw new Error(`window evictor: ${what} returned ${preview(es)}; expected the array of elements to keep`);
+  return es as TimestampedValue[];
 }
