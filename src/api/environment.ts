@@ -1,4 +1,5 @@
 // What job authors write against, shaped after Flink's DataStream API.
+import { AsyncRetryStrategies, checkAsyncFunction, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";
 import { checkEvictor, checkTrigger, type Evictor, type Trigger } from "./triggers.ts";
 import type {
   FilterFunction,
@@ -319,6 +320,17 @@ export class DataStream<T> extends OperatorSettings {
     return new DataStream<R>(this.env, node);
   }
 
+  /** AsyncDataStream's operator (use AsyncDataStream.orderedWait / unorderedWait). */
+  asyncWait<R>(fn: AsyncFunction<T, R>, ordered: boolean, timeoutMs: number, capacity: number, retry: AsyncRetryStrategy): DataStream<R> {
+    const what = ordered ? "AsyncDataStream.orderedWait" : "AsyncDataStream.unorderedWait";
+    checkAsyncFunction(fn, what);
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new Error(`${what}: expected a time-out in milliseconds > 0, got ${timeoutMs}`);
+    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new Error(`${what}: expected a capacity >= 1, got ${capacity}`);
+    if (typeof retry !== "object" || retry === null || retry.kind !== "asyncRetryStrategy") throw new Error(`${what}: expected a retry strategy from AsyncRetryStrategies`);
+    const node = this.env.addNode({ kind: "async", fn, ordered, timeoutMs, capacity, retry, name: ordered ? "Async Wait (ordered)" : "Async Wait (unordered)", inputs: [this.node.id] });
+    return new DataStream<R>(this.env, node);
+  }
+
   private partition(partitioner: PartitionSpec): DataStream<T> {
     return new DataStream<T>(this.env, this.env.addNode({ kind: "partition", partitioner, name: partitioner, inputs: [this.node.id] }));
   }
@@ -492,6 +504,27 @@ export interface ConnectorSinkSpec {
   readonly kind: "connectorSink";
   readonly connector: ConnectorSink;
 }
+
+/**
+ * Async I/O (Flink's AsyncDataStream): fn is called per record and returns a promise of its outputs; up to `capacity`
+ * requests are in flight (then the stream back-pressures); a request not done within timeoutMs (over all its attempts)
+ * fails the task, or gives fn.timeout(input)'s outputs; retries by the strategy. Requests in flight at a checkpoint
+ * are issued again after a restore from it.
+ */
+export const AsyncDataStream = {
+  orderedWait<IN, OUT>(stream: DataStream<IN>, fn: AsyncFunction<IN, OUT>, timeoutMs: number, capacity = 100): DataStream<OUT> {
+    return stream.asyncWait(fn, true, timeoutMs, capacity, AsyncRetryStrategies.NO_RETRY);
+  },
+  unorderedWait<IN, OUT>(stream: DataStream<IN>, fn: AsyncFunction<IN, OUT>, timeoutMs: number, capacity = 100): DataStream<OUT> {
+    return stream.asyncWait(fn, false, timeoutMs, capacity, AsyncRetryStrategies.NO_RETRY);
+  },
+  orderedWaitWithRetry<IN, OUT>(stream: DataStream<IN>, fn: AsyncFunction<IN, OUT>, timeoutMs: number, capacity: number, retry: AsyncRetryStrategy): DataStream<OUT> {
+    return stream.asyncWait(fn, true, timeoutMs, capacity, retry);
+  },
+  unorderedWaitWithRetry<IN, OUT>(stream: DataStream<IN>, fn: AsyncFunction<IN, OUT>, timeoutMs: number, capacity: number, retry: AsyncRetryStrategy): DataStream<OUT> {
+    return stream.asyncWait(fn, false, timeoutMs, capacity, retry);
+  },
+};
 
 /** What sinkTo takes: FileSink.forRowFormat(dir).build(). */
 export class FileSinkSpec {

@@ -1,5 +1,5 @@
 // Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
-export { StreamExecutionEnvironment, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
+export { StreamExecutionEnvironment, AsyncDataStream, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
 // The Nexmark benchmark's generator as a source: env.fromSource(NexmarkSource.events({ events, seed }), strategy).
 export { NexmarkSource, type NexmarkSourceOptions } from "../nexmark/source.ts";
 export type { Auction, Bid, NexmarkEvent, Person } from "../nexmark/generator.ts";
@@ -62,3 +62,4 @@ export {
   type TriggerResult,
   type TriggerState,
 } from "./triggers.ts";
+export { AsyncRetryStrategies, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";

@@ -27,6 +27,7 @@ import type { ConnectorSink, ConnectorSource } from "./connector.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 import type { Evictor, Trigger } from "./triggers.ts";
+import type { AsyncFunction, AsyncRetryStrategy } from "./async.ts";
 
 /** What a function sees of the task it runs in (as Flink's RuntimeContext). */
 export interface RuntimeContext {
@@ -103,7 +104,9 @@ export type PlanNode =
   /** A keyed window with its assigner and function; late records may go to the side output lateTag. */
   | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null; trigger?: Trigger | null; evictor?: Evictor | null })
   /** getSideOutput(tag) of its input node: the values that node emitted with ctx.output(tag, ...). */
-  | (NodeBase & { kind: "sideOutput"; tag: string });
+  | (NodeBase & { kind: "sideOutput"; tag: string })
+  /** Async I/O (AsyncDataStream): requests of fn in flight, results in input order or as they complete. */
+  | (NodeBase & { kind: "async"; fn: AsyncFunction<any, any>; ordered: boolean; timeoutMs: number; capacity: number; retry: AsyncRetryStrategy });
 
 export interface NodeBase {
   id: number;
@@ -170,7 +173,8 @@ export function isKeyedOperator(n: PlanNode): boolean {
 }
 
 function isStateful(n: PlanNode): boolean {
-  if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window") return true;
+  // An async operator keeps its requests in flight in operator state.
+  if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window" || n.kind === "async") return true;
   // A rich function (an object with open) may register keyed or operator state in open().
   if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
   if (n.kind === "sink" && n.sink.type === "function") return typeof n.sink.fn === "object" && typeof n.sink.fn.open === "function";

@@ -12,6 +12,7 @@ import { formatRecord } from "./record-format.ts";
 import { InternalTimerService, TimestampsAndWatermarksOperator, type Timer } from "./event-time.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext } from "./operator.ts";
 import { WindowOperator } from "./windows.ts";
+import { AsyncWaitOperator } from "./async-wait.ts";
 
 const NO_CHAIN: ChainOutput = { watermark() {}, idle() {}, side() {} };
 
@@ -80,6 +81,8 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
       return new TimestampsAndWatermarksOperator(node, ctx.time, out, chain);
     case "window":
       return new WindowOperator(node, ctx, out, chain);
+    case "async":
+      return new AsyncWaitOperator(node, ctx, out, chain);
     case "sideOutput":
       // The operator before it routes only the values of this tag here (see StreamTask's chain wiring).
       return { process: out };
