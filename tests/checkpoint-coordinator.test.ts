@@ -121,6 +121,32 @@ describe("CheckpointCoordinator", () => {
     await expect(all.c.triggerNow(false)).rejects.toThrow(/every task of the job has finished/);
   });
 
+  test("a task past its final checkpoint acknowledges as finished: recorded finished, and its consumer, whose producers have now all finished, is triggered", async () => {
+    // Source 0 had finished; source 1 ran when checkpoint 1 was triggered, so the sink was left to its barriers. But
+    // source 1 was past its final checkpoint (its end of partition sent, which the sink may have read already): it
+    // sends no barrier and says finished instead. Before, the sink was never asked and the checkpoint hung.
+    const { c, triggered } = setup({ finished: ["j-0-0-0"] });
+    const p = c.triggerNow(false);
+    expect(triggered.map((t) => t.executionId)).toEqual(["j-0-1-0"]);
+    c.onAcknowledge("j-0-1-0", 1, { operators: [], finished: true });
+    expect(triggered.map((t) => t.executionId)).toEqual(["j-0-1-0", "j-1-0-0"]);
+    expect(c.history.at(-1)!).toMatchObject({ status: "IN_PROGRESS", acknowledged: 1, total: 2, finishedTasks: 2 });
+    c.onAcknowledge("j-0-1-0", 1, { operators: [], finished: true }); // a repeat changes nothing
+    expect(triggered.length).toBe(2);
+    c.onAcknowledge("j-1-0-0", 1, snap(2));
+    const { meta } = readMetadata((await p).path);
+    expect(meta.vertices[0]!.subtasks).toEqual([{ finished: true }, { finished: true }]);
+    expect(meta.operators.find((o) => o.id === "node-1")!.subtasks.map((s) => s?.operator?.subtaskIndex ?? null)).toEqual([2]);
+    // With the other source still running, the sink still waits for that source's barrier: it is not triggered.
+    const other = setup();
+    const p2 = other.c.triggerNow(false);
+    other.c.onAcknowledge("j-0-0-0", 1, { operators: [], finished: true });
+    expect(other.triggered.map((t) => t.executionId)).toEqual(["j-0-0-0", "j-0-1-0"]);
+    other.c.onAcknowledge("j-0-1-0", 1, snap(1));
+    other.c.onAcknowledge("j-1-0-0", 1, snap(2));
+    expect(readMetadata((await p2).path).meta.vertices[0]!.subtasks).toEqual([{ finished: true }, null]);
+  });
+
   test("a checkpoint that times out is aborted; late acknowledgements are ignored", async () => {
     const { c } = setup({ timeoutMs: 30 });
     const p = c.triggerNow(false);

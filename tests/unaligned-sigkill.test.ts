@@ -27,9 +27,8 @@ test("SIGKILLed TaskManagers during unaligned checkpoints under backpressure: re
     ...FAST_RECOVERY,
     "-D", "state.checkpoints.num-retained=100",
     "-D", "execution.checkpointing.unaligned.enabled=true",
-    // Off here: with it on, the job hangs at the end of its input about one run in four on a loaded machine (a
-    // checkpoint after the sources' final one is never acknowledged by one keyed task): an open bug of issue 15.
-    "-D", "execution.checkpointing.checkpoints-after-tasks-finish=false",
+    // Final checkpoints (FLIP-147) stay on, the default: at the end of the input each source finishes only once a
+    // checkpoint after its end of input has completed, under the same kills and backpressure.
   ]);
   clients.push(rpc);
   const tms = new Map(started.map((tm, i) => [`tm-${i}`, tm]));

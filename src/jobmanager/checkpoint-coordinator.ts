@@ -4,7 +4,8 @@
 // every task, and prunes old checkpoints. A decline, a time-out or a task that ends aborts the checkpoint, removes
 // its files and tells every task (notifyCheckpointAborted), which releases any alignment of it; the job keeps
 // running. With checkpoints after tasks finish (FLIP-147) finished tasks do not block triggering: they are recorded
-// as finished, and a running task whose producers have all finished is triggered like a source.
+// as finished, and a running task whose producers have all finished is triggered like a source; so is one whose
+// last running producer acknowledged a checkpoint as finished (it was past its final checkpoint: no barrier from it).
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -56,9 +57,12 @@ interface Pending {
   timestamp: number;
   dir: string;
   savepoint: boolean;
+  unaligned: boolean;
   tasks: Map<string, TaskDeployment>;
-  /** Tasks that had finished when it was triggered (recorded as finished, FLIP-147). */
+  /** Tasks that had finished when it was triggered, or acknowledged it as finished (recorded as finished, FLIP-147). */
   finished: TaskDeployment[];
+  /** Tasks told to inject its barrier. */
+  triggered: Set<string>;
   acks: Map<string, TaskSnapshot>;
   timer: ReturnType<typeof setTimeout>;
   stats: CheckpointStats;
@@ -158,8 +162,10 @@ export class CheckpointCoordinator {
         timestamp,
         dir,
         savepoint,
+        unaligned,
         tasks: new Map(tasks.map((t) => [t.executionId, t])),
-        finished: all.finished,
+        finished: [...all.finished],
+        triggered: new Set(),
         acks: new Map(),
         timer: setTimeout(() => this.abort(p, `timed out after ${this.opts.timeoutMs} ms (${p.acks.size} of ${p.tasks.size} tasks acknowledged)`), this.opts.timeoutMs),
         stats,
@@ -168,15 +174,21 @@ export class CheckpointCoordinator {
       this.pending.set(id, p);
       log.debug("triggering checkpoint", { job: this.host.jobId, id, savepoint, unaligned });
       const fire = () => {
-        if (!this.pending.has(id)) return;
-        for (const t of this.tasksToTrigger(tasks, all.finished)) {
-          this.host.trigger(t.executionId, id, timestamp, dir, unaligned).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
-        }
+        if (this.pending.has(id)) this.fire(p, tasks);
       };
       // With HA the id is recorded as used first, so that a new leader never reuses it.
       if (!this.opts.reserveId) fire();
       else this.opts.reserveId(id).then(fire, (err: Error) => this.abort(p, `the checkpoint id counter refused id ${id}: ${err.message}`));
     });
+  }
+
+  /** Tells those of `tasks` that no barrier will reach (see tasksToTrigger) to inject checkpoint p's. */
+  private fire(p: Pending, tasks: TaskDeployment[]): void {
+    for (const t of this.tasksToTrigger(tasks, p.finished)) {
+      if (p.triggered.has(t.executionId)) continue;
+      p.triggered.add(t.executionId);
+      this.host.trigger(t.executionId, p.id, p.timestamp, p.dir, p.unaligned).catch((err: Error) => this.abort(p, `triggering ${t.executionId} failed: ${err.message}`));
+    }
   }
 
   /** Sources, and (FLIP-147) running tasks whose producers have all finished: no barrier will reach them. */
@@ -194,8 +206,16 @@ export class CheckpointCoordinator {
 
   onAcknowledge(executionId: string, checkpointId: number, snapshot: TaskSnapshot): void {
     const p = this.pending.get(checkpointId);
-    if (!p || !p.tasks.has(executionId)) return; // late: aborted or from an old attempt
+    if (!p || !p.tasks.has(executionId) || p.acks.has(executionId)) return; // late: aborted or from an old attempt
     p.acks.set(executionId, snapshot);
+    if (snapshot.finished) {
+      // FLIP-147: a task past its final checkpoint (about to send end of partition, or sent it) answers a trigger
+      // so. It is recorded as finished and sends no barrier, so its consumers whose producers have now all finished
+      // are triggered like sources; they take it once they have read all their input (see StreamTask).
+      p.finished.push(p.tasks.get(executionId)!);
+      p.stats.finishedTasks = (p.stats.finishedTasks ?? 0) + 1;
+      this.fire(p, [...p.tasks.values()].filter((t) => !p.acks.has(t.executionId)));
+    }
     p.stats.acknowledged = p.acks.size;
     for (const o of snapshot.operators ?? []) p.stats.sizeBytes += (o.keyed?.sizeBytes ?? 0) + (o.operator?.sizeBytes ?? 0);
     p.stats.sizeBytes += snapshot.channel?.sizeBytes ?? 0;

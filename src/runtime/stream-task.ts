@@ -96,7 +96,12 @@ export class StreamTask {
   private finalCheckpointId: number | null = null;
   private finalCheckpointDone: (() => void) | null = null;
   private completedUpTo = 0;
-  private abortsAfterEnd = 0;
+  /**
+   * FLIP-147: how the task answers checkpoints once it is past its final one (see endCheckpoints). "finished": a
+   * checkpoint at or after its final one completed (or it was restored finished); "closing": it gave up waiting and
+   * finishes by the approved final commit.
+   */
+  private pastFinal: "finished" | "closing" | null = null;
 
   // ---- event time ----
   /** The timestamp of the record in flight through the chain. */
@@ -278,6 +283,7 @@ export class StreamTask {
       for (const op of this.operators) await op.endInput?.();
       this.flushOperators();
       if (this.d.finalCheckpoint && !this.d.restore?.finished) await this.awaitFinalCheckpoint();
+      else if (this.d.finalCheckpoint) this.endCheckpoints("finished"); // its whole vertex finished in the restored checkpoint
       else for (const t of this.triggers.splice(0)) this.abortCheckpoint(t.checkpointId, "the task reached the end of its input", true);
       await Promise.all(this.writers.map((w) => w.finish()));
       // No external commit without the JobManager's word: a TaskManager cut off from it (a zombie whose attempt
@@ -361,6 +367,10 @@ export class StreamTask {
         });
         break;
       case "checkpoint": {
+        if (this.pastFinal !== null) {
+          this.answerPastFinal(msg.checkpointId);
+          break;
+        }
         const waitingFinal = this.inputEnded && this.d.finalCheckpoint;
         if (this.inputEnded && !waitingFinal) {
           this.post({ type: "checkpointDecline", checkpointId: msg.checkpointId, reason: "the task reached the end of its input" });
@@ -378,7 +388,10 @@ export class StreamTask {
       case "checkpointComplete":
         this.chain?.notifyCheckpointComplete(msg.checkpointId, (err) => this.failAsync(err));
         this.completedUpTo = Math.max(this.completedUpTo, msg.checkpointId);
-        if (this.finalCheckpointId !== null && msg.checkpointId >= this.finalCheckpointId) this.finalCheckpointDone?.();
+        if (this.finalCheckpointId !== null && msg.checkpointId >= this.finalCheckpointId && this.finalCheckpointDone) {
+          this.endCheckpoints("finished");
+          this.finalCheckpointDone();
+        }
         break;
     }
   }
@@ -412,7 +425,33 @@ export class StreamTask {
   private noteAbortAfterEnd(checkpointId: number): void {
     if (!this.inputEnded || this.finalCheckpointDone === null || this.abortedAfterEnd.has(checkpointId)) return;
     this.abortedAfterEnd.add(checkpointId);
-    if (this.abortedAfterEnd.size >= FINAL_CHECKPOINT_ATTEMPTS) this.finalCheckpointDone();
+    if (this.abortedAfterEnd.size >= FINAL_CHECKPOINT_ATTEMPTS) {
+      this.endCheckpoints("closing");
+      this.finalCheckpointDone();
+    }
+  }
+
+  /**
+   * FLIP-147: the task takes no checkpoint any more; it is about to send end of partition, or has. A barrier sent now
+   * would follow the end on a channel whose consumer may have read the end already (the ring reader stops there, a
+   * remote channel is closed after it), and that consumer is not triggered by the coordinator either, since this
+   * task still runs: it would never take the checkpoint, which would hang at its other acknowledgements. So
+   * triggers, those waiting here and later ones, are answered without a barrier (see answerPastFinal).
+   */
+  private endCheckpoints(how: "finished" | "closing"): void {
+    if (this.pastFinal !== null) return;
+    this.pastFinal = how;
+    for (const t of this.triggers.splice(0)) if (t.checkpointId > this.barriers.lastCheckpointId) this.answerPastFinal(t.checkpointId);
+  }
+
+  /**
+   * "finished": acknowledged as a finished task (no state; its final checkpoint, completed, holds all it did, as
+   * for a task that had finished before the trigger); the coordinator then triggers its consumers whose producers
+   * have now all finished. "closing": declined, since its last transaction is in no checkpoint yet.
+   */
+  private answerPastFinal(checkpointId: number): void {
+    if (this.pastFinal === "finished") this.post({ type: "checkpointAck", checkpointId, snapshot: { operators: [], finished: true } });
+    else this.post({ type: "checkpointDecline", checkpointId, reason: `${taskDisplayName(this.d)}: the task is finishing without a final checkpoint` });
   }
 
   /** The coordinator aborted checkpoint n: release its alignment at once and drop its pending work. */
