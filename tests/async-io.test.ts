@@ -5,28 +5,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { defaultConfig, type Config } from "../src/config/index.ts";
 import { StreamExecutionEnvironment } from "../src/api/environment.ts";
 import { AsyncDataStream, AsyncRetryStrategies } from "../src/api/index.ts";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { clusterForTests } from "./cluster-helpers.ts";
+import { clusterForTests, restartingConfig } from "./cluster-helpers.ts";
 import { committedLines, removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
 
-const config: Config = {
-  ...defaultConfig(),
-  "heartbeat.interval": 200,
-  "heartbeat.timeout": 2000,
-  "restart-strategy.type": "fixed-delay",
-  "restart-strategy.fixed-delay.attempts": 3,
-  "restart-strategy.fixed-delay.delay": 100,
-  "log.level": "warn",
-};
 setLogLevel("warn");
 let dir = "";
 beforeAll(() => void (dir = tempDir("tm-async-io-")));
-const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 4, config }));
+const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 4, config: restartingConfig() }));
 afterAll(removeTempDirs);
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 

@@ -6,6 +6,7 @@ import { connectClient } from "../src/client/job-client.ts";
 import { startLocalCluster, type LocalCluster } from "../src/client/local-cluster.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import { TERMINAL_JOB_STATES } from "../src/rpc/messages.ts";
+import { defaultConfig, type Config } from "../src/config/index.ts";
 
 type ClusterOptions = Parameters<typeof startLocalCluster>[0];
 
@@ -59,4 +60,17 @@ export function clusterPerTest(): (options: ClusterOptions) => Promise<TestClust
     current = null;
   });
   return async (options) => (current = await start(options));
+}
+
+/** An in-process cluster's config for jobs that fail on purpose: fast heartbeats, 3 restarts 100 ms apart, warn logs. */
+export function restartingConfig(): Config {
+  return {
+    ...defaultConfig(),
+    "heartbeat.interval": 200,
+    "heartbeat.timeout": 2000,
+    "restart-strategy.type": "fixed-delay",
+    "restart-strategy.fixed-delay.attempts": 3,
+    "restart-strategy.fixed-delay.delay": 100,
+    "log.level": "warn",
+  };
 }

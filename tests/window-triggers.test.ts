@@ -7,26 +7,16 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { defaultConfig, type Config } from "../src/config/index.ts";
 import { StreamExecutionEnvironment } from "../src/api/environment.ts";
 import { CountTrigger, TumblingEventTimeWindows, TumblingProcessingTimeWindows } from "../src/api/index.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { clusterForTests } from "./cluster-helpers.ts";
+import { clusterForTests, restartingConfig } from "./cluster-helpers.ts";
 import { committedLines, removeTempDirs, rng, runJob, tempDir, writeJob } from "./helpers.ts";
 
-const config: Config = {
-  ...defaultConfig(),
-  "heartbeat.interval": 200,
-  "heartbeat.timeout": 2000,
-  "restart-strategy.type": "fixed-delay",
-  "restart-strategy.fixed-delay.attempts": 3,
-  "restart-strategy.fixed-delay.delay": 100,
-  "log.level": "warn",
-};
 setLogLevel("warn");
 let dir = "";
 beforeAll(() => void (dir = tempDir("tm-window-triggers-")));
-const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 2, config }));
+const t = clusterForTests(() => ({ taskManagers: 1, slotsPerTaskManager: 2, config: restartingConfig() }));
 afterAll(removeTempDirs);
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
 
@@ -106,6 +96,22 @@ function simulate<S>(
   return out;
 }
 
+/**
+ * PurgingTrigger.of(CountTrigger.of(3)) with a sum: every 3 elements of a window, their sum, and the window is purged;
+ * leftovers never fire (the count replaced the event-time trigger) and are dropped at cleanup.
+ */
+function purgingCountSums(input: Ev[]): unknown[] {
+  return simulate(input, () => ({ n: 0, sum: 0 }), (s, e) => {
+    s.n++;
+    s.sum += e.v;
+    if (s.n < 3) return null;
+    const r = [s.sum];
+    s.n = 0;
+    s.sum = 0;
+    return r;
+  }, () => null);
+}
+
 describe("triggers and evictors", () => {
   test.each(["heap", "sqlite"])("CountTrigger, PurgingTrigger, ContinuousEventTimeTrigger, CountEvictor, TimeEvictor: every firing as simulated (%s backend)", async (backend) => {
     const input = events(backend === "heap" ? 21 : 22);
@@ -152,17 +158,7 @@ describe("triggers and evictors", () => {
       expect(lines(`${backend}-${name}`)).toEqual(want.map((x) => JSON.stringify(x)).sort());
     };
 
-    // Every 3 elements of a window: their sum; the window is purged; leftovers never fire (the count replaced the
-    // event-time trigger) and are dropped at cleanup.
-    expectLines("count-purging", simulate(input, () => ({ n: 0, sum: 0 }), (s, e) => {
-      s.n++;
-      s.sum += e.v;
-      if (s.n < 3) return null;
-      const r = [s.sum];
-      s.n = 0;
-      s.sum = 0;
-      return r;
-    }, () => null));
+    expectLines("count-purging", purgingCountSums(input));
     // Every 4 elements, not purged: the count of the whole window so far.
     expectLines("count", simulate(input, () => ({ n: 0, total: 0 }), (s) => {
       s.total++;
@@ -236,16 +232,7 @@ describe("triggers and evictors", () => {
     expect(status.error?.message).toBeUndefined();
     expect(status.state).toBe("FINISHED");
     expect(status.restarts).toBe(1);
-    const want = simulate(input, () => ({ n: 0, sum: 0 }), (s, e) => {
-      s.n++;
-      s.sum += e.v;
-      if (s.n < 3) return null;
-      const r = [s.sum];
-      s.n = 0;
-      s.sum = 0;
-      return r;
-    }, () => null);
-    expect(committedLines(out).sort()).toEqual(want.map((x) => JSON.stringify(x)).sort());
+    expect(committedLines(out).sort()).toEqual(purgingCountSums(input).map((x) => JSON.stringify(x)).sort());
   }, 120_000);
 
   test("a trigger that returns something else fails the task naming it", async () => {
