@@ -8,7 +8,8 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
-import { JetStreamSource } from "../src/api/index.ts";
+import { JetStreamSink, JetStreamSource } from "../src/api/index.ts";
+import { OperatorStateStore } from "../src/state/operator-state.ts";
 import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { startCluster, startNats, type NatsServer } from "./servers.ts";
 
@@ -113,6 +114,42 @@ describe("NATS JetStream (real server)", () => {
     expect(dups).toEqual([]);
     expect([...seen.entries()].sort()).toEqual([...expected.entries()].sort());
   }, 120_000);
+
+  test("FLIP-147: the sink's last messages go out with the final checkpoint's notify; the approved final commit is the fallback", async () => {
+    await jsm.streams.add({ name: "F147", subjects: ["f147.>"] });
+    const sink = JetStreamSink.sink({ servers: nats.url, subject: "f147.out" });
+    const ctx = (attempt: number) => ({ subtaskIndex: 0, parallelism: 1, jobId: "f147", attempt, restoredCheckpointId: 0, operatorState: new OperatorStateStore(), finalCheckpoint: true });
+    // The default serializer writes JSON.
+    const published = async () => (await readStream("F147")).map((m) => JSON.parse(m.data) as string);
+    const w = sink.connector.createWriter(ctx(0), "s");
+    await w.open!();
+    try {
+      w.process("a");
+      await w.snapshotState!(1);
+      await w.notifyCheckpointComplete!(1);
+      w.process("b");
+      await w.endInput!();
+      expect(await published()).toEqual(["a"]); // "b" waits for the final checkpoint
+      expect(w.hasFinalCommit!()).toBe(true);
+      await w.snapshotState!(2);
+      await w.notifyCheckpointComplete!(2);
+      expect(await published()).toEqual(["a", "b"]);
+      expect(w.hasFinalCommit!()).toBe(false);
+    } finally {
+      w.dispose!();
+    }
+    const w2 = sink.connector.createWriter(ctx(1), "s");
+    await w2.open!();
+    try {
+      w2.process("c");
+      await w2.endInput!();
+      expect(w2.hasFinalCommit!()).toBe(true);
+      await w2.finalCommit!();
+      expect(await published()).toEqual(["a", "b", "c"]);
+    } finally {
+      w2.dispose!();
+    }
+  }, 30_000);
 
   test("a message the deserializer rejects fails the job naming subject and sequence; a deleted stream is named", async () => {
     await jsm.streams.add({ name: "BAD", subjects: ["bad.>"] });

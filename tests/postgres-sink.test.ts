@@ -147,6 +147,46 @@ describe("PostgreSQL sink (real server)", () => {
     }
   }, 30_000);
 
+  test("FLIP-147: end of input only stops writing; the final checkpoint prepares the rest and its notify commits it (the final commit is the fallback)", async () => {
+    await pg.sql`CREATE TABLE final_ckpt (v text NOT NULL)`;
+    const sink = PostgresSink.exactlyOnceSink({ url: pg.url, statement: "INSERT INTO final_ckpt VALUES ($1)", rowMapper: (r: string) => [r] });
+    const prepared = async () => (await pg.sql`SELECT gid FROM pg_prepared_xacts`).map((r) => r.gid as string);
+    const rows = async () => (await pg.sql`SELECT v FROM final_ckpt ORDER BY v`).map((r) => r.v as string);
+    const w = sink.connector.createWriter(sinkContext({ jobId: "f147", finalCheckpoint: true }), "3");
+    await w.open!();
+    try {
+      w.process("a");
+      await w.snapshotState!(1);
+      await w.notifyCheckpointComplete!(1);
+      w.process("b");
+      await w.endInput!();
+      // Nothing prepared at end of input: the transaction of "b" is still open, for the final checkpoint.
+      expect(await prepared()).toEqual([]);
+      expect(w.hasFinalCommit!()).toBe(true);
+      await w.snapshotState!(2);
+      expect(await prepared()).toEqual([preparedId("f147", "3", 0, 0, 2)]);
+      await w.notifyCheckpointComplete!(2);
+      expect(await rows()).toEqual(["a", "b"]);
+      expect(await prepared()).toEqual([]);
+      expect(w.hasFinalCommit!()).toBe(false); // nothing left for the JobManager-approved final commit
+    } finally {
+      w.dispose!();
+    }
+    // The fallback: no final checkpoint completes, so the approved final commit prepares and commits the rest.
+    const w2 = sink.connector.createWriter(sinkContext({ jobId: "f147", attempt: 1, finalCheckpoint: true }), "3");
+    await w2.open!();
+    try {
+      w2.process("c");
+      await w2.endInput!();
+      expect(w2.hasFinalCommit!()).toBe(true);
+      await w2.finalCommit!();
+      expect(await rows()).toEqual(["a", "b", "c"]);
+      expect(await prepared()).toEqual([]);
+    } finally {
+      w2.dispose!();
+    }
+  }, 30_000);
+
   test("at-least-once upsert mode: batched by size and time; the table equals the SQL oracle (final sum per key)", async () => {
     await pg.sql`CREATE TABLE latest (k int PRIMARY KEY, v bigint NOT NULL)`;
     const dir = tempDir("tm-pgupsert-");

@@ -12,6 +12,8 @@ import * as path from "node:path";
 process.env.TM_REST_PORT ??= "0";
 if (process.env.TM_TEST_TMPDIR === undefined) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-test-run-"));
+  // Traversable by other users, as /tmp is: PostgreSQL runs as its own user on directories the tests make.
+  fs.chmodSync(root, 0o755);
   process.env.TMPDIR = root;
   process.env.TM_TEST_TMPDIR = root;
   // A hook of the preload file runs once, after every test file (process "exit" handlers do not run under bun test).

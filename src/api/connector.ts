@@ -72,6 +72,13 @@ export interface SinkWriterContext {
   restoredCheckpointId: number;
   /** The subtask's operator state (a sink keeps what its checkpoints cover there). */
   operatorState: OperatorStateStore;
+  /**
+   * FLIP-147 (execution.checkpointing.checkpoints-after-tasks-finish): end of input is followed by a final checkpoint.
+   * A two-phase-commit sink then only stops writing at endInput; the final checkpoint's barrier pre-commits the rest
+   * and its notify commits it, as any checkpoint. hasFinalCommit/finalCommit remain the fallback when no final
+   * checkpoint completes.
+   */
+  finalCheckpoint?: boolean;
 }
 
 /**

@@ -481,18 +481,25 @@ class JetStreamWriter<T> implements SinkWriter {
     await this.drain();
   }
 
+  /** End of input: the rest is the final batch, or (FLIP-147) the final checkpoint's, published on its notify. */
   async endInput(): Promise<void> {
     this.ended = true;
     if (!this.exactlyOnce) return this.drain();
+    if (this.ctx.finalCheckpoint !== true) this.moveCurrentToFinal();
+  }
+
+  private moveCurrentToFinal(): void {
     if (this.current.length > 0) this.pending.push({ subtask: this.ctx.subtaskIndex, checkpointId: FINAL, messages: this.current });
     this.current = [];
   }
 
   hasFinalCommit(): boolean {
-    return this.exactlyOnce && this.ended && this.pending.length > 0;
+    return this.exactlyOnce && this.ended && (this.pending.length > 0 || this.current.length > 0);
   }
 
   async finalCommit(): Promise<void> {
+    // A final checkpoint that never completed: what is still unbatched is the final batch.
+    this.moveCurrentToFinal();
     await this.notifyCheckpointComplete(FINAL);
   }
 

@@ -259,19 +259,23 @@ class PostgresSinkWriter<T> implements SinkWriter {
     }
   }
 
+  /** End of input: the rest is prepared as the final transaction, or (FLIP-147) by the final checkpoint's barrier. */
   async endInput(): Promise<void> {
     this.ended = true;
     this.flushRows();
-    if (this.exactlyOnce && this.txnOpen) this.prepare(FINAL);
+    if (this.exactlyOnce && this.txnOpen && this.ctx.finalCheckpoint !== true) this.prepare(FINAL);
     await this.chain.catch(() => {});
     if (this.error !== null) throw this.failure();
   }
 
+  /** Anything left uncommitted after end of input (without a final checkpoint that committed it). */
   hasFinalCommit(): boolean {
-    return this.exactlyOnce && this.ended && this.prepared.length > 0;
+    return this.exactlyOnce && this.ended && (this.prepared.length > 0 || this.txnOpen);
   }
 
   async finalCommit(): Promise<void> {
+    // A final checkpoint that never completed: what is still open is the final transaction.
+    if (this.txnOpen) this.prepare(FINAL);
     await this.commitUpTo(FINAL);
   }
 

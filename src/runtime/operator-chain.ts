@@ -245,11 +245,24 @@ export class OperatorChain {
     this.chainState?.notifyCheckpointComplete(checkpointId);
     for (const op of this.operators) {
       const done = op.notifyCheckpointComplete?.(checkpointId);
-      if (done instanceof Promise) done.catch(fail);
+      if (done instanceof Promise) this.track(done.catch(fail));
     }
     if (this.connectorReader?.notifyCheckpointComplete) {
-      Promise.resolve(this.connectorReader.notifyCheckpointComplete(checkpointId)).catch(fail);
+      this.track(Promise.resolve(this.connectorReader.notifyCheckpointComplete(checkpointId)).catch(fail));
     }
+  }
+
+  /** Asynchronous notifies still running (a connector sink's external commit). */
+  private readonly notifying = new Set<Promise<unknown>>();
+
+  private track(p: Promise<unknown>): void {
+    this.notifying.add(p);
+    void p.finally(() => this.notifying.delete(p));
+  }
+
+  /** Resolves once every notify started so far has settled: the final checkpoint's commits are done before the task ends. */
+  async notificationsSettled(): Promise<void> {
+    while (this.notifying.size > 0) await Promise.allSettled([...this.notifying]);
   }
 
   flush(): void {

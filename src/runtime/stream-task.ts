@@ -282,7 +282,11 @@ export class StreamTask {
       }
       for (const op of this.operators) await op.endInput?.();
       this.flushOperators();
-      if (this.d.finalCheckpoint && !this.d.restore?.finished) await this.awaitFinalCheckpoint();
+      if (this.d.finalCheckpoint && !this.d.restore?.finished) {
+        await this.awaitFinalCheckpoint();
+        // The final checkpoint's notify commits connector sinks asynchronously: done before the task ends.
+        await this.chain!.notificationsSettled();
+      }
       else if (this.d.finalCheckpoint) this.endCheckpoints("finished"); // its whole vertex finished in the restored checkpoint
       else for (const t of this.triggers.splice(0)) this.abortCheckpoint(t.checkpointId, "the task reached the end of its input", true);
       await Promise.all(this.writers.map((w) => w.finish()));
