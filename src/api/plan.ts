@@ -75,6 +75,31 @@ export interface KeyedProcessFunction<K, IN, OUT> extends RichFunction {
   onTimer?(timestamp: number, ctx: OnTimerContext<K>, out: Collector<OUT>): void;
 }
 
+/** Per-record context of a CoProcessFunction (keyed: getCurrentKey and timers; not keyed: timers throw). */
+export interface CoProcessContext<K = unknown> extends KeyedContext<K> {}
+/** The context of a KeyedCoProcessFunction's onTimer. */
+export interface CoOnTimerContext<K> extends OnTimerContext<K> {}
+/** As Flink's CoMapFunction: map1 for the first input's records, map2 for the second's. */
+export interface CoMapFunction<IN1, IN2, OUT> extends RichFunction {
+  map1(value: IN1): OUT;
+  map2(value: IN2): OUT;
+}
+/** As Flink's CoFlatMapFunction: each returns the values to emit (an array or any iterable). */
+export interface CoFlatMapFunction<IN1, IN2, OUT> extends RichFunction {
+  flatMap1(value: IN1): Iterable<OUT>;
+  flatMap2(value: IN2): Iterable<OUT>;
+}
+/**
+ * As Flink's CoProcessFunction and KeyedCoProcessFunction: one method per input. On keyed connected streams both
+ * inputs share the keyed state and timers of a key (onTimer as in KeyedProcessFunction); not keyed, there are no timers.
+ */
+export interface CoProcessFunction<IN1, IN2, OUT, K = unknown> extends RichFunction {
+  processElement1(value: IN1, ctx: CoProcessContext<K>, out: Collector<OUT>): void;
+  processElement2(value: IN2, ctx: CoProcessContext<K>, out: Collector<OUT>): void;
+  onTimer?(timestamp: number, ctx: CoOnTimerContext<K>, out: Collector<OUT>): void;
+}
+export type KeyedCoProcessFunction<K, IN1, IN2, OUT> = CoProcessFunction<IN1, IN2, OUT, K>;
+
 /** A sink: a function per record, or an object with open/invoke/close (as Flink's RichSinkFunction). */
 export type SinkFunction<T = any> = ((value: T) => void) | { open?(ctx: RuntimeContext): void; invoke(value: T): void; close?(): void };
 
@@ -103,6 +128,11 @@ export type PlanNode =
   | (NodeBase & { kind: "assignTimestamps"; strategy: WatermarkStrategy<any> })
   /** A keyed window with its assigner and function; late records may go to the side output lateTag. */
   | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null; trigger?: Trigger | null; evictor?: Evictor | null })
+  /**
+   * A two-input operator (connect): inputs [first, second], each possibly a keyBy node. keyNodes: the two keyBy
+   * nodes when both inputs are keyed (keyed state and timers are shared by the two inputs' records of a key).
+   */
+  | (NodeBase & { kind: "coMap" | "coFlatMap" | "coProcess"; fn: RichFunction & Record<string, any>; keyNodes?: [number, number] })
   /** getSideOutput(tag) of its input node: the values that node emitted with ctx.output(tag, ...). */
   | (NodeBase & { kind: "sideOutput"; tag: string })
   /** Async I/O (AsyncDataStream): requests of fn in flight, results in input order or as they complete. */
@@ -167,8 +197,14 @@ export interface NodeDescription {
   keyed?: boolean;
 }
 
-/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap on a keyed stream. */
+/** Two-input operators (connect): always the head of their chain, fed by edges of both inputs. */
+export function isTwoInput(n: PlanNode): n is Extract<PlanNode, { kind: "coMap" | "coFlatMap" | "coProcess" }> {
+  return n.kind === "coMap" || n.kind === "coFlatMap" || n.kind === "coProcess";
+}
+
+/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap or two-input operators on a keyed stream. */
 export function isKeyedOperator(n: PlanNode): boolean {
+  if (isTwoInput(n)) return n.keyNodes !== undefined;
   return n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined);
 }
 
@@ -176,7 +212,8 @@ function isStateful(n: PlanNode): boolean {
   // An async operator keeps its requests in flight in operator state.
   if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window" || n.kind === "async") return true;
   // A rich function (an object with open) may register keyed or operator state in open().
-  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
+  if (n.kind === "coProcess" && n.keyNodes !== undefined) return true;
+  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter" || isTwoInput(n)) return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
   if (n.kind === "sink" && n.sink.type === "function") return typeof n.sink.fn === "object" && typeof n.sink.fn.open === "function";
   return false;
 }

@@ -77,6 +77,10 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     }
     case "process":
       return keyedProcess(node, ctx, out, chain);
+    case "coMap":
+    case "coFlatMap":
+    case "coProcess":
+      return twoInput(node, ctx, out, chain);
     case "assignTimestamps":
       return new TimestampsAndWatermarksOperator(node, ctx.time, out, chain);
     case "window":
@@ -100,6 +104,61 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
   }
 }
 
+/**
+ * The context, collector and timers a process function gets (KeyedProcessFunction, CoProcessFunction): with a keyed
+ * backend, the current key and timers (InternalTimerService, checkpointed in "__timers") that call onTimer; without
+ * one (non-keyed CoProcessFunction), registering a timer fails naming the operator.
+ */
+function processContext(name: string, fn: { onTimer?(ts: number, ctx: any, out: any): void } & object, ctx: OperatorContext, keyed: KeyedStateBackend | null, out: Collector, chain: ChainOutput) {
+  const time = ctx.time;
+  const collector = { collect: (v: unknown) => out(v) };
+  let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
+  let watermark = -Infinity;
+  const onTimer = (t: Timer) => {
+    if (typeof fn.onTimer !== "function") return;
+    domain = t.domain === 0 ? "EVENT_TIME" : "PROCESSING_TIME";
+    time.ts = t.domain === 0 ? t.ts : null;
+    fn.onTimer(t.ts, context, collector);
+  };
+  const timers = keyed ? new InternalTimerService(keyed, ctx, "__timers", onTimer) : null;
+  const checkTs = (ts: number, what: string) => {
+    if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
+    return ts;
+  };
+  const keyedTimers = (what: string) => {
+    if (!timers) throw new Error(`${name}: ${what}: timers need keyed connected streams (connect two keyed streams, or keyBy(key1, key2))`);
+    return timers;
+  };
+  const service = {
+    currentProcessingTime: () => Date.now(),
+    currentWatermark: () => (timers ? timers.currentWatermark : watermark),
+    registerEventTimeTimer: (ts: number) => keyedTimers("registerEventTimeTimer").register(0, checkTs(ts, "registerEventTimeTimer")),
+    deleteEventTimeTimer: (ts: number) => keyedTimers("deleteEventTimeTimer").delete(0, ts),
+    registerProcessingTimeTimer: (ts: number) => keyedTimers("registerProcessingTimeTimer").register(1, checkTs(ts, "registerProcessingTimeTimer")),
+    deleteProcessingTimeTimer: (ts: number) => keyedTimers("deleteProcessingTimeTimer").delete(1, ts),
+  };
+  const context = {
+    getCurrentKey: () => {
+      if (!keyed) throw new Error(`${name}: getCurrentKey() needs keyed connected streams`);
+      return keyed.getCurrentKey();
+    },
+    timestamp: () => time.ts,
+    timerService: () => service,
+    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
+    timeDomain: () => domain,
+  };
+  const lifecycle: Pick<Operator, "processWatermark" | "snapshotState" | "dispose"> = {
+    processWatermark(wm) {
+      if (timers) timers.advanceWatermark(wm);
+      else watermark = wm;
+      chain.watermark(wm);
+    },
+    snapshotState: () => timers?.snapshot(),
+    dispose: () => timers?.dispose(),
+  };
+  return { context, collector, lifecycle };
+}
+
 /** A KeyedProcessFunction with timers (InternalTimerService) and side outputs. */
 function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
   const fn = node.fn;
@@ -107,48 +166,67 @@ function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: Operato
   if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
   const keyed = ctx.keyed;
   const key = keyNode.fn;
-  const time = ctx.time;
-  const collector = { collect: (v: unknown) => out(v) };
-  let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
-  const onTimer = (t: Timer) => {
-    if (typeof fn.onTimer !== "function") return;
-    domain = t.domain === 0 ? "EVENT_TIME" : "PROCESSING_TIME";
-    time.ts = t.domain === 0 ? t.ts : null;
-    fn.onTimer(t.ts, context, collector);
-  };
-  const timers = new InternalTimerService(keyed, ctx, "__timers", onTimer);
-  const checkTs = (ts: number, what: string) => {
-    if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${node.name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
-    return ts;
-  };
-  const service = {
-    currentProcessingTime: () => Date.now(),
-    currentWatermark: () => timers.currentWatermark,
-    registerEventTimeTimer: (ts: number) => timers.register(0, checkTs(ts, "registerEventTimeTimer")),
-    deleteEventTimeTimer: (ts: number) => timers.delete(0, ts),
-    registerProcessingTimeTimer: (ts: number) => timers.register(1, checkTs(ts, "registerProcessingTimeTimer")),
-    deleteProcessingTimeTimer: (ts: number) => timers.delete(1, ts),
-  };
-  const context = {
-    getCurrentKey: () => keyed.getCurrentKey(),
-    timestamp: () => time.ts,
-    timerService: () => service,
-    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
-    timeDomain: () => domain,
-  };
+  const { context, collector, lifecycle } = processContext(node.name, fn, ctx, keyed, out, chain);
   return {
     open: fn.open ? () => fn.open!(runtimeContext(ctx, true, node.name)) : undefined,
     process(r) {
       keyed.setCurrentKey(key(r));
       fn.processElement(r, context, collector);
     },
-    processWatermark(wm) {
-      timers.advanceWatermark(wm);
-      chain.watermark(wm);
-    },
-    snapshotState: () => timers.snapshot(),
+    ...lifecycle,
     endInput: fn.close ? () => fn.close!() : undefined,
-    dispose: () => timers.dispose(),
+  };
+}
+
+/**
+ * A two-input operator (connect): process() takes the first input's records, process2() the second's (the task
+ * knows each input channel's input). Keyed, each side's key selector sets the shared backend's current key.
+ */
+function twoInput(node: Extract<PlanNode, { kind: "coMap" | "coFlatMap" | "coProcess" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
+  const fn = node.fn;
+  let keyed: KeyedStateBackend | null = null;
+  let keys: [(r: any) => unknown, (r: any) => unknown] | null = null;
+  if (node.keyNodes) {
+    const [a, b] = node.keyNodes.map((id) => ctx.node(id));
+    if (a?.kind !== "keyBy" || b?.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on keyed connected streams`);
+    keyed = ctx.keyed;
+    keys = [a.fn, b.fn];
+  }
+  let p1: (r: unknown) => void;
+  let p2: (r: unknown) => void;
+  let lifecycle: Partial<Operator> = {};
+  if (node.kind === "coMap") {
+    p1 = (r) => out(fn.map1(r));
+    p2 = (r) => out(fn.map2(r));
+  } else if (node.kind === "coFlatMap") {
+    const emitAll = (produced: any, method: string) => {
+      if (produced == null || typeof produced[Symbol.iterator] !== "function") {
+        throw new TypeError(`${node.name}: ${method} returned ${produced === null ? "null" : typeof produced}, expected an array or iterable`);
+      }
+      for (const x of produced) out(x);
+    };
+    p1 = (r) => emitAll(fn.flatMap1(r), "flatMap1");
+    p2 = (r) => emitAll(fn.flatMap2(r), "flatMap2");
+  } else {
+    const pc = processContext(node.name, fn, ctx, keyed, out, chain);
+    const { context, collector } = pc;
+    lifecycle = pc.lifecycle;
+    p1 = (r) => fn.processElement1(r, context, collector);
+    p2 = (r) => fn.processElement2(r, context, collector);
+  }
+  if (keyed && keys) {
+    const [k1, k2] = keys;
+    const b = keyed;
+    const [a1, a2] = [p1, p2];
+    p1 = (r) => (b.setCurrentKey(k1(r)), a1(r));
+    p2 = (r) => (b.setCurrentKey(k2(r)), a2(r));
+  }
+  return {
+    open: fn.open ? () => fn.open!(runtimeContext(ctx, keyed !== null, node.name)) : undefined,
+    process: p1,
+    process2: p2,
+    ...lifecycle,
+    endInput: fn.close ? () => fn.close!() : undefined,
   };
 }
 
