@@ -10,8 +10,14 @@ import { defaultConfig, type Config } from "../src/config/index.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { setLogLevel } from "../src/util/log.ts";
-import { removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
-import { clusterForTests } from "./cluster-helpers.ts";
+import type { JobStatus } from "../src/rpc/messages.ts";
+import { readMetadata } from "../src/jobmanager/checkpoint-store.ts";
+import { readChannelState } from "../src/runtime/channel-state.ts";
+import { buildJobGraph } from "../src/api/job-graph.ts";
+import { describePlan } from "../src/api/plan.ts";
+import { StreamExecutionEnvironment } from "../src/api/environment.ts";
+import { committedLines, removeTempDirs, runJob, tempDir, waitFor, writeJob } from "./helpers.ts";
+import { clusterForTests, clusterPerTest } from "./cluster-helpers.ts";
 
 setLogLevel("warn");
 const API = JSON.stringify(path.resolve("src/api/index.ts"));
@@ -266,4 +272,119 @@ describe("connected streams on a cluster", () => {
     expect(status.state).toBe("FAILED");
     expect(status.error!.message).toContain("Co-Process: registerProcessingTimeTimer: timers need keyed connected streams");
   }, 60_000);
+});
+
+describe("the job graph of connected streams", () => {
+  test("each input's edges say which input they feed; a two-input operator heads its chain and keeps both key selectors", () => {
+    const env = new StreamExecutionEnvironment();
+    const a = env.fromSequence(1, 10);
+    const b = env.fromSequence(1, 10).map((x) => x);
+    a.union(a.map((x) => x)).connect(b).keyBy((x) => x % 2, (x) => x % 3).map({ map1: (x) => x, map2: (x) => x }).print();
+    const g = buildJobGraph(describePlan(env.getPlan()), env.getPlan().settings, 2, "job");
+    const co = g.vertices.find((v) => v.name.startsWith("Co-Map"))!;
+    expect(co.name).toBe("Co-Map -> Print to Std. Out");
+    expect(co.operators![0]!.keyed).toBe(true);
+    const ins = g.edges.filter((e) => e.target === co.id).map((e) => ({ from: g.vertices[e.source]!.name, input: e.input ?? 0, partitioner: e.partitioner }));
+    expect(ins.sort((x, y) => x.input - y.input || x.from.localeCompare(y.from))).toEqual([
+      { from: "Map", input: 0, partitioner: "hash" },
+      { from: "Sequence Source", input: 0, partitioner: "hash" },
+      { from: "Sequence Source -> Map", input: 1, partitioner: "hash" },
+    ]);
+  });
+});
+
+describe("connected streams and unaligned checkpoints", () => {
+  const startCluster = clusterPerTest();
+  afterAll(removeTempDirs);
+
+  test("a keyed two-input operator restored from unaligned checkpoints with input channel state: each input's records go back to its own input, exactly once", async () => {
+    const dir = tempDir("tm-connected-ucp-");
+    fs.writeFileSync(path.join(dir, "slow"), "1");
+    const N = 8_000, KEYS = 7;
+    const { client } = await startCluster({
+      taskManagers: 1,
+      slotsPerTaskManager: 2,
+      config: {
+        ...defaultConfig(),
+        "log.level": "warn",
+        "state.checkpoints.dir": path.join(dir, "checkpoints"),
+        "state.checkpoints.num-retained": 100,
+        "execution.checkpointing.unaligned.enabled": true,
+        "execution.checkpointing.timeout": 60_000,
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.delay": 100,
+      },
+    });
+    const f = (name: string) => JSON.stringify(path.join(dir, name));
+    // The operator is slow while the file "slow" exists (both sources back-pressured, buffers full on every channel),
+    // and throws once when "go" exists. A record of one input handed to the other's method fails the job.
+    const job = writeJob(dir, "co-ucp.ts", `
+      import * as fs from "node:fs";
+      import { FileSink, ValueStateDescriptor } from ${API};
+      const pause = new Int32Array(new SharedArrayBuffer(4));
+      const pad = "x".repeat(300);
+      export default (env) => {
+        env.enableCheckpointing(1000);
+        const a = env.fromSequence(1, ${N}).map((x) => [x, "a", pad]);
+        const b = env.fromSequence(1, ${N}).map((x) => [x, "b", pad]);
+        a.connect(b).keyBy((t) => t[0] % ${KEYS}, (t) => t[0] % ${KEYS})
+          .process({
+            open(ctx) {
+              this.a = ctx.getState(new ValueStateDescriptor("a", { default: 0 }));
+              this.b = ctx.getState(new ValueStateDescriptor("b", { default: 0 }));
+              this.seen = 0; this.slow = true;
+            },
+            step() {
+              if ((++this.seen & 15) === 0) {
+                this.slow = fs.existsSync(${f("slow")});
+                if (fs.existsSync(${f("go")}) && !fs.existsSync(${f("thrown")})) { fs.writeFileSync(${f("thrown")}, "1"); throw new Error("injected failure"); }
+              }
+              if (this.slow) Atomics.wait(pause, 0, 0, 5);
+            },
+            processElement1(t, ctx, out) {
+              if (t[1] !== "a") throw new Error("processElement1 got a record of input 2: " + t[0]);
+              this.step(); this.a.update(this.a.value() + 1); out.collect(["a", ctx.getCurrentKey(), this.a.value()]);
+            },
+            processElement2(t, ctx, out) {
+              if (t[1] !== "b") throw new Error("processElement2 got a record of input 1: " + t[0]);
+              this.step(); this.b.update(this.b.value() + 1); out.collect(["b", ctx.getCurrentKey(), this.b.value()]);
+            },
+          })
+          .sinkTo(FileSink.forRowFormat(${f("out")}).build());
+      };`);
+    const jobId = await submitJob(client, await prepareJob(job, [], 1));
+    // Input channel state of the two-input task (not the sources' output state): records that arrived on its channels.
+    const inputState = (meta: string) => {
+      const { meta: m } = readMetadata(meta);
+      const co = m.vertices.find((v) => v.name.includes("Co-Process"))!;
+      let n = 0;
+      for (const s of co.subtasks ?? []) if (s?.channel) for (const ch of readChannelState(s.channel)) n += ch.records.length;
+      return n;
+    };
+    await waitFor("a completed checkpoint with input channel state at the two-input task", async () => {
+      const st = (await client.request("jobStatus", { jobId })) as JobStatus;
+      if (st.state !== "RUNNING") throw new Error(`the job is ${st.state}: ${st.error?.message ?? ""}`);
+      return st.checkpoints.history.some((c) => c.status === "COMPLETED" && (c.channelStateBytes ?? 0) > 0 && inputState(path.join(dir, "checkpoints", jobId, `chk-${c.id}`, "_metadata")) > 0);
+    }, 60_000, 100);
+    fs.writeFileSync(path.join(dir, "go"), "1");
+    await waitFor("the injected failure", () => fs.existsSync(path.join(dir, "thrown")), 30_000, 50);
+    fs.rmSync(path.join(dir, "slow"));
+    const final = await waitForJob(client, jobId, () => {}, 100);
+    expect(final.error?.message).toBeUndefined();
+    expect(final.state).toBe("FINISHED");
+    expect(final.restarts).toBe(1);
+    const restored = inputState(final.checkpoints.restoredFrom!);
+    console.log(`two-input task restored from ${final.checkpoints.restoredFrom} with ${restored} records of input channel state`);
+    // Exactly once: per input and key, the counts 1..n once each.
+    const lines = committedLines(path.join(dir, "out"));
+    const expected: string[] = [];
+    for (const side of ["a", "b"]) {
+      for (let k = 0; k < KEYS; k++) {
+        const n = Math.floor(N / KEYS) + (k >= 1 && k <= N % KEYS ? 1 : 0);
+        for (let c = 1; c <= n; c++) expected.push(`(${side},${k},${c})`);
+      }
+    }
+    expect(lines.length).toBe(expected.length);
+    expect(lines.sort()).toEqual(expected.sort());
+  }, 150_000);
 });
