@@ -55,9 +55,10 @@ describe("connected streams on a cluster", () => {
       ${GEN}
       export default (env, args) => {
         env.setStateBackend(args[1]).setAutoWatermarkInterval(20);
-        const a = env.fromSequence(0, ${NA - 1}).map(genA)
+        // A runs ahead in event time (about 40 s of it per second), B behind (about 16 s per second).
+        const a = env.fromSequence(0, ${NA - 1}).map((x) => { if (x % 8 === 0) Atomics.wait(pause, 0, 0, 1); return genA(x); })
           .assignTimestampsAndWatermarks(WatermarkStrategy.forBoundedOutOfOrderness(150).withTimestampAssigner((e) => e.ts));
-        const b = env.fromSequence(0, ${NB - 1}).map((x) => { if (x % 4 === 0) Atomics.wait(pause, 0, 0, 1); return genB(x); })
+        const b = env.fromSequence(0, ${NB - 1}).map((x) => { if (x % 2 === 0) Atomics.wait(pause, 0, 0, 1); return genB(x); })
           .assignTimestampsAndWatermarks(WatermarkStrategy.forBoundedOutOfOrderness(150).withTimestampAssigner((e) => e.ts));
         const add = (self, e, ctx, out, i, value) => {
           if (ctx.timestamp() !== e.ts) throw new Error("wrong timestamp " + ctx.timestamp() + " for " + JSON.stringify(e));
