@@ -2,6 +2,7 @@
 import { AsyncRetryStrategies, checkAsyncFunction, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";
 import { checkEvictor, checkTrigger, type Evictor, type Trigger } from "./triggers.ts";
 import type {
+  BroadcastProcessFunction,
   CoFlatMapFunction,
   CoMapFunction,
   CoProcessFunction,
@@ -19,6 +20,7 @@ import type {
   SourceSpec,
 } from "./plan.ts";
 import type { ConnectorSink } from "./connector.ts";
+import type { MapStateDescriptor } from "../state/api.ts";
 import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggregateFunction, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
@@ -231,7 +233,7 @@ export class DataStream<T> extends OperatorSettings {
   /** The values this operator (a process function or a window) emitted to the side output `tag`. */
   getSideOutput<X>(tag: OutputTag<X>): DataStream<X> {
     if (typeof tag !== "object" || tag === null || tag.kind !== "outputTag" || typeof tag.id !== "string") throw new Error("getSideOutput: expected an OutputTag");
-    if (this.node.kind !== "process" && this.node.kind !== "coProcess" && this.node.kind !== "window") throw new Error("getSideOutput: only the result of process() or of a window function has side outputs");
+    if (this.node.kind !== "process" && this.node.kind !== "coProcess" && this.node.kind !== "broadcastProcess" && this.node.kind !== "window") throw new Error("getSideOutput: only the result of process() or of a window function has side outputs");
     const node = this.env.addNode({ kind: "sideOutput", tag: tag.id, name: `Side Output (${tag.id})`, inputs: [this.node.id] });
     return new DataStream<X>(this.env, node);
   }
@@ -240,9 +242,16 @@ export class DataStream<T> extends OperatorSettings {
    * Two inputs for one operator (as Flink's connect): map/flatMap/process get one method per input. Both streams
    * keyed (or keyBy(k1, k2) on the result): the operator's keyed state and timers are shared by both inputs per key.
    */
-  connect<T2>(other: DataStream<T2>): ConnectedStreams<T, T2> {
-    if (!(typeof other === "object" && other !== null && typeof (other as DataStream<T2>).planNode === "object")) throw new Error("connect: expected a DataStream");
-    return new ConnectedStreams<T, T2>(this.env, this.node, other.planNode);
+  connect<T2>(other: DataStream<T2>): ConnectedStreams<T, T2>;
+  /** With a BroadcastStream (broadcast(descriptor...)): process(BroadcastProcessFunction), keyed on a KeyedStream. */
+  connect<T2>(other: BroadcastStream<T2>): BroadcastConnectedStream<T, T2>;
+  connect<T2>(other: DataStream<T2> | BroadcastStream<T2>): ConnectedStreams<T, T2> | BroadcastConnectedStream<T, T2> {
+    if (typeof other === "object" && other !== null && (other as BroadcastStream<T2>).kind === "broadcastStream") {
+      const b = other as BroadcastStream<T2>;
+      return new BroadcastConnectedStream<T, T2>(this.env, this.node, b.planNode, b.stateNames);
+    }
+    if (!(typeof other === "object" && other !== null && typeof (other as DataStream<T2>).planNode === "object")) throw new Error("connect: expected a DataStream or a BroadcastStream");
+    return new ConnectedStreams<T, T2>(this.env, this.node, (other as DataStream<T2>).planNode);
   }
 
   union(...others: DataStream<T>[]): DataStream<T> {
@@ -254,8 +263,21 @@ export class DataStream<T> extends OperatorSettings {
     return this.partition("rebalance");
   }
 
-  broadcast(): DataStream<T> {
-    return this.partition("broadcast");
+  /** Every record to every consumer subtask; with MapStateDescriptors, a BroadcastStream for broadcast state. */
+  broadcast(): DataStream<T>;
+  broadcast(...descriptors: MapStateDescriptor<any, any>[]): BroadcastStream<T>;
+  broadcast(...descriptors: MapStateDescriptor<any, any>[]): DataStream<T> | BroadcastStream<T> {
+    if (descriptors.length === 0) return this.partition("broadcast");
+    const names: string[] = [];
+    for (const d of descriptors) {
+      // Checked by shape: the job's bundle has its own copy of the state module.
+      if (typeof d !== "object" || d === null || d.kind !== "map" || typeof d.name !== "string" || d.name.length === 0) {
+        throw new Error("broadcast: expected MapStateDescriptors (new MapStateDescriptor(name)) for the broadcast state");
+      }
+      if (names.includes(d.name)) throw new Error(`broadcast: the state ${JSON.stringify(d.name)} is given twice`);
+      names.push(d.name);
+    }
+    return new BroadcastStream<T>(this.partition("broadcast").planNode, names);
   }
 
   forward(): DataStream<T> {
@@ -463,6 +485,50 @@ export class ConnectedStreams<IN1, IN2> {
     if (missing.length > 0) throw new Error(`${name}: expected an object with ${methods[0]} and ${methods[1]} methods (missing ${missing.join(" and ")})`);
     const keyNodes: [number, number] | undefined = this.isKeyed ? [this.first.id, this.second.id] : undefined;
     const node = this.env.addNode({ kind, fn, name, inputs: [this.first.id, this.second.id], ...(keyNodes ? { keyNodes } : {}) });
+    return new DataStream<R>(this.env, node);
+  }
+}
+
+/** A stream broadcast with the descriptors of its broadcast state (as Flink's BroadcastStream): connect it to a stream. */
+export class BroadcastStream<T> {
+  readonly kind = "broadcastStream";
+  declare readonly _type?: T;
+  constructor(
+    /** @internal The broadcast partition node. */
+    readonly planNode: PlanNode,
+    /** The broadcast states' names (their MapStateDescriptors'). */
+    readonly stateNames: string[],
+  ) {}
+}
+
+/**
+ * A stream connected with a BroadcastStream (as Flink's BroadcastConnectedStream): process(fn) with a
+ * KeyedBroadcastProcessFunction when the stream is keyed, else a BroadcastProcessFunction. Every subtask gets every
+ * broadcast element and keeps its own copy of the broadcast state, which checkpoints and restores at any parallelism.
+ */
+export class BroadcastConnectedStream<IN, BC> {
+  constructor(
+    private readonly env: StreamExecutionEnvironment,
+    private readonly input: PlanNode,
+    private readonly broadcastNode: PlanNode,
+    private readonly stateNames: string[],
+  ) {}
+
+  process<R, K = unknown>(fn: BroadcastProcessFunction<IN, BC, R, K>): DataStream<R> {
+    const keyed = this.input.kind === "keyBy";
+    const name = keyed ? "Keyed Broadcast Process" : "Broadcast Process";
+    if (typeof fn !== "object" || fn === null) throw new Error(`${name}: expected an object with processElement and processBroadcastElement methods, got ${fn === null ? "null" : typeof fn}`);
+    const missing = ["processElement", "processBroadcastElement"].filter((m) => typeof (fn as any)[m] !== "function");
+    if (missing.length > 0) throw new Error(`${name}: expected an object with processElement and processBroadcastElement methods (missing ${missing.join(" and ")})`);
+    if (!keyed && typeof fn.onTimer === "function") throw new Error(`${name}: onTimer needs a keyed stream (keyBy before connect); timers are per key`);
+    const node = this.env.addNode({
+      kind: "broadcastProcess",
+      fn,
+      name,
+      inputs: [this.input.id, this.broadcastNode.id],
+      broadcastStates: [...this.stateNames],
+      ...(keyed ? { keyNode: this.input.id } : {}),
+    });
     return new DataStream<R>(this.env, node);
   }
 }

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { PlanNode, RichFunction, RuntimeContext } from "../api/plan.ts";
 import { canonicalKey } from "../state/key-groups.ts";
-import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
+import { ValueStateDescriptor, type BroadcastState, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import { BucketedFileSink, TwoPhaseCommitFileSink } from "./file-sink.ts";
@@ -81,6 +81,8 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     case "coFlatMap":
     case "coProcess":
       return twoInput(node, ctx, out, chain);
+    case "broadcastProcess":
+      return broadcastProcess(node, ctx, out, chain);
     case "assignTimestamps":
       return new TimestampsAndWatermarksOperator(node, ctx.time, out, chain);
     case "window":
@@ -109,7 +111,15 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
  * backend, the current key and timers (InternalTimerService, checkpointed in "__timers") that call onTimer; without
  * one (non-keyed CoProcessFunction), registering a timer fails naming the operator.
  */
-function processContext(name: string, fn: { onTimer?(ts: number, ctx: any, out: any): void } & object, ctx: OperatorContext, keyed: KeyedStateBackend | null, out: Collector, chain: ChainOutput) {
+function processContext(
+  name: string,
+  fn: { onTimer?(ts: number, ctx: any, out: any): void } & object,
+  ctx: OperatorContext,
+  keyed: KeyedStateBackend | null,
+  out: Collector,
+  chain: ChainOutput,
+  extra: Record<string, unknown> = {},
+) {
   const time = ctx.time;
   const collector = { collect: (v: unknown) => out(v) };
   let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
@@ -146,6 +156,7 @@ function processContext(name: string, fn: { onTimer?(ts: number, ctx: any, out: 
     timerService: () => service,
     output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
     timeDomain: () => domain,
+    ...extra,
   };
   const lifecycle: Pick<Operator, "processWatermark" | "snapshotState" | "dispose"> = {
     processWatermark(wm) {
@@ -225,6 +236,113 @@ function twoInput(node: Extract<PlanNode, { kind: "coMap" | "coFlatMap" | "coPro
     open: fn.open ? () => fn.open!(runtimeContext(ctx, keyed !== null, node.name)) : undefined,
     process: p1,
     process2: p2,
+    ...lifecycle,
+    endInput: fn.close ? () => fn.close!() : undefined,
+  };
+}
+
+/** A broadcast state as processElement sees it: reads only. */
+function readOnly(state: BroadcastState<unknown, unknown>, name: string, operator: string): BroadcastState<unknown, unknown> {
+  const refuse = () => {
+    throw new Error(`${operator}: the broadcast state "${name}" is read-only in processElement and onTimer (write it in processBroadcastElement)`);
+  };
+  return {
+    get: (k) => state.get(k),
+    contains: (k) => state.contains(k),
+    entries: () => state.entries(),
+    keys: () => state.keys(),
+    values: () => state.values(),
+    isEmpty: () => state.isEmpty(),
+    put: refuse,
+    putAll: refuse,
+    remove: refuse,
+    clear: refuse,
+  };
+}
+
+/**
+ * connect(broadcastStream).process(fn): process() takes the stream's records (processElement, broadcast state
+ * read-only; keyed: keyed state and timers), process2() the broadcast records (processBroadcastElement, broadcast
+ * state writable, applyToKeyedState over every key of this subtask). Broadcast state is the operator's broadcast
+ * state (OperatorStateStore): every subtask holds a copy, and a restore at any parallelism gives each a copy.
+ */
+function broadcastProcess(node: Extract<PlanNode, { kind: "broadcastProcess" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
+  // The contexts are built loosely here; their public shapes are BroadcastReadOnlyContext and BroadcastContext.
+  const fn: Record<string, any> & { onTimer?(ts: number, ctx: any, out: any): void } = node.fn;
+  let keyed: KeyedStateBackend | null = null;
+  let key: ((r: any) => unknown) | null = null;
+  if (node.keyNode !== undefined) {
+    const keyNode = ctx.node(node.keyNode);
+    if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
+    keyed = ctx.keyed;
+    key = keyNode.fn;
+  }
+  const store = ctx.operatorState;
+  const declared = (d: { name?: unknown; kind?: unknown }, what: string): string => {
+    if (typeof d !== "object" || d === null || d.kind !== "map" || typeof d.name !== "string") throw new Error(`${node.name}: ${what} expects a MapStateDescriptor`);
+    if (!node.broadcastStates.includes(d.name)) {
+      throw new Error(`${node.name}: ${what}: the broadcast state ${JSON.stringify(d.name)} was not given to broadcast(...) (it has ${node.broadcastStates.map((n) => JSON.stringify(n)).join(", ")})`);
+    }
+    return d.name;
+  };
+  const views = new Map<string, BroadcastState<unknown, unknown>>();
+  const readOnlyState = (d: { name?: unknown; kind?: unknown }) => {
+    const name = declared(d, "getBroadcastState");
+    let v = views.get(name);
+    if (!v) views.set(name, (v = readOnly(store.getBroadcastState(name), name, node.name)));
+    return v;
+  };
+  const time = ctx.time;
+  const { context, collector, lifecycle } = processContext(node.name, fn, ctx, keyed, out, chain, {
+    getBroadcastState: readOnlyState,
+    currentWatermark: () => context.timerService().currentWatermark(),
+    currentProcessingTime: () => Date.now(),
+  });
+  const stateFor = (d: any): unknown => {
+    switch (d?.kind) {
+      case "value":
+        return keyed!.getState(d);
+      case "list":
+        return keyed!.getListState(d);
+      case "map":
+        return keyed!.getMapState(d);
+      case "reducing":
+        return keyed!.getReducingState(d);
+      case "aggregating":
+        return keyed!.getAggregatingState(d);
+      default:
+        throw new Error(`${node.name}: applyToKeyedState expects a keyed state descriptor (ValueStateDescriptor, ListStateDescriptor, ...)`);
+    }
+  };
+  const broadcastContext = {
+    getBroadcastState: (d: { name?: unknown; kind?: unknown }) => store.getBroadcastState(declared(d, "getBroadcastState")),
+    applyToKeyedState: (d: any, f: (key: unknown, state: unknown) => void) => {
+      if (!keyed) throw new Error(`${node.name}: applyToKeyedState needs a keyed stream (keyBy before connect)`);
+      if (typeof f !== "function") throw new Error(`${node.name}: applyToKeyedState expects a function (key, state)`);
+      stateFor(d); // checks the descriptor (and registers its state) before the scan
+      // The keys first: the function may change or clear the state while we go.
+      for (const k of keyed.keys(d.name)) {
+        keyed.setCurrentKey(k);
+        f(k, stateFor(d));
+      }
+    },
+    timestamp: () => time.ts,
+    currentWatermark: () => context.timerService().currentWatermark(),
+    currentProcessingTime: () => Date.now(),
+    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
+  };
+  const k = key;
+  const b = keyed;
+  return {
+    open: fn.open ? () => fn.open!(runtimeContext(ctx, keyed !== null, node.name)) : undefined,
+    process:
+      b && k
+        ? (r) => {
+            b.setCurrentKey(k(r));
+            fn.processElement(r, context, collector);
+          }
+        : (r) => fn.processElement(r, context, collector),
+    process2: (r) => fn.processBroadcastElement(r, broadcastContext, collector),
     ...lifecycle,
     endInput: fn.close ? () => fn.close!() : undefined,
   };
