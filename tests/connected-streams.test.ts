@@ -190,16 +190,20 @@ describe("connected streams on a cluster", () => {
   }, 90_000);
 
   test("keyed state and timers of a KeyedCoProcessFunction survive a savepoint restored at another parallelism (2 -> 3 sqlite, 2 -> 1 heap)", async () => {
-    const N = 24_000;
+    const N = 200_000;
     const job = writeJob(dir, "co-sp.ts", `
+      import * as fs from "node:fs";
       import { ValueStateDescriptor, WatermarkStrategy } from ${API};
       const pause = new Int32Array(new SharedArrayBuffer(4));
+      let slowNow = true;
       export default (env, args) => {
         env.setStateBackend(args[1]);
-        const slow = (x) => { if (x % 20 === 0) Atomics.wait(pause, 0, 0, 2); return x; };
+        // Slow (about 20000 records per second and subtask) while the file args[2] exists, so the savepoint comes
+        // mid-input. A source's chunk (1024 records) stays short: its task lets the checkpoint's I/O in between chunks.
+        const slow = (x) => { if (x % 50 === 0) slowNow = fs.existsSync(args[2]); if (slowNow && x % 20 === 0) Atomics.wait(pause, 0, 0, 1); return x; };
         const a = env.fromSequence(1, ${N}).map(slow).uid("a-map")
           .assignTimestampsAndWatermarks(WatermarkStrategy.forMonotonousTimestamps().withTimestampAssigner((x) => x));
-        const b = env.fromSequence(1, ${N / 2}).map(slow).uid("b-map")
+        const b = env.fromSequence(1, ${N}).map(slow).uid("b-map")
           .assignTimestampsAndWatermarks(WatermarkStrategy.forMonotonousTimestamps().withTimestampAssigner((x) => x * 2));
         a.connect(b).keyBy((x) => x % 20, (x) => (x * 3) % 20)
           .process({
@@ -218,12 +222,14 @@ describe("connected streams on a cluster", () => {
     const expected = new Map<number, [number, number]>();
     for (let k = 0; k < 20; k++) expected.set(k, [0, 0]);
     for (let x = 1; x <= N; x++) expected.get(x % 20)![0]++;
-    for (let x = 1; x <= N / 2; x++) expected.get((x * 3) % 20)![1] += x;
+    for (let x = 1; x <= N; x++) expected.get((x * 3) % 20)![1] += x;
     const reference = [...expected].map(([k, [a, b]]) => JSON.stringify([k, 1e12 + k, a, b])).sort();
     for (const [backend, to] of [["sqlite", 3], ["heap", 1]] as const) {
       const out1 = path.join(dir, `co-sp-${backend}-1`);
       const out2 = path.join(dir, `co-sp-${backend}-2`);
-      const jobId = await submitJob(t.client, await prepareJob(job, [out1, backend], 2));
+      const slowFile = path.join(dir, `co-sp-${backend}-slow`);
+      fs.writeFileSync(slowFile, "1");
+      const jobId = await submitJob(t.client, await prepareJob(job, [out1, backend, slowFile], 2));
       // Some records in (each source subtask emits a chunk before the first savepoint can be taken), not all.
       await waitFor("records through the co-process operator", async () => {
         const s = await t.client.request("jobStatus", { jobId });
@@ -234,7 +240,8 @@ describe("connected streams on a cluster", () => {
       const sp = await t.client.request("triggerSavepoint", { jobId, dir: path.join(dir, `savepoints-${backend}`), cancel: true }, 30_000);
       expect((await waitForJob(t.client, jobId, () => {})).state).toBe("CANCELED");
       expect(readLines(out1)).toEqual([]); // no timer fired before the savepoint
-      const resumed = await waitForJob(t.client, await submitJob(t.client, { ...(await prepareJob(job, [out2, backend], to)), fromSavepoint: sp.path }), () => {});
+      fs.rmSync(slowFile);
+      const resumed = await waitForJob(t.client, await submitJob(t.client, { ...(await prepareJob(job, [out2, backend, slowFile], to)), fromSavepoint: sp.path }), () => {});
       expect(resumed.error?.message).toBeUndefined();
       expect(resumed.state).toBe("FINISHED");
       expect(resumed.checkpoints.restoredFrom).toContain(sp.path);
