@@ -2,6 +2,10 @@
 import { AsyncRetryStrategies, checkAsyncFunction, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";
 import { checkEvictor, checkTrigger, type Evictor, type Trigger } from "./triggers.ts";
 import type {
+  BroadcastProcessFunction,
+  CoFlatMapFunction,
+  CoMapFunction,
+  CoProcessFunction,
   FilterFunction,
   FlatMapFunction,
   JobSettings,
@@ -16,6 +20,7 @@ import type {
   SourceSpec,
 } from "./plan.ts";
 import type { ConnectorSink } from "./connector.ts";
+import type { MapStateDescriptor } from "../state/api.ts";
 import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggregateFunction, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
 export const DEFAULT_MAX_PARALLELISM = 128;
@@ -164,6 +169,11 @@ export class StreamExecutionEnvironment {
 class OperatorSettings {
   constructor(protected readonly node: PlanNode) {}
 
+  /** @internal The plan node this stream or operator stands for. */
+  get planNode(): PlanNode {
+    return this.node;
+  }
+
   setParallelism(parallelism: number): this {
     this.node.parallelism = positiveInt(parallelism, "setParallelism");
     return this;
@@ -223,9 +233,25 @@ export class DataStream<T> extends OperatorSettings {
   /** The values this operator (a process function or a window) emitted to the side output `tag`. */
   getSideOutput<X>(tag: OutputTag<X>): DataStream<X> {
     if (typeof tag !== "object" || tag === null || tag.kind !== "outputTag" || typeof tag.id !== "string") throw new Error("getSideOutput: expected an OutputTag");
-    if (this.node.kind !== "process" && this.node.kind !== "window") throw new Error("getSideOutput: only the result of process() or of a window function has side outputs");
+    if (this.node.kind !== "process" && this.node.kind !== "coProcess" && this.node.kind !== "broadcastProcess" && this.node.kind !== "window") throw new Error("getSideOutput: only the result of process() or of a window function has side outputs");
     const node = this.env.addNode({ kind: "sideOutput", tag: tag.id, name: `Side Output (${tag.id})`, inputs: [this.node.id] });
     return new DataStream<X>(this.env, node);
+  }
+
+  /**
+   * Two inputs for one operator (as Flink's connect): map/flatMap/process get one method per input. Both streams
+   * keyed (or keyBy(k1, k2) on the result): the operator's keyed state and timers are shared by both inputs per key.
+   */
+  connect<T2>(other: DataStream<T2>): ConnectedStreams<T, T2>;
+  /** With a BroadcastStream (broadcast(descriptor...)): process(BroadcastProcessFunction), keyed on a KeyedStream. */
+  connect<T2>(other: BroadcastStream<T2>): BroadcastConnectedStream<T, T2>;
+  connect<T2>(other: DataStream<T2> | BroadcastStream<T2>): ConnectedStreams<T, T2> | BroadcastConnectedStream<T, T2> {
+    if (typeof other === "object" && other !== null && (other as BroadcastStream<T2>).kind === "broadcastStream") {
+      const b = other as BroadcastStream<T2>;
+      return new BroadcastConnectedStream<T, T2>(this.env, this.node, b.planNode, b.stateNames);
+    }
+    if (!(typeof other === "object" && other !== null && typeof (other as DataStream<T2>).planNode === "object")) throw new Error("connect: expected a DataStream or a BroadcastStream");
+    return new ConnectedStreams<T, T2>(this.env, this.node, (other as DataStream<T2>).planNode);
   }
 
   union(...others: DataStream<T>[]): DataStream<T> {
@@ -237,8 +263,21 @@ export class DataStream<T> extends OperatorSettings {
     return this.partition("rebalance");
   }
 
-  broadcast(): DataStream<T> {
-    return this.partition("broadcast");
+  /** Every record to every consumer subtask; with MapStateDescriptors, a BroadcastStream for broadcast state. */
+  broadcast(): DataStream<T>;
+  broadcast(...descriptors: MapStateDescriptor<any, any>[]): BroadcastStream<T>;
+  broadcast(...descriptors: MapStateDescriptor<any, any>[]): DataStream<T> | BroadcastStream<T> {
+    if (descriptors.length === 0) return this.partition("broadcast");
+    const names: string[] = [];
+    for (const d of descriptors) {
+      // Checked by shape: the job's bundle has its own copy of the state module.
+      if (typeof d !== "object" || d === null || d.kind !== "map" || typeof d.name !== "string" || d.name.length === 0) {
+        throw new Error("broadcast: expected MapStateDescriptors (new MapStateDescriptor(name)) for the broadcast state");
+      }
+      if (names.includes(d.name)) throw new Error(`broadcast: the state ${JSON.stringify(d.name)} is given twice`);
+      names.push(d.name);
+    }
+    return new BroadcastStream<T>(this.partition("broadcast").planNode, names);
   }
 
   forward(): DataStream<T> {
@@ -394,6 +433,103 @@ export class KeyedStream<T, K> extends DataStream<T> {
     // sumField lets the runtime add in place instead of copying the record for every input.
     const node = this.env.addNode({ kind: "reduce", fn: add, keyNode: this.node.id, sumField: field, name: `Keyed Sum (${field})`, inputs: [this.node.id] });
     return new DataStream<T>(this.env, node);
+  }
+}
+
+/**
+ * Two streams connected for one two-input operator (as Flink's ConnectedStreams). Keyed when both were keyed
+ * streams or after keyBy(k1, k2): then records of equal keys from both inputs meet in one subtask and share the
+ * operator's keyed state and timers. Watermarks: the operator's event time is the minimum of both inputs'.
+ */
+export class ConnectedStreams<IN1, IN2> {
+  constructor(
+    private readonly env: StreamExecutionEnvironment,
+    private readonly first: PlanNode,
+    private readonly second: PlanNode,
+  ) {}
+
+  /** Whether both inputs are keyed (their keyBy nodes are the operator's inputs). */
+  get isKeyed(): boolean {
+    return this.first.kind === "keyBy" && this.second.kind === "keyBy";
+  }
+
+  /** Keys both inputs, the first by key1 and the second by key2 (the keys must be comparable by value). */
+  keyBy<K>(key1: (value: IN1) => K, key2: (value: IN2) => K): ConnectedStreams<IN1, IN2> {
+    if (typeof key1 !== "function" || typeof key2 !== "function") throw new Error("ConnectedStreams.keyBy: expected two key selectors (key1, key2)");
+    const k1 = this.env.addNode({ kind: "keyBy", fn: key1, name: "Key By", inputs: [this.first.id] });
+    const k2 = this.env.addNode({ kind: "keyBy", fn: key2, name: "Key By", inputs: [this.second.id] });
+    return new ConnectedStreams<IN1, IN2>(this.env, k1, k2);
+  }
+
+  /** A CoMapFunction: { map1(value1), map2(value2) }, each returning one value. */
+  map<R>(fn: CoMapFunction<IN1, IN2, R>): DataStream<R> {
+    return this.make("coMap", fn, ["map1", "map2"], "Co-Map");
+  }
+
+  /** A CoFlatMapFunction: { flatMap1(value1), flatMap2(value2) }, each returning the values to emit. */
+  flatMap<R>(fn: CoFlatMapFunction<IN1, IN2, R>): DataStream<R> {
+    return this.make("coFlatMap", fn, ["flatMap1", "flatMap2"], "Co-Flat Map");
+  }
+
+  /** A CoProcessFunction (KeyedCoProcessFunction when keyed): processElement1/2(value, ctx, out), onTimer when keyed. */
+  process<R, K = unknown>(fn: CoProcessFunction<IN1, IN2, R, K>): DataStream<R> {
+    if (!this.isKeyed && typeof fn === "object" && fn !== null && typeof fn.onTimer === "function") {
+      throw new Error("Co-Process: onTimer needs keyed connected streams (connect two keyed streams, or keyBy(key1, key2)); timers are per key");
+    }
+    return this.make("coProcess", fn, ["processElement1", "processElement2"], this.isKeyed ? "Keyed Co-Process" : "Co-Process");
+  }
+
+  private make<R>(kind: "coMap" | "coFlatMap" | "coProcess", fn: any, methods: [string, string], name: string): DataStream<R> {
+    if (typeof fn !== "object" || fn === null) throw new Error(`${name}: expected an object with ${methods[0]} and ${methods[1]} methods, got ${fn === null ? "null" : typeof fn}`);
+    const missing = methods.filter((m) => typeof fn[m] !== "function");
+    if (missing.length > 0) throw new Error(`${name}: expected an object with ${methods[0]} and ${methods[1]} methods (missing ${missing.join(" and ")})`);
+    const keyNodes: [number, number] | undefined = this.isKeyed ? [this.first.id, this.second.id] : undefined;
+    const node = this.env.addNode({ kind, fn, name, inputs: [this.first.id, this.second.id], ...(keyNodes ? { keyNodes } : {}) });
+    return new DataStream<R>(this.env, node);
+  }
+}
+
+/** A stream broadcast with the descriptors of its broadcast state (as Flink's BroadcastStream): connect it to a stream. */
+export class BroadcastStream<T> {
+  readonly kind = "broadcastStream";
+  declare readonly _type?: T;
+  constructor(
+    /** @internal The broadcast partition node. */
+    readonly planNode: PlanNode,
+    /** The broadcast states' names (their MapStateDescriptors'). */
+    readonly stateNames: string[],
+  ) {}
+}
+
+/**
+ * A stream connected with a BroadcastStream (as Flink's BroadcastConnectedStream): process(fn) with a
+ * KeyedBroadcastProcessFunction when the stream is keyed, else a BroadcastProcessFunction. Every subtask gets every
+ * broadcast element and keeps its own copy of the broadcast state, which checkpoints and restores at any parallelism.
+ */
+export class BroadcastConnectedStream<IN, BC> {
+  constructor(
+    private readonly env: StreamExecutionEnvironment,
+    private readonly input: PlanNode,
+    private readonly broadcastNode: PlanNode,
+    private readonly stateNames: string[],
+  ) {}
+
+  process<R, K = unknown>(fn: BroadcastProcessFunction<IN, BC, R, K>): DataStream<R> {
+    const keyed = this.input.kind === "keyBy";
+    const name = keyed ? "Keyed Broadcast Process" : "Broadcast Process";
+    if (typeof fn !== "object" || fn === null) throw new Error(`${name}: expected an object with processElement and processBroadcastElement methods, got ${fn === null ? "null" : typeof fn}`);
+    const missing = ["processElement", "processBroadcastElement"].filter((m) => typeof (fn as any)[m] !== "function");
+    if (missing.length > 0) throw new Error(`${name}: expected an object with processElement and processBroadcastElement methods (missing ${missing.join(" and ")})`);
+    if (!keyed && typeof fn.onTimer === "function") throw new Error(`${name}: onTimer needs a keyed stream (keyBy before connect); timers are per key`);
+    const node = this.env.addNode({
+      kind: "broadcastProcess",
+      fn,
+      name,
+      inputs: [this.input.id, this.broadcastNode.id],
+      broadcastStates: [...this.stateNames],
+      ...(keyed ? { keyNode: this.input.id } : {}),
+    });
+    return new DataStream<R>(this.env, node);
   }
 }
 

@@ -1,9 +1,10 @@
 // Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
-export { StreamExecutionEnvironment, AsyncDataStream, DataStream, KeyedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
+export { StreamExecutionEnvironment, AsyncDataStream, DataStream, KeyedStream, ConnectedStreams, BroadcastStream, BroadcastConnectedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
 // The Nexmark benchmark's generator as a source: env.fromSource(NexmarkSource.events({ events, seed }), strategy).
 export { NexmarkSource, type NexmarkSourceOptions } from "../nexmark/source.ts";
 export type { Auction, Bid, NexmarkEvent, Person } from "../nexmark/generator.ts";
-export type { CheckpointingMode, Collector, FilterFunction, FlatMapFunction, KeyedContext, KeyedProcessFunction, MapFunction, OnTimerContext, RichFunction, RuntimeContext, SinkFunction } from "./plan.ts";
+export type { BroadcastContext, BroadcastProcessFunction, BroadcastReadOnlyContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastState } from "./plan.ts";
+export type { CheckpointingMode, CoFlatMapFunction, CoMapFunction, CoOnTimerContext, CoProcessContext, CoProcessFunction, Collector, KeyedCoProcessFunction, FilterFunction, FlatMapFunction, KeyedContext, KeyedProcessFunction, MapFunction, OnTimerContext, RichFunction, RuntimeContext, SinkFunction } from "./plan.ts";
 // Event time: watermark strategies, windows, side outputs, timers.
 export {
   EventTimeSessionWindows,
@@ -34,6 +35,7 @@ export {
   ReducingStateDescriptor,
   ValueStateDescriptor,
   type AggregatingState,
+  type BroadcastState,
   type ListState,
   type MapState,
   type ReducingState,

@@ -13,6 +13,8 @@ interface StreamEdge {
   target: number;
   partitioner: PartitionerKind;
   keyNodeId?: number;
+  /** Which input of a two-input target it feeds (0 or 1). */
+  input: number;
 }
 
 export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, defaultParallelism: number, jobName: string): JobGraph {
@@ -31,7 +33,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
 
   // Resolve each physical node's inputs through keyBy / partition / union nodes.
   const edges: StreamEdge[] = [];
-  forEachStreamEdge(nodes, (input, target, partitioner, keyNodeId) => {
+  forEachStreamEdge(nodes, (input, target, partitioner, keyNodeId, inputIndex) => {
     const pUp = parallelism.get(input.id)!;
     const pDown = parallelism.get(target)!;
     let kind = partitioner ?? (pUp === pDown ? "forward" : "rebalance");
@@ -41,7 +43,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       }
       kind = "rebalance";
     }
-    edges.push({ source: input.id, target, partitioner: kind, keyNodeId });
+    edges.push({ source: input.id, target, partitioner: kind, keyNodeId, input: inputIndex });
   });
 
   const outs = (id: number) => edges.filter((e) => e.source === id);
@@ -93,6 +95,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       target: vertexOf.get(e.target)!,
       partitioner: e.partitioner,
       ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
+      ...(e.input > 0 ? { input: e.input } : {}),
     }));
 
   return {
@@ -157,9 +160,10 @@ export function operatorIdsOf(nodes: NodeDescription[]): Map<number, string> {
  */
 export function forEachStreamEdge(
   nodes: NodeDescription[],
-  visit: (input: NodeDescription, target: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined) => void,
+  visit: (input: NodeDescription, target: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined, inputIndex: number) => void,
 ): void {
   const byId = new Map(nodes.map((n) => [n.id, n]));
+  let inputIndex = 0;
   const resolve = (target: number, inputId: number, partitioner: PartitionerKind | null, keyNodeId: number | undefined): void => {
     const input = byId.get(inputId);
     if (!input) throw new JobGraphError(`node ${target} reads from unknown node ${inputId}`);
@@ -173,11 +177,15 @@ export function forEachStreamEdge(
       for (const i of input.inputs) resolve(target, i, partitioner, keyNodeId);
       return;
     }
-    visit(input, target, partitioner, keyNodeId);
+    visit(input, target, partitioner, keyNodeId, inputIndex);
   };
   for (const n of nodes) {
     if (n.kind === "keyBy" || n.kind === "partition" || n.kind === "union") continue;
-    for (const i of n.inputs) resolve(n.id, i, null, undefined);
+    // A two-input operator's inputs are [first, second]: the edges resolved from each feed that input.
+    n.inputs.forEach((i, index) => {
+      inputIndex = index;
+      resolve(n.id, i, null, undefined);
+    });
   }
 }
 

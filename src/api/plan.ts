@@ -13,6 +13,7 @@ export type SourceSpec =
 
 import type {
   AggregatingState,
+  BroadcastState,
   AggregatingStateDescriptor,
   ListState,
   ListStateDescriptor,
@@ -75,6 +76,68 @@ export interface KeyedProcessFunction<K, IN, OUT> extends RichFunction {
   onTimer?(timestamp: number, ctx: OnTimerContext<K>, out: Collector<OUT>): void;
 }
 
+/** Per-record context of a CoProcessFunction (keyed: getCurrentKey and timers; not keyed: timers throw). */
+export interface CoProcessContext<K = unknown> extends KeyedContext<K> {}
+/** The context of a KeyedCoProcessFunction's onTimer. */
+export interface CoOnTimerContext<K> extends OnTimerContext<K> {}
+/** As Flink's CoMapFunction: map1 for the first input's records, map2 for the second's. */
+export interface CoMapFunction<IN1, IN2, OUT> extends RichFunction {
+  map1(value: IN1): OUT;
+  map2(value: IN2): OUT;
+}
+/** As Flink's CoFlatMapFunction: each returns the values to emit (an array or any iterable). */
+export interface CoFlatMapFunction<IN1, IN2, OUT> extends RichFunction {
+  flatMap1(value: IN1): Iterable<OUT>;
+  flatMap2(value: IN2): Iterable<OUT>;
+}
+/**
+ * As Flink's CoProcessFunction and KeyedCoProcessFunction: one method per input. On keyed connected streams both
+ * inputs share the keyed state and timers of a key (onTimer as in KeyedProcessFunction); not keyed, there are no timers.
+ */
+export interface CoProcessFunction<IN1, IN2, OUT, K = unknown> extends RichFunction {
+  processElement1(value: IN1, ctx: CoProcessContext<K>, out: Collector<OUT>): void;
+  processElement2(value: IN2, ctx: CoProcessContext<K>, out: Collector<OUT>): void;
+  onTimer?(timestamp: number, ctx: CoOnTimerContext<K>, out: Collector<OUT>): void;
+}
+export type KeyedCoProcessFunction<K, IN1, IN2, OUT> = CoProcessFunction<IN1, IN2, OUT, K>;
+
+/** Broadcast state as the non-broadcast side sees it (as Flink's ReadOnlyBroadcastState). */
+export interface ReadOnlyBroadcastState<K, V> {
+  get(key: K): V | undefined;
+  contains(key: K): boolean;
+  entries(): IterableIterator<[K, V]>;
+  keys(): IterableIterator<K>;
+  values(): IterableIterator<V>;
+  isEmpty(): boolean;
+}
+/** The context of processElement in a (Keyed)BroadcastProcessFunction: broadcast state read-only. */
+export interface BroadcastReadOnlyContext<K = unknown> extends KeyedContext<K> {
+  getBroadcastState<BK, BV>(descriptor: MapStateDescriptor<BK, BV>): ReadOnlyBroadcastState<BK, BV>;
+  currentWatermark(): number;
+  currentProcessingTime(): number;
+}
+/** The context of processBroadcastElement: broadcast state writable, and (keyed) every key's state. */
+export interface BroadcastContext {
+  getBroadcastState<BK, BV>(descriptor: MapStateDescriptor<BK, BV>): BroadcastState<BK, BV>;
+  /** Keyed only: fn(key, state) for every key of this subtask that holds the descriptor's state (as Flink's). */
+  applyToKeyedState<S>(descriptor: { name: string; kind: string }, fn: (key: any, state: S) => void): void;
+  timestamp(): number | null;
+  currentWatermark(): number;
+  currentProcessingTime(): number;
+  output<X>(tag: OutputTag<X>, value: X): void;
+}
+/**
+ * As Flink's BroadcastProcessFunction and KeyedBroadcastProcessFunction: processElement for the non-broadcast
+ * input (broadcast state read-only; keyed: keyed state and timers), processBroadcastElement for the broadcast one
+ * (every subtask gets every element; broadcast state writable). onTimer only when keyed.
+ */
+export interface BroadcastProcessFunction<IN, BC, OUT, K = unknown> extends RichFunction {
+  processElement(value: IN, ctx: BroadcastReadOnlyContext<K>, out: Collector<OUT>): void;
+  processBroadcastElement(value: BC, ctx: BroadcastContext, out: Collector<OUT>): void;
+  onTimer?(timestamp: number, ctx: BroadcastReadOnlyContext<K> & OnTimerContext<K>, out: Collector<OUT>): void;
+}
+export type KeyedBroadcastProcessFunction<K, IN, BC, OUT> = BroadcastProcessFunction<IN, BC, OUT, K>;
+
 /** A sink: a function per record, or an object with open/invoke/close (as Flink's RichSinkFunction). */
 export type SinkFunction<T = any> = ((value: T) => void) | { open?(ctx: RuntimeContext): void; invoke(value: T): void; close?(): void };
 
@@ -103,6 +166,16 @@ export type PlanNode =
   | (NodeBase & { kind: "assignTimestamps"; strategy: WatermarkStrategy<any> })
   /** A keyed window with its assigner and function; late records may go to the side output lateTag. */
   | (NodeBase & { kind: "window"; keyNode: number; assigner: WindowAssigner; fn: WindowFunctionSpec; allowedLateness: number; lateTag: string | null; trigger?: Trigger | null; evictor?: Evictor | null })
+  /**
+   * A two-input operator (connect): inputs [first, second], each possibly a keyBy node. keyNodes: the two keyBy
+   * nodes when both inputs are keyed (keyed state and timers are shared by the two inputs' records of a key).
+   */
+  | (NodeBase & { kind: "coMap" | "coFlatMap" | "coProcess"; fn: RichFunction & Record<string, any>; keyNodes?: [number, number] })
+  /**
+   * connect(broadcastStream).process(fn): inputs [stream (its keyBy node when keyed), the broadcast partition node];
+   * broadcastStates: the names of the MapStateDescriptors given to broadcast(...).
+   */
+  | (NodeBase & { kind: "broadcastProcess"; fn: BroadcastProcessFunction<any, any, any>; keyNode?: number; broadcastStates: string[] })
   /** getSideOutput(tag) of its input node: the values that node emitted with ctx.output(tag, ...). */
   | (NodeBase & { kind: "sideOutput"; tag: string })
   /** Async I/O (AsyncDataStream): requests of fn in flight, results in input order or as they complete. */
@@ -167,16 +240,24 @@ export interface NodeDescription {
   keyed?: boolean;
 }
 
-/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap on a keyed stream. */
+/** Two-input operators (connect): always the head of their chain, fed by edges of both inputs. */
+export function isTwoInput(n: PlanNode): n is Extract<PlanNode, { kind: "coMap" | "coFlatMap" | "coProcess" | "broadcastProcess" }> {
+  return n.kind === "coMap" || n.kind === "coFlatMap" || n.kind === "coProcess" || n.kind === "broadcastProcess";
+}
+
+/** Whether a node has keyed state: reduce, process, window, and map/filter/flatMap or two-input operators on a keyed stream. */
 export function isKeyedOperator(n: PlanNode): boolean {
+  if (n.kind === "broadcastProcess") return n.keyNode !== undefined;
+  if (isTwoInput(n)) return n.keyNodes !== undefined;
   return n.kind === "reduce" || n.kind === "process" || n.kind === "window" || ((n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") && n.keyNode !== undefined);
 }
 
 function isStateful(n: PlanNode): boolean {
-  // An async operator keeps its requests in flight in operator state.
-  if (n.kind === "source" || n.kind === "reduce" || n.kind === "process" || n.kind === "window" || n.kind === "async") return true;
+  // An async operator keeps its requests in flight in operator state; a broadcast one its broadcast state.
+  if (n.kind === "source" || n.kind === "broadcastProcess" || n.kind === "reduce" || n.kind === "process" || n.kind === "window" || n.kind === "async") return true;
   // A rich function (an object with open) may register keyed or operator state in open().
-  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter") return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
+  if (n.kind === "coProcess" && n.keyNodes !== undefined) return true;
+  if (n.kind === "map" || n.kind === "flatMap" || n.kind === "filter" || isTwoInput(n)) return typeof n.fn === "object" && n.fn !== null && typeof n.fn.open === "function";
   if (n.kind === "sink" && n.sink.type === "function") return typeof n.sink.fn === "object" && typeof n.sink.fn.open === "function";
   return false;
 }

@@ -44,6 +44,8 @@ export interface JobEdge {
   target: number;
   partitioner: PartitionerKind;
   keyNodeId?: number;
+  /** The input of a two-input target operator this edge feeds (0 or 1, as Flink's StreamEdge type number); absent = 0. */
+  input?: number;
 }
 
 export interface JobGraph {

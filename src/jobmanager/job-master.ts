@@ -478,6 +478,7 @@ export class JobMaster {
               edgeId: e.id,
               partitioner: e.partitioner,
               ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
+              ...(e.input !== undefined ? { input: e.input } : {}),
               producers: producersOf(e.partitioner, i, g.vertices[e.source]!.parallelism, v.parallelism).map((s) => ({ ...location(s), subtask: s })),
             })),
           outputs: g.edges

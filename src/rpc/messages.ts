@@ -267,6 +267,8 @@ export interface InputDeployment {
   /** How the edge routes records (and its keyBy/partitionCustom node): restored channel state is split by it. */
   partitioner?: PartitionerKind;
   keyNodeId?: number;
+  /** Which input of a two-input head operator the edge feeds (0 or 1; absent = 0). */
+  input?: number;
   /** The producer subtasks that feed this subtask on this edge, and where they run. */
   producers: (ChannelTarget & { subtask: number })[];
 }

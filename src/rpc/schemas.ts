@@ -71,7 +71,7 @@ const CHANNEL_STATE_HANDLE = obj({ type: v.literal("channel"), file: str, sizeBy
 const JOB_GRAPH = obj({
   name: str,
   vertices: v.array(obj({ id: int, name: str, operatorIds: v.array(int), operators: v.optional(v.array(OPERATOR_INFO)), parallelism: int, isSource: v.boolean() })),
-  edges: v.array(obj({ id: int, source: int, target: int, partitioner: PARTITIONER, keyNodeId: v.optional(int) })),
+  edges: v.array(obj({ id: int, source: int, target: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), input: v.optional(nonNegInt) })),
   maxParallelism: int,
   runtimeMode: RUNTIME_MODE,
   bufferTimeoutMs: num,
@@ -94,7 +94,7 @@ const TASK_DEPLOYMENT = obj({
   artifactHash: str,
   jobArgs: v.array(str),
   operatorIds: v.array(int),
-  inputs: v.array(obj({ edgeId: int, partitioner: v.optional(PARTITIONER), keyNodeId: v.optional(int), producers: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
+  inputs: v.array(obj({ edgeId: int, partitioner: v.optional(PARTITIONER), keyNodeId: v.optional(int), input: v.optional(nonNegInt), producers: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
   outputs: v.array(obj({ edgeId: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), targets: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
   runtimeMode: RUNTIME_MODE,
   bufferTimeoutMs: num,

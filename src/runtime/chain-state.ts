@@ -273,6 +273,9 @@ class OperatorKeyedState implements KeyedStateBackend {
   close(): Promise<void> {
     return this.b.close();
   }
+  keys(name: string): unknown[] {
+    return this.named(() => this.b.keys(name));
+  }
   stats() {
     return this.b.stats();
   }

@@ -51,6 +51,8 @@ export class OperatorChain {
   readonly operators: Operator[] = [];
   /** Where input records go (the head operator's process). */
   head: Operator = { process: () => {} };
+  /** Where the second input's records go, when the head is a two-input operator (connect); else null. */
+  head2: Operator | null = null;
   /** The chain's entry for watermarks (the first operator that handles them, or the writers). */
   headWatermark: (wm: number) => void = () => {};
   sourceNode: Extract<PlanNode, { kind: "source" }> | null = null;
@@ -205,6 +207,11 @@ export class OperatorChain {
       const sideOut = next === undefined ? side : next.kind === "sideOutput" ? (tag: string, v: unknown) => void (tag === next.tag && nextProcess(v)) : noop;
       const chainOut: ChainOutput = { watermark, idle, side: sideOut };
       const op = createOperator(n, ctx, mainOut, chainOut);
+      if (op.process2) {
+        // Both inputs come over the network (two input edges are never chained), so it heads its chain.
+        if (i !== 0) throw new Error(`two-input operator ${n.name} (node ${n.id}) is not at the head of its chain`);
+        this.head2 = { process: (r) => op.process2!(r) };
+      }
       this.operators.unshift(op);
       out = (r) => op.process(r);
       side = noop;

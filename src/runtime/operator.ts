@@ -22,6 +22,8 @@ export interface Operator {
   /** Before the first record: rich functions' open(ctx). */
   open?(): void | Promise<void>;
   process(record: unknown): void;
+  /** A two-input operator's second input (process() takes the first). */
+  process2?(record: unknown): void;
   /** Called after each input batch or source chunk: a place to flush buffered output. */
   flush?(): void;
   /**

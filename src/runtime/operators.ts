@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { PlanNode, RichFunction, RuntimeContext } from "../api/plan.ts";
 import { canonicalKey } from "../state/key-groups.ts";
-import { ValueStateDescriptor, type ValueState } from "../state/api.ts";
+import { ValueStateDescriptor, type BroadcastState, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
 import type { OperatorStateStore } from "../state/operator-state.ts";
 import { BucketedFileSink, TwoPhaseCommitFileSink } from "./file-sink.ts";
@@ -77,6 +77,12 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
     }
     case "process":
       return keyedProcess(node, ctx, out, chain);
+    case "coMap":
+    case "coFlatMap":
+    case "coProcess":
+      return twoInput(node, ctx, out, chain);
+    case "broadcastProcess":
+      return broadcastProcess(node, ctx, out, chain);
     case "assignTimestamps":
       return new TimestampsAndWatermarksOperator(node, ctx.time, out, chain);
     case "window":
@@ -100,6 +106,70 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
   }
 }
 
+/**
+ * The context, collector and timers a process function gets (KeyedProcessFunction, CoProcessFunction): with a keyed
+ * backend, the current key and timers (InternalTimerService, checkpointed in "__timers") that call onTimer; without
+ * one (non-keyed CoProcessFunction), registering a timer fails naming the operator.
+ */
+function processContext(
+  name: string,
+  fn: { onTimer?(ts: number, ctx: any, out: any): void } & object,
+  ctx: OperatorContext,
+  keyed: KeyedStateBackend | null,
+  out: Collector,
+  chain: ChainOutput,
+  extra: Record<string, unknown> = {},
+) {
+  const time = ctx.time;
+  const collector = { collect: (v: unknown) => out(v) };
+  let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
+  let watermark = -Infinity;
+  const onTimer = (t: Timer) => {
+    if (typeof fn.onTimer !== "function") return;
+    domain = t.domain === 0 ? "EVENT_TIME" : "PROCESSING_TIME";
+    time.ts = t.domain === 0 ? t.ts : null;
+    fn.onTimer(t.ts, context, collector);
+  };
+  const timers = keyed ? new InternalTimerService(keyed, ctx, "__timers", onTimer) : null;
+  const checkTs = (ts: number, what: string) => {
+    if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
+    return ts;
+  };
+  const keyedTimers = (what: string) => {
+    if (!timers) throw new Error(`${name}: ${what}: timers need keyed connected streams (connect two keyed streams, or keyBy(key1, key2))`);
+    return timers;
+  };
+  const service = {
+    currentProcessingTime: () => Date.now(),
+    currentWatermark: () => (timers ? timers.currentWatermark : watermark),
+    registerEventTimeTimer: (ts: number) => keyedTimers("registerEventTimeTimer").register(0, checkTs(ts, "registerEventTimeTimer")),
+    deleteEventTimeTimer: (ts: number) => keyedTimers("deleteEventTimeTimer").delete(0, ts),
+    registerProcessingTimeTimer: (ts: number) => keyedTimers("registerProcessingTimeTimer").register(1, checkTs(ts, "registerProcessingTimeTimer")),
+    deleteProcessingTimeTimer: (ts: number) => keyedTimers("deleteProcessingTimeTimer").delete(1, ts),
+  };
+  const context = {
+    getCurrentKey: () => {
+      if (!keyed) throw new Error(`${name}: getCurrentKey() needs keyed connected streams`);
+      return keyed.getCurrentKey();
+    },
+    timestamp: () => time.ts,
+    timerService: () => service,
+    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
+    timeDomain: () => domain,
+    ...extra,
+  };
+  const lifecycle: Pick<Operator, "processWatermark" | "snapshotState" | "dispose"> = {
+    processWatermark(wm) {
+      if (timers) timers.advanceWatermark(wm);
+      else watermark = wm;
+      chain.watermark(wm);
+    },
+    snapshotState: () => timers?.snapshot(),
+    dispose: () => timers?.dispose(),
+  };
+  return { context, collector, lifecycle };
+}
+
 /** A KeyedProcessFunction with timers (InternalTimerService) and side outputs. */
 function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
   const fn = node.fn;
@@ -107,48 +177,174 @@ function keyedProcess(node: Extract<PlanNode, { kind: "process" }>, ctx: Operato
   if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
   const keyed = ctx.keyed;
   const key = keyNode.fn;
-  const time = ctx.time;
-  const collector = { collect: (v: unknown) => out(v) };
-  let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
-  const onTimer = (t: Timer) => {
-    if (typeof fn.onTimer !== "function") return;
-    domain = t.domain === 0 ? "EVENT_TIME" : "PROCESSING_TIME";
-    time.ts = t.domain === 0 ? t.ts : null;
-    fn.onTimer(t.ts, context, collector);
-  };
-  const timers = new InternalTimerService(keyed, ctx, "__timers", onTimer);
-  const checkTs = (ts: number, what: string) => {
-    if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`${node.name}: ${what} expects a timestamp in milliseconds, got ${String(ts)}`);
-    return ts;
-  };
-  const service = {
-    currentProcessingTime: () => Date.now(),
-    currentWatermark: () => timers.currentWatermark,
-    registerEventTimeTimer: (ts: number) => timers.register(0, checkTs(ts, "registerEventTimeTimer")),
-    deleteEventTimeTimer: (ts: number) => timers.delete(0, ts),
-    registerProcessingTimeTimer: (ts: number) => timers.register(1, checkTs(ts, "registerProcessingTimeTimer")),
-    deleteProcessingTimeTimer: (ts: number) => timers.delete(1, ts),
-  };
-  const context = {
-    getCurrentKey: () => keyed.getCurrentKey(),
-    timestamp: () => time.ts,
-    timerService: () => service,
-    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
-    timeDomain: () => domain,
-  };
+  const { context, collector, lifecycle } = processContext(node.name, fn, ctx, keyed, out, chain);
   return {
     open: fn.open ? () => fn.open!(runtimeContext(ctx, true, node.name)) : undefined,
     process(r) {
       keyed.setCurrentKey(key(r));
       fn.processElement(r, context, collector);
     },
-    processWatermark(wm) {
-      timers.advanceWatermark(wm);
-      chain.watermark(wm);
-    },
-    snapshotState: () => timers.snapshot(),
+    ...lifecycle,
     endInput: fn.close ? () => fn.close!() : undefined,
-    dispose: () => timers.dispose(),
+  };
+}
+
+/**
+ * A two-input operator (connect): process() takes the first input's records, process2() the second's (the task
+ * knows each input channel's input). Keyed, each side's key selector sets the shared backend's current key.
+ */
+function twoInput(node: Extract<PlanNode, { kind: "coMap" | "coFlatMap" | "coProcess" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
+  const fn = node.fn;
+  let keyed: KeyedStateBackend | null = null;
+  let keys: [(r: any) => unknown, (r: any) => unknown] | null = null;
+  if (node.keyNodes) {
+    const [a, b] = node.keyNodes.map((id) => ctx.node(id));
+    if (a?.kind !== "keyBy" || b?.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on keyed connected streams`);
+    keyed = ctx.keyed;
+    keys = [a.fn, b.fn];
+  }
+  let p1: (r: unknown) => void;
+  let p2: (r: unknown) => void;
+  let lifecycle: Partial<Operator> = {};
+  if (node.kind === "coMap") {
+    p1 = (r) => out(fn.map1(r));
+    p2 = (r) => out(fn.map2(r));
+  } else if (node.kind === "coFlatMap") {
+    const emitAll = (produced: any, method: string) => {
+      if (produced == null || typeof produced[Symbol.iterator] !== "function") {
+        throw new TypeError(`${node.name}: ${method} returned ${produced === null ? "null" : typeof produced}, expected an array or iterable`);
+      }
+      for (const x of produced) out(x);
+    };
+    p1 = (r) => emitAll(fn.flatMap1(r), "flatMap1");
+    p2 = (r) => emitAll(fn.flatMap2(r), "flatMap2");
+  } else {
+    const pc = processContext(node.name, fn, ctx, keyed, out, chain);
+    const { context, collector } = pc;
+    lifecycle = pc.lifecycle;
+    p1 = (r) => fn.processElement1(r, context, collector);
+    p2 = (r) => fn.processElement2(r, context, collector);
+  }
+  if (keyed && keys) {
+    const [k1, k2] = keys;
+    const b = keyed;
+    const [a1, a2] = [p1, p2];
+    p1 = (r) => (b.setCurrentKey(k1(r)), a1(r));
+    p2 = (r) => (b.setCurrentKey(k2(r)), a2(r));
+  }
+  return {
+    open: fn.open ? () => fn.open!(runtimeContext(ctx, keyed !== null, node.name)) : undefined,
+    process: p1,
+    process2: p2,
+    ...lifecycle,
+    endInput: fn.close ? () => fn.close!() : undefined,
+  };
+}
+
+/** A broadcast state as processElement sees it: reads only. */
+function readOnly(state: BroadcastState<unknown, unknown>, name: string, operator: string): BroadcastState<unknown, unknown> {
+  const refuse = () => {
+    throw new Error(`${operator}: the broadcast state "${name}" is read-only in processElement and onTimer (write it in processBroadcastElement)`);
+  };
+  return {
+    get: (k) => state.get(k),
+    contains: (k) => state.contains(k),
+    entries: () => state.entries(),
+    keys: () => state.keys(),
+    values: () => state.values(),
+    isEmpty: () => state.isEmpty(),
+    put: refuse,
+    putAll: refuse,
+    remove: refuse,
+    clear: refuse,
+  };
+}
+
+/**
+ * connect(broadcastStream).process(fn): process() takes the stream's records (processElement, broadcast state
+ * read-only; keyed: keyed state and timers), process2() the broadcast records (processBroadcastElement, broadcast
+ * state writable, applyToKeyedState over every key of this subtask). Broadcast state is the operator's broadcast
+ * state (OperatorStateStore): every subtask holds a copy, and a restore at any parallelism gives each a copy.
+ */
+function broadcastProcess(node: Extract<PlanNode, { kind: "broadcastProcess" }>, ctx: OperatorContext, out: Collector, chain: ChainOutput): Operator {
+  // The contexts are built loosely here; their public shapes are BroadcastReadOnlyContext and BroadcastContext.
+  const fn: Record<string, any> & { onTimer?(ts: number, ctx: any, out: any): void } = node.fn;
+  let keyed: KeyedStateBackend | null = null;
+  let key: ((r: any) => unknown) | null = null;
+  if (node.keyNode !== undefined) {
+    const keyNode = ctx.node(node.keyNode);
+    if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`${node.name} is not on a keyed stream`);
+    keyed = ctx.keyed;
+    key = keyNode.fn;
+  }
+  const store = ctx.operatorState;
+  const declared = (d: { name?: unknown; kind?: unknown }, what: string): string => {
+    if (typeof d !== "object" || d === null || d.kind !== "map" || typeof d.name !== "string") throw new Error(`${node.name}: ${what} expects a MapStateDescriptor`);
+    if (!node.broadcastStates.includes(d.name)) {
+      throw new Error(`${node.name}: ${what}: the broadcast state ${JSON.stringify(d.name)} was not given to broadcast(...) (it has ${node.broadcastStates.map((n) => JSON.stringify(n)).join(", ")})`);
+    }
+    return d.name;
+  };
+  const views = new Map<string, BroadcastState<unknown, unknown>>();
+  const readOnlyState = (d: { name?: unknown; kind?: unknown }) => {
+    const name = declared(d, "getBroadcastState");
+    let v = views.get(name);
+    if (!v) views.set(name, (v = readOnly(store.getBroadcastState(name), name, node.name)));
+    return v;
+  };
+  const time = ctx.time;
+  const { context, collector, lifecycle } = processContext(node.name, fn, ctx, keyed, out, chain, {
+    getBroadcastState: readOnlyState,
+    currentWatermark: () => context.timerService().currentWatermark(),
+    currentProcessingTime: () => Date.now(),
+  });
+  const stateFor = (d: any): unknown => {
+    switch (d?.kind) {
+      case "value":
+        return keyed!.getState(d);
+      case "list":
+        return keyed!.getListState(d);
+      case "map":
+        return keyed!.getMapState(d);
+      case "reducing":
+        return keyed!.getReducingState(d);
+      case "aggregating":
+        return keyed!.getAggregatingState(d);
+      default:
+        throw new Error(`${node.name}: applyToKeyedState expects a keyed state descriptor (ValueStateDescriptor, ListStateDescriptor, ...)`);
+    }
+  };
+  const broadcastContext = {
+    getBroadcastState: (d: { name?: unknown; kind?: unknown }) => store.getBroadcastState(declared(d, "getBroadcastState")),
+    applyToKeyedState: (d: any, f: (key: unknown, state: unknown) => void) => {
+      if (!keyed) throw new Error(`${node.name}: applyToKeyedState needs a keyed stream (keyBy before connect)`);
+      if (typeof f !== "function") throw new Error(`${node.name}: applyToKeyedState expects a function (key, state)`);
+      stateFor(d); // checks the descriptor (and registers its state) before the scan
+      // The keys first: the function may change or clear the state while we go.
+      for (const k of keyed.keys(d.name)) {
+        keyed.setCurrentKey(k);
+        f(k, stateFor(d));
+      }
+    },
+    timestamp: () => time.ts,
+    currentWatermark: () => context.timerService().currentWatermark(),
+    currentProcessingTime: () => Date.now(),
+    output: (tag: { id: string }, value: unknown) => chain.side(tag.id, value),
+  };
+  const k = key;
+  const b = keyed;
+  return {
+    open: fn.open ? () => fn.open!(runtimeContext(ctx, keyed !== null, node.name)) : undefined,
+    process:
+      b && k
+        ? (r) => {
+            b.setCurrentKey(k(r));
+            fn.processElement(r, context, collector);
+          }
+        : (r) => fn.processElement(r, context, collector),
+    process2: (r) => fn.processBroadcastElement(r, broadcastContext, collector),
+    ...lifecycle,
+    endInput: fn.close ? () => fn.close!() : undefined,
   };
 }
 

@@ -69,6 +69,8 @@ export class StreamTask {
   /** Ports to local peer tasks that arrived before init() created the writers. */
   private pendingConnects: Extract<ToWorker, { type: "connect" }>[] = [];
   private readonly inputChannels: string[];
+  /** Channels of a two-input head operator's second input (connect); every other channel feeds the first. */
+  private readonly secondInput = new Set<string>();
   private readonly barriers: CheckpointBarrierHandler;
   /** Buffer debloating (FLIP-183): the rings of the input channels, where the gate's buffer size is announced. */
   private readonly inputRings: SharedArrayBuffer[] = [];
@@ -84,8 +86,8 @@ export class StreamTask {
    * is past them). An unaligned checkpoint is taken then and there, with them as the source's channel state.
    */
   private sourceRest: unknown[] | null = null;
-  /** Records of restored channel state, replayed before any new input. */
-  private restoredInFlight: unknown[] = [];
+  /** Records of restored channel state, replayed before any new input, per input of the head operator. */
+  private restoredInFlight: { input: number; records: unknown[] }[] = [];
   /** Local input channels with a priority ring: looked at every PRIORITY_POLL_MS, a busy task's ring reader aside. */
   private readonly priorityReceivers: RingReceiver[] = [];
   /** Restored output channel state: emitted again through the writers before anything else. */
@@ -121,7 +123,13 @@ export class StreamTask {
   ) {
     // Known before init() finishes: data may arrive while the artifact is still being imported.
     const inputs: string[] = [];
-    for (const input of d.inputs) for (const p of input.producers) inputs.push(channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex));
+    for (const input of d.inputs) {
+      for (const p of input.producers) {
+        const ch = channelId(channelJob(d), input.edgeId, p.subtask, d.subtaskIndex);
+        inputs.push(ch);
+        if (input.input === 1) this.secondInput.add(ch);
+      }
+    }
     this.gate = new InputGate(inputs);
     this.inputChannels = inputs;
     this.valve = new WatermarkValve(inputs);
@@ -167,6 +175,7 @@ export class StreamTask {
       this.state,
     );
     if (d.restore?.channel && d.restore.channel.length > 0) ({ input: this.restoredInFlight, output: this.restoredOutput } = this.restoredChannelState(d.restore.channel));
+    if (this.secondInput.size > 0 && !chain.head2) throw new Error(`${taskDisplayName(d)}: the deployment has edges into a second input, but the chain's head has one input`);
     const interval = plan.settings.autoWatermarkInterval ?? this.autoWatermarkIntervalMs;
     if (interval > 0 && this.operators.some((op) => op.onPeriodic)) {
       this.timers.push(
@@ -233,7 +242,7 @@ export class StreamTask {
    * This subtask's share of the old subtasks' in-flight records: of the input channel state split by each input
    * edge's partitioner, of the output channel state old subtask i's for i % parallelism.
    */
-  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): { input: unknown[]; output: OutputChannelState[] } {
+  private restoredChannelState(handles: NonNullable<NonNullable<TaskDeployment["restore"]>["channel"]>): { input: { input: number; records: unknown[] }[]; output: OutputChannelState[] } {
     const d = this.d;
     const chain = this.chain!;
     const edges = new Map<number, { owner: (record: unknown, oldConsumer: number) => number }>();
@@ -257,7 +266,12 @@ export class StreamTask {
         edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
       }
     }
-    return splitChannelState(handles, edges, new Set(d.outputs.map((o) => o.edgeId)), d.subtaskIndex, d.parallelism);
+    // A two-input head: each input's records apart (read once more per extra input, only on restore).
+    const byInput = [0, 1].map((index) => new Map([...edges].filter(([edgeId]) => (d.inputs.find((i) => i.edgeId === edgeId)?.input ?? 0) === index)));
+    const first = splitChannelState(handles, byInput[0]!, new Set(d.outputs.map((o) => o.edgeId)), d.subtaskIndex, d.parallelism);
+    const input = [{ input: 0, records: first.input }];
+    if (byInput[1]!.size > 0) input.push({ input: 1, records: splitChannelState(handles, byInput[1]!, new Set(), d.subtaskIndex, d.parallelism).input });
+    return { input: input.filter((p) => p.records.length > 0), output: first.output };
   }
 
   /** Runs the task to the end of its input; throws on a failure in user code. */
@@ -586,9 +600,12 @@ export class StreamTask {
 
   /** Restored channel state: the records that were in flight, before any new input (as Flink replays it). */
   private async replayChannelState(): Promise<void> {
-    const records = this.restoredInFlight;
+    const parts = this.restoredInFlight;
     this.restoredInFlight = [];
-    const head = this.chain!.head;
+    for (const part of parts) await this.replayInput(part.input === 1 ? this.chain!.head2! : this.chain!.head, part.records);
+  }
+
+  private async replayInput(head: Operator, records: unknown[]): Promise<void> {
     const time = this.recordTime;
     for (let i = 0; i < records.length; i++) {
       this.recordsIn++;
@@ -659,9 +676,13 @@ export class StreamTask {
     }
   }
 
+  /** The operator a channel's records go to: the head, or a two-input head's second input. */
+  private headFor(channel: string): Operator {
+    return this.secondInput.size > 0 && this.secondInput.has(channel) ? this.chain!.head2! : this.chain!.head;
+  }
+
   private async runInputs(): Promise<void> {
     const gate = this.gate;
-    const head = this.chain!.head;
     // Until end of data on every channel (FLIP-147) or end of partition.
     while (!gate.finished && !this.allEndOfData()) {
       const item = gate.poll();
@@ -681,6 +702,7 @@ export class StreamTask {
         continue;
       }
       this.recordsIn += records.length;
+      const head = this.headFor(item.channel);
       if (this.eventTime) {
         const time = this.recordTime;
         for (let i = 0; i < records.length; i++) {
@@ -705,7 +727,7 @@ export class StreamTask {
    * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
    */
   private async processSliced(channel: string, records: unknown[]): Promise<void> {
-    const head = this.chain!.head;
+    const head = this.headFor(channel);
     const time = this.recordTime;
     const eventTime = this.eventTime;
     const sliceStart = performance.now();

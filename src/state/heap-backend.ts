@@ -99,6 +99,12 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   /** Bytes of the last completed snapshot (the state's serialized size). */
   private lastSnapshotBytes = 0;
 
+  keys(name: string): unknown[] {
+    const out: unknown[] = [];
+    for (const m of this.tables.get(name)?.maps ?? []) if (m !== undefined) for (const [hk] of m.entries()) out.push(keyOfHeapKey(hk));
+    return out;
+  }
+
   stats(): KeyedStateStats {
     let entries = 0;
     for (const t of this.tableList) for (const m of t.maps) if (m !== undefined) entries += m.size;

@@ -54,6 +54,11 @@ export interface KeyedStateBackend {
   close(): Promise<void>;
   /** Size and cache figures for the task's metrics; cheap enough to call every second. */
   stats(): KeyedStateStats;
+  /**
+   * The keys (of this backend's key groups) that hold a value of state `name`, as Flink's getKeys (for
+   * applyToKeyedState). A scan over the state: for rare operations, not per record.
+   */
+  keys(name: string): unknown[];
 }
 
 /** What a keyed backend reports to the task's metrics (tm_task_state_*). */
@@ -231,6 +236,7 @@ export abstract class KeyedBackendBase implements KeyedStateBackend {
   abstract restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
   abstract close(): Promise<void>;
   abstract stats(): KeyedStateStats;
+  abstract keys(name: string): unknown[];
 }
 
 // ---- TTL ----

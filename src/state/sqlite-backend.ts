@@ -188,6 +188,15 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     return { usedBytes: c.usedBytes, limitBytes: c.limitBytes, entries: c.entries, dirty: c.dirty, hits: c.hits, misses: c.misses };
   }
 
+  keys(name: string): unknown[] {
+    // The cache's dirty entries (writes and deletions) first, so that the table is the whole truth.
+    this.flush();
+    const rows = this.driver
+      .prepare("SELECT DISTINCT k FROM kv WHERE state = (SELECT id FROM tm_state WHERE name = ?) AND kg BETWEEN ? AND ?")
+      .all([name, this.kgStart, this.kgEnd]);
+    return rows.map((r) => keyOfHeapKey(heapKeyOfBytes(r.k as Uint8Array)));
+  }
+
   stats(): KeyedStateStats {
     const c = this.cache;
     if (this.closed) return { sizeBytes: 0, entries: null, cacheHits: c.hits, cacheMisses: c.misses };
