@@ -1,4 +1,5 @@
 // What job authors write against, shaped after Flink's DataStream API.
+import { IntervalJoin, TwoStreams } from "./joins.ts";
 import { AsyncRetryStrategies, checkAsyncFunction, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";
 import { checkEvictor, checkTrigger, type Evictor, type Trigger } from "./triggers.ts";
 import type {
@@ -254,6 +255,16 @@ export class DataStream<T> extends OperatorSettings {
     return new ConnectedStreams<T, T2>(this.env, this.node, (other as DataStream<T2>).planNode);
   }
 
+  /** A window join (Flink's join): join(other).where(k1).equalTo(k2).window(assigner).apply((left, right) => value). */
+  join<R>(other: DataStream<R>): TwoStreams<T, R> {
+    return new TwoStreams<T, R>(this, other, "join");
+  }
+
+  /** Flink's coGroup: coGroup(other).where(k1).equalTo(k2).window(assigner).apply((lefts, rights, out) => ...). */
+  coGroup<R>(other: DataStream<R>): TwoStreams<T, R> {
+    return new TwoStreams<T, R>(this, other, "coGroup");
+  }
+
   union(...others: DataStream<T>[]): DataStream<T> {
     const inputs = [this.node.id, ...others.map((o) => o.node.id)];
     return new DataStream<T>(this.env, this.env.addNode({ kind: "union", name: "Union", inputs }));
@@ -380,6 +391,12 @@ export class DataStream<T> extends OperatorSettings {
 }
 
 export class KeyedStream<T, K> extends DataStream<T> {
+  /** Flink's interval join (event time): intervalJoin(other).between(lower, upper).process((left, right, ctx, out) => ...). */
+  intervalJoin<R>(other: KeyedStream<R, K>): IntervalJoin<T, R, K> {
+    if ((other as { planNode?: PlanNode } | null)?.planNode?.kind !== "keyBy") throw new Error("intervalJoin: expected another keyed stream (keyBy on both sides)");
+    return new IntervalJoin<T, R, K>(this, other);
+  }
+
   // On a keyed stream, functions may use keyed state (scoped to each record's key).
   override map<R>(fn: MapFunction<T, R>): DataStream<R> {
     return this.then("map", fn, "Map", this.node.id);

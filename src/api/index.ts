@@ -65,3 +65,4 @@ export {
   type TriggerState,
 } from "./triggers.ts";
 export { AsyncRetryStrategies, type AsyncFunction, type AsyncRetryStrategy } from "./async.ts";
+export { IntervalJoin, IntervalJoined, TwoStreams, TwoStreamWindow, type CoGroupFunction, type JoinFunction, type ProcessJoinContext, type ProcessJoinFunction } from "./joins.ts";

@@ -121,7 +121,17 @@ function processContext(
   extra: Record<string, unknown> = {},
 ) {
   const time = ctx.time;
-  const collector = { collect: (v: unknown) => out(v) };
+  const collector = {
+    collect: (v: unknown) => out(v),
+    // Output with a timestamp of its own (an interval join's pair carries the later of its two), as Flink's
+    // TimestampedCollector.setAbsoluteTimestamp.
+    collectWithTimestamp: (v: unknown, ts: number) => {
+      const saved = time.ts;
+      time.ts = ts;
+      out(v);
+      time.ts = saved;
+    },
+  };
   let domain: "EVENT_TIME" | "PROCESSING_TIME" = "EVENT_TIME";
   let watermark = -Infinity;
   const onTimer = (t: Timer) => {
