@@ -116,7 +116,8 @@ export class RecordWriter {
 
   /**
    * Unaligned checkpoints record what a barrier overtakes here, at the producer (Flink's output channel state): the
-   * writer then keeps the records of every chunk not yet wholly in its channel's ring. Set before the first record.
+   * writer then keeps what it needs to decode the bytes it still holds at a barrier (the record-shape tables, and the
+   * records of chunks that may cross a buffer boundary until they are in the ring). Set before the first record.
    */
   keepInFlight = false;
 
