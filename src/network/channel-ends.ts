@@ -81,6 +81,13 @@ export class RingSender implements BufferSender {
     return this.ring.announcedBufferSize;
   }
 
+  /** The bytes of the buffers waiting here for a slot, oldest first (views, valid until they are sent). */
+  waitingBuffers(): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (const item of this.waiting) if ("buf" in item) out.push(new Uint8Array(item.buf, 0, item.size));
+    return out;
+  }
+
   waitingBytes(): number {
     let n = 0;
     for (const item of this.waiting) if ("buf" in item) n += item.size;

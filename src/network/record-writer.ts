@@ -4,7 +4,7 @@
 // A buffer is finished when full, on the buffer timeout (flush), or before an event.
 import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
-import { CHUNK_RECORDS, RecordSerializer } from "./serialization.ts";
+import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom } from "./serialization.ts";
 import { assert } from "../util/assert.ts";
 
 /** In-band events travel in order with the records of their channel, except priority events (see sendPriorityEvent). */
@@ -44,6 +44,8 @@ export interface BufferSender {
   bufferSize?(): number;
   /** Bytes of the buffers waiting in the sender. */
   waitingBytes?(): number;
+  /** The buffers waiting in the sender, oldest first (an unaligned barrier decodes what it overtook from them). */
+  waitingBuffers?(): Uint8Array[];
   /** Resolves when nothing handed over waits in the sender itself any more. */
   flushed?(): Promise<void>;
 }
@@ -70,13 +72,17 @@ interface Subpartition {
   /** Bytes serialized into this subpartition so far (its stream offset). */
   written: number;
   /**
-   * With keepInFlight: the chunks whose bytes may not all be in the channel's ring yet, oldest first, each with its
-   * records (the objects emitted, no copies) and the stream offset where it ends.
+   * With keepInFlight: the chunks that did not go whole into the buffer being filled (they may cross a buffer
+   * boundary, so their start may be in the ring while their end is not), oldest first, with their records (the
+   * objects emitted, no copies) and stream offsets. Every other chunk lies within one buffer: an unaligned barrier
+   * decodes it from the bytes it overtook, which the writer holds anyway.
    */
-  chunks: { records: unknown[]; end: number }[];
+  spanning: { records: unknown[]; start: number; end: number }[];
+  /** With keepInFlight: the serializer's record-shape table for the chunks from stream offset `from` on, oldest first (recorded when it changes, which is rare). */
+  shapes: { from: number; table: string[][] }[];
 }
 
-/** Chunks kept per subpartition before the ones already in the channel's ring are dropped. */
+/** Spanning chunks kept per subpartition before the ones already in the channel's ring are dropped. */
 const PRUNE_EVERY = 32;
 
 export class RecordWriter {
@@ -100,7 +106,7 @@ export class RecordWriter {
      */
     public maxBuffersPerChannel = Infinity,
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, chunks: [] }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [] }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -110,7 +116,8 @@ export class RecordWriter {
 
   /**
    * Unaligned checkpoints record what a barrier overtakes here, at the producer (Flink's output channel state): the
-   * writer then keeps the records of every chunk not yet wholly in its channel's ring. Set before the first record.
+   * writer then keeps what it needs to decode the bytes it still holds at a barrier (the record-shape tables, and the
+   * records of chunks that may cross a buffer boundary until they are in the ring). Set before the first record.
    */
   keepInFlight = false;
 
@@ -210,7 +217,7 @@ export class RecordWriter {
       let ev = event;
       if (event.type === "barrier") {
         if (this.keepInFlight && outputState) {
-          const records = this.inFlightRecords(sp, sp.written - bytes);
+          const records = this.overtakenRecords(sp, bytes);
           if (records.length > 0) outputState.set(sp.id, records);
           ev = { ...event, overtakenBytes: 0 };
         } else ev = { ...event, overtakenBytes: bytes };
@@ -233,15 +240,58 @@ export class RecordWriter {
     return bytes;
   }
 
-  /** Drops the chunks wholly before stream offset `sent` (in the ring); returns the records of the others, in order. */
-  private inFlightRecords(sp: Subpartition, sent: number, collect = true): unknown[] {
-    let drop = 0;
-    while (drop < sp.chunks.length && sp.chunks[drop]!.end <= sent) drop++;
-    if (drop > 0) sp.chunks.splice(0, drop);
+  /**
+   * The records of the last `bytes` bytes of the subpartition's stream (not in the ring): the chunk spanning the
+   * overtake point from its kept records (its start is in the ring already), the others decoded from the bytes the
+   * writer and its sender hold, with the record-shape table the serializer had where they start. Flink likewise
+   * takes the buffers still queued at the barrier and copies nothing per buffer before it.
+   */
+  private overtakenRecords(sp: Subpartition, bytes: number): unknown[] {
+    const sent = sp.written - bytes;
+    this.prune(sp, sent);
     const out: unknown[] = [];
-    if (!collect) return out;
-    for (const c of sp.chunks) for (let i = 0; i < c.records.length; i++) out.push(c.records[i]);
+    let from = sent;
+    const first = sp.spanning[0];
+    if (first !== undefined && first.start < sent && first.end > sent) {
+      for (let i = 0; i < first.records.length; i++) out.push(first.records[i]);
+      from = first.end;
+    }
+    if (from === sp.written) return out;
+    // The unsent bytes in stream order: waiting in the sender, queued here, the buffer being filled, overflowing.
+    const parts: Uint8Array[] = sp.sender?.priorityEvent ? (sp.sender.waitingBuffers?.() ?? []) : [];
+    for (const item of sp.queue) if (!("event" in item)) parts.push(new Uint8Array(item.buf, 0, item.size));
+    if (sp.view !== null && sp.pos > 0) parts.push(sp.view.subarray(0, sp.pos));
+    for (const item of sp.overflow) if (item instanceof Uint8Array) parts.push(item);
+    let total = 0;
+    for (const b of parts) total += b.length;
+    assert(total === bytes, () => `record writer: ${sp.id} holds ${total} unsent bytes, ${bytes} expected`);
+    const all = new Uint8Array(sp.written - from);
+    let skip = from - sent;
+    let at = 0;
+    for (const b of parts) {
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      all.set(skip > 0 ? b.subarray(skip) : b, at);
+      at += b.length - skip;
+      skip = 0;
+    }
+    let table: string[][] = [];
+    for (const s of sp.shapes) if (s.from <= from) table = s.table;
+    decodeChunksFrom(all, table, out);
     return out;
+  }
+
+  /** Drops the spanning chunks wholly before stream offset `sent` (in the ring) and the shape tables no chunk after it needs. */
+  private prune(sp: Subpartition, sent: number): void {
+    let drop = 0;
+    while (drop < sp.spanning.length && sp.spanning[drop]!.end <= sent) drop++;
+    if (drop > 0) sp.spanning.splice(0, drop);
+    // The last table starting at or before `sent` is still needed; the ones before it are not.
+    let keepFrom = 0;
+    for (let i = 0; i < sp.shapes.length; i++) if (sp.shapes[i]!.from <= sent) keepFrom = i;
+    if (keepFrom > 0) sp.shapes.splice(0, keepFrom);
   }
 
   /** Sends end-of-partition after all data, then waits until consumers have read every buffer. */
@@ -269,12 +319,11 @@ export class RecordWriter {
     const body = sp.serializer.serialize(sp.pending);
     const records = sp.pending.length;
     const len = body.length;
+    const start = sp.written;
     sp.written += len + 4;
-    if (this.keepInFlight) {
-      // The chunk's records stay referenced until its bytes are all in the ring (pruned every PRUNE_EVERY chunks).
-      sp.chunks.push({ records: sp.pending, end: sp.written });
-      sp.pending = [];
-    } else sp.pending.length = 0;
+    // A new record shape: chunks from here on decode with the table as it stands now (an unaligned barrier's state).
+    let kept = 0; // with keepInFlight: how long the list just added to is now
+    if (this.keepInFlight && sp.serializer.shapesChanged()) kept = sp.shapes.push({ from: sp.written, table: sp.serializer.shapeTable() });
     this.bytesOut += len + 4;
     const segment = this.pool.segmentSize;
     // Adapt the chunk size to the records: about a quarter of a buffer per chunk.
@@ -294,8 +343,15 @@ export class RecordWriter {
       v[p++] = len & 0xff;
       v.set(body, p);
       sp.pos = p + len;
+      sp.pending.length = 0;
       if (sp.pos === v.length) this.finishBuffer(sp);
     } else {
+      // It may cross a buffer boundary: with keepInFlight its records stay referenced until its bytes are all in the
+      // ring (pruned every PRUNE_EVERY such chunks).
+      if (this.keepInFlight) {
+        kept = Math.max(kept, sp.spanning.push({ records: sp.pending, start, end: sp.written }));
+        sp.pending = [];
+      } else sp.pending.length = 0;
       const h = this.header;
       h[0] = len >>> 24;
       h[1] = (len >>> 16) & 0xff;
@@ -304,8 +360,8 @@ export class RecordWriter {
       this.append(sp, h);
       this.append(sp, body);
     }
-    // Drop the kept chunks whose bytes are all in the ring now and then (the chunk's bytes are written by now).
-    if (this.keepInFlight && sp.chunks.length % PRUNE_EVERY === 0) this.inFlightRecords(sp, sp.written - this.unsentBytes(sp), false);
+    // Now and then, drop what the ring has wholly (the chunk's bytes are written by now, so the offsets agree).
+    if (kept > 0 && kept % PRUNE_EVERY === 0) this.prune(sp, sp.written - this.unsentBytes(sp));
   }
 
   private append(sp: Subpartition, bytes: Uint8Array): void {

@@ -7,12 +7,57 @@ import { Packr, Unpackr } from "msgpackr";
 /** Records per serialized chunk: one msgpack call per chunk instead of per record (5-10x cheaper). */
 export const CHUNK_RECORDS = 64;
 
+/** msgpackr's record-shape table of a sequential stream: entry id - 0x40 holds the keys of record id; nextId cycles. */
+type ShapeTable = (string[] | undefined)[] & { nextId?: number };
+
 export class RecordSerializer {
   private readonly packr = new Packr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Packr>[0]);
+  private lastNextId: number | undefined = undefined;
+  private lastKeys: unknown = undefined;
 
   /** The chunk's bytes; valid only until the next call (msgpackr reuses its output buffer). */
   serialize(records: unknown[]): Uint8Array {
     return this.packr.pack(records);
+  }
+
+  /**
+   * Whether the last serialize() defined a record shape (a new one, or an id reused for another): the table that
+   * decodes the stream from the next chunk on changed. Cheap: a new shape moves msgpackr's next id, and 64 new shapes
+   * in one chunk (the id cycling back to where it was) replace the keys under the last id.
+   */
+  shapesChanged(): boolean {
+    const table = (this.packr as unknown as { structures?: ShapeTable }).structures;
+    const nextId = table?.nextId;
+    const keys = nextId !== undefined ? table![nextId - 0x41] : undefined;
+    if (nextId === this.lastNextId && keys === this.lastKeys) return false;
+    this.lastNextId = nextId;
+    this.lastKeys = keys;
+    return true;
+  }
+
+  /** A copy of the record-shape table as it stands now: a decoder given it reads the stream from the next chunk on. */
+  shapeTable(): string[][] {
+    const table = (this.packr as unknown as { structures?: ShapeTable }).structures ?? [];
+    return table.map((keys) => (keys ? [...keys] : keys)) as string[][];
+  }
+}
+
+/**
+ * Decodes whole chunks (u32 length, then the chunk) of a subpartition's stream from a chunk boundary, given the
+ * record-shape table the serializer had there (RecordSerializer.shapeTable): an unaligned barrier's output channel
+ * state, from the bytes it overtook. Every byte must belong to a whole chunk.
+ */
+export function decodeChunksFrom(bytes: Uint8Array, shapes: string[][], out: unknown[]): void {
+  const structures = shapes.map((keys) => (keys ? [...keys] : keys));
+  const unpackr = new Unpackr({ sequential: true, useRecords: true, structures } as ConstructorParameters<typeof Unpackr>[0]);
+  let p = 0;
+  while (p < bytes.length) {
+    if (bytes.length - p < 4) throw new Error(`output channel state: ${bytes.length - p} bytes left after the last whole chunk`);
+    const len = ((bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!) >>> 0;
+    p += 4;
+    if (len === 0 || bytes.length - p < len) throw new Error(`output channel state: a chunk of ${len} bytes with ${bytes.length - p} left`);
+    pushAll(out, unpackr.unpack(bytes.subarray(p, p + len)));
+    p += len;
   }
 }
 
