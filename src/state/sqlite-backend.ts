@@ -1,7 +1,8 @@
 // The SQLite backend: one database file per task, rows keyed by (key group, state id, key bytes, user-key bytes),
 // for state far larger than memory with bounded RSS. Its parts:
 // - this file: opening, the memory split, the per-key operations of the state cells, write-back;
-// - sqlite-cache.ts: the small object cache (LRU of serialized values) in front of SQLite;
+// - sqlite-cache.ts: the object cache (LRU of live values, or serialized ones for list and map states) in front of
+//   SQLite, sized from the budget by sqliteLimits;
 // - sqlite-cells.ts: the value, list and map cells the state objects use;
 // - sqlite-ttl.ts: incremental TTL cleanup of cache and database;
 // - sqlite-snapshot.ts: full and incremental snapshots, the chain of change sets, restore;
@@ -66,7 +67,7 @@ export interface SqliteBackendOptions extends BackendOptions {
   path: string;
   /** The memory budget, split by sqliteMemory (default 64 MiB). */
   cacheBytes?: number;
-  /** Overrides of the split (benchmarks, tests). */
+  /** Overrides of the split (benchmarks, tests); an explicit objectCacheBytes is a fixed bound (no sqliteLimits). */
   objectCacheBytes?: number;
   pageCacheBytes?: number;
   mmapBytes?: number;

@@ -67,10 +67,6 @@ export function settle(e: Entry): void {
   }
 }
 
-/** The serialized form of an entry's current value (null: absent). */
-export function entryBytes(e: Entry): Uint8Array | null {
-  return e.t.live ? (e.value === undefined ? null : encode(e.value)) : e.bytes;
-}
 
 /** A map state's cached user keys of one key. */
 export class MapNode {
