@@ -446,7 +446,7 @@ if (PARTS.has("job")) {
     const x = big.runs.at(-1)!;
     log(`job run ${r + 1} sqlite ${big.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${big.load.at(-1)}`);
   }
-  jobCells.push(...cells);
+  jobCells.push(...cells.filter((c) => c.runs.length > 0));
   if (big.runs.length > 0) jobCells.push(big);
 }
 for (const d of revDirs) fs.rmSync(d, { recursive: true, force: true });

@@ -327,8 +327,10 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
     if (!this.reading) this.driver.exec("BEGIN");
     this.reading = false;
+    let cur: Entry | undefined;
     try {
       for (const e of entries) {
+        cur = e;
         const k = keyBytesOfHeapKey(e.hk);
         const uk = e.node === null ? EMPTY : keyBytesOfHeapKey(e.uhk);
         // A live value is serialized here, into a scratch buffer that the statement copies.
@@ -361,7 +363,9 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       try {
         this.driver.exec("ROLLBACK");
       } catch {}
-      throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed: ${(err as Error).message}`, { cause: err });
+      // A live value is first serialized here (a symbol or a cyclic object cannot be), so name the state.
+      const what = cur === undefined ? "" : ` (at an entry of state "${cur.t.meta.name}")`;
+      throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed${what}: ${(err as Error).message}`, { cause: err });
     }
     this.adaptCacheLimit();
   }
