@@ -19,8 +19,12 @@
 //     checkpoints: the snapshot, and beside it each fixed part alone (a second connection with a read
 //     transaction, the 128 per-key-group change-log queries, an fsync of a small file, reading the chain's states
 //     for the acknowledgement).
+// --old takes several revisions (comma-separated): each one's backend runs beside the others in (1). --ws picks
+// the working sets of (1). --job-revs runs (4)'s SQLite cells also from a copy of src/ at each given revision,
+// alternating with the working tree's; --job-backends picks the backends of (4).
 // Medians of --runs runs, with min and max, CPU seconds beside wall time. Prints markdown tables.
-// Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9]
+// Run: bun scripts/bench-state-scale.ts [--budget-mib 4] [--ops 300000] [--runs 3] [--ckpt-keys 1000000] [--old 555c0d9[,rev...]]
+//      [--ws 0.1,1,10] [--job-revs rev,...] [--job-backends heap,sqlite]
 //      [--heap-keys 5000000] [--parts ops,ckpt,heap,job,fixed] [--job-records 5000000] [--job-keys 10000,1000000,5000000]
 //      [--job-runs 3] [--big-keys 10000000] [--big-runs 1]
 import { Database } from "bun:sqlite";
@@ -42,6 +46,9 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     "ckpt-keys": { type: "string", default: "1000000" },
     old: { type: "string", default: "555c0d9" },
+    ws: { type: "string", default: "0.1,1,10" },
+    "job-revs": { type: "string", default: "" },
+    "job-backends": { type: "string", default: "heap,sqlite" },
     "heap-keys": { type: "string", default: "5000000" },
     parts: { type: "string", default: "ops,ckpt,heap" },
     "heap-child": { type: "string" },
@@ -135,23 +142,30 @@ const MAXP = 128;
 const FULL = { start: 0, end: MAXP - 1 };
 /** Bytes a ValueState<number> row of a "user-<i>" key takes in the database file (measured: 38-44). */
 const ROW_BYTES = 40;
+const loadNow = () => os.loadavg().map((x) => x.toFixed(1)).join(" ");
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-scale-"));
 const log = (s: string) => console.error(`[bench-state-scale] ${s}`);
 const fmt = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${Math.round(x / 1e3)} k`);
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const mmm = (xs: number[], f: (x: number) => string) => `${f(med(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
 
-// The previous backend, checked out beside the repository so that its imports resolve.
-let oldCreate: typeof createKeyedStateBackend | undefined;
-const oldDir = path.join(import.meta.dir, "..", ".bench-old-state");
-try {
-  fs.rmSync(oldDir, { recursive: true, force: true });
-  fs.mkdirSync(oldDir);
-  const tar = execFileSync("git", ["archive", values.old!, "src/state"], { cwd: path.join(import.meta.dir, ".."), maxBuffer: 1 << 26 });
-  execFileSync("tar", ["-x", "-C", oldDir], { input: tar });
-  oldCreate = (await import(path.join(oldDir, "src/state/index.ts"))).createKeyedStateBackend;
-} catch (e) {
-  log(`previous backend (${values.old}) unavailable: ${(e as Error).message}`);
+// Earlier backends (--old, comma-separated revisions), each checked out beside the repository so that its
+// imports resolve.
+const REPO = path.join(import.meta.dir, "..");
+const olds: { rev: string; create: typeof createKeyedStateBackend }[] = [];
+const oldDirs: string[] = [];
+for (const rev of values.old!.split(",").filter((r) => r.length > 0)) {
+  const oldDir = path.join(REPO, `.bench-old-state-${rev.replace(/[^A-Za-z0-9]/g, "_")}`);
+  oldDirs.push(oldDir);
+  try {
+    fs.rmSync(oldDir, { recursive: true, force: true });
+    fs.mkdirSync(oldDir);
+    const tar = execFileSync("git", ["archive", rev, "src"], { cwd: REPO, maxBuffer: 1 << 28 });
+    execFileSync("tar", ["-x", "-C", oldDir], { input: tar });
+    olds.push({ rev, create: (await import(path.join(oldDir, "src/state/index.ts"))).createKeyedStateBackend });
+  } catch (e) {
+    log(`backend of ${rev} unavailable: ${(e as Error).message}`);
+  }
 }
 
 function keyOrder(n: number, pattern: "cyclic" | "random", ops: number): Int32Array {
@@ -230,14 +244,15 @@ function rawRun(keys: string[], order: Int32Array): OpsRun {
 
 // ---- (1) get+update vs the raw loop ----
 const lines1: string[] = [];
-for (const ws of PARTS.has("ops") ? [0.1, 1, 10] : []) {
+for (const ws of PARTS.has("ops") ? values.ws!.split(",").map(Number) : []) {
   const n = Math.round((ws * BUDGET) / ROW_BYTES);
   const keys = Array.from({ length: n }, (_, i) => `user-${i}`);
   for (const pattern of ["cyclic", "random"] as const) {
     const order = keyOrder(n, pattern, Math.max(OPS, pattern === "cyclic" ? n : 0));
     const raw: number[] = [];
     const now: number[] = [];
-    const old: number[] = [];
+    const old: number[][] = olds.map(() => []);
+    const oldCpu: number[][] = olds.map(() => []);
     const rawCpu: number[] = [];
     const nowCpu: number[] = [];
     for (let r = 0; r < RUNS; r++) {
@@ -248,14 +263,21 @@ for (const ws of PARTS.has("ops") ? [0.1, 1, 10] : []) {
       rawCpu.push(a.cpuUs);
       now.push(b.rate);
       nowCpu.push(b.cpuUs);
-      if (oldCreate) old.push((await backendRun(oldCreate, keys, order)).rate);
-      log(`${ws}x ${pattern} run ${r + 1}: raw ${fmt(raw.at(-1)!)} (${a.cpuUs.toFixed(1)} us cpu/op), new ${fmt(now.at(-1)!)} (${b.cpuUs.toFixed(1)} us cpu/op)${oldCreate ? `, old ${fmt(old.at(-1)!)}` : ""}`);
+      for (let o = 0; o < olds.length; o++) {
+        const x = await backendRun(olds[o]!.create, keys, order);
+        old[o]!.push(x.rate);
+        oldCpu[o]!.push(x.cpuUs);
+      }
+      log(
+        `${ws}x ${pattern} run ${r + 1}: raw ${fmt(raw.at(-1)!)} (${a.cpuUs.toFixed(1)} us cpu/op), new ${fmt(now.at(-1)!)} (${b.cpuUs.toFixed(1)} us cpu/op)` +
+          olds.map((o, i) => `, ${o.rev} ${fmt(old[i]!.at(-1)!)} (${oldCpu[i]!.at(-1)!.toFixed(1)} us cpu/op)`).join("") + `, load ${loadNow()}`,
+      );
     }
     const ratio = (xs: number[]) => xs.map((x, i) => x / raw[i]!);
     const us = (x: number) => x.toFixed(1);
     lines1.push(
       `| ${ws}x (${n.toLocaleString("en")} keys) | ${pattern} | ${mmm(raw, fmt)} | ${mmm(now, fmt)} | ${mmm(ratio(now), (x) => x.toFixed(2))} | ${mmm(rawCpu, us)} / ${mmm(nowCpu, us)} | ` +
-        (oldCreate ? `${mmm(old, fmt)} | ${mmm(ratio(old), (x) => x.toFixed(2))} |` : "n/a | n/a |"),
+        olds.map((_, i) => `${mmm(old[i]!, fmt)} | ${mmm(ratio(old[i]!), (x) => x.toFixed(2))} | ${mmm(oldCpu[i]!, us)} |`).join(" "),
     );
   }
 }
@@ -357,7 +379,7 @@ if (PARTS.has("fixed")) {
   await b.close();
 }
 fs.rmSync(root, { recursive: true, force: true });
-fs.rmSync(oldDir, { recursive: true, force: true });
+for (const d of oldDirs) fs.rmSync(d, { recursive: true, force: true });
 
 // ---- (3) heap backend bytes per key (a child process per measurement, alternating) ----
 const HEAP_KEYS = Number(values["heap-keys"]);
@@ -381,22 +403,41 @@ interface JobRun {
   sys: number;
   rssMB: number;
 }
-const jobCells: { backend: string; keys: number; records: number; runs: JobRun[]; load: string[] }[] = [];
-const loadNow = () => os.loadavg().map((x) => x.toFixed(1)).join(" ");
-const runJob = (backend: string, keys: number, records: number): JobRun => {
-  const out = execFileSync(process.execPath, [import.meta.path, "--job-child", `${backend}:${keys}:${records}`], { encoding: "utf8", maxBuffer: 1 << 24 });
+const jobCells: { backend: string; keys: number; records: number; runs: JobRun[]; load: string[]; rev?: string }[] = [];
+// --job-revs: the job child also runs from a copy of src/ at each of these revisions (this script beside it).
+const jobRevDirs = new Map<string, string>([["", import.meta.path]]);
+const revDirs: string[] = [];
+for (const rev of values["job-revs"]!.split(",").filter((r) => r.length > 0)) {
+  const d = path.join(REPO, `.bench-rev-${rev.replace(/[^A-Za-z0-9]/g, "_")}`);
+  revDirs.push(d);
+  fs.rmSync(d, { recursive: true, force: true });
+  fs.mkdirSync(path.join(d, "scripts"), { recursive: true });
+  execFileSync("tar", ["-x", "-C", d], { input: execFileSync("git", ["archive", rev, "src", "package.json"], { cwd: REPO, maxBuffer: 1 << 28 }) });
+  fs.symlinkSync(path.join(REPO, "node_modules"), path.join(d, "node_modules"));
+  fs.copyFileSync(import.meta.path, path.join(d, "scripts", path.basename(import.meta.path)));
+  jobRevDirs.set(rev, path.join(d, "scripts", path.basename(import.meta.path)));
+}
+const runJob = (backend: string, keys: number, records: number, rev = ""): JobRun => {
+  const out = execFileSync(process.execPath, [jobRevDirs.get(rev)!, "--job-child", `${backend}:${keys}:${records}`], { encoding: "utf8", maxBuffer: 1 << 24 });
   return JSON.parse(out.trim().split("\n").at(-1)!) as JobRun;
 };
 if (PARTS.has("job")) {
   const records = Number(values["job-records"]);
-  const cells = values["job-keys"]!.split(",").flatMap((k) => ["heap", "sqlite"].map((backend) => ({ backend, keys: Number(k), records, runs: [] as JobRun[], load: [] as string[] })));
+  const revs = [...jobRevDirs.keys()];
+  const cells = values["job-keys"]!
+    .split(",")
+    .flatMap((k) =>
+      values["job-backends"]!.split(",").flatMap((backend) =>
+        (backend === "heap" ? [""] : revs).map((rev) => ({ backend, keys: Number(k), records, runs: [] as JobRun[], load: [] as string[], rev })),
+      ),
+    );
   const big = { backend: "sqlite", keys: Number(values["big-keys"]), records: Number(values["big-keys"]), runs: [] as JobRun[], load: [] as string[] };
   for (let r = 0; r < Number(values["job-runs"]); r++) {
     for (const c of cells) {
       c.load.push(loadNow());
-      c.runs.push(runJob(c.backend, c.keys, c.records));
+      c.runs.push(runJob(c.backend, c.keys, c.records, c.rev));
       const x = c.runs.at(-1)!;
-      log(`job run ${r + 1} ${c.backend} ${c.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${c.load.at(-1)}`);
+      log(`job run ${r + 1} ${c.backend}${c.rev ? ` (${c.rev})` : ""} ${c.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${c.load.at(-1)}`);
     }
   }
   for (let r = 0; big.keys > 0 && r < Number(values["big-runs"]); r++) {
@@ -405,9 +446,10 @@ if (PARTS.has("job")) {
     const x = big.runs.at(-1)!;
     log(`job run ${r + 1} sqlite ${big.keys} keys: ${fmt(x.rate)} records/s, ${x.secs.toFixed(1)} s, cpu ${x.user.toFixed(1)}+${x.sys.toFixed(1)} s, peak RSS ${x.rssMB.toFixed(0)} MB, load ${big.load.at(-1)}`);
   }
-  jobCells.push(...cells);
+  jobCells.push(...cells.filter((c) => c.runs.length > 0));
   if (big.runs.length > 0) jobCells.push(big);
 }
+for (const d of revDirs) fs.rmSync(d, { recursive: true, force: true });
 
 const cpus = os.cpus();
 const mib = (x: number) => `${(x / 2 ** 20).toFixed(2)} MiB`;
@@ -423,8 +465,9 @@ console.log(
     ...(lines1.length === 0
       ? []
       : [
-          `| working set | keys visited | raw bun:sqlite get+upsert/s | SQLite backend get+update/s | backend / raw (goal >= 0.5 at 10x) | CPU us per op, raw / backend | previous backend (${values.old}) | previous / raw |`,
-          "| --- | --- | --- | --- | --- | --- | --- | --- |",
+          `| working set | keys visited | raw bun:sqlite get+upsert/s | SQLite backend get+update/s | backend / raw (goal >= 0.5 at 10x) | CPU us per op, raw / backend |` +
+            olds.map((o) => ` backend of ${o.rev} | ${o.rev} / raw | CPU us per op, ${o.rev} |`).join(""),
+          "| --- | --- | --- | --- | --- | --- |" + olds.map(() => " --- | --- | --- |").join(""),
           ...lines1,
           "",
         ]),
@@ -461,7 +504,7 @@ console.log(
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
           ...jobCells.map(
             (c) =>
-              `| ${c.backend} | ${c.keys.toLocaleString("en")} | ${c.records.toLocaleString("en")} | ${c.runs.length} | ${mmm(c.runs.map((x) => x.rate), fmt)} | ${mmm(c.runs.map((x) => x.secs), b1)} | ` +
+              `| ${c.backend}${c.rev ? ` (${c.rev})` : ""} | ${c.keys.toLocaleString("en")} | ${c.records.toLocaleString("en")} | ${c.runs.length} | ${mmm(c.runs.map((x) => x.rate), fmt)} | ${mmm(c.runs.map((x) => x.secs), b1)} | ` +
               `${mmm(c.runs.map((x) => x.user + x.sys), b1)} (${mmm(c.runs.map((x) => x.sys), b1)}) | ${mmm(c.runs.map((x) => x.rssMB), (x) => `${x.toFixed(0)} MB`)} | ${c.load.join("; ")} |`,
           ),
         ]),

@@ -527,6 +527,46 @@ describe.each(VARIANTS)("keyed state: %s", (_name, variant) => {
     expect(s.value()).toEqual({ n: -4 });
   });
 
+  test("values changed in place after a snapshot began are in it as they were (live values in the SQLite cache)", async () => {
+    const b = await makeBackend(variant);
+    const s = b.getState(new ValueStateDescriptor<{ n: number }>("obj"));
+    const agg = b.getAggregatingState(
+      new AggregatingStateDescriptor<number, { sum: number }, number>("agg", {
+        createAccumulator: () => ({ sum: 0 }),
+        add: (v, acc) => ((acc.sum += v), acc), // changes the accumulator in place, as accumulators often do
+        getResult: (acc) => acc.sum,
+      }),
+    );
+    for (let i = 0; i < 1000; i++) {
+      b.setCurrentKey(i);
+      s.update({ n: i });
+      agg.add(i);
+    }
+    const pending = b.snapshot(freshDir());
+    // Before the snapshot has read any key group: get a value, change it in place, write it back.
+    for (let i = 0; i < 1000; i++) {
+      b.setCurrentKey(i);
+      const v = s.value()!;
+      v.n += 1_000_000;
+      s.update(v);
+      agg.add(1_000_000);
+    }
+    const h = await pending;
+    const r = await makeBackend(variant, undefined, undefined, [h]);
+    const s2 = r.getState(new ValueStateDescriptor<{ n: number }>("obj"));
+    const agg2 = r.getAggregatingState(
+      new AggregatingStateDescriptor<number, { sum: number }, number>("agg", { createAccumulator: () => ({ sum: 0 }), add: (v, acc) => ((acc.sum += v), acc), getResult: (acc) => acc.sum }),
+    );
+    for (let i = 0; i < 1000; i++) {
+      r.setCurrentKey(i);
+      expect(s2.value()).toEqual({ n: i });
+      expect(agg2.get()).toBe(i);
+      b.setCurrentKey(i);
+      expect(s.value()).toEqual({ n: i + 1_000_000 });
+      expect(agg.get()).toBe(i + 1_000_000);
+    }
+  });
+
   test("clear and restore while a snapshot is being written: nothing comes back from the snapshot", async () => {
     const b = await makeBackend(variant);
     const v = b.getState(new ValueStateDescriptor<number>("v"));

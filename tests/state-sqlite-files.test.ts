@@ -89,6 +89,51 @@ test("reopening keeps the data; another maxParallelism is refused", async () => 
   await expectFileError(openSqlite(f, 64), f, /maxParallelism 128, not 64/);
 });
 
+test("the object cache takes most of the budget while the database is small and a quarter once it outgrows it", async () => {
+  const budget = 1024 * 1024;
+  const b = (await createKeyedStateBackend({ kind: "sqlite", path: file("adapt.db"), maxParallelism: 128, keyGroupRange: full, cacheBytes: budget })) as SqliteKeyedStateBackend;
+  const d = new ValueStateDescriptor<number>("v");
+  // New keys only (no read finds a row): the floor, whatever the file's size.
+  for (let i = 0; i < 3000; i++) {
+    b.setCurrentKey(i);
+    b.getState(d).update((b.getState(d).value() ?? 0) + 1);
+  }
+  expect(b.cacheStats().limitBytes).toBe(budget / 4);
+  expect(b.cacheStats().usedBytes).toBeLessThanOrEqual(budget / 4); // 3,000 entries do not fit: evicted, written
+  // Reads that find evicted rows again: the state fits the budget (a small file), and the cache takes most of it.
+  for (let pass = 0; pass < 2; pass++) {
+    for (let i = 0; i < 3000; i++) {
+      b.setCurrentKey(i);
+      b.getState(d).update((b.getState(d).value() ?? 0) + 1);
+    }
+  }
+  const grown = b.cacheStats().limitBytes;
+  expect(grown).toBeGreaterThan(budget * 0.75);
+  expect(grown).toBe(budget - 2 * b.databaseBytes());
+  // The third pass hits every key.
+  const misses = b.cacheStats().misses;
+  for (let i = 0; i < 3000; i++) {
+    b.setCurrentKey(i);
+    expect(b.getState(d).value()).toBe(3);
+  }
+  expect(b.cacheStats().misses).toBe(misses);
+  // 200,000 keys (several MiB of rows) do not: write-back grows the file past half the budget, and the object
+  // cache shrinks to its floor, leaving the rest to SQLite's page cache and memory map.
+  for (let i = 0; i < 200_000; i++) {
+    b.setCurrentKey(i);
+    b.getState(d).update(i);
+  }
+  b.flush();
+  expect(b.databaseBytes()).toBeGreaterThan(budget);
+  expect(b.cacheStats().limitBytes).toBe(budget / 4);
+  expect(b.cacheStats().usedBytes).toBeLessThanOrEqual(budget / 4);
+  for (const i of [0, 999, 1000, 199_999]) {
+    b.setCurrentKey(i);
+    expect(b.getState(d).value()).toBe(i);
+  }
+  await b.close();
+});
+
 test("WAL mode, synchronous=OFF and the memory split of the budget are on", async () => {
   const f = file("wal.db");
   const b = await openSqlite(f);
@@ -98,6 +143,7 @@ test("WAL mode, synchronous=OFF and the memory split of the budget are on", asyn
   // Page cache (negative: KiB) and memory map come from the one budget (default 64 MiB).
   expect(Number(b.pragma("cache_size"))).toBe(-(32 * 1024));
   expect(Number(b.pragma("mmap_size"))).toBe(64 * 1024 * 1024);
+  // The object cache starts at its floor, a quarter (it grows once state is read back: see the next test).
   expect(b.cacheStats().limitBytes).toBe(16 * 1024 * 1024);
   for (let i = 0; i < 100; i++) {
     b.setCurrentKey(i);

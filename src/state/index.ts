@@ -28,7 +28,7 @@ export interface KeyedStateBackendOptions {
   /** SQLite: the memory budget in bytes (`state.backend.sqlite.cache-size`, default 64 MiB), split between
    *  SQLite's page cache, its memory map and the object cache (sqliteMemory). */
   cacheBytes?: number;
-  /** SQLite: overrides of that split. */
+  /** SQLite: overrides of that split (an explicit object cache bound does not adapt to the database's size). */
   objectCacheBytes?: number;
   pageCacheBytes?: number;
   mmapBytes?: number;

@@ -1,7 +1,8 @@
 // The SQLite backend: one database file per task, rows keyed by (key group, state id, key bytes, user-key bytes),
 // for state far larger than memory with bounded RSS. Its parts:
 // - this file: opening, the memory split, the per-key operations of the state cells, write-back;
-// - sqlite-cache.ts: the small object cache (LRU of serialized values) in front of SQLite;
+// - sqlite-cache.ts: the object cache (LRU of live values, or serialized ones for list and map states) in front of
+//   SQLite, sized from the budget by sqliteLimits;
 // - sqlite-cells.ts: the value, list and map cells the state objects use;
 // - sqlite-ttl.ts: incremental TTL cleanup of cache and database;
 // - sqlite-snapshot.ts: full and incremental snapshots, the chain of change sets, restore;
@@ -15,8 +16,8 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { StateFileError } from "./api.ts";
 import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
-import { decode, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey } from "./serde.ts";
-import { Entry, entrySize, MapNode, ObjectCache, type SqlTable } from "./sqlite-cache.ts";
+import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey } from "./serde.ts";
+import { Entry, entrySize, liveEntrySize, MapNode, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
 import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlValue } from "./sqlite-driver.ts";
 import { compileQueries, prepareDatabase, type Queries, type SqliteMemory } from "./sqlite-schema.ts";
@@ -32,14 +33,33 @@ const EMPTY = new Uint8Array(0);
 
 /**
  * How a memory budget is split. SQLite's page cache gets half: past the object cache every miss is an indexed
- * read, and a row costs ~40 bytes in a page against ~300 as a cache entry, so pages hold ~8x more of the working
- * set per byte. The object cache gets a quarter (hits without SQLite; dirty values batched for write-back), and
- * SQLite maps up to the whole budget of the file (reads from mapped pages skip a copy; those pages are the OS's
- * page cache, shared and reclaimable, although they show in RSS while mapped and touched).
+ * read, and a row costs ~40 bytes in a page against ~200-300 as a cache entry, so pages hold several times more
+ * of the working set per byte. SQLite maps up to the whole budget of the file (reads from mapped pages skip a
+ * copy; those pages are the OS's page cache, shared and reclaimable, although they show in RSS while mapped and
+ * touched). `objectCacheBytes` is the object cache's floor, a quarter: see sqliteLimits for its actual bound.
  */
 export function sqliteMemory(budgetBytes: number): SqliteMemory & { objectCacheBytes: number } {
   const b = Math.max(256 * 1024, budgetBytes);
   return { objectCacheBytes: Math.floor(b / 4), pageCacheBytes: Math.floor(b / 2), mmapBytes: b };
+}
+
+/**
+ * The object cache's bound, once the backend has seen a re-read (below), for a database of `dbBytes`: what SQLite's
+ * page cache and memory map cannot use of the budget, since neither holds more than the file, and at least the
+ * floor (a quarter). State that fits the budget (a small file) gets nearly all of it as live entries, so its hits
+ * never reach SQLite or the serializer; state that outgrows it gets the quarter, and the rest goes to SQLite's
+ * pages, which hold several times more rows per byte (measured in docs/benchmarks.md, "State at scale", fourth
+ * round).
+ */
+export function sqliteLimits(budgetBytes: number, memory: SqliteMemory & { objectCacheBytes: number }, dbBytes: number): number {
+  const b = Math.max(256 * 1024, budgetBytes);
+  const sqlite = Math.min(dbBytes, memory.pageCacheBytes) + Math.min(dbBytes, memory.mmapBytes);
+  return Math.max(memory.objectCacheBytes, 64 * 1024, b - sqlite);
+}
+
+/** Value, reducing and aggregating states keep live values in the object cache; list and map states bytes. */
+function isLive(kind: string): boolean {
+  return kind !== "list" && kind !== "map";
 }
 
 export interface SqliteBackendOptions extends BackendOptions {
@@ -47,7 +67,7 @@ export interface SqliteBackendOptions extends BackendOptions {
   path: string;
   /** The memory budget, split by sqliteMemory (default 64 MiB). */
   cacheBytes?: number;
-  /** Overrides of the split (benchmarks, tests). */
+  /** Overrides of the split (benchmarks, tests); an explicit objectCacheBytes is a fixed bound (no sqliteLimits). */
   objectCacheBytes?: number;
   pageCacheBytes?: number;
   mmapBytes?: number;
@@ -70,6 +90,7 @@ interface Statements {
   recordKeyChanges: SqliteStatement;
   forgetChanges: SqliteStatement;
   clearChanges: SqliteStatement;
+  pageCount: SqliteStatement;
 }
 
 export class SqliteKeyedStateBackend extends KeyedBackendBase {
@@ -80,13 +101,18 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   readonly byName = new Map<string, SqlTable>();
   readonly byId = new Map<number, SqlTable>();
   readonly cache: ObjectCache;
-  readonly memory: SqliteMemory;
+  readonly memory: SqliteMemory & { objectCacheBytes: number };
   /** Whether changed rows are recorded (incremental checkpoints). */
   readonly trackChanges: boolean;
   /** The current change epoch: every snapshot starts a new one; recorded changes carry it. */
   epoch = 1;
   readonly chain = new CheckpointChain();
   private readonly ttlCleaner: SqliteTtlCleaner;
+  private readonly pageSize: number;
+  /** The whole memory budget (state.backend.sqlite.cache-size). */
+  private readonly budget: number;
+  /** Whether the object cache's bound was given explicitly (then it does not adapt). */
+  private readonly fixedObjectCache: boolean;
   /** The current key group and key bytes (computed on the first miss after setCurrentKey). */
   private kg = -1;
   private kb: Uint8Array | null = null;
@@ -99,6 +125,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     readonly driver: SqliteDriver,
     readonly q: Queries,
     memory: SqliteMemory & { objectCacheBytes: number },
+    budget: number,
+    fixedObjectCache: boolean,
   ) {
     super(opts);
     this.path = opts.path;
@@ -121,11 +149,16 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       recordKeyChanges: p(q.recordKeyChanges),
       forgetChanges: p(q.forgetChanges),
       clearChanges: p(q.clearChanges),
+      pageCount: driver.prepare("PRAGMA page_count"),
     };
+    this.pageSize = Number(Object.values(driver.prepare("PRAGMA page_size").get() ?? { n: 4096 })[0] ?? 4096);
+    this.budget = budget;
+    this.fixedObjectCache = fixedObjectCache;
     for (const r of driver.prepare(q.states.sql).all()) {
       const t: SqlTable = {
         id: Number(r.id),
         meta: { name: String(r.name), kind: String(r.kind) as SnapshotStateMeta["kind"], ttlMs: r.ttl_ms === null ? null : Number(r.ttl_ms) },
+        live: isLive(String(r.kind)),
         values: new Map(),
         maps: new Map(),
       };
@@ -134,12 +167,14 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     }
     this.epoch = Number(driver.prepare(q.maxEpoch.sql).get()?.ep ?? 0) + 1;
     this.ttlCleaner = new SqliteTtlCleaner(this);
+    this.adaptCacheLimit();
   }
 
   /** Opens (creating or migrating) the database at `opts.path`. */
   static async open(opts: SqliteBackendOptions): Promise<SqliteKeyedStateBackend> {
     if (typeof opts.path !== "string" || opts.path.length === 0) throw new TypeError("the SQLite backend needs a database file path");
-    const split = sqliteMemory(opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
+    const budget = opts.cacheBytes ?? DEFAULT_CACHE_BYTES;
+    const split = sqliteMemory(budget);
     const memory = {
       objectCacheBytes: opts.objectCacheBytes ?? split.objectCacheBytes,
       pageCacheBytes: opts.pageCacheBytes ?? split.pageCacheBytes,
@@ -154,7 +189,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     }
     try {
       const db = await prepareDatabase(driver, { maxParallelism: opts.maxParallelism, pageCacheBytes: memory.pageCacheBytes, mmapBytes: memory.mmapBytes });
-      const backend = new SqliteKeyedStateBackend(opts, driver, compileQueries(db), memory);
+      const backend = new SqliteKeyedStateBackend(opts, driver, compileQueries(db), memory, budget, opts.objectCacheBytes !== undefined);
       await db.destroy();
       return backend;
     } catch (e) {
@@ -235,7 +270,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     }
     this.endRead();
     const { lastInsertRowid } = this.s.insertState.run([meta.name, meta.kind, meta.ttlMs]);
-    t = { id: Number(lastInsertRowid), meta: { ...meta }, values: new Map(), maps: new Map() };
+    t = { id: Number(lastInsertRowid), meta: { ...meta }, live: isLive(meta.kind), values: new Map(), maps: new Map() };
     this.byName.set(t.meta.name, t);
     this.byId.set(t.id, t);
     return t;
@@ -292,16 +327,20 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
     if (!this.reading) this.driver.exec("BEGIN");
     this.reading = false;
+    let cur: Entry | undefined;
     try {
       for (const e of entries) {
+        cur = e;
         const k = keyBytesOfHeapKey(e.hk);
         const uk = e.node === null ? EMPTY : keyBytesOfHeapKey(e.uhk);
-        if (e.bytes !== null) {
+        // A live value is serialized here, into a scratch buffer that the statement copies.
+        const bytes = e.t.live ? (e.value === undefined ? null : encodeTransient(e.value)) : e.bytes;
+        if (bytes !== null) {
           p5[0] = e.kg;
           p5[1] = e.t.id;
           p5[2] = k;
           p5[3] = uk;
-          p5[4] = e.bytes;
+          p5[4] = bytes;
           upsert.run(p5);
         } else {
           p4[0] = e.kg;
@@ -324,8 +363,39 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       try {
         this.driver.exec("ROLLBACK");
       } catch {}
-      throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed: ${(err as Error).message}`, { cause: err });
+      // A live value is first serialized here (a symbol or a cyclic object cannot be), so name the state.
+      const what = cur === undefined ? "" : ` (at an entry of state "${cur.t.meta.name}")`;
+      throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed${what}: ${(err as Error).message}`, { cause: err });
     }
+    this.adaptCacheLimit();
+  }
+
+  /** The database's size in bytes (its pages; the WAL not counted). */
+  databaseBytes(): number {
+    const r = this.s.pageCount.get();
+    return r === undefined ? 0 : Number(Object.values(r)[0] ?? 0) * this.pageSize;
+  }
+
+  /**
+   * Moves the object cache's bound with the database's size (sqliteLimits), unless it was fixed by the caller.
+   * Called after every write-back batch, restore and at open: only writes grow the file.
+   */
+  adaptCacheLimit(): void {
+    if (this.fixedObjectCache || !this.reread) return;
+    this.cache.limitBytes = sqliteLimits(this.budget, this.memory, this.databaseBytes());
+  }
+
+  /**
+   * Whether a cache miss has found its row in the database: the cache dropped something that was needed again.
+   * Until then the object cache stays at its floor, so that a stream of new keys (state that only grows) never
+   * fills the whole budget with entries before the file shows how big the state is: that transient raised the
+   * peak RSS of 2 M new keys through a 64 MiB budget from 288 to 425 MB.
+   */
+  private reread = false;
+
+  private sawReread(): void {
+    this.reread = true;
+    this.adaptCacheLimit();
   }
 
   /** Records one row as changed (TTL cleanup of rows that are not cached). */
@@ -358,13 +428,15 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (this.kgIdx < 0) this.noKey();
   }
 
-  /** The cache entry of the current key for a non-map state, loaded on a miss. */
+  /** The cache entry of the current key for a non-map state, loaded on a miss. The caller may read a live
+   *  entry's value (and change it in place before writing it back): a snapshot waiting on it copies it first. */
   valueEntry(t: SqlTable): Entry {
     this.checkKey();
     const e = t.values.get(this.hk);
     if (e !== undefined) {
       this.cache.hits++;
       this.cache.touch(e);
+      if (e.pending !== null) settle(e);
       return e;
     }
     this.cache.misses++;
@@ -376,19 +448,38 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.beginRead();
     const row = this.s.get.get(p);
     const bytes = row === undefined ? null : (row.v as Uint8Array);
-    const n = new Entry(t, this.kg, this.hk, null, undefined, bytes, false, entrySize(this.hk, undefined, bytes));
+    if (bytes !== null && !this.reread) this.sawReread();
+    let n: Entry;
+    if (t.live) {
+      const v = bytes === null ? undefined : decode(bytes);
+      n = new Entry(t, this.kg, this.hk, null, undefined, null, v, false, liveEntrySize(this.hk, v));
+    } else n = new Entry(t, this.kg, this.hk, null, undefined, bytes, undefined, false, entrySize(this.hk, undefined, bytes));
     t.values.set(this.hk, n);
     this.cache.add(n);
     return n;
   }
 
+  /** Writes a list state's bytes for the current key (null: removes it). */
   writeValue(t: SqlTable, bytes: Uint8Array | null): void {
     this.checkKey();
     const e = t.values.get(this.hk);
     if (e !== undefined) this.cache.setBytes(e, bytes);
     else {
       // A blind write needs no read: the entry is dirty and replaces whatever the database holds.
-      const n = new Entry(t, this.kg, this.hk, null, undefined, bytes, true, entrySize(this.hk, undefined, bytes));
+      const n = new Entry(t, this.kg, this.hk, null, undefined, bytes, undefined, true, entrySize(this.hk, undefined, bytes));
+      t.values.set(this.hk, n);
+      this.cache.add(n);
+    }
+    this.maybeEvict();
+  }
+
+  /** Writes a live state's value for the current key (undefined: removes it); nothing is serialized here. */
+  writeLive(t: SqlTable, v: unknown): void {
+    this.checkKey();
+    const e = t.values.get(this.hk);
+    if (e !== undefined) this.cache.setValue(e, v);
+    else {
+      const n = new Entry(t, this.kg, this.hk, null, undefined, null, v, true, liveEntrySize(this.hk, v));
       t.values.set(this.hk, n);
       this.cache.add(n);
     }
@@ -426,7 +517,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.beginRead();
     const row = this.s.get.get(p);
     const bytes = row === undefined ? null : (row.v as Uint8Array);
-    const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, false, entrySize(this.hk, uhk, bytes));
+    if (bytes !== null && !this.reread) this.sawReread();
+    const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, false, entrySize(this.hk, uhk, bytes));
     n.entries.set(uhk, ne);
     this.cache.add(ne);
     return ne;
@@ -438,7 +530,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const e = n.entries.get(uhk);
     if (e !== undefined) this.cache.setBytes(e, bytes);
     else if (!(bytes === null && n.complete)) {
-      const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, true, entrySize(this.hk, uhk, bytes));
+      const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, true, entrySize(this.hk, uhk, bytes));
       n.entries.set(uhk, ne);
       this.cache.add(ne);
     }
@@ -458,7 +550,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         const uhk = heapKeyOfBytes(row.uk as Uint8Array);
         if (n.entries.has(uhk)) continue;
         const bytes = row.v as Uint8Array;
-        const e = new Entry(t, this.kg, this.hk, n, uhk, bytes, false, entrySize(this.hk, uhk, bytes));
+        const e = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, false, entrySize(this.hk, uhk, bytes));
         n.entries.set(uhk, e);
         this.cache.add(e);
       }
@@ -538,6 +630,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (this.closed) throw new Error("the sqlite state backend is closed");
     this.endRead();
     await restoreSqlite(this, handles);
+    this.adaptCacheLimit();
   }
 
   async close(): Promise<void> {

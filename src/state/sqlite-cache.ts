@@ -1,17 +1,24 @@
-// The SQLite backend's object cache: deserialized-key entries holding serialized values, in one LRU list, bounded
-// in (estimated) bytes. It sits in front of SQLite's own page cache: a hit touches only JS Maps; dirty entries are
-// written back in batches when they are evicted (and at snapshots and close).
+// The SQLite backend's object cache: deserialized-key entries in one LRU list, bounded in (estimated) bytes. It
+// sits in front of SQLite's own page cache: a hit touches only JS Maps; dirty entries are written back in batches
+// when they are evicted (and at snapshots and close).
 //
-// The cache is deliberately small next to SQLite's page cache (see sqliteMemory): once the state outgrows it,
-// a miss costs one indexed SELECT against pages that SQLite (or the OS) usually still holds, and an entry is about
-// 10x the memory of its row in a page. Nothing here forces a garbage collection: evicted entries are ordinary
-// young garbage when the cache is small, and forced full collections cost more than they save (issue 16).
+// Entries of value, reducing and aggregating state hold the live value ("live" tables): a hit neither decodes
+// nor encodes, and a value is serialized only when it is written back or a snapshot needs it. List and map
+// entries hold serialized bytes (a list appends without decoding; a map's values are per user key).
+//
+// How big the cache may be is the backend's decision (sqliteLimits): most of the budget while the database is
+// small next to it, a quarter once the database outgrows it, because then a miss costs one indexed SELECT
+// against pages that SQLite (or the OS) usually still holds, and an entry is several times the memory of its row
+// in a page. Nothing here forces a garbage collection: forced full collections cost more than they save (issue 16).
 import type { SnapshotStateMeta } from "./snapshot-format.ts";
-import type { HeapKey } from "./serde.ts";
+import { encode, encodeTransient, type HeapKey } from "./serde.ts";
 
 /** Estimated memory of one cache entry besides its key and value bytes: the Entry object, its Map slot and the
  *  value's Uint8Array object (measured with Bun; see tests/state-sqlite-rss.test.ts). */
 export const ENTRY_OVERHEAD = 260;
+/** The same for an entry holding a live value (no Uint8Array object): 500 K entries with integer keys and number
+ *  values measured 207 heap bytes each with Bun 1.4.5, [key, n] tuples 255 (liveSize charges 48 for the tuple). */
+export const LIVE_ENTRY_OVERHEAD = 200;
 /** Eviction drops entries down to this fraction of the bound, so that write-back goes out in sizeable batches. */
 const LOW_WATER = 0.9;
 
@@ -29,15 +36,37 @@ export class Entry extends LruLink {
     /** The map node for map state entries, else null. */
     readonly node: MapNode | null,
     readonly uhk: HeapKey,
-    /** Serialized stored value; null: absent (a tombstone when dirty). */
+    /** Serialized stored value (list and map states); null: absent (a tombstone when dirty). */
     public bytes: Uint8Array | null,
+    /** The live stored value (value-like states); undefined: absent (a tombstone when dirty). */
+    public value: unknown,
     /** Changed since it was last written to the database. */
     public dirty: boolean,
     public size: number,
   ) {
     super();
   }
+  /** Changes with every write of the entry (a snapshot's write-behind tells entries changed since apart). */
+  stamp = 0;
+  /** A snapshot in progress that has not serialized this live entry yet: it must before the value is handed out
+   *  or replaced (copy on access), since callers may change a value they got in place before writing it back. */
+  pending: Captured | null = null;
 }
+
+/** A snapshot's copy of a live entry: undefined until serialized. */
+export interface Captured {
+  bytes: Uint8Array | null | undefined;
+}
+
+/** Serializes a live entry's value for the snapshot waiting on it, if any. */
+export function settle(e: Entry): void {
+  const p = e.pending;
+  if (p !== null) {
+    p.bytes = e.value === undefined ? null : encode(e.value);
+    e.pending = null;
+  }
+}
+
 
 /** A map state's cached user keys of one key. */
 export class MapNode {
@@ -49,6 +78,8 @@ export class MapNode {
 /** A registered state: its row in tm_state and its cached entries. */
 export interface SqlTable {
   id: number;
+  /** Whether entries hold live values (value, reducing and aggregating states). */
+  live: boolean;
   meta: SnapshotStateMeta;
   values: Map<HeapKey, Entry>;
   maps: Map<HeapKey, MapNode>;
@@ -62,6 +93,49 @@ export function entrySize(hk: HeapKey, uhk: HeapKey | undefined, bytes: Uint8Arr
   return ENTRY_OVERHEAD + keyCost(hk) + (uhk === undefined ? 0 : keyCost(uhk)) + (bytes === null ? 0 : bytes.length);
 }
 
+/** Estimated memory of a live entry holding `v`. */
+export function liveEntrySize(hk: HeapKey, v: unknown): number {
+  return LIVE_ENTRY_OVERHEAD + keyCost(hk) + liveSize(v, 0);
+}
+
+/**
+ * Estimated heap bytes of a live value beyond the slot holding it: numbers and booleans are unboxed in the slot;
+ * strings, small arrays and plain objects are walked (two levels); anything else is charged twice its encoded
+ * size plus an object header.
+ */
+export function liveSize(v: unknown, depth: number): number {
+  switch (typeof v) {
+    case "number":
+    case "boolean":
+    case "undefined":
+      return 0;
+    case "string":
+      return 24 + v.length * 2;
+    case "bigint":
+      return 32;
+    case "object": {
+      if (v === null) return 0;
+      if (depth < 2 && Array.isArray(v) && v.length <= 16) {
+        let n = 32 + 8 * v.length;
+        for (let i = 0; i < v.length; i++) n += liveSize(v[i], depth + 1);
+        return n;
+      }
+      if (depth < 2 && Object.getPrototypeOf(v) === Object.prototype) {
+        let n = 48;
+        let k = 0;
+        for (const key in v) {
+          if (++k > 16) return 48 + 2 * encodeTransient(v).length;
+          n += 16 + liveSize((v as Record<string, unknown>)[key], depth + 1);
+        }
+        return n;
+      }
+      return 48 + 2 * encodeTransient(v).length;
+    }
+    default:
+      return 48;
+  }
+}
+
 export class ObjectCache {
   private readonly head = new LruLink();
   usedBytes = 0;
@@ -69,8 +143,10 @@ export class ObjectCache {
   dirty = 0;
   hits = 0;
   misses = 0;
+  private stamps = 0;
 
-  constructor(readonly limitBytes: number) {}
+  /** The bound; the backend moves it as the database grows or shrinks (sqliteLimits). */
+  constructor(public limitBytes: number) {}
 
   private link(e: LruLink): void {
     const tail = this.head.prev;
@@ -97,7 +173,10 @@ export class ObjectCache {
     this.link(e);
     this.usedBytes += e.size;
     this.entries++;
-    if (e.dirty) this.dirty++;
+    if (e.dirty) {
+      this.dirty++;
+      e.stamp = ++this.stamps;
+    }
   }
 
   /** Removes an entry from the LRU list and the accounting (the caller removes it from its table). Returns
@@ -120,6 +199,22 @@ export class ObjectCache {
     e.size += delta;
     this.usedBytes += delta;
     e.bytes = bytes;
+    e.stamp = ++this.stamps;
+    if (!e.dirty) {
+      e.dirty = true;
+      this.dirty++;
+    }
+    this.touch(e);
+  }
+
+  /** Sets a live entry's value (undefined: absent), marking it dirty and most recently used. */
+  setValue(e: Entry, v: unknown): void {
+    if (e.pending !== null) settle(e);
+    const size = liveEntrySize(e.hk, v);
+    this.usedBytes += size - e.size;
+    e.size = size;
+    e.value = v;
+    e.stamp = ++this.stamps;
     if (!e.dirty) {
       e.dirty = true;
       this.dirty++;

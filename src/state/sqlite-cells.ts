@@ -1,5 +1,6 @@
 // The SQLite backend's storage cells: what the state objects of keyed-backend.ts call for the current key.
-// Values are kept serialized in the object cache; a cell (de)serializes at its boundary.
+// Value cells (value, reducing and aggregating states) keep live values in the object cache: nothing is
+// serialized on their hot path. List and map cells keep serialized bytes and (de)serialize at their boundary.
 import type { ListCell, MapCell, ValueCell } from "./keyed-backend.ts";
 import { concat, decode, decodeMany, encode, encodeMany } from "./serde.ts";
 import type { Entry, SqlTable } from "./sqlite-cache.ts";
@@ -9,6 +10,7 @@ export interface SqlCellStore {
   maybeEvict(): void;
   valueEntry(t: SqlTable): Entry;
   writeValue(t: SqlTable, bytes: Uint8Array | null): void;
+  writeLive(t: SqlTable, v: unknown): void;
   setBytes(e: Entry, bytes: Uint8Array | null): void;
   mapEntry(t: SqlTable, uk: unknown): Entry | undefined;
   writeMapEntry(t: SqlTable, uk: unknown, bytes: Uint8Array | null): void;
@@ -20,16 +22,15 @@ export interface SqlCellStore {
 export class SqlValueCell implements ValueCell {
   constructor(private readonly b: SqlCellStore, private readonly t: SqlTable) {}
   get(): unknown {
-    const e = this.b.valueEntry(this.t);
-    const v = e.bytes === null ? undefined : decode(e.bytes);
+    const v = this.b.valueEntry(this.t).value;
     this.b.maybeEvict();
     return v;
   }
   put(s: unknown): void {
-    this.b.writeValue(this.t, encode(s));
+    this.b.writeLive(this.t, s);
   }
   remove(): void {
-    this.b.writeValue(this.t, null);
+    this.b.writeLive(this.t, undefined);
   }
 }
 

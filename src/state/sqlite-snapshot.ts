@@ -1,8 +1,9 @@
 // Snapshots and restore of the SQLite backend.
 //
 // Snapshot: the synchronous part opens a read transaction on a second connection, which pins the database as it
-// is now (WAL readers do not block the writer), and collects the dirty cache entries (references only: their
-// byte arrays are replaced, never modified). The asynchronous part reads the key groups from that view, overlays
+// is now (WAL readers do not block the writer), and collects the dirty cache entries (references only: byte
+// arrays are replaced, never modified; a live value is serialized on its first access after the snapshot began,
+// or when the snapshot reaches its key group, whichever comes first). The asynchronous part reads the key groups from that view, overlays
 // the collected entries and writes the file while processing continues; then the collected entries are written
 // back in batches.
 //
@@ -18,7 +19,7 @@
 import { StateFileError } from "./api.ts";
 import { unexpiredBytes } from "./keyed-backend.ts";
 import { ByteWriter, keyBytesOfHeapKey } from "./serde.ts";
-import type { Entry } from "./sqlite-cache.ts";
+import { settle, type Captured, type Entry } from "./sqlite-cache.ts";
 import type { SqliteKeyedStateBackend } from "./sqlite-backend.ts";
 import { openSqliteDriverSync, type SqlValue } from "./sqlite-driver.ts";
 import {
@@ -82,10 +83,15 @@ export class CheckpointChain {
   }
 }
 
-interface Overlay {
+interface Overlay extends Captured {
   s: number;
   e: Entry;
-  bytes: Uint8Array | null;
+}
+
+/** An overlay entry's bytes as of the snapshot: a live entry not touched since is serialized now. */
+function captured(o: Overlay): Uint8Array | null {
+  if (o.bytes === undefined && o.e.pending === o) settle(o.e);
+  return o.bytes!;
 }
 
 export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, opts: SnapshotOptions): Promise<KeyedSnapshotHandle> {
@@ -109,11 +115,18 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     const now = b.clock();
     const overlay = new Map<number, Overlay[]>();
     const candidates = b.cache.collectDirty(false);
-    const captured = candidates.map((e) => e.bytes);
+    const stamps = candidates.map((e) => e.stamp);
     for (const e of candidates) {
       let list = overlay.get(e.kg);
       if (list === undefined) overlay.set(e.kg, (list = []));
-      list.push({ s: index.get(e.t.id)!, e, bytes: e.bytes });
+      // Bytes are never changed in place, only replaced: the reference is the copy. A live value is serialized
+      // later, when this snapshot reaches it or before anyone gets or replaces it, whichever comes first.
+      const o: Overlay = { s: index.get(e.t.id)!, e, bytes: e.t.live ? undefined : e.bytes };
+      if (e.t.live) {
+        if (e.pending !== null) settle(e); // an earlier snapshot still waiting on it gets its copy first
+        e.pending = o;
+      }
+      list.push(o);
     }
 
     // Asynchronous part.
@@ -151,7 +164,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
       entries = 0;
       // Rows come in primary-key order; merge the dirty entries (sorted the same way) into them.
       const d = (dirty ?? [])
-        .map((o) => ({ id: o.e.t.id, s: o.s, k: keyBytesOfHeapKey(o.e.hk), uk: o.e.node === null ? EMPTY : keyBytesOfHeapKey(o.e.uhk), bytes: o.bytes }))
+        .map((o) => ({ id: o.e.t.id, s: o.s, k: keyBytesOfHeapKey(o.e.hk), uk: o.e.node === null ? EMPTY : keyBytesOfHeapKey(o.e.uhk), bytes: captured(o) }))
         .sort((x, y) => x.id - y.id || compareBytes(x.k, y.k) || compareBytes(x.uk, y.uk));
       let j = 0;
       for (const r of rows) {
@@ -194,7 +207,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     }
     if (chainable && opts.checkpointId !== undefined) b.chain.add(opts.checkpointId, { epoch, handle });
     // Write-behind: the entries that were dirty at the snapshot go to the database now, in batches.
-    await flushEntries(b, candidates, captured, epoch);
+    await flushEntries(b, candidates, stamps, epoch);
     return handle;
   } catch (e) {
     await writer?.abort();
@@ -212,7 +225,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
 /** Writes those of `entries` that are still cached and dirty, in batches, yielding in between. An entry still
  *  holding the bytes the snapshot took is recorded as changed in the snapshot's epoch (the snapshot has it, so the
  *  next change set need not); one changed since is recorded in the current epoch. */
-async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[], captured: (Uint8Array | null)[], epoch: number): Promise<void> {
+async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[], stamps: number[], epoch: number): Promise<void> {
   for (let i = 0; i < entries.length && !b.isClosed; i += FLUSH_BATCH) {
     const same: Entry[] = [];
     const changed: Entry[] = [];
@@ -220,7 +233,7 @@ async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[], captur
       const e = entries[j]!;
       if (e.dirty) {
         b.cache.markClean(e);
-        (e.bytes === captured[j] ? same : changed).push(e);
+        (e.stamp === stamps[j] ? same : changed).push(e);
       }
     }
     if (same.length > 0) b.writeEntries(same, epoch);

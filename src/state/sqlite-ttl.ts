@@ -1,7 +1,7 @@
 // Incremental TTL cleanup for the SQLite backend: each step looks at up to N cached entries of TTL states (the
 // cache is the authority for its rows) and up to N database rows that are not cached, continuing where the last
 // step stopped, and removes or trims what expired. Removals are changes like any other (write-back, change log).
-import { unexpiredBytes } from "./keyed-backend.ts";
+import { unexpiredBytes, unexpiredStored } from "./keyed-backend.ts";
 import { decodeMany, heapKeyOfBytes } from "./serde.ts";
 import { MapNode, type Entry, type SqlTable } from "./sqlite-cache.ts";
 import type { SqliteKeyedStateBackend } from "./sqlite-backend.ts";
@@ -41,6 +41,15 @@ export class SqliteTtlCleaner {
     let slots = 0;
     const check = (e: Entry, t: SqlTable) => {
       visited++;
+      if (t.live) {
+        // A live value: [value, lastAccessTs], never a list.
+        if (e.value === undefined) return;
+        const kept = unexpiredStored(t.meta.kind, t.meta.ttlMs!, e.value, now);
+        if (kept === e.value) return;
+        removed++;
+        this.b.cache.setValue(e, kept);
+        return;
+      }
       if (e.bytes === null) return;
       const kept = unexpiredBytes(t.meta.kind, t.meta.ttlMs!, e.bytes, now);
       if (kept === e.bytes) return;
