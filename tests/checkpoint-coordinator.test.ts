@@ -6,7 +6,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { JobGraph } from "../src/graph/job-graph.ts";
 import { CheckpointCoordinator, type CoordinatorHost } from "../src/jobmanager/checkpoint-coordinator.ts";
-import { CheckpointStore, METADATA_FILE, readMetadata } from "../src/jobmanager/checkpoint-store.ts";
+import { CheckpointStore, METADATA_FILE, readMetadata, type CheckpointMetadata } from "../src/jobmanager/checkpoint-store.ts";
+import { checkRestoreFits } from "../src/jobmanager/job-master.ts";
 import type { TaskDeployment, TaskSnapshot } from "../src/rpc/messages.ts";
 import { removeTempDirs, tempDir, waitFor } from "./helpers.ts";
 
@@ -223,5 +224,52 @@ describe("CheckpointStore metadata", () => {
     expect(() => readMetadata(f)).toThrow(`checkpoint metadata ${f} has format version 1, which stored state per operator chain (before operator ids); this build restores format version 2 only`);
     expect(store.latest()!.meta.checkpointId).toBe(1);
     expect(() => readMetadata(path.join(store.jobDir, "missing"))).toThrow(/cannot read checkpoint metadata .*missing.*ENOENT/);
+  });
+});
+
+describe("restoring unaligned checkpoints with broadcast edges", () => {
+  // A source broadcasting into "Rules" (parallelism 2 in the checkpoint), whose subtask 0 had records in flight.
+  const graph = (rulesParallelism: number): JobGraph => ({
+    name: "bc",
+    vertices: [
+      { id: 0, name: "Source", operatorIds: [0], parallelism: 1, isSource: true },
+      { id: 1, name: "Rules", operatorIds: [1], parallelism: rulesParallelism, isSource: false },
+    ],
+    edges: [{ id: 0, source: 0, target: 1, partitioner: "broadcast" }],
+    maxParallelism: 128,
+    runtimeMode: "streaming",
+    bufferTimeoutMs: 10,
+    planFingerprint: "x",
+    stateBackend: null,
+  });
+  const meta = (withChannelState: boolean) => ({
+    meta: {
+      magic: "tm-checkpoint",
+      version: 2,
+      jobId: "j",
+      jobName: "bc",
+      checkpointId: 3,
+      timestamp: 0,
+      savepoint: false,
+      attempt: 0,
+      maxParallelism: 128,
+      vertices: [
+        { id: 0, name: "Source", parallelism: 1, operatorIds: ["node-0"] },
+        { id: 1, name: "Rules", parallelism: 2, operatorIds: ["node-1"], subtasks: [withChannelState ? { channel: { type: "channel", file: "f", sizeBytes: 10, records: 2, subtaskIndex: 0 } } : null, null] },
+      ],
+      operators: [],
+    } as unknown as CheckpointMetadata,
+    path: "/ckpt/chk-3",
+  });
+
+  test("at another parallelism of the broadcast consumer: refused naming the edge, the parallelism and the way out", () => {
+    expect(() => checkRestoreFits(meta(true), graph(3), false)).toThrow(
+      'cannot restore /ckpt/chk-3 at this parallelism: it is an unaligned checkpoint with records in flight on the broadcast edge into "Rules", which ran at parallelism 2 and would now run at 3; restore it at parallelism 2, or take a savepoint (always aligned) and rescale from that',
+    );
+  });
+
+  test("at the same parallelism, or without records in flight, it restores", () => {
+    expect(checkRestoreFits(meta(true), graph(2), false)).toEqual([]);
+    expect(checkRestoreFits(meta(false), graph(3), false)).toEqual([]);
   });
 });

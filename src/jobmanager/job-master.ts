@@ -789,5 +789,28 @@ export function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, 
         `Give the operators their old uids, or start with --allowNonRestoredState (-n) to drop that state`,
     );
   }
+  checkBroadcastChannelState(r, g);
   return unclaimed;
+}
+
+/**
+ * In-flight records of a broadcast edge (an unaligned checkpoint's channel state) go to each consumer once only if
+ * the consumer vertex keeps its parallelism: its old consumer c's records then go to the new subtask c. At another
+ * parallelism they would be split as on any other edge (old c to new c mod p), so a new subtask beyond the old count
+ * would miss them and a smaller vertex would get some twice. Refused, naming the way out, rather than run inexactly.
+ */
+function checkBroadcastChannelState(r: { meta: CheckpointMetadata; path: string }, g: JobGraph): void {
+  const oldVertexOf = (v: JobGraph["vertices"][number]) => r.meta.vertices.find((o) => o.operatorIds[0] === operatorsOf(v)[0]?.id);
+  const hasChannelState = (v: JobGraph["vertices"][number]) => (oldVertexOf(v)?.subtasks ?? []).some((s) => s?.channel);
+  for (const e of g.edges) {
+    if (e.partitioner !== "broadcast") continue;
+    const [producer, consumer] = [g.vertices[e.source]!, g.vertices[e.target]!];
+    const old = oldVertexOf(consumer);
+    if (!old || old.parallelism === consumer.parallelism || !(hasChannelState(producer) || hasChannelState(consumer))) continue;
+    throw new Error(
+      `cannot restore ${r.path} at this parallelism: it is an unaligned checkpoint with records in flight on the broadcast edge into "${consumer.name}", ` +
+        `which ran at parallelism ${old.parallelism} and would now run at ${consumer.parallelism}; restore it at parallelism ${old.parallelism}, ` +
+        `or take a savepoint (always aligned) and rescale from that`,
+    );
+  }
 }
