@@ -78,7 +78,7 @@ export class StreamExecutionEnvironment {
     return this;
   }
 
-  /** Longest time a partly filled network buffer waits before it is sent (0 = send once the input batch or source chunk that produced it is done). */
+  /** Longest time a partly filled network buffer waits before it is sent (0 = send after every record). */
   setBufferTimeout(ms: number): this {
     if (!Number.isFinite(ms) || ms < 0) throw new Error(`setBufferTimeout: expected a number of milliseconds >= 0, got ${ms}`);
     this.settings.bufferTimeoutMs = ms;

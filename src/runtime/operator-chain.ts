@@ -84,10 +84,7 @@ export class OperatorChain {
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(network.outputBuffers[i]!, network.segmentSize, network.maxOverdraft);
-      // Buffer timeout 0 does not finish a buffer per record here: the task flushes its writers after every input
-      // batch or source chunk instead (StreamTask.afterBatch), which sends each record as soon as the synchronous
-      // work that produced it is done, without a buffer and a consumer wake-up per record (17x the cost at 2 M records).
-      const writer = new RecordWriter(ids, partitioner, pool, false, channelShare(pool.size, ids.length, network.maxBuffersPerChannel));
+      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, channelShare(pool.size, ids.length, network.maxBuffersPerChannel));
       for (const id of ids) this.writerOf.set(id, writer);
       return writer;
     });

@@ -835,8 +835,6 @@ export class StreamTask {
 
   /** Pauses while an output has no free buffer, and lets buffers, recycles and timers in. */
   private async afterBatch(): Promise<void> {
-    // Buffer timeout 0: what this batch produced goes out now (see OperatorChain's writers).
-    if (this.d.bufferTimeoutMs === 0) this.flushWriters();
     this.publishCounters();
     for (const op of this.operators) {
       const ready = op.waitReady?.();
@@ -858,8 +856,6 @@ export class StreamTask {
 
   private flushOperators(): void {
     for (const op of this.operators) op.flush?.();
-    // Output made outside the task loop (timers, async results) does not wait for the next batch either.
-    if (this.d.bufferTimeoutMs === 0) this.flushWriters();
   }
 
   private flushWriters(): void {
