@@ -39,7 +39,7 @@ export class AsyncWaitOperator implements Operator {
   private readonly retry: AsyncRetryStrategy;
   private state: ListState<[number | null, unknown]> | null = null;
   private readyWaiter: { resolve: () => void; reject: (e: unknown) => void; promise: Promise<void> } | null = null;
-  private drainedWaiter: (() => void) | null = null;
+  private drainedWaiter: { resolve: () => void; reject: (e: unknown) => void } | null = null;
   private failed: unknown = null;
   private disposed = false;
 
@@ -203,7 +203,7 @@ export class AsyncWaitOperator implements Operator {
     if (this.drainedWaiter && this.queue.length === 0) {
       const d = this.drainedWaiter;
       this.drainedWaiter = null;
-      d();
+      d.resolve();
     }
   }
 
@@ -213,6 +213,10 @@ export class AsyncWaitOperator implements Operator {
     if (this.readyWaiter) {
       this.readyWaiter.reject(err);
       this.readyWaiter = null;
+    }
+    if (this.drainedWaiter) {
+      this.drainedWaiter.reject(err);
+      this.drainedWaiter = null;
     }
     this.ctx.fail?.(err);
   }
@@ -226,16 +230,9 @@ export class AsyncWaitOperator implements Operator {
 
   /** End of input: every request completes (or fails the task) and its results go out before the task ends. */
   async endInput(): Promise<void> {
-    if (this.queue.length > 0) {
-      await new Promise<void>((resolve, reject) => {
-        this.drainedWaiter = resolve;
-        const check = setInterval(() => {
-          if (this.failed !== null) {
-            clearInterval(check);
-            reject(this.failed);
-          } else if (this.queue.length === 0) clearInterval(check);
-        }, 50);
-      });
+    if (this.failed === null && this.queue.length > 0) {
+      // Settled by signal() once the queue is empty, or by fail().
+      await new Promise<void>((resolve, reject) => (this.drainedWaiter = { resolve, reject }));
     }
     if (this.failed !== null) throw this.failed;
     const fn = this.node.fn;
