@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { Unpackr } from "msgpackr";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { createPartitioner, type Partitioner } from "../src/network/partitioners.ts";
-import { RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
+import { COALESCE_BYTES, RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
 import { CHUNK_RECORDS, RecordDeserializer } from "../src/network/serialization.ts";
 import { assignKeyToOperator } from "../src/state/key-groups.ts";
 
@@ -277,6 +277,43 @@ describe("RecordWriter: buffers and flush", () => {
         return out;
       }),
     ).toEqual(range(5).map((i) => [rec(i)]));
+  });
+
+  test("flushEveryRecord with the consumer busy on the last buffer: records share a buffer, handed over at the end of the batch, at COALESCE_BYTES, or when the consumer is done", async () => {
+    const { w, sender } = setup(["c"], () => 0, { flushEveryRecord: true, segmentSize: 4096 });
+    let busy = true;
+    (sender as BufferSender).consumerBusy = () => busy;
+    // One decoder for the channel's stream, buffer by buffer in order (a record shape is described once per stream).
+    const d = new RecordDeserializer();
+    const decoded: unknown[][] = [];
+    const decode = (b: { bytes: Uint8Array }) => {
+      const at = sender.buffers().indexOf(b as never);
+      while (decoded.length <= at) {
+        const out: unknown[] = [];
+        d.read(sender.buffers()[decoded.length]!.bytes, out);
+        decoded.push(out);
+      }
+      return decoded[at];
+    };
+    for (let i = 0; i < 5; i++) w.emit(rec(i));
+    expect(sender.buffers().length).toBe(0); // held while the consumer cannot read them anyway
+    await Promise.resolve(); // the end of the batch (a microtask)
+    expect(sender.buffers().map(decode)).toEqual([range(5).map(rec)]);
+    // A long batch: a buffer goes as soon as it holds COALESCE_BYTES, not later.
+    let i = 5;
+    while (sender.buffers().length === 1) w.emit(rec(i++));
+    const second = sender.buffers()[1]!;
+    expect(second.size).toBeGreaterThanOrEqual(COALESCE_BYTES);
+    expect(second.size).toBeLessThan(COALESCE_BYTES + 64); // one record more at most
+    expect(decode(second)).toEqual(range(i - 5, 5).map(rec));
+    // The consumer done: the next record goes at once, with the ones held before it.
+    w.emit(rec(i++));
+    busy = false;
+    w.emit(rec(i++));
+    expect(sender.buffers().length).toBe(3);
+    expect(decode(sender.buffers()[2]!)).toEqual([rec(i - 2), rec(i - 1)]);
+    await Promise.resolve();
+    expect(sender.buffers().length).toBe(3); // nothing was left held
   });
 
   test("flushEveryRecord: a record that waited for a buffer is sent as soon as buffers come back, without flush()", async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { ChannelEvent } from "../src/network/record-writer.ts";
-import { createRing, RingReader, RingWriter, SLOT_HEADER_BYTES, type RingItem } from "../src/network/shared-ring.ts";
+import { createRing, RingReader, ringWakeUps, RingWriter, SLOT_HEADER_BYTES, type RingItem } from "../src/network/shared-ring.ts";
 import { checksumStep, eventsAfter, payloadFor, type ConsumerReport, type ProducerReport, type RingJob } from "./fixtures/shared-ring-worker.ts";
 
 const WORKER = new URL("./fixtures/shared-ring-worker.ts", import.meta.url).href;
@@ -261,6 +261,43 @@ describe("shared ring, waiting", () => {
     r.release();
     await within(p, 1000, "whenFree after a release");
     expect(w.free).toBe(1);
+  });
+
+  test("a side wakes the other only for a pending wait: pushes and releases with nobody waiting notify no one", async () => {
+    const { w, r } = ring(4, 4);
+    const before = ringWakeUps.count;
+    w.tryPush(bytes(1));
+    r.take();
+    r.release();
+    expect(ringWakeUps.count).toBe(before);
+    const p = r.whenPublished(); // nothing untaken: it waits
+    w.tryPush(bytes(2));
+    expect(ringWakeUps.count).toBe(before + 1);
+    await within(p, 1000, "whenPublished after a push");
+    w.tryPush(bytes(3)); // the wait is over
+    expect(ringWakeUps.count).toBe(before + 1);
+    expect(buffer(r.take())).toEqual(bytes(2));
+  });
+
+  test("a writer that finds the ring full is woken once, when half of the ring is free", async () => {
+    const { w, r } = ring(4, 4);
+    for (let i = 0; i < 4; i++) expect(w.tryPush(bytes(i + 1))).toBe(true);
+    const before = ringWakeUps.count;
+    const p = w.whenFree();
+    const s = tracked(p);
+    r.take();
+    r.release();
+    await sleep(30);
+    expect(s.done).toBe(false);
+    expect(ringWakeUps.count).toBe(before);
+    r.take();
+    r.release();
+    await within(p, 1000, "whenFree after half the ring was released");
+    expect(ringWakeUps.count).toBe(before + 1);
+    r.take();
+    r.release();
+    expect(ringWakeUps.count).toBe(before + 1);
+    expect(w.free).toBe(3);
   });
 
   test("a waiter started before several changes still resolves, and later waiters too", async () => {

@@ -21,6 +21,7 @@ const COUNTERS: [CoreMetric, string, string][] = [
   ["bytesOut", "tm_task_bytes_out_total", "Bytes the task sent over the network stack."],
   ["buffersIn", "tm_task_buffers_in_total", "Network buffers the task received."],
   ["buffersOut", "tm_task_buffers_out_total", "Network buffers the task sent."],
+  ["wakeUps", "tm_task_wake_ups_total", "Times the task's channel ends woke a waiting thread (a peer task, or the main thread for a remote channel); at most one per buffer in or out."],
 ];
 
 // Flink's xTimeMsPerSecond in base units: the fraction of the time (0..1), the value divided by `divisor`.

@@ -246,8 +246,21 @@ export class InputGate {
     if (event.type === "barrier") this.onBarrierArrived?.(channel, event);
   }
 
+  /** Where arrivals come from (the channels' ring receivers): drained on every poll, waited on by waitNext. */
+  private readonly sources: { poll(): void; armWake(): void }[] = [];
+
+  addSource(source: { poll(): void; armWake(): void }): void {
+    this.sources.push(source);
+  }
+
+  private pollSources(): void {
+    const s = this.sources;
+    for (let i = 0; i < s.length; i++) s[i]!.poll();
+  }
+
   /** The next item, or null when nothing has arrived. */
   poll(): GateItem | null {
+    this.pollSources();
     let a: Arrival;
     for (;;) {
       if (this.head === this.queue.length) return null;
@@ -330,6 +343,9 @@ export class InputGate {
   /** Resolves when something arrives. */
   waitNext(): Promise<void> {
     if (this.head < this.queue.length) return Promise.resolve();
+    this.pollSources();
+    if (this.head < this.queue.length) return Promise.resolve();
+    for (const s of this.sources) s.armWake();
     return new Promise((resolve) => (this.wake = resolve));
   }
 

@@ -8,7 +8,8 @@
 //   header, 32 bytes: [0] published count (written by the writer only), [1] released count (reader only),
 //                     [2] slots, [3] slotBytes, [4] magic, [5] buffer size announced by the consumer (buffer
 //                     debloating, FLIP-183; 0 = none, written by the consumer's side, read by the producer's),
-//                     [6..7] reserved (0)
+//                     [6] waits on [0] pending (the reader's), [7] 1 + the released count at which to wake the
+//                     waiting writer (0: none waits)
 //   slot i at 32 + i * stride, stride = 8 + slotBytes rounded up to 8:
 //                     [0] kind (1 buffer, 2 event), [1] payload length (1..slotBytes), then the payload.
 // An event is msgpack-encoded (msgpackr's pack) into one slot: a barrier takes about 60 bytes plus its dir
@@ -19,7 +20,13 @@
 // plain writes to the slot (seq-cst), and the other side reads it with Atomics.load before touching the slot.
 //
 // Waiting is Atomics.waitAsync on the other side's counter with the value just checked, so a notify between
-// the check and the wait is not missed, and the Worker's event loop keeps running. A pending wait does not
+// the check and the wait is not missed, and the Worker's event loop keeps running. A side notifies only when the
+// other has a wait pending (its count in [6] or [7]): Atomics.notify costs a few microseconds even with nobody
+// waiting, which with a buffer per record (buffer timeout 0) was most of both threads' time. No wake-up is lost:
+// the waiter raises its count before it reads the counter, the other side stores the counter before it reads the
+// count (all sequentially consistent), so one of them sees the other's write. A writer that finds the ring full
+// waits for half of it to be free (it is back-pressured, and the reader has that much to read meanwhile): the reader
+// wakes it once per half ring, not once per slot, and the writer then fills several slots in one go. A pending wait does not
 // keep a Worker (or process) alive in Bun or Deno; if the other side goes away, the promise simply never
 // settles: the owner must race it with its own cancellation (the task's Worker is terminated anyway).
 import { pack, unpack } from "msgpackr";
@@ -33,12 +40,19 @@ const SLOT_BYTES = 3;
 const MAGIC = 4;
 const MAGIC_VALUE = 0x52494e47; // "RING"
 const BUFFER_SIZE = 5;
+/** Waits pending on PUBLISHED (the reader's side). */
+const PUBLISHED_WAITERS = 6;
+/** 1 + the RELEASED value at which the reader wakes the writer; 0 while the writer does not wait. */
+const WAKE_WRITER_AT = 7;
 const HEADER_BYTES = 32;
 /** Bytes of each slot's own header (kind, length) in front of its payload. */
 export const SLOT_HEADER_BYTES = 8;
 const KIND_BUFFER = 1;
 const KIND_EVENT = 2;
 const MAX_SLOTS = 1 << 20;
+
+/** Wake-ups of the other side (Atomics.notify of a pending wait) by the ring ends of this thread: a task's metric. */
+export const ringWakeUps = { count: 0 };
 
 const stride = (slotBytes: number) => SLOT_HEADER_BYTES + Math.ceil(slotBytes / 8) * 8;
 
@@ -112,9 +126,9 @@ class RingEnd {
     return HEADER_BYTES + (c % this.slots) * this.stride;
   }
 
-  /** Waits until the counter at index i is no longer `seen` (at once if it already isn't), or timeoutMs passed. */
-  protected async changed(i: number, seen: number, timeoutMs?: number): Promise<void> {
-    const w = Atomics.waitAsync(this.h, i, seen, timeoutMs);
+  /** Waits until `counter` is not `seen` (its other side then notifies), or timeoutMs passed. */
+  protected async sleep(counter: number, seen: number, timeoutMs?: number): Promise<void> {
+    const w = Atomics.waitAsync(this.h, counter, seen, timeoutMs);
     if (w.async) await w.value;
   }
 }
@@ -161,15 +175,25 @@ export class RingWriter extends RingEnd {
   }
 
   /**
-   * Resolves when at least one slot is free (at once if one is). With timeoutMs it may also resolve after that
-   * long with the ring still full (the caller checks again): a wait that never ends would keep the ring alive.
+   * Resolves at once if a slot is free; else when half the ring is free (at least one slot). With timeoutMs it may
+   * also resolve after that long with the ring still full (the caller checks again): a wait that never ends would
+   * keep the ring alive. One wait at a time per writer.
    */
   async whenFree(timeoutMs?: number): Promise<void> {
-    for (;;) {
-      const rel = Atomics.load(this.h, RELEASED);
-      if (this.dist(this.pub, rel) < this.slots) return;
-      await this.changed(RELEASED, rel, timeoutMs);
-      if (timeoutMs !== undefined) return;
+    const from = Atomics.load(this.h, RELEASED);
+    if (this.dist(this.pub, from) < this.slots) return;
+    const want = Math.ceil(this.slots / 2);
+    Atomics.store(this.h, WAKE_WRITER_AT, ((from + want) % this.mod) + 1);
+    try {
+      for (;;) {
+        // Read after the wake-up point was stored: a release that reached it before is seen here.
+        const rel = Atomics.load(this.h, RELEASED);
+        if (this.dist(rel, from) >= want) return;
+        await this.sleep(RELEASED, rel, timeoutMs);
+        if (timeoutMs !== undefined) return;
+      }
+    } finally {
+      Atomics.store(this.h, WAKE_WRITER_AT, 0);
     }
   }
 
@@ -178,7 +202,10 @@ export class RingWriter extends RingEnd {
     this.h[(off >> 2) + 1] = length;
     this.pub = this.next(this.pub);
     Atomics.store(this.h, PUBLISHED, this.pub); // orders the slot writes above before the count
-    Atomics.notify(this.h, PUBLISHED);
+    if (Atomics.load(this.h, PUBLISHED_WAITERS) > 0) {
+      Atomics.notify(this.h, PUBLISHED);
+      ringWakeUps.count++;
+    }
   }
 }
 
@@ -218,7 +245,10 @@ export class RingReader extends RingEnd {
     this.taken--;
     this.rel = this.next(this.rel);
     Atomics.store(this.h, RELEASED, this.rel); // after this the writer may overwrite the slot
-    Atomics.notify(this.h, RELEASED);
+    if (Atomics.load(this.h, WAKE_WRITER_AT) === this.rel + 1) {
+      Atomics.notify(this.h, RELEASED);
+      ringWakeUps.count++;
+    }
   }
 
   /** Items taken and not released yet. */
@@ -236,11 +266,18 @@ export class RingReader extends RingEnd {
    * timeoutMs it may also resolve after that long with nothing new (the caller checks again).
    */
   async whenPublished(timeoutMs?: number): Promise<void> {
-    for (;;) {
-      const pub = Atomics.load(this.h, PUBLISHED);
-      if (this.dist(pub, this.rel) > this.taken) return;
-      await this.changed(PUBLISHED, pub, timeoutMs);
-      if (timeoutMs !== undefined) return;
+    if (this.dist(Atomics.load(this.h, PUBLISHED), this.rel) > this.taken) return;
+    Atomics.add(this.h, PUBLISHED_WAITERS, 1);
+    try {
+      for (;;) {
+        // Read after the count was raised: a publish before it is seen here, one after it notifies.
+        const pub = Atomics.load(this.h, PUBLISHED);
+        if (this.dist(pub, this.rel) > this.taken) return;
+        await this.sleep(PUBLISHED, pub, timeoutMs);
+        if (timeoutMs !== undefined) return;
+      }
+    } finally {
+      Atomics.sub(this.h, PUBLISHED_WAITERS, 1);
     }
   }
 }

@@ -175,6 +175,8 @@ export interface TaskMetrics {
   bytesOut: number;
   buffersIn: number;
   buffersOut: number;
+  /** Times this task's ends of its channels woke a waiting thread (the peer Worker, or the main thread of a remote channel). */
+  wakeUps: number;
   /** Fraction of the output pools' buffers in use (0..1), and of input buffers queued in the task. */
   outPoolUsage: number;
   inPoolUsage: number;
@@ -235,7 +237,7 @@ export interface DisconnectTaskManager {
   reason: string;
 }
 export function emptyMetrics(): TaskMetrics {
-  return { recordsIn: 0, recordsOut: 0, bytesIn: 0, bytesOut: 0, buffersIn: 0, buffersOut: 0, outPoolUsage: 0, inPoolUsage: 0, busyTimeMsPerSecond: 0, backPressuredTimeMsPerSecond: 0, idleTimeMsPerSecond: 0 };
+  return { recordsIn: 0, recordsOut: 0, bytesIn: 0, bytesOut: 0, buffersIn: 0, buffersOut: 0, wakeUps: 0, outPoolUsage: 0, inPoolUsage: 0, busyTimeMsPerSecond: 0, backPressuredTimeMsPerSecond: 0, idleTimeMsPerSecond: 0 };
 }
 export interface FetchArtifact {
   hash: string;

@@ -34,6 +34,7 @@ const TASK_METRICS = obj({
   bytesOut: metric,
   buffersIn: metric,
   buffersOut: metric,
+  wakeUps: metric,
   outPoolUsage: metric,
   inPoolUsage: metric,
   busyTimeMsPerSecond: metric,

@@ -22,6 +22,8 @@ interface DenoGlobal {
   execPath(): string;
 }
 
+import { writeFileSync } from "node:fs";
+
 const g = globalThis as { Bun?: BunGlobal; Deno?: DenoGlobal; gc?: () => void };
 
 /** Bun's global, or undefined under any other runtime. */
@@ -77,6 +79,19 @@ export async function workerHeapReader(): Promise<(() => number) | null> {
   if (bun === undefined) return null;
   const jsc = await import("bun:jsc");
   return () => jsc.heapSize();
+}
+
+/**
+ * A developer's CPU profile of one task Worker (Bun only; `TASK_PROFILE_DIR`, docs/benchmarks.md): starts
+ * JavaScriptCore's sampling profiler in this Worker and returns a function that writes its stack traces as JSON into
+ * `dir`. Null under Deno. Not under TM_: a Worker's environment has no TM_* variables.
+ */
+export async function startWorkerProfile(dir: string, name: string): Promise<(() => void) | null> {
+  if (bun === undefined) return null;
+  // samplingProfilerStackTraces is in bun:jsc but not in its type declarations.
+  const jsc = (await import("bun:jsc")) as unknown as { startSamplingProfiler(): void; samplingProfilerStackTraces(): unknown };
+  jsc.startSamplingProfiler();
+  return () => writeFileSync(`${dir}/${name.replace(/[^\w.-]+/g, "_")}-${Date.now()}.json`, JSON.stringify(jsc.samplingProfilerStackTraces()));
 }
 
 /**

@@ -12,7 +12,7 @@ import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { InputGate } from "../network/input-gate.ts";
 import { receiveFromRing, RingSender, type RingReceiver } from "../network/channel-ends.ts";
-import { announceBufferSize, ringSlots } from "../network/shared-ring.ts";
+import { announceBufferSize, ringSlots, ringWakeUps } from "../network/shared-ring.ts";
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
@@ -893,6 +893,7 @@ export class StreamTask {
       bytesOut: this.writers.reduce((a, w) => a + w.bytesOut, 0),
       buffersIn: this.gate.buffersIn,
       buffersOut: this.writers.reduce((a, w) => a + w.buffersOut, 0),
+      wakeUps: ringWakeUps.count,
       outPoolUsage: ratio(this.writers.reduce((a, w) => a + w.pool.inUse, 0), this.writers.reduce((a, w) => a + w.pool.size, 0)),
       inPoolUsage: ratio(this.gate.queuedBuffers, this.d.inputs.reduce((a, i) => a + i.producers.length, 0) * 2),
       busyTimeMsPerSecond: per(this.time.busy, this.lastReport.busy),

@@ -1,6 +1,6 @@
 // Entry point of a task's Worker (an extra entrypoint of the compiled binary: see scripts/build).
 import { readFileSync } from "node:fs";
-import { forceGc, spawnWithWorkerEnvironment, workerHeapReader } from "../runtime-env/index.ts";
+import { forceGc, spawnWithWorkerEnvironment, startWorkerProfile, workerHeapReader } from "../runtime-env/index.ts";
 import { StreamTask, errorInfo, taskDisplayName } from "./stream-task.ts";
 import type { FromWorker, ToWorker } from "./worker-protocol.ts";
 
@@ -33,9 +33,12 @@ function handle(msg: ToWorker): void {
 }
 
 async function start(t: StreamTask, artifactPath: string): Promise<void> {
+  const profileDir = process.env.TASK_PROFILE_DIR;
+  const writeProfile = profileDir ? await startWorkerProfile(profileDir, name) : null;
   try {
     await t.init(artifactPath);
     const metrics = await t.run();
+    writeProfile?.();
     post({ type: "finished", metrics });
   } catch (err) {
     t.publishCounters(); // the records up to the failure count (the main thread reads them on "failed")
