@@ -1,7 +1,7 @@
 // StreamGraph -> JobGraph (as Flink's StreamingJobGraphGenerator): resolve virtual nodes into edges with
 // partitioners, then chain operators joined by forward edges into one vertex (one task per subtask).
 import type { JobSettings, NodeDescription } from "./plan.ts";
-import type { JobEdge, JobGraph, JobVertex, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
+import type { EdgeRecordType, JobEdge, JobGraph, JobVertex, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
 import { sha256Hex } from "../util/hash.ts";
 
 export class JobGraphError extends Error {
@@ -56,6 +56,13 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     ins(e.target).length === 1 &&
     parallelism.get(e.source) === parallelism.get(e.target);
 
+  // The declared record type of an edge: its producer's, or for a side output the getSideOutput node's.
+  const recordTypeOf = (e: StreamEdge): { recordType?: EdgeRecordType } => {
+    const target = byId.get(e.target)!;
+    const declaring = target.kind === "sideOutput" ? target : byId.get(e.source)!;
+    return declaring.returns !== undefined ? { recordType: { type: declaring.returns, operator: declaring.name } } : {};
+  };
+
   const operatorIds = operatorIdsOf(nodes);
   const operatorInfo = (id: number): OperatorInfo => {
     const n = byId.get(id)!;
@@ -96,6 +103,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       partitioner: e.partitioner,
       ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
       ...(e.input > 0 ? { input: e.input } : {}),
+      ...recordTypeOf(e),
     }));
 
   return {
