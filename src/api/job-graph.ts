@@ -56,11 +56,23 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     ins(e.target).length === 1 &&
     parallelism.get(e.source) === parallelism.get(e.target);
 
-  // The declared record type of an edge: its producer's, or for a side output the getSideOutput node's.
+  // The declared record type of an edge: its producer's, or for a side output the getSideOutput node's. Operators
+  // that emit their input's type (filter, timestamps, reduce and sum) keep the type declared upstream of them.
+  const declaredBy = (n: NodeDescription): NodeDescription | null => {
+    if (n.returns !== undefined) return n;
+    if ((n.kind === "filter" || n.kind === "assignTimestamps" || n.kind === "reduce") && n.inputs.length === 1) {
+      let input = byId.get(n.inputs[0]!)!;
+      while (input.kind === "keyBy" || (input.kind === "partition" && input.returns === undefined)) input = byId.get(input.inputs[0]!)!;
+      return input.kind === "union" ? null : declaredBy(input);
+    }
+    return null;
+  };
   const recordTypeOf = (e: StreamEdge): { recordType?: EdgeRecordType } => {
     const target = byId.get(e.target)!;
-    const declaring = target.kind === "sideOutput" ? target : byId.get(e.source)!;
-    return declaring.returns !== undefined ? { recordType: { type: declaring.returns, operator: declaring.name } } : {};
+    const producer = target.kind === "sideOutput" ? target : byId.get(e.source)!;
+    const declaring = declaredBy(producer);
+    if (declaring === null) return {};
+    return { recordType: { type: declaring.returns!, operator: producer.name, ...(declaring !== producer ? { declaredBy: declaring.name } : {}) } };
   };
 
   const operatorIds = operatorIdsOf(nodes);

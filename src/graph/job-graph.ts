@@ -53,7 +53,10 @@ export interface JobEdge {
 
 export interface EdgeRecordType {
   type: RecordType;
+  /** The operator that emits the records. */
   operator: string;
+  /** The operator that declared the type, when another one upstream (the producer emits its input's type: filter, reduce). */
+  declaredBy?: string;
 }
 
 export interface JobGraph {

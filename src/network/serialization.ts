@@ -23,7 +23,7 @@ export const TYPED_CHUNK = 0xc1;
 
 export interface SerializerOptions {
   /** The edge's declared record type and the operator that declared it: a record that does not match fails. */
-  declared?: { type: RecordType; operator: string };
+  declared?: { type: RecordType; operator: string; declaredBy?: string };
   /** Records travel as [timestamp, record] (the job has event time); the type is the record's. */
   eventTime?: boolean;
   /** Without a declared type, infer one from the first records (tasks do unless the job turned it off); default false: msgpack only. */
@@ -72,7 +72,7 @@ export class RecordSerializer {
         return bytes;
       }
       if (this.declared) {
-        for (const r of records) if (this.typed(this.layout, [r]) === null) throw mismatchError(this.declared.operator, this.declared.type, r, this.eventTime);
+        for (const r of records) if (this.typed(this.layout, [r]) === null) throw mismatchError(this.declared, r, this.eventTime);
       }
       // An inferred type that keeps missing: the stream changed, infer again.
       if (++this.misfits >= MISFITS_BEFORE_REINFER && this.inferAttempts > 0) this.layout = null;

@@ -377,11 +377,16 @@ export class RecordTypeError extends Error {
  * Why a record does not match a declared type: `operator "Map" declared Types.TUPLE(STRING, INT): field 1 is "x",
  * expected INT`. Field paths are the record's (an event-time record's timestamp wrapper is not shown).
  */
-export function mismatchError(operator: string, type: RecordType, record: unknown, eventTime: boolean): RecordTypeError {
+export function mismatchError(declared: { type: RecordType; operator: string; declaredBy?: string }, record: unknown, eventTime: boolean): RecordTypeError {
+  const { type, operator, declaredBy } = declared;
   let why: string | null;
   if (eventTime && (!Array.isArray(record) || record.length !== 2 || (record[0] !== null && typeof record[0] !== "number"))) why = `its event timestamp is ${show(Array.isArray(record) ? record[0] : record)}`;
   else why = mismatch(type, eventTime ? (record as unknown[])[1] : record, null);
-  return new RecordTypeError(`operator ${JSON.stringify(operator)} declared ${describeRecordType(type)}: ${why ?? "the record does not match"}`);
+  const what =
+    declaredBy === undefined
+      ? `operator ${JSON.stringify(operator)} declared ${describeRecordType(type)}`
+      : `operator ${JSON.stringify(operator)} emits its input's type ${describeRecordType(type)} (declared on ${JSON.stringify(declaredBy)})`;
+  return new RecordTypeError(`${what}: ${why ?? "the record does not match"}`);
 }
 
 function mismatch(t: RecordType, v: unknown, path: string | null): string | null {

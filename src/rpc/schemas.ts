@@ -70,7 +70,7 @@ const CHANNEL_TARGET = { resourceId: str, dataHost: str, dataPort: port };
 const CHANNEL_STATE_HANDLE = obj({ type: v.literal("channel"), file: str, sizeBytes: nonNegInt, records: nonNegInt, subtaskIndex: nonNegInt });
 
 /** An edge's declared record type (DataStream.returns) and the operator that declared it. */
-const EDGE_RECORD_TYPE = obj({ type: v.custom<RecordType>((x) => recordTypeProblem(x) === null, "a record type (Types...)"), operator: str });
+const EDGE_RECORD_TYPE = obj({ type: v.custom<RecordType>((x) => recordTypeProblem(x) === null, "a record type (Types...)"), operator: str, declaredBy: v.optional(str) });
 
 const JOB_GRAPH = obj({
   name: str,
