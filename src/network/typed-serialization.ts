@@ -127,7 +127,13 @@ function readString(src: Uint8Array, dv: DataView, p: number): string {
   const end = start + len;
   if (end > src.length) throw new Error(`corrupt record stream: a string of ${len} bytes runs past its chunk`);
   at.p = end;
-  if (h < 0x80000000 && len > 32) return textDecoder.decode(src.subarray(start, end));
+  if (h < 0x80000000) {
+    if (len > 32) return textDecoder.decode(src.subarray(start, end));
+    let or = 0;
+    for (let i = start; i < end; i++) or |= src[i]!;
+    // Short ASCII (keys, mostly): String.fromCharCode with the bytes as arguments is the cheapest way in.
+    if (or < 0x80) return asciiString(src, start, end);
+  }
   units.length = 0;
   let i = start;
   while (i < end) {
@@ -144,6 +150,31 @@ function readString(src: Uint8Array, dv: DataView, p: number): string {
   let s = "";
   for (let k = 0; k < units.length; k += 4096) s += String.fromCharCode.apply(null, units.slice(k, k + 4096));
   return s;
+}
+
+function asciiString(src: Uint8Array, i: number, end: number): string {
+  switch (end - i) {
+    case 0:
+      return "";
+    case 1:
+      return String.fromCharCode(src[i]!);
+    case 2:
+      return String.fromCharCode(src[i]!, src[i + 1]!);
+    case 3:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!);
+    case 4:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!);
+    case 5:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!);
+    case 6:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!);
+    case 7:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!, src[i + 6]!);
+    default: {
+      const head = String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!, src[i + 6]!, src[i + 7]!);
+      return end - i === 8 ? head : head + asciiString(src, i + 8, end);
+    }
+  }
 }
 
 /** Encodes records from pos on; returns the end, or -1 when a record does not fit the layout. */
