@@ -316,7 +316,21 @@ describe("typed serializers on a cluster", () => {
       };`);
     const status = await runJob(t.client, job, [], 2);
     expect(status.state).toBe("FAILED");
-    expect(status.error!.message).toContain('operator "Map" declared Types.TUPLE(STRING, INT): field 1 is "x", expected INT');
+    expect(status.error!.message).toStartWith('RecordTypeError: operator "Map" declared Types.TUPLE(STRING, INT): field 1 is "x", expected INT');
+    // The bad record in the last, partly filled chunk of a source that then waits: it is serialized by the buffer
+    // time-out's flush, outside the task loop, and fails the task just the same.
+    const late = writeJob(dir, "mismatch-late.ts", `
+      import { NexmarkSource, Types } from ${API};
+      export default (env) => {
+        env.setBufferTimeout(20);
+        // 20 events a second: the source waits between them, and the 5th is not a tuple.
+        env.fromSource(NexmarkSource.events({ events: 200, ratePerSecond: 20, throttle: true })).map((e) => (e.bid?.auction ?? 0) === -1 || seen++ !== 4 ? ["e", seen] : { name: "c" })
+          .returns(Types.TUPLE(Types.STRING, Types.INT)).keyBy((t) => String(t[0])).addSink(() => {});
+      };
+      let seen = 0;`);
+    const lateStatus = await runJob(t.client, late, [], 1);
+    expect(lateStatus.state).toBe("FAILED");
+    expect(lateStatus.error!.message).toStartWith('RecordTypeError: operator "Map" declared Types.TUPLE(STRING, INT): the record is an object, expected TUPLE(STRING, INT)');
   }, 60_000);
 
   test("a keyed job gives the same output with the type declared, inferred and without typed serializers, with and without event time", async () => {
