@@ -151,7 +151,6 @@ export class RecordDeserializer {
   private readonly typed = new TypedChunkReader();
   /** Bytes of a record (or of its length prefix) that began in an earlier buffer. */
   private partial: Uint8Array | null = null;
-
   private partialFill = 0;
   private header = new Uint8Array(4);
   private headerFill = 0;
