@@ -239,7 +239,8 @@ describe("the chunk format", () => {
   test("corrupt typed chunks are errors, not garbage", () => {
     const s = new RecordSerializer({ declared: { type: Types.TUPLE(Types.STRING, Types.INT), operator: "T" } });
     const body = s.serialize([["abc", 1]]).slice();
-    expect(() => new RecordDeserializer().read(frame(body.subarray(0, body.length - 2)), [])).toThrow();
+    expect(() => new RecordDeserializer().read(frame(body.subarray(0, body.length - 2)), [])).toThrow(/corrupt record stream: a typed chunk \(layout \(si\)\) ends in the middle of a record/);
+    expect(() => new RecordDeserializer().read(frame(body.subarray(0, body.length - 5)), [])).toThrow(/corrupt record stream: a string of 3 bytes runs past its chunk/);
     expect(() => new RecordDeserializer().read(frame(new Uint8Array([TYPED_CHUNK, 0, 2, 40, 115])), [])).toThrow(/bad typed layout/);
     expect(() => new RecordDeserializer().read(frame(new Uint8Array([TYPED_CHUNK, 0])), [])).toThrow(/without its layout/);
   });

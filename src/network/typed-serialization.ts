@@ -350,7 +350,13 @@ export class TypedChunkReader {
       c = compileLayout(textDecoder.decode(chunk.subarray(3, 3 + n)), false);
       this.last = c;
     }
-    c.decode(chunk.subarray(3 + n), out);
+    try {
+      c.decode(chunk.subarray(3 + n), out);
+    } catch (e) {
+      // A number read past the chunk's end (DataView's bounds): a truncated or corrupt chunk.
+      if (e instanceof RangeError) throw new Error(`corrupt record stream: a typed chunk (layout ${c.sig.slice(0, 200)}) ends in the middle of a record`);
+      throw e;
+    }
   }
 }
 
