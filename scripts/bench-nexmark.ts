@@ -15,7 +15,8 @@
 // It prints the tables and, with --write, puts them into docs/benchmarks.md under
 // "## Nexmark and pipeline throughput (issue 8)" (replacing that section's generated part).
 // Run: bash scripts/bench [--quick], or only the queries: bun scripts/bench-nexmark.ts [--quick] [--write] [--events N] [--sqlite-events N] [--sum-records N]
-//      [--backends heap,sqlite] [--queries q0,q1,...] [--parts sum,nexmark,latency,start] [--runs 1]
+//      [--backends heap,sqlite] [--queries q0,q1,...] [--parts sum,sum-typed,nexmark,latency,start] [--runs 1]
+//  (a') --parts sum-typed: the keyed sum at p=1 with msgpack, inferred and declared typed network records, alternating.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -79,7 +80,7 @@ setLogLevel("warn");
 
 function jobFile(name: string, body: string): string {
   const file = path.join(dir, name);
-  fs.writeFileSync(file, `import { NexmarkSource } from ${api};\nexport default (env, args) => {\n${body}\n};\n`);
+  fs.writeFileSync(file, `import { NexmarkSource, Types } from ${api};\nexport default (env, args) => {\n${body}\n};\n`);
   return file;
 }
 
@@ -133,6 +134,62 @@ const verdict = (ok: boolean) => (ok ? "met" : "**missed**");
 async function keyedSum(): Promise<void> {
   const N = SUM_RECORDS;
   const file = jobFile("sum.ts", `env.fromSequence(1, Number(args[0])).map((x) => [x % 10000, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+  const { loop, pack } = await sumLoops(N);
+  const cells: Cell[] = [];
+  for (const p of [1, 2]) cells.push(await cell(N, () => runLocal(file, [String(N)], p), `keyed sum p=${p}`));
+  const [c1, c2] = cells as [Cell, Cell];
+  const nsPer = (perCpu: number) => 1e9 / perCpu;
+  const packNs = nsPer(pack);
+  out.push(`### Keyed sum (${fmt(N)} records, 10,000 keys, heap backend; jobs: median (min-max) of ${RUNS} runs, load ${loads([...c1.load, ...c2.load])})\n`);
+  out.push("| measure | records/s | CPU per record | goal |\n| --- | --- | --- | --- |");
+  out.push(`| plain single-thread Bun loop (Map of sums, same tuples) | ${fmt(loop)} | ${nsPer(loop).toFixed(0)} ns | the single-core limit |`);
+  out.push(`| msgpackr loop (pack + unpack in batches of 1000, then the Map sum) | ${fmt(pack)} | ${packNs.toFixed(0)} ns | issue 19's yardstick |`);
+  out.push(`| keyed sum, p=1 | ${range(c1.rate)} (${(median(c1.rate) / pack).toFixed(2)}x the msgpackr loop) | ${range(c1.perCpu.map(nsPer), (x) => x.toFixed(0))} ns (${(nsPer(median(c1.perCpu)) / packNs).toFixed(2)}x the loop's) | CPU <= 1.3x the loop's: ${verdict(nsPer(median(c1.perCpu)) <= 1.3 * packNs)}; records/s >= 1.0x: ${verdict(median(c1.rate) >= pack)} |`);
+  out.push(`| keyed sum, p=2 | ${range(c2.rate)} (${(median(c2.rate) / median(c1.rate)).toFixed(2)}x p=1) | ${range(c2.perCpu.map(nsPer), (x) => x.toFixed(0))} ns | >= 1.0x p=1: ${verdict(median(c2.rate) >= median(c1.rate))} |`);
+  out.push("");
+}
+
+// (a') The keyed sum at p=1 with its network records as msgpack only (setTypeInference(false)), in the inferred
+// typed layout (the default) and in the declared one (.returns(Types.TUPLE(Types.INT, Types.INT))): the three
+// alternate within each round, each a fresh in-process cluster (issue 19, item 1).
+async function keyedSumTyped(): Promise<void> {
+  const N = SUM_RECORDS;
+  const file = jobFile(
+    "sum-typed.ts",
+    `const mode = args[1];
+     if (mode === "msgpack") env.setTypeInference(false);
+     let s = env.fromSequence(1, Number(args[0])).map((x) => [x % 10000, 1]);
+     if (mode === "declared") s = s.returns(Types.TUPLE(Types.INT, Types.INT));
+     s.keyBy((t) => t[0]).sum(1).addSink(() => {});`,
+  );
+  const { pack } = await sumLoops(N);
+  const modes = ["msgpack", "inferred", "declared"] as const;
+  const cells = modes.map(() => ({ rate: [], perCpu: [], cpu: [], load: [] }) as Cell);
+  for (let r = 0; r < RUNS; r++) {
+    for (let m = 0; m < modes.length; m++) {
+      const x = await runLocal(file, [String(N), modes[m]!], 1);
+      const c = cells[m]!;
+      c.rate.push(N / seconds(x.status));
+      c.perCpu.push(N / x.cpuSec);
+      c.cpu.push(x.cpuSec);
+      c.load.push(x.load);
+      log(`keyed sum p=1 ${modes[m]} run ${r + 1}/${RUNS}: ${fmt(c.rate.at(-1)!)}/s, ${x.cpuSec.toFixed(2)} CPU-s, load ${x.load.toFixed(1)}`);
+    }
+  }
+  const nsPer = (perCpu: number) => 1e9 / perCpu;
+  const packNs = nsPer(pack);
+  out.push(`### Keyed sum p=1 by record serializer (${fmt(N)} records, 10,000 keys, heap; median (min-max) of ${RUNS} alternating runs, load ${loads(cells.flatMap((c) => c.load))})\n`);
+  out.push("| network records | records/s | CPU per record | vs the msgpackr loop (CPU) |\n| --- | --- | --- | --- |");
+  out.push(`| msgpackr loop (pack + unpack in batches of 1000, then the Map sum) | ${fmt(pack)} | ${packNs.toFixed(0)} ns | 1.00x |`);
+  modes.forEach((m, i) => {
+    const c = cells[i]!;
+    out.push(`| ${m === "msgpack" ? "msgpack (setTypeInference(false))" : m === "inferred" ? "typed, inferred (default)" : "typed, declared TUPLE(INT, INT)"} | ${range(c.rate)} | ${range(c.perCpu.map(nsPer), (x) => x.toFixed(0))} ns | ${(nsPer(median(c.perCpu)) / packNs).toFixed(2)}x |`);
+  });
+  out.push("");
+}
+
+/** The single-thread loops the keyed sum is measured against: records/s of each (median of at least 3). */
+async function sumLoops(N: number): Promise<{ loop: number; pack: number }> {
   // The loops: the same records, tuples and per-key running sums (a Map, as keyed state is), each result handed to
   // a discarding sink function; the msgpackr loop also packs and unpacks the tuples in batches of 1000 (the work a
   // record does to cross a Worker boundary). One thread each, so CPU time = wall time.
@@ -165,18 +222,7 @@ async function keyedSum(): Promise<void> {
   }
   const loop = N / median(loopSecs), pack = N / median(packSecs);
   log(`keyed sum loops: plain ${fmt(loop)}, msgpackr ${fmt(pack)} records/s`);
-  const cells: Cell[] = [];
-  for (const p of [1, 2]) cells.push(await cell(N, () => runLocal(file, [String(N)], p), `keyed sum p=${p}`));
-  const [c1, c2] = cells as [Cell, Cell];
-  const nsPer = (perCpu: number) => 1e9 / perCpu;
-  const packNs = nsPer(pack);
-  out.push(`### Keyed sum (${fmt(N)} records, 10,000 keys, heap backend; jobs: median (min-max) of ${RUNS} runs, load ${loads([...c1.load, ...c2.load])})\n`);
-  out.push("| measure | records/s | CPU per record | goal |\n| --- | --- | --- | --- |");
-  out.push(`| plain single-thread Bun loop (Map of sums, same tuples) | ${fmt(loop)} | ${nsPer(loop).toFixed(0)} ns | the single-core limit |`);
-  out.push(`| msgpackr loop (pack + unpack in batches of 1000, then the Map sum) | ${fmt(pack)} | ${packNs.toFixed(0)} ns | issue 19's yardstick |`);
-  out.push(`| keyed sum, p=1 | ${range(c1.rate)} (${(median(c1.rate) / pack).toFixed(2)}x the msgpackr loop) | ${range(c1.perCpu.map(nsPer), (x) => x.toFixed(0))} ns (${(nsPer(median(c1.perCpu)) / packNs).toFixed(2)}x the loop's) | CPU <= 1.3x the loop's: ${verdict(nsPer(median(c1.perCpu)) <= 1.3 * packNs)}; records/s >= 1.0x: ${verdict(median(c1.rate) >= pack)} |`);
-  out.push(`| keyed sum, p=2 | ${range(c2.rate)} (${(median(c2.rate) / median(c1.rate)).toFixed(2)}x p=1) | ${range(c2.perCpu.map(nsPer), (x) => x.toFixed(0))} ns | >= 1.0x p=1: ${verdict(median(c2.rate) >= median(c1.rate))} |`);
-  out.push("");
+  return { loop, pack };
 }
 
 // (b) Nexmark queries.
@@ -361,6 +407,7 @@ const t0 = performance.now();
 const LOAD_AT_START = os.loadavg()[0]!;
 try {
   if (PARTS.has("sum")) await keyedSum();
+  if (PARTS.has("sum-typed")) await keyedSumTyped();
   if (PARTS.has("nexmark")) await nexmarkQueries();
   if (PARTS.has("latency")) await latency();
   if (PARTS.has("start")) await startup();

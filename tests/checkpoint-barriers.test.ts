@@ -340,12 +340,13 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
    * A real RecordWriter -> RingSender -> ring -> InputGate channel, the consumer driven by the test. Random records
    * (chunks span buffers), a random number of them read before the barrier; returns what each side recorded.
    */
-  async function overtake(seed: number) {
+  async function overtake(seed: number, infer = false) {
     const next = rng(seed);
     const segment = 1024;
     const ring = createRing(4, segment);
     const pool = new LocalBufferPool(8, segment, 0);
-    const writer = new RecordWriter([A], () => 0, pool, false, 8);
+    // infer: typed chunks (an inferred layout) mixed with msgpack ones, whose shapes change all along.
+    const writer = new RecordWriter([A], () => 0, pool, false, 8, { infer });
     writer.keepInFlight = true;
     const errors: unknown[] = [];
     writer.connect(A, new RingSender(ring, (buf) => writer.recycle(buf, A), (e) => errors.push(e)));
@@ -387,7 +388,7 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
         // 90 names: new record shapes all along, more than msgpackr's 64 ids, so shape ids are reused (the producer
         // decodes what the barrier overtook with the shapes its serializer had there).
         const r: Record<string, unknown> = { i: emitted.length, s: "x".repeat(Math.floor(next() * (next() < 0.15 ? 1500 : 120))) };
-        if (next() < 0.3) r[`k${Math.floor(next() * 90)}`] = emitted.length;
+        if (next() < (infer ? 0.03 : 0.3)) r[`k${Math.floor(next() * 90)}`] = emitted.length;
         emitted.push(r);
         writer.emit(r);
       }
@@ -432,7 +433,8 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     }
     expect(read).toEqual(emitted);
     expect(errors).toEqual([]);
-    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0 };
+    const serializer = (writer as unknown as { subs: { serializer: RecordSerializer }[] }).subs[0]!.serializer;
+    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0, typed: serializer.typedChunks, msgpack: serializer.msgpackChunks };
   }
 
   test("every record written before the barrier is exactly once in what was read, the input or the output channel state, a chunk spanning the overtake point included", async () => {
@@ -443,6 +445,15 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.input > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
+  }, 60_000);
+
+  test("the same with typed chunks (an inferred layout) mixed with msgpack ones: the overtaken typed chunks decode from their chunk boundary", async () => {
+    const runs = [];
+    for (let seed = 1; seed <= 40; seed++) runs.push(await overtake(seed, true));
+    expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
+    expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
+    expect(runs.every((r) => r.typed > 0 && r.msgpack > 0)).toBe(true);
+    expect(runs.reduce((a, r) => a + r.typed, 0)).toBeGreaterThan(runs.reduce((a, r) => a + r.msgpack, 0));
   }, 60_000);
 
   test("a barrier that finds the data ring full reaches the consumer through the priority ring at once, in its place in the channel", async () => {

@@ -21,6 +21,7 @@ import type {
   SourceSpec,
 } from "./plan.ts";
 import type { ConnectorSink } from "./connector.ts";
+import { checkReturnsType, type TypeInformation } from "./types.ts";
 import type { MapStateDescriptor } from "../state/api.ts";
 import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggregateFunction, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 
@@ -82,6 +83,16 @@ export class StreamExecutionEnvironment {
   setBufferTimeout(ms: number): this {
     if (!Number.isFinite(ms) || ms < 0) throw new Error(`setBufferTimeout: expected a number of milliseconds >= 0, got ${ms}`);
     this.settings.bufferTimeoutMs = ms;
+    return this;
+  }
+
+  /**
+   * Whether the network infers a record type for the edges without a declared one (DataStream.returns), and then
+   * serializes the chunks whose records all fit it in its fixed binary layout instead of msgpack (default true).
+   */
+  setTypeInference(enabled: boolean): this {
+    if (typeof enabled !== "boolean") throw new Error(`setTypeInference: expected true or false, got ${JSON.stringify(enabled)}`);
+    this.settings.typeInference = enabled;
     return this;
   }
 
@@ -202,6 +213,20 @@ export class DataStream<T> extends OperatorSettings {
 
   map<R>(fn: MapFunction<T, R>): DataStream<R> {
     return this.then("map", fn, "Map");
+  }
+
+  /**
+   * Declares the type of this stream's records (as Flink's returns(TypeInformation)), e.g.
+   * `.returns(Types.TUPLE(Types.STRING, Types.INT))`: they cross the network in that type's fixed binary layout, and
+   * a record that does not match it fails the task, naming this operator and the field. Without it the type is
+   * inferred from the first records, and records that do not fit it go as msgpack.
+   */
+  returns(type: TypeInformation<T>): this {
+    if (this.node.kind === "keyBy" || this.node.kind === "partition" || this.node.kind === "union") {
+      throw new Error(`returns: declare the type on the operator that produces the records, not on ${this.node.kind === "keyBy" ? "a keyBy" : this.node.kind === "union" ? "a union" : "a partitioning"}`);
+    }
+    this.node.returns = checkReturnsType(type);
+    return this;
   }
 
   /** fn returns the values to emit (an array or any iterable). */

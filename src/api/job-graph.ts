@@ -1,7 +1,7 @@
 // StreamGraph -> JobGraph (as Flink's StreamingJobGraphGenerator): resolve virtual nodes into edges with
 // partitioners, then chain operators joined by forward edges into one vertex (one task per subtask).
 import type { JobSettings, NodeDescription } from "./plan.ts";
-import type { JobEdge, JobGraph, JobVertex, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
+import type { EdgeRecordType, JobEdge, JobGraph, JobVertex, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
 import { sha256Hex } from "../util/hash.ts";
 
 export class JobGraphError extends Error {
@@ -56,6 +56,25 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     ins(e.target).length === 1 &&
     parallelism.get(e.source) === parallelism.get(e.target);
 
+  // The declared record type of an edge: its producer's, or for a side output the getSideOutput node's. Operators
+  // that emit their input's type (filter, timestamps, reduce and sum) keep the type declared upstream of them.
+  const declaredBy = (n: NodeDescription): NodeDescription | null => {
+    if (n.returns !== undefined) return n;
+    if ((n.kind === "filter" || n.kind === "assignTimestamps" || n.kind === "reduce") && n.inputs.length === 1) {
+      let input = byId.get(n.inputs[0]!)!;
+      while (input.kind === "keyBy" || (input.kind === "partition" && input.returns === undefined)) input = byId.get(input.inputs[0]!)!;
+      return input.kind === "union" ? null : declaredBy(input);
+    }
+    return null;
+  };
+  const recordTypeOf = (e: StreamEdge): { recordType?: EdgeRecordType } => {
+    const target = byId.get(e.target)!;
+    const producer = target.kind === "sideOutput" ? target : byId.get(e.source)!;
+    const declaring = declaredBy(producer);
+    if (declaring === null) return {};
+    return { recordType: { type: declaring.returns!, operator: producer.name, ...(declaring !== producer ? { declaredBy: declaring.name } : {}) } };
+  };
+
   const operatorIds = operatorIdsOf(nodes);
   const operatorInfo = (id: number): OperatorInfo => {
     const n = byId.get(id)!;
@@ -96,6 +115,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
       partitioner: e.partitioner,
       ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
       ...(e.input > 0 ? { input: e.input } : {}),
+      ...recordTypeOf(e),
     }));
 
   return {

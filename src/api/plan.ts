@@ -29,6 +29,7 @@ import type { OperatorStateStore } from "../state/operator-state.ts";
 import type { OutputTag, TimeDomain, TimerService, WatermarkStrategy, WindowAssigner, WindowFunctionSpec } from "./event-time.ts";
 import type { Evictor, Trigger } from "./triggers.ts";
 import type { AsyncFunction, AsyncRetryStrategy } from "./async.ts";
+import type { RecordType } from "../graph/record-type.ts";
 
 /** What a function sees of the task it runs in (as Flink's RuntimeContext). */
 export interface RuntimeContext {
@@ -189,6 +190,8 @@ export interface NodeBase {
   parallelism: number | null;
   uid: string | null;
   chaining: boolean;
+  /** The records' declared type (DataStream.returns), if any. */
+  returns?: RecordType;
 }
 
 export type NodeKind = PlanNode["kind"];
@@ -213,6 +216,8 @@ export interface JobSettings {
   autoWatermarkInterval?: number | null;
   /** Latency marker interval in ms (0 = off), or null for the JobManager's metrics.latency.interval. */
   latencyTrackingInterval?: number | null;
+  /** Infer a record type for edges without a declared one (default true); false: msgpack for them. */
+  typeInference?: boolean;
 }
 
 export type CheckpointingMode = "EXACTLY_ONCE" | "AT_LEAST_ONCE";
@@ -238,6 +243,8 @@ export interface NodeDescription {
   stateful?: boolean;
   /** Runs on a keyed stream (its task has a keyed state backend for it). */
   keyed?: boolean;
+  /** The records' declared type (DataStream.returns). */
+  returns?: RecordType;
 }
 
 /** Two-input operators (connect): always the head of their chain, fed by edges of both inputs. */
@@ -278,6 +285,7 @@ export function describePlan(plan: Plan): NodeDescription[] {
     if (n.kind === "sink") d.sinkType = n.sink.type;
     if (isStateful(n)) d.stateful = true;
     if (isKeyedOperator(n)) d.keyed = true;
+    if (n.returns !== undefined) d.returns = n.returns;
     return d;
   });
 }

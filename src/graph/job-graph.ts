@@ -1,6 +1,7 @@
 // The JobGraph: the contract between the client that builds it (src/api/job-graph.ts translates the plan), the
-// JobManager that schedules it, and the wire (src/rpc/messages.ts). Plain data and pure functions, no imports:
-// every layer above may depend on it.
+// JobManager that schedules it, and the wire (src/rpc/messages.ts). Plain data and pure functions, no imports from
+// outside this folder: every layer above may depend on it.
+import type { RecordType } from "./record-type.ts";
 
 /** How records of an edge are distributed over the consumer subtasks (docs/architecture.md 4.6). */
 export type PartitionerKind = "forward" | "rebalance" | "rescale" | "hash" | "broadcast" | "custom";
@@ -46,6 +47,16 @@ export interface JobEdge {
   keyNodeId?: number;
   /** The input of a two-input target operator this edge feeds (0 or 1, as Flink's StreamEdge type number); absent = 0. */
   input?: number;
+  /** The records' declared type (DataStream.returns) and the operator that declared it; absent: inferred. */
+  recordType?: EdgeRecordType;
+}
+
+export interface EdgeRecordType {
+  type: RecordType;
+  /** The operator that emits the records. */
+  operator: string;
+  /** The operator that declared the type, when another one upstream (the producer emits its input's type: filter, reduce). */
+  declaredBy?: string;
 }
 
 export interface JobGraph {

@@ -487,6 +487,7 @@ export class JobMaster {
               edgeId: e.id,
               partitioner: e.partitioner,
               ...(e.keyNodeId !== undefined ? { keyNodeId: e.keyNodeId } : {}),
+              ...(e.recordType !== undefined ? { recordType: e.recordType } : {}),
               targets: consumersOf(e.partitioner, i, v.parallelism, g.vertices[e.target]!.parallelism).map((s) => ({ ...location(s), subtask: s })),
             })),
           runtimeMode: g.runtimeMode,

@@ -4,7 +4,7 @@
 // A buffer is finished when full, on the buffer timeout (flush), or before an event.
 import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
-import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom } from "./serialization.ts";
+import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom, type SerializerOptions } from "./serialization.ts";
 import { assert } from "../util/assert.ts";
 
 /** In-band events travel in order with the records of their channel, except priority events (see sendPriorityEvent). */
@@ -119,8 +119,10 @@ export class RecordWriter {
      * and the barriers queued in them, could never move again.
      */
     public maxBuffersPerChannel = Infinity,
+    /** The edge's record type (declared, or inferred) and event-time wrapping: see RecordSerializer. */
+    serializerOptions: SerializerOptions = {},
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 

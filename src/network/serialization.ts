@@ -1,8 +1,16 @@
-// Records in network buffers: records are serialized in small chunks (a msgpack array of up to CHUNK_RECORDS
-// records, which amortizes msgpack's per-call cost), each chunk a u32 length and its bytes; a chunk (or even
-// its length) may span buffers. One serializer per subpartition and one deserializer per input channel, both
-// in msgpackr's sequential mode: an object shape is described once per channel stream, then referenced.
+// Records in network buffers: records are serialized in small chunks of up to CHUNK_RECORDS records (which
+// amortizes the per-call cost), each chunk a u32 length and its bytes; a chunk (or even its length) may span
+// buffers. A chunk's first byte tags it: a msgpack array header (0x90-0x9f, 0xdc, 0xdd), a msgpack array of the
+// records (msgpackr's sequential mode: an object shape is described once per channel stream, then referenced); or
+// TYPED_CHUNK (0xc1, which msgpack never uses), a typed chunk: u16 signature length, the layout's signature, then
+// the records in its fixed binary layout (typed-serialization.ts). A typed chunk carries its layout, so it decodes
+// from any chunk boundary, and a stream mixes both kinds freely: the serializer writes a typed chunk when every
+// record fits the edge's declared or inferred type, else msgpack.
+// One serializer per subpartition and one deserializer per input channel.
 import { Packr, Unpackr } from "msgpackr";
+import type { RecordType } from "../graph/record-type.ts";
+import { signatureOf } from "../graph/record-type.ts";
+import { compileLayout, inferSignature, mismatchError, TypedChunkReader, TypedOut, type CompiledLayout } from "./typed-serialization.ts";
 
 /** Records per serialized chunk: one msgpack call per chunk instead of per record (5-10x cheaper). */
 export const CHUNK_RECORDS = 64;
@@ -10,14 +18,89 @@ export const CHUNK_RECORDS = 64;
 /** msgpackr's record-shape table of a sequential stream: entry id - 0x40 holds the keys of record id; nextId cycles. */
 type ShapeTable = (string[] | undefined)[] & { nextId?: number };
 
+/** The first byte of a typed chunk (msgpack's "never used" byte; a msgpack chunk begins with an array header). */
+export const TYPED_CHUNK = 0xc1;
+
+export interface SerializerOptions {
+  /** The edge's declared record type and the operator that declared it: a record that does not match fails. */
+  declared?: { type: RecordType; operator: string; declaredBy?: string };
+  /** Records travel as [timestamp, record] (the job has event time); the type is the record's. */
+  eventTime?: boolean;
+  /** Without a declared type, infer one from the first records (tasks do unless the job turned it off); default false: msgpack only. */
+  infer?: boolean;
+}
+
+/** Chunks tried for an inferred type before giving up, and chunks in a row that must not fit before inferring again. */
+const INFER_ATTEMPTS = 16;
+const MISFITS_BEFORE_REINFER = 4;
+
 export class RecordSerializer {
   private readonly packr = new Packr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Packr>[0]);
   private lastNextId: number | undefined = undefined;
   private lastKeys: unknown = undefined;
+  private readonly out = new TypedOut();
+  private layout: CompiledLayout | null = null;
+  private readonly declared: SerializerOptions["declared"];
+  private readonly eventTime: boolean;
+  private inferAttempts: number;
+  private misfits = 0;
+  /** Whether the last serialize() wrote a typed chunk. */
+  lastTyped = false;
+  /** Chunks written typed and as msgpack (tests and benchmarks). */
+  typedChunks = 0;
+  msgpackChunks = 0;
 
-  /** The chunk's bytes; valid only until the next call (msgpackr reuses its output buffer). */
+  constructor(opts: SerializerOptions = {}) {
+    this.declared = opts.declared;
+    this.eventTime = opts.eventTime === true;
+    this.inferAttempts = opts.infer === true ? INFER_ATTEMPTS : 0;
+    if (this.declared) {
+      const sig = signatureOf(this.declared.type);
+      this.layout = compileLayout(this.eventTime ? "@" + sig : sig, false);
+    }
+  }
+
+  /** The chunk's bytes; valid only until the next call (both encoders reuse their output buffer). */
   serialize(records: unknown[]): Uint8Array {
+    if (this.layout === null && this.inferAttempts > 0) this.infer(records);
+    if (this.layout !== null) {
+      const bytes = this.typed(this.layout, records);
+      if (bytes !== null) {
+        this.misfits = 0;
+        this.typedChunks++;
+        this.lastTyped = true;
+        return bytes;
+      }
+      if (this.declared) {
+        for (const r of records) if (this.typed(this.layout, [r]) === null) throw mismatchError(this.declared, r, this.eventTime);
+      }
+      // An inferred type that keeps missing: the stream changed, infer again.
+      if (++this.misfits >= MISFITS_BEFORE_REINFER && this.inferAttempts > 0) this.layout = null;
+    }
+    this.msgpackChunks++;
+    this.lastTyped = false;
     return this.packr.pack(records);
+  }
+
+  /** The typed chunk (TYPED_CHUNK, u16 signature length, signature, records), or null when a record does not fit. */
+  private typed(c: CompiledLayout, records: unknown[]): Uint8Array | null {
+    const o = this.out;
+    const n = c.sigBytes.length;
+    if (o.buf.length < 3 + n) o.grow(0, 3 + n);
+    o.buf[0] = TYPED_CHUNK;
+    o.buf[1] = n >> 8;
+    o.buf[2] = n & 0xff;
+    o.buf.set(c.sigBytes, 3);
+    const end = c.encode(records, o, 3 + n);
+    return end < 0 ? null : o.buf.subarray(0, end);
+  }
+
+  private infer(records: unknown[]): void {
+    if (records.length === 0) return;
+    this.inferAttempts--;
+    const sig = inferSignature(records[0], this.eventTime);
+    // A strict layout: inferred objects must keep their keys and key order, so they decode as they were.
+    if (sig !== null && sig.length <= 4096) this.layout = compileLayout(sig, true);
   }
 
   /**
@@ -50,19 +133,22 @@ export class RecordSerializer {
 export function decodeChunksFrom(bytes: Uint8Array, shapes: string[][], out: unknown[]): void {
   const structures = shapes.map((keys) => (keys ? [...keys] : keys));
   const unpackr = new Unpackr({ sequential: true, useRecords: true, structures } as ConstructorParameters<typeof Unpackr>[0]);
+  const typed = new TypedChunkReader();
   let p = 0;
   while (p < bytes.length) {
     if (bytes.length - p < 4) throw new Error(`output channel state: ${bytes.length - p} bytes left after the last whole chunk`);
     const len = ((bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!) >>> 0;
     p += 4;
     if (len === 0 || bytes.length - p < len) throw new Error(`output channel state: a chunk of ${len} bytes with ${bytes.length - p} left`);
-    pushAll(out, unpackr.unpack(bytes.subarray(p, p + len)));
+    if (bytes[p] === TYPED_CHUNK) typed.read(bytes.subarray(p, p + len), out);
+    else pushAll(out, unpackr.unpack(bytes.subarray(p, p + len)));
     p += len;
   }
 }
 
 export class RecordDeserializer {
   private readonly unpackr = new Unpackr({ sequential: true, useRecords: true, copyBuffers: true } as ConstructorParameters<typeof Unpackr>[0]);
+  private readonly typed = new TypedChunkReader();
   /** Bytes of a record (or of its length prefix) that began in an earlier buffer. */
   private partial: Uint8Array | null = null;
   private partialFill = 0;
@@ -85,8 +171,9 @@ export class RecordDeserializer {
         this.partialFill += take;
         p += take;
         if (this.partialFill === this.partial.length) {
-          pushAll(out, this.unpackr.unpack(this.partial));
+          const chunk = this.partial;
           this.partial = null;
+          this.decode(chunk, out);
         }
         continue;
       }
@@ -99,13 +186,18 @@ export class RecordDeserializer {
       }
       const len = ((bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!) >>> 0;
       p += 4;
-      if (n - p >= len) {
-        pushAll(out, this.unpackr.unpack(bytes.subarray(p, p + len)));
+      if (len !== 0 && n - p >= len) {
+        this.decode(bytes.subarray(p, p + len), out);
         p += len;
       } else {
         this.startRecord(len);
       }
     }
+  }
+
+  private decode(chunk: Uint8Array, out: unknown[]): void {
+    if (chunk[0] === TYPED_CHUNK) this.typed.read(chunk, out);
+    else pushAll(out, this.unpackr.unpack(chunk));
   }
 
   private startRecord(len: number): void {

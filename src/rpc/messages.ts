@@ -1,7 +1,7 @@
 // Every message of the RPC protocol, in one place. docs/protocol.md documents each of them.
 // A frame body is an object: request {t, id, p}, response {t: "response", re, p} or {t: "response", re, e}.
 // Every message is a request with a response, so each side learns that the other took it.
-import type { JobGraph, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
+import type { EdgeRecordType, JobGraph, OperatorInfo, PartitionerKind } from "../graph/job-graph.ts";
 export type { PartitionerKind };
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle, StateInfo } from "../state/snapshot-format.ts";
 
@@ -260,6 +260,8 @@ export interface OutputDeployment {
   partitioner: PartitionerKind;
   /** Plan node id of the keyBy (hash) or partitionCustom (custom) node whose functions route this edge. */
   keyNodeId?: number;
+  /** The records' declared type and the operator that declared it: the writer serializes them in its layout. */
+  recordType?: EdgeRecordType;
   /** The consumer subtasks this producer feeds (one for forward, all for the others) and where they run. */
   targets: (ChannelTarget & { subtask: number })[];
 }

@@ -4,6 +4,7 @@
 // schema's output assignable to the payload type in messages.ts (docs/protocol.md documents both).
 import * as v from "valibot";
 import type { KeyedSnapshotHandle, OperatorSnapshotHandle } from "../state/snapshot-format.ts";
+import { recordTypeProblem, type RecordType } from "../graph/record-type.ts";
 import type { RequestType, RpcRequests, TaskMetrics } from "./messages.ts";
 
 /** At most this many characters of a received value are quoted in an error (a peer's text goes into our logs). */
@@ -69,10 +70,13 @@ const CHANNEL_TARGET = { resourceId: str, dataHost: str, dataPort: port };
 /** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts checks the file on restore). */
 const CHANNEL_STATE_HANDLE = obj({ type: v.literal("channel"), file: str, sizeBytes: nonNegInt, records: nonNegInt, subtaskIndex: nonNegInt });
 
+/** An edge's declared record type (DataStream.returns) and the operator that declared it. */
+const EDGE_RECORD_TYPE = obj({ type: v.custom<RecordType>((x) => recordTypeProblem(x) === null, "a record type (Types...)"), operator: str, declaredBy: v.optional(str) });
+
 const JOB_GRAPH = obj({
   name: str,
   vertices: v.array(obj({ id: int, name: str, operatorIds: v.array(int), operators: v.optional(v.array(OPERATOR_INFO)), parallelism: int, isSource: v.boolean() })),
-  edges: v.array(obj({ id: int, source: int, target: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), input: v.optional(nonNegInt) })),
+  edges: v.array(obj({ id: int, source: int, target: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), input: v.optional(nonNegInt), recordType: v.optional(EDGE_RECORD_TYPE) })),
   maxParallelism: int,
   runtimeMode: RUNTIME_MODE,
   bufferTimeoutMs: num,
@@ -96,7 +100,7 @@ const TASK_DEPLOYMENT = obj({
   jobArgs: v.array(str),
   operatorIds: v.array(int),
   inputs: v.array(obj({ edgeId: int, partitioner: v.optional(PARTITIONER), keyNodeId: v.optional(int), input: v.optional(nonNegInt), producers: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
-  outputs: v.array(obj({ edgeId: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), targets: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
+  outputs: v.array(obj({ edgeId: int, partitioner: PARTITIONER, keyNodeId: v.optional(int), recordType: v.optional(EDGE_RECORD_TYPE), targets: v.array(obj({ ...CHANNEL_TARGET, subtask: nonNegInt })) })),
   runtimeMode: RUNTIME_MODE,
   bufferTimeoutMs: num,
   planFingerprint: str,

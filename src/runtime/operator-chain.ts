@@ -84,7 +84,9 @@ export class OperatorChain {
       const custom = keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined;
       const partitioner = createPartitioner(o.partitioner, d.subtaskIndex, ids.length, d.maxParallelism, keySelector, custom);
       const pool = new LocalBufferPool(network.outputBuffers[i]!, network.segmentSize, network.maxOverdraft);
-      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, channelShare(pool.size, ids.length, network.maxBuffersPerChannel));
+      // A declared record type travels with the edge; without one the writer infers it (unless the job turned that off).
+      const serializer = { ...(o.recordType ? { declared: o.recordType } : {}), eventTime, infer: plan.settings.typeInference !== false };
+      const writer = new RecordWriter(ids, partitioner, pool, d.bufferTimeoutMs === 0, channelShare(pool.size, ids.length, network.maxBuffersPerChannel), serializer);
       for (const id of ids) this.writerOf.set(id, writer);
       return writer;
     });

@@ -189,7 +189,16 @@ export class StreamTask {
       );
     }
     if (d.bufferTimeoutMs > 0 && this.writers.length > 0) {
-      this.timers.push(setInterval(() => this.flushWriters(), d.bufferTimeoutMs));
+      // The flush serializes waiting records: one that does not match its declared type fails the task.
+      this.timers.push(
+        setInterval(() => {
+          try {
+            this.flushWriters();
+          } catch (err) {
+            this.failAsync(err);
+          }
+        }, d.bufferTimeoutMs),
+      );
     }
     this.timers.push(setInterval(() => this.post({ type: "metrics", metrics: this.metrics() }), METRICS_INTERVAL_MS));
     // A barrier in a priority ring wakes nobody (the ring reader waits on the data ring, which is full): looked for.
@@ -204,7 +213,11 @@ export class StreamTask {
     if (latencyMs > 0 && chain.sourceNode) {
       this.timers.push(setInterval(() => {
         if (this.inputEnded) return;
-        this.onLatencyMarker({ type: "latencyMarker", markedTime: Date.now(), sourceVertexId: d.vertexId, sourceSubtask: d.subtaskIndex });
+        try {
+          this.onLatencyMarker({ type: "latencyMarker", markedTime: Date.now(), sourceVertexId: d.vertexId, sourceSubtask: d.subtaskIndex });
+        } catch (err) {
+          this.failAsync(err); // the marker's event serializes waiting records first
+        }
       }, latencyMs));
     }
   }

@@ -1,0 +1,478 @@
+// Fixed-layout binary serializers for typed records (as Flink's TypeSerializers), used by RecordSerializer for the
+// chunks of an edge whose record type is declared (DataStream.returns) or inferred from the first records. A layout
+// is named by its signature (graph/record-type.ts signatureOf): s string (u32 length, bit 31 set when the bytes are
+// WTF-8 because the string has a lone surrogate, then the bytes), i int32, l and d float64, b one byte, (..) a tuple
+// field by field, {..} an object field by field in the signature's order, @t an event-time record [ts|null, t] (a
+// byte 0 for null or 1 then the float64). All little-endian. Each layout compiles once (new Function) to an encoder
+// and a decoder without per-field dispatch.
+import { describeRecordType, signatureOf, type RecordType } from "../graph/record-type.ts";
+
+/** A parsed signature. */
+export type Layout =
+  | { t: "s" | "i" | "l" | "d" | "b" }
+  | { t: "("; f: Layout[] }
+  | { t: "{"; n: string[]; f: Layout[] }
+  | { t: "@"; inner: Layout };
+
+export function parseSignature(sig: string): Layout {
+  let p = 0;
+  const fail = (what: string): never => {
+    throw new Error(`corrupt record stream: bad typed layout ${JSON.stringify(sig.slice(0, 200))} at ${p}: ${what}`);
+  };
+  const one = (depth: number): Layout => {
+    if (depth > 18) fail("nested too deep");
+    const c = sig[p++];
+    if (c === "s" || c === "i" || c === "l" || c === "d" || c === "b") return { t: c };
+    if (c === "@") return { t: "@", inner: one(depth + 1) };
+    if (c === "(") {
+      const f: Layout[] = [];
+      while (sig[p] !== ")") {
+        if (p >= sig.length) fail("unterminated tuple");
+        f.push(one(depth + 1));
+      }
+      p++;
+      if (f.length === 0) fail("empty tuple");
+      return { t: "(", f };
+    }
+    if (c === "{") {
+      const n: string[] = [];
+      const f: Layout[] = [];
+      while (sig[p] !== "}") {
+        if (sig[p] !== '"') fail("expected a field name");
+        let q = p + 1;
+        while (q < sig.length && sig[q] !== '"') q += sig[q] === "\\" ? 2 : 1;
+        if (q >= sig.length) fail("unterminated field name");
+        const name = JSON.parse(sig.slice(p, q + 1)) as string;
+        if (name === "__proto__" || n.includes(name)) fail(`field name ${JSON.stringify(name)}`);
+        n.push(name);
+        p = q + 1;
+        f.push(one(depth + 1));
+      }
+      p++;
+      if (f.length === 0) fail("empty object");
+      return { t: "{", n, f };
+    }
+    return fail(`unexpected ${JSON.stringify(c ?? "end")}`);
+  };
+  const l = one(0);
+  if (p !== sig.length) fail("trailing characters");
+  return l;
+}
+
+export function layoutOf(t: RecordType): Layout {
+  return parseSignature(signatureOf(t));
+}
+
+/** The bytes an encoder writes to; grows by doubling. */
+export class TypedOut {
+  buf = new Uint8Array(16 * 1024);
+  dv = new DataView(this.buf.buffer);
+  /** Makes room for `need` bytes after pos (keeping the bytes before it). */
+  grow(pos: number, need: number): void {
+    let size = this.buf.length * 2;
+    while (size < pos + need) size *= 2;
+    const nb = new Uint8Array(size);
+    nb.set(this.buf.subarray(0, pos));
+    this.buf = nb;
+    this.dv = new DataView(nb.buffer);
+  }
+}
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+
+/** Writes s (u32 length and flag, then UTF-8, or WTF-8 with a lone surrogate) at pos; leaves room for `fix` more bytes. */
+function writeString(o: TypedOut, pos: number, s: string, fix: number): number {
+  const n = s.length;
+  if (pos + 4 + n * 3 + fix > o.buf.length) o.grow(pos, 4 + n * 3 + fix);
+  const buf = o.buf;
+  let q = pos + 4;
+  let flag = 0;
+  if (n >= 64 && s.isWellFormed()) {
+    q += textEncoder.encodeInto(s, buf.subarray(q)).written;
+  } else {
+    for (let i = 0; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0x80) buf[q++] = c;
+      else if (c < 0x800) {
+        buf[q++] = 0xc0 | (c >> 6);
+        buf[q++] = 0x80 | (c & 63);
+      } else if (c >= 0xd800 && c <= 0xdbff && i + 1 < n && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+        const cp = 0x10000 + ((c - 0xd800) << 10) + (s.charCodeAt(++i) - 0xdc00);
+        buf[q++] = 0xf0 | (cp >> 18);
+        buf[q++] = 0x80 | ((cp >> 12) & 63);
+        buf[q++] = 0x80 | ((cp >> 6) & 63);
+        buf[q++] = 0x80 | (cp & 63);
+      } else {
+        // A lone surrogate is kept (as WTF-8): the string comes back as it was, not with U+FFFD.
+        if ((c & 0xf800) === 0xd800) flag = 0x80000000;
+        buf[q++] = 0xe0 | (c >> 12);
+        buf[q++] = 0x80 | ((c >> 6) & 63);
+        buf[q++] = 0x80 | (c & 63);
+      }
+    }
+  }
+  o.dv.setUint32(pos, (q - pos - 4 + flag) >>> 0, true);
+  return q;
+}
+
+/** Where readString left off. */
+const at = { p: 0 };
+const units: number[] = [];
+
+function readString(src: Uint8Array, dv: DataView, p: number): string {
+  const h = dv.getUint32(p, true);
+  const len = h & 0x7fffffff;
+  const start = p + 4;
+  const end = start + len;
+  if (end > src.length) throw new Error(`corrupt record stream: a string of ${len} bytes runs past its chunk`);
+  at.p = end;
+  if (h < 0x80000000) {
+    if (len > 32) return textDecoder.decode(src.subarray(start, end));
+    let or = 0;
+    for (let i = start; i < end; i++) or |= src[i]!;
+    // Short ASCII (keys, mostly): String.fromCharCode with the bytes as arguments is the cheapest way in.
+    if (or < 0x80) return asciiString(src, start, end);
+  }
+  units.length = 0;
+  let i = start;
+  while (i < end) {
+    const b = src[i++]!;
+    if (b < 0x80) units.push(b);
+    else if (b < 0xe0) units.push(((b & 0x1f) << 6) | (src[i++]! & 63));
+    else if (b < 0xf0) units.push(((b & 0x0f) << 12) | ((src[i++]! & 63) << 6) | (src[i++]! & 63));
+    else {
+      const cp = (((b & 0x07) << 18) | ((src[i++]! & 63) << 12) | ((src[i++]! & 63) << 6) | (src[i++]! & 63)) - 0x10000;
+      units.push(0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+    }
+  }
+  if (units.length <= 4096) return String.fromCharCode.apply(null, units);
+  let s = "";
+  for (let k = 0; k < units.length; k += 4096) s += String.fromCharCode.apply(null, units.slice(k, k + 4096));
+  return s;
+}
+
+function asciiString(src: Uint8Array, i: number, end: number): string {
+  switch (end - i) {
+    case 0:
+      return "";
+    case 1:
+      return String.fromCharCode(src[i]!);
+    case 2:
+      return String.fromCharCode(src[i]!, src[i + 1]!);
+    case 3:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!);
+    case 4:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!);
+    case 5:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!);
+    case 6:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!);
+    case 7:
+      return String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!, src[i + 6]!);
+    default: {
+      const head = String.fromCharCode(src[i]!, src[i + 1]!, src[i + 2]!, src[i + 3]!, src[i + 4]!, src[i + 5]!, src[i + 6]!, src[i + 7]!);
+      return end - i === 8 ? head : head + asciiString(src, i + 8, end);
+    }
+  }
+}
+
+/** Encodes records from pos on; returns the end, or -1 when a record does not fit the layout. */
+export type Encoder = (records: unknown[], o: TypedOut, pos: number) => number;
+/** Decodes a chunk's records (the bytes after its signature) into out. */
+export type Decoder = (src: Uint8Array, out: unknown[]) => void;
+
+/** Fixed bytes of a record (strings count their length word only). */
+function fixedSize(l: Layout): number {
+  switch (l.t) {
+    case "s":
+    case "i":
+      return 4;
+    case "l":
+    case "d":
+      return 8;
+    case "b":
+      return 1;
+    case "@":
+      return 9 + fixedSize(l.inner);
+    default:
+      return l.f.reduce((a, f) => a + fixedSize(f), 0);
+  }
+}
+
+/**
+ * strict: an inferred layout, whose objects must be plain with exactly its keys in its order (so a record decodes to
+ * the same JSON); a declared one takes any object with exactly its fields, in any order.
+ */
+function compileEncoder(l: Layout, strict: boolean): Encoder {
+  const consts: unknown[] = [];
+  let tmp = 0;
+  const FIX = fixedSize(l);
+  const gen = (l: Layout, v: string): string => {
+    switch (l.t) {
+      case "s":
+        return `if (typeof ${v} !== "string") return -1; pos = ws(o, pos, ${v}, ${FIX}); buf = o.buf; dv = o.dv;\n`;
+      case "i":
+        return `if (typeof ${v} !== "number" || (${v} | 0) !== ${v} || (${v} === 0 && 1 / ${v} < 0)) return -1; dv.setInt32(pos, ${v}, true); pos += 4;\n`;
+      case "l":
+        return `if (typeof ${v} !== "number" || !Number.isInteger(${v})) return -1; dv.setFloat64(pos, ${v}, true); pos += 8;\n`;
+      case "d":
+        return `if (typeof ${v} !== "number") return -1; dv.setFloat64(pos, ${v}, true); pos += 8;\n`;
+      case "b":
+        return `if (${v} === true) buf[pos++] = 1; else if (${v} === false) buf[pos++] = 0; else return -1;\n`;
+      case "@": {
+        const ts = `t${tmp++}`;
+        const x = `v${tmp++}`;
+        return (
+          `if (!Array.isArray(${v}) || ${v}.length !== 2) return -1; const ${ts} = ${v}[0];\n` +
+          `if (${ts} === null) buf[pos++] = 0; else if (typeof ${ts} === "number") { buf[pos++] = 1; dv.setFloat64(pos, ${ts}, true); pos += 8; } else return -1;\n` +
+          `const ${x} = ${v}[1];\n` +
+          gen(l.inner, x)
+        );
+      }
+      case "(": {
+        let code = `if (!Array.isArray(${v}) || ${v}.length !== ${l.f.length}) return -1;\n`;
+        l.f.forEach((f, i) => {
+          const x = `v${tmp++}`;
+          code += `const ${x} = ${v}[${i}];\n` + gen(f, x);
+        });
+        return code;
+      }
+      case "{": {
+        let code = `if (typeof ${v} !== "object" || ${v} === null || Array.isArray(${v})) return -1;\n`;
+        const c = `c${tmp++}`;
+        if (strict) {
+          const names = consts.push(l.n) - 1;
+          code += `if (Object.getPrototypeOf(${v}) !== OP) return -1; let ${c} = 0; for (const k in ${v}) { if (k !== K[${names}][${c}]) return -1; ${c}++; } if (${c} !== ${l.n.length}) return -1;\n`;
+        } else code += `let ${c} = 0; for (const k in ${v}) ${c}++; if (${c} !== ${l.n.length}) return -1;\n`;
+        l.f.forEach((f, i) => {
+          const x = `v${tmp++}`;
+          code += `const ${x} = ${v}[${JSON.stringify(l.n[i])}];\n` + gen(f, x);
+        });
+        return code;
+      }
+    }
+  };
+  const body = gen(l, "v");
+  const src =
+    `return function encode(records, o, pos) {\n` +
+    `let buf = o.buf, dv = o.dv;\n` +
+    `for (let r = 0; r < records.length; r++) {\n` +
+    `if (pos + ${FIX} > buf.length) { o.grow(pos, ${FIX}); buf = o.buf; dv = o.dv; }\n` +
+    `const v = records[r];\n${body}}\nreturn pos;\n}`;
+  return new Function("ws", "K", "OP", src)(writeString, consts, Object.prototype) as Encoder;
+}
+
+function compileDecoder(l: Layout): Decoder {
+  let tmp = 0;
+  /** Statements that leave the value in the returned variable. */
+  const gen = (l: Layout): [string, string] => {
+    const v = `v${tmp++}`;
+    switch (l.t) {
+      case "s":
+        return [`const ${v} = rs(src, dv, p); p = at.p;\n`, v];
+      case "i":
+        return [`const ${v} = dv.getInt32(p, true); p += 4;\n`, v];
+      case "l":
+      case "d":
+        return [`const ${v} = dv.getFloat64(p, true); p += 8;\n`, v];
+      case "b":
+        return [`const ${v} = src[p++] === 1;\n`, v];
+      case "@": {
+        const [code, x] = gen(l.inner);
+        return [`let ${v} = null; if (src[p++] === 1) { ${v} = dv.getFloat64(p, true); p += 8; }\n${code}`, `[${v}, ${x}]`];
+      }
+      case "(": {
+        let code = "";
+        const xs: string[] = [];
+        for (const f of l.f) {
+          const [c, x] = gen(f);
+          code += c;
+          xs.push(x);
+        }
+        return [code + `const ${v} = [${xs.join(", ")}];\n`, v];
+      }
+      case "{": {
+        let code = "";
+        const xs: string[] = [];
+        l.f.forEach((f, i) => {
+          const [c, x] = gen(f);
+          code += c;
+          xs.push(`${JSON.stringify(l.n[i])}: ${x}`);
+        });
+        return [code + `const ${v} = {${xs.join(", ")}};\n`, v];
+      }
+    }
+  };
+  const [code, v] = gen(l);
+  const src =
+    `return function decode(src, out) {\n` +
+    `const dv = new DataView(src.buffer, src.byteOffset, src.byteLength);\n` +
+    `let p = 0;\n` +
+    `while (p < src.length) {\n${code}out.push(${v});\n}\n` +
+    `if (p !== src.length) throw new Error("corrupt record stream: a typed chunk's last record runs past its end");\n}`;
+  return new Function("rs", "at", src)(readString, at) as Decoder;
+}
+
+export interface CompiledLayout {
+  sig: string;
+  /** The signature's UTF-8 bytes, as chunks carry it. */
+  sigBytes: Uint8Array;
+  layout: Layout;
+  encode: Encoder;
+  decode: Decoder;
+}
+
+const compiled = new Map<string, CompiledLayout>();
+
+/** The compiled layout of a signature (once per signature and mode per thread). */
+export function compileLayout(sig: string, strict: boolean): CompiledLayout {
+  const key = (strict ? "!" : "=") + sig;
+  let c = compiled.get(key);
+  if (c === undefined) {
+    const layout = parseSignature(sig);
+    c = { sig, sigBytes: textEncoder.encode(sig), layout, encode: compileEncoder(layout, strict), decode: compileDecoder(layout) };
+    compiled.set(key, c);
+  }
+  return c;
+}
+
+/** Decodes a typed chunk: its tag byte, u16 signature length, the signature, the records. */
+export class TypedChunkReader {
+  private last: CompiledLayout | null = null;
+
+  read(chunk: Uint8Array, out: unknown[]): void {
+    if (chunk.length < 3) throw new Error("corrupt record stream: a typed chunk without its layout");
+    const n = (chunk[1]! << 8) | chunk[2]!;
+    if (n === 0 || chunk.length < 3 + n) throw new Error(`corrupt record stream: a typed chunk's layout of ${n} bytes does not fit in its ${chunk.length}`);
+    let c = this.last;
+    if (c === null || !sameBytes(c.sigBytes, chunk, 3)) {
+      c = compileLayout(textDecoder.decode(chunk.subarray(3, 3 + n)), false);
+      this.last = c;
+    }
+    try {
+      c.decode(chunk.subarray(3 + n), out);
+    } catch (e) {
+      // A number read past the chunk's end (DataView's bounds): a truncated or corrupt chunk.
+      if (e instanceof RangeError) throw new Error(`corrupt record stream: a typed chunk (layout ${c.sig.slice(0, 200)}) ends in the middle of a record`);
+      throw e;
+    }
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array, off: number): boolean {
+  if (b.length - off < a.length || ((b[off - 2]! << 8) | b[off - 1]!) !== a.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[off + i]) return false;
+  return true;
+}
+
+/**
+ * The layout signature of a record as inference sees it: a primitive (string "s", number "d", boolean "b"), or a
+ * tuple or a plain object (1 to 64 fields) of primitives; null for anything else (msgpack carries it).
+ */
+export function inferSignature(v: unknown, eventTime: boolean): string | null {
+  if (eventTime) {
+    if (!Array.isArray(v) || v.length !== 2 || (v[0] !== null && typeof v[0] !== "number")) return null;
+    const inner = inferSignature(v[1], false);
+    return inner === null ? null : "@" + inner;
+  }
+  const p = primitiveSig(v);
+  if (p !== null) return p;
+  if (Array.isArray(v)) {
+    if (v.length === 0 || v.length > 64) return null;
+    let sig = "(";
+    for (let i = 0; i < v.length; i++) {
+      const f = primitiveSig(v[i]);
+      if (f === null) return null;
+      sig += f;
+    }
+    return sig + ")";
+  }
+  if (typeof v === "object" && v !== null && Object.getPrototypeOf(v) === Object.prototype) {
+    let sig = "{";
+    let n = 0;
+    for (const k in v) {
+      const f = primitiveSig((v as Record<string, unknown>)[k]);
+      if (f === null || k === "__proto__" || ++n > 64) return null;
+      sig += JSON.stringify(k) + f;
+    }
+    return n === 0 ? null : sig + "}";
+  }
+  return null;
+}
+
+function primitiveSig(v: unknown): string | null {
+  return typeof v === "string" ? "s" : typeof v === "number" ? "d" : typeof v === "boolean" ? "b" : null;
+}
+
+/** A record that does not match the type its operator declared (DataStream.returns). */
+export class RecordTypeError extends Error {
+  override name = "RecordTypeError";
+}
+
+/**
+ * Why a record does not match a declared type: `operator "Map" declared Types.TUPLE(STRING, INT): field 1 is "x",
+ * expected INT`. Field paths are the record's (an event-time record's timestamp wrapper is not shown).
+ */
+export function mismatchError(declared: { type: RecordType; operator: string; declaredBy?: string }, record: unknown, eventTime: boolean): RecordTypeError {
+  const { type, operator, declaredBy } = declared;
+  let why: string | null;
+  if (eventTime && (!Array.isArray(record) || record.length !== 2 || (record[0] !== null && typeof record[0] !== "number"))) why = `its event timestamp is ${show(Array.isArray(record) ? record[0] : record)}`;
+  else why = mismatch(type, eventTime ? (record as unknown[])[1] : record, null);
+  const what =
+    declaredBy === undefined
+      ? `operator ${JSON.stringify(operator)} declared ${describeRecordType(type)}`
+      : `operator ${JSON.stringify(operator)} emits its input's type ${describeRecordType(type)} (declared on ${JSON.stringify(declaredBy)})`;
+  return new RecordTypeError(`${what}: ${why ?? "the record does not match"}`);
+}
+
+function mismatch(t: RecordType, v: unknown, path: string | null): string | null {
+  const where = path === null ? "the record" : `field ${path}`;
+  const sub = (k: string | number) => (path === null ? String(k) : `${path}.${k}`);
+  const expected = describeRecordType(t, false);
+  const bad = () => `${where} is ${show(v)}, expected ${expected}`;
+  switch (t.type) {
+    case "STRING":
+      return typeof v === "string" ? null : bad();
+    case "INT":
+      return typeof v === "number" && (v | 0) === v && !Object.is(v, -0) ? null : bad();
+    case "LONG":
+      return typeof v === "number" && Number.isInteger(v) ? null : bad();
+    case "DOUBLE":
+      return typeof v === "number" ? null : bad();
+    case "BOOLEAN":
+      return typeof v === "boolean" ? null : bad();
+    case "TUPLE":
+      if (!Array.isArray(v)) return bad();
+      if (v.length !== t.fields.length) return `${where} has ${v.length} fields, expected ${t.fields.length} (${expected})`;
+      for (let i = 0; i < t.fields.length; i++) {
+        const m = mismatch(t.fields[i]!, v[i], sub(i));
+        if (m !== null) return m;
+      }
+      return null;
+    case "ROW": {
+      if (typeof v !== "object" || v === null || Array.isArray(v)) return bad();
+      for (const k in v) if (!t.names.includes(k)) return `${where} has a field ${fieldName(k)} that the type does not declare (${expected})`;
+      for (let i = 0; i < t.fields.length; i++) {
+        const name = t.names[i]!;
+        if (!(name in v)) return `field ${sub(fieldName(name))} is missing, expected ${describeRecordType(t.fields[i]!, false)}`;
+        const m = mismatch(t.fields[i]!, (v as Record<string, unknown>)[name], sub(fieldName(name)));
+        if (m !== null) return m;
+      }
+      return null;
+    }
+  }
+}
+
+function fieldName(k: string): string {
+  return /^[A-Za-z_$][\w$]*$/.test(k) ? k : JSON.stringify(k);
+}
+
+function show(v: unknown): string {
+  if (typeof v === "string") return v.length > 40 ? `${JSON.stringify(v.slice(0, 40))}...` : JSON.stringify(v);
+  if (typeof v === "number") return Object.is(v, -0) ? "-0" : String(v);
+  if (v === null || v === undefined || typeof v === "boolean" || typeof v === "bigint") return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (typeof v === "object") return "an object";
+  return `a ${typeof v}`;
+}
