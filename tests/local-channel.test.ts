@@ -121,6 +121,26 @@ describe("local channel over a ring", () => {
     expect(c.errors).toEqual([]);
   });
 
+  test("a task that waits before its channels are connected is woken by their data (tasks start before wiring)", async () => {
+    const gate = new InputGate(["a", "b"]);
+    let woke = false;
+    const waiting = gate.waitNext().then(() => (woke = true));
+    const rings = { a: createRing(2, 256), b: createRing(2, 256) };
+    const errors: unknown[] = [];
+    for (const ch of ["a", "b"] as const) receiveFromRing(rings[ch], ch, gate, (e) => errors.push(e));
+    const pool = new LocalBufferPool(4, 256, 0);
+    const writer = new RecordWriter(["b"], () => 0, pool, true, 4);
+    writer.connect("b", new RingSender(rings.b, (buf) => writer.recycle(buf, "b"), (e) => errors.push(e)));
+    await Promise.resolve();
+    expect(woke).toBe(false);
+    writer.emit("x"); // into channel b, connected after the task began to wait
+    await Promise.race([waiting, new Promise((r) => setTimeout(r, 5000))]);
+    expect(woke).toBe(true);
+    const item = gate.poll();
+    expect(item !== null && "records" in item && item.records).toEqual(["x"]);
+    expect(errors).toEqual([]);
+  });
+
   test("finish() resolves only once the end event is in the ring, even when the ring was full", async () => {
     const c = channel({ slots: 1, segment: 4096, pool: 4, flushEveryRecord: true });
     for (let i = 0; i < 3; i++) c.writer.emit(i);

@@ -251,6 +251,12 @@ export class InputGate {
 
   addSource(source: { poll(): void; armWake(): void }): void {
     this.sources.push(source);
+    // A channel connected while the task already waits (the usual order: tasks start before their channels are
+    // wired) must wake it too.
+    if (this.wake !== null) {
+      source.poll();
+      if (this.wake !== null) source.armWake();
+    }
   }
 
   private pollSources(): void {
