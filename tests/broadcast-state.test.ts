@@ -208,6 +208,40 @@ describe("broadcast state on a cluster", () => {
     }, 60_000);
   }
 
+  for (const backend of ["heap", "sqlite"] as const) {
+    test(`applyToKeyedState skips keys whose state expired under its TTL (${backend})`, async () => {
+      // 10 keys written at once with a 300 ms TTL; 1.5 s later one broadcast element visits the keyed state. Half the
+      // keys are written again just before it (a second, delayed source), so they are live: only those are visited.
+      const out = path.join(dir, `ttl-${backend}`);
+      const job = writeJob(dir, `ttl-${backend}.ts`, `
+        import { MapStateDescriptor, ValueStateDescriptor } from ${API};
+        const pause = new Int32Array(new SharedArrayBuffer(4));
+        const seen = new ValueStateDescriptor("seen", { ttl: { ttlMs: 300 } });
+        const rules = new MapStateDescriptor("rules");
+        export default (env, args) => {
+          env.setStateBackend(args[1]);
+          const early = env.fromSequence(0, 9).setParallelism(1);
+          const late = env.fromSequence(100, 104).setParallelism(1).map((x) => { if (x === 100) Atomics.wait(pause, 0, 0, 1200); return x % 100; }).setParallelism(1);
+          const tick = env.fromSequence(1, 1).setParallelism(1).map((x) => { Atomics.wait(pause, 0, 0, 1500); return x; }).setParallelism(1);
+          early.union(late).keyBy((x) => x).connect(tick.broadcast(rules))
+            .process({
+              open(ctx) { this.seen = ctx.getState(seen); },
+              processElement(x, ctx, out) { this.seen.update(x); },
+              processBroadcastElement(b, ctx, out) {
+                const visited = [];
+                ctx.applyToKeyedState(seen, (key, s) => visited.push(key + "=" + s.value()));
+                out.collect(JSON.stringify(visited.sort()));
+              },
+            })
+            .writeAsText(args[0]);
+        };`);
+      const status = await run(job, [out, backend], 1);
+      expect(status.error?.message).toBeUndefined();
+      expect(status.state).toBe("FINISHED");
+      expect(readLines(out)).toEqual([JSON.stringify(["0=0", "1=1", "2=2", "3=3", "4=4"])]);
+    }, 60_000);
+  }
+
   test("broadcast and keyed state survive a savepoint restored at another parallelism (2 -> 3 sqlite, 2 -> 1 heap)", async () => {
     const N = 200_000, B = 60;
     for (const [backend, to] of [["sqlite", 3], ["heap", 1]] as const) {

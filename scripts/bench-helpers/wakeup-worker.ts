@@ -1,4 +1,5 @@
 // The other side of scripts/bench-wakeups.ts: answers each wake-up on index 0 with one on index 1.
+export {};
 declare const self: Worker;
 self.onmessage = async (e: MessageEvent<[SharedArrayBuffer, number]>) => {
   const [sab, n] = e.data;

@@ -333,7 +333,9 @@ function broadcastProcess(node: Extract<PlanNode, { kind: "broadcastProcess" }>,
       // The keys first: the function may change or clear the state while we go.
       for (const k of keyed.keys(d.name)) {
         keyed.setCurrentKey(k);
-        f(k, stateFor(d));
+        const state = stateFor(d);
+        // A key whose value has expired (state TTL) is still stored until cleaned up: as Flink, not visited.
+        if (isVisible(d.kind, state)) f(k, state);
       }
     },
     timestamp: () => time.ts,
@@ -470,5 +472,19 @@ class LineSink implements Operator {
   endInput(): void {
     this.flush();
     this.close?.();
+  }
+}
+
+/** Whether the current key's state shows a value (one that expired under its TTL reads as none). */
+function isVisible(kind: string, state: unknown): boolean {
+  switch (kind) {
+    case "value":
+      return (state as { value(): unknown }).value() !== undefined;
+    case "list":
+      return (state as { get(): unknown[] }).get().length > 0;
+    case "map":
+      return !(state as { isEmpty(): boolean }).isEmpty();
+    default:
+      return (state as { get(): unknown }).get() !== undefined;
   }
 }
