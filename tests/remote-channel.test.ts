@@ -6,11 +6,11 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
+import { OvertakenInbox, receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { ShuffleEnvironment, type TaskEndpoint } from "../src/network/shuffle-environment.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
-import { channelId, type ConnectChannels } from "../src/network/wire.ts";
+import { channelId, DATA_FRAME, type ConnectChannels } from "../src/network/wire.ts";
 import { waitFor } from "./helpers.ts";
 
 const SEG = 4096;
@@ -36,27 +36,41 @@ function deployment(subtaskIndex: number, io: Pick<TaskDeployment, "inputs" | "o
   };
 }
 
-/** A task whose Worker side is the test: it keeps the connect messages and any failure. */
+/** A task whose Worker side is the test: it keeps the connect messages and any failure, and the overtaken buffers (as StreamTask). */
 function endpoint(d: TaskDeployment) {
   const connects: ConnectChannels[] = [];
   const failures: Error[] = [];
+  const inbox = new OvertakenInbox();
+  const onOvertaken: (() => void)[] = [];
+  /** Per priority event with overtaken buffers: how many. */
+  const overtakenPosts: number[] = [];
   const task: TaskEndpoint = {
     deployment: d,
     post: (msg) => {
       if (msg.type === "connect") connects.push(msg);
+      if (msg.type === "overtaken") {
+        // A message to a Worker: handled in a later turn, copied.
+        const copy = msg.buffers.map((b) => b.slice());
+        overtakenPosts.push(copy.length);
+        setTimeout(() => {
+          inbox.put(msg.channel, msg.id, copy);
+          for (const f of onOvertaken) f();
+        }, 1);
+      }
     },
     fail: (err) => failures.push(err),
   };
-  return { task, connects, failures };
+  return { task, connects, failures, inbox, onOvertaken, overtakenPosts };
 }
 
 const CH = channelId("job1", 0, 0, 0);
 
-async function remoteChannel(order: "consumer-first" | "producer-first") {
+async function remoteChannel(order: "consumer-first" | "producer-first", unaligned = false) {
   const a = await environment("tm-a"); // producer side
   const b = await environment("tm-b"); // consumer side
-  const producer = endpoint(deployment(0, { inputs: [], outputs: [{ edgeId: 0, partitioner: "forward", targets: [{ ...b.target, subtask: 0 }] }] }));
-  const consumer = endpoint(deployment(0, { inputs: [{ edgeId: 0, producers: [{ ...a.target, subtask: 0 }] }], outputs: [] }));
+  const u = unaligned ? { unalignedCheckpoints: true } : {};
+  const producer = endpoint({ ...deployment(0, { inputs: [], outputs: [{ edgeId: 0, partitioner: "forward", targets: [{ ...b.target, subtask: 0 }] }] }), ...u });
+  const consumer = endpoint({ ...deployment(0, { inputs: [{ edgeId: 0, producers: [{ ...a.target, subtask: 0 }] }], outputs: [] }), ...u });
   const wireProducer = () => {
     a.env.reserve(producer.task);
     a.env.wire(producer.task);
@@ -82,9 +96,13 @@ async function remoteChannel(order: "consumer-first" | "producer-first") {
   const pool = new LocalBufferPool(OPTIONS.buffersPerChannel + OPTIONS.floatingBuffersPerGate, SEG, 0);
   const writer = new RecordWriter([CH], () => 0, pool, false, OPTIONS.maxBuffersPerChannel);
   const errors: unknown[] = [];
-  writer.connect(CH, new RingSender(produce[0]!.ring, (buf) => writer.recycle(buf, CH), (e) => errors.push(e)));
+  writer.keepInFlight = unaligned;
+  expect(produce[0]!.priority !== undefined).toBe(unaligned);
+  expect(consume[0]!.priority !== undefined).toBe(unaligned);
+  writer.connect(CH, new RingSender(produce[0]!.ring, (buf) => writer.recycle(buf, CH), (e) => errors.push(e), produce[0]!.priority, produce[0]!.remote === true));
   const gate = new InputGate([CH]);
-  receiveFromRing(consume[0]!.ring, CH, gate, (e) => errors.push(e));
+  const receiver = receiveFromRing(consume[0]!.ring, CH, gate, (e) => errors.push(e), consume[0]!.priority, consume[0]!.remote ? consumer.inbox : undefined);
+  consumer.onOvertaken.push(() => receiver.poll());
   const got: unknown[] = [];
   const read = () => {
     for (let item: GateItem | null = gate.poll(); item !== null; item = gate.poll()) {
@@ -92,7 +110,7 @@ async function remoteChannel(order: "consumer-first" | "producer-first") {
       else got.push(...item.records);
     }
   };
-  return { writer, pool, gate, got, read, errors, producer, consumer };
+  return { writer, pool, gate, got, read, errors, producer, consumer, receiver, a, b };
 }
 
 /** Writes n records (and a watermark every 1000) as a source would: pausing while the writer is backpressured. */
@@ -145,5 +163,105 @@ describe("remote channel over TCP through rings at both ends", () => {
       return c.gate.finished;
     }, 20_000, 2);
     expect(c.got).toEqual(await sending);
+  }, 30_000);
+});
+
+/** Emits records until the writer stays backpressured (nobody reads meanwhile). */
+async function fill(writer: RecordWriter, sent: unknown[]): Promise<void> {
+  for (;;) {
+    if (writer.backpressured) {
+      await new Promise((r) => setTimeout(r, 30));
+      if (writer.backpressured) return;
+      continue;
+    }
+    for (let k = 0; k < 50; k++) {
+      const r = { i: sent.length, pad: "y".repeat(sent.length % 113) };
+      writer.emit(r);
+      sent.push(r);
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+describe("remote channel with unaligned checkpoints: a priority event overtakes what waits on both TaskManagers", () => {
+  const barrier = (checkpointId: number): ChannelEvent => ({ type: "barrier", checkpointId, timestamp: Date.now(), dir: "/tmp/x", unaligned: true });
+
+  test("under full backpressure the barrier reaches the consumer's gate at once; its channel state (input + output) splits the records exactly", async () => {
+    const c = await remoteChannel("producer-first", true);
+    const sent: unknown[] = [];
+    // Nothing is read: the consumer's ring, its network buffers, the producer's ring and its pool all fill.
+    await fill(c.writer, sent);
+    expect(c.pool.inUse).toBe(c.pool.size);
+    const before = sent.length;
+    const output = new Map<string, unknown[]>();
+    c.writer.broadcastPriorityEvent(barrier(1), output);
+    // The consumer reads nothing, yet the barrier arrives (the ring reader is polled as the task's timer would).
+    await waitFor("the barrier at the head of the consumer's gate", () => {
+      c.receiver.poll();
+      return c.gate.priorityWaiting;
+    }, 10_000, 5);
+    const first = c.gate.poll();
+    expect(first).toEqual({ channel: CH, event: expect.objectContaining({ type: "barrier", checkpointId: 1 }) });
+    // The snapshot is taken here: the input channel state is complete at once, nothing having been read.
+    let input: Map<string, unknown[]> | null = null;
+    c.gate.startRecording(1, (s) => (input = s));
+    expect(input).not.toBeNull();
+    const inRecords = input!.get(CH) ?? [];
+    const outRecords = output.get(CH) ?? [];
+    // Everything emitted before the barrier is in flight: the consumer's part (its ring, its TaskManager's buffers and
+    // what waited for credit on the producer's) then the producer's (what its Worker still held), in order.
+    expect(inRecords.length).toBeGreaterThan(0);
+    expect(outRecords.length).toBeGreaterThan(0);
+    expect([...inRecords, ...outRecords]).toEqual(sent.slice(0, before));
+    // The barrier overtook the buffers waiting on both TaskManagers: the consumer's network buffers and the producer's
+    // remote ring (the Worker's ring held the rest before it).
+    expect(c.consumer.overtakenPosts.length).toBe(1);
+    expect(c.consumer.overtakenPosts[0]).toBeGreaterThan(5);
+    expect(c.gate.queuedBuffers).toBeLessThanOrEqual(10);
+    const after = produceRecords(c.writer, 2_000);
+    await waitFor("the channel's end", () => {
+      c.read();
+      return c.gate.finished;
+    }, 20_000, 2);
+    // The records then arrive once each, in order, as without the barrier.
+    expect(c.got).toEqual([...sent, ...(await after)]);
+    expect(c.errors).toEqual([]);
+    expect(c.producer.failures).toEqual([]);
+    expect(c.consumer.failures).toEqual([]);
+  }, 30_000);
+
+  test("barriers in a row, the consumer reading a little between them: each one's state is the records before it not read yet", async () => {
+    const c = await remoteChannel("consumer-first", true);
+    const sent: unknown[] = [];
+    let read = 0;
+    for (let n = 1; n <= 4; n++) {
+      await fill(c.writer, sent);
+      const upTo = sent.length;
+      const output = new Map<string, unknown[]>();
+      c.writer.broadcastPriorityEvent(barrier(n), output);
+      await waitFor(`barrier ${n} in the gate`, () => {
+        c.receiver.poll();
+        return c.gate.priorityWaiting;
+      }, 10_000, 2);
+      read = c.got.length;
+      expect(c.gate.poll()).toEqual({ channel: CH, event: expect.objectContaining({ checkpointId: n }) });
+      let input: Map<string, unknown[]> | null = null;
+      c.gate.startRecording(n, (s) => (input = s));
+      expect(input).not.toBeNull();
+      expect([...(input!.get(CH) ?? []), ...(output.get(CH) ?? [])]).toEqual(sent.slice(read, upTo));
+      // Read a part of the backlog before the next barrier.
+      for (let k = 0; k < 3; k++) {
+        const item = c.gate.poll();
+        if (item && "records" in item) c.got.push(...item.records);
+      }
+    }
+    const rest = produceRecords(c.writer, 500);
+    await waitFor("the channel's end", () => {
+      c.read();
+      return c.gate.finished;
+    }, 20_000, 2);
+    expect(c.got).toEqual([...sent, ...(await rest)]);
+    expect(c.consumer.overtakenPosts.length).toBe(4);
+    expect(c.errors).toEqual([]);
   }, 30_000);
 });
