@@ -196,6 +196,7 @@ export class RemoteSender {
       }
       conn.send(n > 0 ? [DATA_FRAME.EVENT, ch, event, n] : [DATA_FRAME.EVENT, ch, event]);
     }
+    this.whenPriority(ch, ro);
   }
 
   /**
@@ -214,7 +215,8 @@ export class RemoteSender {
 
   /** Sends the producer's priority events as they come (or looks again after RING_WAIT_MS, while the channel is here). */
   private whenPriority(ch: string, ro: RemoteOutput): void {
-    if (!ro.priority || ro.priorityWaiting) return;
+    // With an event waiting and no connection (no credit yet), the first credit sends it and arms this again.
+    if (!ro.priority || ro.priorityWaiting || ro.priority.available > 0) return;
     ro.priorityWaiting = true;
     void ro.priority.whenPublished(RING_WAIT_MS).then(() => {
       ro.priorityWaiting = false;
