@@ -265,3 +265,34 @@ describe("remote channel with unaligned checkpoints: a priority event overtakes 
     expect(c.errors).toEqual([]);
   }, 30_000);
 });
+
+describe("remote channel with unaligned checkpoints: bad overtaken buffers are refused naming the channel", () => {
+  const barrier: ChannelEvent = { type: "barrier", checkpointId: 1, timestamp: 1, dir: "/tmp/x", unaligned: true };
+  const cases: [string, unknown[][], RegExp][] = [
+    ["a buffer larger than a segment", [[DATA_FRAME.OVERTAKEN, CH, new Uint8Array(SEG + 1)]], /overtaken buffer frame for job1\|0\|0\|0 is larger than a buffer \(4097 bytes\)/],
+    ["no bytes", [[DATA_FRAME.OVERTAKEN, CH, "abc"]], /overtaken buffer frame for job1\|0\|0\|0 carries no bytes/],
+    // The producer's remote ring has at most buffers-per-channel + floating-buffers-per-gate = 10 slots.
+    ["more than a ring holds", Array.from({ length: 11 }, () => [DATA_FRAME.OVERTAKEN, CH, new Uint8Array(8)]), /channel job1\|0\|0\|0 sent more than 10 overtaken buffers before a priority event/],
+    ["a count that does not match", [[DATA_FRAME.OVERTAKEN, CH, new Uint8Array(8)], [DATA_FRAME.EVENT, CH, barrier, 3]], /channel job1\|0\|0\|0 sent a barrier that overtook 3 buffers, but 1 overtaken buffers came before it/],
+    ["a count on an event that is not a priority event", [[DATA_FRAME.EVENT, CH, { type: "watermark", timestamp: 5 }, 1]], /event frame for job1\|0\|0\|0 has a bad count of overtaken buffers 1/],
+  ];
+  for (const [what, frames, error] of cases) {
+    test(what, async () => {
+      const c = await remoteChannel("producer-first", true);
+      for (const frame of frames) c.a.env.transport.send(c.b.target, frame);
+      await waitFor("the consumer failed", () => c.consumer.failures.length > 0, 10_000);
+      expect(c.consumer.failures[0]!.message).toMatch(error);
+    }, 20_000);
+  }
+
+  test("bytes that do not decode as the channel's stream fail the consumer naming the channel", async () => {
+    const c = await remoteChannel("producer-first", true);
+    c.a.env.transport.send(c.b.target, [DATA_FRAME.OVERTAKEN, CH, new Uint8Array([0, 0, 0, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1])]);
+    c.a.env.transport.send(c.b.target, [DATA_FRAME.EVENT, CH, barrier, 1]);
+    await waitFor("the consumer's error", () => {
+      c.receiver.poll();
+      return c.errors.length > 0;
+    }, 10_000, 5);
+    expect(String(c.errors[0])).toMatch(/input channel job1\|0\|0\|0: overtaken buffer 0 of a barrier does not decode/);
+  }, 20_000);
+});
