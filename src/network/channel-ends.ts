@@ -18,7 +18,7 @@ type RemotePositionedEvent = PositionedEvent & { overtaken?: number; overtakenBu
 
 /**
  * A consumer Worker's overtaken buffers of remote channels (OvertakenBuffers messages), until the ring reader reaches
- * the priority event that names them. Bounded: one entry per priority event in flight on the channel.
+ * the priority event that names them. Bounded: one entry per priority event in the channel's priority ring.
  */
 export class OvertakenInbox {
   private readonly byChannel = new Map<string, Map<number, Uint8Array[]>>();
@@ -26,7 +26,8 @@ export class OvertakenInbox {
   put(channel: string, id: number, buffers: Uint8Array[]): void {
     let m = this.byChannel.get(channel);
     if (!m) this.byChannel.set(channel, (m = new Map()));
-    if (m.size >= PRIORITY_RING_SLOTS * 4) throw new Error(`input channel ${channel}: more than ${m.size} sets of overtaken buffers wait for their priority events`);
+    // Posted only as their event goes into the priority ring: at most its slots wait (plus one being read).
+    if (m.size > PRIORITY_RING_SLOTS) throw new Error(`input channel ${channel}: more than ${m.size} sets of overtaken buffers wait for their priority events`);
     m.set(id, buffers);
   }
 

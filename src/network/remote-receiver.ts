@@ -48,11 +48,17 @@ interface RemoteInput {
   /** Unaligned checkpoints: the Worker's priority ring for this channel. */
   priority: RingWriter | null;
   /** Priority events waiting for room in the priority ring (rare: 4 slots); the data waits behind them. */
-  priorityPending: ChannelEvent[];
+  priorityPending: PriorityArrival[];
   /** OVERTAKEN buffers that arrived for the channel's next priority event (copies). */
   overtaken: Uint8Array[];
   /** Ids of the buffers posted to the Worker with priority events. */
   overtakenId: number;
+}
+
+/** A priority event at its place in the data ring, with copies of the buffers it overtook (posted to the Worker). */
+interface PriorityArrival {
+  event: ChannelEvent & { ringPosition: number; overtaken?: number; overtakenBuffers?: number };
+  buffers: Uint8Array[];
 }
 
 export class RemoteReceiver {
@@ -164,24 +170,36 @@ export class RemoteReceiver {
       ri.pushed++; // nothing to overtake: in order is at once
       return;
     }
-    let positioned: ChannelEvent & { ringPosition: number; overtaken?: number; overtakenBuffers?: number } = { ...event, ringPosition: ri.pushed };
-    if (buffers.length > 0) {
-      // Posted before the event is published: the Worker's ring reader waits for them where the event is.
-      const id = ++ri.overtakenId;
-      ri.task.post({ type: "overtaken", channel: ri.id, id, buffers });
-      positioned = { ...positioned, overtaken: id, overtakenBuffers: buffers.length };
-    }
-    if (ri.priorityPending.length > 0 || !ri.priority!.tryPushEvent(positioned)) {
+    const positioned: PriorityArrival = { event: { ...event, ringPosition: ri.pushed }, buffers };
+    if (buffers.length > 0) positioned.event = { ...positioned.event, overtaken: ++ri.overtakenId, overtakenBuffers: buffers.length };
+    if (ri.priorityPending.length > 0 || !this.tryPushPriority(ri, positioned)) {
       ri.priorityPending.push(positioned);
       this.whenPriorityFree(ri);
     }
+  }
+
+  /**
+   * Into the priority ring if it has room, the overtaken buffers posted to the Worker right before (its ring reader
+   * waits for them where the event is): so the Worker holds at most a ring's worth of them.
+   */
+  private tryPushPriority(ri: RemoteInput, p: PriorityArrival): boolean {
+    if (ri.priority!.free === 0) return false;
+    if (p.buffers.length > 0) ri.task.post({ type: "overtaken", channel: ri.id, id: p.event.overtaken!, buffers: p.buffers });
+    if (!ri.priority!.tryPushEvent(p.event)) throw new Error(`the priority ring of ${ri.id} has a free slot but took no event`);
+    return true;
   }
 
   /** Priority events waiting for room in the priority ring: the data ring gets nothing past their place meanwhile. */
   private whenPriorityFree(ri: RemoteInput): void {
     void ri.priority!.whenFree(RING_WAIT_MS).then(() => {
       if (this.inputs.get(ri.id) !== ri) return;
-      while (ri.priorityPending.length > 0 && ri.priority!.tryPushEvent(ri.priorityPending[0]!)) ri.priorityPending.shift();
+      try {
+        while (ri.priorityPending.length > 0 && this.tryPushPriority(ri, ri.priorityPending[0]!)) ri.priorityPending.shift();
+      } catch (err) {
+        this.inputs.delete(ri.id);
+        ri.task.fail(new Error(`remote input channel ${ri.id}: ${(err as Error).message}`));
+        return;
+      }
       if (ri.priorityPending.length > 0) this.whenPriorityFree(ri);
       else if (ri.pending.length > 0) this.whenRingFree(ri);
     });

@@ -1,5 +1,6 @@
-// Messages between a TaskManager's main thread and a task's Worker: control only. Channel data never goes by
-// postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once.
+// Messages between a TaskManager's main thread and a task's Worker: control only. Channel data does not go by
+// postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once. The exception is
+// rare: copies of the buffers an unaligned barrier overtook on a remote channel (OvertakenBuffers, once per checkpoint).
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import type { ConnectChannels, NetworkGrant, OvertakenBuffers, ResizeOutputPools } from "../network/wire.ts";
 
