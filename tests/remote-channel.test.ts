@@ -6,7 +6,9 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { InputGate, type GateItem } from "../src/network/input-gate.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
-import { OvertakenInbox, receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
+import { OvertakenInbox, PRIORITY_RING_SLOT_BYTES, PRIORITY_RING_SLOTS, receiveFromRing, RingSender } from "../src/network/channel-ends.ts";
+import { RemoteReceiver } from "../src/network/remote-receiver.ts";
+import { createRing, RingReader } from "../src/network/shared-ring.ts";
 import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
 import { ShuffleEnvironment, type TaskEndpoint } from "../src/network/shuffle-environment.ts";
 import type { TaskDeployment } from "../src/rpc/messages.ts";
@@ -295,4 +297,71 @@ describe("remote channel with unaligned checkpoints: bad overtaken buffers are r
     }, 10_000, 5);
     expect(String(c.errors[0])).toMatch(/input channel job1\|0\|0\|0: overtaken buffer 0 of a barrier does not decode/);
   }, 20_000);
+});
+
+describe("remote receiver: priority events that find the priority ring full", () => {
+  test("wait in order, hold the data back behind their place, and post their overtaken buffers only as they go in", async () => {
+    const posts: { id: number; buffers: number[] }[] = [];
+    const failures: Error[] = [];
+    const task: TaskEndpoint = {
+      deployment: deployment(0, { inputs: [], outputs: [] }),
+      post: (msg) => {
+        if (msg.type === "overtaken") posts.push({ id: msg.id, buffers: msg.buffers.map((b) => b[0]!) });
+      },
+      fail: (e) => failures.push(e),
+    };
+    const receiver = new RemoteReceiver(64, () => {}, 10);
+    const ring = createRing(2, 64);
+    const priority = createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES);
+    receiver.add(CH, task, { resourceId: "tm-a", dataHost: "127.0.0.1", dataPort: 1 }, receiver.newGate(0), 4, ring, priority);
+    // Four buffers: two go into the Worker's ring, two wait in network buffers (H).
+    for (let i = 1; i <= 4; i++) receiver.onData(CH, new Uint8Array([i, 0, 0]), 0);
+    const barrier = (id: number): ChannelEvent => ({ type: "barrier", checkpointId: id, timestamp: 1, dir: "/d", unaligned: true });
+    for (let id = 1; id <= PRIORITY_RING_SLOTS + 2; id++) receiver.onEvent(CH, barrier(id));
+    // The ring's four slots took four events, each with H (buffers 3 and 4) posted right before it.
+    expect(posts).toEqual([1, 2, 3, 4].map((id) => ({ id, buffers: [3, 4] })));
+    const data = new RingReader(ring);
+    const events = new RingReader(priority);
+    const taken: unknown[] = [];
+    const takeEvents = () => {
+      for (let e = events.take(); e !== null; e = events.take()) {
+        events.release();
+        taken.push(e.kind === "event" ? e.event : e);
+      }
+    };
+    // The Worker reads its data ring: room there, but H stays behind the events still waiting for the priority ring.
+    for (let k = 0; k < 2; k++) {
+      expect(data.take()).toMatchObject({ kind: "buffer" });
+      data.release();
+    }
+    // An absence, so it is watched for a while rather than waited for.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(data.available).toBe(0);
+    takeEvents();
+    let early = 0;
+    await waitFor("the other two events in the priority ring", () => {
+      // Nothing may enter the data ring while an event before it waits for room in the priority ring (data first:
+      // the events are published before it).
+      if (data.available > 0 && taken.length + events.available < PRIORITY_RING_SLOTS + 2) early++;
+      takeEvents();
+      return taken.length === PRIORITY_RING_SLOTS + 2;
+    }, 10_000, 5);
+    expect(early).toBe(0);
+    expect(taken.map((e) => (e as { checkpointId: number }).checkpointId)).toEqual([1, 2, 3, 4, 5, 6]);
+    // Every event is at the same place (after the two buffers the ring had) and names its posted buffers.
+    expect(taken.map((e) => (e as { ringPosition: number }).ringPosition)).toEqual([2, 2, 2, 2, 2, 2]);
+    expect(taken.map((e) => (e as { overtaken: number }).overtaken)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(posts.map((p) => p.id)).toEqual([1, 2, 3, 4, 5, 6]);
+    // Then H goes into the data ring, after them.
+    const rest: number[] = [];
+    await waitFor("buffers 3 and 4 in the ring", () => {
+      for (let b = data.take(); b !== null; b = data.take()) {
+        if (b.kind === "buffer") rest.push(b.bytes[0]!);
+        data.release();
+      }
+      return rest.length === 2;
+    }, 10_000, 5);
+    expect(rest).toEqual([3, 4]);
+    expect(failures).toEqual([]);
+  });
 });
