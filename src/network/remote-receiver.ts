@@ -172,7 +172,8 @@ export class RemoteReceiver {
     }
     const positioned: PriorityArrival = { event: { ...event, ringPosition: ri.pushed }, buffers };
     if (buffers.length > 0) positioned.event = { ...positioned.event, overtaken: ++ri.overtakenId, overtakenBuffers: buffers.length };
-    if (ri.priorityPending.length > 0 || !this.tryPushPriority(ri, positioned)) {
+    if (ri.priorityPending.length > 0) ri.priorityPending.push(positioned); // behind the others (their wait is pending)
+    else if (!this.tryPushPriority(ri, positioned)) {
       ri.priorityPending.push(positioned);
       this.whenPriorityFree(ri);
     }
