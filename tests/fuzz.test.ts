@@ -147,6 +147,8 @@ const DATA_CORPUS: unknown[] = [
   [DATA_FRAME.CREDIT, "nojob|0|0|0", 2],
   [DATA_FRAME.EVENT, "nojob|0|0|0", { type: "end" }],
   [DATA_FRAME.DATA, "nojob|0|0|0", new Uint8Array(64), 0],
+  [DATA_FRAME.OVERTAKEN, "nojob|0|0|0", new Uint8Array(64)],
+  [DATA_FRAME.EVENT, "nojob|0|0|0", { type: "barrier", checkpointId: 1, timestamp: 1, dir: "/x", unaligned: true }, 1],
   [DATA_FRAME.CREDIT, 12, "x"],
   [9, null],
 ];

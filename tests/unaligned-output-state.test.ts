@@ -142,8 +142,8 @@ test("a job started at another parallelism from an unaligned checkpoint with out
   const dir = tempDir("tm-ucp-rescale-");
   fs.writeFileSync(path.join(dir, "slow"), "1");
   const N = 20_000, KEYS = 7;
-  // Two TaskManagers: some of the channels are remote (their barriers wait for credit behind the remote buffers,
-  // which the consumer records), so the operator is less slow here.
+  // Two TaskManagers: some of the channels are remote (their barriers overtake the buffers waiting on the
+  // TaskManagers' main threads, which the consumer records as the end of its input channel state).
   const client = await start(dir, 2, {}, 2);
   const file = job(dir, N, KEYS, 2);
   const first = await submitJob(client, await prepareJob(file, [], 2));

@@ -7,10 +7,37 @@
 // has read it, so a consumer that does not read (barrier alignment, a slow task) fills the ring.
 import type { InputGate } from "./input-gate.ts";
 import type { BufferSender, ChannelEvent } from "./record-writer.ts";
-import { RingReader, RingWriter } from "./shared-ring.ts";
+import { RingReader, RingWriter, type RingItem } from "./shared-ring.ts";
 
 /** A priority event in a channel's priority ring: it goes in after the first `ringPosition` items of the data ring. */
 type PositionedEvent = ChannelEvent & { ringPosition: number };
+
+/** A remote channel's priority event as its consumer's TaskManager puts it in the priority ring: with the id and count
+ * of the buffers it overtook there, which come to the Worker by message (OvertakenInbox). */
+type RemotePositionedEvent = PositionedEvent & { overtaken?: number; overtakenBuffers?: number };
+
+/**
+ * A consumer Worker's overtaken buffers of remote channels (OvertakenBuffers messages), until the ring reader reaches
+ * the priority event that names them. Bounded: one entry per priority event in the channel's priority ring.
+ */
+export class OvertakenInbox {
+  private readonly byChannel = new Map<string, Map<number, Uint8Array[]>>();
+
+  put(channel: string, id: number, buffers: Uint8Array[]): void {
+    let m = this.byChannel.get(channel);
+    if (!m) this.byChannel.set(channel, (m = new Map()));
+    // Posted only as their event goes into the priority ring: at most its slots wait (plus one being read).
+    if (m.size > PRIORITY_RING_SLOTS) throw new Error(`input channel ${channel}: more than ${m.size} sets of overtaken buffers wait for their priority events`);
+    m.set(id, buffers);
+  }
+
+  take(channel: string, id: number): Uint8Array[] | undefined {
+    const m = this.byChannel.get(channel);
+    const b = m?.get(id);
+    if (b !== undefined) m!.delete(id);
+    return b;
+  }
+}
 
 /** Slots and slot size of a channel's priority ring (barriers of about 60 bytes plus their checkpoint directory). */
 export const PRIORITY_RING_SLOTS = 4;
@@ -33,8 +60,13 @@ export class RingSender implements BufferSender {
     private readonly recycle: (buf: ArrayBuffer) => void,
     /** A failure while items wait for room (e.g. an event too large for a slot): fails the task. */
     private readonly onError: (err: unknown) => void,
-    /** The channel's priority ring (local channels with unaligned checkpoints), read by receiveFromRing. */
+    /** The channel's priority ring (unaligned checkpoints), read by receiveFromRing or the main thread (remote). */
     priorityRing?: SharedArrayBuffer,
+    /**
+     * A remote channel: priority events go to the priority ring first, even when the data ring has room, so that the
+     * main thread sends them ahead of what waits there for credit (remote-sender.ts).
+     */
+    private readonly remote = false,
   ) {
     this.ring = new RingWriter(ring);
     this.priority = priorityRing ? new RingWriter(priorityRing) : null;
@@ -61,6 +93,7 @@ export class RingSender implements BufferSender {
    * a slot of a ring full of data (a slow consumer frees one per buffer it reads); else ahead of what waits.
    */
   priorityEvent(_channel: string, event: ChannelEvent): void {
+    if (this.remote && this.priority && this.priority.tryPushEvent({ ...event, ringPosition: this.pushed } as PositionedEvent)) return;
     if (this.ring.tryPushEvent(event)) {
       this.pushed++;
       return;
@@ -166,26 +199,38 @@ export interface RingReceiver {
  * has nothing to read: a wait kept pending all the time made the producer wake this thread for every buffer it
  * published (Atomics.notify of a pending waitAsync costs about 8 us across both threads), busy or not.
  */
-export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: InputGate, onError: (err: unknown) => void, priorityRing?: SharedArrayBuffer): RingReceiver {
+export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: InputGate, onError: (err: unknown) => void, priorityRing?: SharedArrayBuffer, overtaken?: OvertakenInbox): RingReceiver {
   const reader = new RingReader(ring);
   const priority = priorityRing ? new RingReader(priorityRing) : null;
   const release = () => reader.release();
   let taken = 0;
   let ended = false;
-  let next: PositionedEvent | null = null;
-  /** Priority events whose place is before data item `index`. */
-  const priorityBefore = (index: number) => {
-    if (!priority) return;
+  let next: RemotePositionedEvent | null = null;
+  /** A data item taken while a priority event before it waits for its overtaken buffers (remote channels). */
+  let stalled: RingItem | null = null;
+  /** Priority events whose place is before data item `index`; false while one of them waits for its buffers. */
+  const priorityBefore = (index: number): boolean => {
+    if (!priority) return true;
     for (;;) {
       if (next === null) {
         const item = priority.take();
-        if (item === null) return;
+        if (item === null) return true;
         priority.release(); // an event is copied out of its slot
         if (item.kind !== "event") throw new Error(`priority ring of ${channel}: a buffer, only events go there`);
-        next = item.event as PositionedEvent;
+        next = item.event as RemotePositionedEvent;
       }
       // Its items before it were published before it: the data ring yields them first.
-      if (next.ringPosition > index) return;
+      if (next.ringPosition > index) return true;
+      if (next.overtaken !== undefined) {
+        if (!overtaken) throw new Error(`priority ring of ${channel}: an event with overtaken buffers on a channel that has none`);
+        const buffers = overtaken.take(channel, next.overtaken);
+        if (buffers === undefined) return false; // posted before the event: their message is on its way
+        if (buffers.length !== next.overtakenBuffers) throw new Error(`input channel ${channel}: ${buffers.length} overtaken buffers arrived for a priority event that overtook ${next.overtakenBuffers}`);
+        const { ringPosition: _p, overtaken: _o, overtakenBuffers: _n, ...event } = next;
+        next = null;
+        gate.onOvertakingEvent(channel, event as ChannelEvent, buffers);
+        continue;
+      }
       const { ringPosition: _, ...event } = next;
       next = null;
       gate.onEvent(channel, event as ChannelEvent, null);
@@ -193,9 +238,14 @@ export function receiveFromRing(ring: SharedArrayBuffer, channel: string, gate: 
   };
   const drain = () => {
     if (ended) return;
-    for (let item = reader.take(); item !== null; item = reader.take()) {
+    for (let item = stalled ?? reader.take(); item !== null; item = reader.take()) {
       // Seen after the data item: a priority event published before it is visible now.
-      priorityBefore(taken++);
+      stalled = null;
+      if (!priorityBefore(taken)) {
+        stalled = item;
+        return;
+      }
+      taken++;
       if (item.kind === "buffer") gate.onBytes(channel, item.bytes, release);
       else {
         gate.onEvent(channel, item.event, release);

@@ -25,6 +25,8 @@ interface ChannelRecording {
   overtaken: number;
   after: number;
   done: boolean;
+  /** Records of the buffers a remote channel's barrier overtook on the TaskManagers (onOvertakingEvent): the rest of the part. */
+  extra?: unknown[];
 }
 
 export interface Recording {
@@ -49,7 +51,13 @@ export class InputGate {
   /** Unread buffers per channel (queued or held). */
   private readonly queuedOf = new Map<string, number>();
   /** The latest barrier that arrived on each channel: its id, arrival seq and overtaken bytes. */
-  private readonly lastBarrier = new Map<string, { id: number; seq: number; overtaken: number }>();
+  private readonly lastBarrier = new Map<string, { id: number; seq: number; overtaken: number; extra?: unknown[] }>();
+  /**
+   * Remote channels: buffers a priority event overtook on the TaskManagers' main threads, decoded when it came, that
+   * have not come through the ring yet (they do, in this order, after it): their bytes (checked when they come) and
+   * records (read then).
+   */
+  private readonly ahead = new Map<string, { bytes: Uint8Array; records: unknown[] }[]>();
   private recording: Recording | null = null;
   /**
    * Told of each aligned barrier when it arrives, before the task reads it (Flink's barrier announcement): the
@@ -124,6 +132,7 @@ export class InputGate {
       if (b && b.id >= checkpointId) {
         rec.barrierSeq = b.seq;
         rec.overtaken = b.overtaken;
+        if (b.extra) rec.extra = b.extra;
       }
       channels.set(ch, rec);
     }
@@ -175,7 +184,11 @@ export class InputGate {
   }
 
   private checkRecorded(rec: ChannelRecording): void {
-    if (!rec.done && rec.barrierSeq !== Infinity && rec.after >= rec.overtaken) rec.done = true;
+    if (!rec.done && rec.barrierSeq !== Infinity && rec.after >= rec.overtaken) {
+      rec.done = true;
+      // Everything before the barrier that reached the gate is recorded by now; the overtaken rest follows it.
+      if (rec.extra) for (let i = 0; i < rec.extra.length; i++) rec.records.push(rec.extra[i]);
+    }
   }
 
   /** Gives up the recording of checkpoint n (aborted), or any recording when checkpointId is omitted. */
@@ -205,6 +218,11 @@ export class InputGate {
   /** A buffer's bytes (e.g. a view of a ring slot), valid until release() is called after they are read. */
   onBytes(channel: string, bytes: Uint8Array, release: () => void): void {
     this.check(channel);
+    const ahead = this.ahead.get(channel);
+    if (ahead !== undefined && ahead.length > 0) {
+      this.onAheadBytes(channel, bytes, release, ahead);
+      return;
+    }
     this.queuedOf.set(channel, (this.queuedOf.get(channel) ?? 0) + 1);
     const a = { channel, seq: ++this.seq, bytes, release };
     if (this.recording) {
@@ -218,17 +236,19 @@ export class InputGate {
     this.push(a);
   }
 
-  /** An event; release (if given) is called when it is read, in order with the channel's buffers. */
-  onEvent(channel: string, event: ChannelEvent, release: (() => void) | null = null): void {
+  /** An event; release (if given) is called when it is read, in order with the channel's buffers. extra: see onOvertakingEvent. */
+  onEvent(channel: string, event: ChannelEvent, release: (() => void) | null = null, extra?: unknown[]): void {
     this.check(channel);
     const seq = ++this.seq;
     if (event.type === "barrier") {
-      const b = { id: event.checkpointId, seq, overtaken: event.overtakenBytes ?? 0 };
-      this.lastBarrier.set(channel, b);
+      const b = { id: event.checkpointId, seq, overtaken: event.overtakenBytes ?? 0, ...(extra ? { extra } : {}) };
+      // An older barrier that a newer one overtook (it waited in order behind data) says nothing new.
+      if ((this.lastBarrier.get(channel)?.id ?? -Infinity) <= b.id) this.lastBarrier.set(channel, b);
       const rec = this.recording?.channels.get(channel);
       if (rec && !rec.done && b.id >= this.recording!.checkpointId && rec.barrierSeq === Infinity) {
         rec.barrierSeq = b.seq;
         rec.overtaken = b.overtaken;
+        if (extra) rec.extra = extra;
         this.checkRecorded(rec);
         this.maybeRecorded();
       }
@@ -262,6 +282,71 @@ export class InputGate {
   private pollSources(): void {
     const s = this.sources;
     for (let i = 0; i < s.length; i++) s[i]!.poll();
+  }
+
+  /**
+   * A priority event of a remote channel with the buffers it overtook on the TaskManagers' main threads (in channel
+   * order; remote-receiver.ts): they are the channel's in-flight data that has not reached this gate, and come
+   * through the ring again after the event. They are decoded now, as the continuation of the channel's stream (what
+   * the gate holds of the channel is decoded first), so that an unaligned checkpoint records them at once as the end
+   * of the channel's part (its state then is complete when the barrier is in, not when the backlog has crossed), and
+   * the records are handed out when the buffers come. The first of them may be buffers an earlier event overtook
+   * that have not come yet: those are decoded already, and must be the same bytes.
+   */
+  onOvertakingEvent(channel: string, event: ChannelEvent, overtaken: Uint8Array[]): void {
+    this.check(channel);
+    let ahead = this.ahead.get(channel);
+    if (!ahead) this.ahead.set(channel, (ahead = []));
+    if (overtaken.length < ahead.length) throw new Error(`input channel ${channel}: a ${event.type} overtook ${overtaken.length} buffers, fewer than the ${ahead.length} an earlier one overtook that have not come yet`);
+    for (let i = 0; i < ahead.length; i++) {
+      if (!sameBytes(ahead[i]!.bytes, overtaken[i]!)) throw new Error(`input channel ${channel}: overtaken buffer ${i} of a ${event.type} differs from the one an earlier event overtook`);
+    }
+    this.decodeQueued(channel);
+    const d = this.deserializers.get(channel)!;
+    for (let i = ahead.length; i < overtaken.length; i++) {
+      const records: unknown[] = [];
+      try {
+        d.read(overtaken[i]!, records);
+      } catch (err) {
+        throw new Error(`input channel ${channel}: overtaken buffer ${i} of a ${event.type} does not decode: ${(err as Error).message}`);
+      }
+      ahead.push({ bytes: overtaken[i]!, records });
+    }
+    const extra: unknown[] = [];
+    for (const a of ahead) for (let i = 0; i < a.records.length; i++) extra.push(a.records[i]);
+    this.onEvent(channel, event, null, extra);
+  }
+
+  /** Decodes, in order, the buffers of `channel` the gate holds undecoded (queued, or held back by an alignment). */
+  private decodeQueued(channel: string): void {
+    const d = this.deserializers.get(channel)!;
+    const decode = (list: Arrival[], from: number) => {
+      for (let i = from; i < list.length; i++) {
+        const a = list[i]!;
+        if (a.channel !== channel || !("bytes" in a)) continue;
+        const records: unknown[] = [];
+        d.read(a.bytes, records);
+        const left = this.queuedOf.get(channel)!;
+        assert(left > 0, () => `input channel ${channel}: a buffer decoded with ${left} counted as queued`);
+        this.queuedOf.set(channel, left - 1);
+        list[i] = { channel, seq: a.seq, decoded: records, size: a.bytes.length, release: a.release };
+      }
+    };
+    // Held arrivals were taken from the queue's head: they come before what is still queued.
+    decode(this.held, 0);
+    decode(this.queue, this.head);
+  }
+
+  /** A buffer that a priority event overtook comes through the ring: decoded already, it must be the same bytes. */
+  private onAheadBytes(channel: string, bytes: Uint8Array, release: () => void, ahead: { bytes: Uint8Array; records: unknown[] }[]): void {
+    const next = ahead.shift()!;
+    if (!sameBytes(next.bytes, bytes)) {
+      throw new Error(`input channel ${channel}: a buffer of ${bytes.length} bytes came where the ${next.bytes.length} bytes a priority event overtook were expected`);
+    }
+    const a = { channel, seq: ++this.seq, decoded: next.records, size: bytes.length, release };
+    if (this.recording) this.recordDecoded(a);
+    this.push(a);
+    this.maybeRecorded();
   }
 
   /** The next item, or null when nothing has arrived. */
@@ -365,4 +450,10 @@ export class InputGate {
   private check(channel: string): void {
     if (!this.deserializers.has(channel)) throw new Error(`received data for unknown input channel ${channel}`);
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

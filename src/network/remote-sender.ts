@@ -2,9 +2,13 @@
 // finished buffers and events into a ring shared with this thread (and gets its buffers back at once); they wait
 // there until the consumer grants credit, then go out on the peer's TCP connection straight from the ring
 // (one copy into the connection's staging buffer). Events go out at once, in order with the buffers.
+// Priority events (unaligned barriers, cancel markers) come through the channel's priority ring with their place in
+// the data ring: they go out at once, without credit, ahead of the buffers before them that still wait here, and
+// carry copies of those buffers (OVERTAKEN frames), which go out again as data afterwards, as before.
 import type { FramedConnection } from "../rpc/framed-connection.ts";
+import type { ChannelEvent } from "./record-writer.ts";
 import { DATA_FRAME, type TaskEndpoint } from "./wire.ts";
-import { RingReader } from "./shared-ring.ts";
+import { RingReader, type RingItem } from "./shared-ring.ts";
 
 /** Rings that nobody writes any more are waited on with this time-out, so that a wait never pins a ring. */
 export const RING_WAIT_MS = 1000;
@@ -15,10 +19,18 @@ interface RemoteOutput {
   credit: number;
   /** The producer's ring of finished buffers and events. */
   ring: RingReader;
-  /** A buffer taken from the ring that waits for credit (unreleased). */
-  held: Uint8Array | null;
-  /** A wait for the producer to publish is pending. */
+  /**
+   * Items taken from the ring and not sent yet (their slots unreleased), in order: a buffer waiting for credit, and
+   * what a priority event overtook (buffers, and events behind them).
+   */
+  held: RingItem[];
+  /** Items taken from the data ring so far: the position a priority event's ringPosition counts in. */
+  taken: number;
+  /** Unaligned checkpoints: the producer's priority events, each with its place in the data ring. */
+  priority: RingReader | null;
+  /** A wait for the producer to publish is pending (data ring, priority ring). */
   waiting: boolean;
+  priorityWaiting: boolean;
 }
 
 /** Partition requests (credit) that arrived before their producer was deployed here are bounded by this. */
@@ -40,9 +52,10 @@ export class RemoteSender {
   constructor(private readonly closed: (ch: string) => void) {}
 
   /** A remote output channel of a task being wired: this thread reads its ring. */
-  add(ch: string, task: TaskEndpoint, ring: SharedArrayBuffer): void {
-    const ro: RemoteOutput = { task, conn: null, credit: 0, ring: new RingReader(ring), held: null, waiting: false };
+  add(ch: string, task: TaskEndpoint, ring: SharedArrayBuffer, priority?: SharedArrayBuffer): void {
+    const ro: RemoteOutput = { task, conn: null, credit: 0, ring: new RingReader(ring), held: [], taken: 0, priority: priority ? new RingReader(priority) : null, waiting: false, priorityWaiting: false };
     this.outputs.set(ch, ro);
+    this.whenPriority(ch, ro);
     const early = this.earlyCredit.get(ch);
     if (early) {
       // The consumer asked before this producer was here: start sending (from the ring) as soon as it writes.
@@ -78,7 +91,7 @@ export class RemoteSender {
   producerEnded(ch: string, task: TaskEndpoint, finished: boolean): boolean {
     const ro = this.outputs.get(ch);
     if (ro?.task !== task) return true;
-    if (finished && (ro.held !== null || ro.ring.available > 0)) {
+    if (finished && (ro.held.length > 0 || ro.ring.available > 0 || (ro.priority?.available ?? 0) > 0)) {
       ro.task = null;
       return true;
     }
@@ -102,48 +115,88 @@ export class RemoteSender {
     }
   }
 
-  /** Sends what the producer's ring holds, buffers as far as credit goes, events at once (in order). */
+  /**
+   * Sends what the producer's ring holds, buffers as far as credit goes, events at once (in order); a priority event
+   * at once, ahead of the items before it that are still here.
+   */
   private trySend(ch: string, ro: RemoteOutput): void {
     const conn = ro.conn;
     if (conn === null || conn.closed) return;
+    // Priority events go out even into a full socket: they are small, and what they overtake is what waits.
+    if (ro.priority) this.sendPriority(ch, ro, conn);
     if (!conn.writable) {
       this.resumeOnDrain(conn);
       return;
     }
     for (;;) {
-      let bytes = ro.held;
-      if (bytes === null) {
+      if (ro.held.length === 0) {
         const item = ro.ring.take();
         if (item === null) {
           this.whenPublished(ch, ro);
           return;
         }
-        if (item.kind === "event") {
-          ro.ring.release();
-          conn.send([DATA_FRAME.EVENT, ch, item.event]);
-          if (item.event.type === "end") {
-            this.outputs.delete(ch);
-            this.closed(ch);
-            return;
-          }
-          continue;
+        ro.taken++;
+        ro.held.push(item);
+        // A priority event published before this item is visible now: it may belong before it.
+        if (ro.priority) this.sendPriority(ch, ro, conn);
+      }
+      const head = ro.held[0]!;
+      if (head.kind === "event") {
+        ro.held.shift();
+        ro.ring.release();
+        conn.send([DATA_FRAME.EVENT, ch, head.event]);
+        if (head.event.type === "end") {
+          this.outputs.delete(ch);
+          this.closed(ch);
+          return;
         }
-        bytes = item.bytes;
+        continue;
       }
-      if (ro.credit === 0) {
-        ro.held = bytes;
-        return;
-      }
+      if (ro.credit === 0) return; // the buffer waits for credit, still in its slot
       ro.credit--;
-      ro.held = null;
+      ro.held.shift();
       // The backlog is what the ring holds behind this buffer (events included: close enough for lending).
-      const flowing = conn.sendBuffer(ch, ro.ring.available, bytes);
+      const flowing = conn.sendBuffer(ch, ro.ring.available + ro.held.length, head.bytes);
       ro.ring.release(); // copied into the connection's staging buffer: the producer may reuse the slot
       if (!flowing) {
         this.resumeOnDrain(conn);
         return;
       }
     }
+  }
+
+  /**
+   * Sends the priority events the producer has published, each ahead of the items before its place in the data ring
+   * that are still here (taken now if still in the ring: the producer published them before the event): first a
+   * copy of each such buffer (OVERTAKEN), then the event with their count. The buffers stay here, and go out as data
+   * against credit as before: what they are to the consumer's checkpoint is its business (remote-receiver.ts).
+   */
+  private sendPriority(ch: string, ro: RemoteOutput, conn: FramedConnection): void {
+    const pr = ro.priority!;
+    for (let item = pr.take(); item !== null; item = pr.take()) {
+      pr.release(); // an event is copied out of its slot
+      if (item.kind !== "event") throw new Error(`priority ring of ${ch}: a buffer, only events go there`);
+      const { ringPosition, ...event } = item.event as ChannelEvent & { ringPosition: number };
+      if (!Number.isInteger(ringPosition)) throw new Error(`priority ring of ${ch}: an event without its position`);
+      while (ro.taken < ringPosition) {
+        const next = ro.ring.take();
+        if (next === null) throw new Error(`priority ring of ${ch}: an event at item ${ringPosition} of the data ring, which has published ${ro.taken}`);
+        ro.taken++;
+        ro.held.push(next);
+      }
+      // Items taken past the event's place came after it (at most the one taken just now); the rest are before it.
+      const before = ro.held.length - (ro.taken - ringPosition);
+      if (before < 0) throw new Error(`priority ring of ${ch}: an event at item ${ringPosition} of the data ring, but ${ro.taken - ro.held.length} items were sent already`);
+      let n = 0;
+      for (let i = 0; i < before; i++) {
+        const h = ro.held[i]!;
+        if (h.kind !== "buffer") continue;
+        conn.send([DATA_FRAME.OVERTAKEN, ch, h.bytes.slice()]);
+        n++;
+      }
+      conn.send(n > 0 ? [DATA_FRAME.EVENT, ch, event, n] : [DATA_FRAME.EVENT, ch, event]);
+    }
+    this.whenPriority(ch, ro);
   }
 
   /**
@@ -157,6 +210,25 @@ export class RemoteSender {
     conn.whenWritable(() => {
       this.drainWaits.delete(conn);
       for (const [id, other] of this.outputs) if (other.conn === conn) this.trySend(id, other);
+    });
+  }
+
+  /** Sends the producer's priority events as they come (or looks again after RING_WAIT_MS, while the channel is here). */
+  private whenPriority(ch: string, ro: RemoteOutput): void {
+    // With an event waiting and no connection (no credit yet), the first credit sends it and arms this again.
+    if (!ro.priority || ro.priorityWaiting || ro.priority.available > 0) return;
+    ro.priorityWaiting = true;
+    void ro.priority.whenPublished(RING_WAIT_MS).then(() => {
+      ro.priorityWaiting = false;
+      if (this.outputs.get(ch) !== ro) return;
+      try {
+        if (ro.priority!.available > 0) this.trySend(ch, ro);
+      } catch (err) {
+        this.outputs.delete(ch);
+        ro.task?.fail(new Error(`remote output channel ${ch}: ${(err as Error).message}`));
+        return;
+      }
+      this.whenPriority(ch, ro);
     });
   }
 

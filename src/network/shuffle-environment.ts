@@ -11,7 +11,7 @@ import { createLogger } from "../util/log.ts";
 import { DataTransport } from "./data-transport.ts";
 import { createRing } from "./shared-ring.ts";
 import { PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES } from "./channel-ends.ts";
-import type { ChannelEvent } from "./record-writer.ts";
+import { isPriorityEvent, type ChannelEvent } from "./record-writer.ts";
 import { BufferBudget, InsufficientBuffersError, type BudgetReport, type TaskBufferReport, type TaskBuffers } from "./buffer-budget.ts";
 import { RemoteSender } from "./remote-sender.ts";
 import { RemoteReceiver, type FloatingPool } from "./remote-receiver.ts";
@@ -85,7 +85,9 @@ export class ShuffleEnvironment {
       (task, b) => this.onResize(task, b),
     );
     this.sender = new RemoteSender((ch) => this.closedChannels.add(ch));
-    this.receiver = new RemoteReceiver(options.segmentSize, (to, frame) => this.transport.send(to, frame));
+    // A priority event overtakes at most the producer's remote ring (buffers-per-channel + floating-buffers-per-gate
+    // slots at most, the cluster's configuration).
+    this.receiver = new RemoteReceiver(options.segmentSize, (to, frame) => this.transport.send(to, frame), options.buffersPerChannel + options.floatingBuffersPerGate);
   }
 
   /** Network buffers of the TaskManager that no task holds. */
@@ -162,8 +164,10 @@ export class ShuffleEnvironment {
           if (consumer) link(ch, task, consumer);
         } else {
           const ring = createRing(b.ringSlots, o.segmentSize);
-          connect(task).produce.push({ channel: ch, ring });
-          this.sender.add(ch, task, ring);
+          // Unaligned checkpoints: the producer's priority events reach this thread beside the data (remote-sender.ts).
+          const priority = d.unalignedCheckpoints ? createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES) : undefined;
+          connect(task).produce.push({ channel: ch, ring, remote: true, ...(priority ? { priority } : {}) });
+          this.sender.add(ch, task, ring, priority);
         }
       }
     }
@@ -181,8 +185,10 @@ export class ShuffleEnvironment {
           continue;
         }
         const ring = createRing(b.ringSlots, o.segmentSize);
-        connect(task).consume.push({ channel: ch, ring });
-        this.receiver.add(ch, task, p, gate!, b.exclusive, ring);
+        // Unaligned checkpoints: priority events go to the consumer ahead of the data in its ring (remote-receiver.ts).
+        const priority = d.unalignedCheckpoints ? createRing(PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES) : undefined;
+        connect(task).consume.push({ channel: ch, ring, remote: true, ...(priority ? { priority } : {}) });
+        this.receiver.add(ch, task, p, gate!, b.exclusive, ring, priority);
       }
     });
     for (const [t, c] of connects) t.post({ type: "connect", produce: c.produce, consume: c.consume });
@@ -282,7 +288,22 @@ export class ShuffleEnvironment {
           }
           const event = frame[2] as ChannelEvent;
           if (!isChannelEvent(event)) throw new Error(`bad event on ${ch}`);
-          this.receiver.onEvent(ch, event);
+          const overtaken = frame[3];
+          if (overtaken !== undefined && (!Number.isInteger(overtaken) || (overtaken as number) < 1 || !isPriorityEvent(event))) {
+            throw new Error(`event frame for ${ch} has a bad count of overtaken buffers ${JSON.stringify(overtaken)} (only a priority event overtakes, at least 1 buffer)`);
+          }
+          this.receiver.onEvent(ch, event, (overtaken as number | undefined) ?? 0);
+          break;
+        }
+        case DATA_FRAME.OVERTAKEN: {
+          if (!this.receiver.has(ch)) {
+            if (stale) break;
+            throw new Error(`overtaken buffer for unknown channel ${ch}`);
+          }
+          const bytes = frame[2];
+          if (!(bytes instanceof Uint8Array) || bytes.length === 0) throw new Error(`overtaken buffer frame for ${ch} carries no bytes`);
+          if (bytes.length > this.options.segmentSize) throw new Error(`overtaken buffer frame for ${ch} is larger than a buffer (${bytes.length} bytes)`);
+          this.receiver.onOvertaken(ch, bytes);
           break;
         }
         default:

@@ -9,12 +9,16 @@ import type { TaskDeployment } from "../rpc/messages.ts";
 // ---- data connections (TaskManager <-> TaskManager, role "data") ----
 // Frames are arrays, not requests:
 //   [DATA, channelId, bytes, backlog]   a buffer, sent only against credit; backlog = buffers queued behind it
-//   [EVENT, channelId, event]           an in-band event (end of partition, later barriers and watermarks)
+//   [EVENT, channelId, event, n?]       an in-band event (end of partition, barriers, watermarks); n (priority events
+//                                       only): the OVERTAKEN frames just before it, which it overtook (below)
+//   [OVERTAKEN, channelId, bytes]       a buffer that the channel's next priority event (an unaligned barrier, a
+//                                       cancel marker) overtook on the producer's TaskManager, sent without credit
+//                                       right before it; the buffer itself follows later as DATA, against credit
 //   [CREDIT, channelId, n, size?]       the consumer has n more free buffers; the first one requests the partition;
 //                                       size: its debloated buffer size in bytes (buffer debloating, FLIP-183)
 //   [KEEPALIVE]                         sent every taskmanager.network.tcp-connection.keepalive.interval by both
 //                                       ends; a connection that hears nothing for the keepalive time-out is closed
-export const DATA_FRAME = { DATA: BUFFER_FRAME_KIND, EVENT: 1, CREDIT: 2, KEEPALIVE: 3 } as const;
+export const DATA_FRAME = { DATA: BUFFER_FRAME_KIND, EVENT: 1, CREDIT: 2, KEEPALIVE: 3, OVERTAKEN: 4 } as const;
 
 export interface NetworkGrant {
   segmentSize: number;
@@ -47,7 +51,7 @@ export interface ResizeOutputPools {
 export interface TaskEndpoint {
   readonly deployment: TaskDeployment;
   /** Control messages to the task's Worker: its channels' rings, new output pool sizes. */
-  post(msg: ConnectChannels | ResizeOutputPools): void;
+  post(msg: ConnectChannels | ResizeOutputPools | OvertakenBuffers): void;
   fail(err: Error): void;
 }
 
@@ -63,8 +67,25 @@ export interface ConnectChannels {
 export interface ChannelRing {
   channel: string;
   ring: SharedArrayBuffer;
-  /** Local channels of jobs with unaligned checkpoints: a small ring for the priority events that find `ring` full. */
+  /** Jobs with unaligned checkpoints: a small ring for priority events (a local channel's when `ring` is full). */
   priority?: SharedArrayBuffer;
+  /**
+   * A remote channel (the main thread is the ring's other end): a priority event goes into the priority ring even
+   * when `ring` has room, so that the main thread can send it ahead of what waits there for credit.
+   */
+  remote?: true;
+}
+
+/**
+ * To a consumer Worker: the buffers a priority event of a remote channel overtook on the way (those still on the
+ * TaskManagers' main threads: waiting for room in the Worker's ring, or for credit at the producer's), in channel
+ * order. The event, in the channel's priority ring, names them by id; they come again through the ring after it.
+ */
+export interface OvertakenBuffers {
+  type: "overtaken";
+  channel: string;
+  id: number;
+  buffers: Uint8Array[];
 }
 
 /** The job as channel ids name it: each attempt (restart) of a job has channels of its own. */

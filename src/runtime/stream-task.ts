@@ -11,7 +11,7 @@ import { describePlan } from "../api/plan.ts";
 import { planFingerprint } from "../api/job-graph.ts";
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
 import { InputGate } from "../network/input-gate.ts";
-import { receiveFromRing, RingSender, type RingReceiver } from "../network/channel-ends.ts";
+import { OvertakenInbox, receiveFromRing, RingSender, type RingReceiver } from "../network/channel-ends.ts";
 import { announceBufferSize, ringSlots, ringWakeUps } from "../network/shared-ring.ts";
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
@@ -90,6 +90,8 @@ export class StreamTask {
   private restoredInFlight: { input: number; records: unknown[] }[] = [];
   /** Local input channels with a priority ring: looked at every PRIORITY_POLL_MS, a busy task's ring reader aside. */
   private readonly priorityReceivers: RingReceiver[] = [];
+  /** Remote input channels: the buffers their priority events overtook on the TaskManagers (OvertakenBuffers messages). */
+  private readonly overtaken = new OvertakenInbox();
   /** Restored output channel state: emitted again through the writers before anything else. */
   private restoredOutput: OutputChannelState[] = [];
   /** Input done: no more records. */
@@ -387,6 +389,11 @@ export class StreamTask {
         if (this.chain === null && this.d.outputs.length > 0) this.pendingConnects.push(msg);
         else this.onConnect(msg);
         break;
+      case "overtaken":
+        this.overtaken.put(msg.channel, msg.id, msg.buffers);
+        // The ring reader may be waiting for them at their event.
+        for (const r of this.priorityReceivers) r.poll();
+        break;
       case "resizeOutputPools":
         // Before the writers exist (init still loading), the new sizes are what they will be built with.
         this.network.outputBuffers = msg.outputBuffers;
@@ -568,15 +575,15 @@ export class StreamTask {
   /** The task's channels: rings in shared memory with a peer task's Worker (local) or the main thread (remote). */
   private onConnect(msg: Extract<ToWorker, { type: "connect" }>): void {
     const fail = (err: unknown) => this.post({ type: "failed", error: errorInfo(err, taskDisplayName(this.d)) });
-    for (const { channel, ring, priority } of msg.consume) {
-      const receiver = receiveFromRing(ring, channel, this.gate, fail, priority);
+    for (const { channel, ring, priority, remote } of msg.consume) {
+      const receiver = receiveFromRing(ring, channel, this.gate, fail, priority, remote ? this.overtaken : undefined);
       if (priority) this.priorityReceivers.push(receiver);
       this.inputRings.push(ring);
       if (this.debloater && this.debloater.announced < this.network.segmentSize) announceBufferSize(ring, this.debloater.announced);
     }
-    for (const { channel, ring, priority } of msg.produce) {
+    for (const { channel, ring, priority, remote } of msg.produce) {
       const writer = this.chain!.writerOf.get(channel);
-      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, priority));
+      writer?.connect(channel, new RingSender(ring, (buf) => writer.recycle(buf, channel), fail, priority, remote === true));
     }
   }
 

@@ -1,7 +1,8 @@
-// Messages between a TaskManager's main thread and a task's Worker: control only. Channel data never goes by
-// postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once.
+// Messages between a TaskManager's main thread and a task's Worker: control only. Channel data does not go by
+// postMessage: every channel is a ring in shared memory (see ChannelRing), handed to the task once. The exception is
+// rare: copies of the buffers an unaligned barrier overtook on a remote channel (OvertakenBuffers, once per checkpoint).
 import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot } from "../rpc/messages.ts";
-import type { ConnectChannels, NetworkGrant, ResizeOutputPools } from "../network/wire.ts";
+import type { ConnectChannels, NetworkGrant, OvertakenBuffers, ResizeOutputPools } from "../network/wire.ts";
 
 /** Where and how the task keeps keyed state. */
 export interface StateGrant {
@@ -27,6 +28,8 @@ export type ToWorker =
   | ConnectChannels
   /** The TaskManager redistributed its network buffers: the output pools' new sizes. */
   | ResizeOutputPools
+  /** Unaligned checkpoints, remote channels: the buffers a priority event overtook on the TaskManagers' main threads. */
+  | OvertakenBuffers
   /** Source tasks only: inject barrier n (snapshot first) after the current chunk. */
   /** Also a task whose inputs have all finished (FLIP-147): it takes the checkpoint once its input is read. */
   | { type: "checkpoint"; checkpointId: number; timestamp: number; dir: string; unaligned?: boolean }
