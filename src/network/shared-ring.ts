@@ -21,12 +21,13 @@
 //
 // Waiting is Atomics.waitAsync on the other side's counter with the value just checked, so a notify between
 // the check and the wait is not missed, and the Worker's event loop keeps running. A side notifies only when the
-// other has a wait pending (its count in [6] or [7]): Atomics.notify costs a few microseconds even with nobody
-// waiting, which with a buffer per record (buffer timeout 0) was most of both threads' time. No wake-up is lost:
-// the waiter raises its count before it reads the counter, the other side stores the counter before it reads the
-// count (all sequentially consistent), so one of them sees the other's write. A writer that finds the ring full
-// waits for half of it to be free (it is back-pressured, and the reader has that much to read meanwhile): the reader
-// wakes it once per half ring, not once per slot, and the writer then fills several slots in one go. A pending wait does not
+// other has a wait pending ([6], [7]); waking a pending wait costs about 8 us of CPU over both threads
+// (scripts/bench-wakeups.ts), so the reader arms a wait only while its task has nothing to read (input-gate.ts):
+// with a wait pending at all times, wake-ups were most of both threads' time at a buffer per record. No wake-up is
+// lost: the waiter raises its count before it reads the counter, the other side stores the counter before it reads
+// the count (all sequentially consistent), so one of them sees the other's write. A writer that finds the ring full
+// waits for half of it to be free (it is back-pressured, and the reader has that much to read meanwhile): the
+// reader wakes it once per half ring, not once per slot, and the writer fills several slots in one go. A pending wait does not
 // keep a Worker (or process) alive in Bun or Deno; if the other side goes away, the promise simply never
 // settles: the owner must race it with its own cancellation (the task's Worker is terminated anyway).
 import { pack, unpack } from "msgpackr";
