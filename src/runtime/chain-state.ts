@@ -236,6 +236,9 @@ class OperatorKeyedState implements KeyedStateBackend {
   getCurrentKeyGroup(): number {
     return this.b.getCurrentKeyGroup();
   }
+  getCurrentHeapKey() {
+    return this.b.getCurrentHeapKey();
+  }
   private named<S>(get: () => S): S {
     try {
       return get();

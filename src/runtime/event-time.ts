@@ -5,7 +5,7 @@
 import type { PlanNode } from "../api/plan.ts";
 import type { WatermarkGenerator, WatermarkOutput } from "../api/event-time.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
-import { heapKeyOf } from "../state/serde.ts";
+import { heapKeyOf, type HeapKey } from "../state/serde.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 
 /** The watermark event on the wire; idle: true marks the channel idle until its next watermark. */
@@ -221,63 +221,188 @@ export interface Timer {
   ts: number;
   key: unknown;
   keyGroup: number;
-  /** The timer's namespace: "" for a process function, the window for a window operator. */
-  ns: string;
-  id: string;
+  /** The timer's namespace id: 0 for a process function, the window's id (a TimerNamespaces of the operator) for
+   *  a window operator. */
+  ns: number;
+  /** The key's heap key (serde.ts): the index the timer is deduplicated under. */
+  hk: HeapKey;
+  /** False once fired or deleted: the queue drops such entries lazily. */
+  live: boolean;
 }
 
-/** A binary min-heap by timestamp. */
-class TimerHeap {
-  private readonly a: Timer[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  peek(): Timer | undefined {
-    return this.a[0];
-  }
+/**
+ * The namespaces of an operator's timers as small integers, and their names in checkpoints (the name is what a
+ * snapshot stores, so ids never leave the task). A window operator interns each window it has timers for; the
+ * timer service retains an id for each live timer in it and releases it when the timer fires (after onTimer) or is
+ * deleted, so the owner may reuse an id once nothing refers to it.
+ */
+export interface TimerNamespaces {
+  /** The id of a namespace name read from a checkpoint (interned if new). */
+  idOf(name: string): number;
+  /** The name of id, written into checkpoints. */
+  nameOf(id: number): string;
+  retain(id: number): void;
+  release(id: number): void;
+}
+
+/** Process functions: the one namespace "" (id 0). */
+const DEFAULT_NAMESPACES: TimerNamespaces = {
+  idOf(name) {
+    if (name !== "") throw new Error(`a checkpointed timer has namespace ${JSON.stringify(name)}; this operator only has timers without one`);
+    return 0;
+  },
+  nameOf: () => "",
+  retain() {},
+  release() {},
+};
+
+/**
+ * The timers of one domain in timestamp order: a binary min-heap of the distinct timestamps (plain numbers), each
+ * with the bucket of its timers in registration order. Windows of all keys end at the same instants, so most
+ * timers join an existing bucket (a Map lookup and a push) and firing walks the bucket without heap work per timer.
+ */
+class TimerQueue {
+  private readonly times: number[] = [];
+  private readonly buckets = new Map<number, Timer[]>();
+
   push(t: Timer): void {
-    const a = this.a;
-    a.push(t);
+    const b = this.buckets.get(t.ts);
+    if (b !== undefined) {
+      b.push(t);
+      return;
+    }
+    this.buckets.set(t.ts, [t]);
+    const a = this.times;
+    const ts = t.ts;
+    a.push(ts);
     let i = a.length - 1;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (a[p]!.ts <= t.ts) break;
+      if (a[p]! <= ts) break;
       a[i] = a[p]!;
       i = p;
     }
-    a[i] = t;
+    a[i] = ts;
   }
-  pop(): Timer | undefined {
-    const a = this.a;
-    const top = a[0];
-    const last = a.pop();
-    if (a.length > 0 && last !== undefined) {
+
+  /** The earliest timestamp with a bucket (its timers may all be deleted), or undefined. */
+  peekTime(): number | undefined {
+    return this.times[0];
+  }
+
+  /** Removes the earliest bucket and returns its timers (a timer registered at that time later gets a new one). */
+  popBucket(): Timer[] {
+    const a = this.times;
+    const top = a[0]!;
+    const last = a.pop()!;
+    if (a.length > 0) {
       let i = 0;
       for (;;) {
         const l = 2 * i + 1;
         if (l >= a.length) break;
         const r = l + 1;
-        const c = r < a.length && a[r]!.ts < a[l]!.ts ? r : l;
-        if (a[c]!.ts >= last.ts) break;
+        const c = r < a.length && a[r]! < a[l]! ? r : l;
+        if (a[c]! >= last) break;
         a[i] = a[c]!;
         i = c;
       }
       a[i] = last;
     }
-    return top;
+    const b = this.buckets.get(top)!;
+    this.buckets.delete(top);
+    return b;
   }
+
+  /** The earliest live timer's timestamp, dropping buckets with none left. */
+  earliestLive(): number | undefined {
+    for (let ts = this.peekTime(); ts !== undefined; ts = this.peekTime()) {
+      if (this.buckets.get(ts)!.some((t) => t.live)) return ts;
+      this.popBucket();
+    }
+    return undefined;
+  }
+}
+
+/** Up to this many timers a key keeps in a list searched linearly; more go into a map by timestamp. */
+const SMALL = 16;
+
+/**
+ * The live timers of one key: a short list compared by numbers (domain, timestamp, namespace id), no string built;
+ * a key with many timers (a process function with a timer per record) gets them indexed by timestamp.
+ */
+class KeyTimers {
+  small: Timer[] | null = [];
+  byTs: Map<number, Timer[]> | null = null;
+
+  find(domain: TimerDomain, ts: number, ns: number): Timer | undefined {
+    const list = this.small ?? this.byTs!.get(ts);
+    if (list === undefined) return undefined;
+    for (let i = 0; i < list.length; i++) {
+      const t = list[i]!;
+      if (t.ts === ts && t.ns === ns && t.domain === domain) return t;
+    }
+    return undefined;
+  }
+
+  add(t: Timer): void {
+    const small = this.small;
+    if (small !== null) {
+      if (small.length < SMALL) {
+        small.push(t);
+        return;
+      }
+      this.small = null;
+      this.byTs = new Map();
+      for (const x of small) this.addBig(x);
+    }
+    this.addBig(t);
+  }
+
+  private addBig(t: Timer): void {
+    const list = this.byTs!.get(t.ts);
+    if (list === undefined) this.byTs!.set(t.ts, [t]);
+    else list.push(t);
+  }
+
+  /** Removes t; true when the key has no timer left. */
+  remove(t: Timer): boolean {
+    const small = this.small;
+    if (small !== null) {
+      removeFrom(small, t);
+      return small.length === 0;
+    }
+    const list = this.byTs!.get(t.ts);
+    if (list !== undefined && removeFrom(list, t) && list.length === 0) this.byTs!.delete(t.ts);
+    return this.byTs!.size === 0;
+  }
+
+  *all(): Iterable<Timer> {
+    if (this.small !== null) yield* this.small;
+    else for (const list of this.byTs!.values()) yield* list;
+  }
+}
+
+function removeFrom(list: Timer[], t: Timer): boolean {
+  const i = list.indexOf(t);
+  if (i < 0) return false;
+  list[i] = list[list.length - 1]!;
+  list.pop();
+  return true;
 }
 
 /**
  * The timers of one keyed operator, scoped to the backend's current key. Event-time timers fire in timestamp
  * order when the watermark reaches them, processing-time timers by the wall clock (a setTimeout for the
- * earliest). Deleting is lazy: the heap entry stays and is skipped. Checkpoints store the live timers in the
- * operator's union list state `name`, each with its key group, so a restore at any parallelism keeps the timers
- * of the key groups it owns.
+ * earliest). A timer is identified by numbers only: its key's entry in a map by heap key, then its domain,
+ * timestamp and namespace id (TimerNamespaces); registering one that exists is a lookup, no allocation. Deleting
+ * is lazy: the queue entry stays, marked not live, and is skipped. Checkpoints store the live timers in the
+ * operator's union list state `name` as [key group, domain, timestamp, key, namespace name], so a restore at any
+ * parallelism keeps the timers of the key groups it owns.
  */
 export class InternalTimerService {
-  private readonly live = new Map<string, Timer>();
-  private readonly heaps: [TimerHeap, TimerHeap] = [new TimerHeap(), new TimerHeap()];
+  private readonly byKey = new Map<HeapKey, KeyTimers>();
+  private count = 0;
+  private readonly queues: [TimerQueue, TimerQueue] = [new TimerQueue(), new TimerQueue()];
   currentWatermark = -Infinity;
   private timeout: ReturnType<typeof setTimeout> | null = null;
   private timeoutAt = Infinity;
@@ -288,6 +413,7 @@ export class InternalTimerService {
     private readonly ctx: OperatorContext,
     private readonly stateName: string,
     private readonly onTimer: (t: Timer) => void,
+    private readonly namespaces: TimerNamespaces = DEFAULT_NAMESPACES,
   ) {
     const store = ctx.operatorState;
     if (store.stateNames().includes(stateName)) {
@@ -295,20 +421,20 @@ export class InternalTimerService {
       for (const e of store.getUnionListState<[number, TimerDomain, number, unknown, string]>(stateName).get()) {
         const [kg, domain, ts, key, ns] = e;
         if (kg < start || kg > end) continue;
-        this.add(domain, ts, key, kg, ns);
+        this.add(domain, ts, key, heapKeyOf(key), kg, namespaces.idOf(ns));
       }
     }
   }
 
   get size(): number {
-    return this.live.size;
+    return this.count;
   }
 
-  register(domain: TimerDomain, ts: number, ns = ""): void {
+  register(domain: TimerDomain, ts: number, ns = 0): void {
     if (typeof ts !== "number" || Number.isNaN(ts)) throw new Error(`a timer needs a numeric timestamp, got ${String(ts)}`);
     const kg = this.keyed.getCurrentKeyGroup();
     if (kg < 0) throw new Error("timers can only be registered for a key (in processElement or onTimer)");
-    this.add(domain, ts, this.keyed.getCurrentKey(), kg, ns);
+    this.add(domain, ts, this.keyed.getCurrentKey(), this.keyed.getCurrentHeapKey(), kg, ns);
   }
 
   /** The current key (timers belong to it). */
@@ -316,17 +442,33 @@ export class InternalTimerService {
     return this.keyed.getCurrentKey();
   }
 
-  delete(domain: TimerDomain, ts: number, ns = ""): void {
-    this.live.delete(timerId(domain, ts, this.keyed.getCurrentKey(), ns));
+  delete(domain: TimerDomain, ts: number, ns = 0): void {
+    const kt = this.byKey.get(this.keyed.getCurrentHeapKey());
+    const t = kt?.find(domain, ts, ns);
+    if (t === undefined) return;
+    this.unlink(kt!, t);
+    this.namespaces.release(ns);
   }
 
-  private add(domain: TimerDomain, ts: number, key: unknown, keyGroup: number, ns: string): void {
-    const id = timerId(domain, ts, key, ns);
-    if (this.live.has(id)) return;
-    const t: Timer = { domain, ts, key, keyGroup, ns, id };
-    this.live.set(id, t);
-    this.heaps[domain].push(t);
+  private add(domain: TimerDomain, ts: number, key: unknown, hk: HeapKey, keyGroup: number, ns: number): void {
+    let kt = this.byKey.get(hk);
+    if (kt === undefined) {
+      kt = new KeyTimers();
+      this.byKey.set(hk, kt);
+    } else if (kt.find(domain, ts, ns) !== undefined) return;
+    const t: Timer = { domain, ts, key, keyGroup, ns, hk, live: true };
+    kt.add(t);
+    this.count++;
+    this.namespaces.retain(ns);
+    this.queues[domain].push(t);
     if (domain === 1) this.schedule();
+  }
+
+  /** Takes t out of the index (not the queue: it skips t). */
+  private unlink(kt: KeyTimers, t: Timer): void {
+    t.live = false;
+    this.count--;
+    if (kt.remove(t)) this.byKey.delete(t.hk);
   }
 
   /** Fires every event-time timer at or before wm, in timestamp order. */
@@ -342,28 +484,31 @@ export class InternalTimerService {
   }
 
   private fireUpTo(domain: TimerDomain, upTo: number): void {
-    const heap = this.heaps[domain];
-    for (let t = heap.peek(); t !== undefined && t.ts <= upTo; t = heap.peek()) {
-      heap.pop();
-      if (this.live.get(t.id) !== t) continue; // deleted (or deleted and registered again: that one is its own entry)
-      this.live.delete(t.id);
-      this.keyed.setCurrentKey(t.key);
-      this.onTimer(t);
+    const queue = this.queues[domain];
+    for (let ts = queue.peekTime(); ts !== undefined && ts <= upTo; ts = queue.peekTime()) {
+      const bucket = queue.popBucket();
+      for (let i = 0; i < bucket.length; i++) {
+        const t = bucket[i]!;
+        if (!t.live) continue; // deleted (or deleted and registered again: that one is its own entry)
+        this.unlink(this.byKey.get(t.hk)!, t);
+        this.keyed.setCurrentKey(t.key);
+        try {
+          this.onTimer(t);
+        } finally {
+          // After onTimer: the namespace id stays valid while it runs (it may register timers in it again).
+          this.namespaces.release(t.ns);
+        }
+      }
     }
   }
 
   private schedule(): void {
     if (this.disposed) return;
-    const heap = this.heaps[1];
-    let top = heap.peek();
-    while (top !== undefined && this.live.get(top.id) !== top) {
-      heap.pop();
-      top = heap.peek();
-    }
+    const top = this.queues[1].earliestLive();
     if (top === undefined) return;
-    if (this.timeout !== null && this.timeoutAt <= top.ts) return;
+    if (this.timeout !== null && this.timeoutAt <= top) return;
     if (this.timeout !== null) clearTimeout(this.timeout);
-    this.timeoutAt = top.ts;
+    this.timeoutAt = top;
     this.timeout = setTimeout(() => {
       this.timeout = null;
       this.timeoutAt = Infinity;
@@ -373,13 +518,14 @@ export class InternalTimerService {
       } catch (err) {
         this.ctx.fail?.(err);
       }
-    }, Math.max(0, Math.min(top.ts - Date.now(), 2 ** 31 - 1)));
+    }, Math.max(0, Math.min(top - Date.now(), 2 ** 31 - 1)));
   }
 
   /** Synchronous part of a checkpoint: the live timers into the operator's union list state. */
   snapshot(): void {
     const entries: [number, TimerDomain, number, unknown, string][] = [];
-    for (const t of this.live.values()) entries.push([t.keyGroup, t.domain, t.ts, t.key, t.ns]);
+    const names = this.namespaces;
+    for (const kt of this.byKey.values()) for (const t of kt.all()) entries.push([t.keyGroup, t.domain, t.ts, t.key, names.nameOf(t.ns)]);
     // An operator that never had a timer stores no timer state (savepoints list only state that exists).
     if (entries.length === 0 && !this.ctx.operatorState.stateNames().includes(this.stateName)) return;
     this.ctx.operatorState.getUnionListState(this.stateName).update(entries);
@@ -390,9 +536,4 @@ export class InternalTimerService {
     if (this.timeout !== null) clearTimeout(this.timeout);
     this.timeout = null;
   }
-}
-
-function timerId(domain: TimerDomain, ts: number, key: unknown, ns: string): string {
-  const hk = heapKeyOf(key);
-  return `${domain}|${ts}|${ns}|${typeof hk}:${String(hk)}`; // ns has a fixed shape, so the key goes last
 }

@@ -19,11 +19,98 @@ import type { PlanNode } from "../api/plan.ts";
 import type { TimeWindow, WindowContext } from "../api/event-time.ts";
 import { MapStateDescriptor, ValueStateDescriptor, type MapState, type ValueState } from "../state/api.ts";
 import type { KeyedStateBackend } from "../state/keyed-backend.ts";
-import { InternalTimerService, preview, type Timer } from "./event-time.ts";
+import { InternalTimerService, preview, type Timer, type TimerNamespaces } from "./event-time.ts";
 import { EventTimeTrigger, ProcessingTimeTrigger, type Evictor, type TimestampedValue, type Trigger, type TriggerContext, type TriggerMergeContext, type TriggerResult } from "../api/triggers.ts";
 import type { ChainOutput, Collector, Operator, OperatorContext, TimeContext } from "./operator.ts";
 
 type WindowNode = Extract<PlanNode, { kind: "window" }>;
+
+/** A window as the operator knows it while it has timers: its namespace id and its state key ("<start>|<end>"). */
+interface WindowNs {
+  id: number;
+  start: number;
+  end: number;
+  /** The window's user key in the MapState "__window" and its timers' namespace in checkpoints. */
+  ns: string;
+  /** Live timers in this window (of any key), plus pins held during a session merge. */
+  refs: number;
+  /** The next window with the same start (session windows of other lengths). */
+  next: WindowNs | null;
+}
+
+/**
+ * The windows of one operator that have timers, each interned to a small integer id (the timers' namespace id) with
+ * its state key built once: a record finds its windows by a lookup on the start, builds no string. Aligned windows
+ * (tumbling, sliding) are shared by all keys, so there are a handful; session windows are one per key and session.
+ * A window is freed when its last timer fires (after onTimer) or is deleted, and its id is reused; as timers retain
+ * their window's id, an id never names two windows while anything refers to it. State is keyed by the ns string,
+ * never by the id, so checkpoints do not depend on ids.
+ */
+export class WindowTable implements TimerNamespaces {
+  private readonly byStart = new Map<number, WindowNs>();
+  /** Index: id (0 is the "no namespace" id of process functions, never a window). */
+  private readonly byId: (WindowNs | undefined)[] = [undefined];
+  private readonly free: number[] = [];
+
+  /** Windows with an id now. */
+  get size(): number {
+    return this.byId.length - 1 - this.free.length;
+  }
+
+  /** The window [start, end), interned if new (with no references: a timer or pin must follow). */
+  intern(start: number, end: number): WindowNs {
+    const head = this.byStart.get(start);
+    for (let w: WindowNs | null = head ?? null; w !== null; w = w.next) if (w.end === end) return w;
+    const id = this.free.length > 0 ? this.free.pop()! : this.byId.length;
+    const ns = `${start}|${end}`;
+    ns.charCodeAt(0); // flattens the concatenation once (JSC ropes): later Map lookups hash a flat string
+    const w: WindowNs = { id, start, end, ns, refs: 0, next: head ?? null };
+    this.byId[id] = w;
+    this.byStart.set(start, w);
+    return w;
+  }
+
+  window(id: number): WindowNs {
+    const w = this.byId[id];
+    if (w === undefined) throw new Error(`window namespace id ${id} is not in use`);
+    return w;
+  }
+
+  idOf(name: string): number {
+    const bar = name.indexOf("|");
+    const start = Number(name.slice(0, bar));
+    const end = Number(name.slice(bar + 1));
+    if (bar < 0 || !Number.isFinite(start) || !Number.isFinite(end) || `${start}|${end}` !== name) {
+      throw new Error(`a checkpointed window timer has namespace ${JSON.stringify(name)}; expected "<start>|<end>"`);
+    }
+    return this.intern(start, end).id;
+  }
+
+  nameOf(id: number): string {
+    return this.window(id).ns;
+  }
+
+  retain(id: number): void {
+    this.window(id).refs++;
+  }
+
+  release(id: number): void {
+    const w = this.window(id);
+    if (--w.refs > 0) return;
+    // Unlink from its start's chain, then free the id.
+    const head = this.byStart.get(w.start)!;
+    if (head === w) {
+      if (w.next === null) this.byStart.delete(w.start);
+      else this.byStart.set(w.start, w.next);
+    } else {
+      let p = head;
+      while (p.next !== w) p = p.next!;
+      p.next = w.next;
+    }
+    this.byId[id] = undefined;
+    this.free.push(id);
+  }
+}
 
 export class WindowOperator implements Operator {
   private readonly keyed: KeyedStateBackend;
@@ -31,6 +118,8 @@ export class WindowOperator implements Operator {
   private readonly contents: MapState<string, any>;
   private readonly sessions: ValueState<[number, number][]> | null;
   private readonly timers: InternalTimerService | null;
+  /** The windows with timers, by id (the timers' namespaces). */
+  readonly windows = new WindowTable();
   private readonly eventTime: boolean;
   private readonly lateness: number;
   private readonly time: TimeContext;
@@ -59,7 +148,7 @@ export class WindowOperator implements Operator {
     this.eventTime = a.type !== "count" && a.time === "event";
     this.lateness = this.eventTime ? node.allowedLateness : 0;
     this.sessions = a.type === "session" ? this.keyed.getState(new ValueStateDescriptor<[number, number][]>("__sessions")) : null;
-    this.timers = a.type === "count" ? null : new InternalTimerService(this.keyed, ctx, "__timers", (t) => this.onTimer(t));
+    this.timers = a.type === "count" ? null : new InternalTimerService(this.keyed, ctx, "__timers", (t) => this.onTimer(t), this.windows);
     this.collector = { collect: (v) => this.out(v) };
     const p = node.fn.process;
     this.processFn = p === null ? null : typeof p === "function" ? p : (k, c, e, o) => p.process(k, c, e, o);
@@ -96,9 +185,9 @@ export class WindowOperator implements Operator {
       const end = start + size;
       if (this.eventTime && end - 1 + this.lateness <= wm) continue; // this window is gone
       accepted = true;
-      const ns = `${start}|${end}`;
+      const w = this.windows.intern(start, end);
       // Timers are registered when the (key, window) first gets state, not again for every record of it.
-      this.registerTimers(ns, start, end, wm, this.add(ns, record));
+      this.registerTimers(w, wm, this.add(w.ns, record));
     }
     if (!accepted) this.late(record, ts, wm);
   }
@@ -112,11 +201,12 @@ export class WindowOperator implements Operator {
   /** The window's timers: emit at end - 1 and, with allowed lateness, clean up at end - 1 + lateness. A window
    *  the watermark has passed already (a late record within the lateness) fires at once instead (Flink's
    *  EventTimeTrigger). */
-  private registerTimers(ns: string, start: number, end: number, wm: number, first: boolean): void {
+  private registerTimers(w: WindowNs, wm: number, first: boolean): void {
     const t = this.timers!;
-    if (first && this.lateness > 0) t.register(0, end - 1 + this.lateness, ns);
-    if (this.eventTime && end - 1 <= wm) this.fire(t.keyOf(), ns, start, end);
-    else if (first) t.register(this.eventTime ? 0 : 1, end - 1, ns);
+    const end = w.end;
+    if (first && this.lateness > 0) t.register(0, end - 1 + this.lateness, w.id);
+    if (this.eventTime && end - 1 <= wm) this.fire(t.keyOf(), w.ns, w.start, end);
+    else if (first) t.register(this.eventTime ? 0 : 1, end - 1, w.id);
   }
 
   private processSession(record: unknown, ts: number, gap: number): void {
@@ -148,48 +238,60 @@ export class WindowOperator implements Operator {
       this.late(record, ts, wm);
       return;
     }
-    const ns = `${start}|${end}`;
+    const table = this.windows;
+    const w = table.intern(start, end);
+    const ns = w.ns;
     const t = this.timers!;
-    const olds: string[] = [];
+    // The merged windows stay pinned (their ids valid) until their triggers are cleared below.
+    const olds: WindowNs[] = [];
+    table.retain(w.id);
     for (const [s, e] of merged) {
-      const old = `${s}|${e}`;
-      if (old === ns) continue;
+      if (s === start && e === end) continue;
+      const old = table.intern(s, e);
+      table.retain(old.id);
       olds.push(old);
-      t.delete(this.eventTime ? 0 : 1, e - 1, old);
-      if (this.lateness > 0) t.delete(0, e - 1 + this.lateness, old);
-      this.mergeInto(old, ns);
+      t.delete(this.eventTime ? 0 : 1, e - 1, old.id);
+      if (this.lateness > 0) t.delete(0, e - 1 + this.lateness, old.id);
+      this.mergeInto(old.ns, ns);
     }
     rest.push([start, end]);
     this.sessions!.update(rest);
+    try {
+      this.mergedSession(record, ts, wm, w, olds);
+    } finally {
+      for (const old of olds) table.release(old.id);
+      table.release(w.id);
+    }
+  }
+
+  private mergedSession(record: unknown, ts: number, wm: number, w: WindowNs, olds: WindowNs[]): void {
+    const { start, end, ns } = w;
     if (this.trigger) {
       // Flink's order: the merged windows' trigger state goes into the new window (onMerge), then their triggers are
       // cleared; then the element is added and its trigger called.
       const window = { start, end };
       if (olds.length > 0) {
         const ctx: TriggerMergeContext = {
-          ...this.triggerContext(ns),
+          ...this.triggerContext(w),
           mergePartitionedState: <T>(name: string, merge: (a: T, b: T) => T) => {
             const c = this.contents;
             let acc: T | undefined = c.get(`${ns}@${name}`);
             for (const old of olds) {
-              const v: T | undefined = c.get(`${old}@${name}`);
+              const v: T | undefined = c.get(`${old.ns}@${name}`);
               if (v !== undefined) acc = acc === undefined ? v : merge(acc, v);
             }
             if (acc !== undefined) c.put(`${ns}@${name}`, acc);
           },
         };
         this.trigger.onMerge?.(window, ctx);
-        for (const old of olds) {
-          const [s, e] = old.split("|").map(Number) as [number, number];
-          this.trigger.clear({ start: s, end: e }, this.triggerContext(old));
-        }
+        for (const old of olds) this.trigger.clear({ start: old.start, end: old.end }, this.triggerContext(old));
       }
-      this.onElementTriggered(record, ts, ns, window);
+      this.onElementTriggered(record, ts, w, window);
       return;
     }
     this.add(ns, record);
     // A merged session is a new window with old contents: its timers are registered whatever add() found.
-    this.registerTimers(ns, start, end, wm, true);
+    this.registerTimers(w, wm, true);
   }
 
   // ---- the general path: a custom trigger or an evictor ----
@@ -202,17 +304,18 @@ export class WindowOperator implements Operator {
       const end = start + size;
       if (this.eventTime && end - 1 + this.lateness <= wm) continue;
       accepted = true;
-      this.onElementTriggered(record, ts, `${start}|${end}`, { start, end });
+      this.onElementTriggered(record, ts, this.windows.intern(start, end), { start, end });
     }
     if (!accepted) this.late(record, ts, wm);
   }
 
-  private onElementTriggered(record: unknown, ts: number, ns: string, window: TimeWindow): void {
-    this.add(ns, record, ts);
-    const result = this.trigger!.onElement(record, ts, window, this.triggerContext(ns));
-    this.act(checkResult(result, "onElement"), ns, window);
-    // The cleanup timer: contents and trigger state go once the window can get no more elements.
-    this.timers!.register(this.eventTime ? 0 : 1, this.cleanupTime(window), ns);
+  private onElementTriggered(record: unknown, ts: number, w: WindowNs, window: TimeWindow): void {
+    // The cleanup timer first (contents and trigger state go once the window can get no more elements): it keeps
+    // the window's id while the trigger runs.
+    this.timers!.register(this.eventTime ? 0 : 1, this.cleanupTime(window), w.id);
+    this.add(w.ns, record, ts);
+    const result = this.trigger!.onElement(record, ts, window, this.triggerContext(w));
+    this.act(checkResult(result, "onElement"), w.ns, window);
   }
 
   private cleanupTime(w: TimeWindow): number {
@@ -225,29 +328,31 @@ export class WindowOperator implements Operator {
   }
 
   private onTimerTriggered(t: Timer): void {
-    const [start, end] = t.ns.split("|").map(Number) as [number, number];
+    const w = this.windows.window(t.ns);
+    const { start, end, ns } = w;
     const window = { start, end };
-    const ctx = this.triggerContext(t.ns);
+    const ctx = this.triggerContext(w);
     const result = t.domain === 0 ? this.trigger!.onEventTime(t.ts, window, ctx) : this.trigger!.onProcessingTime(t.ts, window, ctx);
-    this.act(checkResult(result, t.domain === 0 ? "onEventTime" : "onProcessingTime"), t.ns, window);
+    this.act(checkResult(result, t.domain === 0 ? "onEventTime" : "onProcessingTime"), ns, window);
     if (t.domain === (this.eventTime ? 0 : 1) && t.ts === this.cleanupTime(window)) {
-      this.clear(t.ns);
+      this.clear(ns);
       this.trigger!.clear(window, ctx);
       this.dropSession(start, end);
     }
   }
 
-  /** The trigger's view of the current key and window ns. */
-  private triggerContext(ns: string): TriggerContext {
+  /** The trigger's view of the current key and window w (its id stays valid while a timer or pin holds it). */
+  private triggerContext(w: WindowNs): TriggerContext {
     const timers = this.timers!;
     const c = this.contents;
+    const { id, ns } = w;
     return {
       getCurrentWatermark: () => timers.currentWatermark,
       getCurrentProcessingTime: () => Date.now(),
-      registerEventTimeTimer: (time) => timers.register(0, time, ns),
-      registerProcessingTimeTimer: (time) => timers.register(1, time, ns),
-      deleteEventTimeTimer: (time) => timers.delete(0, time, ns),
-      deleteProcessingTimeTimer: (time) => timers.delete(1, time, ns),
+      registerEventTimeTimer: (time) => timers.register(0, time, id),
+      registerProcessingTimeTimer: (time) => timers.register(1, time, id),
+      deleteEventTimeTimer: (time) => timers.delete(0, time, id),
+      deleteProcessingTimeTimer: (time) => timers.delete(1, time, id),
       getPartitionedState: <T>(name: string) => ({
         value: () => c.get(`${ns}@${name}`) as T | undefined,
         update: (v: T) => c.put(`${ns}@${name}`, v),
@@ -392,12 +497,12 @@ export class WindowOperator implements Operator {
 
   private onTimer(t: Timer): void {
     if (this.trigger) return this.onTimerTriggered(t);
-    const [s, e] = t.ns.split("|").map(Number) as [number, number];
-    const fireAt = e - 1;
-    if (t.ts === fireAt) this.fire(t.key, t.ns, s, e);
+    const { start, end, ns } = this.windows.window(t.ns);
+    const fireAt = end - 1;
+    if (t.ts === fireAt) this.fire(t.key, ns, start, end);
     if (t.ts === fireAt + this.lateness) {
-      this.clear(t.ns);
-      this.dropSession(s, e);
+      this.clear(ns);
+      this.dropSession(start, end);
     }
   }
 

@@ -32,6 +32,8 @@ export interface KeyedStateBackend {
   getCurrentKey(): unknown;
   /** The current key's key group (-1 before the first setCurrentKey). */
   getCurrentKeyGroup(): number;
+  /** The current key's heap key (serde.ts): its identity as a JS Map key, computed once by setCurrentKey. */
+  getCurrentHeapKey(): HeapKey;
   getState<T>(descriptor: ValueStateDescriptor<T>): ValueState<T>;
   getListState<T>(descriptor: ListStateDescriptor<T>): ListState<T>;
   getMapState<K, V>(descriptor: MapStateDescriptor<K, V>): MapState<K, V>;
@@ -174,6 +176,10 @@ export abstract class KeyedBackendBase implements KeyedStateBackend {
 
   getCurrentKeyGroup(): number {
     return this.kgIdx < 0 ? -1 : this.kgIdx + this.kgStart;
+  }
+
+  getCurrentHeapKey(): HeapKey {
+    return this.hk;
   }
 
   /** Hook after setCurrentKey. */
