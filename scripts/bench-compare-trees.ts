@@ -1,7 +1,8 @@
 // Two source trees side by side (an older commit checked out with `git worktree add`, and this one): runs the same
 // benchmark command in tree A and tree B alternately, ROUNDS times each, and prints for each the median, min and max
 // of wall time, CPU time (user + system of the command's process, its Workers included) and of a figure read from
-// the command's output with --figure (a regex whose first group is a number, e.g. "q5 heap p=1: [\d.]+ s, (\d+) K").
+// the command's output with --figure (a regex whose first group is a number, e.g. "q5 heap p=1: [\d.]+ s, (\d+) K";
+// --figure may be given several times, each its own column).
 // Alternating A and B in one run keeps a shared, noisy machine fair; the load average is printed beside.
 //
 // Usage: bun scripts/bench-compare-trees.ts <tree A> <tree B> [--rounds 3] [--figure REGEX] -- <command...>
@@ -15,7 +16,7 @@ import { parseArgs } from "node:util";
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { rounds: { type: "string", default: "3" }, figure: { type: "string" } },
+  options: { rounds: { type: "string", default: "3" }, figure: { type: "string", multiple: true } },
 });
 const sep = process.argv.indexOf("--");
 const [a, b] = positionals;
@@ -26,9 +27,9 @@ if (!a || !b || command.length === 0 || !fs.existsSync(a) || !fs.existsSync(b)) 
 }
 const rounds = Number(values.rounds);
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds: expected a positive integer, got ${values.rounds}`);
-const figure = values.figure ? new RegExp(values.figure) : null;
+const figures = (values.figure ?? []).map((f) => new RegExp(f));
 
-type Sample = { wall: number; cpu: number; figure: number | null };
+type Sample = { wall: number; cpu: number; figures: number[] };
 const results: Record<"A" | "B", Sample[]> = { A: [], B: [] };
 const loads: number[] = [];
 for (let r = 0; r < rounds; r++) {
@@ -42,11 +43,13 @@ for (let r = 0; r < rounds; r++) {
     if (code !== 0) throw new Error(`${name} (${tree}) exited with ${code}:\n${err.slice(-2000)}`);
     const usage = child.resourceUsage();
     const cpu = usage ? Number(usage.cpuTime.total) / 1e6 : NaN;
-    const m = figure ? figure.exec(out + err) : null;
-    if (figure && !m) throw new Error(`${name}: --figure ${figure} not found in the output:\n${(out + err).slice(-2000)}`);
-    const sample = { wall, cpu, figure: m ? Number(m[1]) : null };
-    results[name].push(sample);
-    console.error(`[compare] round ${r + 1} ${name}: wall ${wall.toFixed(1)} s, CPU ${cpu.toFixed(1)} s${m ? `, figure ${m[1]}` : ""}`);
+    const found = figures.map((f) => {
+      const m = f.exec(out + err);
+      if (!m) throw new Error(`${name}: --figure ${f} not found in the output:\n${(out + err).slice(-2000)}`);
+      return Number(m[1]);
+    });
+    results[name].push({ wall, cpu, figures: found });
+    console.error(`[compare] round ${r + 1} ${name}: wall ${wall.toFixed(1)} s, CPU ${cpu.toFixed(1)} s${found.map((x) => `, figure ${x}`).join("")}`);
   }
 }
 
@@ -56,10 +59,13 @@ const stats = (xs: number[]) => {
 };
 console.log(`Command (in each tree): ${command.join(" ")}`);
 console.log(`A = ${path.resolve(a)}, B = ${path.resolve(b)}; ${rounds} rounds alternated; load average 1 min during the run ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}`);
-console.log("| tree | wall s, median (min-max) | CPU s | figure |");
-console.log("| --- | --- | --- | --- |");
+console.log(`| tree | wall s, median (min-max) | CPU s |${figures.map((f) => ` ${f.source.replace(/(?<!\\)\|/g, "\\|")} |`).join("")}`);
+console.log(`| --- | --- | --- |${figures.map(() => " --- |").join("")}`);
 for (const name of ["A", "B"] as const) {
   const xs = results[name];
-  const fig = xs.every((x) => x.figure !== null) ? stats(xs.map((x) => x.figure!)) : "";
-  console.log(`| ${name} | ${stats(xs.map((x) => x.wall))} | ${stats(xs.map((x) => x.cpu))} | ${fig} |`);
+  const figs = figures.map((_, i) => ` ${stats(xs.map((x) => x.figures[i]!))} |`).join("");
+  console.log(`| ${name} | ${stats(xs.map((x) => x.wall))} | ${stats(xs.map((x) => x.cpu))} |${figs}`);
 }
+const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+const ratio = (f: (x: Sample) => number) => (med(results.B.map(f)) / med(results.A.map(f))).toFixed(2);
+console.log(`B / A, medians: wall ${ratio((x) => x.wall)}, CPU ${ratio((x) => x.cpu)}${figures.map((_, i) => `, figure ${i + 1} ${ratio((x) => x.figures[i]!)}`).join("")}`);
