@@ -57,6 +57,11 @@ export class WindowTable implements TimerNamespaces {
     return this.byId.length - 1 - this.free.length;
   }
 
+  /** The highest id handed out so far (ids are reused, so this stays near the most windows alive at once). */
+  get highestId(): number {
+    return this.byId.length - 1;
+  }
+
   /** The window [start, end), interned if new (with no references: a timer or pin must follow). */
   intern(start: number, end: number): WindowNs {
     const head = this.byStart.get(start);

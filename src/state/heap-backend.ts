@@ -49,6 +49,9 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   private guardCurrent = false;
   private readonly listWriter = new ByteWriter(1024);
   private cleanupCursor = { table: 0, kg: 0, iter: null as Iterator<[HeapKey, unknown]> | null };
+  /** Bumped whenever a map state's per-key map may leave its table (removed when empty, cleared, expired, restored
+   *  over): a HeapMapCell's cached per-key map is valid only within one generation. */
+  mapGen = 0;
 
   constructor(opts: BackendOptions) {
     super(opts);
@@ -164,7 +167,10 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
             removed++;
           }
         }
-        if (inner.size === 0) m.delete(hk);
+        if (inner.size === 0) {
+          m.delete(hk);
+          this.mapGen++;
+        }
       } else {
         visited++;
         const kept = unexpiredStored(t.meta.kind, ttlMs, stored, now);
@@ -276,6 +282,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
     this.job?.serializeAll();
     for (const h of handles) checkKeyedHandle(h, this.maxParallelism);
     for (const t of this.tableList) t.maps.fill(undefined);
+    this.mapGen++;
     this.cleanupCursor = { table: 0, kg: 0, iter: null };
     const now = this.clock();
     for (const h of handles) {
@@ -305,7 +312,10 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
                 else if (uk !== null) {
                   const inner = m.get(hk) as KgMap | undefined;
                   inner?.delete(heapKeyOfBytes(uk));
-                  if (inner !== undefined && inner.size === 0) m.delete(hk);
+                  if (inner !== undefined && inner.size === 0) {
+                    m.delete(hk);
+                    this.mapGen++;
+                  }
                 }
                 return;
               }
@@ -333,6 +343,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
     this.closed = true;
     this.kgIdx = -1;
     for (const t of this.tableList) t.maps.fill(undefined);
+    this.mapGen++;
   }
 
   /** For HeapSnapshotJob. */
@@ -421,16 +432,30 @@ class HeapListCell implements ListCell {
 }
 
 class HeapMapCell implements MapCell {
+  /** The last per-key map found, for (key group, key, generation): window operators touch one key's map several
+   *  times per record. */
+  private cKg = -1;
+  private cHk: HeapKey = undefined;
+  private cGen = -1;
+  private cInner: KgMap | undefined = undefined;
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
   private inner(create: boolean): KgMap | undefined {
-    const i = this.b.groupIndex();
+    const i = this.b.groupIndex(); // also the snapshot's guard: before the cache
+    const hk = this.b.hk;
+    if (this.cHk === hk && this.cKg === i && this.cGen === this.b.mapGen && this.cInner !== undefined) return this.cInner;
     let m = this.t.maps[i];
     if (m === undefined) {
       if (!create) return undefined;
       m = this.t.maps[i] = new KeyTable();
     }
-    let inner = m.get(this.b.hk) as KgMap | undefined;
-    if (inner === undefined && create) m.set(this.b.hk, (inner = new Map()));
+    let inner = m.get(hk) as KgMap | undefined;
+    if (inner === undefined && create) m.set(hk, (inner = new Map()));
+    if (inner !== undefined) {
+      this.cKg = i;
+      this.cHk = hk;
+      this.cGen = this.b.mapGen;
+      this.cInner = inner;
+    }
     return inner;
   }
   get(uk: unknown): unknown {
@@ -446,7 +471,10 @@ class HeapMapCell implements MapCell {
     const inner = this.inner(false);
     if (inner === undefined) return;
     inner.delete(heapKeyOf(uk));
-    if (inner.size === 0) this.t.maps[this.b.kgIdx]!.delete(this.b.hk);
+    if (inner.size === 0) {
+      this.t.maps[this.b.kgIdx]!.delete(this.b.hk);
+      this.b.mapGen++;
+    }
   }
   *entries(): Iterable<[unknown, unknown]> {
     const inner = this.inner(false);
@@ -460,5 +488,6 @@ class HeapMapCell implements MapCell {
   clear(): void {
     const i = this.b.groupIndex();
     this.t.maps[i]?.delete(this.b.hk);
+    this.b.mapGen++;
   }
 }
