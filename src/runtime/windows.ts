@@ -8,6 +8,8 @@
 //   process:            ns -> element count n, "<ns>#<i>" -> element i (0 <= i < n): O(1) per element
 //   count windows:      ns "count" as above; sliding count windows keep the last `size` elements at "sliding"
 // Session windows also keep the key's open sessions in the ValueState "__sessions".
+// A record builds no string for its windows: the operator's WindowTable holds each window that has timers with its
+// ns built once, and the timers name windows by the table's small integer ids (checkpoints by ns).
 //
 // With a custom trigger or an evictor (WindowedStream.trigger/evictor, api/triggers.ts) windows take the general
 // path of Flink's WindowOperator: every element calls the trigger, whose result fires and/or purges the window; its
