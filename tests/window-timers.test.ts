@@ -149,6 +149,41 @@ describe("timer service: numeric identity", () => {
   });
 });
 
+describe("timer service: processing time", () => {
+  test("processing-time timers, most deleted before they are due: the live ones fire once by the clock, in order", async () => {
+    const keyed = await createKeyedStateBackend({ kind: "heap", maxParallelism: 16, keyGroupRange: { start: 0, end: 15 }, restoreFrom: [] });
+    const fired: Timer[] = [];
+    const ctx = { operatorState: new OperatorStateStore() } as unknown as OperatorContext;
+    const timers = new InternalTimerService(keyed, ctx, "__t", (t) => fired.push({ ...t }));
+    const base = Date.now() + 100;
+    const model = new Map<string, boolean>(); // (key, ts) -> live: the last register or delete wins
+    for (let i = 0; i < 1000; i++) {
+      keyed.setCurrentKey(i % 37);
+      const ts = base + (i % 5) * 20;
+      timers.register(1, ts);
+      // Deleted: the earliest ones first, so the first due bucket holds only dead timers at its front.
+      if (i % 10 !== 9) timers.delete(1, ts);
+      model.set(`${i % 37}|${ts}`, i % 10 === 9);
+    }
+    // Registered again after a delete: one timer, not two.
+    keyed.setCurrentKey(36);
+    timers.register(1, base);
+    timers.delete(1, base);
+    timers.register(1, base);
+    model.set(`36|${base}`, true);
+    const expected = [...model].filter(([, v]) => v).map(([k]) => k).sort();
+    expect(expected.length).toBeGreaterThan(10);
+    expect(timers.size).toBe(expected.length);
+    await waitFor("the live processing-time timers fired", () => fired.length >= expected.length, 10_000);
+    timers.fireProcessingTime(Infinity);
+    expect(fired.map((t) => `${t.key}|${t.ts}`).sort()).toEqual(expected);
+    for (let i = 1; i < fired.length; i++) expect(fired[i]!.ts).toBeGreaterThanOrEqual(fired[i - 1]!.ts);
+    expect(fired.every((t) => t.ts <= Date.now())).toBe(true);
+    timers.dispose();
+    await keyed.close();
+  });
+});
+
 type Out = { key: number; start: number; end: number; n: number };
 
 /** A window operator run directly: process, watermarks, snapshots; it collects [key, start, end, count] per firing. */

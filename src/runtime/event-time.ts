@@ -313,10 +313,15 @@ class TimerQueue {
     return b;
   }
 
-  /** The earliest live timer's timestamp, dropping buckets with none left. */
+  /** The earliest live timer's timestamp: deleted timers leave the earliest bucket (in order), empty buckets go. */
   earliestLive(): number | undefined {
     for (let ts = this.peekTime(); ts !== undefined; ts = this.peekTime()) {
-      if (this.buckets.get(ts)!.some((t) => t.live)) return ts;
+      const b = this.buckets.get(ts)!;
+      if (b[0]!.live) return ts;
+      let n = 0;
+      for (const t of b) if (t.live) b[n++] = t;
+      b.length = n;
+      if (n > 0) return ts;
       this.popBucket();
     }
     return undefined;
