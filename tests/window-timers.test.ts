@@ -3,7 +3,8 @@
 // map by timestamp for keys with many timers) and its retains and releases, and the window operator run directly
 // on real state backends against independent models: many sliding windows per key, merging sessions whose ids are
 // reused, and a snapshot restored at another parallelism (timers fire once, in the subtask owning their key), on
-// the heap and SQLite backends; and a windowed job on a cluster resumed from a savepoint at another parallelism.
+// the heap and SQLite backends; the heap map state's cached per-key map (writes after that map left its table);
+// and a windowed job on a cluster resumed from a savepoint at another parallelism.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -15,6 +16,8 @@ import { InternalTimerService, type Timer, type TimerNamespaces } from "../src/r
 import { WindowOperator, WindowTable } from "../src/runtime/windows.ts";
 import type { OperatorContext } from "../src/runtime/operator.ts";
 import { createKeyedStateBackend, OperatorStateStore, type KeyedStateBackend } from "../src/state/index.ts";
+import { HeapKeyedStateBackend } from "../src/state/heap-backend.ts";
+import { MapStateDescriptor } from "../src/state/api.ts";
 import type { KeyedSnapshotHandle } from "../src/state/snapshot-format.ts";
 import { keyGroupOf } from "../src/state/key-groups.ts";
 import { removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
@@ -181,6 +184,43 @@ describe("timer service: processing time", () => {
     expect(fired.every((t) => t.ts <= Date.now())).toBe(true);
     timers.dispose();
     await keyed.close();
+  });
+});
+
+describe("heap map state: the cached per-key map", () => {
+  test("writes after the key's map left its table (removed by another cell, cleared, expired by cleanup) are kept, and snapshotted", async () => {
+    let now = 1_000_000;
+    const b = new HeapKeyedStateBackend({ maxParallelism: 16, keyGroupRange: { start: 0, end: 15 }, clock: () => now });
+    const d = new MapStateDescriptor<string, number>("m");
+    const m1 = b.getMapState(d);
+    const m2 = b.getMapState(d); // a second cell on the same state
+    const t = b.getMapState(new MapStateDescriptor<string, number>("t", { ttl: { ttlMs: 100 } }));
+    b.setCurrentKey("k");
+    m1.put("a", 1);
+    m2.remove("a"); // the key's map is now empty and leaves the table
+    m1.put("b", 2); // no setCurrentKey in between: must not land in the detached map
+    expect(m2.get("b")).toBe(2);
+    expect(b.countEntries("m")).toBe(1); // in the table itself, not only in a cell's cached map
+    m2.clear();
+    m1.put("c", 3);
+    expect([...m2.entries()]).toEqual([["c", 3]]);
+    expect(b.countEntries("m")).toBe(1);
+    t.put("x", 1);
+    now += 1000;
+    expect(b.cleanupExpired(100)).toBe(1); // the key's map of "t" is empty and removed by the cleanup
+    t.put("y", 2);
+    expect(t.get("y")).toBe(2);
+    expect(b.countEntries("t")).toBe(1);
+    const dir = tempDir("tm-heap-map-cache-");
+    const handle = await b.snapshot(dir);
+    const r = new HeapKeyedStateBackend({ maxParallelism: 16, keyGroupRange: { start: 0, end: 15 }, clock: () => now });
+    await r.restore([handle]);
+    r.setCurrentKey("k");
+    expect([...r.getMapState(d).entries()]).toEqual([["c", 3]]);
+    expect([...r.getMapState(new MapStateDescriptor<string, number>("t", { ttl: { ttlMs: 100 } })).entries()]).toEqual([["y", 2]]);
+    await b.close();
+    await r.close();
+    removeTempDirs();
   });
 });
 
