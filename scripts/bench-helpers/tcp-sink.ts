@@ -1,5 +1,5 @@
 // Half of scripts/bench-network.ts: a TCP server that reads and discards `expected` bytes, then prints the
-// seconds from the first byte to the last.
+// seconds from the first byte to the last and the CPU seconds this process used.
 import * as net from "node:net";
 
 const expected = Number(process.argv[2]);
@@ -10,7 +10,8 @@ const server = net.createServer((sock) => {
     if (got === 0) t0 = performance.now();
     got += d.length;
     if (got >= expected) {
-      console.log(`DONE ${(performance.now() - t0) / 1000}`);
+      const c = process.cpuUsage();
+      console.log(`DONE ${(performance.now() - t0) / 1000} CPU ${(c.user + c.system) / 1e6}`);
       sock.destroy();
       server.close();
     }
