@@ -210,19 +210,31 @@ describe("broadcast state on a cluster", () => {
 
   for (const backend of ["heap", "sqlite"] as const) {
     test(`applyToKeyedState skips keys whose state expired under its TTL (${backend})`, async () => {
-      // 10 keys written at once with a 300 ms TTL; 1.5 s later one broadcast element visits the keyed state. Half the
-      // keys are written again just before it (a second, delayed source), so they are live: only those are visited.
+      // 10 keys written at once with a 3 s TTL. A second source writes half of them again 3.5 s later and then leaves a
+      // marker file; a broadcast element follows 1 s after the marker and visits the keyed state: the first writes
+      // have expired by then (about 4.5 s), the second ones not (until about 6.5 s), so only those 5 keys are visited.
+      // (Margins of a second or more each way, for a loaded machine.)
       const out = path.join(dir, `ttl-${backend}`);
+      const marker = path.join(dir, `ttl-${backend}-rewritten`);
       const job = writeJob(dir, `ttl-${backend}.ts`, `
+        import * as fs from "node:fs";
         import { MapStateDescriptor, ValueStateDescriptor } from ${API};
         const pause = new Int32Array(new SharedArrayBuffer(4));
-        const seen = new ValueStateDescriptor("seen", { ttl: { ttlMs: 300 } });
+        const seen = new ValueStateDescriptor("seen", { ttl: { ttlMs: 3000 } });
         const rules = new MapStateDescriptor("rules");
         export default (env, args) => {
           env.setStateBackend(args[1]);
           const early = env.fromSequence(0, 9).setParallelism(1);
-          const late = env.fromSequence(100, 104).setParallelism(1).map((x) => { if (x === 100) Atomics.wait(pause, 0, 0, 1200); return x % 100; }).setParallelism(1);
-          const tick = env.fromSequence(1, 1).setParallelism(1).map((x) => { Atomics.wait(pause, 0, 0, 1500); return x; }).setParallelism(1);
+          const late = env.fromSequence(100, 104).setParallelism(1).map((x) => {
+            if (x === 100) Atomics.wait(pause, 0, 0, 3500);
+            if (x === 104) fs.writeFileSync(args[2], "");
+            return x % 100;
+          }).setParallelism(1);
+          const tick = env.fromSequence(1, 1).setParallelism(1).map((x) => {
+            for (let i = 0; i < 6000 && !fs.existsSync(args[2]); i++) Atomics.wait(pause, 0, 0, 10);
+            Atomics.wait(pause, 0, 0, 1000);
+            return x;
+          }).setParallelism(1);
           early.union(late).keyBy((x) => x).connect(tick.broadcast(rules))
             .process({
               open(ctx) { this.seen = ctx.getState(seen); },
@@ -235,7 +247,7 @@ describe("broadcast state on a cluster", () => {
             })
             .writeAsText(args[0]);
         };`);
-      const status = await run(job, [out, backend], 1);
+      const status = await run(job, [out, backend, marker], 1);
       expect(status.error?.message).toBeUndefined();
       expect(status.state).toBe("FINISHED");
       expect(readLines(out)).toEqual([JSON.stringify(["0=0", "1=1", "2=2", "3=3", "4=4"])]);
