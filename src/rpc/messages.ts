@@ -332,11 +332,12 @@ export interface TaskRestore {
   finished?: boolean;
 }
 
-/** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts). */
+/** A task's channel state (input and output) of one unaligned checkpoint (runtime/channel-state.ts). */
 export interface ChannelStateHandle {
   type: "channel";
   file: string;
   sizeBytes: number;
+  /** Records kept as records (output chunks kept as bytes are not counted: their count is known when decoded). */
   records: number;
   subtaskIndex: number;
 }
