@@ -157,7 +157,9 @@ async function backpressureBench(): Promise<void> {
  * CPU time per thread of this process (Linux /proc; the in-process cluster's tasks are Worker threads), sampled every
  * 50 ms so that threads that end with their task are counted up to their last sample. Groups: the task Workers
  * ("Worker", one per task: with p=1 the source chain and the keyed sum chain), the garbage collector's helper threads
- * ("Heap Helper" and the like) and everything else (the main thread: JobManager, TaskManager, RPC).
+ * ("Heap Helper" and the like), the main thread (JobManager, TaskManager, RPC, this bench's polls) and the other
+ * threads (JavaScriptCore's JIT compiler, mimalloc's scavenger, Bun's file I/O pool: "JITWorker", "mi-scavenger",
+ * "Bun Pool n"). BENCH_THREADS=1 logs each run's CPU per thread name.
  */
 class ThreadCpu {
   private readonly seen = new Map<string, { comm: string; ms: number; ms0: number }>();
@@ -187,20 +189,21 @@ class ThreadCpu {
     }
   }
   /** CPU seconds since construction: the task Workers (busiest first), GC helpers, the rest. */
-  stop(): { workers: number[]; gc: number; other: number; byName: Map<string, number> } {
+  stop(): { workers: number[]; gc: number; main: number; other: number; byName: Map<string, number> } {
     if (this.timer) clearInterval(this.timer);
     this.sample(false);
     const workers: number[] = [];
-    let gc = 0, other = 0;
+    let gc = 0, main = 0, other = 0;
     const byName = new Map<string, number>();
-    for (const t of this.seen.values()) {
+    for (const [tid, t] of this.seen) {
       const s = (t.ms - t.ms0) / 1000;
       byName.set(t.comm, (byName.get(t.comm) ?? 0) + s);
-      if (t.comm === "Worker") workers.push(s);
+      if (Number(tid) === process.pid) main += s;
+      else if (t.comm === "Worker") workers.push(s);
       else if (/heap|gc|marker|collector/i.test(t.comm)) gc += s;
       else other += s;
     }
-    return { workers: workers.filter((w) => w > 0).sort((a, b) => b - a), gc, other, byName };
+    return { workers: workers.filter((w) => w > 0).sort((a, b) => b - a), gc, main, other, byName };
   }
 }
 
@@ -220,7 +223,7 @@ async function throughputBench(): Promise<void> {
   // --modes picks some of the three (e.g. one mode alone under a profiler); the loss needs "off" in the run.
   const modes = values.modes!.split(",") as ("off" | "aligned" | "unaligned")[];
   for (const m of modes) if (!["off", "aligned", "unaligned"].includes(m)) throw new Error(`--modes: expected off, aligned or unaligned (comma-separated), got ${m}`);
-  const res: Record<string, { rate: number; cpu: number; checkpoints: number; tasks: number[]; gc: number; main: number }[]> = { off: [], aligned: [], unaligned: [] };
+  const res: Record<string, { rate: number; cpu: number; checkpoints: number; tasks: number[]; gc: number; main: number; other: number }[]> = { off: [], aligned: [], unaligned: [] };
   const load0 = os.loadavg();
   for (let r = 0; r < RUNS; r++) {
     for (const mode of modes) {
@@ -238,19 +241,19 @@ async function throughputBench(): Promise<void> {
       if (s.state !== "FINISHED") throw new Error(`keyed sum (${mode}) ended ${s.state}: ${s.error?.message}`);
       const rate = RECORDS / ((s.endTime! - s.startTime) / 1000);
       const perM = RECORDS / 1e6;
-      res[mode]!.push({ rate, cpu: (cpu.user + cpu.system) / 1e6 / perM, checkpoints: s.checkpoints.completed, tasks: th.workers.slice(0, 2).map((w) => w / perM), gc: th.gc / perM, main: th.other / perM });
-      log(`run ${r + 1}, ${mode}: ${(rate / 1e6).toFixed(2)} M records/s, ${res[mode]!.at(-1)!.cpu.toFixed(2)} CPU-s per M records (task threads ${res[mode]!.at(-1)!.tasks.map((t) => t.toFixed(3)).join(" + ")}, GC helpers ${res[mode]!.at(-1)!.gc.toFixed(3)}, main thread ${res[mode]!.at(-1)!.main.toFixed(3)}), ${s.checkpoints.completed} checkpoints`);
+      res[mode]!.push({ rate, cpu: (cpu.user + cpu.system) / 1e6 / perM, checkpoints: s.checkpoints.completed, tasks: th.workers.slice(0, 2).map((w) => w / perM), gc: th.gc / perM, main: th.main / perM, other: th.other / perM });
+      log(`run ${r + 1}, ${mode}: ${(rate / 1e6).toFixed(2)} M records/s, ${res[mode]!.at(-1)!.cpu.toFixed(2)} CPU-s per M records (task threads ${res[mode]!.at(-1)!.tasks.map((t) => t.toFixed(3)).join(" + ")}, GC helpers ${res[mode]!.at(-1)!.gc.toFixed(3)}, main thread ${res[mode]!.at(-1)!.main.toFixed(3)}, other threads ${res[mode]!.at(-1)!.other.toFixed(3)}), ${s.checkpoints.completed} checkpoints`);
     }
   }
   const stat = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
   const off = res.off!.length ? median(res.off!.map((x) => x.rate)) : NaN;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} after`);
   console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS} --modes ${modes.join(",")}\n`);
-  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread and the rest | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread | other threads (JIT, allocator, file I/O pool) | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
     const xs = res[mode]!;
     const rate = median(xs.map((x) => x.rate));
-    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
+    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
   }
 }
 
