@@ -210,10 +210,12 @@ class ThreadCpu {
 /**
  * --throughput: the keyed sum of (a) with checkpoints off, aligned every 1 s and unaligned every 1 s, the three
  * alternating run by run; records/s over the job's run time and the process's CPU time (the whole in-process cluster)
- * per million records, split by thread (ThreadCpu: the two task Workers, the GC helpers). Unaligned checkpoints cost
- * on every record (the writer keeps each chunk's records until its bytes are in the ring; tasks look at the clock to
- * slice), so this is the figure that bounds that cost. Final checkpoints (FLIP-147) are off here: the job's time is
- * its input's, not up to an interval more waiting for the checkpoint after its end of input.
+ * per million records, split by thread (ThreadCpu: the two task Workers, the GC helpers, the main thread, the rest).
+ * Unaligned mode costs on every record (tasks look at the clock to slice, poll the priority rings) and per checkpoint
+ * (channel state), so this is the figure that bounds that cost; short runs also count each fresh Worker's JIT warm-up
+ * of the checkpoint code. --interval with --modes unaligned separates the two (e.g. 100 against 3600000: no checkpoint
+ * in the run). Final checkpoints (FLIP-147) are off here: the job's time is its input's, not up to an interval more
+ * waiting for the checkpoint after its end of input.
  */
 async function throughputBench(): Promise<void> {
   const sumJob = job("sum-u.ts", `
