@@ -18,10 +18,11 @@ import { Packr, Unpackr } from "msgpackr";
 import type { ChannelStateHandle } from "../rpc/messages.ts";
 import { parseChannelId } from "../network/wire.ts";
 import type { OvertakenOutput } from "../network/record-writer.ts";
+import type { RecordedPart } from "../network/input-gate.ts";
 import { decodeChunksFrom } from "../network/serialization.ts";
 
 const MAGIC = "tm-channel-state";
-/** 2: an output channel's overtaken chunks as bytes (`bytes`, `shapes`); 1: records only (still read). */
+/** 2: runs of a channel's chunks as bytes (`bytes`, `shapes`), input and output; 1: records only (still read). */
 const VERSION = 2;
 const READABLE = [1, 2];
 
@@ -31,7 +32,7 @@ interface StoredChannel {
   consumer: number;
   /** Records kept as records: an input channel's, or the output chunk that spanned the overtake point. */
   records: unknown[];
-  /** Version 2, output channels: whole chunks (u32 length, chunk) that follow `records`, and the shape table there. */
+  /** Version 2: whole chunks (u32 length, chunk) that follow `records`, and the record-shape table where they start. */
   bytes?: Uint8Array;
   shapes?: string[][];
 }
@@ -52,7 +53,14 @@ interface ChannelStateFile {
  * Writes the channel state of one task: input channels (and, from tests, output channels) as records in `state`,
  * output channels as the writer held them in `output`; null when nothing was in flight.
  */
-export async function writeChannelState(dir: string, subtaskIndex: number, state: Map<string, unknown[]>, output?: Map<string, OvertakenOutput>): Promise<ChannelStateHandle | null> {
+export async function writeChannelState(
+  dir: string,
+  subtaskIndex: number,
+  state: Map<string, unknown[]>,
+  output?: Map<string, OvertakenOutput>,
+  /** Input channels recorded raw (InputGate.rawChannelState): records and runs of bytes, in order. */
+  inputParts?: Map<string, RecordedPart[]>,
+): Promise<ChannelStateHandle | null> {
   const channels: StoredChannel[] = [];
   let count = 0, chunkBytes = 0;
   const idOf = (ch: string) => {
@@ -64,6 +72,19 @@ export async function writeChannelState(dir: string, subtaskIndex: number, state
     const id = idOf(ch);
     channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records });
     count += records.length;
+  }
+  // A channel in several entries (records, then a run of bytes, ...): read back in this order.
+  for (const [ch, parts] of inputParts ?? []) {
+    const id = idOf(ch);
+    for (const p of parts) {
+      if ("records" in p) {
+        channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records: p.records });
+        count += p.records.length;
+      } else if (p.bytes.length > 0) {
+        channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records: [], bytes: p.bytes, shapes: p.shapes });
+        chunkBytes += p.bytes.length;
+      }
+    }
   }
   for (const [ch, o] of output ?? []) {
     const id = idOf(ch);
@@ -117,7 +138,7 @@ export function readChannelState(h: ChannelStateHandle): { edgeId: number; produ
     try {
       decodeChunksFrom(c.bytes, Array.isArray(c.shapes) ? c.shapes : [], records);
     } catch (err) {
-      throw new Error(`channel state ${h.file} is damaged: the output channel ${c.edgeId}/${c.producer}->${c.consumer}: ${(err as Error).message}`);
+      throw new Error(`channel state ${h.file} is damaged: the channel ${c.edgeId}/${c.producer}->${c.consumer}: ${(err as Error).message}`);
     }
     return { edgeId: c.edgeId, producer: c.producer, consumer: c.consumer, records };
   });

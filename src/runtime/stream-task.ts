@@ -22,6 +22,7 @@ import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
 import { splitChannelState, writeChannelState, type OutputChannelState } from "./channel-state.ts";
 import type { OvertakenOutput } from "../network/record-writer.ts";
+import { RecordedChannelState } from "../network/input-gate.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { LatencyTracker, type LatencyMarker } from "./latency-markers.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
@@ -134,6 +135,8 @@ export class StreamTask {
       }
     }
     this.gate = new InputGate(inputs);
+    // Unaligned checkpoints' input channel state as bytes, decoded only on restore (channel-state.ts).
+    this.gate.rawChannelState = true;
     this.inputChannels = inputs;
     this.valve = new WatermarkValve(inputs);
     this.debloater = network.debloat && inputs.length > 0 ? new BufferDebloater(network.debloat, network.segmentSize) : null;
@@ -533,7 +536,7 @@ export class StreamTask {
       // Output channel state: filled below, as the barrier overtakes the task's queued output (before this runs).
       const channel =
         channelState || b.unaligned
-          ? Promise.resolve(channelState).then((s) => writeChannelState(taskDir, d.subtaskIndex, s ?? new Map(), outputState))
+          ? Promise.resolve(channelState).then((s) => writeChannelState(taskDir, d.subtaskIndex, s ?? new Map(), outputState, s instanceof RecordedChannelState ? s.parts : undefined))
           : null;
       pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
         ...o,
