@@ -588,7 +588,7 @@ describe("channel state files", () => {
     expect(path.dirname(h.file)).toBe(dir);
   });
 
-  test("version 2: output chunks kept as bytes decode on read; a truncated file or damaged chunks are refused by path; version 1 files still read", async () => {
+  test("version 2: output and input chunks kept as bytes decode on read; a truncated file, damaged chunks or a wrong count are refused by path; version 1 files still read", async () => {
     const dir = tempDir("tm-chstate2-");
     const OUT = 4;
     // The producer's overtaken part as its writer holds it: a spanning chunk's records, then whole chunks as bytes.
@@ -625,6 +625,16 @@ describe("channel state files", () => {
     fs.writeFileSync(h.file, good.subarray(0, good.length - 100));
     expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} is truncated or damaged`));
     expect(channelStateProblem(h)).toMatch(new RegExp(`channel state ${h.file} has ${good.length - 100} bytes`));
+    // Input channel state recorded as bytes (a run with the number of records it holds, checked when decoded).
+    const IN = 2;
+    const inParts = (count: number) => new Map([[channelId("job", IN, 1, 0), [{ records: ["first"] }, { bytes, shapes: [], count }]]]);
+    fs.mkdirSync(path.join(dir, "in"));
+    const hi = (await writeChannelState(path.join(dir, "in"), 0, new Map(), undefined, inParts(recs.length)))!;
+    expect(hi.records).toBe(1 + recs.length);
+    expect(readChannelState(hi).flatMap((c) => c.records)).toEqual(["first", ...recs]);
+    expect(splitChannelState([hi], new Map([[IN, { owner: () => 0 }]]), new Set(), 0, 1).input).toEqual(["first", ...recs]);
+    const hw = (await writeChannelState(path.join(dir, "in"), 1, new Map(), undefined, inParts(recs.length - 1)))!;
+    expect(() => readChannelState(hw)).toThrow(new RegExp(`channel state ${hw.file} is damaged: the channel ${IN}/1->0: ${recs.length} records in its chunks, ${recs.length - 1} recorded`));
     // A version 1 file (records only) as earlier versions wrote it is still read; an unknown version is refused.
     const packr = () => new Packr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Packr>[0]);
     const v1 = packr().pack({ magic: "tm-channel-state", version: 1, count: 2, channels: [{ edgeId: OUT, producer: 0, consumer: 1, records: ["x", "y"] }] });

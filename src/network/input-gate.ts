@@ -20,9 +20,9 @@ type Arrival =
 /**
  * An input channel's recorded state in raw mode (InputGate.rawChannelState), in order: records (decoded already), or
  * a run of the channel's bytes from a chunk boundary, whole chunks, with the record-shape table there
- * (decodeChunksFrom).
+ * (decodeChunksFrom), and the number of records they hold.
  */
-export type RecordedPart = { records: unknown[] } | { bytes: Uint8Array; shapes: string[][] };
+export type RecordedPart = { records: unknown[] } | { bytes: Uint8Array; shapes: string[][]; count: number };
 
 /** What a raw-mode recording hands over: no records in the map itself; `parts` holds each channel's state. */
 export class RecordedChannelState extends Map<string, unknown[]> {
@@ -32,7 +32,7 @@ export class RecordedChannelState extends Map<string, unknown[]> {
 }
 
 /** A run of raw bytes being recorded: the buffers (copies) and the stream state where it starts. */
-type RawRun = { chunks: Uint8Array[]; shapes: string[][] };
+type RawRun = { chunks: Uint8Array[]; shapes: string[][]; count: number };
 
 /** One channel's part of an unaligned checkpoint's channel state, being recorded. */
 interface ChannelRecording {
@@ -195,11 +195,12 @@ export class InputGate {
       let run = last !== undefined && "chunks" in last && rec.runReads === d.reads ? last : null;
       if (run === null) {
         const st = d.streamState();
-        run = { chunks: st.prefix.length > 0 ? [st.prefix] : [], shapes: st.shapes };
+        run = { chunks: st.prefix.length > 0 ? [st.prefix] : [], shapes: st.shapes, count: 0 };
         rec.parts.push(run);
       }
       run.chunks.push(a.bytes.slice());
       d.read(a.bytes, records);
+      run.count += records.length; // the records of the chunks this buffer completed: the run's whole chunks
       rec.runReads = d.reads;
     } else {
       d.read(a.bytes, records);
@@ -264,7 +265,7 @@ export class InputGate {
           let at = 0;
           for (const c of p.chunks) (bytes.set(c, at), (at += c.length));
           const whole = wholeChunksLength(bytes);
-          if (whole > 0) out.push({ bytes: bytes.subarray(0, whole), shapes: p.shapes });
+          if (whole > 0) out.push({ bytes: bytes.subarray(0, whole), shapes: p.shapes, count: p.count });
         }
         if (out.length > 0) parts.set(ch, out);
       }

@@ -337,7 +337,7 @@ export interface ChannelStateHandle {
   type: "channel";
   file: string;
   sizeBytes: number;
-  /** Records kept as records (output chunks kept as bytes are not counted: their count is known when decoded). */
+  /** Records in it, except those of output chunks kept as bytes (their count is known only when decoded). */
   records: number;
   subtaskIndex: number;
 }

@@ -2,12 +2,13 @@
 // that were in flight on a task's channels when it took checkpoint n. Input channel state: what arrived before the
 // barrier on each input channel and was not read yet (InputGate.startRecording). Output channel state: the records
 // of the chunks the barrier overtook in the task's own output (RecordWriter.broadcastPriorityEvent). One file per
-// task holds both, told apart by the edge (an input or an output edge of the task's vertex). Input channel state is
-// kept as records (the wire encoding shares record shapes along a channel's stream, so a buffer cannot be decoded
-// from the middle without the channel decoder's state there). Output channel state (version 2) is kept as the writer
-// holds it: the records of the chunk spanning the overtake point, then whole chunks as bytes with the record-shape
-// table where they start, decoded only on restore (no decoding and re-packing at every checkpoint). Version 1 files
-// (output channel state as records) are still read. On
+// task holds both, told apart by the edge (an input or an output edge of the task's vertex). Version 2 keeps bytes,
+// decoded only on restore (no re-packing of records at every checkpoint): the wire encoding shares record shapes
+// along a channel's stream, so a run of bytes is stored from a chunk boundary with the record-shape table there.
+// Input channel state: the buffers the gate recorded, each run beginning with the part of a chunk the channel's
+// decoder held (InputGate.rawChannelState; records where a buffer was decoded before), cut at its last whole chunk.
+// Output channel state: the records of the chunk spanning the overtake point, then the overtaken whole chunks.
+// Version 1 files (records only) are still read. On
 // restore each new subtask reads every old subtask's file of its vertex: of the input channel state it keeps the
 // records that are its own under the edge's partitioner at the new parallelism (key groups for keyBy) and replays
 // them before any new input; the output channel state of old subtask i goes to new subtask i % parallelism, which
@@ -35,14 +36,16 @@ interface StoredChannel {
   /** Version 2: whole chunks (u32 length, chunk) that follow `records`, and the record-shape table where they start. */
   bytes?: Uint8Array;
   shapes?: string[][];
+  /** The records in `bytes`, when known (input channels; checked on read). */
+  n?: number;
 }
 
 interface ChannelStateFile {
   magic: string;
   version: number;
   /**
-   * Records kept as records and (version 2) bytes of whole chunks, checked on read with the handle's (its size
-   * refuses a truncated file; the chunks' framing is checked as they are decoded).
+   * Records (kept as records, and those of input chunks kept as bytes) and (version 2) bytes of whole chunks, checked
+   * on read with the handle's (its size refuses a truncated file; the chunks' framing and counts as they are decoded).
    */
   count: number;
   chunkBytes?: number;
@@ -81,8 +84,9 @@ export async function writeChannelState(
         channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records: p.records });
         count += p.records.length;
       } else if (p.bytes.length > 0) {
-        channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records: [], bytes: p.bytes, shapes: p.shapes });
+        channels.push({ edgeId: id.edgeId, producer: id.producer, consumer: id.consumer, records: [], bytes: p.bytes, shapes: p.shapes, n: p.count });
         chunkBytes += p.bytes.length;
+        count += p.count;
       }
     }
   }
@@ -128,7 +132,7 @@ export function readChannelState(h: ChannelStateHandle): { edgeId: number; produ
   if (f?.magic !== MAGIC || !READABLE.includes(f.version) || !Array.isArray(f.channels)) {
     throw new Error(`${h.file} is not channel state of version ${READABLE.join(" or ")}${f?.magic === MAGIC ? ` (its version is ${f.version})` : ""}`);
   }
-  const count = f.channels.reduce((a, c) => a + (Array.isArray(c.records) ? c.records.length : NaN), 0);
+  const count = f.channels.reduce((a, c) => a + (Array.isArray(c.records) ? c.records.length : NaN) + (c.n ?? 0), 0);
   if (count !== f.count || count !== h.records) throw new Error(`channel state ${h.file} is damaged: ${count} records, the checkpoint recorded ${h.records}`);
   const chunkBytes = f.channels.reduce((a, c) => a + (c.bytes === undefined ? 0 : c.bytes instanceof Uint8Array ? c.bytes.length : NaN), 0);
   if (chunkBytes !== (f.chunkBytes ?? 0)) throw new Error(`channel state ${h.file} is damaged: ${chunkBytes} bytes of chunks, the file recorded ${f.chunkBytes ?? 0}`);
@@ -137,6 +141,7 @@ export function readChannelState(h: ChannelStateHandle): { edgeId: number; produ
     const records = [...c.records];
     try {
       decodeChunksFrom(c.bytes, Array.isArray(c.shapes) ? c.shapes : [], records);
+      if (c.n !== undefined && records.length - c.records.length !== c.n) throw new Error(`${records.length - c.records.length} records in its chunks, ${c.n} recorded`);
     } catch (err) {
       throw new Error(`channel state ${h.file} is damaged: the channel ${c.edgeId}/${c.producer}->${c.consumer}: ${(err as Error).message}`);
     }
