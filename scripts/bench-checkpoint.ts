@@ -8,7 +8,7 @@
 // with buffer debloating vs unaligned, the modes alternating run by run, with the process's CPU time beside the wall time.
 // With --throughput instead: the keyed sum of (a) with checkpoints off, aligned and unaligned every 1 s (issue 15's
 // throughput-loss goal for unaligned checkpoints).
-// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--taskmanagers 2] [--slow-ms 1] | --throughput]
+// Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--taskmanagers 2] [--slow-ms 1] | --throughput [--modes off,aligned,unaligned]]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -21,7 +21,7 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
 const { values } = parseArgs({
-  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, "slow-ms": { type: "string", default: "1" } },
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, modes: { type: "string", default: "off,aligned,unaligned" }, interval: { type: "string", default: "1000" }, "slow-ms": { type: "string", default: "1" } },
 });
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
@@ -157,7 +157,9 @@ async function backpressureBench(): Promise<void> {
  * CPU time per thread of this process (Linux /proc; the in-process cluster's tasks are Worker threads), sampled every
  * 50 ms so that threads that end with their task are counted up to their last sample. Groups: the task Workers
  * ("Worker", one per task: with p=1 the source chain and the keyed sum chain), the garbage collector's helper threads
- * ("Heap Helper" and the like) and everything else (the main thread: JobManager, TaskManager, RPC).
+ * ("Heap Helper" and the like), the main thread (JobManager, TaskManager, RPC, this bench's polls) and the other
+ * threads (JavaScriptCore's JIT compiler, mimalloc's scavenger, Bun's file I/O pool: "JITWorker", "mi-scavenger",
+ * "Bun Pool n"). BENCH_THREADS=1 logs each run's CPU per thread name.
  */
 class ThreadCpu {
   private readonly seen = new Map<string, { comm: string; ms: number; ms0: number }>();
@@ -187,42 +189,49 @@ class ThreadCpu {
     }
   }
   /** CPU seconds since construction: the task Workers (busiest first), GC helpers, the rest. */
-  stop(): { workers: number[]; gc: number; other: number } {
+  stop(): { workers: number[]; gc: number; main: number; other: number; byName: Map<string, number> } {
     if (this.timer) clearInterval(this.timer);
     this.sample(false);
     const workers: number[] = [];
-    let gc = 0, other = 0;
-    for (const t of this.seen.values()) {
+    let gc = 0, main = 0, other = 0;
+    const byName = new Map<string, number>();
+    for (const [tid, t] of this.seen) {
       const s = (t.ms - t.ms0) / 1000;
-      if (t.comm === "Worker") workers.push(s);
+      byName.set(t.comm, (byName.get(t.comm) ?? 0) + s);
+      if (Number(tid) === process.pid) main += s;
+      else if (t.comm === "Worker") workers.push(s);
       else if (/heap|gc|marker|collector/i.test(t.comm)) gc += s;
       else other += s;
     }
-    return { workers: workers.filter((w) => w > 0).sort((a, b) => b - a), gc, other };
+    return { workers: workers.filter((w) => w > 0).sort((a, b) => b - a), gc, main, other, byName };
   }
 }
 
 /**
  * --throughput: the keyed sum of (a) with checkpoints off, aligned every 1 s and unaligned every 1 s, the three
  * alternating run by run; records/s over the job's run time and the process's CPU time (the whole in-process cluster)
- * per million records, split by thread (ThreadCpu: the two task Workers, the GC helpers). Unaligned checkpoints cost
- * on every record (the writer keeps each chunk's records until its bytes are in the ring; tasks look at the clock to
- * slice), so this is the figure that bounds that cost. Final checkpoints (FLIP-147) are off here: the job's time is
- * its input's, not up to an interval more waiting for the checkpoint after its end of input.
+ * per million records, split by thread (ThreadCpu: the two task Workers, the GC helpers, the main thread, the rest).
+ * Unaligned mode costs on every record (tasks look at the clock to slice, poll the priority rings) and per checkpoint
+ * (channel state), so this is the figure that bounds that cost; short runs also count each fresh Worker's JIT warm-up
+ * of the checkpoint code. --interval with --modes unaligned separates the two (e.g. 100 against 3600000: no checkpoint
+ * in the run). Final checkpoints (FLIP-147) are off here: the job's time is its input's, not up to an interval more
+ * waiting for the checkpoint after its end of input.
  */
 async function throughputBench(): Promise<void> {
   const sumJob = job("sum-u.ts", `
     const interval = Number(args[0]);
     if (interval > 0) env.enableCheckpointing(interval);
     env.fromSequence(1, Number(args[1])).map((x) => [x % 10000, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
-  const modes = ["off", "aligned", "unaligned"] as const;
-  const res: Record<string, { rate: number; cpu: number; checkpoints: number; tasks: number[]; gc: number }[]> = { off: [], aligned: [], unaligned: [] };
+  // --modes picks some of the three (e.g. one mode alone under a profiler); the loss needs "off" in the run.
+  const modes = values.modes!.split(",") as ("off" | "aligned" | "unaligned")[];
+  for (const m of modes) if (!["off", "aligned", "unaligned"].includes(m)) throw new Error(`--modes: expected off, aligned or unaligned (comma-separated), got ${m}`);
+  const res: Record<string, { rate: number; cpu: number; checkpoints: number; tasks: number[]; gc: number; main: number; other: number }[]> = { off: [], aligned: [], unaligned: [] };
   const load0 = os.loadavg();
   for (let r = 0; r < RUNS; r++) {
     for (const mode of modes) {
       const cpu0 = process.cpuUsage();
       const threads = new ThreadCpu();
-      const s = await runLocal(sumJob, [mode === "off" ? "0" : "1000", String(RECORDS)], 1, undefined, {
+      const s = await runLocal(sumJob, [mode === "off" ? "0" : String(values.interval), String(RECORDS)], 1, undefined, {
         "execution.checkpointing.unaligned.enabled": mode === "unaligned",
         // The job's time is its input's: with final checkpoints (FLIP-147) on, a bounded job waits for the next
         // checkpoint after its end of input, up to an interval that would count as throughput loss.
@@ -230,22 +239,23 @@ async function throughputBench(): Promise<void> {
       });
       const cpu = process.cpuUsage(cpu0);
       const th = threads.stop();
+      if (process.env.BENCH_THREADS) log(`threads, CPU s: ${[...th.byName].filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ")}`);
       if (s.state !== "FINISHED") throw new Error(`keyed sum (${mode}) ended ${s.state}: ${s.error?.message}`);
       const rate = RECORDS / ((s.endTime! - s.startTime) / 1000);
       const perM = RECORDS / 1e6;
-      res[mode]!.push({ rate, cpu: (cpu.user + cpu.system) / 1e6 / perM, checkpoints: s.checkpoints.completed, tasks: th.workers.slice(0, 2).map((w) => w / perM), gc: th.gc / perM });
-      log(`run ${r + 1}, ${mode}: ${(rate / 1e6).toFixed(2)} M records/s, ${res[mode]!.at(-1)!.cpu.toFixed(2)} CPU-s per M records (task threads ${res[mode]!.at(-1)!.tasks.map((t) => t.toFixed(3)).join(" + ")}, GC helpers ${res[mode]!.at(-1)!.gc.toFixed(3)}), ${s.checkpoints.completed} checkpoints`);
+      res[mode]!.push({ rate, cpu: (cpu.user + cpu.system) / 1e6 / perM, checkpoints: s.checkpoints.completed, tasks: th.workers.slice(0, 2).map((w) => w / perM), gc: th.gc / perM, main: th.main / perM, other: th.other / perM });
+      log(`run ${r + 1}, ${mode}: ${(rate / 1e6).toFixed(2)} M records/s, ${res[mode]!.at(-1)!.cpu.toFixed(2)} CPU-s per M records (task threads ${res[mode]!.at(-1)!.tasks.map((t) => t.toFixed(3)).join(" + ")}, GC helpers ${res[mode]!.at(-1)!.gc.toFixed(3)}, main thread ${res[mode]!.at(-1)!.main.toFixed(3)}, other threads ${res[mode]!.at(-1)!.other.toFixed(3)}), ${s.checkpoints.completed} checkpoints`);
     }
   }
   const stat = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
-  const off = median(res.off!.map((x) => x.rate));
+  const off = res.off!.length ? median(res.off!.map((x) => x.rate)) : NaN;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} after`);
-  console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS}\n`);
-  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+  console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS} --modes ${modes.join(",")}\n`);
+  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread | other threads (JIT, allocator, file I/O pool) | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
     const xs = res[mode]!;
     const rate = median(xs.map((x) => x.rate));
-    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
+    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
   }
 }
 

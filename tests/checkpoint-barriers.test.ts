@@ -5,14 +5,15 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { InputGate, type GateItem } from "../src/network/input-gate.ts";
-import { RecordWriter, type ChannelEvent } from "../src/network/record-writer.ts";
+import { InputGate, RecordedChannelState, type GateItem } from "../src/network/input-gate.ts";
+import { RecordWriter, type ChannelEvent, type OvertakenOutput } from "../src/network/record-writer.ts";
 import { RecordSerializer } from "../src/network/serialization.ts";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { receiveFromRing, RingSender, PRIORITY_RING_SLOTS, PRIORITY_RING_SLOT_BYTES } from "../src/network/channel-ends.ts";
 import { createRing, RingReader } from "../src/network/shared-ring.ts";
 import { createBarrierHandler, type Barrier, type BarrierHandlerHost } from "../src/runtime/checkpoint-barrier-handler.ts";
-import { channelStateFor, readChannelState, splitChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
+import { channelStateFor, channelStateProblem, readChannelState, splitChannelState, writeChannelState } from "../src/runtime/channel-state.ts";
+import { Packr } from "msgpackr";
 import { channelId } from "../src/network/wire.ts";
 import { keyGroupOf, operatorIndexForKeyGroup } from "../src/state/key-groups.ts";
 import { removeTempDirs, rng, tempDir, waitFor } from "./helpers.ts";
@@ -351,6 +352,9 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     const errors: unknown[] = [];
     writer.connect(A, new RingSender(ring, (buf) => writer.recycle(buf, A), (e) => errors.push(e)));
     const gate = new InputGate([A]);
+    // Seeds 2, 3 (mod 4) as a task does it: the input channel state recorded as bytes, through a file (version 2).
+    const rawInput = seed % 4 >= 2;
+    gate.rawChannelState = rawInput;
     const reader = new RingReader(ring);
     const release = () => reader.release();
     /** The consumer's ring reader (receiveFromRing), stopping after a barrier when asked. */
@@ -401,8 +405,16 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
       pull(false);
       for (let k = Math.floor(next() * 6); k > 0 && step(); k--);
     }
+    // Odd seeds as a task does it: the overtaken chunks kept as bytes, through a channel state file (version 2).
+    const viaFile = seed % 2 === 1;
     const outputState = new Map<string, unknown[]>();
-    writer.broadcastPriorityEvent(barrier(1, { unaligned: true }), outputState);
+    const outputBytes = new Map<string, OvertakenOutput>();
+    writer.broadcastPriorityEvent(barrier(1, { unaligned: true }), viaFile ? undefined : outputState, viaFile ? outputBytes : undefined);
+    const chunkBytes = outputBytes.get(A)?.bytes?.length ?? 0;
+    if (viaFile) {
+      const h = await writeChannelState(tempDir("tm-overtake-"), 0, new Map(), outputBytes);
+      for (const ch of h ? readChannelState(h) : []) outputState.set(channelId("job", ch.edgeId, ch.producer, ch.consumer), ch.records);
+    }
     const beforeBarrier = [...emitted];
     emit(30); // after the barrier: in no state of checkpoint 1
     writer.flush();
@@ -418,8 +430,17 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     }
     const t = snap.taken;
     // Complete at once: nothing that arrives after the barrier is the consumer's to record.
-    const input = await Promise.race([t.state, Bun.sleep(2000).then(() => null)]);
+    let input = await Promise.race([t.state, Bun.sleep(2000).then(() => null)]);
     expect(input).not.toBeNull();
+    let rawRuns = 0;
+    if (rawInput) {
+      expect(input).toBeInstanceOf(RecordedChannelState);
+      const parts = (input as RecordedChannelState).parts;
+      rawRuns = (parts.get(A) ?? []).filter((p) => "bytes" in p).length;
+      const h = await writeChannelState(tempDir("tm-overtake-in-"), 0, new Map(), undefined, parts);
+      input = new Map();
+      for (const ch of h ? readChannelState(h) : []) input.set(A, [...(input.get(A) ?? []), ...ch.records]);
+    }
     // Each record written before the barrier is exactly once in: read before the snapshot, the consumer's input
     // channel state, or the producer's output channel state, in this order.
     expect([...t.readSoFar, ...(input!.get(A) ?? []), ...(outputState.get(A) ?? [])]).toEqual(beforeBarrier);
@@ -434,7 +455,7 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(read).toEqual(emitted);
     expect(errors).toEqual([]);
     const serializer = (writer as unknown as { subs: { serializer: RecordSerializer }[] }).subs[0]!.serializer;
-    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0, typed: serializer.typedChunks, msgpack: serializer.msgpackChunks };
+    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0, typed: serializer.typedChunks, msgpack: serializer.msgpackChunks, chunkBytes, rawRuns };
   }
 
   test("every record written before the barrier is exactly once in what was read, the input or the output channel state, a chunk spanning the overtake point included", async () => {
@@ -445,6 +466,11 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.input > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
+    // Half of the seeds kept the overtaken chunks as bytes in a version 2 file, decoded when read; half recorded the
+    // input channel state as bytes (runs from where the consumer's stream stood, a chunk begun earlier included).
+    expect(runs.filter((r) => r.chunkBytes > 0).length).toBeGreaterThan(5);
+    expect(runs.filter((r) => r.rawRuns > 0 && r.input > 0).length).toBeGreaterThan(5);
+    expect(runs.filter((r) => r.rawRuns > 0 && r.partial).length).toBeGreaterThan(1);
   }, 60_000);
 
   test("the same with typed chunks (an inferred layout) mixed with msgpack ones: the overtaken typed chunks decode from their chunk boundary", async () => {
@@ -453,6 +479,8 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
     expect(runs.filter((r) => r.partial && r.output > 0).length).toBeGreaterThan(3);
     expect(runs.every((r) => r.typed > 0 && r.msgpack > 0)).toBe(true);
+    expect(runs.filter((r) => r.chunkBytes > 0).length).toBeGreaterThan(5);
+    expect(runs.filter((r) => r.rawRuns > 0 && r.input > 0).length).toBeGreaterThan(5);
     expect(runs.reduce((a, r) => a + r.typed, 0)).toBeGreaterThan(runs.reduce((a, r) => a + r.msgpack, 0));
   }, 60_000);
 
@@ -558,5 +586,64 @@ describe("channel state files", () => {
     fs.rmSync(h.file);
     expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} cannot be read`));
     expect(path.dirname(h.file)).toBe(dir);
+  });
+
+  test("version 2: output and input chunks kept as bytes decode on read; a truncated file, damaged chunks or a wrong count are refused by path; version 1 files still read", async () => {
+    const dir = tempDir("tm-chstate2-");
+    const OUT = 4;
+    // The producer's overtaken part as its writer holds it: a spanning chunk's records, then whole chunks as bytes.
+    const ser = new RecordSerializer();
+    const recs = Array.from({ length: 300 }, (_, i) => ({ id: i, name: `n${i % 7}`, ...(i % 50 === 0 ? { extra: i } : {}) }));
+    const frames: Uint8Array[] = [];
+    for (let i = 0; i < recs.length; i += 64) {
+      const body = ser.serialize(recs.slice(i, i + 64));
+      const f = new Uint8Array(4 + body.length);
+      new DataView(f.buffer).setUint32(0, body.length);
+      f.set(body, 4);
+      frames.push(f);
+    }
+    const bytes = new Uint8Array(frames.reduce((a, f) => a + f.length, 0));
+    let at = 0;
+    for (const f of frames) (bytes.set(f, at), (at += f.length));
+    const output = new Map<string, OvertakenOutput>([[channelId("job", OUT, 0, 1), { records: ["spanning-a", "spanning-b"], bytes, shapes: [] }]]);
+    const input = new Map<string, unknown[]>([[channelId("job", 2, 1, 0), ["in-a"]]]);
+    const h = (await writeChannelState(dir, 0, input, output))!;
+    expect(h.records).toBe(3); // records kept as records; the chunks' are counted when decoded
+    expect(readChannelState(h)).toEqual([
+      { edgeId: 2, producer: 1, consumer: 0, records: ["in-a"] },
+      { edgeId: OUT, producer: 0, consumer: 1, records: ["spanning-a", "spanning-b", ...recs] },
+    ]);
+    expect(splitChannelState([h], new Map(), new Set([OUT]), 0, 1).output).toEqual([{ edgeId: OUT, consumer: 1, records: ["spanning-a", "spanning-b", ...recs] }]);
+    // A damaged chunk (its length prefix made larger than what follows), the file's size unchanged.
+    const good = fs.readFileSync(h.file);
+    const damaged = Buffer.from(good);
+    const lenAt = damaged.indexOf(Buffer.from(bytes.subarray(0, 8)));
+    expect(lenAt).toBeGreaterThan(0);
+    damaged[lenAt] = 0x7f;
+    fs.writeFileSync(h.file, damaged);
+    expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} is damaged: the channel ${OUT}/0->1`));
+    fs.writeFileSync(h.file, good.subarray(0, good.length - 100));
+    expect(() => readChannelState(h)).toThrow(new RegExp(`channel state ${h.file} is truncated or damaged`));
+    expect(channelStateProblem(h)).toMatch(new RegExp(`channel state ${h.file} has ${good.length - 100} bytes`));
+    // Input channel state recorded as bytes (a run with the number of records it holds, checked when decoded).
+    const IN = 2;
+    const inParts = (count: number) => new Map([[channelId("job", IN, 1, 0), [{ records: ["first"] }, { bytes, shapes: [], count }]]]);
+    fs.mkdirSync(path.join(dir, "in"));
+    const hi = (await writeChannelState(path.join(dir, "in"), 0, new Map(), undefined, inParts(recs.length)))!;
+    expect(hi.records).toBe(1 + recs.length);
+    expect(readChannelState(hi).flatMap((c) => c.records)).toEqual(["first", ...recs]);
+    expect(splitChannelState([hi], new Map([[IN, { owner: () => 0 }]]), new Set(), 0, 1).input).toEqual(["first", ...recs]);
+    const hw = (await writeChannelState(path.join(dir, "in"), 1, new Map(), undefined, inParts(recs.length - 1)))!;
+    expect(() => readChannelState(hw)).toThrow(new RegExp(`channel state ${hw.file} is damaged: the channel ${IN}/1->0: ${recs.length} records in its chunks, ${recs.length - 1} recorded`));
+    // A version 1 file (records only) as earlier versions wrote it is still read; an unknown version is refused.
+    const packr = () => new Packr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Packr>[0]);
+    const v1 = packr().pack({ magic: "tm-channel-state", version: 1, count: 2, channels: [{ edgeId: OUT, producer: 0, consumer: 1, records: ["x", "y"] }] });
+    const f1 = path.join(dir, "channel-state-v1");
+    fs.writeFileSync(f1, v1);
+    const h1 = { type: "channel" as const, file: f1, sizeBytes: v1.length, records: 2, subtaskIndex: 0 };
+    expect(readChannelState(h1)).toEqual([{ edgeId: OUT, producer: 0, consumer: 1, records: ["x", "y"] }]);
+    const v3 = packr().pack({ magic: "tm-channel-state", version: 3, count: 0, channels: [] });
+    fs.writeFileSync(f1, v3);
+    expect(() => readChannelState({ ...h1, sizeBytes: v3.length })).toThrow(new RegExp(`${f1} is not channel state of version 1 or 2 \\(its version is 3\\)`));
   });
 });

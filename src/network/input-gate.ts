@@ -5,7 +5,7 @@
 // records the records of the buffers that belong to its channel state (see startRecording).
 import { assert } from "../util/assert.ts";
 import { isPriorityEvent, type ChannelEvent } from "./record-writer.ts";
-import { RecordDeserializer } from "./serialization.ts";
+import { RecordDeserializer, wholeChunksLength } from "./serialization.ts";
 
 /** seq: arrival order over all channels. skip: a priority event's place in its channel's order (only releases its ring slot). */
 type Arrival =
@@ -17,9 +17,29 @@ type Arrival =
   | { channel: string; seq: number; decoded: unknown[]; size: number; release: (() => void) | null }
   | { channel: string; seq: number; event: ChannelEvent; release: (() => void) | null; skip?: boolean; priority?: boolean };
 
+/**
+ * An input channel's recorded state in raw mode (InputGate.rawChannelState), in order: records (decoded already), or
+ * a run of the channel's bytes from a chunk boundary, whole chunks, with the record-shape table there
+ * (decodeChunksFrom), and the number of records they hold.
+ */
+export type RecordedPart = { records: unknown[] } | { bytes: Uint8Array; shapes: string[][]; count: number };
+
+/** What a raw-mode recording hands over: no records in the map itself; `parts` holds each channel's state. */
+export class RecordedChannelState extends Map<string, unknown[]> {
+  constructor(readonly parts: Map<string, RecordedPart[]>) {
+    super();
+  }
+}
+
+/** A run of raw bytes being recorded: the buffers (copies) and the stream state where it starts. */
+type RawRun = { chunks: Uint8Array[]; shapes: string[][]; count: number };
+
 /** One channel's part of an unaligned checkpoint's channel state, being recorded. */
 interface ChannelRecording {
   records: unknown[];
+  /** Raw mode: records and runs of bytes in order, and the deserializer's read count after the last run's buffer. */
+  parts?: ({ records: unknown[] } | RawRun)[];
+  runReads?: number;
   barrierSeq: number;
   /** Bytes the barrier overtook at the producer (they arrive after it), and how many of them arrived so far. */
   overtaken: number;
@@ -59,6 +79,11 @@ export class InputGate {
    */
   private readonly ahead = new Map<string, { bytes: Uint8Array; records: unknown[] }[]>();
   private recording: Recording | null = null;
+  /**
+   * Record the buffers of unaligned checkpoints' input channel state as bytes (RecordedChannelState), not as records
+   * to be re-packed: the task sets it; decoded only on restore. Off: records (tests compare them directly).
+   */
+  rawChannelState = false;
   /**
    * Told of each aligned barrier when it arrives, before the task reads it (Flink's barrier announcement): the
    * barrier handler times an aligned-checkpoint-timeout from it.
@@ -128,6 +153,7 @@ export class InputGate {
     for (const ch of this.deserializers.keys()) {
       if (this.ended.has(ch)) continue;
       const rec: ChannelRecording = { records: [], barrierSeq: Infinity, overtaken: 0, after: 0, done: false };
+      if (this.rawChannelState) rec.parts = [];
       const b = this.lastBarrier.get(ch);
       if (b && b.id >= checkpointId) {
         rec.barrierSeq = b.seq;
@@ -161,11 +187,28 @@ export class InputGate {
       assert(rec.after <= rec.overtaken, () => `input channel ${a.channel}: ${rec.after} bytes after barrier ${this.recording!.checkpointId}, which overtook ${rec.overtaken}`);
     }
     const records: unknown[] = [];
-    this.deserializers.get(a.channel)!.read(a.bytes, records);
+    const d = this.deserializers.get(a.channel)!;
+    if (rec.parts) {
+      // Raw: a copy of the bytes (the ring slot is reused once read), continuing the last run if nothing else of the
+      // channel was decoded since; else a new run from where the stream stands (a chunk begun earlier, the shapes).
+      const last = rec.parts.at(-1);
+      let run = last !== undefined && "chunks" in last && rec.runReads === d.reads ? last : null;
+      if (run === null) {
+        const st = d.streamState();
+        run = { chunks: st.prefix.length > 0 ? [st.prefix] : [], shapes: st.shapes, count: 0 };
+        rec.parts.push(run);
+      }
+      run.chunks.push(a.bytes.slice());
+      d.read(a.bytes, records);
+      run.count += records.length; // the records of the chunks this buffer completed: the run's whole chunks
+      rec.runReads = d.reads;
+    } else {
+      d.read(a.bytes, records);
+      for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
+    }
     const left = this.queuedOf.get(a.channel)!;
     assert(left > 0, () => `input channel ${a.channel}: a buffer decoded with ${left} counted as queued`);
     this.queuedOf.set(a.channel, left - 1);
-    for (let i = 0; i < records.length; i++) rec.records.push(records[i]);
     // Complete only past the barrier: a buffer before it may have more of the channel's in-flight buffers behind it.
     if (a.seq > rec.barrierSeq) this.checkRecorded(rec);
     return { channel: a.channel, seq: a.seq, decoded: records, size: a.bytes.length, release: a.release };
@@ -179,7 +222,7 @@ export class InputGate {
       if (rec.after >= rec.overtaken) return;
       rec.after += a.size;
     }
-    for (let i = 0; i < a.decoded.length; i++) rec.records.push(a.decoded[i]);
+    addRecords(rec, a.decoded);
     if (a.seq > rec.barrierSeq) this.checkRecorded(rec);
   }
 
@@ -187,7 +230,7 @@ export class InputGate {
     if (!rec.done && rec.barrierSeq !== Infinity && rec.after >= rec.overtaken) {
       rec.done = true;
       // Everything before the barrier that reached the gate is recorded by now; the overtaken rest follows it.
-      if (rec.extra) for (let i = 0; i < rec.extra.length; i++) rec.records.push(rec.extra[i]);
+      if (rec.extra) addRecords(rec, rec.extra);
     }
   }
 
@@ -205,6 +248,30 @@ export class InputGate {
     if (!r) return;
     for (const rec of r.channels.values()) if (!rec.done) return;
     this.recording = null;
+    if (this.rawChannelState) {
+      const parts = new Map<string, RecordedPart[]>();
+      for (const [ch, rec] of r.channels) {
+        const out: RecordedPart[] = [];
+        for (const p of rec.parts ?? []) {
+          if ("records" in p) {
+            if (p.records.length > 0) out.push(p);
+            continue;
+          }
+          // One buffer of the run's bytes, ending at its last whole chunk: a chunk the run ends in the middle of
+          // continues after the barrier (the producer's output channel state has it) or in `extra` (its records).
+          let size = 0;
+          for (const c of p.chunks) size += c.length;
+          const bytes = new Uint8Array(size);
+          let at = 0;
+          for (const c of p.chunks) (bytes.set(c, at), (at += c.length));
+          const whole = wholeChunksLength(bytes);
+          if (whole > 0) out.push({ bytes: bytes.subarray(0, whole), shapes: p.shapes, count: p.count });
+        }
+        if (out.length > 0) parts.set(ch, out);
+      }
+      r.onDone(new RecordedChannelState(parts));
+      return;
+    }
     const state = new Map<string, unknown[]>();
     for (const [ch, rec] of r.channels) if (rec.records.length > 0) state.set(ch, rec.records);
     r.onDone(state);
@@ -456,4 +523,15 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** Appends records to a channel's recorded state (raw mode: to its last records part, or a new one after a run). */
+function addRecords(rec: ChannelRecording, records: unknown[]): void {
+  let target = rec.records;
+  if (rec.parts) {
+    const last = rec.parts.at(-1);
+    if (last !== undefined && "records" in last) target = last.records;
+    else rec.parts.push({ records: (target = []) });
+  }
+  for (let i = 0; i < records.length; i++) target.push(records[i]);
 }

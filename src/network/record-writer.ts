@@ -7,6 +7,17 @@ import type { Partitioner } from "./partitioners.ts";
 import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom, type SerializerOptions } from "./serialization.ts";
 import { assert } from "../util/assert.ts";
 
+/**
+ * One channel's output channel state as the writer holds it at an unaligned barrier: the records of the chunk that
+ * spans the overtake point, then whole chunks (u32 length, chunk) as bytes, decodable with `shapes` (the serializer's
+ * record-shape table where they start; decodeChunksFrom); bytes null when no whole chunk was overtaken.
+ */
+export interface OvertakenOutput {
+  records: unknown[];
+  bytes: Uint8Array | null;
+  shapes: string[][];
+}
+
 /** In-band events travel in order with the records of their channel, except priority events (see sendPriorityEvent). */
 export type ChannelEvent =
   /** End of partition: nothing follows on the channel. */
@@ -217,11 +228,12 @@ export class RecordWriter {
    * holds here and in its sender (everything written before it, the partly filled buffer included, which is finished
    * first). For a barrier with keepInFlight, the records of every chunk not wholly in the channel's ring before it
    * (a chunk spanning the overtake point included) go into `outputState` under the channel's id: the producer's
-   * output channel state, and the barrier tells the consumer to record nothing after it. Without keepInFlight the
-   * barrier says how many bytes it overtook, and the consumer records them when they arrive. Returns the bytes
-   * overtaken.
+   * output channel state, and the barrier tells the consumer to record nothing after it. With `outputBytes` instead
+   * the channel's part goes there undecoded (OvertakenOutput: the spanning chunk's records, then whole chunks as bytes
+   * with the shape table where they start), decoded only on restore. Without keepInFlight the barrier says how many
+   * bytes it overtook, and the consumer records them when they arrive. Returns the bytes overtaken.
    */
-  broadcastPriorityEvent(event: ChannelEvent, outputState?: Map<string, unknown[]>): number {
+  broadcastPriorityEvent(event: ChannelEvent, outputState?: Map<string, unknown[]>, outputBytes?: Map<string, OvertakenOutput>): number {
     let total = 0;
     for (const sp of this.subs) {
       this.serializePending(sp);
@@ -232,9 +244,14 @@ export class RecordWriter {
       if (sp.overflow.length > 0 && event.type === "barrier") sp.overflow.push({ cut: true });
       let ev = event;
       if (event.type === "barrier") {
-        if (this.keepInFlight && outputState) {
-          const records = this.overtakenRecords(sp, bytes);
-          if (records.length > 0) outputState.set(sp.id, records);
+        if (this.keepInFlight && (outputState || outputBytes)) {
+          const o = this.overtaken(sp, bytes);
+          if (outputBytes) {
+            if (o.records.length > 0 || o.bytes !== null) outputBytes.set(sp.id, o);
+          } else {
+            if (o.bytes !== null) decodeChunksFrom(o.bytes, o.shapes, o.records);
+            if (o.records.length > 0) outputState!.set(sp.id, o.records);
+          }
           ev = { ...event, overtakenBytes: 0 };
         } else ev = { ...event, overtakenBytes: bytes };
       }
@@ -257,12 +274,12 @@ export class RecordWriter {
   }
 
   /**
-   * The records of the last `bytes` bytes of the subpartition's stream (not in the ring): the chunk spanning the
-   * overtake point from its kept records (its start is in the ring already), the others decoded from the bytes the
-   * writer and its sender hold, with the record-shape table the serializer had where they start. Flink likewise
-   * takes the buffers still queued at the barrier and copies nothing per buffer before it.
+   * The last `bytes` bytes of the subpartition's stream (not in the ring): the records of the chunk spanning the
+   * overtake point (its start is in the ring already), then the whole chunks after it as bytes (copied from what the
+   * writer and its sender hold) with the record-shape table the serializer had where they start: decodeChunksFrom
+   * reads them. Flink likewise takes the buffers still queued at the barrier and copies nothing per buffer before it.
    */
-  private overtakenRecords(sp: Subpartition, bytes: number): unknown[] {
+  private overtaken(sp: Subpartition, bytes: number): OvertakenOutput {
     const sent = sp.written - bytes;
     this.prune(sp, sent);
     const out: unknown[] = [];
@@ -272,7 +289,7 @@ export class RecordWriter {
       for (let i = 0; i < first.records.length; i++) out.push(first.records[i]);
       from = first.end;
     }
-    if (from === sp.written) return out;
+    if (from === sp.written) return { records: out, bytes: null, shapes: [] };
     // The unsent bytes in stream order: waiting in the sender, queued here, the buffer being filled, overflowing.
     const parts: Uint8Array[] = sp.sender?.priorityEvent ? (sp.sender.waitingBuffers?.() ?? []) : [];
     for (const item of sp.queue) if (!("event" in item)) parts.push(new Uint8Array(item.buf, 0, item.size));
@@ -295,8 +312,7 @@ export class RecordWriter {
     }
     let table: string[][] = [];
     for (const s of sp.shapes) if (s.from <= from) table = s.table;
-    decodeChunksFrom(all, table, out);
-    return out;
+    return { records: out, bytes: all, shapes: table };
   }
 
   /** Drops the spanning chunks wholly before stream offset `sent` (in the ring) and the shape tables no chunk after it needs. */

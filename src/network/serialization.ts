@@ -146,6 +146,17 @@ export function decodeChunksFrom(bytes: Uint8Array, shapes: string[][], out: unk
   }
 }
 
+/** The length of the whole chunks at the start of `bytes` (each a u32 length and the chunk); a partial last one is left out. */
+export function wholeChunksLength(bytes: Uint8Array): number {
+  let p = 0;
+  while (bytes.length - p >= 4) {
+    const len = ((bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!) >>> 0;
+    if (len === 0 || bytes.length - p - 4 < len) break;
+    p += 4 + len;
+  }
+  return p;
+}
+
 export class RecordDeserializer {
   private readonly unpackr = new Unpackr({ sequential: true, useRecords: true, copyBuffers: true } as ConstructorParameters<typeof Unpackr>[0]);
   private readonly typed = new TypedChunkReader();
@@ -160,8 +171,29 @@ export class RecordDeserializer {
     return this.partial !== null || this.headerFill > 0;
   }
 
+  /**
+   * Where the stream stands before the next buffer, for decoding it elsewhere from there (decodeChunksFrom): the
+   * bytes received of a chunk begun in an earlier buffer (its length prefix included), which the next bytes continue,
+   * and a copy of the record-shape table.
+   */
+  streamState(): { prefix: Uint8Array; shapes: string[][] } {
+    let prefix: Uint8Array;
+    if (this.partial !== null) {
+      prefix = new Uint8Array(4 + this.partialFill);
+      new DataView(prefix.buffer).setUint32(0, this.partial.length);
+      prefix.set(this.partial.subarray(0, this.partialFill), 4);
+    } else prefix = this.header.slice(0, this.headerFill);
+    const table = (this.unpackr as unknown as { structures?: (string[] | undefined)[] }).structures ?? [];
+    const shapes = table.map((keys) => (keys ? [...keys] : keys)) as string[][];
+    return { prefix, shapes };
+  }
+
+  /** Buffers read so far (whether a run of bytes recorded elsewhere still continues the stream here). */
+  reads = 0;
+
   /** Decodes every record of the chunks completed by this buffer, appending them to out. */
   read(bytes: Uint8Array, out: unknown[]): void {
+    this.reads++;
     let p = 0;
     const n = bytes.length;
     while (p < n) {

@@ -332,11 +332,12 @@ export interface TaskRestore {
   finished?: boolean;
 }
 
-/** A task's input channel state of one unaligned checkpoint (runtime/channel-state.ts). */
+/** A task's channel state (input and output) of one unaligned checkpoint (runtime/channel-state.ts). */
 export interface ChannelStateHandle {
   type: "channel";
   file: string;
   sizeBytes: number;
+  /** Records in it, except those of output chunks kept as bytes (their count is known only when decoded). */
   records: number;
   subtaskIndex: number;
 }

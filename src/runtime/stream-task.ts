@@ -21,6 +21,8 @@ import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
 import { splitChannelState, writeChannelState, type OutputChannelState } from "./channel-state.ts";
+import type { OvertakenOutput } from "../network/record-writer.ts";
+import { RecordedChannelState } from "../network/input-gate.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
 import { LatencyTracker, type LatencyMarker } from "./latency-markers.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
@@ -133,6 +135,8 @@ export class StreamTask {
       }
     }
     this.gate = new InputGate(inputs);
+    // Unaligned checkpoints' input channel state as bytes, decoded only on restore (channel-state.ts).
+    this.gate.rawChannelState = true;
     this.inputChannels = inputs;
     this.valve = new WatermarkValve(inputs);
     this.debloater = network.debloat && inputs.length > 0 ? new BufferDebloater(network.debloat, network.segmentSize) : null;
@@ -521,7 +525,7 @@ export class StreamTask {
     const checkpointId = b.checkpointId;
     const taskDir = path.join(b.dir, `${d.vertexId}-${d.subtaskIndex}`);
     let pending: Promise<TaskSnapshot>;
-    const outputState = new Map<string, unknown[]>();
+    const outputState = new Map<string, OvertakenOutput>();
     try {
       // Asynchronous pre-commits (connector sinks): the acknowledgement waits for them.
       const preCommits = chain.snapshotState(checkpointId);
@@ -532,11 +536,7 @@ export class StreamTask {
       // Output channel state: filled below, as the barrier overtakes the task's queued output (before this runs).
       const channel =
         channelState || b.unaligned
-          ? Promise.resolve(channelState).then((s) => {
-              const all = new Map(s ?? []);
-              for (const [ch, records] of outputState) all.set(ch, records);
-              return writeChannelState(taskDir, d.subtaskIndex, all);
-            })
+          ? Promise.resolve(channelState).then((s) => writeChannelState(taskDir, d.subtaskIndex, s ?? new Map(), outputState, s instanceof RecordedChannelState ? s.parts : undefined))
           : null;
       pending = Promise.all([operators, channel, Promise.all(preCommits)]).then(([o, c]) => ({
         ...o,
@@ -556,7 +556,7 @@ export class StreamTask {
     // The barrier goes on: an unaligned one ahead of the task's queued output, an aligned one after it.
     const { overtakenBytes: _, ...barrier } = b;
     for (const w of this.writers) {
-      if (b.unaligned) w.broadcastPriorityEvent(barrier, outputState);
+      if (b.unaligned) w.broadcastPriorityEvent(barrier, undefined, outputState);
       else w.broadcastEvent(barrier);
     }
     this.inFlight.add(checkpointId);
