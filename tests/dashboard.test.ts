@@ -150,8 +150,9 @@ describe("dashboard", () => {
     // Heap and RSS come with heartbeats (every 200 ms here).
     await waitFor("heap and RSS figures", async () => /RSS/.test(await page.locator("#tm-cards").innerText().catch(() => "")) && !(await page.locator("#tm-cards").innerText()).includes("-\nRSS"), 10_000);
     const cards = await page.locator("#tm-cards").innerText();
-    expect(cards).toMatch(/[\d.]+ MiB \/ [\d.]+ MiB\s*Heap used \/ committed/);
-    expect(cards).toMatch(/[\d.]+ MiB\s*RSS/);
+    // The unit follows the size (a test process can pass 1 GiB of RSS).
+    expect(cards).toMatch(/[\d.]+ [KMG]iB \/ [\d.]+ [KMG]iB\s*Heap used \/ committed/);
+    expect(cards).toMatch(/[\d.]+ [KMG]iB\s*RSS/);
     const buffers = /(\d+) \/ (\d+)\s*Network buffers used \/ total/.exec(cards);
     expect(buffers).not.toBeNull();
     expect(Number(buffers![2])).toBe(networkSizing(defaultConfig(), os.totalmem()).totalBuffers);

@@ -385,6 +385,10 @@ describe("PostgreSQL CDC source (real server)", () => {
     await child.waitForOutput(/got read 1/, 30_000);
     await pg.sql`INSERT INTO items_gone VALUES (2, 1, 1)`;
     await child.waitForOutput(/got insert 2/, 30_000);
+    // The slot is dropped only after a completed checkpoint holds the insert (the slot confirms its LSN on
+    // notify-complete): before that, a restart rightly starts afresh with a new slot and a new snapshot.
+    const insertLsn = /"op":"insert".*?"lsn":"([0-9A-F]+\/[0-9A-F]+)"/.exec(child.stdout)![1]!;
+    await waitFor("a completed checkpoint past the insert", async () => (await pg.sql`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'cdc_gone' AND confirmed_flush_lsn >= ${insertLsn}::pg_lsn`).length > 0, 30_000, 50);
     // An active slot cannot be dropped: its reader's server process is ended first (as an operator would).
     await waitFor("the slot to be dropped", async () => {
       await pg.sql`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'cdc_gone' AND active_pid IS NOT NULL`;
