@@ -111,6 +111,9 @@ async function backpressureRun(mode: "aligned" | "debloat" | "unaligned") {
       completed: mine.filter((c) => c.status === "COMPLETED").length,
       sizes: mine.filter((c) => c.status === "COMPLETED").map((c) => c.sizeBytes),
       channelState: mine.filter((c) => c.status === "COMPLETED").map((c) => c.channelStateBytes ?? 0),
+      // Where a checkpoint's time goes: the longest wait of a task for its first barrier, and the longest alignment.
+      startDelays: mine.filter((c) => c.status === "COMPLETED").map((c) => c.startDelayMs ?? 0),
+      alignments: mine.filter((c) => c.status === "COMPLETED").map((c) => c.alignmentMs ?? 0),
       recordsPerS: recordsIn / wallS,
       cpuS: (cpu.user + cpu.system) / 1e6,
       wallS,
@@ -130,7 +133,7 @@ async function backpressureBench(): Promise<void> {
     for (const mode of modes) {
       const x = await backpressureRun(mode);
       runs[mode]!.push(x);
-      log(`run ${r + 1}, ${mode}: checkpoints ${x.durations.map((d) => d.toFixed(0)).join(", ")} ms (in progress at the end: ${x.inProgressMs.map((d) => d.toFixed(0)).join(", ") || "none"}); ${x.recordsPerS.toFixed(0)} records/s; CPU ${x.cpuS.toFixed(1)} s in ${x.wallS.toFixed(1)} s`);
+      log(`run ${r + 1}, ${mode}: checkpoints ${x.durations.map((d) => d.toFixed(0)).join(", ")} ms (start delay ${x.startDelays.join(", ")}; alignment ${x.alignments.join(", ")}) (in progress at the end: ${x.inProgressMs.map((d) => d.toFixed(0)).join(", ") || "none"}); ${x.recordsPerS.toFixed(0)} records/s; CPU ${x.cpuS.toFixed(1)} s in ${x.wallS.toFixed(1)} s`);
     }
   }
   const load1 = os.loadavg();
@@ -139,16 +142,18 @@ async function backpressureBench(): Promise<void> {
   const kib = (x: number) => `${(x / 1024).toFixed(0)} KiB`;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${load1.map((l) => l.toFixed(2)).join(" ")} after`);
   console.log(`Command: bun scripts/bench-checkpoint.ts --backpressure --taskmanagers ${TASK_MANAGERS} --slow-ms ${SLOW_MS} --runs ${RUNS}\n`);
-  console.log("| mode | checkpoint duration | checkpoints completed | checkpoint size | of it channel state | sink records/s | CPU cores (CPU s / wall s) |");
-  console.log("| --- | --- | --- | --- | --- | --- | --- |");
+  console.log("| mode | checkpoint duration | of it: start delay / alignment (longest task) | checkpoints completed | checkpoint size | of it channel state | sink records/s | CPU cores (CPU s / wall s) |");
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
     const rs = runs[mode]!;
     // Per run its median checkpoint; over the runs the median of those, with the smallest and largest.
     const dur = rs.map((x) => (x.durations.length ? median(x.durations) : NaN));
     const size = rs.map((x) => (x.sizes.length ? median(x.sizes) : 0));
     const chan = rs.map((x) => (x.channelState.length ? median(x.channelState) : 0));
+    const delay = rs.map((x) => (x.startDelays.length ? median(x.startDelays) : NaN));
+    const align = rs.map((x) => (x.alignments.length ? median(x.alignments) : NaN));
     console.log(
-      `| ${label[mode]} | ${range(dur, ms)} | ${rs.map((x) => x.completed).join(", ")} in ${rs[0]!.wallS.toFixed(0)} s | ${range(size, kib)} | ${range(chan, kib)} | ${range(rs.map((x) => x.recordsPerS), (x) => x.toFixed(0))} | ${range(rs.map((x) => x.cpuS / x.wallS), (x) => x.toFixed(2))} |`,
+      `| ${label[mode]} | ${range(dur, ms)} | ${range(delay, ms)} / ${range(align, ms)} | ${rs.map((x) => x.completed).join(", ")} in ${rs[0]!.wallS.toFixed(0)} s | ${range(size, kib)} | ${range(chan, kib)} | ${range(rs.map((x) => x.recordsPerS), (x) => x.toFixed(0))} | ${range(rs.map((x) => x.cpuS / x.wallS), (x) => x.toFixed(2))} |`,
     );
   }
 }
@@ -255,7 +260,7 @@ async function throughputBench(): Promise<void> {
   for (const mode of modes) {
     const xs = res[mode]!;
     const rate = median(xs.map((x) => x.rate));
-    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every 1 s`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
+    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every ${Number(values.interval) >= 1000 ? `${Number(values.interval) / 1000} s` : `${values.interval} ms`}`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
   }
 }
 

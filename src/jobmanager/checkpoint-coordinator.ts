@@ -223,6 +223,13 @@ export class CheckpointCoordinator {
     if (snapshot.alignmentMs !== undefined) p.stats.alignmentMs = Math.max(p.stats.alignmentMs ?? 0, Math.round(snapshot.alignmentMs));
     if (snapshot.unaligned) p.stats.unaligned = true; // switched after the aligned-checkpoint-timeout
     if (snapshot.startDelayMs !== undefined) p.stats.startDelayMs = Math.max(p.stats.startDelayMs ?? 0, Math.round(snapshot.startDelayMs));
+    const task = p.tasks.get(executionId)!;
+    const vertices = (p.stats.vertices ??= []);
+    let v = vertices.find((x) => x.vertexId === task.vertexId);
+    if (!v) vertices.push((v = { vertexId: task.vertexId, name: task.vertexName, acknowledged: 0, startDelayMs: 0, alignmentMs: 0 }));
+    v.acknowledged++;
+    v.startDelayMs = Math.max(v.startDelayMs, Math.round(snapshot.startDelayMs ?? 0));
+    v.alignmentMs = Math.max(v.alignmentMs, Math.round(snapshot.alignmentMs ?? 0));
     if (p.acks.size === p.tasks.size) this.complete(p);
   }
 

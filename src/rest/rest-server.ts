@@ -719,6 +719,11 @@ function checkpointJson(c: CheckpointStats) {
     state_size: c.sizeBytes,
     num_acknowledged_subtasks: c.acknowledged,
     num_subtasks: c.total,
+    // Flink's names: the type, the in-flight data an unaligned checkpoint persisted, and per vertex (keyed by its
+    // id, as Flink's "tasks") the longest start delay and alignment over its subtasks.
+    checkpoint_type: c.savepoint ? "SAVEPOINT" : c.unaligned ? "UNALIGNED_CHECKPOINT" : "CHECKPOINT",
+    persisted_data: c.channelStateBytes ?? 0,
+    tasks: Object.fromEntries((c.vertices ?? []).map((v) => [String(v.vertexId), { name: v.name, num_acknowledged_subtasks: v.acknowledged, start_delay: v.startDelayMs, alignment_duration: v.alignmentMs }])),
     ...(c.path ? { external_path: c.path } : {}),
     ...(c.failure ? { failure_message: c.failure } : {}),
   };

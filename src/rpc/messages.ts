@@ -422,6 +422,11 @@ export interface CheckpointStats {
   startDelayMs?: number;
   /** Tasks that had finished (FLIP-147). */
   finishedTasks?: number;
+  /**
+   * Per vertex (Flink's checkpoint details per task), over its subtasks that acknowledged: the longest start delay
+   * and alignment, ms. Shows where a slow aligned checkpoint waits: at a source (its trigger) or at a consumer.
+   */
+  vertices?: { vertexId: number; name: string; acknowledged: number; startDelayMs: number; alignmentMs: number }[];
 }
 export interface CancelTask extends Fenced {
   executionId: string;

@@ -151,6 +151,12 @@ export class SourceReader {
   private sleeper: Int32Array | null = null;
   /** Id of the split the last chunk came from (-1 before the first). */
   lastSplitId = -1;
+  /**
+   * The most records a sequence, collection or Nexmark chunk holds (at most SOURCE_CHUNK). Aligned barriers go in
+   * between chunks, so a back-pressured source lowers it to what its output takes at once (see runSource): a trigger
+   * then waits for a few records, not for a whole chunk to drain through a slow consumer.
+   */
+  maxChunk = SOURCE_CHUNK;
 
   constructor(
     private readonly spec: SourceSpec,
@@ -165,7 +171,7 @@ export class SourceReader {
   }
 
   /**
-   * The next chunk of records (at most SOURCE_CHUNK for sequence/collection; for a text file the lines
+   * The next chunk of records (at most maxChunk for sequence/collection/Nexmark; for a text file the lines
    * completed by one read), never empty, or null when every split is exhausted.
    */
   next(): unknown[] | null {
@@ -263,7 +269,7 @@ export class SourceReader {
 
   private nextSequence(s: Extract<SourceSplit, { type: "sequence" }>): number[] | null {
     if (s.next > s.last) return null;
-    const n = Math.min(SOURCE_CHUNK, s.last - s.next + 1);
+    const n = Math.min(this.maxChunk, s.last - s.next + 1);
     const chunk = new Array<number>(n);
     for (let j = 0; j < n; j++) chunk[j] = s.next + j;
     s.next += n;
@@ -280,7 +286,7 @@ export class SourceReader {
     if (s.next > s.last) return null;
     const spec = this.spec;
     if (spec.type !== "nexmark") return null;
-    let n = Math.min(SOURCE_CHUNK, Math.floor((s.last - s.next) / s.stride) + 1);
+    let n = Math.min(this.maxChunk, Math.floor((s.last - s.next) / s.stride) + 1);
     if (spec.throttle) {
       const msPerEvent = 1000 / spec.ratePerSecond;
       if (this.throttleStart === null) {
@@ -311,7 +317,7 @@ export class SourceReader {
   private nextCollection(s: Extract<SourceSplit, { type: "collection" }>): unknown[] | null {
     const end = this.collectionEnd(s);
     if (s.next >= end || this.spec.type !== "collection") return null;
-    const stop = Math.min(end, s.next + SOURCE_CHUNK);
+    const stop = Math.min(end, s.next + this.maxChunk);
     const chunk = this.spec.items.slice(s.next, stop);
     s.next = stop;
     return chunk;

@@ -24,6 +24,7 @@ import { splitChannelState, writeChannelState, type OutputChannelState } from ".
 import type { OvertakenOutput } from "../network/record-writer.ts";
 import { RecordedChannelState } from "../network/input-gate.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
+import { SOURCE_CHUNK } from "./sources.ts";
 import { LatencyTracker, type LatencyMarker } from "./latency-markers.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
@@ -39,10 +40,14 @@ const METRICS_INTERVAL_MS = 1000;
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
 /** With unaligned checkpoints, a task lets its event loop in at least this often, even in the middle of a buffer. */
 const SLICE_MS = 10;
+/** At most this many records between two looks at the clock while slicing (see processSliced). */
+const SLICE_CHECK_MAX = 64;
 /** How often a task with unaligned checkpoints looks into its channels' priority rings. */
 const PRIORITY_POLL_MS = 10;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
 const SOURCE_REST_EDGE = -1;
+/** The smallest chunk a back-pressured source reads (see runSource). */
+const MIN_SOURCE_CHUNK = 8;
 
 export { taskDisplayName };
 
@@ -673,6 +678,7 @@ export class StreamTask {
         const active = reader.activeSplitIds();
         for (const op of splitAware) op.onSourceSplit(reader.lastSplitId, active);
       }
+      let full = false;
       for (let i = 0; i < chunk.length; i++) {
         this.recordsIn++;
         if (eventTime) this.recordTime.ts = null;
@@ -680,6 +686,10 @@ export class StreamTask {
         // A source stops at once when its output is full, not at the end of its chunk: large records
         // would otherwise pile up beyond the buffer pool.
         if (blocked() && i + 1 < chunk.length) {
+          // Chunks shrink to what the output took at once, so that an aligned barrier (taken between chunks)
+          // waits for a few records rather than for the rest of a chunk to drain through the slow consumer.
+          if (!full && chain.sourceReader) chain.sourceReader.maxChunk = Math.max(MIN_SOURCE_CHUNK, Math.min(i + 1, chain.sourceReader.maxChunk >> 1));
+          full = true;
           this.flushOperators();
           // While it waits, an unaligned checkpoint is taken at once, the rest of the chunk kept as its state.
           this.sourceRest = chunk.slice(i + 1);
@@ -687,6 +697,8 @@ export class StreamTask {
           this.sourceRest = null;
         }
       }
+      // A chunk that went out without waiting: chunks grow back (the per-chunk work is paid per 1024 records).
+      if (!full && chain.sourceReader && chain.sourceReader.maxChunk < SOURCE_CHUNK) chain.sourceReader.maxChunk = Math.min(SOURCE_CHUNK, chain.sourceReader.maxChunk * 2);
       this.flushOperators();
       this.sourceRest = [];
       await this.afterBatch();
@@ -736,7 +748,7 @@ export class StreamTask {
     }
   }
 
-  /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..64). */
+  /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..SLICE_CHECK_MAX). */
   private sliceCheckEvery = 1;
 
   /**
@@ -745,36 +757,39 @@ export class StreamTask {
    * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Before it yields, the records
    * not processed yet go back to the gate, so a checkpoint taken meanwhile (an unaligned barrier read next, between
    * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
+   * The records between two looks at the clock run in the same tight loop as without slicing (runInputs), so that
+   * fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record.
    */
   private async processSliced(channel: string, records: unknown[]): Promise<void> {
     const head = this.headFor(channel);
     const time = this.recordTime;
     const eventTime = this.eventTime;
     const sliceStart = performance.now();
-    let untilCheck = this.sliceCheckEvery;
-    for (let i = 0; i < records.length; i++) {
-      this.recordsIn++;
+    const n = records.length;
+    let i = 0;
+    while (i < n) {
+      const end = Math.min(n, i + this.sliceCheckEvery);
+      this.recordsIn += end - i;
       if (eventTime) {
-        const w = records[i] as [number | null, unknown];
-        time.ts = w[0];
-        head.process(w[1]);
-      } else head.process(records[i]);
-      if (--untilCheck > 0 || i + 1 === records.length) continue;
-      const now = performance.now();
-      const elapsed = now - sliceStart;
+        for (; i < end; i++) {
+          const w = records[i] as [number | null, unknown];
+          time.ts = w[0];
+          head.process(w[1]);
+        }
+      } else for (; i < end; i++) head.process(records[i]);
+      if (i === n) break;
+      const elapsed = performance.now() - sliceStart;
       if (elapsed < SLICE_MS) {
-        if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < 64) this.sliceCheckEvery *= 2;
-        untilCheck = this.sliceCheckEvery;
+        if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < SLICE_CHECK_MAX) this.sliceCheckEvery *= 2;
         continue;
       }
       // Slow records: look again after about half a slice's worth of them.
-      this.sliceCheckEvery = Math.max(1, Math.min(64, Math.floor(((i + 1) * SLICE_MS) / elapsed / 2)));
-      untilCheck = this.sliceCheckEvery;
+      this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX, Math.floor((i * SLICE_MS) / elapsed / 2)));
       // The records not processed yet go back to the gate before the loop turns: whatever happens meanwhile (a
       // priority event arriving, or an aligned-checkpoint-timeout switching to unaligned from its timer) sees them
       // in flight, and they are read next unless a priority event came first.
       this.flushOperators();
-      this.gate.unread(channel, records.slice(i + 1));
+      this.gate.unread(channel, records.slice(i));
       await this.afterBatch();
       return;
     }
