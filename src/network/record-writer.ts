@@ -96,6 +96,8 @@ interface Subpartition {
   spanning: { records: unknown[]; start: number; end: number }[];
   /** Buffer timeout 0: the buffer being filled was kept open while its consumer was busy (released at the end of the batch). */
   held: boolean;
+  /** Bytes per record of the last chunk (buffer timeout 0: how many records make COALESCE_BYTES). */
+  recordBytes: number;
   /** With keepInFlight: the serializer's record-shape table for the chunks from stream offset `from` on, oldest first (recorded when it changes, which is rare). */
   shapes: { from: number; table: string[][] }[];
 }
@@ -133,7 +135,7 @@ export class RecordWriter {
     /** The edge's record type (declared, or inferred) and event-time wrapping: see RecordSerializer. */
     serializerOptions: SerializerOptions = {},
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -341,16 +343,25 @@ export class RecordWriter {
   private write(sp: Subpartition, record: unknown): void {
     sp.pending.push(record);
     if (this.flushEveryRecord) {
-      this.serializePending(sp);
       // Buffer timeout 0 (Flink's flush after every record): each record is handed over at once, unless the consumer
-      // has not read the channel's earlier buffers yet (consumerBusy). The record then goes into the same buffer, which
-      // is handed over when it holds COALESCE_BYTES, when a later record finds the consumer done, or at the end of the
-      // current batch (a microtask) at the latest: it could not be read any sooner, and the consumer reads one buffer
-      // of several records instead of a buffer per record (each buffer costs both threads, and a back-pressured
-      // producer is woken once per half ring of them). Flink's writer likewise appends to the buffer its reader has
-      // not taken yet; it fills it whole, this stops at COALESCE_BYTES to keep little in flight.
-      if (sp.pos > 0 && sp.pos < COALESCE_BYTES && sp.overflow.length === 0 && sp.sender?.consumerBusy?.()) this.hold(sp);
-      else this.finishBuffer(sp);
+      // has not read the channel's earlier buffers yet (consumerBusy). The record then waits with the next ones, which
+      // go out together, as one chunk in one buffer, when they make about COALESCE_BYTES, when a later record finds
+      // the consumer done, or at the end of the current batch (a microtask) at the latest: they could not be read any
+      // sooner, and the consumer reads one buffer and one chunk of several records instead of one per record (each
+      // buffer costs both threads, each chunk its header and a serializer call, and a back-pressured producer is woken
+      // once per half ring of buffers). Flink's writer likewise appends to the buffer its reader has not taken yet;
+      // it fills it whole, this stops at COALESCE_BYTES to keep little in flight.
+      if (sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.()) {
+        // Serialized once they would about fill half the rest (bytes per record as in the last chunk, so the last
+        // chunk before COALESCE_BYTES is small and overshoots little); handed over once the buffer holds COALESCE_BYTES.
+        if (sp.pending.length * sp.recordBytes < (COALESCE_BYTES - sp.pos) / 2) return this.hold(sp);
+        this.serializePending(sp);
+        if (sp.pos < COALESCE_BYTES && sp.overflow.length === 0) return this.hold(sp);
+        this.finishBuffer(sp);
+        return;
+      }
+      this.serializePending(sp);
+      this.finishBuffer(sp);
     } else if (sp.pending.length >= sp.chunkRecords) this.serializePending(sp);
   }
 
@@ -366,6 +377,7 @@ export class RecordWriter {
   private releaseHeld(): void {
     for (const sp of this.heldSubs) {
       sp.held = false;
+      this.serializePending(sp);
       if (sp.overflow.length === 0) this.finishBuffer(sp);
     }
     this.heldSubs.length = 0;
@@ -376,6 +388,7 @@ export class RecordWriter {
     const body = sp.serializer.serialize(sp.pending);
     const records = sp.pending.length;
     const len = body.length;
+    sp.recordBytes = len / records;
     const start = sp.written;
     sp.written += len + 4;
     // A new record shape: chunks from here on decode with the table as it stands now (an unaligned barrier's state).
