@@ -2,7 +2,8 @@ import { describe, expect, test } from "bun:test";
 import { Unpackr } from "msgpackr";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { createPartitioner, type Partitioner } from "../src/network/partitioners.ts";
-import { COALESCE_BYTES, RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
+import { COALESCE_BYTES, HOLD_CHECK_MS, RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
+import { waitFor } from "./helpers.ts";
 import { CHUNK_RECORDS, RecordDeserializer } from "../src/network/serialization.ts";
 import { assignKeyToOperator } from "../src/state/key-groups.ts";
 
@@ -279,7 +280,7 @@ describe("RecordWriter: buffers and flush", () => {
     ).toEqual(range(5).map((i) => [rec(i)]));
   });
 
-  test("flushEveryRecord with the consumer busy on the last buffer: records share a buffer, handed over at the end of the batch, at COALESCE_BYTES, or when the consumer is done", async () => {
+  test("flushEveryRecord with the consumer busy on the last buffer: records share a buffer across batches, handed over once the consumer is done or at COALESCE_BYTES", async () => {
     const { w, sender } = setup(["c"], () => 0, { flushEveryRecord: true, segmentSize: 4096 });
     let busy = true;
     (sender as BufferSender).consumerBusy = () => busy;
@@ -295,10 +296,21 @@ describe("RecordWriter: buffers and flush", () => {
       }
       return decoded[at];
     };
-    for (let i = 0; i < 5; i++) w.emit(rec(i));
+    for (let i = 0; i < 3; i++) w.emit(rec(i));
     expect(sender.buffers().length).toBe(0); // held while the consumer cannot read them anyway
-    await Promise.resolve(); // the end of the batch (a microtask)
+    await Promise.resolve(); // the end of the batch (a microtask): the consumer is still busy, so they stay
+    expect(sender.buffers().length).toBe(0);
+    // The next batches join them (a paced source's batch is a record or two).
+    w.emit(rec(3));
+    await Bun.sleep(3 * HOLD_CHECK_MS);
+    w.emit(rec(4));
+    await Bun.sleep(3 * HOLD_CHECK_MS);
+    expect(sender.buffers().length).toBe(0);
+    // The consumer done: a look every HOLD_CHECK_MS hands them over, one buffer and one chunk.
+    busy = false;
+    await waitFor("the held records handed over", () => sender.buffers().length === 1, 2000, 1);
     expect(sender.buffers().map(decode)).toEqual([range(5).map(rec)]);
+    busy = true;
     // A long batch: a buffer goes as soon as it holds COALESCE_BYTES, not later.
     let i = 5;
     while (sender.buffers().length === 1) w.emit(rec(i++));

@@ -111,6 +111,8 @@ const PRUNE_EVERY = 32;
  * 2.5 KiB, against 320 KiB of full ones.
  */
 export const COALESCE_BYTES = 256;
+/** Buffer timeout 0: how often records held for a busy consumer look whether it is done (ms; see write). */
+export const HOLD_CHECK_MS = 1;
 
 export class RecordWriter {
   private readonly subs: Subpartition[];
@@ -345,12 +347,14 @@ export class RecordWriter {
     if (this.flushEveryRecord) {
       // Buffer timeout 0 (Flink's flush after every record): each record is handed over at once, unless the consumer
       // has not read the channel's earlier buffers yet (consumerBusy). The record then waits with the next ones, which
-      // go out together, as one chunk in one buffer, when they make about COALESCE_BYTES, when a later record finds
-      // the consumer done, or at the end of the current batch (a microtask) at the latest: they could not be read any
-      // sooner, and the consumer reads one buffer and one chunk of several records instead of one per record (each
-      // buffer costs both threads, each chunk its header and a serializer call, and a back-pressured producer is woken
-      // once per half ring of buffers). Flink's writer likewise appends to the buffer its reader has not taken yet;
-      // it fills it whole, this stops at COALESCE_BYTES to keep little in flight.
+      // go out together, as one chunk in one buffer, when they make about COALESCE_BYTES, or when a later record, the
+      // end of the batch (a microtask) or a look every HOLD_CHECK_MS after it finds the consumer done: they could not
+      // be read any sooner, and the consumer reads one buffer and one chunk of several records instead of one per
+      // record (each buffer costs both threads, each chunk its header and a serializer call, and a back-pressured
+      // producer is woken once per half ring of buffers). Holding across batches matters where a batch is a record or
+      // two (a paced source): a consumer that fell behind would otherwise catch up through buffers of a record each,
+      // hardly faster than they come. Flink's writer likewise appends to the buffer its reader has not taken yet; it
+      // fills it whole, this stops at COALESCE_BYTES to keep little in flight.
       if (sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.()) {
         // Serialized once they would about fill half the rest (bytes per record as in the last chunk, so the last
         // chunk before COALESCE_BYTES is small and overshoots little); handed over once the buffer holds COALESCE_BYTES.
@@ -366,21 +370,40 @@ export class RecordWriter {
   }
 
   private readonly heldSubs: Subpartition[] = [];
+  /** A releaseHeld is queued (a microtask at the end of the batch, or a timer while consumers stay busy). */
+  private releaseQueued = false;
 
   private hold(sp: Subpartition): void {
     if (sp.held) return;
     sp.held = true;
-    if (this.heldSubs.push(sp) === 1) queueMicrotask(() => this.releaseHeld());
+    this.heldSubs.push(sp);
+    if (!this.releaseQueued) {
+      this.releaseQueued = true;
+      queueMicrotask(() => this.releaseHeld());
+    }
   }
 
-  /** Hands over the buffers kept open in this batch (see write). */
+  /**
+   * Hands over the buffers kept open (see write) whose consumer is done, or that are full or overflowing; the others
+   * stay held, looked at again in HOLD_CHECK_MS.
+   */
   private releaseHeld(): void {
+    this.releaseQueued = false;
+    let kept = 0;
     for (const sp of this.heldSubs) {
+      if (sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.()) {
+        this.heldSubs[kept++] = sp;
+        continue;
+      }
       sp.held = false;
       this.serializePending(sp);
       if (sp.overflow.length === 0) this.finishBuffer(sp);
     }
-    this.heldSubs.length = 0;
+    this.heldSubs.length = kept;
+    if (kept > 0) {
+      this.releaseQueued = true;
+      setTimeout(() => this.releaseHeld(), HOLD_CHECK_MS);
+    }
   }
 
   private serializePending(sp: Subpartition): void {
