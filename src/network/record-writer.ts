@@ -94,7 +94,7 @@ interface Subpartition {
    * decodes it from the bytes it overtook, which the writer holds anyway.
    */
   spanning: { records: unknown[]; start: number; end: number }[];
-  /** Buffer timeout 0: the buffer being filled was kept open while its consumer was busy (released at the end of the batch). */
+  /** Buffer timeout 0: records wait (pending, or in the open buffer) while the consumer is busy (see write, releaseHeld). */
   held: boolean;
   /** Bytes per record of the last chunk (buffer timeout 0: how many records make COALESCE_BYTES). */
   recordBytes: number;
@@ -335,6 +335,9 @@ export class RecordWriter {
     for (const sp of this.subs) this.serializePending(sp);
     while (this.overflowing > 0) await this.pool.nextRecycle();
     this.broadcastEvent({ type: "end" });
+    // Everything went out before the end: nothing stays held (a look already scheduled finds nothing to do).
+    for (const sp of this.subs) sp.held = false;
+    this.heldSubs.length = 0;
     while (this.subs.some((sp) => sp.queue.length > 0)) await new Promise((r) => setTimeout(r, 5));
     await this.pool.allRecycled();
     // Every buffer is back in the pool, so no subpartition may still count one.
