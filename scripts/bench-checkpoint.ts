@@ -105,15 +105,16 @@ async function backpressureRun(mode: "aligned" | "debloat" | "unaligned") {
     await rpc.request("cancelJob", { jobId });
     // Checkpoints triggered in the window: the completed ones' durations, and the age of one still in progress.
     const mine = s.checkpoints.history.filter((c) => !seen.has(c.id) && c.status !== "FAILED");
+    const done = mine.filter((c) => c.status === "COMPLETED");
     return {
-      durations: mine.filter((c) => c.status === "COMPLETED").map((c) => c.durationMs!),
+      durations: done.map((c) => c.durationMs!),
       inProgressMs: mine.filter((c) => c.status === "IN_PROGRESS").map((c) => Date.now() - c.triggerTime),
-      completed: mine.filter((c) => c.status === "COMPLETED").length,
-      sizes: mine.filter((c) => c.status === "COMPLETED").map((c) => c.sizeBytes),
-      channelState: mine.filter((c) => c.status === "COMPLETED").map((c) => c.channelStateBytes ?? 0),
+      completed: done.length,
+      sizes: done.map((c) => c.sizeBytes),
+      channelState: done.map((c) => c.channelStateBytes ?? 0),
       // Where a checkpoint's time goes: the longest wait of a task for its first barrier, and the longest alignment.
-      startDelays: mine.filter((c) => c.status === "COMPLETED").map((c) => c.startDelayMs ?? 0),
-      alignments: mine.filter((c) => c.status === "COMPLETED").map((c) => c.alignmentMs ?? 0),
+      startDelays: done.map((c) => c.startDelayMs ?? 0),
+      alignments: done.map((c) => c.alignmentMs ?? 0),
       recordsPerS: recordsIn / wallS,
       cpuS: (cpu.user + cpu.system) / 1e6,
       wallS,

@@ -358,7 +358,7 @@ export class RecordWriter {
       // two (a paced source): a consumer that fell behind would otherwise catch up through buffers of a record each,
       // hardly faster than they come. Flink's writer likewise appends to the buffer its reader has not taken yet; it
       // fills it whole, this stops at COALESCE_BYTES to keep little in flight.
-      if (sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.()) {
+      if (this.mayHold(sp)) {
         // Serialized once they would about fill half the rest (bytes per record as in the last chunk, so the last
         // chunk before COALESCE_BYTES is small and overshoots little); handed over once the buffer holds COALESCE_BYTES.
         if (sp.pending.length * sp.recordBytes < (COALESCE_BYTES - sp.pos) / 2) return this.hold(sp);
@@ -370,6 +370,11 @@ export class RecordWriter {
       this.serializePending(sp);
       this.finishBuffer(sp);
     } else if (sp.pending.length >= sp.chunkRecords) this.serializePending(sp);
+  }
+
+  /** Buffer timeout 0: records may wait for this channel's consumer (busy with earlier buffers; the open buffer not full, nothing overflowing). */
+  private mayHold(sp: Subpartition): boolean {
+    return sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.() === true;
   }
 
   private readonly heldSubs: Subpartition[] = [];
@@ -394,7 +399,7 @@ export class RecordWriter {
     this.releaseQueued = false;
     let kept = 0;
     for (const sp of this.heldSubs) {
-      if (sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.()) {
+      if (this.mayHold(sp)) {
         this.heldSubs[kept++] = sp;
         continue;
       }

@@ -7,6 +7,8 @@ import { eventAt } from "../nexmark/generator.ts";
 import type { ConnectorSplit } from "../api/connector.ts";
 
 export const SOURCE_CHUNK = 1024;
+/** The smallest chunk a back-pressured source reads (see SourceReader.outputFullAfter). */
+const MIN_SOURCE_CHUNK = 8;
 const READ_BYTES = 1 << 20;
 const NEWLINE = 10;
 
@@ -153,10 +155,20 @@ export class SourceReader {
   lastSplitId = -1;
   /**
    * The most records a sequence, collection or Nexmark chunk holds (at most SOURCE_CHUNK). Aligned barriers go in
-   * between chunks, so a back-pressured source lowers it to what its output takes at once (see runSource): a trigger
+   * between chunks, so a back-pressured source lowers it to what its output takes at once (outputFullAfter): a trigger
    * then waits for a few records, not for a whole chunk to drain through a slow consumer.
    */
-  maxChunk = SOURCE_CHUNK;
+  private maxChunk = SOURCE_CHUNK;
+
+  /** The task's output filled up after `emitted` records of the last chunk: later chunks hold at most that many (at least halved, down to MIN_SOURCE_CHUNK). */
+  outputFullAfter(emitted: number): void {
+    this.maxChunk = Math.max(MIN_SOURCE_CHUNK, Math.min(emitted, this.maxChunk >> 1));
+  }
+
+  /** The last chunk went out without waiting: chunks grow back (the per-chunk work is paid per SOURCE_CHUNK records). */
+  chunkWentOut(): void {
+    if (this.maxChunk < SOURCE_CHUNK) this.maxChunk = Math.min(SOURCE_CHUNK, this.maxChunk * 2);
+  }
 
   constructor(
     private readonly spec: SourceSpec,

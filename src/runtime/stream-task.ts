@@ -24,7 +24,6 @@ import { splitChannelState, writeChannelState, type OutputChannelState } from ".
 import type { OvertakenOutput } from "../network/record-writer.ts";
 import { RecordedChannelState } from "../network/input-gate.ts";
 import { WatermarkValve, type WatermarkEvent } from "./event-time.ts";
-import { SOURCE_CHUNK } from "./sources.ts";
 import { LatencyTracker, type LatencyMarker } from "./latency-markers.ts";
 import type { FromWorker, StateGrant, ToWorker } from "./worker-protocol.ts";
 import { channelId, channelJob, type NetworkGrant } from "../network/wire.ts";
@@ -46,8 +45,6 @@ const SLICE_CHECK_MAX = 64;
 const PRIORITY_POLL_MS = 10;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
 const SOURCE_REST_EDGE = -1;
-/** The smallest chunk a back-pressured source reads (see runSource). */
-const MIN_SOURCE_CHUNK = 8;
 
 export { taskDisplayName };
 
@@ -631,15 +628,12 @@ export class StreamTask {
   }
 
   private async replayInput(head: Operator, records: unknown[]): Promise<void> {
-    const time = this.recordTime;
-    for (let i = 0; i < records.length; i++) {
-      this.recordsIn++;
-      if (this.eventTime) {
-        const w = records[i] as [number | null, unknown];
-        time.ts = w[0];
-        head.process(w[1]);
-      } else head.process(records[i]);
-      if ((i & 1023) === 1023) {
+    // In batches of 1024, the task's loop let in between them.
+    for (let i = 0; i < records.length; i += 1024) {
+      const end = Math.min(records.length, i + 1024);
+      this.recordsIn += end - i;
+      this.processRange(head, records, i, end);
+      if (end - i === 1024) {
         this.flushOperators();
         await this.afterBatch();
       }
@@ -688,7 +682,7 @@ export class StreamTask {
         if (blocked() && i + 1 < chunk.length) {
           // Chunks shrink to what the output took at once, so that an aligned barrier (taken between chunks)
           // waits for a few records rather than for the rest of a chunk to drain through the slow consumer.
-          if (!full && chain.sourceReader) chain.sourceReader.maxChunk = Math.max(MIN_SOURCE_CHUNK, Math.min(i + 1, chain.sourceReader.maxChunk >> 1));
+          if (!full) chain.sourceReader?.outputFullAfter(i + 1);
           full = true;
           this.flushOperators();
           // While it waits, an unaligned checkpoint is taken at once, the rest of the chunk kept as its state.
@@ -697,8 +691,7 @@ export class StreamTask {
           this.sourceRest = null;
         }
       }
-      // A chunk that went out without waiting: chunks grow back (the per-chunk work is paid per 1024 records).
-      if (!full && chain.sourceReader && chain.sourceReader.maxChunk < SOURCE_CHUNK) chain.sourceReader.maxChunk = Math.min(SOURCE_CHUNK, chain.sourceReader.maxChunk * 2);
+      if (!full) chain.sourceReader?.chunkWentOut();
       this.flushOperators();
       this.sourceRest = [];
       await this.afterBatch();
@@ -734,18 +727,22 @@ export class StreamTask {
         continue;
       }
       this.recordsIn += records.length;
-      const head = this.headFor(item.channel);
-      if (this.eventTime) {
-        const time = this.recordTime;
-        for (let i = 0; i < records.length; i++) {
-          const w = records[i] as [number | null, unknown];
-          time.ts = w[0];
-          head.process(w[1]);
-        }
-      } else for (let i = 0; i < records.length; i++) head.process(records[i]);
+      this.processRange(this.headFor(item.channel), records, 0, records.length);
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  /** Records [from, to) of a buffer into the operator (with event time each is [timestamp, record]). */
+  private processRange(head: Operator, records: unknown[], from: number, to: number): void {
+    if (this.eventTime) {
+      const time = this.recordTime;
+      for (let i = from; i < to; i++) {
+        const w = records[i] as [number | null, unknown];
+        time.ts = w[0];
+        head.process(w[1]);
+      }
+    } else for (let i = from; i < to; i++) head.process(records[i]);
   }
 
   /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..SLICE_CHECK_MAX). */
@@ -762,21 +759,14 @@ export class StreamTask {
    */
   private async processSliced(channel: string, records: unknown[]): Promise<void> {
     const head = this.headFor(channel);
-    const time = this.recordTime;
-    const eventTime = this.eventTime;
     const sliceStart = performance.now();
     const n = records.length;
     let i = 0;
     while (i < n) {
       const end = Math.min(n, i + this.sliceCheckEvery);
       this.recordsIn += end - i;
-      if (eventTime) {
-        for (; i < end; i++) {
-          const w = records[i] as [number | null, unknown];
-          time.ts = w[0];
-          head.process(w[1]);
-        }
-      } else for (; i < end; i++) head.process(records[i]);
+      this.processRange(head, records, i, end);
+      i = end;
       if (i === n) break;
       const elapsed = performance.now() - sliceStart;
       if (elapsed < SLICE_MS) {
