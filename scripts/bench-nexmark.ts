@@ -28,6 +28,7 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { Child, ROOT } from "../tests/helpers.ts";
+import { readLatencies } from "./bench-helpers/latency-summary.ts";
 
 /** Flink's published events/s per core (nexmark/nexmark README: Flink 1.13, RocksDB, 100 M events); none for q6,
  *  which Flink SQL cannot run. */
@@ -270,51 +271,8 @@ async function nexmarkQueries(): Promise<void> {
 
 // (c) Latency: at half the maximum rate with buffer timeout 10 ms, and at a quarter with buffer timeout 0.
 async function latency(): Promise<void> {
-  // Stamping map chained to the source (p=1): the throttled source emits its k-th event no earlier than A + k / rate,
-  // A being when its schedule started. The map notes, per event, its k and the offset now - k / rate; A is taken as
-  // the smallest offset of the run (the tightest anchor under which no event came out early: anchoring at the first
-  // event instead made every later one look up to 2 ms early, and p50 negative). The sink records (k, its time);
-  // latency = sink time - (A + k / rate). The map also notes the largest offset after the first second: how far the
-  // source fell behind its schedule (a source that falls behind turns latency into queueing in the source).
-  const file = jobFile("latency.ts", `
-    const [events, rate, throttle, outDir, p, bufferTimeout] = [Number(args[0]), Number(args[1]), args[2] === "1", args[3], Number(args[4]), Number(args[5])];
-    env.setBufferTimeout(bufferTimeout);
-    const msPer = (1000 * p) / rate;
-    const fs = require("node:fs");
-    const id = () => Math.random().toString(36).slice(2);
-    env.fromSource(NexmarkSource.events({ events, seed: 0, ratePerSecond: rate, throttle }), null)
-      .map({
-        open() { this.k = 0; this.first = -1; this.minOff = Infinity; this.maxOff = -Infinity; },
-        map(e) {
-          const now = performance.timeOrigin + performance.now();
-          if (this.first < 0) this.first = now;
-          const k = this.k++;
-          const off = now - msPer * k;
-          if (off < this.minOff) this.minOff = off;
-          if (now - this.first > 1000 && off > this.maxOff) this.maxOff = off;
-          return [e.type === "bid" ? e.bid.auction : e.type === "auction" ? e.auction.id : e.person.id, k];
-        },
-        close() { fs.writeFileSync(outDir + "/offsets-" + id() + ".json", JSON.stringify([this.minOff, this.maxOff])); },
-      })
-      .keyBy((t) => t[0])
-      .addSink({
-        // Samples go into arrays sized for every event up front: a growing JS array of millions of numbers stalled
-        // this sink for tens of milliseconds as it grew, which back-pressured the source and was measured as a
-        // latency tail of 120-160 ms (the source then fell as far behind its schedule).
-        open() { this.at = new Float64Array(events); this.ks = new Float64Array(events); this.n = 0; this.first = -1; },
-        invoke(t) {
-          const now = performance.timeOrigin + performance.now();
-          if (this.first < 0) this.first = now;
-          if (now - this.first <= 1000) return; // the first second is warm-up
-          this.at[this.n] = now;
-          this.ks[this.n++] = t[1];
-        },
-        close() {
-          const name = id();
-          fs.writeFileSync(outDir + "/at-" + name + ".bin", this.at.subarray(0, this.n));
-          fs.writeFileSync(outDir + "/ks-" + name + ".bin", this.ks.subarray(0, this.n));
-        },
-      });`);
+  // The job and how latency is measured: scripts/bench-helpers/latency-job.js (p=1).
+  const file = path.join(ROOT, "scripts/bench-helpers/latency-job.js");
   const p = 1;
   const latDir = path.join(dir, "latency");
   fs.mkdirSync(latDir, { recursive: true });
@@ -335,24 +293,8 @@ async function latency(): Promise<void> {
     const runs: LatRun[] = [];
     for (let r = 0; r < RUNS; r++) {
       const x = await runLocal(file, [String(Math.floor(rate * LATENCY_SECONDS)), String(rate), "1", latDir, String(p), String(c.bufferTimeout)], p);
-      const floats = (f: string) => {
-        const b = fs.readFileSync(path.join(latDir, f));
-        return new Float64Array(b.buffer, b.byteOffset, b.byteLength / 8);
-      };
-      const files = fs.readdirSync(latDir);
-      const offsets = files.filter((f) => f.startsWith("offsets-")).map((f) => JSON.parse(fs.readFileSync(path.join(latDir, f), "utf8")) as [number, number]);
-      if (offsets.length !== 1) throw new Error(`latency: expected the offsets of one source subtask, got ${offsets.length}`);
-      const [anchor, maxOff] = offsets[0]!;
-      const msPer = (1000 * p) / rate;
-      const lat: number[] = [];
-      for (const f of files.filter((f) => f.startsWith("at-"))) {
-        const at = floats(f);
-        const ks = floats("ks-" + f.slice(3));
-        for (let i = 0; i < at.length; i++) lat.push(at[i]! - (anchor + ks[i]! * msPer));
-      }
-      const behind = maxOff - anchor;
+      const { lat, behind } = readLatencies(latDir, rate, p);
       clear();
-      lat.sort((a, b) => a - b);
       const pct = (q: number) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))]!;
       runs.push({ p50: pct(0.5), p99: pct(0.99), p999: pct(0.999), max: lat.at(-1)!, n: lat.length, behind, load: x.load });
       log(`latency run ${r + 1}/${RUNS}: p50 ${pct(0.5).toFixed(1)} p99 ${pct(0.99).toFixed(1)} p99.9 ${pct(0.999).toFixed(1)} ms; source at most ${behind.toFixed(0)} ms behind; load ${x.load.toFixed(1)}`);
