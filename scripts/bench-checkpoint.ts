@@ -234,7 +234,8 @@ async function throughputBench(): Promise<void> {
   const res: Record<string, { rate: number; cpu: number; checkpoints: number; tasks: number[]; gc: number; main: number; other: number }[]> = { off: [], aligned: [], unaligned: [] };
   const load0 = os.loadavg();
   for (let r = 0; r < RUNS; r++) {
-    for (const mode of modes) {
+    // The order rotates round by round, so that no mode always runs first (or right after another).
+    for (const mode of modes.map((_, i) => modes[(i + r) % modes.length]!)) {
       const cpu0 = process.cpuUsage();
       const threads = new ThreadCpu();
       const s = await runLocal(sumJob, [mode === "off" ? "0" : String(values.interval), String(RECORDS)], 1, undefined, {
@@ -257,11 +258,15 @@ async function throughputBench(): Promise<void> {
   const off = res.off!.length ? median(res.off!.map((x) => x.rate)) : NaN;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} after`);
   console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS} --modes ${modes.join(",")}\n`);
-  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread | other threads (JIT, allocator, file I/O pool) | checkpoints completed | throughput loss vs off |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread | other threads (JIT, allocator, file I/O pool) | checkpoints completed | throughput loss vs off (of the medians) | loss per round, median (min..max) | CPU per record vs off, per round |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
     const xs = res[mode]!;
     const rate = median(xs.map((x) => x.rate));
-    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every ${Number(values.interval) >= 1000 ? `${Number(values.interval) / 1000} s` : `${values.interval} ms`}`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : `${((1 - rate / off) * 100).toFixed(1)}%`} |`);
+    // Paired by round (each mode's run beside the "off" run of the same round): on a shared machine the load
+    // drifts between rounds more than it does within one, so the per-round ratios spread less than the medians.
+    const paired = mode === "off" || res.off!.length !== xs.length ? null : xs.map((x, i) => ({ loss: 1 - x.rate / res.off![i]!.rate, cpu: x.cpu / res.off![i]!.cpu - 1 }));
+    const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
+    console.log(`| ${mode === "off" ? "checkpoints off" : `${mode} every ${Number(values.interval) >= 1000 ? `${Number(values.interval) / 1000} s` : `${values.interval} ms`}`} | ${stat(xs.map((x) => x.rate), (v) => `${(v / 1e6).toFixed(2)} M`)} | ${stat(xs.map((x) => x.cpu), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[0] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.tasks[1] ?? NaN), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.gc), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.main), (v) => v.toFixed(2))} | ${stat(xs.map((x) => x.other), (v) => v.toFixed(2))} | ${xs.map((x) => x.checkpoints).join(", ")} | ${mode === "off" ? "" : pct(1 - rate / off)} | ${paired ? stat(paired.map((p) => p.loss), pct) : ""} | ${paired ? stat(paired.map((p) => p.cpu), (v) => `${v >= 0 ? "+" : ""}${pct(v)}`) : ""} |`);
   }
 }
 

@@ -125,9 +125,21 @@ function u32(n: number): Uint8Array {
   return b;
 }
 
+/**
+ * Bytes staged before one file write. Each awaited write is a round trip through the file I/O pool that costs the
+ * task thread about 50 us (Bun, measured: 7 % of a keyed-sum thread checkpointing 10 times a second with one write
+ * per key group); a snapshot of a few hundred KiB now takes one write.
+ */
+const STAGE_BYTES = 1 << 20;
+
 /** Writes a keyed snapshot file block by block (blocks may come in any key-group order). */
 export class KeyedSnapshotWriter {
+  /** Bytes of the file so far, staged or written. */
   private offset = 0;
+  /** Bytes of the file already handed to the file system. */
+  private written = 0;
+  private stage = new Uint8Array(64 * 1024);
+  private staged = 0;
   private readonly index: [number, number, number, number, number][] = [];
   private entries = 0;
   private readonly tmp: string;
@@ -153,13 +165,37 @@ export class KeyedSnapshotWriter {
     return w;
   }
 
+  /** Appends `b` (copied: the caller may reuse it); hands the staged bytes to the file system past STAGE_BYTES. */
   private async write(b: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < b.length) {
-      const { bytesWritten } = await this.fh.write(b, done, b.length - done, this.offset + done);
-      done += bytesWritten;
+    if (this.staged + b.length > STAGE_BYTES) await this.flush();
+    if (b.length > STAGE_BYTES) {
+      await this.writeAt(b, this.written);
+      this.written += b.length;
+    } else {
+      if (this.staged + b.length > this.stage.length) {
+        const grown = new Uint8Array(Math.min(STAGE_BYTES, Math.max(this.stage.length * 2, this.staged + b.length)));
+        grown.set(this.stage.subarray(0, this.staged));
+        this.stage = grown;
+      }
+      this.stage.set(b, this.staged);
+      this.staged += b.length;
     }
     this.offset += b.length;
+  }
+
+  private async flush(): Promise<void> {
+    if (this.staged === 0) return;
+    await this.writeAt(this.stage.subarray(0, this.staged), this.written);
+    this.written += this.staged;
+    this.staged = 0;
+  }
+
+  private async writeAt(b: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < b.length) {
+      const { bytesWritten } = await this.fh.write(b, done, b.length - done, position + done);
+      done += bytesWritten;
+    }
   }
 
   /** Appends one key group's block. `bytes` may be reused by the caller once the promise resolves. */
@@ -183,6 +219,7 @@ export class KeyedSnapshotWriter {
     dv.setUint32(12, crc32(idx), true);
     tr.set(new TextEncoder().encode(KEYED_END_MAGIC), 16);
     await this.write(tr);
+    await this.flush();
     const checksum = crc32(idx);
     await this.fh.sync();
     await this.fh.close();
