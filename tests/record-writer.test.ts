@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { Unpackr } from "msgpackr";
 import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { createPartitioner, type Partitioner } from "../src/network/partitioners.ts";
-import { COALESCE_BYTES, HOLD_CHECK_MS, RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
+import { COALESCE_BYTES, HOLD_CHECK_MS, MAX_COALESCE_BYTES, RecordWriter, type BufferSender, type ChannelEvent } from "../src/network/record-writer.ts";
 import { waitFor } from "./helpers.ts";
 import { CHUNK_RECORDS, RecordDeserializer } from "../src/network/serialization.ts";
 import { assignKeyToOperator } from "../src/state/key-groups.ts";
@@ -278,6 +278,28 @@ describe("RecordWriter: buffers and flush", () => {
         return out;
       }),
     ).toEqual(range(5).map((i) => [rec(i)]));
+  });
+
+  test("flushEveryRecord with a busy consumer: the coalesce bound follows how fast the consumer drains", async () => {
+    // A consumer that stays busy but releases buffers fast (it is behind, catching up) gets larger buffers, up to
+    // MAX_COALESCE_BYTES; one that releases nothing (stalled, back-pressured) keeps COALESCE_BYTES.
+    for (const draining of [true, false]) {
+      const { w, sender } = setup(["c"], () => 0, { flushEveryRecord: true, segmentSize: 32 * 1024 });
+      let released = 0;
+      const s = sender as BufferSender;
+      s.consumerBusy = () => true;
+      s.consumerReleased = () => (draining ? (released += 50) : released); // 50 buffers released between looks
+      const deadline = performance.now() + 40;
+      let i = 0;
+      while (performance.now() < deadline) w.emit(rec(i++));
+      const sizes = sender.buffers().map((b) => b.size);
+      expect(sizes.length).toBeGreaterThan(5);
+      const largest = Math.max(...sizes);
+      if (draining) {
+        expect(largest).toBeGreaterThanOrEqual(MAX_COALESCE_BYTES);
+        expect(largest).toBeLessThan(MAX_COALESCE_BYTES + 64);
+      } else expect(largest).toBeLessThan(COALESCE_BYTES + 64);
+    }
   });
 
   test("flushEveryRecord with the consumer busy on the last buffer: records share a buffer across batches, handed over once the consumer is done or at COALESCE_BYTES", async () => {

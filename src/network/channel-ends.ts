@@ -114,6 +114,11 @@ export class RingSender implements BufferSender {
     return this.waiting.length > 0 || this.ring.free < this.ring.slots;
   }
 
+  /** How many items the consumer has read and released so far (it grows while the consumer makes progress). */
+  consumerReleased(): number {
+    return this.ring.releasedCount();
+  }
+
   /** The buffer size the consumer announced (buffer debloating), 0 when none: the writer cuts buffers at it. */
   bufferSize(): number {
     return this.ring.announcedBufferSize;

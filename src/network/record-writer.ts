@@ -64,6 +64,8 @@ export interface BufferSender {
    * finished now would wait behind them anyway, so with buffer timeout 0 the writer keeps filling it a little longer.
    */
   consumerBusy?(): boolean;
+  /** Items the consumer has read and released so far (a count that only grows): how fast it drains (see coalesced). */
+  consumerReleased?(): number;
 }
 
 type Finished = { buf: ArrayBuffer; size: number } | { event: ChannelEvent };
@@ -96,8 +98,13 @@ interface Subpartition {
   spanning: { records: unknown[]; start: number; end: number }[];
   /** Buffer timeout 0: records wait (pending, or in the open buffer) while the consumer is busy (see write, releaseHeld). */
   held: boolean;
-  /** Bytes per record of the last chunk (buffer timeout 0: how many records make COALESCE_BYTES). */
+  /** Bytes per record of the last chunk (buffer timeout 0: how many records make the coalesce bound). */
   recordBytes: number;
+  /** Buffer timeout 0: bytes a buffer may collect while its consumer is busy (COALESCE_BYTES..MAX_COALESCE_BYTES). */
+  coalesce: number;
+  /** The consumer's released count and the time when its drain rate was last taken (see coalesced). */
+  drainCount: number;
+  drainSince: number;
   /** With keepInFlight: the serializer's record-shape table for the chunks from stream offset `from` on, oldest first (recorded when it changes, which is rare). */
   shapes: { from: number; table: string[][] }[];
 }
@@ -107,10 +114,23 @@ const PRUNE_EVERY = 32;
 
 /**
  * Buffer timeout 0: bytes a buffer may collect, record by record, while its consumer is busy with earlier buffers
- * (see write). Small, so that a back-pressured channel still holds little in flight: a ring of 10 such buffers is
- * 2.5 KiB, against 320 KiB of full ones.
+ * (see write), for a consumer that drains slowly. Small, so that a back-pressured channel still holds little in
+ * flight: a ring of 10 such buffers is 2.5 KiB, against 320 KiB of full ones.
  */
 export const COALESCE_BYTES = 256;
+/**
+ * Buffer timeout 0: the bound for a consumer that drains fast but is behind (a pause of either thread): the bound is
+ * what the consumer drains in COALESCE_TARGET_MS, between COALESCE_BYTES and this. At 256 bytes (2-3 Nexmark bids)
+ * such a consumer caught up through buffers that hardly drained faster than records came: at 500 K events/s, p99
+ * 17-56 ms against 4-7 ms with 2048 bytes (docs/benchmarks.md, issue 23, fourth round); a fixed 2048 though slowed
+ * aligned checkpoints of back-pressured jobs (8x the bytes in flight), hence a bound from the drain rate.
+ */
+export const MAX_COALESCE_BYTES = 4096;
+const COALESCE_TARGET_MS = 1;
+/** The drain rate is taken over at least this long (ms). */
+const DRAIN_WINDOW_MS = 2;
+/** A longer window includes time the consumer was idle: it starts a new one instead. */
+const DRAIN_WINDOW_MAX_MS = 50;
 /** Buffer timeout 0: how often records held for a busy consumer look whether it is done (ms; see write). */
 export const HOLD_CHECK_MS = 1;
 
@@ -137,7 +157,7 @@ export class RecordWriter {
     /** The edge's record type (declared, or inferred) and event-time wrapping: see RecordSerializer. */
     serializerOptions: SerializerOptions = {},
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0 }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0, coalesce: COALESCE_BYTES, drainCount: 0, drainSince: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -350,20 +370,23 @@ export class RecordWriter {
     if (this.flushEveryRecord) {
       // Buffer timeout 0 (Flink's flush after every record): each record is handed over at once, unless the consumer
       // has not read the channel's earlier buffers yet (consumerBusy). The record then waits with the next ones, which
-      // go out together, as one chunk in one buffer, when they make about COALESCE_BYTES, or when a later record, the
+      // go out together, as one chunk in one buffer, when they make about the coalesce bound (see coalesced), or when a later record, the
       // end of the batch (a microtask) or a look every HOLD_CHECK_MS after it finds the consumer done: they could not
       // be read any sooner, and the consumer reads one buffer and one chunk of several records instead of one per
       // record (each buffer costs both threads, each chunk its header and a serializer call, and a back-pressured
       // producer is woken once per half ring of buffers). Holding across batches matters where a batch is a record or
       // two (a paced source): a consumer that fell behind would otherwise catch up through buffers of a record each,
       // hardly faster than they come. Flink's writer likewise appends to the buffer its reader has not taken yet; it
-      // fills it whole, this stops at COALESCE_BYTES to keep little in flight.
+      // fills it whole, this stops at the bound to keep little in flight.
       if (this.mayHold(sp)) {
         // Serialized once they would about fill half the rest (bytes per record as in the last chunk, so the last
-        // chunk before COALESCE_BYTES is small and overshoots little); handed over once the buffer holds COALESCE_BYTES.
-        if (sp.pending.length * sp.recordBytes < (COALESCE_BYTES - sp.pos) / 2) return this.hold(sp);
+        // chunk before the bound is small and overshoots little); handed over once the buffer holds the bound.
+        // (Before the channel's first chunk the size is unknown: serialized at once, so that records never pile up
+        // unserialized behind a consumer that stays busy, e.g. with an event it has not read.)
+        if (sp.recordBytes > 0 && sp.pending.length * sp.recordBytes < (sp.coalesce - sp.pos) / 2) return this.hold(sp);
         this.serializePending(sp);
-        if (sp.pos < COALESCE_BYTES && sp.overflow.length === 0) return this.hold(sp);
+        if (sp.pos < sp.coalesce && sp.overflow.length === 0) return this.hold(sp);
+        this.coalesced(sp);
         this.finishBuffer(sp);
         return;
       }
@@ -374,7 +397,30 @@ export class RecordWriter {
 
   /** Buffer timeout 0: records may wait for this channel's consumer (busy with earlier buffers; the open buffer not full, nothing overflowing). */
   private mayHold(sp: Subpartition): boolean {
-    return sp.overflow.length === 0 && sp.pos < COALESCE_BYTES && sp.sender?.consumerBusy?.() === true;
+    return sp.overflow.length === 0 && sp.pos < sp.coalesce && sp.sender?.consumerBusy?.() === true;
+  }
+
+  /**
+   * A held buffer reached its bound with the consumer still busy: the next bound is what the consumer drained in
+   * COALESCE_TARGET_MS over the last DRAIN_WINDOW_MS or more (buffers released times the bound they were cut at), so
+   * a consumer that reads fast gets larger buffers to catch up with and a slow or stalled one keeps COALESCE_BYTES.
+   */
+  private coalesced(sp: Subpartition): void {
+    const released = sp.sender?.consumerReleased?.();
+    if (released === undefined) return;
+    const now = performance.now();
+    const ms = now - sp.drainSince;
+    if (ms < DRAIN_WINDOW_MS) return;
+    if (ms > DRAIN_WINDOW_MAX_MS) {
+      // The consumer was not busy all along (this is the first full buffer in a while): a new window, same bound.
+      sp.drainCount = released;
+      sp.drainSince = now;
+      return;
+    }
+    const bytesPerMs = ((released - sp.drainCount) * sp.coalesce) / ms;
+    sp.coalesce = Math.max(COALESCE_BYTES, Math.min(MAX_COALESCE_BYTES, this.pool.segmentSize >> 2, Math.floor(bytesPerMs * COALESCE_TARGET_MS)));
+    sp.drainCount = released;
+    sp.drainSince = now;
   }
 
   private readonly heldSubs: Subpartition[] = [];

@@ -142,6 +142,17 @@ export class RingWriter extends RingEnd {
   constructor(sab: SharedArrayBuffer) {
     super(sab);
     this.pub = Atomics.load(this.h, PUBLISHED);
+    this.relSeen = Atomics.load(this.h, RELEASED);
+  }
+
+  private relSeen: number;
+  private relTotal = 0;
+  /** Items the reader has released since this writer was made (a count that only grows). */
+  releasedCount(): number {
+    const rel = Atomics.load(this.h, RELEASED);
+    this.relTotal += this.dist(rel, this.relSeen);
+    this.relSeen = rel;
+    return this.relTotal;
   }
 
   /** Slots free right now. */
