@@ -370,14 +370,14 @@ export class RecordWriter {
     if (this.flushEveryRecord) {
       // Buffer timeout 0 (Flink's flush after every record): each record is handed over at once, unless the consumer
       // has not read the channel's earlier buffers yet (consumerBusy). The record then waits with the next ones, which
-      // go out together, as one chunk in one buffer, when they make about the coalesce bound (see coalesced), or when a later record, the
-      // end of the batch (a microtask) or a look every HOLD_CHECK_MS after it finds the consumer done: they could not
-      // be read any sooner, and the consumer reads one buffer and one chunk of several records instead of one per
-      // record (each buffer costs both threads, each chunk its header and a serializer call, and a back-pressured
-      // producer is woken once per half ring of buffers). Holding across batches matters where a batch is a record or
-      // two (a paced source): a consumer that fell behind would otherwise catch up through buffers of a record each,
-      // hardly faster than they come. Flink's writer likewise appends to the buffer its reader has not taken yet; it
-      // fills it whole, this stops at the bound to keep little in flight.
+      // go out together, as one chunk in one buffer, when they make about the coalesce bound (see coalesced), or when
+      // a later record, the end of the batch (a microtask) or a look every HOLD_CHECK_MS after it finds the consumer
+      // done: they could not be read any sooner, and the consumer reads one buffer and one chunk of several records
+      // instead of one per record (each buffer costs both threads, each chunk its header and a serializer call, and a
+      // back-pressured producer is woken once per half ring of buffers). Holding across batches matters where a batch
+      // is a record or two (a paced source): a consumer that fell behind would otherwise catch up through buffers of a
+      // record each, hardly faster than they come. Flink's writer likewise appends to the buffer its reader has not
+      // taken yet; it fills it whole, this stops at the bound to keep little in flight.
       if (this.mayHold(sp)) {
         // Serialized once they would about fill half the rest (bytes per record as in the last chunk, so the last
         // chunk before the bound is small and overshoots little); handed over once the buffer holds the bound.
