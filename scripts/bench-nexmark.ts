@@ -28,7 +28,7 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { Child, ROOT } from "../tests/helpers.ts";
-import { readLatencies } from "./bench-helpers/latency-summary.ts";
+import { percentile, readLatencies } from "./bench-helpers/latency-summary.ts";
 
 /** Flink's published events/s per core (nexmark/nexmark README: Flink 1.13, RocksDB, 100 M events); none for q6,
  *  which Flink SQL cannot run. */
@@ -295,7 +295,7 @@ async function latency(): Promise<void> {
       const x = await runLocal(file, [String(Math.floor(rate * LATENCY_SECONDS)), String(rate), "1", latDir, String(p), String(c.bufferTimeout)], p);
       const { lat, behind } = readLatencies(latDir, rate, p);
       clear();
-      const pct = (q: number) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))]!;
+      const pct = (q: number) => percentile(lat, q);
       runs.push({ p50: pct(0.5), p99: pct(0.99), p999: pct(0.999), max: lat.at(-1)!, n: lat.length, behind, load: x.load });
       log(`latency run ${r + 1}/${RUNS}: p50 ${pct(0.5).toFixed(1)} p99 ${pct(0.99).toFixed(1)} p99.9 ${pct(0.999).toFixed(1)} ms; source at most ${behind.toFixed(0)} ms behind; load ${x.load.toFixed(1)}`);
     }

@@ -289,9 +289,12 @@ describe("RecordWriter: buffers and flush", () => {
       const s = sender as BufferSender;
       s.consumerBusy = () => true;
       s.consumerReleased = () => (draining ? (released += 50) : released); // 50 buffers released between looks
-      const deadline = performance.now() + 40;
+      // The draining case until its first maximal buffer (the rate is taken over windows of a few ms, so a loaded
+      // machine may need longer); the stalled one for 40 ms, where the bound would have grown many times over.
+      const largestSoFar = () => Math.max(0, ...sender.buffers().map((b) => b.size));
+      const deadline = performance.now() + (draining ? 5000 : 40);
       let i = 0;
-      while (performance.now() < deadline) w.emit(rec(i++));
+      while (performance.now() < deadline && !(draining && i % 1000 === 0 && largestSoFar() >= MAX_COALESCE_BYTES)) w.emit(rec(i++));
       const sizes = sender.buffers().map((b) => b.size);
       expect(sizes.length).toBeGreaterThan(5);
       const largest = Math.max(...sizes);

@@ -25,11 +25,16 @@ export function readLatencies(dir: string, rate: number, p = 1): { lat: number[]
   return { lat, behind: maxOff - anchor };
 }
 
+/** The q-quantile (0..1) of sorted latencies, as the bench reports it. */
+export function percentile(sorted: readonly number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
 if (import.meta.main) {
   const [dir, rate, p] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4] ?? 1)];
   if (!dir || !(rate > 0)) throw new Error("usage: latency-summary.ts OUT_DIR RATE [PARALLELISM]");
   const { lat, behind } = readLatencies(dir, rate, p);
-  const pct = (q: number) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))]!.toFixed(1);
+  const pct = (q: number) => percentile(lat, q).toFixed(1);
   console.log(`p50 ${pct(0.5)} ms, p99 ${pct(0.99)} ms, p99.9 ${pct(0.999)} ms, max ${lat.at(-1)!.toFixed(1)} ms; source at most ${behind.toFixed(1)} ms behind; ${lat.length} events`);
   for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
 }
