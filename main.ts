@@ -306,7 +306,7 @@ async function runLocal(args: string[]): Promise<number> {
   if (!values.verbose && !values.D?.some((d) => d.startsWith("log.level="))) setLogLevel("warn");
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const tms = positiveInt(values.taskmanagers, "--taskmanagers") ?? 1;
-  const prepared = await prepareJob(job, jobArgs, parallelism);
+  const prepared = await prepareJob(job, jobArgs, parallelism, { chainKeyedAtParallelismOne: cfg["pipeline.operator-chaining.keyed-at-parallelism-one"] });
   const needed = Math.max(...prepared.graph.vertices.map((v) => v.parallelism));
   const cluster = await startLocalCluster({ taskManagers: tms, slotsPerTaskManager: Math.ceil(needed / tms), config: cfg });
   try {
@@ -333,7 +333,7 @@ async function runSubmit(args: string[]): Promise<number> {
   const cfg = config(values);
   const { host, port } = await jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
-  const prepared = await prepareJob(job, jobArgs, parallelism);
+  const prepared = await prepareJob(job, jobArgs, parallelism, { chainKeyedAtParallelismOne: cfg["pipeline.operator-chaining.keyed-at-parallelism-one"] });
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
   const allowNonRestoredState = values.allowNonRestoredState === true;
   if (allowNonRestoredState && fromSavepoint === undefined) throw new UsageError("submit: --allowNonRestoredState (-n) needs --from-savepoint (-s)");

@@ -273,3 +273,60 @@ describe("restoring unaligned checkpoints with broadcast edges", () => {
     expect(checkRestoreFits(meta(false), graph(3), false)).toEqual([]);
   });
 });
+
+describe("restoring unaligned checkpoints into other chains", () => {
+  // Taken at parallelism 2: "Source -> Map" and "Keyed Sum -> Sink" joined by a keyBy, the sum with records in flight.
+  const meta = (withChannelState: boolean) => ({
+    meta: {
+      magic: "tm-checkpoint",
+      version: 2,
+      jobId: "j",
+      jobName: "sum",
+      checkpointId: 4,
+      timestamp: 0,
+      savepoint: false,
+      attempt: 0,
+      maxParallelism: 128,
+      vertices: [
+        { id: 0, name: "Source -> Map", parallelism: 2, operatorIds: ["node-0", "node-1"] },
+        {
+          id: 1,
+          name: "Keyed Sum -> Sink",
+          parallelism: 2,
+          operatorIds: ["node-2", "node-3"],
+          subtasks: [null, withChannelState ? { channel: { type: "channel", file: "f", sizeBytes: 10, records: 2, subtaskIndex: 1 } } : null],
+        },
+      ],
+      operators: [],
+    } as unknown as CheckpointMetadata,
+    path: "/ckpt/chk-4",
+  });
+  const graph = (p: number): JobGraph => ({
+    name: "sum",
+    vertices:
+      p === 1
+        ? [{ id: 0, name: "Source -> Map -> Keyed Sum -> Sink", operatorIds: [0, 1, 2, 3], parallelism: 1, isSource: true }]
+        : [
+            { id: 0, name: "Source -> Map", operatorIds: [0, 1], parallelism: p, isSource: true },
+            { id: 1, name: "Keyed Sum -> Sink", operatorIds: [2, 3], parallelism: p, isSource: false },
+          ],
+    edges: p === 1 ? [] : [{ id: 0, source: 0, target: 1, partitioner: "hash" }],
+    maxParallelism: 128,
+    runtimeMode: "streaming",
+    bufferTimeoutMs: 10,
+    planFingerprint: "x",
+    stateBackend: null,
+  });
+
+  test("into a graph that chains the keyBy (parallelism 1): refused naming the chain and the ways out, not restored without its records", () => {
+    expect(() => checkRestoreFits(meta(true), graph(1), false)).toThrow(
+      'cannot restore /ckpt/chk-4: it is an unaligned checkpoint with records in flight into or out of the chain "Keyed Sum -> Sink", which this job graph no longer has as one task',
+    );
+    expect(() => checkRestoreFits(meta(true), graph(1), false)).toThrow(/pipeline\.operator-chaining\.keyed-at-parallelism-one as it was\), or take a savepoint/);
+  });
+
+  test("the same chains at another parallelism, or no records in flight, restore", () => {
+    expect(checkRestoreFits(meta(true), graph(3), false)).toEqual([]);
+    expect(checkRestoreFits(meta(false), graph(1), false)).toEqual([]);
+  });
+});

@@ -31,7 +31,7 @@ function sumJob(dir: string): string {
       env.enableCheckpointing(100);
       env.fromSequence(1, 300_000)
         .map((x) => { if (x % 300 === 0) Atomics.wait(pause, 0, 0, 1); return [x % 10, x]; })
-        .keyBy((t) => t[0]).sum(1)
+        .keyBy((t) => t[0]).sum(1).startNewChain() // two tasks at parallelism 1 too (the sum's is the one that fails)
         .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "out"))}).build());
     };`);
 }
@@ -104,7 +104,7 @@ test("a failure after a savepoint restarts from the savepoint when no newer chec
           }
           return [x % 10, x];
         })
-        .keyBy((t) => t[0]).sum(1)
+        .keyBy((t) => t[0]).sum(1).startNewChain() // two tasks at parallelism 1 too (the sum's is the one that fails)
         .sinkTo(FileSink.forRowFormat(${JSON.stringify(path.join(dir, "out"))}).build());
     };`);
   const jobId = await submitJob(client, await prepareJob(job, [], 1));

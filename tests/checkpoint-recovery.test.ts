@@ -186,6 +186,49 @@ describe("exactly-once recovery (real processes)", () => {
     expect(refused.stderr).toContain(`checkpoint metadata ${meta} is truncated or corrupt`);
   }, 120_000);
 
+  test("a keyBy chained at parallelism 1: savepoint at 1, restore at 2, savepoint at 2, restore at 1; the same output as one uninterrupted run", async () => {
+    const dir = tempDir("tm-savepoint-chain-");
+    const { port, rpc } = await startCluster(dir, 2);
+    const out = path.join(dir, "out");
+    const N = 240_000;
+    const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "heap", pauseEvery: 40 }));
+    const spDir = path.join(dir, "savepoints");
+    const runningWithCheckpoint = (jobId: string) =>
+      waitFor("the job running with a checkpoint", async () => {
+        const s = await rpc.request("jobStatus", { jobId });
+        return s.state === "RUNNING" && s.checkpoints.completed > 0;
+      }, 30_000);
+    const stopWithSavepoint = async (jobId: string): Promise<string> => {
+      const cancel = new Child([BUN, "main.ts", "cancel", jobId, `--with-savepoint=${spDir}`, "-m", `127.0.0.1:${port}`]);
+      const cancelCode = await cancel.exited();
+      expect({ cancelCode, stderr: cancelCode === 0 ? "" : cancel.stderr }).toEqual({ cancelCode: 0, stderr: "" });
+      expect((await waitForJob(rpc, jobId, () => {}, 100)).state).toBe("CANCELED");
+      return /Savepoint completed\. Path: (.+)/.exec(cancel.stdout)![1]!.trim();
+    };
+    const chains = async (jobId: string) => (await rpc.request("jobStatus", { jobId })).vertices.map((v) => [v.name.replace(` (${out})`, ""), v.parallelism]);
+
+    // p=1: one task, the keyed process function in the source's chain.
+    const first = await submitJob(rpc, await prepareJob(job, [], 1));
+    await runningWithCheckpoint(first);
+    expect(await chains(first)).toEqual([["Sequence Source -> Map -> Keyed Process -> File Sink", 1]]);
+    const sp1 = await stopWithSavepoint(first);
+    const afterFirst = committedLines(out).length;
+
+    // p=2 from it: the keyBy is an exchange again, the state split by key group.
+    const second = await submitJob(rpc, { ...(await prepareJob(job, [], 2)), fromSavepoint: sp1 });
+    await runningWithCheckpoint(second);
+    expect(await chains(second)).toEqual([["Sequence Source -> Map", 2], ["Keyed Process -> File Sink", 2]]);
+    await waitFor("the second run to commit output", () => committedLines(out).length > afterFirst, 30_000);
+    const sp2 = await stopWithSavepoint(second);
+
+    // p=1 again, to the end.
+    const third = await submitJob(rpc, { ...(await prepareJob(job, [], 1)), fromSavepoint: sp2 });
+    const done = await waitForJob(rpc, third, () => {}, 100);
+    expect({ state: done.state, error: done.error?.message ?? "" }).toEqual({ state: "FINISHED", error: "" });
+    expect(done.checkpoints.restoredFrom).toBe(path.join(sp2, "_metadata"));
+    expectExactlyOnce(committedLines(out), N);
+  }, 150_000);
+
   test("too few slots left after a TaskManager is lost: the job waits up to the slot timeout, then fails saying so", async () => {
     const dir = tempDir("tm-recovery-slots-");
     const { rpc, tms } = await startCluster(dir, 2, ["-D", "jobmanager.slot-request.timeout=1500ms"]);

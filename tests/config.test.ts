@@ -109,6 +109,7 @@ describe("defaults", () => {
       "restart-strategy.exponential-delay.reset-backoff-threshold": 3_600_000,
       "parallelism.default": 1,
       "pipeline.auto-watermark-interval": 200,
+      "pipeline.operator-chaining.keyed-at-parallelism-one": true,
       "rest.address": "127.0.0.1",
       "rest.port": 8081,
       "web.exception-history-size": 16,

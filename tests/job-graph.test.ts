@@ -209,6 +209,46 @@ describe("buildJobGraph", () => {
     expect(edges).toEqual([[vOf(a), vOf(map), "forward"], [vOf(b), vOf(map), "forward"]].sort());
   });
 
+  describe("a keyBy at parallelism 1 (pipeline.operator-chaining.keyed-at-parallelism-one)", () => {
+    const keyedSum = (env: StreamExecutionEnvironment, opts: { sumParallelism?: number; disable?: boolean; newChain?: boolean } = {}) => {
+      const sum = env
+        .fromSequence(1, 100)
+        .map((x): [number, number] => [x % 7, 1])
+        .keyBy((t) => t[0])
+        .sum(1);
+      if (opts.sumParallelism !== undefined) sum.setParallelism(opts.sumParallelism);
+      if (opts.disable) sum.disableChaining();
+      if (opts.newChain) sum.startNewChain();
+      sum.print();
+    };
+    const shape = (graph: JobGraph) => ({ chains: graph.vertices.map((v) => v.operatorIds.length), partitioners: graph.edges.map((e) => e.partitioner) });
+
+    test("chains into its producer's task when both sides run at parallelism 1: one vertex, no edge, the keyed operator marked keyed", () => {
+      const { graph, plan } = graphOf((env) => keyedSum(env), 1);
+      checkInvariants(graph, plan);
+      expect(shape(graph)).toEqual({ chains: [4], partitioners: [] });
+      expect(graph.vertices[0]!.operators!.filter((o) => o.keyed).map((o) => o.nodeId)).toEqual([nodeId(plan, "reduce")]);
+    });
+
+    test("stays an exchange at parallelism 2, with a consumer at another parallelism, when turned off, after disableChaining or startNewChain", () => {
+      expect(shape(graphOf((env) => keyedSum(env), 2).graph)).toEqual({ chains: [2, 2], partitioners: ["hash"] });
+      expect(shape(graphOf((env) => keyedSum(env, { sumParallelism: 2 }), 1).graph)).toEqual({ chains: [2, 1, 1], partitioners: ["hash", "rebalance"] });
+      const env = new StreamExecutionEnvironment();
+      keyedSum(env);
+      const plan = env.getPlan();
+      const off = buildJobGraph(describePlan(plan), plan.settings, 1, "j", { chainKeyedAtParallelismOne: false });
+      expect(shape(off)).toEqual({ chains: [2, 2], partitioners: ["hash"] });
+      expect(shape(graphOf((e) => keyedSum(e, { disable: true }), 1).graph)).toEqual({ chains: [2, 1, 1], partitioners: ["hash", "forward"] });
+      // startNewChain (Flink's): a new chain at the sum, which the sink still joins.
+      expect(shape(graphOf((e) => keyedSum(e, { newChain: true }), 1).graph)).toEqual({ chains: [2, 2], partitioners: ["hash"] });
+    });
+
+    test("operator ids are the same in either shape, so a savepoint of one restores into the other", () => {
+      const ids = (p: number) => graphOf((env) => keyedSum(env), p).graph.vertices.flatMap((v) => v.operators!.map((o) => o.id));
+      expect(ids(1)).toEqual(ids(2));
+    });
+  });
+
   test("union with a non-parallel collection source: that input is rebalanced", () => {
     const { graph, plan } = graphOf((env) => {
       const a = env.fromElements(1, 2, 3);

@@ -16,7 +16,7 @@ export function opsJobSource(name: string): string {
       env.fromSequence(1, 1e12).name("Numbers")
         .map((n) => n * 2).name("Doubler")
         .keyBy((n) => (n / 2) % 16)
-        .reduce((a, b) => a + b).name("Sums")
+        .reduce((a, b) => a + b).name("Sums").startNewChain() // two vertices at parallelism 1 too
         .addSink(() => { Atomics.wait(pause, 0, 0, 1); }).name("Slow Sink");
     };`;
 }

@@ -74,6 +74,7 @@ function job(dir: string, n: number, keys: number, slowMs = SLOW_MS, eventTime =
             out.collect([ctx.getCurrentKey(), c]);
           },
         })
+        .startNewChain() // an exchange at parallelism 1 too: its in-flight records are what this file tests
         .sinkTo(FileSink.forRowFormat(${f("out")}).build());
     };`);
 }

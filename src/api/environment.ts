@@ -201,6 +201,12 @@ class OperatorSettings {
     this.node.uid = uid;
     return this;
   }
+
+  /** Runs this operator in a task of its own: chained neither to its input nor to what follows. */
+  disableChaining(): this {
+    this.node.chaining = false;
+    return this;
+  }
 }
 
 export class DataStream<T> extends OperatorSettings {
@@ -382,8 +388,9 @@ export class DataStream<T> extends OperatorSettings {
     return super.setParallelism(parallelism);
   }
 
-  disableChaining(): this {
-    this.node.chaining = false;
+  /** Starts a new chain at this operator (as Flink's): it never runs in its input's task; what follows may chain to it. */
+  startNewChain(): this {
+    this.node.startsChain = true;
     return this;
   }
 

@@ -17,7 +17,12 @@ interface StreamEdge {
   input: number;
 }
 
-export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, defaultParallelism: number, jobName: string): JobGraph {
+export interface JobGraphOptions {
+  /** Chain a keyBy (hash) edge when its producer and consumer both run at parallelism 1 (default true). */
+  chainKeyedAtParallelismOne?: boolean;
+}
+
+export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, defaultParallelism: number, jobName: string, options: JobGraphOptions = {}): JobGraph {
   const byId = new Map(nodes.map((n) => [n.id, n]));
   const physical = nodes.filter((n) => n.kind !== "keyBy" && n.kind !== "partition" && n.kind !== "union");
   if (physical.length === 0) throw new JobGraphError("the job defines no operators: add a source and a sink");
@@ -48,10 +53,15 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
 
   const outs = (id: number) => edges.filter((e) => e.source === id);
   const ins = (id: number) => edges.filter((e) => e.target === id);
+  // At parallelism 1 on both sides a keyBy sends every record to the one consumer, which may as well run in the
+  // producer's task: no serialization, no hand-off between Workers (docs/benchmarks.md, issue 19). Keyed operators
+  // set their key per record themselves, and keyed state is per operator, so savepoints restore into either shape.
+  const keyedAtOne = options.chainKeyedAtParallelismOne !== false;
   const chainable = (e: StreamEdge) =>
-    e.partitioner === "forward" &&
+    (e.partitioner === "forward" || (keyedAtOne && e.partitioner === "hash" && parallelism.get(e.source) === 1)) &&
     byId.get(e.source)!.chaining &&
     byId.get(e.target)!.chaining &&
+    byId.get(e.target)!.startsChain !== true &&
     outs(e.source).length === 1 &&
     ins(e.target).length === 1 &&
     parallelism.get(e.source) === parallelism.get(e.target);

@@ -190,6 +190,8 @@ export interface NodeBase {
   parallelism: number | null;
   uid: string | null;
   chaining: boolean;
+  /** startNewChain(): never chained to its input, though what follows may chain to it (Flink's ChainingStrategy.HEAD). */
+  startsChain?: boolean;
   /** The records' declared type (DataStream.returns), if any. */
   returns?: RecordType;
 }
@@ -236,6 +238,7 @@ export interface NodeDescription {
   parallelism: number | null;
   uid: string | null;
   chaining: boolean;
+  startsChain?: boolean;
   partitioner?: PartitionSpec;
   sourceType?: SourceSpec["type"];
   sinkType?: SinkSpec["type"];
@@ -279,6 +282,7 @@ export function describePlan(plan: Plan): NodeDescription[] {
       parallelism: n.parallelism,
       uid: n.uid,
       chaining: n.chaining,
+      ...(n.startsChain ? { startsChain: true } : {}),
     };
     if (n.kind === "partition") d.partitioner = n.partitioner;
     if (n.kind === "source") d.sourceType = n.source.type;

@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildJobGraph } from "../api/job-graph.ts";
+import { buildJobGraph, type JobGraphOptions } from "../api/job-graph.ts";
 import type { JobGraph } from "../graph/job-graph.ts";
 import { describePlan } from "../api/plan.ts";
 import { loadPlan } from "../api/load-plan.ts";
@@ -36,7 +36,7 @@ export async function bundleJob(jobPath: string): Promise<Uint8Array> {
   }
 }
 
-export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number): Promise<PreparedJob> {
+export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number, graphOptions: JobGraphOptions = {}): Promise<PreparedJob> {
   const artifact = await bundleJob(jobPath);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-job-"));
   const file = path.join(dir, `${sha256Hex(artifact)}.ts`);
@@ -49,7 +49,7 @@ export async function prepareJob(jobPath: string, jobArgs: string[], defaultPara
       throw new JobPreparationError(`${jobPath}: building the job failed: ${(err as Error).message}`);
     }
     const name = path.basename(jobPath).replace(/\.[cm]?[jt]s$/, "");
-    return { artifact, graph: buildJobGraph(describePlan(plan), plan.settings, defaultParallelism, name), jobArgs };
+    return { artifact, graph: buildJobGraph(describePlan(plan), plan.settings, defaultParallelism, name, graphOptions), jobArgs };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

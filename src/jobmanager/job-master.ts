@@ -791,7 +791,26 @@ export function checkRestoreFits(r: { meta: CheckpointMetadata; path: string }, 
     );
   }
   checkBroadcastChannelState(r, g);
+  checkChannelStateChains(r, g);
   return unclaimed;
+}
+
+/**
+ * In-flight records (an unaligned checkpoint's channel state) belong to a chain's network edges, so they can go back
+ * only into the same chain: a task of another shape would not have those edges and would lose the records. Chains
+ * change when an edge becomes chained or not, e.g. a keyBy at parallelism 1 (pipeline.operator-chaining.
+ * keyed-at-parallelism-one) restored from a checkpoint taken at parallelism 2. Refused, naming the ways out.
+ */
+function checkChannelStateChains(r: { meta: CheckpointMetadata; path: string }, g: JobGraph): void {
+  const chains = new Set(g.vertices.map((v) => operatorsOf(v).map((o) => o.id).join(",")));
+  for (const old of r.meta.vertices) {
+    if (!(old.subtasks ?? []).some((s) => s?.channel) || chains.has(old.operatorIds.join(","))) continue;
+    throw new Error(
+      `cannot restore ${r.path}: it is an unaligned checkpoint with records in flight into or out of the chain "${old.name}", which this job graph ` +
+        `no longer has as one task (its operators are chained differently); restore it with the chaining it was taken with (the same parallelism, ` +
+        `or pipeline.operator-chaining.keyed-at-parallelism-one as it was), or take a savepoint (always aligned) and restore from that`,
+    );
+  }
 }
 
 /**
