@@ -196,7 +196,7 @@ describe("dashboard", () => {
             Atomics.wait(pause, 0, 0, 1);
             if (n === 3000) throw new Error("boom in Exploder at record 3000");
             out.collect(n);
-          } }).name("Exploder")
+          } }).name("Exploder").startNewChain() // its own vertex at parallelism 1 too: the failed one in red
           .addSink(() => {}).name("Sink");
       };`);
     const failingId = await submitJob(client, await prepareJob(job, [], 1));
