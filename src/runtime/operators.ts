@@ -369,6 +369,8 @@ function broadcastProcess(node: Extract<PlanNode, { kind: "broadcastProcess" }>,
 class KeyedAggregation implements Operator {
   /** Batch mode: the keys seen, by value (composite keys by their canonical string). */
   private readonly seen: Map<unknown, unknown> | null;
+  /** The state holds the accumulator object itself (heap, no TTL): a sum added in place needs no update(). */
+  private readonly inPlace: boolean;
   constructor(
     private readonly keyed: KeyedStateBackend,
     private readonly key: (r: any) => unknown,
@@ -379,6 +381,7 @@ class KeyedAggregation implements Operator {
     private readonly out: Collector,
   ) {
     this.seen = emitAtEndOnly ? new Map() : null;
+    this.inPlace = (state as { storesReference?: boolean }).storesReference === true;
   }
   process(record: any): void {
     const k = this.key(record);
@@ -391,6 +394,12 @@ class KeyedAggregation implements Operator {
     } else if (this.sumField !== undefined && typeof acc === "object" && acc !== null) {
       next = acc;
       next[this.sumField] += record[this.sumField];
+      // value() already let a running snapshot take this key group's state before the change (heap-backend.ts
+      // groupIndex), so skipping update() loses nothing; SQLite needs it to know the entry changed.
+      if (this.inPlace) {
+        if (!this.seen) this.out(copyOf(next));
+        return;
+      }
     } else {
       next = this.reduce(acc, record);
     }

@@ -381,6 +381,7 @@ class HeapSnapshotJob {
 // ---- Cells ----
 
 class HeapValueCell implements ValueCell {
+  readonly keepsReference = true;
   constructor(private readonly b: HeapKeyedStateBackend, private readonly t: HeapTable) {}
   get(): unknown {
     const i = this.b.groupIndex();

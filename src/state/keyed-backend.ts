@@ -81,6 +81,8 @@ export interface ValueCell {
   get(): unknown;
   put(stored: unknown): void;
   remove(): void;
+  /** get() returns the stored object itself, so a change made to it is stored already (heap); else put() must follow. */
+  readonly keepsReference?: boolean;
 }
 export interface ListCell {
   /** A fresh array (the caller owns it), or undefined. */
@@ -284,6 +286,10 @@ export function unexpiredBytes(kind: StateKind, ttlMs: number, bytes: Uint8Array
 
 class ValueStateImpl<T> implements ValueState<T> {
   constructor(private readonly cell: ValueCell, private readonly def: T | undefined) {}
+  /** Internal: value() is the stored object itself, so changing that object in place changes the state. */
+  get storesReference(): boolean {
+    return this.cell.keepsReference === true;
+  }
   value(): T | undefined {
     const s = this.cell.get();
     return s === undefined ? this.def : (s as T);
