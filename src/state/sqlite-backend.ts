@@ -19,10 +19,11 @@ import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type
 import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey } from "./serde.ts";
 import { Entry, entrySize, liveEntrySize, MapNode, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
-import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlValue } from "./sqlite-driver.ts";
+import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlRow, type SqlValue } from "./sqlite-driver.ts";
 import { compileQueries, prepareDatabase, type Queries, type SqliteMemory } from "./sqlite-schema.ts";
 import { CheckpointChain, restoreSqlite, snapshotSqlite } from "./sqlite-snapshot.ts";
 import { SqliteTtlCleaner } from "./sqlite-ttl.ts";
+import { RowFilter } from "./row-filter.ts";
 import type { KeyedSnapshotHandle, SnapshotOptions, SnapshotStateMeta } from "./snapshot-format.ts";
 
 /** The default memory budget per task (`state.backend.sqlite.cache-size`). */
@@ -108,6 +109,12 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   epoch = 1;
   readonly chain = new CheckpointChain();
   private readonly ttlCleaner: SqliteTtlCleaner;
+  /**
+   * The rows written to kv since it was last empty (row-filter.ts): a miss on a row it never saw skips the SELECT.
+   * Null while the table may hold rows it did not see (a database file opened with rows in it); a restore empties the
+   * table and starts one.
+   */
+  rowFilter: RowFilter | null;
   private readonly pageSize: number;
   /** The whole memory budget (state.backend.sqlite.cache-size). */
   private readonly budget: number;
@@ -166,6 +173,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       this.byId.set(t.id, t);
     }
     this.epoch = Number(driver.prepare(q.maxEpoch.sql).get()?.ep ?? 0) + 1;
+    this.rowFilter = driver.prepare("SELECT 1 AS x FROM kv LIMIT 1").get() === undefined ? new RowFilter() : null;
     this.ttlCleaner = new SqliteTtlCleaner(this);
     this.adaptCacheLimit();
   }
@@ -218,9 +226,9 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   }
 
   /** Cache statistics (for tests and metrics). */
-  cacheStats(): { usedBytes: number; limitBytes: number; entries: number; dirty: number; hits: number; misses: number } {
+  cacheStats(): { usedBytes: number; limitBytes: number; entries: number; dirty: number; hits: number; misses: number; missesKnownAbsent: number } {
     const c = this.cache;
-    return { usedBytes: c.usedBytes, limitBytes: c.limitBytes, entries: c.entries, dirty: c.dirty, hits: c.hits, misses: c.misses };
+    return { usedBytes: c.usedBytes, limitBytes: c.limitBytes, entries: c.entries, dirty: c.dirty, hits: c.hits, misses: c.misses, missesKnownAbsent: this.rowFilter?.skipped ?? 0 };
   }
 
   keys(name: string): unknown[] {
@@ -341,6 +349,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
           p5[2] = k;
           p5[3] = uk;
           p5[4] = bytes;
+          this.rowFilter?.add(e.kg, e.t.id, k, uk); // before the write: a rollback leaves only a false positive
           upsert.run(p5);
         } else {
           p4[0] = e.kg;
@@ -424,6 +433,13 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
 
   // ---- Operations of the cells (current key) ----
 
+  /** The row of (kg, state, k, uk) in `p`, or undefined: without a SELECT when the row filter never saw it. */
+  private read(p: SqlValue[]): SqlRow | undefined {
+    if (this.rowFilter !== null && !this.rowFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array)) return undefined;
+    this.beginRead();
+    return this.s.get.get(p);
+  }
+
   private checkKey(): void {
     if (this.kgIdx < 0) this.noKey();
   }
@@ -445,8 +461,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     p[1] = t.id;
     p[2] = this.keyBytes();
     p[3] = EMPTY;
-    this.beginRead();
-    const row = this.s.get.get(p);
+    const row = this.read(p);
     const bytes = row === undefined ? null : (row.v as Uint8Array);
     if (bytes !== null && !this.reread) this.sawReread();
     let n: Entry;
@@ -514,8 +529,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     p[1] = t.id;
     p[2] = this.keyBytes();
     p[3] = keyBytesOfHeapKey(uhk);
-    this.beginRead();
-    const row = this.s.get.get(p);
+    const row = this.read(p);
     const bytes = row === undefined ? null : (row.v as Uint8Array);
     if (bytes !== null && !this.reread) this.sawReread();
     const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, false, entrySize(this.hk, uhk, bytes));

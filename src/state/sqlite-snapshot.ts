@@ -18,6 +18,7 @@
 // which bounds both restore work and what retained checkpoints keep alive.
 import { StateFileError } from "./api.ts";
 import { unexpiredBytes } from "./keyed-backend.ts";
+import { RowFilter } from "./row-filter.ts";
 import { ByteWriter, keyBytesOfHeapKey } from "./serde.ts";
 import { settle, type Captured, type Entry } from "./sqlite-cache.ts";
 import type { SqliteKeyedStateBackend } from "./sqlite-backend.ts";
@@ -247,6 +248,7 @@ export async function restoreSqlite(b: SqliteKeyedStateBackend, handles: readonl
   for (const h of handles) checkKeyedHandle(h, b.maxParallelism);
   b.dropCache();
   b.s.deleteAll.run();
+  const filter = (b.rowFilter = new RowFilter()); // the table is empty: every row from here on is written below
   // What is restored is the state of a checkpoint already: the next checkpoint is a full snapshot (it must not
   // reference files of the restored checkpoint, which may be a savepoint or belong to another job).
   b.s.clearChanges.run();
@@ -288,6 +290,7 @@ export async function restoreSqlite(b: SqliteKeyedStateBackend, handles: readonl
               p5[2] = key;
               p5[3] = uk ?? EMPTY;
               p5[4] = v;
+              filter.add(kg, t.id, key, uk ?? EMPTY);
               b.s.upsert.run(p5);
             });
             b.driver.exec("COMMIT");
