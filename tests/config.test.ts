@@ -337,6 +337,18 @@ log.level = "warn"
     expect(defaultConfig()["rest.allowed-hosts"]).not.toBe(defaultConfig()["rest.allowed-hosts"]); // no shared mutable default
   });
 
+  test("memory sizes take Flink's units in a file, the environment and -D; a bad one names the key and the forms", () => {
+    expect(loadConfig({ overrides: ["state.backend.sqlite.cache-size=256m"] })["state.backend.sqlite.cache-size"]).toBe(256 * 1024 * 1024);
+    expect(loadConfig({ env: { TM_TASKMANAGER_MEMORY_SEGMENT_SIZE: "64 kb" } })["taskmanager.memory.segment-size"]).toBe(65536);
+    const file = tomlFile(`[taskmanager.memory]\nprocess-limit = "1.5g"\nmin-segment-size = 512\n[rpc]\nmax-frame-size = "128mb"\n`);
+    const c = loadConfig({ file });
+    expect([c["taskmanager.memory.process-limit"], c["taskmanager.memory.min-segment-size"], c["rpc.max-frame-size"]]).toEqual([1.5 * 1024 ** 3, 512, 128 * 1024 * 1024]);
+    expect(errorOf(() => loadConfig({ overrides: ["state.backend.sqlite.cache-size=64q"] }))).toContain(
+      'state.backend.sqlite.cache-size: expected a size in bytes >= 1048576 and <= 68719476736 (a number of bytes, or a number and a unit k/m/g/t such as "64m")',
+    );
+    expect(errorOf(() => loadConfig({ overrides: ["taskmanager.memory.segment-size=1k"] }))).toContain("taskmanager.memory.segment-size: expected a size in bytes >= 4096");
+  });
+
   test("bad -D flags", () => {
     expect(errorOf(() => loadConfig({ overrides: ["foo"] }))).toBe(`-D flag "foo": expected key=value`);
     expect(errorOf(() => loadConfig({ overrides: ["=4"] }))).toBe(`-D flag "=4": expected key=value`);

@@ -226,7 +226,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     doc: "Mutual TLS: RPC and data ports require a client certificate that chains to security.ssl.ca-file.",
   },
   "rpc.max-frame-size": {
-    type: { kind: "integer", min: 65536, max: 1073741824 },
+    type: { kind: "bytes", min: 65536, max: 1073741824 },
     default: 67108864,
     doc: "Largest frame body in bytes accepted on an RPC connection (job artifacts must fit); a larger frame closes that connection.",
   },
@@ -251,12 +251,12 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     doc: "File holding the bearer token that the REST API's mutating calls (cancel, savepoints) require; empty = the shared secret (security.auth.secret-file or TM_SECURITY_AUTH_SECRET), or none.",
   },
   "taskmanager.task.memory-limit": {
-    type: { kind: "integer", min: 0, max: 1099511627776 },
+    type: { kind: "bytes", min: 0, max: 1099511627776 },
     default: 0,
     doc: "Bytes of JavaScript heap one task's Worker may hold; a task over it fails alone, the TaskManager lives on (0 = no limit).",
   },
   "taskmanager.memory.process-limit": {
-    type: { kind: "integer", min: 0, max: 1099511627776 },
+    type: { kind: "bytes", min: 0, max: 1099511627776 },
     default: 0,
     doc: "Resident memory (RSS) of the TaskManager process above which a task Worker that has not answered a ping for 2 s is terminated and failed (0 = off).",
   },
@@ -281,7 +281,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     doc: "Number of task slots.",
   },
   "taskmanager.memory.segment-size": {
-    type: { kind: "integer", min: 4096, max: 16777216 },
+    type: { kind: "bytes", min: 4096, max: 16777216 },
     default: 32768,
     doc: "Size in bytes of one network buffer; records larger than a buffer span several.",
   },
@@ -346,7 +346,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     doc: "Buffer debloating: how often the throughput is measured and the buffer size recomputed (Flink's key).",
   },
   "taskmanager.memory.min-segment-size": {
-    type: { kind: "integer", min: 64, max: 16777216 },
+    type: { kind: "bytes", min: 64, max: 16777216 },
     default: 256,
     doc: "Smallest buffer size buffer debloating announces, in bytes (Flink's key); at most taskmanager.memory.segment-size.",
   },
@@ -511,7 +511,7 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     doc: "Keyed state backend of jobs that do not choose one: heap (fastest, state must fit in memory) or sqlite (one database file per task, state larger than memory).",
   },
   "state.backend.sqlite.cache-size": {
-    type: { kind: "integer", min: 1048576, max: 68719476736 },
+    type: { kind: "bytes", min: 1048576, max: 68719476736 },
     default: 67108864,
     doc: "Memory budget of the SQLite backend per task: half is SQLite's page cache, a quarter the object cache in front of it, and SQLite maps up to this much of the database file.",
   },
