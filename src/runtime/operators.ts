@@ -369,7 +369,7 @@ function broadcastProcess(node: Extract<PlanNode, { kind: "broadcastProcess" }>,
 class KeyedAggregation implements Operator {
   /** Batch mode: the keys seen, by value (composite keys by their canonical string). */
   private readonly seen: Map<unknown, unknown> | null;
-  /** The state holds the accumulator object itself (heap, no TTL): a sum added in place needs no update(). */
+  /** The state holds the accumulator object itself (heap, no TTL): one changed in place needs no update(). */
   private readonly inPlace: boolean;
   constructor(
     private readonly keyed: KeyedStateBackend,
@@ -394,16 +394,13 @@ class KeyedAggregation implements Operator {
     } else if (this.sumField !== undefined && typeof acc === "object" && acc !== null) {
       next = acc;
       next[this.sumField] += record[this.sumField];
-      // value() already let a running snapshot take this key group's state before the change (heap-backend.ts
-      // groupIndex), so skipping update() loses nothing; SQLite needs it to know the entry changed.
-      if (this.inPlace) {
-        if (!this.seen) this.out(copyOf(next));
-        return;
-      }
     } else {
       next = this.reduce(acc, record);
     }
-    this.state.update(next);
+    // The accumulator changed in place (a sum, or a reduce that returns its first argument) is stored already where
+    // the state keeps the object itself; value() let a running snapshot take this key group's state before the
+    // change (heap-backend.ts groupIndex). SQLite needs update() to know the entry changed.
+    if (next !== acc || !this.inPlace) this.state.update(next);
     if (!this.seen) this.out(copyOf(next));
   }
   endInput(): void {
