@@ -72,6 +72,22 @@ function expectExactlyOnce(lines: string[], n: number): void {
   expect(seen.size).toBe(n); // with no duplicate and nothing out of range, n distinct lines are all of them
 }
 
+function runningWithCheckpoint(rpc: RpcConnection, jobId: string): Promise<unknown> {
+  return waitFor("the job running with a checkpoint", async () => {
+    const s = await rpc.request("jobStatus", { jobId });
+    return s.state === "RUNNING" && s.checkpoints.completed > 0;
+  }, 30_000);
+}
+
+/** `taskmanager cancel --with-savepoint` as a user runs it: exits 0, the job ends CANCELED; returns the savepoint's path. */
+async function cancelWithSavepoint(rpc: RpcConnection, port: number, jobId: string, spDir: string): Promise<string> {
+  const cancel = new Child([BUN, "main.ts", "cancel", jobId, `--with-savepoint=${spDir}`, "-m", `127.0.0.1:${port}`]);
+  const cancelCode = await cancel.exited();
+  expect({ cancelCode, stderr: cancelCode === 0 ? "" : cancel.stderr }).toEqual({ cancelCode: 0, stderr: "" });
+  expect((await waitForJob(rpc, jobId, () => {}, 100)).state).toBe("CANCELED");
+  return /Savepoint completed\. Path: (.+)/.exec(cancel.stdout)![1]!.trim();
+}
+
 function taskManagersRunning(s: JobStatus): string[] {
   return [...new Set(s.vertices.flatMap((v) => v.subtasks.filter((t) => t.state === "RUNNING").map((t) => t.taskManager)))];
 }
@@ -147,18 +163,9 @@ describe("exactly-once recovery (real processes)", () => {
     const N = 300_000;
     const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "sqlite", pauseEvery: 50 }));
     const jobId = await submitJob(rpc, await prepareJob(job, [], 2));
-    await waitFor("the job running with a checkpoint", async () => {
-      const s = await rpc.request("jobStatus", { jobId });
-      return s.state === "RUNNING" && s.checkpoints.completed > 0;
-    }, 30_000);
-    const spDir = path.join(dir, "savepoints");
-    const cancel = new Child([BUN, "main.ts", "cancel", jobId, `--with-savepoint=${spDir}`, "-m", `127.0.0.1:${port}`]);
-    const cancelCode = await cancel.exited();
-    expect({ cancelCode, stderr: cancelCode === 0 ? "" : cancel.stderr }).toEqual({ cancelCode: 0, stderr: "" });
-    const spPath = /Savepoint completed\. Path: (.+)/.exec(cancel.stdout)![1]!.trim();
+    await runningWithCheckpoint(rpc, jobId);
+    const spPath = await cancelWithSavepoint(rpc, port, jobId, path.join(dir, "savepoints"));
     expect(fs.existsSync(path.join(spPath, "_metadata"))).toBe(true);
-    const canceled = await waitForJob(rpc, jobId, () => {}, 100);
-    expect(canceled.state).toBe("CANCELED");
     const partial = committedLines(out).length;
     expect(partial).toBeLessThan(N); // it was stopped part-way
 
@@ -193,33 +200,21 @@ describe("exactly-once recovery (real processes)", () => {
     const N = 240_000;
     const job = writeJob(dir, "job.ts", jobSource({ out, n: N, backend: "heap", pauseEvery: 40 }));
     const spDir = path.join(dir, "savepoints");
-    const runningWithCheckpoint = (jobId: string) =>
-      waitFor("the job running with a checkpoint", async () => {
-        const s = await rpc.request("jobStatus", { jobId });
-        return s.state === "RUNNING" && s.checkpoints.completed > 0;
-      }, 30_000);
-    const stopWithSavepoint = async (jobId: string): Promise<string> => {
-      const cancel = new Child([BUN, "main.ts", "cancel", jobId, `--with-savepoint=${spDir}`, "-m", `127.0.0.1:${port}`]);
-      const cancelCode = await cancel.exited();
-      expect({ cancelCode, stderr: cancelCode === 0 ? "" : cancel.stderr }).toEqual({ cancelCode: 0, stderr: "" });
-      expect((await waitForJob(rpc, jobId, () => {}, 100)).state).toBe("CANCELED");
-      return /Savepoint completed\. Path: (.+)/.exec(cancel.stdout)![1]!.trim();
-    };
     const chains = async (jobId: string) => (await rpc.request("jobStatus", { jobId })).vertices.map((v) => [v.name.replace(` (${out})`, ""), v.parallelism]);
 
     // p=1: one task, the keyed process function in the source's chain.
     const first = await submitJob(rpc, await prepareJob(job, [], 1));
-    await runningWithCheckpoint(first);
+    await runningWithCheckpoint(rpc, first);
     expect(await chains(first)).toEqual([["Sequence Source -> Map -> Keyed Process -> File Sink", 1]]);
-    const sp1 = await stopWithSavepoint(first);
+    const sp1 = await cancelWithSavepoint(rpc, port, first, spDir);
     const afterFirst = committedLines(out).length;
 
     // p=2 from it: the keyBy is an exchange again, the state split by key group.
     const second = await submitJob(rpc, { ...(await prepareJob(job, [], 2)), fromSavepoint: sp1 });
-    await runningWithCheckpoint(second);
+    await runningWithCheckpoint(rpc, second);
     expect(await chains(second)).toEqual([["Sequence Source -> Map", 2], ["Keyed Process -> File Sink", 2]]);
     await waitFor("the second run to commit output", () => committedLines(out).length > afterFirst, 30_000);
-    const sp2 = await stopWithSavepoint(second);
+    const sp2 = await cancelWithSavepoint(rpc, port, second, spDir);
 
     // p=1 again, to the end.
     const third = await submitJob(rpc, { ...(await prepareJob(job, [], 1)), fromSavepoint: sp2 });
