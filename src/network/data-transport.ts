@@ -83,7 +83,14 @@ export class DataTransport {
       this.resourceId,
       (conn) => {
         const peerId = (conn.peer as Hello).id;
-        if (!this.usable(this.peers.get(peerId)?.conn ?? null)) this.peers.set(peerId, { conn, queue: [] });
+        const peer = this.peers.get(peerId);
+        if (peer !== undefined && peer.conn === null) {
+          // Our own dial to this peer is still under way (both dialed at once): what waits for it goes out on this
+          // connection now, and so does everything after it. Replacing the entry instead would send later frames
+          // here and the queued ones on the dialed connection: two TCP streams, so a peer could get them out of order.
+          peer.conn = conn;
+          for (const f of peer.queue.splice(0)) conn.send(f);
+        } else if (!this.usable(peer?.conn ?? null)) this.peers.set(peerId, { conn, queue: [] });
         this.adopt(peerId, conn);
       },
       {
@@ -98,7 +105,10 @@ export class DataTransport {
     return this.port;
   }
 
-  /** Sends a frame to a peer TaskManager, connecting on first use; frames keep their order per peer. */
+  /**
+   * Sends a frame to a peer TaskManager, connecting on first use; frames keep their order per peer: all go on one
+   * connection (ours or the peer's, whichever was up first) until it closes.
+   */
   send(target: ChannelTarget, frame: unknown): void {
     let peer = this.peers.get(target.resourceId);
     if (peer?.conn && !this.usable(peer.conn)) {
@@ -131,14 +141,15 @@ export class DataTransport {
     connectFramed(target.dataHost, target.dataPort, hello, { security, handshakeTimeoutMs, maxFrameBytes: this.maxFrameBytes, connectTimeoutMs: Math.max(1000, left) }).then(
       (conn) => {
         if (this.stopping) return conn.close();
-        // Kept even when the peer's own connection arrived meanwhile (both connected at once): the frames queued
-        // here go out on it, in order.
-        peer.conn = conn;
         this.adopt(target.resourceId, conn);
+        // The peer's own connection came first (both dialed at once) and carries our frames already: this one only
+        // receives, so that every frame to the peer keeps one TCP stream and its order.
+        if (peer.conn !== null) return;
+        peer.conn = conn;
         for (const f of peer.queue.splice(0)) conn.send(f);
       },
       (err: Error) => {
-        if (this.stopping) return;
+        if (this.stopping || peer.conn !== null) return; // the peer's own connection serves (it came meanwhile)
         const current = this.peers.get(target.resourceId);
         if (current !== peer && current?.conn && this.usable(current.conn)) {
           // The peer connected to us meanwhile: what waited here goes out on its connection.

@@ -73,14 +73,16 @@ export class RemoteSender {
   onCredit(conn: FramedConnection, ch: string, n: number, stale: boolean, bufferSize?: number): void {
     const ro = this.outputs.get(ch);
     if (ro) {
-      ro.conn = conn;
+      // A channel sends on the connection its first credit came on, for good: its buffers on two TCP streams could
+      // arrive out of order. (Two TaskManagers that dial each other at once may send its credit on either.)
+      ro.conn ??= conn;
       if (bufferSize !== undefined) ro.ring.announceBufferSize(bufferSize);
       ro.credit += n;
       this.trySend(ch, ro);
     } else if (!stale) {
       if (this.earlyCredit.size >= MAX_EARLY_CREDIT) throw new Error("too many partition requests for channels not deployed here");
       const early = this.earlyCredit.get(ch);
-      this.earlyCredit.set(ch, { conn, n: (early?.n ?? 0) + n });
+      this.earlyCredit.set(ch, { conn: early?.conn ?? conn, n: (early?.n ?? 0) + n });
     }
   }
 
