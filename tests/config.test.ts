@@ -55,6 +55,7 @@ describe("defaults", () => {
       "rpc.max-connections-per-address": 256,
       "security.rest.token-file": "",
       "taskmanager.task.memory-limit": 0,
+      "taskmanager.task.bundle-runtime": true,
       "taskmanager.memory.process-limit": 0,
       "taskmanager.resource-id": "",
       "taskmanager.host": "127.0.0.1",

@@ -31,6 +31,7 @@ export interface Config {
   "rpc.max-connections-per-address": number;
   "security.rest.token-file": string;
   "taskmanager.task.memory-limit": number;
+  "taskmanager.task.bundle-runtime": boolean;
   "taskmanager.memory.process-limit": number;
   "taskmanager.resource-id": string;
   "taskmanager.host": string;
@@ -254,6 +255,11 @@ const SCHEMA: { [K in ConfigKey]: { type: ValueType; default: Config[K]; doc: st
     type: { kind: "bytes", min: 0, max: 1099511627776 },
     default: 0,
     doc: "Bytes of JavaScript heap one task's Worker may hold; a task over it fails alone, the TaskManager lives on (0 = no limit).",
+  },
+  "taskmanager.task.bundle-runtime": {
+    type: { kind: "boolean" },
+    default: true,
+    doc: "Running from source under Bun: task Workers load the runtime as one bundle built at start, as the compiled binary's do (faster task starts); false = from its source files, so that stack frames and CPU profiles of runtime code name them. No effect in the binary or under Deno.",
   },
   "taskmanager.memory.process-limit": {
     type: { kind: "bytes", min: 0, max: 1099511627776 },

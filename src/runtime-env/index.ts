@@ -10,7 +10,7 @@ export interface BunGlobal {
   readonly version: string;
   gc(force: boolean): void;
   readonly hash: { crc32(data: Uint8Array): number };
-  build(options: { entrypoints: string[]; target: "bun"; format: "esm"; sourcemap: "inline" }): Promise<{
+  build(options: { entrypoints: string[]; target: "bun"; format: "esm"; sourcemap: "inline" | "none" }): Promise<{
     success: boolean;
     outputs: { arrayBuffer(): Promise<ArrayBuffer> }[];
     logs: { message?: string }[];

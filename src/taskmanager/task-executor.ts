@@ -28,6 +28,7 @@ import { maskedConfig } from "../config/mask.ts";
 import { ArtifactCache } from "./artifact-cache.ts";
 import { currentLeaderId, findJobManager } from "../ha/index.ts";
 import { localRecoveryDir, Task, type TaskStateOptions } from "./task.ts";
+import { bundledTaskWorker, taskWorkerUrl } from "../runtime/worker-url.ts";
 import { startTaskManagerEndpoint, type TaskManagerView } from "../metrics/taskmanager-endpoint.ts";
 import type { RunningHttpServer } from "../metrics/http-server.ts";
 import type { TaskView } from "../metrics/task-metrics.ts";
@@ -59,6 +60,8 @@ export class TaskExecutor implements TaskManagerView {
   private stopped = false;
   private registeredWaiters: (() => void)[] = [];
   private ownedTmpDir: string | null = null;
+  /** The TaskManager's directory for artifacts and the bundled task Worker entry (taskmanager.tmp.dir, or its own). */
+  private readonly tmpDir: string;
   dataPort = 0;
   /** /metrics, /healthz, /readyz (src/metrics/) on taskmanager.host:metrics.port. */
   metricsPort = 0;
@@ -95,6 +98,7 @@ export class TaskExecutor implements TaskManagerView {
     // A generated directory is this process's alone: removed on stop. A configured one is kept as a cache.
     const tmp = config["taskmanager.tmp.dir"] || fs.mkdtempSync(path.join(os.tmpdir(), "tm-taskmanager-"));
     if (!config["taskmanager.tmp.dir"]) this.ownedTmpDir = tmp;
+    this.tmpDir = tmp;
     this.artifacts = new ArtifactCache(path.join(tmp, "artifacts"));
     this.stateOptions = {
       autoWatermarkIntervalMs: config["pipeline.auto-watermark-interval"],
@@ -130,6 +134,14 @@ export class TaskExecutor implements TaskManagerView {
 
   /** Opens the data port and starts (re)connecting to the JobManager in the background. */
   async start(): Promise<void> {
+    // Tasks wait for it (once, about 0.1 s): each Worker then starts 25 ms sooner and with 60 ms less CPU. Profiles
+    // (TASK_PROFILE_DIR) keep the sources, whose file names they report.
+    if (this.config["taskmanager.task.bundle-runtime"] && !process.env.TASK_PROFILE_DIR) {
+      this.workerReady = bundledTaskWorker(path.join(this.tmpDir, "runtime")).then(
+        (url) => void (this.workerUrl = url ?? this.workerUrl),
+        (err: Error) => log.warn("cannot bundle the task Worker's entry; tasks load its source files", { error: err.message }),
+      );
+    }
     this.dataPort = await this.shuffle.transport.start(this.config["taskmanager.host"], this.config["taskmanager.data.port"]);
     log.info("TaskManager started", { id: this.resourceId, dataPort: this.dataPort, slots: this.slots.length });
     log.info("network memory", { buffers: this.networkSizing.totalBuffers, segmentSize: this.config["taskmanager.memory.segment-size"], from: this.networkSizing.source });
@@ -505,6 +517,9 @@ export class TaskExecutor implements TaskManagerView {
 
   /** Tasks whose artifact is here, waiting for their turn to start their Worker. */
   private readonly startQueue: { task: Task; file: string }[] = [];
+  /** Resolves when the task Worker's entry is ready to load (worker-url.ts; never rejects). */
+  private workerReady: Promise<void> = Promise.resolve();
+  private workerUrl = taskWorkerUrl();
 
   /**
    * Starts one task's Worker per turn of the event loop. A job of p=64 deploys 128 tasks here at once; creating
@@ -517,10 +532,10 @@ export class TaskExecutor implements TaskManagerView {
     const next = () => {
       const item = this.startQueue.shift();
       if (!item) return;
-      if (item.task.state === "DEPLOYING") item.task.start(item.file);
+      if (item.task.state === "DEPLOYING") item.task.start(item.file, this.workerUrl);
       if (this.startQueue.length > 0) setImmediate(next);
     };
-    setImmediate(next);
+    void this.workerReady.then(() => setImmediate(next));
   }
 
   private taskFor(executionId: string, type: string): Task {

@@ -79,9 +79,10 @@ export class Task implements TaskEndpoint {
     return this.deployment.executionId;
   }
 
-  start(artifactPath: string): void {
+  /** Starts the task's Worker from `workerUrl` (the TaskManager's bundle of the entry, worker-url.ts). */
+  start(artifactPath: string, workerUrl = taskWorkerUrl()): void {
     // Under Bun the Worker gets its own process.env (Deno has no such option; README, "Trust model").
-    const worker = new Worker(taskWorkerUrl(), workerOptions(taskEnvironment()));
+    const worker = new Worker(workerUrl, workerOptions(taskEnvironment()));
     this.worker = worker;
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.onWorkerMessage(e.data);
     // Without these handlers a Worker that cannot load would vanish silently.
