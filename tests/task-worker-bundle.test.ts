@@ -69,5 +69,10 @@ describe("task Workers from one bundle of the runtime", () => {
     expect(b).toBe(a);
     expect(fs.readdirSync(dir)).toEqual(file); // no temporary file left behind
     expect(fs.statSync(path.join(dir, file[0]!)).mtimeMs).toBe(mtime);
+    // A file of that name with other bytes (written by a job through a kept taskmanager.tmp.dir) is replaced.
+    const good = fs.readFileSync(path.join(dir, file[0]!));
+    fs.writeFileSync(path.join(dir, file[0]!), "globalThis.tampered = true;\n");
+    expect(await bundledTaskWorker(dir)).toBe(a);
+    expect(fs.readFileSync(path.join(dir, file[0]!)).equals(good)).toBe(true);
   }, 60_000);
 });

@@ -20,7 +20,7 @@ export function taskWorkerUrl(): string {
 
 /**
  * From source under Bun: the URL of the Worker's entry bundled into `dir` (named by its content, so a kept directory
- * reuses it, and written whole before it is used); null in the binary and under Deno, where taskWorkerUrl() serves.
+ * reuses it after checking it, and written whole before it is used); null in the binary and under Deno, where taskWorkerUrl() serves.
  * A file, not a blob: URL, because a module loaded from a blob cannot import the job's artifact file. Throws
  * (BundleError, or the file system's error) when it cannot be built or written.
  */
@@ -29,7 +29,8 @@ export async function bundledTaskWorker(dir: string): Promise<string | null> {
   const bytes = await (bundling ??= bundleWorkerEntry(decodeURIComponent(SOURCE_URL.pathname)));
   if (bytes === null) return null;
   const file = path.join(dir, `task-worker-${sha256Hex(bytes).slice(0, 16)}.js`);
-  if (!fs.existsSync(file)) {
+  // A file already there is used only if it holds these bytes: a kept directory outlives the jobs that could write it.
+  if (!fs.existsSync(file) || !Buffer.from(bytes).equals(fs.readFileSync(file))) {
     fs.mkdirSync(dir, { recursive: true });
     const tmp = `${file}.${process.pid}.tmp`;
     fs.writeFileSync(tmp, bytes);
