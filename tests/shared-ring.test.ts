@@ -279,6 +279,26 @@ describe("shared ring, waiting", () => {
     expect(buffer(r.take())).toEqual(bytes(2));
   });
 
+  test("a waiting reader is woken once, however many items come before it runs; waiting again, it is woken again", async () => {
+    const { w, r } = ring(8, 4);
+    const before = ringWakeUps.count;
+    const p = r.whenPublished();
+    // Until the reader's turn comes its wait is over but it has not run: notifying it again would be wasted.
+    for (let i = 1; i <= 5; i++) expect(w.tryPush(bytes(i))).toBe(true);
+    expect(ringWakeUps.count).toBe(before + 1);
+    await within(p, 1000, "whenPublished after five pushes");
+    for (let i = 1; i <= 5; i++) {
+      expect(buffer(r.take())).toEqual(bytes(i));
+      r.release();
+    }
+    // A new wait raises the flag again: the next push wakes it.
+    const q = r.whenPublished();
+    w.tryPush(bytes(6));
+    expect(ringWakeUps.count).toBe(before + 2);
+    await within(q, 1000, "the second wait");
+    expect(buffer(r.take())).toEqual(bytes(6));
+  });
+
   test("a writer that finds the ring full is woken once, when half of the ring is free", async () => {
     const { w, r } = ring(4, 4);
     for (let i = 0; i < 4; i++) expect(w.tryPush(bytes(i + 1))).toBe(true);

@@ -8,8 +8,8 @@
 //   header, 32 bytes: [0] published count (written by the writer only), [1] released count (reader only),
 //                     [2] slots, [3] slotBytes, [4] magic, [5] buffer size announced by the consumer (buffer
 //                     debloating, FLIP-183; 0 = none, written by the consumer's side, read by the producer's),
-//                     [6] waits on [0] pending (the reader's), [7] 1 + the released count at which to wake the
-//                     waiting writer (0: none waits)
+//                     [6] 1 while the reader waits on [0] and has not been woken (the writer clears it as it wakes
+//                     the reader), [7] 1 + the released count at which to wake the waiting writer (0: none waits)
 //   slot i at 32 + i * stride, stride = 8 + slotBytes rounded up to 8:
 //                     [0] kind (1 buffer, 2 event), [1] payload length (1..slotBytes), then the payload.
 // An event is msgpack-encoded (msgpackr's pack) into one slot: a barrier takes about 60 bytes plus its dir
@@ -21,11 +21,12 @@
 //
 // Waiting is Atomics.waitAsync on the other side's counter with the value just checked, so a notify between
 // the check and the wait is not missed, and the Worker's event loop keeps running. A side notifies only when the
-// other has a wait pending ([6], [7]); waking a pending wait costs about 8 us of CPU over both threads
+// other has a wait pending ([6], [7]), and once per wait (the writer clears [6] as it notifies; the reader raises it
+// again each time it is about to wait); waking a pending wait costs about 8 us of CPU over both threads
 // (scripts/bench-wakeups.ts), so the reader arms a wait only while its task has nothing to read (input-gate.ts):
 // with a wait pending at all times, wake-ups were most of both threads' time at a buffer per record. No wake-up is
-// lost: the waiter raises its count before it reads the counter, the other side stores the counter before it reads
-// the count (all sequentially consistent), so one of them sees the other's write. A writer that finds the ring full
+// lost: the waiter raises its flag before it reads the counter, the other side stores the counter before it reads
+// the flag (all sequentially consistent), so one of them sees the other's write. A writer that finds the ring full
 // waits for half of it to be free (it is back-pressured, and the reader has that much to read meanwhile): the
 // reader wakes it once per half ring, not once per slot, and the writer fills several slots in one go. A pending wait does not
 // keep a Worker (or process) alive in Bun or Deno; if the other side goes away, the promise simply never
@@ -41,7 +42,7 @@ const SLOT_BYTES = 3;
 const MAGIC = 4;
 const MAGIC_VALUE = 0x52494e47; // "RING"
 const BUFFER_SIZE = 5;
-/** Waits pending on PUBLISHED (the reader's side). */
+/** 1 while the reader waits on PUBLISHED and nobody has woken it yet; 0 otherwise. */
 const PUBLISHED_WAITERS = 6;
 /** 1 + the RELEASED value at which the reader wakes the writer; 0 while the writer does not wait. */
 const WAKE_WRITER_AT = 7;
@@ -214,7 +215,9 @@ export class RingWriter extends RingEnd {
     this.h[(off >> 2) + 1] = length;
     this.pub = this.next(this.pub);
     Atomics.store(this.h, PUBLISHED, this.pub); // orders the slot writes above before the count
-    if (Atomics.load(this.h, PUBLISHED_WAITERS) > 0) {
+    // Once per wait: the reader is woken already if the flag is gone, and until its turn comes (tens of
+    // microseconds) every publish would notify it again, each notify costing the writer about 4 us.
+    if (Atomics.load(this.h, PUBLISHED_WAITERS) === 1 && Atomics.compareExchange(this.h, PUBLISHED_WAITERS, 1, 0) === 1) {
       Atomics.notify(this.h, PUBLISHED);
       ringWakeUps.count++;
     }
@@ -279,17 +282,18 @@ export class RingReader extends RingEnd {
    */
   async whenPublished(timeoutMs?: number): Promise<void> {
     if (this.dist(Atomics.load(this.h, PUBLISHED), this.rel) > this.taken) return;
-    Atomics.add(this.h, PUBLISHED_WAITERS, 1);
     try {
       for (;;) {
-        // Read after the count was raised: a publish before it is seen here, one after it notifies.
+        // Raised before the count is read, every time (a wake-up cleared it): a publish before it is seen here, one
+        // after it finds the flag and notifies.
+        Atomics.store(this.h, PUBLISHED_WAITERS, 1);
         const pub = Atomics.load(this.h, PUBLISHED);
         if (this.dist(pub, this.rel) > this.taken) return;
         await this.sleep(PUBLISHED, pub, timeoutMs);
         if (timeoutMs !== undefined) return;
       }
     } finally {
-      Atomics.sub(this.h, PUBLISHED_WAITERS, 1);
+      Atomics.store(this.h, PUBLISHED_WAITERS, 0);
     }
   }
 }
