@@ -149,13 +149,8 @@ export class DataTransport {
         for (const f of peer.queue.splice(0)) conn.send(f);
       },
       (err: Error) => {
-        if (this.stopping || peer.conn !== null) return; // the peer's own connection serves (it came meanwhile)
-        const current = this.peers.get(target.resourceId);
-        if (current !== peer && current?.conn && this.usable(current.conn)) {
-          // The peer connected to us meanwhile: what waited here goes out on its connection.
-          for (const f of peer.queue.splice(0)) current.conn.send(f);
-          return;
-        }
+        // The peer's own connection came meanwhile: it took this dial's queue and carries what follows.
+        if (this.stopping || peer.conn !== null) return;
         const wait = jittered(delayMs);
         if (Date.now() + wait - since < this.keepaliveTimeoutMs) {
           if (tries === 1) log.warn("cannot connect to a peer TaskManager; retrying with backoff", { peer: target.resourceId, address: `${target.dataHost}:${target.dataPort}`, error: err.message });

@@ -16,22 +16,25 @@ const DENO_BUNDLE_TIMEOUT_MS = 120_000;
 
 /** The bundle of the module at `entry` (an absolute path); throws BundleError saying why it cannot be built. */
 export async function bundleModule(entry: string): Promise<Uint8Array> {
-  if (bun !== undefined) {
-    let result;
-    try {
-      result = await bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "inline" });
-    } catch (err) {
-      // Bun.build throws an AggregateError ("Bundle failed") whose errors say what failed.
-      const why = err instanceof AggregateError ? err.errors.map((e) => String((e as Error)?.message ?? e)).join("; ") : "";
-      throw new BundleError(why || (err as Error).message);
-    }
-    if (!result.success || result.outputs.length === 0) {
-      throw new BundleError(result.logs.map((l) => String(l.message ?? l)).join("; ") || "no output");
-    }
-    return new Uint8Array(await result.outputs[0]!.arrayBuffer());
-  }
+  if (bun !== undefined) return bunBuild(bun, entry, "inline");
   if (deno !== undefined) return denoBundle(deno.execPath(), entry);
   return singleFile(entry);
+}
+
+/** Bun.build of `entry` into one ESM module; throws BundleError saying why it cannot be built. */
+async function bunBuild(b: NonNullable<typeof bun>, entry: string, sourcemap: "inline" | "none"): Promise<Uint8Array> {
+  let result;
+  try {
+    result = await b.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap });
+  } catch (err) {
+    // Bun.build throws an AggregateError ("Bundle failed") whose errors say what failed.
+    const why = err instanceof AggregateError ? err.errors.map((e) => String((e as Error)?.message ?? e)).join("; ") : "";
+    throw new BundleError(why || (err as Error).message);
+  }
+  if (!result.success || result.outputs.length === 0) {
+    throw new BundleError(result.logs.map((l) => String(l.message ?? l)).join("; ") || "no output");
+  }
+  return new Uint8Array(await result.outputs[0]!.arrayBuffer());
 }
 
 /**
@@ -41,10 +44,7 @@ export async function bundleModule(entry: string): Promise<Uint8Array> {
  * bundle has none either).
  */
 export async function bundleWorkerEntry(entry: string): Promise<Uint8Array | null> {
-  if (bun === undefined) return null;
-  const result = await bun.build({ entrypoints: [entry], target: "bun", format: "esm", sourcemap: "none" });
-  if (!result.success || result.outputs.length === 0) throw new BundleError(result.logs.map((l) => String(l.message ?? l)).join("; ") || "no output");
-  return new Uint8Array(await result.outputs[0]!.arrayBuffer());
+  return bun === undefined ? null : bunBuild(bun, entry, "none");
 }
 
 async function denoBundle(denoPath: string, entry: string): Promise<Uint8Array> {

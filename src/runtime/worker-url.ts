@@ -8,14 +8,17 @@ import * as path from "node:path";
 import { pathToFileURL } from "node:url";
 import { bundleWorkerEntry } from "../runtime-env/bundle.ts";
 import { embeddedFile } from "../runtime-env/index.ts";
+import { writeFileAtomic } from "../util/files.ts";
 import { sha256Hex } from "../util/hash.ts";
 
 const SOURCE_URL = new URL("./task-worker.ts", import.meta.url);
+/** The entry inside the compiled binary; null when running from source. */
+const EMBEDDED_URL = embeddedFile(import.meta.url, "src/runtime/task-worker.ts");
 let bundling: Promise<Uint8Array | null> | null = null;
 
 /** The URL a task's Worker starts from: the binary's embedded entry, or the sources' (see bundledTaskWorker). */
 export function taskWorkerUrl(): string {
-  return embeddedFile(import.meta.url, "src/runtime/task-worker.ts") ?? SOURCE_URL.href;
+  return EMBEDDED_URL ?? SOURCE_URL.href;
 }
 
 /**
@@ -25,16 +28,14 @@ export function taskWorkerUrl(): string {
  * (BundleError, or the file system's error) when it cannot be built or written.
  */
 export async function bundledTaskWorker(dir: string): Promise<string | null> {
-  if (embeddedFile(import.meta.url, "src/runtime/task-worker.ts") !== null) return null;
+  if (EMBEDDED_URL !== null) return null;
   const bytes = await (bundling ??= bundleWorkerEntry(decodeURIComponent(SOURCE_URL.pathname)));
   if (bytes === null) return null;
   const file = path.join(dir, `task-worker-${sha256Hex(bytes).slice(0, 16)}.js`);
   // A file already there is used only if it holds these bytes: a kept directory outlives the jobs that could write it.
   if (!fs.existsSync(file) || !Buffer.from(bytes).equals(fs.readFileSync(file))) {
     fs.mkdirSync(dir, { recursive: true });
-    const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, bytes);
-    fs.renameSync(tmp, file);
+    writeFileAtomic(file, bytes);
   }
   return pathToFileURL(file).href;
 }

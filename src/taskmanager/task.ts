@@ -5,7 +5,6 @@ import type { ErrorInfo, TaskDeployment, TaskMetrics, TaskSnapshot, TaskState } 
 import { TERMINAL_TASK_STATES, emptyMetrics } from "../rpc/messages.ts";
 import type { ShuffleEnvironment, TaskEndpoint } from "../network/shuffle-environment.ts";
 import { taskDisplayName } from "../runtime/stream-task.ts";
-import { taskWorkerUrl } from "../runtime/worker-url.ts";
 import { workerOptions } from "../runtime-env/index.ts";
 import type { FromWorker, ToWorker } from "../runtime/worker-protocol.ts";
 
@@ -80,7 +79,7 @@ export class Task implements TaskEndpoint {
   }
 
   /** Starts the task's Worker from `workerUrl` (the TaskManager's bundle of the entry, worker-url.ts). */
-  start(artifactPath: string, workerUrl = taskWorkerUrl()): void {
+  start(artifactPath: string, workerUrl: string): void {
     // Under Bun the Worker gets its own process.env (Deno has no such option; README, "Trust model").
     const worker = new Worker(workerUrl, workerOptions(taskEnvironment()));
     this.worker = worker;

@@ -1,13 +1,13 @@
-// Durable file writes shared by the checkpoint store and the HA services.
+// Durable file writes shared by the checkpoint store, the HA services and the task Worker's bundle.
 import * as fs from "node:fs";
 import * as path from "node:path";
 
 /** Writes `data` to `file` so that a reader sees either nothing or all of it (temp file, fsync, rename). */
-export function writeFileAtomic(file: string, data: string): void {
+export function writeFileAtomic(file: string, data: string | Uint8Array): void {
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, "w");
   try {
-    fs.writeSync(fd, data);
+    fs.writeFileSync(fd, data); // all of it (one writeSync may write less)
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
