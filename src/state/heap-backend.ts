@@ -42,8 +42,12 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   private readonly tables = new Map<string, HeapTable>();
   private readonly tableList: HeapTable[] = [];
   private readonly size: number;
-  /** pending[i] === 1: key group i belongs to the running snapshot and is not serialized yet. */
-  private pending: Uint8Array | null = null;
+  /** pending[i] === 1: key group i belongs to the running snapshot and is not serialized yet. Outside a snapshot it
+   *  is an array of zeros, never null: the check on every key change then runs the same code from the first record on,
+   *  and the JIT does not compile it with the snapshot's branch left out (measured: with null, the compiled key change
+   *  exited to the slower tiers again and again while a snapshot ran; docs/benchmarks.md, issue 15). */
+  private readonly noSnapshot: Uint8Array;
+  private pending: Uint8Array;
   private job: HeapSnapshotJob | null = null;
   /** Set at a snapshot's start: the next state access must check the current key group. */
   private guardCurrent = false;
@@ -56,11 +60,13 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
   constructor(opts: BackendOptions) {
     super(opts);
     this.size = this.kgEnd - this.kgStart + 1;
+    this.noSnapshot = new Uint8Array(this.size);
+    this.pending = this.noSnapshot;
   }
 
   protected keyChanged(kgIdx: number): void {
     this.guardCurrent = false;
-    if (this.pending !== null && this.pending[kgIdx] === 1) this.job!.serialize(kgIdx);
+    if (this.pending[kgIdx] === 1) this.job!.serialize(kgIdx);
   }
 
   /** The current key group's index, for a state access: serializes it first if a snapshot still needs it. */
@@ -69,7 +75,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
     if (i < 0) this.noKey();
     if (this.guardCurrent) {
       this.guardCurrent = false;
-      if (this.pending !== null && this.pending[i] === 1) this.job!.serialize(i);
+      if (this.pending[i] === 1) this.job!.serialize(i);
     }
     return i;
   }
@@ -141,7 +147,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
         if (c.table >= ttlTables.length) c.table = 0;
         const m = ttlTables[c.table]!.maps[c.kg];
         if (m !== undefined && m.size > 0) {
-          if (this.pending !== null && this.pending[c.kg] === 1) this.job!.serialize(c.kg);
+          if (this.pending[c.kg] === 1) this.job!.serialize(c.kg);
           c.iter = m.entries();
         } else {
           this.advanceCleanup(ttlTables.length);
@@ -232,7 +238,7 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
       job.serializeAll();
       if (this.job === job) {
         this.job = null;
-        this.pending = null;
+        this.pending = this.noSnapshot;
       }
     }
   }
@@ -269,7 +275,10 @@ export class HeapKeyedStateBackend extends KeyedBackendBase {
           for (const e of kept as unknown[]) lw.bytes(encodeTransient(e));
           w.lenBytes(lw.result());
         } else {
-          w.lenBytes(encodeTransient(kept));
+          // An array is encoded from a copy: after msgpack had encoded the live accumulator (a keyed sum's [key, sum]),
+          // the operator's compiled read of its fields failed its check again and again (hundreds of exits to the
+          // slower tiers per run; none with the copy; JavaScriptCore's reason not found; docs/benchmarks.md, issue 15).
+          w.lenBytes(encodeTransient(Array.isArray(kept) ? kept.slice() : kept));
         }
         entries++;
       }
