@@ -24,7 +24,7 @@ export class ArtifactCache {
   get(hash: string, fetch: (hash: string) => Promise<Uint8Array>): Promise<string> {
     if (!/^[0-9a-f]{64}$/.test(hash)) return Promise.reject(new Error(`invalid artifact hash ${JSON.stringify(hash)}`));
     const file = path.join(this.dir, `${hash}.ts`);
-    if (fs.existsSync(file) && (this.verified.has(hash) || this.intact(file, hash))) {
+    if (this.verified.has(hash) ? fs.existsSync(file) : this.intact(file, hash)) {
       this.verified.add(hash);
       return Promise.resolve(file);
     }
@@ -49,7 +49,8 @@ export class ArtifactCache {
     try {
       actual = sha256Hex(fs.readFileSync(file));
     } catch (err) {
-      log.warn("cannot read a cached job artifact; fetching it again", { file, error: (err as Error).message });
+      // Not cached yet is the common case; anything else is worth a line in the log.
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") log.warn("cannot read a cached job artifact; fetching it again", { file, error: (err as Error).message });
       return false;
     }
     if (actual === hash) return true;
