@@ -2,7 +2,7 @@
 // through the scratch copy, large ones directly), and nothing decoded shares memory with the scratch array or with
 // the bytes it came from (a decoded Uint8Array survives later decodes and changes to its source unchanged).
 import { expect, test } from "bun:test";
-import { decode, decodeMany, encode, encodeMany } from "../src/state/serde.ts";
+import { decode, decodeMany, encode, encodeMany, heapKeyOfBytes, keyBytesOfHeapKey, transientKeyBytes } from "../src/state/serde.ts";
 import { rng } from "./helpers.ts";
 
 function randomValue(rand: () => number, depth: number): unknown {
@@ -69,4 +69,27 @@ test("a decoded byte array is its own copy: later decodes and changes to the sou
   const c1 = decode(bytesC) as Uint8Array[];
   c1[0]![0] = 77;
   expect([...(decode(bytesC) as Uint8Array[])[0]!]).toEqual([4, 4]);
+});
+
+test("number keys are the bytes msgpackr writes for them, allocated or in the scratch array", () => {
+  // The write-back path encodes user keys without msgpackr (writeIntKey); stored keys must not change with it.
+  const rand = rng(19);
+  const edges = [0, -0, 1, 31, 32, 127, 128, 255, 256, 65535, 65536, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, -1, -32, -33, -128, -129, -32768, -32769, -(2 ** 31), -(2 ** 31) - 1, 0.5, -1.5, NaN, Infinity, -Infinity, 2 ** 53, -(2 ** 53)];
+  const values = [...edges];
+  for (let i = 0; i < 20_000; i++) values.push(Math.floor((rand() - 0.5) * 2 ** (rand() * 40)));
+  let previous: Uint8Array = new Uint8Array(0);
+  for (const v of values) {
+    const want = [...encode(Object.is(v, -0) ? 0 : v)];
+    const kept = keyBytesOfHeapKey(v);
+    const transient = transientKeyBytes(v);
+    expect([...kept]).toEqual(want);
+    expect([...transient]).toEqual(want);
+    expect(heapKeyOfBytes(kept)).toBe(Object.is(v, -0) ? 0 : v);
+    // An allocated key is its own: a later transient key does not change it.
+    expect(previous).not.toBe(kept);
+    previous = kept;
+  }
+  const a = keyBytesOfHeapKey(300);
+  transientKeyBytes(7);
+  expect([...a]).toEqual([0xcd, 1, 44]);
 });

@@ -36,9 +36,27 @@ export function bids(env: StreamExecutionEnvironment, a: QueryArgs, eventTime: b
   return nexmark(env, a, eventTime).flatMap((e): Bid[] => (e.type === "bid" ? [e.bid] : [])).name("Bids");
 }
 
-/** UTC calendar day and minute of a time in ms, as Flink SQL's DATE_FORMAT(dateTime, 'yyyy-MM-dd') and 'HH:mm'. */
-export const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
-export const minute = (ms: number) => new Date(ms).toISOString().slice(11, 16);
+/** UTC calendar day and minute of a time in ms, as Flink SQL's DATE_FORMAT(dateTime, 'yyyy-MM-dd') and 'HH:mm'.
+ *  Event times arrive nearly in order, so the last day's and minute's text is kept and formatted again only when a
+ *  time falls outside it (formatting every bid's time was 4 % of q16's task). */
+export const day = (ms: number): string => {
+  if (!(ms >= dayStart && ms < dayStart + 86_400_000)) {
+    dayStart = Math.floor(ms / 86_400_000) * 86_400_000;
+    dayText = new Date(dayStart).toISOString().slice(0, 10);
+  }
+  return dayText;
+};
+export const minute = (ms: number): string => {
+  if (!(ms >= minuteStart && ms < minuteStart + 60_000)) {
+    minuteStart = Math.floor(ms / 60_000) * 60_000;
+    minuteText = new Date(minuteStart).toISOString().slice(11, 16);
+  }
+  return minuteText;
+};
+let dayStart = NaN;
+let dayText = "";
+let minuteStart = NaN;
+let minuteText = "";
 
 /** Nexmark's price ranks of q15-q17: < 10,000, < 1,000,000, the rest. */
 export const priceRank = (price: number): 1 | 2 | 3 => (price < 10_000 ? 1 : price < 1_000_000 ? 2 : 3);

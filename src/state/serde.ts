@@ -118,7 +118,78 @@ export function keyBytesOfHeapKey(hk: HeapKey): Uint8Array {
     out.set(json, 1);
     return out;
   }
-  return encode(hk === 0 ? 0 : hk);
+  if (typeof hk === "number") {
+    const n = writeIntKey(hk);
+    if (n === 0) return encode(hk);
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) out[i] = intScratch[i]!;
+    return out;
+  }
+  return encode(hk);
+}
+
+/** keyBytesOfHeapKey, in a scratch array for a 32-bit integer key that the next call overwrites: for bytes bound to
+ *  a statement at once (SQLite copies them). A write-back batch encodes a user key per row, mostly small integers. */
+export function transientKeyBytes(hk: HeapKey): Uint8Array {
+  if (typeof hk === "number") {
+    const n = writeIntKey(hk);
+    if (n !== 0) return intViews[n]!;
+  }
+  return keyBytesOfHeapKey(hk);
+}
+
+const intScratch = new Uint8Array(5);
+const intViews = [0, 1, 2, 3, 4, 5].map((n) => intScratch.subarray(0, n));
+
+/** Writes msgpack's encoding of v as msgpackr writes it (useRecords off) into intScratch and returns its length, or
+ *  0 when v is not a 32-bit integer (the caller encodes it). -0 passes as 0 (-0 >>> 0 === -0), as msgpackr has it. */
+function writeIntKey(v: number): number {
+  const b = intScratch;
+  if (v >>> 0 === v) {
+    if (v < 0x80) {
+      b[0] = v;
+      return 1;
+    }
+    if (v < 0x100) {
+      b[0] = 0xcc;
+      b[1] = v;
+      return 2;
+    }
+    if (v < 0x10000) {
+      b[0] = 0xcd;
+      b[1] = v >>> 8;
+      b[2] = v;
+      return 3;
+    }
+    b[0] = 0xce;
+    b[1] = v >>> 24;
+    b[2] = v >>> 16;
+    b[3] = v >>> 8;
+    b[4] = v;
+    return 5;
+  }
+  if (v >> 0 !== v) return 0;
+  if (v >= -0x20) {
+    b[0] = v;
+    return 1;
+  }
+  if (v >= -0x80) {
+    b[0] = 0xd0;
+    b[1] = v;
+    return 2;
+  }
+  if (v >= -0x8000) {
+    b[0] = 0xd1;
+    b[1] = v >> 8;
+    b[2] = v;
+    return 3;
+  }
+  b[0] = 0xd2;
+  b[1] = v >> 24;
+  b[2] = v >> 16;
+  b[3] = v >> 8;
+  b[4] = v;
+  return 5;
 }
 
 /** The heap key of some key bytes. */

@@ -16,8 +16,8 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { StateFileError } from "./api.ts";
 import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
-import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey } from "./serde.ts";
-import { Entry, entrySize, liveEntrySize, MapNode, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
+import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, transientKeyBytes, type HeapKey } from "./serde.ts";
+import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, newSqlTable, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
 import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlRow, type SqlValue } from "./sqlite-driver.ts";
 import { compileQueries, prepareDatabase, type Queries, type SqliteMemory } from "./sqlite-schema.ts";
@@ -162,13 +162,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.budget = budget;
     this.fixedObjectCache = fixedObjectCache;
     for (const r of driver.prepare(q.states.sql).all()) {
-      const t: SqlTable = {
-        id: Number(r.id),
-        meta: { name: String(r.name), kind: String(r.kind) as SnapshotStateMeta["kind"], ttlMs: r.ttl_ms === null ? null : Number(r.ttl_ms) },
-        live: isLive(String(r.kind)),
-        values: new Map(),
-        maps: new Map(),
-      };
+      const meta: SnapshotStateMeta = { name: String(r.name), kind: String(r.kind) as SnapshotStateMeta["kind"], ttlMs: r.ttl_ms === null ? null : Number(r.ttl_ms) };
+      const t = newSqlTable(Number(r.id), meta, isLive(meta.kind));
       this.byName.set(t.meta.name, t);
       this.byId.set(t.id, t);
     }
@@ -278,7 +273,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     }
     this.endRead();
     const { lastInsertRowid } = this.s.insertState.run([meta.name, meta.kind, meta.ttlMs]);
-    t = { id: Number(lastInsertRowid), meta: { ...meta }, live: isLive(meta.kind), values: new Map(), maps: new Map() };
+    t = newSqlTable(Number(lastInsertRowid), { ...meta }, isLive(meta.kind));
     this.byName.set(t.meta.name, t);
     this.byId.set(t.id, t);
     return t;
@@ -336,11 +331,14 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (!this.reading) this.driver.exec("BEGIN");
     this.reading = false;
     let cur: Entry | undefined;
+    // A key's entries (its map's user keys, its other states) share its bytes: encode each key once per batch.
+    const keys = new Map<HeapKey, Uint8Array>();
     try {
       for (const e of entries) {
         cur = e;
-        const k = keyBytesOfHeapKey(e.hk);
-        const uk = e.node === null ? EMPTY : keyBytesOfHeapKey(e.uhk);
+        let k = keys.get(e.hk);
+        if (k === undefined) keys.set(e.hk, (k = keyBytesOfHeapKey(e.hk)));
+        const uk = e.node === null ? EMPTY : transientKeyBytes(e.uhk); // bound at once (SQLite copies it)
         // A live value is serialized here, into a scratch buffer that the statement copies.
         const bytes = e.t.live ? (e.value === undefined ? null : encodeTransient(e.value)) : e.bytes;
         if (bytes !== null) {
@@ -424,10 +422,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   /** Drops the whole cache without writing anything. */
   dropCache(): void {
     this.cache.clear();
-    for (const t of this.byId.values()) {
-      t.values.clear();
-      t.maps.clear();
-    }
+    for (const t of this.byId.values()) clearSqlTable(t);
     this.ttlCleaner.reset();
   }
 
@@ -448,7 +443,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
    *  entry's value (and change it in place before writing it back): a snapshot waiting on it copies it first. */
   valueEntry(t: SqlTable): Entry {
     this.checkKey();
-    const e = t.values.get(this.hk);
+    const e = this.cachedValue(t);
     if (e !== undefined) {
       this.cache.hits++;
       this.cache.touch(e);
@@ -470,14 +465,28 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       n = new Entry(t, this.kg, this.hk, null, undefined, null, v, false, liveEntrySize(this.hk, v));
     } else n = new Entry(t, this.kg, this.hk, null, undefined, bytes, undefined, false, entrySize(this.hk, undefined, bytes));
     t.values.set(this.hk, n);
+    t.lastEntry = n;
+    t.lastEntryHk = this.hk;
     this.cache.add(n);
     return n;
+  }
+
+  /** The current key's cached entry of a non-map state (the last one looked up, or from the table). */
+  private cachedValue(t: SqlTable): Entry | undefined {
+    const hk = this.hk;
+    if (t.lastEntry !== null && t.lastEntryHk === hk) return t.lastEntry;
+    const e = t.values.get(hk);
+    if (e !== undefined) {
+      t.lastEntry = e;
+      t.lastEntryHk = hk;
+    }
+    return e;
   }
 
   /** Writes a list state's bytes for the current key (null: removes it). */
   writeValue(t: SqlTable, bytes: Uint8Array | null): void {
     this.checkKey();
-    const e = t.values.get(this.hk);
+    const e = this.cachedValue(t);
     if (e !== undefined) this.cache.setBytes(e, bytes);
     else {
       // A blind write needs no read: the entry is dirty and replaces whatever the database holds.
@@ -491,7 +500,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   /** Writes a live state's value for the current key (undefined: removes it); nothing is serialized here. */
   writeLive(t: SqlTable, v: unknown): void {
     this.checkKey();
-    const e = t.values.get(this.hk);
+    const e = this.cachedValue(t);
     if (e !== undefined) this.cache.setValue(e, v);
     else {
       const n = new Entry(t, this.kg, this.hk, null, undefined, null, v, true, liveEntrySize(this.hk, v));
@@ -507,8 +516,15 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
 
   mapNode(t: SqlTable, create: boolean): MapNode | undefined {
     this.checkKey();
-    let n = t.maps.get(this.hk);
-    if (n === undefined && create) t.maps.set(this.hk, (n = new MapNode()));
+    const hk = this.hk;
+    if (t.lastNode !== null && t.lastNodeHk === hk) return t.lastNode;
+    let n = t.maps.get(hk);
+    if (n === undefined) {
+      if (!create) return undefined;
+      t.maps.set(hk, (n = new MapNode()));
+    }
+    t.lastNode = n;
+    t.lastNodeHk = hk;
     return n;
   }
 
@@ -575,7 +591,10 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       if (e.bytes !== null) out.push([keyOfHeapKey(uhk), decode(e.bytes)]);
       this.cache.touch(e);
     }
-    if (n.entries.size === 0) t.maps.delete(this.hk);
+    if (n.entries.size === 0) {
+      t.maps.delete(this.hk);
+      if (t.lastNode === n) t.lastNode = null;
+    }
     this.maybeEvict();
     return out;
   }
@@ -608,6 +627,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     // Dirty entries are superseded by the delete (and must not be written back by a snapshot's write-behind).
     for (const e of n.entries.values()) this.cache.remove(e);
     t.maps.delete(this.hk);
+    if (t.lastNode === n) t.lastNode = null;
   }
 
   // ---- TTL, snapshots, restore ----
