@@ -78,9 +78,6 @@ export interface SqliteMemory {
   mmapBytes: number;
 }
 
-/** The page size of new state databases. */
-export const PAGE_SIZE = 16384;
-
 /**
  * Prepares an opened database file: WAL and synchronous=OFF (the working copy's durability comes from
  * checkpoints: after a crash the task restores from one and never reopens this file), refuses files that are not SQLite databases,
@@ -91,10 +88,6 @@ export async function prepareDatabase(driver: SqliteDriver, opts: { maxParalleli
   const file = driver.path;
   let mode: unknown;
   try {
-    // A new file gets 16 KiB pages (no effect on an existing one): state that outgrows the cache inserts all over
-    // the key space, so a write-back batch touches nearly every leaf, and larger pages mean a quarter of the
-    // pages, page writes and B-tree levels for the same rows (docs/benchmarks.md, q16 on SQLite).
-    driver.exec(`PRAGMA page_size = ${PAGE_SIZE}`);
     driver.exec("PRAGMA journal_mode = WAL");
     mode = driver.prepare("PRAGMA journal_mode").get()?.journal_mode;
   } catch (e) {
