@@ -62,3 +62,28 @@ test(`${KEYS / 1e6} million keys with a ${CACHE_BYTES / 2 ** 20} MiB cache stay 
   expect(peakMb).toBeLessThan(RSS_BOUND_MB);
   // It asserts memory, not time: 5 M writes take about 30 s alone and over 90 s on a loaded 2-core machine.
 }, 240_000);
+
+test("the object cache's estimate of map entries matches their heap bytes (string keys, a fresh string per record)", async () => {
+  // q16's shape: thousands of user keys under each of a few thousand string keys, each record building its key
+  // anew. The estimate is what the budget is enforced with, so it must not fall short of the real heap; the
+  // entries share their node's key string, which makes both about 50 bytes smaller than one string per entry.
+  const { createKeyedStateBackend, MapStateDescriptor } = await import("../src/state/index.ts");
+  const b = await createKeyedStateBackend({ kind: "sqlite", path: path.join(dir, "map-estimate.db"), maxParallelism: 128, keyGroupRange: { start: 0, end: 127 }, objectCacheBytes: 1024 * 1024 * 1024 });
+  const m = b.getMapState(new MapStateDescriptor<number, number>("m"));
+  Bun.gc(true);
+  const heap0 = process.memoryUsage().heapUsed;
+  const n = 400_000;
+  for (let i = 0; i < n; i++) {
+    b.setCurrentKey(`channel-${i % 2000}|2026-12-03`);
+    m.put(i, 1 << (i % 4));
+  }
+  Bun.gc(true);
+  const heapPerEntry = (process.memoryUsage().heapUsed - heap0) / n;
+  const estimatePerEntry = (b as unknown as { cacheStats(): { usedBytes: number } }).cacheStats().usedBytes / n;
+  console.log(`[map-estimate] heap ${heapPerEntry.toFixed(0)} B, estimate ${estimatePerEntry.toFixed(0)} B per map entry`);
+  // (Close at this shape; the Maps' power-of-two tables make the heap up to 15 % more at other fill levels.)
+  expect(estimatePerEntry).toBeGreaterThan(heapPerEntry * 0.8);
+  expect(estimatePerEntry).toBeLessThan(heapPerEntry * 1.25);
+  expect(heapPerEntry).toBeLessThan(305); // one key string per node, not per entry (332 B with a copy each)
+  await b.close();
+});

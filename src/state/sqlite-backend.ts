@@ -17,7 +17,7 @@ import * as path from "node:path";
 import { StateFileError } from "./api.ts";
 import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
 import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, transientKeyBytes, type HeapKey } from "./serde.ts";
-import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, newSqlTable, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
+import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, mapEntrySize, newSqlTable, nodeSize, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
 import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlRow, type SqlValue } from "./sqlite-driver.ts";
 import { compileQueries, prepareDatabase, type Queries, type SqliteMemory } from "./sqlite-schema.ts";
@@ -521,7 +521,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     let n = t.maps.get(hk);
     if (n === undefined) {
       if (!create) return undefined;
-      t.maps.set(hk, (n = new MapNode()));
+      t.maps.set(hk, (n = new MapNode(hk)));
+      this.cache.usedBytes += nodeSize(hk);
     }
     t.lastNode = n;
     t.lastNodeHk = hk;
@@ -548,7 +549,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const row = this.read(p);
     const bytes = row === undefined ? null : (row.v as Uint8Array);
     if (bytes !== null && !this.reread) this.sawReread();
-    const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, false, entrySize(this.hk, uhk, bytes));
+    const ne = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
     n.entries.set(uhk, ne);
     this.cache.add(ne);
     return ne;
@@ -560,7 +561,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const e = n.entries.get(uhk);
     if (e !== undefined) this.cache.setBytes(e, bytes);
     else if (!(bytes === null && n.complete)) {
-      const ne = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, true, entrySize(this.hk, uhk, bytes));
+      const ne = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, true, mapEntrySize(uhk, bytes));
       n.entries.set(uhk, ne);
       this.cache.add(ne);
     }
@@ -580,7 +581,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         const uhk = heapKeyOfBytes(row.uk as Uint8Array);
         if (n.entries.has(uhk)) continue;
         const bytes = row.v as Uint8Array;
-        const e = new Entry(t, this.kg, this.hk, n, uhk, bytes, undefined, false, entrySize(this.hk, uhk, bytes));
+        const e = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
         n.entries.set(uhk, e);
         this.cache.add(e);
       }
@@ -593,6 +594,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     }
     if (n.entries.size === 0) {
       t.maps.delete(this.hk);
+      this.cache.usedBytes -= nodeSize(n.hk);
       if (t.lastNode === n) t.lastNode = null;
     }
     this.maybeEvict();
@@ -627,6 +629,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     // Dirty entries are superseded by the delete (and must not be written back by a snapshot's write-behind).
     for (const e of n.entries.values()) this.cache.remove(e);
     t.maps.delete(this.hk);
+    this.cache.usedBytes -= nodeSize(n.hk);
     if (t.lastNode === n) t.lastNode = null;
   }
 

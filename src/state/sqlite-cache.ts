@@ -70,6 +70,9 @@ export function settle(e: Entry): void {
 
 /** A map state's cached user keys of one key. */
 export class MapNode {
+  /** The key, one string for all of its entries (a record's key is a string of its own, and a key with thousands of
+   *  user keys would otherwise keep as many copies). */
+  constructor(readonly hk: HeapKey) {}
   readonly entries = new Map<HeapKey, Entry>();
   /** True when `entries` holds every user key of this key (loaded, or the key is known to be new). */
   complete = false;
@@ -110,6 +113,17 @@ export function keyCost(hk: HeapKey): number {
 
 export function entrySize(hk: HeapKey, uhk: HeapKey | undefined, bytes: Uint8Array | null): number {
   return ENTRY_OVERHEAD + keyCost(hk) + (uhk === undefined ? 0 : keyCost(uhk)) + (bytes === null ? 0 : bytes.length);
+}
+
+/** The same for a map entry: its key is its node's (charged once, nodeSize). */
+export function mapEntrySize(uhk: HeapKey, bytes: Uint8Array | null): number {
+  return ENTRY_OVERHEAD + 8 + keyCost(uhk) + (bytes === null ? 0 : bytes.length);
+}
+
+/** Estimated memory of a map node: the MapNode, its Map and its slot in the table's Map, and its key. */
+export const NODE_OVERHEAD = 200;
+export function nodeSize(hk: HeapKey): number {
+  return NODE_OVERHEAD + keyCost(hk);
 }
 
 /** Estimated memory of a live entry holding `v`. */
@@ -270,6 +284,7 @@ export class ObjectCache {
         e.node.complete = false;
         if (e.node.entries.size === 0) {
           t.maps.delete(e.hk);
+          this.usedBytes -= nodeSize(e.hk);
           if (t.lastNode === e.node) t.lastNode = null;
         }
       }
