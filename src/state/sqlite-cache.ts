@@ -87,7 +87,7 @@ export interface SqlTable {
   values: Map<HeapKey, Entry>;
   maps: Map<HeapKey, MapNode>;
   /** The entry (or map node) last looked up and its key: a record reads and then writes each state of its key, and
-   *  a second lookup in a large Map costs cache misses (11 % of SQLite-backed q16's task). Null once that entry
+   *  a second lookup in a large Map costs cache misses (about 10 % of SQLite-backed q16's task). Null once that entry
    *  leaves `values` (or the node `maps`). */
   lastEntry: Entry | null;
   lastEntryHk: HeapKey;
