@@ -17,7 +17,7 @@ import * as path from "node:path";
 import { StateFileError } from "./api.ts";
 import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
 import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, transientKeyBytes, type HeapKey } from "./serde.ts";
-import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, mapEntrySize, newSqlTable, nodeSize, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
+import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, mapEntrySize, newSqlTable, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
 import { openSqliteDriver, type SqliteDriver, type SqliteStatement, type SqlRow, type SqlValue } from "./sqlite-driver.ts";
 import { compileQueries, prepareDatabase, type Queries, type SqliteMemory } from "./sqlite-schema.ts";
@@ -521,8 +521,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     let n = t.maps.get(hk);
     if (n === undefined) {
       if (!create) return undefined;
-      t.maps.set(hk, (n = new MapNode(hk)));
-      this.cache.usedBytes += nodeSize(hk);
+      this.cache.addNode(t, (n = new MapNode(hk)));
     }
     t.lastNode = n;
     t.lastNodeHk = hk;
@@ -592,11 +591,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       if (e.bytes !== null) out.push([keyOfHeapKey(uhk), decode(e.bytes)]);
       this.cache.touch(e);
     }
-    if (n.entries.size === 0) {
-      t.maps.delete(this.hk);
-      this.cache.usedBytes -= nodeSize(n.hk);
-      if (t.lastNode === n) t.lastNode = null;
-    }
+    if (n.entries.size === 0) this.cache.dropNode(t, n);
     this.maybeEvict();
     return out;
   }
@@ -628,9 +623,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (n === undefined) return;
     // Dirty entries are superseded by the delete (and must not be written back by a snapshot's write-behind).
     for (const e of n.entries.values()) this.cache.remove(e);
-    t.maps.delete(this.hk);
-    this.cache.usedBytes -= nodeSize(n.hk);
-    if (t.lastNode === n) t.lastNode = null;
+    this.cache.dropNode(t, n);
   }
 
   // ---- TTL, snapshots, restore ----

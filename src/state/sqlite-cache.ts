@@ -122,7 +122,7 @@ export function mapEntrySize(uhk: HeapKey, bytes: Uint8Array | null): number {
 
 /** Estimated memory of a map node: the MapNode, its Map and its slot in the table's Map, and its key. */
 export const NODE_OVERHEAD = 200;
-export function nodeSize(hk: HeapKey): number {
+function nodeSize(hk: HeapKey): number {
   return NODE_OVERHEAD + keyCost(hk);
 }
 
@@ -192,6 +192,20 @@ export class ObjectCache {
   private unlink(e: LruLink): void {
     e.prev.next = e.next;
     e.next.prev = e.prev;
+  }
+
+  /** Puts a new map node in its table, charging its memory. */
+  addNode(t: SqlTable, n: MapNode): void {
+    t.maps.set(n.hk, n);
+    this.usedBytes += nodeSize(n.hk);
+  }
+
+  /** Takes a map node out of its table (its entries are gone or going), with its charge and the table's memory of
+   *  it as the last node looked up. */
+  dropNode(t: SqlTable, n: MapNode): void {
+    t.maps.delete(n.hk);
+    this.usedBytes -= nodeSize(n.hk);
+    if (t.lastNode === n) t.lastNode = null;
   }
 
   /** Marks an entry most recently used. */
@@ -283,9 +297,7 @@ export class ObjectCache {
         e.node.entries.delete(e.uhk);
         e.node.complete = false;
         if (e.node.entries.size === 0) {
-          t.maps.delete(e.hk);
-          this.usedBytes -= nodeSize(e.hk);
-          if (t.lastNode === e.node) t.lastNode = null;
+          this.dropNode(t, e.node);
         }
       }
       this.usedBytes -= e.size;
