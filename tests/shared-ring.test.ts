@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { ChannelEvent } from "../src/network/record-writer.ts";
-import { createRing, RingReader, ringWakeUps, RingWriter, SLOT_HEADER_BYTES, type RingItem } from "../src/network/shared-ring.ts";
+import { BACKSTOP_MS, createRing, RingReader, ringWakeUps, RingWriter, SLOT_HEADER_BYTES, type RingItem } from "../src/network/shared-ring.ts";
 import { checksumStep, eventsAfter, payloadFor, type ConsumerReport, type ProducerReport, type RingJob } from "./fixtures/shared-ring-worker.ts";
 
 const WORKER = new URL("./fixtures/shared-ring-worker.ts", import.meta.url).href;
@@ -329,6 +329,67 @@ describe("shared ring, waiting", () => {
     const free = w.whenFree();
     r.release();
     await within(free, 1000, "whenFree after release");
+  });
+});
+
+describe("shared ring, a wake-up that never comes", () => {
+  // The header's waiter words (see shared-ring.ts): cleared here before the other side acts, so that it sees nobody
+  // waiting and does not notify, as if the runtime had lost its notify.
+  const PUBLISHED_WAITERS = 6;
+  const WAKE_WRITER_AT = 7;
+
+  test("a reader whose wake-up is lost still sees the pushed item within the backstop", async () => {
+    const { sab, w, r } = ring(4, 4);
+    const h = new Int32Array(sab, 0, 8);
+    const p = r.whenPublished();
+    const s = tracked(p);
+    await sleep(10);
+    expect(Atomics.load(h, PUBLISHED_WAITERS)).toBe(1);
+    Atomics.store(h, PUBLISHED_WAITERS, 0);
+    const before = ringWakeUps.count;
+    const at = performance.now();
+    w.tryPush(bytes(7));
+    expect(ringWakeUps.count).toBe(before); // no notify went out
+    expect(s.done).toBe(false);
+    await within(p, 5000, "whenPublished after a lost wake-up");
+    expect(performance.now() - at).toBeLessThan(BACKSTOP_MS * 4);
+    expect(buffer(r.take())).toEqual(bytes(7));
+  });
+
+  test("a writer whose wake-up is lost still finds the freed slots within the backstop", async () => {
+    const { sab, w, r } = ring(2, 4);
+    const h = new Int32Array(sab, 0, 8);
+    w.tryPush(bytes(1));
+    w.tryPush(bytes(2));
+    const p = w.whenFree();
+    await sleep(10);
+    expect(Atomics.load(h, WAKE_WRITER_AT)).not.toBe(0);
+    Atomics.store(h, WAKE_WRITER_AT, 0);
+    const before = ringWakeUps.count;
+    r.take();
+    r.release();
+    r.take();
+    r.release();
+    expect(ringWakeUps.count).toBe(before);
+    await within(p, 5000, "whenFree after a lost wake-up");
+    expect(w.free).toBe(2);
+  });
+
+  test("an idle wait shares one runtime wait across backstop ticks, and a push still ends it", async () => {
+    const { sab, w, r } = ring(4, 4);
+    const h = new Int32Array(sab, 0, 8);
+    const p = r.whenPublished();
+    const s = tracked(p);
+    await sleep(BACKSTOP_MS * 3.5); // several ticks: the reader looked again and went on waiting each time
+    expect(s.done).toBe(false);
+    // One waiter on the published count, not one per tick (index 0; a notify without a publish: the reader looks,
+    // finds nothing and waits again).
+    expect(Atomics.notify(h, 0)).toBe(1);
+    await sleep(10);
+    expect(s.done).toBe(false);
+    w.tryPush(bytes(3));
+    await within(p, 1000, "whenPublished after the push");
+    expect(buffer(r.take())).toEqual(bytes(3));
   });
 });
 

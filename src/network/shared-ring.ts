@@ -128,11 +128,60 @@ class RingEnd {
     return HEADER_BYTES + (c % this.slots) * this.stride;
   }
 
-  /** Waits until `counter` is not `seen` (its other side then notifies), or timeoutMs passed. */
-  protected async sleep(counter: number, seen: number, timeoutMs?: number): Promise<void> {
-    const w = Atomics.waitAsync(this.h, counter, seen, timeoutMs);
-    if (w.async) await w.value;
+  /** The wait pending on this end's Int32Array, and the sleeps it ends (see sleep). */
+  private parked: { counter: number; seen: number; wakes: Set<() => void> } | null = null;
+
+  /**
+   * Waits until `counter` is not `seen` (its other side then notifies), or timeoutMs passed, or the next backstop
+   * tick: every caller loops and checks its condition again, so a wake-up that never comes costs at most
+   * BACKSTOP_MS. Bun 1.4.5 lost one now and then: a task that waited for a ring with ten buffers published in it, the
+   * writer's notify done (the waiter flag cleared), slept until it was killed 12 minutes later, and its producer with
+   * it (found by scripts/bench-helpers/latency-job.js at a buffer per record). A sleep on the same unchanged value as
+   * the pending wait (the backstop ended the last one) shares that waitAsync instead of adding one per tick to the
+   * runtime's waiter list (an idle channel would add ten a second).
+   */
+  protected sleep(counter: number, seen: number, timeoutMs?: number): Promise<void> {
+    let parked = this.parked;
+    if (parked === null || parked.counter !== counter || parked.seen !== seen) {
+      const w = Atomics.waitAsync(this.h, counter, seen, timeoutMs);
+      if (!w.async) return Promise.resolve();
+      const entry = { counter, seen, wakes: new Set<() => void>() };
+      void w.value.then(() => {
+        if (this.parked === entry) this.parked = null;
+        for (const wake of [...entry.wakes]) wake();
+      });
+      this.parked = parked = entry;
+    }
+    const wakes = parked.wakes;
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        wakes.delete(done);
+        backstopSleepers.delete(done);
+        resolve();
+      };
+      wakes.add(done);
+      backstopSleepers.add(done);
+      if (backstopTimer === null) {
+        backstopTimer = setInterval(backstopTick, BACKSTOP_MS);
+        (backstopTimer as { unref?: () => void }).unref?.();
+      }
+    });
   }
+}
+
+/** How long a ring wait lasts at most without its wake-up (RingEnd.sleep); the waiter then checks again. */
+export const BACKSTOP_MS = 100;
+/** This thread's pending ring sleeps, each ended by its wake-up or the next backstop tick. */
+const backstopSleepers = new Set<() => void>();
+let backstopTimer: ReturnType<typeof setInterval> | null = null;
+
+function backstopTick(): void {
+  if (backstopSleepers.size === 0) {
+    clearInterval(backstopTimer!);
+    backstopTimer = null;
+    return;
+  }
+  for (const wake of [...backstopSleepers]) wake();
 }
 
 /** The producer's end: only one RingWriter per ring, in one thread. */
