@@ -241,6 +241,53 @@ describe("InputGate", () => {
     expect(gate.poll()).toBeNull();
   });
 
+  test("dense arrivals: waitNext polls after a short sleep instead of asking for a wake-up, and waits again once a poll finds nothing", async () => {
+    const gate = new InputGate(["a"]);
+    const bufs = ["r0", "r1", "r2", "r3"].map((r) => channelBuffers([r], 1, 64)[0]!);
+    let arms = 0;
+    /** Buffers the next poll() hands to the gate: what a ring holds when its reader looks. */
+    const ring: Buf[] = [];
+    const deliver = (b: Buf) => gate.onBuffer("a", b.buf, b.size, () => {});
+    gate.addSource({ poll: () => ring.splice(0).forEach(deliver), armWake: () => arms++ });
+
+    // Idle: a wake-up is asked for. The buffer comes at once (a wait far shorter than the dense gap).
+    const w1 = gate.waitNext();
+    expect(arms).toBe(1);
+    deliver(bufs[0]!);
+    await w1;
+    expect(gate.poll()).toEqual({ channel: "a", records: ["r0"] });
+
+    // Dense: nothing there yet, so the gate sleeps and looks again, without asking for a wake-up; the buffer is
+    // found by that look.
+    let looks = 0;
+    gate.addSource({ poll: () => void (looks++ === 1 && deliver(bufs[1]!)), armWake: () => {} });
+    const polls = gate.polls;
+    await gate.waitNext();
+    expect(gate.polls).toBe(polls + 1);
+    expect(arms).toBe(1);
+    expect(gate.poll()).toEqual({ channel: "a", records: ["r1"] });
+
+    // Still dense, but the look after the sleep finds nothing: the gate asks for a wake-up again.
+    const w3 = tracked(gate.waitNext());
+    expect(gate.polls).toBe(polls + 2);
+    expect(arms).toBe(2);
+    await settle();
+    expect(w3.done).toBe(false);
+    // A slow arrival (well over the dense gap) ...
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    deliver(bufs[2]!);
+    await settle();
+    expect(w3.done).toBe(true);
+    expect(gate.poll()).toEqual({ channel: "a", records: ["r2"] });
+    // ... ends the polling: the next wait asks for a wake-up at once, without a sleep.
+    const w4 = tracked(gate.waitNext());
+    expect(gate.polls).toBe(polls + 2);
+    expect(arms).toBe(3);
+    deliver(bufs[3]!);
+    await settle();
+    expect(w4.done).toBe(true);
+  });
+
   test("recycle is called once per buffer, with that buffer, when the buffer is polled (not when it arrives)", () => {
     const gate = new InputGate(["c"]);
     const recycler = new Recycler();

@@ -186,6 +186,25 @@ describe("source splits", () => {
     expect(ms).toBeGreaterThanOrEqual(140); // 3000 events at 20,000/s: 150 ms
     expect(ms).toBeLessThan(2000);
   });
+
+  test("throttled at a high rate: each chunk holds at least 0.1 ms of the schedule, and no event comes before it is due", () => {
+    // 1 M events/s in all; subtask 1 of 2 emits every second event, so 50 of its events make 0.1 ms.
+    const fast = specOf({ events: 40_000, seed: 1, ratePerSecond: 1_000_000, throttle: true });
+    const reader = new SourceReader(fast, initialSplits(fast, 1, 2));
+    const t0 = performance.now();
+    const sizes: number[] = [];
+    let emitted = 0;
+    for (let chunk = reader.next(); chunk !== null; chunk = reader.next()) {
+      const now = performance.now();
+      emitted += chunk.length;
+      sizes.push(chunk.length);
+      // Its last event (subtask 1's event number 2 * emitted - 1) was due by now: at or after the reader began.
+      expect(now - t0).toBeGreaterThanOrEqual((2 * emitted - 1) * 0.001 - 0.01);
+    }
+    expect(emitted).toBe(20_000);
+    // Every chunk but the last waited for 50 events (more when the reader was behind its schedule).
+    expect(Math.min(...sizes.slice(0, -1))).toBeGreaterThanOrEqual(50);
+  });
 });
 
 // ---- the queries on a cluster, against reference implementations ----

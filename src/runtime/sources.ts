@@ -9,6 +9,8 @@ import type { ConnectorSplit } from "../api/connector.ts";
 export const SOURCE_CHUNK = 1024;
 /** The smallest chunk a back-pressured source reads (see SourceReader.outputFullAfter). */
 const MIN_SOURCE_CHUNK = 8;
+/** A throttled Nexmark chunk spans at least this long of its schedule (nextNexmark). */
+const THROTTLE_CHUNK_MS = 0.1;
 const READ_BYTES = 1 << 20;
 const NEWLINE = 10;
 
@@ -307,7 +309,12 @@ export class SourceReader {
         this.throttleStart = { at: performance.now(), first };
       }
       const due = (k: number) => this.throttleStart!.at + (k - this.throttleStart!.first) * msPerEvent;
-      const wait = due(s.next) - performance.now();
+      // A chunk waits until THROTTLE_CHUNK_MS of events are due (at high rates; at most n): each chunk costs the task
+      // a turn of its loop (flushes, a yield to the event loop, a sleep), about 15 us, and with a chunk per event or
+      // two that overhead alone kept the source thread busy at any rate over about 100 K events/s, so any time slice
+      // it lost became lateness.
+      const batch = Math.min(n, Math.max(1, Math.floor(THROTTLE_CHUNK_MS / (msPerEvent * s.stride))));
+      const wait = due(s.next + (batch - 1) * s.stride) - performance.now();
       if (wait > 0) Atomics.wait((this.sleeper ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, wait);
       const now = performance.now();
       let k = 1;
