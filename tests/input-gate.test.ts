@@ -250,7 +250,9 @@ describe("InputGate", () => {
     const deliver = (b: Buf) => gate.onBuffer("a", b.buf, b.size, () => {});
     gate.addSource({ poll: () => ring.splice(0).forEach(deliver), armWake: () => arms++ });
 
-    // Idle: a wake-up is asked for. The buffer comes at once (a wait far shorter than the dense gap).
+    // Idle: a wake-up is asked for. The buffer comes within the dense gap (set long here, so that a descheduled test
+    // thread cannot make the gap look long).
+    gate.denseGapMs = 60_000;
     const w1 = gate.waitNext();
     expect(arms).toBe(1);
     deliver(bufs[0]!);
@@ -273,8 +275,9 @@ describe("InputGate", () => {
     expect(arms).toBe(2);
     await settle();
     expect(w3.done).toBe(false);
-    // A slow arrival (well over the dense gap) ...
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // A slow arrival (well over the dense gap, now short) ...
+    gate.denseGapMs = 5;
+    await new Promise((resolve) => setTimeout(resolve, 50));
     deliver(bufs[2]!);
     await settle();
     expect(w3.done).toBe(true);

@@ -352,7 +352,7 @@ describe("shared ring, a wake-up that never comes", () => {
     expect(ringWakeUps.count).toBe(before); // no notify went out
     expect(s.done).toBe(false);
     await within(p, 5000, "whenPublished after a lost wake-up");
-    expect(performance.now() - at).toBeLessThan(BACKSTOP_MS * 4);
+    expect(performance.now() - at).toBeLessThan(BACKSTOP_MS * 10); // a tick or two, with room for a loaded machine
     expect(buffer(r.take())).toEqual(bytes(7));
   });
 

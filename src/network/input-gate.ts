@@ -526,7 +526,7 @@ export class InputGate {
     const armed = performance.now();
     return new Promise((resolve) => {
       this.wake = () => {
-        this.dense = performance.now() - armed < DENSE_GAP_MS;
+        this.dense = performance.now() - armed < this.denseGapMs;
         resolve();
       };
     });
@@ -534,6 +534,8 @@ export class InputGate {
 
   /** Arrivals come often enough that polling is cheaper than being woken (waitNext). */
   private dense = false;
+  /** A wait that ended sooner than this means dense arrivals (DENSE_GAP_MS; tests set it to be independent of timing). */
+  denseGapMs = DENSE_GAP_MS;
   private sleeper: Int32Array | null = null;
   /** Sleeps taken instead of waits (waitNext): tests look at it. */
   polls = 0;
