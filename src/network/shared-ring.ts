@@ -134,11 +134,11 @@ class RingEnd {
   /**
    * Waits until `counter` is not `seen` (its other side then notifies), or timeoutMs passed, or the next backstop
    * tick: every caller loops and checks its condition again, so a wake-up that never comes costs at most
-   * BACKSTOP_MS. Bun 1.4.5 lost one now and then: a task that waited for a ring with ten buffers published in it, the
-   * writer's notify done (the waiter flag cleared), slept until it was killed 12 minutes later, and its producer with
-   * it (found by scripts/bench-helpers/latency-job.js at a buffer per record). A sleep on the same unchanged value as
-   * the pending wait (the backstop ended the last one) shares that waitAsync instead of adding one per tick to the
-   * runtime's waiter list (an idle channel would add ten a second).
+   * BACKSTOP_MS. Bun 1.4.5 lost one in a latency run: a task that waited for a ring with ten buffers published in
+   * it, the writer's notify done (the waiter flag cleared), slept until it was killed 12 minutes later, and its
+   * producer with it (scripts/bench-helpers/latency-job.js at a buffer per record). A sleep on the same unchanged
+   * value as the pending wait (the backstop ended the last one) shares that waitAsync instead of adding one per tick
+   * to the runtime's waiter list (an idle channel would add ten a second).
    */
   protected sleep(counter: number, seen: number, timeoutMs?: number): Promise<void> {
     let parked = this.parked;
