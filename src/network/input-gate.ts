@@ -4,6 +4,7 @@
 // Priority events (unaligned barriers, cancel markers) overtake the queue; for an unaligned checkpoint the gate
 // records the records of the buffers that belong to its channel state (see startRecording).
 import { assert } from "../util/assert.ts";
+import { sleepSync } from "../util/sleep-sync.ts";
 import { isPriorityEvent, type ChannelEvent } from "./record-writer.ts";
 import { RecordDeserializer, wholeChunksLength } from "./serialization.ts";
 
@@ -516,7 +517,7 @@ export class InputGate {
     this.pollSources();
     if (this.head < this.queue.length) return Promise.resolve();
     if (this.dense) {
-      Atomics.wait((this.sleeper ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, POLL_MS);
+      sleepSync(POLL_MS);
       this.polls++;
       this.pollSources();
       if (this.head < this.queue.length) return Promise.resolve();
@@ -536,7 +537,6 @@ export class InputGate {
   private dense = false;
   /** A wait that ended sooner than this means dense arrivals (DENSE_GAP_MS; tests set it to be independent of timing). */
   denseGapMs = DENSE_GAP_MS;
-  private sleeper: Int32Array | null = null;
   /** Sleeps taken instead of waits (waitNext): tests look at it. */
   polls = 0;
 

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import type { SourceSpec } from "../api/plan.ts";
 import { eventAt } from "../nexmark/generator.ts";
 import type { ConnectorSplit } from "../api/connector.ts";
+import { sleepSync } from "../util/sleep-sync.ts";
 
 export const SOURCE_CHUNK = 1024;
 /** The smallest chunk a back-pressured source reads (see SourceReader.outputFullAfter). */
@@ -152,7 +153,6 @@ export class SourceReader {
   private buf: Buffer | null = null;
   /** Throttled Nexmark sources: when the reader started and the event number it started with. */
   private throttleStart: { at: number; first: number } | null = null;
-  private sleeper: Int32Array | null = null;
   /** Id of the split the last chunk came from (-1 before the first). */
   lastSplitId = -1;
   /**
@@ -315,7 +315,7 @@ export class SourceReader {
       // it lost became lateness.
       const batch = Math.min(n, Math.max(1, Math.floor(THROTTLE_CHUNK_MS / (msPerEvent * s.stride))));
       const wait = due(s.next + (batch - 1) * s.stride) - performance.now();
-      if (wait > 0) Atomics.wait((this.sleeper ??= new Int32Array(new SharedArrayBuffer(4))), 0, 0, wait);
+      if (wait > 0) sleepSync(wait);
       const now = performance.now();
       let k = 1;
       while (k < n && due(s.next + k * s.stride) <= now) k++;
