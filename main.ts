@@ -8,7 +8,7 @@ import { ConfigError, loadConfig, type Config } from "./src/config/index.ts";
 import { startJobManager } from "./src/roles/jobmanager-role.ts";
 import { EtcdUnavailableError, findJobManager } from "./src/ha/index.ts";
 import { TaskExecutor } from "./src/taskmanager/task-executor.ts";
-import { prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
+import { graphOptionsOf, prepareJob, JobFileNotFoundError, JobPreparationError } from "./src/client/prepare-job.ts";
 import { connectClient, describeFailure, describeStatus, JobProgress, submitJob, useClientConfig, waitForJob, type SubmitOptions } from "./src/client/job-client.ts";
 import { formatSavepointInfo, savepointInfo } from "./src/client/savepoint-info.ts";
 import { startLocalCluster } from "./src/client/local-cluster.ts";
@@ -306,7 +306,7 @@ async function runLocal(args: string[]): Promise<number> {
   if (!values.verbose && !values.D?.some((d) => d.startsWith("log.level="))) setLogLevel("warn");
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
   const tms = positiveInt(values.taskmanagers, "--taskmanagers") ?? 1;
-  const prepared = await prepareJob(job, jobArgs, parallelism, { chainKeyedAtParallelismOne: cfg["pipeline.operator-chaining.keyed-at-parallelism-one"] });
+  const prepared = await prepareJob(job, jobArgs, parallelism, graphOptionsOf(cfg));
   const needed = Math.max(...prepared.graph.vertices.map((v) => v.parallelism));
   const cluster = await startLocalCluster({ taskManagers: tms, slotsPerTaskManager: Math.ceil(needed / tms), config: cfg });
   try {
@@ -333,7 +333,7 @@ async function runSubmit(args: string[]): Promise<number> {
   const cfg = config(values);
   const { host, port } = await jobManagerAddress(cfg, values.jobmanager);
   const parallelism = positiveInt(values.parallelism, "--parallelism") ?? cfg["parallelism.default"];
-  const prepared = await prepareJob(job, jobArgs, parallelism, { chainKeyedAtParallelismOne: cfg["pipeline.operator-chaining.keyed-at-parallelism-one"] });
+  const prepared = await prepareJob(job, jobArgs, parallelism, graphOptionsOf(cfg));
   const fromSavepoint = values["from-savepoint"] === undefined ? undefined : path.resolve(values["from-savepoint"]);
   const allowNonRestoredState = values.allowNonRestoredState === true;
   if (allowNonRestoredState && fromSavepoint === undefined) throw new UsageError("submit: --allowNonRestoredState (-n) needs --from-savepoint (-s)");

@@ -55,6 +55,52 @@ describe("local cluster", () => {
     expect(max).toEqual(expected);
   });
 
+
+  test("a keyed sum emits copies a sink may keep; with object reuse (job or pipeline.object-reuse) the accumulator itself", async () => {
+    // The sink keeps every record it gets and, at the end, reports how many distinct objects they were, what they
+    // hold then and how many are objects the map made: copies keep the running sums as emitted; with object reuse the
+    // accumulator is the key's first record itself (as Flink's reduce keeps its first value) and shows its final sum.
+    const out = path.join(dir, "reuse");
+    fs.mkdirSync(out);
+    const job = writeJob(dir, "reuse.ts", `
+      import * as fs from "node:fs";
+      export default (env, args) => {
+        if (args[0] === "on") env.getConfig().enableObjectReuse();
+        if (args[0] === "off") env.getConfig().disableObjectReuse();
+        const kept = [], made = new Set();
+        env.fromSequence(0, 999).map((i) => { const t = [i % 10, 1]; made.add(t); return t; }).keyBy((t) => t[0]).sum(1).addSink({
+          invoke(r) { kept.push(r); },
+          close() {
+            const fromMap = kept.filter((r) => made.has(r)).length;
+            const report = { n: kept.length, distinct: new Set(kept).size, sums: kept.map((r) => r[1]), fromMap };
+            fs.writeFileSync(${JSON.stringify(out)} + "/" + args[1] + ".json", JSON.stringify(report));
+          },
+        });
+      };`);
+    const runWith = async (jobSetting: string, clusterDefault: boolean, name: string) => {
+      const jobId = await submitJob(t.client, await prepareJob(job, [jobSetting, name], 1, { objectReuse: clusterDefault }));
+      expect((await waitForJob(t.client, jobId, () => {}, 100)).state).toBe("FINISHED");
+      return JSON.parse(fs.readFileSync(path.join(out, `${name}.json`), "utf8")) as Report;
+    };
+    type Report = { n: number; distinct: number; sums: number[]; fromMap: number };
+    const running = Array.from({ length: 1000 }, (_, i) => Math.floor(i / 10) + 1); // key i % 10's sum after record i
+    const copies = (r: Report) => {
+      expect(r.n).toBe(1000);
+      expect(r.distinct).toBe(1000);
+      expect(r.sums).toEqual(running);
+      expect(r.fromMap).toBe(0);
+    };
+    const reused = (r: Report) => {
+      expect(r.n).toBe(1000);
+      expect(r.distinct).toBe(10); // one accumulator per key, handed on every time
+      expect(r.sums).toEqual(Array(1000).fill(100));
+      expect(r.fromMap).toBe(1000); // each key's accumulator is its first record, as the map made it
+    };
+    copies(await runWith("default", false, "default"));
+    reused(await runWith("on", false, "job-on"));
+    reused(await runWith("default", true, "cluster-on"));
+    copies(await runWith("off", true, "job-off")); // the job's own setting wins over the cluster's
+  }, 60_000);
   test("union, rebalance and broadcast deliver every record the expected number of times", async () => {
     const out = path.join(dir, "fanout");
     const job = writeJob(dir, "fanout.ts", `

@@ -111,6 +111,7 @@ describe("defaults", () => {
       "parallelism.default": 1,
       "pipeline.auto-watermark-interval": 200,
       "pipeline.operator-chaining.keyed-at-parallelism-one": true,
+      "pipeline.object-reuse": false,
       "rest.address": "127.0.0.1",
       "rest.port": 8081,
       "web.exception-history-size": 16,

@@ -28,6 +28,29 @@ import type { OutputTag, ProcessWindowFunction, WatermarkStrategy, WindowAggrega
 export const DEFAULT_MAX_PARALLELISM = 128;
 export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
 
+/** The job's execution settings that Flink keeps in ExecutionConfig (env.getConfig()). */
+export class ExecutionConfig {
+  constructor(private readonly settings: JobSettings) {}
+  /**
+   * Object reuse (Flink's pipeline.object-reuse): a keyed reduce or sum hands its accumulator itself to the
+   * operators chained after it, not a copy, and changes it with the key's next record; those functions must not keep
+   * or change what they are given. Overrides the cluster's pipeline.object-reuse.
+   */
+  enableObjectReuse(): this {
+    this.settings.objectReuse = true;
+    return this;
+  }
+  /** Every value a keyed reduce emits is a copy of its own (the default), whatever pipeline.object-reuse says. */
+  disableObjectReuse(): this {
+    this.settings.objectReuse = false;
+    return this;
+  }
+  /** Whether this job turned object reuse on itself (false: off, or left to pipeline.object-reuse). */
+  isObjectReuseEnabled(): boolean {
+    return this.settings.objectReuse === true;
+  }
+}
+
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 type NewNode = DistributiveOmit<PlanNode, "id" | "parallelism" | "uid" | "chaining">;
 
@@ -45,6 +68,11 @@ export class StreamExecutionEnvironment {
     autoWatermarkInterval: null,
     latencyTrackingInterval: null,
   };
+
+  /** The job's ExecutionConfig (object reuse). */
+  getConfig(): ExecutionConfig {
+    return new ExecutionConfig(this.settings);
+  }
 
   /** Latency markers of this job every `ms` (0 = off); default: the JobManager's metrics.latency.interval. */
   setLatencyTrackingInterval(ms: number): this {

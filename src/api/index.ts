@@ -1,6 +1,6 @@
 // Public API for job authors: `import { type StreamExecutionEnvironment } from "tm"` (or this path).
 export { Types, type TypeInformation } from "./types.ts";
-export { StreamExecutionEnvironment, AsyncDataStream, DataStream, KeyedStream, ConnectedStreams, BroadcastStream, BroadcastConnectedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
+export { StreamExecutionEnvironment, ExecutionConfig, AsyncDataStream, DataStream, KeyedStream, ConnectedStreams, BroadcastStream, BroadcastConnectedStream, WindowedStream, DataSink, FileSink, FileSinkSpec, type ConnectorSinkSpec, type JobBuilder, type Source } from "./environment.ts";
 // The Nexmark benchmark's generator as a source: env.fromSource(NexmarkSource.events({ events, seed }), strategy).
 export { NexmarkSource, type NexmarkSourceOptions } from "../nexmark/source.ts";
 export type { Auction, Bid, NexmarkEvent, Person } from "../nexmark/generator.ts";

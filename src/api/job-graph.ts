@@ -20,6 +20,8 @@ interface StreamEdge {
 export interface JobGraphOptions {
   /** Chain a keyBy (hash) edge when its producer and consumer both run at parallelism 1 (default true). */
   chainKeyedAtParallelismOne?: boolean;
+  /** pipeline.object-reuse: the default for a job that does not set its own (default false). */
+  objectReuse?: boolean;
 }
 
 export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, defaultParallelism: number, jobName: string, options: JobGraphOptions = {}): JobGraph {
@@ -139,6 +141,7 @@ export function buildJobGraph(nodes: NodeDescription[], settings: JobSettings, d
     stateBackend: settings.stateBackend,
     checkpointInterval: settings.checkpointInterval ?? 0,
     checkpointingMode: settings.checkpointingMode ?? null,
+    ...((settings.objectReuse ?? options.objectReuse) === true ? { objectReuse: true } : {}),
   };
 }
 

@@ -220,6 +220,8 @@ export interface JobSettings {
   latencyTrackingInterval?: number | null;
   /** Infer a record type for edges without a declared one (default true); false: msgpack for them. */
   typeInference?: boolean;
+  /** Object reuse (ExecutionConfig.enableObjectReuse), or null/absent for the client's pipeline.object-reuse. */
+  objectReuse?: boolean | null;
 }
 
 export type CheckpointingMode = "EXACTLY_ONCE" | "AT_LEAST_ONCE";

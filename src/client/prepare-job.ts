@@ -5,6 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { buildJobGraph, type JobGraphOptions } from "../api/job-graph.ts";
 import type { JobGraph } from "../graph/job-graph.ts";
+import type { Config } from "../config/index.ts";
 import { describePlan } from "../api/plan.ts";
 import { loadPlan } from "../api/load-plan.ts";
 import { BundleError, bundleModule } from "../runtime-env/bundle.ts";
@@ -34,6 +35,11 @@ export async function bundleJob(jobPath: string): Promise<Uint8Array> {
     if (err instanceof BundleError) throw new JobPreparationError(`cannot bundle ${jobPath}: ${err.message}`);
     throw err;
   }
+}
+
+/** The client's configuration keys that shape a job graph (pipeline.*). */
+export function graphOptionsOf(cfg: Config): JobGraphOptions {
+  return { chainKeyedAtParallelismOne: cfg["pipeline.operator-chaining.keyed-at-parallelism-one"], objectReuse: cfg["pipeline.object-reuse"] };
 }
 
 export async function prepareJob(jobPath: string, jobArgs: string[], defaultParallelism: number, graphOptions: JobGraphOptions = {}): Promise<PreparedJob> {

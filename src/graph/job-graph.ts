@@ -72,6 +72,8 @@ export interface JobGraph {
   /** The job's own checkpoint interval (0 = the cluster's) and mode (null = the cluster's). */
   checkpointInterval?: number;
   checkpointingMode?: "EXACTLY_ONCE" | "AT_LEAST_ONCE" | null;
+  /** Object reuse (pipeline.object-reuse, or the job's ExecutionConfig): a keyed reduce emits its accumulator uncopied. */
+  objectReuse?: boolean;
 }
 
 /** Pointwise edges (forward, rescale) connect each producer to a few consumers; the others connect all to all. */

@@ -501,6 +501,7 @@ export class JobMaster {
             ? { alignedCheckpointTimeoutMs: this.opts.checkpointing.alignedTimeoutMs }
             : {}),
           ...(this.checkpointsAfterFinish ? { finalCheckpoint: true } : {}),
+          ...(g.objectReuse === true ? { objectReuse: true } : {}),
           ...((this.opts.latencyIntervalMs ?? 0) > 0 ? { latencyIntervalMs: this.opts.latencyIntervalMs } : {}),
           restore: this.restoreFor(v.id),
         };

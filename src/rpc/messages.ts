@@ -308,6 +308,8 @@ export interface TaskDeployment extends Fenced {
   unalignedCheckpoints?: boolean;
   /** execution.checkpointing.aligned-checkpoint-timeout (with unaligned checkpoints): start aligned, switch after this long. */
   alignedCheckpointTimeoutMs?: number;
+  /** Object reuse (the job graph's objectReuse): a keyed reduce emits its accumulator without a copy. */
+  objectReuse?: boolean;
   /** metrics.latency.interval: sources emit a latency marker this often (absent or 0: none). */
   latencyIntervalMs?: number;
   /** FLIP-147: at end of input the task waits for a checkpoint that covers everything it did, then finishes. */

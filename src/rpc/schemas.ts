@@ -84,6 +84,7 @@ const JOB_GRAPH = obj({
   stateBackend: STATE_BACKEND,
   checkpointInterval: v.optional(num),
   checkpointingMode: v.optional(v.nullable(CHECKPOINTING_MODE)),
+  objectReuse: v.optional(v.boolean()),
 });
 
 const TASK_DEPLOYMENT = obj({
@@ -111,6 +112,7 @@ const TASK_DEPLOYMENT = obj({
   alignedCheckpointTimeoutMs: v.optional(num),
   latencyIntervalMs: v.optional(num),
   finalCheckpoint: v.optional(v.boolean()),
+  objectReuse: v.optional(v.boolean()),
   operators: v.optional(v.array(OPERATOR_INFO)),
   restore: v.nullable(
     obj({

@@ -150,6 +150,7 @@ export class OperatorChain {
       parallelism: d.parallelism,
       taskName: taskDisplayName(d),
       runtimeMode: d.runtimeMode,
+      objectReuse: d.objectReuse === true,
       node,
       jobId: d.jobId,
       attempt: d.attempt,

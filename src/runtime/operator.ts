@@ -59,6 +59,8 @@ export interface OperatorContext {
   parallelism: number;
   taskName: string;
   runtimeMode: "streaming" | "batch";
+  /** pipeline.object-reuse: a keyed reduce hands on its accumulator itself, not a copy. */
+  objectReuse?: boolean;
   /** Looks up a plan node by id (for the key selector of a keyed operator). */
   node(id: number): PlanNode;
   /** The task's keyed state backend (present when the chain has a keyed operator). */

@@ -97,7 +97,7 @@ export function createOperator(node: PlanNode, ctx: OperatorContext, out: Collec
       if (keyNode.kind !== "keyBy" || !ctx.keyed) throw new Error(`reduce node ${node.id} is not keyed`);
       // Its own backend holds only its state (stored under the operator's id), so a fixed name is enough.
       const state = ctx.keyed.getState<any>(new ValueStateDescriptor("reduce"));
-      return new KeyedAggregation(ctx.keyed, keyNode.fn, state, node.fn, node.sumField, ctx.runtimeMode === "batch", out);
+      return new KeyedAggregation(ctx.keyed, keyNode.fn, state, node.fn, node.sumField, ctx.runtimeMode === "batch", out, ctx.objectReuse === true);
     }
     case "sink":
       return createSink(node, ctx);
@@ -371,6 +371,12 @@ class KeyedAggregation implements Operator {
   private readonly seen: Map<unknown, unknown> | null;
   /** The state holds the accumulator object itself (heap, no TTL): one changed in place needs no update(). */
   private readonly inPlace: boolean;
+  /**
+   * Without object reuse, what goes downstream is a copy: the accumulator changes with the key's next record, and
+   * a chained function may keep what it was given. With it (pipeline.object-reuse) the accumulator itself goes on,
+   * as Flink's object reuse, and no record is allocated per input record (about 30 % of a keyed sum's CPU).
+   */
+  private readonly copyOut: boolean;
   constructor(
     private readonly keyed: KeyedStateBackend,
     private readonly key: (r: any) => unknown,
@@ -379,7 +385,9 @@ class KeyedAggregation implements Operator {
     private readonly sumField: number | string | undefined,
     emitAtEndOnly: boolean,
     private readonly out: Collector,
+    objectReuse: boolean,
   ) {
+    this.copyOut = !objectReuse;
     this.seen = emitAtEndOnly ? new Map() : null;
     this.inPlace = (state as { storesReference?: boolean }).storesReference === true;
   }
@@ -407,13 +415,17 @@ class KeyedAggregation implements Operator {
       next = this.reduce(acc, record);
       if (next !== acc || !this.inPlace) this.state.update(next);
     }
-    if (!this.seen) this.out(copyOf(next));
+    if (!this.seen) this.out(this.copyOut ? copyOf(next) : next);
   }
   private first(record: any, k: unknown): void {
-    const next = copyOf(record);
+    // Without object reuse a copy: the accumulator is changed in place, and the record may be someone else's. With
+    // it the record itself becomes the accumulator, as Flink's reduce stores its first value (upstream functions do
+    // not keep what they emit). It is also the faster: accumulators copied from the records ran a keyed sum at either
+    // of two speeds from one run to the next (1.2 or 1.8 s for 20 M records), never copied at the faster one.
+    const next = this.copyOut ? copyOf(record) : record;
     this.seen?.set(typeof k === "object" && k !== null ? canonicalKey(k) : k, k);
     this.state.update(next);
-    if (!this.seen) this.out(copyOf(next));
+    if (!this.seen) this.out(this.copyOut ? copyOf(next) : next);
   }
   endInput(): void {
     if (!this.seen) return;
