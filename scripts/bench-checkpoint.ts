@@ -9,6 +9,7 @@
 // With --throughput instead: the keyed sum of (a) with checkpoints off, aligned and unaligned every 1 s (issue 15's
 // throughput-loss goal for unaligned checkpoints).
 // Run: bun scripts/bench-checkpoint.ts [--records 50000000] [--runs 3] [--backpressure [--taskmanagers 2] [--slow-ms 1] | --throughput [--modes off,aligned,unaligned]]
+//      [--object-reuse] (pipeline.object-reuse for the jobs: the keyed sum hands on its accumulator uncopied)
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -21,7 +22,7 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 
 const { values } = parseArgs({
-  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, modes: { type: "string", default: "off,aligned,unaligned" }, interval: { type: "string", default: "1000" }, "slow-ms": { type: "string", default: "1" } },
+  options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, modes: { type: "string", default: "off,aligned,unaligned" }, interval: { type: "string", default: "1000" }, "slow-ms": { type: "string", default: "1" }, "object-reuse": { type: "boolean", default: false } },
 });
 const RECORDS = Number(values.records);
 const RUNS = Number(values.runs);
@@ -47,7 +48,7 @@ async function runLocal(file: string, args: string[], p: number, onStatus?: (s: 
   const cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: cfg });
   const rpc = await connectClient("127.0.0.1", cluster.port);
   try {
-    const jobId = await submitJob(rpc, await prepareJob(file, args, p));
+    const jobId = await submitJob(rpc, await prepareJob(file, args, p, { objectReuse: values["object-reuse"] }));
     if (onStatus) {
       for (;;) {
         const s = await rpc.request("jobStatus", { jobId });
@@ -259,7 +260,7 @@ async function throughputBench(): Promise<void> {
   const stat = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}..${f(Math.max(...xs))})`;
   const off = res.off!.length ? median(res.off!.map((x) => x.rate)) : NaN;
   console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} after`);
-  console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS} --modes ${modes.join(",")}\n`);
+  console.log(`Command: bun scripts/bench-checkpoint.ts --throughput --records ${RECORDS} --runs ${RUNS} --modes ${modes.join(",")}${values["object-reuse"] ? " --object-reuse" : ""}\n`);
   console.log("| keyed sum, p=1 | records/s, median (min..max) | CPU-s per M records | of it the busier task thread | the other task thread | GC helper threads | main thread | other threads (JIT, allocator, file I/O pool) | checkpoints completed | throughput loss vs off (of the medians) | loss per round, median (min..max) | CPU per record vs off, per round |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   for (const mode of modes) {
     const xs = res[mode]!;
