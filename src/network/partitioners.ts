@@ -32,7 +32,11 @@ export function createPartitioner(
     case "hash": {
       if (!keySelector) throw new Error("hash partitioning needs a key selector");
       // keyGroupOf: the state backends' fast path for string and integer keys, the same mapping as assignToKeyGroup.
-      return (record) => operatorIndexForKeyGroup(keyGroupOf(keySelector(record), maxParallelism), numChannels, maxParallelism);
+      // Each key group's subtask is looked up, not computed per record (a division and its range check showed as
+      // 5-9 % of a keyed sum's producer at p=2).
+      const owner = new Int32Array(maxParallelism);
+      for (let kg = 0; kg < maxParallelism; kg++) owner[kg] = operatorIndexForKeyGroup(kg, numChannels, maxParallelism);
+      return (record) => owner[keyGroupOf(keySelector(record), maxParallelism)]!;
     }
     case "custom": {
       if (!keySelector || !custom) throw new Error("custom partitioning needs a partitioner and a key selector");
