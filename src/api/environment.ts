@@ -32,9 +32,10 @@ export const DEFAULT_BUFFER_TIMEOUT_MS = 100;
 export class ExecutionConfig {
   constructor(private readonly settings: JobSettings) {}
   /**
-   * Object reuse (Flink's pipeline.object-reuse): a keyed reduce or sum hands its accumulator itself to the
-   * operators chained after it, not a copy, and changes it with the key's next record; those functions must not keep
-   * or change what they are given. Overrides the cluster's pipeline.object-reuse.
+   * Object reuse (Flink's pipeline.object-reuse): a keyed reduce or sum keeps the key's first record as its
+   * accumulator, hands that object itself to the operators chained after it, not a copy, and changes it with the
+   * key's next record; functions must not keep or change what they are given, nor change what they emitted.
+   * Overrides the cluster's pipeline.object-reuse.
    */
   enableObjectReuse(): this {
     this.settings.objectReuse = true;
