@@ -3,9 +3,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { waitForJob } from "../src/client/job-client.ts";
+import { submitJob, waitForJob } from "../src/client/job-client.ts";
+import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import { BUN, Child, removeTempDirs, tempDir, waitFor } from "./helpers.ts";
+import { BUN, Child, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
 import { parsePrometheus, sampleValue } from "./prometheus-parse.ts";
 import { startOpsCluster } from "./ops-job.ts";
 
@@ -199,6 +200,22 @@ describe("metrics and health", () => {
     const jmMetrics = parsePrometheus(await (await fetch(`${rest}/metrics`)).text());
     expect(sampleValue(jmMetrics, "tm_job_state", { job_id: jobId, state: "CANCELED" })).toBe(1);
   }, 15_000);
+
+  test("/jobs/:id/config shows each job's execution config, object reuse as the client set it", async () => {
+    // A second job with pipeline.object-reuse (whether it gets slots or not: its graph is what is shown).
+    const job = writeJob(dir, "reuse.ts", `export default (env) => env.fromSequence(1, 100).map((x) => [x % 3, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+    const reuseId = await submitJob(rpc, await prepareJob(job, [], 1, { objectReuse: true }));
+    expect(await get(`/jobs/${reuseId}/config`)).toEqual({
+      jid: reuseId,
+      name: "reuse",
+      "execution-config": { "execution-mode": "PIPELINED", "job-parallelism": 1, "object-reuse-mode": true, "user-config": {}, "max-parallelism": 128, "runtime-mode": "STREAMING", "buffer-timeout": 100, "state-backend": null },
+    });
+    const ops = await get(`/jobs/${jobId}/config`);
+    expect(ops).toMatchObject({ jid: jobId, name: "ops-demo", "execution-config": { "object-reuse-mode": false, "job-parallelism": 2 } });
+    expect((await fetch(`${rest}/jobs/${jobId}/config/x`)).status).toBe(404);
+    await fetch(`${rest}/jobs/${reuseId}?mode=cancel`, { method: "PATCH" });
+    expect(["FINISHED", "CANCELED"]).toContain((await waitForJob(rpc, reuseId, () => {}, 100)).state);
+  }, 20_000);
 });
 
 describe("ports and logs", () => {

@@ -302,6 +302,7 @@ export class RestServer {
     const status = job.status();
     if (sub === undefined) return this.jobDetails(job, status);
     if (sub === "plan" && subId === undefined) return { plan: this.plan(job) };
+    if (sub === "config" && subId === undefined) return this.jobConfig(job);
     if (sub === "exceptions" && subId === undefined) return this.exceptions(job);
     if (sub === "vertices" && subId !== undefined && more === undefined) {
       const v = status.vertices.find((x) => String(x.id) === subId);
@@ -445,6 +446,28 @@ export class RestServer {
         "idle-ratio": ratio(s.metrics.idleTimeMsPerSecond),
         watermarks: { input: s.metrics.currentInputWatermark ?? null, output: s.metrics.currentOutputWatermark ?? null },
       })),
+    };
+  }
+
+  /**
+   * Flink's /jobs/:jobid/config: the job's execution config (object reuse among it). job-parallelism is the largest
+   * parallelism of its vertices (the graph keeps no job default); tm adds its own keys after Flink's.
+   */
+  private jobConfig(job: JobView) {
+    const g = job.graph;
+    return {
+      jid: job.jobId,
+      name: g.name,
+      "execution-config": {
+        "execution-mode": "PIPELINED",
+        "job-parallelism": Math.max(...g.vertices.map((v) => v.parallelism)),
+        "object-reuse-mode": g.objectReuse === true,
+        "user-config": {},
+        "max-parallelism": g.maxParallelism,
+        "runtime-mode": g.runtimeMode.toUpperCase(),
+        "buffer-timeout": g.bufferTimeoutMs,
+        "state-backend": g.stateBackend,
+      },
     };
   }
 
