@@ -100,6 +100,9 @@ describe("dashboard", () => {
     }, 10_000);
     expect(["ok", "low", "high"]).toContain((await page.locator("g.vertex").first().getAttribute("data-backpressure"))!);
     expect(await page.locator("h1").innerText()).toContain("RUNNING");
+    // The job's execution config (GET /jobs/:id/config), as Flink's Configuration tab.
+    expect(await page.locator("#job-config tbody tr", { hasText: "object-reuse-mode" }).locator("td").allInnerTexts()).toEqual(["object-reuse-mode", "false"]);
+    expect(await page.locator("#job-config tbody tr", { hasText: "job-parallelism" }).locator("td").allInnerTexts()).toEqual(["job-parallelism", "2"]);
     await page.locator("#checkpoints").waitFor({ timeout: 10_000 });
     // A checkpoint completes within a second or so; under load it can take longer, so wait for the row.
     await waitFor("a COMPLETED checkpoint in the history", async () => (await page.locator("#checkpoints").innerText()).includes("COMPLETED"), 15_000);

@@ -152,7 +152,7 @@ function graphSvg(job) {
 
 async function viewJob(id) {
   const jp = "/jobs/" + encodeURIComponent(id);
-  const [job, cps, exc] = await Promise.all([api(jp), api(jp + "/checkpoints"), api(jp + "/exceptions")]);
+  const [job, cps, exc, cfg] = await Promise.all([api(jp), api(jp + "/checkpoints"), api(jp + "/exceptions"), api(jp + "/config")]);
   const running = !["FINISHED", "FAILED", "CANCELED"].includes(job.state);
   let h = '<h1 id="job-name">' + esc(job.name) + " " + state(job.state) + "</h1>";
   h += '<p class="muted">' + esc(job.jid) + " \\u00b7 started " + fmtTime(job["start-time"]) + " \\u00b7 duration " + fmtDur(job.duration) + " \\u00b7 restarts " + job.restarts +
@@ -186,6 +186,9 @@ async function viewJob(id) {
         "</td><td class=num>" + fmtDur(x.end_to_end_duration) + "</td><td class=num>" + fmtBytes(x.state_size) + "</td><td class=num>" + x.num_acknowledged_subtasks + "/" + x.num_subtasks +
         '</td><td class="muted">' + esc(x.failure_message || x.external_path || "") + "</td></tr>").join("") + "</tbody></table>";
   } else h += '<p class="muted">No checkpoints' + (c.restored ? "; restored from " + esc(cps.latest.restored.external_path) : "") + ".</p>";
+  // Flink's job Configuration tab: the execution config (object reuse among it).
+  const ec = cfg["execution-config"];
+  h += "<h2>Configuration</h2>" + configTable("job-config", Object.keys(ec).filter((k) => k !== "user-config").map((k) => ({ key: k, value: ec[k] === null ? "-" : String(ec[k]) })));
   return h;
 }
 
