@@ -67,6 +67,7 @@ describe("local cluster", () => {
       export default (env, args) => {
         if (args[0] === "on") env.getConfig().enableObjectReuse();
         if (args[0] === "off") env.getConfig().disableObjectReuse();
+        if (args[2] === "sqlite") env.setStateBackend("sqlite");
         const kept = [], made = new Set();
         env.fromSequence(0, 999).map((i) => { const t = [i % 10, 1]; made.add(t); return t; }).keyBy((t) => t[0]).sum(1).addSink({
           invoke(r) { kept.push(r); },
@@ -77,8 +78,8 @@ describe("local cluster", () => {
           },
         });
       };`);
-    const runWith = async (jobSetting: string, clusterDefault: boolean, name: string) => {
-      const jobId = await submitJob(t.client, await prepareJob(job, [jobSetting, name], 1, { objectReuse: clusterDefault }));
+    const runWith = async (jobSetting: string, clusterDefault: boolean, name: string, backend = "heap") => {
+      const jobId = await submitJob(t.client, await prepareJob(job, [jobSetting, name, backend], 1, { objectReuse: clusterDefault }));
       expect((await waitForJob(t.client, jobId, () => {}, 100)).state).toBe("FINISHED");
       return JSON.parse(fs.readFileSync(path.join(out, `${name}.json`), "utf8")) as Report;
     };
@@ -100,6 +101,9 @@ describe("local cluster", () => {
     reused(await runWith("on", false, "job-on"));
     reused(await runWith("default", true, "cluster-on"));
     copies(await runWith("off", true, "job-off")); // the job's own setting wins over the cluster's
+    // SQLite: the state is written back (update) after each change; the cached accumulator is what goes on.
+    copies(await runWith("default", false, "sqlite-default", "sqlite"));
+    reused(await runWith("on", false, "sqlite-on", "sqlite"));
   }, 60_000);
   test("union, rebalance and broadcast deliver every record the expected number of times", async () => {
     const out = path.join(dir, "fanout");
