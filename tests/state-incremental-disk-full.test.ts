@@ -90,7 +90,16 @@ run(`a disk that fills during an incremental checkpoint: declined naming ENOSPC,
     const s = await status();
     const c = s.checkpoints.latest;
     if (c?.status !== "COMPLETED" || !c.path) return false;
-    const meta = JSON.parse(fs.readFileSync(c.path, "utf8")) as { operators: { subtasks: ({ keyed?: { files: string[] } } | null)[] }[] };
+    // With num-retained=1 the next checkpoint (every 200 ms) may have subsumed and removed this one since the status
+    // was read: look again at the next one.
+    let text: string;
+    try {
+      text = fs.readFileSync(c.path, "utf8");
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw e;
+    }
+    const meta = JSON.parse(text) as { operators: { subtasks: ({ keyed?: { files: string[] } } | null)[] }[] };
     return meta.operators.some((o) => o.subtasks.some((x) => (x?.keyed?.files.length ?? 0) >= 2)) && c;
   }, 60_000, 20).catch(withContext);
 
