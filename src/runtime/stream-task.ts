@@ -16,7 +16,6 @@ import { announceBufferSize, ringSlots, ringWakeUps } from "../network/shared-ri
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
-import { keyGroupOf, operatorIndexForKeyGroup } from "../state/key-groups.ts";
 import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
@@ -276,12 +275,9 @@ export class StreamTask {
         const rawKey = keyNode?.kind === "keyBy" ? keyNode.fn : keyNode?.kind === "partition" ? keyNode.custom?.key : undefined;
         if (!rawKey) throw new Error(`input edge ${input.edgeId} is keyed but its key selector is unknown`);
         const key = this.eventTime ? (w: unknown) => rawKey((w as [number | null, unknown])[1]) : rawKey;
-        if (kind === "hash") {
-          edges.set(input.edgeId, { owner: (r) => operatorIndexForKeyGroup(keyGroupOf(key(r), d.maxParallelism), d.parallelism, d.maxParallelism) });
-        } else {
-          const p = createPartitioner("custom", 0, d.parallelism, d.maxParallelism, key, keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined);
-          edges.set(input.edgeId, { owner: (r) => p(r) });
-        }
+        // The producers' own partitioner, so that restored records go where new ones will.
+        const p = createPartitioner(kind, 0, d.parallelism, d.maxParallelism, key, keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined);
+        edges.set(input.edgeId, { owner: (r) => p(r) });
       } else {
         // Records of one old channel stay together (and in order) at one new subtask.
         edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
