@@ -89,6 +89,32 @@ test("reopening keeps the data; another maxParallelism is refused", async () => 
   await expectFileError(openSqlite(f, 64), f, /maxParallelism 128, not 64/);
 });
 
+
+test("closed with discard (a task's end, its files deleted next), the cache is not written back; closed without, it is", async () => {
+  const rows = (f: string) => {
+    const db = new Database(f, { readonly: true });
+    try {
+      return Number((db.prepare("SELECT count(*) AS n FROM kv").get() as { n: number }).n);
+    } finally {
+      db.close();
+    }
+  };
+  const d = new ValueStateDescriptor<number>("v");
+  const fill = async (f: string) => {
+    const b = await openSqlite(f);
+    for (let i = 0; i < 500; i++) {
+      b.setCurrentKey(i);
+      b.getState(d).update(i);
+    }
+    return b;
+  };
+  const kept = file("close-flush.db");
+  await (await fill(kept)).close();
+  expect(rows(kept)).toBe(500);
+  const discarded = file("close-discard.db");
+  await (await fill(discarded)).close({ discard: true });
+  expect(rows(discarded)).toBe(0);
+});
 test("the object cache takes most of the budget while the database is small and a quarter once it outgrows it", async () => {
   const budget = 1024 * 1024;
   const b = (await createKeyedStateBackend({ kind: "sqlite", path: file("adapt.db"), maxParallelism: 128, keyGroupRange: full, cacheBytes: budget })) as SqliteKeyedStateBackend;

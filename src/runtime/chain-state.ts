@@ -15,6 +15,7 @@ import {
   keyGroupRange,
   OperatorStateStore,
   type AggregatingStateDescriptor,
+  type CloseOptions,
   type KeyedSnapshotHandle,
   type KeyedStateBackend,
   type ListStateDescriptor,
@@ -207,8 +208,9 @@ export class ChainState {
     void this.local?.complete(checkpointId);
   }
 
+  /** The task's end (or a failed start): its state directory is deleted next (taskmanager/task.ts), so backends discard. */
   async close(): Promise<void> {
-    await Promise.all([...this.keyed.values()].map((b) => b.close().catch(() => {})));
+    await Promise.all([...this.keyed.values()].map((b) => b.close({ discard: true }).catch(() => {})));
   }
 }
 
@@ -273,8 +275,8 @@ class OperatorKeyedState implements KeyedStateBackend {
   restore(handles: readonly KeyedSnapshotHandle[]): Promise<void> {
     return this.b.restore(handles);
   }
-  close(): Promise<void> {
-    return this.b.close();
+  close(opts?: CloseOptions): Promise<void> {
+    return this.b.close(opts);
   }
   keys(name: string): unknown[] {
     return this.named(() => this.b.keys(name));

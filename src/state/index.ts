@@ -7,7 +7,7 @@ import type { BackendKind, KeyedSnapshotHandle } from "./snapshot-format.ts";
 import * as path from "node:path";
 
 export * from "./api.ts";
-export type { Clock, KeyedStateBackend } from "./keyed-backend.ts";
+export type { Clock, CloseOptions, KeyedStateBackend } from "./keyed-backend.ts";
 export { HeapKeyedStateBackend } from "./heap-backend.ts";
 export { SqliteKeyedStateBackend, DEFAULT_CACHE_BYTES, DEFAULT_PAGE_CACHE_BYTES, sqliteMemory, type SqliteBackendOptions } from "./sqlite-backend.ts";
 export { MAX_CHANGE_SETS } from "./sqlite-snapshot.ts";

@@ -52,8 +52,11 @@ export interface KeyedStateBackend {
   /** Replaces this backend's contents with the key groups of its range found in `handles` (from any backend
    *  kind and any old parallelism). */
   restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
-  /** Flushes (SQLite) and releases resources. The backend is unusable afterwards. */
-  close(): Promise<void>;
+  /**
+   * Flushes (SQLite) and releases resources. The backend is unusable afterwards. `discard`: its working copy is
+   * deleted next (a task's end: checkpoints keep what must survive it), so SQLite does not write its cache back.
+   */
+  close(opts?: CloseOptions): Promise<void>;
   /** Size and cache figures for the task's metrics; cheap enough to call every second. */
   stats(): KeyedStateStats;
   /**
@@ -61,6 +64,11 @@ export interface KeyedStateBackend {
    * applyToKeyedState). A scan over the state: for rare operations, not per record.
    */
   keys(name: string): unknown[];
+}
+
+export interface CloseOptions {
+  /** The backend's files are deleted right after: nothing cached needs writing to them. */
+  discard?: boolean;
 }
 
 /** What a keyed backend reports to the task's metrics (tm_task_state_*). */
@@ -242,7 +250,7 @@ export abstract class KeyedBackendBase implements KeyedStateBackend {
   /** Only backends with incremental snapshots need to know. */
   notifyCheckpointComplete(_checkpointId: number): void {}
   abstract restore(handles: readonly KeyedSnapshotHandle[]): Promise<void>;
-  abstract close(): Promise<void>;
+  abstract close(opts?: CloseOptions): Promise<void>;
   abstract stats(): KeyedStateStats;
   abstract keys(name: string): unknown[];
 }

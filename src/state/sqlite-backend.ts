@@ -15,7 +15,7 @@
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { StateFileError } from "./api.ts";
-import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type KeyedStateStats } from "./keyed-backend.ts";
+import { checkCompatible, KeyedBackendBase, type BackendOptions, type Cell, type CloseOptions, type KeyedStateStats } from "./keyed-backend.ts";
 import { decode, encodeTransient, heapKeyOf, heapKeyOfBytes, keyBytesOfHeapKey, keyOfHeapKey, transientKeyBytes, type HeapKey } from "./serde.ts";
 import { clearSqlTable, Entry, entrySize, liveEntrySize, MapNode, mapEntrySize, newSqlTable, ObjectCache, settle, type SqlTable } from "./sqlite-cache.ts";
 import { SqlListCell, SqlMapCell, SqlValueCell } from "./sqlite-cells.ts";
@@ -663,9 +663,11 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.adaptCacheLimit();
   }
 
-  async close(): Promise<void> {
+  async close(opts?: CloseOptions): Promise<void> {
     if (this.closed) return;
-    this.flush();
+    // A task's end deletes its working copy at once: writing the cache back into it would be wasted (measured: a
+    // sixth of a bounded SQLite q16's task CPU with a budget that holds its state; docs/benchmarks.md).
+    if (opts?.discard !== true) this.flush();
     this.endRead();
     this.closed = true;
     this.kgIdx = -1;
