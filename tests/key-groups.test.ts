@@ -281,6 +281,16 @@ describe("partitioners", () => {
     }
   });
 
+  test("hash into one consumer sends everything to it without computing a key", () => {
+    let keyed = 0;
+    const one = createPartitioner("hash", 2, 1, 128, (r: [string, number]) => (keyed++, r[0]));
+    for (let i = 0; i < 100; i++) expect(one([`w${i}`, i])).toBe(0);
+    expect(keyed).toBe(0);
+    const two = createPartitioner("hash", 2, 2, 128, (r: [string, number]) => (keyed++, r[0]));
+    for (let i = 0; i < 100; i++) two([`w${i}`, i]);
+    expect(keyed).toBe(100);
+  });
+
   test("hash without a key selector is rejected", () => {
     expect(() => createPartitioner("hash", 0, 2, 128)).toThrow();
   });
