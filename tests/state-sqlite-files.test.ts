@@ -89,7 +89,6 @@ test("reopening keeps the data; another maxParallelism is refused", async () => 
   await expectFileError(openSqlite(f, 64), f, /maxParallelism 128, not 64/);
 });
 
-
 test("closed with discard (a task's end, its files deleted next), the cache is not written back; closed without, it is", async () => {
   const rows = (f: string) => {
     const db = new Database(f, { readonly: true });
@@ -115,6 +114,7 @@ test("closed with discard (a task's end, its files deleted next), the cache is n
   await (await fill(discarded)).close({ discard: true });
   expect(rows(discarded)).toBe(0);
 });
+
 test("the object cache takes most of the budget while the database is small and a quarter once it outgrows it", async () => {
   const budget = 1024 * 1024;
   const b = (await createKeyedStateBackend({ kind: "sqlite", path: file("adapt.db"), maxParallelism: 128, keyGroupRange: full, cacheBytes: budget })) as SqliteKeyedStateBackend;

@@ -277,7 +277,7 @@ export class StreamTask {
         const key = this.eventTime ? (w: unknown) => rawKey((w as [number | null, unknown])[1]) : rawKey;
         // The producers' own partitioner, so that restored records go where new ones will.
         const p = createPartitioner(kind, 0, d.parallelism, d.maxParallelism, key, keyNode?.kind === "partition" ? keyNode.custom?.partition : undefined);
-        edges.set(input.edgeId, { owner: (r) => p(r) });
+        edges.set(input.edgeId, { owner: p });
       } else {
         // Records of one old channel stay together (and in order) at one new subtask.
         edges.set(input.edgeId, { owner: (_r, oldConsumer) => oldConsumer % d.parallelism });
