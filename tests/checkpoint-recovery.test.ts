@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
-import type { JobStatus } from "../src/rpc/messages.ts";
+import { type JobStatus, TERMINAL_JOB_STATES } from "../src/rpc/messages.ts";
 import { BUN, Child, committedLines, FAST_RECOVERY, removeTempDirs, rng, startProcessCluster, tempDir, waitFor, writeJob } from "./helpers.ts";
 
 const KEYS = 37;
@@ -115,13 +115,21 @@ describe("exactly-once recovery (real processes)", () => {
         await Bun.sleep(50 + Math.floor(random() * 300));
         const s = await rpc.request("jobStatus", { jobId });
         if (s.state !== "RUNNING") break; // finished early: nothing left to kill in
-        const victimId = taskManagersRunning(s)[Math.floor(random() * taskManagersRunning(s).length)]!;
+        const victims = taskManagersRunning(s);
+        if (victims.length === 0) break; // every task is finishing: nothing left to kill in
+        const victimId = victims[Math.floor(random() * victims.length)]!;
         byId.get(victimId)!.kill("SIGKILL");
         byId.delete(victimId);
         // A replacement TaskManager, as a supervisor (systemd, Kubernetes) would start.
         const fresh = `tm-r${kill}`;
         const tm = startTm(fresh);
         byId.set(fresh, tm);
+        // The JobManager noticed the loss. Else the next round could see this attempt still RUNNING (a checkpoint
+        // acknowledged just before the kill completes after it) and pick the TaskManager already killed.
+        await waitFor("the restart after the kill", async () => {
+          const now = await rpc.request("jobStatus", { jobId });
+          return now.restarts > s.restarts || TERMINAL_JOB_STATES.has(now.state);
+        }, 30_000, 50);
       }
       const final = await waitForJob(rpc, jobId, () => {}, 100);
       expect(final.error?.message).toBeUndefined();
