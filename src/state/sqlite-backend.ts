@@ -92,7 +92,23 @@ interface Statements {
   forgetChanges: SqliteStatement;
   clearChanges: SqliteStatement;
   pageCount: SqliteStatement;
+  deltaGet: SqliteStatement;
+  deltaPut: SqliteStatement;
+  deltaScanKey: SqliteStatement;
+  deltaDeleteKey: SqliteStatement;
+  mergeDeltaRows: SqliteStatement;
+  mergeDeltaDeletions: SqliteStatement;
+  clearDelta: SqliteStatement;
+  recordKeyDeltaChanges: SqliteStatement;
 }
+
+/**
+ * kv_delta is merged into kv once it holds this share of the file (and at least DELTA_MIN_BYTES): then a merge
+ * rewrites kv's leaves once per several write-back batches instead of once per batch. About a quarter of kv was
+ * the best of the three sizes tried (docs/benchmarks.md, "The SQLite write delta").
+ */
+const DELTA_SHARE = 0.2;
+const DELTA_MIN_BYTES = 1 << 20;
 
 export class SqliteKeyedStateBackend extends KeyedBackendBase {
   readonly kind = "sqlite" as const;
@@ -126,6 +142,11 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   private readonly p3: SqlValue[] = [0, 0, EMPTY];
   private readonly p4: SqlValue[] = [0, 0, EMPTY, EMPTY];
   private readonly p5: SqlValue[] = [0, 0, EMPTY, EMPTY, EMPTY];
+  /**
+   * About how many bytes kv_delta holds (the rows written to it since the last merge, overwritten ones counted
+   * again); 0 exactly when it is empty, and then no read looks there.
+   */
+  deltaBytes = 0;
 
   private constructor(
     opts: SqliteBackendOptions,
@@ -157,6 +178,14 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       forgetChanges: p(q.forgetChanges),
       clearChanges: p(q.clearChanges),
       pageCount: driver.prepare("PRAGMA page_count"),
+      deltaGet: p(q.deltaGet),
+      deltaPut: p(q.deltaPut),
+      deltaScanKey: p(q.deltaScanKey),
+      deltaDeleteKey: p(q.deltaDeleteKey),
+      mergeDeltaRows: p(q.mergeDeltaRows),
+      mergeDeltaDeletions: p(q.mergeDeltaDeletions),
+      clearDelta: p(q.clearDelta),
+      recordKeyDeltaChanges: p(q.recordKeyDeltaChanges),
     };
     this.pageSize = Number(Object.values(driver.prepare("PRAGMA page_size").get() ?? { n: 4096 })[0] ?? 4096);
     this.budget = budget;
@@ -168,6 +197,11 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       this.byId.set(t.id, t);
     }
     this.epoch = Number(driver.prepare(q.maxEpoch.sql).get()?.ep ?? 0) + 1;
+    // A file reopened with rows in its delta (written by an earlier process): merge them, so the count below is 0.
+    if (driver.prepare("SELECT 1 AS x FROM kv_delta LIMIT 1").get() !== undefined) {
+      this.deltaBytes = 1;
+      this.mergeDelta();
+    }
     this.rowFilter = driver.prepare("SELECT 1 AS x FROM kv LIMIT 1").get() === undefined ? new RowFilter() : null;
     this.ttlCleaner = new SqliteTtlCleaner(this);
     this.adaptCacheLimit();
@@ -229,6 +263,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   keys(name: string): unknown[] {
     // The cache's dirty entries (writes and deletions) first, so that the table is the whole truth.
     this.flush();
+    this.mergeDelta();
     const rows = this.driver
       .prepare("SELECT DISTINCT k FROM kv WHERE state = (SELECT id FROM tm_state WHERE name = ?) AND kg BETWEEN ? AND ?")
       .all([name, this.kgStart, this.kgEnd]);
@@ -323,9 +358,9 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
    *  changed when incremental checkpoints are on. */
   writeEntries(entries: Entry[], epoch = this.epoch): void {
     entries.sort((a, b) => a.kg - b.kg || a.t.id - b.t.id);
-    const { upsert, delete: del, recordChange } = this.s;
+    const { deltaPut, recordChange } = this.s;
     const p5 = this.p5;
-    const p4 = this.p4;
+    let written = 0;
     const track = this.trackChanges;
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
     if (!this.reading) this.driver.exec("BEGIN");
@@ -341,21 +376,14 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         const uk = e.node === null ? EMPTY : transientKeyBytes(e.uhk); // bound at once (SQLite copies it)
         // A live value is serialized here, into a scratch buffer that the statement copies.
         const bytes = e.t.live ? (e.value === undefined ? null : encodeTransient(e.value)) : e.bytes;
-        if (bytes !== null) {
-          p5[0] = e.kg;
-          p5[1] = e.t.id;
-          p5[2] = k;
-          p5[3] = uk;
-          p5[4] = bytes;
-          this.rowFilter?.add(e.kg, e.t.id, k, uk); // before the write: a rollback leaves only a false positive
-          upsert.run(p5);
-        } else {
-          p4[0] = e.kg;
-          p4[1] = e.t.id;
-          p4[2] = k;
-          p4[3] = uk;
-          del.run(p4);
-        }
+        p5[0] = e.kg;
+        p5[1] = e.t.id;
+        p5[2] = k;
+        p5[3] = uk;
+        p5[4] = bytes; // null: the row's deletion
+        if (bytes !== null) this.rowFilter?.add(e.kg, e.t.id, k, uk); // before the write: a rollback leaves only a false positive
+        deltaPut.run(p5);
+        written += k.length + uk.length + (bytes === null ? 0 : bytes.length) + 8;
         if (track) {
           p5[0] = e.kg;
           p5[1] = e.t.id;
@@ -365,6 +393,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
           recordChange.run(p5);
         }
       }
+      this.deltaBytes += written;
+      if (this.deltaBytes >= Math.max(DELTA_MIN_BYTES, DELTA_SHARE * this.databaseBytes())) this.mergeDeltaRows();
       this.driver.exec("COMMIT");
     } catch (err) {
       try {
@@ -375,6 +405,38 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed${what}: ${(err as Error).message}`, { cause: err });
     }
     this.adaptCacheLimit();
+  }
+
+  /** Moves kv_delta into kv (inside the caller's transaction). */
+  private mergeDeltaRows(): void {
+    this.s.mergeDeltaRows.run();
+    this.s.mergeDeltaDeletions.run();
+    this.s.clearDelta.run();
+    this.deltaBytes = 0;
+  }
+
+  /** Moves kv_delta into kv, so that kv alone is the stored state. */
+  mergeDelta(): void {
+    if (this.deltaBytes === 0) return;
+    this.endRead();
+    this.driver.exec("BEGIN");
+    try {
+      this.mergeDeltaRows();
+      this.driver.exec("COMMIT");
+    } catch (err) {
+      try {
+        this.driver.exec("ROLLBACK");
+      } catch {}
+      throw new StateFileError(this.path, `merging the write delta into kv failed: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Empties kv and kv_delta (before a restore). */
+  clearRows(): void {
+    this.endRead();
+    this.s.deleteAll.run();
+    this.s.clearDelta.run();
+    this.deltaBytes = 0;
   }
 
   /** The database's size in bytes (its pages; the WAL not counted). */
@@ -432,7 +494,16 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   private read(p: SqlValue[]): SqlRow | undefined {
     if (this.rowFilter !== null && !this.rowFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array)) return undefined;
     this.beginRead();
+    if (this.deltaBytes > 0) {
+      const d = this.s.deltaGet.get(p);
+      if (d !== undefined) return d.v === null ? undefined : d; // the newest version, or its deletion
+    }
     return this.s.get.get(p);
+  }
+
+  /** Whether kv_delta has a version (or the deletion) of a row: then kv's row is stale. */
+  deltaHas(p: SqlValue[]): boolean {
+    return this.deltaBytes > 0 && this.s.deltaGet.get(p) !== undefined;
   }
 
   private checkKey(): void {
@@ -576,14 +647,13 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       p[1] = t.id;
       p[2] = this.keyBytes();
       this.beginRead();
-      for (const row of this.s.scanKey.all(p)) {
-        const uhk = heapKeyOfBytes(row.uk as Uint8Array);
-        if (n.entries.has(uhk)) continue;
-        const bytes = row.v as Uint8Array;
-        const e = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
-        n.entries.set(uhk, e);
-        this.cache.add(e);
+      // kv_delta's rows first: they are the newest versions, and a deletion there hides kv's row.
+      const deleted = new Set<HeapKey>();
+      for (const row of this.deltaBytes > 0 ? this.s.deltaScanKey.all(p) : []) {
+        if (row.v === null) deleted.add(heapKeyOfBytes(row.uk as Uint8Array));
+        else this.loadMapEntry(t, n, row);
       }
+      for (const row of this.s.scanKey.all(p)) if (deleted.size === 0 || !deleted.has(heapKeyOfBytes(row.uk as Uint8Array))) this.loadMapEntry(t, n, row);
       n.complete = true;
     }
     const out: [unknown, unknown][] = [];
@@ -594,6 +664,16 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (n.entries.size === 0) this.cache.dropNode(t, n);
     this.maybeEvict();
     return out;
+  }
+
+  /** A stored map entry into the cache, unless the cache has that user key already (its version is newer). */
+  private loadMapEntry(t: SqlTable, n: MapNode, row: SqlRow): void {
+    const uhk = heapKeyOfBytes(row.uk as Uint8Array);
+    if (n.entries.has(uhk)) return;
+    const bytes = row.v as Uint8Array;
+    const e = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
+    n.entries.set(uhk, e);
+    this.cache.add(e);
   }
 
   mapIsEmpty(t: SqlTable): boolean {
@@ -617,9 +697,11 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       // Every user key goes: the stored ones and the cached ones (a new entry may exist only in the cache, and an
       // earlier snapshot may have taken it from there).
       this.s.recordKeyChanges.run([this.epoch, this.kg, t.id, p[2]]);
+      if (this.deltaBytes > 0) this.s.recordKeyDeltaChanges.run([this.epoch, this.kg, t.id, p[2]]);
       if (n !== undefined) for (const e of n.entries.values()) this.recordRow(this.kg, t.id, p[2] as Uint8Array, keyBytesOfHeapKey(e.uhk));
     }
     this.s.deleteKey.run(p);
+    if (this.deltaBytes > 0) this.s.deltaDeleteKey.run(p);
     if (n === undefined) return;
     // Dirty entries are superseded by the delete (and must not be written back by a snapshot's write-behind).
     for (const e of n.entries.values()) this.cache.remove(e);
@@ -667,7 +749,10 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     if (this.closed) return;
     // A task's end deletes its working copy at once: writing the cache back into it would be wasted (measured: a
     // sixth of a bounded SQLite q16's task CPU with a budget that holds its state; docs/benchmarks.md).
-    if (opts?.discard !== true) this.flush();
+    if (opts?.discard !== true) {
+      this.flush();
+      this.mergeDelta(); // the file left behind keeps its rows in kv alone
+    }
     this.endRead();
     this.closed = true;
     this.kgIdx = -1;

@@ -11,6 +11,10 @@ export interface StateDatabase {
   tm_meta: { key: string; value: string };
   tm_state: { id: Generated<number>; name: string; kind: string; ttl_ms: number | null };
   kv: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; v: Uint8Array };
+  /** Write-back batches land here first (newest version of a row; v null: deleted), and are merged into kv in key
+   *  order once the delta is a fraction of the file: a batch of rows scattered over the key space then rewrites
+   *  the delta's pages, not most of kv's leaves (docs/architecture.md 5.2). */
+  kv_delta: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; v: Uint8Array | null };
   /** Incremental checkpoints: the rows changed (written or deleted) since the last completed checkpoint, each
    *  with the epoch (snapshot sequence) of its last change. Only written when incremental checkpoints are on. */
   chg: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; ep: number };
@@ -61,6 +65,21 @@ export const MIGRATIONS: Record<string, Migration> = {
         .modifyEnd(sql`without rowid`)
         .execute();
       await db.updateTable("tm_meta").set({ value: "2" }).where("key", "=", "schema_version").execute();
+    },
+  },
+  "0003_write_delta": {
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable("kv_delta")
+        .addColumn("kg", "integer", (c) => c.notNull())
+        .addColumn("state", "integer", (c) => c.notNull())
+        .addColumn("k", "blob", (c) => c.notNull())
+        .addColumn("uk", "blob", (c) => c.notNull())
+        .addColumn("v", "blob")
+        .addPrimaryKeyConstraint("kv_delta_pk", ["kg", "state", "k", "uk"])
+        .modifyEnd(sql`without rowid`)
+        .execute();
+      await db.updateTable("tm_meta").set({ value: "3" }).where("key", "=", "schema_version").execute();
     },
   },
 };
@@ -196,6 +215,41 @@ export function compileQueries(db: Kysely<StateDatabase>) {
         .limit(P("limit")),
       [...KEY, "kgStart", "kgEnd", "limit"],
     ),
+    // ---- The write delta (kv_delta): reads look there first ----
+    deltaGet: compiled(byKey(db.selectFrom("kv_delta").select("v")), KEY),
+    /** A row's newest version, or (v null) its deletion. */
+    deltaPut: compiled(
+      db
+        .insertInto("kv_delta")
+        .values({ kg: P("kg"), state: P("state"), k: P("k"), uk: P("uk"), v: P("v") })
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ v: eb.ref("excluded.v") }))),
+      [...KEY, "v"],
+    ),
+    deltaScanKey: compiled(
+      db.selectFrom("kv_delta").select(["uk", "v"]).where("kg", "=", P("kg")).where("state", "=", P("state")).where("k", "=", P("k")),
+      ["kg", "state", "k"],
+    ),
+    deltaDeleteKey: compiled(db.deleteFrom("kv_delta").where("kg", "=", P("kg")).where("state", "=", P("state")).where("k", "=", P("k")), ["kg", "state", "k"]),
+    deltaScanGroup: compiled(
+      db.selectFrom("kv_delta").select(["state", "k", "uk", "v"]).where("kg", "=", P("kg")).orderBy("state").orderBy("k").orderBy("uk"),
+      ["kg"],
+    ),
+    /** The merge, in key order so that each leaf of kv is written once: new versions, then deletions, then empty. */
+    mergeDeltaRows: compiled(
+      db
+        .insertInto("kv")
+        .columns(["kg", "state", "k", "uk", "v"])
+        .expression(db.selectFrom("kv_delta").select(["kg", "state", "k", "uk", "v"]).where("v", "is not", null).orderBy("kg").orderBy("state").orderBy("k").orderBy("uk"))
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ v: eb.ref("excluded.v") }))),
+      [],
+    ),
+    mergeDeltaDeletions: compiled(
+      db
+        .deleteFrom("kv")
+        .where((eb) => eb(eb.refTuple("kg", "state", "k", "uk"), "in", eb.selectFrom("kv_delta").select(["kg", "state", "k", "uk"]).where("v", "is", null) as any)),
+      [],
+    ),
+    clearDelta: compiled(db.deleteFrom("kv_delta"), []),
     // ---- The change log of incremental checkpoints ----
     recordChange: compiled(
       db
@@ -220,12 +274,30 @@ export function compileQueries(db: Kysely<StateDatabase>) {
         .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
       ["ep", "kg", "state", "k"],
     ),
-    /** The rows of one key group changed after epoch `ep`, with their current value (null: deleted). */
+    /** recordKeyChanges for the user keys of the key in kv_delta. */
+    recordKeyDeltaChanges: compiled(
+      db
+        .insertInto("chg")
+        .columns(["kg", "state", "k", "uk", "ep"])
+        .expression(
+          db
+            .selectFrom("kv_delta")
+            .select((eb) => ["kg", "state", "k", "uk", eb.val(P("ep")).as("ep")])
+            .where("kg", "=", P("kg"))
+            .where("state", "=", P("state"))
+            .where("k", "=", P("k")),
+        )
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
+      ["ep", "kg", "state", "k"],
+    ),
+    /** The rows of one key group changed after epoch `ep`, with their current value (null: deleted): kv_delta's
+     *  version where it has one. */
     changesOfGroup: compiled(
       db
         .selectFrom("chg as c")
+        .leftJoin("kv_delta as d", (j) => j.onRef("d.kg", "=", "c.kg").onRef("d.state", "=", "c.state").onRef("d.k", "=", "c.k").onRef("d.uk", "=", "c.uk"))
         .leftJoin("kv", (j) => j.onRef("kv.kg", "=", "c.kg").onRef("kv.state", "=", "c.state").onRef("kv.k", "=", "c.k").onRef("kv.uk", "=", "c.uk"))
-        .select(["c.state as state", "c.k as k", "c.uk as uk", "kv.v as v"])
+        .select(["c.state as state", "c.k as k", "c.uk as uk", sql<Uint8Array | null>`CASE WHEN d.kg IS NULL THEN kv.v ELSE d.v END`.as("v")])
         .where("c.kg", "=", P("kg"))
         .where("c.ep", ">", P("ep"))
         .orderBy("c.state").orderBy("c.k").orderBy("c.uk"),

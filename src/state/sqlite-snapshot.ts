@@ -22,7 +22,7 @@ import { RowFilter } from "./row-filter.ts";
 import { ByteWriter, keyBytesOfHeapKey } from "./serde.ts";
 import { settle, type Captured, type Entry } from "./sqlite-cache.ts";
 import type { SqliteKeyedStateBackend } from "./sqlite-backend.ts";
-import { openSqliteDriverSync, type SqlValue } from "./sqlite-driver.ts";
+import { openSqliteDriverSync, type SqlRow, type SqlValue } from "./sqlite-driver.ts";
 import {
   checkKeyedHandle,
   KeyedSnapshotWriter,
@@ -110,6 +110,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     reader.exec("BEGIN");
     inTxn = true;
     reader.prepare("SELECT count(*) AS n FROM tm_state").get(); // the read transaction starts (and pins) here
+    const hadDelta = b.deltaBytes > 0;
     const tables = [...b.byId.values()];
     const states = tables.map((t) => ({ ...t.meta }));
     const index = new Map(tables.map((t, i) => [t.id, i]));
@@ -140,6 +141,9 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
       ...(base ? { changeSet: true } : {}),
     });
     const scan = base ? reader.prepare(b.q.changesOfGroup.sql) : reader.prepare(b.q.scanGroup.sql);
+    // A full snapshot reads kv_delta beside kv (a change set's query joins it); empty at the pin, it stays empty
+    // in this view.
+    const deltaScan = !base && hadDelta ? reader.prepare(b.q.deltaScanGroup.sql) : null;
     const params: SqlValue[] = base ? [0, base.epoch] : [0];
     const w = new ByteWriter();
     let entries = 0;
@@ -158,7 +162,7 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
     };
     for (let kg = range.start; kg <= range.end; kg++) {
       params[0] = kg;
-      const rows = scan.all(params);
+      const rows = deltaScan === null ? scan.all(params) : withDelta(scan.all(params), deltaScan.all(params));
       const dirty = overlay.get(kg);
       if (rows.length === 0 && dirty === undefined) continue;
       w.reset();
@@ -223,6 +227,28 @@ export async function snapshotSqlite(b: SqliteKeyedStateBackend, dir: string, op
   }
 }
 
+/** One key group's rows of kv and of kv_delta (both in primary-key order) as one list in that order: a delta row
+ *  replaces kv's row of the same key, and a deletion there (v null) stays null for the caller to skip. */
+function withDelta(rows: SqlRow[], delta: SqlRow[]): SqlRow[] {
+  if (delta.length === 0) return rows;
+  const out: SqlRow[] = [];
+  let j = 0;
+  for (const r of rows) {
+    let c = -1;
+    while (j < delta.length) {
+      const d = delta[j]!;
+      c = Number(r.state) - Number(d.state) || compareBytes(r.k as Uint8Array, d.k as Uint8Array) || compareBytes(r.uk as Uint8Array, d.uk as Uint8Array);
+      if (c < 0) break;
+      out.push(d);
+      j++;
+      if (c === 0) break;
+    }
+    if (c !== 0) out.push(r);
+  }
+  for (; j < delta.length; j++) out.push(delta[j]!);
+  return out;
+}
+
 /** Writes those of `entries` that are still cached and dirty, in batches, yielding in between. An entry still
  *  holding the bytes the snapshot took is recorded as changed in the snapshot's epoch (the snapshot has it, so the
  *  next change set need not); one changed since is recorded in the current epoch. */
@@ -247,7 +273,7 @@ async function flushEntries(b: SqliteKeyedStateBackend, entries: Entry[], stamps
 export async function restoreSqlite(b: SqliteKeyedStateBackend, handles: readonly KeyedSnapshotHandle[]): Promise<void> {
   for (const h of handles) checkKeyedHandle(h, b.maxParallelism);
   b.dropCache();
-  b.s.deleteAll.run();
+  b.clearRows();
   const filter = (b.rowFilter = new RowFilter()); // the table is empty: every row from here on is written below
   // What is restored is the state of a checkpoint already: the next checkpoint is a full snapshot (it must not
   // reference files of the restored checkpoint, which may be a savepoint or belong to another job).

@@ -81,6 +81,8 @@ export class SqliteTtlCleaner {
   private cleanupDatabase(maxEntries: number, now: number): number {
     const b = this.b;
     const c = this.dbCursor;
+    // Each pass starts with kv_delta merged, so that it sees every row written before it began.
+    if (c.kg < b.rangeStart) b.mergeDelta();
     const rows = b.s.scanAfter.all([c.kg, c.state, c.k, c.uk, b.rangeStart, b.rangeEnd, maxEntries]);
     if (rows.length < maxEntries) this.dbCursor = this.start();
     let removed = 0;
@@ -99,6 +101,8 @@ export class SqliteTtlCleaner {
         if (t.meta.kind === "map") {
           if (t.maps.get(hk)?.entries.has(heapKeyOfBytes(uk))) continue;
         } else if (t.values.has(hk)) continue;
+        // A row with a newer version in kv_delta (written during this pass) is stale: the next pass checks that one.
+        if (b.deltaHas([kg, state, k, uk])) continue;
         const v = r.v as Uint8Array;
         const kept = unexpiredBytes(t.meta.kind, t.meta.ttlMs, v, now);
         if (kept === v) continue;

@@ -1,0 +1,124 @@
+// The SQLite backend's write delta (kv_delta, docs/architecture.md 5.2): write-back batches land there and are
+// merged into kv in key order. Fed the same random writes, deletions and map clears as the heap backend, with a
+// cache small enough that most reads go to the database: reads, map scans, a full snapshot and a change set taken
+// while the delta holds rows and deletions of kv's rows, and the file reopened with an unmerged delta all show
+// what the heap backend holds.
+import { afterAll, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import {
+  createKeyedStateBackend,
+  MapStateDescriptor,
+  SqliteKeyedStateBackend,
+  ValueStateDescriptor,
+  type KeyedSnapshotHandle,
+  type KeyedStateBackend,
+} from "../src/state/index.ts";
+import { rng } from "./helpers.ts";
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-state-delta-"));
+const open: KeyedStateBackend[] = [];
+afterAll(async () => {
+  for (const b of open) await b.close().catch(() => {});
+  fs.rmSync(root, { recursive: true, force: true });
+});
+let dirs = 0;
+const fresh = () => path.join(root, `d${++dirs}`);
+const FULL = { start: 0, end: 127 };
+const KEYS = 3000;
+const V = new ValueStateDescriptor<string>("v");
+const M = new MapStateDescriptor<number, string>("m");
+
+async function sqlite(file: string, restoreFrom?: KeyedSnapshotHandle[]): Promise<SqliteKeyedStateBackend> {
+  const b = await createKeyedStateBackend({ kind: "sqlite", path: file, maxParallelism: 128, keyGroupRange: FULL, cacheBytes: 256 * 1024, incremental: true, restoreFrom });
+  open.push(b);
+  return b as SqliteKeyedStateBackend;
+}
+
+async function heap(restoreFrom?: KeyedSnapshotHandle[]): Promise<KeyedStateBackend> {
+  const b = await createKeyedStateBackend({ kind: "heap", dir: fresh(), maxParallelism: 128, keyGroupRange: FULL, restoreFrom });
+  open.push(b);
+  return b;
+}
+
+/** Every key's value and map entries (sorted by user key). */
+function dump(b: KeyedStateBackend): unknown[] {
+  const v = b.getState(V);
+  const m = b.getMapState(M);
+  const out: unknown[] = [];
+  for (let k = 0; k < KEYS; k++) {
+    b.setCurrentKey(k);
+    out.push([k, v.value(), [...m.entries()].sort((x, y) => x[0] - y[0])]);
+  }
+  return out;
+}
+
+/** `n` random operations on both backends; reads along the way are compared at once. */
+function operate(backends: KeyedStateBackend[], random: () => number, n: number): void {
+  const states = backends.map((b) => ({ b, v: b.getState(V), m: b.getMapState(M) }));
+  const text = () => `value-${Math.floor(random() * 1e9)}-`.padEnd(20 + Math.floor(random() * 40), "x");
+  for (let i = 0; i < n; i++) {
+    const key = Math.floor(random() * KEYS);
+    const op = random();
+    const uk = Math.floor(random() * 40);
+    const value = text();
+    const seen: unknown[] = [];
+    for (const s of states) {
+      s.b.setCurrentKey(key);
+      if (op < 0.35) s.v.update(value);
+      else if (op < 0.45) s.v.clear();
+      else if (op < 0.75) s.m.put(uk, value);
+      else if (op < 0.87) s.m.remove(uk);
+      else if (op < 0.89) s.m.clear();
+      else seen.push([s.v.value(), s.m.get(uk), op < 0.9 ? [...s.m.entries()].sort((x, y) => x[0] - y[0]) : null]);
+    }
+    if (seen.length > 0) expect({ i, key, got: seen[0] }).toEqual({ i, key, got: seen[1] });
+  }
+}
+
+function rows(file: string, sql: string): number {
+  const db = new Database(file, { readonly: true });
+  try {
+    return Number((db.query(sql).get() as { n: number }).n);
+  } finally {
+    db.close();
+  }
+}
+
+test("the write delta: merges under many writes, deletions and map clears; reads, snapshots and a reopened file match the heap backend", async () => {
+  const file = path.join(fresh(), "state.db");
+  const s = await sqlite(file);
+  const h = await heap();
+  const random = rng(2026);
+  operate([s, h], random, 60_000);
+  // Merges happened (kv gets rows only from merges here), and the delta holds rows again, deletions among them.
+  expect(rows(file, "SELECT count(*) AS n FROM kv")).toBeGreaterThan(1000);
+  operate([s, h], random, 4_000);
+  expect(s.deltaBytes).toBeGreaterThan(0);
+  expect(rows(file, "SELECT count(*) AS n FROM kv_delta WHERE v IS NULL")).toBeGreaterThan(0);
+  expect(dump(s)).toEqual(dump(h));
+
+  // A full snapshot and a change set, each taken with rows and deletions in the delta, restore what the heap held.
+  const full = await s.snapshot(fresh(), { incremental: true, checkpointId: 1 });
+  const atFull = dump(h);
+  s.notifyCheckpointComplete(1);
+  operate([s, h], random, 4_000);
+  expect(s.deltaBytes).toBeGreaterThan(0);
+  const changes = await s.snapshot(fresh(), { incremental: true, checkpointId: 2 });
+  expect(changes.files.length).toBe(2); // a change set on top of the full snapshot
+  const atChanges = dump(h);
+  expect(dump(await heap([full]))).toEqual(atFull);
+  expect(dump(await heap([changes]))).toEqual(atChanges);
+  expect(dump(await sqlite(path.join(fresh(), "restored.db"), [changes]))).toEqual(atChanges);
+
+  // Closed without writing back (a task's end), after the snapshot's write-behind put every entry in the file:
+  // reopened, the file's delta is merged and kv alone holds the same state.
+  expect(s.deltaBytes).toBeGreaterThan(0);
+  await s.close({ discard: true });
+  expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBeGreaterThan(0);
+  const reopened = await sqlite(file);
+  expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBe(0);
+  expect(dump(reopened)).toEqual(atChanges);
+}, 120_000);
