@@ -57,6 +57,9 @@ const { values } = parseArgs({
     runs: { type: "string" },
     seed: { type: "string", default: "0" },
     "latency-seconds": { type: "string" },
+    // The SQLite backend's memory budget per task in MiB (state.backend.sqlite.cache-size; default 64), e.g. to run
+    // with the memory per core that a published figure had.
+    "sqlite-cache-mib": { type: "string" },
   },
 });
 const QUICK = values.quick!;
@@ -66,6 +69,8 @@ const SQLITE_EVENTS = Number(values["sqlite-events"] ?? (QUICK ? 100_000 : 10_00
 const SUM_RECORDS = Number(values["sum-records"] ?? (QUICK ? 1_000_000 : 20_000_000));
 const LATENCY_SECONDS = Number(values["latency-seconds"] ?? (QUICK ? 2 : 10));
 const RUNS = Number(values.runs ?? (QUICK ? 1 : 3));
+const SQLITE_CACHE_MIB = values["sqlite-cache-mib"] === undefined ? undefined : Number(values["sqlite-cache-mib"]);
+if (SQLITE_CACHE_MIB !== undefined && !(SQLITE_CACHE_MIB > 0)) throw new Error(`--sqlite-cache-mib: expected a positive number, got ${values["sqlite-cache-mib"]}`);
 if (!Number.isInteger(RUNS) || RUNS < 1) throw new Error(`--runs: expected a positive integer, got ${values.runs}`);
 const BACKENDS = (values.backend ?? values.backends!).split(",").filter((b) => b.length > 0) as ("heap" | "sqlite")[];
 for (const b of BACKENDS) if (b !== "heap" && b !== "sqlite") throw new Error(`--backends: expected heap and/or sqlite, got ${b}`);
@@ -94,6 +99,7 @@ interface Run { status: JobStatus; cpuSec: number; load: number }
 async function runLocal(file: string, args: string[], p: number, backend: "heap" | "sqlite" = "heap", graph: JobGraphOptions = {}): Promise<Run> {
   const stateDir = path.join(dir, "state");
   const cfg = { ...defaultConfig(), "state.backend": backend, "taskmanager.state.dir": stateDir, "log.level": "warn" as const };
+  if (SQLITE_CACHE_MIB !== undefined) cfg["state.backend.sqlite.cache-size"] = SQLITE_CACHE_MIB * 2 ** 20;
   const cluster = await startLocalCluster({ taskManagers: 1, slotsPerTaskManager: 2, config: cfg });
   const rpc = await connectClient("127.0.0.1", cluster.port);
   try {
@@ -289,7 +295,7 @@ async function nexmarkQueries(): Promise<void> {
     }
   }
   const allLoads = Object.values(cells).flatMap((b) => Object.values(b).flatMap(([a, c]) => [...a.load, ...c.load]));
-  out.push(`### Nexmark queries (${BACKENDS.map((b) => `${fmt(b === "sqlite" ? SQLITE_EVENTS : EVENTS)} events with the ${b} backend`).join(", ")}; seed ${values.seed}; median (min-max) of ${RUNS} runs; load ${loads(allLoads)})\n`);
+  out.push(`### Nexmark queries (${BACKENDS.map((b) => `${fmt(b === "sqlite" ? SQLITE_EVENTS : EVENTS)} events with the ${b} backend${b === "sqlite" && SQLITE_CACHE_MIB !== undefined ? ` (${SQLITE_CACHE_MIB} MiB per task)` : ""}`).join(", ")}; seed ${values.seed}; median (min-max) of ${RUNS} runs; load ${loads(allLoads)})\n`);
   const head = BACKENDS.map((b) => `${b} p=1 events/s | ${b} p=2 events/s | ${b} events per CPU-s p=1 / p=2`).join(" | ");
   out.push(`| query | ${head} | Flink per core | goal: events per CPU-s >= Flink per core |\n| --- | ${BACKENDS.map(() => "--- | --- | ---").join(" | ")} | --- | --- |`);
   for (const q of QUERIES) {

@@ -183,6 +183,22 @@ export function compileQueries(db: Kysely<StateDatabase>) {
   const KEY = ["kg", "state", "k", "uk"] as const;
   const byKey = <Q extends { where: any }>(q: Q): Q =>
     q.where("kg", "=", P("kg")).where("state", "=", P("state")).where("k", "=", P("k")).where("uk", "=", P("uk"));
+  const recordKeyChangesOf = (table: "kv" | "kv_delta") =>
+    compiled(
+      db
+        .insertInto("chg")
+        .columns(["kg", "state", "k", "uk", "ep"])
+        .expression(
+          db
+            .selectFrom(table)
+            .select((eb) => ["kg", "state", "k", "uk", eb.val(P("ep")).as("ep")])
+            .where("kg", "=", P("kg"))
+            .where("state", "=", P("state"))
+            .where("k", "=", P("k")),
+        )
+        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
+      ["ep", "kg", "state", "k"],
+    );
   return {
     get: compiled(byKey(db.selectFrom("kv").select("v")), KEY),
     upsert: compiled(
@@ -259,37 +275,9 @@ export function compileQueries(db: Kysely<StateDatabase>) {
       [...KEY, "ep"],
     ),
     /** Records every stored user key of one key as changed (before a map state's clear deletes them). */
-    recordKeyChanges: compiled(
-      db
-        .insertInto("chg")
-        .columns(["kg", "state", "k", "uk", "ep"])
-        .expression(
-          db
-            .selectFrom("kv")
-            .select((eb) => ["kg", "state", "k", "uk", eb.val(P("ep")).as("ep")])
-            .where("kg", "=", P("kg"))
-            .where("state", "=", P("state"))
-            .where("k", "=", P("k")),
-        )
-        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
-      ["ep", "kg", "state", "k"],
-    ),
-    /** recordKeyChanges for the user keys of the key in kv_delta. */
-    recordKeyDeltaChanges: compiled(
-      db
-        .insertInto("chg")
-        .columns(["kg", "state", "k", "uk", "ep"])
-        .expression(
-          db
-            .selectFrom("kv_delta")
-            .select((eb) => ["kg", "state", "k", "uk", eb.val(P("ep")).as("ep")])
-            .where("kg", "=", P("kg"))
-            .where("state", "=", P("state"))
-            .where("k", "=", P("k")),
-        )
-        .onConflict((oc) => oc.columns(["kg", "state", "k", "uk"]).doUpdateSet((eb) => ({ ep: eb.ref("excluded.ep") }))),
-      ["ep", "kg", "state", "k"],
-    ),
+    recordKeyChanges: recordKeyChangesOf("kv"),
+    /** The same for the key's rows in kv_delta. */
+    recordKeyDeltaChanges: recordKeyChangesOf("kv_delta"),
     /** The rows of one key group changed after epoch `ep`, with their current value (null: deleted): kv_delta's
      *  version where it has one. */
     changesOfGroup: compiled(
