@@ -55,10 +55,11 @@ function dump(b: KeyedStateBackend): unknown[] {
   return out;
 }
 
-/** `n` random operations on both backends; reads along the way are compared at once. */
-function operate(backends: KeyedStateBackend[], random: () => number, n: number): void {
+/** `n` random operations on both backends (values of `length` to 2 x `length` characters); reads along the way
+ *  are compared at once. */
+function operate(backends: KeyedStateBackend[], random: () => number, n: number, length = 20): void {
   const states = backends.map((b) => ({ b, v: b.getState(V), m: b.getMapState(M) }));
-  const text = () => `value-${Math.floor(random() * 1e9)}-`.padEnd(20 + Math.floor(random() * 40), "x");
+  const text = () => `value-${Math.floor(random() * 1e9)}-`.padEnd(length + Math.floor(random() * length), "x");
   for (let i = 0; i < n; i++) {
     const key = Math.floor(random() * KEYS);
     const op = random();
@@ -121,4 +122,20 @@ test("the write delta: merges under many writes, deletions and map clears; reads
   const reopened = await sqlite(file);
   expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBe(0);
   expect(dump(reopened)).toEqual(atChanges);
+}, 120_000);
+
+test("write-back batches about as large as the delta may grow go straight into kv", async () => {
+  // A 4 MiB object cache (fixed) and values of 1-2 KB make eviction batches of about 4 MiB of rows: the first goes
+  // into the delta (no batch before it) and merges it at once, the next ones go straight into kv.
+  const file = path.join(fresh(), "state.db");
+  const s = (await createKeyedStateBackend({ kind: "sqlite", path: file, maxParallelism: 128, keyGroupRange: FULL, objectCacheBytes: 4 << 20 })) as SqliteKeyedStateBackend;
+  open.push(s);
+  const h = await heap();
+  operate([s, h], rng(7), 30_000, 1000);
+  expect(s.writeBack.toDelta).toBeGreaterThanOrEqual(1);
+  expect(s.writeBack.direct).toBeGreaterThanOrEqual(1);
+  expect(s.writeBack.merges).toBeGreaterThanOrEqual(1);
+  expect(dump(s)).toEqual(dump(h));
+  await s.close();
+  expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBe(0);
 }, 120_000);

@@ -147,6 +147,13 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
    * again); 0 exactly when it is empty, and then no read looks there.
    */
   deltaBytes = 0;
+  /** The rows written to kv_delta since its last merge (deletions too): most misses then need not look there. */
+  private readonly deltaFilter = new RowFilter();
+  private deltaFilterValid = true;
+  /** Write-back batches into kv_delta, straight into kv, and merges (diagnostics, tests). */
+  readonly writeBack = { toDelta: 0, direct: 0, merges: 0 };
+  /** The bytes of rows the last write-back batch wrote. */
+  private lastBatchBytes = 0;
 
   private constructor(
     opts: SqliteBackendOptions,
@@ -358,13 +365,20 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
    *  changed when incremental checkpoints are on. */
   writeEntries(entries: Entry[], epoch = this.epoch): void {
     entries.sort((a, b) => a.kg - b.kg || a.t.id - b.t.id);
-    const { deltaPut, recordChange } = this.s;
+    const { deltaPut, upsert, delete: del, recordChange } = this.s;
     const p5 = this.p5;
+    const p4 = this.p4;
     let written = 0;
     const track = this.trackChanges;
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
     if (!this.reading) this.driver.exec("BEGIN");
     this.reading = false;
+    // Batches about as large as the delta may grow gain nothing from it (each would be written twice, into the
+    // delta and at once again by its merge: 0.74x the get+update rate of a working set the budget's size): while
+    // the delta is empty, those go straight into kv. The last batch's size stands for this one's.
+    const mergeAt = Math.max(DELTA_MIN_BYTES, DELTA_SHARE * this.databaseBytes());
+    const direct = this.deltaBytes === 0 && 2 * this.lastBatchBytes >= mergeAt;
+    const deltaBefore = this.deltaBytes;
     let cur: Entry | undefined;
     // A key's entries (its map's user keys, its other states) share its bytes: encode each key once per batch.
     const keys = new Map<HeapKey, Uint8Array>();
@@ -382,7 +396,18 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         p5[3] = uk;
         p5[4] = bytes; // null: the row's deletion
         if (bytes !== null) this.rowFilter?.add(e.kg, e.t.id, k, uk); // before the write: a rollback leaves only a false positive
-        deltaPut.run(p5);
+        if (!direct) {
+          this.deltaFilter.add(e.kg, e.t.id, k, uk);
+          deltaPut.run(p5);
+        } else if (bytes !== null) {
+          upsert.run(p5);
+        } else {
+          p4[0] = e.kg;
+          p4[1] = e.t.id;
+          p4[2] = k;
+          p4[3] = uk;
+          del.run(p4);
+        }
         written += k.length + uk.length + (bytes === null ? 0 : bytes.length) + 8;
         if (track) {
           p5[0] = e.kg;
@@ -393,13 +418,18 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
           recordChange.run(p5);
         }
       }
-      this.deltaBytes += written;
-      if (this.deltaBytes >= Math.max(DELTA_MIN_BYTES, DELTA_SHARE * this.databaseBytes())) this.mergeDeltaRows();
+      this.lastBatchBytes = written;
+      this.writeBack[direct ? "direct" : "toDelta"]++;
+      if (!direct) {
+        this.deltaBytes += written;
+        if (this.deltaBytes >= mergeAt) this.mergeDeltaRows();
+      }
       this.driver.exec("COMMIT");
     } catch (err) {
       try {
         this.driver.exec("ROLLBACK");
       } catch {}
+      this.afterRollback(deltaBefore);
       // A live value is first serialized here (a symbol or a cyclic object cannot be), so name the state.
       const what = cur === undefined ? "" : ` (at an entry of state "${cur.t.meta.name}")`;
       throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed${what}: ${(err as Error).message}`, { cause: err });
@@ -413,12 +443,30 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.s.mergeDeltaDeletions.run();
     this.s.clearDelta.run();
     this.deltaBytes = 0;
+    this.deltaFilter.clear();
+    this.deltaFilterValid = true;
+    this.writeBack.merges++;
+  }
+
+  /** After a rolled-back transaction: a merge in it left the delta's rows in place, so count them again, and let
+   *  every read look there (the filter was cleared) until the next merge. */
+  private afterRollback(deltaBefore: number): void {
+    if (this.deltaBytes < deltaBefore) {
+      this.deltaBytes = deltaBefore;
+      this.deltaFilterValid = false;
+    }
+  }
+
+  /** Whether kv_delta may have a row (a version or a deletion). */
+  private inDelta(p: SqlValue[]): boolean {
+    return this.deltaBytes > 0 && (!this.deltaFilterValid || this.deltaFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array));
   }
 
   /** Moves kv_delta into kv, so that kv alone is the stored state. */
   mergeDelta(): void {
     if (this.deltaBytes === 0) return;
     this.endRead();
+    const deltaBefore = this.deltaBytes;
     this.driver.exec("BEGIN");
     try {
       this.mergeDeltaRows();
@@ -427,6 +475,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       try {
         this.driver.exec("ROLLBACK");
       } catch {}
+      this.afterRollback(deltaBefore);
       throw new StateFileError(this.path, `merging the write delta into kv failed: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -437,6 +486,8 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.s.deleteAll.run();
     this.s.clearDelta.run();
     this.deltaBytes = 0;
+    this.deltaFilter.clear();
+    this.deltaFilterValid = true;
   }
 
   /** The database's size in bytes (its pages; the WAL not counted). */
@@ -494,7 +545,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   private read(p: SqlValue[]): SqlRow | undefined {
     if (this.rowFilter !== null && !this.rowFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array)) return undefined;
     this.beginRead();
-    if (this.deltaBytes > 0) {
+    if (this.inDelta(p)) {
       const d = this.s.deltaGet.get(p);
       if (d !== undefined) return d.v === null ? undefined : d; // the newest version, or its deletion
     }
@@ -503,7 +554,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
 
   /** Whether kv_delta has a version (or the deletion) of a row: then kv's row is stale. */
   deltaHas(p: SqlValue[]): boolean {
-    return this.deltaBytes > 0 && this.s.deltaGet.get(p) !== undefined;
+    return this.inDelta(p) && this.s.deltaGet.get(p) !== undefined;
   }
 
   private checkKey(): void {
