@@ -139,3 +139,39 @@ test("write-back batches about as large as the delta may grow go straight into k
   await s.close();
   expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBe(0);
 }, 120_000);
+
+test("rows read from kv are updated there in place; new rows go to the delta", async () => {
+  const file = path.join(fresh(), "state.db");
+  const s = await sqlite(file);
+  const v = s.getState(V);
+  const N = 30_000;
+  for (let k = 0; k < N; k++) {
+    s.setCurrentKey(k);
+    v.update(`first-${k}`);
+  }
+  s.flush();
+  s.mergeDelta();
+  const before = { ...s.writeBack };
+  expect(rows(file, "SELECT count(*) AS n FROM kv")).toBe(N);
+  // Read back from kv (the 64 KiB cache holds a few hundred) and updated: in place, none into the delta.
+  for (let k = 0; k < N; k++) {
+    s.setCurrentKey(k);
+    expect(v.value()).toBe(`first-${k}`);
+    v.update(`second-${k}`);
+  }
+  s.flush();
+  expect(s.writeBack.updatesInKv - before.updatesInKv).toBe(N);
+  expect(s.deltaBytes).toBe(0);
+  // New keys still go to the delta.
+  for (let k = N; k < N + 100; k++) {
+    s.setCurrentKey(k);
+    v.update(`new-${k}`);
+  }
+  s.flush();
+  expect(s.deltaBytes).toBeGreaterThan(0);
+  expect(rows(file, "SELECT count(*) AS n FROM kv_delta")).toBe(100);
+  for (let k = 0; k < N + 100; k += 7) {
+    s.setCurrentKey(k);
+    expect(v.value()).toBe(k < N ? `second-${k}` : `new-${k}`);
+  }
+}, 60_000);

@@ -150,9 +150,12 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   /** The rows written to kv_delta since its last merge (deletions too): most misses then need not look there. */
   private readonly deltaFilter = new RowFilter();
   private deltaFilterValid = true;
-  /** Write-back batches into kv_delta, straight into kv, and merges (diagnostics, tests). */
-  readonly writeBack = { toDelta: 0, direct: 0, merges: 0 };
-  /** The bytes of rows the last write-back batch wrote. */
+  /** Write-back batches into kv_delta and straight into kv, merges, and rows of the former written to kv as
+   *  updates in place (diagnostics, tests). */
+  readonly writeBack = { toDelta: 0, direct: 0, merges: 0, updatesInKv: 0 };
+  /** Whether the last read() found its row in kv (not in kv_delta). */
+  private readFromKv = false;
+  /** The bytes of the rows of the last write-back batch that were for the delta (all but updates of kv's rows). */
   private lastBatchBytes = 0;
 
   private constructor(
@@ -368,6 +371,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const { deltaPut, upsert, delete: del, recordChange } = this.s;
     const p5 = this.p5;
     const p4 = this.p4;
+    /** The bytes of the rows that go to the delta unless the batch is direct. */
     let written = 0;
     const track = this.trackChanges;
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
@@ -396,19 +400,25 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
         p5[3] = uk;
         p5[4] = bytes; // null: the row's deletion
         if (bytes !== null) this.rowFilter?.add(e.kg, e.t.id, k, uk); // before the write: a rollback leaves only a false positive
-        if (!direct) {
+        if (!e.inKv) written += k.length + uk.length + (bytes === null ? 0 : bytes.length) + 8; // the delta's share
+        if (!direct && !e.inKv) {
+          // A new row, or one that may have a version in the delta.
           this.deltaFilter.add(e.kg, e.t.id, k, uk);
           deltaPut.run(p5);
-        } else if (bytes !== null) {
-          upsert.run(p5);
         } else {
-          p4[0] = e.kg;
-          p4[1] = e.t.id;
-          p4[2] = k;
-          p4[3] = uk;
-          del.run(p4);
+          // An update of a row in kv (in place, where the delta would write it twice), or a direct batch.
+          if (!direct) this.writeBack.updatesInKv++;
+          e.inKv = true;
+          if (bytes !== null) {
+            upsert.run(p5);
+          } else {
+            p4[0] = e.kg;
+            p4[1] = e.t.id;
+            p4[2] = k;
+            p4[3] = uk;
+            del.run(p4);
+          }
         }
-        written += k.length + uk.length + (bytes === null ? 0 : bytes.length) + 8;
         if (track) {
           p5[0] = e.kg;
           p5[1] = e.t.id;
@@ -543,13 +553,17 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
 
   /** The row of (kg, state, k, uk) in `p`, or undefined: without a SELECT when the row filter never saw it. */
   private read(p: SqlValue[]): SqlRow | undefined {
+    this.readFromKv = false;
     if (this.rowFilter !== null && !this.rowFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array)) return undefined;
     this.beginRead();
+    this.readFromKv = false;
     if (this.inDelta(p)) {
       const d = this.s.deltaGet.get(p);
       if (d !== undefined) return d.v === null ? undefined : d; // the newest version, or its deletion
     }
-    return this.s.get.get(p);
+    const row = this.s.get.get(p);
+    this.readFromKv = row !== undefined;
+    return row;
   }
 
   /** Whether kv_delta has a version (or the deletion) of a row: then kv's row is stale. */
@@ -586,6 +600,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       const v = bytes === null ? undefined : decode(bytes);
       n = new Entry(t, this.kg, this.hk, null, undefined, null, v, false, liveEntrySize(this.hk, v));
     } else n = new Entry(t, this.kg, this.hk, null, undefined, bytes, undefined, false, entrySize(this.hk, undefined, bytes));
+    n.inKv = this.readFromKv;
     t.values.set(this.hk, n);
     t.lastEntry = n;
     t.lastEntryHk = this.hk;
@@ -671,6 +686,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const bytes = row === undefined ? null : (row.v as Uint8Array);
     if (bytes !== null && !this.reread) this.sawReread();
     const ne = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
+    ne.inKv = this.readFromKv;
     n.entries.set(uhk, ne);
     this.cache.add(ne);
     return ne;
@@ -702,9 +718,9 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       const deleted = new Set<HeapKey>();
       for (const row of this.deltaBytes > 0 ? this.s.deltaScanKey.all(p) : []) {
         if (row.v === null) deleted.add(heapKeyOfBytes(row.uk as Uint8Array));
-        else this.loadMapEntry(t, n, row);
+        else this.loadMapEntry(t, n, row, false);
       }
-      for (const row of this.s.scanKey.all(p)) if (deleted.size === 0 || !deleted.has(heapKeyOfBytes(row.uk as Uint8Array))) this.loadMapEntry(t, n, row);
+      for (const row of this.s.scanKey.all(p)) if (deleted.size === 0 || !deleted.has(heapKeyOfBytes(row.uk as Uint8Array))) this.loadMapEntry(t, n, row, true);
       n.complete = true;
     }
     const out: [unknown, unknown][] = [];
@@ -718,11 +734,12 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
   }
 
   /** A stored map entry into the cache, unless the cache has that user key already (its version is newer). */
-  private loadMapEntry(t: SqlTable, n: MapNode, row: SqlRow): void {
+  private loadMapEntry(t: SqlTable, n: MapNode, row: SqlRow, inKv: boolean): void {
     const uhk = heapKeyOfBytes(row.uk as Uint8Array);
     if (n.entries.has(uhk)) return;
     const bytes = row.v as Uint8Array;
     const e = new Entry(t, this.kg, n.hk, n, uhk, bytes, undefined, false, mapEntrySize(uhk, bytes));
+    e.inKv = inKv;
     n.entries.set(uhk, e);
     this.cache.add(e);
   }

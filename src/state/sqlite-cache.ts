@@ -48,6 +48,8 @@ export class Entry extends LruLink {
   }
   /** Changes with every write of the entry (a snapshot's write-behind tells entries changed since apart). */
   stamp = 0;
+  /** Its row was read from kv or written straight there, so kv_delta has no version of it: its writes go to kv. */
+  inKv = false;
   /** A snapshot in progress that has not serialized this live entry yet: it must before the value is handed out
    *  or replaced (copy on access), since callers may change a value they got in place before writing it back. */
   pending: Captured | null = null;
