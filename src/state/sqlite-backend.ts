@@ -104,8 +104,9 @@ interface Statements {
 
 /**
  * kv_delta is merged into kv once it holds this share of the file (and at least DELTA_MIN_BYTES): then a merge
- * rewrites kv's leaves once per several write-back batches instead of once per batch. About a quarter of kv was
- * the best of the three sizes tried (docs/benchmarks.md, "The SQLite write delta").
+ * rewrites kv's leaves once per several write-back batches instead of once per batch. Of the sizes tried (about
+ * all of kv, a quarter, a sixteenth) a quarter was fastest, a sixteenth 30 % slower (docs/benchmarks.md, "The
+ * SQLite write delta").
  */
 const DELTA_SHARE = 0.2;
 const DELTA_MIN_BYTES = 1 << 20;
@@ -371,8 +372,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     const { deltaPut, upsert, delete: del, recordChange } = this.s;
     const p5 = this.p5;
     const p4 = this.p4;
-    /** The bytes of the rows that go to the delta unless the batch is direct. */
-    let written = 0;
+    let written = 0; // the bytes of the rows that go to the delta unless the batch is direct
     const track = this.trackChanges;
     // The held read transaction, if any, becomes the write transaction (it has written nothing yet).
     if (!this.reading) this.driver.exec("BEGIN");
@@ -436,10 +436,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       }
       this.driver.exec("COMMIT");
     } catch (err) {
-      try {
-        this.driver.exec("ROLLBACK");
-      } catch {}
-      this.afterRollback(deltaBefore);
+      this.rollback(deltaBefore);
       // A live value is first serialized here (a symbol or a cyclic object cannot be), so name the state.
       const what = cur === undefined ? "" : ` (at an entry of state "${cur.t.meta.name}")`;
       throw new StateFileError(this.path, `writing ${entries.length} cached state entries failed${what}: ${(err as Error).message}`, { cause: err });
@@ -458,9 +455,12 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.writeBack.merges++;
   }
 
-  /** After a rolled-back transaction: a merge in it left the delta's rows in place, so count them again, and let
-   *  every read look there (the filter was cleared) until the next merge. */
-  private afterRollback(deltaBefore: number): void {
+  /** Rolls back a failed write transaction. A merge in it left the delta's rows in place: count them again, and
+   *  let every read look there (the filter was cleared) until the next merge. */
+  private rollback(deltaBefore: number): void {
+    try {
+      this.driver.exec("ROLLBACK");
+    } catch {}
     if (this.deltaBytes < deltaBefore) {
       this.deltaBytes = deltaBefore;
       this.deltaFilterValid = false;
@@ -482,10 +482,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
       this.mergeDeltaRows();
       this.driver.exec("COMMIT");
     } catch (err) {
-      try {
-        this.driver.exec("ROLLBACK");
-      } catch {}
-      this.afterRollback(deltaBefore);
+      this.rollback(deltaBefore);
       throw new StateFileError(this.path, `merging the write delta into kv failed: ${(err as Error).message}`, { cause: err });
     }
   }
@@ -556,7 +553,6 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.readFromKv = false;
     if (this.rowFilter !== null && !this.rowFilter.mayContain(p[0] as number, p[1] as number, p[2] as Uint8Array, p[3] as Uint8Array)) return undefined;
     this.beginRead();
-    this.readFromKv = false;
     if (this.inDelta(p)) {
       const d = this.s.deltaGet.get(p);
       if (d !== undefined) return d.v === null ? undefined : d; // the newest version, or its deletion
