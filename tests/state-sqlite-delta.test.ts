@@ -94,7 +94,8 @@ test("the write delta: merges under many writes, deletions and map clears; reads
   const h = await heap();
   const random = rng(2026);
   operate([s, h], random, 60_000);
-  // Merges happened (kv gets rows only from merges here), and the delta holds rows again, deletions among them.
+  // Merges happened (every row of kv came through one: the budget makes batches far under the threshold), and
+  // the delta holds rows again, deletions among them.
   expect(rows(file, "SELECT count(*) AS n FROM kv")).toBeGreaterThan(1000);
   operate([s, h], random, 4_000);
   expect(s.deltaBytes).toBeGreaterThan(0);
