@@ -11,9 +11,9 @@ export interface StateDatabase {
   tm_meta: { key: string; value: string };
   tm_state: { id: Generated<number>; name: string; kind: string; ttl_ms: number | null };
   kv: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; v: Uint8Array };
-  /** Write-back batches land here first (newest version of a row; v null: deleted), and are merged into kv in key
-   *  order once the delta is a fraction of the file: a batch of rows scattered over the key space then rewrites
-   *  the delta's pages, not most of kv's leaves (docs/architecture.md 5.2). */
+  /** Write-back batches put new rows here first (newest version of a row; v null: deleted; updates of rows read
+   *  from kv go to kv in place), merged into kv in key order once the delta is a fraction of the file: a batch of
+   *  rows scattered over the key space then rewrites the delta's pages, not most of kv's leaves (docs/architecture.md 5.2). */
   kv_delta: { kg: number; state: number; k: Uint8Array; uk: Uint8Array; v: Uint8Array | null };
   /** Incremental checkpoints: the rows changed (written or deleted) since the last completed checkpoint, each
    *  with the epoch (snapshot sequence) of its last change. Only written when incremental checkpoints are on. */
