@@ -4,6 +4,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
+import { Database } from "bun:sqlite";
 import { connectClient, submitJob, waitForJob } from "../src/client/job-client.ts";
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
@@ -12,6 +13,16 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 
 export const ROOT = path.resolve(import.meta.dir, "..");
 export const BUN = process.execPath;
+
+/** The number a `SELECT count(*) AS n ...` query returns from a SQLite file, read on a connection of its own. */
+export function sqliteCount(file: string, sql: string): number {
+  const db = new Database(file, { readonly: true });
+  try {
+    return Number((db.query(sql).get() as { n: number }).n);
+  } finally {
+    db.close();
+  }
+}
 
 /** mulberry32: a small seeded PRNG, so randomized tests are reproducible. */
 export function rng(seed: number): () => number {

@@ -4,7 +4,6 @@
 // while the delta holds rows and deletions of kv's rows, and the file reopened with an unmerged delta all show
 // what the heap backend holds.
 import { afterAll, expect, test } from "bun:test";
-import { Database } from "bun:sqlite";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -16,7 +15,7 @@ import {
   type KeyedSnapshotHandle,
   type KeyedStateBackend,
 } from "../src/state/index.ts";
-import { rng } from "./helpers.ts";
+import { rng, sqliteCount as rows } from "./helpers.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-state-delta-"));
 const open: KeyedStateBackend[] = [];
@@ -76,15 +75,6 @@ function operate(backends: KeyedStateBackend[], random: () => number, n: number,
       else seen.push([s.v.value(), s.m.get(uk), op < 0.9 ? [...s.m.entries()].sort((x, y) => x[0] - y[0]) : null]);
     }
     if (seen.length > 0) expect({ i, key, got: seen[0] }).toEqual({ i, key, got: seen[1] });
-  }
-}
-
-function rows(file: string, sql: string): number {
-  const db = new Database(file, { readonly: true });
-  try {
-    return Number((db.query(sql).get() as { n: number }).n);
-  } finally {
-    db.close();
   }
 }
 

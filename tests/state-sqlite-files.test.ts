@@ -15,6 +15,7 @@ import {
 } from "../src/state/index.ts";
 import { keyGroupOf, assignToKeyGroup } from "../src/state/key-groups.ts";
 import { SCHEMA_VERSION } from "../src/state/sqlite-schema.ts";
+import { sqliteCount } from "./helpers.ts";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-state-files-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -90,14 +91,7 @@ test("reopening keeps the data; another maxParallelism is refused", async () => 
 });
 
 test("closed with discard (a task's end, its files deleted next), the cache is not written back; closed without, it is", async () => {
-  const rows = (f: string) => {
-    const db = new Database(f, { readonly: true });
-    try {
-      return Number((db.prepare("SELECT count(*) AS n FROM kv").get() as { n: number }).n);
-    } finally {
-      db.close();
-    }
-  };
+  const rows = (f: string) => sqliteCount(f, "SELECT count(*) AS n FROM kv");
   const d = new ValueStateDescriptor<number>("v");
   const fill = async (f: string) => {
     const b = await openSqlite(f);
