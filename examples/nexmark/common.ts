@@ -68,8 +68,13 @@ export const priceRank = (price: number): 1 | 2 | 3 => (price < 10_000 ? 1 : pri
  */
 export function scheduleUpdate(ctx: KeyedContext<unknown>, pending: ValueState<boolean>): void {
   if (pending.value() === true) return;
+  registerUpdateTimer(ctx);
+  pending.update(true);
+}
+
+/** scheduleUpdate's timer, for a function that keeps its pending flag in a state of its own (bidding-stats.ts). */
+export function registerUpdateTimer(ctx: KeyedContext<unknown>): void {
   const timers = ctx.timerService();
   const t = Math.max(ctx.timestamp() ?? -Infinity, timers.currentWatermark() + 1);
   timers.registerEventTimeTimer(Math.floor(t / 1000) * 1000 + 999);
-  pending.update(true);
 }
