@@ -72,7 +72,7 @@ export function scheduleUpdate(ctx: KeyedContext<unknown>, pending: ValueState<b
   pending.update(true);
 }
 
-/** scheduleUpdate's timer, for a function that keeps its pending flag in a state of its own (bidding-stats.ts). */
+/** scheduleUpdate's timer, for a function that keeps its pending flag inside a state of its own (bidding-stats.ts' accumulator). */
 export function registerUpdateTimer(ctx: KeyedContext<unknown>): void {
   const timers = ctx.timerService();
   const t = Math.max(ctx.timestamp() ?? -Infinity, timers.currentWatermark() + 1);
