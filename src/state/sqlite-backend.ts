@@ -449,10 +449,15 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.s.mergeDeltaRows.run();
     this.s.mergeDeltaDeletions.run();
     this.s.clearDelta.run();
+    this.deltaEmptied();
+    this.writeBack.merges++;
+  }
+
+  /** kv_delta was just emptied: nothing to count, and its filter starts over (and is complete again). */
+  private deltaEmptied(): void {
     this.deltaBytes = 0;
     this.deltaFilter.clear();
     this.deltaFilterValid = true;
-    this.writeBack.merges++;
   }
 
   /** Rolls back a failed write transaction. A merge in it left the delta's rows in place: count them again, and
@@ -492,9 +497,7 @@ export class SqliteKeyedStateBackend extends KeyedBackendBase {
     this.endRead();
     this.s.deleteAll.run();
     this.s.clearDelta.run();
-    this.deltaBytes = 0;
-    this.deltaFilter.clear();
-    this.deltaFilterValid = true;
+    this.deltaEmptied();
   }
 
   /** The database's size in bytes (its pages; the WAL not counted). */
