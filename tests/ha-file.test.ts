@@ -287,21 +287,22 @@ describe("file HA (real processes)", () => {
       fs.writeFileSync(path.join(d, "lock"), JSON.stringify({ pid: 1, procStart: null, host: "some-other-host", epoch: 7, startedAt: 0 }));
       return path.join(d, "lock");
     };
+    // The renewed and the abandoned lock run side by side: each waits about the stale time (10 s) on its own.
     const renewed = lockOf("renewed");
+    lockOf("abandoned");
     const toucher = setInterval(() => fs.utimesSync(renewed, new Date(), new Date()), 300);
     try {
+      const startedAt = Date.now();
       const refused = startJobManager(path.join(dir, "renewed"), await freePort());
+      const taker = startJobManager(path.join(dir, "abandoned"), await freePort());
       await refused.waitForOutput(/waiting for the lock file .* of a JobManager on host some-other-host \(pid 1, epoch 7\) to go stale/, 30_000);
+      await taker.waitForOutput(/JobManager started .*epoch=8/, 40_000);
+      expect(Date.now() - startedAt).toBeGreaterThanOrEqual(9_000);
       expect(await refused.exited(40_000)).toBe(1);
       expect(refused.stderr).toContain("is still being renewed: another JobManager uses high-availability.storageDir");
     } finally {
       clearInterval(toucher);
     }
-    lockOf("abandoned");
-    const startedAt = Date.now();
-    const taker = startJobManager(path.join(dir, "abandoned"), await freePort());
-    await taker.waitForOutput(/JobManager started .*epoch=8/, 40_000);
-    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(9_000);
 
     const noDir = new Child([BUN, "main.ts", "jobmanager", "-D", "high-availability.type=file", "-D", "jobmanager.rpc.port=0"]);
     expect(await noDir.exited(30_000)).toBe(2);
