@@ -1,7 +1,8 @@
 // The keyed sum as a job file for `bun main.ts local`, for A/B runs (scripts/bench-compare-trees.ts, -commands.ts):
 // args: records, buffer timeout in ms, mode. fromSequence -> map to [key, 1] (10,000 keys) -> keyBy -> sum ->
 // discarding sink ("keyed", two tasks and an exchange); "chained": the same sums in a Map in the source's chain
-// (one task, no exchange, no keyed state): what chaining a keyed sum with its source would save at best.
+// (one task, no exchange, no keyed state): what chaining a keyed sum with its source would save at best;
+// "int-keys": the keyed sum with the keys written `(x % 10_000) | 0`.
 import type { StreamExecutionEnvironment } from "../../src/api/index.ts";
 
 export default function keyedSum(env: StreamExecutionEnvironment, args: string[]) {
@@ -9,7 +10,11 @@ export default function keyedSum(env: StreamExecutionEnvironment, args: string[]
   const bufferTimeout = Number(args[1] ?? 100);
   if (!Number.isInteger(records) || records < 1 || !Number.isFinite(bufferTimeout) || bufferTimeout < 0) throw new Error(`usage: keyed-sum-job.ts RECORDS BUFFER_TIMEOUT_MS, got ${args.join(" ")}`);
   env.setBufferTimeout(bufferTimeout);
-  const pairs = env.fromSequence(1, records).map((x: number): [number, number] => [x % 10_000, 1]);
+  // "int-keys": the same keys made int32 with `| 0` (JavaScriptCore hands back some `%` results as integral doubles,
+  // whose records then mix with int32 ones: docs/benchmarks.md, "The keyed sum's two speeds, explained").
+  const pairs = args[2] === "int-keys"
+    ? env.fromSequence(1, records).map((x: number): [number, number] => [(x % 10_000) | 0, 1])
+    : env.fromSequence(1, records).map((x: number): [number, number] => [x % 10_000, 1]);
   if (args[2] === "chained") {
     const sums = new Map<number, number>();
     pairs.map((t): [number, number] => {
