@@ -527,6 +527,40 @@ describe.each(VARIANTS)("keyed state: %s", (_name, variant) => {
     expect(s.value()).toEqual({ n: -4 });
   });
 
+  test("a snapshot started while an earlier one is still being written: each holds the state at its own start", async () => {
+    const b = await makeBackend(variant);
+    const s = b.getState(new ValueStateDescriptor<number>("v"));
+    const write = (delta: number) => {
+      for (let i = 0; i < 1000; i++) {
+        b.setCurrentKey(i);
+        s.update(i + delta);
+      }
+    };
+    write(0);
+    const first = b.snapshot(freshDir());
+    write(1000);
+    const second = b.snapshot(freshDir()); // the first has not finished its files yet
+    b.setCurrentKey(7);
+    s.update(-1); // the current key, without another setCurrentKey: after the second snapshot began
+    write(2000);
+    const [h1, h2] = await Promise.all([first, second]);
+    for (const [h, delta] of [[h1, 0], [h2, 1000]] as const) {
+      const r = await makeBackend(variant, undefined, undefined, [h]);
+      const s2 = r.getState(new ValueStateDescriptor<number>("v"));
+      for (let i = 0; i < 1000; i++) {
+        r.setCurrentKey(i);
+        expect(s2.value()).toBe(i + delta);
+      }
+    }
+    // A third snapshot after both: the latest values, and nothing is left marked for the finished ones.
+    const r = await makeBackend(variant, undefined, undefined, [await b.snapshot(freshDir())]);
+    const s3 = r.getState(new ValueStateDescriptor<number>("v"));
+    for (let i = 0; i < 1000; i++) {
+      r.setCurrentKey(i);
+      expect(s3.value()).toBe(i + 2000);
+    }
+  });
+
   test("values changed in place after a snapshot began are in it as they were (live values in the SQLite cache)", async () => {
     const b = await makeBackend(variant);
     const s = b.getState(new ValueStateDescriptor<{ n: number }>("obj"));
