@@ -540,8 +540,7 @@ describe.each(VARIANTS)("keyed state: %s", (_name, variant) => {
     const first = b.snapshot(freshDir());
     write(1000);
     const second = b.snapshot(freshDir()); // the first has not finished its files yet
-    b.setCurrentKey(7);
-    s.update(-1); // the current key, without another setCurrentKey: after the second snapshot began
+    s.update(-1); // key 999, current since before the second snapshot began: written without another setCurrentKey
     write(2000);
     const [h1, h2] = await Promise.all([first, second]);
     for (const [h, delta] of [[h1, 0], [h2, 1000]] as const) {
