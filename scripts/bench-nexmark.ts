@@ -152,11 +152,12 @@ const verdict = (ok: boolean) => (ok ? "met" : "**missed**");
 // issue 19, 2026-12-04), so a ratio of medians taken apart measured the machine as much as the job.
 async function keyedSum(): Promise<void> {
   const N = SUM_RECORDS;
-  const file = jobFile("sum.ts", `env.fromSequence(1, Number(args[0])).map((x) => [x % 10000, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+  const sumJob = (key: string) => `env.fromSequence(1, Number(args[0])).map((x) => [${key}, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`;
+  const file = jobFile("sum.ts", sumJob("x % 10000"));
   // The same job with its keys made int32 (`| 0`): JavaScriptCore hands back a few `%` results as integral doubles
   // in its first tiers, and the p=1 chain then compiles for records of both kinds (docs/benchmarks.md, "The keyed
   // sum's two speeds, explained"); records that cross an exchange are decoded as int32 anyway.
-  const intFile = jobFile("sum-int.ts", `env.fromSequence(1, Number(args[0])).map((x) => [(x % 10000) | 0, 1]).keyBy((t) => t[0]).sum(1).addSink(() => {});`);
+  const intFile = jobFile("sum-int.ts", sumJob("(x % 10000) | 0"));
   const loops: { loop: number; pack: number }[] = [];
   // p=1 chains the keyBy into the source's task (pipeline.operator-chaining.keyed-at-parallelism-one); "p=1, exchange"
   // turns that off, the shape Flink and p=2 have. "object reuse": pipeline.object-reuse, the sum hands on its
