@@ -13,7 +13,7 @@ import { Types, type TypeInformation } from "../src/api/types.ts";
 import { StreamExecutionEnvironment } from "../src/api/environment.ts";
 import { buildJobGraph } from "../src/api/job-graph.ts";
 import { describePlan } from "../src/api/plan.ts";
-import { inferSignature, parseSignature } from "../src/network/typed-serialization.ts";
+import { inferChunkSignature, inferSignature, parseSignature } from "../src/network/typed-serialization.ts";
 import { defaultConfig } from "../src/config/index.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { clusterForTests } from "./cluster-helpers.ts";
@@ -193,6 +193,48 @@ describe("the chunk format", () => {
     for (const r of [null, undefined, [], {}, [1, [2]], { a: { b: 1 } }, new Map(), new Date(0), [1, null], 5n]) expect(inferSignature(r, false)).toBeNull();
     expect(() => parseSignature("(s")).toThrow(/bad typed layout/);
     expect(() => parseSignature('{"__proto__"s}')).toThrow(/bad typed layout/);
+  });
+
+  test("inference over a chunk: a number field is int32 where every record of the first one's shape has an int32 there", () => {
+    expect(inferChunkSignature([[1, 1], [2, 1], [-2147483648, 2147483647]], false)).toEqual({ shape: "(dd)", sig: "(ii)" });
+    expect(inferChunkSignature([[1, 1], [2, 1.5]], false)!.sig).toBe("(id)");
+    expect(inferChunkSignature([[1, 1], [-0, 1]], false)!.sig).toBe("(di)");
+    expect(inferChunkSignature([[1, 1], [2 ** 31, 1], [NaN, 1]], false)!.sig).toBe("(di)");
+    // Records of another shape do not count (the encoder sends their chunk as msgpack).
+    expect(inferChunkSignature([[1, 1], ["x", 1.5], [1, 2, 3.5]], false)!.sig).toBe("(ii)");
+    // Field names with the letters i and d are not field types.
+    expect(inferChunkSignature([{ i: 1, d: 2, s: "x" }, { i: 1.5, d: 2, s: "y" }], false)).toEqual({ shape: '{"i"d"d"d"s"s}', sig: '{"i"d"d"i"s"s}' });
+    expect(inferChunkSignature([[5, [1, "a"]], [null, [2, "b"]]], true)!.sig).toBe("@(is)");
+    // Widening keeps what was float64 before float64.
+    expect(inferChunkSignature([[1, 1]], false, { shape: "(dd)", sig: "(id)" })!.sig).toBe("(id)");
+    expect(inferChunkSignature([[1.5, 1]], false, { shape: "(dd)", sig: "(id)" })!.sig).toBe("(dd)");
+    expect(inferChunkSignature([null], false)).toBeNull();
+  });
+
+  test("an inferred int32 field widens to float64 at its first other number, for good, and every record comes back as sent", () => {
+    const s = new RecordSerializer({ infer: true });
+    const d = new RecordDeserializer();
+    const sigOf = (body: Uint8Array) => (body[0] === TYPED_CHUNK ? new TextDecoder().decode(body.subarray(3, 3 + ((body[1]! << 8) | body[2]!))) : "msgpack");
+    const chunks: unknown[][] = [
+      Array.from({ length: 64 }, (_, i) => [i, 1]),
+      Array.from({ length: 64 }, (_, i) => [i, 1]),
+      [...Array.from({ length: 63 }, (_, i) => [i, 1]), [2 ** 31, 1]], // the key field's first number outside int32
+      Array.from({ length: 64 }, (_, i) => [i, 1]), // int32 again: the layout stays wide
+      [[1, 1], [-0, 1], [NaN, -1], [1.5, 0.5]], // the key field wide already; a fraction in the other
+      [[1, 1], [2, 3]],
+    ];
+    const sigs: string[] = [];
+    const out: unknown[] = [];
+    for (const c of chunks) {
+      const body = s.serialize(c);
+      sigs.push(sigOf(body));
+      d.read(frame(body.slice()), out);
+    }
+    expect(sigs).toEqual(["(ii)", "(ii)", "(di)", "(di)", "(dd)", "(dd)"]);
+    expect(s.msgpackChunks).toBe(0);
+    expectSame(out, chunks.flat(), "widened stream");
+    // Decoded int32 fields are numbers like any other.
+    expect(out[0]).toEqual([0, 1]);
   });
 
   test("an inferred object layout keeps key order: the same keys in another order go as msgpack, and come back in their order", () => {

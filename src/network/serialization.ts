@@ -10,7 +10,7 @@
 import { Packr, Unpackr } from "msgpackr";
 import type { RecordType } from "../graph/record-type.ts";
 import { signatureOf } from "../graph/record-type.ts";
-import { compileLayout, inferSignature, mismatchError, TypedChunkReader, TypedOut, type CompiledLayout } from "./typed-serialization.ts";
+import { compileLayout, inferChunkSignature, mismatchError, TypedChunkReader, TypedOut, type CompiledLayout } from "./typed-serialization.ts";
 
 /** Records per serialized chunk: one msgpack call per chunk instead of per record (5-10x cheaper). */
 export const CHUNK_RECORDS = 64;
@@ -33,6 +33,8 @@ export interface SerializerOptions {
 /** Chunks tried for an inferred type before giving up, and chunks in a row that must not fit before inferring again. */
 const INFER_ATTEMPTS = 16;
 const MISFITS_BEFORE_REINFER = 4;
+/** Chunks that did not fit an inferred layout with int32 fields and did not widen it, before widening is not tried again. */
+const WIDEN_TRIES = 16;
 
 export class RecordSerializer {
   private readonly packr = new Packr({ sequential: true, useRecords: true } as ConstructorParameters<typeof Packr>[0]);
@@ -44,6 +46,9 @@ export class RecordSerializer {
   private readonly eventTime: boolean;
   private inferAttempts: number;
   private misfits = 0;
+  /** The inferred layout's signature and shape (inferChunkSignature), while it has int32 fields that may widen. */
+  private inferred: { shape: string; sig: string } | null = null;
+  private widenTries = 0;
   /** Whether the last serialize() wrote a typed chunk. */
   lastTyped = false;
   /** Chunks written typed and as msgpack (tests and benchmarks). */
@@ -64,7 +69,8 @@ export class RecordSerializer {
   serialize(records: unknown[]): Uint8Array {
     if (this.layout === null && this.inferAttempts > 0) this.infer(records);
     if (this.layout !== null) {
-      const bytes = this.typed(this.layout, records);
+      let bytes = this.typed(this.layout, records);
+      if (bytes === null && this.inferred !== null && this.widenTries > 0) bytes = this.widen(records);
       if (bytes !== null) {
         this.misfits = 0;
         this.typedChunks++;
@@ -98,9 +104,27 @@ export class RecordSerializer {
   private infer(records: unknown[]): void {
     if (records.length === 0) return;
     this.inferAttempts--;
-    const sig = inferSignature(records[0], this.eventTime);
+    const inferred = inferChunkSignature(records, this.eventTime);
+    if (inferred === null || inferred.sig.length > 4096) return;
     // A strict layout: inferred objects must keep their keys and key order, so they decode as they were.
-    if (sig !== null && sig.length <= 4096) this.layout = compileLayout(sig, true);
+    this.layout = compileLayout(inferred.sig, true);
+    this.inferred = inferred.sig !== inferred.shape ? inferred : null;
+    this.widenTries = WIDEN_TRIES;
+  }
+
+  /**
+   * A chunk did not fit the inferred layout: when a field inferred int32 holds another number in it, that field
+   * becomes float64 from now on (never back), and the chunk is encoded again; null when it still does not fit.
+   */
+  private widen(records: unknown[]): Uint8Array | null {
+    const w = inferChunkSignature(records, this.eventTime, this.inferred!)!;
+    if (w.sig === this.inferred!.sig) {
+      this.widenTries--;
+      return null;
+    }
+    this.layout = compileLayout(w.sig, true);
+    this.inferred = w.sig !== w.shape ? w : null;
+    return this.typed(this.layout, records);
   }
 
   /**

@@ -368,21 +368,22 @@ function sameBytes(a: Uint8Array, b: Uint8Array, off: number): boolean {
 
 /**
  * The layout signature of a record as inference sees it: a primitive (string "s", number "d", boolean "b"), or a
- * tuple or a plain object (1 to 64 fields) of primitives; null for anything else (msgpack carries it).
+ * tuple or a plain object (1 to 64 fields) of primitives; null for anything else (msgpack carries it). With `ints`, a
+ * number that is an int32 (and not -0) is "i": see inferChunkSignature.
  */
-export function inferSignature(v: unknown, eventTime: boolean): string | null {
+export function inferSignature(v: unknown, eventTime: boolean, ints = false): string | null {
   if (eventTime) {
     if (!Array.isArray(v) || v.length !== 2 || (v[0] !== null && typeof v[0] !== "number")) return null;
-    const inner = inferSignature(v[1], false);
+    const inner = inferSignature(v[1], false, ints);
     return inner === null ? null : "@" + inner;
   }
-  const p = primitiveSig(v);
+  const p = primitiveSig(v, ints);
   if (p !== null) return p;
   if (Array.isArray(v)) {
     if (v.length === 0 || v.length > 64) return null;
     let sig = "(";
     for (let i = 0; i < v.length; i++) {
-      const f = primitiveSig(v[i]);
+      const f = primitiveSig(v[i], ints);
       if (f === null) return null;
       sig += f;
     }
@@ -392,7 +393,7 @@ export function inferSignature(v: unknown, eventTime: boolean): string | null {
     let sig = "{";
     let n = 0;
     for (const k in v) {
-      const f = primitiveSig((v as Record<string, unknown>)[k]);
+      const f = primitiveSig((v as Record<string, unknown>)[k], ints);
       if (f === null || k === "__proto__" || ++n > 64) return null;
       sig += JSON.stringify(k) + f;
     }
@@ -401,8 +402,36 @@ export function inferSignature(v: unknown, eventTime: boolean): string | null {
   return null;
 }
 
-function primitiveSig(v: unknown): string | null {
-  return typeof v === "string" ? "s" : typeof v === "number" ? "d" : typeof v === "boolean" ? "b" : null;
+function primitiveSig(v: unknown, ints: boolean): string | null {
+  if (typeof v === "number") return ints && (v | 0) === v && !(v === 0 && 1 / v < 0) ? "i" : "d";
+  return typeof v === "string" ? "s" : typeof v === "boolean" ? "b" : null;
+}
+
+/**
+ * The layout to infer from a chunk: the first record's shape (inferSignature), with a number field int32 ("i") where
+ * every record of that shape in the chunk has an int32 there, else float64 ("d"). An int32 costs half the bytes, and
+ * it decodes to a number JavaScriptCore keeps as an int32 (a float64 read back stays a double, and the keyed path
+ * downstream runs slower on doubles: docs/benchmarks.md, "Integer fields inferred as int32"). `widen` is a signature
+ * inferred before, of the same shape: its float64 fields stay float64, so that a layout only ever widens. shape: the
+ * signature with every number "d", which two signatures share exactly when they differ only in int32 against float64.
+ */
+export function inferChunkSignature(records: unknown[], eventTime: boolean, widen?: { shape: string; sig: string }): { shape: string; sig: string } | null {
+  const shape = widen?.shape ?? inferSignature(records[0], eventTime);
+  if (shape === null) return null;
+  let sig = widen?.sig ?? inferSignature(records[0], eventTime, true)!;
+  for (let r = 0; r < records.length; r++) {
+    const s = inferSignature(records[r], eventTime, true);
+    if (s === null || s === sig || s.length !== sig.length || inferSignature(records[r], eventTime) !== shape) continue;
+    sig = joinSignatures(sig, s);
+  }
+  return { shape, sig };
+}
+
+/** Two signatures of one shape: "d" wherever either has it (they differ only where one has "i", the other "d"). */
+function joinSignatures(a: string, b: string): string {
+  let out = "";
+  for (let i = 0; i < a.length; i++) out += a[i] === b[i] ? a[i] : "d";
+  return out;
 }
 
 /** A record that does not match the type its operator declared (DataStream.returns). */
