@@ -6,7 +6,7 @@
 // printed, and written as JSON lines to $TM_PARTITION_REPORT when set (scripts/bench-partitions.ts).
 //
 // Needs root and `ip netns` (CI and the development machine have both); elsewhere the suite is skipped, saying why.
-import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BUN, Child, committedLines, keyedCountsDiscrepancy, keyedJob, KEYS, removeTempDirs, tempDir, waitFor, writeJob } from "./helpers.ts";
@@ -32,16 +32,24 @@ interface Status {
   tms: string[];
 }
 
-let net: TestNetwork | null = null;
+/** Networks not removed yet: a scenario removes its own; afterAll removes what a failed start left. */
+const networks = new Set<TestNetwork>();
 
-afterEach(async () => {
+afterAll(async () => {
   await Child.stopAll();
-  net?.destroy();
-  net = null;
+  for (const n of networks) n.destroy();
+  removeTempDirs();
 });
-afterAll(removeTempDirs);
+
+/**
+ * The scenarios run side by side, each with its own namespaces and processes (most of their time is the time-outs
+ * they wait out: 127 s one after another, about 35 s together), except when scripts/bench-partitions.ts collects their
+ * figures, which must not include the others' load.
+ */
+const scenario = process.env.TM_PARTITION_REPORT ? test : test.concurrent;
 
 interface Cluster {
+  net: TestNetwork;
   dir: string;
   jm: Child;
   tms: Map<string, Child>;
@@ -54,13 +62,53 @@ interface Cluster {
 
 /** Starts the cluster in namespaces and submits the job through an agent in the JobManager's namespace. */
 async function startCluster(jobSource: (out: string) => string, tmArgs: string[] = []): Promise<Cluster> {
-  net = new TestNetwork(4);
+  const net = new TestNetwork(4);
+  networks.add(net);
+  const children: Child[] = [];
+  try {
+    return await startIn(net, children, jobSource, tmArgs);
+  } catch (err) {
+    await stopChildren(children);
+    net.destroy();
+    networks.delete(net);
+    throw err;
+  }
+}
+
+/** Kills a scenario's processes (by pid) and waits for them to exit. */
+async function stopChildren(children: Child[]): Promise<void> {
+  for (const c of children) {
+    c.kill("SIGCONT");
+    c.kill("SIGKILL");
+  }
+  await Promise.all(children.map((c) => c.proc.exited));
+}
+
+/** Stops a scenario's cluster and removes its namespaces. */
+async function stopCluster(c: Cluster): Promise<void> {
+  await stopChildren([c.jm, ...c.tms.values(), c.agent]);
+  c.net.destroy();
+  networks.delete(c.net);
+}
+
+/** Runs a scenario on a cluster of its own, stopped and removed whatever the scenario's outcome. */
+async function withCluster(jobSource: (out: string) => string, tmArgs: string[], body: (c: Cluster) => Promise<void>): Promise<void> {
+  const c = await startCluster(jobSource, tmArgs);
+  try {
+    await body(c);
+  } finally {
+    await stopCluster(c);
+  }
+}
+
+async function startIn(net: TestNetwork, children: Child[], jobSource: (out: string) => string, tmArgs: string[]): Promise<Cluster> {
   const dir = tempDir("tm-partitions-");
   const secretFile = path.join(dir, "secret");
   fs.writeFileSync(secretFile, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64"), { mode: 0o600 });
   const common = ["-D", `security.auth.secret-file=${secretFile}`, "-D", `jobmanager.rpc.address=${net.address(JM)}`, "-D", `jobmanager.rpc.port=${RPC_PORT}`];
   const restart = ["-D", "restart-strategy.type=fixed-delay", "-D", "restart-strategy.fixed-delay.attempts=100", "-D", `state.checkpoints.dir=${path.join(dir, "checkpoints")}`];
   const jm = new Child(net.exec(JM, [BUN, "main.ts", "jobmanager", ...common, ...restart, "-D", "rest.address=127.0.0.1"]));
+  children.push(jm);
   await jm.waitForOutput(/JobManager started/, 30_000);
   const tms = new Map<string, Child>();
   const hostOf = new Map<string, number>();
@@ -68,12 +116,14 @@ async function startCluster(jobSource: (out: string) => string, tmArgs: string[]
     const id = `tm-${h}`;
     hostOf.set(id, h);
     tms.set(id, new Child(net.exec(h, [BUN, "main.ts", ...common, "-D", `taskmanager.host=${net.address(h)}`, "-D", `taskmanager.resource-id=${id}`, "-D", "taskmanager.numberOfTaskSlots=2", ...tmArgs])));
+    children.push(tms.get(id)!);
     // In order: slots are taken round-robin in registration order, so tm-1 and tm-2 run the job.
     await tms.get(id)!.waitForOutput(/registered at the JobManager/, 30_000);
   }
   const out = path.join(dir, "out");
   const job = writeJob(dir, "job.ts", jobSource(out));
   const agent = new Child(net.exec(JM, [BUN, "tests/fixtures/job-status-agent.ts", net.address(JM), String(RPC_PORT), secretFile, job, "2"]));
+  children.push(agent);
   const statuses: Status[] = [];
   let seen = 0;
   const parse = () => {
@@ -82,7 +132,7 @@ async function startCluster(jobSource: (out: string) => string, tmArgs: string[]
   };
   const timer = setInterval(parse, 20);
   agent.proc.exited.then(() => (parse(), clearInterval(timer)));
-  return { dir, jm, tms, hostOf, statuses, agent, out };
+  return { net, dir, jm, tms, hostOf, statuses, agent, out };
 }
 
 function latest(c: Cluster): Status | undefined {
@@ -152,113 +202,118 @@ function expectEachNumberOnce(lines: string[], n: number): void {
 }
 
 describeIfNetns("network partitions (namespaces, real processes, default time-outs)", () => {
-  test("a TaskManager cut for longer than the heartbeat time-out: lost, restarted elsewhere, output exact", async () => {
+  scenario("a TaskManager cut for longer than the heartbeat time-out: lost, restarted elsewhere, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster((out) => keyedJob(out, N, 10));
-    const s = await waitRunning(c, 2);
-    const victim = c.hostOf.get(s.tms[0]!)!;
-    const cutAt = Date.now();
-    net!.cut(victim);
-    await waitFor("the job running again without the cut TaskManager", () => {
-      const l = latest(c);
-      return l && l.t > cutAt && l.restarts > s.restarts && l.state === "RUNNING" && l.running === l.total && l;
-    }, 60_000, 50).catch((err) => { throw new Error(`${err.message}\n${logs(c)}`); });
-    const figures = timings(c, cutAt);
-    net!.heal(victim);
-    const end = await waitEnd(c);
-    expect(end.state).toBe("FINISHED");
-    expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
-    report("TaskManager cut 12+ s (heartbeat.timeout 6 s)", figures);
-    // Declared lost by the heartbeat time-out (6 s by default), not before.
-    expect(figures.detectMs!).toBeGreaterThanOrEqual(4_000);
-    expect(figures.detectMs!).toBeLessThan(20_000);
+    await withCluster((out) => keyedJob(out, N, 10), [], async (c) => {
+      const s = await waitRunning(c, 2);
+      const victim = c.hostOf.get(s.tms[0]!)!;
+      const cutAt = Date.now();
+      c.net.cut(victim);
+      await waitFor("the job running again without the cut TaskManager", () => {
+        const l = latest(c);
+        return l && l.t > cutAt && l.restarts > s.restarts && l.state === "RUNNING" && l.running === l.total && l;
+      }, 60_000, 50).catch((err) => { throw new Error(`${err.message}\n${logs(c)}`); });
+      const figures = timings(c, cutAt);
+      c.net.heal(victim);
+      const end = await waitEnd(c);
+      expect(end.state).toBe("FINISHED");
+      expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+      report("TaskManager cut 12+ s (heartbeat.timeout 6 s)", figures);
+      // Declared lost by the heartbeat time-out (6 s by default), not before.
+      expect(figures.detectMs!).toBeGreaterThanOrEqual(4_000);
+      expect(figures.detectMs!).toBeLessThan(20_000);
+    });
   }, SCENARIO_MS);
 
-  test("a zombie TaskManager (its own heartbeat.timeout 60 s) cut off near the end of its input commits nothing twice", async () => {
+  scenario("a zombie TaskManager (its own heartbeat.timeout 60 s) cut off near the end of its input commits nothing twice", async () => {
     // Each subtask runs about 15 s; the cut comes early, so the cut TaskManager's subtask would reach the end of its
     // input (and commit its final transaction) long after the JobManager restarted it elsewhere.
     const N = 240_000;
-    const c = await startCluster(chainedJob(N, 8), ["-D", "heartbeat.timeout=60s"]);
-    const s = await waitRunning(c, 2);
-    const victimId = s.tms[0]!;
-    const victim = c.hostOf.get(victimId)!;
-    const cutAt = Date.now();
-    net!.cut(victim);
-    // The JobManager's heartbeat time-out governs: the cut TaskManager cancels its tasks on its own.
-    await c.tms.get(victimId)!.waitForOutput(/lost the JobManager; canceling its tasks/, 30_000);
-    const zombieCanceledAfterMs = Date.now() - cutAt;
-    // Heal only after the restarted attempt has run a while, as in the failure this guards against.
-    await waitFor("the restarted attempt running", () => {
-      const l = latest(c);
-      return l && l.restarts > s.restarts && l.state === "RUNNING" && l.running === l.total && l;
-    }, 60_000, 50);
-    net!.heal(victim);
-    const end = await waitEnd(c);
-    expect(end.state).toBe("FINISHED");
-    expectEachNumberOnce(committedLines(c.out), N);
-    expect(c.tms.get(victimId)!.stderr).toMatch(/using the JobManager's heartbeat settings.*jobManagerTimeoutMs=6000/);
-    report("zombie TaskManager cut (its heartbeat.timeout 60 s, JobManager's 6 s)", { ...timings(c, cutAt), zombieCanceledAfterMs });
+    await withCluster(chainedJob(N, 8), ["-D", "heartbeat.timeout=60s"], async (c) => {
+      const s = await waitRunning(c, 2);
+      const victimId = s.tms[0]!;
+      const victim = c.hostOf.get(victimId)!;
+      const cutAt = Date.now();
+      c.net.cut(victim);
+      // The JobManager's heartbeat time-out governs: the cut TaskManager cancels its tasks on its own.
+      await c.tms.get(victimId)!.waitForOutput(/lost the JobManager; canceling its tasks/, 30_000);
+      const zombieCanceledAfterMs = Date.now() - cutAt;
+      // Heal only after the restarted attempt has run a while, as in the failure this guards against.
+      await waitFor("the restarted attempt running", () => {
+        const l = latest(c);
+        return l && l.restarts > s.restarts && l.state === "RUNNING" && l.running === l.total && l;
+      }, 60_000, 50);
+      c.net.heal(victim);
+      const end = await waitEnd(c);
+      expect(end.state).toBe("FINISHED");
+      expectEachNumberOnce(committedLines(c.out), N);
+      expect(c.tms.get(victimId)!.stderr).toMatch(/using the JobManager's heartbeat settings.*jobManagerTimeoutMs=6000/);
+      report("zombie TaskManager cut (its heartbeat.timeout 60 s, JobManager's 6 s)", { ...timings(c, cutAt), zombieCanceledAfterMs });
+    });
   }, SCENARIO_MS);
 
-  test("the JobManager cut for less than the heartbeat time-out: nothing restarts, output exact", async () => {
+  scenario("the JobManager cut for less than the heartbeat time-out: nothing restarts, output exact", async () => {
     const N = 150_000;
-    const c = await startCluster((out) => keyedJob(out, N, 10));
-    await waitRunning(c, 2);
-    const cutAt = Date.now();
-    net!.cut(JM);
-    await Bun.sleep(3_000); // the length of the cut is the scenario, not a wait for a condition
-    net!.heal(JM);
-    const end = await waitEnd(c);
-    expect(end.state).toBe("FINISHED");
-    expect(end.restarts).toBe(0);
-    expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
-    report("JobManager cut 3 s", { ...timings(c, cutAt), restarts: end.restarts });
+    await withCluster((out) => keyedJob(out, N, 10), [], async (c) => {
+      await waitRunning(c, 2);
+      const cutAt = Date.now();
+      c.net.cut(JM);
+      await Bun.sleep(3_000); // the length of the cut is the scenario, not a wait for a condition
+      c.net.heal(JM);
+      const end = await waitEnd(c);
+      expect(end.state).toBe("FINISHED");
+      expect(end.restarts).toBe(0);
+      expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+      report("JobManager cut 3 s", { ...timings(c, cutAt), restarts: end.restarts });
+    });
   }, SCENARIO_MS);
 
-  test("the JobManager cut for longer than the heartbeat time-out: tasks canceled, re-registered after the heal, output exact", async () => {
+  scenario("the JobManager cut for longer than the heartbeat time-out: tasks canceled, re-registered after the heal, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster((out) => keyedJob(out, N, 10));
-    const s = await waitRunning(c, 2);
-    const cutAt = Date.now();
-    net!.cut(JM);
-    await Promise.all(s.tms.map((id) => c.tms.get(id)!.waitForOutput(/lost the JobManager; canceling its tasks/, 30_000)));
-    const canceledAfter = Date.now() - cutAt;
-    const healAt = Date.now() + Math.max(0, 12_000 - canceledAfter);
-    await Bun.sleep(healAt - Date.now()); // the cut lasts 12 s: the scenario's length, not a wait for a condition
-    net!.heal(JM);
-    const end = await waitEnd(c);
-    expect(end.state).toBe("FINISHED");
-    expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
-    const figures = timings(c, cutAt);
-    report("JobManager cut 12 s", { ...figures, tasksCanceledOnTaskManagersMs: canceledAfter, runningAfterHealMs: figures.runningAgainMs === null ? null : figures.runningAgainMs - (healAt - cutAt) });
-    expect(canceledAfter).toBeGreaterThanOrEqual(4_000);
+    await withCluster((out) => keyedJob(out, N, 10), [], async (c) => {
+      const s = await waitRunning(c, 2);
+      const cutAt = Date.now();
+      c.net.cut(JM);
+      await Promise.all(s.tms.map((id) => c.tms.get(id)!.waitForOutput(/lost the JobManager; canceling its tasks/, 30_000)));
+      const canceledAfter = Date.now() - cutAt;
+      const healAt = Date.now() + Math.max(0, 12_000 - canceledAfter);
+      await Bun.sleep(healAt - Date.now()); // the cut lasts 12 s: the scenario's length, not a wait for a condition
+      c.net.heal(JM);
+      const end = await waitEnd(c);
+      expect(end.state).toBe("FINISHED");
+      expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+      const figures = timings(c, cutAt);
+      report("JobManager cut 12 s", { ...figures, tasksCanceledOnTaskManagersMs: canceledAfter, runningAfterHealMs: figures.runningAgainMs === null ? null : figures.runningAgainMs - (healAt - cutAt) });
+      expect(canceledAfter).toBeGreaterThanOrEqual(4_000);
+    });
   }, SCENARIO_MS);
 
-  test("two TaskManagers cut from each other (both reach the JobManager): detected by the data connection's keepalive, restarted, output exact", async () => {
+  scenario("two TaskManagers cut from each other (both reach the JobManager): detected by the data connection's keepalive, restarted, output exact", async () => {
     const N = 300_000;
-    const c = await startCluster((out) => keyedJob(out, N, 10));
-    const s = await waitRunning(c, 2);
-    expect(s.tms.length).toBe(2);
-    const [a, b] = s.tms.map((id) => c.hostOf.get(id)!) as [number, number];
-    const cutAt = Date.now();
-    net!.cutPair(a, b);
-    const detected = await waitFor("the cut detected", () => {
-      const l = latest(c);
-      return l && l.t > cutAt && l.state !== "RUNNING" && l;
-    }, 40_000, 50).catch((err) => { throw new Error(`${err.message}\n${logs(c)}`); });
-    // The tasks failed naming the peer they lost.
-    const tmLogs = [...c.tms.values()].map((t) => t.stderr).join("\n");
-    expect(tmLogs).toMatch(/nothing arrived from TaskManager tm-\d \(10\.231\.7\.\d+:\d+\) for \d+ ms \(taskmanager\.network\.tcp-connection\.keepalive\.timeout = 10000 ms\)/);
-    const healAt = Math.max(Date.now(), cutAt + 15_000);
-    await Bun.sleep(healAt - Date.now()); // the cut lasts 15 s: the scenario's length
-    net!.healPair(a, b);
-    const end = await waitEnd(c);
-    expect(end.state).toBe("FINISHED");
-    expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
-    const figures = timings(c, cutAt);
-    report("TaskManager-to-TaskManager cut 15 s", figures);
-    // Within the keepalive time-out (10 s by default) plus the heartbeat's reporting, not at TCP's give-up.
-    expect(detected.t - cutAt).toBeGreaterThanOrEqual(5_000);
-    expect(detected.t - cutAt).toBeLessThan(16_000);
+    await withCluster((out) => keyedJob(out, N, 10), [], async (c) => {
+      const s = await waitRunning(c, 2);
+      expect(s.tms.length).toBe(2);
+      const [a, b] = s.tms.map((id) => c.hostOf.get(id)!) as [number, number];
+      const cutAt = Date.now();
+      c.net.cutPair(a, b);
+      const detected = await waitFor("the cut detected", () => {
+        const l = latest(c);
+        return l && l.t > cutAt && l.state !== "RUNNING" && l;
+      }, 40_000, 50).catch((err) => { throw new Error(`${err.message}\n${logs(c)}`); });
+      // The tasks failed naming the peer they lost.
+      const tmLogs = [...c.tms.values()].map((t) => t.stderr).join("\n");
+      expect(tmLogs).toMatch(/nothing arrived from TaskManager tm-\d \(10\.231\.7\.\d+:\d+\) for \d+ ms \(taskmanager\.network\.tcp-connection\.keepalive\.timeout = 10000 ms\)/);
+      const healAt = Math.max(Date.now(), cutAt + 15_000);
+      await Bun.sleep(healAt - Date.now()); // the cut lasts 15 s: the scenario's length
+      c.net.healPair(a, b);
+      const end = await waitEnd(c);
+      expect(end.state).toBe("FINISHED");
+      expect(keyedCountsDiscrepancy(committedLines(c.out), N, KEYS)).toEqual({ bad: [], duplicates: 0, missing: 0 });
+      const figures = timings(c, cutAt);
+      report("TaskManager-to-TaskManager cut 15 s", figures);
+      // Within the keepalive time-out (10 s by default) plus the heartbeat's reporting, not at TCP's give-up.
+      expect(detected.t - cutAt).toBeGreaterThanOrEqual(5_000);
+      expect(detected.t - cutAt).toBeLessThan(16_000);
+    });
   }, SCENARIO_MS);
 });
