@@ -72,8 +72,9 @@ describe("JobProgress", () => {
   });
 });
 
+// The two jobs run side by side (each a process of its own; the first takes 14 s by design).
 describe("progress of local", () => {
-  test("not a TTY: plain lines, one per state change and a summary with the records count while RUNNING", async () => {
+  test.concurrent("not a TTY: plain lines, one per state change and a summary with the records count while RUNNING", async () => {
     // 14 s of records: summaries at 5 and 10 s, so that one comes after the task's first metrics even when its
     // Worker takes seconds to start on a loaded machine.
     const job = slowJob(tempDir(), 14);
@@ -90,7 +91,7 @@ describe("progress of local", () => {
   }, 100_000);
 
   const script = which("script");
-  test.skipIf(script === null)("a TTY (script -qfc): the status line is refreshed in place with CR and erase-line", async () => {
+  (script === null ? test.skip : test.concurrent)("a TTY (script -qfc): the status line is refreshed in place with CR and erase-line", async () => {
     const job = slowJob(tempDir(), 4);
     // script(1) runs the command on a pseudo-terminal and copies what it writes to our stdout.
     const child = new Child([script!, "-qfec", `${BUN} main.ts local ${job}`, "/dev/null"]);
