@@ -718,12 +718,11 @@ export class StreamTask {
         continue;
       }
       const records = item.records;
-      if (this.barriers.kind === "unaligned") {
-        await this.processSliced(item.channel, records);
-        continue;
+      if (this.barriers.kind === "unaligned") this.processSliced(item.channel, records);
+      else {
+        this.recordsIn += records.length;
+        this.processRange(this.headFor(item.channel), records, 0, records.length);
       }
-      this.recordsIn += records.length;
-      this.processRange(this.headFor(item.channel), records, 0, records.length);
       this.flushOperators();
       await this.afterBatch();
     }
@@ -751,9 +750,11 @@ export class StreamTask {
    * not processed yet go back to the gate, so a checkpoint taken meanwhile (an unaligned barrier read next, between
    * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
    * The records between two looks at the clock run in the same tight loop as without slicing (runInputs), so that
-   * fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record.
+   * fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record. Synchronous: the caller
+   * flushes and yields after it as after an unsliced buffer (as an async function of its own that awaited the yield,
+   * it cost unaligned mode about 4 % of a keyed sum's records/s; docs/benchmarks.md, issue 15).
    */
-  private async processSliced(channel: string, records: unknown[]): Promise<void> {
+  private processSliced(channel: string, records: unknown[]): void {
     const head = this.headFor(channel);
     const sliceStart = performance.now();
     const n = records.length;
@@ -774,13 +775,9 @@ export class StreamTask {
       // The records not processed yet go back to the gate before the loop turns: whatever happens meanwhile (a
       // priority event arriving, or an aligned-checkpoint-timeout switching to unaligned from its timer) sees them
       // in flight, and they are read next unless a priority event came first.
-      this.flushOperators();
       this.gate.unread(channel, records.slice(i));
-      await this.afterBatch();
       return;
     }
-    this.flushOperators();
-    await this.afterBatch();
   }
 
   /** Channels that announced end of data (FLIP-147) or ended. */
