@@ -20,6 +20,7 @@ import { connectClient, submitJob, waitForJob } from "../src/client/job-client.t
 import { prepareJob } from "../src/client/prepare-job.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
+import { procThreads } from "./bench-helpers/proc-threads.ts";
 
 const { values } = parseArgs({
   options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, modes: { type: "string", default: "off,aligned,unaligned" }, interval: { type: "string", default: "1000" }, "slow-ms": { type: "string", default: "1" }, "object-reuse": { type: "boolean", default: false } },
@@ -176,23 +177,11 @@ class ThreadCpu {
     this.timer = fs.existsSync("/proc/self/task") ? setInterval(() => this.sample(false), 50) : null;
   }
   private sample(initial: boolean): void {
-    let tids: string[];
-    try {
-      tids = fs.readdirSync("/proc/self/task");
-    } catch {
-      return;
-    }
-    for (const tid of tids) {
-      try {
-        const comm = fs.readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim();
-        const f = fs.readFileSync(`/proc/self/task/${tid}/stat`, "utf8").split(") ")[1]!.split(" ");
-        const ms = ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in clock ticks of 10 ms
-        const prev = this.seen.get(tid);
-        if (prev && prev.comm === comm) prev.ms = ms;
-        else this.seen.set(tid, { comm, ms, ms0: initial ? ms : 0 });
-      } catch {
-        // the thread ended between the listing and the read
-      }
+    for (const { tid, comm, cpuSeconds } of procThreads("self")) {
+      const ms = cpuSeconds * 1000;
+      const prev = this.seen.get(tid);
+      if (prev && prev.comm === comm) prev.ms = ms;
+      else this.seen.set(tid, { comm, ms, ms0: initial ? ms : 0 });
     }
   }
   /** CPU seconds since construction: the task Workers (busiest first), GC helpers, the rest. */

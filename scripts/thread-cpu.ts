@@ -7,6 +7,7 @@
 // Prints, per round, the command's own output and then one line of threads by name and the busiest threads; with
 // several rounds, the median (min-max) of each thread name's total.
 import * as fs from "node:fs";
+import { procThreads } from "./bench-helpers/proc-threads.ts";
 
 // The options end at the first argument that is not one of ours ("--" is optional: Bun keeps it only after another
 // argument), so that the command's own options are left alone.
@@ -27,33 +28,12 @@ if (!fs.existsSync("/proc/self/task")) {
   process.exit(2);
 }
 
-const TICKS_PER_SECOND = 100; // USER_HZ: /proc's stat fields count in 1/100 s on Linux
 type Thread = { name: string; cpu: number; voluntary: number; involuntary: number };
 
 /** Reads every thread of pid into `into` (by thread id); threads that vanish meanwhile are skipped. */
 function readThreads(pid: number, into: Map<string, Thread>): void {
-  let tids: string[];
-  try {
-    tids = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return; // the process is gone
-  }
-  for (const tid of tids) {
-    try {
-      const dir = `/proc/${pid}/task/${tid}`;
-      const name = fs.readFileSync(`${dir}/comm`, "utf8").trim().replace(/\s*\d+$/, " N");
-      // Fields after the ") " that ends the thread's name: utime and stime are the 12th and 13th.
-      const stat = fs.readFileSync(`${dir}/stat`, "utf8").split(") ")[1]!.split(" ");
-      const status = fs.readFileSync(`${dir}/status`, "utf8");
-      into.set(tid, {
-        name,
-        cpu: (Number(stat[11]) + Number(stat[12])) / TICKS_PER_SECOND,
-        voluntary: Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0),
-        involuntary: Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0),
-      });
-    } catch {
-      // the thread ended between the listing and the read
-    }
+  for (const t of procThreads(pid, true)) {
+    into.set(t.tid, { name: t.comm.replace(/\s*\d+$/, " N"), cpu: t.cpuSeconds, voluntary: t.voluntary!, involuntary: t.involuntary! });
   }
 }
 
