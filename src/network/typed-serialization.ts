@@ -402,8 +402,16 @@ export function inferSignature(v: unknown, eventTime: boolean, ints = false): st
   return null;
 }
 
+/**
+ * What an "i" (INT) field holds: a number that is an int32 and not -0. The compiled encoder writes the same test
+ * inline (compileEncoder, case "i"); inference and the mismatch message use this one.
+ */
+function isInt32(v: unknown): v is number {
+  return typeof v === "number" && (v | 0) === v && !Object.is(v, -0);
+}
+
 function primitiveSig(v: unknown, ints: boolean): string | null {
-  if (typeof v === "number") return ints && (v | 0) === v && !(v === 0 && 1 / v < 0) ? "i" : "d";
+  if (typeof v === "number") return ints && isInt32(v) ? "i" : "d";
   return typeof v === "string" ? "s" : typeof v === "boolean" ? "b" : null;
 }
 
@@ -464,7 +472,7 @@ function mismatch(t: RecordType, v: unknown, path: string | null): string | null
     case "STRING":
       return typeof v === "string" ? null : bad();
     case "INT":
-      return typeof v === "number" && (v | 0) === v && !Object.is(v, -0) ? null : bad();
+      return isInt32(v) ? null : bad();
     case "LONG":
       return typeof v === "number" && Number.isInteger(v) ? null : bad();
     case "DOUBLE":
