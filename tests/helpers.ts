@@ -163,12 +163,17 @@ export class Child {
   }
 
   static async stopAll(): Promise<void> {
-    for (const c of Child.all) {
+    await Child.stop([...Child.all]);
+  }
+
+  /** Kills these children (a stopped one too) by pid and waits for them to exit; the others run on. */
+  static async stop(children: Child[]): Promise<void> {
+    for (const c of children) {
       c.kill("SIGCONT");
       c.kill("SIGKILL");
     }
-    await Promise.all([...Child.all].map((c) => c.proc.exited));
-    Child.all.clear();
+    await Promise.all(children.map((c) => c.proc.exited));
+    for (const c of children) Child.all.delete(c);
   }
 
   private async pump(stream: ReadableStream<Uint8Array>, sink: (text: string) => void): Promise<void> {

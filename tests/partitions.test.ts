@@ -68,25 +68,16 @@ async function startCluster(jobSource: (out: string) => string, tmArgs: string[]
   try {
     return await startIn(net, children, jobSource, tmArgs);
   } catch (err) {
-    await stopChildren(children);
+    await Child.stop(children);
     net.destroy();
     networks.delete(net);
     throw err;
   }
 }
 
-/** Kills a scenario's processes (by pid) and waits for them to exit. */
-async function stopChildren(children: Child[]): Promise<void> {
-  for (const c of children) {
-    c.kill("SIGCONT");
-    c.kill("SIGKILL");
-  }
-  await Promise.all(children.map((c) => c.proc.exited));
-}
-
 /** Stops a scenario's cluster and removes its namespaces. */
 async function stopCluster(c: Cluster): Promise<void> {
-  await stopChildren([c.jm, ...c.tms.values(), c.agent]);
+  await Child.stop([c.jm, ...c.tms.values(), c.agent]);
   c.net.destroy();
   networks.delete(c.net);
 }
