@@ -749,10 +749,11 @@ export class StreamTask {
    * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Before it yields, the records
    * not processed yet go back to the gate, so a checkpoint taken meanwhile (an unaligned barrier read next, between
    * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
-   * The records between two looks at the clock run in the same tight loop as without slicing (runInputs), so that
-   * fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record. Synchronous: the caller
-   * flushes and yields after it as after an unsliced buffer (as an async function of its own that awaited the yield,
-   * it cost unaligned mode about 4 % of a keyed sum's records/s; docs/benchmarks.md, issue 15).
+   * Fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record: the records between two
+   * looks run in a loop written here (a call of processRange for each run of them cost unaligned mode about 4 % of
+   * a keyed sum's records/s; event time keeps it). Synchronous: the caller flushes and yields after it as after an
+   * unsliced buffer (as an async function of its own that awaited the yield, it cost about 4 % as well;
+   * docs/benchmarks.md, issue 15).
    */
   private processSliced(channel: string, records: unknown[]): void {
     const head = this.headFor(channel);
@@ -762,7 +763,8 @@ export class StreamTask {
     while (i < n) {
       const end = Math.min(n, i + this.sliceCheckEvery);
       this.recordsIn += end - i;
-      this.processRange(head, records, i, end);
+      if (this.eventTime) this.processRange(head, records, i, end);
+      else for (; i < end; i++) head.process(records[i]);
       i = end;
       if (i === n) break;
       const elapsed = performance.now() - sliceStart;
