@@ -21,6 +21,7 @@ import { prepareJob } from "../src/client/prepare-job.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
 import { BUN, Child, ROOT } from "../tests/helpers.ts";
 import { procThreads } from "./bench-helpers/proc-threads.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({
   options: { records: { type: "string", default: "50000000" }, runs: { type: "string", default: "3" }, backpressure: { type: "boolean", default: false }, throughput: { type: "boolean", default: false }, taskmanagers: { type: "string", default: "2" }, modes: { type: "string", default: "off,aligned,unaligned" }, interval: { type: "string", default: "1000" }, "slow-ms": { type: "string", default: "1" }, "object-reuse": { type: "boolean", default: false } },
@@ -34,7 +35,6 @@ if (TASK_MANAGERS !== 1 && TASK_MANAGERS !== 2) throw new Error(`--taskmanagers:
 if (!(SLOW_MS > 0)) throw new Error(`--slow-ms: expected a positive number of milliseconds, got ${values["slow-ms"]}`);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-cp-"));
 const log = (s: string) => console.error(`[bench-checkpoint] ${s}`);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const api = JSON.stringify(path.join(ROOT, "src/api/index.ts"));
 
 function job(name: string, body: string): string {

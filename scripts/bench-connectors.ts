@@ -20,6 +20,7 @@ import type { ConnectorSourceReader, ConnectorSplit, SinkWriter } from "../src/a
 import { OperatorStateStore } from "../src/state/operator-state.ts";
 import { startNats, startPostgres, stopPostgres } from "../tests/servers.ts";
 import { removeTempDirs } from "../tests/helpers.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({
   options: {
@@ -35,7 +36,6 @@ const ROWS = Number(values.rows);
 const UPDATES = Number(values.updates);
 const MESSAGES = Number(values.messages);
 const log = (s: string) => console.error(`[bench-connectors] ${s}`);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 interface Side {
   label: string;

@@ -19,6 +19,7 @@ import { loadConfig } from "../src/config/index.ts";
 import { findJobManager } from "../src/ha/index.ts";
 import type { RpcConnection } from "../src/rpc/rpc-connection.ts";
 import type { JobStatus } from "../src/rpc/messages.ts";
+import { median as med } from "./bench-helpers/stats.ts";
 
 const runs = Number(process.argv[2] ?? 3);
 if (!Number.isInteger(runs) || runs < 1) {
@@ -191,7 +192,6 @@ for (let r = 1; r <= runs; r++) {
     console.error(`  ${JSON.stringify(results[kind]!.at(-1))}`);
   }
 }
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const cell = (xs: number[], f: (x: number) => string) => `${f(med(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
 console.log(`| Scenario | SIGKILL -> RUNNING again | Adopted | Records read twice | Source throughput in the 5 s after the kill / the 5 s before |`);
 console.log(`| --- | --- | --- | --- | --- |`);

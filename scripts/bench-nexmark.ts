@@ -30,6 +30,7 @@ import type { JobStatus } from "../src/rpc/messages.ts";
 import { setLogLevel } from "../src/util/log.ts";
 import { Child, ROOT } from "../tests/helpers.ts";
 import { percentile, readLatencies } from "./bench-helpers/latency-summary.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 /** Flink's published events/s per core (nexmark/nexmark README: Flink 1.13, RocksDB, 100 M events); none for q6,
  *  which Flink SQL cannot run. */
@@ -80,7 +81,6 @@ const PARTS = new Set(values.parts!.split(","));
 const CORES = os.availableParallelism();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-"));
 const log = (s: string) => console.error(`[bench] ${s}`);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmt = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(0)} K` : n.toFixed(0));
 const api = JSON.stringify(path.join(ROOT, "src/api/index.ts"));
 setLogLevel("warn");

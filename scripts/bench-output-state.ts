@@ -9,6 +9,7 @@ import { LocalBufferPool } from "../src/network/local-buffer-pool.ts";
 import { RingSender, receiveFromRing } from "../src/network/channel-ends.ts";
 import { createRing } from "../src/network/shared-ring.ts";
 import { InputGate } from "../src/network/input-gate.ts";
+import { median as med } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({ options: { records: { type: "string", default: "3000000" }, runs: { type: "string", default: "7" } } });
 const N = Number(values.records);
@@ -46,7 +47,6 @@ async function run(keep: boolean): Promise<number> {
 const res: Record<string, number[]> = { off: [], keep: [] };
 const load0 = os.loadavg();
 for (let r = 0; r < RUNS; r++) for (const m of ["off", "keep"]) res[m]!.push(await run(m === "keep"));
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 console.log(`Machine: ${os.cpus().length} x ${os.cpus()[0]?.model.trim()}, Linux ${os.release()}, Bun ${Bun.version}; load average ${load0.map((l) => l.toFixed(2)).join(" ")} before, ${os.loadavg().map((l) => l.toFixed(2)).join(" ")} after`);
 console.log(`Command: bun scripts/bench-output-state.ts --records ${N} --runs ${RUNS}\n`);
 console.log("| writer | CPU ms for the records, median (min..max) | ns per record |\n| --- | --- | --- |");

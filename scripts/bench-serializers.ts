@@ -8,6 +8,7 @@ import * as os from "node:os";
 import { parseArgs } from "node:util";
 import { CHUNK_RECORDS, RecordDeserializer, RecordSerializer, type SerializerOptions } from "../src/network/serialization.ts";
 import { Types, type TypeInformation } from "../src/api/types.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({ options: { records: { type: "string", default: "2000000" }, runs: { type: "string", default: "5" } } });
 const N = Number(values.records);
@@ -51,7 +52,6 @@ function pass(records: unknown[], opts: SerializerOptions): { wall: number; cpu:
   return { wall, cpu: (c.user + c.system) / 1e6, bytes, check };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmtRate = (n: number) => `${(n / 1e6).toFixed(2)} M`;
 const range = (xs: number[], f: (x: number) => string) => `${f(median(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
 

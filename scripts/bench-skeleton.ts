@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { Child, generateText, ROOT } from "../tests/helpers.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({ options: { mb: { type: "string", default: "50" }, runs: { type: "string", default: "5" } } });
 const targetMb = Number(values.mb);
@@ -16,7 +17,6 @@ if (!fs.existsSync(binary)) {
   if ((await build.exited()) !== 0) throw new Error(`build failed:\n${build.stderr}`);
 }
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-"));
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 try {
   // 1. Start -> registered, and idle RSS.

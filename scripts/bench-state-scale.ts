@@ -38,6 +38,7 @@ import { assignToKeyGroup } from "../src/state/key-groups.ts";
 import { decode, encodeTransient, heapKeyOf, keyBytesOfHeapKey } from "../src/state/serde.ts";
 import { openSqliteDriverSync } from "../src/state/sqlite-driver.ts";
 import { keyedSnapshotStates } from "../src/state/snapshot-format.ts";
+import { median as med } from "./bench-helpers/stats.ts";
 
 const { values } = parseArgs({
   options: {
@@ -147,7 +148,6 @@ const loadNow = () => os.loadavg().map((x) => x.toFixed(1)).join(" ");
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "tm-bench-scale-"));
 const log = (s: string) => console.error(`[bench-state-scale] ${s}`);
 const fmt = (x: number) => (x >= 1e6 ? `${(x / 1e6).toFixed(2)} M` : `${Math.round(x / 1e3)} k`);
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const mmm = (xs: number[], f: (x: number) => string) => `${f(med(xs))} (${f(Math.min(...xs))}-${f(Math.max(...xs))})`;
 
 // Earlier backends (--old, comma-separated revisions), each checked out beside the repository so that its

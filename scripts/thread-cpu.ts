@@ -8,6 +8,7 @@
 // several rounds, the median (min-max) of each thread name's total.
 import * as fs from "node:fs";
 import { procThreads } from "./bench-helpers/proc-threads.ts";
+import { median } from "./bench-helpers/stats.ts";
 
 // The options end at the first argument that is not one of ours ("--" is optional: Bun keeps it only after another
 // argument), so that the command's own options are left alone.
@@ -56,7 +57,6 @@ for (let r = 1; r <= rounds; r++) {
   console.log(`[thread-cpu] round ${r}: busiest threads, CPU s (voluntary / involuntary context switches): ${busiest.map((t) => `${t.name} ${t.cpu.toFixed(2)} (${t.voluntary}/${t.involuntary})`).join(", ")}`);
 }
 if (rounds > 1) {
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const rows = [...totals].filter(([, xs]) => Math.max(...xs) > 0).sort((a, b) => median(b[1]) - median(a[1]));
   console.log(`[thread-cpu] ${rounds} rounds, CPU s by thread name, median (min-max): ${rows.map(([k, xs]) => `${k} ${median(xs).toFixed(2)} (${Math.min(...xs).toFixed(2)}-${Math.max(...xs).toFixed(2)})`).join(", ")}`);
 }
