@@ -216,7 +216,7 @@ export class OperatorChain {
         this.head2 = { process: (r) => op.process2!(r) };
       }
       this.operators.unshift(op);
-      out = (r) => op.process(r);
+      out = handOffTo(op, i);
       side = noop;
       if (op.processWatermark) watermark = (wm) => op.processWatermark!(wm);
     }
@@ -294,3 +294,18 @@ export class OperatorChain {
     await this.chainState?.close();
   }
 }
+
+/**
+ * A chain link's hand-off to its operator, `(r) => op.process(r)`, compiled from source text of its own for each link.
+ * In JavaScriptCore the closures made from one function literal share its compiled code and type profiles, so one
+ * hand-off literal for every link mixed the links' records (a source's numbers, a map's tuples) in one profile, and
+ * the code inlined through it was compiled for all of them: the map's `%` as a generic operation handing out doubles,
+ * then the keyed sum's keys, accumulators and copies of both kinds. A keyed sum chained at p=1 took about 1.9 s for
+ * 20 M records instead of 1.5 (docs/benchmarks.md, issue 19). `new Function` with the same text shared them as well
+ * (measured), so the texts differ in a comment that numbers the link; nothing from the job goes into them.
+ */
+function handOffTo(op: Operator, link: number): Collector {
+  const make = new Function("op", `return (r) => op.process(r); // chain link ${Math.trunc(link)}`) as (o: Operator) => Collector;
+  return make(op);
+}
+
