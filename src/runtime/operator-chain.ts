@@ -308,4 +308,3 @@ function handOffTo(op: Operator, link: number): Collector {
   const make = new Function("op", `return (r) => op.process(r); // chain link ${Math.trunc(link)}`) as (o: Operator) => Collector;
   return make(op);
 }
-
