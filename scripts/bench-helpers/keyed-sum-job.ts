@@ -10,8 +10,9 @@ export default function keyedSum(env: StreamExecutionEnvironment, args: string[]
   const bufferTimeout = Number(args[1] ?? 100);
   if (!Number.isInteger(records) || records < 1 || !Number.isFinite(bufferTimeout) || bufferTimeout < 0) throw new Error(`usage: keyed-sum-job.ts RECORDS BUFFER_TIMEOUT_MS, got ${args.join(" ")}`);
   env.setBufferTimeout(bufferTimeout);
-  // "int-keys": the same keys made int32 with `| 0` (JavaScriptCore hands back some `%` results as integral doubles,
-  // whose records then mix with int32 ones: docs/benchmarks.md, "The keyed sum's two speeds, explained").
+  // "int-keys": the same keys made int32 with `| 0`, which ran at the faster of the default job's two speeds until each
+  // chain link got a hand-off of its own (docs/benchmarks.md, "The keyed sum's two speeds: one hand-off shared by the
+  // chain's links"); kept as a check that the two stay alike.
   const pairs = args[2] === "int-keys"
     ? env.fromSequence(1, records).map((x: number): [number, number] => [(x % 10_000) | 0, 1])
     : env.fromSequence(1, records).map((x: number): [number, number] => [x % 10_000, 1]);
