@@ -639,11 +639,6 @@ export class StreamTask {
   }
 
   private async runSource(): Promise<void> {
-    const writers = this.writers;
-    const blocked = () => {
-      for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return true;
-      return false;
-    };
     const chain = this.chain!;
     const head = chain.head;
     const connector = chain.connectorReader;
@@ -669,20 +664,18 @@ export class StreamTask {
         for (const op of splitAware) op.onSourceSplit(reader.lastSplitId, active);
       }
       let full = false;
-      for (let i = 0; i < chunk.length; i++) {
-        this.recordsIn++;
-        if (eventTime) this.recordTime.ts = null;
-        head.process(chunk[i]);
+      for (let i = 0; i < chunk.length; ) {
+        i = this.emitSourceRecords(head, chunk, i);
         // A source stops at once when its output is full, not at the end of its chunk: large records
         // would otherwise pile up beyond the buffer pool.
-        if (blocked() && i + 1 < chunk.length) {
+        if (i < chunk.length) {
           // Chunks shrink to what the output took at once, so that an aligned barrier (taken between chunks)
           // waits for a few records rather than for the rest of a chunk to drain through the slow consumer.
-          if (!full) chain.sourceReader?.outputFullAfter(i + 1);
+          if (!full) chain.sourceReader?.outputFullAfter(i);
           full = true;
           this.flushOperators();
           // While it waits, an unaligned checkpoint is taken at once, the rest of the chunk kept as its state.
-          this.sourceRest = chunk.slice(i + 1);
+          this.sourceRest = chunk.slice(i);
           await this.afterBatch();
           this.sourceRest = null;
         }
@@ -704,9 +697,11 @@ export class StreamTask {
 
   private async runInputs(): Promise<void> {
     const gate = this.gate;
+    // One array for every buffer's records: each buffer's are done with before the next poll.
+    const reused: unknown[] = [];
     // Until end of data on every channel (FLIP-147) or end of partition.
     while (!gate.finished && !this.allEndOfData()) {
-      const item = gate.poll();
+      const item = gate.poll(reused);
       if (item === null) {
         this.time.switchTo("idle");
         await gate.waitNext();
@@ -726,6 +721,24 @@ export class StreamTask {
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  /**
+   * A source chunk's records from `from` on into the chain, until the chunk ends or an output is full after a record
+   * with more of the chunk left; returns where it stopped. Synchronous, out of runSource: locals of an async function
+   * that live across its awaits are kept in its frame object, which a per-record loop there reads and writes.
+   */
+  private emitSourceRecords(head: Operator, chunk: unknown[], from: number): number {
+    const writers = this.writers;
+    const time = this.eventTime ? this.recordTime : null;
+    const n = chunk.length;
+    for (let i = from; i < n; ) {
+      this.recordsIn++;
+      if (time !== null) time.ts = null;
+      head.process(chunk[i++]);
+      if (i < n) for (let w = 0; w < writers.length; w++) if (writers[w]!.backpressured) return i;
+    }
+    return n;
   }
 
   /** Records [from, to) of a buffer into the operator (with event time each is [timestamp, record]). */
