@@ -341,7 +341,7 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
    * A real RecordWriter -> RingSender -> ring -> InputGate channel, the consumer driven by the test. Random records
    * (chunks span buffers), a random number of them read before the barrier; returns what each side recorded.
    */
-  async function overtake(seed: number, infer = false) {
+  async function overtake(seed: number, infer = false, numbers = false) {
     const next = rng(seed);
     const segment = 1024;
     const ring = createRing(4, segment);
@@ -391,16 +391,28 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
         // Mostly small records, now and then one of up to 1.5 buffers: chunks that span buffers. Now and then a key of
         // 90 names: new record shapes all along, more than msgpackr's 64 ids, so shape ids are reused (the producer
         // decodes what the barrier overtook with the shapes its serializer had there).
-        const r: Record<string, unknown> = { i: emitted.length, s: "x".repeat(Math.floor(next() * (next() < 0.15 ? 1500 : 120))) };
-        if (next() < (infer ? 0.03 : 0.3)) r[`k${Math.floor(next() * 90)}`] = emitted.length;
+        // numbers: int tuples (fixed-size typed records, written straight into the buffer), now and then a double in
+        // one (the layout widens) or an object with a string (a msgpack chunk, which may span buffers).
+        let r: unknown;
+        if (numbers) {
+          const k = next();
+          const v = Math.floor(next() * 1000);
+          r = k < 0.005 ? { i: emitted.length, s: "x".repeat(Math.floor(next() * 1500)) } : [emitted.length, k < 0.008 ? 0.5 : v, v + 1, v + 2];
+        } else {
+          const o: Record<string, unknown> = { i: emitted.length, s: "x".repeat(Math.floor(next() * (next() < 0.15 ? 1500 : 120))) };
+          if (next() < (infer ? 0.03 : 0.3)) o[`k${Math.floor(next() * 90)}`] = emitted.length;
+          r = o;
+        }
         emitted.push(r);
         writer.emit(r);
       }
     };
     // Before the barrier: records written, now and then some read by the consumer.
-    const before = 100 + Math.floor(next() * 400);
+    // (Four times the records for numbers: smaller records, as many bytes in flight.)
+    const scale = numbers ? 4 : 1;
+    const before = (100 + Math.floor(next() * 400)) * scale;
     while (emitted.length < before) {
-      emit(1 + Math.floor(next() * 40));
+      emit((1 + Math.floor(next() * 40)) * scale);
       await tick();
       pull(false);
       for (let k = Math.floor(next() * 6); k > 0 && step(); k--);
@@ -455,7 +467,7 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(read).toEqual(emitted);
     expect(errors).toEqual([]);
     const serializer = (writer as unknown as { subs: { serializer: RecordSerializer }[] }).subs[0]!.serializer;
-    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0, typed: serializer.typedChunks, msgpack: serializer.msgpackChunks, chunkBytes, rawRuns };
+    return { partial: t.partial, input: input!.get(A)?.length ?? 0, output: outputState.get(A)?.length ?? 0, typed: serializer.typedChunks, msgpack: serializer.msgpackChunks, direct: writer.directChunks, chunkBytes, rawRuns };
   }
 
   test("every record written before the barrier is exactly once in what was read, the input or the output channel state, a chunk spanning the overtake point included", async () => {
@@ -482,6 +494,16 @@ describe("output channel state: what an unaligned barrier overtakes is recorded 
     expect(runs.filter((r) => r.chunkBytes > 0).length).toBeGreaterThan(5);
     expect(runs.filter((r) => r.rawRuns > 0 && r.input > 0).length).toBeGreaterThan(5);
     expect(runs.reduce((a, r) => a + r.typed, 0)).toBeGreaterThan(runs.reduce((a, r) => a + r.msgpack, 0));
+  }, 60_000);
+
+  test("the same with fixed-size typed records written straight into the buffers, between msgpack chunks", async () => {
+    const runs = [];
+    for (let seed = 1; seed <= 40; seed++) runs.push(await overtake(seed, true, true));
+    expect(runs.every((r) => r.direct > 0 && r.msgpack > 0)).toBe(true);
+    expect(runs.filter((r) => r.output > 0).length).toBeGreaterThan(10);
+    expect(runs.filter((r) => r.input > 0).length).toBeGreaterThan(10);
+    expect(runs.filter((r) => r.chunkBytes > 0).length).toBeGreaterThan(5);
+    expect(runs.filter((r) => r.rawRuns > 0 && r.input > 0).length).toBeGreaterThan(5);
   }, 60_000);
 
   test("a barrier that finds the data ring full reaches the consumer through the priority ring at once, in its place in the channel", async () => {

@@ -288,6 +288,111 @@ describe("the chunk format", () => {
   });
 });
 
+describe("fixed-size records written straight into the network buffer", () => {
+  /** Each buffer decoded on its own: a direct chunk never spans buffers (null when one does not decode alone). */
+  const alone = (bytes: Uint8Array[]): unknown[] | null => {
+    const out: unknown[] = [];
+    for (const b of bytes) {
+      const d = new RecordDeserializer();
+      d.read(b, out);
+      if (d.hasPartialRecord) return null;
+    }
+    return out;
+  };
+
+  test("inferred int tuples: after the first chunk every record goes straight in, chunks end with their buffer, the bytes count", () => {
+    const values = Array.from({ length: 5000 }, (_, i) => [i % 977, i]);
+    for (const segment of [40, 256, 32768]) {
+      const { out, bytes, writer } = throughWriter(values, { infer: true }, segment);
+      expectSame(out, values, `segment ${segment}`);
+      expect(writer.directChunks).toBeGreaterThan(0);
+      expect(chunkCounts(writer).msgpack).toBe(0);
+      // Only the first chunk (64 records) went through the serializer: the rest are direct chunks, one per buffer
+      // at most, so each buffer after the first ones decodes alone.
+      expect(chunkCounts(writer).typed - writer.directChunks).toBe(1);
+      expect(writer.bytesOut).toBe(bytes.reduce((a, b) => a + b.length, 0));
+      // The first chunk (4 + 3 + 4 + 64 * 8 bytes) went through the serializer and may span buffers.
+      if (segment >= 256) expect(alone(bytes.slice(Math.ceil(523 / segment)))).not.toBeNull();
+    }
+  });
+
+  test("a record that does not fit the layout goes through the serializer (widened, or msgpack) in its place, and direct writing resumes", () => {
+    const next = rng(11);
+    const values: unknown[] = [];
+    for (let i = 0; i < 20_000; i++) {
+      const k = next();
+      // int tuples mostly; now and then a double where an int was (widens the layout for good), a string record, an
+      // object, or a tuple of another length (msgpack chunks between typed ones).
+      values.push(k < 0.002 ? [i, 0.5] : k < 0.004 ? `s${i}` : k < 0.006 ? { i } : k < 0.007 ? [i] : [i, i % 7]);
+    }
+    const { out, writer } = throughWriter(values, { infer: true }, 1024);
+    expectSame(out, values, "mixed");
+    expect(writer.directChunks).toBeGreaterThan(10);
+    expect(chunkCounts(writer).msgpack).toBeGreaterThan(0);
+  });
+
+  test("event time: [timestamp | null, record] records go straight in too", () => {
+    const values = Array.from({ length: 3000 }, (_, i) => [i % 3 === 0 ? null : i * 1.5, [i, -i]]);
+    const { out, writer } = throughWriter(values, { infer: true, eventTime: true }, 512);
+    expectSame(out, values, "event time");
+    expect(writer.directChunks).toBeGreaterThan(0);
+  });
+
+  test("a declared type: a record that does not match fails naming the operator and the field; what went out decodes to the records before it", () => {
+    const pool = new LocalBufferPool(1000, 256, 0);
+    const writer = new RecordWriter(["c"], () => 0, pool, false, Infinity, { declared: { type: Types.TUPLE(Types.INT, Types.INT), operator: "Pairs" } });
+    const bytes: Uint8Array[] = [];
+    writer.connect("c", { buffer: (_c, buf, size) => (bytes.push(new Uint8Array(buf, 0, size).slice()), writer.recycle(buf, "c")), event: () => {} });
+    const good = Array.from({ length: 500 }, (_, i) => [i, 2 * i]);
+    for (const r of good) writer.emit(r);
+    expect(writer.directChunks).toBeGreaterThan(0);
+    writer.emit([1, "two"]);
+    expect(() => writer.flush()).toThrow('operator "Pairs" declared Types.TUPLE(INT, INT): field 1 is "two", expected INT');
+    const d = new RecordDeserializer();
+    const out: unknown[] = [];
+    for (const b of bytes) d.read(b, out);
+    // The task fails here (and restarts from its last checkpoint): the buffers sent hold whole records, in order.
+    expect(d.hasPartialRecord).toBe(false);
+    expect(out.length).toBeGreaterThan(400);
+    expectSame(out, good.slice(0, out.length), "before the bad record");
+  });
+
+  test("buffers cut smaller than one record's chunk (debloating) and a pool of two buffers: every record arrives in order", async () => {
+    const values = Array.from({ length: 4000 }, (_, i) => [i, i % 5]);
+    const pool = new LocalBufferPool(2, 256, 0);
+    const writer = new RecordWriter(["c"], () => 0, pool, false, Infinity, { infer: true });
+    const bytes: Uint8Array[] = [];
+    let cut = 0;
+    const held: ArrayBuffer[] = [];
+    writer.connect("c", {
+      buffer: (_c, buf, size) => {
+        bytes.push(new Uint8Array(buf, 0, size).slice());
+        held.push(buf);
+      },
+      event: () => {},
+      bufferSize: () => cut,
+    });
+    for (let i = 0; i < values.length; i++) {
+      // Now and then the consumer announces a size below a chunk of one record (4 + 3 + 4 + 8 bytes), then none.
+      if (i % 700 === 0) cut = cut === 0 ? 12 : 0;
+      writer.emit(values[i]);
+      // A slow consumer: buffers come back only every few records.
+      if (i % 9 === 0) while (held.length > 0) writer.recycle(held.shift()!, "c");
+    }
+    writer.flush();
+    for (let rounds = 0; held.length > 0 || writer.backpressured; rounds++) {
+      if (rounds > 100_000) throw new Error("the writer did not drain");
+      while (held.length > 0) writer.recycle(held.shift()!, "c");
+      writer.flush();
+    }
+    const d = new RecordDeserializer();
+    const out: unknown[] = [];
+    for (const b of bytes) d.read(b, out);
+    expectSame(out, values, "small buffers");
+    expect(writer.directChunks).toBeGreaterThan(0);
+  });
+});
+
 describe("declared types", () => {
   const declared = (type: TypeInformation<any>, eventTime = false) => new RecordSerializer({ declared: { type, operator: "Map" }, eventTime });
 

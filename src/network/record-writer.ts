@@ -4,7 +4,8 @@
 // A buffer is finished when full, on the buffer timeout (flush), or before an event.
 import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
-import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom, type SerializerOptions } from "./serialization.ts";
+import { CHUNK_RECORDS, RecordSerializer, TYPED_CHUNK, decodeChunksFrom, type SerializerOptions } from "./serialization.ts";
+import type { CompiledLayout } from "./typed-serialization.ts";
 import { assert } from "../util/assert.ts";
 
 /**
@@ -80,7 +81,16 @@ interface Subpartition {
   chunkRecords: number;
   buf: ArrayBuffer | null;
   view: Uint8Array | null;
+  /** A DataView of buf (set with view), for records encoded straight into it. */
+  dv: DataView | null;
   pos: number;
+  /**
+   * Records written straight into the buffer (writeDirect): the typed layout they are in, once a chunk of pending
+   * records went out typed in a layout of fixed size; null while records go through `pending`.
+   */
+  direct: CompiledLayout | null;
+  /** Where the open direct chunk starts in the buffer (its length prefix), -1 when none is open. */
+  directAt: number;
   /** Finished buffers and events not yet handed to the sender (it is not connected yet). */
   queue: Finished[];
   /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
@@ -142,6 +152,8 @@ export class RecordWriter {
   recordsOut = 0;
   bytesOut = 0;
   buffersOut = 0;
+  /** Typed chunks whose records were written straight into the buffer (writeDirect). */
+  directChunks = 0;
 
   constructor(
     channelIds: string[],
@@ -157,7 +169,7 @@ export class RecordWriter {
     /** The edge's record type (declared, or inferred) and event-time wrapping: see RecordSerializer. */
     serializerOptions: SerializerOptions = {},
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, pos: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0, coalesce: COALESCE_BYTES, drainCount: 0, drainSince: 0 }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, dv: null, pos: 0, direct: null, directAt: -1, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0, coalesce: COALESCE_BYTES, drainCount: 0, drainSince: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -177,7 +189,7 @@ export class RecordWriter {
     const sp = this.subs[target];
     if (!sp) throw new Error(`record writer: no subpartition ${target} (it has ${this.subs.length})`);
     this.recordsOut++;
-    this.write(sp, record);
+    this.put(sp, record);
   }
 
   /** The channel's route is known: send what waited for it. */
@@ -191,8 +203,71 @@ export class RecordWriter {
   emit(record: unknown): void {
     this.recordsOut++;
     const target = this.partitioner(record);
-    if (target >= 0) this.write(this.subs[target]!, record);
-    else for (const sp of this.subs) this.write(sp, record);
+    if (target >= 0) this.put(this.subs[target]!, record);
+    else for (const sp of this.subs) this.put(sp, record);
+  }
+
+  private put(sp: Subpartition, record: unknown): void {
+    // The open direct chunk has room: the record straight in (the common case, kept short).
+    const at = sp.directAt;
+    if (at >= 0 && sp.view!.length - sp.pos >= sp.direct!.direct!.size) {
+      const end = sp.direct!.direct!.encode(record, sp.view!, sp.dv!, sp.pos);
+      if (end >= 0) {
+        sp.pos = end;
+        return;
+      }
+    }
+    if (sp.direct !== null && sp.pending.length === 0 && sp.overflow.length === 0 && this.writeDirect(sp, sp.direct, record)) return;
+    // Through pending: behind the records of the open direct chunk, which is closed first.
+    this.closeDirect(sp);
+    this.write(sp, record);
+  }
+
+  /**
+   * A record encoded straight into the subpartition's buffer, in a typed chunk opened for it (after the buffer's last
+   * chunk, or in a new buffer when this one is full): no pending array, no chunk encoded aside and copied in. The
+   * next records go into the same chunk while it has room (put). False (nothing written) when the record does not fit
+   * the layout (write() then takes it: the serializer widens the layout, falls back to msgpack, or fails the record
+   * against its declared type) or no buffer is free (write() queues it as overflow). A direct chunk never spans
+   * buffers, and is open only while `pending` is empty.
+   */
+  private writeDirect(sp: Subpartition, layout: CompiledLayout, record: unknown): boolean {
+    const { encode, size } = layout.direct!;
+    const header = 4 + 3 + layout.sigBytes.length;
+    this.closeDirect(sp);
+    if (sp.view !== null && sp.view.length - sp.pos < header + size) this.finishBuffer(sp);
+    if (sp.view === null && !this.openBuffer(sp)) return false;
+    const view = sp.view!;
+    // A buffer cut smaller than one chunk of one record (debloating): write() takes the record.
+    if (view.length - sp.pos < header + size) return false;
+    const at = sp.pos;
+    // The chunk's u32 length is written when it closes (closeDirect).
+    view[at + 4] = TYPED_CHUNK;
+    view[at + 5] = layout.sigBytes.length >> 8;
+    view[at + 6] = layout.sigBytes.length & 0xff;
+    view.set(layout.sigBytes, at + 7);
+    const end = encode(record, view, sp.dv!, at + header);
+    if (end < 0) return false; // no chunk opened: pos is where it was
+    sp.directAt = at;
+    sp.pos = end;
+    return true;
+  }
+
+  /** Closes the open direct chunk (writes its length), which counts as written from now on. */
+  private closeDirect(sp: Subpartition): void {
+    const at = sp.directAt;
+    if (at < 0) return;
+    sp.directAt = -1;
+    const len = sp.pos - at - 4;
+    const v = sp.view!;
+    v[at] = len >>> 24;
+    v[at + 1] = (len >>> 16) & 0xff;
+    v[at + 2] = (len >>> 8) & 0xff;
+    v[at + 3] = len & 0xff;
+    sp.written += len + 4;
+    this.bytesOut += len + 4;
+    sp.serializer.typedChunks++;
+    this.directChunks++;
   }
 
   /** A buffer of `channel` is free again (its bytes are in the channel's ring). */
@@ -462,7 +537,11 @@ export class RecordWriter {
 
   private serializePending(sp: Subpartition): void {
     if (sp.pending.length === 0) return;
+    this.closeDirect(sp);
     const body = sp.serializer.serialize(sp.pending);
+    // Typed in a layout of fixed size: the next records go straight into the buffer (not with buffer timeout 0, whose
+    // records wait in pending while their consumer is busy: see write).
+    sp.direct = this.flushEveryRecord ? null : sp.serializer.directLayout();
     const records = sp.pending.length;
     const len = body.length;
     sp.recordBytes = len / records;
@@ -527,24 +606,29 @@ export class RecordWriter {
   private copyIn(sp: Subpartition, bytes: Uint8Array): number {
     let off = 0;
     while (off < bytes.length) {
-      if (sp.view === null) {
-        if (sp.inUse >= this.maxBuffersPerChannel) return off;
-        const buf = this.pool.request();
-        if (buf === null) return off;
-        sp.inUse++;
-        sp.buf = buf;
-        // Buffer debloating: a buffer is finished once it holds the size its consumer announced.
-        const size = sp.sender?.bufferSize?.() ?? 0;
-        sp.view = new Uint8Array(buf, 0, size > 0 && size < buf.byteLength ? size : buf.byteLength);
-        sp.pos = 0;
-      }
-      const n = Math.min(bytes.length - off, sp.view.length - sp.pos);
-      sp.view.set(n === bytes.length ? bytes : bytes.subarray(off, off + n), sp.pos);
+      if (sp.view === null && !this.openBuffer(sp)) return off;
+      const n = Math.min(bytes.length - off, sp.view!.length - sp.pos);
+      sp.view!.set(n === bytes.length ? bytes : bytes.subarray(off, off + n), sp.pos);
       sp.pos += n;
       off += n;
-      if (sp.pos === sp.view.length) this.finishBuffer(sp);
+      if (sp.pos === sp.view!.length) this.finishBuffer(sp);
     }
     return off;
+  }
+
+  /** A buffer from the pool to fill; false when the pool (or the channel's share of it) has none free. */
+  private openBuffer(sp: Subpartition): boolean {
+    if (sp.inUse >= this.maxBuffersPerChannel) return false;
+    const buf = this.pool.request();
+    if (buf === null) return false;
+    sp.inUse++;
+    sp.buf = buf;
+    // Buffer debloating: a buffer is finished once it holds the size its consumer announced.
+    const size = sp.sender?.bufferSize?.() ?? 0;
+    sp.view = new Uint8Array(buf, 0, size > 0 && size < buf.byteLength ? size : buf.byteLength);
+    sp.dv = new DataView(buf);
+    sp.pos = 0;
+    return true;
   }
 
   private drain(sp: Subpartition): void {
@@ -575,10 +659,12 @@ export class RecordWriter {
   }
 
   private finishBuffer(sp: Subpartition): void {
+    this.closeDirect(sp);
     if (sp.buf === null || sp.pos === 0) return;
     sp.queue.push({ buf: sp.buf, size: sp.pos });
     sp.buf = null;
     sp.view = null;
+    sp.dv = null;
     sp.pos = 0;
     this.send(sp);
   }

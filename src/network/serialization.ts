@@ -88,6 +88,15 @@ export class RecordSerializer {
     return this.packr.pack(records);
   }
 
+  /**
+   * The layout of the last chunk, when it was typed and its layout has no string (fixed bytes per record): the record
+   * writer may then write the next records straight into its network buffer, as typed chunks of that layout (it
+   * counts them in typedChunks), until one does not fit and goes through serialize() again.
+   */
+  directLayout(): CompiledLayout | null {
+    return this.lastTyped && this.layout !== null && this.layout.direct !== null ? this.layout : null;
+  }
+
   /** The typed chunk (TYPED_CHUNK, u16 signature length, signature, records), or null when a record does not fit. */
   private typed(c: CompiledLayout, records: unknown[]): Uint8Array | null {
     const o = this.out;

@@ -205,6 +205,47 @@ function fixedSize(l: Layout): number {
  * the same JSON); a declared one takes any object with exactly its fields, in any order.
  */
 function compileEncoder(l: Layout, strict: boolean): Encoder {
+  const { body, consts, FIX } = encoderBody(l, strict);
+  const src =
+    `return function encode(records, o, pos) {\n` +
+    `let buf = o.buf, dv = o.dv;\n` +
+    `for (let r = 0; r < records.length; r++) {\n` +
+    `if (pos + ${FIX} > buf.length) { o.grow(pos, ${FIX}); buf = o.buf; dv = o.dv; }\n` +
+    `const v = records[r];\n${body}}\nreturn pos;\n}`;
+  return new Function("ws", "K", "OP", src)(writeString, consts, Object.prototype) as Encoder;
+}
+
+/**
+ * One record of a fixed-size layout (no string) written at pos into buf (dv: a DataView of the same bytes), which
+ * must have `size` bytes from pos on; returns the end, or -1 when the record does not fit the layout (bytes from pos
+ * on may be written then). The record writer encodes straight into its network buffer with it (record-writer.ts).
+ */
+export type RecordEncoder = (v: unknown, buf: Uint8Array, dv: DataView, pos: number) => number;
+
+function hasString(l: Layout): boolean {
+  switch (l.t) {
+    case "s":
+      return true;
+    case "i":
+    case "l":
+    case "d":
+    case "b":
+      return false;
+    case "@":
+      return hasString(l.inner);
+    default:
+      return l.f.some(hasString);
+  }
+}
+
+function compileRecordEncoder(l: Layout, strict: boolean): RecordEncoder {
+  const { body, consts } = encoderBody(l, strict);
+  const src = `return function encodeRecord(v, buf, dv, pos) {\n${body}return pos;\n}`;
+  return new Function("ws", "K", "OP", src)(writeString, consts, Object.prototype) as RecordEncoder;
+}
+
+/** The statements that write record `v` at pos (advancing it), or return -1 when it does not fit; FIX: its fixed bytes. */
+function encoderBody(l: Layout, strict: boolean): { body: string; consts: unknown[]; FIX: number } {
   const consts: unknown[] = [];
   let tmp = 0;
   const FIX = fixedSize(l);
@@ -253,14 +294,7 @@ function compileEncoder(l: Layout, strict: boolean): Encoder {
       }
     }
   };
-  const body = gen(l, "v");
-  const src =
-    `return function encode(records, o, pos) {\n` +
-    `let buf = o.buf, dv = o.dv;\n` +
-    `for (let r = 0; r < records.length; r++) {\n` +
-    `if (pos + ${FIX} > buf.length) { o.grow(pos, ${FIX}); buf = o.buf; dv = o.dv; }\n` +
-    `const v = records[r];\n${body}}\nreturn pos;\n}`;
-  return new Function("ws", "K", "OP", src)(writeString, consts, Object.prototype) as Encoder;
+  return { body: gen(l, "v"), consts, FIX };
 }
 
 function compileDecoder(l: Layout): Decoder {
@@ -321,6 +355,8 @@ export interface CompiledLayout {
   layout: Layout;
   encode: Encoder;
   decode: Decoder;
+  /** A fixed-size layout's one-record encoder and its bytes per record; null when the layout has a string. */
+  direct: { encode: RecordEncoder; size: number } | null;
 }
 
 const compiled = new Map<string, CompiledLayout>();
@@ -331,7 +367,8 @@ export function compileLayout(sig: string, strict: boolean): CompiledLayout {
   let c = compiled.get(key);
   if (c === undefined) {
     const layout = parseSignature(sig);
-    c = { sig, sigBytes: textEncoder.encode(sig), layout, encode: compileEncoder(layout, strict), decode: compileDecoder(layout) };
+    const direct = hasString(layout) ? null : { encode: compileRecordEncoder(layout, strict), size: fixedSize(layout) };
+    c = { sig, sigBytes: textEncoder.encode(sig), layout, encode: compileEncoder(layout, strict), decode: compileDecoder(layout), direct };
     compiled.set(key, c);
   }
   return c;
