@@ -83,6 +83,53 @@ test("under backpressure unaligned checkpoints complete and carry the in-flight 
   expect(u.filter((c) => (c.channelStateBytes ?? 0) > 0).length).toBeGreaterThanOrEqual(3);
 }, 120_000);
 
+test("unaligned: fixed-size records that turn slow in the middle of the stream do not hold checkpoints back (the task looks at the clock between chunks, then record by record)", async () => {
+  const dir = tempDir("tm-bp-turn-slow-");
+  const slow = path.join(dir, "slow");
+  // Without debloating, so that every buffer holds 32 KiB of records.
+  const client = await start(dir, { "execution.checkpointing.unaligned.enabled": true, "execution.checkpointing.timeout": 30_000, "taskmanager.network.memory.buffer-debloat.enabled": false });
+  // Int pairs: typed records of a fixed size, written straight into the buffers as chunks of up to 64 records. The
+  // first 300,000 records take no time (the task then looks at the clock between chunks only), the later ones 10 ms
+  // each: a buffer of them would hold the task for half a minute, a chunk for at most 64 * 10 ms.
+  const job = writeJob(dir, "turn-slow.ts", `
+    import * as fs from "node:fs";
+    import { ValueStateDescriptor } from ${API};
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    export default (env) => {
+      env.enableCheckpointing(200);
+      env.fromSequence(1, 2_000_000)
+        .map((x) => [x % 7, 1])
+        .keyBy((t) => t[0])
+        .process({
+          open(ctx) { this.count = ctx.getState(new ValueStateDescriptor("count", { default: 0 })); this.seen = 0; },
+          processElement(t, ctx, out) {
+            if (++this.seen > 300_000) {
+              if (this.seen === 300_001) fs.writeFileSync(${JSON.stringify(slow)}, String(Date.now()));
+              Atomics.wait(pause, 0, 0, 10);
+            }
+            this.count.update(this.count.value() + t[1]);
+            out.collect([t[0], this.count.value()]);
+          },
+        })
+        .startNewChain()
+        .addSink({ invoke() {} });
+    };`);
+  const jobId = await submitJob(client, await prepareJob(job, [], 1));
+  await waitFor("the records turned slow", () => fs.existsSync(slow), 60_000, 50);
+  const since = Number(fs.readFileSync(slow, "utf8"));
+  let after: CheckpointStats[] = [];
+  await waitFor("four checkpoints triggered after the records turned slow ended", async () => {
+    after = (await status(client, jobId)).checkpoints.history.filter((c) => c.triggerTime > since && c.status !== "IN_PROGRESS");
+    return after.length >= 4;
+  }, 60_000, 100);
+  await client.request("cancelJob", { jobId });
+  await waitForJob(client, jobId, () => {}, 100);
+  console.log(`after turning slow: ${after.map((c) => `${c.id}:${c.status}:${c.durationMs}ms:${c.channelStateBytes ?? 0}B`).join(" ")}`);
+  expect(after.every((c) => c.status === "COMPLETED" && c.unaligned === true)).toBe(true);
+  // A 32 KiB buffer holds about 3,600 such records: read in one go, about 36 s; a chunk at a time, 0.6 s.
+  expect(Math.max(...after.map((c) => c.durationMs ?? Infinity))).toBeLessThan(2_500);
+}, 150_000);
+
 test("an aligned barrier leaves a back-pressured source within a few records, not after the rest of its chunk; the REST details name each vertex's start delay", async () => {
   // 3 KB records into a sink that takes 2 ms per record: a source chunk of 1024 records (3 MB) takes about 2 s to
   // drain, far more than the output pool holds. Barriers go in between chunks, so before chunks shrank under

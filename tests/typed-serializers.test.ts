@@ -286,6 +286,32 @@ describe("the chunk format", () => {
     expect(() => new RecordDeserializer().read(frame(new Uint8Array([TYPED_CHUNK, 0, 2, 40, 115])), [])).toThrow(/bad typed layout/);
     expect(() => new RecordDeserializer().read(frame(new Uint8Array([TYPED_CHUNK, 0])), [])).toThrow(/without its layout/);
   });
+
+  test("records handed one by one to a handler as they are decoded: the same records; what the handler throws passes through as it is", () => {
+    const s = new RecordSerializer({ infer: true });
+    const records = Array.from({ length: 300 }, (_, i) => [i, i * 2]);
+    const typed = frame(s.serialize(records).slice());
+    const mixed = [{ a: 1 }, "x", [1, 2, 3]];
+    const msgpack = frame(new RecordSerializer().serialize(mixed).slice());
+    const got: unknown[] = [];
+    const out: unknown[] = [];
+    const d = new RecordDeserializer();
+    d.read(typed, out, (r) => got.push(r));
+    d.read(msgpack, out, (r) => got.push(r));
+    expect(out).toEqual([]); // nothing collected
+    expectSame(got, [...records, ...mixed], "handed over");
+    // A RangeError of the handler's own (user code, e.g. new Array(-1)) is not a corrupt stream, in either kind of chunk.
+    for (const chunk of [typed, msgpack]) {
+      let n = 0;
+      const fail = () => {
+        if (++n === 3) throw new RangeError("Invalid array length (from the operator)");
+      };
+      expect(() => new RecordDeserializer().read(chunk, [], fail)).toThrow("Invalid array length (from the operator)");
+    }
+    // A truncated typed chunk still is one, with a handler too.
+    const body = s.serialize(records).slice();
+    expect(() => new RecordDeserializer().read(frame(body.subarray(0, body.length - 2)), [], () => {})).toThrow(/corrupt record stream: a typed chunk \(layout \(ii\)\) ends in the middle of a record/);
+  });
 });
 
 describe("fixed-size records written straight into the network buffer", () => {

@@ -426,9 +426,13 @@ export class InputGate {
    * The next item, or null when nothing has arrived. With `into`, a buffer read now is decoded into that array
    * (emptied first) rather than a new one, which the caller may then reuse for the next poll: the task's loop does,
    * as it is done with a buffer's records before it polls again (a new array per buffer, grown record by record,
-   * cost the keyed sum at p=2 about 4 % of its CPU; docs/benchmarks.md). Records decoded earlier come in their own.
+   * cost the keyed sum at p=2 about 4 % of its CPU; docs/benchmarks.md). With `each` as well, a buffer read now has
+   * each record handed to `each` as it is decoded, none collected (the task processes them right there: no array of
+   * a buffer's records made and kept alive, about a tenth of a keyed consumer's CPU), and comes back as `into`, empty;
+   * or, when `chunkDone` (asked after each chunk) said to stop, holding the buffer's records not handed over.
+   * Records decoded earlier (for an unaligned checkpoint's recording, or put back) come in an array of their own.
    */
-  poll(into?: unknown[]): GateItem | null {
+  poll(into?: unknown[], each?: (record: unknown) => void, chunkDone?: () => boolean): GateItem | null {
     this.pollSources();
     let a: Arrival;
     for (;;) {
@@ -478,7 +482,7 @@ export class InputGate {
     assert(left > 0, () => `input channel ${a.channel}: a buffer read with ${left} counted as queued`);
     this.queuedOf.set(a.channel, left - 1);
     try {
-      this.deserializers.get(a.channel)!.read(a.bytes, records);
+      this.deserializers.get(a.channel)!.read(a.bytes, records, each, chunkDone);
     } finally {
       a.release();
     }

@@ -224,11 +224,16 @@ export class RecordDeserializer {
   /** Buffers read so far (whether a run of bytes recorded elsewhere still continues the stream here). */
   reads = 0;
 
-  /** Decodes every record of the chunks completed by this buffer, appending them to out. */
-  read(bytes: Uint8Array, out: unknown[]): void {
+  /**
+   * Decodes every record of the chunks completed by this buffer, appending them to out; or, with `each`, handing each
+   * to it as it is decoded. With `chunkDone` as well, it is asked after each chunk handed to `each` whether to go on:
+   * on false the records of the buffer's later chunks are appended to out instead.
+   */
+  read(bytes: Uint8Array, out: unknown[], each?: (record: unknown) => void, chunkDone?: () => boolean): void {
     this.reads++;
     let p = 0;
     const n = bytes.length;
+    let dv: DataView | null = null;
     while (p < n) {
       if (this.partial !== null) {
         const take = Math.min(n - p, this.partial.length - this.partialFill);
@@ -238,7 +243,8 @@ export class RecordDeserializer {
         if (this.partialFill === this.partial.length) {
           const chunk = this.partial;
           this.partial = null;
-          this.decode(chunk, out);
+          this.decode(chunk, out, each);
+          if (each !== undefined && chunkDone !== undefined && !chunkDone()) each = undefined;
         }
         continue;
       }
@@ -252,17 +258,24 @@ export class RecordDeserializer {
       const len = ((bytes[p]! << 24) | (bytes[p + 1]! << 16) | (bytes[p + 2]! << 8) | bytes[p + 3]!) >>> 0;
       p += 4;
       if (len !== 0 && n - p >= len) {
-        this.decode(bytes.subarray(p, p + len), out);
+        // A whole chunk in this buffer: a typed one is decoded in place.
+        if (bytes[p] === TYPED_CHUNK) this.typed.readAt(bytes, (dv ??= new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)), p, p + len, out, each);
+        else this.decode(bytes.subarray(p, p + len), out, each);
         p += len;
+        if (each !== undefined && chunkDone !== undefined && !chunkDone()) each = undefined;
       } else {
         this.startRecord(len);
       }
     }
   }
 
-  private decode(chunk: Uint8Array, out: unknown[]): void {
-    if (chunk[0] === TYPED_CHUNK) this.typed.read(chunk, out);
-    else pushAll(out, this.unpackr.unpack(chunk));
+  private decode(chunk: Uint8Array, out: unknown[], each: ((record: unknown) => void) | undefined): void {
+    if (chunk[0] === TYPED_CHUNK) this.typed.read(chunk, out, each);
+    else {
+      const records = this.unpackr.unpack(chunk);
+      if (each === undefined) pushAll(out, records);
+      else for (const r of asChunk(records)) each(r);
+    }
   }
 
   private startRecord(len: number): void {
@@ -273,6 +286,12 @@ export class RecordDeserializer {
 }
 
 function pushAll(out: unknown[], chunk: unknown): void {
+  const records = asChunk(chunk);
+  for (let i = 0; i < records.length; i++) out.push(records[i]);
+}
+
+/** A msgpack chunk's records: it must decode to an array. */
+function asChunk(chunk: unknown): unknown[] {
   if (!Array.isArray(chunk)) throw new Error("corrupt record stream: a chunk is not an array");
-  for (let i = 0; i < chunk.length; i++) out.push(chunk[i]);
+  return chunk;
 }

@@ -16,6 +16,7 @@ import { announceBufferSize, ringSlots, ringWakeUps } from "../network/shared-ri
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
+import { CHUNK_RECORDS } from "../network/serialization.ts";
 import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
@@ -38,7 +39,7 @@ const METRICS_INTERVAL_MS = 1000;
 const FINAL_CHECKPOINT_ATTEMPTS = 3;
 /** With unaligned checkpoints, a task lets its event loop in at least this often, even in the middle of a buffer. */
 const SLICE_MS = 10;
-/** At most this many records between two looks at the clock while slicing (see processSliced). */
+/** At most this many records between two looks at the clock while slicing (see slicedHandler). */
 const SLICE_CHECK_MAX = 64;
 /** How often a task with unaligned checkpoints looks into its channels' priority rings. */
 const PRIORITY_POLL_MS = 10;
@@ -699,9 +700,19 @@ export class StreamTask {
     const gate = this.gate;
     // One array for every buffer's records: each buffer's are done with before the next poll.
     const reused: unknown[] = [];
+    const unaligned = this.barriers.kind === "unaligned";
+    // One input: each record is processed as the gate decodes it (a second input's records need their own head).
+    const head = this.chain!.head;
+    const single = this.chain!.head2 === null;
+    const plain = single ? this.recordHandler(head) : undefined;
+    const sliced = single && unaligned ? this.slicedHandler(head) : undefined;
+    const chunkDone = unaligned ? () => this.sliceChunkDone() : undefined;
     // Until end of data on every channel (FLIP-147) or end of partition.
     while (!gate.finished && !this.allEndOfData()) {
-      const item = gate.poll(reused);
+      this.startSlice();
+      // Unaligned checkpoints: fast records are looked at between chunks (of CHUNK_RECORDS records at most), which
+      // costs them nothing each; slow ones (sliceCheckEvery below its maximum) one by one (slicedHandler).
+      const item = unaligned && this.sliceCheckEvery < SLICE_CHECK_MAX ? gate.poll(reused, sliced) : gate.poll(reused, plain, chunkDone);
       if (item === null) {
         this.time.switchTo("idle");
         await gate.waitNext();
@@ -713,14 +724,44 @@ export class StreamTask {
         continue;
       }
       const records = item.records;
-      if (this.barriers.kind === "unaligned") this.processSliced(item.channel, records);
-      else {
-        this.recordsIn += records.length;
-        this.processRange(this.headFor(item.channel), records, 0, records.length);
+      if (records.length > 0) {
+        // The slice ended between two chunks of a buffer read now: the rest goes back to the gate (below).
+        if (records === reused && plain !== undefined) this.sliceRest = records.slice();
+        // Records decoded earlier (or of a task with two inputs) come as an array.
+        else if (unaligned) {
+          const h = this.slicedHandler(this.headFor(item.channel));
+          for (let i = 0; i < records.length; i++) h(records[i]);
+        } else {
+          this.recordsIn += records.length;
+          this.processRange(this.headFor(item.channel), records, 0, records.length);
+        }
       }
+      // The slice ended in the middle of the buffer: the records not processed yet go back to the gate before the
+      // loop turns, so that whatever happens meanwhile (a priority event arriving, or an aligned-checkpoint-timeout
+      // switching to unaligned from its timer) sees them in flight; they are read next unless a priority event came first.
+      const rest = this.sliceRest;
+      if (rest !== null && rest.length > 0) this.gate.unread(item.channel, rest);
+      this.sliceRest = null;
       this.flushOperators();
       await this.afterBatch();
     }
+  }
+
+  /** The handler of records as the gate decodes them (no slicing): into the head, with event time unwrapped. */
+  private recordHandler(head: Operator): (record: unknown) => void {
+    if (!this.eventTime) {
+      return (r) => {
+        this.recordsIn++;
+        head.process(r);
+      };
+    }
+    const time = this.recordTime;
+    return (r) => {
+      this.recordsIn++;
+      const w = r as [number | null, unknown];
+      time.ts = w[0];
+      head.process(w[1]);
+    };
   }
 
   /**
@@ -755,44 +796,69 @@ export class StreamTask {
 
   /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..SLICE_CHECK_MAX). */
   private sliceCheckEvery = 1;
+  /** The slice (one buffer's records at most): when it began, records processed in it, and at which count to look at the clock next. */
+  private sliceStart = 0;
+  private sliceDone = 0;
+  private sliceNextCheck = 0;
+  /** The records of the buffer left once its slice ended (they go back to the gate); null while it lasts. */
+  private sliceRest: unknown[] | null = null;
+
+  /** recordsIn when the slice began (the records processed in it, between chunks: sliceChunkDone). */
+  private sliceRecordsAtStart = 0;
+
+  private startSlice(): void {
+    if (this.barriers.kind !== "unaligned") return;
+    this.sliceStart = performance.now();
+    this.sliceRecordsAtStart = this.recordsIn;
+    this.sliceDone = 0;
+    this.sliceNextCheck = this.sliceCheckEvery;
+    this.sliceRest = null;
+  }
 
   /**
-   * One buffer's records with unaligned checkpoints: the task lets its event loop in every SLICE_MS even in the middle
-   * of a buffer, so that a slow operator (a buffer of records may take seconds) neither delays an unaligned barrier
-   * nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Before it yields, the records
-   * not processed yet go back to the gate, so a checkpoint taken meanwhile (an unaligned barrier read next, between
-   * two records, or an aligned-checkpoint-timeout striking from its timer) has them in its channel state.
-   * Fast records pay one clock read per SLICE_CHECK_MAX of them and nothing per record: the records between two
-   * looks run in a loop written here (a call of processRange for each run of them cost unaligned mode about 4 % of
-   * a keyed sum's records/s; event time keeps it). Synchronous: the caller flushes and yields after it as after an
-   * unsliced buffer (as an async function of its own that awaited the yield, it cost about 4 % as well;
-   * docs/benchmarks.md, issue 15).
+   * Between two chunks of fast records (unaligned checkpoints): false once the slice is over, or when records are so
+   * slow that the next chunk could overrun it; the records are then looked at one by one from the next buffer on
+   * (sliceCheckEvery below its maximum), and the gate keeps this buffer's other chunks for runInputs to put back.
    */
-  private processSliced(channel: string, records: unknown[]): void {
-    const head = this.headFor(channel);
-    const sliceStart = performance.now();
-    const n = records.length;
-    let i = 0;
-    while (i < n) {
-      const end = Math.min(n, i + this.sliceCheckEvery);
-      this.recordsIn += end - i;
-      if (this.eventTime) this.processRange(head, records, i, end);
-      else for (; i < end; i++) head.process(records[i]);
-      i = end;
-      if (i === n) break;
-      const elapsed = performance.now() - sliceStart;
-      if (elapsed < SLICE_MS) {
-        if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < SLICE_CHECK_MAX) this.sliceCheckEvery *= 2;
-        continue;
+  private sliceChunkDone(): boolean {
+    const elapsed = performance.now() - this.sliceStart;
+    const done = this.recordsIn - this.sliceRecordsAtStart;
+    if (elapsed < SLICE_MS && elapsed * CHUNK_RECORDS < (done * SLICE_MS) / 2) return true;
+    this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX - 1, Math.floor((done * SLICE_MS) / elapsed / 2)));
+    return false;
+  }
+
+  /**
+   * The handler of slow records with unaligned checkpoints, one by one: the task lets its event loop in every SLICE_MS
+   * even in the middle of a buffer, so that a slow operator (a buffer of records may take seconds) neither delays an
+   * unaligned barrier nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Once the slice
+   * is over, the buffer's other records are kept in sliceRest (runInputs puts them back to the gate, so a checkpoint
+   * taken meanwhile has them in its channel state). The clock is read once per sliceCheckEvery records; when that
+   * reaches SLICE_CHECK_MAX the records are fast, and runInputs looks at the clock between chunks instead.
+   */
+  private slicedHandler(head: Operator): (record: unknown) => void {
+    const processRecord = this.recordHandler(head);
+    return (r) => {
+      const rest = this.sliceRest;
+      if (rest !== null) {
+        rest.push(r);
+        return;
       }
-      // Slow records: look again after about half a slice's worth of them.
-      this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX, Math.floor((i * SLICE_MS) / elapsed / 2)));
-      // The records not processed yet go back to the gate before the loop turns: whatever happens meanwhile (a
-      // priority event arriving, or an aligned-checkpoint-timeout switching to unaligned from its timer) sees them
-      // in flight, and they are read next unless a priority event came first.
-      this.gate.unread(channel, records.slice(i));
+      processRecord(r);
+      if (++this.sliceDone >= this.sliceNextCheck) this.lookAtSlice();
+    };
+  }
+
+  private lookAtSlice(): void {
+    const elapsed = performance.now() - this.sliceStart;
+    if (elapsed < SLICE_MS) {
+      if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < SLICE_CHECK_MAX) this.sliceCheckEvery *= 2;
+      this.sliceNextCheck = this.sliceDone + this.sliceCheckEvery;
       return;
     }
+    // Slow records: look again after about half a slice's worth of them.
+    this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX, Math.floor((this.sliceDone * SLICE_MS) / elapsed / 2)));
+    this.sliceRest = [];
   }
 
   /** Channels that announced end of data (FLIP-147) or ended. */
