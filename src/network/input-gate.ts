@@ -1,6 +1,7 @@
 // Consumer side of a task's inputs (runs inside the task's Worker): buffers and events of all input
 // channels arrive in one queue, in arrival order (each channel's own order is kept); poll() decodes one
-// buffer's records and then releases it (frees its slot in the channel's ring).
+// buffer's records (into an array, or handing each to the task as it is decoded) and then releases it (frees its
+// slot in the channel's ring).
 // Priority events (unaligned barriers, cancel markers) overtake the queue; for an unaligned checkpoint the gate
 // records the records of the buffers that belong to its channel state (see startRecording).
 import { assert } from "../util/assert.ts";
@@ -429,10 +430,10 @@ export class InputGate {
    * cost the keyed sum at p=2 about 4 % of its CPU; docs/benchmarks.md). With `each` as well, a buffer read now has
    * each record handed to `each` as it is decoded, none collected (the task processes them right there: no array of
    * a buffer's records made and kept alive, about a tenth of a keyed consumer's CPU), and comes back as `into`, empty;
-   * or, when `chunkDone` (asked after each chunk) said to stop, holding the buffer's records not handed over.
+   * or, when `goOn` (asked every few records: RecordDeserializer.read) said to stop, holding the records not handed over.
    * Records decoded earlier (for an unaligned checkpoint's recording, or put back) come in an array of their own.
    */
-  poll(into?: unknown[], each?: (record: unknown) => void, chunkDone?: () => boolean): GateItem | null {
+  poll(into?: unknown[], each?: (record: unknown) => void, goOn?: () => boolean): GateItem | null {
     this.pollSources();
     let a: Arrival;
     for (;;) {
@@ -482,7 +483,7 @@ export class InputGate {
     assert(left > 0, () => `input channel ${a.channel}: a buffer read with ${left} counted as queued`);
     this.queuedOf.set(a.channel, left - 1);
     try {
-      this.deserializers.get(a.channel)!.read(a.bytes, records, each, chunkDone);
+      this.deserializers.get(a.channel)!.read(a.bytes, records, each, goOn);
     } finally {
       a.release();
     }

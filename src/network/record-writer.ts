@@ -91,12 +91,6 @@ interface Subpartition {
   direct: CompiledLayout | null;
   /** Where the open direct chunk starts in the buffer (its length prefix), -1 when none is open. */
   directAt: number;
-  /**
-   * Where the open direct chunk must end: the buffer's end; with unaligned checkpoints (keepInFlight) CHUNK_RECORDS
-   * records after its start if that comes first, as their consumer looks at the clock between chunks (see
-   * StreamTask.runInputs).
-   */
-  directEnd: number;
   /** Finished buffers and events not yet handed to the sender (it is not connected yet). */
   queue: Finished[];
   /** Bytes and events waiting for a free buffer: kept in order behind everything written before. */
@@ -175,7 +169,7 @@ export class RecordWriter {
     /** The edge's record type (declared, or inferred) and event-time wrapping: see RecordSerializer. */
     serializerOptions: SerializerOptions = {},
   ) {
-    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, dv: null, pos: 0, direct: null, directAt: -1, directEnd: 0, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0, coalesce: COALESCE_BYTES, drainCount: 0, drainSince: 0 }));
+    this.subs = channelIds.map((id) => ({ id, sender: null, serializer: new RecordSerializer(serializerOptions), pending: [], chunkRecords: CHUNK_RECORDS, buf: null, view: null, dv: null, pos: 0, direct: null, directAt: -1, queue: [], overflow: [], inUse: 0, written: 0, spanning: [], shapes: [], held: false, recordBytes: 0, coalesce: COALESCE_BYTES, drainCount: 0, drainSince: 0 }));
     for (const s of this.subs) this.byId.set(s.id, s);
   }
 
@@ -216,7 +210,7 @@ export class RecordWriter {
   private put(sp: Subpartition, record: unknown): void {
     // The open direct chunk has room: the record straight in (the common case, kept short).
     const at = sp.directAt;
-    if (at >= 0 && sp.directEnd - sp.pos >= sp.direct!.direct!.size) {
+    if (at >= 0 && sp.view!.length - sp.pos >= sp.direct!.direct!.size) {
       const end = sp.direct!.direct!.encode(record, sp.view!, sp.dv!, sp.pos);
       if (end >= 0) {
         sp.pos = end;
@@ -235,8 +229,7 @@ export class RecordWriter {
    * next records go into the same chunk while it has room (put). False (nothing written) when the record does not fit
    * the layout (write() then takes it: the serializer widens the layout, falls back to msgpack, or fails the record
    * against its declared type) or no buffer is free (write() queues it as overflow). A direct chunk never spans
-   * buffers (with unaligned checkpoints it holds at most CHUNK_RECORDS records, as a chunk from pending does), and is
-   * open only while `pending` is empty.
+   * buffers, and is open only while `pending` is empty.
    */
   private writeDirect(sp: Subpartition, layout: CompiledLayout, record: unknown): boolean {
     const { encode, size } = layout.direct!;
@@ -256,7 +249,6 @@ export class RecordWriter {
     const end = encode(record, view, sp.dv!, at + header);
     if (end < 0) return false; // no chunk opened: pos is where it was
     sp.directAt = at;
-    sp.directEnd = this.keepInFlight ? Math.min(view.length, at + header + CHUNK_RECORDS * size) : view.length;
     sp.pos = end;
     return true;
   }

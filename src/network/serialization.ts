@@ -226,10 +226,10 @@ export class RecordDeserializer {
 
   /**
    * Decodes every record of the chunks completed by this buffer, appending them to out; or, with `each`, handing each
-   * to it as it is decoded. With `chunkDone` as well, it is asked after each chunk handed to `each` whether to go on:
-   * on false the records of the buffer's later chunks are appended to out instead.
+   * to it as it is decoded. With `goOn` as well, it is asked after each chunk handed to `each`, and every LOOK_EVERY
+   * records within one, whether to go on: on false the buffer's other records are appended to out instead.
    */
-  read(bytes: Uint8Array, out: unknown[], each?: (record: unknown) => void, chunkDone?: () => boolean): void {
+  read(bytes: Uint8Array, out: unknown[], each?: (record: unknown) => void, goOn?: () => boolean): void {
     this.reads++;
     let p = 0;
     const n = bytes.length;
@@ -243,8 +243,7 @@ export class RecordDeserializer {
         if (this.partialFill === this.partial.length) {
           const chunk = this.partial;
           this.partial = null;
-          this.decode(chunk, out, each);
-          if (each !== undefined && chunkDone !== undefined && !chunkDone()) each = undefined;
+          if (this.decode(chunk, out, each, goOn) || (each !== undefined && goOn !== undefined && !goOn())) each = undefined;
         }
         continue;
       }
@@ -259,23 +258,26 @@ export class RecordDeserializer {
       p += 4;
       if (len !== 0 && n - p >= len) {
         // A whole chunk in this buffer: a typed one is decoded in place.
-        if (bytes[p] === TYPED_CHUNK) this.typed.readAt(bytes, (dv ??= new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)), p, p + len, out, each);
-        else this.decode(bytes.subarray(p, p + len), out, each);
+        const stopped =
+          bytes[p] === TYPED_CHUNK
+            ? this.typed.readAt(bytes, (dv ??= new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)), p, p + len, out, each, goOn)
+            : this.decode(bytes.subarray(p, p + len), out, each, goOn);
         p += len;
-        if (each !== undefined && chunkDone !== undefined && !chunkDone()) each = undefined;
+        if (stopped || (each !== undefined && goOn !== undefined && !goOn())) each = undefined;
       } else {
         this.startRecord(len);
       }
     }
   }
 
-  private decode(chunk: Uint8Array, out: unknown[], each: ((record: unknown) => void) | undefined): void {
-    if (chunk[0] === TYPED_CHUNK) this.typed.read(chunk, out, each);
-    else {
-      const records = this.unpackr.unpack(chunk);
-      if (each === undefined) pushAll(out, records);
-      else for (const r of asChunk(records)) each(r);
-    }
+  /** Whether `goOn` said to stop within the chunk (a typed one asks it every LOOK_EVERY records; see read). */
+  private decode(chunk: Uint8Array, out: unknown[], each: ((record: unknown) => void) | undefined, goOn: (() => boolean) | undefined): boolean {
+    if (chunk[0] === TYPED_CHUNK) return this.typed.read(chunk, out, each, goOn);
+    // A msgpack chunk holds at most CHUNK_RECORDS records: asked after it.
+    const records = this.unpackr.unpack(chunk);
+    if (each === undefined) pushAll(out, records);
+    else for (const r of asChunk(records)) each(r);
+    return false;
   }
 
   private startRecord(len: number): void {

@@ -183,9 +183,15 @@ export type Encoder = (records: unknown[], o: TypedOut, pos: number) => number;
 /**
  * Decodes a chunk's records (bytes start..end of src, after the chunk's signature; dv: a DataView of all of src) into
  * out, or, with `each`, hands each record to it as it is decoded (the task processes it at once: InputGate.poll).
- * Bytes that end in the middle of a record throw a corrupt-stream error; what `each` throws passes through as it is.
+ * With `goOn` as well, it is asked every LOOK_EVERY records handed over whether to go on: on false the chunk's other
+ * records go to out, and the decoder returns true (a count in a local costs the records nothing measurable, where
+ * chunks cut at 64 records for the question cost them about 4 %). Bytes that end in the middle of a record throw a
+ * corrupt-stream error; what `each` throws passes through as it is.
  */
-export type Decoder = (src: Uint8Array, dv: DataView, start: number, end: number, out: unknown[], each?: (record: unknown) => void) => void;
+export type Decoder = (src: Uint8Array, dv: DataView, start: number, end: number, out: unknown[], each?: (record: unknown) => void, goOn?: () => boolean) => boolean;
+
+/** Records handed to `each` between two questions to `goOn` (a power of two). */
+export const LOOK_EVERY = 64;
 
 /** Fixed bytes of a record (strings count their length word only). */
 function fixedSize(l: Layout): number {
@@ -348,12 +354,15 @@ function compileDecoder(l: Layout, sig: string): Decoder {
   // buffer's end, a RangeError unless each threw it): a truncated or corrupt chunk. Checked before the record is handed on.
   const corrupt = JSON.stringify(`corrupt record stream: a typed chunk (layout ${sig.slice(0, 200)}) ends in the middle of a record`);
   const src =
-    `return function decode(src, dv, p, end, out, each) {\n` +
-    `let inEach = false;\n` +
+    `return function decode(src, dv, p, end, out, each, goOn) {\n` +
+    `let inEach = false, n = 0, stopped = false;\n` +
     `try {\n` +
     `while (p < end) {\n${code}if (p > end) throw new Error(${corrupt});\n` +
-    `if (each === undefined) out.push(${v}); else { inEach = true; each(${v}); inEach = false; }\n}\n` +
-    `} catch (e) {\nif (!inEach && e instanceof RangeError) throw new Error(${corrupt});\nthrow e;\n}\n}`;
+    `if (each === undefined) out.push(${v});\n` +
+    `else {\ninEach = true; each(${v}); inEach = false;\n` +
+    `if ((++n & ${LOOK_EVERY - 1}) === 0 && goOn !== undefined && !goOn()) { each = undefined; stopped = true; }\n}\n}\n` +
+    `} catch (e) {\nif (!inEach && e instanceof RangeError) throw new Error(${corrupt});\nthrow e;\n}\n` +
+    `return stopped;\n}`;
   return new Function("rs", "at", src)(readString, at) as Decoder;
 }
 
@@ -387,15 +396,16 @@ export function compileLayout(sig: string, strict: boolean): CompiledLayout {
 export class TypedChunkReader {
   private last: CompiledLayout | null = null;
 
-  read(chunk: Uint8Array, out: unknown[], each?: (record: unknown) => void): void {
-    this.readAt(chunk, new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength), 0, chunk.length, out, each);
+  read(chunk: Uint8Array, out: unknown[], each?: (record: unknown) => void, goOn?: () => boolean): boolean {
+    return this.readAt(chunk, new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength), 0, chunk.length, out, each, goOn);
   }
 
   /**
    * The typed chunk at bytes start..end of src (dv: a DataView of src), without a view of it made: a buffer holds
    * dozens of chunks, and two views each cost a buffer of small records about 7 % of the consumer's time.
    */
-  readAt(src: Uint8Array, dv: DataView, start: number, end: number, out: unknown[], each?: (record: unknown) => void): void {
+  /** Returns whether `goOn` said to stop (see Decoder). */
+  readAt(src: Uint8Array, dv: DataView, start: number, end: number, out: unknown[], each?: (record: unknown) => void, goOn?: () => boolean): boolean {
     if (end - start < 3) throw new Error("corrupt record stream: a typed chunk without its layout");
     const n = (src[start + 1]! << 8) | src[start + 2]!;
     if (n === 0 || end - start < 3 + n) throw new Error(`corrupt record stream: a typed chunk's layout of ${n} bytes does not fit in its ${end - start}`);
@@ -404,7 +414,7 @@ export class TypedChunkReader {
       c = compileLayout(textDecoder.decode(src.subarray(start + 3, start + 3 + n)), false);
       this.last = c;
     }
-    c.decode(src, dv, start + 3 + n, end, out, each);
+    return c.decode(src, dv, start + 3 + n, end, out, each, goOn);
   }
 }
 

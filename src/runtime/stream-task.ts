@@ -16,7 +16,7 @@ import { announceBufferSize, ringSlots, ringWakeUps } from "../network/shared-ri
 import { BufferDebloater } from "../network/buffer-debloater.ts";
 import { channelShare } from "../network/buffer-budget.ts";
 import { createPartitioner } from "../network/partitioners.ts";
-import { CHUNK_RECORDS } from "../network/serialization.ts";
+import { LOOK_EVERY } from "../network/typed-serialization.ts";
 import type { Operator, TimeContext } from "./operator.ts";
 import { OperatorChain, taskDisplayName } from "./operator-chain.ts";
 import { createBarrierHandler, type Barrier, type CheckpointBarrierHandler } from "./checkpoint-barrier-handler.ts";
@@ -706,13 +706,14 @@ export class StreamTask {
     const single = this.chain!.head2 === null;
     const plain = single ? this.recordHandler(head) : undefined;
     const sliced = single && unaligned ? this.slicedHandler(head) : undefined;
-    const chunkDone = unaligned ? () => this.sliceChunkDone() : undefined;
+    const goOn = unaligned ? () => this.sliceGoesOn() : undefined;
     // Until end of data on every channel (FLIP-147) or end of partition.
     while (!gate.finished && !this.allEndOfData()) {
       this.startSlice();
-      // Unaligned checkpoints: fast records are looked at between chunks (of CHUNK_RECORDS records at most), which
-      // costs them nothing each; slow ones (sliceCheckEvery below its maximum) one by one (slicedHandler).
-      const item = unaligned && this.sliceCheckEvery < SLICE_CHECK_MAX ? gate.poll(reused, sliced) : gate.poll(reused, plain, chunkDone);
+      // Unaligned checkpoints: the clock is looked at every LOOK_EVERY fast records by the decoder (a count it keeps,
+      // which costs the records nothing measurable); slow ones (sliceCheckEvery below its maximum) one by one
+      // (slicedHandler).
+      const item = unaligned && this.sliceCheckEvery < SLICE_CHECK_MAX ? gate.poll(reused, sliced) : gate.poll(reused, plain, goOn);
       if (item === null) {
         this.time.switchTo("idle");
         await gate.waitNext();
@@ -725,7 +726,7 @@ export class StreamTask {
       }
       const records = item.records;
       if (records.length > 0) {
-        // The slice ended between two chunks of a buffer read now: the rest goes back to the gate (below).
+        // The slice ended in the middle of a buffer read now (goOn): the rest goes back to the gate (below).
         if (records === reused && plain !== undefined) this.sliceRest = records.slice();
         // Records decoded earlier (or of a task with two inputs) come as an array.
         else if (unaligned) {
@@ -803,7 +804,7 @@ export class StreamTask {
   /** The records of the buffer left once its slice ended (they go back to the gate); null while it lasts. */
   private sliceRest: unknown[] | null = null;
 
-  /** recordsIn when the slice began (the records processed in it, between chunks: sliceChunkDone). */
+  /** recordsIn when the slice began (the records processed in it, for sliceGoesOn). */
   private sliceRecordsAtStart = 0;
 
   private startSlice(): void {
@@ -816,14 +817,15 @@ export class StreamTask {
   }
 
   /**
-   * Between two chunks of fast records (unaligned checkpoints): false once the slice is over, or when records are so
-   * slow that the next chunk could overrun it; the records are then looked at one by one from the next buffer on
-   * (sliceCheckEvery below its maximum), and the gate keeps this buffer's other chunks for runInputs to put back.
+   * Asked every LOOK_EVERY fast records and after each chunk (unaligned checkpoints): false once the slice is over, or
+   * when records are so slow that the next LOOK_EVERY could overrun it; the records are then looked at one by one
+   * from the next buffer on (sliceCheckEvery below its maximum), and the gate keeps this buffer's other records for
+   * runInputs to put back.
    */
-  private sliceChunkDone(): boolean {
+  private sliceGoesOn(): boolean {
     const elapsed = performance.now() - this.sliceStart;
     const done = this.recordsIn - this.sliceRecordsAtStart;
-    if (elapsed < SLICE_MS && elapsed * CHUNK_RECORDS < (done * SLICE_MS) / 2) return true;
+    if (elapsed < SLICE_MS && elapsed * LOOK_EVERY < (done * SLICE_MS) / 2) return true;
     this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX - 1, Math.floor((done * SLICE_MS) / elapsed / 2)));
     return false;
   }
@@ -834,7 +836,7 @@ export class StreamTask {
    * unaligned barrier nor the writing of a checkpoint's files (each I/O step needs a turn of the loop). Once the slice
    * is over, the buffer's other records are kept in sliceRest (runInputs puts them back to the gate, so a checkpoint
    * taken meanwhile has them in its channel state). The clock is read once per sliceCheckEvery records; when that
-   * reaches SLICE_CHECK_MAX the records are fast, and runInputs looks at the clock between chunks instead.
+   * reaches SLICE_CHECK_MAX the records are fast, and the decoder asks sliceGoesOn instead (runInputs).
    */
   private slicedHandler(head: Operator): (record: unknown) => void {
     const processRecord = this.recordHandler(head);
