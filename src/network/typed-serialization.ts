@@ -360,7 +360,7 @@ function compileDecoder(l: Layout, sig: string): Decoder {
     `while (p < end) {\n${code}if (p > end) throw new Error(${corrupt});\n` +
     `if (each === undefined) out.push(${v});\n` +
     `else {\ninEach = true; each(${v}); inEach = false;\n` +
-    `if ((++n & ${LOOK_EVERY - 1}) === 0 && goOn !== undefined && !goOn()) { each = undefined; stopped = true; }\n}\n}\n` +
+    `if (goOn !== undefined && (++n & ${LOOK_EVERY - 1}) === 0 && !goOn()) { each = undefined; stopped = true; }\n}\n}\n` +
     `} catch (e) {\nif (!inEach && e instanceof RangeError) throw new Error(${corrupt});\nthrow e;\n}\n` +
     `return stopped;\n}`;
   return new Function("rs", "at", src)(readString, at) as Decoder;
