@@ -4,7 +4,7 @@
 // A buffer is finished when full, on the buffer timeout (flush), or before an event.
 import type { LocalBufferPool } from "./local-buffer-pool.ts";
 import type { Partitioner } from "./partitioners.ts";
-import { CHUNK_RECORDS, RecordSerializer, TYPED_CHUNK, decodeChunksFrom, type SerializerOptions } from "./serialization.ts";
+import { CHUNK_RECORDS, RecordSerializer, decodeChunksFrom, writeTypedChunkHeader, type SerializerOptions } from "./serialization.ts";
 import type { CompiledLayout } from "./typed-serialization.ts";
 import { assert } from "../util/assert.ts";
 
@@ -242,11 +242,7 @@ export class RecordWriter {
     if (view.length - sp.pos < header + size) return false;
     const at = sp.pos;
     // The chunk's u32 length is written when it closes (closeDirect).
-    view[at + 4] = TYPED_CHUNK;
-    view[at + 5] = layout.sigBytes.length >> 8;
-    view[at + 6] = layout.sigBytes.length & 0xff;
-    view.set(layout.sigBytes, at + 7);
-    const end = encode(record, view, sp.dv!, at + header);
+    const end = encode(record, view, sp.dv!, writeTypedChunkHeader(view, at + 4, layout.sigBytes));
     if (end < 0) return false; // no chunk opened: pos is where it was
     sp.directAt = at;
     sp.pos = end;

@@ -12,6 +12,15 @@ import type { RecordType } from "../graph/record-type.ts";
 import { signatureOf } from "../graph/record-type.ts";
 import { compileLayout, inferChunkSignature, mismatchError, TypedChunkReader, TypedOut, type CompiledLayout } from "./typed-serialization.ts";
 
+/** A typed chunk's header at `at` in buf: TYPED_CHUNK, the signature's u16 length, the signature; returns its end. */
+export function writeTypedChunkHeader(buf: Uint8Array, at: number, sigBytes: Uint8Array): number {
+  buf[at] = TYPED_CHUNK;
+  buf[at + 1] = sigBytes.length >> 8;
+  buf[at + 2] = sigBytes.length & 0xff;
+  buf.set(sigBytes, at + 3);
+  return at + 3 + sigBytes.length;
+}
+
 /** Records per serialized chunk: one msgpack call per chunk instead of per record (5-10x cheaper). */
 export const CHUNK_RECORDS = 64;
 
@@ -100,13 +109,8 @@ export class RecordSerializer {
   /** The typed chunk (TYPED_CHUNK, u16 signature length, signature, records), or null when a record does not fit. */
   private typed(c: CompiledLayout, records: unknown[]): Uint8Array | null {
     const o = this.out;
-    const n = c.sigBytes.length;
-    if (o.buf.length < 3 + n) o.grow(0, 3 + n);
-    o.buf[0] = TYPED_CHUNK;
-    o.buf[1] = n >> 8;
-    o.buf[2] = n & 0xff;
-    o.buf.set(c.sigBytes, 3);
-    const end = c.encode(records, o, 3 + n);
+    if (o.buf.length < 3 + c.sigBytes.length) o.grow(0, 3 + c.sigBytes.length);
+    const end = c.encode(records, o, writeTypedChunkHeader(o.buf, 0, c.sigBytes));
     return end < 0 ? null : o.buf.subarray(0, end);
   }
 
@@ -243,7 +247,7 @@ export class RecordDeserializer {
         if (this.partialFill === this.partial.length) {
           const chunk = this.partial;
           this.partial = null;
-          if (this.decode(chunk, out, each, goOn) || (each !== undefined && goOn !== undefined && !goOn())) each = undefined;
+          if (this.decode(chunk, out, each, goOn)) each = undefined;
         }
         continue;
       }
@@ -263,21 +267,24 @@ export class RecordDeserializer {
             ? this.typed.readAt(bytes, (dv ??= new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)), p, p + len, out, each, goOn)
             : this.decode(bytes.subarray(p, p + len), out, each, goOn);
         p += len;
-        if (stopped || (each !== undefined && goOn !== undefined && !goOn())) each = undefined;
+        if (stopped) each = undefined;
       } else {
         this.startRecord(len);
       }
     }
   }
 
-  /** Whether `goOn` said to stop within the chunk (a typed one asks it every LOOK_EVERY records; see read). */
+  /** Whether `goOn` said to stop, within the chunk or at its end (see read). */
   private decode(chunk: Uint8Array, out: unknown[], each: ((record: unknown) => void) | undefined, goOn: (() => boolean) | undefined): boolean {
     if (chunk[0] === TYPED_CHUNK) return this.typed.read(chunk, out, each, goOn);
-    // A msgpack chunk holds at most CHUNK_RECORDS records: asked after it.
     const records = this.unpackr.unpack(chunk);
-    if (each === undefined) pushAll(out, records);
-    else for (const r of asChunk(records)) each(r);
-    return false;
+    if (each === undefined) {
+      pushAll(out, records);
+      return false;
+    }
+    for (const r of asChunk(records)) each(r);
+    // A msgpack chunk holds at most CHUNK_RECORDS records: asked after it.
+    return goOn !== undefined && !goOn();
   }
 
   private startRecord(len: number): void {

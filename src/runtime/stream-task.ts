@@ -41,6 +41,10 @@ const FINAL_CHECKPOINT_ATTEMPTS = 3;
 const SLICE_MS = 10;
 /** At most this many records between two looks at the clock while slicing (see slicedHandler). */
 const SLICE_CHECK_MAX = 64;
+/** Slow records: look at the clock again after about half a slice's worth of them (`done` took `elapsed` ms), 1..max. */
+function halfASlice(done: number, elapsed: number, max: number): number {
+  return Math.max(1, Math.min(max, Math.floor((done * SLICE_MS) / elapsed / 2)));
+}
 /** How often a task with unaligned checkpoints looks into its channels' priority rings. */
 const PRIORITY_POLL_MS = 10;
 /** The pseudo edge under which a source keeps the rest of its chunk in channel state. */
@@ -797,22 +801,20 @@ export class StreamTask {
 
   /** Records processed between two looks at the clock while slicing: about half a slice's worth (1..SLICE_CHECK_MAX). */
   private sliceCheckEvery = 1;
-  /** The slice (one buffer's records at most): when it began, records processed in it, and at which count to look at the clock next. */
+  /** The slice (one buffer's records at most): when it began, and at which recordsIn to look at the clock next. */
   private sliceStart = 0;
-  private sliceDone = 0;
   private sliceNextCheck = 0;
   /** The records of the buffer left once its slice ended (they go back to the gate); null while it lasts. */
   private sliceRest: unknown[] | null = null;
 
-  /** recordsIn when the slice began (the records processed in it, for sliceGoesOn). */
+  /** recordsIn when the slice began: the records processed in it are the difference. */
   private sliceRecordsAtStart = 0;
 
   private startSlice(): void {
     if (this.barriers.kind !== "unaligned") return;
     this.sliceStart = performance.now();
     this.sliceRecordsAtStart = this.recordsIn;
-    this.sliceDone = 0;
-    this.sliceNextCheck = this.sliceCheckEvery;
+    this.sliceNextCheck = this.recordsIn + this.sliceCheckEvery;
     this.sliceRest = null;
   }
 
@@ -826,7 +828,7 @@ export class StreamTask {
     const elapsed = performance.now() - this.sliceStart;
     const done = this.recordsIn - this.sliceRecordsAtStart;
     if (elapsed < SLICE_MS && elapsed * LOOK_EVERY < (done * SLICE_MS) / 2) return true;
-    this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX - 1, Math.floor((done * SLICE_MS) / elapsed / 2)));
+    this.sliceCheckEvery = halfASlice(done, elapsed, SLICE_CHECK_MAX - 1);
     return false;
   }
 
@@ -847,7 +849,7 @@ export class StreamTask {
         return;
       }
       processRecord(r);
-      if (++this.sliceDone >= this.sliceNextCheck) this.lookAtSlice();
+      if (this.recordsIn >= this.sliceNextCheck) this.lookAtSlice();
     };
   }
 
@@ -855,11 +857,10 @@ export class StreamTask {
     const elapsed = performance.now() - this.sliceStart;
     if (elapsed < SLICE_MS) {
       if (elapsed < SLICE_MS / 4 && this.sliceCheckEvery < SLICE_CHECK_MAX) this.sliceCheckEvery *= 2;
-      this.sliceNextCheck = this.sliceDone + this.sliceCheckEvery;
+      this.sliceNextCheck = this.recordsIn + this.sliceCheckEvery;
       return;
     }
-    // Slow records: look again after about half a slice's worth of them.
-    this.sliceCheckEvery = Math.max(1, Math.min(SLICE_CHECK_MAX, Math.floor((this.sliceDone * SLICE_MS) / elapsed / 2)));
+    this.sliceCheckEvery = halfASlice(this.recordsIn - this.sliceRecordsAtStart, elapsed, SLICE_CHECK_MAX);
     this.sliceRest = [];
   }
 
